@@ -1,0 +1,39 @@
+"""zmqbus: a pub/sub message bus on ZeroMQ and msgpack.
+
+A ROUTER broker routes by channel ID and topic; ``Bus`` clients on DEALER
+sockets publish, subscribe (NATS-style wildcards) and confirm delivery.
+"""
+
+from ._version import __version__
+from .broker import Broker
+from .bus import Bus, Subscription
+from .errors import (
+    BusClosed,
+    ConnectTimeout,
+    HandlerError,
+    MessageTooLarge,
+    ProtocolError,
+    PublishTimeout,
+    RequestTimeout,
+    SubscriptionClosed,
+    ZmqbusError,
+)
+from .message import Message, PublishResult
+
+__all__ = [
+    "Broker",
+    "Bus",
+    "BusClosed",
+    "ConnectTimeout",
+    "HandlerError",
+    "Message",
+    "MessageTooLarge",
+    "ProtocolError",
+    "PublishResult",
+    "PublishTimeout",
+    "RequestTimeout",
+    "Subscription",
+    "SubscriptionClosed",
+    "ZmqbusError",
+    "__version__",
+]

@@ -1,0 +1,465 @@
+"""The client core: protocol state of one bus, with no sockets and no threads.
+
+A face (the threaded ``Bus``, later the asyncio one) owns the socket and the
+clock. It calls the command methods here and ``receive(frames)`` for every
+message from the broker; it sends whatever lands in ``outbox``; it calls
+``expire(now)`` when ``next_deadline()`` passes. The core calls back only
+through two small interfaces the face supplies: ``Waiter`` (a future) and
+``Sink`` (a local subscription). Every method must be called from one thread
+(or one event loop) at a time: the face's I/O thread.
+"""
+
+from __future__ import annotations
+
+import heapq
+import logging
+from collections import Counter
+from typing import Any, Protocol
+
+from . import protocol as p
+from .errors import (
+    BusClosed,
+    ConnectTimeout,
+    HandlerError,
+    ProtocolError,
+    PublishTimeout,
+    RequestTimeout,
+)
+from .message import Message, PublishResult
+from .topics import TopicTrie
+
+__all__ = ["DELIVERED", "DROPPED", "PENDING", "ClientCore", "Sink", "Waiter"]
+
+log = logging.getLogger("zmqbus.client")
+
+# Results of Sink.offer.
+DELIVERED = 0  # taken, nothing more to report
+DROPPED = 1  # buffer full
+PENDING = 2  # a handler will run; the face calls handler_done(ack_id, error) afterwards
+
+
+class Waiter(Protocol):
+    """What the core completes: ``concurrent.futures.Future`` and
+    ``asyncio.Future`` both fit."""
+
+    def set_result(self, result: Any, /) -> None: ...
+    def set_exception(self, exception: BaseException | None, /) -> None: ...
+    def done(self) -> bool: ...
+
+
+class Sink(Protocol):
+    """A local subscription as the core sees it."""
+
+    @property
+    def pattern(self) -> str: ...
+
+    def offer(self, message: Message, ack_id: int | None) -> int:
+        """Take a message without blocking; return DELIVERED, DROPPED or PENDING.
+        PENDING is allowed only when ``ack_id`` is not None."""
+        ...
+
+    def end(self) -> None:
+        """The subscription has ended: no more offers will come."""
+        ...
+
+
+class _Publish:
+    __slots__ = ("buses", "delivered", "dropped", "errors", "expected", "timeout", "waiter")
+
+    def __init__(self, waiter: Waiter, timeout: float) -> None:
+        self.waiter = waiter
+        self.timeout = timeout
+        self.expected: int | None = None
+        self.buses = 0
+        self.delivered = 0
+        self.dropped = 0
+        self.errors: list[str] = []
+
+    def result(self) -> PublishResult:
+        return PublishResult(self.delivered, self.dropped, len(self.errors), self.buses)
+
+
+class _Request:
+    __slots__ = ("action", "result_value", "timeout", "waiter")
+
+    def __init__(self, waiter: Waiter, timeout: float, action: str, result: Any) -> None:
+        self.waiter = waiter
+        self.timeout = timeout
+        self.action = action
+        self.result_value = result
+
+
+class _AckState:
+    __slots__ = ("delivered", "dropped", "errors", "remaining", "token")
+
+    def __init__(self, token: bytes, remaining: int, delivered: int, dropped: int) -> None:
+        self.token = token
+        self.remaining = remaining
+        self.delivered = delivered
+        self.dropped = dropped
+        self.errors: list[str] = []
+
+
+def _settle(waiter: Waiter, result: Any = None, exc: BaseException | None = None) -> None:
+    # A waiter may already be done (its caller was cancelled): never raise into the I/O loop.
+    if waiter.done():
+        return
+    if exc is not None:
+        waiter.set_exception(exc)
+    else:
+        waiter.set_result(result)
+
+
+class ClientCore:
+    """Protocol state of one bus on one channel."""
+
+    def __init__(self, channel: bytes, *, client_name: str = "zmqbus-py") -> None:
+        p.check_channel(channel)
+        self.channel = channel
+        self.client_name = client_name
+        self.outbox: list[list[bytes]] = []
+        self.state = "new"  # new -> joining -> ready -> closed
+        self.max_message_size: int | None = None
+        self.broker_info: dict[str, Any] = {}
+        self.counters: Counter[str] = Counter()
+        self._hello: tuple[Waiter, float] | None = None
+        self._pending: dict[bytes, _Publish | _Request] = {}
+        self._timers: list[tuple[float, bytes]] = []
+        self._acks: dict[int, _AckState] = {}
+        self._sinks: TopicTrie[Any] = TopicTrie()
+        self._by_pattern: dict[str, list[Sink]] = {}
+        self._match_cache: dict[bytes, tuple[str, tuple[Sink, ...]]] = {}
+        self._seq = 0
+        self._ack_seq = 0
+        self._closed_exc: BaseException | None = None
+
+    # --- commands -----------------------------------------------------------
+
+    def connect(self, waiter: Waiter, deadline: float, timeout: float) -> None:
+        """Queue HELLO; ``waiter`` gets the WELCOME body as a dict."""
+        if self.state != "new":
+            raise RuntimeError("connect() called twice")
+        self.state = "joining"
+        self._hello = (waiter, timeout)
+        self._timer(deadline, b"")
+        self.outbox.append([p.H_HELLO, self.channel, p.pack_hello(self.client_name)])
+
+    def subscribe(self, sink: Sink, waiter: Waiter, deadline: float, timeout: float) -> None:
+        """Register ``sink`` at once and queue SUBSCRIBE; ``waiter`` gets None on OK."""
+        if self._refuse_closed(waiter):
+            return
+        pattern = sink.pattern
+        self._sinks.add(pattern, sink)
+        self._by_pattern.setdefault(pattern, []).append(sink)
+        self._match_cache.clear()
+        ref = self._request(waiter, deadline, timeout, "subscribe")
+        self.outbox.append([p.H_SUBSCRIBE, self.channel, ref, pattern.encode()])
+
+    def unsubscribe(self, pattern: str, waiter: Waiter, deadline: float, timeout: float) -> int:
+        """End every local subscription to ``pattern`` now and queue UNSUBSCRIBE;
+        ``waiter`` gets the number ended once the broker confirms."""
+        if self._refuse_closed(waiter):
+            return 0
+        sinks = self._by_pattern.pop(pattern, [])
+        for sink in sinks:
+            self._sinks.remove(pattern, sink)
+            sink.end()
+        self._match_cache.clear()
+        ref = self._request(waiter, deadline, timeout, "unsubscribe", result=len(sinks))
+        self.outbox.append([p.H_UNSUBSCRIBE, self.channel, ref, pattern.encode()])
+        return len(sinks)
+
+    def remove(self, sink: Sink, waiter: Waiter, deadline: float, timeout: float) -> None:
+        """End one local subscription; UNSUBSCRIBE only if it was the last on its pattern."""
+        if self._refuse_closed(waiter):
+            return
+        pattern = sink.pattern
+        sinks = self._by_pattern.get(pattern, [])
+        if sink not in sinks:
+            _settle(waiter, None)
+            return
+        sinks.remove(sink)
+        self._sinks.remove(pattern, sink)
+        self._match_cache.clear()
+        sink.end()
+        if sinks:
+            _settle(waiter, None)
+            return
+        del self._by_pattern[pattern]
+        ref = self._request(waiter, deadline, timeout, "unsubscribe")
+        self.outbox.append([p.H_UNSUBSCRIBE, self.channel, ref, pattern.encode()])
+
+    def publish(
+        self, topic: bytes, body: bytes, waiter: Waiter | None, deadline: float, timeout: float
+    ) -> None:
+        """Queue PUBLISH. With a waiter, it gets a ``PublishResult`` once every bus
+        the broker routed to has confirmed, or ``HandlerError``/``PublishTimeout``."""
+        if waiter is None:
+            if self.state == "closed":
+                raise BusClosed("bus is closed")
+            self.outbox.append([p.H_PUBLISH, self.channel, b"", topic, body])
+            return
+        if self._refuse_closed(waiter):
+            return
+        ref = self._next_ref()
+        self._pending[ref] = _Publish(waiter, timeout)
+        self._timer(deadline, ref)
+        self.outbox.append([p.H_PUBLISH, self.channel, ref, topic, body])
+
+    def handler_done(self, ack_id: int, error: str | None) -> None:
+        """A handler that was offered ``ack_id`` has returned (``error`` None) or raised."""
+        state = self._acks.get(ack_id)
+        if state is None:
+            return
+        if error is None:
+            state.delivered += 1
+        else:
+            state.errors.append(error)
+        state.remaining -= 1
+        if state.remaining <= 0:
+            del self._acks[ack_id]
+            self._send_ack(state.token, state.delivered, state.dropped, state.errors)
+
+    def close(
+        self,
+        exc: BaseException | None = None,
+        waiter: Waiter | None = None,
+        deadline: float = 0.0,
+        timeout: float = 0.0,
+    ) -> None:
+        """Fail everything pending with ``exc`` (default ``BusClosed``), end all
+        sinks, and confirm deliveries still waiting on handlers with an error.
+
+        With a ``waiter``, also queue DISCONNECT: the waiter completes when the
+        broker has answered, which proves all earlier frames reached it.
+        """
+        if self.state == "closed":
+            if waiter is not None:
+                _settle(waiter, None)
+            return
+        was_ready = self.state == "ready"
+        self.state = "closed"
+        exc = exc or BusClosed("bus is closed")
+        self._closed_exc = exc
+        if self._hello is not None:
+            _settle(self._hello[0], exc=exc)
+            self._hello = None
+        pending, self._pending = self._pending, {}
+        for item in pending.values():
+            _settle(item.waiter, exc=exc)
+        self._timers.clear()
+        for state in self._acks.values():
+            state.errors.append("subscribing bus closed before its handler finished")
+            self._send_ack(state.token, state.delivered, state.dropped, state.errors)
+        self._acks.clear()
+        for sinks in self._by_pattern.values():
+            for sink in sinks:
+                sink.end()
+        self._by_pattern.clear()
+        self._sinks = TopicTrie()
+        self._match_cache.clear()
+        if waiter is not None:
+            if was_ready:
+                ref = self._request(waiter, deadline, timeout, "disconnect")
+                self.outbox.append([p.H_DISCONNECT, self.channel, ref])
+            else:
+                _settle(waiter, None)
+
+    # --- timers -------------------------------------------------------------
+
+    def next_deadline(self) -> float | None:
+        """The earliest deadline of anything pending, or None."""
+        timers = self._timers
+        while timers:
+            deadline, ref = timers[0]
+            if ref in self._pending or (not ref and self._hello is not None):
+                return deadline
+            heapq.heappop(timers)
+        return None
+
+    def expire(self, now: float) -> None:
+        """Fail everything whose deadline is at or before ``now``."""
+        timers = self._timers
+        while timers and timers[0][0] <= now:
+            _, ref = heapq.heappop(timers)
+            if not ref:
+                if self._hello is not None and self.state == "joining":
+                    waiter, timeout = self._hello
+                    self._hello = None
+                    _settle(waiter, exc=ConnectTimeout("broker", timeout))
+                continue
+            item = self._pending.pop(ref, None)
+            if item is None:
+                continue
+            if isinstance(item, _Publish):
+                self.counters["publish_timeouts"] += 1
+                exc: BaseException = PublishTimeout(item.timeout, item.result(), item.expected)
+            else:
+                exc = RequestTimeout(f"{item.action} not confirmed within {item.timeout:g}s")
+            _settle(item.waiter, exc=exc)
+
+    # --- input --------------------------------------------------------------
+
+    def receive(self, frames: list[bytes]) -> None:
+        """Handle one message from the broker."""
+        head = frames[0] if frames else b""
+        n = len(frames)
+        try:
+            if head == p.H_DELIVER and n == 5:
+                self._deliver(frames[2], frames[3], frames[4])
+            elif head == p.H_ACKED and n == 4:
+                self._acked(frames[2], frames[3])
+            elif head == p.H_ROUTED and n == 4 and len(frames[3]) == 4:
+                self._routed(frames[2], int.from_bytes(frames[3], "big"))
+            else:
+                self._control(p.parse_broker(frames))
+        except ProtocolError as exc:
+            # A broker that breaks the protocol is a bug over there; keep the bus alive.
+            self.counters["protocol_errors"] += 1
+            log.warning("bad message from broker ignored: %s", exc)
+
+    def _control(self, cmd: p.BrokerCommand) -> None:
+        if isinstance(cmd, p.Ok):
+            item = self._pending.pop(cmd.ref, None)
+            if isinstance(item, _Request):
+                _settle(item.waiter, item.result_value)
+        elif isinstance(cmd, p.Welcome):
+            if self._hello is None:
+                return
+            info = p.unpack_welcome(cmd.body)
+            self.broker_info = info
+            self.max_message_size = int(info["max_message_size"])
+            self.state = "ready"
+            waiter, _ = self._hello
+            self._hello = None
+            _settle(waiter, info)
+        elif isinstance(cmd, p.Error):
+            self._error(cmd)
+        else:  # DELIVER/ACKED/ROUTED that failed the fast path's shape check
+            raise ProtocolError(p.ErrorCode.BAD_FRAMES, f"malformed {type(cmd).__name__}")
+
+    def _error(self, cmd: p.Error) -> None:
+        exc = ProtocolError(cmd.code, cmd.text, remote=True)
+        if cmd.ref:
+            item = self._pending.pop(cmd.ref, None)
+            if item is not None:
+                _settle(item.waiter, exc=exc)
+                return
+        if self._hello is not None:
+            waiter, _ = self._hello
+            self._hello = None
+            _settle(waiter, exc=exc)
+            return
+        self.counters["broker_errors"] += 1
+        log.warning("broker reported an error: %s", exc)
+
+    def _routed(self, ref: bytes, count: int) -> None:
+        item = self._pending.get(ref)
+        if not isinstance(item, _Publish):
+            return
+        item.expected = count
+        self._maybe_finish(ref, item)
+
+    def _acked(self, ref: bytes, body: bytes) -> None:
+        item = self._pending.get(ref)
+        if not isinstance(item, _Publish):
+            self.counters["late_acks"] += 1
+            return
+        ack = p.unpack_ack(body)
+        item.buses += 1
+        item.delivered += ack.delivered
+        item.dropped += ack.dropped
+        item.errors.extend(ack.errors)
+        self._maybe_finish(ref, item)
+
+    def _maybe_finish(self, ref: bytes, item: _Publish) -> None:
+        if item.expected is None or item.buses < item.expected:
+            return
+        del self._pending[ref]
+        result = item.result()
+        if item.errors:
+            _settle(item.waiter, exc=HandlerError(list(item.errors), result))
+        else:
+            _settle(item.waiter, result)
+
+    def _deliver(self, token: bytes, topic: bytes, body: bytes) -> None:
+        hit = self._match_cache.get(topic)
+        if hit is None:
+            text = p.decode_name(topic, "topic")
+            if len(self._match_cache) >= 4096:
+                self._match_cache.clear()
+            hit = self._match_cache[topic] = (text, tuple(self._sinks.match(text)))
+        text, sinks = hit
+        self.counters["received"] += 1
+        if not sinks:
+            # Unsubscribed locally while the broker was still routing to us.
+            if token:
+                self._send_ack(token, 0, 0, ())
+            return
+        try:
+            mb = p.unpack_message(body)
+        except ProtocolError as exc:
+            self.counters["bad_bodies"] += 1
+            log.warning("undecodable message on %r dropped: %s", text, exc)
+            if token:
+                self._send_ack(token, 0, 0, [f"subscriber could not decode message: {exc.detail}"])
+            return
+        msg = Message(mb.id, text, mb.payload, mb.headers, mb.timestamp)
+        if not token:
+            for sink in sinks:
+                sink.offer(msg, None)
+            return
+        self._ack_seq += 1
+        ack_id = self._ack_seq
+        delivered = dropped = waiting = 0
+        for sink in sinks:
+            r = sink.offer(msg, ack_id)
+            if r == DELIVERED:
+                delivered += 1
+            elif r == DROPPED:
+                dropped += 1
+            else:
+                waiting += 1
+        if waiting:
+            self._acks[ack_id] = _AckState(token, waiting, delivered, dropped)
+        else:
+            self._send_ack(token, delivered, dropped, ())
+
+    # --- helpers ------------------------------------------------------------
+
+    def _send_ack(self, token: bytes, delivered: int, dropped: int, errors: Any) -> None:
+        self.outbox.append([p.H_ACK, self.channel, token, p.pack_ack(delivered, dropped, errors)])
+
+    def _next_ref(self) -> bytes:
+        self._seq += 1
+        return self._seq.to_bytes(8, "big")
+
+    def _timer(self, deadline: float, ref: bytes) -> None:
+        heapq.heappush(self._timers, (deadline, ref))
+        # Finished entries stay in the heap until they surface; rebuild when they dominate.
+        if len(self._timers) > 1024 and len(self._timers) > 4 * (len(self._pending) + 1):
+            self._timers = [t for t in self._timers if t[1] in self._pending or not t[1]]
+            heapq.heapify(self._timers)
+
+    def _request(
+        self, waiter: Waiter, deadline: float, timeout: float, action: str, result: Any = None
+    ) -> bytes:
+        ref = self._next_ref()
+        self._pending[ref] = _Request(waiter, timeout, action, result)
+        self._timer(deadline, ref)
+        return ref
+
+    def _refuse_closed(self, waiter: Waiter) -> bool:
+        if self.state == "closed":
+            _settle(waiter, exc=self._closed_exc or BusClosed("bus is closed"))
+            return True
+        return False
+
+    @property
+    def pending_count(self) -> int:
+        """Publishes and requests waiting for the broker."""
+        return len(self._pending)
+
+    def sinks(self) -> list[Sink]:
+        """Every live local subscription."""
+        return [s for sinks in self._by_pattern.values() for s in sinks]

@@ -1,0 +1,210 @@
+"""The I/O thread of the threaded face: sole owner of a bus's DEALER socket.
+
+Other threads never touch the socket. They ``submit()`` either ready frames
+(fire-and-forget publishes) or a callable that runs a ``ClientCore`` command
+on this thread. The thread blocks in ``zmq.Poller.poll`` on the DEALER and an
+inproc wake-up socket, with a timeout only when the core has a deadline, so
+an idle bus costs nothing. A submitter rings the wake-up socket only when the
+thread is about to sleep, so a burst of submits costs one signal.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from typing import Any
+
+import zmq
+
+from ._client import ClientCore
+from .errors import BusClosed
+
+__all__ = ["IOThread"]
+
+log = logging.getLogger("zmqbus.client")
+
+_NOBLOCK = zmq.NOBLOCK
+_BATCH = 256
+
+Item = Callable[[], object] | list[bytes]
+
+
+class IOThread:
+    """Runs ``core`` against a DEALER connected to ``endpoint``."""
+
+    def __init__(
+        self,
+        context: zmq.Context[Any],
+        endpoint: str,
+        core: ClientCore,
+        *,
+        hwm: int = 100_000,
+        name: str = "zmqbus-io",
+    ) -> None:
+        self._core = core
+        self._sock: zmq.Socket[bytes] = context.socket(zmq.DEALER)
+        self._sock.setsockopt(zmq.LINGER, 0)
+        self._sock.setsockopt(zmq.SNDHWM, hwm)
+        self._sock.setsockopt(zmq.RCVHWM, hwm)
+        try:
+            self._sock.connect(endpoint)
+        except zmq.ZMQError:
+            self._sock.close(0)
+            raise
+        wake = f"inproc://zmqbus-wake-{id(self):x}-{time.monotonic_ns():x}"
+        self._wake_rx: zmq.Socket[bytes] = context.socket(zmq.PAIR)
+        self._wake_rx.setsockopt(zmq.LINGER, 0)
+        self._wake_rx.bind(wake)
+        self._wake_tx: zmq.Socket[bytes] = context.socket(zmq.PAIR)
+        self._wake_tx.setsockopt(zmq.LINGER, 0)
+        self._wake_tx.connect(wake)
+        self._lock = threading.Lock()
+        self._queue: deque[Item] = deque()
+        self._armed = False  # the thread is (about to be) blocked in poll
+        self._stopping = False
+        self._stopped = False
+        self._out: deque[list[bytes]] = deque()
+        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
+        self._thread.start()
+
+    @property
+    def thread(self) -> threading.Thread:
+        """The I/O thread."""
+        return self._thread
+
+    def submit(self, item: Item) -> None:
+        """Queue frames to send or a callable to run on the I/O thread.
+
+        Raises ``BusClosed`` once the thread is stopping.
+        """
+        with self._lock:
+            if self._stopping:
+                raise BusClosed("bus is closed")
+            self._queue.append(item)
+            if self._armed:
+                self._armed = False
+                self._wake_tx.send(b"", _NOBLOCK)
+
+    def stop(self, timeout: float = 2.0) -> None:
+        """Send what can still be sent, close the sockets and join the thread."""
+        with self._lock:
+            if self._stopping:
+                already = True
+            else:
+                already = False
+                self._stopping = True
+                if self._armed:
+                    self._armed = False
+                    self._wake_tx.send(b"", _NOBLOCK)
+        if not already and threading.current_thread() is not self._thread:
+            self._thread.join(timeout)
+            if self._thread.is_alive():
+                log.warning("bus I/O thread did not stop within %gs", timeout)
+        with self._lock:
+            if not self._stopped and not self._thread.is_alive():
+                self._wake_tx.close(0)
+                self._stopped = True
+
+    # --- the loop -----------------------------------------------------------
+
+    def _run(self) -> None:
+        core = self._core
+        sock = self._sock
+        wake = self._wake_rx
+        poller = zmq.Poller()
+        poller.register(sock, zmq.POLLIN)
+        poller.register(wake, zmq.POLLIN)
+        polling_out = False
+        out = self._out
+        lock = self._lock
+        try:
+            while True:
+                with lock:
+                    items = self._queue
+                    if items:
+                        self._queue = deque()
+                    stopping = self._stopping
+                for item in items:
+                    if type(item) is list:
+                        out.append(item)
+                    else:
+                        self._call(item)  # type: ignore[arg-type]
+                self._drain_core()
+                self._send()
+                if stopping:
+                    break
+                now = time.monotonic()
+                deadline = core.next_deadline()
+                if deadline is not None and deadline <= now:
+                    core.expire(now)
+                    continue
+                with lock:
+                    if self._queue or self._stopping:
+                        continue
+                    self._armed = True
+                want_out = bool(out)
+                if want_out != polling_out:
+                    poller.modify(sock, zmq.POLLIN | zmq.POLLOUT if want_out else zmq.POLLIN)
+                    polling_out = want_out
+                # Round up: waking a hair early would just loop back into poll.
+                wait = None if deadline is None else max(0, int((deadline - now) * 1000.0) + 1)
+                events = dict(poller.poll(wait))
+                with lock:
+                    self._armed = False
+                if wake in events:
+                    try:
+                        while True:
+                            wake.recv(_NOBLOCK)
+                    except zmq.Again:
+                        pass
+                if events.get(sock, 0) & zmq.POLLIN:
+                    self._recv()
+        except Exception:
+            log.exception("bus I/O loop failed")
+            self._call(lambda: core.close())
+        finally:
+            self._drain_core()
+            self._send()
+            sock.close(0)
+            wake.close(0)
+
+    def _call(self, fn: Callable[[], object]) -> None:
+        try:
+            fn()
+        except Exception:
+            # A command's own errors reach its waiter; anything here is a bug, not fatal.
+            log.exception("error running a bus command")
+
+    def _drain_core(self) -> None:
+        outbox = self._core.outbox
+        if outbox:
+            self._out.extend(outbox)
+            outbox.clear()
+
+    def _send(self) -> None:
+        out = self._out
+        send = self._sock.send_multipart
+        while out:
+            try:
+                send(out[0], _NOBLOCK)
+            except zmq.Again:
+                return
+            out.popleft()
+
+    def _recv(self) -> None:
+        recv = self._sock.recv_multipart
+        receive = self._core.receive
+        for _ in range(_BATCH):
+            try:
+                frames = recv(_NOBLOCK)
+            except zmq.Again:
+                break
+            try:
+                receive(frames)
+            except Exception:
+                log.exception("error handling a message from the broker")
+        self._drain_core()
+        self._send()

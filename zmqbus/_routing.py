@@ -1,0 +1,298 @@
+"""Broker state and rules, with no sockets: frames in, (identity, frames) out.
+
+``BrokerState.handle(identity, frames)`` takes one message as a ROUTER socket
+delivers it (identity split off) and appends every reply and delivery it
+causes to ``outbox``. The socket loop in ``broker.py`` only moves frames, so
+every routing rule is testable in memory.
+
+Strategy for the hot path (PUBLISH, ACK): compare the header frame to
+precomputed bytes, look the topic frame up in a per-channel cache of target
+peers, and forward the received topic and body frames unchanged: no msgpack
+decoding and no re-encoding per subscriber.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from collections.abc import Sequence
+
+from . import protocol as p
+from .errors import ProtocolError
+from .protocol import ErrorCode
+from .topics import TopicTrie
+
+__all__ = ["BrokerState", "Channel", "Peer"]
+
+log = logging.getLogger("zmqbus.broker")
+
+Outgoing = tuple[bytes, list[bytes]]
+
+# Topic -> targets cache entries kept per channel before the cache is reset;
+# bounds memory when publishers use many distinct topics.
+_CACHE_LIMIT = 8192
+
+_LEFT_TEXT = "subscribing bus left before confirming"
+
+
+class Peer:
+    """One connected client: its channel, patterns and unanswered deliveries."""
+
+    __slots__ = ("channel", "ident", "outstanding", "patterns")
+
+    def __init__(self, ident: bytes, channel: Channel) -> None:
+        self.ident = ident
+        self.channel = channel
+        self.patterns: set[str] = set()
+        # Tokens of confirmed deliveries this peer has not ACKed yet.
+        self.outstanding: set[bytes] = set()
+
+
+class Channel:
+    """The peers and subscriptions of one channel ID."""
+
+    __slots__ = ("cache", "id", "peers", "trie")
+
+    def __init__(self, channel_id: bytes) -> None:
+        self.id = channel_id
+        self.peers: set[bytes] = set()
+        self.trie: TopicTrie[bytes] = TopicTrie()
+        self.cache: dict[bytes, tuple[bytes, ...]] = {}
+
+    def targets(self, topic: bytes) -> tuple[bytes, ...]:
+        """Identities of peers with a pattern matching ``topic`` (valid, UTF-8)."""
+        hit = self.cache.get(topic)
+        if hit is None:
+            if len(self.cache) >= _CACHE_LIMIT:
+                self.cache.clear()
+            hit = self.cache[topic] = tuple(self.trie.match(topic.decode("utf-8")))
+        return hit
+
+
+class _Pending:
+    __slots__ = ("publisher", "ref", "remaining")
+
+    def __init__(self, publisher: bytes, ref: bytes, remaining: int) -> None:
+        self.publisher = publisher
+        self.ref = ref
+        self.remaining = remaining
+
+
+class BrokerState:
+    """All of a broker's state: peers, channels, subscriptions, pending confirmations."""
+
+    def __init__(self, *, max_message_size: int = 1 << 20, name: str = "zmqbus") -> None:
+        if max_message_size <= 0:
+            raise ValueError("max_message_size must be positive")
+        self.max_message_size = max_message_size
+        self.peers: dict[bytes, Peer] = {}
+        self.channels: dict[bytes, Channel] = {}
+        self.outbox: list[Outgoing] = []
+        self.counters: Counter[str] = Counter()
+        self.errors: Counter[int] = Counter()
+        self._pending: dict[bytes, _Pending] = {}
+        self._next_token = 0
+        self._welcome = p.pack_welcome(name, max_message_size)
+        # Topics already checked against the topic rules, so the hot path checks each once.
+        self._valid_topics: set[bytes] = set()
+
+    # --- entry point --------------------------------------------------------
+
+    def handle(self, ident: bytes, frames: Sequence[bytes]) -> None:
+        """Process one message from peer ``ident``; replies go to ``outbox``."""
+        self.counters["messages_in"] += 1
+        head = frames[0] if frames else b""
+        try:
+            if head == p.H_PUBLISH:
+                self._publish(ident, frames)
+            elif head == p.H_ACK:
+                self._ack(ident, frames)
+            else:
+                self._control(ident, frames)
+        except ProtocolError as exc:
+            self._refuse(ident, frames, exc.code, exc.detail)
+
+    # --- hot path -----------------------------------------------------------
+
+    def _joined(self, ident: bytes, frames: Sequence[bytes], count: int) -> Peer:
+        if len(frames) != count:
+            cmd = frames[0][3] if len(frames[0]) == 4 else 0
+            name = p.Cmd(cmd).name if cmd in p.Cmd._value2member_map_ else "command"
+            raise ProtocolError(
+                ErrorCode.BAD_FRAMES, f"{name} takes {count} frames, got {len(frames)}"
+            )
+        peer = self.peers.get(ident)
+        if peer is None:
+            p.check_channel(frames[1])
+            raise ProtocolError(ErrorCode.NOT_JOINED, "send HELLO before any other command")
+        if frames[1] != peer.channel.id:
+            p.check_channel(frames[1])
+            raise ProtocolError(
+                ErrorCode.CHANNEL_MISMATCH, "channel frame differs from the channel joined"
+            )
+        return peer
+
+    def _publish(self, ident: bytes, frames: Sequence[bytes]) -> None:
+        peer = self._joined(ident, frames, 5)
+        ref, topic, body = frames[2], frames[3], frames[4]
+        if len(ref) > p.MAX_REF_BYTES:
+            p.check_ref(ref)
+        if len(body) > self.max_message_size:
+            raise ProtocolError(
+                ErrorCode.TOO_LARGE,
+                f"message body of {len(body)} bytes exceeds max_message_size "
+                f"{self.max_message_size}",
+            )
+        if topic not in self._valid_topics:
+            p.decode_name(topic, "topic")
+            if len(self._valid_topics) >= _CACHE_LIMIT:
+                self._valid_topics.clear()
+            self._valid_topics.add(topic)
+        channel = peer.channel
+        targets = channel.targets(topic)
+        out = self.outbox
+        self.counters["published"] += 1
+        self.counters["delivered"] += len(targets)
+        if not ref:
+            deliver = [p.H_DELIVER, channel.id, b"", topic, body]
+            for target in targets:
+                out.append((target, deliver))
+            return
+        if targets:
+            self._next_token += 1
+            token = self._next_token.to_bytes(8, "big")
+            self._pending[token] = _Pending(ident, ref, len(targets))
+            deliver = [p.H_DELIVER, channel.id, token, topic, body]
+            peers = self.peers
+            for target in targets:
+                peers[target].outstanding.add(token)
+                out.append((target, deliver))
+        out.append((ident, [p.H_ROUTED, channel.id, ref, len(targets).to_bytes(4, "big")]))
+
+    def _ack(self, ident: bytes, frames: Sequence[bytes]) -> None:
+        peer = self._joined(ident, frames, 4)
+        token, body = frames[2], frames[3]
+        if len(body) > self.max_message_size:
+            raise ProtocolError(ErrorCode.TOO_LARGE, "ACK body exceeds max_message_size")
+        if token not in peer.outstanding:
+            # A late or repeated ACK (its publisher may have left): nothing to forward.
+            p.check_ref(token, "token")
+            self.counters["stale_acks"] += 1
+            return
+        peer.outstanding.discard(token)
+        self._resolve(token, body)
+
+    def _resolve(self, token: bytes, body: bytes) -> None:
+        pending = self._pending.get(token)
+        if pending is None:
+            return
+        publisher = self.peers.get(pending.publisher)
+        if publisher is not None:
+            self.outbox.append(
+                (pending.publisher, [p.H_ACKED, publisher.channel.id, pending.ref, body])
+            )
+        pending.remaining -= 1
+        if pending.remaining <= 0:
+            del self._pending[token]
+
+    # --- control commands ---------------------------------------------------
+
+    def _control(self, ident: bytes, frames: Sequence[bytes]) -> None:
+        cmd = p.parse_client(frames)
+        if isinstance(cmd, p.Hello):
+            self._hello(ident, cmd)
+            return
+        peer = self._joined(ident, frames, len(frames))
+        if isinstance(cmd, p.Subscribe):
+            pattern = cmd.pattern.decode("utf-8")
+            if pattern not in peer.patterns:
+                peer.patterns.add(pattern)
+                peer.channel.trie.add(pattern, ident)
+                peer.channel.cache.clear()
+                self.counters["subscribes"] += 1
+            self.outbox.append((ident, [p.H_OK, cmd.channel, cmd.ref]))
+        elif isinstance(cmd, p.Unsubscribe):
+            pattern = cmd.pattern.decode("utf-8")
+            if pattern in peer.patterns:
+                peer.patterns.discard(pattern)
+                peer.channel.trie.remove(pattern, ident)
+                peer.channel.cache.clear()
+                self.counters["unsubscribes"] += 1
+            self.outbox.append((ident, [p.H_OK, cmd.channel, cmd.ref]))
+        elif isinstance(cmd, p.Disconnect):
+            self.drop_peer(ident)
+            self.outbox.append((ident, [p.H_OK, cmd.channel, cmd.ref]))
+        else:
+            # Publish and Ack never reach here; any other parsed command is a reply type.
+            raise ProtocolError(ErrorCode.UNKNOWN_COMMAND, "not a client command")
+
+    def _hello(self, ident: bytes, cmd: p.Hello) -> None:
+        peer = self.peers.get(ident)
+        if peer is not None:
+            if peer.channel.id != cmd.channel:
+                raise ProtocolError(
+                    ErrorCode.CHANNEL_MISMATCH, "this connection already joined another channel"
+                )
+        else:
+            channel = self.channels.get(cmd.channel)
+            if channel is None:
+                channel = self.channels[cmd.channel] = Channel(cmd.channel)
+            channel.peers.add(ident)
+            self.peers[ident] = Peer(ident, channel)
+            self.counters["connects"] += 1
+        self.outbox.append((ident, [p.H_WELCOME, cmd.channel, self._welcome]))
+
+    def drop_peer(self, ident: bytes) -> bool:
+        """Forget a peer: its subscriptions go, and every publisher still waiting
+        on it gets an ACKED that reports it left. False if it was unknown."""
+        peer = self.peers.pop(ident, None)
+        if peer is None:
+            return False
+        channel = peer.channel
+        for pattern in peer.patterns:
+            channel.trie.remove(pattern, ident)
+        if peer.patterns:
+            channel.cache.clear()
+        channel.peers.discard(ident)
+        if not channel.peers:
+            del self.channels[channel.id]
+        if peer.outstanding:
+            body = p.pack_ack(0, 0, [_LEFT_TEXT])
+            for token in peer.outstanding:
+                self._resolve(token, body)
+        self.counters["disconnects"] += 1
+        return True
+
+    def _refuse(self, ident: bytes, frames: Sequence[bytes], code: int, text: str) -> None:
+        self.errors[code] += 1
+        self.counters["errors"] += 1
+        channel = frames[1] if len(frames) > 1 and len(frames[1]) == p.CHANNEL_BYTES else b""
+        ref = b""
+        if len(frames) > 2 and len(frames[2]) <= p.MAX_REF_BYTES:
+            head = frames[0]
+            # Echo the ref only for commands that carry one in frame 2.
+            if (
+                len(head) == 4
+                and head[:3] == p.SIGNATURE + bytes((p.VERSION,))
+                and head[3]
+                in (
+                    p.Cmd.SUBSCRIBE,
+                    p.Cmd.UNSUBSCRIBE,
+                    p.Cmd.PUBLISH,
+                    p.Cmd.DISCONNECT,
+                )
+            ):
+                ref = frames[2]
+        log.debug("refused message from %s: [%d] %s", ident.hex(), code, text)
+        self.outbox.append((ident, p.encode(p.Error(channel, ref, code, text))))
+
+    # --- introspection ------------------------------------------------------
+
+    @property
+    def pending_confirmations(self) -> int:
+        """Confirmed publishes still waiting for subscriber ACKs."""
+        return len(self._pending)
+
+    def subscription_count(self) -> int:
+        """Number of (peer, pattern) subscriptions over all channels."""
+        return sum(len(peer.patterns) for peer in self.peers.values())

@@ -1,0 +1,221 @@
+"""The broker: one ROUTER socket and a poll loop that drives ``BrokerState``."""
+
+from __future__ import annotations
+
+import errno
+import logging
+import threading
+from types import TracebackType
+from typing import Any
+
+import zmq
+
+from ._endpoints import bind_endpoint
+from ._routing import BrokerState
+from ._version import __version__
+
+__all__ = ["DEFAULT_BIND", "Broker"]
+
+log = logging.getLogger("zmqbus.broker")
+
+DEFAULT_BIND = "tcp://127.0.0.1:9090"
+
+# Messages taken from the socket before replies are flushed; bounds latency
+# under load while amortising the poll call.
+_BATCH = 256
+
+_NOBLOCK = zmq.NOBLOCK
+
+
+class Broker:
+    """A zmqbus broker on a background thread.
+
+    ``bind`` is a zmq endpoint (``tcp://host:port`` with port 0 for a free
+    port, ``ipc://path``, ``inproc://name``), a bare port (``"9090"`` binds
+    ``tcp://127.0.0.1:9090``) or ``host:port``. For ``inproc://`` pass the
+    buses' ``zmq.Context`` as ``context`` (the default is the process-wide
+    ``zmq.Context.instance()``, which buses use too). Messages whose body
+    exceeds ``max_message_size`` bytes are refused with a TOO_LARGE error;
+    the transport drops a connection that sends a frame over 64 KiB beyond it.
+    """
+
+    def __init__(
+        self,
+        bind: str = DEFAULT_BIND,
+        *,
+        context: zmq.Context[Any] | None = None,
+        max_message_size: int = 1 << 20,
+        hwm: int = 100_000,
+    ) -> None:
+        self._endpoint = bind_endpoint(bind)
+        if not isinstance(max_message_size, int) or max_message_size <= 0:
+            raise ValueError("max_message_size must be a positive int")
+        self._ctx = context if context is not None else zmq.Context.instance()
+        self._max = max_message_size
+        self._hwm = hwm
+        self._state = BrokerState(max_message_size=max_message_size, name=f"zmqbus/{__version__}")
+        self._lock = threading.Lock()
+        self._thread: threading.Thread | None = None
+        self._router: zmq.Socket[bytes] | None = None
+        self._wake_tx: zmq.Socket[bytes] | None = None
+        self._wake_rx: zmq.Socket[bytes] | None = None
+        self._address: str | None = None
+        self._stopped = threading.Event()
+
+    # --- lifecycle ----------------------------------------------------------
+
+    @property
+    def address(self) -> str:
+        """The bound endpoint with its real port, e.g. ``tcp://127.0.0.1:40123``."""
+        if self._address is None:
+            raise RuntimeError("broker is not started")
+        return self._address
+
+    @property
+    def running(self) -> bool:
+        """True between ``start()`` and ``stop()``."""
+        return self._thread is not None and self._thread.is_alive()
+
+    def start(self) -> Broker:
+        """Bind and start the routing thread; returns once the socket is bound.
+
+        Raises ``zmq.ZMQError`` if the address cannot be bound (e.g. in use).
+        """
+        if self._thread is not None:
+            raise RuntimeError("broker already started")
+        router = self._ctx.socket(zmq.ROUTER)
+        router.setsockopt(zmq.LINGER, 0)
+        router.setsockopt(zmq.ROUTER_MANDATORY, 1)
+        router.setsockopt(zmq.SNDHWM, self._hwm)
+        router.setsockopt(zmq.RCVHWM, self._hwm)
+        router.setsockopt(zmq.MAXMSGSIZE, self._max + 65536)
+        try:
+            router.bind(self._endpoint)
+        except zmq.ZMQError:
+            router.close(0)
+            raise
+        self._address = router.getsockopt(zmq.LAST_ENDPOINT).decode()
+        wake = f"inproc://zmqbus-broker-wake-{id(self):x}-{threading.get_ident():x}"
+        self._wake_rx = self._ctx.socket(zmq.PAIR)
+        self._wake_rx.setsockopt(zmq.LINGER, 0)
+        self._wake_rx.bind(wake)
+        self._wake_tx = self._ctx.socket(zmq.PAIR)
+        self._wake_tx.setsockopt(zmq.LINGER, 0)
+        self._wake_tx.connect(wake)
+        self._router = router
+        self._stopped.clear()
+        self._thread = threading.Thread(target=self._run, name="zmqbus-broker", daemon=True)
+        self._thread.start()
+        log.info("broker listening on %s", self._address)
+        return self
+
+    def stop(self, timeout: float = 5.0) -> None:
+        """Stop routing, close the sockets and join the thread. Idempotent."""
+        thread = self._thread
+        if thread is None:
+            return
+        with self._lock:
+            if self._wake_tx is not None:
+                self._wake_tx.send(b"stop")
+        thread.join(timeout)
+        if thread.is_alive():
+            raise RuntimeError("broker thread did not stop in time")
+        if self._wake_tx is not None:
+            self._wake_tx.close(0)
+            self._wake_tx = None
+        self._thread = None
+        log.info("broker on %s stopped", self._address)
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """Block until the broker has stopped; False on timeout."""
+        return self._stopped.wait(timeout)
+
+    def __enter__(self) -> Broker:
+        if self._thread is None:
+            self.start()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+    # --- introspection ------------------------------------------------------
+
+    def stats(self) -> dict[str, Any]:
+        """A snapshot: peers, channels, subscriptions, message counters, errors by code."""
+        with self._lock:
+            state = self._state
+            return {
+                "peers": len(state.peers),
+                "channels": len(state.channels),
+                "subscriptions": state.subscription_count(),
+                "pending_confirmations": state.pending_confirmations,
+                "counters": dict(state.counters),
+                "errors": {int(code): n for code, n in state.errors.items()},
+            }
+
+    # --- the loop -----------------------------------------------------------
+
+    def _run(self) -> None:
+        router = self._router
+        wake = self._wake_rx
+        assert router is not None and wake is not None
+        poller = zmq.Poller()
+        poller.register(router, zmq.POLLIN)
+        poller.register(wake, zmq.POLLIN)
+        state = self._state
+        handle = state.handle
+        outbox = state.outbox
+        recv = router.recv_multipart
+        lock = self._lock
+        try:
+            while True:
+                events = dict(poller.poll())
+                if wake in events:
+                    break
+                with lock:
+                    for _ in range(_BATCH):
+                        try:
+                            frames = recv(_NOBLOCK)
+                        except zmq.Again:
+                            break
+                        try:
+                            handle(frames[0], frames[1:])
+                        except Exception:
+                            # A bug must not take the broker down with every peer's traffic.
+                            log.exception("internal error handling a message; message dropped")
+                            state.counters["internal_errors"] += 1
+                            outbox.clear()
+                        if outbox:
+                            self._flush(router, outbox)
+        except Exception:
+            log.exception("broker loop failed")
+        finally:
+            router.close(0)
+            wake.close(0)
+            self._router = None
+            self._wake_rx = None
+            self._stopped.set()
+
+    def _flush(self, router: zmq.Socket[bytes], outbox: list[tuple[bytes, list[bytes]]]) -> None:
+        send = router.send_multipart
+        counters = self._state.counters
+        for ident, frames in outbox:
+            try:
+                send([ident, *frames], _NOBLOCK)
+            except zmq.Again:
+                # The peer's queue is full: drop for it alone, never block the others.
+                counters["dropped_hwm"] += 1
+            except zmq.ZMQError as exc:
+                if exc.errno != errno.EHOSTUNREACH:
+                    raise
+                # The peer's connection is gone; forget it so publishers stop waiting.
+                counters["unroutable"] += 1
+                self._state.drop_peer(ident)
+            else:
+                counters["messages_out"] += 1
+        outbox.clear()

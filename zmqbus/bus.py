@@ -1,0 +1,502 @@
+"""The thread-safe ``Bus``: a thin face over ``ClientCore`` and its I/O thread."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import threading
+import time
+import uuid
+from collections import deque
+from collections.abc import Callable, Iterator, Mapping
+from concurrent.futures import Future
+from concurrent.futures import TimeoutError as FutureTimeout
+from functools import partial
+from types import TracebackType
+from typing import Any
+
+import zmq
+
+from . import protocol as p
+from ._client import DELIVERED, DROPPED, PENDING, ClientCore
+from ._endpoints import connect_endpoint
+from ._iothread import IOThread
+from ._version import __version__
+from .errors import (
+    BusClosed,
+    ConnectTimeout,
+    MessageTooLarge,
+    PublishTimeout,
+    RequestTimeout,
+    SubscriptionClosed,
+)
+from .message import Message, PublishResult
+from .topics import validate_pattern, validate_topic
+
+__all__ = ["Bus", "Handler", "Subscription"]
+
+log = logging.getLogger("zmqbus.bus")
+
+Handler = Callable[[Message], Any]
+
+# Grace beyond a call's own timeout before the caller stops waiting on the
+# I/O thread regardless; the core's deadline normally fires first.
+_GRACE = 1.0
+
+_UNCONFIRMED = PublishResult(0, 0, 0, 0, confirmed=False)
+
+
+def parse_channel(channel_id: object) -> uuid.UUID:
+    """A ``uuid.UUID`` from a UUID or its string form; ``ValueError`` otherwise."""
+    if isinstance(channel_id, uuid.UUID):
+        return channel_id
+    if isinstance(channel_id, str):
+        try:
+            return uuid.UUID(channel_id)
+        except ValueError:
+            raise ValueError(f"channel_id is not a UUID string: {channel_id!r}") from None
+    raise ValueError(
+        f"channel_id must be a uuid.UUID or UUID string, not {type(channel_id).__name__}"
+    )
+
+
+def _check_timeout(timeout: object, name: str = "timeout") -> float:
+    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)):
+        raise TypeError(f"{name} must be a number of seconds")
+    if not timeout > 0:
+        raise ValueError(f"{name} must be positive, got {timeout!r}")
+    return float(timeout)
+
+
+def _check_headers(headers: object) -> Mapping[str, str]:
+    if headers is None:
+        return {}
+    if not isinstance(headers, Mapping):
+        raise TypeError(f"headers must be a mapping of str to str, not {type(headers).__name__}")
+    for k, v in headers.items():
+        if not isinstance(k, str) or not isinstance(v, str):
+            raise TypeError(f"headers must map str to str; got {k!r}: {v!r}")
+    return headers
+
+
+def _error_text(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {exc}"
+
+
+class Subscription:
+    """A subscription of one ``Bus``: a bounded buffer of messages, or a handler.
+
+    A queue subscription (no handler) is read with ``get()`` or by iterating;
+    iteration ends once the subscription has ended and its buffer is drained.
+    When the buffer holds ``maxsize`` messages, new ones are dropped and
+    counted in ``dropped``. A handler subscription runs its handler on its
+    own thread, one message at a time, in publish order.
+    """
+
+    def __init__(self, bus: Bus, pattern: str, maxsize: int, handler: Handler | None) -> None:
+        self._bus = bus
+        self._pattern = pattern
+        self._maxsize = maxsize
+        self._handler = handler
+        self._buf: deque[tuple[Message, int | None]] = deque()
+        self._cond = threading.Condition(threading.Lock())
+        self._ended = False
+        self._abort = False
+        self._dropped = 0
+        self._received = 0
+        self._thread: threading.Thread | None = None
+        if handler is not None:
+            self._thread = threading.Thread(
+                target=self._dispatch, name=f"zmqbus-handler[{pattern}]", daemon=True
+            )
+            self._thread.start()
+
+    @property
+    def pattern(self) -> str:
+        """The subscribed topic pattern."""
+        return self._pattern
+
+    @property
+    def handler(self) -> Handler | None:
+        """The handler, or None for a queue subscription."""
+        return self._handler
+
+    @property
+    def dropped(self) -> int:
+        """Messages dropped because the buffer was full."""
+        return self._dropped
+
+    @property
+    def received(self) -> int:
+        """Messages taken into the buffer (not counting drops)."""
+        return self._received
+
+    @property
+    def closed(self) -> bool:
+        """True once the subscription has ended (buffered messages may remain)."""
+        return self._ended
+
+    def __repr__(self) -> str:
+        kind = "handler" if self._handler else "queue"
+        state = "ended" if self._ended else "active"
+        return f"<Subscription {self._pattern!r} {kind} {state} dropped={self._dropped}>"
+
+    # --- Sink interface (I/O thread) ----------------------------------------
+
+    def offer(self, message: Message, ack_id: int | None) -> int:
+        """Called by the core on the I/O thread; never blocks."""
+        with self._cond:
+            if self._ended or len(self._buf) >= self._maxsize:
+                self._dropped += 1
+                return DROPPED
+            self._buf.append((message, ack_id))
+            self._received += 1
+            self._cond.notify()
+        if self._handler is not None and ack_id is not None:
+            return PENDING
+        return DELIVERED
+
+    def end(self) -> None:
+        """Called by the core: no more messages will come."""
+        with self._cond:
+            self._ended = True
+            self._cond.notify_all()
+
+    # --- consumer API -------------------------------------------------------
+
+    def get(self, timeout: float | None = None) -> Message:
+        """Next message. Raises ``TimeoutError`` if none arrives in ``timeout``
+        seconds, ``SubscriptionClosed`` once ended with the buffer empty."""
+        if self._handler is not None:
+            raise TypeError("a handler subscription has no queue to get() from")
+        if timeout is not None:
+            timeout = float(timeout)
+            if timeout < 0:
+                raise ValueError("timeout must not be negative")
+        with self._cond:
+            if (
+                not self._buf
+                and not self._ended
+                and not self._cond.wait_for(lambda: self._buf or self._ended, timeout)
+            ):
+                raise TimeoutError(f"no message on {self._pattern!r} within {timeout:g}s")
+            if self._buf:
+                return self._buf.popleft()[0]
+        raise SubscriptionClosed(f"subscription {self._pattern!r} has ended")
+
+    def __iter__(self) -> Iterator[Message]:
+        while True:
+            try:
+                yield self.get()
+            except SubscriptionClosed:
+                return
+
+    def unsubscribe(self, timeout: float = 5.0) -> None:
+        """End this subscription alone (others on the same pattern stay)."""
+        self._bus._remove(self, timeout)
+
+    def __len__(self) -> int:
+        """Messages buffered now."""
+        return len(self._buf)
+
+    # --- handler dispatch ---------------------------------------------------
+
+    def _dispatch(self) -> None:
+        handler = self._handler
+        assert handler is not None
+        cond = self._cond
+        buf = self._buf
+        while True:
+            with cond:
+                while not buf and not self._ended:
+                    cond.wait()
+                if self._abort or not buf:
+                    return
+                msg, ack_id = buf.popleft()
+            error: str | None = None
+            try:
+                handler(msg)
+            except Exception as exc:
+                error = _error_text(exc)
+                if ack_id is None:
+                    log.warning(
+                        "handler for %r raised on %r", self._pattern, msg.topic, exc_info=True
+                    )
+            if ack_id is not None:
+                self._bus._handler_done(ack_id, error)
+
+    def _stop(self) -> None:
+        # Bus is closing: discard the backlog, let a running handler finish.
+        with self._cond:
+            self._abort = True
+            self._ended = True
+            self._buf.clear() if self._handler is not None else None
+            self._cond.notify_all()
+
+    def _join(self, timeout: float) -> None:
+        t = self._thread
+        if t is not None and t is not threading.current_thread():
+            t.join(timeout)
+
+
+class Bus:
+    """A connection to a broker on one channel; every method is thread-safe.
+
+    ``address`` is a zmq endpoint (``tcp://host:port``, ``ipc://``,
+    ``inproc://``) or ``host:port``. ``channel_id`` is a ``uuid.UUID`` or UUID
+    string. The constructor returns once the broker has answered the
+    handshake, or raises ``ConnectTimeout`` after ``connect_timeout`` seconds.
+    ``close()`` waits up to ``close_timeout`` seconds for messages already
+    queued to reach the broker.
+    """
+
+    def __init__(
+        self,
+        address: str,
+        channel_id: uuid.UUID | str,
+        *,
+        connect_timeout: float = 5.0,
+        close_timeout: float = 2.0,
+        context: zmq.Context[Any] | None = None,
+        hwm: int = 100_000,
+    ) -> None:
+        self._channel = parse_channel(channel_id)
+        self._endpoint = connect_endpoint(address)
+        connect_timeout = _check_timeout(connect_timeout, "connect_timeout")
+        self._close_timeout = _check_timeout(close_timeout, "close_timeout")
+        self._ctx = context if context is not None else zmq.Context.instance()
+        self._core = ClientCore(self._channel.bytes, client_name=f"zmqbus-py/{__version__}")
+        self._closed = False
+        self._close_lock = threading.Lock()
+        self._subs_lock = threading.Lock()
+        self._subs: list[Subscription] = []
+        self._topics: dict[str, bytes] = {}
+        self._io = IOThread(self._ctx, self._endpoint, self._core, hwm=hwm)
+        fut: Future[dict[str, Any]] = Future()
+        now = time.monotonic()
+        self._io.submit(partial(self._core.connect, fut, now + connect_timeout, connect_timeout))
+        try:
+            info = fut.result(connect_timeout + _GRACE)
+        except (ConnectTimeout, FutureTimeout):
+            self._shutdown()
+            raise ConnectTimeout(self._endpoint, connect_timeout) from None
+        except BaseException:
+            self._shutdown()
+            raise
+        self._max_size = int(info["max_message_size"])
+        log.debug("bus joined channel %s at %s", self._channel, self._endpoint)
+
+    # --- properties ---------------------------------------------------------
+
+    @property
+    def channel_id(self) -> uuid.UUID:
+        """The channel this bus publishes and subscribes on."""
+        return self._channel
+
+    @property
+    def address(self) -> str:
+        """The broker endpoint."""
+        return self._endpoint
+
+    @property
+    def closed(self) -> bool:
+        """True once ``close()`` has been called."""
+        return self._closed
+
+    @property
+    def max_message_size(self) -> int:
+        """The broker's limit on an encoded message body, from the handshake."""
+        return self._max_size
+
+    def __repr__(self) -> str:
+        state = "closed" if self._closed else "open"
+        return f"<Bus {self._endpoint} channel={self._channel} {state}>"
+
+    # --- publish ------------------------------------------------------------
+
+    def publish(
+        self,
+        topic: str,
+        payload: bytes | bytearray | memoryview,
+        headers: Mapping[str, str] | None = None,
+        *,
+        timeout: float = 5.0,
+        confirm: bool = True,
+    ) -> PublishResult:
+        """Publish ``payload`` on ``topic``.
+
+        With ``confirm`` (the default), return once every subscription the
+        message reached has taken it (queued or dropped; handlers returned).
+        Raises ``HandlerError`` if a handler raised, ``PublishTimeout`` if not
+        all confirmed within ``timeout``. Without ``confirm``, return as soon as
+        the message is queued for sending.
+        """
+        if self._closed:
+            raise BusClosed("bus is closed")
+        topic_b = self._topics.get(topic)
+        if topic_b is None:
+            topic_b = validate_topic(topic).encode()
+            if len(self._topics) < 4096:
+                self._topics[topic] = topic_b
+        if type(payload) is not bytes:
+            if isinstance(payload, (bytearray, memoryview)):
+                payload = bytes(payload)
+            else:
+                raise TypeError(f"payload must be bytes-like, not {type(payload).__name__}")
+        hdrs = _check_headers(headers)
+        timeout = _check_timeout(timeout)
+        body = p.pack_message(uuid.uuid4().bytes, time.time_ns(), hdrs, payload)
+        if len(body) > self._max_size:
+            raise MessageTooLarge(len(body), self._max_size)
+        if not confirm:
+            self._io.submit([p.H_PUBLISH, self._channel.bytes, b"", topic_b, body])
+            return _UNCONFIRMED
+        fut: Future[PublishResult] = Future()
+        self._io.submit(
+            partial(self._core.publish, topic_b, body, fut, time.monotonic() + timeout, timeout)
+        )
+        try:
+            return fut.result(timeout + _GRACE)
+        except FutureTimeout:
+            raise PublishTimeout(timeout, PublishResult(), None) from None
+
+    # --- subscribe ----------------------------------------------------------
+
+    def subscribe(
+        self,
+        pattern: str,
+        handler: Handler | None = None,
+        maxsize: int = 100,
+        *,
+        timeout: float = 5.0,
+    ) -> Subscription:
+        """Subscribe to topics matching ``pattern``; returns once the broker holds it.
+
+        Without ``handler``, read the returned subscription with ``get()`` or by
+        iterating. With ``handler``, it is called with each ``Message`` on the
+        subscription's own thread; a raise is reported to a confirming publisher.
+        """
+        if self._closed:
+            raise BusClosed("bus is closed")
+        validate_pattern(pattern)
+        if handler is not None and not callable(handler):
+            raise TypeError("handler must be callable")
+        if isinstance(maxsize, bool) or not isinstance(maxsize, int) or maxsize < 1:
+            raise ValueError("maxsize must be a positive int")
+        timeout = _check_timeout(timeout)
+        sub = Subscription(self, pattern, maxsize, handler)
+        fut: Future[None] = Future()
+        try:
+            self._io.submit(
+                partial(self._core.subscribe, sub, fut, time.monotonic() + timeout, timeout)
+            )
+            fut.result(timeout + _GRACE)
+        except BaseException as exc:
+            sub._stop()
+            sub._join(0.1)
+            if isinstance(exc, FutureTimeout):
+                raise RequestTimeout(f"subscribe not confirmed within {timeout:g}s") from None
+            raise
+        with self._subs_lock:
+            self._subs.append(sub)
+        return sub
+
+    def unsubscribe(self, pattern: str, *, timeout: float = 5.0) -> int:
+        """End every subscription of this bus to exactly ``pattern``; returns how
+        many ended, once the broker has confirmed."""
+        if self._closed:
+            raise BusClosed("bus is closed")
+        validate_pattern(pattern)
+        timeout = _check_timeout(timeout)
+        fut: Future[int] = Future()
+        self._io.submit(
+            partial(self._core.unsubscribe, pattern, fut, time.monotonic() + timeout, timeout)
+        )
+        try:
+            count = fut.result(timeout + _GRACE)
+        except FutureTimeout:
+            raise RequestTimeout(f"unsubscribe not confirmed within {timeout:g}s") from None
+        with self._subs_lock:
+            self._subs = [s for s in self._subs if s.pattern != pattern]
+        return count
+
+    def _remove(self, sub: Subscription, timeout: float) -> None:
+        if self._closed:
+            return
+        timeout = _check_timeout(timeout)
+        fut: Future[None] = Future()
+        try:
+            self._io.submit(
+                partial(self._core.remove, sub, fut, time.monotonic() + timeout, timeout)
+            )
+        except BusClosed:
+            return
+        try:
+            fut.result(timeout + _GRACE)
+        except FutureTimeout:
+            raise RequestTimeout(f"unsubscribe not confirmed within {timeout:g}s") from None
+        except BusClosed:
+            return
+        with self._subs_lock:
+            if sub in self._subs:
+                self._subs.remove(sub)
+
+    def _handler_done(self, ack_id: int, error: str | None) -> None:
+        # If the bus closed meanwhile, the core already confirmed this delivery.
+        with contextlib.suppress(BusClosed):
+            self._io.submit(partial(self._core.handler_done, ack_id, error))
+
+    # --- lifecycle ----------------------------------------------------------
+
+    def close(self) -> None:
+        """Close the bus. Idempotent. Subscriptions end (buffered messages stay
+        readable), pending publishes fail with ``BusClosed``, queued messages
+        get up to ``close_timeout`` seconds to reach the broker."""
+        with self._close_lock:
+            if self._closed:
+                return
+            self._closed = True
+        with self._subs_lock:
+            subs, self._subs = self._subs, []
+        for sub in subs:
+            if sub.handler is not None:
+                sub._stop()
+        fut: Future[None] = Future()
+        timeout = self._close_timeout
+        try:
+            self._io.submit(
+                partial(
+                    self._core.close,
+                    BusClosed("bus is closed"),
+                    fut,
+                    time.monotonic() + timeout,
+                    timeout,
+                )
+            )
+            fut.result(timeout + _GRACE)
+        except Exception:
+            pass  # best effort: the broker may be gone
+        self._shutdown()
+        deadline = time.monotonic() + timeout
+        for sub in subs:
+            sub._join(max(0.0, deadline - time.monotonic()))
+
+    def _shutdown(self) -> None:
+        self._io.stop(self._close_timeout)
+
+    def __enter__(self) -> Bus:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def __del__(self) -> None:
+        # A bus dropped without close() must not leave its I/O thread running.
+        if not getattr(self, "_closed", True) and hasattr(self, "_io"):
+            with contextlib.suppress(Exception):
+                self._io.stop(0.5)

@@ -1,0 +1,103 @@
+"""The exception family of zmqbus: one root, typed leaves, errors that carry fields."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from .message import PublishResult
+
+__all__ = [
+    "BusClosed",
+    "ConnectTimeout",
+    "HandlerError",
+    "MessageTooLarge",
+    "ProtocolError",
+    "PublishTimeout",
+    "RequestTimeout",
+    "SubscriptionClosed",
+    "ZmqbusError",
+]
+
+
+class ZmqbusError(Exception):
+    """Root of every error zmqbus raises on its own account."""
+
+
+class BusClosed(ZmqbusError):
+    """The bus is closed: the call cannot run, or was pending when the bus closed."""
+
+
+class ConnectTimeout(ZmqbusError, ConnectionError):
+    """The broker did not answer the handshake within ``connect_timeout``."""
+
+    def __init__(self, address: str, timeout: float) -> None:
+        super().__init__(f"no answer from broker at {address} within {timeout:g}s")
+        self.address = address
+        self.timeout = timeout
+
+
+class RequestTimeout(ZmqbusError, TimeoutError):
+    """The broker did not confirm a subscribe, unsubscribe or disconnect in time."""
+
+
+class MessageTooLarge(ZmqbusError, ValueError):
+    """The encoded message exceeds the broker's ``max_message_size``."""
+
+    def __init__(self, size: int, limit: int) -> None:
+        super().__init__(f"message of {size} bytes exceeds the broker's limit of {limit} bytes")
+        self.size = size
+        self.limit = limit
+
+
+class SubscriptionClosed(ZmqbusError):
+    """The subscription has ended and its buffer is empty."""
+
+
+class ProtocolError(ZmqbusError):
+    """A frame broke the wire protocol.
+
+    ``code`` is the protocol error code (see ``zmqbus.protocol.ErrorCode``);
+    ``remote`` is True when the other side sent the bad frames or reported the
+    error, False when this side was about to break the protocol.
+    """
+
+    def __init__(self, code: int, message: str, *, remote: bool = True) -> None:
+        super().__init__(f"[{code}] {message}")
+        self.code = code
+        self.detail = message
+        self.remote = remote
+
+
+class HandlerError(ZmqbusError):
+    """One or more handler subscriptions raised while handling a confirmed publish.
+
+    ``errors`` lists each failing handler's error text; ``result`` is the
+    publish result as counted when the last confirmation arrived.
+    """
+
+    def __init__(self, errors: list[str], result: PublishResult) -> None:
+        joined = "; ".join(errors)
+        noun = "handler" if len(errors) == 1 else "handlers"
+        super().__init__(f"{len(errors)} {noun} failed: {joined}")
+        self.errors = errors
+        self.result = result
+
+
+class PublishTimeout(ZmqbusError, TimeoutError):
+    """Not every subscription reached confirmed the publish within the timeout.
+
+    ``result`` holds what had been confirmed by then; ``expected`` is the number
+    of subscribing buses the broker routed to, or None if the broker had not
+    answered at all.
+    """
+
+    def __init__(self, timeout: float, result: PublishResult, expected: int | None) -> None:
+        if expected is None:
+            detail = "the broker did not acknowledge the publish"
+        else:
+            detail = f"{result.buses} of {expected} subscribing buses confirmed"
+        super().__init__(f"publish not confirmed within {timeout:g}s: {detail}")
+        self.timeout = timeout
+        self.result = result
+        self.expected = expected
