@@ -12,6 +12,16 @@ def _check_port(text: str, original: str) -> None:
         raise ValueError(f"not a valid port in address {original!r}")
 
 
+def _split_host_port(text: str) -> tuple[str, str] | None:
+    if "://" in text:
+        scheme = text.split("://", 1)[0]
+        raise ValueError(f"unsupported transport {scheme!r} in {text!r}: use tcp, ipc or inproc")
+    host, sep, port = text.rpartition(":")
+    if sep and host and "/" not in host:
+        return host, port
+    return None
+
+
 def bind_endpoint(bind: object) -> str:
     """Endpoint for a broker to bind: ``tcp://host:port``, ``ipc://``, ``inproc://``,
     a bare port (``"9090"`` -> ``tcp://127.0.0.1:9090``) or ``host:port``."""
@@ -26,9 +36,9 @@ def bind_endpoint(bind: object) -> str:
     if bind.isdigit():
         _check_port(bind, bind)
         return f"tcp://127.0.0.1:{bind}"
-    host, sep, port = bind.rpartition(":")
-    if sep and host:
-        _check_port(port, bind)
+    split = _split_host_port(bind)
+    if split is not None:
+        _check_port(split[1], bind)
         return f"tcp://{bind}"
     raise ValueError(f"cannot bind to {bind!r}: use tcp://host:port, inproc://name or a port")
 
@@ -43,8 +53,8 @@ def connect_endpoint(address: object) -> str:
             if address.endswith(":0"):
                 raise ValueError(f"cannot connect to port 0: {address!r}")
         return address
-    host, sep, port = address.rpartition(":")
-    if sep and host:
-        _check_port(port, address)
+    split = _split_host_port(address)
+    if split is not None:
+        _check_port(split[1], address)
         return f"tcp://{address}"
     raise ValueError(f"cannot connect to {address!r}: use tcp://host:port or host:port")

@@ -51,9 +51,9 @@ class IOThread:
         self._sock.setsockopt(zmq.RCVHWM, hwm)
         try:
             self._sock.connect(endpoint)
-        except zmq.ZMQError:
+        except zmq.ZMQError as exc:
             self._sock.close(0)
-            raise
+            raise ValueError(f"cannot connect to {endpoint!r}: {exc}") from None
         wake = f"inproc://zmqbus-wake-{id(self):x}-{time.monotonic_ns():x}"
         self._wake_rx: zmq.Socket[bytes] = context.socket(zmq.PAIR)
         self._wake_rx.setsockopt(zmq.LINGER, 0)

@@ -13,7 +13,7 @@ from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeout
 from functools import partial
 from types import TracebackType
-from typing import Any
+from typing import Any, TypeVar
 
 import zmq
 
@@ -29,6 +29,7 @@ from .errors import (
     PublishTimeout,
     RequestTimeout,
     SubscriptionClosed,
+    ZmqbusError,
 )
 from .message import Message, PublishResult
 from .topics import validate_pattern, validate_topic
@@ -77,6 +78,20 @@ def _check_headers(headers: object) -> Mapping[str, str]:
         if not isinstance(k, str) or not isinstance(v, str):
             raise TypeError(f"headers must map str to str; got {k!r}: {v!r}")
     return headers
+
+
+T = TypeVar("T")
+
+
+def _wait(fut: Future[T], timeout: float, on_timeout: Callable[[], ZmqbusError]) -> T:
+    # concurrent.futures.TimeoutError is the builtin TimeoutError, which our own
+    # PublishTimeout/RequestTimeout subclass: let those through untouched.
+    try:
+        return fut.result(timeout + _GRACE)
+    except ZmqbusError:
+        raise
+    except FutureTimeout:
+        raise on_timeout() from None
 
 
 def _error_text(exc: BaseException) -> str:
@@ -355,10 +370,7 @@ class Bus:
         self._io.submit(
             partial(self._core.publish, topic_b, body, fut, time.monotonic() + timeout, timeout)
         )
-        try:
-            return fut.result(timeout + _GRACE)
-        except FutureTimeout:
-            raise PublishTimeout(timeout, PublishResult(), None) from None
+        return _wait(fut, timeout, lambda: PublishTimeout(timeout, PublishResult(), None))
 
     # --- subscribe ----------------------------------------------------------
 
@@ -390,12 +402,12 @@ class Bus:
             self._io.submit(
                 partial(self._core.subscribe, sub, fut, time.monotonic() + timeout, timeout)
             )
-            fut.result(timeout + _GRACE)
-        except BaseException as exc:
+            _wait(
+                fut, timeout, lambda: RequestTimeout(f"subscribe not confirmed within {timeout:g}s")
+            )
+        except BaseException:
             sub._stop()
             sub._join(0.1)
-            if isinstance(exc, FutureTimeout):
-                raise RequestTimeout(f"subscribe not confirmed within {timeout:g}s") from None
             raise
         with self._subs_lock:
             self._subs.append(sub)
@@ -412,10 +424,9 @@ class Bus:
         self._io.submit(
             partial(self._core.unsubscribe, pattern, fut, time.monotonic() + timeout, timeout)
         )
-        try:
-            count = fut.result(timeout + _GRACE)
-        except FutureTimeout:
-            raise RequestTimeout(f"unsubscribe not confirmed within {timeout:g}s") from None
+        count = _wait(
+            fut, timeout, lambda: RequestTimeout(f"unsubscribe not confirmed within {timeout:g}s")
+        )
         with self._subs_lock:
             self._subs = [s for s in self._subs if s.pattern != pattern]
         return count
@@ -432,9 +443,11 @@ class Bus:
         except BusClosed:
             return
         try:
-            fut.result(timeout + _GRACE)
-        except FutureTimeout:
-            raise RequestTimeout(f"unsubscribe not confirmed within {timeout:g}s") from None
+            _wait(
+                fut,
+                timeout,
+                lambda: RequestTimeout(f"unsubscribe not confirmed within {timeout:g}s"),
+            )
         except BusClosed:
             return
         with self._subs_lock:
