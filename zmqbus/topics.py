@@ -24,8 +24,8 @@ __all__ = [
 
 MAX_TOPIC_BYTES = 256
 
-# Any whitespace or control character, and the wildcard characters.
-_BAD_CHARS = re.compile(r"[\s\x00-\x1f\x7f*>]")
+# Any whitespace, C0 or C1 control character, and the wildcard characters.
+_BAD_CHARS = re.compile(r"[\s\x00-\x1f\x7f-\x9f*>]")
 
 
 def _check(value: object, kind: str) -> list[str]:

@@ -1,0 +1,663 @@
+"""The ``zmqbus`` command: run a broker, publish, subscribe, or see a demo.
+
+This is the one module of the package that prints and configures logging.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import contextlib
+import json
+import logging
+import os
+import platform
+import signal
+import sys
+import time
+import uuid
+from collections.abc import Callable, Sequence
+from importlib.metadata import PackageNotFoundError
+from importlib.metadata import version as dist_version
+from typing import NoReturn
+
+import zmq
+
+from ._version import __version__
+from .broker import DEFAULT_BIND, Broker
+from .bus import Bus
+from .errors import (
+    ConnectTimeout,
+    HandlerError,
+    MessageTooLarge,
+    PublishTimeout,
+    RequestTimeout,
+    ZmqbusError,
+)
+from .message import Message, PublishResult
+from .topics import validate_pattern, validate_topic
+
+__all__ = ["main"]
+
+log = logging.getLogger("zmqbus.cli")
+
+# Exit codes, one meaning each across subcommands.
+EXIT_OK = 0
+EXIT_FAILED = 1  # a handler raised (pub), the broker could not bind, another runtime error
+EXIT_USAGE = 2  # bad input: arguments, UUID, header, topic or pattern, message too large
+EXIT_UNREACHABLE = 3  # the broker did not answer the handshake within --connect-timeout
+EXIT_TIMEOUT = 4  # sub: --count not reached within --timeout; pub: not confirmed in time
+
+DEFAULT_ADDRESS = DEFAULT_BIND
+ENV_ADDRESS = "ZMQBUS_ADDRESS"
+ENV_CHANNEL = "ZMQBUS_CHANNEL"
+
+_EPILOG = f"""\
+exit codes:
+  {EXIT_OK}  success (sub: --count reached, or --timeout without --count, or Ctrl-C;
+     broker: stopped by SIGINT or SIGTERM)
+  {EXIT_FAILED}  pub: a subscriber's handler raised (errors on stderr);
+     broker: could not bind; any other runtime failure
+  {EXIT_USAGE}  bad input: arguments, channel UUID, header, topic or pattern, message too large
+  {EXIT_UNREACHABLE}  the broker did not answer within --connect-timeout
+  {EXIT_TIMEOUT}  timed out: sub got fewer than --count messages within --timeout;
+     pub was not confirmed by every subscriber within --timeout
+
+environment:
+  {ENV_ADDRESS}  default for --address (else {DEFAULT_ADDRESS})
+  {ENV_CHANNEL}  default for --channel
+"""
+
+
+class _UsageError(Exception):
+    """Bad input found after argument parsing (exit 2)."""
+
+
+# --- argument types ---------------------------------------------------------------
+
+
+def _arg_uuid(text: str) -> uuid.UUID:
+    try:
+        return uuid.UUID(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a UUID: {text!r}") from None
+
+
+def _arg_topic(text: str) -> str:
+    try:
+        return validate_topic(text)
+    except (TypeError, ValueError) as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _arg_pattern(text: str) -> str:
+    try:
+        return validate_pattern(text)
+    except (TypeError, ValueError) as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _arg_header(text: str) -> tuple[str, str]:
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise argparse.ArgumentTypeError(f"header must be KEY=VALUE with a non-empty KEY: {text!r}")
+    return key, value
+
+
+def _arg_seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a positive number of seconds: {text!r}")
+    return value
+
+
+def _arg_positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1: {text!r}")
+    return value
+
+
+def _arg_log_level(text: str) -> str:
+    level = text.upper()
+    if level not in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"):
+        raise argparse.ArgumentTypeError(f"not a log level: {text!r}")
+    return level
+
+
+# --- parser -----------------------------------------------------------------------
+
+
+def _log_level_parent(default: str) -> argparse.ArgumentParser:
+    parent = argparse.ArgumentParser(add_help=False)
+    parent.add_argument(
+        "--log-level",
+        type=_arg_log_level,
+        default=default,
+        metavar="LEVEL",
+        help=f"DEBUG, INFO, WARNING, ERROR or CRITICAL (default {default})",
+    )
+    return parent
+
+
+def _client_parent() -> argparse.ArgumentParser:
+    parent = argparse.ArgumentParser(add_help=False)
+    env_channel = os.environ.get(ENV_CHANNEL)
+    parent.add_argument(
+        "--channel",
+        type=_arg_uuid,
+        default=env_channel,  # a str default goes through type= too
+        required=not env_channel,
+        metavar="UUID",
+        help=f"channel ID (a UUID); default ${ENV_CHANNEL}",
+    )
+    parent.add_argument(
+        "--address",
+        default=os.environ.get(ENV_ADDRESS, DEFAULT_ADDRESS),
+        help=f"broker endpoint (default ${ENV_ADDRESS} or {DEFAULT_ADDRESS})",
+    )
+    parent.add_argument(
+        "--connect-timeout",
+        type=_arg_seconds,
+        default=5.0,
+        metavar="S",
+        help="seconds to wait for the broker's handshake (default 5)",
+    )
+    return parent
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of the ``zmqbus`` command."""
+    fmt = argparse.RawDescriptionHelpFormatter
+    parser = argparse.ArgumentParser(
+        prog="zmqbus",
+        description="A pub/sub message bus on ZeroMQ and msgpack.",
+        epilog=_EPILOG,
+        formatter_class=fmt,
+    )
+    parser.add_argument("--version", action="version", version=f"zmqbus {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    client = _client_parent()
+    quiet = _log_level_parent("WARNING")
+
+    p = sub.add_parser(
+        "broker",
+        parents=[_log_level_parent("INFO")],
+        help="run a broker in the foreground",
+        description="Run a broker in the foreground until SIGINT (Ctrl-C) or SIGTERM.",
+        epilog=_EPILOG,
+        formatter_class=fmt,
+    )
+    p.add_argument(
+        "--bind",
+        default=DEFAULT_BIND,
+        help=f"endpoint to bind; port 0 picks a free port (default {DEFAULT_BIND})",
+    )
+    p.add_argument(
+        "--max-message-size",
+        type=_arg_positive_int,
+        default=1 << 20,
+        metavar="N",
+        help="largest encoded message body in bytes (default 1048576)",
+    )
+    p.set_defaults(func=cmd_broker)
+
+    p = sub.add_parser(
+        "pub",
+        parents=[client, quiet],
+        help="publish one message",
+        description="Publish one message and print what it reached.",
+        epilog=_EPILOG,
+        formatter_class=fmt,
+    )
+    p.add_argument("topic", type=_arg_topic, metavar="TOPIC", help="e.g. orders.created")
+    p.add_argument("data", metavar="DATA", help="payload text, or - to read bytes from stdin")
+    p.add_argument(
+        "--header",
+        type=_arg_header,
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="a message header; repeat for more",
+    )
+    p.add_argument(
+        "--no-confirm",
+        action="store_true",
+        help="fire and forget: do not wait for subscribers to confirm",
+    )
+    p.add_argument(
+        "--timeout",
+        type=_arg_seconds,
+        default=5.0,
+        metavar="S",
+        help="seconds to wait for confirmation (default 5)",
+    )
+    p.set_defaults(func=cmd_pub)
+
+    p = sub.add_parser(
+        "sub",
+        parents=[client, quiet],
+        help="print messages matching a pattern",
+        description=(
+            "Subscribe and print one line per message: TOPIC HEADERS-JSON PAYLOAD.\n"
+            "The payload is decoded as UTF-8, undecodable bytes as \\xNN, control\n"
+            "characters escaped; --json gives the exact bytes (base64). Once the\n"
+            "broker has confirmed the subscription, 'subscribed to PATTERN ...' is\n"
+            "written to stderr."
+        ),
+        epilog=_EPILOG,
+        formatter_class=fmt,
+    )
+    p.add_argument("pattern", type=_arg_pattern, metavar="PATTERN", help="e.g. orders.* or audit.>")
+    p.add_argument("--count", type=_arg_positive_int, metavar="N", help="exit after N messages")
+    p.add_argument(
+        "--timeout",
+        type=_arg_seconds,
+        metavar="S",
+        help="exit after S seconds (exit code 4 if --count was not reached)",
+    )
+    p.add_argument(
+        "--json",
+        action="store_true",
+        help="one JSON object per line: id, topic, headers, timestamp, payload (base64)",
+    )
+    p.add_argument(
+        "--buffer",
+        type=_arg_positive_int,
+        default=10_000,
+        metavar="N",
+        help="messages buffered before new ones are dropped (default 10000)",
+    )
+    p.set_defaults(func=cmd_sub)
+
+    p = sub.add_parser(
+        "demo",
+        parents=[quiet],
+        help="a tour in one process: broker, buses, wildcards, errors, latency",
+        description="Run an embedded broker and buses in this process and show the features.",
+        formatter_class=fmt,
+    )
+    p.add_argument(
+        "--count",
+        type=_arg_positive_int,
+        default=2000,
+        metavar="N",
+        help="confirmed round trips for the latency summary (default 2000)",
+    )
+    p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser(
+        "version",
+        help="print the versions of zmqbus and its dependencies",
+        description="Print the versions of zmqbus, pyzmq, libzmq, msgpack and Python.",
+    )
+    p.set_defaults(func=cmd_version)
+    return parser
+
+
+# --- helpers ----------------------------------------------------------------------
+
+
+def _configure_logging(level: str) -> None:
+    logging.basicConfig(
+        level=level,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+
+
+def _err(prog: str, text: str) -> None:
+    print(f"{prog}: {text}", file=sys.stderr, flush=True)
+
+
+def _connect(args: argparse.Namespace) -> Bus:
+    """A bus per the common options; raises _UsageError for a bad address."""
+    try:
+        return Bus(args.address, args.channel, connect_timeout=args.connect_timeout)
+    except (TypeError, ValueError) as exc:
+        raise _UsageError(str(exc)) from None
+
+
+def _format_result(result: PublishResult) -> str:
+    if not result.confirmed:
+        return "sent (not confirmed)"
+    return (
+        f"delivered={result.delivered} dropped={result.dropped} "
+        f"failed={result.failed} buses={result.buses}"
+    )
+
+
+# Control characters (and DEL) as escapes, so one message is one line.
+_ESCAPES: dict[int, str] = {c: f"\\x{c:02x}" for c in [*range(0x20), 0x7F]}
+_ESCAPES.update({ord("\n"): "\\n", ord("\r"): "\\r", ord("\t"): "\\t"})
+
+
+def _payload_text(payload: bytes) -> str:
+    return payload.decode("utf-8", "backslashreplace").translate(_ESCAPES)
+
+
+def format_message(msg: Message, *, as_json: bool = False) -> str:
+    """One line for ``msg``: ``TOPIC HEADERS-JSON PAYLOAD`` or a JSON object."""
+    if as_json:
+        return json.dumps(
+            {
+                "id": str(msg.id),
+                "topic": msg.topic,
+                "headers": msg.headers,
+                "timestamp": msg.timestamp.isoformat(),
+                "payload": base64.b64encode(msg.payload).decode("ascii"),
+            },
+            ensure_ascii=False,
+        )
+    headers = json.dumps(msg.headers, ensure_ascii=False, separators=(",", ":"))
+    return f"{msg.topic} {headers} {_payload_text(msg.payload)}"
+
+
+def _raise_interrupt(signum: int, frame: object) -> NoReturn:
+    raise KeyboardInterrupt
+
+
+# --- broker -----------------------------------------------------------------------
+
+
+def cmd_broker(args: argparse.Namespace) -> int:
+    _configure_logging(args.log_level)
+    stop_signals = {signal.SIGINT, signal.SIGTERM}
+    # Block the stop signals before any thread exists (the broker's, and zmq's own
+    # I/O threads, which start with the context) so every thread inherits the mask
+    # and the signals stay pending for sigwait() below: idling costs nothing.
+    old_mask = signal.pthread_sigmask(signal.SIG_BLOCK, stop_signals)
+    try:
+        try:
+            broker = Broker(args.bind, max_message_size=args.max_message_size)
+        except (TypeError, ValueError) as exc:
+            _err("zmqbus broker", str(exc))
+            return EXIT_USAGE
+        try:
+            broker.start()
+        except zmq.ZMQError as exc:
+            log.error("cannot bind %s: %s", args.bind, exc)
+            return EXIT_FAILED
+        log.info(
+            "zmqbus %s broker ready (pid %d); stop with Ctrl-C or SIGTERM", __version__, os.getpid()
+        )
+        signum = signal.sigwait(stop_signals)
+        log.info("received %s, stopping", signal.Signals(signum).name)
+        broker.stop()
+        return EXIT_OK
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, old_mask)
+
+
+# --- pub --------------------------------------------------------------------------
+
+
+def cmd_pub(args: argparse.Namespace) -> int:
+    _configure_logging(args.log_level)
+    prog = "zmqbus pub"
+    headers: dict[str, str] = {}
+    for key, value in args.header:
+        if key in headers:
+            _err(prog, f"header {key!r} given twice")
+            return EXIT_USAGE
+        headers[key] = value
+    payload = sys.stdin.buffer.read() if args.data == "-" else os.fsencode(args.data)
+    try:
+        bus = _connect(args)
+    except _UsageError as exc:
+        _err(prog, str(exc))
+        return EXIT_USAGE
+    except ConnectTimeout as exc:
+        _err(prog, str(exc))
+        return EXIT_UNREACHABLE
+    try:
+        result = bus.publish(
+            args.topic, payload, headers, timeout=args.timeout, confirm=not args.no_confirm
+        )
+    except HandlerError as exc:
+        _err(prog, str(exc))
+        for text in exc.errors:
+            print(f"  {text}", file=sys.stderr)
+        print(_format_result(exc.result), file=sys.stderr, flush=True)
+        return EXIT_FAILED
+    except MessageTooLarge as exc:
+        _err(prog, str(exc))
+        return EXIT_USAGE
+    except PublishTimeout as exc:
+        _err(prog, str(exc))
+        return EXIT_TIMEOUT
+    except ZmqbusError as exc:
+        _err(prog, f"{type(exc).__name__}: {exc}")
+        return EXIT_FAILED
+    finally:
+        bus.close()
+    print(_format_result(result), flush=True)
+    return EXIT_OK
+
+
+# --- sub --------------------------------------------------------------------------
+
+
+def cmd_sub(args: argparse.Namespace) -> int:
+    _configure_logging(args.log_level)
+    prog = "zmqbus sub"
+    deadline = None if args.timeout is None else time.monotonic() + args.timeout
+    # SIGTERM ends the command like Ctrl-C: close the bus and exit 0.
+    signal.signal(signal.SIGTERM, _raise_interrupt)
+    try:
+        try:
+            bus = _connect(args)
+        except _UsageError as exc:
+            _err(prog, str(exc))
+            return EXIT_USAGE
+        except ConnectTimeout as exc:
+            _err(prog, str(exc))
+            return EXIT_UNREACHABLE
+        try:
+            return _sub_loop(bus, args, deadline)
+        finally:
+            bus.close()
+    except KeyboardInterrupt:
+        return EXIT_OK
+
+
+def _sub_loop(bus: Bus, args: argparse.Namespace, deadline: float | None) -> int:
+    prog = "zmqbus sub"
+    try:
+        sub = bus.subscribe(args.pattern, maxsize=args.buffer)
+    except RequestTimeout as exc:
+        _err(prog, str(exc))
+        return EXIT_TIMEOUT
+    print(f"subscribed to {args.pattern} on channel {bus.channel_id}", file=sys.stderr, flush=True)
+    got = 0
+    try:
+        while args.count is None or got < args.count:
+            remaining = None if deadline is None else deadline - time.monotonic()
+            if remaining is not None and remaining <= 0:
+                break
+            try:
+                msg = sub.get(remaining)
+            except TimeoutError:
+                break
+            print(format_message(msg, as_json=args.json), flush=True)
+            got += 1
+    except BrokenPipeError:
+        # The reader went away (e.g. `| head -1`): stop quietly.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return EXIT_OK
+    if sub.dropped:
+        log.warning("%d messages dropped: the buffer (--buffer) was full", sub.dropped)
+    if args.count is not None and got < args.count:
+        _err(prog, f"timed out after {args.timeout:g}s with {got} of {args.count} messages")
+        return EXIT_TIMEOUT
+    return EXIT_OK
+
+
+# --- demo -------------------------------------------------------------------------
+
+
+def _percentile(sorted_values: Sequence[float], q: float) -> float:
+    # Nearest rank: the smallest value with at least q of the values at or below it.
+    n = len(sorted_values)
+    rank = max(1, min(n, -int(-q * n // 1)))
+    return sorted_values[rank - 1]
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    _configure_logging(args.log_level)
+    out: Callable[..., None] = print
+    channel = uuid.uuid4()
+    with Broker("tcp://127.0.0.1:0") as broker:
+        out(f"zmqbus {__version__} demo: broker on {broker.address}, channel {channel}")
+        pub = Bus(broker.address, channel)
+        alice = Bus(broker.address, channel)
+        bob = Bus(broker.address, channel)
+        try:
+            _demo_features(out, pub, alice, bob)
+            _demo_latency(out, pub, alice, args.count)
+        finally:
+            for bus in (pub, alice, bob):
+                bus.close()
+    return EXIT_OK
+
+
+def _demo_features(out: Callable[..., None], pub: Bus, alice: Bus, bob: Bus) -> None:
+    out("\n== 1. basic pub/sub (queue subscription) ==")
+    sub = alice.subscribe("orders.created")
+    res = pub.publish("orders.created", b'{"id": 123}')
+    msg = sub.get(timeout=5)
+    out(f"published orders.created -> {_format_result(res)}")
+    out(f"alice got {msg.topic}: {_payload_text(msg.payload)}")
+    sub.unsubscribe()
+
+    out("\n== 2. fan-out: two subscribers, both get every message ==")
+    sub_a = alice.subscribe("orders.paid")
+    sub_b = bob.subscribe("orders.paid")
+    res = pub.publish("orders.paid", b"order 123 paid")
+    out(f"published orders.paid -> {_format_result(res)}")
+    out(f"alice got: {_payload_text(sub_a.get(timeout=5).payload)}")
+    out(f"bob   got: {_payload_text(sub_b.get(timeout=5).payload)}")
+    alice.unsubscribe("orders.paid")
+    bob.unsubscribe("orders.paid")
+
+    out("\n== 3. headers ==")
+    sub = bob.subscribe("user.activity")
+    pub.publish("user.activity", b"new message", {"user_id": "123", "source": "api"})
+    msg = sub.get(timeout=5)
+    out(f"bob got {msg.topic} headers={msg.headers} payload={_payload_text(msg.payload)}")
+    sub.unsubscribe()
+
+    out("\n== 4. wildcards: audit.> matches one or more tokens, * exactly one ==")
+    deep = alice.subscribe("audit.>")
+    one = bob.subscribe("audit.*")
+    for topic in ("audit.user.login", "audit.order.created", "audit.logout"):
+        res = pub.publish(topic, b"{}")
+        out(f"published {topic:<20} -> {_format_result(res)}")
+    out(f"alice (audit.>) got: {', '.join(deep.get(timeout=5).topic for _ in range(3))}")
+    out(f"bob   (audit.*) got: {one.get(timeout=5).topic}")
+    deep.unsubscribe()
+    one.unsubscribe()
+
+    out("\n== 5. a handler raises; the publisher gets HandlerError ==")
+
+    def charge(msg: Message) -> None:
+        raise ValueError(f"card declined for {msg.payload.decode()}")
+
+    handler_sub = alice.subscribe("payments.charge", charge)
+    try:
+        pub.publish("payments.charge", b"order 123")
+        out("unexpected: no error")
+    except HandlerError as exc:
+        out(f"publish raised HandlerError: {exc}")
+        out(f"  errors={exc.errors} result: {_format_result(exc.result)}")
+    handler_sub.unsubscribe()
+
+    out("\n== 6. fire and forget (confirm=False) ==")
+    sub = bob.subscribe("metrics.cpu")
+    res = pub.publish("metrics.cpu", b"42", confirm=False)
+    out(f"published metrics.cpu -> {_format_result(res)}; bob got {sub.get(timeout=5).payload!r}")
+    sub.unsubscribe()
+
+
+def _demo_latency(out: Callable[..., None], pub: Bus, alice: Bus, count: int) -> None:
+    out(f"\n== 7. latency: {count} confirmed publishes to a handler subscription ==")
+    handled = 0
+
+    def handle(msg: Message) -> None:
+        nonlocal handled
+        handled += 1
+
+    sub = alice.subscribe("bench.ping", handle)
+    payload = b"x" * 64
+    for _ in range(min(200, count)):  # warm up
+        pub.publish("bench.ping", payload)
+    samples: list[float] = []
+    perf = time.perf_counter
+    start = perf()
+    for _ in range(count):
+        t0 = perf()
+        pub.publish("bench.ping", payload)
+        samples.append(perf() - t0)
+    elapsed = perf() - start
+    sub.unsubscribe()
+    samples.sort()
+    us = [s * 1e6 for s in samples]
+    out(
+        "round trip (publish -> broker -> handler -> confirm):  "
+        f"p50 {_percentile(us, 0.50):.0f} µs  p90 {_percentile(us, 0.90):.0f} µs  "
+        f"p99 {_percentile(us, 0.99):.0f} µs  max {us[-1]:.0f} µs"
+    )
+    out(f"throughput, one publish at a time: {count / elapsed:,.0f} msgs/s")
+    out(
+        f"machine: broker, publisher and subscriber run in ONE process sharing the GIL, "
+        f"on {os.cpu_count()} cores ({platform.python_implementation()} "
+        f"{platform.python_version()}, {platform.machine()})"
+    )
+
+
+# --- version ----------------------------------------------------------------------
+
+
+def _dist_version(name: str) -> str:
+    try:
+        return dist_version(name)
+    except PackageNotFoundError:
+        return "unknown"
+
+
+def cmd_version(args: argparse.Namespace) -> int:
+    print(
+        f"zmqbus {__version__} (pyzmq {zmq.pyzmq_version()}, libzmq {zmq.zmq_version()}, "
+        f"msgpack {_dist_version('msgpack')}, Python {platform.python_version()})"
+    )
+    return EXIT_OK
+
+
+# --- entry point ------------------------------------------------------------------
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the ``zmqbus`` command; returns the exit code."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    func: Callable[[argparse.Namespace], int] = args.func
+    try:
+        return func(args)
+    except KeyboardInterrupt:
+        return 130
+    finally:
+        # Threads of ours are done; make sure anything buffered is written.
+        _flush_quietly()
+
+
+def _flush_quietly() -> None:
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(OSError, ValueError):
+            stream.flush()
