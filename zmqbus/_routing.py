@@ -70,9 +70,11 @@ class Channel:
 
 
 class _Pending:
+    # Holds the publishing Peer object, not just its identity: a later session
+    # that reuses the identity must never receive this session's ACKEDs.
     __slots__ = ("publisher", "ref", "remaining")
 
-    def __init__(self, publisher: bytes, ref: bytes, remaining: int) -> None:
+    def __init__(self, publisher: Peer, ref: bytes, remaining: int) -> None:
         self.publisher = publisher
         self.ref = ref
         self.remaining = remaining
@@ -161,7 +163,7 @@ class BrokerState:
         if targets:
             self._next_token += 1
             token = self._next_token.to_bytes(8, "big")
-            self._pending[token] = _Pending(ident, ref, len(targets))
+            self._pending[token] = _Pending(peer, ref, len(targets))
             deliver = [p.H_DELIVER, channel.id, token, topic, body]
             peers = self.peers
             for target in targets:
@@ -175,8 +177,10 @@ class BrokerState:
         if len(body) > self.max_message_size:
             raise ProtocolError(ErrorCode.TOO_LARGE, "ACK body exceeds max_message_size")
         if token not in peer.outstanding:
-            # A late or repeated ACK (its publisher may have left): nothing to forward.
+            if not token:
+                raise ProtocolError(ErrorCode.BAD_FRAMES, "ACK needs a non-empty token")
             p.check_ref(token, "token")
+            # A late or repeated ACK (its publisher may have left): nothing to forward.
             self.counters["stale_acks"] += 1
             return
         peer.outstanding.discard(token)
@@ -186,10 +190,10 @@ class BrokerState:
         pending = self._pending.get(token)
         if pending is None:
             return
-        publisher = self.peers.get(pending.publisher)
-        if publisher is not None:
+        publisher = pending.publisher
+        if self.peers.get(publisher.ident) is publisher:
             self.outbox.append(
-                (pending.publisher, [p.H_ACKED, publisher.channel.id, pending.ref, body])
+                (publisher.ident, [p.H_ACKED, publisher.channel.id, pending.ref, body])
             )
         pending.remaining -= 1
         if pending.remaining <= 0:
