@@ -38,6 +38,11 @@ DROPPED = 1  # buffer full
 PENDING = 2  # a handler will run; the face calls handler_done(ack_id, error) afterwards
 
 
+# Handler error texts are cut to this many characters so that an ACK stays
+# far below any sane max_message_size even with many failing handlers.
+MAX_ERROR_TEXT = 1024
+
+
 class Waiter(Protocol):
     """What the core completes: ``concurrent.futures.Future`` and
     ``asyncio.Future`` both fit."""
@@ -207,13 +212,16 @@ class ClientCore:
         self.outbox.append([p.H_PUBLISH, self.channel, ref, topic, body])
 
     def handler_done(self, ack_id: int, error: str | None) -> None:
-        """A handler that was offered ``ack_id`` has returned (``error`` None) or raised."""
+        """A handler that was offered ``ack_id`` has returned (``error`` None) or raised.
+        Error texts longer than ``MAX_ERROR_TEXT`` characters are cut."""
         state = self._acks.get(ack_id)
         if state is None:
             return
         if error is None:
             state.delivered += 1
         else:
+            if len(error) > MAX_ERROR_TEXT:
+                error = error[: MAX_ERROR_TEXT - 3] + "..."
             state.errors.append(error)
         state.remaining -= 1
         if state.remaining <= 0:
@@ -320,8 +328,9 @@ class ClientCore:
 
     def _control(self, cmd: p.BrokerCommand) -> None:
         if isinstance(cmd, p.Ok):
-            item = self._pending.pop(cmd.ref, None)
+            item = self._pending.get(cmd.ref)
             if isinstance(item, _Request):
+                del self._pending[cmd.ref]
                 _settle(item.waiter, item.result_value)
         elif isinstance(cmd, p.Welcome):
             if self._hello is None:
@@ -385,7 +394,13 @@ class ClientCore:
     def _deliver(self, token: bytes, topic: bytes, body: bytes) -> None:
         hit = self._match_cache.get(topic)
         if hit is None:
-            text = p.decode_name(topic, "topic")
+            try:
+                text = p.decode_name(topic, "topic")
+            except ProtocolError as exc:
+                # Only a broken broker sends this; confirm so its publisher is not left waiting.
+                if token:
+                    self._send_ack(token, 0, 0, [f"subscriber refused topic: {exc.detail}"])
+                raise
             if len(self._match_cache) >= 4096:
                 self._match_cache.clear()
             hit = self._match_cache[topic] = (text, tuple(self._sinks.match(text)))

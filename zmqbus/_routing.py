@@ -33,6 +33,7 @@ Outgoing = tuple[bytes, list[bytes]]
 _CACHE_LIMIT = 8192
 
 _LEFT_TEXT = "subscribing bus left before confirming"
+_DROPPED_AT_BROKER = p.pack_ack(0, 1, [])
 
 
 class Peer:
@@ -113,6 +114,23 @@ class BrokerState:
                 self._control(ident, frames)
         except ProtocolError as exc:
             self._refuse(ident, frames, exc.code, exc.detail)
+        except Exception:
+            # A bug must not take the broker down with every peer's traffic.
+            log.exception("internal error handling a message from %s", ident.hex())
+            self.counters["internal_errors"] += 1
+            self._refuse(ident, frames, ErrorCode.INTERNAL, "internal broker error")
+
+    def undeliverable(self, ident: bytes, frames: Sequence[bytes]) -> None:
+        """The socket could not take ``frames`` for ``ident`` (queue full or peer
+        gone). A confirmed DELIVER is then reported to its publisher as dropped,
+        so the publisher learns at once instead of timing out."""
+        self.counters["dropped_out"] += 1
+        if len(frames) == 5 and frames[0] == p.H_DELIVER and frames[2]:
+            peer = self.peers.get(ident)
+            token = frames[2]
+            if peer is not None and token in peer.outstanding:
+                peer.outstanding.discard(token)
+                self._resolve(token, _DROPPED_AT_BROKER)
 
     # --- hot path -----------------------------------------------------------
 

@@ -183,13 +183,7 @@ class Broker:
                             frames = recv(_NOBLOCK)
                         except zmq.Again:
                             break
-                        try:
-                            handle(frames[0], frames[1:])
-                        except Exception:
-                            # A bug must not take the broker down with every peer's traffic.
-                            log.exception("internal error handling a message; message dropped")
-                            state.counters["internal_errors"] += 1
-                            outbox.clear()
+                        handle(frames[0], frames[1:])
                         if outbox:
                             self._flush(router, outbox)
         except Exception:
@@ -210,11 +204,13 @@ class Broker:
             except zmq.Again:
                 # The peer's queue is full: drop for it alone, never block the others.
                 counters["dropped_hwm"] += 1
+                self._state.undeliverable(ident, frames)
             except zmq.ZMQError as exc:
                 if exc.errno != errno.EHOSTUNREACH:
                     raise
                 # The peer's connection is gone; forget it so publishers stop waiting.
                 counters["unroutable"] += 1
+                self._state.undeliverable(ident, frames)
                 self._state.drop_peer(ident)
             else:
                 counters["messages_out"] += 1

@@ -493,7 +493,7 @@ def unpack_ack(body: bytes) -> AckResult:
     if not isinstance(obj, list) or len(obj) < 3:
         raise ProtocolError(ErrorCode.BAD_BODY, "ack body must be an array of at least 3")
     delivered, dropped, errors = obj[0], obj[1], obj[2]
-    if not (isinstance(delivered, int) and isinstance(dropped, int)) or min(delivered, dropped) < 0:
+    if type(delivered) is not int or type(dropped) is not int or min(delivered, dropped) < 0:
         raise ProtocolError(ErrorCode.BAD_BODY, "ack counts must be non-negative integers")
     if not isinstance(errors, list) or not all(isinstance(e, str) for e in errors):
         raise ProtocolError(ErrorCode.BAD_BODY, "ack errors must be an array of str")
@@ -519,7 +519,7 @@ def unpack_welcome(body: bytes) -> dict[str, Any]:
     """Decode a WELCOME body; ``max_message_size`` must be a positive int."""
     obj = _unpack_map(body, "WELCOME")
     size = obj.get("max_message_size")
-    if not isinstance(size, int) or size <= 0:
+    if type(size) is not int or size <= 0:
         raise ProtocolError(ErrorCode.BAD_BODY, "WELCOME max_message_size must be a positive int")
     return obj
 

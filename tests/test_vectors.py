@@ -1,0 +1,363 @@
+"""The golden vectors in ``tests/vectors/`` against ``zmqbus.protocol`` and the broker rules.
+
+The vectors are data (JSON, documented in ``tests/vectors/README.md``) so that
+implementations in other languages can run the same cases. Here they check
+the Python implementation: parsing, encoding, body decoding, and the ERROR
+replies of ``BrokerState`` (sans-IO, no sockets).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib.util
+import json
+import re
+import uuid
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import msgpack  # type: ignore[import-untyped]
+import pytest
+
+from zmqbus import protocol as p
+from zmqbus._routing import BrokerState
+from zmqbus.errors import ProtocolError
+
+VECTORS = Path(__file__).resolve().parent / "vectors"
+SPEC = Path(__file__).resolve().parent.parent / "docs" / "protocol.md"
+
+
+def _load(name: str) -> Any:
+    return json.loads((VECTORS / name).read_text(encoding="utf-8"))
+
+
+VALID: list[dict[str, Any]] = _load("valid.json")["vectors"]
+MALFORMED: list[dict[str, Any]] = _load("malformed.json")["vectors"]
+SESSION: list[dict[str, Any]] = _load("session.json")["vectors"]
+BODIES: dict[str, Any] = _load("bodies.json")
+CLIENT_MALFORMED = [v for v in MALFORMED if v["direction"] == "client"]
+MESSAGE_BODIES = [v for v in BODIES["valid"] + BODIES["malformed"] if v["type"] == "message"]
+
+CHANNEL = bytes.fromhex("00112233445566778899aabbccddeeff")
+HELLO = [b"ZB\x01\x01", CHANNEL, msgpack.packb({"client": "test-vectors"})]
+PEER = b"\x00peer-a"
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+PARSE: dict[str, Callable[[list[bytes]], Any]] = {
+    "client": p.parse_client,
+    "broker": p.parse_broker,
+}
+UNPACK: dict[str, Callable[[bytes], Any]] = {
+    "message": p.unpack_message,
+    "ack": p.unpack_ack,
+    "hello": p.unpack_hello,
+    "welcome": p.unpack_welcome,
+}
+BYTES_FIELDS = {"channel", "ref", "token"}
+TEXT_FIELDS = {"topic", "pattern"}
+
+
+def frames_of(vec: dict[str, Any]) -> list[bytes]:
+    return [bytes.fromhex(f) for f in vec["frames"]]
+
+
+def names(vectors: list[dict[str, Any]]) -> list[str]:
+    return [v["name"] for v in vectors]
+
+
+def params(vectors: list[dict[str, Any]]) -> Any:
+    return pytest.mark.parametrize("vec", vectors, ids=names(vectors))
+
+
+def check_body(kind: str, body: bytes, want: dict[str, Any]) -> None:
+    """``body`` decodes with the ``kind`` decoder to the values in ``want``."""
+    if kind == "message":
+        mb = p.unpack_message(body)
+        assert mb.id == uuid.UUID(hex=want["id"])
+        assert mb.id.bytes.hex() == want["id"]
+        # The Python decoder keeps microseconds (datetime); the wire carries nanoseconds.
+        assert mb.timestamp == EPOCH + timedelta(microseconds=want["timestamp_ns"] // 1000)
+        assert want["timestamp"].startswith(mb.timestamp.strftime("%Y-%m-%dT%H:%M:%S."))
+        assert mb.headers == want["headers"]
+        assert mb.payload.hex() == want["payload"]
+        raw = msgpack.unpackb(body, raw=False, timestamp=0)
+        assert raw[1].to_unix_nano() == want["timestamp_ns"]
+    elif kind == "ack":
+        ack = p.unpack_ack(body)
+        assert (ack.delivered, ack.dropped, ack.errors) == (
+            want["delivered"],
+            want["dropped"],
+            want["errors"],
+        )
+    else:
+        assert UNPACK[kind](body) == want["map"]
+
+
+# --- the files themselves ---------------------------------------------------------
+
+
+def test_vector_files_have_unique_names_and_known_values() -> None:
+    for doc, vectors in [
+        ("valid", VALID),
+        ("malformed", MALFORMED),
+        ("session", SESSION),
+        ("bodies", BODIES["valid"] + BODIES["malformed"]),
+    ]:
+        seen = names(vectors)
+        assert len(seen) == len(set(seen)), f"duplicate names in {doc}.json"
+        for vec in vectors:
+            assert re.fullmatch(r"[a-z0-9][a-z0-9-]*", vec["name"]), vec["name"]
+            assert vec["description"]
+    assert {v["direction"] for v in VALID + MALFORMED} == {"client", "broker"}
+    for doc in ("valid.json", "malformed.json", "session.json", "bodies.json"):
+        head = _load(doc)
+        assert (head["format"], head["protocol"]) == (1, "zmqbus/1")
+
+
+def test_vectors_are_what_generate_py_writes() -> None:
+    spec = importlib.util.spec_from_file_location("zmqbus_vector_gen", VECTORS / "generate.py")
+    assert spec is not None and spec.loader is not None
+    gen = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(gen)
+    built = gen.build()
+    assert sorted(built) == ["bodies.json", "malformed.json", "session.json", "valid.json"]
+    for name, doc in built.items():
+        on_disk = (VECTORS / name).read_text(encoding="utf-8")
+        assert gen.render(doc) == on_disk, f"{name} is stale: run tests/vectors/generate.py"
+        # A second build is identical: no randomness, no clock.
+        assert gen.render(gen.build()[name]) == on_disk
+
+
+def test_every_command_and_error_code_is_covered() -> None:
+    assert {v["command"] for v in VALID} == {c.name for c in p.Cmd}
+    for direction, cmds in [
+        ("client", {c for c in p.Cmd if c < 0x80}),
+        ("broker", {c for c in p.Cmd if c > 0x80}),
+    ]:
+        got = {v["command"] for v in VALID if v["direction"] == direction}
+        assert got == {c.name for c in cmds}
+    assert {v["fields"]["code"] for v in VALID if v["command"] == "ERROR"} == set(p.ErrorCode)
+    client_codes = {v["code"] for v in CLIENT_MALFORMED} | {v["code"] for v in SESSION}
+    # Every code a client can provoke; INTERNAL (500) is the broker's own failure.
+    assert client_codes == set(p.ErrorCode) - {p.ErrorCode.INTERNAL}
+
+
+# --- valid frames ---------------------------------------------------------------
+
+
+@params(VALID)
+def test_valid_vector_parses_to_stated_fields(vec: dict[str, Any]) -> None:
+    frames = frames_of(vec)
+    cmd = PARSE[vec["direction"]](frames)
+    assert type(cmd).__name__.upper() == vec["command"]
+    assert frames[0] == b"ZB\x01" + bytes((p.Cmd[vec["command"]],))
+    attrs = {f.name for f in dataclasses.fields(cmd)}
+    assert set(vec["fields"]) == attrs - {"body"}
+    for name, want in vec["fields"].items():
+        got = getattr(cmd, name)
+        if name in BYTES_FIELDS:
+            assert got.hex() == want, name
+        elif name in TEXT_FIELDS:
+            assert got.decode("utf-8") == want, name
+        else:
+            assert got == want, name
+    if "body" in attrs:
+        assert cmd.body == frames[-1]
+        check_body(vec["body"]["type"], cmd.body, vec["body"])
+    else:
+        assert "body" not in vec
+
+
+@params(VALID)
+def test_valid_vector_encodes_back_to_the_same_frames(vec: dict[str, Any]) -> None:
+    frames = frames_of(vec)
+    assert p.encode(PARSE[vec["direction"]](frames)) == frames
+
+
+@params(VALID)
+def test_valid_vector_is_refused_from_the_wrong_side(vec: dict[str, Any]) -> None:
+    other = "broker" if vec["direction"] == "client" else "client"
+    with pytest.raises(ProtocolError) as info:
+        PARSE[other](frames_of(vec))
+    assert info.value.code == p.ErrorCode.UNKNOWN_COMMAND
+
+
+@params([v for v in VALID if v["direction"] == "client"])
+def test_valid_client_vector_draws_no_error_from_the_broker(vec: dict[str, Any]) -> None:
+    state = BrokerState()
+    if vec["command"] != "HELLO":
+        state.handle(PEER, HELLO)
+        state.outbox.clear()
+    state.handle(PEER, frames_of(vec))
+    replies = [p.parse_broker(frames) for _, frames in state.outbox]
+    assert not [r for r in replies if isinstance(r, p.Error)]
+    expected = {
+        "HELLO": [p.Welcome],
+        "SUBSCRIBE": [p.Ok],
+        "UNSUBSCRIBE": [p.Ok],
+        "DISCONNECT": [p.Ok],
+        "ACK": [],  # the token is not outstanding: a stale ACK is ignored
+        "PUBLISH": [p.Routed] if frames_of(vec)[2] else [],
+    }[vec["command"]]
+    assert [type(r) for r in replies] == expected
+
+
+# --- malformed frames -------------------------------------------------------------
+
+
+@params(MALFORMED)
+def test_malformed_vector_raises_stated_code(vec: dict[str, Any]) -> None:
+    with pytest.raises(ProtocolError) as info:
+        PARSE[vec["direction"]](frames_of(vec))
+    assert info.value.code == vec["code"]
+
+
+@params(CLIENT_MALFORMED)
+def test_malformed_client_vector_gets_one_error_from_the_broker(vec: dict[str, Any]) -> None:
+    state = BrokerState()
+    if vec["joined"]:
+        state.handle(PEER, HELLO)
+        state.outbox.clear()
+    state.handle(PEER, frames_of(vec))
+    assert len(state.outbox) == 1, f"expected one ERROR, got {state.outbox}"
+    ident, frames = state.outbox[0]
+    assert ident == PEER
+    reply = p.parse_broker(frames)
+    assert isinstance(reply, p.Error)
+    assert reply.code == vec["code"], reply.text
+    assert reply.channel.hex() == vec["reply"]["channel"]
+    assert reply.ref.hex() == vec["reply"]["ref"]
+    assert reply.text
+    # The refusal changes nothing about the peer's session.
+    if vec["joined"]:
+        assert state.peers[PEER].channel.id == CHANNEL
+    else:
+        assert PEER not in state.peers
+
+
+# --- stateful refusals ------------------------------------------------------------
+
+
+@params(SESSION)
+def test_session_vector_is_syntactically_valid(vec: dict[str, Any]) -> None:
+    p.parse_client(frames_of(vec))
+    for setup in vec["setup"]:
+        p.parse_client([bytes.fromhex(f) for f in setup])
+
+
+@params(SESSION)
+def test_session_vector_gets_one_error_from_the_broker(vec: dict[str, Any]) -> None:
+    state = BrokerState(max_message_size=vec["max_message_size"])
+    for setup in vec["setup"]:
+        state.handle(PEER, [bytes.fromhex(f) for f in setup])
+        assert [type(p.parse_broker(f)) for _, f in state.outbox] in ([p.Welcome], [p.Ok])
+        state.outbox.clear()
+    state.handle(PEER, frames_of(vec))
+    assert len(state.outbox) == 1, f"expected one ERROR, got {state.outbox}"
+    ident, frames = state.outbox[0]
+    reply = p.parse_broker(frames)
+    assert ident == PEER
+    assert isinstance(reply, p.Error)
+    assert reply.code == vec["code"], reply.text
+    assert reply.channel.hex() == vec["reply"]["channel"]
+    assert reply.ref.hex() == vec["reply"]["ref"]
+
+
+# --- bodies -------------------------------------------------------------------------
+
+
+@params(BODIES["valid"])
+def test_valid_body_decodes_to_stated_values(vec: dict[str, Any]) -> None:
+    check_body(vec["type"], bytes.fromhex(vec["body"]), vec["decoded"])
+
+
+@params(BODIES["malformed"])
+def test_malformed_body_raises_bad_body(vec: dict[str, Any]) -> None:
+    assert vec["code"] == p.ErrorCode.BAD_BODY
+    with pytest.raises(ProtocolError) as info:
+        UNPACK[vec["type"]](bytes.fromhex(vec["body"]))
+    assert info.value.code == vec["code"]
+
+
+@params([v for v in BODIES["valid"] if not v["name"].endswith("-extra-elements")])
+def test_valid_body_repacks_identically(vec: dict[str, Any]) -> None:
+    """The reference packers produce exactly the vector bytes (minimal msgpack forms)."""
+    body = bytes.fromhex(vec["body"])
+    want = vec["decoded"]
+    kind = vec["type"]
+    if kind == "message":
+        packed = p.pack_message(
+            bytes.fromhex(want["id"]),
+            want["timestamp_ns"],
+            want["headers"],
+            bytes.fromhex(want["payload"]),
+        )
+    elif kind == "ack":
+        packed = p.pack_ack(want["delivered"], want["dropped"], want["errors"])
+    else:
+        packed = msgpack.packb(want["map"], use_bin_type=True)
+    assert packed == body
+
+
+@params(MESSAGE_BODIES)
+def test_broker_forwards_message_bodies_without_decoding(vec: dict[str, Any]) -> None:
+    state = BrokerState()
+    sub, pub = b"\x00sub", b"\x00pub"
+    for ident in (sub, pub):
+        state.handle(ident, HELLO)
+    state.handle(sub, [b"ZB\x01\x02", CHANNEL, b"r", b"t.>"])
+    state.outbox.clear()
+    body = bytes.fromhex(vec["body"])
+    state.handle(pub, [b"ZB\x01\x04", CHANNEL, b"", b"t.x", body])
+    assert state.outbox == [(sub, [b"ZB\x01\x83", CHANNEL, b"", b"t.x", body])]
+
+
+# --- the worked example in docs/protocol.md ---------------------------------------
+
+_MSG_LINE = re.compile(r"^(?P<peer>[A-Z]) (?P<dir>->|<-) (?P<cmd>[A-Z]+)\s*$")
+_FRAME_LINE = re.compile(r"^\s+\[(?P<index>\d+)\]\s+(?P<hex>[0-9a-f]*)\s*(?:#.*)?$")
+
+
+def _worked_example() -> list[tuple[str, str, str, list[bytes]]]:
+    text = SPEC.read_text(encoding="utf-8")
+    match = re.search(r"<!-- worked-example -->(.*?)<!-- /worked-example -->", text, re.S)
+    assert match, "docs/protocol.md lost its worked-example markers"
+    messages: list[tuple[str, str, str, list[bytes]]] = []
+    for line in match.group(1).splitlines():
+        if not line.strip() or line.startswith("```"):
+            continue
+        head = _MSG_LINE.match(line)
+        if head:
+            messages.append((head["peer"], head["dir"], head["cmd"], []))
+            continue
+        frame = _FRAME_LINE.match(line)
+        assert frame, f"unparsable worked-example line: {line!r}"
+        assert messages, "frame line before any message line"
+        assert int(frame["index"]) == len(messages[-1][3])
+        messages[-1][3].append(bytes.fromhex(frame["hex"]))
+    return messages
+
+
+def test_worked_example_in_spec_is_what_the_broker_does() -> None:
+    messages = _worked_example()
+    assert len(messages) >= 10
+    state = BrokerState(name="zmqbus/0.1.0")
+    for peer, direction, name, frames in messages:
+        ident = peer.encode()
+        assert frames[0] == b"ZB\x01" + bytes((p.Cmd[name],))
+        if direction == "->":
+            assert not state.outbox, f"the example omits replies: {state.outbox}"
+            state.handle(ident, frames)
+            continue
+        assert state.outbox, f"the broker sends nothing for {name} to {peer}"
+        got_ident, got = state.outbox.pop(0)
+        assert got_ident == ident
+        cmd = p.parse_broker(frames)
+        assert type(cmd).__name__.upper() == name
+        if isinstance(cmd, p.Error):
+            assert got[:4] == frames[:4]  # the text is informative
+        else:
+            assert got == frames
+    assert not state.outbox

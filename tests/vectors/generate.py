@@ -1,0 +1,1202 @@
+#!/usr/bin/env python3
+"""Generate the zmqbus wire protocol v1 test vectors in this directory.
+
+Run ``python tests/vectors/generate.py`` from anywhere. The output is fully
+deterministic (fixed channel IDs, refs, message IDs and timestamps; no
+randomness, no clock), so re-running it rewrites byte-identical files.
+
+Frames are built by hand from ``docs/protocol.md`` with bytes literals and the
+``msgpack`` package, on purpose without ``zmqbus.protocol``: the vectors are
+an independent statement of the spec that the implementation is tested
+against. The file formats are described in ``README.md``.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import msgpack  # type: ignore[import-untyped]
+
+HERE = Path(__file__).resolve().parent
+
+FORMAT = 1
+PROTOCOL = "zmqbus/1"
+
+# --- wire constants (docs/protocol.md, "Header frame" and "Commands") -------
+
+SIGNATURE = b"ZB"
+VERSION = 1
+CMD = {
+    "HELLO": 0x01,
+    "SUBSCRIBE": 0x02,
+    "UNSUBSCRIBE": 0x03,
+    "PUBLISH": 0x04,
+    "ACK": 0x05,
+    "DISCONNECT": 0x06,
+    "WELCOME": 0x81,
+    "OK": 0x82,
+    "DELIVER": 0x83,
+    "ROUTED": 0x84,
+    "ACKED": 0x85,
+    "ERROR": 0x8F,
+}
+# Commands whose frame 2 is a ref that an ERROR reply echoes.
+REF_COMMANDS = {CMD["SUBSCRIBE"], CMD["UNSUBSCRIBE"], CMD["PUBLISH"], CMD["DISCONNECT"]}
+
+BAD_FRAMES = 400
+NOT_JOINED = 403
+UNKNOWN_COMMAND = 405
+BAD_TOPIC = 406
+CHANNEL_MISMATCH = 409
+TOO_LARGE = 413
+BAD_BODY = 422
+INTERNAL = 500
+VERSION_NOT_SUPPORTED = 505
+
+
+def h(name: str) -> bytes:
+    """The 4-byte header frame of command ``name`` at version 1."""
+    return SIGNATURE + bytes((VERSION, CMD[name]))
+
+
+def raw_header(sig: bytes, version: int, cmd: int) -> bytes:
+    return sig + bytes((version, cmd))
+
+
+# --- fixed values -------------------------------------------------------------
+
+CHANNEL = bytes.fromhex("00112233445566778899aabbccddeeff")
+OTHER_CHANNEL = bytes.fromhex("ffeeddccbbaa99887766554433221100")
+MSG_ID = bytes.fromhex("6f1c4a2e3b5d4e8f9a0b1c2d3e4f5a6b")
+TS_NS = 1_700_000_000_123_456_789  # 2023-11-14T22:13:20.123456789Z
+TOKEN = bytes.fromhex("0000000000000001")  # the reference broker's first token
+BROKER_NAME = "zmqbus/0.1.0"
+CLIENT_NAME = "zmqbus-vectors/1"
+DEFAULT_MAX = 1 << 20
+SMALL_MAX = 1024
+
+
+def ref(n: int) -> bytes:
+    """An 8-byte big-endian counter, as the reference client makes refs."""
+    return n.to_bytes(8, "big")
+
+
+def packb(obj: Any) -> bytes:
+    data: bytes = msgpack.packb(obj, use_bin_type=True)
+    return data
+
+
+def ts(ns: int) -> msgpack.Timestamp:
+    return msgpack.Timestamp.from_unix_nano(ns)
+
+
+def message_body(
+    msg_id: bytes = MSG_ID,
+    ts_ns: int = TS_NS,
+    headers: dict[str, str] | None = None,
+    payload: bytes = b'{"order":42}',
+    extra: tuple[Any, ...] = (),
+) -> bytes:
+    return packb([msg_id, ts(ts_ns), headers or {}, payload, *extra])
+
+
+def rfc3339(ns: int) -> str:
+    sec, frac = divmod(ns, 1_000_000_000)
+    day = datetime.fromtimestamp(sec, UTC).strftime("%Y-%m-%dT%H:%M:%S")
+    return f"{day}.{frac:09d}Z"
+
+
+def message_decoded(
+    msg_id: bytes = MSG_ID,
+    ts_ns: int = TS_NS,
+    headers: dict[str, str] | None = None,
+    payload: bytes = b'{"order":42}',
+) -> dict[str, Any]:
+    return {
+        "type": "message",
+        "id": msg_id.hex(),
+        "timestamp_ns": ts_ns,
+        "timestamp": rfc3339(ts_ns),
+        "headers": headers or {},
+        "payload": payload.hex(),
+    }
+
+
+def ack_body(delivered: int, dropped: int, errors: list[str]) -> bytes:
+    return packb([delivered, dropped, errors])
+
+
+def ack_decoded(delivered: int, dropped: int, errors: list[str]) -> dict[str, Any]:
+    return {"type": "ack", "delivered": delivered, "dropped": dropped, "errors": errors}
+
+
+HELLO_MAP = {"client": CLIENT_NAME}
+HELLO_BODY = packb(HELLO_MAP)
+WELCOME_MAP = {"broker": BROKER_NAME, "max_message_size": DEFAULT_MAX}
+WELCOME_BODY = packb(WELCOME_MAP)
+BODY = message_body()
+BODY_DECODED = message_decoded()
+HEADERS = {"content-type": "application/json", "trace": "ünïcødé"}
+LEFT_TEXT = "subscribing bus left before confirming"
+
+
+def sized_message_body(size: int) -> bytes:
+    """A valid message body of exactly ``size`` bytes (payload padded with b"x")."""
+    n = max(0, size - len(message_body(payload=b"")) - 3)
+    while True:
+        body = message_body(payload=b"x" * n)
+        if len(body) == size:
+            return body
+        if len(body) > size:
+            raise ValueError(f"cannot build a body of exactly {size} bytes")
+        n += 1
+
+
+def hexes(frames: list[bytes]) -> list[str]:
+    return [f.hex() for f in frames]
+
+
+# --- valid.json -----------------------------------------------------------------
+
+
+def valid_vectors() -> list[dict[str, Any]]:
+    out: list[dict[str, Any]] = []
+
+    def add(
+        name: str,
+        direction: str,
+        command: str,
+        frames: list[bytes],
+        fields: dict[str, Any],
+        body: dict[str, Any] | None,
+        description: str,
+    ) -> None:
+        vec: dict[str, Any] = {
+            "name": name,
+            "description": description,
+            "direction": direction,
+            "command": command,
+            "frames": hexes(frames),
+            "fields": fields,
+        }
+        if body is not None:
+            vec["body"] = body
+        out.append(vec)
+
+    ch = CHANNEL.hex()
+    hello = {"type": "hello", "map": HELLO_MAP}
+    # -- client -> broker
+    add(
+        "hello",
+        "client",
+        "HELLO",
+        [h("HELLO"), CHANNEL, HELLO_BODY],
+        {"channel": ch},
+        hello,
+        "Join channel 00112233-4455-6677-8899-aabbccddeeff.",
+    )
+    extra_hello = {"client": "zmqbus-go/0.3", "lang": "go", "pid": 4242}
+    add(
+        "hello-extra-keys",
+        "client",
+        "HELLO",
+        [h("HELLO"), CHANNEL, packb(extra_hello)],
+        {"channel": ch},
+        {"type": "hello", "map": extra_hello},
+        "A HELLO map may carry keys beyond 'client'; the broker ignores them.",
+    )
+    add(
+        "hello-empty-map",
+        "client",
+        "HELLO",
+        [h("HELLO"), CHANNEL, packb({})],
+        {"channel": ch},
+        {"type": "hello", "map": {}},
+        "The broker accepts any map with str keys, even without 'client'.",
+    )
+    for name, n, pattern, what in [
+        ("subscribe", 1, "orders.eu.created", "a literal pattern"),
+        ("subscribe-star", 2, "orders.*.created", "'*' matches exactly one token"),
+        ("subscribe-tail", 3, "orders.>", "'>' matches one or more trailing tokens"),
+        ("subscribe-everything", 4, ">", "'>' alone matches every topic"),
+    ]:
+        add(
+            name,
+            "client",
+            "SUBSCRIBE",
+            [h("SUBSCRIBE"), CHANNEL, ref(n), pattern.encode()],
+            {"channel": ch, "ref": ref(n).hex(), "pattern": pattern},
+            None,
+            f"Subscribe to {pattern!r}: {what}.",
+        )
+    add(
+        "subscribe-empty-ref",
+        "client",
+        "SUBSCRIBE",
+        [h("SUBSCRIBE"), CHANNEL, b"", b"orders.>"],
+        {"channel": ch, "ref": "", "pattern": "orders.>"},
+        None,
+        "A ref may be empty (0 bytes); the OK then carries an empty ref.",
+    )
+    add(
+        "unsubscribe",
+        "client",
+        "UNSUBSCRIBE",
+        [h("UNSUBSCRIBE"), CHANNEL, ref(5), b"orders.>"],
+        {"channel": ch, "ref": ref(5).hex(), "pattern": "orders.>"},
+        None,
+        "Drop the subscription to exactly 'orders.>'.",
+    )
+    add(
+        "publish-unconfirmed",
+        "client",
+        "PUBLISH",
+        [h("PUBLISH"), CHANNEL, b"", b"orders.eu.created", BODY],
+        {"channel": ch, "ref": "", "topic": "orders.eu.created"},
+        BODY_DECODED,
+        "Fire-and-forget publish: empty ref, no ROUTED/ACKED replies.",
+    )
+    add(
+        "publish-confirmed",
+        "client",
+        "PUBLISH",
+        [h("PUBLISH"), CHANNEL, ref(6), b"orders.eu.created", BODY],
+        {"channel": ch, "ref": ref(6).hex(), "topic": "orders.eu.created"},
+        BODY_DECODED,
+        "Confirmed publish: a non-empty ref asks for ROUTED and one ACKED per subscriber.",
+    )
+    body_h = message_body(headers=HEADERS, payload=b"")
+    add(
+        "publish-headers-empty-payload",
+        "client",
+        "PUBLISH",
+        [h("PUBLISH"), CHANNEL, b"", b"orders.eu.created", body_h],
+        {"channel": ch, "ref": "", "topic": "orders.eu.created"},
+        message_decoded(headers=HEADERS, payload=b""),
+        "Headers are a map of str to str; the payload may be empty.",
+    )
+    ref32 = bytes(range(1, 33))
+    add(
+        "publish-ref-32-bytes",
+        "client",
+        "PUBLISH",
+        [h("PUBLISH"), CHANNEL, ref32, b"orders.eu.created", BODY],
+        {"channel": ch, "ref": ref32.hex(), "topic": "orders.eu.created"},
+        BODY_DECODED,
+        "The longest ref allowed: 32 bytes.",
+    )
+    topic256 = ".".join(["abcdefg"] * 32)  # 32 * 7 + 31 dots = 255
+    topic256 += "h"
+    assert len(topic256.encode()) == 256
+    add(
+        "publish-topic-256-bytes",
+        "client",
+        "PUBLISH",
+        [h("PUBLISH"), CHANNEL, b"", topic256.encode(), BODY],
+        {"channel": ch, "ref": "", "topic": topic256},
+        BODY_DECODED,
+        "The longest topic allowed: 256 bytes of UTF-8.",
+    )
+    utopic = "café.événement.日本"
+    add(
+        "publish-topic-utf8",
+        "client",
+        "PUBLISH",
+        [h("PUBLISH"), CHANNEL, b"", utopic.encode(), BODY],
+        {"channel": ch, "ref": "", "topic": utopic},
+        BODY_DECODED,
+        "Topics are UTF-8; tokens may hold any non-whitespace, non-control character.",
+    )
+    edge = "x\u00a1.\u200b.\u2010"
+    add(
+        "publish-topic-edge-characters",
+        "client",
+        "PUBLISH",
+        [h("PUBLISH"), CHANNEL, b"", edge.encode(), BODY],
+        {"channel": ch, "ref": "", "topic": edge},
+        BODY_DECODED,
+        "U+00A1 (first character after the forbidden U+007F..U+00A0), U+200B ZERO WIDTH "
+        "SPACE and U+2010 HYPHEN are allowed in tokens.",
+    )
+    add(
+        "publish-topic-punctuation",
+        "client",
+        "PUBLISH",
+        [h("PUBLISH"), CHANNEL, b"", b"a-b_c.$sys.#1.x/y:z", BODY],
+        {"channel": ch, "ref": "", "topic": "a-b_c.$sys.#1.x/y:z"},
+        BODY_DECODED,
+        "Punctuation other than '.', '*' and '>' is ordinary token text.",
+    )
+    add(
+        "ack",
+        "client",
+        "ACK",
+        [h("ACK"), CHANNEL, TOKEN, ack_body(1, 0, [])],
+        {"channel": ch, "token": TOKEN.hex()},
+        ack_decoded(1, 0, []),
+        "Confirm a DELIVER: one local subscription took the message.",
+    )
+    errs = ["ValueError: boom"]
+    add(
+        "ack-with-errors",
+        "client",
+        "ACK",
+        [h("ACK"), CHANNEL, TOKEN, ack_body(1, 1, errs)],
+        {"channel": ch, "token": TOKEN.hex()},
+        ack_decoded(1, 1, errs),
+        "One subscription took it, one dropped it (buffer full), one handler raised.",
+    )
+    add(
+        "disconnect",
+        "client",
+        "DISCONNECT",
+        [h("DISCONNECT"), CHANNEL, ref(7)],
+        {"channel": ch, "ref": ref(7).hex()},
+        None,
+        "Leave; answered by OK once everything sent before has been processed.",
+    )
+    add(
+        "disconnect-empty-ref",
+        "client",
+        "DISCONNECT",
+        [h("DISCONNECT"), CHANNEL, b""],
+        {"channel": ch, "ref": ""},
+        None,
+        "DISCONNECT with an empty ref is valid.",
+    )
+    # -- broker -> client
+    add(
+        "welcome",
+        "broker",
+        "WELCOME",
+        [h("WELCOME"), CHANNEL, WELCOME_BODY],
+        {"channel": ch},
+        {"type": "welcome", "map": WELCOME_MAP},
+        "Accept a HELLO; the body tells the client the broker's max_message_size.",
+    )
+    small = {"broker": BROKER_NAME, "max_message_size": SMALL_MAX}
+    add(
+        "welcome-small-limit",
+        "broker",
+        "WELCOME",
+        [h("WELCOME"), CHANNEL, packb(small)],
+        {"channel": ch},
+        {"type": "welcome", "map": small},
+        "WELCOME of a broker started with max_message_size=1024.",
+    )
+    add(
+        "ok",
+        "broker",
+        "OK",
+        [h("OK"), CHANNEL, ref(1)],
+        {"channel": ch, "ref": ref(1).hex()},
+        None,
+        "Completes the SUBSCRIBE, UNSUBSCRIBE or DISCONNECT that carried ref 1.",
+    )
+    add(
+        "ok-empty-ref",
+        "broker",
+        "OK",
+        [h("OK"), CHANNEL, b""],
+        {"channel": ch, "ref": ""},
+        None,
+        "OK echoing an empty ref.",
+    )
+    add(
+        "deliver-unconfirmed",
+        "broker",
+        "DELIVER",
+        [h("DELIVER"), CHANNEL, b"", b"orders.eu.created", BODY],
+        {"channel": ch, "token": "", "topic": "orders.eu.created"},
+        BODY_DECODED,
+        "A message from an unconfirmed publish: empty token, must not be ACKed.",
+    )
+    add(
+        "deliver-confirmed",
+        "broker",
+        "DELIVER",
+        [h("DELIVER"), CHANNEL, TOKEN, b"orders.eu.created", BODY],
+        {"channel": ch, "token": TOKEN.hex(), "topic": "orders.eu.created"},
+        BODY_DECODED,
+        "A message from a confirmed publish: the subscriber must ACK this token once.",
+    )
+    for n in (0, 1, 2, 70000):
+        add(
+            f"routed-{n}",
+            "broker",
+            "ROUTED",
+            [h("ROUTED"), CHANNEL, ref(6), n.to_bytes(4, "big")],
+            {"channel": ch, "ref": ref(6).hex(), "count": n},
+            None,
+            f"The confirmed publish with ref 6 went to {n} subscribing peer(s).",
+        )
+    add(
+        "acked",
+        "broker",
+        "ACKED",
+        [h("ACKED"), CHANNEL, ref(6), ack_body(1, 0, [])],
+        {"channel": ch, "ref": ref(6).hex()},
+        ack_decoded(1, 0, []),
+        "One subscriber's ACK body, forwarded unchanged to the publisher of ref 6.",
+    )
+    add(
+        "acked-subscriber-left",
+        "broker",
+        "ACKED",
+        [h("ACKED"), CHANNEL, ref(6), ack_body(0, 0, [LEFT_TEXT])],
+        {"channel": ch, "ref": ref(6).hex()},
+        ack_decoded(0, 0, [LEFT_TEXT]),
+        "Synthetic ACKED the broker makes when a subscriber leaves with the token unACKed.",
+    )
+    for code, text, with_ref in [
+        (BAD_FRAMES, "SUBSCRIBE takes 4 frames, got 3", True),
+        (NOT_JOINED, "send HELLO before any other command", True),
+        (UNKNOWN_COMMAND, "unknown command 0x7f", False),
+        (BAD_TOPIC, "cannot publish to a pattern: 'orders.*'", True),
+        (CHANNEL_MISMATCH, "channel frame differs from the channel joined", True),
+        (TOO_LARGE, "message body of 2000 bytes exceeds max_message_size 1024", True),
+        (BAD_BODY, "HELLO body must be a map with str keys", False),
+        (INTERNAL, "internal error", False),
+        (VERSION_NOT_SUPPORTED, "protocol version 2 not supported (this side speaks 1)", False),
+    ]:
+        r = ref(8) if with_ref else b""
+        add(
+            f"error-{code}",
+            "broker",
+            "ERROR",
+            [h("ERROR"), CHANNEL, r, code.to_bytes(2, "big"), text.encode()],
+            {"channel": ch, "ref": r.hex(), "code": code, "text": text},
+            None,
+            f"ERROR {code}" + (" echoing the request's ref." if with_ref else " with no ref."),
+        )
+    add(
+        "error-no-channel",
+        "broker",
+        "ERROR",
+        [h("ERROR"), b"", b"", (400).to_bytes(2, "big"), b"empty message"],
+        {"channel": "", "ref": "", "code": 400, "text": "empty message"},
+        None,
+        "ERROR's channel frame is empty when the request had no 16-byte channel frame.",
+    )
+    add(
+        "error-utf8-text",
+        "broker",
+        "ERROR",
+        [h("ERROR"), CHANNEL, ref(9), (406).to_bytes(2, "big"), "bad topic «ä b»".encode()],
+        {"channel": ch, "ref": ref(9).hex(), "code": 406, "text": "bad topic «ä b»"},
+        None,
+        "ERROR text is UTF-8.",
+    )
+    return out
+
+
+# --- malformed.json -----------------------------------------------------------
+
+
+def echo(frames: list[bytes]) -> dict[str, str]:
+    """The channel and ref an ERROR reply echoes (docs/protocol.md, "Errors")."""
+    channel = frames[1] if len(frames) > 1 and len(frames[1]) == 16 else b""
+    r = b""
+    if len(frames) > 2 and len(frames[2]) <= 32:
+        head = frames[0]
+        if len(head) == 4 and head[:3] == SIGNATURE + bytes((VERSION,)) and head[3] in REF_COMMANDS:
+            r = frames[2]
+    return {"channel": channel.hex(), "ref": r.hex()}
+
+
+def malformed_vectors() -> list[dict[str, Any]]:
+    out: list[dict[str, Any]] = []
+
+    def client(
+        name: str, frames: list[bytes], code: int, description: str, joined: bool = False
+    ) -> None:
+        out.append(
+            {
+                "name": name,
+                "description": description,
+                "direction": "client",
+                "frames": hexes(frames),
+                "code": code,
+                "joined": joined,
+                "reply": echo(frames),
+            }
+        )
+
+    def broker(name: str, frames: list[bytes], code: int, description: str) -> None:
+        out.append(
+            {
+                "name": name,
+                "description": description,
+                "direction": "broker",
+                "frames": hexes(frames),
+                "code": code,
+            }
+        )
+
+    C = CHANNEL
+    T = b"orders.eu.created"
+    HB = HELLO_BODY
+    AB = ack_body(1, 0, [])
+    c15, c17 = C[:15], C + b"\x00"
+    r33 = bytes(range(1, 34))
+
+    # -- client, BAD_FRAMES
+    client("client-empty-message", [], BAD_FRAMES, "A message with no frames at all.")
+    client("header-only", [h("SUBSCRIBE")], BAD_FRAMES, "SUBSCRIBE with only its header frame.")
+    counts = [
+        ("hello", [h("HELLO"), C], [h("HELLO"), C, HB, b""]),
+        ("subscribe", [h("SUBSCRIBE"), C, ref(1)], [h("SUBSCRIBE"), C, ref(1), b"a", b""]),
+        ("unsubscribe", [h("UNSUBSCRIBE"), C, ref(1)], [h("UNSUBSCRIBE"), C, ref(1), b"a", b""]),
+        ("publish", [h("PUBLISH"), C, b"", T], [h("PUBLISH"), C, b"", T, BODY, b""]),
+        ("ack", [h("ACK"), C, TOKEN], [h("ACK"), C, TOKEN, AB, b""]),
+        ("disconnect", [h("DISCONNECT"), C], [h("DISCONNECT"), C, ref(1), b""]),
+    ]
+    for cmd, short, long in counts:
+        client(f"{cmd}-too-few-frames", short, BAD_FRAMES, f"{cmd.upper()} missing its last frame.")
+        client(f"{cmd}-too-many-frames", long, BAD_FRAMES, f"{cmd.upper()} with an extra frame.")
+    for label, bad in [("15", c15), ("17", c17), ("0", b"")]:
+        client(
+            f"hello-channel-{label}-bytes",
+            [h("HELLO"), bad, HB],
+            BAD_FRAMES,
+            f"HELLO with a {label}-byte channel frame.",
+        )
+    client(
+        "subscribe-channel-15-bytes",
+        [h("SUBSCRIBE"), c15, ref(1), b"a"],
+        BAD_FRAMES,
+        "SUBSCRIBE with a 15-byte channel frame.",
+    )
+    client(
+        "unsubscribe-channel-17-bytes",
+        [h("UNSUBSCRIBE"), c17, ref(1), b"a"],
+        BAD_FRAMES,
+        "UNSUBSCRIBE with a 17-byte channel frame.",
+    )
+    client(
+        "publish-channel-15-bytes",
+        [h("PUBLISH"), c15, ref(1), T, BODY],
+        BAD_FRAMES,
+        "PUBLISH with a 15-byte channel frame from a peer that has not joined.",
+    )
+    client(
+        "publish-channel-17-bytes-joined",
+        [h("PUBLISH"), c17, ref(1), T, BODY],
+        BAD_FRAMES,
+        "PUBLISH with a 17-byte channel frame from a joined peer.",
+        joined=True,
+    )
+    client(
+        "ack-channel-15-bytes",
+        [h("ACK"), c15, TOKEN, AB],
+        BAD_FRAMES,
+        "ACK with a 15-byte channel frame.",
+        joined=True,
+    )
+    client(
+        "disconnect-channel-17-bytes",
+        [h("DISCONNECT"), c17, ref(1)],
+        BAD_FRAMES,
+        "DISCONNECT with a 17-byte channel frame.",
+    )
+    client(
+        "subscribe-ref-33-bytes",
+        [h("SUBSCRIBE"), C, r33, b"a"],
+        BAD_FRAMES,
+        "SUBSCRIBE whose ref is 33 bytes (at most 32 allowed); the ERROR echoes no ref.",
+    )
+    client(
+        "unsubscribe-ref-33-bytes",
+        [h("UNSUBSCRIBE"), C, r33, b"a"],
+        BAD_FRAMES,
+        "UNSUBSCRIBE whose ref is 33 bytes.",
+    )
+    client(
+        "publish-ref-33-bytes",
+        [h("PUBLISH"), C, r33, T, BODY],
+        BAD_FRAMES,
+        "PUBLISH whose ref is 33 bytes.",
+        joined=True,
+    )
+    client(
+        "disconnect-ref-33-bytes",
+        [h("DISCONNECT"), C, r33],
+        BAD_FRAMES,
+        "DISCONNECT whose ref is 33 bytes.",
+    )
+    client(
+        "ack-token-33-bytes",
+        [h("ACK"), C, r33, AB],
+        BAD_FRAMES,
+        "ACK whose token is 33 bytes.",
+        joined=True,
+    )
+    client(
+        "ack-token-empty",
+        [h("ACK"), C, b"", AB],
+        BAD_FRAMES,
+        "ACK with an empty token (tokens are 1 to 32 bytes).",
+        joined=True,
+    )
+    # -- client, VERSION_NOT_SUPPORTED
+    for name, head, desc in [
+        ("bad-signature", raw_header(b"XY", 1, CMD["HELLO"]), "signature 'XY' instead of 'ZB'"),
+        ("lowercase-signature", raw_header(b"zb", 1, CMD["HELLO"]), "signature 'zb'"),
+        ("version-2", raw_header(SIGNATURE, 2, CMD["HELLO"]), "protocol version 2"),
+        ("version-0", raw_header(SIGNATURE, 0, CMD["HELLO"]), "protocol version 0"),
+        ("header-3-bytes", SIGNATURE + b"\x01", "a 3-byte header frame"),
+        ("header-5-bytes", h("HELLO") + b"\x00", "a 5-byte header frame"),
+        ("header-empty", b"", "an empty header frame"),
+    ]:
+        client(name, [head, C, HB], VERSION_NOT_SUPPORTED, f"HELLO with {desc}.")
+    client(
+        "version-2-publish",
+        [raw_header(SIGNATURE, 2, CMD["PUBLISH"]), C, ref(1), T, BODY],
+        VERSION_NOT_SUPPORTED,
+        "PUBLISH at version 2; the ERROR echoes no ref since the header is not version 1.",
+        joined=True,
+    )
+    client(
+        "req-style-delimiter",
+        [b"", h("HELLO"), C, HB],
+        VERSION_NOT_SUPPORTED,
+        "An empty delimiter frame first (as a REQ socket adds): frame 0 is not a header.",
+    )
+    # -- client, UNKNOWN_COMMAND
+    for byte in (0x7F, 0x00, 0x07, 0x80, 0xFF):
+        client(
+            f"unknown-command-0x{byte:02x}",
+            [raw_header(SIGNATURE, 1, byte), C, b""],
+            UNKNOWN_COMMAND,
+            f"Command byte 0x{byte:02x} is not a command.",
+        )
+    for name, frames in [
+        ("WELCOME", [h("WELCOME"), C, WELCOME_BODY]),
+        ("OK", [h("OK"), C, ref(1)]),
+        ("DELIVER", [h("DELIVER"), C, b"", T, BODY]),
+        ("ROUTED", [h("ROUTED"), C, ref(1), (1).to_bytes(4, "big")]),
+        ("ACKED", [h("ACKED"), C, ref(1), AB]),
+        ("ERROR", [h("ERROR"), C, b"", (400).to_bytes(2, "big"), b"x"]),
+    ]:
+        client(
+            f"client-sends-{name.lower()}",
+            frames,
+            UNKNOWN_COMMAND,
+            f"A client sends the broker-only command {name}.",
+            joined=name == "DELIVER",
+        )
+    # -- client, BAD_TOPIC
+    topics = [
+        ("empty", b"", "an empty topic"),
+        ("star", b"orders.*", "a '*' wildcard token"),
+        ("gt", b"orders.>", "a '>' wildcard token"),
+        ("partial-star", b"orders.eu*", "'*' inside a token"),
+        ("partial-gt", b"orders.e>u", "'>' inside a token"),
+        ("space", b"orders. eu", "a space"),
+        ("tab", b"orders.\teu", "a tab"),
+        ("newline", b"orders.eu\n", "a trailing newline"),
+        ("nbsp", "orders.\u00a0eu".encode(), "U+00A0 NO-BREAK SPACE"),
+        ("ideographic-space", "orders.\u3000".encode(), "U+3000 IDEOGRAPHIC SPACE"),
+        ("nel", "orders.\u0085eu".encode(), "U+0085 NEXT LINE"),
+        ("c1-control-80", "orders.\u0080eu".encode(), "the C1 control character U+0080"),
+        ("c1-control-9f", "orders.eu\u009f".encode(), "the C1 control character U+009F"),
+        ("control", b"orders.\x01eu", "the control character U+0001"),
+        ("nul", b"orders.\x00", "a NUL byte"),
+        ("del", b"orders.\x7f", "U+007F DELETE"),
+        ("empty-token", b"orders..eu", "an empty token between two dots"),
+        ("leading-dot", b".orders", "an empty first token"),
+        ("trailing-dot", b"orders.", "an empty last token"),
+        ("dot-only", b".", "only a dot"),
+        ("257-bytes", b"a" * 257, "257 bytes (limit 256)"),
+        ("257-bytes-utf8", "é".encode() * 128 + b"a", "257 bytes of UTF-8 in 129 characters"),
+        ("invalid-utf8", b"orders.\xff", "the byte 0xff, never valid UTF-8"),
+        ("truncated-utf8", b"orders.\xc3", "a truncated 2-byte UTF-8 sequence"),
+        ("overlong-utf8", b"\xc0\xae", "an overlong UTF-8 encoding of '.'"),
+        ("surrogate-utf8", b"\xed\xa0\x80", "an encoded UTF-16 surrogate (CESU-8)"),
+    ]
+    for label, topic, desc in topics:
+        client(
+            f"publish-topic-{label}",
+            [h("PUBLISH"), C, ref(1), topic, BODY],
+            BAD_TOPIC,
+            f"PUBLISH to a topic with {desc}.",
+            joined=True,
+        )
+    patterns = [
+        ("empty", b"", "an empty pattern"),
+        ("gt-not-last", b"orders.>.created", "'>' before the last token"),
+        ("gt-gt", b">.>", "two '>' tokens"),
+        ("partial-star", b"ord*", "'*' inside a token"),
+        ("partial-gt", b"orders.x>", "'>' inside a token"),
+        ("double-star-token", b"orders.**", "a '**' token"),
+        ("space", b"orders. *", "a space"),
+        ("c1-control", "orders.\u009b.>".encode(), "the C1 control character U+009B"),
+        ("empty-token", b"orders..*", "an empty token"),
+        ("257-bytes", b"a." * 128 + b">", "257 bytes"),
+        ("invalid-utf8", b"orders.\xfe.>", "the byte 0xfe"),
+    ]
+    for label, pattern, desc in patterns:
+        client(
+            f"subscribe-pattern-{label}",
+            [h("SUBSCRIBE"), C, ref(1), pattern],
+            BAD_TOPIC,
+            f"SUBSCRIBE to a pattern with {desc}.",
+        )
+    client(
+        "unsubscribe-pattern-gt-not-last",
+        [h("UNSUBSCRIBE"), C, ref(1), b"a.>.b"],
+        BAD_TOPIC,
+        "UNSUBSCRIBE checks its pattern like SUBSCRIBE.",
+    )
+    # -- client, BAD_BODY (HELLO is the only body the broker decodes)
+    for label, body, desc in [
+        ("not-msgpack", b"\xc1", "0xc1, a byte msgpack never uses"),
+        ("empty", b"", "zero bytes"),
+        ("truncated", b"\x81\xa6client", "a map whose only value is missing"),
+        ("trailing-bytes", HB + b"\x00", "a valid map followed by another byte"),
+        ("array", packb(["client", CLIENT_NAME]), "an array instead of a map"),
+        ("string", packb("hello"), "a str instead of a map"),
+        ("nil", packb(None), "nil instead of a map"),
+        ("int-key", packb({1: "x"}), "an int map key"),
+        ("bin-key", packb({b"client": "x"}), "a bin (not str) map key"),
+        ("invalid-utf8-str", b"\x81\xa6client\xa2\xff\xfe", "a str value that is not UTF-8"),
+    ]:
+        client(
+            f"hello-body-{label}",
+            [h("HELLO"), C, body],
+            BAD_BODY,
+            f"HELLO whose body is {desc}.",
+        )
+
+    # -- broker -> client
+    broker("broker-empty-message", [], BAD_FRAMES, "A message with no frames at all.")
+    broker(
+        "broker-bad-signature",
+        [raw_header(b"XY", 1, CMD["WELCOME"]), C, WELCOME_BODY],
+        VERSION_NOT_SUPPORTED,
+        "WELCOME with signature 'XY'.",
+    )
+    broker(
+        "broker-version-2",
+        [raw_header(SIGNATURE, 2, CMD["WELCOME"]), C, WELCOME_BODY],
+        VERSION_NOT_SUPPORTED,
+        "WELCOME at protocol version 2.",
+    )
+    broker(
+        "broker-header-3-bytes",
+        [SIGNATURE + b"\x01", C, WELCOME_BODY],
+        VERSION_NOT_SUPPORTED,
+        "A 3-byte header frame.",
+    )
+    broker(
+        "broker-sends-hello",
+        [h("HELLO"), C, HB],
+        UNKNOWN_COMMAND,
+        "The client-only command HELLO received from the broker.",
+    )
+    broker(
+        "broker-sends-publish",
+        [h("PUBLISH"), C, b"", T, BODY],
+        UNKNOWN_COMMAND,
+        "The client-only command PUBLISH received from the broker.",
+    )
+    broker(
+        "broker-unknown-0x90",
+        [raw_header(SIGNATURE, 1, 0x90), C, b""],
+        UNKNOWN_COMMAND,
+        "Command byte 0x90 is not a command.",
+    )
+    for name, short, long in [
+        ("welcome", [h("WELCOME"), C], [h("WELCOME"), C, WELCOME_BODY, b""]),
+        ("ok", [h("OK"), C], [h("OK"), C, ref(1), b""]),
+        ("deliver", [h("DELIVER"), C, b"", T], [h("DELIVER"), C, b"", T, BODY, b""]),
+        ("routed", [h("ROUTED"), C, ref(1)], [h("ROUTED"), C, ref(1), bytes(4), b""]),
+        ("acked", [h("ACKED"), C, ref(1)], [h("ACKED"), C, ref(1), AB, b""]),
+        (
+            "error",
+            [h("ERROR"), C, b"", (400).to_bytes(2, "big")],
+            [h("ERROR"), C, b"", (400).to_bytes(2, "big"), b"x", b""],
+        ),
+    ]:
+        broker(f"{name}-too-few-frames", short, BAD_FRAMES, f"{name.upper()} missing a frame.")
+        broker(f"{name}-too-many-frames", long, BAD_FRAMES, f"{name.upper()} with an extra frame.")
+    for name, frames in [
+        ("welcome-channel-15-bytes", [h("WELCOME"), c15, WELCOME_BODY]),
+        ("ok-channel-17-bytes", [h("OK"), c17, ref(1)]),
+        ("ok-channel-empty", [h("OK"), b"", ref(1)]),
+        ("deliver-channel-15-bytes", [h("DELIVER"), c15, b"", T, BODY]),
+        ("routed-channel-17-bytes", [h("ROUTED"), c17, ref(1), bytes(4)]),
+        ("acked-channel-15-bytes", [h("ACKED"), c15, ref(1), AB]),
+        ("error-channel-15-bytes", [h("ERROR"), c15, b"", (400).to_bytes(2, "big"), b"x"]),
+        ("ok-ref-33-bytes", [h("OK"), C, r33]),
+        ("routed-ref-33-bytes", [h("ROUTED"), C, r33, bytes(4)]),
+        ("acked-ref-33-bytes", [h("ACKED"), C, r33, AB]),
+        ("error-ref-33-bytes", [h("ERROR"), C, r33, (400).to_bytes(2, "big"), b"x"]),
+        ("deliver-token-33-bytes", [h("DELIVER"), C, r33, T, BODY]),
+        ("routed-count-3-bytes", [h("ROUTED"), C, ref(1), bytes(3)]),
+        ("routed-count-8-bytes", [h("ROUTED"), C, ref(1), bytes(8)]),
+        ("error-code-1-byte", [h("ERROR"), C, b"", b"\x01", b"x"]),
+        ("error-code-3-bytes", [h("ERROR"), C, b"", b"\x00\x01\x90", b"x"]),
+        ("error-text-invalid-utf8", [h("ERROR"), C, b"", (400).to_bytes(2, "big"), b"\xff"]),
+    ]:
+        broker(name, frames, BAD_FRAMES, name.replace("-", " ").capitalize() + ".")
+    for label, topic in [("empty", b""), ("star", b"orders.*"), ("invalid-utf8", b"\xff")]:
+        broker(
+            f"deliver-topic-{label}",
+            [h("DELIVER"), C, b"", topic, BODY],
+            BAD_TOPIC,
+            f"DELIVER whose topic breaks the topic rules ({label}).",
+        )
+    for label, body in [
+        ("not-msgpack", b"\xc1"),
+        ("array", packb([BROKER_NAME, DEFAULT_MAX])),
+        ("missing-max", packb({"broker": BROKER_NAME})),
+        ("max-zero", packb({"broker": BROKER_NAME, "max_message_size": 0})),
+        ("max-negative", packb({"broker": BROKER_NAME, "max_message_size": -1})),
+        ("max-string", packb({"broker": BROKER_NAME, "max_message_size": "1048576"})),
+        ("max-float", packb({"broker": BROKER_NAME, "max_message_size": 1048576.0})),
+        ("max-nil", packb({"broker": BROKER_NAME, "max_message_size": None})),
+    ]:
+        broker(
+            f"welcome-body-{label}",
+            [h("WELCOME"), C, body],
+            BAD_BODY,
+            f"WELCOME body is invalid: {label.replace('-', ' ')}.",
+        )
+    return out
+
+
+# --- session.json -------------------------------------------------------------
+
+
+def session_vectors() -> list[dict[str, Any]]:
+    out: list[dict[str, Any]] = []
+    hello = [h("HELLO"), CHANNEL, HELLO_BODY]
+
+    def add(
+        name: str,
+        setup: list[list[bytes]],
+        frames: list[bytes],
+        code: int,
+        description: str,
+        max_message_size: int = DEFAULT_MAX,
+    ) -> None:
+        out.append(
+            {
+                "name": name,
+                "description": description,
+                "max_message_size": max_message_size,
+                "setup": [hexes(f) for f in setup],
+                "frames": hexes(frames),
+                "code": code,
+                "reply": echo(frames),
+            }
+        )
+
+    C, OTHER = CHANNEL, OTHER_CHANNEL
+    T = b"orders.eu.created"
+    AB = ack_body(1, 0, [])
+    cmds = {
+        "subscribe": lambda ch: [h("SUBSCRIBE"), ch, ref(1), b"orders.>"],
+        "unsubscribe": lambda ch: [h("UNSUBSCRIBE"), ch, ref(2), b"orders.>"],
+        "publish-unconfirmed": lambda ch: [h("PUBLISH"), ch, b"", T, BODY],
+        "publish-confirmed": lambda ch: [h("PUBLISH"), ch, ref(3), T, BODY],
+        "ack": lambda ch: [h("ACK"), ch, TOKEN, AB],
+        "disconnect": lambda ch: [h("DISCONNECT"), ch, ref(4)],
+    }
+    for label, make in cmds.items():
+        add(
+            f"not-joined-{label}",
+            [],
+            make(C),
+            NOT_JOINED,
+            f"{label.split('-')[0].upper()} before HELLO.",
+        )
+    add(
+        "not-joined-after-disconnect",
+        [hello, [h("DISCONNECT"), C, ref(9)]],
+        [h("SUBSCRIBE"), C, ref(1), b"orders.>"],
+        NOT_JOINED,
+        "After DISCONNECT the peer is forgotten: SUBSCRIBE needs a new HELLO.",
+    )
+    add(
+        "channel-mismatch-hello",
+        [hello],
+        [h("HELLO"), OTHER, HELLO_BODY],
+        CHANNEL_MISMATCH,
+        "A second HELLO naming another channel (the same channel would be re-WELCOMEd).",
+    )
+    for label, make in cmds.items():
+        add(
+            f"channel-mismatch-{label}",
+            [hello],
+            make(OTHER),
+            CHANNEL_MISMATCH,
+            f"{label.split('-')[0].upper()} naming a channel other than the one joined; "
+            "the ERROR echoes the channel sent.",
+        )
+    big = sized_message_body(SMALL_MAX + 1)
+    exact = sized_message_body(SMALL_MAX)
+    assert len(big) == SMALL_MAX + 1 and len(exact) == SMALL_MAX
+    add(
+        "too-large-publish-confirmed",
+        [hello],
+        [h("PUBLISH"), C, ref(3), T, big],
+        TOO_LARGE,
+        "A 1025-byte PUBLISH body to a broker with max_message_size 1024.",
+        SMALL_MAX,
+    )
+    add(
+        "too-large-publish-unconfirmed",
+        [hello],
+        [h("PUBLISH"), C, b"", T, big],
+        TOO_LARGE,
+        "Unconfirmed publishes are refused too (the ERROR then has an empty ref).",
+        SMALL_MAX,
+    )
+    add(
+        "too-large-ack",
+        [hello],
+        [h("ACK"), C, TOKEN, b"\x93\x01\x00\x91\xda\x03\xfc" + b"e" * 1020],
+        TOO_LARGE,
+        "A 1027-byte ACK body to a broker with max_message_size 1024.",
+        SMALL_MAX,
+    )
+    return out
+
+
+# --- bodies.json ----------------------------------------------------------------
+
+
+def body_vectors() -> dict[str, list[dict[str, Any]]]:
+    valid: list[dict[str, Any]] = []
+    bad: list[dict[str, Any]] = []
+
+    def ok(name: str, kind: str, body: bytes, decoded: dict[str, Any], description: str) -> None:
+        decoded = {k: v for k, v in decoded.items() if k != "type"}
+        valid.append(
+            {
+                "name": name,
+                "description": description,
+                "type": kind,
+                "body": body.hex(),
+                "decoded": decoded,
+            }
+        )
+
+    def nok(name: str, kind: str, body: bytes, description: str) -> None:
+        bad.append(
+            {
+                "name": name,
+                "description": description,
+                "type": kind,
+                "body": body.hex(),
+                "code": BAD_BODY,
+            }
+        )
+
+    ok("message", "message", BODY, BODY_DECODED, "Timestamp 64-bit form (nanoseconds != 0).")
+    t32 = 1_700_000_000_000_000_000
+    ok(
+        "message-timestamp32",
+        "message",
+        message_body(ts_ns=t32),
+        message_decoded(ts_ns=t32),
+        "Timestamp 32-bit form: whole seconds that fit 32 bits.",
+    )
+    t96 = -1_500_000_000
+    ok(
+        "message-timestamp96-before-epoch",
+        "message",
+        message_body(ts_ns=t96),
+        message_decoded(ts_ns=t96),
+        "Timestamp 96-bit form: 1969-12-31T23:59:58.5Z, before the epoch.",
+    )
+    t96b = (1 << 34) * 1_000_000_000 + 1
+    ok(
+        "message-timestamp96-after-2514",
+        "message",
+        message_body(ts_ns=t96b),
+        message_decoded(ts_ns=t96b),
+        "Timestamp 96-bit form: seconds beyond 34 bits (year 2514).",
+    )
+    ok(
+        "message-headers",
+        "message",
+        message_body(headers=HEADERS),
+        message_decoded(headers=HEADERS),
+        "Headers with non-ASCII values.",
+    )
+    ok(
+        "message-empty-payload",
+        "message",
+        message_body(payload=b""),
+        message_decoded(payload=b""),
+        "An empty payload (bin8 of length 0).",
+    )
+    big_payload = bytes(range(256)) * 2
+    ok(
+        "message-payload-bin16",
+        "message",
+        message_body(payload=big_payload),
+        message_decoded(payload=big_payload),
+        "A 512-byte payload, encoded as bin16.",
+    )
+    ok(
+        "message-id-not-uuid",
+        "message",
+        message_body(msg_id=bytes(16)),
+        message_decoded(msg_id=bytes(16)),
+        "Any 16 bytes are a valid id; no UUID version is checked.",
+    )
+    ok(
+        "message-extra-elements",
+        "message",
+        message_body(extra=(42, "future field")),
+        BODY_DECODED,
+        "Elements after the 4th are ignored (room for later versions).",
+    )
+    ok("ack", "ack", ack_body(1, 0, []), ack_decoded(1, 0, []), "One subscription took it.")
+    ok(
+        "ack-errors",
+        "ack",
+        ack_body(0, 2, ["RuntimeError: a", "KeyError: 'b'"]),
+        ack_decoded(0, 2, ["RuntimeError: a", "KeyError: 'b'"]),
+        "Two subscriptions dropped it, two handlers raised.",
+    )
+    ok(
+        "ack-large-counts",
+        "ack",
+        ack_body(70000, 300, []),
+        ack_decoded(70000, 300, []),
+        "Counts encoded as uint32 and uint16.",
+    )
+    ok(
+        "ack-extra-elements",
+        "ack",
+        packb([1, 0, [], {"future": True}]),
+        ack_decoded(1, 0, []),
+        "Elements after the 3rd are ignored.",
+    )
+    ok("hello", "hello", HELLO_BODY, {"map": HELLO_MAP}, "The minimal HELLO map.")
+    ok("hello-empty", "hello", packb({}), {"map": {}}, "An empty map is accepted.")
+    ok("welcome", "welcome", WELCOME_BODY, {"map": WELCOME_MAP}, "The reference broker's WELCOME.")
+    wx = {"max_message_size": 1, "broker": "other/2", "features": ["x"]}
+    ok("welcome-extra-keys", "welcome", packb(wx), {"map": wx}, "Unknown keys are ignored.")
+
+    TSX = ts(TS_NS)
+    for name, body, desc in [
+        ("not-msgpack", b"\xc1", "0xc1 is never valid msgpack"),
+        ("empty", b"", "zero bytes"),
+        ("truncated", BODY[:-1], "the standard body missing its last byte"),
+        ("trailing-bytes", BODY + b"\xc0", "a valid body followed by nil"),
+        ("map", packb({"id": MSG_ID}), "a map instead of an array"),
+        ("array-3", packb([MSG_ID, TSX, {}]), "an array of 3 elements"),
+        ("id-15-bytes", packb([MSG_ID[:15], TSX, {}, b""]), "a 15-byte id"),
+        ("id-17-bytes", packb([MSG_ID + b"\x00", TSX, {}, b""]), "a 17-byte id"),
+        ("id-str", packb(["6f1c4a2e3b5d4e8f", TSX, {}, b""]), "an id sent as str, not bin"),
+        ("id-nil", packb([None, TSX, {}, b""]), "a nil id"),
+        ("timestamp-int", packb([MSG_ID, TS_NS, {}, b""]), "a timestamp sent as an integer"),
+        ("timestamp-float", packb([MSG_ID, 1.5, {}, b""]), "a timestamp sent as a float"),
+        (
+            "timestamp-wrong-ext-type",
+            packb([MSG_ID, msgpack.ExtType(1, bytes(8)), {}, b""]),
+            "ext type 1 instead of -1",
+        ),
+        (
+            "timestamp-bad-length",
+            b"\x94\xc4\x10" + MSG_ID + b"\xc7\x05\xff" + bytes(5) + b"\x80\xc4\x00",
+            "a Timestamp ext of 5 bytes (only 4, 8 or 12 exist)",
+        ),
+        (
+            "timestamp64-nanoseconds-overflow",
+            b"\x94\xc4\x10"
+            + MSG_ID
+            + b"\xd7\xff"
+            + ((1_000_000_000 << 34) | 5).to_bytes(8, "big")
+            + b"\x80\xc4\x00",
+            "a 64-bit Timestamp with nanoseconds = 1000000000",
+        ),
+        (
+            "timestamp-after-year-9999",
+            packb([MSG_ID, msgpack.Timestamp(1 << 40, 0), {}, b""]),
+            "a Timestamp in year 36812, outside 0001..9999",
+        ),
+        ("headers-array", packb([MSG_ID, TSX, [], b""]), "headers sent as an array"),
+        ("headers-nil", packb([MSG_ID, TSX, None, b""]), "nil headers"),
+        ("header-value-int", packb([MSG_ID, TSX, {"a": 1}, b""]), "an int header value"),
+        ("header-value-bin", packb([MSG_ID, TSX, {"a": b"b"}, b""]), "a bin header value"),
+        ("header-key-bin", packb([MSG_ID, TSX, {b"a": "b"}, b""]), "a bin header key"),
+        ("header-key-int", packb([MSG_ID, TSX, {1: "b"}, b""]), "an int header key"),
+        (
+            "header-value-invalid-utf8",
+            b"\x94\xc4\x10" + MSG_ID + packb(TSX) + b"\x81\xa1a\xa1\xff" + b"\xc4\x00",
+            "a str header value that is not UTF-8",
+        ),
+        ("payload-str", packb([MSG_ID, TSX, {}, "text"]), "a payload sent as str, not bin"),
+        ("payload-nil", packb([MSG_ID, TSX, {}, None]), "a nil payload"),
+    ]:
+        nok(f"message-{name}", "message", body, f"Message body with {desc}.")
+    for name, body, desc in [
+        ("not-msgpack", b"\xc1", "0xc1"),
+        ("map", packb({"delivered": 1}), "a map instead of an array"),
+        ("array-2", packb([1, 0]), "an array of 2"),
+        ("negative-delivered", packb([-1, 0, []]), "delivered = -1"),
+        ("negative-dropped", packb([0, -1, []]), "dropped = -1"),
+        ("delivered-str", packb(["1", 0, []]), "delivered sent as str"),
+        ("delivered-float", packb([1.0, 0, []]), "delivered sent as float"),
+        ("errors-nil", packb([1, 0, None]), "errors sent as nil"),
+        ("errors-str", packb([1, 0, "boom"]), "errors sent as a str, not an array"),
+        ("errors-item-int", packb([1, 0, [1]]), "an int in errors"),
+        ("errors-item-bin", packb([1, 0, [b"boom"]]), "a bin in errors"),
+    ]:
+        nok(f"ack-{name}", "ack", body, f"ACK body with {desc}.")
+    for name, body, desc in [
+        ("array", packb([]), "an empty array"),
+        ("int-key", packb({1: "x"}), "an int key"),
+        ("bin-key", packb({b"client": "x"}), "a bin key"),
+        ("trailing-bytes", HELLO_BODY + b"\x00", "a byte after the map"),
+    ]:
+        nok(f"hello-{name}", "hello", body, f"HELLO body with {desc}.")
+    for name, body, desc in [
+        ("array", packb([]), "an empty array"),
+        ("missing-max", packb({"broker": BROKER_NAME}), "no max_message_size"),
+        ("max-zero", packb({"max_message_size": 0}), "max_message_size 0"),
+        ("max-negative", packb({"max_message_size": -5}), "max_message_size -5"),
+        ("max-str", packb({"max_message_size": "1024"}), "max_message_size as str"),
+        ("max-float", packb({"max_message_size": 1024.0}), "max_message_size as float"),
+    ]:
+        nok(f"welcome-{name}", "welcome", body, f"WELCOME body with {desc}.")
+    return {"valid": valid, "malformed": bad}
+
+
+# --- output -------------------------------------------------------------------
+
+
+def build() -> dict[str, Any]:
+    """Every vector file: file name -> JSON document."""
+    common = {"format": FORMAT, "protocol": PROTOCOL}
+    bodies = body_vectors()
+    return {
+        "valid.json": {**common, "vectors": valid_vectors()},
+        "malformed.json": {**common, "vectors": malformed_vectors()},
+        "session.json": {**common, "vectors": session_vectors()},
+        "bodies.json": {**common, **bodies},
+    }
+
+
+def render(doc: Any) -> str:
+    return json.dumps(doc, indent=2, ensure_ascii=False) + "\n"
+
+
+def main() -> None:
+    for name, doc in build().items():
+        (HERE / name).write_text(render(doc), encoding="utf-8")
+        print(f"wrote {HERE / name}")
+
+
+if __name__ == "__main__":
+    main()
