@@ -1,0 +1,474 @@
+"""Round trips and refusals of the sans-IO wire codec (zmqbus.protocol)."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import msgpack
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from zmqbus import protocol as p
+from zmqbus.errors import ProtocolError
+from zmqbus.protocol import Cmd, ErrorCode
+from zmqbus.topics import MAX_TOPIC_BYTES
+
+SETTINGS = settings(max_examples=100, deadline=None)
+
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+# The msgpack Timestamp unpacks to a datetime, so the range is datetime's: years 1 to 9999.
+MIN_NS = int((datetime(1, 1, 1, tzinfo=UTC) - EPOCH).total_seconds()) * 10**9
+MAX_NS = int((datetime(9999, 12, 31, 23, 59, 59, tzinfo=UTC) - EPOCH).total_seconds()) * 10**9 + (
+    10**9 - 1
+)
+
+# --- strategies ---------------------------------------------------------------
+
+channels = st.binary(min_size=16, max_size=16)
+refs = st.binary(max_size=p.MAX_REF_BYTES)
+tokens = st.binary(min_size=1, max_size=p.MAX_REF_BYTES)
+bodies = st.binary(max_size=200)
+
+_name_char = st.characters(
+    codec="utf-8",
+    exclude_categories=("Cc", "Cs", "Zs", "Zl", "Zp"),
+    exclude_characters="*>.",
+).filter(lambda c: not c.isspace())
+_name_token = st.one_of(
+    st.sampled_from(["a", "b", "orders", "é", "日本"]), st.text(_name_char, min_size=1, max_size=8)
+)
+
+
+def _fits(name: str) -> bool:
+    return len(name.encode()) <= MAX_TOPIC_BYTES
+
+
+topic_text = st.lists(_name_token, min_size=1, max_size=6).map(".".join).filter(_fits)
+
+
+@st.composite
+def _pattern_text(draw: st.DrawFn) -> str:
+    toks = draw(st.lists(st.one_of(_name_token, st.just("*")), max_size=5))
+    if not toks or draw(st.booleans()):
+        toks.append(">")
+    return ".".join(toks)
+
+
+pattern_text = _pattern_text().filter(_fits)
+topic_frames = topic_text.map(str.encode)
+pattern_frames = pattern_text.map(str.encode)
+
+_simple = st.one_of(
+    st.none(), st.booleans(), st.integers(-(2**63), 2**64 - 1), st.text(max_size=10)
+)
+hello_bodies = st.builds(
+    lambda client, extra: p.pack_hello(client, **extra),
+    st.text(max_size=20),
+    st.dictionaries(st.text(max_size=8).filter(lambda k: k != "client"), _simple, max_size=3),
+)
+welcome_bodies = st.builds(
+    lambda broker, size, extra: p.pack_welcome(broker, size, **extra),
+    st.text(max_size=20),
+    st.integers(1, 2**63 - 1),
+    st.dictionaries(
+        st.text(max_size=8).filter(lambda k: k not in ("broker", "max_message_size")),
+        _simple,
+        max_size=3,
+    ),
+)
+
+client_commands = st.one_of(
+    st.builds(p.Hello, channels, hello_bodies),
+    st.builds(p.Subscribe, channels, refs, pattern_frames),
+    st.builds(p.Unsubscribe, channels, refs, pattern_frames),
+    st.builds(p.Publish, channels, refs, topic_frames, bodies),
+    st.builds(p.Ack, channels, tokens, bodies),
+    st.builds(p.Disconnect, channels, refs),
+)
+broker_commands = st.one_of(
+    st.builds(p.Welcome, channels, welcome_bodies),
+    st.builds(p.Ok, channels, refs),
+    st.builds(p.Deliver, channels, refs, topic_frames, bodies),
+    st.builds(p.Routed, channels, refs, st.integers(0, 2**32 - 1)),
+    st.builds(p.Acked, channels, refs, bodies),
+    st.builds(
+        p.Error,
+        st.one_of(st.just(b""), channels),
+        refs,
+        st.integers(0, 2**16 - 1),
+        st.text(max_size=40),
+    ),
+)
+
+# Frames biased towards almost-valid messages so parsing goes deep.
+_headers = st.one_of(
+    st.sampled_from([p.header(c) for c in Cmd]),
+    st.builds(lambda v, c: p.SIGNATURE + bytes((v, c)), st.integers(0, 255), st.integers(0, 255)),
+    st.binary(max_size=6),
+)
+_any_frame = st.one_of(
+    st.binary(max_size=40),
+    channels,
+    topic_frames,
+    pattern_frames,
+    st.sampled_from([b"", b"\xff\xfe", b"a..b", b"*", b">", b"x" * 300, b"\x00\x01"]),
+    hello_bodies,
+    welcome_bodies,
+    st.just(p.pack_ack(1, 0)),
+)
+frame_lists = st.one_of(
+    st.lists(st.binary(max_size=20), max_size=7),
+    st.builds(lambda h, rest: [h, *rest], _headers, st.lists(_any_frame, max_size=6)),
+)
+
+
+# --- command round trips ---------------------------------------------------------
+
+
+@SETTINGS
+@given(client_commands)
+def test_client_command_round_trip(cmd: p.ClientCommand) -> None:
+    frames = p.encode(cmd)
+    assert all(isinstance(f, bytes) for f in frames)
+    assert p.check_header(frames[0]) == frames[0][3]
+    assert p.parse_client(frames) == cmd
+
+
+@SETTINGS
+@given(broker_commands)
+def test_broker_command_round_trip(cmd: p.BrokerCommand) -> None:
+    frames = p.encode(cmd)
+    assert all(isinstance(f, bytes) for f in frames)
+    assert p.parse_broker(frames) == cmd
+
+
+@SETTINGS
+@given(client_commands)
+def test_client_commands_are_unknown_to_parse_broker(cmd: p.ClientCommand) -> None:
+    with pytest.raises(ProtocolError) as info:
+        p.parse_broker(p.encode(cmd))
+    assert info.value.code == ErrorCode.UNKNOWN_COMMAND
+
+
+@SETTINGS
+@given(broker_commands)
+def test_broker_commands_are_unknown_to_parse_client(cmd: p.BrokerCommand) -> None:
+    with pytest.raises(ProtocolError) as info:
+        p.parse_client(p.encode(cmd))
+    assert info.value.code == ErrorCode.UNKNOWN_COMMAND
+
+
+def test_encode_refuses_non_commands() -> None:
+    with pytest.raises(TypeError):
+        p.encode("HELLO")  # type: ignore[arg-type]
+
+
+def test_header_layout() -> None:
+    assert p.header(Cmd.PUBLISH) == b"ZB\x01\x04"
+    assert p.encode(p.Ok(b"c" * 16, b"r")) == [b"ZB\x01\x82", b"c" * 16, b"r"]
+    assert p.encode(p.Routed(b"c" * 16, b"r", 258))[3] == b"\x00\x00\x01\x02"
+    assert p.encode(p.Error(b"", b"", 413, "é"))[3:] == [b"\x01\x9d", "é".encode()]
+
+
+# --- specific refusals -------------------------------------------------------------
+
+CH = b"\x07" * 16
+
+
+def _code(parse: Any, frames: list[bytes]) -> int:
+    with pytest.raises(ProtocolError) as info:
+        parse(frames)
+    assert info.value.remote is True
+    return info.value.code
+
+
+@pytest.mark.parametrize(
+    ("frames", "code"),
+    [
+        ([], ErrorCode.BAD_FRAMES),
+        ([b"ZB\x02\x04", CH, b"", b"a", b""], ErrorCode.VERSION_NOT_SUPPORTED),
+        ([b"XX\x01\x04", CH, b"", b"a", b""], ErrorCode.VERSION_NOT_SUPPORTED),
+        ([b"ZB\x01", CH], ErrorCode.VERSION_NOT_SUPPORTED),
+        ([b"ZB\x01\x7f", CH], ErrorCode.UNKNOWN_COMMAND),
+        ([p.H_PUBLISH, CH, b"", b"a"], ErrorCode.BAD_FRAMES),
+        ([p.H_PUBLISH, CH, b"", b"a", b"", b""], ErrorCode.BAD_FRAMES),
+        ([p.H_PUBLISH, b"short", b"", b"a", b""], ErrorCode.BAD_FRAMES),
+        ([p.H_PUBLISH, CH, b"r" * 33, b"a", b""], ErrorCode.BAD_FRAMES),
+        ([p.H_PUBLISH, CH, b"", b"a.*", b""], ErrorCode.BAD_TOPIC),
+        ([p.H_PUBLISH, CH, b"", b"", b""], ErrorCode.BAD_TOPIC),
+        ([p.H_PUBLISH, CH, b"", b"\xff", b""], ErrorCode.BAD_TOPIC),
+        ([p.H_PUBLISH, CH, b"", b"a" * 257, b""], ErrorCode.BAD_TOPIC),
+        ([p.H_SUBSCRIBE, CH, b"", b"a..b"], ErrorCode.BAD_TOPIC),
+        ([p.H_SUBSCRIBE, CH, b"", b">.a"], ErrorCode.BAD_TOPIC),
+        ([p.H_UNSUBSCRIBE, CH, b"", b"a b"], ErrorCode.BAD_TOPIC),
+        ([p.H_ACK, CH, b"", b""], ErrorCode.BAD_FRAMES),
+        ([p.H_ACK, CH, b"t" * 33, b""], ErrorCode.BAD_FRAMES),
+        ([p.H_HELLO, CH, b"\xc1"], ErrorCode.BAD_BODY),
+        ([p.H_HELLO, CH, msgpack.packb([1, 2])], ErrorCode.BAD_BODY),
+        ([p.H_HELLO, CH, msgpack.packb({1: 2}, use_bin_type=True)], ErrorCode.BAD_BODY),
+        ([p.H_DISCONNECT, CH, b"r" * 33], ErrorCode.BAD_FRAMES),
+    ],
+)
+def test_parse_client_refusals(frames: list[bytes], code: int) -> None:
+    assert _code(p.parse_client, frames) == code
+
+
+@pytest.mark.parametrize(
+    ("frames", "code"),
+    [
+        ([], ErrorCode.BAD_FRAMES),
+        ([p.H_OK, b"short", b""], ErrorCode.BAD_FRAMES),
+        ([p.H_ROUTED, CH, b"", b"\x00\x01"], ErrorCode.BAD_FRAMES),
+        ([p.H_ERROR, CH, b"", b"\x01", b"x"], ErrorCode.BAD_FRAMES),
+        ([p.H_ERROR, CH, b"", b"\x01\x90", b"\xff"], ErrorCode.BAD_FRAMES),
+        ([p.H_ERROR, b"short", b"", b"\x01\x90", b""], ErrorCode.BAD_FRAMES),
+        ([p.H_DELIVER, CH, b"", b"a.>", b""], ErrorCode.BAD_TOPIC),
+        ([p.H_DELIVER, CH, b"t" * 33, b"a", b""], ErrorCode.BAD_FRAMES),
+        ([p.H_WELCOME, CH, p.pack_welcome("b", 0)], ErrorCode.BAD_BODY),
+        ([p.H_WELCOME, CH, p.pack_welcome("b", -5)], ErrorCode.BAD_BODY),
+        ([p.H_WELCOME, CH, msgpack.packb({"broker": "b"})], ErrorCode.BAD_BODY),
+        ([p.H_WELCOME, CH, p.pack_welcome("b", 1.5)], ErrorCode.BAD_BODY),  # type: ignore[arg-type]
+    ],
+)
+def test_parse_broker_refusals(frames: list[bytes], code: int) -> None:
+    assert _code(p.parse_broker, frames) == code
+
+
+def test_ref_and_token_limits_are_inclusive() -> None:
+    ref = b"r" * p.MAX_REF_BYTES
+    assert p.parse_client([p.H_PUBLISH, CH, ref, b"a", b""]).ref == ref  # type: ignore[union-attr]
+    assert p.parse_client([p.H_ACK, CH, ref, b""]).token == ref  # type: ignore[union-attr]
+    topic = b"a" * MAX_TOPIC_BYTES
+    assert p.parse_client([p.H_PUBLISH, CH, b"", topic, b""]).topic == topic  # type: ignore[union-attr]
+
+
+@SETTINGS
+@given(frame_lists)
+def test_parse_client_random_frames_only_protocol_error(frames: list[bytes]) -> None:
+    try:
+        cmd = p.parse_client(frames)
+    except ProtocolError as exc:
+        assert isinstance(exc.code, int)
+        assert exc.code in set(ErrorCode)
+    else:
+        # Whatever parses re-encodes to exactly the same frames.
+        assert p.encode(cmd) == frames
+
+
+@SETTINGS
+@given(frame_lists)
+def test_parse_broker_random_frames_only_protocol_error(frames: list[bytes]) -> None:
+    try:
+        cmd = p.parse_broker(frames)
+    except ProtocolError as exc:
+        assert exc.code in set(ErrorCode)
+    else:
+        assert p.encode(cmd) == frames
+
+
+# --- message bodies -----------------------------------------------------------------
+
+ids = st.binary(min_size=16, max_size=16)
+timestamps_ns = st.one_of(
+    st.integers(MIN_NS, MAX_NS),
+    st.integers(-(10**12), 10**12),  # around the epoch, sub-microsecond parts included
+    st.sampled_from([MIN_NS, MAX_NS, -1, 0, 1, 999, 1000, -999, -1000, -1001, 2**63 - 1]),
+)
+header_maps = st.dictionaries(st.text(max_size=12), st.text(max_size=30), max_size=6)
+payloads = st.one_of(st.binary(max_size=300), st.just(bytes(range(256))))
+
+
+def _expected_datetime(ts_ns: int) -> datetime:
+    # Microsecond precision, rounded towards minus infinity.
+    return EPOCH + timedelta(microseconds=ts_ns // 1000)
+
+
+@SETTINGS
+@given(ids, timestamps_ns, header_maps, payloads)
+def test_message_round_trip(
+    msg_id: bytes, ts_ns: int, headers: dict[str, str], payload: bytes
+) -> None:
+    body = p.pack_message(msg_id, ts_ns, headers, payload)
+    mb = p.unpack_message(body)
+    assert mb.id == uuid.UUID(bytes=msg_id)
+    assert mb.id.bytes == msg_id
+    assert mb.headers == headers
+    assert mb.payload == payload
+    assert type(mb.payload) is bytes
+    assert mb.timestamp.tzinfo is not None
+    assert mb.timestamp.utcoffset() == timedelta(0)
+    assert mb.timestamp == _expected_datetime(ts_ns)
+
+
+def test_message_timestamp_examples() -> None:
+    def ts(ns: int) -> datetime:
+        return p.unpack_message(p.pack_message(b"\0" * 16, ns, {}, b"")).timestamp
+
+    assert ts(0) == EPOCH
+    assert ts(1_500) == EPOCH + timedelta(microseconds=1)
+    assert ts(-1) == datetime(1969, 12, 31, 23, 59, 59, 999999, tzinfo=UTC)
+    assert ts(MIN_NS) == datetime(1, 1, 1, tzinfo=UTC)
+    assert ts(MAX_NS) == datetime(9999, 12, 31, 23, 59, 59, 999999, tzinfo=UTC)
+
+
+def test_message_all_byte_values_and_unicode_headers() -> None:
+    payload = bytes(range(256)) * 3
+    headers = {"ключ": "значение", "emoji\U0001f600": "", "": "\x00", "k": "日本語"}
+    mb = p.unpack_message(p.pack_message(bytes(range(16)), 123, headers, payload))
+    assert mb.payload == payload
+    assert mb.headers == headers
+
+
+@pytest.mark.parametrize("ts_ns", [MAX_NS + 1, MIN_NS - 10**9, 2**62 * 10**9])
+def test_message_timestamp_outside_datetime_range_is_protocol_error(ts_ns: int) -> None:
+    body = p.pack_message(b"\0" * 16, ts_ns, {}, b"")
+    with pytest.raises(ProtocolError) as info:
+        p.unpack_message(body)
+    assert info.value.code == ErrorCode.BAD_BODY
+
+
+def test_message_extra_trailing_fields_are_ignored() -> None:
+    body = msgpack.packb(
+        [b"\1" * 16, msgpack.Timestamp(5, 0), {"a": "b"}, b"pl", "future", 42], use_bin_type=True
+    )
+    mb = p.unpack_message(body)
+    assert (mb.headers, mb.payload, mb.timestamp) == ({"a": "b"}, b"pl", EPOCH + timedelta(0, 5))
+
+
+_TS = msgpack.Timestamp(0, 0)
+
+
+@pytest.mark.parametrize(
+    "obj",
+    [
+        [b"\1" * 16, _TS, {}],  # too short
+        {"id": b"\1" * 16},  # not an array
+        [b"\1" * 15, _TS, {}, b""],  # short id
+        ["x" * 16, _TS, {}, b""],  # id as str, not bin
+        [b"\1" * 16, 0, {}, b""],  # timestamp as int
+        [b"\1" * 16, _TS, {"a": 1}, b""],  # header value not str
+        [b"\1" * 16, _TS, {b"a": "b"}, b""],  # header key bin
+        [b"\1" * 16, _TS, ["a"], b""],  # headers not a map
+        [b"\1" * 16, _TS, {}, "payload"],  # payload str, not bin
+        [b"\1" * 16, _TS, {1: "a"}, b""],  # int key: strict_map_key
+    ],
+)
+def test_unpack_message_refuses_bad_shapes(obj: object) -> None:
+    body = msgpack.packb(obj, use_bin_type=True, strict_types=False)
+    with pytest.raises(ProtocolError) as info:
+        p.unpack_message(body)
+    assert info.value.code == ErrorCode.BAD_BODY
+
+
+# --- acks -------------------------------------------------------------------------
+
+
+@SETTINGS
+@given(
+    st.integers(0, 2**64 - 1),
+    st.integers(0, 2**64 - 1),
+    st.lists(st.text(max_size=40), max_size=5),
+)
+def test_ack_round_trip(delivered: int, dropped: int, errors: list[str]) -> None:
+    result = p.unpack_ack(p.pack_ack(delivered, dropped, errors))
+    assert result == p.AckResult(delivered, dropped, errors)
+
+
+def test_ack_default_errors_and_tuple_errors() -> None:
+    assert p.unpack_ack(p.pack_ack(3, 1)) == p.AckResult(3, 1, [])
+    assert p.unpack_ack(p.pack_ack(0, 0, ("x", "y"))).errors == ["x", "y"]
+
+
+@pytest.mark.parametrize(
+    "obj",
+    [
+        [1, 0],
+        [-1, 0, []],
+        [0, -1, []],
+        [1.0, 0, []],
+        ["1", 0, []],
+        [1, 0, "error"],
+        [1, 0, [1]],
+        [1, 0, [b"bytes"]],
+        {"delivered": 1},
+        None,
+    ],
+)
+def test_unpack_ack_refuses_bad_shapes(obj: object) -> None:
+    with pytest.raises(ProtocolError) as info:
+        p.unpack_ack(msgpack.packb(obj, use_bin_type=True))
+    assert info.value.code == ErrorCode.BAD_BODY
+
+
+def test_hello_and_welcome_bodies() -> None:
+    assert p.unpack_hello(p.pack_hello("py/1", pid=7)) == {"client": "py/1", "pid": 7}
+    info = p.unpack_welcome(p.pack_welcome("zmqbus", 1024, region="eu"))
+    assert info == {"broker": "zmqbus", "max_message_size": 1024, "region": "eu"}
+
+
+# --- garbage never escapes as anything but ProtocolError ----------------------------
+
+UNPACKERS = [p.unpack_message, p.unpack_ack, p.unpack_hello, p.unpack_welcome]
+
+_msgpack_values = st.recursive(
+    st.one_of(
+        st.none(),
+        st.booleans(),
+        st.integers(-(2**63), 2**64 - 1),
+        st.floats(allow_nan=True),
+        st.text(max_size=10),
+        st.binary(max_size=20),
+        st.builds(msgpack.Timestamp, st.integers(-(2**63), 2**63 - 1), st.integers(0, 10**9 - 1)),
+        st.builds(msgpack.ExtType, st.integers(0, 127), st.binary(max_size=8)),
+    ),
+    lambda inner: st.one_of(
+        st.lists(inner, max_size=5),
+        st.dictionaries(st.one_of(st.text(max_size=5), st.binary(max_size=5)), inner, max_size=4),
+    ),
+    max_leaves=12,
+)
+_structured = st.one_of(
+    _msgpack_values,
+    st.tuples(ids, _msgpack_values, _msgpack_values, _msgpack_values).map(list),
+    st.tuples(_msgpack_values, _msgpack_values, _msgpack_values).map(list),
+)
+garbage = st.one_of(
+    st.binary(max_size=60),
+    _structured.map(lambda o: msgpack.packb(o, use_bin_type=True)),
+    # Valid msgpack cut short or with junk appended.
+    st.builds(
+        lambda o, cut: msgpack.packb(o, use_bin_type=True)[:cut],
+        _structured,
+        st.integers(0, 30),
+    ),
+    st.builds(
+        lambda o, junk: msgpack.packb(o, use_bin_type=True) + junk,
+        _structured,
+        st.binary(min_size=1, max_size=4),
+    ),
+    st.sampled_from(
+        [
+            b"",
+            b"\xc1",  # never used
+            b"\xd4\xff\x00",  # Timestamp ext with a bad length
+            b"\xd6\xff\xff\xff\xff\xff",  # 32-bit timestamp, fine by itself
+            b"\xdd\xff\xff\xff\xff",  # array32 claiming 4 billion items
+            b"\xdb\xff\xff\xff\xff",  # str32 claiming 4 GiB
+            b"\x91" * 5000 + b"\x90",  # deep nesting
+            b"\x81\x90\x00",  # map with an array key
+        ]
+    ),
+)
+
+
+@settings(max_examples=75, deadline=None)
+@given(garbage)
+def test_unpackers_raise_only_protocol_error(body: bytes) -> None:
+    for unpack in UNPACKERS:
+        try:
+            unpack(body)
+        except ProtocolError as exc:
+            assert exc.code == ErrorCode.BAD_BODY
