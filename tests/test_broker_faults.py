@@ -36,7 +36,7 @@ def test_internal_error_answers_500_and_broker_keeps_going(monkeypatch: pytest.M
     assert isinstance(err, p.Error) and err.code == p.ErrorCode.INTERNAL and err.ref == b"\x07"
     assert state.counters["internal_errors"] == 1
     monkeypatch.undo()
-    state.handle(b"A", [p.H_SUBSCRIBE, ch, b"\x08", b"t"])
+    state.handle(b"A", [p.H_SUBSCRIBE, ch, b"\x08", b"\0\0\0\1", b"t", b""])
     assert p.parse_broker(state.outbox.pop()[1]) == p.Ok(ch, b"\x08")
 
 
@@ -45,7 +45,7 @@ def test_undeliverable_confirmed_deliver_reported_as_dropped() -> None:
     ch = uuid.uuid4().bytes
     _join(state, b"P", ch)
     _join(state, b"S", ch)
-    state.handle(b"S", [p.H_SUBSCRIBE, ch, b"\x01", b"t"])
+    state.handle(b"S", [p.H_SUBSCRIBE, ch, b"\x01", b"\0\0\0\1", b"t", b""])
     state.outbox.clear()
     state.handle(b"P", [p.H_PUBLISH, ch, b"\x09", b"t", b"body"])
     deliver = next(frames for ident, frames in state.outbox if ident == b"S")
@@ -75,7 +75,7 @@ def test_full_subscriber_queue_never_blocks_broker_or_others() -> None:
             stalled.connect(broker.address)
             stalled.send_multipart([p.H_HELLO, ch.bytes, msgpack.packb({"client": "stalled"})])
             assert stalled.recv_multipart()[0] == p.H_WELCOME
-            stalled.send_multipart([p.H_SUBSCRIBE, ch.bytes, b"\x01", b"flood"])
+            stalled.send_multipart([p.H_SUBSCRIBE, ch.bytes, b"\x01", b"\0\0\0\1", b"flood", b""])
             assert stalled.recv_multipart()[0] == p.H_OK
             with (
                 Bus(broker.address, ch, context=ctx) as pub,

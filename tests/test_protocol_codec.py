@@ -30,7 +30,14 @@ MAX_NS = int((datetime(9999, 12, 31, 23, 59, 59, tzinfo=UTC) - EPOCH).total_seco
 channels = st.binary(min_size=16, max_size=16)
 refs = st.binary(max_size=p.MAX_REF_BYTES)
 tokens = st.binary(min_size=1, max_size=p.MAX_REF_BYTES)
+request_refs = st.binary(min_size=1, max_size=p.MAX_REQUEST_REF_BYTES)
+# A reply token: an 8-byte session number and a request ref.
+reply_tokens = st.builds(
+    lambda n, ref: n.to_bytes(p.SESSION_BYTES, "big") + ref, st.integers(0, 2**64 - 1), request_refs
+)
 bodies = st.binary(max_size=200)
+sid_frames = st.binary(min_size=p.SID_BYTES, max_size=p.SID_BYTES)
+sids_frames = st.lists(sid_frames, min_size=1, max_size=5).map(b"".join)
 
 _name_char = st.characters(
     codec="utf-8",
@@ -60,6 +67,10 @@ def _pattern_text(draw: st.DrawFn) -> str:
 pattern_text = _pattern_text().filter(_fits)
 topic_frames = topic_text.map(str.encode)
 pattern_frames = pattern_text.map(str.encode)
+queue_frames = st.one_of(
+    st.just(b""),
+    topic_text.filter(lambda t: len(t.encode()) <= p.MAX_QUEUE_BYTES).map(str.encode),
+)
 
 _simple = st.one_of(
     st.none(), st.booleans(), st.integers(-(2**63), 2**64 - 1), st.text(max_size=10)
@@ -82,18 +93,22 @@ welcome_bodies = st.builds(
 
 client_commands = st.one_of(
     st.builds(p.Hello, channels, hello_bodies),
-    st.builds(p.Subscribe, channels, refs, pattern_frames),
-    st.builds(p.Unsubscribe, channels, refs, pattern_frames),
+    st.builds(p.Subscribe, channels, refs, sid_frames, pattern_frames, queue_frames),
+    st.builds(p.Unsubscribe, channels, refs, sids_frames),
     st.builds(p.Publish, channels, refs, topic_frames, bodies),
     st.builds(p.Ack, channels, tokens, bodies),
     st.builds(p.Disconnect, channels, refs),
+    st.builds(p.Request, channels, request_refs, topic_frames, bodies),
+    st.builds(p.Reply, channels, reply_tokens, bodies),
 )
 broker_commands = st.one_of(
     st.builds(p.Welcome, channels, welcome_bodies),
     st.builds(p.Ok, channels, refs),
-    st.builds(p.Deliver, channels, refs, topic_frames, bodies),
+    st.builds(p.Deliver, channels, refs, topic_frames, bodies, sids_frames),
     st.builds(p.Routed, channels, refs, st.integers(0, 2**32 - 1)),
     st.builds(p.Acked, channels, refs, bodies),
+    st.builds(p.Ask, channels, reply_tokens, topic_frames, bodies, sids_frames),
+    st.builds(p.Answer, channels, request_refs, bodies),
     st.builds(
         p.Error,
         st.one_of(st.just(b""), channels),
@@ -118,6 +133,10 @@ _any_frame = st.one_of(
     hello_bodies,
     welcome_bodies,
     st.just(p.pack_ack(1, 0)),
+    sid_frames,
+    sids_frames,
+    reply_tokens,
+    queue_frames,
 )
 frame_lists = st.one_of(
     st.lists(st.binary(max_size=20), max_size=7),
@@ -176,6 +195,7 @@ def test_header_layout() -> None:
 # --- specific refusals -------------------------------------------------------------
 
 CH = b"\x07" * 16
+S1 = b"\x00\x00\x00\x01"
 
 
 def _code(parse: Any, frames: list[bytes]) -> int:
@@ -201,9 +221,38 @@ def _code(parse: Any, frames: list[bytes]) -> int:
         ([p.H_PUBLISH, CH, b"", b"", b""], ErrorCode.BAD_TOPIC),
         ([p.H_PUBLISH, CH, b"", b"\xff", b""], ErrorCode.BAD_TOPIC),
         ([p.H_PUBLISH, CH, b"", b"a" * 257, b""], ErrorCode.BAD_TOPIC),
-        ([p.H_SUBSCRIBE, CH, b"", b"a..b"], ErrorCode.BAD_TOPIC),
-        ([p.H_SUBSCRIBE, CH, b"", b">.a"], ErrorCode.BAD_TOPIC),
-        ([p.H_UNSUBSCRIBE, CH, b"", b"a b"], ErrorCode.BAD_TOPIC),
+        ([p.H_SUBSCRIBE, CH, b"", b"a"], ErrorCode.BAD_FRAMES),  # the draft without sids
+        ([p.H_SUBSCRIBE, CH, b"", S1, b"a"], ErrorCode.BAD_FRAMES),
+        ([p.H_SUBSCRIBE, CH, b"r" * 33, S1, b"a", b""], ErrorCode.BAD_FRAMES),
+        ([p.H_SUBSCRIBE, CH, b"", b"", b"a", b""], ErrorCode.BAD_FRAMES),
+        ([p.H_SUBSCRIBE, CH, b"", S1[:3], b"a", b""], ErrorCode.BAD_FRAMES),
+        ([p.H_SUBSCRIBE, CH, b"", S1 + b"\0", b"a", b""], ErrorCode.BAD_FRAMES),
+        ([p.H_SUBSCRIBE, CH, b"", S1[:3], b"a..b", b""], ErrorCode.BAD_FRAMES),  # sid first
+        ([p.H_SUBSCRIBE, CH, b"", S1, b"a..b", b""], ErrorCode.BAD_TOPIC),
+        ([p.H_SUBSCRIBE, CH, b"", S1, b">.a", b""], ErrorCode.BAD_TOPIC),
+        ([p.H_SUBSCRIBE, CH, b"", S1, b"a", b"*"], ErrorCode.BAD_TOPIC),
+        ([p.H_SUBSCRIBE, CH, b"", S1, b"a", b">"], ErrorCode.BAD_TOPIC),
+        ([p.H_SUBSCRIBE, CH, b"", S1, b"a", b"a..b"], ErrorCode.BAD_TOPIC),
+        ([p.H_SUBSCRIBE, CH, b"", S1, b"a", b"a b"], ErrorCode.BAD_TOPIC),
+        ([p.H_SUBSCRIBE, CH, b"", S1, b"a", b"q" * 65], ErrorCode.BAD_TOPIC),
+        ([p.H_SUBSCRIBE, CH, b"", S1, b"a", b"\xff"], ErrorCode.BAD_TOPIC),
+        ([p.H_SUBSCRIBE, CH, b"", S1, b"a..b", b"*"], ErrorCode.BAD_TOPIC),
+        ([p.H_UNSUBSCRIBE, CH, b"", b""], ErrorCode.BAD_FRAMES),
+        ([p.H_UNSUBSCRIBE, CH, b"", b"a b"], ErrorCode.BAD_FRAMES),
+        ([p.H_UNSUBSCRIBE, CH, b"", S1 + b"\0"], ErrorCode.BAD_FRAMES),
+        ([p.H_UNSUBSCRIBE, CH, b"r" * 33, S1], ErrorCode.BAD_FRAMES),
+        ([p.H_UNSUBSCRIBE, CH, b"", S1, b""], ErrorCode.BAD_FRAMES),
+        ([p.H_REQUEST, CH, b"", b"a", b""], ErrorCode.BAD_FRAMES),
+        ([p.H_REQUEST, CH, b"q" * 25, b"a", b""], ErrorCode.BAD_FRAMES),
+        ([p.H_REQUEST, CH, b"q" * 33, b"a", b""], ErrorCode.BAD_FRAMES),
+        ([p.H_REQUEST, CH, b"q", b"a.*", b""], ErrorCode.BAD_TOPIC),
+        ([p.H_REQUEST, CH, b"", b"a.*", b""], ErrorCode.BAD_FRAMES),  # the ref first
+        ([p.H_REQUEST, CH, b"q", b"a"], ErrorCode.BAD_FRAMES),
+        ([p.H_REPLY, CH, b"", b""], ErrorCode.BAD_FRAMES),
+        ([p.H_REPLY, CH, b"t" * 33, b""], ErrorCode.BAD_FRAMES),
+        ([p.H_REPLY, CH, b"t" * 9], ErrorCode.BAD_FRAMES),
+        ([p.H_ASK, CH, b"t" * 9, b"a", b"", S1], ErrorCode.UNKNOWN_COMMAND),
+        ([p.H_ANSWER, CH, b"q", b""], ErrorCode.UNKNOWN_COMMAND),
         ([p.H_ACK, CH, b"", b""], ErrorCode.BAD_FRAMES),
         ([p.H_ACK, CH, b"t" * 33, b""], ErrorCode.BAD_FRAMES),
         ([p.H_HELLO, CH, b"\xc1"], ErrorCode.BAD_BODY),
@@ -225,12 +274,29 @@ def test_parse_client_refusals(frames: list[bytes], code: int) -> None:
         ([p.H_ERROR, CH, b"", b"\x01", b"x"], ErrorCode.BAD_FRAMES),
         ([p.H_ERROR, CH, b"", b"\x01\x90", b"\xff"], ErrorCode.BAD_FRAMES),
         ([p.H_ERROR, b"short", b"", b"\x01\x90", b""], ErrorCode.BAD_FRAMES),
-        ([p.H_DELIVER, CH, b"", b"a.>", b""], ErrorCode.BAD_TOPIC),
-        ([p.H_DELIVER, CH, b"t" * 33, b"a", b""], ErrorCode.BAD_FRAMES),
+        ([p.H_DELIVER, CH, b"", b"a.>", b"", S1], ErrorCode.BAD_TOPIC),
+        ([p.H_DELIVER, CH, b"t" * 33, b"a", b"", S1], ErrorCode.BAD_FRAMES),
+        ([p.H_DELIVER, CH, b"", b"a", b""], ErrorCode.BAD_FRAMES),  # the draft without sids
+        ([p.H_DELIVER, CH, b"", b"a", b"", b""], ErrorCode.BAD_FRAMES),
+        ([p.H_DELIVER, CH, b"", b"a", b"", S1 + b"\0\0"], ErrorCode.BAD_FRAMES),
+        ([p.H_DELIVER, CH, b"", b"a.>", b"", b"\0"], ErrorCode.BAD_TOPIC),  # the topic first
+        ([p.H_ASK, CH, b"", b"a", b"", S1], ErrorCode.BAD_FRAMES),
+        ([p.H_ASK, CH, b"t" * 33, b"a", b"", S1], ErrorCode.BAD_FRAMES),
+        ([p.H_ASK, CH, b"t" * 9, b"a", b"", b""], ErrorCode.BAD_FRAMES),
+        ([p.H_ASK, CH, b"t" * 9, b"a", b"", b"\0" * 5], ErrorCode.BAD_FRAMES),
+        ([p.H_ASK, CH, b"t" * 9, b"*", b"", S1], ErrorCode.BAD_TOPIC),
+        ([p.H_ASK, b"short", b"t" * 9, b"a", b"", S1], ErrorCode.BAD_FRAMES),
+        ([p.H_ASK, CH, b"t" * 9, b"a", b""], ErrorCode.BAD_FRAMES),
+        ([p.H_ANSWER, CH, b"q" * 33, b""], ErrorCode.BAD_FRAMES),
+        ([p.H_ANSWER, b"short", b"q", b""], ErrorCode.BAD_FRAMES),
+        ([p.H_ANSWER, CH, b"q"], ErrorCode.BAD_FRAMES),
+        ([p.H_REQUEST, CH, b"q", b"a", b""], ErrorCode.UNKNOWN_COMMAND),
+        ([p.H_REPLY, CH, b"t" * 9, b""], ErrorCode.UNKNOWN_COMMAND),
         ([p.H_WELCOME, CH, p.pack_welcome("b", 0)], ErrorCode.BAD_BODY),
         ([p.H_WELCOME, CH, p.pack_welcome("b", -5)], ErrorCode.BAD_BODY),
         ([p.H_WELCOME, CH, msgpack.packb({"broker": "b"})], ErrorCode.BAD_BODY),
         ([p.H_WELCOME, CH, p.pack_welcome("b", 1.5)], ErrorCode.BAD_BODY),  # type: ignore[arg-type]
+        ([p.H_WELCOME, CH, p.pack_welcome("b", True)], ErrorCode.BAD_BODY),  # bool is not an int
     ],
 )
 def test_parse_broker_refusals(frames: list[bytes], code: int) -> None:
@@ -243,6 +309,67 @@ def test_ref_and_token_limits_are_inclusive() -> None:
     assert p.parse_client([p.H_ACK, CH, ref, b""]).token == ref  # type: ignore[union-attr]
     topic = b"a" * MAX_TOPIC_BYTES
     assert p.parse_client([p.H_PUBLISH, CH, b"", topic, b""]).topic == topic  # type: ignore[union-attr]
+    assert p.MAX_REQUEST_REF_BYTES == 24 == p.MAX_REF_BYTES - p.SESSION_BYTES
+    for req_ref in (b"q", b"q" * 24):
+        cmd = p.parse_client([p.H_REQUEST, CH, req_ref, b"a", b""])
+        assert cmd == p.Request(CH, req_ref, b"a", b"")
+    for token in (b"t" * 9, ref):
+        assert p.parse_client([p.H_REPLY, CH, token, b""]) == p.Reply(CH, token, b"")
+        frames = [p.H_ASK, CH, token, b"a", b"", S1]
+        assert p.parse_broker(frames) == p.Ask(CH, token, b"a", b"", S1)
+    queue = b"q" * p.MAX_QUEUE_BYTES
+    assert p.parse_client([p.H_SUBSCRIBE, CH, b"", S1, b"a", queue]).queue == queue  # type: ignore[union-attr]
+
+
+@pytest.mark.parametrize("size", [1, 8])
+def test_reply_token_without_a_ref_is_refused(size: int) -> None:
+    # A reply token is an 8-byte session number followed by a 1 to 24-byte ref:
+    # the broker refuses a shorter one with 400, and parse_client raises "the
+    # code the broker replies with".
+    assert _code(p.parse_client, [p.H_REPLY, CH, b"t" * size, b""]) == ErrorCode.BAD_FRAMES
+
+
+def test_sids_helpers() -> None:
+    assert p.SID_BYTES == 4
+    assert p.split_sids(b"") == []
+    assert p.split_sids(S1 + b"\0\0\0\2") == [S1, b"\0\0\0\2"]
+    p.check_sids(S1 * 3)
+    p.check_sids(b"", allow_empty=True)
+    for bad in (b"", b"\0", S1 + b"\0"):
+        with pytest.raises(ProtocolError) as info:
+            p.check_sids(bad)
+        assert info.value.code == ErrorCode.BAD_FRAMES
+
+
+@pytest.mark.parametrize(
+    ("queue", "ok"),
+    [
+        (b"", True),
+        (b"workers", True),
+        (b"billing.eu-west", True),
+        ("трудяги".encode(), True),
+        (b"q" * 64, True),
+        (b"q" * 65, False),
+        ("é".encode() * 32, True),
+        ("é".encode() * 32 + b"x", False),
+        (b"*", False),
+        (b">", False),
+        (b"a.*", False),
+        (b"work*", False),
+        (b"a..b", False),
+        (b".a", False),
+        (b"a b", False),
+        (b"a\x00", False),
+        (b"\xff", False),
+    ],
+)
+def test_check_queue(queue: bytes, ok: bool) -> None:
+    if ok:
+        p.check_queue(queue)
+    else:
+        with pytest.raises(ProtocolError) as info:
+            p.check_queue(queue)
+        assert info.value.code == ErrorCode.BAD_TOPIC
 
 
 @SETTINGS
@@ -363,6 +490,57 @@ def test_unpack_message_refuses_bad_shapes(obj: object) -> None:
     assert info.value.code == ErrorCode.BAD_BODY
 
 
+# --- reply bodies -------------------------------------------------------------------
+
+errors_or_none = st.one_of(st.none(), st.text(max_size=40))
+
+
+@SETTINGS
+@given(ids, timestamps_ns, header_maps, payloads, errors_or_none)
+def test_reply_round_trip(
+    msg_id: bytes, ts_ns: int, headers: dict[str, str], payload: bytes, error: str | None
+) -> None:
+    body = p.pack_reply(msg_id, ts_ns, headers, payload, error)
+    mb, got_error = p.unpack_reply(body)
+    assert got_error == error
+    assert (mb.id.bytes, mb.headers, mb.payload) == (msg_id, headers, payload)
+    assert mb.timestamp == _expected_datetime(ts_ns)
+    # A reply body is a message body with one more element: message decoders read it too.
+    assert p.unpack_message(body) == mb
+
+
+def test_reply_body_layout() -> None:
+    body = p.pack_reply(b"\1" * 16, 0, {}, b"pl")
+    assert msgpack.unpackb(body, timestamp=3)[3:] == [b"pl", None]
+    assert p.pack_reply(b"\1" * 16, 0, {}, b"", "boom")[-5:] == b"\xa4boom"
+    # A 4-element body (a message body) is a reply without error; more elements are ignored.
+    assert p.unpack_reply(p.pack_message(b"\1" * 16, 0, {}, b"x"))[1] is None
+    extra = msgpack.packb([b"\1" * 16, _TS, {}, b"", "err", 1, 2], use_bin_type=True)
+    assert p.unpack_reply(extra)[1] == "err"
+    # An empty error text is an error, not a reply.
+    assert p.unpack_reply(p.pack_reply(b"\1" * 16, 0, {}, b"", ""))[1] == ""
+
+
+@pytest.mark.parametrize(
+    "obj",
+    [
+        [b"\1" * 16, _TS, {}],  # too short
+        [b"\1" * 15, _TS, {}, b"", None],
+        [b"\1" * 16, _TS, {}, "payload", None],
+        [b"\1" * 16, _TS, {}, b"", 1],  # error not nil or str
+        [b"\1" * 16, _TS, {}, b"", b"boom"],
+        [b"\1" * 16, _TS, {}, b"", ["boom"]],
+        [b"\1" * 16, _TS, {}, b"", False],
+        {"error": None},
+        None,
+    ],
+)
+def test_unpack_reply_refuses_bad_shapes(obj: object) -> None:
+    with pytest.raises(ProtocolError) as info:
+        p.unpack_reply(msgpack.packb(obj, use_bin_type=True))
+    assert info.value.code == ErrorCode.BAD_BODY
+
+
 # --- acks -------------------------------------------------------------------------
 
 
@@ -389,6 +567,8 @@ def test_ack_default_errors_and_tuple_errors() -> None:
         [-1, 0, []],
         [0, -1, []],
         [1.0, 0, []],
+        [True, 0, []],  # bools are not counts
+        [0, False, []],
         ["1", 0, []],
         [1, 0, "error"],
         [1, 0, [1]],
@@ -411,7 +591,7 @@ def test_hello_and_welcome_bodies() -> None:
 
 # --- garbage never escapes as anything but ProtocolError ----------------------------
 
-UNPACKERS = [p.unpack_message, p.unpack_ack, p.unpack_hello, p.unpack_welcome]
+UNPACKERS = [p.unpack_message, p.unpack_reply, p.unpack_ack, p.unpack_hello, p.unpack_welcome]
 
 _msgpack_values = st.recursive(
     st.one_of(
@@ -433,6 +613,9 @@ _msgpack_values = st.recursive(
 _structured = st.one_of(
     _msgpack_values,
     st.tuples(ids, _msgpack_values, _msgpack_values, _msgpack_values).map(list),
+    st.tuples(ids, _msgpack_values, _msgpack_values, st.binary(max_size=4), _msgpack_values).map(
+        list
+    ),
     st.tuples(_msgpack_values, _msgpack_values, _msgpack_values).map(list),
 )
 garbage = st.one_of(

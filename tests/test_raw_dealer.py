@@ -10,6 +10,7 @@ arrive is sent after it, and the first thing received is checked.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import json
 import uuid
 from collections.abc import Callable, Iterator
@@ -37,11 +38,15 @@ UNSUBSCRIBE = header(0x03)
 PUBLISH = header(0x04)
 ACK = header(0x05)
 DISCONNECT = header(0x06)
+REQUEST = header(0x07)
+REPLY = header(0x08)
 WELCOME = header(0x81)
 OK = header(0x82)
 DELIVER = header(0x83)
 ROUTED = header(0x84)
 ACKED = header(0x85)
+ASK = header(0x86)
+ANSWER = header(0x87)
 ERROR = header(0x8F)
 
 MSG_ID = bytes.fromhex("6f1c4a2e3b5d4e8f9a0b1c2d3e4f5a6b")
@@ -73,6 +78,11 @@ def body_of_size(size: int) -> bytes:
     return out
 
 
+def reply_body(payload: bytes = b"reply", error: str | None = None) -> bytes:
+    """A REPLY body: a message body with a fifth element, the error (nil for a reply)."""
+    return packb([MSG_ID, msgpack.Timestamp.from_unix_nano(TS_NS), {}, payload, error])
+
+
 def ack_body(delivered: int = 1, dropped: int = 0, errors: list[str] | None = None) -> bytes:
     return packb([delivered, dropped, errors or []])
 
@@ -95,8 +105,31 @@ def request(sock: Dealer, frames: list[bytes]) -> list[bytes]:
     return sock.recv_multipart()
 
 
-def subscribe(sock: Dealer, channel: bytes, pattern: bytes, ref: bytes = b"sub") -> None:
-    assert request(sock, [SUBSCRIBE, channel, ref, pattern]) == [OK, channel, ref]
+# Subscription IDs are chosen by the client; one sequence for the whole module
+# keeps them unique on every connection.
+_sids = itertools.count(1)
+
+
+def new_sid() -> bytes:
+    """A fresh 4-byte subscription ID."""
+    return next(_sids).to_bytes(4, "big")
+
+
+def subscribe(
+    sock: Dealer, channel: bytes, pattern: bytes, ref: bytes = b"sub", *, queue: bytes = b""
+) -> bytes:
+    """Open a subscription (a queue group member if ``queue``); return its sid."""
+    sid = new_sid()
+    assert request(sock, [SUBSCRIBE, channel, ref, sid, pattern, queue]) == [OK, channel, ref]
+    return sid
+
+
+def split_sids(frame: bytes) -> set[bytes]:
+    """The 4-byte sids packed in a sids frame; none may repeat."""
+    assert frame and len(frame) % 4 == 0, frame
+    sids = [frame[i : i + 4] for i in range(0, len(frame), 4)]
+    assert len(set(sids)) == len(sids), sids
+    return set(sids)
 
 
 def assert_error(frames: list[bytes], code: int, channel: bytes = b"", ref: bytes = b"") -> str:
@@ -111,9 +144,27 @@ def assert_error(frames: list[bytes], code: int, channel: bytes = b"", ref: byte
 
 
 def deliver_of(frames: list[bytes]) -> tuple[bytes, bytes, bytes]:
-    """(token, topic, body) of a DELIVER."""
-    assert len(frames) == 5 and frames[0] == DELIVER, frames
+    """(token, topic, body) of a DELIVER (whose sids frame must be well-formed)."""
+    assert len(frames) == 6 and frames[0] == DELIVER, frames
+    split_sids(frames[5])
     return frames[2], frames[3], frames[4]
+
+
+def ask_of(frames: list[bytes]) -> tuple[bytes, bytes, bytes, set[bytes]]:
+    """(token, topic, body, sids) of an ASK."""
+    assert len(frames) == 6 and frames[0] == ASK, frames
+    assert 9 <= len(frames[2]) <= 32, frames[2]
+    return frames[2], frames[3], frames[4], split_sids(frames[5])
+
+
+def quiet(sock: Dealer, channel: bytes) -> None:
+    """Nothing is queued for ``sock``: the reply to a sentinel SUBSCRIBE comes first."""
+    ref = b"quiet-%d" % next(_sids)
+    assert request(sock, [SUBSCRIBE, channel, ref, new_sid(), b"quiet.sentinel", b""]) == [
+        OK,
+        channel,
+        ref,
+    ]
 
 
 def refused(sock: Dealer, channel: bytes) -> list[bytes]:
@@ -217,10 +268,14 @@ def test_subscribe_and_unsubscribe_answer_ok_with_the_ref(
     sock = raw_dealer()
     join(sock, ch)
     ref = bytes(range(32))  # the longest ref allowed
-    assert request(sock, [SUBSCRIBE, ch, ref, b"orders.>"]) == [OK, ch, ref]
-    assert request(sock, [SUBSCRIBE, ch, b"", b"orders.>"]) == [OK, ch, b""]  # idempotent
-    assert request(sock, [UNSUBSCRIBE, ch, b"u1", b"orders.>"]) == [OK, ch, b"u1"]
-    assert request(sock, [UNSUBSCRIBE, ch, b"u2", b"never.subscribed"]) == [OK, ch, b"u2"]
+    sid = new_sid()
+    assert request(sock, [SUBSCRIBE, ch, ref, sid, b"orders.>", b""]) == [OK, ch, ref]
+    # The same sid with the same pattern and queue again: idempotent.
+    assert request(sock, [SUBSCRIBE, ch, b"", sid, b"orders.>", b""]) == [OK, ch, b""]
+    assert request(sock, [UNSUBSCRIBE, ch, b"u1", sid]) == [OK, ch, b"u1"]
+    # Sids that are not open are ignored.
+    assert request(sock, [UNSUBSCRIBE, ch, b"u2", sid]) == [OK, ch, b"u2"]
+    assert request(sock, [UNSUBSCRIBE, ch, b"u3", new_sid() + new_sid()]) == [OK, ch, b"u3"]
 
 
 def test_unconfirmed_publish_is_delivered_with_same_topic_and_body(
@@ -229,18 +284,18 @@ def test_unconfirmed_publish_is_delivered_with_same_topic_and_body(
     pub, sub = raw_dealer(), raw_dealer()
     join(pub, ch)
     join(sub, ch)
-    subscribe(sub, ch, b"orders.eu.created")
+    sid = subscribe(sub, ch, b"orders.eu.created")
     msg = body(b'{"order":42}', {"content-type": "application/json", "trace": "ünï"})
     pub.send_multipart([PUBLISH, ch, b"", b"orders.eu.created", msg])
     frames = sub.recv_multipart()
-    assert frames == [DELIVER, ch, b"", b"orders.eu.created", msg]
+    assert frames == [DELIVER, ch, b"", b"orders.eu.created", msg, sid]
     decoded = msgpack.unpackb(frames[4], raw=False, timestamp=0)
     assert decoded[0] == MSG_ID
     assert decoded[1].to_unix_nano() == TS_NS
     assert decoded[2] == {"content-type": "application/json", "trace": "ünï"}
     assert decoded[3] == b'{"order":42}'
     # An unconfirmed publish gets no reply: the publisher's next reply is its OK.
-    assert request(pub, [SUBSCRIBE, ch, b"s", b"x"]) == [OK, ch, b"s"]
+    quiet(pub, ch)
 
 
 def test_confirmed_publish_routed_then_acked(raw_dealer: MakeDealer, ch: bytes) -> None:
@@ -295,12 +350,23 @@ def test_two_matching_patterns_give_one_delivery(raw_dealer: MakeDealer, ch: byt
     pub, sub = raw_dealer(), raw_dealer()
     join(pub, ch)
     join(sub, ch)
-    for i, pattern in enumerate([b"a.b", b"a.*", b"a.>", b">"]):
-        subscribe(sub, ch, pattern, b"%d" % i)
-    assert request(pub, [PUBLISH, ch, b"r", b"a.b", body()])[3] == count(1)
-    deliver_of(sub.recv_multipart())
-    pub.send_multipart([PUBLISH, ch, b"", b"sentinel", body(b"s")])
-    assert deliver_of(sub.recv_multipart())[1] == b"sentinel"
+    sids = {
+        pattern: subscribe(sub, ch, pattern, b"%d" % i)
+        for i, pattern in enumerate([b"a.b", b"a.*", b"a.>", b">", b"a.c"])
+    }
+    pub.send_multipart([PUBLISH, ch, b"r", b"a.b", body()])
+    frames = sub.recv_multipart()
+    token, _, _ = deliver_of(frames)
+    # One DELIVER names every matching subscription of the peer.
+    assert split_sids(frames[5]) == {sids[k] for k in (b"a.b", b"a.*", b"a.>", b">")}
+    assert pub.recv_multipart() == [ROUTED, ch, b"r", count(1)]
+    # One ACK covers them all.
+    sub.send_multipart([ACK, ch, token, ack_body(4)])
+    assert pub.recv_multipart() == [ACKED, ch, b"r", ack_body(4)]
+    pub.send_multipart([PUBLISH, ch, b"", b"a.c", body(b"s")])
+    frames = sub.recv_multipart()
+    assert deliver_of(frames)[1] == b"a.c"
+    assert split_sids(frames[5]) == {sids[k] for k in (b"a.*", b"a.>", b">", b"a.c")}
 
 
 def test_publisher_gets_its_own_message_when_subscribed(raw_dealer: MakeDealer, ch: bytes) -> None:
@@ -367,11 +433,11 @@ def test_unsubscribe_stops_delivery(raw_dealer: MakeDealer, ch: bytes) -> None:
     pub, sub = raw_dealer(), raw_dealer()
     join(pub, ch)
     join(sub, ch)
-    subscribe(sub, ch, b"news.>")
+    sid = subscribe(sub, ch, b"news.>")
     subscribe(sub, ch, b"sentinel", b"s")
     pub.send_multipart([PUBLISH, ch, b"", b"news.one", body(b"1")])
     assert deliver_of(sub.recv_multipart())[1] == b"news.one"
-    assert request(sub, [UNSUBSCRIBE, ch, b"u", b"news.>"]) == [OK, ch, b"u"]
+    assert request(sub, [UNSUBSCRIBE, ch, b"u", sid]) == [OK, ch, b"u"]
     pub.send_multipart([PUBLISH, ch, b"", b"news.two", body(b"2")])
     pub.send_multipart([PUBLISH, ch, b"", b"sentinel", body(b"s")])
     assert deliver_of(sub.recv_multipart())[1] == b"sentinel"
@@ -405,7 +471,7 @@ def test_repeated_ack_is_ignored(raw_dealer: MakeDealer, ch: bytes) -> None:
     assert pub.recv_multipart() == [ACKED, ch, b"r", ack_body()]
     sub.send_multipart([ACK, ch, token, ack_body()])  # stale: no ERROR, nothing forwarded
     sub.send_multipart([ACK, ch, b"never-issued", ack_body()])
-    assert request(sub, [SUBSCRIBE, ch, b"s", b"x"]) == [OK, ch, b"s"]
+    quiet(sub, ch)
     assert request(pub, [PUBLISH, ch, b"r2", b"t.none", body()]) == [ROUTED, ch, b"r2", count(0)]
 
 
@@ -425,9 +491,9 @@ def test_publish_body_is_forwarded_without_decoding(raw_dealer: MakeDealer, ch: 
     pub, sub = raw_dealer(), raw_dealer()
     join(pub, ch)
     join(sub, ch)
-    subscribe(sub, ch, b"t")
+    sid = subscribe(sub, ch, b"t")
     pub.send_multipart([PUBLISH, ch, b"", b"t", b"\xc1 not msgpack"])
-    assert sub.recv_multipart() == [DELIVER, ch, b"", b"t", b"\xc1 not msgpack"]
+    assert sub.recv_multipart() == [DELIVER, ch, b"", b"t", b"\xc1 not msgpack", sid]
 
 
 # --- leaving ----------------------------------------------------------------------
@@ -445,7 +511,7 @@ def test_disconnect_is_answered_ok_and_forgets_the_peer(raw_dealer: MakeDealer, 
     got = [deliver_of(sub.recv_multipart())[2] for _ in range(50)]
     assert got == [body(b"%d" % i) for i in range(50)]
     # The session is gone: anything but HELLO is NOT_JOINED.
-    assert_error(request(pub, [SUBSCRIBE, ch, b"s", b"t"]), 403, ch, b"s")
+    assert_error(request(pub, [SUBSCRIBE, ch, b"s", new_sid(), b"t", b""]), 403, ch, b"s")
     assert_error(request(pub, [PUBLISH, ch, b"", b"t", body()]), 403, ch)
     # The subscriber's subscriptions go with it.
     assert request(sub, [DISCONNECT, ch, b""]) == [OK, ch, b""]
@@ -489,37 +555,407 @@ def test_acked_never_reaches_a_later_session_of_the_same_connection(
     join(pub, ch)  # a new session on the same connection
     sub.send_multipart([ACK, ch, token, ack_body()])
     # Once the subscriber has its OK, the broker has handled the ACK before it...
-    assert request(sub, [SUBSCRIBE, ch, b"s1", b"y"]) == [OK, ch, b"s1"]
+    quiet(sub, ch)
     # ...so an ACKED, if any, would reach the publisher before this OK.
-    assert request(pub, [SUBSCRIBE, ch, b"s2", b"x"]) == [OK, ch, b"s2"]
+    quiet(pub, ch)
+
+
+# --- subscription IDs ------------------------------------------------------------------
+
+
+def test_reusing_an_open_sid_with_another_pattern_or_queue_is_refused(
+    raw_dealer: MakeDealer, ch: bytes
+) -> None:
+    pub, sub = raw_dealer(), raw_dealer()
+    join(pub, ch)
+    join(sub, ch)
+    sid = subscribe(sub, ch, b"orders.>")
+    for pattern, queue in [(b"orders.*", b""), (b"orders.>", b"workers")]:
+        frames = [SUBSCRIBE, ch, b"again", sid, pattern, queue]
+        assert_error(request(sub, frames), 412, ch, b"again")
+    # The subscription is as it was: plain, on orders.>.
+    pub.send_multipart([PUBLISH, ch, b"", b"orders.eu.x", body()])
+    frames = sub.recv_multipart()
+    assert deliver_of(frames)[1] == b"orders.eu.x" and frames[5] == sid
+    # Once closed, the sid may be opened again with anything.
+    assert request(sub, [UNSUBSCRIBE, ch, b"u", sid]) == [OK, ch, b"u"]
+    assert request(sub, [SUBSCRIBE, ch, b"s", sid, b"orders.*", b"workers"]) == [OK, ch, b"s"]
+    pub.send_multipart([PUBLISH, ch, b"", b"orders.eu", body()])
+    assert sub.recv_multipart()[5] == sid
+
+
+def test_unsubscribe_closes_several_sids_at_once(raw_dealer: MakeDealer, ch: bytes) -> None:
+    pub, sub = raw_dealer(), raw_dealer()
+    join(pub, ch)
+    join(sub, ch)
+    a, b, keep = (subscribe(sub, ch, b"t") for _ in range(3))
+    pub.send_multipart([PUBLISH, ch, b"", b"t", body()])
+    assert split_sids(sub.recv_multipart()[5]) == {a, b, keep}
+    unknown = new_sid()
+    assert request(sub, [UNSUBSCRIBE, ch, b"u", a + unknown + b]) == [OK, ch, b"u"]
+    pub.send_multipart([PUBLISH, ch, b"", b"t", body()])
+    assert split_sids(sub.recv_multipart()[5]) == {keep}
+
+
+# --- queue groups ---------------------------------------------------------------------
+
+
+def _until_sentinel(sock: Dealer, sentinel: bytes) -> list[list[bytes]]:
+    """Every DELIVER before the one on topic ``sentinel``."""
+    got = []
+    while True:
+        frames = sock.recv_multipart()
+        if deliver_of(frames)[1] == sentinel:
+            return got
+        got.append(frames)
+
+
+def test_queue_group_each_message_reaches_one_member_and_every_plain_subscriber(
+    raw_dealer: MakeDealer, ch: bytes
+) -> None:
+    pub, plain = raw_dealer(), raw_dealer()
+    members = [raw_dealer() for _ in range(3)]
+    for sock in (pub, plain, *members):
+        join(sock, ch)
+    plain_sid = subscribe(plain, ch, b"jobs.>")
+    group_sids = [subscribe(m, ch, b"jobs.>", queue=b"workers") for m in members]
+    for m in members:
+        subscribe(m, ch, b"sentinel")
+    n = 30
+    for i in range(n):
+        pub.send_multipart([PUBLISH, ch, b"", b"jobs.run", body(b"%d" % i)])
+    pub.send_multipart([PUBLISH, ch, b"", b"sentinel", body(b"end")])
+    # The plain subscriber gets every message, in order, for its own sid only.
+    for i in range(n):
+        frames = plain.recv_multipart()
+        assert deliver_of(frames)[2] == body(b"%d" % i) and frames[5] == plain_sid
+    # Each message reached exactly one member, for its group sid.
+    seen: list[bytes] = []
+    per_member = []
+    for m, sid in zip(members, group_sids, strict=True):
+        got = _until_sentinel(m, b"sentinel")
+        assert all(frames[5] == sid for frames in got)
+        seen += [frames[4] for frames in got]
+        per_member.append(len(got))
+    assert sorted(seen) == sorted(body(b"%d" % i) for i in range(n))
+    # All members idle (nothing to confirm): plain rotation spreads them evenly.
+    assert per_member == [n // 3] * 3
+
+
+def test_queue_group_prefers_a_member_with_nothing_to_confirm(
+    raw_dealer: MakeDealer, ch: bytes
+) -> None:
+    pub = raw_dealer()
+    members = [raw_dealer() for _ in range(3)]
+    for sock in (pub, *members):
+        join(sock, ch)
+    for m in members:
+        subscribe(m, ch, b"job", queue=b"workers")
+        subscribe(m, ch, b"sentinel")
+    # Three confirmed publishes, none confirmed yet: each goes to another member.
+    for i in range(3):
+        assert request(pub, [PUBLISH, ch, b"r%d" % i, b"job", body(b"%d" % i)])[3] == count(1)
+    pub.send_multipart([PUBLISH, ch, b"", b"sentinel", body()])
+    tokens = []
+    for m in members:
+        [frames] = _until_sentinel(m, b"sentinel")
+        tokens.append(frames[2])
+    # Member 1 confirms: it is the only idle one, so it gets the next message.
+    idle = members[1]
+    idle.send_multipart([ACK, ch, tokens[1], ack_body()])
+    assert pub.recv_multipart()[:2] == [ACKED, ch]
+    assert request(pub, [PUBLISH, ch, b"r3", b"job", body(b"3")])[3] == count(1)
+    token, _, got = deliver_of(idle.recv_multipart())
+    assert got == body(b"3")
+    idle.send_multipart([ACK, ch, token, ack_body()])
+    assert pub.recv_multipart() == [ACKED, ch, b"r3", ack_body()]
+
+
+def test_queue_group_member_leaving_reports_its_delivery_and_leaves_the_group(
+    raw_dealer: MakeDealer, ch: bytes
+) -> None:
+    pub, stay, leave = raw_dealer(), raw_dealer(), raw_dealer()
+    for sock in (pub, stay, leave):
+        join(sock, ch)
+    stay_sid = subscribe(stay, ch, b"job", queue=b"workers")
+    subscribe(leave, ch, b"job", queue=b"workers")
+    # Two confirmed publishes: one to each member (each prefers the idle one).
+    pub.send_multipart([PUBLISH, ch, b"r1", b"job", body(b"1")])
+    pub.send_multipart([PUBLISH, ch, b"r2", b"job", body(b"2")])
+    assert pub.recv_multipart() == [ROUTED, ch, b"r1", count(1)]
+    assert pub.recv_multipart() == [ROUTED, ch, b"r2", count(1)]
+    left_token, _, _ = deliver_of(leave.recv_multipart())
+    stay_token, _, _ = deliver_of(stay.recv_multipart())
+    assert left_token != stay_token
+    # The member leaves without confirming: the publisher hears about it at once.
+    assert request(leave, [DISCONNECT, ch, b"bye"]) == [OK, ch, b"bye"]
+    frames = pub.recv_multipart()
+    assert frames[:2] == [ACKED, ch] and frames[2] in (b"r1", b"r2")
+    assert msgpack.unpackb(frames[3], raw=False) == [0, 0, [LEFT_TEXT]]
+    # The message is not given to another member; the group now has one member.
+    pub.send_multipart([PUBLISH, ch, b"", b"job", body(b"3")])
+    frames = stay.recv_multipart()
+    assert deliver_of(frames)[2] == body(b"3") and frames[5] == stay_sid
+
+
+def test_queue_group_and_plain_sids_of_one_peer_share_one_deliver(
+    raw_dealer: MakeDealer, ch: bytes
+) -> None:
+    pub, sub = raw_dealer(), raw_dealer()
+    join(pub, ch)
+    join(sub, ch)
+    plain = subscribe(sub, ch, b"a.*")
+    member = subscribe(sub, ch, b"a.>", queue=b"g")  # the group's only member
+    pub.send_multipart([PUBLISH, ch, b"r", b"a.b", body()])
+    frames = sub.recv_multipart()
+    assert split_sids(frames[5]) == {plain, member}
+    assert pub.recv_multipart() == [ROUTED, ch, b"r", count(1)]
+
+
+def test_queue_groups_are_per_pattern_and_name(raw_dealer: MakeDealer, ch: bytes) -> None:
+    pub, x, y = raw_dealer(), raw_dealer(), raw_dealer()
+    for sock in (pub, x, y):
+        join(sock, ch)
+    # Same name, other pattern: another group. Same pattern, other name: another group.
+    x1 = subscribe(x, ch, b"a.>", queue=b"g")
+    y1 = subscribe(y, ch, b"a.*", queue=b"g")
+    y2 = subscribe(y, ch, b"a.>", queue=b"h")
+    assert request(pub, [PUBLISH, ch, b"r", b"a.b", body()])[3] == count(2)
+    assert split_sids(x.recv_multipart()[5]) == {x1}
+    assert split_sids(y.recv_multipart()[5]) == {y1, y2}
+
+
+# --- request and reply ------------------------------------------------------------------
+
+
+def test_request_is_asked_of_every_subscriber_and_answered_to_the_requester_only(
+    raw_dealer: MakeDealer, ch: bytes
+) -> None:
+    req, s1, s2, bystander = raw_dealer(), raw_dealer(), raw_dealer(), raw_dealer()
+    for sock in (req, s1, s2, bystander):
+        join(sock, ch)
+    sid1 = subscribe(s1, ch, b"svc.echo")
+    sid2 = subscribe(s2, ch, b"svc.>")
+    subscribe(bystander, ch, b"other")
+    msg = body(b"ping")
+    req.send_multipart([REQUEST, ch, b"q1", b"svc.echo", msg])
+    token1, topic, got, sids = ask_of(s1.recv_multipart())
+    assert (topic, got, sids) == (b"svc.echo", msg, {sid1})
+    token2, _, _, sids = ask_of(s2.recv_multipart())
+    assert sids == {sid2}
+    # The token: the requester's 8-byte session, then the request's ref.
+    assert token1 == token2 and len(token1) == 8 + 2 and token1.endswith(b"q1")
+    assert req.recv_multipart() == [ROUTED, ch, b"q1", count(2)]
+    # Each REPLY body reaches the requester unchanged, as ANSWER with its ref.
+    s1.send_multipart([REPLY, ch, token1, reply_body(b"one")])
+    assert req.recv_multipart() == [ANSWER, ch, b"q1", reply_body(b"one")]
+    s2.send_multipart([REPLY, ch, token2, reply_body(b"", "ValueError: two")])
+    assert req.recv_multipart() == [ANSWER, ch, b"q1", reply_body(b"", "ValueError: two")]
+    for sock in (s1, s2, bystander, req):
+        quiet(sock, ch)
+    # The next request of the same session carries the same session number.
+    req.send_multipart([REQUEST, ch, b"q2", b"svc.echo", msg])
+    assert ask_of(s1.recv_multipart())[0] == token1[:8] + b"q2"
+
+
+def test_request_with_no_subscriber_is_routed_zero(raw_dealer: MakeDealer, ch: bytes) -> None:
+    req, other = raw_dealer(), raw_dealer()
+    join(req, ch)
+    other_channel = uuid.uuid4().bytes
+    join(other, other_channel)
+    subscribe(other, other_channel, b"svc.>")  # another channel does not count
+    assert request(req, [REQUEST, ch, b"q", b"svc.x", body()]) == [ROUTED, ch, b"q", count(0)]
+
+
+def test_request_to_a_queue_group_asks_one_member(raw_dealer: MakeDealer, ch: bytes) -> None:
+    req = raw_dealer()
+    members = [raw_dealer() for _ in range(2)]
+    for sock in (req, *members):
+        join(sock, ch)
+    for m in members:
+        subscribe(m, ch, b"svc", queue=b"pool")
+    for i in range(4):
+        assert request(req, [REQUEST, ch, b"q%d" % i, b"svc", body()])[3] == count(1)
+    # Requests rotate over the members (asks do not make a member busy).
+    for m in members:
+        assert [ask_of(m.recv_multipart())[0][8:] for _ in range(2)] in (
+            [b"q0", b"q2"],
+            [b"q1", b"q3"],
+        )
+
+
+def test_same_ref_from_two_requesters_never_crosses(raw_dealer: MakeDealer, ch: bytes) -> None:
+    r1, r2, resp = raw_dealer(), raw_dealer(), raw_dealer()
+    for sock in (r1, r2, resp):
+        join(sock, ch)
+    subscribe(resp, ch, b"svc")
+    asks = {}
+    for name, sock in ((b"r1", r1), (b"r2", r2)):
+        sock.send_multipart([REQUEST, ch, b"same", b"svc", body(name)])
+        token, _, got, _ = ask_of(resp.recv_multipart())
+        asks[got] = token
+        assert sock.recv_multipart() == [ROUTED, ch, b"same", count(1)]
+    assert asks[body(b"r1")] != asks[body(b"r2")]
+    resp.send_multipart([REPLY, ch, asks[body(b"r2")], reply_body(b"for r2")])
+    resp.send_multipart([REPLY, ch, asks[body(b"r1")], reply_body(b"for r1")])
+    assert r1.recv_multipart() == [ANSWER, ch, b"same", reply_body(b"for r1")]
+    assert r2.recv_multipart() == [ANSWER, ch, b"same", reply_body(b"for r2")]
+
+
+def test_forged_reply_from_another_channel_is_dropped(
+    broker: Broker, raw_dealer: MakeDealer, ch: bytes
+) -> None:
+    req, resp, evil = raw_dealer(), raw_dealer(), raw_dealer()
+    join(req, ch)
+    join(resp, ch)
+    other = uuid.uuid4().bytes
+    join(evil, other)
+    subscribe(resp, ch, b"svc")
+    req.send_multipart([REQUEST, ch, b"q", b"svc", body()])
+    token = ask_of(resp.recv_multipart())[0]
+    assert req.recv_multipart() == [ROUTED, ch, b"q", count(1)]
+    before = broker.stats()["counters"].get("stale_replies", 0)
+    # A peer of another channel that learnt the token cannot answer: no ANSWER, no ERROR.
+    evil.send_multipart([REPLY, other, token, reply_body(b"forged")])
+    quiet(evil, other)
+    assert broker.stats()["counters"]["stale_replies"] == before + 1
+    resp.send_multipart([REPLY, ch, token, reply_body(b"real")])
+    assert req.recv_multipart() == [ANSWER, ch, b"q", reply_body(b"real")]
+
+
+def test_reply_after_the_requester_left_is_dropped_and_counted(
+    broker: Broker, raw_dealer: MakeDealer, ch: bytes
+) -> None:
+    req, resp = raw_dealer(), raw_dealer()
+    join(req, ch)
+    join(resp, ch)
+    subscribe(resp, ch, b"svc")
+    req.send_multipart([REQUEST, ch, b"q", b"svc", body()])
+    token = ask_of(resp.recv_multipart())[0]
+    assert req.recv_multipart() == [ROUTED, ch, b"q", count(1)]
+    assert request(req, [DISCONNECT, ch, b"bye"]) == [OK, ch, b"bye"]
+    join(req, ch)  # a new session on the same connection
+    before = broker.stats()["counters"].get("stale_replies", 0)
+    resp.send_multipart([REPLY, ch, token, reply_body()])
+    quiet(resp, ch)  # no ERROR for the responder
+    assert broker.stats()["counters"]["stale_replies"] == before + 1
+    quiet(req, ch)  # and no ANSWER for the new session
+    # A token whose session never existed is dropped the same way.
+    resp.send_multipart([REPLY, ch, b"\xff" * 8 + b"q", reply_body()])
+    quiet(resp, ch)
+    assert broker.stats()["counters"]["stale_replies"] == before + 2
 
 
 # --- malformed input --------------------------------------------------------------
 
 OTHER = bytes.fromhex("ffeeddccbbaa99887766554433221100")
 
+S1 = b"\x00\x00\x00\x01"
+T9 = bytes(9)  # a well-formed reply token: an 8-byte session and a 1-byte ref
+
 # (id, joined first?, frames given the channel, code, ERROR echoes channel?, ERROR's ref)
 MALFORMED_CASES: list[tuple[str, bool, Callable[[bytes], list[bytes]], int, bool, bytes]] = [
     ("400-too-few-frames", False, lambda c: [SUBSCRIBE, c, b"r"], 400, True, b"r"),
     ("400-too-many-frames", True, lambda c: [PUBLISH, c, b"r", b"t", body(), b""], 400, True, b"r"),
+    ("400-old-subscribe", False, lambda c: [SUBSCRIBE, c, b"r", b"t"], 400, True, b"r"),
     ("400-channel-15-bytes", False, lambda c: [HELLO, c[:15], packb({})], 400, False, b""),
-    ("400-channel-17-bytes", True, lambda c: [SUBSCRIBE, c + b"!", b"r", b"t"], 400, False, b"r"),
+    (
+        "400-channel-17-bytes",
+        True,
+        lambda c: [SUBSCRIBE, c + b"!", b"r", S1, b"t", b""],
+        400,
+        False,
+        b"r",
+    ),
     ("400-ref-33-bytes", True, lambda c: [PUBLISH, c, bytes(33), b"t", body()], 400, True, b""),
     ("400-token-33-bytes", True, lambda c: [ACK, c, bytes(33), ack_body()], 400, True, b""),
-    ("403-subscribe-before-hello", False, lambda c: [SUBSCRIBE, c, b"r", b"t"], 403, True, b"r"),
+    ("400-sid-3-bytes", False, lambda c: [SUBSCRIBE, c, b"r", S1[1:], b"t", b""], 400, True, b"r"),
+    (
+        "400-sid-5-bytes",
+        True,
+        lambda c: [SUBSCRIBE, c, b"r", S1 + b"\0", b"t", b""],
+        400,
+        True,
+        b"r",
+    ),
+    ("400-no-sids", False, lambda c: [UNSUBSCRIBE, c, b"r", b""], 400, True, b"r"),
+    ("400-sids-6-bytes", True, lambda c: [UNSUBSCRIBE, c, b"r", S1 + b"\0\1"], 400, True, b"r"),
+    ("400-request-no-ref", True, lambda c: [REQUEST, c, b"", b"t", body()], 400, True, b""),
+    (
+        "400-request-ref-25-bytes",
+        True,
+        lambda c: [REQUEST, c, b"q" * 25, b"t", body()],
+        400,
+        True,
+        b"q" * 25,
+    ),
+    ("400-reply-token-8-bytes", True, lambda c: [REPLY, c, bytes(8), reply_body()], 400, True, b""),
+    ("400-reply-token-empty", True, lambda c: [REPLY, c, b"", reply_body()], 400, True, b""),
+    (
+        "403-subscribe-before-hello",
+        False,
+        lambda c: [SUBSCRIBE, c, b"r", S1, b"t", b""],
+        403,
+        True,
+        b"r",
+    ),
     ("403-publish-before-hello", False, lambda c: [PUBLISH, c, b"", b"t", body()], 403, True, b""),
     ("403-ack-before-hello", False, lambda c: [ACK, c, b"tok", ack_body()], 403, True, b""),
+    (
+        "403-request-before-hello",
+        False,
+        lambda c: [REQUEST, c, b"q", b"t", body()],
+        403,
+        True,
+        b"q",
+    ),
+    ("403-reply-before-hello", False, lambda c: [REPLY, c, T9, reply_body()], 403, True, b""),
     ("405-unknown-0x7f", False, lambda c: [header(0x7F), c, b"r"], 405, True, b""),
     ("405-client-sends-welcome", False, lambda c: [WELCOME, c, packb({})], 405, True, b""),
-    ("405-client-sends-deliver", True, lambda c: [DELIVER, c, b"", b"t", body()], 405, True, b""),
+    (
+        "405-client-sends-deliver",
+        True,
+        lambda c: [DELIVER, c, b"", b"t", body(), S1],
+        405,
+        True,
+        b"",
+    ),
+    ("405-client-sends-ask", True, lambda c: [ASK, c, T9, b"t", body(), S1], 405, True, b""),
+    ("405-client-sends-answer", True, lambda c: [ANSWER, c, b"q", reply_body()], 405, True, b""),
     ("406-publish-wildcard", True, lambda c: [PUBLISH, c, b"r", b"a.*", body()], 406, True, b"r"),
     ("406-publish-space", True, lambda c: [PUBLISH, c, b"r", b"a b", body()], 406, True, b"r"),
     ("406-publish-bad-utf8", True, lambda c: [PUBLISH, c, b"", b"\xff", body()], 406, True, b""),
     ("406-publish-long", True, lambda c: [PUBLISH, c, b"r", b"a" * 257, body()], 406, True, b"r"),
-    ("406-pattern-gt-not-last", True, lambda c: [SUBSCRIBE, c, b"r", b">.a"], 406, True, b"r"),
-    ("406-pattern-empty", False, lambda c: [UNSUBSCRIBE, c, b"r", b""], 406, True, b"r"),
-    ("409-subscribe-other", True, lambda c: [SUBSCRIBE, OTHER, b"r", b"t"], 409, True, b"r"),
+    ("406-request-wildcard", True, lambda c: [REQUEST, c, b"q", b"a.>", body()], 406, True, b"q"),
+    (
+        "406-pattern-gt-not-last",
+        True,
+        lambda c: [SUBSCRIBE, c, b"r", S1, b">.a", b""],
+        406,
+        True,
+        b"r",
+    ),
+    ("406-pattern-empty", False, lambda c: [SUBSCRIBE, c, b"r", S1, b"", b""], 406, True, b"r"),
+    ("406-queue-wildcard", True, lambda c: [SUBSCRIBE, c, b"r", S1, b"t", b"*"], 406, True, b"r"),
+    (
+        "406-queue-65-bytes",
+        True,
+        lambda c: [SUBSCRIBE, c, b"r", S1, b"t", b"q" * 65],
+        406,
+        True,
+        b"r",
+    ),
+    (
+        "409-subscribe-other",
+        True,
+        lambda c: [SUBSCRIBE, OTHER, b"r", S1, b"t", b""],
+        409,
+        True,
+        b"r",
+    ),
     ("409-publish-other", True, lambda c: [PUBLISH, OTHER, b"r", b"t", body()], 409, True, b"r"),
+    ("409-request-other", True, lambda c: [REQUEST, OTHER, b"q", b"t", body()], 409, True, b"q"),
+    ("409-reply-other", True, lambda c: [REPLY, OTHER, T9, reply_body()], 409, True, b""),
     ("409-hello-other", True, lambda c: [HELLO, OTHER, packb({})], 409, True, b""),
     ("422-hello-not-msgpack", False, lambda c: [HELLO, c, b"\xc1"], 422, True, b""),
     ("422-hello-not-a-map", False, lambda c: [HELLO, c, packb(["client"])], 422, True, b""),
@@ -574,6 +1010,15 @@ def test_body_over_max_message_size_is_refused(ch: bytes) -> None:
         assert_error(request(sub, [ACK, ch, token, big_ack]), 413, ch, b"")
         sub.send_multipart([ACK, ch, token, ack_body()])
         assert pub.recv_multipart() == [ACKED, ch, b"r2", ack_body()]
+        # REQUEST and REPLY bodies have the same limit.
+        assert_error(request(pub, [REQUEST, ch, b"q1", b"big", too_big]), 413, ch, b"q1")
+        pub.send_multipart([REQUEST, ch, b"q2", b"big", just_fits])
+        ask_token = ask_of(sub.recv_multipart())[0]
+        assert pub.recv_multipart() == [ROUTED, ch, b"q2", count(1)]
+        big_reply = reply_body(b"x" * 1100)
+        assert_error(request(sub, [REPLY, ch, ask_token, big_reply]), 413, ch, b"")
+        sub.send_multipart([REPLY, ch, ask_token, reply_body()])
+        assert pub.recv_multipart() == [ANSWER, ch, b"q2", reply_body()]
         pair.check()
 
 
@@ -589,7 +1034,7 @@ def test_frame_beyond_transport_limit_drops_the_connection(ch: bytes) -> None:
             bad.send_multipart([PUBLISH, ch, b"r", b"big", b"x" * (1024 + 65536 + 1)])
             assert recv_monitor_message(monitor)["event"] == zmq.EVENT_DISCONNECTED
             # The DEALER reconnects by itself, as a new peer that has not joined.
-            assert_error(request(bad, [SUBSCRIBE, ch, b"s", b"t"]), 403, ch, b"s")
+            assert_error(request(bad, [SUBSCRIBE, ch, b"s", new_sid(), b"t", b""]), 403, ch, b"s")
             join(bad, ch)
             pair.check()
         finally:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+import zlib
 from collections import Counter
 from typing import Any
 
@@ -28,20 +29,48 @@ B = b"B" * 16
 # --- helpers ---------------------------------------------------------------------
 
 
+def sid_of(pattern: str, queue: str = "") -> bytes:
+    """The sid these tests give a subscription unless they choose one: the same
+    pattern and queue always give the same sid, so subscribing twice is the
+    idempotent repeat and ``unsubscribe(pattern)`` finds it."""
+    return zlib.crc32(f"{pattern}\0{queue}".encode()).to_bytes(4, "big")
+
+
+def sid(n: int) -> bytes:
+    return n.to_bytes(4, "big")
+
+
 def hello(ch: bytes = A, client: str = "test") -> list[bytes]:
     return p.encode(p.Hello(ch, p.pack_hello(client)))
 
 
-def subscribe(pattern: str, ch: bytes = A, ref: bytes = b"s") -> list[bytes]:
-    return p.encode(p.Subscribe(ch, ref, pattern.encode()))
+def subscribe(
+    pattern: str,
+    ch: bytes = A,
+    ref: bytes = b"s",
+    *,
+    queue: str = "",
+    sid: bytes | None = None,
+) -> list[bytes]:
+    s = sid_of(pattern, queue) if sid is None else sid
+    return p.encode(p.Subscribe(ch, ref, s, pattern.encode(), queue.encode()))
 
 
-def unsubscribe(pattern: str, ch: bytes = A, ref: bytes = b"u") -> list[bytes]:
-    return p.encode(p.Unsubscribe(ch, ref, pattern.encode()))
+def unsubscribe(*patterns: str, ch: bytes = A, ref: bytes = b"u", sids: bytes = b"") -> list[bytes]:
+    packed = sids + b"".join(sid_of(pattern) for pattern in patterns)
+    return p.encode(p.Unsubscribe(ch, ref, packed))
 
 
 def publish(topic: str, body: bytes = b"body", ch: bytes = A, ref: bytes = b"") -> list[bytes]:
     return p.encode(p.Publish(ch, ref, topic.encode(), body))
+
+
+def request(topic: str, body: bytes = b"body", ch: bytes = A, ref: bytes = b"q") -> list[bytes]:
+    return p.encode(p.Request(ch, ref, topic.encode(), body))
+
+
+def reply(token: bytes, body: bytes = b"reply", ch: bytes = A) -> list[bytes]:
+    return p.encode(p.Reply(ch, token, body))
 
 
 def ack(token: bytes, body: bytes | None = None, ch: bytes = A) -> list[bytes]:
@@ -67,8 +96,27 @@ def join(state: BrokerState, ident: bytes, ch: bytes = A, *patterns: str) -> Non
     assert [type(c) for _, c in out] == [p.Welcome] + [p.Ok] * len(patterns)
 
 
+def join_group(state: BrokerState, ident: bytes, pattern: str, queue: str, ch: bytes = A) -> None:
+    """Join ``ch`` and the queue group (pattern, queue) with the default sid."""
+    join(state, ident, ch)
+    state.handle(ident, subscribe(pattern, ch, queue=queue))
+    assert take(state) == [(ident, p.Ok(ch, b"s"))]
+
+
 def delivered_to(out: list[tuple[bytes, p.BrokerCommand]]) -> list[bytes]:
     return sorted(ident for ident, cmd in out if isinstance(cmd, p.Deliver))
+
+
+def sids_to(out: list[tuple[bytes, p.BrokerCommand]]) -> dict[bytes, set[bytes]]:
+    """Peer -> the sids its one DELIVER or ASK names (each peer at most once)."""
+    got: dict[bytes, set[bytes]] = {}
+    for ident, cmd in out:
+        if isinstance(cmd, (p.Deliver, p.Ask)):
+            assert ident not in got, f"two messages for {ident!r}"
+            sids = p.split_sids(cmd.sids)
+            assert len(set(sids)) == len(sids), sids
+            got[ident] = set(sids)
+    return got
 
 
 def only_error(out: list[tuple[bytes, p.BrokerCommand]], ident: bytes) -> p.Error:
@@ -99,11 +147,28 @@ def test_hello_gets_welcome() -> None:
 def test_repeated_hello_on_same_channel_is_welcomed_again_without_a_new_peer() -> None:
     s = BrokerState()
     join(s, b"p1", A, "a.*")
+    session = s.peers[b"p1"].session
     s.handle(b"p1", hello(A))
     [(_, cmd)] = take(s)
     assert isinstance(cmd, p.Welcome)
     assert s.counters["connects"] == 1
     assert s.subscription_count() == 1  # the subscription survived the second HELLO
+    assert s.peers[b"p1"].session == session  # and so did the session
+
+
+def test_sessions_are_numbered_and_never_reused() -> None:
+    s = BrokerState()
+    join(s, b"p1")
+    join(s, b"p2", B)
+    assert [s.peers[i].session for i in (b"p1", b"p2")] == [
+        (1).to_bytes(8, "big"),
+        (2).to_bytes(8, "big"),
+    ]
+    s.handle(b"p1", disconnect())
+    take(s)
+    join(s, b"p1")  # the same identity joins again: a new session
+    assert s.peers[b"p1"].session == (3).to_bytes(8, "big")
+    assert set(s.sessions) == {(2).to_bytes(8, "big"), (3).to_bytes(8, "big")}
 
 
 def test_max_message_size_must_be_positive() -> None:
@@ -118,14 +183,63 @@ def test_max_message_size_must_be_positive() -> None:
 def test_subscribe_is_answered_ok_with_ref() -> None:
     s = BrokerState()
     join(s, b"p1")
-    s.handle(b"p1", subscribe("a.>", ref=b"ref-1"))
+    s.handle(b"p1", subscribe("a.>", ref=b"ref-1", sid=sid(1)))
     assert take(s) == [(b"p1", p.Ok(A, b"ref-1"))]
     assert s.subscription_count() == 1
-    # Subscribing twice to the same pattern is answered but counted once.
-    s.handle(b"p1", subscribe("a.>", ref=b"ref-2"))
+    assert s.peers[b"p1"].subs == {sid(1): ("a.>", "")}
+    # The same sid with the same pattern and queue again: answered, nothing changes.
+    s.handle(b"p1", subscribe("a.>", ref=b"ref-2", sid=sid(1)))
     assert take(s) == [(b"p1", p.Ok(A, b"ref-2"))]
     assert s.subscription_count() == 1
     assert s.counters["subscribes"] == 1
+    # Another sid with the same pattern is another subscription.
+    s.handle(b"p1", subscribe("a.>", ref=b"ref-3", sid=sid(2)))
+    assert take(s) == [(b"p1", p.Ok(A, b"ref-3"))]
+    assert s.subscription_count() == 2
+    assert s.counters["subscribes"] == 2
+
+
+@pytest.mark.parametrize(
+    ("pattern", "queue"),
+    [("a.*", ""), ("a.>", "g"), ("a.*", "g")],
+    ids=["pattern", "queue", "both"],
+)
+def test_subscribe_reusing_an_open_sid_otherwise_is_refused(pattern: str, queue: str) -> None:
+    s = BrokerState()
+    join(s, b"p1")
+    join(s, b"pub")
+    s.handle(b"p1", subscribe("a.>", sid=sid(7)))
+    take(s)
+    s.handle(b"p1", subscribe(pattern, queue=queue, ref=b"again", sid=sid(7)))
+    err = only_error(take(s), b"p1")
+    assert (err.code, err.ref, err.channel) == (ErrorCode.SID_IN_USE, b"again", A)
+    assert s.errors == Counter({ErrorCode.SID_IN_USE: 1})
+    # Nothing changed: still plain, on a.>.
+    assert s.peers[b"p1"].subs == {sid(7): ("a.>", "")}
+    assert s.channels[A].groups == {}
+    s.handle(b"pub", publish("a.b.c"))
+    assert take(s) == [(b"p1", p.Deliver(A, b"", b"a.b.c", b"body", sid(7)))]
+
+
+def test_a_group_member_sid_cannot_be_reused_as_plain() -> None:
+    s = BrokerState()
+    join(s, b"p1")
+    s.handle(b"p1", subscribe("a", queue="g", sid=sid(1)))
+    s.handle(b"p1", subscribe("a", queue="g", sid=sid(1), ref=b"same"))
+    assert [c for _, c in take(s)] == [p.Ok(A, b"s"), p.Ok(A, b"same")]
+    s.handle(b"p1", subscribe("a", sid=sid(1), ref=b"plain"))
+    assert only_error(take(s), b"p1").code == ErrorCode.SID_IN_USE
+    assert s.peers[b"p1"].subs == {sid(1): ("a", "g")}
+
+
+def test_a_closed_sid_may_be_opened_again_with_anything() -> None:
+    s = BrokerState()
+    join(s, b"p1")
+    s.handle(b"p1", subscribe("a", sid=sid(1)))
+    s.handle(b"p1", unsubscribe(sids=sid(1)))
+    s.handle(b"p1", subscribe("b.>", queue="g", sid=sid(1)))
+    assert [type(c) for _, c in take(s)] == [p.Ok] * 3
+    assert s.peers[b"p1"].subs == {sid(1): ("b.>", "g")}
 
 
 def test_unsubscribe_is_idempotent() -> None:
@@ -141,6 +255,34 @@ def test_unsubscribe_is_idempotent() -> None:
     join(s, b"pub")
     s.handle(b"pub", publish("a.b"))
     assert take(s) == []
+
+
+def test_unsubscribe_closes_several_sids_and_ignores_unknown_ones() -> None:
+    s = BrokerState()
+    join(s, b"sub")
+    join(s, b"pub")
+    for n, pattern in enumerate(["t", "t", "t", "*"], start=1):
+        s.handle(b"sub", subscribe(pattern, sid=sid(n)))
+    take(s)
+    s.handle(b"sub", unsubscribe(sids=sid(1) + sid(99) + sid(4) + sid(1), ref=b"many"))
+    assert take(s) == [(b"sub", p.Ok(A, b"many"))]
+    assert set(s.peers[b"sub"].subs) == {sid(2), sid(3)}
+    assert s.counters["unsubscribes"] == 2
+    s.handle(b"pub", publish("t"))
+    assert sids_to(take(s)) == {b"sub": {sid(2), sid(3)}}
+
+
+def test_the_same_sid_on_two_peers_is_two_subscriptions() -> None:
+    s = BrokerState()
+    join(s, b"x")
+    join(s, b"y")
+    for ident in (b"x", b"y"):
+        s.handle(ident, subscribe("t", sid=sid(1)))
+    take(s)
+    s.handle(b"x", unsubscribe(sids=sid(1)))
+    take(s)
+    s.handle(b"x", publish("t"))
+    assert sids_to(take(s)) == {b"y": {sid(1)}}
 
 
 # --- fan-out --------------------------------------------------------------------
@@ -159,7 +301,14 @@ def test_fan_out_to_every_matching_peer_exactly_once() -> None:
     out = take(s)
     assert delivered_to(out) == [b"many", b"one", b"tail"]
     for _, cmd in out:
-        assert cmd == p.Deliver(A, b"", b"a.b", b"payload")
+        assert isinstance(cmd, p.Deliver)
+        assert (cmd.channel, cmd.token, cmd.topic, cmd.body) == (A, b"", b"a.b", b"payload")
+    # One DELIVER per peer, naming each of its matching subscriptions.
+    assert sids_to(out) == {
+        b"many": {sid_of(pat) for pat in ("a.*", "a.>", "a.b", "*.b", ">")},
+        b"one": {sid_of("a.b")},
+        b"tail": {sid_of(">")},
+    }
     assert s.counters["published"] == 1
     assert s.counters["delivered"] == 3
 
@@ -171,7 +320,7 @@ def test_publisher_in_other_channel_reaches_only_its_channel() -> None:
     join(s, b"b-pub", B)
     s.handle(b"b-pub", publish("x.y", ch=B))
     out = take(s)
-    assert out == [(b"b-sub", p.Deliver(B, b"", b"x.y", b"body"))]
+    assert out == [(b"b-sub", p.Deliver(B, b"", b"x.y", b"body", sid_of(">")))]
 
 
 def test_publisher_with_matching_pattern_gets_its_own_message() -> None:
@@ -472,6 +621,392 @@ def test_cache_is_per_channel() -> None:
     assert delivered_to(take(s)) == [b"a-sub"]
 
 
+# --- queue groups ------------------------------------------------------------------
+
+
+def _group(s: BrokerState, ch: bytes, pattern: str, queue: str) -> list[tuple[bytes, bytes]]:
+    return [(peer.ident, sid) for peer, sid in s.channels[ch].groups[(pattern, queue)].members]
+
+
+def test_queue_group_each_message_reaches_one_member_and_every_plain_subscriber() -> None:
+    s = BrokerState()
+    members = [b"m1", b"m2", b"m3"]
+    for m in members:
+        join_group(s, m, "jobs.>", "workers")
+    join(s, b"plain", A, "jobs.>")
+    join(s, b"pub")
+    take(s)
+    assert _group(s, A, "jobs.>", "workers") == [(m, sid_of("jobs.>", "workers")) for m in members]
+    got: Counter[bytes] = Counter()
+    for i in range(30):
+        s.handle(b"pub", publish("jobs.run", b"%d" % i))
+        out = sids_to(take(s))
+        assert out.pop(b"plain") == {sid_of("jobs.>")}
+        [(member, sids)] = out.items()
+        assert sids == {sid_of("jobs.>", "workers")}
+        got[member] += 1
+    # Nothing is waiting for confirmation: plain rotation, in the order members joined.
+    assert got == Counter({m: 10 for m in members})
+    assert s.counters["delivered"] == 60
+
+
+def test_queue_group_rotation_order() -> None:
+    s = BrokerState()
+    for m in (b"m1", b"m2", b"m3"):
+        join_group(s, m, "t", "g")
+    join(s, b"pub")
+    take(s)
+    order = []
+    for _ in range(6):
+        s.handle(b"pub", publish("t"))
+        order += delivered_to(take(s))
+    assert order == [b"m1", b"m2", b"m3"] * 2
+
+
+def test_queue_group_prefers_an_idle_member_then_the_least_busy() -> None:
+    s = BrokerState()
+    for m in (b"m1", b"m2", b"m3"):
+        join_group(s, m, "t", "g")
+    join(s, b"pub")
+    take(s)
+    tokens: dict[bytes, list[bytes]] = {}
+
+    def confirmed(ref: bytes) -> bytes:
+        s.handle(b"pub", publish("t", ref=ref))
+        [member] = delivered_to(out := take(s))
+        tokens.setdefault(member, []).extend(c.token for _, c in out if isinstance(c, p.Deliver))
+        return member
+
+    # Each confirmed delivery makes its member busy until it ACKs.
+    assert [confirmed(b"r%d" % i) for i in range(3)] == [b"m1", b"m2", b"m3"]
+    # All busy (one each): the least busy, in rotation order.
+    assert confirmed(b"r3") == b"m1"
+    # m1 has two now; m2 and m3 one each.
+    assert confirmed(b"r4") == b"m2"
+    # m3 confirms: the only idle member gets the next one, whatever the rotation says.
+    s.handle(b"m3", ack(tokens[b"m3"][0]))
+    take(s)
+    assert confirmed(b"r5") == b"m3"
+    # Unconfirmed publishes do not make anyone busy, but still prefer the idle.
+    for m in (b"m1", b"m2"):
+        for token in tokens[m]:
+            s.handle(m, ack(token))
+    take(s)
+    s.handle(b"pub", publish("t"))
+    assert delivered_to(take(s)) in ([b"m1"], [b"m2"])
+
+
+def test_requests_do_not_make_a_member_busy() -> None:
+    s = BrokerState()
+    for m in (b"m1", b"m2"):
+        join_group(s, m, "t", "g")
+    join(s, b"req")
+    take(s)
+    order = []
+    for i in range(4):
+        s.handle(b"req", request("t", ref=b"q%d" % i))  # never answered
+        out = take(s)
+        order += [i for i, c in out if isinstance(c, p.Ask)]
+    assert order == [b"m1", b"m2", b"m1", b"m2"]
+
+
+def test_queue_group_and_plain_sids_of_one_peer_share_one_deliver() -> None:
+    s = BrokerState()
+    join(s, b"sub", A, "a.*")
+    s.handle(b"sub", subscribe("a.>", queue="g1"))
+    s.handle(b"sub", subscribe("a.b", queue="g2"))
+    s.handle(b"sub", subscribe("a.>", queue="g1", sid=sid(5)))  # two members of one group
+    assert [type(c) for _, c in take(s)] == [p.Ok] * 3
+    join(s, b"pub")
+    s.handle(b"pub", publish("a.b", ref=b"r"))
+    out = take(s)
+    [(to, deliver)] = [(i, c) for i, c in out if isinstance(c, p.Deliver)]
+    got = set(p.split_sids(deliver.sids))  # type: ignore[union-attr]
+    assert to == b"sub"
+    assert {sid_of("a.*"), sid_of("a.b", "g2")} < got
+    # Exactly one of the two members of g1.
+    assert len(got & {sid_of("a.>", "g1"), sid(5)}) == 1
+    assert len(got) == 3
+    assert (b"pub", p.Routed(A, b"r", 1)) in out
+
+
+def test_queue_groups_are_per_pattern_name_and_channel() -> None:
+    s = BrokerState()
+    join(s, b"x")
+    join(s, b"y")
+    join(s, b"z", B)
+    s.handle(b"x", subscribe("a.>", queue="g"))
+    s.handle(b"y", subscribe("a.*", queue="g"))  # same name, other pattern
+    s.handle(b"y", subscribe("a.>", queue="h"))  # same pattern, other name
+    s.handle(b"z", subscribe("a.>", queue="g", ch=B))  # another channel
+    take(s)
+    assert set(s.channels[A].groups) == {("a.>", "g"), ("a.*", "g"), ("a.>", "h")}
+    assert set(s.channels[B].groups) == {("a.>", "g")}
+    s.handle(b"x", publish("a.b", ref=b"r"))
+    out = take(s)
+    assert sids_to(out) == {
+        b"x": {sid_of("a.>", "g")},
+        b"y": {sid_of("a.*", "g"), sid_of("a.>", "h")},
+    }
+    assert (b"x", p.Routed(A, b"r", 2)) in out
+
+
+def test_group_goes_when_its_last_member_leaves() -> None:
+    s = BrokerState()
+    join(s, b"m1")
+    join(s, b"m2")
+    join(s, b"pub")
+    s.handle(b"m1", subscribe("t", queue="g"))
+    s.handle(b"m2", subscribe("t", queue="g"))
+    take(s)
+    s.handle(b"m1", unsubscribe(sids=sid_of("t", "g")))
+    take(s)
+    assert _group(s, A, "t", "g") == [(b"m2", sid_of("t", "g"))]
+    s.handle(b"pub", publish("t"))
+    assert delivered_to(take(s)) == [b"m2"]
+    s.drop_peer(b"m2")
+    assert s.channels[A].groups == {}
+    assert len(s.channels[A].trie) == 0
+    s.handle(b"pub", publish("t", ref=b"r"))
+    assert take(s) == [(b"pub", p.Routed(A, b"r", 0))]
+
+
+def test_member_leaving_reports_its_delivery_which_is_not_given_to_another() -> None:
+    s = BrokerState()
+    join(s, b"stay")
+    join(s, b"leave")
+    join(s, b"pub")
+    for m in (b"stay", b"leave"):
+        s.handle(m, subscribe("job", queue="workers"))
+    take(s)
+    s.handle(b"pub", publish("job", ref=b"r1"))  # to stay (first in rotation)
+    s.handle(b"pub", publish("job", ref=b"r2"))  # to leave (the idle one)
+    out = take(s)
+    assert sorted(i for i, c in out if isinstance(c, p.Deliver)) == [b"leave", b"stay"]
+    assert s.drop_peer(b"leave")
+    [(to, acked)] = take(s)
+    assert to == b"pub" and isinstance(acked, p.Acked) and acked.ref == b"r2"
+    assert p.unpack_ack(acked.body) == p.AckResult(0, 0, ["subscribing bus left before confirming"])
+    assert _group(s, A, "job", "workers") == [(b"stay", sid_of("job", "workers"))]
+    # At most once: nothing is redelivered to the remaining member.
+    s.handle(b"pub", publish("job"))
+    assert delivered_to(take(s)) == [b"stay"]
+
+
+def test_member_whose_deliver_could_not_be_queued_is_reported_dropped_and_idle() -> None:
+    s = BrokerState()
+    join(s, b"m1")
+    join(s, b"m2")
+    join(s, b"pub")
+    for m in (b"m1", b"m2"):
+        s.handle(m, subscribe("job", queue="g"))
+    take(s)
+    s.handle(b"pub", publish("job", ref=b"r1"))
+    [(to, frames)] = [(i, f) for i, f in s.outbox if f[0] == p.H_DELIVER]
+    assert to == b"m1"
+    s.outbox.clear()
+    # The socket could not take the DELIVER (queue full): the publisher learns at once.
+    s.undeliverable(b"m1", frames)
+    assert take(s) == [(b"pub", p.Acked(A, b"r1", p.pack_ack(0, 1, [])))]
+    assert s.pending_confirmations == 0
+    assert s.peers[b"m1"].outstanding == set()
+    # Its own ACK, should it come, is stale.
+    s.handle(b"m1", ack(frames[2]))
+    assert take(s) == []
+    assert s.counters["stale_acks"] == 1
+    # Unconfirmed or already settled deliveries are not reported.
+    s.undeliverable(b"m1", frames)
+    s.undeliverable(b"m1", [p.H_DELIVER, A, b"", b"job", b"x", sid(1)])
+    assert take(s) == []
+    assert s.counters["dropped_out"] == 3
+
+
+# --- requests ------------------------------------------------------------------------
+
+
+def _session(s: BrokerState, ident: bytes) -> bytes:
+    return s.peers[ident].session
+
+
+def test_request_asks_every_target_then_routes_the_count() -> None:
+    s = BrokerState()
+    join(s, b"s1", A, "svc.*", "svc.>")
+    join(s, b"s2", A, "svc.echo")
+    join(s, b"miss", A, "other")
+    join(s, b"req")
+    frames = request("svc.echo", b"ping", ref=b"q1")
+    s.handle(b"req", frames)
+    out = take(s)
+    token = _session(s, b"req") + b"q1"
+    assert out[-1] == (b"req", p.Routed(A, b"q1", 2))
+    for _, cmd in out[:-1]:
+        assert isinstance(cmd, p.Ask)
+        assert (cmd.channel, cmd.token, cmd.topic, cmd.body) == (A, token, b"svc.echo", b"ping")
+    assert sids_to(out) == {b"s1": {sid_of("svc.*"), sid_of("svc.>")}, b"s2": {sid_of("svc.echo")}}
+    assert s.counters["requests"] == 1
+    assert s.counters["delivered"] == 0  # requests are not publishes
+    assert s.pending_confirmations == 0
+
+
+def test_request_forwards_the_received_frames() -> None:
+    s = BrokerState()
+    join(s, b"sub", A, ">")
+    join(s, b"req")
+    frames = request("a.b", b"x" * 50)
+    s.handle(b"req", frames)
+    [(_, ask_frames), _] = s.outbox
+    assert ask_frames[3] is frames[3] and ask_frames[4] is frames[4]
+
+
+def test_request_with_no_target_is_routed_zero() -> None:
+    s = BrokerState()
+    join(s, b"other", B, ">")
+    join(s, b"req")
+    s.handle(b"req", request("svc", ref=b"q"))
+    assert take(s) == [(b"req", p.Routed(A, b"q", 0))]
+
+
+def test_request_to_self() -> None:
+    s = BrokerState()
+    join(s, b"me", A, "svc")
+    s.handle(b"me", request("svc", ref=b"q"))
+    token = _session(s, b"me") + b"q"
+    assert take(s) == [
+        (b"me", p.Ask(A, token, b"svc", b"body", sid_of("svc"))),
+        (b"me", p.Routed(A, b"q", 1)),
+    ]
+    s.handle(b"me", reply(token, b"r"))
+    assert take(s) == [(b"me", p.Answer(A, b"q", b"r"))]
+
+
+def test_reply_is_forwarded_to_the_requester_only_every_time() -> None:
+    s = BrokerState()
+    join(s, b"s1", A, "svc")
+    join(s, b"s2", A, "svc")
+    join(s, b"req")
+    s.handle(b"req", request("svc", ref=b"q"))
+    token = next(c.token for _, c in take(s) if isinstance(c, p.Ask))
+    frames = reply(token, b"first")
+    s.handle(b"s1", frames)
+    [(to, raw)] = s.outbox
+    assert (to, raw) == (b"req", [p.H_ANSWER, A, b"q", b"first"])
+    assert raw[3] is frames[3]  # the body is forwarded, not decoded or copied
+    s.outbox.clear()
+    # Every REPLY is forwarded (the requester keeps the first); the broker keeps no state.
+    s.handle(b"s2", reply(token, b"second"))
+    s.handle(b"s1", reply(token, b"again"))
+    assert take(s) == [
+        (b"req", p.Answer(A, b"q", b"second")),
+        (b"req", p.Answer(A, b"q", b"again")),
+    ]
+    assert s.counters["replies"] == 3
+    assert s.counters["stale_replies"] == 0
+
+
+def test_same_ref_from_two_requesters_never_crosses() -> None:
+    s = BrokerState()
+    join(s, b"resp", A, "svc")
+    join(s, b"r1")
+    join(s, b"r2")
+    tokens = {}
+    for r in (b"r1", b"r2"):
+        s.handle(r, request("svc", ref=b"same"))
+        tokens[r] = next(c.token for _, c in take(s) if isinstance(c, p.Ask))
+    assert tokens[b"r1"] != tokens[b"r2"]
+    s.handle(b"resp", reply(tokens[b"r2"], b"2"))
+    s.handle(b"resp", reply(tokens[b"r1"], b"1"))
+    assert take(s) == [(b"r2", p.Answer(A, b"same", b"2")), (b"r1", p.Answer(A, b"same", b"1"))]
+
+
+def test_reply_from_another_channel_is_dropped() -> None:
+    s = BrokerState()
+    join(s, b"resp", A, "svc")
+    join(s, b"req")
+    join(s, b"evil", B)
+    s.handle(b"req", request("svc", ref=b"q"))
+    token = next(c.token for _, c in take(s) if isinstance(c, p.Ask))
+    s.handle(b"evil", reply(token, b"forged", ch=B))
+    assert take(s) == []
+    assert s.counters["stale_replies"] == 1
+    assert s.counters["errors"] == 0
+
+
+@pytest.mark.parametrize("how", ["disconnect", "drop", "disconnect-and-rejoin"])
+def test_reply_after_the_requester_left_is_dropped_and_counted(how: str) -> None:
+    s = BrokerState()
+    join(s, b"resp", A, "svc")
+    join(s, b"req")
+    s.handle(b"req", request("svc", ref=b"q"))
+    token = next(c.token for _, c in take(s) if isinstance(c, p.Ask))
+    if how == "drop":
+        s.drop_peer(b"req")
+    else:
+        s.handle(b"req", disconnect())
+    take(s)
+    if how == "disconnect-and-rejoin":
+        join(s, b"req")  # a new session of the same identity must not get it
+    s.handle(b"resp", reply(token))
+    assert take(s) == []
+    assert s.counters["stale_replies"] == 1
+    assert s.counters["replies"] == 0
+
+
+def test_reply_with_a_token_of_no_session_is_dropped() -> None:
+    s = BrokerState()
+    join(s, b"resp")
+    s.handle(b"resp", reply(b"\xff" * 8 + b"q"))
+    s.handle(b"resp", reply(_session(s, b"resp")[:-1] + b"\x09" + b"q"))
+    assert take(s) == []
+    assert s.counters["stale_replies"] == 2
+
+
+@pytest.mark.parametrize(
+    ("ref", "ok"),
+    [(b"", False), (b"q", True), (b"q" * 24, True), (b"q" * 25, False), (b"q" * 32, False)],
+)
+def test_request_ref_is_1_to_24_bytes(ref: bytes, ok: bool) -> None:
+    s = BrokerState()
+    join(s, b"req")
+    s.handle(b"req", request("svc", ref=ref))
+    if ok:
+        assert take(s) == [(b"req", p.Routed(A, ref, 0))]
+    else:
+        err = only_error(take(s), b"req")
+        assert (err.code, err.ref) == (ErrorCode.BAD_FRAMES, ref)  # a ref up to 32 is echoed
+
+
+@pytest.mark.parametrize(
+    ("size", "ok"), [(0, False), (8, False), (9, True), (32, True), (33, False)]
+)
+def test_reply_token_is_9_to_32_bytes(size: int, ok: bool) -> None:
+    s = BrokerState()
+    join(s, b"resp")
+    s.handle(b"resp", reply(b"t" * size))
+    out = take(s)
+    if ok:
+        assert out == []
+        assert s.counters["stale_replies"] == 1
+    else:
+        err = only_error(out, b"resp")
+        assert (err.code, err.ref) == (ErrorCode.BAD_FRAMES, b"")
+
+
+def test_request_and_reply_bodies_are_limited_by_max_message_size() -> None:
+    s = BrokerState(max_message_size=10)
+    join(s, b"resp", A, "svc")
+    join(s, b"req")
+    s.handle(b"req", request("svc", b"x" * 11, ref=b"big"))
+    err = only_error(take(s), b"req")
+    assert (err.code, err.ref) == (ErrorCode.TOO_LARGE, b"big")
+    s.handle(b"req", request("svc", b"x" * 10, ref=b"q"))
+    token = next(c.token for _, c in take(s) if isinstance(c, p.Ask))
+    s.handle(b"resp", reply(token, b"y" * 11))
+    err = only_error(take(s), b"resp")
+    assert (err.code, err.ref) == (ErrorCode.TOO_LARGE, b"")
+    s.handle(b"resp", reply(token, b"y" * 10))
+    assert take(s) == [(b"req", p.Answer(A, b"q", b"y" * 10))]
+
+
 # --- refusals ------------------------------------------------------------------------
 
 
@@ -484,6 +1019,8 @@ def test_cache_is_per_channel() -> None:
         (publish("a"), b""),
         (ack(b"tok"), b""),
         (disconnect(ref=b"d1"), b"d1"),
+        (request("a", ref=b"q1"), b"q1"),
+        (reply(b"\x00" * 8 + b"q"), b""),
     ],
 )
 def test_not_joined_before_hello(frames: list[bytes], ref: bytes) -> None:
@@ -507,6 +1044,8 @@ def test_not_joined_before_hello(frames: list[bytes], ref: bytes) -> None:
         publish("a", ch=B),
         ack(b"tok", ch=B),
         disconnect(ch=B, ref=b"x"),
+        request("a", ch=B, ref=b"x"),
+        reply(b"\x00" * 8 + b"x", ch=B),
     ],
 )
 def test_channel_mismatch_on_frame_channel(frames: list[bytes]) -> None:
@@ -565,10 +1104,16 @@ def test_too_large() -> None:
         ([p.H_PUBLISH, A, b"", b"\xff\xfe", b""], b""),
         ([p.H_PUBLISH, A, b"", b"a b", b""], b""),
         ([p.H_PUBLISH, A, b"", b"x" * 257, b""], b""),
-        ([p.H_SUBSCRIBE, A, b"s", b"a..b"], b"s"),
-        ([p.H_SUBSCRIBE, A, b"s", b">.a"], b"s"),
-        ([p.H_SUBSCRIBE, A, b"s", b"a*"], b"s"),
-        ([p.H_UNSUBSCRIBE, A, b"u", b""], b"u"),
+        ([p.H_SUBSCRIBE, A, b"s", sid(1), b"a..b", b""], b"s"),
+        ([p.H_SUBSCRIBE, A, b"s", sid(1), b">.a", b""], b"s"),
+        ([p.H_SUBSCRIBE, A, b"s", sid(1), b"a*", b""], b"s"),
+        ([p.H_SUBSCRIBE, A, b"s", sid(1), b"a", b"*"], b"s"),
+        ([p.H_SUBSCRIBE, A, b"s", sid(1), b"a", b"g..h"], b"s"),
+        ([p.H_SUBSCRIBE, A, b"s", sid(1), b"a", b"g h"], b"s"),
+        ([p.H_SUBSCRIBE, A, b"s", sid(1), b"a", b"q" * 65], b"s"),
+        ([p.H_SUBSCRIBE, A, b"s", sid(1), b"a", b"\xff"], b"s"),
+        ([p.H_REQUEST, A, b"q", b"a.*", b""], b"q"),
+        ([p.H_REQUEST, A, b"q", b"", b""], b"q"),
     ],
 )
 def test_bad_topic(frames: list[bytes], ref: bytes) -> None:
@@ -607,8 +1152,23 @@ def test_bad_topic_refused_again_on_repeat() -> None:
         ([p.H_PUBLISH, A, b"r" * 33, b"t", b""], (ErrorCode.NOT_JOINED, ErrorCode.BAD_FRAMES)),
         ([p.H_ACK], ErrorCode.BAD_FRAMES),
         ([p.H_ACK, A, b"t" * 33, b""], (ErrorCode.NOT_JOINED, ErrorCode.BAD_FRAMES)),
+        ([p.H_ACK, A, b"", b""], (ErrorCode.NOT_JOINED, ErrorCode.BAD_FRAMES)),
         ([p.H_ACK, b"short", b"t", b""], ErrorCode.BAD_FRAMES),
         ([p.H_SUBSCRIBE, A, b"s"], ErrorCode.BAD_FRAMES),
+        ([p.H_SUBSCRIBE, A, b"s", b"t"], ErrorCode.BAD_FRAMES),  # the draft without sids
+        ([p.H_SUBSCRIBE, A, b"s", b"\0\0\1", b"t", b""], ErrorCode.BAD_FRAMES),
+        ([p.H_SUBSCRIBE, A, b"s", b"\0\0\0\0\1", b"t", b""], ErrorCode.BAD_FRAMES),
+        ([p.H_UNSUBSCRIBE, A, b"u", b""], ErrorCode.BAD_FRAMES),
+        ([p.H_UNSUBSCRIBE, A, b"u", b"\0\0\0\1\0"], ErrorCode.BAD_FRAMES),
+        ([p.H_REQUEST, A, b"q", b"t"], ErrorCode.BAD_FRAMES),
+        ([p.H_REQUEST, A, b"", b"t", b""], (ErrorCode.NOT_JOINED, ErrorCode.BAD_FRAMES)),
+        ([p.H_REQUEST, A, b"q" * 25, b"t", b""], (ErrorCode.NOT_JOINED, ErrorCode.BAD_FRAMES)),
+        ([p.H_REPLY, A, b"t" * 9], ErrorCode.BAD_FRAMES),
+        ([p.H_REPLY, A, b"", b""], (ErrorCode.NOT_JOINED, ErrorCode.BAD_FRAMES)),
+        ([p.H_REPLY, A, b"t" * 8, b""], (ErrorCode.NOT_JOINED, ErrorCode.BAD_FRAMES)),
+        ([p.H_REPLY, A, b"t" * 33, b""], (ErrorCode.NOT_JOINED, ErrorCode.BAD_FRAMES)),
+        ([p.H_ASK, A, b"t" * 9, b"t", b"", b"\0\0\0\1"], ErrorCode.UNKNOWN_COMMAND),
+        ([p.H_ANSWER, A, b"q", b""], ErrorCode.UNKNOWN_COMMAND),
         ([p.H_HELLO, A, b"\xc1"], ErrorCode.BAD_BODY),
         ([p.H_HELLO, b"short", p.pack_hello("x")], ErrorCode.BAD_FRAMES),
         ([p.H_DELIVER, A, b"", b"t", b""], ErrorCode.UNKNOWN_COMMAND),
@@ -630,11 +1190,17 @@ def test_malformed_messages_are_refused_not_raised(
     assert err.code == code
     assert s.errors[code] == 1
     assert s.counters["errors"] == 1
+    assert s.counters["internal_errors"] == 0
 
 
 _frame = st.one_of(
     st.binary(max_size=20),
-    st.sampled_from([A, B, b"t", b"a.b", b"a.*", b">", b"", b"\xff", p.pack_hello("x")]),
+    st.sampled_from(
+        [A, B, b"t", b"a.b", b"a.*", b">", b"", b"\xff", b"g", p.pack_hello("x"), sid(1)]
+    ),
+    st.builds(
+        lambda n, r: (n % 4).to_bytes(8, "big") + r, st.integers(0, 5), st.binary(max_size=3)
+    ),
     st.sampled_from([p.header(c) for c in p.Cmd]),
 )
 _frames = st.one_of(
@@ -647,7 +1213,7 @@ _frames = st.one_of(
 )
 
 
-@settings(max_examples=150, deadline=None)
+@settings(max_examples=100, deadline=None)
 @given(st.lists(st.tuples(st.sampled_from([b"p", b"q", b"x"]), _frames), max_size=8))
 def test_random_frames_never_raise_and_replies_are_valid(
     msgs: list[tuple[bytes, list[bytes]]],
@@ -662,32 +1228,64 @@ def test_random_frames_never_raise_and_replies_are_valid(
             assert to in s.peers or to == ident
         s.outbox.clear()
     assert s.counters["messages_in"] == len(msgs) + 4
+    # Refused, never crashed: a bug caught by handle's safety net would show here.
+    assert s.counters["internal_errors"] == 0
+    assert ErrorCode.INTERNAL not in s.errors
 
 
 # --- model-based: random interleavings ------------------------------------------------
 
 CHANNELS = [A, B]
 PATTERNS = ["a", "b", "a.b", "a.*", "*", ">", "a.>", "*.b", "*.*", "b.>", "a.b.>", "*.a.b"]
+# Fewer patterns for queue groups, so that groups get several members.
+GROUP_PATTERNS = ["a.*", ">", "a.b"]
+QUEUES = ["g1", "g2"]
 TOPICS = ["a", "b", "a.b", "b.b", "a.a", "a.b.c", "b.a.b", "c"]
-GHOST_COMMANDS = [subscribe("a"), publish("a"), ack(b"t"), disconnect(), unsubscribe("a")]
+SIDS = [sid(n) for n in range(1, 6)]
+FORGED_TOKEN = (999).to_bytes(8, "big") + b"forged"
+GHOST_COMMANDS = [
+    subscribe("a"),
+    publish("a"),
+    ack(b"t"),
+    disconnect(),
+    unsubscribe("a"),
+    request("a"),
+    reply(FORGED_TOKEN),
+]
 
 
 class RoutingModel:
     """A plain model of the broker's routing rules. Each method sends one command
-    to a real BrokerState and checks every reply against the model."""
+    to a real BrokerState and checks every reply against the model.
+
+    The model does not predict which member of a queue group gets a message;
+    it checks that exactly one does, that it was among the least busy, and
+    learns the choice from the output."""
 
     def __init__(self) -> None:
         self.s = BrokerState()
         self.n = 0
+        self.sessions_made = 0
         self.joined: dict[bytes, bytes] = {}  # ident -> channel
-        self.patterns: dict[bytes, set[str]] = {}
+        self.session: dict[bytes, bytes] = {}  # ident -> its session number, kept after leaving
+        self.subs: dict[
+            bytes, dict[bytes, tuple[str, str]]
+        ] = {}  # ident -> sid -> (pattern, queue)
         self.outstanding: dict[bytes, set[bytes]] = {}
         self.pending: dict[bytes, list[Any]] = {}  # token -> [publisher, ref, remaining]
+        self.asked: dict[bytes, set[bytes]] = {}  # ident -> reply tokens of the ASKs it got
+        self.tokens: set[bytes] = {FORGED_TOKEN}  # every reply token issued, and a forged one
         self.left: list[bytes] = []  # identities never reused, as a new session would be
         self.stale = 0
         self.refs = 0
         self.deliveries = 0
         self.synthetic_acks = 0
+        self.group_hits = 0
+        self.requests = 0
+        self.asks = 0
+        self.replies = 0
+        self.stale_replies = 0
+        self.sid_in_use = 0
 
     def _ref(self) -> bytes:
         self.refs += 1
@@ -699,9 +1297,12 @@ class RoutingModel:
         self.s.handle(ident, hello(ch))
         [(to, cmd)] = take(self.s)
         assert to == ident and isinstance(cmd, p.Welcome)
+        self.sessions_made += 1
+        self.session[ident] = self.sessions_made.to_bytes(8, "big")
         self.joined[ident] = ch
-        self.patterns[ident] = set()
+        self.subs[ident] = {}
         self.outstanding[ident] = set()
+        self.asked[ident] = set()
         return ident
 
     def hello_again(self, ident: bytes, ch: bytes) -> None:
@@ -713,32 +1314,80 @@ class RoutingModel:
         else:
             assert isinstance(cmd, p.Error) and cmd.code == ErrorCode.CHANNEL_MISMATCH
 
-    def subscribe(self, ident: bytes, pattern: str) -> None:
+    def subscribe(self, ident: bytes, sid: bytes, pattern: str, queue: str = "") -> None:
         ch, ref = self.joined[ident], self._ref()
-        self.s.handle(ident, subscribe(pattern, ch, ref))
-        assert take(self.s) == [(ident, p.Ok(ch, ref))]
-        self.patterns[ident].add(pattern)
+        self.s.handle(ident, subscribe(pattern, ch, ref, queue=queue, sid=sid))
+        out = take(self.s)
+        current = self.subs[ident].get(sid)
+        if current is None or current == (pattern, queue):
+            assert out == [(ident, p.Ok(ch, ref))]
+            self.subs[ident][sid] = (pattern, queue)
+        else:
+            err = only_error(out, ident)
+            assert (err.code, err.channel, err.ref) == (ErrorCode.SID_IN_USE, ch, ref)
+            self.sid_in_use += 1
 
-    def unsubscribe(self, ident: bytes, pattern: str) -> None:
+    def unsubscribe(self, ident: bytes, sids: list[bytes]) -> None:
         ch, ref = self.joined[ident], self._ref()
-        self.s.handle(ident, unsubscribe(pattern, ch, ref))
+        self.s.handle(ident, unsubscribe(ch=ch, ref=ref, sids=b"".join(sids)))
         assert take(self.s) == [(ident, p.Ok(ch, ref))]
-        self.patterns[ident].discard(pattern)
+        for x in sids:
+            self.subs[ident].pop(x, None)
+
+    def groups(self, ch: bytes) -> dict[tuple[str, str], set[tuple[bytes, bytes]]]:
+        """The queue groups of a channel: (pattern, queue) -> {(peer, sid)}."""
+        out: dict[tuple[str, str], set[tuple[bytes, bytes]]] = {}
+        for q, qch in self.joined.items():
+            if qch == ch:
+                for x, (pattern, queue) in self.subs[q].items():
+                    if queue:
+                        out.setdefault((pattern, queue), set()).add((q, x))
+        return out
+
+    def _fan_out(
+        self, ch: bytes, topic: str, out: list[tuple[bytes, p.BrokerCommand]]
+    ) -> set[bytes]:
+        """Check who one message (DELIVERs or ASKs) went to; return the peers."""
+        got = sids_to(out)
+        plain: dict[bytes, set[bytes]] = {}
+        for q, qch in self.joined.items():
+            if qch == ch:
+                mine = {
+                    x
+                    for x, (pattern, queue) in self.subs[q].items()
+                    if not queue and matches(pattern, topic)
+                }
+                if mine:
+                    plain[q] = mine
+        # Every plain matching sid, once.
+        assert set(plain) <= set(got)
+        extra: set[tuple[bytes, bytes]] = set()
+        for q, sids in got.items():
+            assert plain.get(q, set()) <= sids
+            extra |= {(q, x) for x in sids - plain.get(q, set())}
+        # Exactly one member of each matching group, among the least busy.
+        for (pattern, _), members in self.groups(ch).items():
+            if not matches(pattern, topic):
+                continue
+            chosen = members & extra
+            assert len(chosen) == 1, (pattern, members, chosen)
+            [(q, _)] = chosen
+            load = {m: len(self.outstanding[m]) for m, _ in members}
+            assert load[q] == min(load.values())
+            extra -= chosen
+            self.group_hits += 1
+        assert not extra, f"sids that do not match: {extra}"
+        return set(got)
 
     def publish(self, ident: bytes, topic: str, body: bytes, confirmed: bool) -> None:
         ch = self.joined[ident]
         ref = self._ref() if confirmed else b""
         self.s.handle(ident, publish(topic, body, ch, ref))
         out = take(self.s)
-        expected = sorted(
-            q
-            for q, qch in self.joined.items()
-            if qch == ch and any(matches(pat, topic) for pat in self.patterns[q])
-        )
-        self.deliveries += len(expected)
         delivers = [(to, c) for to, c in out if isinstance(c, p.Deliver)]
-        assert sorted(to for to, _ in delivers) == expected  # each exactly once
         others = [(to, c) for to, c in out if not isinstance(c, p.Deliver)]
+        expected = sorted(self._fan_out(ch, topic, delivers))
+        self.deliveries += len(expected)
         toks = set()
         for _, c in delivers:
             assert isinstance(c, p.Deliver)
@@ -756,6 +1405,41 @@ class RoutingModel:
             self.pending[token] = [ident, ref, len(expected)]
             for q in expected:
                 self.outstanding[q].add(token)
+
+    def request(self, ident: bytes, topic: str, body: bytes) -> None:
+        ch, ref = self.joined[ident], self._ref()
+        self.s.handle(ident, request(topic, body, ch, ref))
+        out = take(self.s)
+        token = self.session[ident] + ref
+        asks = out[:-1]
+        for _, c in asks:
+            assert isinstance(c, p.Ask)
+            assert (c.channel, c.token, c.topic, c.body) == (ch, token, topic.encode(), body)
+        reached = self._fan_out(ch, topic, asks)
+        assert out[-1] == (ident, p.Routed(ch, ref, len(reached)))
+        for q in reached:
+            self.asked[q].add(token)
+        self.tokens.add(token)
+        self.requests += 1
+        self.asks += len(reached)
+
+    def reply_candidates(self, ident: bytes) -> list[bytes]:
+        return sorted(self.asked[ident] | self.tokens)
+
+    def reply(self, ident: bytes, token: bytes, body: bytes) -> None:
+        ch = self.joined[ident]
+        self.s.handle(ident, reply(token, body, ch))
+        out = take(self.s)
+        requester = next(
+            (q for q in self.joined if self.session[q] == token[: p.SESSION_BYTES]), None
+        )
+        if requester is not None and self.joined[requester] == ch:
+            assert out == [(requester, p.Answer(ch, token[p.SESSION_BYTES :], body))]
+            self.replies += 1
+        else:
+            # The requester left, is on another channel, or never existed.
+            assert out == []
+            self.stale_replies += 1
 
     def _resolve(self, token: bytes) -> list[tuple[bytes, bytes]]:
         """(publisher, ref) of the ACKED the broker owes for one confirmation."""
@@ -784,7 +1468,8 @@ class RoutingModel:
 
     def leave(self, ident: bytes, command: bool) -> None:
         ch = self.joined.pop(ident)
-        self.patterns.pop(ident)
+        self.subs.pop(ident)
+        self.asked.pop(ident)
         expected = []
         for token in self.outstanding.pop(ident):
             expected += self._resolve(token)
@@ -817,16 +1502,28 @@ class RoutingModel:
         s = self.s
         assert set(s.peers) == set(self.joined)
         assert set(s.channels) == set(self.joined.values())
+        assert set(s.sessions) == {self.session[q] for q in self.joined}
         for ch_id, channel in s.channels.items():
             assert channel.peers == {q for q, c in self.joined.items() if c == ch_id}
+            groups = {
+                key: {(peer.ident, x) for peer, x in group.members}
+                for key, group in channel.groups.items()
+            }
+            assert groups == self.groups(ch_id)
         for ident, peer in s.peers.items():
-            assert peer.patterns == self.patterns[ident]
+            assert peer.subs == self.subs[ident]
             assert peer.outstanding == self.outstanding[ident]
-        assert s.subscription_count() == sum(len(v) for v in self.patterns.values())
+            assert peer.session == self.session[ident]
+        assert s.subscription_count() == sum(len(v) for v in self.subs.values())
         assert s.pending_confirmations == len(self.pending)
         assert s.counters["stale_acks"] == self.stale
         assert s.counters["delivered"] == self.deliveries
+        assert s.counters["requests"] == self.requests
+        assert s.counters["replies"] == self.replies
+        assert s.counters["stale_replies"] == self.stale_replies
+        assert s.errors[ErrorCode.SID_IN_USE] == self.sid_in_use
         assert s.counters["errors"] == sum(s.errors.values())
+        assert s.counters["internal_errors"] == 0
         assert s.outbox == []
 
 
@@ -836,8 +1533,8 @@ def _step(m: RoutingModel, rng: random.Random) -> None:
         m.join(rng.choice(CHANNELS))
         return
     action = rng.choices(
-        ["join", "hello", "sub", "unsub", "pub", "ack", "leave", "ghost"],
-        weights=[2, 1, 6, 2, 8, 5, 2, 1],
+        ["join", "hello", "sub", "subq", "unsub", "pub", "req", "reply", "ack", "leave", "ghost"],
+        weights=[2, 1, 5, 4, 2, 8, 4, 4, 5, 2, 1],
     )[0]
     ident = rng.choice(sorted(m.joined))
     if action == "join" and len(m.joined) < 6:
@@ -845,12 +1542,21 @@ def _step(m: RoutingModel, rng: random.Random) -> None:
     elif action == "hello":
         m.hello_again(ident, rng.choice(CHANNELS))
     elif action == "sub":
-        m.subscribe(ident, rng.choice(PATTERNS))
+        m.subscribe(ident, rng.choice(SIDS), rng.choice(PATTERNS))
+    elif action == "subq":
+        m.subscribe(ident, rng.choice(SIDS), rng.choice(GROUP_PATTERNS), rng.choice(QUEUES))
     elif action == "unsub":
-        held = sorted(m.patterns[ident])
-        m.unsubscribe(ident, rng.choice(held) if held and rng.random() < 0.8 else "a")
+        held = sorted(m.subs[ident])
+        sids = rng.sample(held, rng.randint(1, len(held))) if held else []
+        if not sids or rng.random() < 0.2:
+            sids.append(rng.choice(SIDS))
+        m.unsubscribe(ident, sids)
     elif action == "pub":
         m.publish(ident, rng.choice(TOPICS), rng.randbytes(rng.randrange(4)), rng.random() < 0.7)
+    elif action == "req":
+        m.request(ident, rng.choice(TOPICS), rng.randbytes(rng.randrange(4)))
+    elif action == "reply":
+        m.reply(ident, rng.choice(m.reply_candidates(ident)), rng.randbytes(rng.randrange(4)))
     elif action == "ack":
         m.ack(ident, rng.choice(m.ack_candidates(ident)), rng.randrange(3))
     elif action == "leave":
@@ -869,18 +1575,25 @@ def test_random_interleavings_match_the_model(seed: int) -> None:
     # The run exercised what it is meant to check.
     assert m.deliveries > 0
     assert m.s.counters["published"] > 0
+    assert m.group_hits > 0
+    assert m.asks > 0
     assert m.left
 
 
-def test_random_interleavings_reach_synthetic_acks() -> None:
-    total = 0
+def test_random_interleavings_reach_the_rare_cases() -> None:
+    totals: Counter[str] = Counter()
     for seed in range(6):
         rng = random.Random(seed)
         m = RoutingModel()
         for _ in range(300):
             _step(m, rng)
-        total += m.synthetic_acks
-    assert total > 0
+        totals.update(
+            synthetic_acks=m.synthetic_acks,
+            replies=m.replies,
+            stale_replies=m.stale_replies,
+            sid_in_use=m.sid_in_use,
+        )
+    assert min(totals.values()) > 0 and len(totals) == 4, totals
 
 
 _peer_index = st.integers(0, 5)
@@ -913,16 +1626,24 @@ class BrokerMachine(RuleBasedStateMachine):
         self.m.hello_again(self._pick(i), ch)
 
     @precondition(lambda self: self.m.joined)
-    @rule(i=_peer_index, pattern=st.sampled_from(PATTERNS))
-    def subscribe(self, i: int, pattern: str) -> None:
-        self.m.subscribe(self._pick(i), pattern)
+    @rule(i=_peer_index, sid=st.sampled_from(SIDS), pattern=st.sampled_from(PATTERNS))
+    def subscribe(self, i: int, sid: bytes, pattern: str) -> None:
+        self.m.subscribe(self._pick(i), sid, pattern)
 
     @precondition(lambda self: self.m.joined)
-    @rule(i=_peer_index, data=st.data())
-    def unsubscribe(self, i: int, data: st.DataObject) -> None:
-        ident = self._pick(i)
-        held = sorted(self.m.patterns[ident])
-        self.m.unsubscribe(ident, data.draw(st.sampled_from(held or PATTERNS)))
+    @rule(
+        i=_peer_index,
+        sid=st.sampled_from(SIDS),
+        pattern=st.sampled_from(GROUP_PATTERNS),
+        queue=st.sampled_from(QUEUES),
+    )
+    def join_group(self, i: int, sid: bytes, pattern: str, queue: str) -> None:
+        self.m.subscribe(self._pick(i), sid, pattern, queue)
+
+    @precondition(lambda self: self.m.joined)
+    @rule(i=_peer_index, sids=st.lists(st.sampled_from(SIDS), min_size=1, max_size=4))
+    def unsubscribe(self, i: int, sids: list[bytes]) -> None:
+        self.m.unsubscribe(self._pick(i), sids)
 
     @precondition(lambda self: self.m.joined)
     @rule(i=_peer_index, topic=st.sampled_from(TOPICS), body=st.binary(max_size=4))
@@ -933,6 +1654,18 @@ class BrokerMachine(RuleBasedStateMachine):
     @rule(i=_peer_index, topic=st.sampled_from(TOPICS))
     def publish_unconfirmed(self, i: int, topic: str) -> None:
         self.m.publish(self._pick(i), topic, b"b", False)
+
+    @precondition(lambda self: self.m.joined)
+    @rule(i=_peer_index, topic=st.sampled_from(TOPICS), body=st.binary(max_size=4))
+    def request(self, i: int, topic: str, body: bytes) -> None:
+        self.m.request(self._pick(i), topic, body)
+
+    @precondition(lambda self: self.m.joined)
+    @rule(i=_peer_index, data=st.data())
+    def reply(self, i: int, data: st.DataObject) -> None:
+        ident = self._pick(i)
+        token = data.draw(st.sampled_from(self.m.reply_candidates(ident)))
+        self.m.reply(ident, token, data.draw(st.binary(max_size=4)))
 
     @precondition(lambda self: self.m.joined)
     @rule(i=_peer_index, data=st.data())
@@ -956,5 +1689,5 @@ class BrokerMachine(RuleBasedStateMachine):
         self.m.check()
 
 
-BrokerMachine.TestCase.settings = settings(max_examples=30, stateful_step_count=25, deadline=None)
+BrokerMachine.TestCase.settings = settings(max_examples=25, stateful_step_count=25, deadline=None)
 test_broker_machine = BrokerMachine.TestCase

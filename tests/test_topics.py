@@ -1,4 +1,4 @@
-"""Topic and pattern validation, the reference matcher, and TopicTrie."""
+"""Topic and pattern validation, the reference matcher, TopicTrie, and queue group names."""
 
 from __future__ import annotations
 
@@ -9,6 +9,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from zmqbus import _validate
+from zmqbus import protocol as p
+from zmqbus.errors import ProtocolError
 from zmqbus.topics import (
     MAX_TOPIC_BYTES,
     TopicTrie,
@@ -429,3 +432,50 @@ def test_trie_remove_prunes_branches() -> None:
     assert trie.remove("a.b", "y")
     assert trie._root.children is None
     assert trie._root.empty()
+
+
+# --- queue group names: the topic rules, at most 64 bytes ------------------------------
+
+MAX_QUEUE_BYTES = 64
+
+
+def _reference_queue(value: str) -> bool:
+    if not value:
+        return True  # no queue group: a plain subscription
+    try:
+        raw = value.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return len(raw) <= MAX_QUEUE_BYTES and _reference_valid(value, pattern=False)
+
+
+_queue_candidates = st.one_of(
+    _candidates,
+    st.text(st.sampled_from("aé\U0001f600."), min_size=10, max_size=70),
+    st.sampled_from(["", "workers", "q" * 64, "q" * 65, "é" * 32, "é" * 32 + "x", "*", ">"]),
+)
+
+
+@SETTINGS
+@given(_queue_candidates)
+def test_queue_names_follow_the_topic_rules_up_to_64_bytes(value: str) -> None:
+    """The wire check (``check_queue``, refusing with 406) and the check of user
+    input before SUBSCRIBE (``_validate.queue``) accept exactly the same names."""
+    assert p.MAX_QUEUE_BYTES == MAX_QUEUE_BYTES
+    expected = _reference_queue(value)
+    frame = value.encode("utf-8", "surrogatepass")
+    if expected:
+        p.check_queue(frame)
+        assert _validate.queue(value) == value
+    else:
+        with pytest.raises(ProtocolError) as info:
+            p.check_queue(frame)
+        assert info.value.code == p.ErrorCode.BAD_TOPIC
+        with pytest.raises(ValueError):
+            _validate.queue(value)
+
+
+def test_queue_name_none_and_wrong_types() -> None:
+    assert _validate.queue(None) == ""
+    with pytest.raises(TypeError):
+        _validate.queue(b"workers")

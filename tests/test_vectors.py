@@ -51,12 +51,13 @@ PARSE: dict[str, Callable[[list[bytes]], Any]] = {
 }
 UNPACK: dict[str, Callable[[bytes], Any]] = {
     "message": p.unpack_message,
+    "reply": p.unpack_reply,
     "ack": p.unpack_ack,
     "hello": p.unpack_hello,
     "welcome": p.unpack_welcome,
 }
-BYTES_FIELDS = {"channel", "ref", "token"}
-TEXT_FIELDS = {"topic", "pattern"}
+BYTES_FIELDS = {"channel", "ref", "token", "sid", "sids"}
+TEXT_FIELDS = {"topic", "pattern", "queue"}
 
 
 def frames_of(vec: dict[str, Any]) -> list[bytes]:
@@ -73,8 +74,12 @@ def params(vectors: list[dict[str, Any]]) -> Any:
 
 def check_body(kind: str, body: bytes, want: dict[str, Any]) -> None:
     """``body`` decodes with the ``kind`` decoder to the values in ``want``."""
-    if kind == "message":
-        mb = p.unpack_message(body)
+    if kind in ("message", "reply"):
+        if kind == "reply":
+            mb, error = p.unpack_reply(body)
+            assert error == want["error"]
+        else:
+            mb = p.unpack_message(body)
         assert mb.id == uuid.UUID(hex=want["id"])
         assert mb.id.bytes.hex() == want["id"]
         # The Python decoder keeps microseconds (datetime); the wire carries nanoseconds.
@@ -164,7 +169,8 @@ def test_valid_vector_parses_to_stated_fields(vec: dict[str, Any]) -> None:
         else:
             assert got == want, name
     if "body" in attrs:
-        assert cmd.body == frames[-1]
+        # The body is the last frame, except in DELIVER and ASK, where the sids follow it.
+        assert cmd.body == frames[4 if vec["command"] in ("DELIVER", "ASK") else -1]
         check_body(vec["body"]["type"], cmd.body, vec["body"])
     else:
         assert "body" not in vec
@@ -196,12 +202,18 @@ def test_valid_client_vector_draws_no_error_from_the_broker(vec: dict[str, Any])
     expected = {
         "HELLO": [p.Welcome],
         "SUBSCRIBE": [p.Ok],
-        "UNSUBSCRIBE": [p.Ok],
+        "UNSUBSCRIBE": [p.Ok],  # sids that are not open are ignored
         "DISCONNECT": [p.Ok],
         "ACK": [],  # the token is not outstanding: a stale ACK is ignored
         "PUBLISH": [p.Routed] if frames_of(vec)[2] else [],
+        "REQUEST": [p.Routed],  # count 0: nobody subscribed
+        "REPLY": [],  # the requester's session (2) does not exist: dropped, no error
     }[vec["command"]]
     assert [type(r) for r in replies] == expected
+    if vec["command"] == "REQUEST":
+        assert replies == [p.Routed(CHANNEL, frames_of(vec)[2], 0)]
+    if vec["command"] == "REPLY":
+        assert state.counters["stale_replies"] == 1
 
 
 # --- malformed frames -------------------------------------------------------------
@@ -281,7 +293,10 @@ def test_malformed_body_raises_bad_body(vec: dict[str, Any]) -> None:
     assert info.value.code == vec["code"]
 
 
-@params([v for v in BODIES["valid"] if not v["name"].endswith("-extra-elements")])
+_NOT_REPACKABLE = ("-extra-elements", "-without-error-element")
+
+
+@params([v for v in BODIES["valid"] if not v["name"].endswith(_NOT_REPACKABLE)])
 def test_valid_body_repacks_identically(vec: dict[str, Any]) -> None:
     """The reference packers produce exactly the vector bytes (minimal msgpack forms)."""
     body = bytes.fromhex(vec["body"])
@@ -293,6 +308,14 @@ def test_valid_body_repacks_identically(vec: dict[str, Any]) -> None:
             want["timestamp_ns"],
             want["headers"],
             bytes.fromhex(want["payload"]),
+        )
+    elif kind == "reply":
+        packed = p.pack_reply(
+            bytes.fromhex(want["id"]),
+            want["timestamp_ns"],
+            want["headers"],
+            bytes.fromhex(want["payload"]),
+            want["error"],
         )
     elif kind == "ack":
         packed = p.pack_ack(want["delivered"], want["dropped"], want["errors"])
@@ -307,11 +330,88 @@ def test_broker_forwards_message_bodies_without_decoding(vec: dict[str, Any]) ->
     sub, pub = b"\x00sub", b"\x00pub"
     for ident in (sub, pub):
         state.handle(ident, HELLO)
-    state.handle(sub, [b"ZB\x01\x02", CHANNEL, b"r", b"t.>"])
+    sid = b"\x00\x00\x00\x07"
+    state.handle(sub, [b"ZB\x01\x02", CHANNEL, b"r", sid, b"t.>", b""])
     state.outbox.clear()
     body = bytes.fromhex(vec["body"])
     state.handle(pub, [b"ZB\x01\x04", CHANNEL, b"", b"t.x", body])
-    assert state.outbox == [(sub, [b"ZB\x01\x83", CHANNEL, b"", b"t.x", body])]
+    assert state.outbox == [(sub, [b"ZB\x01\x83", CHANNEL, b"", b"t.x", body, sid])]
+    state.outbox.clear()
+    # Request bodies are forwarded in ASK the same way.
+    state.handle(pub, [b"ZB\x01\x07", CHANNEL, b"q", b"t.x", body])
+    [(to, ask), routed] = state.outbox
+    assert (to, ask[0], ask[3:]) == (sub, b"ZB\x01\x86", [b"t.x", body, sid])
+    assert routed == (pub, [b"ZB\x01\x84", CHANNEL, b"q", b"\x00\x00\x00\x01"])
+
+
+@params(BODIES["valid"] + BODIES["malformed"])
+def test_broker_forwards_reply_and_ack_bodies_without_decoding(vec: dict[str, Any]) -> None:
+    state = BrokerState()
+    req, resp = b"\x00req", b"\x00resp"
+    state.handle(resp, HELLO)
+    state.handle(req, HELLO)  # the second peer to join: session 2
+    state.handle(resp, [b"ZB\x01\x02", CHANNEL, b"", b"\x00\x00\x00\x01", b"t", b""])
+    state.handle(req, [b"ZB\x01\x07", CHANNEL, b"ref", b"t", b"x"])
+    state.outbox.clear()
+    body = bytes.fromhex(vec["body"])
+    token = (2).to_bytes(8, "big") + b"ref"
+    state.handle(resp, [b"ZB\x01\x08", CHANNEL, token, body])
+    assert state.outbox == [(req, [b"ZB\x01\x87", CHANNEL, b"ref", body])]
+
+
+# --- the vectors tell one story ------------------------------------------------------
+
+VALID_BY_NAME = {v["name"]: v for v in VALID}
+
+
+def test_request_vectors_are_what_the_broker_sends() -> None:
+    """The REQUEST, ASK, REPLY and ANSWER vectors are one exchange: a responder
+    joins first (session 1) with subscription 4, the requester joins second
+    (session 2) and sends ref 9."""
+    state = BrokerState()
+    resp, req = b"\x00responder", b"\x00requester"
+    state.handle(resp, HELLO)
+    state.handle(req, HELLO)
+    state.handle(resp, [b"ZB\x01\x02", CHANNEL, b"", b"\x00\x00\x00\x04", b"billing.>", b""])
+    state.outbox.clear()
+    request = frames_of(VALID_BY_NAME["request"])
+    state.handle(req, request)
+    assert state.outbox == [
+        (resp, frames_of(VALID_BY_NAME["ask"])),
+        (req, [b"ZB\x01\x84", CHANNEL, request[2], b"\x00\x00\x00\x01"]),
+    ]
+    state.outbox.clear()
+    state.handle(resp, frames_of(VALID_BY_NAME["reply"]))
+    assert state.outbox == [(req, frames_of(VALID_BY_NAME["answer"]))]
+    state.outbox.clear()
+    state.handle(resp, frames_of(VALID_BY_NAME["reply-error"]))
+    assert state.outbox == [(req, frames_of(VALID_BY_NAME["answer-error"]))]
+    assert state.counters["replies"] == 2
+
+
+def test_deliver_vectors_are_what_the_broker_sends() -> None:
+    """'deliver-several-sids': plain subscriptions 1 and 3 and the group member 6
+    of one peer, for the broker's first confirmed publish (token 1)."""
+    state = BrokerState()
+    sub, pub = b"\x00sub", b"\x00pub"
+    state.handle(sub, HELLO)
+    state.handle(pub, HELLO)
+    for sid, pattern, queue in [
+        (3, b"orders.>", b""),
+        (1, b"orders.eu.created", b""),
+        (6, b"orders.*.created", b"workers"),
+        (2, b"other", b""),
+    ]:
+        state.handle(sub, [b"ZB\x01\x02", CHANNEL, b"", sid.to_bytes(4, "big"), pattern, queue])
+    state.outbox.clear()
+    vec = VALID_BY_NAME["publish-confirmed"]
+    state.handle(pub, frames_of(vec))
+    assert state.outbox[0] == (sub, frames_of(VALID_BY_NAME["deliver-several-sids"]))
+    state.outbox.clear()
+    state.handle(sub, [b"ZB\x01\x03", CHANNEL, b"", b"\x00\x00\x00\x03\x00\x00\x00\x06"])
+    state.outbox.clear()
+    state.handle(pub, frames_of(VALID_BY_NAME["publish-unconfirmed"]))
+    assert state.outbox == [(sub, frames_of(VALID_BY_NAME["deliver-unconfirmed"]))]
 
 
 # --- the worked example in docs/protocol.md ---------------------------------------

@@ -14,6 +14,7 @@ from __future__ import annotations
 import heapq
 import logging
 from collections import Counter
+from collections.abc import Callable
 from typing import Any, Protocol
 
 from . import protocol as p
@@ -21,12 +22,12 @@ from .errors import (
     BusClosed,
     ConnectTimeout,
     HandlerError,
+    NoResponders,
     ProtocolError,
     PublishTimeout,
     RequestTimeout,
 )
-from .message import Message, PublishResult
-from .topics import TopicTrie
+from .message import Message, PublishResult, ReplyContext, attach_reply
 
 __all__ = ["DELIVERED", "DROPPED", "PENDING", "ClientCore", "Sink", "Waiter"]
 
@@ -48,7 +49,7 @@ class Waiter(Protocol):
     ``asyncio.Future`` both fit."""
 
     def set_result(self, result: Any, /) -> None: ...
-    def set_exception(self, exception: BaseException | None, /) -> None: ...
+    def set_exception(self, exception: Any, /) -> None: ...
     def done(self) -> bool: ...
 
 
@@ -82,6 +83,17 @@ class _Publish:
 
     def result(self) -> PublishResult:
         return PublishResult(self.delivered, self.dropped, len(self.errors), self.buses)
+
+
+class _Call:
+    """A REQUEST waiting for its first ANSWER."""
+
+    __slots__ = ("timeout", "topic", "waiter")
+
+    def __init__(self, waiter: Waiter, timeout: float, topic: str) -> None:
+        self.waiter = waiter
+        self.timeout = timeout
+        self.topic = topic
 
 
 class _Request:
@@ -128,15 +140,19 @@ class ClientCore:
         self.broker_info: dict[str, Any] = {}
         self.counters: Counter[str] = Counter()
         self._hello: tuple[Waiter, float] | None = None
-        self._pending: dict[bytes, _Publish | _Request] = {}
+        self._pending: dict[bytes, _Publish | _Request | _Call] = {}
         self._timers: list[tuple[float, bytes]] = []
         self._acks: dict[int, _AckState] = {}
-        self._sinks: TopicTrie[Any] = TopicTrie()
+        self._sinks: dict[bytes, Sink] = {}  # sid -> sink
+        self._sid_of: dict[Sink, bytes] = {}
         self._by_pattern: dict[str, list[Sink]] = {}
-        self._match_cache: dict[bytes, tuple[str, tuple[Sink, ...]]] = {}
+        self._topic_text: dict[bytes, str] = {}
         self._seq = 0
+        self._sid_seq = 0
         self._ack_seq = 0
         self._closed_exc: BaseException | None = None
+        # Set by the face: how a REPLY body for a reply token gets sent.
+        self.send_reply: Callable[[bytes, bytes], None] | None = None
 
     # --- commands -----------------------------------------------------------
 
@@ -149,16 +165,23 @@ class ClientCore:
         self._timer(deadline, b"")
         self.outbox.append([p.H_HELLO, self.channel, p.pack_hello(self.client_name)])
 
-    def subscribe(self, sink: Sink, waiter: Waiter, deadline: float, timeout: float) -> None:
-        """Register ``sink`` at once and queue SUBSCRIBE; ``waiter`` gets None on OK."""
+    def subscribe(
+        self, sink: Sink, waiter: Waiter, deadline: float, timeout: float, queue: str = ""
+    ) -> None:
+        """Open a subscription (a new sid) for ``sink`` and queue SUBSCRIBE;
+        ``waiter`` gets None on OK. A non-empty ``queue`` joins that queue group."""
         if self._refuse_closed(waiter):
             return
+        self._sid_seq += 1
+        sid = (self._sid_seq & 0xFFFFFFFF).to_bytes(p.SID_BYTES, "big")
         pattern = sink.pattern
-        self._sinks.add(pattern, sink)
+        self._sinks[sid] = sink
+        self._sid_of[sink] = sid
         self._by_pattern.setdefault(pattern, []).append(sink)
-        self._match_cache.clear()
         ref = self._request(waiter, deadline, timeout, "subscribe")
-        self.outbox.append([p.H_SUBSCRIBE, self.channel, ref, pattern.encode()])
+        self.outbox.append(
+            [p.H_SUBSCRIBE, self.channel, ref, sid, pattern.encode(), queue.encode()]
+        )
 
     def unsubscribe(self, pattern: str, waiter: Waiter, deadline: float, timeout: float) -> int:
         """End every local subscription to ``pattern`` now and queue UNSUBSCRIBE;
@@ -166,33 +189,34 @@ class ClientCore:
         if self._refuse_closed(waiter):
             return 0
         sinks = self._by_pattern.pop(pattern, [])
-        for sink in sinks:
-            self._sinks.remove(pattern, sink)
-            sink.end()
-        self._match_cache.clear()
+        if not sinks:
+            _settle(waiter, 0)
+            return 0
+        sids = b"".join(self._forget(sink) for sink in sinks)
         ref = self._request(waiter, deadline, timeout, "unsubscribe", result=len(sinks))
-        self.outbox.append([p.H_UNSUBSCRIBE, self.channel, ref, pattern.encode()])
+        self.outbox.append([p.H_UNSUBSCRIBE, self.channel, ref, sids])
         return len(sinks)
 
     def remove(self, sink: Sink, waiter: Waiter, deadline: float, timeout: float) -> None:
-        """End one local subscription; UNSUBSCRIBE only if it was the last on its pattern."""
+        """End one local subscription and queue UNSUBSCRIBE for its sid."""
         if self._refuse_closed(waiter):
             return
-        pattern = sink.pattern
-        sinks = self._by_pattern.get(pattern, [])
+        sinks = self._by_pattern.get(sink.pattern, [])
         if sink not in sinks:
             _settle(waiter, None)
             return
         sinks.remove(sink)
-        self._sinks.remove(pattern, sink)
-        self._match_cache.clear()
-        sink.end()
-        if sinks:
-            _settle(waiter, None)
-            return
-        del self._by_pattern[pattern]
+        if not sinks:
+            del self._by_pattern[sink.pattern]
+        sid = self._forget(sink)
         ref = self._request(waiter, deadline, timeout, "unsubscribe")
-        self.outbox.append([p.H_UNSUBSCRIBE, self.channel, ref, pattern.encode()])
+        self.outbox.append([p.H_UNSUBSCRIBE, self.channel, ref, sid])
+
+    def _forget(self, sink: Sink) -> bytes:
+        sid = self._sid_of.pop(sink)
+        del self._sinks[sid]
+        sink.end()
+        return sid
 
     def publish(
         self, topic: bytes, body: bytes, waiter: Waiter | None, deadline: float, timeout: float
@@ -210,6 +234,18 @@ class ClientCore:
         self._pending[ref] = _Publish(waiter, timeout)
         self._timer(deadline, ref)
         self.outbox.append([p.H_PUBLISH, self.channel, ref, topic, body])
+
+    def request(
+        self, topic: bytes, body: bytes, waiter: Waiter, deadline: float, timeout: float
+    ) -> None:
+        """Queue REQUEST; ``waiter`` gets the first answer as a ``Message``, or
+        ``NoResponders``, ``HandlerError`` (the responder failed) or ``RequestTimeout``."""
+        if self._refuse_closed(waiter):
+            return
+        ref = self._next_ref()
+        self._pending[ref] = _Call(waiter, timeout, topic.decode())
+        self._timer(deadline, ref)
+        self.outbox.append([p.H_REQUEST, self.channel, ref, topic, body])
 
     def handler_done(self, ack_id: int, error: str | None) -> None:
         """A handler that was offered ``ack_id`` has returned (``error`` None) or raised.
@@ -260,12 +296,11 @@ class ClientCore:
             state.errors.append("subscribing bus closed before its handler finished")
             self._send_ack(state.token, state.delivered, state.dropped, state.errors)
         self._acks.clear()
-        for sinks in self._by_pattern.values():
-            for sink in sinks:
-                sink.end()
+        for sink in self._sinks.values():
+            sink.end()
         self._by_pattern.clear()
-        self._sinks = TopicTrie()
-        self._match_cache.clear()
+        self._sinks.clear()
+        self._sid_of.clear()
         if waiter is not None:
             if was_ready:
                 ref = self._request(waiter, deadline, timeout, "disconnect")
@@ -302,6 +337,11 @@ class ClientCore:
             if isinstance(item, _Publish):
                 self.counters["publish_timeouts"] += 1
                 exc: BaseException = PublishTimeout(item.timeout, item.result(), item.expected)
+            elif isinstance(item, _Call):
+                self.counters["request_timeouts"] += 1
+                exc = RequestTimeout(
+                    f"no reply to request on {item.topic!r} within {item.timeout:g}s"
+                )
             else:
                 exc = RequestTimeout(f"{item.action} not confirmed within {item.timeout:g}s")
             _settle(item.waiter, exc=exc)
@@ -313,8 +353,15 @@ class ClientCore:
         head = frames[0] if frames else b""
         n = len(frames)
         try:
-            if head == p.H_DELIVER and n == 5:
-                self._deliver(frames[2], frames[3], frames[4])
+            if n > 2 and (frames[1] != self.channel or len(frames[2]) > p.MAX_REF_BYTES):
+                # Full validation (and its precise error) for anything off the happy path.
+                self._control(p.parse_broker(frames))
+            elif head == p.H_DELIVER and n == 6:
+                self._deliver(frames[2], frames[3], frames[4], frames[5])
+            elif head == p.H_ASK and n == 6 and frames[2]:
+                self._ask(frames[2], frames[3], frames[4], frames[5])
+            elif head == p.H_ANSWER and n == 4:
+                self._answer(frames[2], frames[3])
             elif head == p.H_ACKED and n == 4:
                 self._acked(frames[2], frames[3])
             elif head == p.H_ROUTED and n == 4 and len(frames[3]) == 4:
@@ -327,6 +374,8 @@ class ClientCore:
             log.warning("bad message from broker ignored: %s", exc)
 
     def _control(self, cmd: p.BrokerCommand) -> None:
+        if not isinstance(cmd, p.Error) and cmd.channel != self.channel:
+            raise ProtocolError(p.ErrorCode.CHANNEL_MISMATCH, "message for another channel")
         if isinstance(cmd, p.Ok):
             item = self._pending.get(cmd.ref)
             if isinstance(item, _Request):
@@ -364,6 +413,13 @@ class ClientCore:
 
     def _routed(self, ref: bytes, count: int) -> None:
         item = self._pending.get(ref)
+        if isinstance(item, _Call):
+            if count == 0:
+                del self._pending[ref]
+                _settle(
+                    item.waiter, exc=NoResponders(f"no subscription for request on {item.topic!r}")
+                )
+            return
         if not isinstance(item, _Publish):
             return
         item.expected = count
@@ -374,7 +430,11 @@ class ClientCore:
         if not isinstance(item, _Publish):
             self.counters["late_acks"] += 1
             return
-        ack = p.unpack_ack(body)
+        try:
+            ack = p.unpack_ack(body)
+        except ProtocolError as exc:
+            # Count the bus as confirmed with an error rather than wait for a timeout.
+            ack = p.AckResult(0, 0, [f"undecodable confirmation: {exc.detail}"])
         item.buses += 1
         item.delivered += ack.delivered
         item.dropped += ack.dropped
@@ -391,20 +451,32 @@ class ClientCore:
         else:
             _settle(item.waiter, result)
 
-    def _deliver(self, token: bytes, topic: bytes, body: bytes) -> None:
-        hit = self._match_cache.get(topic)
-        if hit is None:
-            try:
-                text = p.decode_name(topic, "topic")
-            except ProtocolError as exc:
-                # Only a broken broker sends this; confirm so its publisher is not left waiting.
-                if token:
-                    self._send_ack(token, 0, 0, [f"subscriber refused topic: {exc.detail}"])
-                raise
-            if len(self._match_cache) >= 4096:
-                self._match_cache.clear()
-            hit = self._match_cache[topic] = (text, tuple(self._sinks.match(text)))
-        text, sinks = hit
+    def _topic(self, topic: bytes) -> str:
+        text = self._topic_text.get(topic)
+        if text is None:
+            text = p.decode_name(topic, "topic")
+            if len(self._topic_text) >= 4096:
+                self._topic_text.clear()
+            self._topic_text[topic] = text
+        return text
+
+    def _targets(self, sids: bytes) -> list[Sink]:
+        sinks = self._sinks
+        if len(sids) == p.SID_BYTES:
+            sink = sinks.get(sids)
+            return [sink] if sink is not None else []
+        p.check_sids(sids)
+        return [sinks[s] for s in p.split_sids(sids) if s in sinks]
+
+    def _deliver(self, token: bytes, topic: bytes, body: bytes, sids: bytes) -> None:
+        try:
+            text = self._topic(topic)
+            sinks = self._targets(sids)
+        except ProtocolError as exc:
+            # Only a broken broker sends this; confirm so its publisher is not left waiting.
+            if token:
+                self._send_ack(token, 0, 0, [f"subscriber refused delivery: {exc.detail}"])
+            raise
         self.counters["received"] += 1
         if not sinks:
             # Unsubscribed locally while the broker was still routing to us.
@@ -439,6 +511,42 @@ class ClientCore:
             self._acks[ack_id] = _AckState(token, waiting, delivered, dropped)
         else:
             self._send_ack(token, delivered, dropped, ())
+
+    def _ask(self, token: bytes, topic: bytes, body: bytes, sids: bytes) -> None:
+        text = self._topic(topic)
+        sinks = self._targets(sids)
+        self.counters["requests_received"] += 1
+        if not sinks:
+            return
+        try:
+            mb = p.unpack_message(body)
+        except ProtocolError as exc:
+            self.counters["bad_bodies"] += 1
+            log.warning("undecodable request on %r dropped: %s", text, exc)
+            return
+        send = self.send_reply
+        for sink in sinks:
+            # Each subscription gets its own answerable copy: each may reply once.
+            msg = Message(mb.id, text, mb.payload, mb.headers, mb.timestamp)
+            if send is not None:
+                attach_reply(msg, ReplyContext(token, send))
+            sink.offer(msg, None)
+
+    def _answer(self, ref: bytes, body: bytes) -> None:
+        item = self._pending.get(ref)
+        if not isinstance(item, _Call):
+            self.counters["late_replies"] += 1
+            return
+        del self._pending[ref]
+        try:
+            mb, error = p.unpack_reply(body)
+        except ProtocolError as exc:
+            _settle(item.waiter, exc=exc)
+            return
+        if error is not None:
+            _settle(item.waiter, exc=HandlerError([error], PublishResult(0, 0, 1, 1)))
+            return
+        _settle(item.waiter, Message(mb.id, item.topic, mb.payload, mb.headers, mb.timestamp))
 
     # --- helpers ------------------------------------------------------------
 

@@ -20,6 +20,7 @@ from typing import Any
 import zmq
 
 from ._client import ClientCore
+from ._wire import recv_frames, send_frames
 from .errors import BusClosed
 
 __all__ = ["IOThread"]
@@ -186,20 +187,20 @@ class IOThread:
 
     def _send(self) -> None:
         out = self._out
-        send = self._sock.send_multipart
+        sock = self._sock
         while out:
             try:
-                send(out[0], _NOBLOCK)
+                send_frames(sock, out[0])
             except zmq.Again:
                 return
             out.popleft()
 
     def _recv(self) -> None:
-        recv = self._sock.recv_multipart
+        sock = self._sock
         receive = self._core.receive
         for _ in range(_BATCH):
             try:
-                frames = recv(_NOBLOCK)
+                frames = recv_frames(sock)
             except zmq.Again:
                 break
             try:

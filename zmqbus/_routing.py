@@ -5,17 +5,18 @@ delivers it (identity split off) and appends every reply and delivery it
 causes to ``outbox``. The socket loop in ``broker.py`` only moves frames, so
 every routing rule is testable in memory.
 
-Strategy for the hot path (PUBLISH, ACK): compare the header frame to
-precomputed bytes, look the topic frame up in a per-channel cache of target
-peers, and forward the received topic and body frames unchanged: no msgpack
-decoding and no re-encoding per subscriber.
+Strategy for the hot path (PUBLISH, REQUEST, ACK): compare the header frame
+to precomputed bytes, look the topic frame up in a per-channel cache of
+target (peer, sids) pairs, and forward the received topic and body frames
+unchanged: no msgpack decoding and no re-encoding per subscriber. Queue groups
+are resolved per message (one member each) on top of the cached plain targets.
 """
 
 from __future__ import annotations
 
 import logging
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 
 from . import protocol as p
 from .errors import ProtocolError
@@ -37,37 +38,108 @@ _DROPPED_AT_BROKER = p.pack_ack(0, 1, [])
 
 
 class Peer:
-    """One connected client: its channel, patterns and unanswered deliveries."""
+    """One connected client: its channel, subscriptions and unanswered deliveries."""
 
-    __slots__ = ("channel", "ident", "outstanding", "patterns")
+    __slots__ = ("channel", "ident", "outstanding", "session", "subs")
 
-    def __init__(self, ident: bytes, channel: Channel) -> None:
+    def __init__(self, ident: bytes, channel: Channel, session: bytes) -> None:
         self.ident = ident
         self.channel = channel
-        self.patterns: set[str] = set()
+        # Broker-unique, never reused: the prefix of this session's reply tokens.
+        self.session = session
+        self.subs: dict[bytes, tuple[str, str]] = {}  # sid -> (pattern, queue)
         # Tokens of confirmed deliveries this peer has not ACKed yet.
         self.outstanding: set[bytes] = set()
+
+
+class _Group:
+    """A queue group: the subscriptions of one channel with the same pattern and
+    queue name. Each message goes to one member."""
+
+    __slots__ = ("key", "members", "next")
+
+    def __init__(self, key: tuple[str, str]) -> None:
+        self.key = key
+        self.members: list[tuple[Peer, bytes]] = []
+        self.next = 0
+
+    def pick(self) -> tuple[Peer, bytes]:
+        # Rotate, preferring a member whose bus has no unconfirmed delivery
+        # (idle); if all are busy, the least busy one.
+        members = self.members
+        n = len(members)
+        start = self.next % n
+        best = start
+        best_load = -1
+        for k in range(n):
+            i = (start + k) % n
+            load = len(members[i][0].outstanding)
+            if load == 0:
+                best = i
+                break
+            if best_load < 0 or load < best_load:
+                best, best_load = i, load
+        self.next = best + 1
+        return members[best]
+
+
+Targets = tuple[tuple[tuple[bytes, bytes], ...], tuple[_Group, ...]]
 
 
 class Channel:
     """The peers and subscriptions of one channel ID."""
 
-    __slots__ = ("cache", "id", "peers", "trie")
+    __slots__ = ("cache", "groups", "id", "peers", "trie")
 
     def __init__(self, channel_id: bytes) -> None:
         self.id = channel_id
         self.peers: set[bytes] = set()
-        self.trie: TopicTrie[bytes] = TopicTrie()
-        self.cache: dict[bytes, tuple[bytes, ...]] = {}
+        # Values: (ident, sid) for a plain subscription, a _Group for a queue group.
+        self.trie: TopicTrie[object] = TopicTrie()
+        self.groups: dict[tuple[str, str], _Group] = {}
+        self.cache: dict[bytes, Targets] = {}
 
-    def targets(self, topic: bytes) -> tuple[bytes, ...]:
-        """Identities of peers with a pattern matching ``topic`` (valid, UTF-8)."""
+    def targets(self, topic: bytes) -> Targets:
+        """Plain targets as (ident, packed sids) pairs, and matching queue groups."""
         hit = self.cache.get(topic)
         if hit is None:
             if len(self.cache) >= _CACHE_LIMIT:
                 self.cache.clear()
-            hit = self.cache[topic] = tuple(self.trie.match(topic.decode("utf-8")))
+            plain: dict[bytes, list[bytes]] = {}
+            groups: list[_Group] = []
+            for value in self.trie.match(topic.decode("utf-8")):
+                if isinstance(value, _Group):
+                    groups.append(value)
+                else:
+                    pair: tuple[bytes, bytes] = value  # type: ignore[assignment]
+                    plain.setdefault(pair[0], []).append(pair[1])
+            hit = self.cache[topic] = (
+                tuple((ident, b"".join(sorted(sids))) for ident, sids in plain.items()),
+                tuple(groups),
+            )
         return hit
+
+    def add(self, peer: Peer, sid: bytes, pattern: str, queue: str) -> None:
+        if queue:
+            group = self.groups.get((pattern, queue))
+            if group is None:
+                group = self.groups[(pattern, queue)] = _Group((pattern, queue))
+                self.trie.add(pattern, group)
+            group.members.append((peer, sid))
+        else:
+            self.trie.add(pattern, (peer.ident, sid))
+        self.cache.clear()
+
+    def remove(self, peer: Peer, sid: bytes, pattern: str, queue: str) -> None:
+        if queue:
+            group = self.groups[(pattern, queue)]
+            group.members.remove((peer, sid))
+            if not group.members:
+                del self.groups[(pattern, queue)]
+                self.trie.remove(pattern, group)
+        else:
+            self.trie.remove(pattern, (peer.ident, sid))
+        self.cache.clear()
 
 
 class _Pending:
@@ -90,11 +162,13 @@ class BrokerState:
         self.max_message_size = max_message_size
         self.peers: dict[bytes, Peer] = {}
         self.channels: dict[bytes, Channel] = {}
+        self.sessions: dict[bytes, Peer] = {}
         self.outbox: list[Outgoing] = []
         self.counters: Counter[str] = Counter()
         self.errors: Counter[int] = Counter()
         self._pending: dict[bytes, _Pending] = {}
         self._next_token = 0
+        self._next_session = 0
         self._welcome = p.pack_welcome(name, max_message_size)
         # Topics already checked against the topic rules, so the hot path checks each once.
         self._valid_topics: set[bytes] = set()
@@ -110,6 +184,10 @@ class BrokerState:
                 self._publish(ident, frames)
             elif head == p.H_ACK:
                 self._ack(ident, frames)
+            elif head == p.H_REQUEST:
+                self._request(ident, frames)
+            elif head == p.H_REPLY:
+                self._reply(ident, frames)
             else:
                 self._control(ident, frames)
         except ProtocolError as exc:
@@ -125,7 +203,7 @@ class BrokerState:
         gone). A confirmed DELIVER is then reported to its publisher as dropped,
         so the publisher learns at once instead of timing out."""
         self.counters["dropped_out"] += 1
-        if len(frames) == 5 and frames[0] == p.H_DELIVER and frames[2]:
+        if len(frames) == 6 and frames[0] == p.H_DELIVER and frames[2]:
             peer = self.peers.get(ident)
             token = frames[2]
             if peer is not None and token in peer.outstanding:
@@ -152,11 +230,7 @@ class BrokerState:
             )
         return peer
 
-    def _publish(self, ident: bytes, frames: Sequence[bytes]) -> None:
-        peer = self._joined(ident, frames, 5)
-        ref, topic, body = frames[2], frames[3], frames[4]
-        if len(ref) > p.MAX_REF_BYTES:
-            p.check_ref(ref)
+    def _message_checks(self, topic: bytes, body: bytes) -> None:
         if len(body) > self.max_message_size:
             raise ProtocolError(
                 ErrorCode.TOO_LARGE,
@@ -168,26 +242,85 @@ class BrokerState:
             if len(self._valid_topics) >= _CACHE_LIMIT:
                 self._valid_topics.clear()
             self._valid_topics.add(topic)
+
+    @staticmethod
+    def _destinations(channel: Channel, topic: bytes) -> Iterable[tuple[bytes, bytes]]:
+        plain, groups = channel.targets(topic)
+        if not groups:
+            return plain
+        dests = dict(plain)
+        for group in groups:
+            peer, sid = group.pick()
+            dests[peer.ident] = dests.get(peer.ident, b"") + sid
+        return dests.items()
+
+    def _publish(self, ident: bytes, frames: Sequence[bytes]) -> None:
+        peer = self._joined(ident, frames, 5)
+        ref, topic, body = frames[2], frames[3], frames[4]
+        if len(ref) > p.MAX_REF_BYTES:
+            p.check_ref(ref)
+        self._message_checks(topic, body)
         channel = peer.channel
-        targets = channel.targets(topic)
+        chid = channel.id
+        dests = self._destinations(channel, topic)
         out = self.outbox
-        self.counters["published"] += 1
-        self.counters["delivered"] += len(targets)
+        counters = self.counters
+        counters["published"] += 1
         if not ref:
-            deliver = [p.H_DELIVER, channel.id, b"", topic, body]
-            for target in targets:
-                out.append((target, deliver))
+            n = 0
+            for target, sids in dests:
+                out.append((target, [p.H_DELIVER, chid, b"", topic, body, sids]))
+                n += 1
+            counters["delivered"] += n
             return
-        if targets:
+        dests = tuple(dests)
+        n = len(dests)
+        counters["delivered"] += n
+        if n:
             self._next_token += 1
             token = self._next_token.to_bytes(8, "big")
-            self._pending[token] = _Pending(peer, ref, len(targets))
-            deliver = [p.H_DELIVER, channel.id, token, topic, body]
+            self._pending[token] = _Pending(peer, ref, n)
             peers = self.peers
-            for target in targets:
+            for target, sids in dests:
                 peers[target].outstanding.add(token)
-                out.append((target, deliver))
-        out.append((ident, [p.H_ROUTED, channel.id, ref, len(targets).to_bytes(4, "big")]))
+                out.append((target, [p.H_DELIVER, chid, token, topic, body, sids]))
+        out.append((ident, [p.H_ROUTED, chid, ref, n.to_bytes(4, "big")]))
+
+    def _request(self, ident: bytes, frames: Sequence[bytes]) -> None:
+        peer = self._joined(ident, frames, 5)
+        ref, topic, body = frames[2], frames[3], frames[4]
+        p.check_request_ref(ref)
+        self._message_checks(topic, body)
+        channel = peer.channel
+        chid = channel.id
+        token = peer.session + ref
+        out = self.outbox
+        n = 0
+        for target, sids in self._destinations(channel, topic):
+            out.append((target, [p.H_ASK, chid, token, topic, body, sids]))
+            n += 1
+        self.counters["requests"] += 1
+        out.append((ident, [p.H_ROUTED, chid, ref, n.to_bytes(4, "big")]))
+
+    def _reply(self, ident: bytes, frames: Sequence[bytes]) -> None:
+        peer = self._joined(ident, frames, 4)
+        token, body = frames[2], frames[3]
+        if len(token) <= p.SESSION_BYTES or len(token) > p.MAX_REF_BYTES:
+            raise ProtocolError(
+                ErrorCode.BAD_FRAMES,
+                f"REPLY token must be {p.SESSION_BYTES + 1} to {p.MAX_REF_BYTES} bytes",
+            )
+        if len(body) > self.max_message_size:
+            raise ProtocolError(ErrorCode.TOO_LARGE, "REPLY body exceeds max_message_size")
+        requester = self.sessions.get(token[: p.SESSION_BYTES])
+        if requester is None or requester.channel is not peer.channel:
+            # The requester left (or the token is forged): nobody to answer.
+            self.counters["stale_replies"] += 1
+            return
+        self.counters["replies"] += 1
+        self.outbox.append(
+            (requester.ident, [p.H_ANSWER, peer.channel.id, token[p.SESSION_BYTES :], body])
+        )
 
     def _ack(self, ident: bytes, frames: Sequence[bytes]) -> None:
         peer = self._joined(ident, frames, 4)
@@ -226,27 +359,33 @@ class BrokerState:
             return
         peer = self._joined(ident, frames, len(frames))
         if isinstance(cmd, p.Subscribe):
-            pattern = cmd.pattern.decode("utf-8")
-            if pattern not in peer.patterns:
-                peer.patterns.add(pattern)
-                peer.channel.trie.add(pattern, ident)
-                peer.channel.cache.clear()
-                self.counters["subscribes"] += 1
-            self.outbox.append((ident, [p.H_OK, cmd.channel, cmd.ref]))
+            self._subscribe(peer, cmd)
         elif isinstance(cmd, p.Unsubscribe):
-            pattern = cmd.pattern.decode("utf-8")
-            if pattern in peer.patterns:
-                peer.patterns.discard(pattern)
-                peer.channel.trie.remove(pattern, ident)
-                peer.channel.cache.clear()
-                self.counters["unsubscribes"] += 1
+            for sid in p.split_sids(cmd.sids):
+                sub = peer.subs.pop(sid, None)
+                if sub is not None:
+                    peer.channel.remove(peer, sid, *sub)
+                    self.counters["unsubscribes"] += 1
             self.outbox.append((ident, [p.H_OK, cmd.channel, cmd.ref]))
         elif isinstance(cmd, p.Disconnect):
             self.drop_peer(ident)
             self.outbox.append((ident, [p.H_OK, cmd.channel, cmd.ref]))
         else:
-            # Publish and Ack never reach here; any other parsed command is a reply type.
+            # PUBLISH, REQUEST, ACK and REPLY never reach here; the rest are broker commands.
             raise ProtocolError(ErrorCode.UNKNOWN_COMMAND, "not a client command")
+
+    def _subscribe(self, peer: Peer, cmd: p.Subscribe) -> None:
+        wanted = (cmd.pattern.decode("utf-8"), cmd.queue.decode("utf-8"))
+        current = peer.subs.get(cmd.sid)
+        if current is None:
+            peer.subs[cmd.sid] = wanted
+            peer.channel.add(peer, cmd.sid, *wanted)
+            self.counters["subscribes"] += 1
+        elif current != wanted:
+            raise ProtocolError(
+                ErrorCode.SID_IN_USE, f"sid {cmd.sid.hex()} is open with another pattern or queue"
+            )
+        self.outbox.append((peer.ident, [p.H_OK, cmd.channel, cmd.ref]))
 
     def _hello(self, ident: bytes, cmd: p.Hello) -> None:
         peer = self.peers.get(ident)
@@ -260,7 +399,10 @@ class BrokerState:
             if channel is None:
                 channel = self.channels[cmd.channel] = Channel(cmd.channel)
             channel.peers.add(ident)
-            self.peers[ident] = Peer(ident, channel)
+            self._next_session += 1
+            session = self._next_session.to_bytes(p.SESSION_BYTES, "big")
+            peer = self.peers[ident] = Peer(ident, channel, session)
+            self.sessions[session] = peer
             self.counters["connects"] += 1
         self.outbox.append((ident, [p.H_WELCOME, cmd.channel, self._welcome]))
 
@@ -270,11 +412,10 @@ class BrokerState:
         peer = self.peers.pop(ident, None)
         if peer is None:
             return False
+        self.sessions.pop(peer.session, None)
         channel = peer.channel
-        for pattern in peer.patterns:
-            channel.trie.remove(pattern, ident)
-        if peer.patterns:
-            channel.cache.clear()
+        for sid, (pattern, queue) in peer.subs.items():
+            channel.remove(peer, sid, pattern, queue)
         channel.peers.discard(ident)
         if not channel.peers:
             del self.channels[channel.id]
@@ -302,6 +443,7 @@ class BrokerState:
                     p.Cmd.UNSUBSCRIBE,
                     p.Cmd.PUBLISH,
                     p.Cmd.DISCONNECT,
+                    p.Cmd.REQUEST,
                 )
             ):
                 ref = frames[2]
@@ -316,5 +458,5 @@ class BrokerState:
         return len(self._pending)
 
     def subscription_count(self) -> int:
-        """Number of (peer, pattern) subscriptions over all channels."""
-        return sum(len(peer.patterns) for peer in self.peers.values())
+        """Number of open subscriptions (sids) over all channels."""
+        return sum(len(peer.subs) for peer in self.peers.values())

@@ -13,6 +13,7 @@ import zmq
 from ._endpoints import bind_endpoint
 from ._routing import BrokerState
 from ._version import __version__
+from ._wire import recv_frames, send_routed
 
 __all__ = ["DEFAULT_BIND", "Broker"]
 
@@ -170,7 +171,6 @@ class Broker:
         state = self._state
         handle = state.handle
         outbox = state.outbox
-        recv = router.recv_multipart
         lock = self._lock
         try:
             while True:
@@ -180,7 +180,7 @@ class Broker:
                 with lock:
                     for _ in range(_BATCH):
                         try:
-                            frames = recv(_NOBLOCK)
+                            frames = recv_frames(router)
                         except zmq.Again:
                             break
                         handle(frames[0], frames[1:])
@@ -196,11 +196,10 @@ class Broker:
             self._stopped.set()
 
     def _flush(self, router: zmq.Socket[bytes], outbox: list[tuple[bytes, list[bytes]]]) -> None:
-        send = router.send_multipart
         counters = self._state.counters
         for ident, frames in outbox:
             try:
-                send([ident, *frames], _NOBLOCK)
+                send_routed(router, ident, frames)
             except zmq.Again:
                 # The peer's queue is full: drop for it alone, never block the others.
                 counters["dropped_hwm"] += 1

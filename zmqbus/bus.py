@@ -17,6 +17,7 @@ from typing import Any, TypeVar
 
 import zmq
 
+from . import _validate
 from . import protocol as p
 from ._client import DELIVERED, DROPPED, PENDING, ClientCore
 from ._endpoints import connect_endpoint
@@ -31,10 +32,10 @@ from .errors import (
     SubscriptionClosed,
     ZmqbusError,
 )
-from .message import Message, PublishResult
+from .message import Message, PublishResult, answer_after_handler, error_text
 from .topics import validate_pattern, validate_topic
 
-__all__ = ["Bus", "Handler", "Subscription"]
+__all__ = ["Bus", "Handler", "Subscription", "parse_channel"]
 
 log = logging.getLogger("zmqbus.bus")
 
@@ -61,25 +62,6 @@ def parse_channel(channel_id: object) -> uuid.UUID:
     )
 
 
-def _check_timeout(timeout: object, name: str = "timeout") -> float:
-    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)):
-        raise TypeError(f"{name} must be a number of seconds")
-    if not timeout > 0:
-        raise ValueError(f"{name} must be positive, got {timeout!r}")
-    return float(timeout)
-
-
-def _check_headers(headers: object) -> Mapping[str, str]:
-    if headers is None:
-        return {}
-    if not isinstance(headers, Mapping):
-        raise TypeError(f"headers must be a mapping of str to str, not {type(headers).__name__}")
-    for k, v in headers.items():
-        if not isinstance(k, str) or not isinstance(v, str):
-            raise TypeError(f"headers must map str to str; got {k!r}: {v!r}")
-    return headers
-
-
 T = TypeVar("T")
 
 
@@ -94,10 +76,6 @@ def _wait(fut: Future[T], timeout: float, on_timeout: Callable[[], ZmqbusError])
         raise on_timeout() from None
 
 
-def _error_text(exc: BaseException) -> str:
-    return f"{type(exc).__name__}: {exc}"
-
-
 class Subscription:
     """A subscription of one ``Bus``: a bounded buffer of messages, or a handler.
 
@@ -108,9 +86,12 @@ class Subscription:
     own thread, one message at a time, in publish order.
     """
 
-    def __init__(self, bus: Bus, pattern: str, maxsize: int, handler: Handler | None) -> None:
+    def __init__(
+        self, bus: Bus, pattern: str, maxsize: int, handler: Handler | None, queue: str = ""
+    ) -> None:
         self._bus = bus
         self._pattern = pattern
+        self._queue = queue
         self._maxsize = maxsize
         self._handler = handler
         self._buf: deque[tuple[Message, int | None]] = deque()
@@ -130,6 +111,11 @@ class Subscription:
     def pattern(self) -> str:
         """The subscribed topic pattern."""
         return self._pattern
+
+    @property
+    def queue(self) -> str | None:
+        """The queue group this subscription belongs to, or None."""
+        return self._queue or None
 
     @property
     def handler(self) -> Handler | None:
@@ -229,16 +215,19 @@ class Subscription:
                     return
                 msg, ack_id = buf.popleft()
             error: str | None = None
+            result: Any = None
             try:
-                handler(msg)
+                result = handler(msg)
             except Exception as exc:
-                error = _error_text(exc)
-                if ack_id is None:
+                error = error_text(exc)
+                if ack_id is None and not msg.is_request:
                     log.warning(
                         "handler for %r raised on %r", self._pattern, msg.topic, exc_info=True
                     )
             if ack_id is not None:
                 self._bus._handler_done(ack_id, error)
+            else:
+                answer_after_handler(msg, result, error)
 
     def _stop(self) -> None:
         # Bus is closing: discard the backlog, let a running handler finish.
@@ -277,8 +266,8 @@ class Bus:
     ) -> None:
         self._channel = parse_channel(channel_id)
         self._endpoint = connect_endpoint(address)
-        connect_timeout = _check_timeout(connect_timeout, "connect_timeout")
-        self._close_timeout = _check_timeout(close_timeout, "close_timeout")
+        connect_timeout = _validate.timeout(connect_timeout, "connect_timeout")
+        self._close_timeout = _validate.timeout(close_timeout, "close_timeout")
         self._ctx = context if context is not None else zmq.Context.instance()
         self._core = ClientCore(self._channel.bytes, client_name=f"zmqbus-py/{__version__}")
         self._closed = False
@@ -286,6 +275,7 @@ class Bus:
         self._subs_lock = threading.Lock()
         self._subs: list[Subscription] = []
         self._topics: dict[str, bytes] = {}
+        self._core.send_reply = self._send_reply
         self._io = IOThread(self._ctx, self._endpoint, self._core, hwm=hwm)
         fut: Future[dict[str, Any]] = Future()
         now = time.monotonic()
@@ -348,19 +338,11 @@ class Bus:
         """
         if self._closed:
             raise BusClosed("bus is closed")
-        topic_b = self._topics.get(topic)
-        if topic_b is None:
-            topic_b = validate_topic(topic).encode()
-            if len(self._topics) < 4096:
-                self._topics[topic] = topic_b
-        if type(payload) is not bytes:
-            if isinstance(payload, (bytearray, memoryview)):
-                payload = bytes(payload)
-            else:
-                raise TypeError(f"payload must be bytes-like, not {type(payload).__name__}")
-        hdrs = _check_headers(headers)
-        timeout = _check_timeout(timeout)
-        body = p.pack_message(uuid.uuid4().bytes, time.time_ns(), hdrs, payload)
+        topic_b = self._topic_bytes(topic)
+        data = _validate.payload(payload)
+        hdrs = _validate.headers(headers)
+        timeout = _validate.timeout(timeout)
+        body = p.pack_message(uuid.uuid4().bytes, time.time_ns(), hdrs, data)
         if len(body) > self._max_size:
             raise MessageTooLarge(len(body), self._max_size)
         if not confirm:
@@ -372,6 +354,51 @@ class Bus:
         )
         return _wait(fut, timeout, lambda: PublishTimeout(timeout, PublishResult(), None))
 
+    # --- request ------------------------------------------------------------
+
+    def request(
+        self,
+        topic: str,
+        payload: bytes | bytearray | memoryview,
+        headers: Mapping[str, str] | None = None,
+        *,
+        timeout: float = 5.0,
+    ) -> Message:
+        """Send a request to the subscribers of ``topic``; return the first reply.
+
+        Every matching subscription receives it (one member per queue group).
+        Raises ``NoResponders`` at once if none matches, ``HandlerError`` if the
+        first answer is a responder's failure, ``RequestTimeout`` (a
+        ``TimeoutError``) if no answer comes within ``timeout``.
+        """
+        if self._closed:
+            raise BusClosed("bus is closed")
+        topic_b = self._topic_bytes(topic)
+        data = _validate.payload(payload)
+        hdrs = _validate.headers(headers)
+        timeout = _validate.timeout(timeout)
+        body = p.pack_message(uuid.uuid4().bytes, time.time_ns(), hdrs, data)
+        if len(body) > self._max_size:
+            raise MessageTooLarge(len(body), self._max_size)
+        fut: Future[Message] = Future()
+        self._io.submit(
+            partial(self._core.request, topic_b, body, fut, time.monotonic() + timeout, timeout)
+        )
+        return _wait(fut, timeout, lambda: RequestTimeout(f"no reply within {timeout:g}s"))
+
+    def _topic_bytes(self, topic: str) -> bytes:
+        topic_b = self._topics.get(topic)
+        if topic_b is None:
+            topic_b = validate_topic(topic).encode()
+            if len(self._topics) < 4096:
+                self._topics[topic] = topic_b
+        return topic_b
+
+    def _send_reply(self, token: bytes, body: bytes) -> None:
+        if len(body) > self._max_size:
+            raise MessageTooLarge(len(body), self._max_size)
+        self._io.submit([p.H_REPLY, self._channel.bytes, token, body])
+
     # --- subscribe ----------------------------------------------------------
 
     def subscribe(
@@ -380,34 +407,40 @@ class Bus:
         handler: Handler | None = None,
         maxsize: int = 100,
         *,
+        queue: str | None = None,
         timeout: float = 5.0,
     ) -> Subscription:
         """Subscribe to topics matching ``pattern``; returns once the broker holds it.
 
         Without ``handler``, read the returned subscription with ``get()`` or by
         iterating. With ``handler``, it is called with each ``Message`` on the
-        subscription's own thread; a raise is reported to a confirming publisher.
+        subscription's own thread; a raise is reported to a confirming publisher
+        (or, for a request, to the requester), and bytes returned for a request
+        are its reply. With ``queue``, the subscription joins that queue group:
+        each message goes to one member of the group, not to all.
         """
         if self._closed:
             raise BusClosed("bus is closed")
         validate_pattern(pattern)
         if handler is not None and not callable(handler):
             raise TypeError("handler must be callable")
-        if isinstance(maxsize, bool) or not isinstance(maxsize, int) or maxsize < 1:
-            raise ValueError("maxsize must be a positive int")
-        timeout = _check_timeout(timeout)
-        sub = Subscription(self, pattern, maxsize, handler)
+        maxsize = _validate.maxsize(maxsize)
+        group = _validate.queue(queue)
+        timeout = _validate.timeout(timeout)
+        sub = Subscription(self, pattern, maxsize, handler, group)
         fut: Future[None] = Future()
+        deadline = time.monotonic() + timeout
         try:
-            self._io.submit(
-                partial(self._core.subscribe, sub, fut, time.monotonic() + timeout, timeout)
-            )
+            self._io.submit(partial(self._core.subscribe, sub, fut, deadline, timeout, group))
             _wait(
                 fut, timeout, lambda: RequestTimeout(f"subscribe not confirmed within {timeout:g}s")
             )
         except BaseException:
             sub._stop()
             sub._join(0.1)
+            # Take back the sid so a late OK cannot leave a subscription behind.
+            with contextlib.suppress(BusClosed):
+                self._io.submit(partial(self._core.remove, sub, Future(), deadline, timeout))
             raise
         with self._subs_lock:
             self._subs.append(sub)
@@ -419,7 +452,7 @@ class Bus:
         if self._closed:
             raise BusClosed("bus is closed")
         validate_pattern(pattern)
-        timeout = _check_timeout(timeout)
+        timeout = _validate.timeout(timeout)
         fut: Future[int] = Future()
         self._io.submit(
             partial(self._core.unsubscribe, pattern, fut, time.monotonic() + timeout, timeout)
@@ -434,7 +467,7 @@ class Bus:
     def _remove(self, sub: Subscription, timeout: float) -> None:
         if self._closed:
             return
-        timeout = _check_timeout(timeout)
+        timeout = _validate.timeout(timeout)
         fut: Future[None] = Future()
         try:
             self._io.submit(

@@ -12,6 +12,7 @@ __all__ = [
     "ConnectTimeout",
     "HandlerError",
     "MessageTooLarge",
+    "NoResponders",
     "ProtocolError",
     "PublishTimeout",
     "RequestTimeout",
@@ -38,7 +39,12 @@ class ConnectTimeout(ZmqbusError, ConnectionError):
 
 
 class RequestTimeout(ZmqbusError, TimeoutError):
-    """The broker did not confirm a subscribe, unsubscribe or disconnect in time."""
+    """No answer in time: no reply to a request, or the broker did not confirm
+    a subscribe or unsubscribe."""
+
+
+class NoResponders(ZmqbusError):
+    """A request reached no subscription at all (known at once, not a timeout)."""
 
 
 class MessageTooLarge(ZmqbusError, ValueError):

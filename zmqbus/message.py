@@ -2,20 +2,66 @@
 
 from __future__ import annotations
 
+import logging
+import threading
+import time
 import uuid
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
-__all__ = ["Message", "PublishResult"]
+from . import _validate
+from .errors import ZmqbusError
+from .protocol import pack_reply
+
+__all__ = ["Message", "PublishResult", "ReplyContext"]
+
+log = logging.getLogger("zmqbus.message")
 
 
-@dataclass(frozen=True, slots=True)
+class ReplyContext:
+    """Where the answer to one request goes: the broker's reply token and the
+    face's way of sending a REPLY body. Used once; thread-safe."""
+
+    __slots__ = ("_lock", "_send", "_token", "_used")
+
+    def __init__(self, token: bytes, send: Callable[[bytes, bytes], None]) -> None:
+        self._token = token
+        self._send = send
+        self._used = False
+        self._lock = threading.Lock()
+
+    @property
+    def used(self) -> bool:
+        """True once a reply (or an error) was sent."""
+        return self._used
+
+    def send(
+        self,
+        payload: bytes | bytearray | memoryview,
+        headers: Mapping[str, str] | None = None,
+        error: str | None = None,
+    ) -> None:
+        """Send the reply (or, with ``error``, a failure the requester raises)."""
+        data = _validate.payload(payload)
+        hdrs = _validate.headers(headers)
+        body = pack_reply(uuid.uuid4().bytes, time.time_ns(), hdrs, data, error)
+        with self._lock:
+            if self._used:
+                raise ZmqbusError("this request was already answered")
+            # Marked used only once sent: a refused send (e.g. too large) may be retried.
+            self._send(self._token, body)
+            self._used = True
+
+
+@dataclass(frozen=True)
 class Message:
     """One published message as a subscriber sees it.
 
     ``timestamp`` is the publisher's clock at publish time, timezone-aware UTC.
     The ``headers`` dict is shared by every subscription of one bus that
-    received the message: treat it as read-only.
+    received the message: treat it as read-only. A message that arrived as a
+    request can be answered once with ``respond()``.
     """
 
     id: uuid.UUID
@@ -23,6 +69,57 @@ class Message:
     payload: bytes
     headers: dict[str, str] = field(default_factory=dict)
     timestamp: datetime = field(default_factory=lambda: datetime.now(UTC))
+
+    @property
+    def is_request(self) -> bool:
+        """True if the sender waits for a reply (see ``respond``)."""
+        return getattr(self, "_reply", None) is not None
+
+    def respond(
+        self, payload: bytes | bytearray | memoryview, headers: Mapping[str, str] | None = None
+    ) -> None:
+        """Answer a request. Raises ``ZmqbusError`` if this message is not a
+        request or was already answered; ``TypeError`` for a bad payload or headers."""
+        reply: ReplyContext | None = getattr(self, "_reply", None)
+        if reply is None:
+            raise ZmqbusError("this message is not a request: nothing to respond to")
+        reply.send(payload, headers)
+
+
+def attach_reply(message: Message, reply: ReplyContext) -> None:
+    """Make ``message`` answerable; kept outside the dataclass fields, so it
+    takes no part in equality or repr."""
+    object.__setattr__(message, "_reply", reply)
+
+
+def reply_of(message: Message) -> ReplyContext | None:
+    """The reply context of a request message, or None."""
+    return getattr(message, "_reply", None)
+
+
+def error_text(exc: BaseException) -> str:
+    """How a handler's exception is reported to a publisher or requester."""
+    return f"{type(exc).__name__}: {exc}"
+
+
+def answer_after_handler(msg: Message, result: object, error: str | None) -> None:
+    """After a handler ran on a request: a raise answers with the error, bytes
+    with a reply, None with nothing (unless the handler responded itself).
+    Shared by both faces so that handlers mean the same thing on each."""
+    reply = reply_of(msg)
+    if reply is None or reply.used:
+        return
+    if error is None and result is None:
+        return
+    if error is None and not isinstance(result, (bytes, bytearray, memoryview)):
+        error = f"TypeError: handler returned {type(result).__name__}, not bytes or None"
+    try:
+        if error is not None:
+            reply.send(b"", None, error)
+        else:
+            reply.send(result)  # type: ignore[arg-type]
+    except ZmqbusError as exc:  # the bus closed, or the handler answered meanwhile
+        log.debug("could not answer request on %r: %s", msg.topic, exc)
 
 
 @dataclass(frozen=True, slots=True)

@@ -32,6 +32,8 @@ __all__ = [
     "Ack",
     "AckResult",
     "Acked",
+    "Answer",
+    "Ask",
     "BrokerCommand",
     "ClientCommand",
     "Command",
@@ -43,6 +45,8 @@ __all__ = [
     "MessageBody",
     "Ok",
     "Publish",
+    "Reply",
+    "Request",
     "Routed",
     "Subscribe",
     "Unsubscribe",
@@ -52,12 +56,14 @@ __all__ = [
     "pack_ack",
     "pack_hello",
     "pack_message",
+    "pack_reply",
     "pack_welcome",
     "parse_broker",
     "parse_client",
     "unpack_ack",
     "unpack_hello",
     "unpack_message",
+    "unpack_reply",
     "unpack_welcome",
 ]
 
@@ -65,6 +71,11 @@ SIGNATURE = b"ZB"
 VERSION = 1
 CHANNEL_BYTES = 16
 MAX_REF_BYTES = 32
+SID_BYTES = 4
+MAX_QUEUE_BYTES = 64
+# A reply token is the broker's 8-byte session number followed by the requester's ref.
+SESSION_BYTES = 8
+MAX_REQUEST_REF_BYTES = MAX_REF_BYTES - SESSION_BYTES
 
 
 class Cmd(IntEnum):
@@ -76,11 +87,15 @@ class Cmd(IntEnum):
     PUBLISH = 0x04
     ACK = 0x05
     DISCONNECT = 0x06
+    REQUEST = 0x07
+    REPLY = 0x08
     WELCOME = 0x81
     OK = 0x82
     DELIVER = 0x83
     ROUTED = 0x84
     ACKED = 0x85
+    ASK = 0x86
+    ANSWER = 0x87
     ERROR = 0x8F
 
 
@@ -92,6 +107,7 @@ class ErrorCode(IntEnum):
     UNKNOWN_COMMAND = 405  # the command byte is not one this side accepts
     BAD_TOPIC = 406  # a topic or pattern that breaks the topic rules
     CHANNEL_MISMATCH = 409  # channel frame differs from the channel joined by HELLO
+    SID_IN_USE = 412  # SUBSCRIBE reuses an open sid with another pattern or queue
     TOO_LARGE = 413  # the message exceeds the broker's max_message_size
     BAD_BODY = 422  # a msgpack body the receiver must decode is invalid
     INTERNAL = 500  # the broker failed; the request may be retried
@@ -109,6 +125,10 @@ H_UNSUBSCRIBE = header(Cmd.UNSUBSCRIBE)
 H_PUBLISH = header(Cmd.PUBLISH)
 H_ACK = header(Cmd.ACK)
 H_DISCONNECT = header(Cmd.DISCONNECT)
+H_REQUEST = header(Cmd.REQUEST)
+H_REPLY = header(Cmd.REPLY)
+H_ASK = header(Cmd.ASK)
+H_ANSWER = header(Cmd.ANSWER)
 H_WELCOME = header(Cmd.WELCOME)
 H_OK = header(Cmd.OK)
 H_DELIVER = header(Cmd.DELIVER)
@@ -132,20 +152,24 @@ class Hello:
 
 @dataclass(frozen=True, slots=True)
 class Subscribe:
-    """Client asks for messages whose topic matches ``pattern``; answered by OK."""
+    """Client opens subscription ``sid`` (4 bytes, chosen by the client) for
+    topics matching ``pattern``; a non-empty ``queue`` joins the queue group of
+    that name and pattern. Answered by OK."""
 
     channel: bytes
     ref: bytes
+    sid: bytes
     pattern: bytes
+    queue: bytes
 
 
 @dataclass(frozen=True, slots=True)
 class Unsubscribe:
-    """Client drops its subscription to ``pattern``; answered by OK."""
+    """Client closes the subscriptions in ``sids`` (4 bytes each); answered by OK."""
 
     channel: bytes
     ref: bytes
-    pattern: bytes
+    sids: bytes
 
 
 @dataclass(frozen=True, slots=True)
@@ -155,6 +179,26 @@ class Publish:
     channel: bytes
     ref: bytes
     topic: bytes
+    body: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Request:
+    """Client asks the subscribers of ``topic`` for a reply; ``ref`` is required.
+    Answered by ROUTED (how many subscribers were asked), then ANSWERs."""
+
+    channel: bytes
+    ref: bytes
+    topic: bytes
+    body: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Reply:
+    """Subscriber answers an ASK that carried ``token``; body from ``pack_reply``."""
+
+    channel: bytes
+    token: bytes
     body: bytes
 
 
@@ -197,11 +241,34 @@ class Ok:
 
 @dataclass(frozen=True, slots=True)
 class Deliver:
-    """Broker hands a message to a subscriber. Non-empty ``token`` asks for an ACK."""
+    """Broker hands a message to a subscriber for the subscriptions in ``sids``
+    (4 bytes each). Non-empty ``token`` asks for one ACK covering them all."""
 
     channel: bytes
     token: bytes
     topic: bytes
+    body: bytes
+    sids: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Ask:
+    """Broker hands a request to a subscriber for the subscriptions in ``sids``;
+    a REPLY must carry ``token``."""
+
+    channel: bytes
+    token: bytes
+    topic: bytes
+    body: bytes
+    sids: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Answer:
+    """Broker forwards one REPLY body to the requester of ``ref``."""
+
+    channel: bytes
+    ref: bytes
     body: bytes
 
 
@@ -233,8 +300,10 @@ class Error:
     text: str
 
 
-ClientCommand: TypeAlias = Hello | Subscribe | Unsubscribe | Publish | Ack | Disconnect
-BrokerCommand: TypeAlias = Welcome | Ok | Deliver | Routed | Acked | Error
+ClientCommand: TypeAlias = (
+    Hello | Subscribe | Unsubscribe | Publish | Ack | Disconnect | Request | Reply
+)
+BrokerCommand: TypeAlias = Welcome | Ok | Deliver | Routed | Acked | Ask | Answer | Error
 Command: TypeAlias = ClientCommand | BrokerCommand
 
 
@@ -244,18 +313,26 @@ def encode(cmd: Command) -> list[bytes]:
     match cmd:
         case Publish(channel, ref, topic, body):
             return [H_PUBLISH, channel, ref, topic, body]
-        case Deliver(channel, token, topic, body):
-            return [H_DELIVER, channel, token, topic, body]
+        case Deliver(channel, token, topic, body, sids):
+            return [H_DELIVER, channel, token, topic, body, sids]
+        case Request(channel, ref, topic, body):
+            return [H_REQUEST, channel, ref, topic, body]
+        case Reply(channel, token, body):
+            return [H_REPLY, channel, token, body]
+        case Ask(channel, token, topic, body, sids):
+            return [H_ASK, channel, token, topic, body, sids]
+        case Answer(channel, ref, body):
+            return [H_ANSWER, channel, ref, body]
         case Ack(channel, token, body):
             return [H_ACK, channel, token, body]
         case Acked(channel, ref, body):
             return [H_ACKED, channel, ref, body]
         case Routed(channel, ref, count):
             return [H_ROUTED, channel, ref, count.to_bytes(4, "big")]
-        case Subscribe(channel, ref, pattern):
-            return [H_SUBSCRIBE, channel, ref, pattern]
-        case Unsubscribe(channel, ref, pattern):
-            return [H_UNSUBSCRIBE, channel, ref, pattern]
+        case Subscribe(channel, ref, sid, pattern, queue):
+            return [H_SUBSCRIBE, channel, ref, sid, pattern, queue]
+        case Unsubscribe(channel, ref, sids):
+            return [H_UNSUBSCRIBE, channel, ref, sids]
         case Ok(channel, ref):
             return [H_OK, channel, ref]
         case Hello(channel, body):
@@ -274,18 +351,22 @@ def encode(cmd: Command) -> list[bytes]:
 # Frame counts including the header frame.
 _CLIENT_FRAMES = {
     Cmd.HELLO: 3,
-    Cmd.SUBSCRIBE: 4,
+    Cmd.SUBSCRIBE: 6,
     Cmd.UNSUBSCRIBE: 4,
     Cmd.PUBLISH: 5,
     Cmd.ACK: 4,
     Cmd.DISCONNECT: 3,
+    Cmd.REQUEST: 5,
+    Cmd.REPLY: 4,
 }
 _BROKER_FRAMES = {
     Cmd.WELCOME: 3,
     Cmd.OK: 3,
-    Cmd.DELIVER: 5,
+    Cmd.DELIVER: 6,
     Cmd.ROUTED: 4,
     Cmd.ACKED: 4,
+    Cmd.ASK: 6,
+    Cmd.ANSWER: 4,
     Cmd.ERROR: 5,
 }
 
@@ -322,10 +403,46 @@ def check_channel(frame: bytes) -> None:
         )
 
 
+def check_request_ref(frame: bytes) -> None:
+    """Raise BAD_FRAMES unless a REQUEST ref is 1 to MAX_REQUEST_REF_BYTES long
+    (the broker prefixes it with its session number to make the reply token)."""
+    if not frame or len(frame) > MAX_REQUEST_REF_BYTES:
+        raise ProtocolError(
+            ErrorCode.BAD_FRAMES, f"REQUEST ref must be 1 to {MAX_REQUEST_REF_BYTES} bytes"
+        )
+
+
 def check_ref(frame: bytes, name: str = "ref") -> None:
     """Raise BAD_FRAMES unless ``frame`` is at most MAX_REF_BYTES long."""
     if len(frame) > MAX_REF_BYTES:
         raise ProtocolError(ErrorCode.BAD_FRAMES, f"{name} frame longer than {MAX_REF_BYTES} bytes")
+
+
+def check_sids(frame: bytes, *, allow_empty: bool = False) -> None:
+    """Raise BAD_FRAMES unless ``frame`` is a whole number of 4-byte sids
+    (at least one, unless ``allow_empty``)."""
+    if len(frame) % SID_BYTES or (not frame and not allow_empty):
+        raise ProtocolError(
+            ErrorCode.BAD_FRAMES, f"sids frame must be a non-empty multiple of {SID_BYTES} bytes"
+        )
+
+
+def split_sids(frame: bytes) -> list[bytes]:
+    """The 4-byte sids packed in ``frame``."""
+    return [frame[i : i + SID_BYTES] for i in range(0, len(frame), SID_BYTES)]
+
+
+def check_queue(frame: bytes) -> None:
+    """Raise BAD_TOPIC unless ``frame`` is empty or a valid queue group name:
+    1 to 64 bytes of UTF-8 following the token rules of a topic (dots allowed)."""
+    if not frame:
+        return
+    if len(frame) > MAX_QUEUE_BYTES:
+        raise ProtocolError(ErrorCode.BAD_TOPIC, f"queue name longer than {MAX_QUEUE_BYTES} bytes")
+    try:
+        validate_topic(frame.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise ProtocolError(ErrorCode.BAD_TOPIC, f"bad queue name: {exc}") from None
 
 
 def decode_name(frame: bytes, kind: str) -> str:
@@ -359,16 +476,33 @@ def parse_client(frames: Sequence[bytes]) -> ClientCommand:
         check_ref(frames[2])
         decode_name(frames[3], "topic")
         return Publish(channel, frames[2], frames[3], frames[4])
+    if cmd == Cmd.REQUEST:
+        check_request_ref(frames[2])
+        decode_name(frames[3], "topic")
+        return Request(channel, frames[2], frames[3], frames[4])
     if cmd == Cmd.ACK:
         check_ref(frames[2], "token")
         if not frames[2]:
             raise ProtocolError(ErrorCode.BAD_FRAMES, "ACK needs a non-empty token")
         return Ack(channel, frames[2], frames[3])
-    if cmd in (Cmd.SUBSCRIBE, Cmd.UNSUBSCRIBE):
+    if cmd == Cmd.REPLY:
+        if not SESSION_BYTES < len(frames[2]) <= MAX_REF_BYTES:
+            raise ProtocolError(
+                ErrorCode.BAD_FRAMES,
+                f"REPLY token must be {SESSION_BYTES + 1} to {MAX_REF_BYTES} bytes",
+            )
+        return Reply(channel, frames[2], frames[3])
+    if cmd == Cmd.SUBSCRIBE:
         check_ref(frames[2])
-        decode_name(frames[3], "pattern")
-        klass = Subscribe if cmd == Cmd.SUBSCRIBE else Unsubscribe
-        return klass(channel, frames[2], frames[3])
+        if len(frames[3]) != SID_BYTES:
+            raise ProtocolError(ErrorCode.BAD_FRAMES, f"sid frame must be {SID_BYTES} bytes")
+        decode_name(frames[4], "pattern")
+        check_queue(frames[5])
+        return Subscribe(channel, frames[2], frames[3], frames[4], frames[5])
+    if cmd == Cmd.UNSUBSCRIBE:
+        check_ref(frames[2])
+        check_sids(frames[3])
+        return Unsubscribe(channel, frames[2], frames[3])
     if cmd == Cmd.HELLO:
         unpack_hello(frames[2])
         return Hello(channel, frames[2])
@@ -395,13 +529,19 @@ def parse_broker(frames: Sequence[bytes]) -> BrokerCommand:
             raise ProtocolError(ErrorCode.BAD_FRAMES, "ERROR text is not UTF-8") from None
         return Error(channel, frames[2], int.from_bytes(frames[3], "big"), text)
     check_channel(channel)
-    if cmd == Cmd.DELIVER:
+    if cmd in (Cmd.DELIVER, Cmd.ASK):
         check_ref(frames[2], "token")
         decode_name(frames[3], "topic")
-        return Deliver(channel, frames[2], frames[3], frames[4])
-    if cmd == Cmd.ACKED:
+        check_sids(frames[5])
+        if cmd == Cmd.ASK:
+            if not frames[2]:
+                raise ProtocolError(ErrorCode.BAD_FRAMES, "ASK needs a non-empty token")
+            return Ask(channel, frames[2], frames[3], frames[4], frames[5])
+        return Deliver(channel, frames[2], frames[3], frames[4], frames[5])
+    if cmd in (Cmd.ACKED, Cmd.ANSWER):
         check_ref(frames[2])
-        return Acked(channel, frames[2], frames[3])
+        klass = Acked if cmd == Cmd.ACKED else Answer
+        return klass(channel, frames[2], frames[3])
     if cmd == Cmd.ROUTED:
         check_ref(frames[2])
         if len(frames[3]) != 4:
@@ -456,7 +596,10 @@ def _unpack(body: bytes, what: str) -> Any:
 def unpack_message(body: bytes) -> MessageBody:
     """Decode and validate a PUBLISH/DELIVER body. Extra trailing array
     elements are ignored, so later versions may append fields."""
-    obj = _unpack(body, "message")
+    return _message_fields(_unpack(body, "message"))
+
+
+def _message_fields(obj: Any) -> MessageBody:
     if not isinstance(obj, list) or len(obj) < 4:
         raise ProtocolError(ErrorCode.BAD_BODY, "message body must be an array of at least 4")
     msg_id, ts, headers, payload = obj[0], obj[1], obj[2], obj[3]
@@ -471,6 +614,28 @@ def unpack_message(body: bytes) -> MessageBody:
     if not isinstance(payload, bytes):
         raise ProtocolError(ErrorCode.BAD_BODY, "message payload must be bin")
     return MessageBody(uuid.UUID(bytes=msg_id), ts, headers, payload)
+
+
+def pack_reply(
+    msg_id: bytes,
+    ts_ns: int,
+    headers: Mapping[str, str],
+    payload: bytes,
+    error: str | None = None,
+) -> bytes:
+    """Body of REPLY/ANSWER: the message body array with a fifth element,
+    nil for a reply or the error text of a responder that failed."""
+    return _packb([msg_id, msgpack.Timestamp.from_unix_nano(ts_ns), headers, payload, error])
+
+
+def unpack_reply(body: bytes) -> tuple[MessageBody, str | None]:
+    """Decode and validate a REPLY/ANSWER body: (message fields, error text or None)."""
+    obj = _unpack(body, "reply")
+    msg = _message_fields(obj)
+    error = obj[4] if len(obj) > 4 else None
+    if error is not None and not isinstance(error, str):
+        raise ProtocolError(ErrorCode.BAD_BODY, "reply error must be nil or str")
+    return msg, error
 
 
 @dataclass(frozen=True, slots=True)

@@ -36,21 +36,32 @@ CMD = {
     "PUBLISH": 0x04,
     "ACK": 0x05,
     "DISCONNECT": 0x06,
+    "REQUEST": 0x07,
+    "REPLY": 0x08,
     "WELCOME": 0x81,
     "OK": 0x82,
     "DELIVER": 0x83,
     "ROUTED": 0x84,
     "ACKED": 0x85,
+    "ASK": 0x86,
+    "ANSWER": 0x87,
     "ERROR": 0x8F,
 }
 # Commands whose frame 2 is a ref that an ERROR reply echoes.
-REF_COMMANDS = {CMD["SUBSCRIBE"], CMD["UNSUBSCRIBE"], CMD["PUBLISH"], CMD["DISCONNECT"]}
+REF_COMMANDS = {
+    CMD["SUBSCRIBE"],
+    CMD["UNSUBSCRIBE"],
+    CMD["PUBLISH"],
+    CMD["DISCONNECT"],
+    CMD["REQUEST"],
+}
 
 BAD_FRAMES = 400
 NOT_JOINED = 403
 UNKNOWN_COMMAND = 405
 BAD_TOPIC = 406
 CHANNEL_MISMATCH = 409
+SID_IN_USE = 412
 TOO_LARGE = 413
 BAD_BODY = 422
 INTERNAL = 500
@@ -82,6 +93,23 @@ SMALL_MAX = 1024
 def ref(n: int) -> bytes:
     """An 8-byte big-endian counter, as the reference client makes refs."""
     return n.to_bytes(8, "big")
+
+
+def sid(*ns: int) -> bytes:
+    """Subscription IDs packed into one frame: 4 bytes big-endian each, as the
+    reference client numbers them (1, 2, ...)."""
+    return b"".join(n.to_bytes(4, "big") for n in ns)
+
+
+def session(n: int) -> bytes:
+    """The reference broker's 8-byte session number of the n-th peer to join."""
+    return n.to_bytes(8, "big")
+
+
+# A reply token: the requester's broker session (the second peer to join)
+# followed by the ref of its REQUEST.
+REQUEST_REF = ref(9)
+REPLY_TOKEN = session(2) + REQUEST_REF
 
 
 def packb(obj: Any) -> bytes:
@@ -133,6 +161,30 @@ def ack_decoded(delivered: int, dropped: int, errors: list[str]) -> dict[str, An
     return {"type": "ack", "delivered": delivered, "dropped": dropped, "errors": errors}
 
 
+def reply_body(
+    msg_id: bytes = MSG_ID,
+    ts_ns: int = TS_NS,
+    headers: dict[str, str] | None = None,
+    payload: bytes = b'{"total":42}',
+    error: str | None = None,
+    extra: tuple[Any, ...] = (),
+) -> bytes:
+    return packb([msg_id, ts(ts_ns), headers or {}, payload, error, *extra])
+
+
+def reply_decoded(
+    msg_id: bytes = MSG_ID,
+    ts_ns: int = TS_NS,
+    headers: dict[str, str] | None = None,
+    payload: bytes = b'{"total":42}',
+    error: str | None = None,
+) -> dict[str, Any]:
+    out = message_decoded(msg_id, ts_ns, headers, payload)
+    out["type"] = "reply"
+    out["error"] = error
+    return out
+
+
 HELLO_MAP = {"client": CLIENT_NAME}
 HELLO_BODY = packb(HELLO_MAP)
 WELCOME_MAP = {"broker": BROKER_NAME, "max_message_size": DEFAULT_MAX}
@@ -141,13 +193,17 @@ BODY = message_body()
 BODY_DECODED = message_decoded()
 HEADERS = {"content-type": "application/json", "trace": "ünïcødé"}
 LEFT_TEXT = "subscribing bus left before confirming"
+REPLY_BODY = reply_body()
+REPLY_DECODED = reply_decoded()
 
 
-def sized_message_body(size: int) -> bytes:
-    """A valid message body of exactly ``size`` bytes (payload padded with b"x")."""
-    n = max(0, size - len(message_body(payload=b"")) - 3)
+def sized_body(size: int, make: Any = None) -> bytes:
+    """A valid message (or, with ``make=reply_body``, reply) body of exactly
+    ``size`` bytes, its payload padded with b"x"."""
+    make = make or message_body
+    n = max(0, size - len(make(payload=b"")) - 3)
     while True:
-        body = message_body(payload=b"x" * n)
+        body: bytes = make(payload=b"x" * n)
         if len(body) == size:
             return body
         if len(body) > size:
@@ -227,28 +283,84 @@ def valid_vectors() -> list[dict[str, Any]]:
             name,
             "client",
             "SUBSCRIBE",
-            [h("SUBSCRIBE"), CHANNEL, ref(n), pattern.encode()],
-            {"channel": ch, "ref": ref(n).hex(), "pattern": pattern},
+            [h("SUBSCRIBE"), CHANNEL, ref(n), sid(n), pattern.encode(), b""],
+            {
+                "channel": ch,
+                "ref": ref(n).hex(),
+                "sid": sid(n).hex(),
+                "pattern": pattern,
+                "queue": "",
+            },
             None,
-            f"Subscribe to {pattern!r}: {what}.",
+            f"Open subscription {n} on {pattern!r} ({what}); an empty queue frame: "
+            "a plain subscription.",
         )
     add(
         "subscribe-empty-ref",
         "client",
         "SUBSCRIBE",
-        [h("SUBSCRIBE"), CHANNEL, b"", b"orders.>"],
-        {"channel": ch, "ref": "", "pattern": "orders.>"},
+        [h("SUBSCRIBE"), CHANNEL, b"", sid(5), b"orders.>", b""],
+        {"channel": ch, "ref": "", "sid": sid(5).hex(), "pattern": "orders.>", "queue": ""},
         None,
         "A ref may be empty (0 bytes); the OK then carries an empty ref.",
     )
     add(
+        "subscribe-sid-any-bytes",
+        "client",
+        "SUBSCRIBE",
+        [h("SUBSCRIBE"), CHANNEL, ref(1), b"\xff\x00\x00\x00", b"orders.>", b""],
+        {"channel": ch, "ref": ref(1).hex(), "sid": "ff000000", "pattern": "orders.>", "queue": ""},
+        None,
+        "A sid is any 4 bytes the client chooses; the broker treats it as opaque.",
+    )
+    for name, n, queue, what in [
+        ("subscribe-queue", 6, "workers", "a one-token queue name"),
+        ("subscribe-queue-dotted", 7, "billing.eu-west", "queue names may have several tokens"),
+        ("subscribe-queue-64-bytes", 8, "q" * 64, "the longest queue name: 64 bytes"),
+        ("subscribe-queue-utf8", 9, "трудяги", "queue names are UTF-8"),
+    ]:
+        add(
+            name,
+            "client",
+            "SUBSCRIBE",
+            [h("SUBSCRIBE"), CHANNEL, ref(n), sid(n), b"orders.>", queue.encode()],
+            {
+                "channel": ch,
+                "ref": ref(n).hex(),
+                "sid": sid(n).hex(),
+                "pattern": "orders.>",
+                "queue": queue,
+            },
+            None,
+            f"Join the queue group ('orders.>', {queue!r}) with subscription {n} ({what}): "
+            "each message goes to one member of the group.",
+        )
+    add(
         "unsubscribe",
         "client",
         "UNSUBSCRIBE",
-        [h("UNSUBSCRIBE"), CHANNEL, ref(5), b"orders.>"],
-        {"channel": ch, "ref": ref(5).hex(), "pattern": "orders.>"},
+        [h("UNSUBSCRIBE"), CHANNEL, ref(5), sid(3)],
+        {"channel": ch, "ref": ref(5).hex(), "sids": sid(3).hex()},
         None,
-        "Drop the subscription to exactly 'orders.>'.",
+        "Close subscription 3.",
+    )
+    add(
+        "unsubscribe-several-sids",
+        "client",
+        "UNSUBSCRIBE",
+        [h("UNSUBSCRIBE"), CHANNEL, ref(5), sid(1, 2, 7)],
+        {"channel": ch, "ref": ref(5).hex(), "sids": sid(1, 2, 7).hex()},
+        None,
+        "Close subscriptions 1, 2 and 7 with one command: sids packed 4 bytes each.",
+    )
+    add(
+        "unsubscribe-empty-ref",
+        "client",
+        "UNSUBSCRIBE",
+        [h("UNSUBSCRIBE"), CHANNEL, b"", sid(99)],
+        {"channel": ch, "ref": "", "sids": sid(99).hex()},
+        None,
+        "An empty ref; a sid that is not open is ignored (the broker answers OK all the same).",
     )
     add(
         "publish-unconfirmed",
@@ -367,6 +479,64 @@ def valid_vectors() -> list[dict[str, Any]]:
         None,
         "DISCONNECT with an empty ref is valid.",
     )
+    add(
+        "request",
+        "client",
+        "REQUEST",
+        [h("REQUEST"), CHANNEL, REQUEST_REF, b"billing.total", BODY],
+        {"channel": ch, "ref": REQUEST_REF.hex(), "topic": "billing.total"},
+        BODY_DECODED,
+        "Ask the subscribers of 'billing.total' for a reply; answered by ROUTED, then ANSWERs.",
+    )
+    for name, r, what in [
+        ("request-ref-1-byte", b"\x01", "the shortest ref: 1 byte"),
+        ("request-ref-24-bytes", bytes(range(1, 25)), "the longest ref: 24 bytes (32 - 8)"),
+    ]:
+        add(
+            name,
+            "client",
+            "REQUEST",
+            [h("REQUEST"), CHANNEL, r, b"billing.total", BODY],
+            {"channel": ch, "ref": r.hex(), "topic": "billing.total"},
+            BODY_DECODED,
+            f"A REQUEST ref must not be empty; {what}.",
+        )
+    add(
+        "reply",
+        "client",
+        "REPLY",
+        [h("REPLY"), CHANNEL, REPLY_TOKEN, REPLY_BODY],
+        {"channel": ch, "token": REPLY_TOKEN.hex()},
+        REPLY_DECODED,
+        "Answer the ASK that carried this token (session 2 + ref 9); error nil: a reply.",
+    )
+    err_body = reply_body(payload=b"", error="ValueError: no such account")
+    add(
+        "reply-error",
+        "client",
+        "REPLY",
+        [h("REPLY"), CHANNEL, REPLY_TOKEN, err_body],
+        {"channel": ch, "token": REPLY_TOKEN.hex()},
+        reply_decoded(payload=b"", error="ValueError: no such account"),
+        "A responder that failed: the error text makes the requester raise.",
+    )
+    for name, token, what in [
+        ("reply-token-9-bytes", session(2) + b"\x01", "the shortest: session + a 1-byte ref"),
+        (
+            "reply-token-32-bytes",
+            session(2) + bytes(range(1, 25)),
+            "the longest: session + a 24-byte ref",
+        ),
+    ]:
+        add(
+            name,
+            "client",
+            "REPLY",
+            [h("REPLY"), CHANNEL, token, REPLY_BODY],
+            {"channel": ch, "token": token.hex()},
+            REPLY_DECODED,
+            f"A reply token is 9 to 32 bytes; {what}.",
+        )
     # -- broker -> client
     add(
         "welcome",
@@ -409,19 +579,76 @@ def valid_vectors() -> list[dict[str, Any]]:
         "deliver-unconfirmed",
         "broker",
         "DELIVER",
-        [h("DELIVER"), CHANNEL, b"", b"orders.eu.created", BODY],
-        {"channel": ch, "token": "", "topic": "orders.eu.created"},
+        [h("DELIVER"), CHANNEL, b"", b"orders.eu.created", BODY, sid(1)],
+        {"channel": ch, "token": "", "topic": "orders.eu.created", "sids": sid(1).hex()},
         BODY_DECODED,
-        "A message from an unconfirmed publish: empty token, must not be ACKed.",
+        "A message from an unconfirmed publish for subscription 1: empty token, must not be ACKed.",
     )
     add(
         "deliver-confirmed",
         "broker",
         "DELIVER",
-        [h("DELIVER"), CHANNEL, TOKEN, b"orders.eu.created", BODY],
-        {"channel": ch, "token": TOKEN.hex(), "topic": "orders.eu.created"},
+        [h("DELIVER"), CHANNEL, TOKEN, b"orders.eu.created", BODY, sid(1)],
+        {"channel": ch, "token": TOKEN.hex(), "topic": "orders.eu.created", "sids": sid(1).hex()},
         BODY_DECODED,
         "A message from a confirmed publish: the subscriber must ACK this token once.",
+    )
+    add(
+        "deliver-several-sids",
+        "broker",
+        "DELIVER",
+        [h("DELIVER"), CHANNEL, TOKEN, b"orders.eu.created", BODY, sid(1, 3, 6)],
+        {
+            "channel": ch,
+            "token": TOKEN.hex(),
+            "topic": "orders.eu.created",
+            "sids": sid(1, 3, 6).hex(),
+        },
+        BODY_DECODED,
+        "One DELIVER for three subscriptions of one peer (here plain 1 and 3, and 6 picked "
+        "from its queue group); one ACK covers them all.",
+    )
+    add(
+        "ask",
+        "broker",
+        "ASK",
+        [h("ASK"), CHANNEL, REPLY_TOKEN, b"billing.total", BODY, sid(4)],
+        {"channel": ch, "token": REPLY_TOKEN.hex(), "topic": "billing.total", "sids": sid(4).hex()},
+        BODY_DECODED,
+        "A request for subscription 4; the token is the requester's session (2) followed by "
+        "the ref of its REQUEST (9). A REPLY must carry it.",
+    )
+    add(
+        "ask-several-sids",
+        "broker",
+        "ASK",
+        [h("ASK"), CHANNEL, REPLY_TOKEN, b"billing.total", BODY, sid(4, 5)],
+        {
+            "channel": ch,
+            "token": REPLY_TOKEN.hex(),
+            "topic": "billing.total",
+            "sids": sid(4, 5).hex(),
+        },
+        BODY_DECODED,
+        "A request for two subscriptions of one peer in one ASK.",
+    )
+    add(
+        "answer",
+        "broker",
+        "ANSWER",
+        [h("ANSWER"), CHANNEL, REQUEST_REF, REPLY_BODY],
+        {"channel": ch, "ref": REQUEST_REF.hex()},
+        REPLY_DECODED,
+        "A responder's REPLY body, forwarded unchanged to the requester of ref 9.",
+    )
+    add(
+        "answer-error",
+        "broker",
+        "ANSWER",
+        [h("ANSWER"), CHANNEL, REQUEST_REF, err_body],
+        {"channel": ch, "ref": REQUEST_REF.hex()},
+        reply_decoded(payload=b"", error="ValueError: no such account"),
+        "A responder's failure, forwarded to the requester, which raises it.",
     )
     for n in (0, 1, 2, 70000):
         add(
@@ -433,6 +660,24 @@ def valid_vectors() -> list[dict[str, Any]]:
             None,
             f"The confirmed publish with ref 6 went to {n} subscribing peer(s).",
         )
+    add(
+        "routed-request-no-responders",
+        "broker",
+        "ROUTED",
+        [h("ROUTED"), CHANNEL, REQUEST_REF, (0).to_bytes(4, "big")],
+        {"channel": ch, "ref": REQUEST_REF.hex(), "count": 0},
+        None,
+        "The REQUEST with ref 9 reached no subscription: no ANSWER will come.",
+    )
+    add(
+        "routed-request",
+        "broker",
+        "ROUTED",
+        [h("ROUTED"), CHANNEL, REQUEST_REF, (2).to_bytes(4, "big")],
+        {"channel": ch, "ref": REQUEST_REF.hex(), "count": 2},
+        None,
+        "The REQUEST with ref 9 was sent as ASK to 2 peers; the first ANSWER wins.",
+    )
     add(
         "acked",
         "broker",
@@ -451,12 +696,23 @@ def valid_vectors() -> list[dict[str, Any]]:
         ack_decoded(0, 0, [LEFT_TEXT]),
         "Synthetic ACKED the broker makes when a subscriber leaves with the token unACKed.",
     )
+    add(
+        "acked-dropped-at-broker",
+        "broker",
+        "ACKED",
+        [h("ACKED"), CHANNEL, ref(6), ack_body(0, 1, [])],
+        {"channel": ch, "ref": ref(6).hex()},
+        ack_decoded(0, 1, []),
+        "Synthetic ACKED the broker makes when it cannot queue a confirmed DELIVER for a "
+        "subscriber (its queue is full or its connection is gone): one drop.",
+    )
     for code, text, with_ref in [
-        (BAD_FRAMES, "SUBSCRIBE takes 4 frames, got 3", True),
+        (BAD_FRAMES, "SUBSCRIBE takes 6 frames, got 3", True),
         (NOT_JOINED, "send HELLO before any other command", True),
         (UNKNOWN_COMMAND, "unknown command 0x7f", False),
         (BAD_TOPIC, "cannot publish to a pattern: 'orders.*'", True),
         (CHANNEL_MISMATCH, "channel frame differs from the channel joined", True),
+        (SID_IN_USE, "sid 00000001 is open with another pattern or queue", True),
         (TOO_LARGE, "message body of 2000 bytes exceeds max_message_size 1024", True),
         (BAD_BODY, "HELLO body must be a map with str keys", False),
         (INTERNAL, "internal error", False),
@@ -538,25 +794,41 @@ def malformed_vectors() -> list[dict[str, Any]]:
 
     C = CHANNEL
     T = b"orders.eu.created"
+    RT = b"billing.total"
     HB = HELLO_BODY
     AB = ack_body(1, 0, [])
+    RB = REPLY_BODY
+    S1 = sid(1)
     c15, c17 = C[:15], C + b"\x00"
     r33 = bytes(range(1, 34))
+
+    def sub(
+        pattern: bytes = b"a", queue: bytes = b"", s: bytes = S1, r: bytes = ref(1)
+    ) -> list[bytes]:
+        return [h("SUBSCRIBE"), C, r, s, pattern, queue]
 
     # -- client, BAD_FRAMES
     client("client-empty-message", [], BAD_FRAMES, "A message with no frames at all.")
     client("header-only", [h("SUBSCRIBE")], BAD_FRAMES, "SUBSCRIBE with only its header frame.")
     counts = [
         ("hello", [h("HELLO"), C], [h("HELLO"), C, HB, b""]),
-        ("subscribe", [h("SUBSCRIBE"), C, ref(1)], [h("SUBSCRIBE"), C, ref(1), b"a", b""]),
-        ("unsubscribe", [h("UNSUBSCRIBE"), C, ref(1)], [h("UNSUBSCRIBE"), C, ref(1), b"a", b""]),
+        ("subscribe", [h("SUBSCRIBE"), C, ref(1), S1, b"a"], [*sub(), b""]),
+        ("unsubscribe", [h("UNSUBSCRIBE"), C, ref(1)], [h("UNSUBSCRIBE"), C, ref(1), S1, b""]),
         ("publish", [h("PUBLISH"), C, b"", T], [h("PUBLISH"), C, b"", T, BODY, b""]),
         ("ack", [h("ACK"), C, TOKEN], [h("ACK"), C, TOKEN, AB, b""]),
         ("disconnect", [h("DISCONNECT"), C], [h("DISCONNECT"), C, ref(1), b""]),
+        ("request", [h("REQUEST"), C, ref(1), RT], [h("REQUEST"), C, ref(1), RT, BODY, b""]),
+        ("reply", [h("REPLY"), C, REPLY_TOKEN], [h("REPLY"), C, REPLY_TOKEN, RB, b""]),
     ]
     for cmd, short, long in counts:
         client(f"{cmd}-too-few-frames", short, BAD_FRAMES, f"{cmd.upper()} missing its last frame.")
         client(f"{cmd}-too-many-frames", long, BAD_FRAMES, f"{cmd.upper()} with an extra frame.")
+    client(
+        "subscribe-without-sid-and-queue",
+        [h("SUBSCRIBE"), C, ref(1), b"orders.>"],
+        BAD_FRAMES,
+        "A SUBSCRIBE of the draft before sids and queue groups: 4 frames instead of 6.",
+    )
     for label, bad in [("15", c15), ("17", c17), ("0", b"")]:
         client(
             f"hello-channel-{label}-bytes",
@@ -566,13 +838,13 @@ def malformed_vectors() -> list[dict[str, Any]]:
         )
     client(
         "subscribe-channel-15-bytes",
-        [h("SUBSCRIBE"), c15, ref(1), b"a"],
+        [h("SUBSCRIBE"), c15, ref(1), S1, b"a", b""],
         BAD_FRAMES,
         "SUBSCRIBE with a 15-byte channel frame.",
     )
     client(
         "unsubscribe-channel-17-bytes",
-        [h("UNSUBSCRIBE"), c17, ref(1), b"a"],
+        [h("UNSUBSCRIBE"), c17, ref(1), S1],
         BAD_FRAMES,
         "UNSUBSCRIBE with a 17-byte channel frame.",
     )
@@ -590,6 +862,20 @@ def malformed_vectors() -> list[dict[str, Any]]:
         joined=True,
     )
     client(
+        "request-channel-15-bytes-joined",
+        [h("REQUEST"), c15, ref(1), RT, BODY],
+        BAD_FRAMES,
+        "REQUEST with a 15-byte channel frame from a joined peer.",
+        joined=True,
+    )
+    client(
+        "reply-channel-17-bytes-joined",
+        [h("REPLY"), c17, REPLY_TOKEN, RB],
+        BAD_FRAMES,
+        "REPLY with a 17-byte channel frame from a joined peer.",
+        joined=True,
+    )
+    client(
         "ack-channel-15-bytes",
         [h("ACK"), c15, TOKEN, AB],
         BAD_FRAMES,
@@ -604,13 +890,13 @@ def malformed_vectors() -> list[dict[str, Any]]:
     )
     client(
         "subscribe-ref-33-bytes",
-        [h("SUBSCRIBE"), C, r33, b"a"],
+        sub(r=r33),
         BAD_FRAMES,
         "SUBSCRIBE whose ref is 33 bytes (at most 32 allowed); the ERROR echoes no ref.",
     )
     client(
         "unsubscribe-ref-33-bytes",
-        [h("UNSUBSCRIBE"), C, r33, b"a"],
+        [h("UNSUBSCRIBE"), C, r33, S1],
         BAD_FRAMES,
         "UNSUBSCRIBE whose ref is 33 bytes.",
     )
@@ -641,6 +927,66 @@ def malformed_vectors() -> list[dict[str, Any]]:
         "ACK with an empty token (tokens are 1 to 32 bytes).",
         joined=True,
     )
+    for label, s, desc in [
+        ("empty", b"", "an empty sid frame"),
+        ("3-bytes", b"\x00\x00\x01", "a 3-byte sid"),
+        ("5-bytes", b"\x00\x00\x00\x00\x01", "a 5-byte sid"),
+        ("8-bytes", sid(1, 2), "two sids where one is expected"),
+    ]:
+        client(
+            f"subscribe-sid-{label}",
+            sub(s=s),
+            BAD_FRAMES,
+            f"SUBSCRIBE with {desc} (a sid is exactly 4 bytes).",
+        )
+    for label, sids, desc in [
+        ("empty", b"", "an empty sids frame (at least one sid)"),
+        ("3-bytes", b"\x00\x00\x01", "a 3-byte sids frame"),
+        ("5-bytes", sid(1) + b"\x02", "a 5-byte sids frame"),
+        ("7-bytes", sid(1) + b"\x00\x00\x02", "a 7-byte sids frame"),
+        ("pattern", b"a.>", "a pattern (the draft before sids), 3 bytes"),
+    ]:
+        client(
+            f"unsubscribe-sids-{label}",
+            [h("UNSUBSCRIBE"), C, ref(1), sids],
+            BAD_FRAMES,
+            f"UNSUBSCRIBE with {desc}: the sids frame is a non-empty multiple of 4 bytes.",
+        )
+    client(
+        "request-ref-empty",
+        [h("REQUEST"), C, b"", RT, BODY],
+        BAD_FRAMES,
+        "REQUEST with an empty ref: a request always needs one (1 to 24 bytes).",
+        joined=True,
+    )
+    client(
+        "request-ref-25-bytes",
+        [h("REQUEST"), C, bytes(range(1, 26)), RT, BODY],
+        BAD_FRAMES,
+        "REQUEST whose ref is 25 bytes (at most 24: the broker prefixes 8 bytes to make the "
+        "reply token); the ERROR echoes the ref, which is not over 32 bytes.",
+        joined=True,
+    )
+    client(
+        "request-ref-33-bytes",
+        [h("REQUEST"), C, r33, RT, BODY],
+        BAD_FRAMES,
+        "REQUEST whose ref is 33 bytes; the ERROR echoes no ref.",
+        joined=True,
+    )
+    for label, token, desc in [
+        ("empty", b"", "an empty token"),
+        ("1-byte", b"\x01", "a 1-byte token"),
+        ("8-bytes", session(2), "an 8-byte token: a session number without a ref"),
+        ("33-bytes", session(2) + bytes(25), "a 33-byte token"),
+    ]:
+        client(
+            f"reply-token-{label}",
+            [h("REPLY"), C, token, RB],
+            BAD_FRAMES,
+            f"REPLY with {desc} (a reply token is 9 to 32 bytes).",
+            joined=True,
+        )
     # -- client, VERSION_NOT_SUPPORTED
     for name, head, desc in [
         ("bad-signature", raw_header(b"XY", 1, CMD["HELLO"]), "signature 'XY' instead of 'ZB'"),
@@ -666,7 +1012,7 @@ def malformed_vectors() -> list[dict[str, Any]]:
         "An empty delimiter frame first (as a REQ socket adds): frame 0 is not a header.",
     )
     # -- client, UNKNOWN_COMMAND
-    for byte in (0x7F, 0x00, 0x07, 0x80, 0xFF):
+    for byte in (0x7F, 0x00, 0x09, 0x80, 0x88, 0xFF):
         client(
             f"unknown-command-0x{byte:02x}",
             [raw_header(SIGNATURE, 1, byte), C, b""],
@@ -676,9 +1022,11 @@ def malformed_vectors() -> list[dict[str, Any]]:
     for name, frames in [
         ("WELCOME", [h("WELCOME"), C, WELCOME_BODY]),
         ("OK", [h("OK"), C, ref(1)]),
-        ("DELIVER", [h("DELIVER"), C, b"", T, BODY]),
+        ("DELIVER", [h("DELIVER"), C, b"", T, BODY, S1]),
         ("ROUTED", [h("ROUTED"), C, ref(1), (1).to_bytes(4, "big")]),
         ("ACKED", [h("ACKED"), C, ref(1), AB]),
+        ("ASK", [h("ASK"), C, REPLY_TOKEN, RT, BODY, S1]),
+        ("ANSWER", [h("ANSWER"), C, REQUEST_REF, RB]),
         ("ERROR", [h("ERROR"), C, b"", (400).to_bytes(2, "big"), b"x"]),
     ]:
         client(
@@ -686,7 +1034,7 @@ def malformed_vectors() -> list[dict[str, Any]]:
             frames,
             UNKNOWN_COMMAND,
             f"A client sends the broker-only command {name}.",
-            joined=name == "DELIVER",
+            joined=name in ("DELIVER", "ASK"),
         )
     # -- client, BAD_TOPIC
     topics = [
@@ -725,6 +1073,19 @@ def malformed_vectors() -> list[dict[str, Any]]:
             f"PUBLISH to a topic with {desc}.",
             joined=True,
         )
+    for label, topic, desc in [
+        ("star", b"billing.*", "a '*' wildcard token"),
+        ("gt", b">", "only a '>' wildcard"),
+        ("empty-token", b"billing..total", "an empty token"),
+        ("invalid-utf8", b"billing.\xfe", "the byte 0xfe"),
+    ]:
+        client(
+            f"request-topic-{label}",
+            [h("REQUEST"), C, ref(1), topic, BODY],
+            BAD_TOPIC,
+            f"REQUEST to a topic with {desc}: requests follow the topic rules of PUBLISH.",
+            joined=True,
+        )
     patterns = [
         ("empty", b"", "an empty pattern"),
         ("gt-not-last", b"orders.>.created", "'>' before the last token"),
@@ -741,16 +1102,28 @@ def malformed_vectors() -> list[dict[str, Any]]:
     for label, pattern, desc in patterns:
         client(
             f"subscribe-pattern-{label}",
-            [h("SUBSCRIBE"), C, ref(1), pattern],
+            sub(pattern=pattern),
             BAD_TOPIC,
             f"SUBSCRIBE to a pattern with {desc}.",
         )
-    client(
-        "unsubscribe-pattern-gt-not-last",
-        [h("UNSUBSCRIBE"), C, ref(1), b"a.>.b"],
-        BAD_TOPIC,
-        "UNSUBSCRIBE checks its pattern like SUBSCRIBE.",
-    )
+    queues = [
+        ("star", b"*", "'*': queue names follow the topic rules, no wildcards"),
+        ("gt", b">", "'>'"),
+        ("partial-star", b"work*", "'*' inside a token"),
+        ("space", b"my workers", "a space"),
+        ("empty-token", b"workers..eu", "an empty token"),
+        ("trailing-dot", b"workers.", "an empty last token"),
+        ("control", b"workers\x01", "the control character U+0001"),
+        ("65-bytes", b"q" * 65, "65 bytes (limit 64)"),
+        ("invalid-utf8", b"workers\xff", "the byte 0xff"),
+    ]
+    for label, queue, desc in queues:
+        client(
+            f"subscribe-queue-{label}",
+            sub(pattern=b"orders.>", queue=queue),
+            BAD_TOPIC,
+            f"SUBSCRIBE with a queue name with {desc}.",
+        )
     # -- client, BAD_BODY (HELLO is the only body the broker decodes)
     for label, body, desc in [
         ("not-msgpack", b"\xc1", "0xc1, a byte msgpack never uses"),
@@ -791,30 +1164,37 @@ def malformed_vectors() -> list[dict[str, Any]]:
         VERSION_NOT_SUPPORTED,
         "A 3-byte header frame.",
     )
-    broker(
-        "broker-sends-hello",
-        [h("HELLO"), C, HB],
-        UNKNOWN_COMMAND,
-        "The client-only command HELLO received from the broker.",
-    )
-    broker(
-        "broker-sends-publish",
-        [h("PUBLISH"), C, b"", T, BODY],
-        UNKNOWN_COMMAND,
-        "The client-only command PUBLISH received from the broker.",
-    )
-    broker(
-        "broker-unknown-0x90",
-        [raw_header(SIGNATURE, 1, 0x90), C, b""],
-        UNKNOWN_COMMAND,
-        "Command byte 0x90 is not a command.",
-    )
+    for name, frames in [
+        ("hello", [h("HELLO"), C, HB]),
+        ("publish", [h("PUBLISH"), C, b"", T, BODY]),
+        ("request", [h("REQUEST"), C, ref(1), RT, BODY]),
+        ("reply", [h("REPLY"), C, REPLY_TOKEN, RB]),
+    ]:
+        broker(
+            f"broker-sends-{name}",
+            frames,
+            UNKNOWN_COMMAND,
+            f"The client-only command {name.upper()} received from the broker.",
+        )
+    for byte in (0x90, 0x88):
+        broker(
+            f"broker-unknown-0x{byte:02x}",
+            [raw_header(SIGNATURE, 1, byte), C, b""],
+            UNKNOWN_COMMAND,
+            f"Command byte 0x{byte:02x} is not a command.",
+        )
     for name, short, long in [
         ("welcome", [h("WELCOME"), C], [h("WELCOME"), C, WELCOME_BODY, b""]),
         ("ok", [h("OK"), C], [h("OK"), C, ref(1), b""]),
-        ("deliver", [h("DELIVER"), C, b"", T], [h("DELIVER"), C, b"", T, BODY, b""]),
+        ("deliver", [h("DELIVER"), C, b"", T, BODY], [h("DELIVER"), C, b"", T, BODY, S1, b""]),
         ("routed", [h("ROUTED"), C, ref(1)], [h("ROUTED"), C, ref(1), bytes(4), b""]),
         ("acked", [h("ACKED"), C, ref(1)], [h("ACKED"), C, ref(1), AB, b""]),
+        (
+            "ask",
+            [h("ASK"), C, REPLY_TOKEN, RT, BODY],
+            [h("ASK"), C, REPLY_TOKEN, RT, BODY, S1, b""],
+        ),
+        ("answer", [h("ANSWER"), C, REQUEST_REF], [h("ANSWER"), C, REQUEST_REF, RB, b""]),
         (
             "error",
             [h("ERROR"), C, b"", (400).to_bytes(2, "big")],
@@ -827,15 +1207,25 @@ def malformed_vectors() -> list[dict[str, Any]]:
         ("welcome-channel-15-bytes", [h("WELCOME"), c15, WELCOME_BODY]),
         ("ok-channel-17-bytes", [h("OK"), c17, ref(1)]),
         ("ok-channel-empty", [h("OK"), b"", ref(1)]),
-        ("deliver-channel-15-bytes", [h("DELIVER"), c15, b"", T, BODY]),
+        ("deliver-channel-15-bytes", [h("DELIVER"), c15, b"", T, BODY, S1]),
         ("routed-channel-17-bytes", [h("ROUTED"), c17, ref(1), bytes(4)]),
         ("acked-channel-15-bytes", [h("ACKED"), c15, ref(1), AB]),
+        ("ask-channel-15-bytes", [h("ASK"), c15, REPLY_TOKEN, RT, BODY, S1]),
+        ("answer-channel-17-bytes", [h("ANSWER"), c17, REQUEST_REF, RB]),
         ("error-channel-15-bytes", [h("ERROR"), c15, b"", (400).to_bytes(2, "big"), b"x"]),
         ("ok-ref-33-bytes", [h("OK"), C, r33]),
         ("routed-ref-33-bytes", [h("ROUTED"), C, r33, bytes(4)]),
         ("acked-ref-33-bytes", [h("ACKED"), C, r33, AB]),
+        ("answer-ref-33-bytes", [h("ANSWER"), C, r33, RB]),
         ("error-ref-33-bytes", [h("ERROR"), C, r33, (400).to_bytes(2, "big"), b"x"]),
-        ("deliver-token-33-bytes", [h("DELIVER"), C, r33, T, BODY]),
+        ("deliver-token-33-bytes", [h("DELIVER"), C, r33, T, BODY, S1]),
+        ("ask-token-33-bytes", [h("ASK"), C, r33, RT, BODY, S1]),
+        ("ask-token-empty", [h("ASK"), C, b"", RT, BODY, S1]),
+        ("deliver-sids-empty", [h("DELIVER"), C, b"", T, BODY, b""]),
+        ("deliver-sids-3-bytes", [h("DELIVER"), C, b"", T, BODY, b"\x00\x00\x01"]),
+        ("deliver-sids-6-bytes", [h("DELIVER"), C, TOKEN, T, BODY, sid(1) + b"\x00\x02"]),
+        ("ask-sids-empty", [h("ASK"), C, REPLY_TOKEN, RT, BODY, b""]),
+        ("ask-sids-5-bytes", [h("ASK"), C, REPLY_TOKEN, RT, BODY, sid(4) + b"\x05"]),
         ("routed-count-3-bytes", [h("ROUTED"), C, ref(1), bytes(3)]),
         ("routed-count-8-bytes", [h("ROUTED"), C, ref(1), bytes(8)]),
         ("error-code-1-byte", [h("ERROR"), C, b"", b"\x01", b"x"]),
@@ -846,10 +1236,16 @@ def malformed_vectors() -> list[dict[str, Any]]:
     for label, topic in [("empty", b""), ("star", b"orders.*"), ("invalid-utf8", b"\xff")]:
         broker(
             f"deliver-topic-{label}",
-            [h("DELIVER"), C, b"", topic, BODY],
+            [h("DELIVER"), C, b"", topic, BODY, S1],
             BAD_TOPIC,
             f"DELIVER whose topic breaks the topic rules ({label}).",
         )
+    broker(
+        "ask-topic-gt",
+        [h("ASK"), C, REPLY_TOKEN, b"billing.>", BODY, S1],
+        BAD_TOPIC,
+        "ASK whose topic is a pattern.",
+    )
     for label, body in [
         ("not-msgpack", b"\xc1"),
         ("array", packb([BROKER_NAME, DEFAULT_MAX])),
@@ -859,6 +1255,7 @@ def malformed_vectors() -> list[dict[str, Any]]:
         ("max-string", packb({"broker": BROKER_NAME, "max_message_size": "1048576"})),
         ("max-float", packb({"broker": BROKER_NAME, "max_message_size": 1048576.0})),
         ("max-nil", packb({"broker": BROKER_NAME, "max_message_size": None})),
+        ("max-true", packb({"broker": BROKER_NAME, "max_message_size": True})),
     ]:
         broker(
             f"welcome-body-{label}",
@@ -899,13 +1296,16 @@ def session_vectors() -> list[dict[str, Any]]:
     C, OTHER = CHANNEL, OTHER_CHANNEL
     T = b"orders.eu.created"
     AB = ack_body(1, 0, [])
+    RT = b"billing.total"
     cmds = {
-        "subscribe": lambda ch: [h("SUBSCRIBE"), ch, ref(1), b"orders.>"],
-        "unsubscribe": lambda ch: [h("UNSUBSCRIBE"), ch, ref(2), b"orders.>"],
+        "subscribe": lambda ch: [h("SUBSCRIBE"), ch, ref(1), sid(1), b"orders.>", b""],
+        "unsubscribe": lambda ch: [h("UNSUBSCRIBE"), ch, ref(2), sid(1)],
         "publish-unconfirmed": lambda ch: [h("PUBLISH"), ch, b"", T, BODY],
         "publish-confirmed": lambda ch: [h("PUBLISH"), ch, ref(3), T, BODY],
         "ack": lambda ch: [h("ACK"), ch, TOKEN, AB],
         "disconnect": lambda ch: [h("DISCONNECT"), ch, ref(4)],
+        "request": lambda ch: [h("REQUEST"), ch, REQUEST_REF, RT, BODY],
+        "reply": lambda ch: [h("REPLY"), ch, REPLY_TOKEN, REPLY_BODY],
     }
     for label, make in cmds.items():
         add(
@@ -918,7 +1318,7 @@ def session_vectors() -> list[dict[str, Any]]:
     add(
         "not-joined-after-disconnect",
         [hello, [h("DISCONNECT"), C, ref(9)]],
-        [h("SUBSCRIBE"), C, ref(1), b"orders.>"],
+        [h("SUBSCRIBE"), C, ref(1), sid(1), b"orders.>", b""],
         NOT_JOINED,
         "After DISCONNECT the peer is forgotten: SUBSCRIBE needs a new HELLO.",
     )
@@ -938,8 +1338,8 @@ def session_vectors() -> list[dict[str, Any]]:
             f"{label.split('-')[0].upper()} naming a channel other than the one joined; "
             "the ERROR echoes the channel sent.",
         )
-    big = sized_message_body(SMALL_MAX + 1)
-    exact = sized_message_body(SMALL_MAX)
+    big = sized_body(SMALL_MAX + 1)
+    exact = sized_body(SMALL_MAX)
     assert len(big) == SMALL_MAX + 1 and len(exact) == SMALL_MAX
     add(
         "too-large-publish-confirmed",
@@ -965,6 +1365,58 @@ def session_vectors() -> list[dict[str, Any]]:
         "A 1027-byte ACK body to a broker with max_message_size 1024.",
         SMALL_MAX,
     )
+    add(
+        "too-large-request",
+        [hello],
+        [h("REQUEST"), C, REQUEST_REF, RT, big],
+        TOO_LARGE,
+        "A 1025-byte REQUEST body to a broker with max_message_size 1024.",
+        SMALL_MAX,
+    )
+    add(
+        "too-large-reply",
+        [hello],
+        [h("REPLY"), C, REPLY_TOKEN, sized_body(SMALL_MAX + 1, reply_body)],
+        TOO_LARGE,
+        "A 1025-byte REPLY body to a broker with max_message_size 1024.",
+        SMALL_MAX,
+    )
+    subscribed = [h("SUBSCRIBE"), C, ref(1), sid(1), b"orders.>", b""]
+    grouped = [h("SUBSCRIBE"), C, ref(1), sid(1), b"orders.>", b"workers"]
+    for name, setup, frames, what in [
+        (
+            "sid-in-use-other-pattern",
+            subscribed,
+            [h("SUBSCRIBE"), C, ref(2), sid(1), b"orders.*", b""],
+            "another pattern",
+        ),
+        (
+            "sid-in-use-join-queue",
+            subscribed,
+            [h("SUBSCRIBE"), C, ref(2), sid(1), b"orders.>", b"workers"],
+            "the same pattern but a queue group",
+        ),
+        (
+            "sid-in-use-leave-queue",
+            grouped,
+            [h("SUBSCRIBE"), C, ref(2), sid(1), b"orders.>", b""],
+            "the same pattern but no queue group",
+        ),
+        (
+            "sid-in-use-other-queue",
+            grouped,
+            [h("SUBSCRIBE"), C, ref(2), sid(1), b"orders.>", b"auditors"],
+            "another queue group",
+        ),
+    ]:
+        add(
+            name,
+            [hello, setup],
+            frames,
+            SID_IN_USE,
+            f"SUBSCRIBE reusing open sid 1 with {what}; the subscription stays as it was "
+            "(the same pattern and queue again would be answered OK).",
+        )
     return out
 
 
@@ -1081,6 +1533,42 @@ def body_vectors() -> dict[str, list[dict[str, Any]]]:
         ack_decoded(1, 0, []),
         "Elements after the 3rd are ignored.",
     )
+    ok("reply", "reply", REPLY_BODY, REPLY_DECODED, "A reply: error nil.")
+    ok(
+        "reply-error",
+        "reply",
+        reply_body(payload=b"", error="ValueError: no such account"),
+        reply_decoded(payload=b"", error="ValueError: no such account"),
+        "A responder's failure: the error text is a str; the payload is then empty.",
+    )
+    ok(
+        "reply-error-empty-text",
+        "reply",
+        reply_body(error=""),
+        reply_decoded(error=""),
+        "An empty error text is still an error (only nil means a reply).",
+    )
+    ok(
+        "reply-headers",
+        "reply",
+        reply_body(headers=HEADERS, ts_ns=1_700_000_000_000_000_000),
+        reply_decoded(headers=HEADERS, ts_ns=1_700_000_000_000_000_000),
+        "A reply with headers and a 32-bit Timestamp.",
+    )
+    ok(
+        "reply-without-error-element",
+        "reply",
+        message_body(payload=b'{"total":42}'),
+        REPLY_DECODED,
+        "A 4-element array (a message body) is a reply with error nil.",
+    )
+    ok(
+        "reply-extra-elements",
+        "reply",
+        reply_body(extra=(7, "future field")),
+        REPLY_DECODED,
+        "Elements after the 5th are ignored.",
+    )
     ok("hello", "hello", HELLO_BODY, {"map": HELLO_MAP}, "The minimal HELLO map.")
     ok("hello-empty", "hello", packb({}), {"map": {}}, "An empty map is accepted.")
     ok("welcome", "welcome", WELCOME_BODY, {"map": WELCOME_MAP}, "The reference broker's WELCOME.")
@@ -1154,6 +1642,21 @@ def body_vectors() -> dict[str, list[dict[str, Any]]]:
         ("errors-item-bin", packb([1, 0, [b"boom"]]), "a bin in errors"),
     ]:
         nok(f"ack-{name}", "ack", body, f"ACK body with {desc}.")
+    for name, body, desc in [
+        ("not-msgpack", b"\xc1", "0xc1"),
+        ("empty", b"", "zero bytes"),
+        ("map", packb({"payload": b""}), "a map instead of an array"),
+        ("array-3", packb([MSG_ID, TSX, {}]), "an array of 3 elements"),
+        ("id-15-bytes", packb([MSG_ID[:15], TSX, {}, b"", None]), "a 15-byte id"),
+        ("timestamp-int", packb([MSG_ID, TS_NS, {}, b"", None]), "a timestamp sent as an integer"),
+        ("payload-str", packb([MSG_ID, TSX, {}, "total", None]), "a payload sent as str"),
+        ("error-int", packb([MSG_ID, TSX, {}, b"", 500]), "an int error"),
+        ("error-bin", packb([MSG_ID, TSX, {}, b"", b"boom"]), "a bin (not str) error"),
+        ("error-array", packb([MSG_ID, TSX, {}, b"", ["boom"]]), "an array of error texts"),
+        ("error-false", packb([MSG_ID, TSX, {}, b"", False]), "false instead of nil"),
+        ("trailing-bytes", REPLY_BODY + b"\xc0", "a valid body followed by nil"),
+    ]:
+        nok(f"reply-{name}", "reply", body, f"Reply body with {desc}.")
     for name, body, desc in [
         ("array", packb([]), "an empty array"),
         ("int-key", packb({1: "x"}), "an int key"),

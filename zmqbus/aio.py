@@ -1,0 +1,622 @@
+"""The asyncio ``Bus``: a thin face over ``ClientCore``, driven by the event loop.
+
+The core runs on the loop's thread. The DEALER socket is a plain zmq socket
+whose file descriptor is watched with ``loop.add_reader``; because that
+descriptor is edge-triggered, every send or receive is followed by a look at
+``zmq.EVENTS`` so no arrival is missed. Core deadlines become one
+``loop.call_later`` timer. No extra thread, no polling: an idle bus costs
+nothing. Works with the default loop and with uvloop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import inspect
+import logging
+import threading
+import time
+import uuid
+from collections import deque
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from types import TracebackType
+from typing import Any, TypeVar, cast
+
+import zmq
+
+from . import _validate
+from . import protocol as p
+from ._client import DELIVERED, DROPPED, PENDING, ClientCore
+from ._endpoints import connect_endpoint
+from ._version import __version__
+from ._wire import recv_frames, send_frames
+from .bus import parse_channel
+from .errors import (
+    BusClosed,
+    ConnectTimeout,
+    MessageTooLarge,
+    PublishTimeout,
+    RequestTimeout,
+    SubscriptionClosed,
+    ZmqbusError,
+)
+from .message import Message, PublishResult, answer_after_handler, error_text
+from .topics import validate_pattern, validate_topic
+
+__all__ = ["AsyncHandler", "Bus", "Subscription"]
+
+log = logging.getLogger("zmqbus.aio")
+
+AsyncHandler = Callable[[Message], Awaitable[Any] | Any]
+
+_NOBLOCK = zmq.NOBLOCK
+_POLLIN = zmq.POLLIN
+_POLLOUT = zmq.POLLOUT
+_BATCH = 256
+# Grace beyond a call's own timeout before the caller stops waiting regardless;
+# the core's deadline normally fires first.
+_GRACE = 1.0
+_UNCONFIRMED = PublishResult(0, 0, 0, 0, confirmed=False)
+
+T = TypeVar("T")
+
+
+def _events(sock: zmq.Socket[bytes]) -> int:
+    return cast(int, sock.getsockopt(zmq.EVENTS))
+
+
+def _fd(sock: zmq.Socket[bytes]) -> int:
+    return cast(int, sock.getsockopt(zmq.FD))
+
+
+async def _wait(fut: asyncio.Future[T], timeout: float, on_timeout: Callable[[], Exception]) -> T:
+    # Shield the core's future: cancelling the caller must not cancel shared state,
+    # and the core's own deadline settles it.
+    try:
+        return await asyncio.wait_for(asyncio.shield(fut), timeout + _GRACE)
+    except ZmqbusError:
+        raise
+    except TimeoutError:
+        raise on_timeout() from None
+
+
+class Subscription:
+    """A subscription of an asyncio ``Bus``: a bounded buffer read with
+    ``await get()`` or ``async for``, or a handler run by its own task."""
+
+    def __init__(
+        self,
+        bus: Bus,
+        pattern: str,
+        maxsize: int,
+        handler: AsyncHandler | None,
+        queue: str = "",
+    ) -> None:
+        self._bus = bus
+        self._pattern = pattern
+        self._queue = queue
+        self._maxsize = maxsize
+        self._handler = handler
+        self._buf: deque[tuple[Message, int | None]] = deque()
+        self._event = asyncio.Event()
+        self._ended = False
+        self._abort = False
+        self._dropped = 0
+        self._received = 0
+        self._task: asyncio.Task[None] | None = None
+        if handler is not None:
+            self._task = asyncio.get_running_loop().create_task(
+                self._dispatch(), name=f"zmqbus-handler[{pattern}]"
+            )
+
+    @property
+    def pattern(self) -> str:
+        """The subscribed topic pattern."""
+        return self._pattern
+
+    @property
+    def queue(self) -> str | None:
+        """The queue group this subscription belongs to, or None."""
+        return self._queue or None
+
+    @property
+    def handler(self) -> AsyncHandler | None:
+        """The handler, or None for a queue subscription."""
+        return self._handler
+
+    @property
+    def dropped(self) -> int:
+        """Messages dropped because the buffer was full."""
+        return self._dropped
+
+    @property
+    def received(self) -> int:
+        """Messages taken into the buffer (not counting drops)."""
+        return self._received
+
+    @property
+    def closed(self) -> bool:
+        """True once the subscription has ended (buffered messages may remain)."""
+        return self._ended
+
+    def __len__(self) -> int:
+        """Messages buffered now."""
+        return len(self._buf)
+
+    def __repr__(self) -> str:
+        kind = "handler" if self._handler else "queue"
+        state = "ended" if self._ended else "active"
+        return f"<aio.Subscription {self._pattern!r} {kind} {state} dropped={self._dropped}>"
+
+    # --- Sink interface (loop thread) ---------------------------------------
+
+    def offer(self, message: Message, ack_id: int | None) -> int:
+        """Called by the core; never blocks."""
+        if self._ended or len(self._buf) >= self._maxsize:
+            self._dropped += 1
+            return DROPPED
+        self._buf.append((message, ack_id))
+        self._received += 1
+        self._event.set()
+        if self._handler is not None and ack_id is not None:
+            return PENDING
+        return DELIVERED
+
+    def end(self) -> None:
+        """Called by the core: no more messages will come."""
+        self._ended = True
+        self._event.set()
+
+    # --- consumer API -------------------------------------------------------
+
+    async def get(self, timeout: float | None = None) -> Message:
+        """Next message. Raises ``TimeoutError`` if none arrives in ``timeout``
+        seconds, ``SubscriptionClosed`` once ended with the buffer empty."""
+        if self._handler is not None:
+            raise TypeError("a handler subscription has no queue to get() from")
+        if timeout is not None and timeout < 0:
+            raise ValueError("timeout must not be negative")
+        if not self._buf and not self._ended:
+            try:
+                async with asyncio.timeout(timeout):
+                    while not self._buf and not self._ended:
+                        self._event.clear()
+                        await self._event.wait()
+            except TimeoutError:
+                raise TimeoutError(f"no message on {self._pattern!r} within {timeout:g}s") from None
+        if self._buf:
+            return self._buf.popleft()[0]
+        raise SubscriptionClosed(f"subscription {self._pattern!r} has ended")
+
+    def __aiter__(self) -> AsyncIterator[Message]:
+        return self._iterate()
+
+    async def _iterate(self) -> AsyncIterator[Message]:
+        while True:
+            try:
+                yield await self.get()
+            except SubscriptionClosed:
+                return
+
+    async def unsubscribe(self, timeout: float = 5.0) -> None:
+        """End this subscription alone (others on the same pattern stay)."""
+        await self._bus._remove(self, timeout)
+
+    # --- handler dispatch ---------------------------------------------------
+
+    async def _dispatch(self) -> None:
+        handler = self._handler
+        assert handler is not None
+        buf = self._buf
+        while True:
+            while not buf and not self._ended:
+                self._event.clear()
+                await self._event.wait()
+            if self._abort or not buf:
+                return
+            msg, ack_id = buf.popleft()
+            error: str | None = None
+            result: Any = None
+            try:
+                result = handler(msg)
+                if inspect.isawaitable(result):
+                    result = await result
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                error = error_text(exc)
+                if ack_id is None and not msg.is_request:
+                    log.warning(
+                        "handler for %r raised on %r", self._pattern, msg.topic, exc_info=True
+                    )
+            if ack_id is not None:
+                self._bus._handler_done(ack_id, error)
+            else:
+                answer_after_handler(msg, result, error)
+
+    def _stop(self) -> None:
+        # The bus is closing: discard the backlog; a running handler finishes.
+        self._abort = True
+        self._ended = True
+        if self._handler is not None:
+            self._buf.clear()
+        self._event.set()
+
+
+class Bus:
+    """An asyncio connection to a broker on one channel.
+
+    Same arguments, semantics, errors and defaults as ``zmqbus.Bus``; create it
+    with ``async with Bus(address, channel_id) as bus`` (or ``await
+    bus.connect()``). Methods must be called from the event loop the bus
+    connected on; ``Message.respond`` may be called from any thread.
+    """
+
+    def __init__(
+        self,
+        address: str,
+        channel_id: uuid.UUID | str,
+        *,
+        connect_timeout: float = 5.0,
+        close_timeout: float = 2.0,
+        context: zmq.Context[Any] | None = None,
+        hwm: int = 100_000,
+    ) -> None:
+        self._channel = parse_channel(channel_id)
+        self._endpoint = connect_endpoint(address)
+        self._connect_timeout = _validate.timeout(connect_timeout, "connect_timeout")
+        self._close_timeout = _validate.timeout(close_timeout, "close_timeout")
+        self._ctx = context if context is not None else zmq.Context.instance()
+        self._hwm = hwm
+        self._core = ClientCore(self._channel.bytes, client_name=f"zmqbus-py-aio/{__version__}")
+        self._core.send_reply = self._send_reply
+        self._sock: zmq.Socket[bytes] | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._loop_thread = 0
+        self._out: deque[list[bytes]] = deque()
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_at: float | None = None
+        self._closed = False
+        self._subs: list[Subscription] = []
+        self._topics: dict[str, bytes] = {}
+        self._max_size = 0
+
+    # --- properties ---------------------------------------------------------
+
+    @property
+    def channel_id(self) -> uuid.UUID:
+        """The channel this bus publishes and subscribes on."""
+        return self._channel
+
+    @property
+    def address(self) -> str:
+        """The broker endpoint."""
+        return self._endpoint
+
+    @property
+    def closed(self) -> bool:
+        """True once ``close()`` has been called."""
+        return self._closed
+
+    @property
+    def max_message_size(self) -> int:
+        """The broker's limit on an encoded message body, from the handshake."""
+        return self._max_size
+
+    def __repr__(self) -> str:
+        state = "closed" if self._closed else ("open" if self._sock else "new")
+        return f"<aio.Bus {self._endpoint} channel={self._channel} {state}>"
+
+    # --- lifecycle ----------------------------------------------------------
+
+    async def connect(self) -> Bus:
+        """Connect and handshake; raises ``ConnectTimeout`` after ``connect_timeout``."""
+        if self._sock is not None or self._closed:
+            raise RuntimeError("connect() may be called once, before close()")
+        loop = asyncio.get_running_loop()
+        self._loop = loop
+        self._loop_thread = threading.get_ident()
+        sock = self._ctx.socket(zmq.DEALER)
+        sock.setsockopt(zmq.LINGER, 0)
+        sock.setsockopt(zmq.SNDHWM, self._hwm)
+        sock.setsockopt(zmq.RCVHWM, self._hwm)
+        try:
+            sock.connect(self._endpoint)
+        except zmq.ZMQError as exc:
+            sock.close(0)
+            raise ValueError(f"cannot connect to {self._endpoint!r}: {exc}") from None
+        self._sock = sock
+        loop.add_reader(_fd(sock), self._on_events)
+        timeout = self._connect_timeout
+        fut: asyncio.Future[dict[str, Any]] = loop.create_future()
+        self._core.connect(fut, time.monotonic() + timeout, timeout)
+        self._pump()
+        try:
+            info = await _wait(fut, timeout, lambda: ConnectTimeout(self._endpoint, timeout))
+        except ConnectTimeout:
+            self._teardown()
+            raise ConnectTimeout(self._endpoint, timeout) from None
+        except BaseException:
+            self._teardown()
+            raise
+        self._max_size = int(info["max_message_size"])
+        return self
+
+    async def __aenter__(self) -> Bus:
+        if self._sock is None:
+            await self.connect()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        """Close the bus. Idempotent. Subscriptions end (buffered messages stay
+        readable), pending calls fail with ``BusClosed``, queued messages get up
+        to ``close_timeout`` seconds to reach the broker."""
+        if self._closed:
+            return
+        self._closed = True
+        if self._sock is None or self._loop is None:
+            return
+        subs, self._subs = self._subs, []
+        for sub in subs:
+            if sub.handler is not None:
+                sub._stop()
+        timeout = self._close_timeout
+        fut: asyncio.Future[None] = self._loop.create_future()
+        self._core.close(BusClosed("bus is closed"), fut, time.monotonic() + timeout, timeout)
+        self._pump()
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(asyncio.shield(fut), timeout + _GRACE)
+        tasks = [s._task for s in subs if s._task is not None and not s._task.done()]
+        if tasks:
+            _, pending = await asyncio.wait(tasks, timeout=timeout)
+            for task in pending:
+                task.cancel()
+        self._teardown()
+
+    def _teardown(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        sock, self._sock = self._sock, None
+        if sock is not None:
+            if self._loop is not None:
+                with contextlib.suppress(Exception):
+                    self._loop.remove_reader(_fd(sock))
+            sock.close(0)
+        self._closed = True
+
+    def _check(self) -> None:
+        if self._closed:
+            raise BusClosed("bus is closed")
+        if self._sock is None:
+            raise RuntimeError("bus is not connected: use 'async with' or await connect()")
+
+    # --- publish / request --------------------------------------------------
+
+    def _topic_bytes(self, topic: str) -> bytes:
+        topic_b = self._topics.get(topic)
+        if topic_b is None:
+            topic_b = validate_topic(topic).encode()
+            if len(self._topics) < 4096:
+                self._topics[topic] = topic_b
+        return topic_b
+
+    def _encode(self, payload: object, headers: object) -> bytes:
+        data = _validate.payload(payload)
+        hdrs = _validate.headers(headers)
+        body = p.pack_message(uuid.uuid4().bytes, time.time_ns(), hdrs, data)
+        if len(body) > self._max_size:
+            raise MessageTooLarge(len(body), self._max_size)
+        return body
+
+    async def publish(
+        self,
+        topic: str,
+        payload: bytes | bytearray | memoryview,
+        headers: Mapping[str, str] | None = None,
+        *,
+        timeout: float = 5.0,
+        confirm: bool = True,
+    ) -> PublishResult:
+        """Publish ``payload`` on ``topic``; same semantics as ``zmqbus.Bus.publish``."""
+        self._check()
+        topic_b = self._topic_bytes(topic)
+        body = self._encode(payload, headers)
+        timeout = _validate.timeout(timeout)
+        if not confirm:
+            self._core.publish(topic_b, body, None, 0.0, timeout)
+            self._pump()
+            return _UNCONFIRMED
+        assert self._loop is not None
+        fut: asyncio.Future[PublishResult] = self._loop.create_future()
+        self._core.publish(topic_b, body, fut, time.monotonic() + timeout, timeout)
+        self._pump()
+        return await _wait(fut, timeout, lambda: PublishTimeout(timeout, PublishResult(), None))
+
+    async def request(
+        self,
+        topic: str,
+        payload: bytes | bytearray | memoryview,
+        headers: Mapping[str, str] | None = None,
+        *,
+        timeout: float = 5.0,
+    ) -> Message:
+        """Send a request and return the first reply; same semantics as ``zmqbus.Bus.request``."""
+        self._check()
+        topic_b = self._topic_bytes(topic)
+        body = self._encode(payload, headers)
+        timeout = _validate.timeout(timeout)
+        assert self._loop is not None
+        fut: asyncio.Future[Message] = self._loop.create_future()
+        self._core.request(topic_b, body, fut, time.monotonic() + timeout, timeout)
+        self._pump()
+        return await _wait(fut, timeout, lambda: RequestTimeout(f"no reply within {timeout:g}s"))
+
+    def _send_reply(self, token: bytes, body: bytes) -> None:
+        if len(body) > self._max_size:
+            raise MessageTooLarge(len(body), self._max_size)
+        if self._closed:
+            raise BusClosed("bus is closed")
+        frames = [p.H_REPLY, self._channel.bytes, token, body]
+        if threading.get_ident() == self._loop_thread:
+            self._core.outbox.append(frames)
+            self._pump()
+        else:
+            assert self._loop is not None
+            self._loop.call_soon_threadsafe(self._reply_from_thread, frames)
+
+    def _reply_from_thread(self, frames: list[bytes]) -> None:
+        if not self._closed:
+            self._core.outbox.append(frames)
+            self._pump()
+
+    # --- subscribe ----------------------------------------------------------
+
+    async def subscribe(
+        self,
+        pattern: str,
+        handler: AsyncHandler | None = None,
+        maxsize: int = 100,
+        *,
+        queue: str | None = None,
+        timeout: float = 5.0,
+    ) -> Subscription:
+        """Subscribe to ``pattern``; returns once the broker holds it. A handler
+        may be a coroutine function or a plain callable (run on the loop: keep
+        it short). Same semantics as ``zmqbus.Bus.subscribe``."""
+        self._check()
+        validate_pattern(pattern)
+        if handler is not None and not callable(handler):
+            raise TypeError("handler must be callable")
+        maxsize = _validate.maxsize(maxsize)
+        group = _validate.queue(queue)
+        timeout = _validate.timeout(timeout)
+        assert self._loop is not None
+        sub = Subscription(self, pattern, maxsize, handler, group)
+        fut: asyncio.Future[None] = self._loop.create_future()
+        deadline = time.monotonic() + timeout
+        self._core.subscribe(sub, fut, deadline, timeout, group)
+        self._pump()
+        try:
+            await _wait(
+                fut, timeout, lambda: RequestTimeout(f"subscribe not confirmed within {timeout:g}s")
+            )
+        except BaseException:
+            sub._stop()
+            if not self._closed:
+                self._core.remove(sub, self._loop.create_future(), deadline, timeout)
+                self._pump()
+            raise
+        self._subs.append(sub)
+        return sub
+
+    async def unsubscribe(self, pattern: str, *, timeout: float = 5.0) -> int:
+        """End every subscription of this bus to exactly ``pattern``; returns how
+        many ended, once the broker has confirmed."""
+        self._check()
+        validate_pattern(pattern)
+        timeout = _validate.timeout(timeout)
+        assert self._loop is not None
+        fut: asyncio.Future[int] = self._loop.create_future()
+        self._core.unsubscribe(pattern, fut, time.monotonic() + timeout, timeout)
+        self._pump()
+        count = await _wait(
+            fut, timeout, lambda: RequestTimeout(f"unsubscribe not confirmed within {timeout:g}s")
+        )
+        self._subs = [s for s in self._subs if s.pattern != pattern]
+        return count
+
+    async def _remove(self, sub: Subscription, timeout: float) -> None:
+        if self._closed or self._loop is None:
+            return
+        timeout = _validate.timeout(timeout)
+        fut: asyncio.Future[None] = self._loop.create_future()
+        self._core.remove(sub, fut, time.monotonic() + timeout, timeout)
+        self._pump()
+        try:
+            await _wait(
+                fut,
+                timeout,
+                lambda: RequestTimeout(f"unsubscribe not confirmed within {timeout:g}s"),
+            )
+        except BusClosed:
+            return
+        if sub in self._subs:
+            self._subs.remove(sub)
+
+    def _handler_done(self, ack_id: int, error: str | None) -> None:
+        if self._closed:
+            return  # the core already confirmed this delivery when it closed
+        self._core.handler_done(ack_id, error)
+        self._pump()
+
+    # --- the socket ---------------------------------------------------------
+
+    def _pump(self) -> None:
+        """Send what the core queued, then look for arrivals and re-arm the timer."""
+        sock = self._sock
+        if sock is None:
+            return
+        outbox = self._core.outbox
+        out = self._out
+        if outbox:
+            out.extend(outbox)
+            outbox.clear()
+        while out:
+            try:
+                send_frames(sock, out[0])
+            except zmq.Again:
+                break  # the descriptor signals when the socket becomes writable
+            out.popleft()
+        # The descriptor is edge-triggered: a send may have consumed its signal.
+        if _events(sock) & _POLLIN and self._loop is not None:
+            self._loop.call_soon(self._on_events)
+        self._arm_timer()
+
+    def _on_events(self) -> None:
+        sock = self._sock
+        if sock is None:
+            return
+        receive = self._core.receive
+        for _ in range(_BATCH):
+            if not _events(sock) & _POLLIN:
+                break
+            try:
+                frames = recv_frames(sock)
+            except zmq.Again:
+                break
+            try:
+                receive(frames)
+            except Exception:
+                log.exception("error handling a message from the broker")
+        else:
+            # Batch used up: yield to other tasks, then go on draining.
+            assert self._loop is not None
+            self._loop.call_soon(self._on_events)
+        self._pump()
+
+    def _arm_timer(self) -> None:
+        deadline = self._core.next_deadline()
+        if deadline == self._timer_at:
+            return
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        self._timer_at = deadline
+        if deadline is not None and self._loop is not None:
+            delay = max(0.0, deadline - time.monotonic())
+            self._timer = self._loop.call_later(delay, self._on_timer)
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        self._timer_at = None
+        self._core.expire(time.monotonic())
+        self._pump()
