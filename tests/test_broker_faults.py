@@ -97,3 +97,42 @@ def test_full_subscriber_queue_never_blocks_broker_or_others() -> None:
     finally:
         stalled.close(0)
         ctx.term()
+
+
+def test_slow_peer_is_told_what_it_missed() -> None:
+    ctx = zmq.Context()
+    slow = ctx.socket(zmq.DEALER)
+    try:
+        with Broker("inproc://zmqbus-faults-dropped", context=ctx, hwm=5) as broker:
+            ch = uuid.uuid4()
+            slow.setsockopt(zmq.LINGER, 0)
+            slow.setsockopt(zmq.RCVHWM, 1)
+            slow.setsockopt(zmq.RCVTIMEO, 5000)
+            slow.connect(broker.address)
+            slow.send_multipart([p.H_HELLO, ch.bytes, msgpack.packb({"client": "slow"})])
+            assert slow.recv_multipart()[0] == p.H_WELCOME
+            sid = b"\0\0\0\7"
+            slow.send_multipart([p.H_SUBSCRIBE, ch.bytes, b"\x01", sid, b"feed", b""])
+            assert slow.recv_multipart()[0] == p.H_OK
+            with Bus(broker.address, ch, context=ctx) as pub:
+                for _ in range(40):  # far more than the slow peer's queues hold
+                    pub.publish("feed", b"x", confirm=False)
+                assert pub.publish("sync", b"").delivered == 0  # the broker has handled all
+                missed = broker.stats()["counters"]["dropped_hwm"]
+                assert missed > 0
+                got = 0
+                while True:  # the slow peer catches up on what was queued
+                    frames = slow.recv_multipart()
+                    assert frames[0] == p.H_DELIVER
+                    got += 1
+                    if not slow.poll(0):
+                        break
+                pub.publish("feed", b"after", confirm=False)
+                notice = p.parse_broker(slow.recv_multipart())
+                assert isinstance(notice, p.Dropped)
+                assert p.unpack_dropped(notice.counts) == {sid: missed}
+                assert got + missed == 40
+                assert p.parse_broker(slow.recv_multipart()).body  # then the new message
+    finally:
+        slow.close(0)
+        ctx.term()

@@ -76,7 +76,7 @@ class Pair:
         self.unreachable: set[bytes] = set()
 
     def add(self, ident: bytes, channel: bytes = A, *, connect: bool = True) -> ClientCore:
-        core = ClientCore(channel)
+        core = ClientCore(channel, heartbeat=0)  # heartbeats: tests/test_reliability.py
         self.cores[ident] = core
 
         def send_reply(token: bytes, body: bytes) -> None:
@@ -137,7 +137,7 @@ def sent_commands(core: ClientCore) -> list[bytes]:
 
 def test_connect_welcome_sets_ready_and_max_message_size() -> None:
     pair = Pair(max_message_size=4321, name="test-broker")
-    core = ClientCore(A, client_name="unit/1")
+    core = ClientCore(A, client_name="unit/1", heartbeat=0)
     pair.cores[b"c"] = core
     assert core.state == "new"
     fut: Future[Any] = Future()
@@ -157,7 +157,7 @@ def test_connect_welcome_sets_ready_and_max_message_size() -> None:
 
 
 def test_connect_timeout() -> None:
-    core = ClientCore(A)
+    core = ClientCore(A, heartbeat=0)
     fut: Future[Any] = Future()
     core.connect(fut, 10.0, 10.0)
     core.expire(9.99)
@@ -670,7 +670,7 @@ def test_commands_after_close_are_refused() -> None:
 
 
 def test_close_with_custom_exception_and_before_welcome() -> None:
-    core = ClientCore(A)
+    core = ClientCore(A, heartbeat=0)
     hello: Future[Any] = Future()
     core.connect(hello, T, T)
     done: Future[Any] = Future()
@@ -1273,3 +1273,27 @@ def test_reply_to_a_requester_that_left_goes_nowhere() -> None:
     pair.pump()
     assert pair.broker.counters["stale_replies"] == 1
     assert pair.cores[b"resp"].counters["broker_errors"] == 0
+
+
+def test_dropped_notice_adds_to_the_subscriptions_dropped() -> None:
+    from concurrent.futures import Future
+
+    from zmqbus._client import ClientCore
+
+    core = ClientCore(b"c" * 16, heartbeat=0)
+    core.connect(Future(), 10.0, 10.0)
+    core.receive([p.H_WELCOME, b"c" * 16, p.pack_welcome("b", 1 << 20)])
+
+    class Counting(ListSink):
+        missed_total = 0
+
+        def missed(self, count: int) -> None:
+            self.missed_total += count
+
+    a, b = Counting("a"), Counting("b")
+    for sink in (a, b):
+        core.subscribe(sink, Future(), 10.0, 10.0)
+    sids = [f[3] for f in core.outbox if f[0] == p.H_SUBSCRIBE]
+    core.receive([p.H_DROPPED, b"c" * 16, p.pack_dropped({sids[0]: 3, sids[1]: 1, b"zzzz": 9})])
+    assert (a.missed_total, b.missed_total) == (3, 1)
+    assert core.counters["dropped_at_broker"] == 13

@@ -75,10 +75,14 @@ queue_frames = st.one_of(
 _simple = st.one_of(
     st.none(), st.booleans(), st.integers(-(2**63), 2**64 - 1), st.text(max_size=10)
 )
+# A heartbeat interval in ms: any non-negative int is valid (the broker clamps it).
+heartbeats = st.one_of(st.integers(0, 2**64 - 1), st.sampled_from([0, 100, 2000, 60_000]))
+_beat = st.one_of(st.just({}), st.builds(lambda ms: {"heartbeat": ms}, heartbeats))
 hello_bodies = st.builds(
-    lambda client, extra: p.pack_hello(client, **extra),
+    lambda client, extra, beat: p.pack_hello(client, **extra, **beat),
     st.text(max_size=20),
     st.dictionaries(st.text(max_size=8).filter(lambda k: k != "client"), _simple, max_size=3),
+    _beat,
 )
 welcome_bodies = st.builds(
     lambda broker, size, extra: p.pack_welcome(broker, size, **extra),
@@ -89,7 +93,32 @@ welcome_bodies = st.builds(
         _simple,
         max_size=3,
     ),
+).flatmap(
+    # Some with the agreed heartbeat appended (a WELCOME answering a HELLO that asked).
+    lambda body: st.one_of(
+        st.just(body),
+        heartbeats.map(lambda ms: p.pack_welcome(**{**p.unpack_welcome(body), "heartbeat": ms})),
+    )
 )
+_stats_values = st.one_of(
+    st.integers(0, 2**63 - 1),
+    st.text(max_size=10),
+    st.dictionaries(st.text(max_size=12), st.integers(0, 2**63 - 1), max_size=4),
+)
+# STATS_REPLY bodies as the broker packs them: "errors" keyed by int codes.
+stats_maps = st.fixed_dictionaries(
+    {
+        "peers": st.integers(0, 2**32),
+        "counters": st.dictionaries(st.text(max_size=12), st.integers(0, 2**63 - 1), max_size=5),
+        "errors": st.dictionaries(st.sampled_from(list(ErrorCode)), st.integers(1, 2**32)),
+    },
+    optional={"broker": st.text(max_size=12)},
+).flatmap(
+    lambda m: st.dictionaries(st.text(max_size=8), _stats_values, max_size=3).map(
+        lambda extra: {**extra, **m}
+    )
+)
+stats_bodies = stats_maps.map(p.pack_stats)
 
 client_commands = st.one_of(
     st.builds(p.Hello, channels, hello_bodies),
@@ -100,6 +129,8 @@ client_commands = st.one_of(
     st.builds(p.Disconnect, channels, refs),
     st.builds(p.Request, channels, request_refs, topic_frames, bodies),
     st.builds(p.Reply, channels, reply_tokens, bodies),
+    st.builds(p.Heartbeat, channels),
+    st.builds(p.Stats, st.one_of(st.just(b""), channels), refs),
 )
 broker_commands = st.one_of(
     st.builds(p.Welcome, channels, welcome_bodies),
@@ -116,6 +147,9 @@ broker_commands = st.one_of(
         st.integers(0, 2**16 - 1),
         st.text(max_size=40),
     ),
+    st.builds(p.BrokerHeartbeat, channels),
+    st.builds(p.Bye, channels),
+    st.builds(p.StatsReply, st.one_of(st.just(b""), channels), refs, stats_bodies),
 )
 
 # Frames biased towards almost-valid messages so parsing goes deep.
@@ -132,6 +166,7 @@ _any_frame = st.one_of(
     st.sampled_from([b"", b"\xff\xfe", b"a..b", b"*", b">", b"x" * 300, b"\x00\x01"]),
     hello_bodies,
     welcome_bodies,
+    stats_bodies,
     st.just(p.pack_ack(1, 0)),
     sid_frames,
     sids_frames,
@@ -178,6 +213,29 @@ def test_broker_commands_are_unknown_to_parse_client(cmd: p.BrokerCommand) -> No
     with pytest.raises(ProtocolError) as info:
         p.parse_client(p.encode(cmd))
     assert info.value.code == ErrorCode.UNKNOWN_COMMAND
+
+
+def test_liveness_and_stats_commands_on_the_wire() -> None:
+    """The frames of HEARTBEAT, STATS, BROKER_HEARTBEAT, BYE and STATS_REPLY, both ways."""
+    ch = b"\x07" * 16
+    body = p.pack_stats({"peers": 1})
+    cases: list[tuple[p.Command, list[bytes]]] = [
+        (p.Heartbeat(ch), [b"ZB\x01\x09", ch]),
+        (p.Stats(ch, b"r"), [b"ZB\x01\x0a", ch, b"r"]),
+        (p.Stats(b"", b""), [b"ZB\x01\x0a", b"", b""]),
+        (p.Stats(b"", b"r" * 32), [b"ZB\x01\x0a", b"", b"r" * 32]),
+        (p.BrokerHeartbeat(ch), [b"ZB\x01\x88", ch]),
+        (p.Bye(ch), [b"ZB\x01\x89", ch]),
+        (p.StatsReply(ch, b"r", body), [b"ZB\x01\x8a", ch, b"r", body]),
+        (p.StatsReply(b"", b"", body), [b"ZB\x01\x8a", b"", b"", body]),
+    ]
+    for cmd, frames in cases:
+        assert p.encode(cmd) == frames
+        parse = p.parse_client if frames[0][3] < 0x80 else p.parse_broker
+        assert parse(frames) == cmd
+    assert (p.Cmd.HEARTBEAT, p.Cmd.STATS) == (0x09, 0x0A)
+    assert (p.Cmd.BROKER_HEARTBEAT, p.Cmd.BYE, p.Cmd.STATS_REPLY) == (0x88, 0x89, 0x8A)
+    assert p.header(p.Cmd.HEARTBEAT) == p.H_HEARTBEAT
 
 
 def test_encode_refuses_non_commands() -> None:
@@ -259,6 +317,25 @@ def _code(parse: Any, frames: list[bytes]) -> int:
         ([p.H_HELLO, CH, msgpack.packb([1, 2])], ErrorCode.BAD_BODY),
         ([p.H_HELLO, CH, msgpack.packb({1: 2}, use_bin_type=True)], ErrorCode.BAD_BODY),
         ([p.H_DISCONNECT, CH, b"r" * 33], ErrorCode.BAD_FRAMES),
+        ([p.H_HEARTBEAT], ErrorCode.BAD_FRAMES),
+        ([p.H_HEARTBEAT, CH, b""], ErrorCode.BAD_FRAMES),
+        ([p.H_HEARTBEAT, CH[:15]], ErrorCode.BAD_FRAMES),
+        ([p.H_HEARTBEAT, b""], ErrorCode.BAD_FRAMES),  # only STATS may omit the channel
+        ([p.H_STATS, CH], ErrorCode.BAD_FRAMES),
+        ([p.H_STATS, CH, b"", b""], ErrorCode.BAD_FRAMES),
+        ([p.H_STATS, CH[:15], b""], ErrorCode.BAD_FRAMES),
+        ([p.H_STATS, CH + b"\0", b""], ErrorCode.BAD_FRAMES),
+        ([p.H_STATS, CH, b"r" * 33], ErrorCode.BAD_FRAMES),
+        ([p.H_STATS, b"", b"r" * 33], ErrorCode.BAD_FRAMES),
+        ([p.H_HELLO, CH, p.pack_hello("c", heartbeat=-1)], ErrorCode.BAD_BODY),
+        ([p.H_HELLO, CH, p.pack_hello("c", heartbeat="2000")], ErrorCode.BAD_BODY),
+        ([p.H_HELLO, CH, p.pack_hello("c", heartbeat=True)], ErrorCode.BAD_BODY),
+        ([p.H_HELLO, CH, p.pack_hello("c", heartbeat=False)], ErrorCode.BAD_BODY),
+        ([p.H_HELLO, CH, p.pack_hello("c", heartbeat=2000.0)], ErrorCode.BAD_BODY),
+        ([p.H_HELLO, CH, p.pack_hello("c", heartbeat=None)], ErrorCode.BAD_BODY),
+        ([p.H_BROKER_HEARTBEAT, CH], ErrorCode.UNKNOWN_COMMAND),
+        ([p.H_BYE, CH], ErrorCode.UNKNOWN_COMMAND),
+        ([p.H_STATS_REPLY, CH, b"", p.pack_stats({})], ErrorCode.UNKNOWN_COMMAND),
     ],
 )
 def test_parse_client_refusals(frames: list[bytes], code: int) -> None:
@@ -297,6 +374,28 @@ def test_parse_client_refusals(frames: list[bytes], code: int) -> None:
         ([p.H_WELCOME, CH, msgpack.packb({"broker": "b"})], ErrorCode.BAD_BODY),
         ([p.H_WELCOME, CH, p.pack_welcome("b", 1.5)], ErrorCode.BAD_BODY),  # type: ignore[arg-type]
         ([p.H_WELCOME, CH, p.pack_welcome("b", True)], ErrorCode.BAD_BODY),  # bool is not an int
+        ([p.H_WELCOME, CH, p.pack_welcome("b", 1024, heartbeat=-1)], ErrorCode.BAD_BODY),
+        ([p.H_WELCOME, CH, p.pack_welcome("b", 1024, heartbeat="100")], ErrorCode.BAD_BODY),
+        ([p.H_WELCOME, CH, p.pack_welcome("b", 1024, heartbeat=True)], ErrorCode.BAD_BODY),
+        ([p.H_WELCOME, CH, p.pack_welcome("b", 1024, heartbeat=0.5)], ErrorCode.BAD_BODY),
+        ([p.H_BROKER_HEARTBEAT], ErrorCode.BAD_FRAMES),
+        ([p.H_BROKER_HEARTBEAT, CH, b""], ErrorCode.BAD_FRAMES),
+        ([p.H_BROKER_HEARTBEAT, CH[:15]], ErrorCode.BAD_FRAMES),
+        ([p.H_BROKER_HEARTBEAT, b""], ErrorCode.BAD_FRAMES),
+        ([p.H_BYE, CH, b""], ErrorCode.BAD_FRAMES),
+        ([p.H_BYE, CH + b"\0"], ErrorCode.BAD_FRAMES),
+        ([p.H_BYE, b""], ErrorCode.BAD_FRAMES),
+        ([p.H_STATS_REPLY, CH, b""], ErrorCode.BAD_FRAMES),
+        ([p.H_STATS_REPLY, CH, b"", p.pack_stats({}), b""], ErrorCode.BAD_FRAMES),
+        ([p.H_STATS_REPLY, CH[:15], b"", p.pack_stats({})], ErrorCode.BAD_FRAMES),
+        ([p.H_STATS_REPLY, CH, b"r" * 33, p.pack_stats({})], ErrorCode.BAD_FRAMES),
+        ([p.H_STATS_REPLY, CH, b"", b"\xc1"], ErrorCode.BAD_BODY),
+        ([p.H_STATS_REPLY, CH, b"", b""], ErrorCode.BAD_BODY),
+        ([p.H_STATS_REPLY, CH, b"", msgpack.packb([1, 2])], ErrorCode.BAD_BODY),
+        ([p.H_STATS_REPLY, CH, b"", msgpack.packb({403: 1})], ErrorCode.BAD_BODY),
+        ([p.H_STATS_REPLY, CH, b"", p.pack_stats({}) + b"\0"], ErrorCode.BAD_BODY),
+        ([p.H_HEARTBEAT, CH], ErrorCode.UNKNOWN_COMMAND),
+        ([p.H_STATS, b"", b""], ErrorCode.UNKNOWN_COMMAND),
     ],
 )
 def test_parse_broker_refusals(frames: list[bytes], code: int) -> None:
@@ -589,9 +688,77 @@ def test_hello_and_welcome_bodies() -> None:
     assert info == {"broker": "zmqbus", "max_message_size": 1024, "region": "eu"}
 
 
+@pytest.mark.parametrize("ms", [0, 1, 100, 2000, 60_000, 2**32, 2**64 - 1])
+def test_heartbeat_in_hello_and_welcome(ms: int) -> None:
+    """Any non-negative int is a valid heartbeat (0: none); the broker clamps it."""
+    assert p.unpack_hello(p.pack_hello("py/1", heartbeat=ms))["heartbeat"] == ms
+    assert p.unpack_welcome(p.pack_welcome("b", 1024, heartbeat=ms))["heartbeat"] == ms
+
+
+@pytest.mark.parametrize("bad", [-1, -(2**63), "2000", True, False, 2000.0, None, [2000], b"\x07"])
+def test_invalid_heartbeat_is_bad_body(bad: object) -> None:
+    for unpack, body in [
+        (p.unpack_hello, p.pack_hello("py/1", heartbeat=bad)),
+        (p.unpack_welcome, p.pack_welcome("b", 1024, heartbeat=bad)),
+    ]:
+        with pytest.raises(ProtocolError) as info:
+            unpack(body)
+        assert info.value.code == ErrorCode.BAD_BODY
+
+
+def test_stats_body_error_codes_travel_as_decimal_text() -> None:
+    stats = {
+        "broker": "zmqbus/0.1.0",
+        "peers": 2,
+        "counters": {"messages_in": 9, "expired": 1},
+        "errors": {ErrorCode.NOT_JOINED: 2, 406: 1},
+    }
+    body = p.pack_stats(stats)
+    raw = msgpack.unpackb(body, raw=False, strict_map_key=False)
+    assert raw["errors"] == {"403": 2, "406": 1}
+    assert p.unpack_stats(body) == {**stats, "errors": {"403": 2, "406": 1}}
+    assert stats["errors"] == {403: 2, 406: 1}  # the caller's map is not changed
+    # Without an errors map, or with one already in text, it is packed as is.
+    assert p.unpack_stats(p.pack_stats({"peers": 0})) == {"peers": 0}
+    assert p.unpack_stats(p.pack_stats({"errors": {"422": 3}})) == {"errors": {"422": 3}}
+
+
+@SETTINGS
+@given(stats_maps)
+def test_stats_body_round_trip(stats: dict[str, Any]) -> None:
+    got = p.unpack_stats(p.pack_stats(stats))
+    assert got == {**stats, "errors": {str(int(k)): n for k, n in stats["errors"].items()}}
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b"",
+        b"\xc1",
+        msgpack.packb([]),
+        msgpack.packb("peers"),
+        msgpack.packb(None),
+        msgpack.packb({1: 2}),
+        msgpack.packb({b"peers": 1}, use_bin_type=True),
+        p.pack_stats({"peers": 1}) + b"\x00",
+    ],
+)
+def test_unpack_stats_refuses_bad_shapes(body: bytes) -> None:
+    with pytest.raises(ProtocolError) as info:
+        p.unpack_stats(body)
+    assert info.value.code == ErrorCode.BAD_BODY
+
+
 # --- garbage never escapes as anything but ProtocolError ----------------------------
 
-UNPACKERS = [p.unpack_message, p.unpack_reply, p.unpack_ack, p.unpack_hello, p.unpack_welcome]
+UNPACKERS = [
+    p.unpack_message,
+    p.unpack_reply,
+    p.unpack_ack,
+    p.unpack_hello,
+    p.unpack_welcome,
+    p.unpack_stats,
+]
 
 _msgpack_values = st.recursive(
     st.one_of(

@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import itertools
 import json
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -40,6 +41,8 @@ ACK = header(0x05)
 DISCONNECT = header(0x06)
 REQUEST = header(0x07)
 REPLY = header(0x08)
+HEARTBEAT = header(0x09)
+STATS = header(0x0A)
 WELCOME = header(0x81)
 OK = header(0x82)
 DELIVER = header(0x83)
@@ -47,6 +50,9 @@ ROUTED = header(0x84)
 ACKED = header(0x85)
 ASK = header(0x86)
 ANSWER = header(0x87)
+BROKER_HEARTBEAT = header(0x88)
+BYE = header(0x89)
+STATS_REPLY = header(0x8A)
 ERROR = header(0x8F)
 
 MSG_ID = bytes.fromhex("6f1c4a2e3b5d4e8f9a0b1c2d3e4f5a6b")
@@ -103,6 +109,38 @@ def join(sock: Dealer, channel: bytes) -> dict[str, Any]:
 def request(sock: Dealer, frames: list[bytes]) -> list[bytes]:
     sock.send_multipart(frames)
     return sock.recv_multipart()
+
+
+def recv_past_beats(sock: Dealer, channel: bytes | None = None) -> list[bytes]:
+    """The next message other than BROKER_HEARTBEAT (for peers that asked for
+    heartbeats); skipped heartbeats must name ``channel``, if given."""
+    while True:
+        frames = sock.recv_multipart()
+        if frames[0] != BROKER_HEARTBEAT:
+            return frames
+        assert len(frames) == 2 and len(frames[1]) == 16, frames
+        assert channel is None or frames[1] == channel
+
+
+def join_beating(sock: Dealer, channel: bytes, heartbeat: int) -> dict[str, Any]:
+    """HELLO asking for heartbeats every ``heartbeat`` ms; the WELCOME's map."""
+    sock.send_multipart(
+        [HELLO, channel, packb({"client": "raw-dealer-test/1", "heartbeat": heartbeat})]
+    )
+    frames = recv_past_beats(sock, channel)
+    assert len(frames) == 3 and frames[:2] == [WELCOME, channel], frames
+    info: dict[str, Any] = msgpack.unpackb(frames[2], raw=False)
+    return info
+
+
+def stats(sock: Dealer, channel: bytes = b"", ref: bytes = b"stats") -> dict[str, Any]:
+    """STATS (joined or not); the STATS_REPLY's map. It echoes the channel and ref."""
+    sock.send_multipart([STATS, channel, ref])
+    frames = recv_past_beats(sock)
+    assert len(frames) == 4 and frames[:3] == [STATS_REPLY, channel, ref], frames
+    info: dict[str, Any] = msgpack.unpackb(frames[3], raw=False)
+    assert all(isinstance(k, str) for k in info)
+    return info
 
 
 # Subscription IDs are chosen by the client; one sequence for the whole module
@@ -846,6 +884,149 @@ def test_reply_after_the_requester_left_is_dropped_and_counted(
     assert broker.stats()["counters"]["stale_replies"] == before + 2
 
 
+# --- STATS, heartbeats and BYE ---------------------------------------------------------
+
+
+def test_stats_without_hello_reports_the_broker(raw_dealer: MakeDealer, ch: bytes) -> None:
+    mon = raw_dealer()
+    info = stats(mon)
+    assert isinstance(info["broker"], str) and info["broker"]
+    assert (info["peers"], info["channels"], info["subscriptions"]) == (0, 0, 0)
+    assert info["pending_confirmations"] == 0
+    assert isinstance(info["counters"], dict) and info["errors"] == {}
+    peer = raw_dealer()
+    join(peer, ch)
+    subscribe(peer, ch, b"a.>")
+    subscribe(peer, ch, b"b.*", queue=b"workers")
+    # STATS did not join `mon`: anything but HELLO or STATS is still refused.
+    sid = new_sid()
+    assert_error(request(mon, [SUBSCRIBE, ch, b"s", sid, b"x", b""]), 403, ch, b"s")
+    assert_error(request(mon, [PUBLISH, ch, b"", b"a.*", body()]), 403, ch)
+    info = stats(mon, ch, b"r2")  # any channel, joined or not
+    assert (info["peers"], info["channels"], info["subscriptions"]) == (1, 1, 2)
+    assert info["queue_groups"] == 1
+    # Refusals by code, the keys being the codes in decimal text.
+    assert info["errors"] == {"403": 2}
+    counters = info["counters"]
+    assert counters["connects"] == 1 and counters["subscribes"] == 2
+    assert counters["errors"] == 2
+    assert all(isinstance(k, str) and type(v) is int for k, v in counters.items())
+    # A joined peer may ask too, naming any channel (informative only: no 409), or none.
+    other = uuid.uuid4().bytes
+    assert stats(peer, other, b"")["peers"] == 1
+    assert stats(peer)["subscriptions"] == 2
+    subscribe(peer, ch, b"still.joined")
+
+
+@pytest.mark.parametrize(
+    ("asked", "agreed"),
+    [(0, None), (1, 100), (99, 100), (100, 100), (250, 250), (60_000, 60_000), (2**40, 60_000)],
+)
+def test_hello_heartbeat_is_clamped_to_100_60000_ms(
+    raw_dealer: MakeDealer, ch: bytes, asked: int, agreed: int | None
+) -> None:
+    info = join_beating(raw_dealer(), ch, asked)
+    assert info.get("heartbeat") == agreed
+    assert info["max_message_size"] == 1 << 20
+
+
+@pytest.mark.parametrize("bad", [-1, "2000", True, 2000.0, None])
+def test_hello_with_invalid_heartbeat_is_refused(
+    raw_dealer: MakeDealer, ch: bytes, bad: object
+) -> None:
+    sock = raw_dealer()
+    sock.send_multipart([HELLO, ch, packb({"client": "x", "heartbeat": bad})])
+    assert_error(refused(sock, ch), 422, ch)
+
+
+def test_heartbeat_from_a_joined_peer_is_not_answered(raw_dealer: MakeDealer, ch: bytes) -> None:
+    sock = raw_dealer()
+    join(sock, ch)  # without heartbeats: HEARTBEAT is allowed all the same
+    sock.send_multipart([HEARTBEAT, ch])
+    sock.send_multipart([HEARTBEAT, ch])
+    quiet(sock, ch)  # no reply came before the sentinel's OK
+    assert stats(sock, ch)["counters"]["heartbeats_in"] == 2
+    assert_error(request(sock, [HEARTBEAT, OTHER]), 409, OTHER)
+    assert_error(request(raw_dealer(), [HEARTBEAT, ch]), 403, ch)
+
+
+def test_silent_peer_gets_broker_heartbeats_then_is_forgotten(
+    raw_dealer: MakeDealer, ch: bytes
+) -> None:
+    mon, silent = raw_dealer(), raw_dealer()
+    assert stats(mon)["peers"] == 0
+    start = time.monotonic()
+    assert join_beating(silent, ch, 200)["heartbeat"] == 200
+    assert stats(mon)["peers"] == 1
+    for _ in range(2):
+        assert silent.recv_multipart() == [BROKER_HEARTBEAT, ch]
+    # One interval apart, the first one interval after the HELLO.
+    assert time.monotonic() - start >= 0.4 - 0.002
+    # It answers none: after three silent intervals the broker forgets it. Each
+    # STATS reply is a fresh look; the deadline only bounds a failure.
+    deadline = time.monotonic() + 5.0
+    while (info := stats(mon))["peers"]:
+        assert time.monotonic() < deadline, "the silent peer was never forgotten"
+    assert time.monotonic() - start >= 0.6 - 0.002
+    assert info["counters"]["expired"] == 1
+    assert info["counters"]["heartbeats_out"] >= 2
+    assert info["channels"] == 0  # it was the only peer on its channel
+    # Its session is gone: a PUBLISH is refused (after the heartbeats still queued).
+    silent.send_multipart([PUBLISH, ch, b"p1", b"t", body()])
+    assert_error(recv_past_beats(silent, ch), 403, ch, b"p1")
+    # It may join again, as a new session (and without heartbeats this time).
+    join(silent, ch)
+    assert request(silent, [PUBLISH, ch, b"p2", b"t", body()]) == [ROUTED, ch, b"p2", count(0)]
+
+
+def test_peer_answering_heartbeats_stays_joined(raw_dealer: MakeDealer, ch: bytes) -> None:
+    peer, sub = raw_dealer(), raw_dealer()
+    join(sub, ch)
+    subscribe(sub, ch, b"alive.>")
+    assert join_beating(peer, ch, 100)["heartbeat"] == 100
+    # Eight intervals, well beyond the three after which a silent peer is forgotten.
+    for _ in range(8):
+        assert peer.recv_multipart() == [BROKER_HEARTBEAT, ch]
+        peer.send_multipart([HEARTBEAT, ch])
+    info = stats(peer, ch)
+    assert info["peers"] == 2
+    assert info["counters"]["heartbeats_in"] == 8
+    assert info["counters"].get("expired", 0) == 0
+    # Still the same session: it publishes, and its subscription still delivers.
+    peer.send_multipart([PUBLISH, ch, b"p", b"alive.check", body()])
+    assert recv_past_beats(peer, ch) == [ROUTED, ch, b"p", count(1)]
+    assert deliver_of(sub.recv_multipart())[1:] == (b"alive.check", body())
+
+
+def test_hello_again_without_heartbeat_ends_heartbeats(raw_dealer: MakeDealer, ch: bytes) -> None:
+    peer, clock = raw_dealer(), raw_dealer()
+    assert join_beating(peer, ch, 100)["heartbeat"] == 100
+    # The second HELLO asks for none; its WELCOME says so (heartbeats sent before it
+    # are skipped), and from then on the broker neither sends nor expects any.
+    assert "heartbeat" not in join_beating(peer, ch, 0)
+    # Another peer answering its heartbeats is the clock: five intervals of 100 ms.
+    assert join_beating(clock, ch, 100)["heartbeat"] == 100
+    for _ in range(5):
+        assert clock.recv_multipart() == [BROKER_HEARTBEAT, ch]
+        clock.send_multipart([HEARTBEAT, ch])
+    quiet(peer, ch)  # first reply is the OK: no BROKER_HEARTBEAT, no 403
+    assert stats(clock, ch)["counters"].get("expired", 0) == 0
+
+
+def test_broker_stop_sends_bye_to_joined_peers(ch: bytes) -> None:
+    with serve(1 << 20) as (broker, make):
+        plain, beating, elsewhere, mon = make(), make(), make(), make()
+        join(plain, ch)
+        assert join_beating(beating, ch, 100)["heartbeat"] == 100
+        other = uuid.uuid4().bytes
+        join(elsewhere, other)
+        assert stats(mon)["peers"] == 3
+        broker.stop()
+        assert plain.recv_multipart() == [BYE, ch]
+        assert recv_past_beats(beating, ch) == [BYE, ch]
+        assert elsewhere.recv_multipart() == [BYE, other]
+
+
 # --- malformed input --------------------------------------------------------------
 
 OTHER = bytes.fromhex("ffeeddccbbaa99887766554433221100")
@@ -910,6 +1091,28 @@ MALFORMED_CASES: list[tuple[str, bool, Callable[[bytes], list[bytes]], int, bool
         b"q",
     ),
     ("403-reply-before-hello", False, lambda c: [REPLY, c, T9, reply_body()], 403, True, b""),
+    ("403-heartbeat-before-hello", False, lambda c: [HEARTBEAT, c], 403, True, b""),
+    ("400-heartbeat-3-frames", True, lambda c: [HEARTBEAT, c, b""], 400, True, b""),
+    ("400-stats-channel-15-bytes", False, lambda c: [STATS, c[:15], b"r"], 400, False, b"r"),
+    ("400-stats-ref-33-bytes", False, lambda c: [STATS, c, bytes(33)], 400, True, b""),
+    ("405-client-sends-bye", True, lambda c: [BYE, c], 405, True, b""),
+    (
+        "405-client-sends-stats-reply",
+        False,
+        lambda c: [STATS_REPLY, c, b"", packb({})],
+        405,
+        True,
+        b"",
+    ),
+    ("409-heartbeat-other", True, lambda c: [HEARTBEAT, OTHER], 409, True, b""),
+    (
+        "422-hello-heartbeat-negative",
+        False,
+        lambda c: [HELLO, c, packb({"heartbeat": -1})],
+        422,
+        True,
+        b"",
+    ),
     ("405-unknown-0x7f", False, lambda c: [header(0x7F), c, b"r"], 405, True, b""),
     ("405-client-sends-welcome", False, lambda c: [WELCOME, c, packb({})], 405, True, b""),
     (

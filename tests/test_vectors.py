@@ -55,9 +55,15 @@ UNPACK: dict[str, Callable[[bytes], Any]] = {
     "ack": p.unpack_ack,
     "hello": p.unpack_hello,
     "welcome": p.unpack_welcome,
+    "stats": p.unpack_stats,
 }
-BYTES_FIELDS = {"channel", "ref", "token", "sid", "sids"}
+BYTES_FIELDS = {"channel", "ref", "token", "sid", "sids", "counts"}
 TEXT_FIELDS = {"topic", "pattern", "queue"}
+
+
+def command_name(cmd: object) -> str:
+    """The spec's name of a parsed command: ``StatsReply`` -> ``STATS_REPLY``."""
+    return re.sub(r"(?<=[a-z])(?=[A-Z])", "_", type(cmd).__name__).upper()
 
 
 def frames_of(vec: dict[str, Any]) -> list[bytes]:
@@ -97,7 +103,15 @@ def check_body(kind: str, body: bytes, want: dict[str, Any]) -> None:
             want["errors"],
         )
     else:
-        assert UNPACK[kind](body) == want["map"]
+        decoded = UNPACK[kind](body)
+        assert decoded == want["map"]
+        if kind == "stats" and "errors" in decoded:
+            # Refusals by error code: the keys are the codes in decimal text.
+            for code, n in decoded["errors"].items():
+                assert re.fullmatch(r"[1-9][0-9]{2}", code), code
+                assert type(n) is int and n > 0
+        if kind in ("hello", "welcome") and "heartbeat" in decoded:
+            assert type(decoded["heartbeat"]) is int and decoded["heartbeat"] >= 0
 
 
 # --- the files themselves ---------------------------------------------------------
@@ -156,7 +170,7 @@ def test_every_command_and_error_code_is_covered() -> None:
 def test_valid_vector_parses_to_stated_fields(vec: dict[str, Any]) -> None:
     frames = frames_of(vec)
     cmd = PARSE[vec["direction"]](frames)
-    assert type(cmd).__name__.upper() == vec["command"]
+    assert command_name(cmd) == vec["command"]
     assert frames[0] == b"ZB\x01" + bytes((p.Cmd[vec["command"]],))
     attrs = {f.name for f in dataclasses.fields(cmd)}
     assert set(vec["fields"]) == attrs - {"body"}
@@ -205,15 +219,54 @@ def test_valid_client_vector_draws_no_error_from_the_broker(vec: dict[str, Any])
         "UNSUBSCRIBE": [p.Ok],  # sids that are not open are ignored
         "DISCONNECT": [p.Ok],
         "ACK": [],  # the token is not outstanding: a stale ACK is ignored
-        "PUBLISH": [p.Routed] if frames_of(vec)[2] else [],
+        "PUBLISH": [p.Routed] if vec["fields"].get("ref") else [],
         "REQUEST": [p.Routed],  # count 0: nobody subscribed
         "REPLY": [],  # the requester's session (2) does not exist: dropped, no error
+        "HEARTBEAT": [],  # never answered
+        "STATS": [p.StatsReply],
     }[vec["command"]]
     assert [type(r) for r in replies] == expected
+    if vec["command"] == "HELLO":
+        asked = msgpack.unpackb(frames_of(vec)[2]).get("heartbeat", 0)
+        info = p.unpack_welcome(replies[0].body)  # type: ignore[union-attr]
+        if asked:
+            assert info["heartbeat"] == min(max(asked, 100), 60_000)
+        else:
+            assert "heartbeat" not in info
+    if vec["command"] == "HEARTBEAT":
+        assert state.counters["heartbeats_in"] == 1
+    if vec["command"] == "STATS":
+        check_stats_reply(replies[0], frames_of(vec), peers=1)
     if vec["command"] == "REQUEST":
         assert replies == [p.Routed(CHANNEL, frames_of(vec)[2], 0)]
     if vec["command"] == "REPLY":
         assert state.counters["stale_replies"] == 1
+
+
+def check_stats_reply(reply: object, stats: list[bytes], peers: int) -> dict[str, Any]:
+    """``reply`` answers the STATS ``stats``: it echoes its channel and ref, and its
+    body is the broker's map."""
+    assert isinstance(reply, p.StatsReply)
+    assert (reply.channel, reply.ref) == (stats[1], stats[2])
+    info = p.unpack_stats(reply.body)
+    assert info["peers"] == peers
+    for key in ("channels", "subscriptions", "queue_groups", "pending_confirmations"):
+        assert type(info[key]) is int and info[key] >= 0, key
+    assert isinstance(info["broker"], str)
+    assert all(type(v) is int for v in info["counters"].values())
+    assert all(isinstance(k, str) and k.isdigit() for k in info["errors"])
+    return info
+
+
+@params([v for v in VALID if v["command"] == "STATS"])
+def test_stats_vector_is_answered_without_hello(vec: dict[str, Any]) -> None:
+    state = BrokerState()
+    state.handle(PEER, frames_of(vec))
+    [(ident, frames)] = state.outbox
+    assert ident == PEER
+    check_stats_reply(p.parse_broker(frames), frames_of(vec), peers=0)
+    # STATS does not join the peer.
+    assert PEER not in state.peers
 
 
 # --- malformed frames -------------------------------------------------------------
@@ -319,6 +372,10 @@ def test_valid_body_repacks_identically(vec: dict[str, Any]) -> None:
         )
     elif kind == "ack":
         packed = p.pack_ack(want["delivered"], want["dropped"], want["errors"])
+    elif kind == "stats" and "errors" in want["map"]:
+        # The broker keeps error codes as ints; pack_stats writes them as decimal text.
+        stats = {**want["map"], "errors": {int(k): n for k, n in want["map"]["errors"].items()}}
+        packed = p.pack_stats(stats)
     else:
         packed = msgpack.packb(want["map"], use_bin_type=True)
     assert packed == body
@@ -414,6 +471,42 @@ def test_deliver_vectors_are_what_the_broker_sends() -> None:
     assert state.outbox == [(sub, frames_of(VALID_BY_NAME["deliver-unconfirmed"]))]
 
 
+def test_heartbeat_vectors_are_what_the_broker_sends() -> None:
+    """'hello-heartbeat' is answered by 'welcome-heartbeat'; the broker then sends
+    'broker-heartbeat' every 2 s, counts 'heartbeat', forgets the peer after three
+    silent intervals (then 'heartbeat' gets 403), and says 'bye' on shutdown."""
+    state = BrokerState(name="zmqbus/0.1.0")
+    state.now = 100.0
+    state.handle(PEER, frames_of(VALID_BY_NAME["hello-heartbeat"]))
+    assert state.outbox == [(PEER, frames_of(VALID_BY_NAME["welcome-heartbeat"]))]
+    state.outbox.clear()
+    assert state.next_tick == 102.0
+    beat = frames_of(VALID_BY_NAME["broker-heartbeat"])
+    assert state.tick(101.9) == 102.0 and not state.outbox
+    state.tick(102.0)
+    assert state.outbox == [(PEER, beat)]
+    state.outbox.clear()
+    # The client's HEARTBEAT is never answered; it keeps the peer alive.
+    state.now = 105.0
+    state.handle(PEER, frames_of(VALID_BY_NAME["heartbeat"]))
+    assert not state.outbox and state.counters["heartbeats_in"] == 1
+    state.tick(110.9)  # 5.9 s after the peer was last heard: alive, one beat due
+    assert state.outbox == [(PEER, beat)] and PEER in state.peers
+    state.outbox.clear()
+    state.bye_all()
+    assert state.outbox == [(PEER, frames_of(VALID_BY_NAME["bye"]))]
+    state.outbox.clear()
+    state.tick(111.01)  # more than 3 intervals since 105: forgotten
+    assert PEER not in state.peers and state.counters["expired"] == 1
+    assert state.next_tick is None
+    vec = next(v for v in SESSION if v["name"] == "not-joined-heartbeat")
+    state.handle(PEER, frames_of(vec))
+    [(_, frames)] = state.outbox
+    err = p.parse_broker(frames)
+    assert isinstance(err, p.Error)
+    assert (err.channel, err.ref, err.code) == (CHANNEL, b"", p.ErrorCode.NOT_JOINED)
+
+
 # --- the worked example in docs/protocol.md ---------------------------------------
 
 _MSG_LINE = re.compile(r"^(?P<peer>[A-Z]) (?P<dir>->|<-) (?P<cmd>[A-Z]+)\s*$")
@@ -455,7 +548,7 @@ def test_worked_example_in_spec_is_what_the_broker_does() -> None:
         got_ident, got = state.outbox.pop(0)
         assert got_ident == ident
         cmd = p.parse_broker(frames)
-        assert type(cmd).__name__.upper() == name
+        assert command_name(cmd) == name
         if isinstance(cmd, p.Error):
             assert got[:4] == frames[:4]  # the text is informative
         else:

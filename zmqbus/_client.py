@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import heapq
 import logging
+import random
+import time
 from collections import Counter
 from collections.abc import Callable
 from typing import Any, Protocol
@@ -38,6 +40,19 @@ DELIVERED = 0  # taken, nothing more to report
 DROPPED = 1  # buffer full
 PENDING = 2  # a handler will run; the face calls handler_done(ack_id, error) afterwards
 
+
+# The broker is dead after this many silent heartbeat intervals (as in 7/MDP).
+LIVENESS = 3
+# Reconnect backoff: first attempt after about RECONNECT_MIN, doubling up to RECONNECT_MAX,
+# each with +-50% jitter so that many buses do not reconnect in lockstep.
+RECONNECT_MIN = 0.1
+RECONNECT_MAX = 5.0
+# Frames held while reconnecting before the oldest are dropped (at-most-once anyway).
+MAX_HELD_FRAMES = 100_000
+
+# Frames worth sending to a new session; the rest (HELLO, SUBSCRIBE, ACK,
+# REPLY, HEARTBEAT...) belong to the lost one and are rebuilt or moot.
+_KEEP_ON_LOSS = frozenset((p.H_PUBLISH, p.H_REQUEST))
 
 # Handler error texts are cut to this many characters so that an ACK stays
 # far below any sane max_message_size even with many failing handlers.
@@ -66,6 +81,10 @@ class Sink(Protocol):
 
     def end(self) -> None:
         """The subscription has ended: no more offers will come."""
+        ...
+
+    def missed(self, count: int) -> None:
+        """``count`` messages for this subscription were dropped at the broker."""
         ...
 
 
@@ -130,12 +149,35 @@ def _settle(waiter: Waiter, result: Any = None, exc: BaseException | None = None
 class ClientCore:
     """Protocol state of one bus on one channel."""
 
-    def __init__(self, channel: bytes, *, client_name: str = "zmqbus-py") -> None:
+    def __init__(
+        self,
+        channel: bytes,
+        *,
+        client_name: str = "zmqbus-py",
+        heartbeat: float = 2.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         p.check_channel(channel)
         self.channel = channel
         self.client_name = client_name
         self.outbox: list[list[bytes]] = []
-        self.state = "new"  # new -> joining -> ready -> closed
+        # new -> joining -> ready <-> reconnecting -> rejoining -> ready ...; any -> closed
+        self.state = "new"
+        self.heartbeat = heartbeat  # asked of the broker, seconds; 0: none
+        self.clock = clock
+        # Set when the driver must replace its socket and then call rejoin().
+        self.want_socket = False
+        # "disconnected" / "reconnected", for the face to report; the face clears it.
+        self.events: list[str] = []
+        self._beat = 0.0  # agreed interval, from WELCOME
+        self._last_heard = 0.0
+        self._next_beat = 0.0
+        self._backoff = 0.0
+        self._rejoin_at: float | None = None
+        self._welcome_by: float | None = None
+        self._internal: set[bytes] = set()  # refs of our own re-subscribes
+        self._sub_args: dict[bytes, tuple[str, str]] = {}  # sid -> (pattern, queue)
+        self._sub_refs: dict[bytes, bytes] = {}  # ref of a SUBSCRIBE awaiting OK -> sid
         self.max_message_size: int | None = None
         self.broker_info: dict[str, Any] = {}
         self.counters: Counter[str] = Counter()
@@ -163,7 +205,11 @@ class ClientCore:
         self.state = "joining"
         self._hello = (waiter, timeout)
         self._timer(deadline, b"")
-        self.outbox.append([p.H_HELLO, self.channel, p.pack_hello(self.client_name)])
+        self.outbox.append(self._hello_frames())
+
+    def _hello_frames(self) -> list[bytes]:
+        extra = {"heartbeat": int(self.heartbeat * 1000)} if self.heartbeat > 0 else {}
+        return [p.H_HELLO, self.channel, p.pack_hello(self.client_name, **extra)]
 
     def subscribe(
         self, sink: Sink, waiter: Waiter, deadline: float, timeout: float, queue: str = ""
@@ -177,8 +223,10 @@ class ClientCore:
         pattern = sink.pattern
         self._sinks[sid] = sink
         self._sid_of[sink] = sid
+        self._sub_args[sid] = (pattern, queue)
         self._by_pattern.setdefault(pattern, []).append(sink)
         ref = self._request(waiter, deadline, timeout, "subscribe")
+        self._sub_refs[ref] = sid
         self.outbox.append(
             [p.H_SUBSCRIBE, self.channel, ref, sid, pattern.encode(), queue.encode()]
         )
@@ -215,6 +263,7 @@ class ClientCore:
     def _forget(self, sink: Sink) -> bytes:
         sid = self._sid_of.pop(sink)
         del self._sinks[sid]
+        del self._sub_args[sid]
         sink.end()
         return sid
 
@@ -283,6 +332,7 @@ class ClientCore:
             return
         was_ready = self.state == "ready"
         self.state = "closed"
+        self.want_socket = False
         exc = exc or BusClosed("bus is closed")
         self._closed_exc = exc
         if self._hello is not None:
@@ -308,20 +358,101 @@ class ClientCore:
             else:
                 _settle(waiter, None)
 
+    # --- connection loss ----------------------------------------------------
+
+    def _lost(self, now: float, reason: str) -> None:
+        if self.state not in ("ready", "rejoining"):
+            return
+        if self.state == "ready":
+            self.events.append("disconnected")
+            log.warning("lost the broker (%s); reconnecting", reason)
+        self.state = "reconnecting"
+        self.counters["disconnects"] += 1
+        self._welcome_by = None
+        self._backoff = min(RECONNECT_MAX, max(RECONNECT_MIN, self._backoff * 2))
+        self._rejoin_at = now + self._backoff * random.uniform(0.5, 1.5)
+        # Confirmations of the old session's deliveries cannot reach anyone now.
+        self._acks.clear()
+        # Hold what the user queued meanwhile (sent after the new HELLO), dropping
+        # our own frames for the old session.
+        held = [f for f in self.outbox if f[0] in _KEEP_ON_LOSS]
+        self.outbox.clear()
+        self.outbox.extend(held[-MAX_HELD_FRAMES:])
+
+    @property
+    def holding(self) -> bool:
+        """True while frames must stay in ``outbox`` (no session to send them to)."""
+        return self.state == "reconnecting"
+
+    def rejoin(self, now: float) -> None:
+        """The driver has a fresh socket: queue HELLO, re-SUBSCRIBE every open
+        subscription, then what was held. Subscribes still awaiting their OK
+        reuse their ref, so their callers complete."""
+        if self.state != "reconnecting":
+            return
+        self.state = "rejoining"
+        self.want_socket = False
+        self._welcome_by = now + max(1.0, 2 * self._backoff)
+        pending_sub = {sid: ref for ref, sid in self._sub_refs.items() if ref in self._pending}
+        frames = [self._hello_frames()]
+        for sid, (pattern, queue) in self._sub_args.items():
+            ref = pending_sub.get(sid)
+            if ref is None:
+                ref = self._next_ref()
+                self._internal.add(ref)
+            frames.append([p.H_SUBSCRIBE, self.channel, ref, sid, pattern.encode(), queue.encode()])
+        # Unsubscribes and disconnects pending on the old session are moot: done.
+        for ref, item in list(self._pending.items()):
+            if isinstance(item, _Request) and item.action in ("unsubscribe", "disconnect"):
+                del self._pending[ref]
+                _settle(item.waiter, item.result_value)
+        held = list(self.outbox)
+        self.outbox.clear()
+        self.outbox.extend(frames)
+        self.outbox.extend(held)
+
     # --- timers -------------------------------------------------------------
 
     def next_deadline(self) -> float | None:
-        """The earliest deadline of anything pending, or None."""
+        """The earliest deadline of anything pending or due (heartbeat, liveness,
+        reconnect), or None: then the driver may block indefinitely."""
         timers = self._timers
+        best: float | None = None
         while timers:
             deadline, ref = timers[0]
             if ref in self._pending or (not ref and self._hello is not None):
-                return deadline
+                best = deadline
+                break
             heapq.heappop(timers)
-        return None
+        for t in self._duties():
+            if best is None or t < best:
+                best = t
+        return best
+
+    def _duties(self) -> list[float]:
+        if self.state == "ready" and self._beat:
+            return [self._next_beat, self._last_heard + LIVENESS * self._beat]
+        if self.state == "reconnecting" and self._rejoin_at is not None:
+            return [self._rejoin_at]
+        if self.state == "rejoining" and self._welcome_by is not None:
+            return [self._welcome_by]
+        return []
 
     def expire(self, now: float) -> None:
-        """Fail everything whose deadline is at or before ``now``."""
+        """Fail everything whose deadline is at or before ``now``; send a due
+        heartbeat; notice a silent broker; schedule and time reconnects."""
+        if self.state == "ready" and self._beat:
+            if now - self._last_heard > LIVENESS * self._beat:
+                self._lost(now, f"broker silent for {now - self._last_heard:.1f}s")
+            elif now >= self._next_beat:
+                self.outbox.append([p.H_HEARTBEAT, self.channel])
+                self._next_beat = now + self._beat
+        elif self.state == "reconnecting":
+            if self._rejoin_at is not None and now >= self._rejoin_at:
+                self._rejoin_at = None
+                self.want_socket = True
+        elif self.state == "rejoining" and self._welcome_by is not None and now >= self._welcome_by:
+            self._lost(now, "no WELCOME from the broker")
         timers = self._timers
         while timers and timers[0][0] <= now:
             _, ref = heapq.heappop(timers)
@@ -350,6 +481,7 @@ class ClientCore:
 
     def receive(self, frames: list[bytes]) -> None:
         """Handle one message from the broker."""
+        self._last_heard = self.clock()
         head = frames[0] if frames else b""
         n = len(frames)
         try:
@@ -377,17 +509,44 @@ class ClientCore:
         if not isinstance(cmd, p.Error) and cmd.channel != self.channel:
             raise ProtocolError(p.ErrorCode.CHANNEL_MISMATCH, "message for another channel")
         if isinstance(cmd, p.Ok):
+            if cmd.ref in self._internal:
+                self._internal.discard(cmd.ref)
+                return
+            self._sub_refs.pop(cmd.ref, None)
             item = self._pending.get(cmd.ref)
             if isinstance(item, _Request):
                 del self._pending[cmd.ref]
                 _settle(item.waiter, item.result_value)
+        elif isinstance(cmd, p.BrokerHeartbeat):
+            pass  # being heard is all it is for
+        elif isinstance(cmd, p.Dropped):
+            # Messages the broker could not queue for us (we were too slow).
+            for sid, count in p.unpack_dropped(cmd.counts).items():
+                self.counters["dropped_at_broker"] += count
+                sink = self._sinks.get(sid)
+                if sink is not None:
+                    sink.missed(count)
+        elif isinstance(cmd, p.Bye):
+            self._lost(self.clock(), "broker is shutting down")
         elif isinstance(cmd, p.Welcome):
-            if self._hello is None:
+            if self._hello is None and self.state != "rejoining":
                 return
             info = p.unpack_welcome(cmd.body)
             self.broker_info = info
             self.max_message_size = int(info["max_message_size"])
+            now = self.clock()
+            self._beat = info.get("heartbeat", 0) / 1000.0
+            self._next_beat = now + self._beat
+            if self.state == "rejoining":
+                self.state = "ready"
+                self._backoff = 0.0
+                self._welcome_by = None
+                self.counters["reconnects"] += 1
+                self.events.append("reconnected")
+                log.info("rejoined channel %s", self.channel.hex())
+                return
             self.state = "ready"
+            assert self._hello is not None
             waiter, _ = self._hello
             self._hello = None
             _settle(waiter, info)
@@ -398,6 +557,11 @@ class ClientCore:
 
     def _error(self, cmd: p.Error) -> None:
         exc = ProtocolError(cmd.code, cmd.text, remote=True)
+        if cmd.code == p.ErrorCode.NOT_JOINED and self.state in ("ready", "rejoining"):
+            # The broker does not know this connection (it restarted, or expired us):
+            # join again. What it refused stays pending until its own timeout.
+            self._lost(self.clock(), "broker does not know this session")
+            return
         if cmd.ref:
             item = self._pending.pop(cmd.ref, None)
             if item is not None:

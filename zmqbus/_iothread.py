@@ -44,17 +44,15 @@ class IOThread:
         *,
         hwm: int = 100_000,
         name: str = "zmqbus-io",
+        on_event: Callable[[str], None] | None = None,
     ) -> None:
         self._core = core
-        self._sock: zmq.Socket[bytes] = context.socket(zmq.DEALER)
-        self._sock.setsockopt(zmq.LINGER, 0)
-        self._sock.setsockopt(zmq.SNDHWM, hwm)
-        self._sock.setsockopt(zmq.RCVHWM, hwm)
-        try:
-            self._sock.connect(endpoint)
-        except zmq.ZMQError as exc:
-            self._sock.close(0)
-            raise ValueError(f"cannot connect to {endpoint!r}: {exc}") from None
+        self._ctx = context
+        self._endpoint = endpoint
+        self._hwm = hwm
+        self._on_event = on_event
+        self._sock = self._dealer()
+        self._poller = zmq.Poller()
         wake = f"inproc://zmqbus-wake-{id(self):x}-{time.monotonic_ns():x}"
         self._wake_rx: zmq.Socket[bytes] = context.socket(zmq.PAIR)
         self._wake_rx.setsockopt(zmq.LINGER, 0)
@@ -70,6 +68,35 @@ class IOThread:
         self._out: deque[list[bytes]] = deque()
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
         self._thread.start()
+
+    def _dealer(self) -> zmq.Socket[bytes]:
+        sock: zmq.Socket[bytes] = self._ctx.socket(zmq.DEALER)
+        sock.setsockopt(zmq.LINGER, 0)
+        sock.setsockopt(zmq.SNDHWM, self._hwm)
+        sock.setsockopt(zmq.RCVHWM, self._hwm)
+        try:
+            sock.connect(self._endpoint)
+        except zmq.ZMQError as exc:
+            sock.close(0)
+            raise ValueError(f"cannot connect to {self._endpoint!r}: {exc}") from None
+        return sock
+
+    def _swap(self) -> None:
+        # A fresh socket per attempt: nothing of the lost session lingers in its queues.
+        old = self._sock
+        self._poller.unregister(old)
+        old.close(0)
+        self._out.clear()
+        self._sock = self._dealer()
+        self._poller.register(self._sock, zmq.POLLIN)
+        self._core.rejoin(time.monotonic())
+
+    def _report(self) -> None:
+        events = self._core.events
+        if events and self._on_event is not None:
+            for event in list(events):
+                self._call(lambda e=event: self._on_event(e))  # type: ignore[misc]
+        events.clear()
 
     @property
     def thread(self) -> threading.Thread:
@@ -113,10 +140,9 @@ class IOThread:
 
     def _run(self) -> None:
         core = self._core
-        sock = self._sock
         wake = self._wake_rx
-        poller = zmq.Poller()
-        poller.register(sock, zmq.POLLIN)
+        poller = self._poller
+        poller.register(self._sock, zmq.POLLIN)
         poller.register(wake, zmq.POLLIN)
         polling_out = False
         out = self._out
@@ -130,9 +156,14 @@ class IOThread:
                     stopping = self._stopping
                 for item in items:
                     if type(item) is list:
-                        out.append(item)
+                        # Through the core, so frames wait while it is reconnecting.
+                        core.outbox.append(item)
                     else:
                         self._call(item)  # type: ignore[arg-type]
+                if core.want_socket:
+                    self._swap()
+                    polling_out = False
+                self._report()
                 self._drain_core()
                 self._send()
                 if stopping:
@@ -142,6 +173,7 @@ class IOThread:
                 if deadline is not None and deadline <= now:
                     core.expire(now)
                     continue
+                sock = self._sock
                 with lock:
                     if self._queue or self._stopping:
                         continue
@@ -169,7 +201,7 @@ class IOThread:
         finally:
             self._drain_core()
             self._send()
-            sock.close(0)
+            self._sock.close(0)
             wake.close(0)
 
     def _call(self, fn: Callable[[], object]) -> None:
@@ -181,7 +213,7 @@ class IOThread:
 
     def _drain_core(self) -> None:
         outbox = self._core.outbox
-        if outbox:
+        if outbox and not self._core.holding:
             self._out.extend(outbox)
             outbox.clear()
 

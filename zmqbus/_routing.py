@@ -33,6 +33,12 @@ Outgoing = tuple[bytes, list[bytes]]
 # bounds memory when publishers use many distinct topics.
 _CACHE_LIMIT = 8192
 
+# A peer that asked for heartbeats is dead after this many silent intervals (as in 7/MDP).
+LIVENESS = 3
+# Bounds on the heartbeat interval a client may ask for, in milliseconds.
+HEARTBEAT_MIN_MS = 100
+HEARTBEAT_MAX_MS = 60_000
+
 _LEFT_TEXT = "subscribing bus left before confirming"
 _DROPPED_AT_BROKER = p.pack_ack(0, 1, [])
 
@@ -40,11 +46,28 @@ _DROPPED_AT_BROKER = p.pack_ack(0, 1, [])
 class Peer:
     """One connected client: its channel, subscriptions and unanswered deliveries."""
 
-    __slots__ = ("channel", "ident", "outstanding", "session", "subs")
+    __slots__ = (
+        "channel",
+        "dropped",
+        "dropped_total",
+        "heartbeat",
+        "ident",
+        "last_heard",
+        "next_beat",
+        "outstanding",
+        "session",
+        "subs",
+    )
 
     def __init__(self, ident: bytes, channel: Channel, session: bytes) -> None:
         self.ident = ident
         self.channel = channel
+        self.heartbeat = 0.0  # seconds; 0: the peer did not ask for heartbeats
+        # Messages the socket could not take for this peer, per sid, not yet reported.
+        self.dropped: dict[bytes, int] = {}
+        self.dropped_total = 0
+        self.last_heard = 0.0
+        self.next_beat = 0.0
         # Broker-unique, never reused: the prefix of this session's reply tokens.
         self.session = session
         self.subs: dict[bytes, tuple[str, str]] = {}  # sid -> (pattern, queue)
@@ -169,7 +192,13 @@ class BrokerState:
         self._pending: dict[bytes, _Pending] = {}
         self._next_token = 0
         self._next_session = 0
+        self._name = name
         self._welcome = p.pack_welcome(name, max_message_size)
+        # The broker loop sets `now` (time.monotonic()) before each batch; tests set it by hand.
+        self.now = 0.0
+        self._beating: set[bytes] = set()  # idents of peers that asked for heartbeats
+        self.lossy: set[bytes] = set()  # idents owed a DROPPED notice
+        self.next_tick: float | None = None
         # Topics already checked against the topic rules, so the hot path checks each once.
         self._valid_topics: set[bytes] = set()
 
@@ -203,12 +232,35 @@ class BrokerState:
         gone). A confirmed DELIVER is then reported to its publisher as dropped,
         so the publisher learns at once instead of timing out."""
         self.counters["dropped_out"] += 1
-        if len(frames) == 6 and frames[0] == p.H_DELIVER and frames[2]:
-            peer = self.peers.get(ident)
-            token = frames[2]
-            if peer is not None and token in peer.outstanding:
-                peer.outstanding.discard(token)
-                self._resolve(token, _DROPPED_AT_BROKER)
+        peer = self.peers.get(ident)
+        if peer is None or len(frames) != 6 or frames[0] not in (p.H_DELIVER, p.H_ASK):
+            return
+        # Owed to the slow peer as a DROPPED notice once its queue has room again.
+        peer.dropped_total += 1
+        for sid in p.split_sids(frames[5]):
+            peer.dropped[sid] = peer.dropped.get(sid, 0) + 1
+        self.lossy.add(ident)
+        token = frames[2]
+        if frames[0] == p.H_DELIVER and token and token in peer.outstanding:
+            peer.outstanding.discard(token)
+            self._resolve(token, _DROPPED_AT_BROKER)
+
+    def loss_notice(self, ident: bytes) -> list[bytes] | None:
+        """The DROPPED frames owed to ``ident``, or None; call ``loss_reported``
+        once the socket took them."""
+        peer = self.peers.get(ident)
+        if peer is None or not peer.dropped:
+            self.lossy.discard(ident)
+            return None
+        return [p.H_DROPPED, peer.channel.id, p.pack_dropped(peer.dropped)]
+
+    def loss_reported(self, ident: bytes) -> None:
+        """The DROPPED notice for ``ident`` was queued: its counts start again."""
+        peer = self.peers.get(ident)
+        if peer is not None:
+            self.counters["dropped_notices"] += 1
+            peer.dropped = {}
+        self.lossy.discard(ident)
 
     # --- hot path -----------------------------------------------------------
 
@@ -228,6 +280,7 @@ class BrokerState:
             raise ProtocolError(
                 ErrorCode.CHANNEL_MISMATCH, "channel frame differs from the channel joined"
             )
+        peer.last_heard = self.now
         return peer
 
     def _message_checks(self, topic: bytes, body: bytes) -> None:
@@ -357,8 +410,14 @@ class BrokerState:
         if isinstance(cmd, p.Hello):
             self._hello(ident, cmd)
             return
+        if isinstance(cmd, p.Stats):
+            body = p.pack_stats(self.stats())
+            self.outbox.append((ident, [p.H_STATS_REPLY, cmd.channel, cmd.ref, body]))
+            return
         peer = self._joined(ident, frames, len(frames))
-        if isinstance(cmd, p.Subscribe):
+        if isinstance(cmd, p.Heartbeat):
+            self.counters["heartbeats_in"] += 1
+        elif isinstance(cmd, p.Subscribe):
             self._subscribe(peer, cmd)
         elif isinstance(cmd, p.Unsubscribe):
             for sid in p.split_sids(cmd.sids):
@@ -404,7 +463,22 @@ class BrokerState:
             peer = self.peers[ident] = Peer(ident, channel, session)
             self.sessions[session] = peer
             self.counters["connects"] += 1
-        self.outbox.append((ident, [p.H_WELCOME, cmd.channel, self._welcome]))
+        peer.last_heard = self.now
+        asked = p.unpack_hello(cmd.body).get("heartbeat", 0)
+        if not asked:
+            # A HELLO again without heartbeats ends them for this peer.
+            peer.heartbeat = 0.0
+            self._beating.discard(ident)
+            self.outbox.append((ident, [p.H_WELCOME, cmd.channel, self._welcome]))
+            return
+        ms = min(max(asked, HEARTBEAT_MIN_MS), HEARTBEAT_MAX_MS)
+        peer.heartbeat = ms / 1000.0
+        peer.next_beat = self.now + peer.heartbeat
+        self._beating.add(ident)
+        if self.next_tick is None or peer.next_beat < self.next_tick:
+            self.next_tick = peer.next_beat
+        body = p.pack_welcome(self._name, self.max_message_size, heartbeat=ms)
+        self.outbox.append((ident, [p.H_WELCOME, cmd.channel, body]))
 
     def drop_peer(self, ident: bytes) -> bool:
         """Forget a peer: its subscriptions go, and every publisher still waiting
@@ -413,6 +487,8 @@ class BrokerState:
         if peer is None:
             return False
         self.sessions.pop(peer.session, None)
+        self._beating.discard(ident)
+        self.lossy.discard(ident)
         channel = peer.channel
         for sid, (pattern, queue) in peer.subs.items():
             channel.remove(peer, sid, pattern, queue)
@@ -444,13 +520,66 @@ class BrokerState:
                     p.Cmd.PUBLISH,
                     p.Cmd.DISCONNECT,
                     p.Cmd.REQUEST,
+                    p.Cmd.STATS,
                 )
             ):
                 ref = frames[2]
         log.debug("refused message from %s: [%d] %s", ident.hex(), code, text)
         self.outbox.append((ident, p.encode(p.Error(channel, ref, code, text))))
 
+    # --- time ---------------------------------------------------------------
+
+    def tick(self, now: float) -> float | None:
+        """Heartbeats and liveness at time ``now``: send BROKER_HEARTBEAT to each
+        peer due one, forget each peer silent for LIVENESS intervals. Returns
+        when to tick next, or None while no peer asked for heartbeats."""
+        self.now = now
+        nxt: float | None = None
+        for ident in list(self._beating):
+            peer = self.peers[ident]
+            if now - peer.last_heard > LIVENESS * peer.heartbeat:
+                log.info("peer %s silent for %.1fs: forgotten", ident.hex(), now - peer.last_heard)
+                self.counters["expired"] += 1
+                self.drop_peer(ident)
+                continue
+            if now >= peer.next_beat:
+                self.outbox.append((ident, [p.H_BROKER_HEARTBEAT, peer.channel.id]))
+                self.counters["heartbeats_out"] += 1
+                peer.next_beat = now + peer.heartbeat
+            due = min(peer.next_beat, peer.last_heard + LIVENESS * peer.heartbeat)
+            if nxt is None or due < nxt:
+                nxt = due
+        self.next_tick = nxt
+        return nxt
+
+    def bye_all(self) -> None:
+        """Tell every peer the broker is going away (graceful shutdown)."""
+        for ident, peer in self.peers.items():
+            self.outbox.append((ident, [p.H_BYE, peer.channel.id]))
+
     # --- introspection ------------------------------------------------------
+
+    def stats(self) -> dict[str, object]:
+        """Peers, channels, subscriptions, message counters and errors by code."""
+        return {
+            "broker": self._name,
+            "peers": len(self.peers),
+            "channels": len(self.channels),
+            "subscriptions": self.subscription_count(),
+            "queue_groups": sum(len(c.groups) for c in self.channels.values()),
+            "pending_confirmations": len(self._pending),
+            # The slowest peers by messages dropped at the broker since they joined.
+            "slow_peers": {
+                peer.ident.hex(): n
+                for peer, n in sorted(
+                    ((peer, peer.dropped_total) for peer in self.peers.values()),
+                    key=lambda pn: -pn[1],
+                )[:10]
+                if n
+            },
+            "counters": dict(self.counters),
+            "errors": {int(code): n for code, n in self.errors.items()},
+        }
 
     @property
     def pending_confirmations(self) -> int:

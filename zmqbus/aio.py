@@ -69,6 +69,13 @@ def _fd(sock: zmq.Socket[bytes]) -> int:
     return cast(int, sock.getsockopt(zmq.FD))
 
 
+async def _quietly(awaitable: Awaitable[Any]) -> None:
+    try:
+        await awaitable
+    except Exception:
+        log.exception("connection callback failed")
+
+
 async def _wait(fut: asyncio.Future[T], timeout: float, on_timeout: Callable[[], Exception]) -> T:
     # Shield the core's future: cancelling the caller must not cancel shared state,
     # and the core's own deadline settles it.
@@ -161,6 +168,10 @@ class Subscription:
         if self._handler is not None and ack_id is not None:
             return PENDING
         return DELIVERED
+
+    def missed(self, count: int) -> None:
+        """Called by the core: the broker dropped ``count`` messages for us."""
+        self._dropped += count
 
     def end(self) -> None:
         """Called by the core: no more messages will come."""
@@ -261,6 +272,9 @@ class Bus:
         close_timeout: float = 2.0,
         context: zmq.Context[Any] | None = None,
         hwm: int = 100_000,
+        heartbeat: float = 2.0,
+        on_disconnected: Callable[[], Any] | None = None,
+        on_reconnected: Callable[[], Any] | None = None,
     ) -> None:
         self._channel = parse_channel(channel_id)
         self._endpoint = connect_endpoint(address)
@@ -268,7 +282,12 @@ class Bus:
         self._close_timeout = _validate.timeout(close_timeout, "close_timeout")
         self._ctx = context if context is not None else zmq.Context.instance()
         self._hwm = hwm
-        self._core = ClientCore(self._channel.bytes, client_name=f"zmqbus-py-aio/{__version__}")
+        if isinstance(heartbeat, bool) or not isinstance(heartbeat, (int, float)) or heartbeat < 0:
+            raise ValueError("heartbeat must be a non-negative number of seconds (0: off)")
+        self._callbacks = {"disconnected": on_disconnected, "reconnected": on_reconnected}
+        self._core = ClientCore(
+            self._channel.bytes, client_name=f"zmqbus-py-aio/{__version__}", heartbeat=heartbeat
+        )
         self._core.send_reply = self._send_reply
         self._sock: zmq.Socket[bytes] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -299,6 +318,13 @@ class Bus:
         return self._closed
 
     @property
+    def state(self) -> str:
+        """``"connected"``, ``"reconnecting"`` or ``"closed"``, as on ``zmqbus.Bus``."""
+        if self._closed:
+            return "closed"
+        return "connected" if self._core.state == "ready" else "reconnecting"
+
+    @property
     def max_message_size(self) -> int:
         """The broker's limit on an encoded message body, from the handshake."""
         return self._max_size
@@ -316,17 +342,7 @@ class Bus:
         loop = asyncio.get_running_loop()
         self._loop = loop
         self._loop_thread = threading.get_ident()
-        sock = self._ctx.socket(zmq.DEALER)
-        sock.setsockopt(zmq.LINGER, 0)
-        sock.setsockopt(zmq.SNDHWM, self._hwm)
-        sock.setsockopt(zmq.RCVHWM, self._hwm)
-        try:
-            sock.connect(self._endpoint)
-        except zmq.ZMQError as exc:
-            sock.close(0)
-            raise ValueError(f"cannot connect to {self._endpoint!r}: {exc}") from None
-        self._sock = sock
-        loop.add_reader(_fd(sock), self._on_events)
+        self._attach(self._dealer())
         timeout = self._connect_timeout
         fut: asyncio.Future[dict[str, Any]] = loop.create_future()
         self._core.connect(fut, time.monotonic() + timeout, timeout)
@@ -380,6 +396,48 @@ class Bus:
             for task in pending:
                 task.cancel()
         self._teardown()
+
+    def _dealer(self) -> zmq.Socket[bytes]:
+        sock: zmq.Socket[bytes] = self._ctx.socket(zmq.DEALER)
+        sock.setsockopt(zmq.LINGER, 0)
+        sock.setsockopt(zmq.SNDHWM, self._hwm)
+        sock.setsockopt(zmq.RCVHWM, self._hwm)
+        try:
+            sock.connect(self._endpoint)
+        except zmq.ZMQError as exc:
+            sock.close(0)
+            raise ValueError(f"cannot connect to {self._endpoint!r}: {exc}") from None
+        return sock
+
+    def _attach(self, sock: zmq.Socket[bytes]) -> None:
+        assert self._loop is not None
+        self._sock = sock
+        self._loop.add_reader(_fd(sock), self._on_events)
+
+    def _swap(self) -> None:
+        # A fresh socket per attempt: nothing of the lost session lingers in its queues.
+        old = self._sock
+        if old is not None and self._loop is not None:
+            with contextlib.suppress(Exception):
+                self._loop.remove_reader(_fd(old))
+            old.close(0)
+        self._out.clear()
+        self._attach(self._dealer())
+        self._core.rejoin(time.monotonic())
+
+    def _report(self) -> None:
+        events = self._core.events
+        for event in events:
+            callback = self._callbacks.get(event)
+            if callback is None or self._loop is None:
+                continue
+            try:
+                result = callback()
+                if inspect.isawaitable(result):
+                    self._loop.create_task(_quietly(result))
+            except Exception:
+                log.exception("%s callback failed", event)
+        events.clear()
 
     def _teardown(self) -> None:
         if self._timer is not None:
@@ -562,12 +620,17 @@ class Bus:
 
     def _pump(self) -> None:
         """Send what the core queued, then look for arrivals and re-arm the timer."""
-        sock = self._sock
-        if sock is None:
+        if self._sock is None:
             return
-        outbox = self._core.outbox
+        core = self._core
+        if core.want_socket:
+            self._swap()
+        if core.events:
+            self._report()
+        sock = self._sock
+        outbox = core.outbox
         out = self._out
-        if outbox:
+        if outbox and not core.holding:
             out.extend(outbox)
             outbox.clear()
         while out:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import errno
 import logging
 import threading
+import time
 from types import TracebackType
 from typing import Any
 
@@ -26,6 +27,7 @@ DEFAULT_BIND = "tcp://127.0.0.1:9090"
 _BATCH = 256
 
 _NOBLOCK = zmq.NOBLOCK
+_BYE_LINGER_MS = 200
 
 
 class Broker:
@@ -34,8 +36,9 @@ class Broker:
     ``bind`` is a zmq endpoint (``tcp://host:port`` with port 0 for a free
     port, ``ipc://path``, ``inproc://name``), a bare port (``"9090"`` binds
     ``tcp://127.0.0.1:9090``) or ``host:port``. For ``inproc://`` pass the
-    buses' ``zmq.Context`` as ``context`` (the default is the process-wide
-    ``zmq.Context.instance()``, which buses use too). Messages whose body
+    buses' ``zmq.Context`` as ``context``; otherwise the broker uses a context
+    of its own, terminated by ``stop()`` so the port is free once it returns.
+    ``stop()`` first sends BYE to every connected bus. Messages whose body
     exceeds ``max_message_size`` bytes are refused with a TOO_LARGE error;
     the transport drops a connection that sends a frame over 64 KiB beyond it.
     """
@@ -51,7 +54,10 @@ class Broker:
         self._endpoint = bind_endpoint(bind)
         if not isinstance(max_message_size, int) or max_message_size <= 0:
             raise ValueError("max_message_size must be a positive int")
-        self._ctx = context if context is not None else zmq.Context.instance()
+        # Without a given context the broker owns one, so that stop() can terminate
+        # it: only then is the port released by the time stop() returns.
+        self._given_ctx = context
+        self._ctx: zmq.Context[Any] | None = None
         self._max = max_message_size
         self._hwm = hwm
         self._state = BrokerState(max_message_size=max_message_size, name=f"zmqbus/{__version__}")
@@ -84,7 +90,8 @@ class Broker:
         """
         if self._thread is not None:
             raise RuntimeError("broker already started")
-        router = self._ctx.socket(zmq.ROUTER)
+        ctx = self._ctx = self._given_ctx if self._given_ctx is not None else zmq.Context()
+        router = ctx.socket(zmq.ROUTER)
         router.setsockopt(zmq.LINGER, 0)
         router.setsockopt(zmq.ROUTER_MANDATORY, 1)
         router.setsockopt(zmq.SNDHWM, self._hwm)
@@ -94,13 +101,16 @@ class Broker:
             router.bind(self._endpoint)
         except zmq.ZMQError:
             router.close(0)
+            if self._given_ctx is None:
+                ctx.term()
+            self._ctx = None
             raise
-        self._address = router.getsockopt(zmq.LAST_ENDPOINT).decode()
+        self._address = router.getsockopt_string(zmq.LAST_ENDPOINT)
         wake = f"inproc://zmqbus-broker-wake-{id(self):x}-{threading.get_ident():x}"
-        self._wake_rx = self._ctx.socket(zmq.PAIR)
+        self._wake_rx = ctx.socket(zmq.PAIR)
         self._wake_rx.setsockopt(zmq.LINGER, 0)
         self._wake_rx.bind(wake)
-        self._wake_tx = self._ctx.socket(zmq.PAIR)
+        self._wake_tx = ctx.socket(zmq.PAIR)
         self._wake_tx.setsockopt(zmq.LINGER, 0)
         self._wake_tx.connect(wake)
         self._router = router
@@ -124,6 +134,9 @@ class Broker:
         if self._wake_tx is not None:
             self._wake_tx.close(0)
             self._wake_tx = None
+        if self._given_ctx is None and self._ctx is not None:
+            self._ctx.term()  # waits for the BYE linger, then releases the port
+        self._ctx = None
         self._thread = None
         log.info("broker on %s stopped", self._address)
 
@@ -149,15 +162,7 @@ class Broker:
     def stats(self) -> dict[str, Any]:
         """A snapshot: peers, channels, subscriptions, message counters, errors by code."""
         with self._lock:
-            state = self._state
-            return {
-                "peers": len(state.peers),
-                "channels": len(state.channels),
-                "subscriptions": state.subscription_count(),
-                "pending_confirmations": state.pending_confirmations,
-                "counters": dict(state.counters),
-                "errors": {int(code): n for code, n in state.errors.items()},
-            }
+            return self._state.stats()
 
     # --- the loop -----------------------------------------------------------
 
@@ -174,10 +179,22 @@ class Broker:
         lock = self._lock
         try:
             while True:
-                events = dict(poller.poll())
+                # Block until traffic, a stop, or the next heartbeat duty: never spin.
+                tick = state.next_tick
+                wait = None
+                if tick is not None:
+                    wait = max(0, int((tick - time.monotonic()) * 1000) + 1)
+                events = dict(poller.poll(wait))
                 if wake in events:
+                    with lock:
+                        state.bye_all()
+                        self._flush(router, outbox)
                     break
                 with lock:
+                    now = state.now = time.monotonic()
+                    if state.next_tick is not None and now >= state.next_tick:
+                        state.tick(now)
+                        self._flush(router, outbox)
                     for _ in range(_BATCH):
                         try:
                             frames = recv_frames(router)
@@ -189,15 +206,28 @@ class Broker:
         except Exception:
             log.exception("broker loop failed")
         finally:
-            router.close(0)
+            # A short linger lets the BYEs reach connected buses.
+            router.close(_BYE_LINGER_MS)
             wake.close(0)
             self._router = None
             self._wake_rx = None
             self._stopped.set()
 
     def _flush(self, router: zmq.Socket[bytes], outbox: list[tuple[bytes, list[bytes]]]) -> None:
-        counters = self._state.counters
+        state = self._state
+        counters = state.counters
+        lossy = state.lossy
         for ident, frames in outbox:
+            if lossy and ident in lossy:
+                # Tell a slow peer what it missed as soon as its queue has room again.
+                notice = state.loss_notice(ident)
+                if notice is not None:
+                    try:
+                        send_routed(router, ident, notice)
+                    except zmq.ZMQError:
+                        pass  # still full (or gone): the counts wait for the next chance
+                    else:
+                        state.loss_reported(ident)
             try:
                 send_routed(router, ident, frames)
             except zmq.Again:

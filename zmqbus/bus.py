@@ -124,7 +124,8 @@ class Subscription:
 
     @property
     def dropped(self) -> int:
-        """Messages dropped because the buffer was full."""
+        """Messages dropped: because the buffer was full, or at the broker because
+        this bus read too slowly (reported by the broker once it can)."""
         return self._dropped
 
     @property
@@ -156,6 +157,11 @@ class Subscription:
         if self._handler is not None and ack_id is not None:
             return PENDING
         return DELIVERED
+
+    def missed(self, count: int) -> None:
+        """Called by the core: the broker dropped ``count`` messages for us."""
+        with self._cond:
+            self._dropped += count
 
     def end(self) -> None:
         """Called by the core: no more messages will come."""
@@ -252,6 +258,14 @@ class Bus:
     handshake, or raises ``ConnectTimeout`` after ``connect_timeout`` seconds.
     ``close()`` waits up to ``close_timeout`` seconds for messages already
     queued to reach the broker.
+
+    Bus and broker exchange heartbeats every ``heartbeat`` seconds (0 turns
+    them off); after three silent intervals, a BYE from a stopping broker, or
+    a broker that no longer knows the session, the bus reconnects by itself
+    with backoff and jitter (0.1 s doubling to 5 s) and restores its
+    subscriptions. ``state`` tells where it is; ``on_disconnected`` and
+    ``on_reconnected`` are called (on a thread of their own) as it changes.
+    Publishes that cannot be confirmed meanwhile fail at their timeout.
     """
 
     def __init__(
@@ -263,20 +277,28 @@ class Bus:
         close_timeout: float = 2.0,
         context: zmq.Context[Any] | None = None,
         hwm: int = 100_000,
+        heartbeat: float = 2.0,
+        on_disconnected: Callable[[], Any] | None = None,
+        on_reconnected: Callable[[], Any] | None = None,
     ) -> None:
         self._channel = parse_channel(channel_id)
         self._endpoint = connect_endpoint(address)
         connect_timeout = _validate.timeout(connect_timeout, "connect_timeout")
         self._close_timeout = _validate.timeout(close_timeout, "close_timeout")
         self._ctx = context if context is not None else zmq.Context.instance()
-        self._core = ClientCore(self._channel.bytes, client_name=f"zmqbus-py/{__version__}")
+        if isinstance(heartbeat, bool) or not isinstance(heartbeat, (int, float)) or heartbeat < 0:
+            raise ValueError("heartbeat must be a non-negative number of seconds (0: off)")
+        self._callbacks = {"disconnected": on_disconnected, "reconnected": on_reconnected}
+        self._core = ClientCore(
+            self._channel.bytes, client_name=f"zmqbus-py/{__version__}", heartbeat=heartbeat
+        )
         self._closed = False
         self._close_lock = threading.Lock()
         self._subs_lock = threading.Lock()
         self._subs: list[Subscription] = []
         self._topics: dict[str, bytes] = {}
         self._core.send_reply = self._send_reply
-        self._io = IOThread(self._ctx, self._endpoint, self._core, hwm=hwm)
+        self._io = IOThread(self._ctx, self._endpoint, self._core, hwm=hwm, on_event=self._on_event)
         fut: Future[dict[str, Any]] = Future()
         now = time.monotonic()
         self._io.submit(partial(self._core.connect, fut, now + connect_timeout, connect_timeout))
@@ -307,6 +329,21 @@ class Bus:
     def closed(self) -> bool:
         """True once ``close()`` has been called."""
         return self._closed
+
+    @property
+    def state(self) -> str:
+        """``"connected"``, ``"reconnecting"`` (the broker was lost; the bus is
+        rejoining by itself and will restore its subscriptions) or ``"closed"``."""
+        if self._closed:
+            return "closed"
+        return "connected" if self._core.state == "ready" else "reconnecting"
+
+    def _on_event(self, event: str) -> None:
+        # On the I/O thread: hand user callbacks to a thread of their own, so a
+        # callback that calls back into the bus cannot stall its I/O.
+        callback = self._callbacks.get(event)
+        if callback is not None:
+            threading.Thread(target=callback, name=f"zmqbus-{event}", daemon=True).start()
 
     @property
     def max_message_size(self) -> int:

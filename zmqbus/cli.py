@@ -293,6 +293,28 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_demo)
 
     p = sub.add_parser(
+        "stats",
+        help="print a broker's counters as JSON",
+        description="Ask a running broker for its statistics (the STATS command) and print "
+        "them as JSON: peers, channels, subscriptions, queue groups, message counters, "
+        "drops and errors by code.",
+        formatter_class=fmt,
+    )
+    p.add_argument(
+        "--address",
+        default=os.environ.get(ENV_ADDRESS, DEFAULT_ADDRESS),
+        help=f"broker endpoint (default ${ENV_ADDRESS} or {DEFAULT_ADDRESS})",
+    )
+    p.add_argument(
+        "--timeout",
+        type=_arg_seconds,
+        default=5.0,
+        metavar="S",
+        help="seconds to wait for the answer (default 5); then exit 3",
+    )
+    p.set_defaults(func=cmd_stats)
+
+    p = sub.add_parser(
         "version",
         help="print the versions of zmqbus and its dependencies",
         description="Print the versions of zmqbus, pyzmq, libzmq, msgpack and Python.",
@@ -630,6 +652,21 @@ def _dist_version(name: str) -> str:
         return dist_version(name)
     except PackageNotFoundError:
         return "unknown"
+
+
+def cmd_stats(args: argparse.Namespace) -> int:
+    from .admin import broker_stats
+
+    try:
+        stats = broker_stats(args.address, timeout=args.timeout)
+    except (ValueError, TypeError) as exc:
+        print(f"zmqbus stats: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except ConnectTimeout as exc:
+        print(f"zmqbus stats: {exc}", file=sys.stderr)
+        return EXIT_UNREACHABLE
+    print(json.dumps(stats, indent=2, sort_keys=True))
+    return EXIT_OK
 
 
 def cmd_version(args: argparse.Namespace) -> int:

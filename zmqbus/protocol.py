@@ -35,12 +35,16 @@ __all__ = [
     "Answer",
     "Ask",
     "BrokerCommand",
+    "BrokerHeartbeat",
+    "Bye",
     "ClientCommand",
     "Command",
     "Deliver",
     "Disconnect",
+    "Dropped",
     "Error",
     "ErrorCode",
+    "Heartbeat",
     "Hello",
     "MessageBody",
     "Ok",
@@ -48,12 +52,15 @@ __all__ = [
     "Reply",
     "Request",
     "Routed",
+    "Stats",
+    "StatsReply",
     "Subscribe",
     "Unsubscribe",
     "Welcome",
     "encode",
     "header",
     "pack_ack",
+    "pack_dropped",
     "pack_hello",
     "pack_message",
     "pack_reply",
@@ -61,6 +68,7 @@ __all__ = [
     "parse_broker",
     "parse_client",
     "unpack_ack",
+    "unpack_dropped",
     "unpack_hello",
     "unpack_message",
     "unpack_reply",
@@ -89,6 +97,8 @@ class Cmd(IntEnum):
     DISCONNECT = 0x06
     REQUEST = 0x07
     REPLY = 0x08
+    HEARTBEAT = 0x09
+    STATS = 0x0A
     WELCOME = 0x81
     OK = 0x82
     DELIVER = 0x83
@@ -96,6 +106,10 @@ class Cmd(IntEnum):
     ACKED = 0x85
     ASK = 0x86
     ANSWER = 0x87
+    BROKER_HEARTBEAT = 0x88
+    BYE = 0x89
+    STATS_REPLY = 0x8A
+    DROPPED = 0x8B
     ERROR = 0x8F
 
 
@@ -129,6 +143,12 @@ H_REQUEST = header(Cmd.REQUEST)
 H_REPLY = header(Cmd.REPLY)
 H_ASK = header(Cmd.ASK)
 H_ANSWER = header(Cmd.ANSWER)
+H_HEARTBEAT = header(Cmd.HEARTBEAT)
+H_STATS = header(Cmd.STATS)
+H_BROKER_HEARTBEAT = header(Cmd.BROKER_HEARTBEAT)
+H_BYE = header(Cmd.BYE)
+H_STATS_REPLY = header(Cmd.STATS_REPLY)
+H_DROPPED = header(Cmd.DROPPED)
 H_WELCOME = header(Cmd.WELCOME)
 H_OK = header(Cmd.OK)
 H_DELIVER = header(Cmd.DELIVER)
@@ -300,10 +320,94 @@ class Error:
     text: str
 
 
+@dataclass(frozen=True, slots=True)
+class Heartbeat:
+    """Client tells the broker it is alive (only if it asked for heartbeats in HELLO)."""
+
+    channel: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Stats:
+    """Anyone asks for the broker's counters; no HELLO needed. ``channel`` may be empty."""
+
+    channel: bytes
+    ref: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class BrokerHeartbeat:
+    """Broker tells a client that asked for heartbeats that it is alive."""
+
+    channel: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Bye:
+    """Broker is shutting down: the client should reconnect later."""
+
+    channel: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Dropped:
+    """Broker tells a slow client how many messages it could not queue for it,
+    per subscription: ``counts`` packs (sid, uint32 count) pairs, 8 bytes each."""
+
+    channel: bytes
+    counts: bytes
+
+
+def pack_dropped(counts: Mapping[bytes, int]) -> bytes:
+    """The counts frame of DROPPED from {sid: count}."""
+    return b"".join(sid + min(n, 0xFFFFFFFF).to_bytes(4, "big") for sid, n in counts.items())
+
+
+def unpack_dropped(frame: bytes) -> dict[bytes, int]:
+    """{sid: count} from the counts frame of DROPPED; BAD_FRAMES if malformed."""
+    if not frame or len(frame) % 8:
+        raise ProtocolError(ErrorCode.BAD_FRAMES, "DROPPED counts frame must be 8-byte pairs")
+    return {
+        frame[i : i + 4]: int.from_bytes(frame[i + 4 : i + 8], "big")
+        for i in range(0, len(frame), 8)
+    }
+
+
+@dataclass(frozen=True, slots=True)
+class StatsReply:
+    """Broker answers STATS; ``body`` is a msgpack map of counters."""
+
+    channel: bytes
+    ref: bytes
+    body: bytes
+
+
 ClientCommand: TypeAlias = (
-    Hello | Subscribe | Unsubscribe | Publish | Ack | Disconnect | Request | Reply
+    Hello
+    | Subscribe
+    | Unsubscribe
+    | Publish
+    | Ack
+    | Disconnect
+    | Request
+    | Reply
+    | Heartbeat
+    | Stats
 )
-BrokerCommand: TypeAlias = Welcome | Ok | Deliver | Routed | Acked | Ask | Answer | Error
+BrokerCommand: TypeAlias = (
+    Welcome
+    | Ok
+    | Deliver
+    | Routed
+    | Acked
+    | Ask
+    | Answer
+    | Error
+    | BrokerHeartbeat
+    | Bye
+    | StatsReply
+    | Dropped
+)
 Command: TypeAlias = ClientCommand | BrokerCommand
 
 
@@ -341,6 +445,18 @@ def encode(cmd: Command) -> list[bytes]:
             return [H_WELCOME, channel, body]
         case Disconnect(channel, ref):
             return [H_DISCONNECT, channel, ref]
+        case Heartbeat(channel):
+            return [H_HEARTBEAT, channel]
+        case Stats(channel, ref):
+            return [H_STATS, channel, ref]
+        case BrokerHeartbeat(channel):
+            return [H_BROKER_HEARTBEAT, channel]
+        case Bye(channel):
+            return [H_BYE, channel]
+        case StatsReply(channel, ref, body):
+            return [H_STATS_REPLY, channel, ref, body]
+        case Dropped(channel, counts):
+            return [H_DROPPED, channel, counts]
         case Error(channel, ref, code, text):
             return [H_ERROR, channel, ref, code.to_bytes(2, "big"), text.encode("utf-8")]
     raise TypeError(f"not a zmqbus command: {cmd!r}")
@@ -358,6 +474,8 @@ _CLIENT_FRAMES = {
     Cmd.DISCONNECT: 3,
     Cmd.REQUEST: 5,
     Cmd.REPLY: 4,
+    Cmd.HEARTBEAT: 2,
+    Cmd.STATS: 3,
 }
 _BROKER_FRAMES = {
     Cmd.WELCOME: 3,
@@ -368,6 +486,10 @@ _BROKER_FRAMES = {
     Cmd.ASK: 6,
     Cmd.ANSWER: 4,
     Cmd.ERROR: 5,
+    Cmd.BROKER_HEARTBEAT: 2,
+    Cmd.BYE: 2,
+    Cmd.STATS_REPLY: 4,
+    Cmd.DROPPED: 3,
 }
 
 
@@ -471,6 +593,11 @@ def parse_client(frames: Sequence[bytes]) -> ClientCommand:
     cmd = check_header(frames[0])
     _check_count(cmd, frames, _CLIENT_FRAMES)
     channel = frames[1]
+    if cmd == Cmd.STATS:
+        if channel:
+            check_channel(channel)
+        check_ref(frames[2])
+        return Stats(channel, frames[2])
     check_channel(channel)
     if cmd == Cmd.PUBLISH:
         check_ref(frames[2])
@@ -506,6 +633,8 @@ def parse_client(frames: Sequence[bytes]) -> ClientCommand:
     if cmd == Cmd.HELLO:
         unpack_hello(frames[2])
         return Hello(channel, frames[2])
+    if cmd == Cmd.HEARTBEAT:
+        return Heartbeat(channel)
     check_ref(frames[2])
     return Disconnect(channel, frames[2])
 
@@ -528,7 +657,20 @@ def parse_broker(frames: Sequence[bytes]) -> BrokerCommand:
         except UnicodeDecodeError:
             raise ProtocolError(ErrorCode.BAD_FRAMES, "ERROR text is not UTF-8") from None
         return Error(channel, frames[2], int.from_bytes(frames[3], "big"), text)
+    if cmd == Cmd.STATS_REPLY:
+        if channel:
+            check_channel(channel)
+        check_ref(frames[2])
+        _unpack_map(frames[3], "STATS_REPLY")
+        return StatsReply(channel, frames[2], frames[3])
     check_channel(channel)
+    if cmd == Cmd.BROKER_HEARTBEAT:
+        return BrokerHeartbeat(channel)
+    if cmd == Cmd.BYE:
+        return Bye(channel)
+    if cmd == Cmd.DROPPED:
+        unpack_dropped(frames[2])
+        return Dropped(channel, frames[2])
     if cmd in (Cmd.DELIVER, Cmd.ASK):
         check_ref(frames[2], "token")
         decode_name(frames[3], "topic")
@@ -671,8 +813,32 @@ def pack_hello(client: str, **extra: Any) -> bytes:
 
 
 def unpack_hello(body: bytes) -> dict[str, Any]:
-    """Decode a HELLO body; raise BAD_BODY unless it is a map with str keys."""
-    return _unpack_map(body, "HELLO")
+    """Decode a HELLO body; raise BAD_BODY unless it is a map with str keys and
+    an optional ``heartbeat`` (milliseconds, a non-negative int)."""
+    obj = _unpack_map(body, "HELLO")
+    _check_heartbeat(obj, "HELLO")
+    return obj
+
+
+def _check_heartbeat(obj: dict[str, Any], what: str) -> None:
+    beat = obj.get("heartbeat", 0)
+    if type(beat) is not int or beat < 0:
+        raise ProtocolError(ErrorCode.BAD_BODY, f"{what} heartbeat must be a non-negative int (ms)")
+
+
+def pack_stats(stats: Mapping[str, Any]) -> bytes:
+    """Body of STATS_REPLY: a msgpack map (str keys) of the broker's counters."""
+    # msgpack map keys must be str on this wire: error codes become their decimal text.
+    out = dict(stats)
+    errors = out.get("errors")
+    if isinstance(errors, Mapping):
+        out["errors"] = {str(k): v for k, v in errors.items()}
+    return _packb(out)
+
+
+def unpack_stats(body: bytes) -> dict[str, Any]:
+    """Decode a STATS_REPLY body."""
+    return _unpack_map(body, "STATS_REPLY")
 
 
 def pack_welcome(broker: str, max_message_size: int, **extra: Any) -> bytes:
@@ -683,6 +849,7 @@ def pack_welcome(broker: str, max_message_size: int, **extra: Any) -> bytes:
 def unpack_welcome(body: bytes) -> dict[str, Any]:
     """Decode a WELCOME body; ``max_message_size`` must be a positive int."""
     obj = _unpack_map(body, "WELCOME")
+    _check_heartbeat(obj, "WELCOME")
     size = obj.get("max_message_size")
     if type(size) is not int or size <= 0:
         raise ProtocolError(ErrorCode.BAD_BODY, "WELCOME max_message_size must be a positive int")

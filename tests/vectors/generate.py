@@ -38,6 +38,8 @@ CMD = {
     "DISCONNECT": 0x06,
     "REQUEST": 0x07,
     "REPLY": 0x08,
+    "HEARTBEAT": 0x09,
+    "STATS": 0x0A,
     "WELCOME": 0x81,
     "OK": 0x82,
     "DELIVER": 0x83,
@@ -45,6 +47,10 @@ CMD = {
     "ACKED": 0x85,
     "ASK": 0x86,
     "ANSWER": 0x87,
+    "BROKER_HEARTBEAT": 0x88,
+    "BYE": 0x89,
+    "STATS_REPLY": 0x8A,
+    "DROPPED": 0x8B,
     "ERROR": 0x8F,
 }
 # Commands whose frame 2 is a ref that an ERROR reply echoes.
@@ -54,6 +60,7 @@ REF_COMMANDS = {
     CMD["PUBLISH"],
     CMD["DISCONNECT"],
     CMD["REQUEST"],
+    CMD["STATS"],
 }
 
 BAD_FRAMES = 400
@@ -195,6 +202,37 @@ HEADERS = {"content-type": "application/json", "trace": "ünïcødé"}
 LEFT_TEXT = "subscribing bus left before confirming"
 REPLY_BODY = reply_body()
 REPLY_DECODED = reply_decoded()
+# Heartbeats: the interval a client asks for in HELLO and the broker agrees to
+# in WELCOME, in milliseconds (the reference client asks for 2000).
+HEARTBEAT_MS = 2000
+HELLO_HB_MAP = {"client": CLIENT_NAME, "heartbeat": HEARTBEAT_MS}
+HELLO_HB_BODY = packb(HELLO_HB_MAP)
+WELCOME_HB_MAP = {"broker": BROKER_NAME, "max_message_size": DEFAULT_MAX, "heartbeat": HEARTBEAT_MS}
+WELCOME_HB_BODY = packb(WELCOME_HB_MAP)
+# A STATS_REPLY body with the keys of the reference broker, in its order. The
+# keys of "errors" are error codes as decimal text (msgpack map keys are str).
+STATS_MAP: dict[str, Any] = {
+    "broker": BROKER_NAME,
+    "peers": 3,
+    "channels": 2,
+    "subscriptions": 5,
+    "queue_groups": 1,
+    "pending_confirmations": 0,
+    "counters": {
+        "messages_in": 1234,
+        "connects": 4,
+        "subscribes": 5,
+        "published": 1000,
+        "delivered": 2000,
+        "heartbeats_in": 42,
+        "heartbeats_out": 40,
+        "expired": 1,
+        "errors": 3,
+        "messages_out": 3100,
+    },
+    "errors": {"403": 1, "406": 2},
+}
+STATS_BODY = packb(STATS_MAP)
 
 
 def sized_body(size: int, make: Any = None) -> bytes:
@@ -537,6 +575,67 @@ def valid_vectors() -> list[dict[str, Any]]:
             REPLY_DECODED,
             f"A reply token is 9 to 32 bytes; {what}.",
         )
+    add(
+        "hello-heartbeat",
+        "client",
+        "HELLO",
+        [h("HELLO"), CHANNEL, HELLO_HB_BODY],
+        {"channel": ch},
+        {"type": "hello", "map": HELLO_HB_MAP},
+        f"Join and ask for heartbeats every {HEARTBEAT_MS} ms (what the reference client asks).",
+    )
+    for name, ms, what in [
+        ("hello-heartbeat-zero", 0, "0 means no heartbeats, as if the key were absent"),
+        ("hello-heartbeat-below-minimum", 50, "the broker clamps 50 ms up to 100 ms"),
+        ("hello-heartbeat-above-maximum", 3_600_000, "the broker clamps an hour to 60000 ms"),
+    ]:
+        hb_map = {"client": CLIENT_NAME, "heartbeat": ms}
+        add(
+            name,
+            "client",
+            "HELLO",
+            [h("HELLO"), CHANNEL, packb(hb_map)],
+            {"channel": ch},
+            {"type": "hello", "map": hb_map},
+            f"A heartbeat of {ms} ms is valid: {what}.",
+        )
+    add(
+        "heartbeat",
+        "client",
+        "HEARTBEAT",
+        [h("HEARTBEAT"), CHANNEL],
+        {"channel": ch},
+        None,
+        "A joined client is alive; the broker answers nothing.",
+    )
+    add(
+        "stats",
+        "client",
+        "STATS",
+        [h("STATS"), CHANNEL, ref(10)],
+        {"channel": ch, "ref": ref(10).hex()},
+        None,
+        "Ask for the broker's counters; allowed with or without HELLO, answered by STATS_REPLY.",
+    )
+    add(
+        "stats-no-channel",
+        "client",
+        "STATS",
+        [h("STATS"), b"", ref(10)],
+        {"channel": "", "ref": ref(10).hex()},
+        None,
+        "STATS with an empty channel frame (a monitor that belongs to no channel).",
+    )
+    add(
+        "stats-other-channel-empty-ref",
+        "client",
+        "STATS",
+        [h("STATS"), OTHER_CHANNEL, b""],
+        {"channel": OTHER_CHANNEL.hex(), "ref": ""},
+        None,
+        "The STATS channel is informative only: a peer joined to another channel gets no 409; "
+        "the ref may be empty.",
+    )
     # -- broker -> client
     add(
         "welcome",
@@ -746,6 +845,64 @@ def valid_vectors() -> list[dict[str, Any]]:
         None,
         "ERROR text is UTF-8.",
     )
+    add(
+        "welcome-heartbeat",
+        "broker",
+        "WELCOME",
+        [h("WELCOME"), CHANNEL, WELCOME_HB_BODY],
+        {"channel": ch},
+        {"type": "welcome", "map": WELCOME_HB_MAP},
+        f"Accept a HELLO that asked for heartbeats: the agreed interval is {HEARTBEAT_MS} ms.",
+    )
+    add(
+        "broker-heartbeat",
+        "broker",
+        "BROKER_HEARTBEAT",
+        [h("BROKER_HEARTBEAT"), CHANNEL],
+        {"channel": ch},
+        None,
+        "The broker is alive; sent every agreed interval to a peer that asked for heartbeats.",
+    )
+    add(
+        "bye",
+        "broker",
+        "BYE",
+        [h("BYE"), CHANNEL],
+        {"channel": ch},
+        None,
+        "The broker is shutting down: the session is over; reconnect later.",
+    )
+    counts = sid(1) + (3).to_bytes(4, "big") + sid(2) + (1).to_bytes(4, "big")
+    add(
+        "dropped",
+        "broker",
+        "DROPPED",
+        [h("DROPPED"), CHANNEL, counts],
+        {"channel": ch, "counts": counts.hex()},
+        None,
+        "The broker could not queue 3 messages for sid 1 and 1 for sid 2 (a slow consumer); "
+        "sent before the next message it does queue for the peer.",
+    )
+    add(
+        "stats-reply",
+        "broker",
+        "STATS_REPLY",
+        [h("STATS_REPLY"), CHANNEL, ref(10), STATS_BODY],
+        {"channel": ch, "ref": ref(10).hex()},
+        {"type": "stats", "map": STATS_MAP},
+        "Answer to STATS ref 10: counts, counters and refusals by error code (decimal str keys).",
+    )
+    minimal = {"peers": 0}
+    add(
+        "stats-reply-no-channel",
+        "broker",
+        "STATS_REPLY",
+        [h("STATS_REPLY"), b"", b"", packb(minimal)],
+        {"channel": "", "ref": ""},
+        {"type": "stats", "map": minimal},
+        "Answer to a STATS with empty channel and ref frames, which it echoes; any map with "
+        "str keys is a valid body.",
+    )
     return out
 
 
@@ -819,6 +976,8 @@ def malformed_vectors() -> list[dict[str, Any]]:
         ("disconnect", [h("DISCONNECT"), C], [h("DISCONNECT"), C, ref(1), b""]),
         ("request", [h("REQUEST"), C, ref(1), RT], [h("REQUEST"), C, ref(1), RT, BODY, b""]),
         ("reply", [h("REPLY"), C, REPLY_TOKEN], [h("REPLY"), C, REPLY_TOKEN, RB, b""]),
+        ("heartbeat", [h("HEARTBEAT")], [h("HEARTBEAT"), C, b""]),
+        ("stats", [h("STATS"), C], [h("STATS"), C, ref(1), b""]),
     ]
     for cmd, short, long in counts:
         client(f"{cmd}-too-few-frames", short, BAD_FRAMES, f"{cmd.upper()} missing its last frame.")
@@ -889,6 +1048,26 @@ def malformed_vectors() -> list[dict[str, Any]]:
         "DISCONNECT with a 17-byte channel frame.",
     )
     client(
+        "heartbeat-channel-15-bytes",
+        [h("HEARTBEAT"), c15],
+        BAD_FRAMES,
+        "HEARTBEAT with a 15-byte channel frame from a peer that has not joined.",
+    )
+    client(
+        "heartbeat-channel-17-bytes-joined",
+        [h("HEARTBEAT"), c17],
+        BAD_FRAMES,
+        "HEARTBEAT with a 17-byte channel frame from a joined peer.",
+        joined=True,
+    )
+    for label, bad in [("15", c15), ("17", c17)]:
+        client(
+            f"stats-channel-{label}-bytes",
+            [h("STATS"), bad, ref(1)],
+            BAD_FRAMES,
+            f"STATS with a {label}-byte channel frame (it must be 16 bytes or empty).",
+        )
+    client(
         "subscribe-ref-33-bytes",
         sub(r=r33),
         BAD_FRAMES,
@@ -912,6 +1091,12 @@ def malformed_vectors() -> list[dict[str, Any]]:
         [h("DISCONNECT"), C, r33],
         BAD_FRAMES,
         "DISCONNECT whose ref is 33 bytes.",
+    )
+    client(
+        "stats-ref-33-bytes",
+        [h("STATS"), C, r33],
+        BAD_FRAMES,
+        "STATS whose ref is 33 bytes.",
     )
     client(
         "ack-token-33-bytes",
@@ -1012,7 +1197,7 @@ def malformed_vectors() -> list[dict[str, Any]]:
         "An empty delimiter frame first (as a REQ socket adds): frame 0 is not a header.",
     )
     # -- client, UNKNOWN_COMMAND
-    for byte in (0x7F, 0x00, 0x09, 0x80, 0x88, 0xFF):
+    for byte in (0x7F, 0x00, 0x3F, 0x80, 0xC0, 0xFF):
         client(
             f"unknown-command-0x{byte:02x}",
             [raw_header(SIGNATURE, 1, byte), C, b""],
@@ -1028,9 +1213,12 @@ def malformed_vectors() -> list[dict[str, Any]]:
         ("ASK", [h("ASK"), C, REPLY_TOKEN, RT, BODY, S1]),
         ("ANSWER", [h("ANSWER"), C, REQUEST_REF, RB]),
         ("ERROR", [h("ERROR"), C, b"", (400).to_bytes(2, "big"), b"x"]),
+        ("BROKER_HEARTBEAT", [h("BROKER_HEARTBEAT"), C]),
+        ("BYE", [h("BYE"), C]),
+        ("STATS_REPLY", [h("STATS_REPLY"), C, ref(1), packb({"peers": 0})]),
     ]:
         client(
-            f"client-sends-{name.lower()}",
+            f"client-sends-{name.lower().replace('_', '-')}",
             frames,
             UNKNOWN_COMMAND,
             f"A client sends the broker-only command {name}.",
@@ -1136,6 +1324,11 @@ def malformed_vectors() -> list[dict[str, Any]]:
         ("int-key", packb({1: "x"}), "an int map key"),
         ("bin-key", packb({b"client": "x"}), "a bin (not str) map key"),
         ("invalid-utf8-str", b"\x81\xa6client\xa2\xff\xfe", "a str value that is not UTF-8"),
+        ("heartbeat-negative", packb({"heartbeat": -1}), "a map with heartbeat -1"),
+        ("heartbeat-str", packb({"heartbeat": "2000"}), 'a map with heartbeat "2000" (a str)'),
+        ("heartbeat-true", packb({"heartbeat": True}), "a map with heartbeat true (a bool)"),
+        ("heartbeat-float", packb({"heartbeat": 2000.0}), "a map with heartbeat 2000.0"),
+        ("heartbeat-nil", packb({"heartbeat": None}), "a map with heartbeat nil"),
     ]:
         client(
             f"hello-body-{label}",
@@ -1169,6 +1362,8 @@ def malformed_vectors() -> list[dict[str, Any]]:
         ("publish", [h("PUBLISH"), C, b"", T, BODY]),
         ("request", [h("REQUEST"), C, ref(1), RT, BODY]),
         ("reply", [h("REPLY"), C, REPLY_TOKEN, RB]),
+        ("heartbeat", [h("HEARTBEAT"), C]),
+        ("stats", [h("STATS"), C, ref(1)]),
     ]:
         broker(
             f"broker-sends-{name}",
@@ -1176,7 +1371,7 @@ def malformed_vectors() -> list[dict[str, Any]]:
             UNKNOWN_COMMAND,
             f"The client-only command {name.upper()} received from the broker.",
         )
-    for byte in (0x90, 0x88):
+    for byte in (0x90, 0xC0):
         broker(
             f"broker-unknown-0x{byte:02x}",
             [raw_header(SIGNATURE, 1, byte), C, b""],
@@ -1200,9 +1395,18 @@ def malformed_vectors() -> list[dict[str, Any]]:
             [h("ERROR"), C, b"", (400).to_bytes(2, "big")],
             [h("ERROR"), C, b"", (400).to_bytes(2, "big"), b"x", b""],
         ),
+        ("broker-heartbeat", [h("BROKER_HEARTBEAT")], [h("BROKER_HEARTBEAT"), C, b""]),
+        ("bye", [h("BYE")], [h("BYE"), C, b""]),
+        ("dropped", [h("DROPPED"), C], [h("DROPPED"), C, sid(1) + bytes(4), b""]),
+        (
+            "stats-reply",
+            [h("STATS_REPLY"), C, ref(1)],
+            [h("STATS_REPLY"), C, ref(1), STATS_BODY, b""],
+        ),
     ]:
-        broker(f"{name}-too-few-frames", short, BAD_FRAMES, f"{name.upper()} missing a frame.")
-        broker(f"{name}-too-many-frames", long, BAD_FRAMES, f"{name.upper()} with an extra frame.")
+        cmd = name.upper().replace("-", "_")
+        broker(f"{name}-too-few-frames", short, BAD_FRAMES, f"{cmd} missing a frame.")
+        broker(f"{name}-too-many-frames", long, BAD_FRAMES, f"{cmd} with an extra frame.")
     for name, frames in [
         ("welcome-channel-15-bytes", [h("WELCOME"), c15, WELCOME_BODY]),
         ("ok-channel-17-bytes", [h("OK"), c17, ref(1)]),
@@ -1231,6 +1435,12 @@ def malformed_vectors() -> list[dict[str, Any]]:
         ("error-code-1-byte", [h("ERROR"), C, b"", b"\x01", b"x"]),
         ("error-code-3-bytes", [h("ERROR"), C, b"", b"\x00\x01\x90", b"x"]),
         ("error-text-invalid-utf8", [h("ERROR"), C, b"", (400).to_bytes(2, "big"), b"\xff"]),
+        ("broker-heartbeat-channel-15-bytes", [h("BROKER_HEARTBEAT"), c15]),
+        ("broker-heartbeat-channel-empty", [h("BROKER_HEARTBEAT"), b""]),
+        ("bye-channel-17-bytes", [h("BYE"), c17]),
+        ("bye-channel-empty", [h("BYE"), b""]),
+        ("stats-reply-channel-15-bytes", [h("STATS_REPLY"), c15, ref(1), STATS_BODY]),
+        ("stats-reply-ref-33-bytes", [h("STATS_REPLY"), C, r33, STATS_BODY]),
     ]:
         broker(name, frames, BAD_FRAMES, name.replace("-", " ").capitalize() + ".")
     for label, topic in [("empty", b""), ("star", b"orders.*"), ("invalid-utf8", b"\xff")]:
@@ -1256,6 +1466,10 @@ def malformed_vectors() -> list[dict[str, Any]]:
         ("max-float", packb({"broker": BROKER_NAME, "max_message_size": 1048576.0})),
         ("max-nil", packb({"broker": BROKER_NAME, "max_message_size": None})),
         ("max-true", packb({"broker": BROKER_NAME, "max_message_size": True})),
+        ("heartbeat-negative", packb({**WELCOME_MAP, "heartbeat": -1})),
+        ("heartbeat-string", packb({**WELCOME_MAP, "heartbeat": "2000"})),
+        ("heartbeat-true", packb({**WELCOME_MAP, "heartbeat": True})),
+        ("heartbeat-float", packb({**WELCOME_MAP, "heartbeat": 2000.0})),
     ]:
         broker(
             f"welcome-body-{label}",
@@ -1263,6 +1477,32 @@ def malformed_vectors() -> list[dict[str, Any]]:
             BAD_BODY,
             f"WELCOME body is invalid: {label.replace('-', ' ')}.",
         )
+    for label, body in [
+        ("not-msgpack", b"\xc1"),
+        ("array", packb([["peers", 3]])),
+        ("string", packb("peers=3")),
+        ("int-key", packb({403: 1})),
+        ("bin-key", packb({b"peers": 3})),
+        ("trailing-bytes", STATS_BODY + b"\xc0"),
+    ]:
+        broker(
+            f"stats-reply-body-{label}",
+            [h("STATS_REPLY"), C, ref(1), body],
+            BAD_BODY,
+            f"STATS_REPLY body is not a msgpack map with str keys: {label.replace('-', ' ')}.",
+        )
+    broker(
+        "dropped-counts-empty",
+        [h("DROPPED"), C, b""],
+        BAD_FRAMES,
+        "DROPPED needs at least one (sid, count) pair.",
+    )
+    broker(
+        "dropped-counts-7-bytes",
+        [h("DROPPED"), C, sid(1) + bytes(3)],
+        BAD_FRAMES,
+        "DROPPED counts come in 8-byte pairs.",
+    )
     return out
 
 
@@ -1306,6 +1546,7 @@ def session_vectors() -> list[dict[str, Any]]:
         "disconnect": lambda ch: [h("DISCONNECT"), ch, ref(4)],
         "request": lambda ch: [h("REQUEST"), ch, REQUEST_REF, RT, BODY],
         "reply": lambda ch: [h("REPLY"), ch, REPLY_TOKEN, REPLY_BODY],
+        "heartbeat": lambda ch: [h("HEARTBEAT"), ch],
     }
     for label, make in cmds.items():
         add(
@@ -1574,6 +1815,38 @@ def body_vectors() -> dict[str, list[dict[str, Any]]]:
     ok("welcome", "welcome", WELCOME_BODY, {"map": WELCOME_MAP}, "The reference broker's WELCOME.")
     wx = {"max_message_size": 1, "broker": "other/2", "features": ["x"]}
     ok("welcome-extra-keys", "welcome", packb(wx), {"map": wx}, "Unknown keys are ignored.")
+    ok(
+        "hello-heartbeat",
+        "hello",
+        HELLO_HB_BODY,
+        {"map": HELLO_HB_MAP},
+        f"A HELLO asking for heartbeats every {HEARTBEAT_MS} ms.",
+    )
+    big = {"heartbeat": 2**32}
+    ok(
+        "hello-heartbeat-uint64",
+        "hello",
+        packb(big),
+        {"map": big},
+        "A heartbeat above the broker's maximum is valid (the broker clamps it); uint64 here.",
+    )
+    ok(
+        "welcome-heartbeat",
+        "welcome",
+        WELCOME_HB_BODY,
+        {"map": WELCOME_HB_MAP},
+        "The WELCOME of the reference broker to a HELLO that asked for heartbeats.",
+    )
+    ok("stats", "stats", STATS_BODY, {"map": STATS_MAP}, "The reference broker's STATS_REPLY.")
+    ok(
+        "stats-empty-map",
+        "stats",
+        packb({}),
+        {"map": {}},
+        "Any map with str keys, even an empty one.",
+    )
+    sx = {"peers": 1, "uptime_s": 12.5, "future": [1, "x"]}
+    ok("stats-unknown-keys", "stats", packb(sx), {"map": sx}, "Keys clients do not know.")
 
     TSX = ts(TS_NS)
     for name, body, desc in [
@@ -1662,6 +1935,11 @@ def body_vectors() -> dict[str, list[dict[str, Any]]]:
         ("int-key", packb({1: "x"}), "an int key"),
         ("bin-key", packb({b"client": "x"}), "a bin key"),
         ("trailing-bytes", HELLO_BODY + b"\x00", "a byte after the map"),
+        ("heartbeat-negative", packb({"heartbeat": -1}), "heartbeat -1"),
+        ("heartbeat-str", packb({"heartbeat": "2000"}), "heartbeat as str"),
+        ("heartbeat-true", packb({"heartbeat": True}), "heartbeat true (a bool is not an int)"),
+        ("heartbeat-float", packb({"heartbeat": 2000.0}), "heartbeat as float"),
+        ("heartbeat-nil", packb({"heartbeat": None}), "heartbeat nil"),
     ]:
         nok(f"hello-{name}", "hello", body, f"HELLO body with {desc}.")
     for name, body, desc in [
@@ -1671,8 +1949,20 @@ def body_vectors() -> dict[str, list[dict[str, Any]]]:
         ("max-negative", packb({"max_message_size": -5}), "max_message_size -5"),
         ("max-str", packb({"max_message_size": "1024"}), "max_message_size as str"),
         ("max-float", packb({"max_message_size": 1024.0}), "max_message_size as float"),
+        ("heartbeat-negative", packb({**WELCOME_MAP, "heartbeat": -1}), "heartbeat -1"),
+        ("heartbeat-str", packb({**WELCOME_MAP, "heartbeat": "2000"}), "heartbeat as str"),
+        ("heartbeat-true", packb({**WELCOME_MAP, "heartbeat": True}), "heartbeat true"),
     ]:
         nok(f"welcome-{name}", "welcome", body, f"WELCOME body with {desc}.")
+    for name, body, desc in [
+        ("not-msgpack", b"\xc1", "0xc1"),
+        ("empty", b"", "zero bytes"),
+        ("array", packb([]), "an empty array"),
+        ("int-key", packb({403: 1}), "an int key"),
+        ("bin-key", packb({b"peers": 1}), "a bin key"),
+        ("trailing-bytes", STATS_BODY + b"\x00", "a byte after the map"),
+    ]:
+        nok(f"stats-{name}", "stats", body, f"STATS_REPLY body with {desc}.")
     return {"valid": valid, "malformed": bad}
 
 
