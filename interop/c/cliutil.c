@@ -1,0 +1,82 @@
+/* Helpers shared by zb-pub and zb-sub. */
+#include "cliutil.h"
+
+#include <inttypes.h>
+#include <stdarg.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+/* The control characters JSON writes as \b \t \n \f \r (as JSON.stringify does). */
+static const char SHORT[] = "\b\t\n\f\r";
+
+void json_text(FILE *fp, const void *text, size_t len)
+{
+    const unsigned char *s = text;
+    size_t i;
+    fputc('"', fp);
+    for (i = 0; i < len; i++) {
+        const char *short_escape = s[i] < 0x20 ? strchr(SHORT, s[i]) : NULL;
+        if (s[i] == '"' || s[i] == '\\')
+            fprintf(fp, "\\%c", s[i]);
+        else if (s[i] && short_escape)
+            fprintf(fp, "\\%c", "btnfr"[short_escape - SHORT]);
+        else if (s[i] < 0x20)
+            fprintf(fp, "\\u%04x", s[i]);
+        else
+            fputc(s[i], fp);
+    }
+    fputc('"', fp);
+}
+
+void json_hex(FILE *fp, zb_bytes data)
+{
+    size_t i;
+    fputc('"', fp);
+    for (i = 0; i < data.size; i++)
+        fprintf(fp, "%02x", data.data[i]);
+    fputc('"', fp);
+}
+
+void json_time_ns(FILE *fp, zb_time t)
+{
+    /* sec * 10^9 + nsec does not always fit in 64 bits: write it digit-wise */
+    if (t.sec >= 0) {
+        if (t.sec == 0)
+            fprintf(fp, "\"%" PRIu32 "\"", t.nsec);
+        else
+            fprintf(fp, "\"%" PRId64 "%09" PRIu32 "\"", t.sec, t.nsec);
+    } else if (t.nsec == 0) {
+        fprintf(fp, "\"%" PRId64 "000000000\"", t.sec);
+    } else if (t.sec == -1) {
+        fprintf(fp, "\"-%" PRIu32 "\"", 1000000000u - t.nsec);
+    } else {
+        fprintf(fp, "\"-%" PRId64 "%09" PRIu32 "\"", -(t.sec + 1), 1000000000u - t.nsec);
+    }
+}
+
+void die(int status, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    vfprintf(stderr, fmt, ap);
+    va_end(ap);
+    fputc('\n', stderr);
+    exit(status);
+}
+
+long parse_count(const char *option, const char *text)
+{
+    char *end;
+    long v = strtol(text, &end, 10);
+    if (*text == 0 || *end != 0 || v < 0)
+        die(2, "%s: not a non-negative integer: %s", option, text);
+    return v;
+}
+
+long long now_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (long long)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}

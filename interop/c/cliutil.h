@@ -1,0 +1,22 @@
+/* Helpers shared by zb-pub and zb-sub: JSON output and argument parsing. */
+#ifndef CLIUTIL_H
+#define CLIUTIL_H
+
+#include <stdio.h>
+
+#include "zbclient.h"
+
+/* Write text as a JSON string (the text is valid UTF-8, written as is). */
+void json_text(FILE *fp, const void *text, size_t len);
+/* Write octets as a JSON string of lowercase hex. */
+void json_hex(FILE *fp, zb_bytes data);
+/* Write an instant as a JSON string of nanoseconds since the epoch. */
+void json_time_ns(FILE *fp, zb_time t);
+/* Milliseconds on the monotonic clock. */
+long long now_ms(void);
+/* Print "prog: message" to stderr and exit with status. */
+void die(int status, const char *fmt, ...) __attribute__((format(printf, 2, 3), noreturn));
+/* Parse a non-negative integer option value, or die. */
+long parse_count(const char *option, const char *text);
+
+#endif

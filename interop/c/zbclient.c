@@ -1,0 +1,1503 @@
+/* zbclient: a small zmqbus/1 client on libzmq and msgpack-c. See zbclient.h. */
+#ifndef _GNU_SOURCE
+#define _GNU_SOURCE
+#endif
+#include "zbclient.h"
+
+#include <errno.h>
+#include <msgpack.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/random.h>
+#include <time.h>
+#include <zmq.h>
+
+/* ------------------------------------------------------------------ */
+/* small helpers                                                        */
+/* ------------------------------------------------------------------ */
+
+static const uint8_t SIGNATURE[2] = {0x5A, 0x42};
+#define VERSION 0x01
+
+/* Instants a receiver accepts: 0001-01-01T00:00:00Z .. 9999-12-31T23:59:59.999999999Z. */
+#define MIN_SECONDS (-62135596800LL)
+#define MAX_SECONDS (253402300799LL)
+
+void zb_buf_free(zb_buf *buf)
+{
+    if (buf) {
+        free(buf->data);
+        buf->data = NULL;
+        buf->size = 0;
+    }
+}
+
+static int buf_set(zb_buf *buf, const void *data, size_t size)
+{
+    buf->data = malloc(size ? size : 1);
+    if (!buf->data)
+        return ZB_ENOMEM;
+    if (size)
+        memcpy(buf->data, data, size);
+    buf->size = size;
+    return 0;
+}
+
+static zb_bytes bytes_of(const void *data, size_t size)
+{
+    zb_bytes b = {(const uint8_t *)data, size};
+    return b;
+}
+
+static zb_bytes bytes_str(const char *s)
+{
+    return bytes_of(s, s ? strlen(s) : 0);
+}
+
+static uint32_t get_u32(const uint8_t *p)
+{
+    return ((uint32_t)p[0] << 24) | ((uint32_t)p[1] << 16) | ((uint32_t)p[2] << 8) | p[3];
+}
+
+static uint64_t get_u64(const uint8_t *p)
+{
+    return ((uint64_t)get_u32(p) << 32) | get_u32(p + 4);
+}
+
+static void put_u32(uint8_t *p, uint32_t v)
+{
+    p[0] = (uint8_t)(v >> 24);
+    p[1] = (uint8_t)(v >> 16);
+    p[2] = (uint8_t)(v >> 8);
+    p[3] = (uint8_t)v;
+}
+
+static void put_u64(uint8_t *p, uint64_t v)
+{
+    put_u32(p, (uint32_t)(v >> 32));
+    put_u32(p + 4, (uint32_t)v);
+}
+
+zb_time zb_time_now(void)
+{
+    struct timespec ts;
+    zb_time t;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    t.sec = (int64_t)ts.tv_sec;
+    t.nsec = (uint32_t)ts.tv_nsec;
+    return t;
+}
+
+static int64_t monotonic_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+/* ------------------------------------------------------------------ */
+/* text rules                                                           */
+/* ------------------------------------------------------------------ */
+
+/* Decode one code point at s[*i]; -1 on invalid UTF-8. */
+static int utf8_next(const uint8_t *s, size_t len, size_t *i, uint32_t *cp)
+{
+    uint8_t b = s[*i];
+    uint32_t c, min;
+    size_t n, k;
+    if (b < 0x80) {
+        *cp = b;
+        *i += 1;
+        return 0;
+    }
+    if (b >= 0xC2 && b <= 0xDF) {
+        n = 1;
+        c = b & 0x1F;
+        min = 0x80;
+    } else if (b >= 0xE0 && b <= 0xEF) {
+        n = 2;
+        c = b & 0x0F;
+        min = 0x800;
+    } else if (b >= 0xF0 && b <= 0xF4) {
+        n = 3;
+        c = b & 0x07;
+        min = 0x10000;
+    } else {
+        return -1; /* continuation octet, overlong lead (C0, C1) or over U+10FFFF */
+    }
+    if (*i + n >= len)
+        return -1; /* truncated */
+    for (k = 1; k <= n; k++) {
+        uint8_t cb = s[*i + k];
+        if ((cb & 0xC0) != 0x80)
+            return -1;
+        c = (c << 6) | (cb & 0x3F);
+    }
+    if (c < min || c > 0x10FFFF || (c >= 0xD800 && c <= 0xDFFF))
+        return -1;
+    *cp = c;
+    *i += n + 1;
+    return 0;
+}
+
+int zb_utf8_valid(const uint8_t *s, size_t len)
+{
+    size_t i = 0;
+    uint32_t cp;
+    while (i < len)
+        if (utf8_next(s, len, &i, &cp) < 0)
+            return 0;
+    return 1;
+}
+
+/* The control and whitespace characters no token may contain. */
+static int forbidden_char(uint32_t c)
+{
+    return c <= 0x20 || (c >= 0x7F && c <= 0xA0) || c == 0x1680 || (c >= 0x2000 && c <= 0x200A) ||
+           c == 0x2028 || c == 0x2029 || c == 0x202F || c == 0x205F || c == 0x3000;
+}
+
+int zb_check_name(const uint8_t *s, size_t len, int kind)
+{
+    size_t max = kind == ZB_QUEUE ? ZB_MAX_QUEUE : ZB_MAX_TOPIC;
+    size_t start = 0;
+    if (len < 1 || len > max || !zb_utf8_valid(s, len))
+        return ZB_BAD_TOPIC;
+    while (start <= len) {
+        size_t end = start, i;
+        while (end < len && s[end] != '.')
+            end++;
+        if (end == start)
+            return ZB_BAD_TOPIC; /* empty token */
+        if (kind == ZB_PATTERN && end - start == 1 && s[start] == '*') {
+            /* a wildcard token */
+        } else if (kind == ZB_PATTERN && end - start == 1 && s[start] == '>') {
+            if (end != len)
+                return ZB_BAD_TOPIC; /* '>' must be the last token */
+        } else {
+            i = start;
+            while (i < end) {
+                uint32_t cp;
+                utf8_next(s, len, &i, &cp);
+                if (cp == '*' || cp == '>' || forbidden_char(cp))
+                    return ZB_BAD_TOPIC;
+            }
+        }
+        start = end + 1;
+    }
+    return 0;
+}
+
+/* ------------------------------------------------------------------ */
+/* client messages                                                      */
+/* ------------------------------------------------------------------ */
+
+void zb_msg_free(zb_msg *msg)
+{
+    size_t i;
+    for (i = 0; i < msg->count; i++)
+        zb_buf_free(&msg->frames[i]);
+    msg->count = 0;
+}
+
+static int msg_add(zb_msg *msg, const void *data, size_t size)
+{
+    int rc = buf_set(&msg->frames[msg->count], data, size);
+    if (rc == 0)
+        msg->count++;
+    return rc;
+}
+
+/* Start a message with its header and channel frames. */
+static int msg_start(zb_msg *msg, int command, const uint8_t channel[16])
+{
+    uint8_t header[4] = {SIGNATURE[0], SIGNATURE[1], VERSION, (uint8_t)command};
+    msg->count = 0;
+    if (msg_add(msg, header, 4) || msg_add(msg, channel, ZB_CHANNEL_SIZE)) {
+        zb_msg_free(msg);
+        return ZB_ENOMEM;
+    }
+    return 0;
+}
+
+/* Add the remaining frames; free everything on failure. */
+static int msg_finish(zb_msg *msg, const zb_bytes *frames, size_t n)
+{
+    size_t i;
+    for (i = 0; i < n; i++) {
+        if (msg_add(msg, frames[i].data, frames[i].size)) {
+            zb_msg_free(msg);
+            return ZB_ENOMEM;
+        }
+    }
+    return 0;
+}
+
+static int build(zb_msg *msg, int command, const uint8_t channel[16], const zb_bytes *frames,
+                 size_t n)
+{
+    int rc = msg_start(msg, command, channel);
+    return rc ? rc : msg_finish(msg, frames, n);
+}
+
+int zb_encode_hello(zb_msg *msg, const uint8_t channel[16], zb_bytes body)
+{
+    msg->count = 0;
+    if (zb_check_hello_body(body))
+        return ZB_BAD_BODY;
+    return build(msg, ZB_HELLO, channel, &body, 1);
+}
+
+int zb_encode_subscribe(zb_msg *msg, const uint8_t channel[16], zb_bytes ref, const uint8_t sid[4],
+                        zb_bytes pattern, zb_bytes queue)
+{
+    zb_bytes frames[4] = {ref, bytes_of(sid, ZB_SID_SIZE), pattern, queue};
+    msg->count = 0;
+    if (ref.size > ZB_MAX_REF)
+        return ZB_BAD_FRAMES;
+    if (zb_check_name(pattern.data, pattern.size, ZB_PATTERN))
+        return ZB_BAD_TOPIC;
+    if (queue.size && zb_check_name(queue.data, queue.size, ZB_QUEUE))
+        return ZB_BAD_TOPIC;
+    return build(msg, ZB_SUBSCRIBE, channel, frames, 4);
+}
+
+int zb_encode_unsubscribe(zb_msg *msg, const uint8_t channel[16], zb_bytes ref, zb_bytes sids)
+{
+    zb_bytes frames[2] = {ref, sids};
+    msg->count = 0;
+    if (ref.size > ZB_MAX_REF || sids.size == 0 || sids.size % ZB_SID_SIZE)
+        return ZB_BAD_FRAMES;
+    return build(msg, ZB_UNSUBSCRIBE, channel, frames, 2);
+}
+
+int zb_encode_publish(zb_msg *msg, const uint8_t channel[16], zb_bytes ref, zb_bytes topic,
+                      zb_bytes body)
+{
+    zb_bytes frames[3] = {ref, topic, body};
+    msg->count = 0;
+    if (ref.size > ZB_MAX_REF)
+        return ZB_BAD_FRAMES;
+    if (zb_check_name(topic.data, topic.size, ZB_TOPIC))
+        return ZB_BAD_TOPIC;
+    return build(msg, ZB_PUBLISH, channel, frames, 3);
+}
+
+int zb_encode_ack(zb_msg *msg, const uint8_t channel[16], zb_bytes token, zb_bytes body)
+{
+    zb_bytes frames[2] = {token, body};
+    msg->count = 0;
+    if (token.size < 1 || token.size > ZB_MAX_REF)
+        return ZB_BAD_FRAMES;
+    return build(msg, ZB_ACK, channel, frames, 2);
+}
+
+int zb_encode_disconnect(zb_msg *msg, const uint8_t channel[16], zb_bytes ref)
+{
+    msg->count = 0;
+    if (ref.size > ZB_MAX_REF)
+        return ZB_BAD_FRAMES;
+    return build(msg, ZB_DISCONNECT, channel, &ref, 1);
+}
+
+int zb_encode_request(zb_msg *msg, const uint8_t channel[16], zb_bytes ref, zb_bytes topic,
+                      zb_bytes body)
+{
+    zb_bytes frames[3] = {ref, topic, body};
+    msg->count = 0;
+    if (ref.size < 1 || ref.size > ZB_MAX_REQUEST_REF)
+        return ZB_BAD_FRAMES;
+    if (zb_check_name(topic.data, topic.size, ZB_TOPIC))
+        return ZB_BAD_TOPIC;
+    return build(msg, ZB_REQUEST, channel, frames, 3);
+}
+
+int zb_encode_reply(zb_msg *msg, const uint8_t channel[16], zb_bytes token, zb_bytes body)
+{
+    zb_bytes frames[2] = {token, body};
+    msg->count = 0;
+    if (token.size < 9 || token.size > ZB_MAX_REF)
+        return ZB_BAD_FRAMES;
+    return build(msg, ZB_REPLY, channel, frames, 2);
+}
+
+/* ------------------------------------------------------------------ */
+/* bodies: encoding                                                     */
+/* ------------------------------------------------------------------ */
+
+/* Move a packed sbuffer into out (msgpack_sbuffer uses malloc). */
+static int sbuf_take(msgpack_sbuffer *sb, int rc, zb_buf *out)
+{
+    if (rc) {
+        msgpack_sbuffer_destroy(sb);
+        out->data = NULL;
+        out->size = 0;
+        return ZB_ENOMEM;
+    }
+    out->size = sb->size;
+    out->data = (uint8_t *)msgpack_sbuffer_release(sb);
+    msgpack_sbuffer_destroy(sb);
+    return 0;
+}
+
+static int pack_text(msgpack_packer *pk, zb_bytes text)
+{
+    return msgpack_pack_str(pk, text.size) || msgpack_pack_str_body(pk, text.data, text.size);
+}
+
+static int pack_binary(msgpack_packer *pk, zb_bytes data)
+{
+    return msgpack_pack_bin(pk, data.size) || msgpack_pack_bin_body(pk, data.data, data.size);
+}
+
+/* The Timestamp extension, in its shortest form. */
+static int pack_timestamp(msgpack_packer *pk, zb_time ts)
+{
+    uint8_t b[12];
+    if (ts.nsec == 0 && ts.sec >= 0 && ts.sec <= 0xFFFFFFFFLL) {
+        put_u32(b, (uint32_t)ts.sec);
+        return msgpack_pack_ext_with_body(pk, b, 4, -1);
+    }
+    if (ts.sec >= 0 && ts.sec < (1LL << 34)) {
+        put_u64(b, ((uint64_t)ts.nsec << 34) | (uint64_t)ts.sec);
+        return msgpack_pack_ext_with_body(pk, b, 8, -1);
+    }
+    put_u32(b, ts.nsec);
+    put_u64(b + 4, (uint64_t)ts.sec);
+    return msgpack_pack_ext_with_body(pk, b, 12, -1);
+}
+
+int zb_encode_hello_body(zb_buf *out, const char *client_name)
+{
+    msgpack_sbuffer sb;
+    msgpack_packer pk;
+    int rc;
+    msgpack_sbuffer_init(&sb);
+    msgpack_packer_init(&pk, &sb, msgpack_sbuffer_write);
+    if (client_name)
+        rc = msgpack_pack_map(&pk, 1) || pack_text(&pk, bytes_str("client")) ||
+             pack_text(&pk, bytes_str(client_name));
+    else
+        rc = msgpack_pack_map(&pk, 0);
+    return sbuf_take(&sb, rc, out);
+}
+
+static int pack_message(msgpack_packer *pk, size_t n_elements, const uint8_t id[16], zb_time ts,
+                        const zb_header *headers, size_t n_headers, zb_bytes payload)
+{
+    size_t i;
+    if (msgpack_pack_array(pk, n_elements) || pack_binary(pk, bytes_of(id, 16)) ||
+        pack_timestamp(pk, ts) || msgpack_pack_map(pk, n_headers))
+        return -1;
+    for (i = 0; i < n_headers; i++)
+        if (pack_text(pk, bytes_of(headers[i].key, headers[i].key_len)) ||
+            pack_text(pk, bytes_of(headers[i].value, headers[i].value_len)))
+            return -1;
+    return pack_binary(pk, payload);
+}
+
+static int check_message_fields(zb_time ts, const zb_header *headers, size_t n_headers)
+{
+    size_t i;
+    if (ts.nsec > 999999999u || ts.sec < MIN_SECONDS || ts.sec > MAX_SECONDS)
+        return ZB_BAD_BODY;
+    for (i = 0; i < n_headers; i++)
+        if (!zb_utf8_valid((const uint8_t *)headers[i].key, headers[i].key_len) ||
+            !zb_utf8_valid((const uint8_t *)headers[i].value, headers[i].value_len))
+            return ZB_BAD_BODY;
+    return 0;
+}
+
+int zb_encode_message_body(zb_buf *out, const uint8_t id[16], zb_time ts, const zb_header *headers,
+                           size_t n_headers, zb_bytes payload)
+{
+    msgpack_sbuffer sb;
+    msgpack_packer pk;
+    int rc = check_message_fields(ts, headers, n_headers);
+    if (rc)
+        return rc;
+    msgpack_sbuffer_init(&sb);
+    msgpack_packer_init(&pk, &sb, msgpack_sbuffer_write);
+    rc = pack_message(&pk, 4, id, ts, headers, n_headers, payload);
+    return sbuf_take(&sb, rc, out);
+}
+
+int zb_encode_reply_body(zb_buf *out, const uint8_t id[16], zb_time ts, const zb_header *headers,
+                         size_t n_headers, zb_bytes payload, const zb_bytes *error)
+{
+    msgpack_sbuffer sb;
+    msgpack_packer pk;
+    int rc = check_message_fields(ts, headers, n_headers);
+    if (rc)
+        return rc;
+    if (error && !zb_utf8_valid(error->data, error->size))
+        return ZB_BAD_BODY;
+    msgpack_sbuffer_init(&sb);
+    msgpack_packer_init(&pk, &sb, msgpack_sbuffer_write);
+    rc = pack_message(&pk, 5, id, ts, headers, n_headers, payload) ||
+         (error ? pack_text(&pk, *error) : msgpack_pack_nil(&pk));
+    return sbuf_take(&sb, rc, out);
+}
+
+int zb_encode_ack_body(zb_buf *out, uint64_t delivered, uint64_t dropped, const zb_bytes *errors,
+                       size_t n_errors)
+{
+    msgpack_sbuffer sb;
+    msgpack_packer pk;
+    size_t i;
+    int rc;
+    for (i = 0; i < n_errors; i++)
+        if (!zb_utf8_valid(errors[i].data, errors[i].size))
+            return ZB_BAD_BODY;
+    msgpack_sbuffer_init(&sb);
+    msgpack_packer_init(&pk, &sb, msgpack_sbuffer_write);
+    rc = msgpack_pack_array(&pk, 3) || msgpack_pack_uint64(&pk, delivered) ||
+         msgpack_pack_uint64(&pk, dropped) || msgpack_pack_array(&pk, n_errors);
+    for (i = 0; !rc && i < n_errors; i++)
+        rc = pack_text(&pk, errors[i]);
+    return sbuf_take(&sb, rc, out);
+}
+
+/* ------------------------------------------------------------------ */
+/* bodies: decoding                                                     */
+/* ------------------------------------------------------------------ */
+
+/* Unpack exactly one msgpack object filling the whole body. Strings of
+ * the result point into body. 0 or 422. */
+static int unpack_whole(msgpack_unpacked *unp, zb_bytes body)
+{
+    size_t off = 0;
+    msgpack_unpack_return ret;
+    msgpack_unpacked_init(unp);
+    if (body.size == 0)
+        return ZB_BAD_BODY;
+    ret = msgpack_unpack_next(unp, (const char *)body.data, body.size, &off);
+    if (ret != MSGPACK_UNPACK_SUCCESS || off != body.size) {
+        msgpack_unpacked_destroy(unp);
+        msgpack_unpacked_init(unp);
+        return ZB_BAD_BODY;
+    }
+    return 0;
+}
+
+static int is_text(const msgpack_object *o)
+{
+    return o->type == MSGPACK_OBJECT_STR &&
+           zb_utf8_valid((const uint8_t *)o->via.str.ptr, o->via.str.size);
+}
+
+/* Every str anywhere in o is valid UTF-8 (the general rule for text). */
+static int all_text_valid(const msgpack_object *o)
+{
+    uint32_t i;
+    switch (o->type) {
+    case MSGPACK_OBJECT_STR:
+        return is_text(o);
+    case MSGPACK_OBJECT_ARRAY:
+        for (i = 0; i < o->via.array.size; i++)
+            if (!all_text_valid(&o->via.array.ptr[i]))
+                return 0;
+        return 1;
+    case MSGPACK_OBJECT_MAP:
+        for (i = 0; i < o->via.map.size; i++)
+            if (!all_text_valid(&o->via.map.ptr[i].key) || !all_text_valid(&o->via.map.ptr[i].val))
+                return 0;
+        return 1;
+    default:
+        return 1;
+    }
+}
+
+/* A map whose keys are all str, with valid text throughout. */
+static int is_str_keyed_map(const msgpack_object *o)
+{
+    uint32_t i;
+    if (o->type != MSGPACK_OBJECT_MAP)
+        return 0;
+    for (i = 0; i < o->via.map.size; i++)
+        if (o->via.map.ptr[i].key.type != MSGPACK_OBJECT_STR)
+            return 0;
+    return all_text_valid(o);
+}
+
+/* The value of key in a str-keyed map, or NULL. */
+static const msgpack_object *map_get(const msgpack_object *map, const char *key)
+{
+    size_t len = strlen(key);
+    uint32_t i;
+    for (i = 0; i < map->via.map.size; i++) {
+        const msgpack_object_kv *kv = &map->via.map.ptr[i];
+        if (kv->key.via.str.size == len && memcmp(kv->key.via.str.ptr, key, len) == 0)
+            return &kv->val;
+    }
+    return NULL;
+}
+
+/* HELLO and WELCOME: "heartbeat", when present, is a non-negative int. */
+static int heartbeat_valid(const msgpack_object *map)
+{
+    const msgpack_object *hb = map_get(map, "heartbeat");
+    return !hb || hb->type == MSGPACK_OBJECT_POSITIVE_INTEGER;
+}
+
+static int decode_timestamp(const msgpack_object *o, zb_time *ts)
+{
+    const uint8_t *p = (const uint8_t *)o->via.ext.ptr;
+    if (o->type != MSGPACK_OBJECT_EXT || o->via.ext.type != -1)
+        return -1;
+    switch (o->via.ext.size) {
+    case 4:
+        ts->sec = get_u32(p);
+        ts->nsec = 0;
+        break;
+    case 8: {
+        uint64_t v = get_u64(p);
+        ts->nsec = (uint32_t)(v >> 34);
+        ts->sec = (int64_t)(v & ((1ULL << 34) - 1));
+        break;
+    }
+    case 12:
+        ts->nsec = get_u32(p);
+        ts->sec = (int64_t)get_u64(p + 4);
+        break;
+    default:
+        return -1;
+    }
+    if (ts->nsec > 999999999u || ts->sec < MIN_SECONDS || ts->sec > MAX_SECONDS)
+        return -1;
+    return 0;
+}
+
+typedef struct {
+    msgpack_unpacked unp;
+} message_storage;
+
+void zb_message_free(zb_message *msg)
+{
+    message_storage *st = msg->_storage;
+    if (st) {
+        msgpack_unpacked_destroy(&st->unp);
+        free(st);
+    }
+    free(msg->headers);
+    memset(msg, 0, sizeof *msg);
+}
+
+int zb_decode_message(zb_message *out, zb_bytes body, int is_reply)
+{
+    message_storage *st;
+    const msgpack_object *a;
+    uint32_t i;
+    memset(out, 0, sizeof *out);
+    st = calloc(1, sizeof *st);
+    if (!st)
+        return ZB_ENOMEM;
+    out->_storage = st;
+    if (unpack_whole(&st->unp, body))
+        goto bad;
+    if (st->unp.data.type != MSGPACK_OBJECT_ARRAY || st->unp.data.via.array.size < 4)
+        goto bad;
+    a = st->unp.data.via.array.ptr;
+    /* 0: id, bin of 16 octets */
+    if (a[0].type != MSGPACK_OBJECT_BIN || a[0].via.bin.size != 16)
+        goto bad;
+    memcpy(out->id, a[0].via.bin.ptr, 16);
+    /* 1: timestamp */
+    if (decode_timestamp(&a[1], &out->timestamp))
+        goto bad;
+    /* 2: headers, map of str to str */
+    if (a[2].type != MSGPACK_OBJECT_MAP)
+        goto bad;
+    out->n_headers = a[2].via.map.size;
+    out->headers = calloc(out->n_headers ? out->n_headers : 1, sizeof *out->headers);
+    if (!out->headers) {
+        zb_message_free(out);
+        return ZB_ENOMEM;
+    }
+    for (i = 0; i < a[2].via.map.size; i++) {
+        const msgpack_object_kv *kv = &a[2].via.map.ptr[i];
+        if (!is_text(&kv->key) || !is_text(&kv->val))
+            goto bad;
+        out->headers[i].key = kv->key.via.str.ptr;
+        out->headers[i].key_len = kv->key.via.str.size;
+        out->headers[i].value = kv->val.via.str.ptr;
+        out->headers[i].value_len = kv->val.via.str.size;
+    }
+    /* 3: payload, bin */
+    if (a[3].type != MSGPACK_OBJECT_BIN)
+        goto bad;
+    out->payload = bytes_of(a[3].via.bin.ptr, a[3].via.bin.size);
+    /* 4 (replies): error, nil or str */
+    if (is_reply && st->unp.data.via.array.size >= 5) {
+        if (a[4].type == MSGPACK_OBJECT_STR) {
+            if (!is_text(&a[4]))
+                goto bad;
+            out->has_error = 1;
+            out->error = bytes_of(a[4].via.str.ptr, a[4].via.str.size);
+        } else if (a[4].type != MSGPACK_OBJECT_NIL) {
+            goto bad;
+        }
+    }
+    return 0;
+bad:
+    zb_message_free(out);
+    return ZB_BAD_BODY;
+}
+
+void zb_ack_free(zb_ack *ack)
+{
+    message_storage *st = ack->_storage;
+    if (st) {
+        msgpack_unpacked_destroy(&st->unp);
+        free(st);
+    }
+    free(ack->errors);
+    memset(ack, 0, sizeof *ack);
+}
+
+int zb_decode_ack(zb_ack *out, zb_bytes body)
+{
+    message_storage *st;
+    const msgpack_object *a;
+    uint32_t i;
+    memset(out, 0, sizeof *out);
+    st = calloc(1, sizeof *st);
+    if (!st)
+        return ZB_ENOMEM;
+    out->_storage = st;
+    if (unpack_whole(&st->unp, body))
+        goto bad;
+    if (st->unp.data.type != MSGPACK_OBJECT_ARRAY || st->unp.data.via.array.size < 3)
+        goto bad;
+    a = st->unp.data.via.array.ptr;
+    if (a[0].type != MSGPACK_OBJECT_POSITIVE_INTEGER || a[1].type != MSGPACK_OBJECT_POSITIVE_INTEGER ||
+        a[2].type != MSGPACK_OBJECT_ARRAY)
+        goto bad;
+    out->delivered = a[0].via.u64;
+    out->dropped = a[1].via.u64;
+    out->n_errors = a[2].via.array.size;
+    out->errors = calloc(out->n_errors ? out->n_errors : 1, sizeof *out->errors);
+    if (!out->errors) {
+        zb_ack_free(out);
+        return ZB_ENOMEM;
+    }
+    for (i = 0; i < a[2].via.array.size; i++) {
+        const msgpack_object *e = &a[2].via.array.ptr[i];
+        if (!is_text(e))
+            goto bad;
+        out->errors[i] = bytes_of(e->via.str.ptr, e->via.str.size);
+    }
+    return 0;
+bad:
+    zb_ack_free(out);
+    return ZB_BAD_BODY;
+}
+
+int zb_check_hello_body(zb_bytes body)
+{
+    msgpack_unpacked unp;
+    int rc = unpack_whole(&unp, body);
+    if (rc == 0 && (!is_str_keyed_map(&unp.data) || !heartbeat_valid(&unp.data)))
+        rc = ZB_BAD_BODY;
+    msgpack_unpacked_destroy(&unp);
+    return rc;
+}
+
+int zb_check_stats_body(zb_bytes body)
+{
+    msgpack_unpacked unp;
+    int rc = unpack_whole(&unp, body);
+    if (rc == 0 && !is_str_keyed_map(&unp.data))
+        rc = ZB_BAD_BODY;
+    msgpack_unpacked_destroy(&unp);
+    return rc;
+}
+
+int zb_decode_welcome_body(zb_bytes body, uint64_t *max_message_size)
+{
+    msgpack_unpacked unp;
+    const msgpack_object *max;
+    int rc = unpack_whole(&unp, body);
+    *max_message_size = 0;
+    if (rc == 0 && (!is_str_keyed_map(&unp.data) || !heartbeat_valid(&unp.data)))
+        rc = ZB_BAD_BODY;
+    if (rc == 0) {
+        max = map_get(&unp.data, "max_message_size");
+        if (!max || max->type != MSGPACK_OBJECT_POSITIVE_INTEGER || max->via.u64 == 0)
+            rc = ZB_BAD_BODY;
+        else
+            *max_message_size = max->via.u64;
+    }
+    msgpack_unpacked_destroy(&unp);
+    return rc;
+}
+
+/* ------------------------------------------------------------------ */
+/* broker messages                                                      */
+/* ------------------------------------------------------------------ */
+
+static int broker_frame_count(int command)
+{
+    switch (command) {
+    case ZB_BROKER_HEARTBEAT: case ZB_BYE: return 2;
+    case ZB_WELCOME: case ZB_OK: case ZB_DROPPED: return 3;
+    case ZB_ROUTED: case ZB_ACKED: case ZB_ANSWER: case ZB_STATS_REPLY: return 4;
+    case ZB_ERROR: return 5;
+    case ZB_DELIVER: case ZB_ASK: return 6;
+    default: return 0;
+    }
+}
+
+int zb_parse_broker(zb_broker_msg *out, const zb_bytes *f, size_t n)
+{
+    int command;
+    memset(out, 0, sizeof *out);
+    if (n == 0)
+        return ZB_BAD_FRAMES;
+    if (f[0].size != 4 || f[0].data[0] != SIGNATURE[0] || f[0].data[1] != SIGNATURE[1] ||
+        f[0].data[2] != VERSION)
+        return ZB_VERSION_NOT_SUPPORTED;
+    command = f[0].data[3];
+    if (broker_frame_count(command) == 0)
+        return ZB_UNKNOWN_COMMAND;
+    if ((size_t)broker_frame_count(command) != n)
+        return ZB_BAD_FRAMES;
+    out->command = command;
+    out->channel = f[1];
+    if (f[1].size != ZB_CHANNEL_SIZE &&
+        !((command == ZB_ERROR || command == ZB_STATS_REPLY) && f[1].size == 0))
+        return ZB_BAD_FRAMES;
+    switch (command) {
+    case ZB_BROKER_HEARTBEAT:
+    case ZB_BYE:
+        return 0;
+    case ZB_STATS_REPLY:
+        out->ref = f[2];
+        out->body = f[3];
+        return f[2].size > ZB_MAX_REF ? ZB_BAD_FRAMES : zb_check_stats_body(f[3]);
+    case ZB_DROPPED:
+        out->counts = f[2];
+        return f[2].size == 0 || f[2].size % 8 ? ZB_BAD_FRAMES : 0;
+    case ZB_WELCOME:
+        out->body = f[2];
+        return zb_decode_welcome_body(f[2], &out->max_message_size);
+    case ZB_OK:
+        out->ref = f[2];
+        return f[2].size > ZB_MAX_REF ? ZB_BAD_FRAMES : 0;
+    case ZB_DELIVER:
+    case ZB_ASK:
+        out->token = f[2];
+        out->topic = f[3];
+        out->body = f[4];
+        out->sids = f[5];
+        if (f[2].size > ZB_MAX_REF || (command == ZB_ASK && f[2].size < 9))
+            return ZB_BAD_FRAMES;
+        if (f[5].size == 0 || f[5].size % ZB_SID_SIZE)
+            return ZB_BAD_FRAMES;
+        return zb_check_name(f[3].data, f[3].size, ZB_TOPIC);
+    case ZB_ROUTED:
+        out->ref = f[2];
+        if (f[2].size < 1 || f[2].size > ZB_MAX_REF || f[3].size != 4)
+            return ZB_BAD_FRAMES;
+        out->count = get_u32(f[3].data);
+        return 0;
+    case ZB_ACKED:
+        out->ref = f[2];
+        out->body = f[3];
+        return f[2].size < 1 || f[2].size > ZB_MAX_REF ? ZB_BAD_FRAMES : 0;
+    case ZB_ANSWER:
+        out->ref = f[2];
+        out->body = f[3];
+        return f[2].size < 1 || f[2].size > ZB_MAX_REQUEST_REF ? ZB_BAD_FRAMES : 0;
+    default: /* ZB_ERROR */
+        out->ref = f[2];
+        out->text = f[4];
+        if (f[2].size > ZB_MAX_REF || f[3].size != 2 || !zb_utf8_valid(f[4].data, f[4].size))
+            return ZB_BAD_FRAMES;
+        out->code = (uint16_t)((f[3].data[0] << 8) | f[3].data[1]);
+        return 0;
+    }
+}
+
+/* ------------------------------------------------------------------ */
+/* helpers                                                              */
+/* ------------------------------------------------------------------ */
+
+static int hex_value(char ch)
+{
+    if (ch >= '0' && ch <= '9')
+        return ch - '0';
+    if (ch >= 'a' && ch <= 'f')
+        return ch - 'a' + 10;
+    if (ch >= 'A' && ch <= 'F')
+        return ch - 'A' + 10;
+    return -1;
+}
+
+int zb_hex_decode(const char *hex, zb_buf *out)
+{
+    size_t len = strlen(hex), i;
+    out->data = NULL;
+    out->size = 0;
+    if (len % 2)
+        return -1;
+    out->data = malloc(len / 2 + 1);
+    if (!out->data)
+        return -1;
+    for (i = 0; i < len / 2; i++) {
+        int hi = hex_value(hex[2 * i]), lo = hex_value(hex[2 * i + 1]);
+        if (hi < 0 || lo < 0) {
+            zb_buf_free(out);
+            return -1;
+        }
+        out->data[i] = (uint8_t)(hi << 4 | lo);
+    }
+    out->size = len / 2;
+    return 0;
+}
+
+int zb_parse_channel(const char *text, uint8_t out[16])
+{
+    size_t n = 0;
+    const char *p;
+    for (p = text; *p; p++) {
+        int hi, lo;
+        if (*p == '-')
+            continue;
+        if (n == 16 || !p[1])
+            return -1;
+        hi = hex_value(p[0]);
+        lo = hex_value(p[1]);
+        if (hi < 0 || lo < 0)
+            return -1;
+        out[n++] = (uint8_t)(hi << 4 | lo);
+        p++;
+    }
+    return n == 16 ? 0 : -1;
+}
+
+/* ------------------------------------------------------------------ */
+/* the client                                                           */
+/* ------------------------------------------------------------------ */
+
+/* The frames of one received message. */
+typedef struct frames {
+    size_t count;
+    zmq_msg_t *parts;
+    zb_bytes *views;
+    struct frames *next; /* queue of pending DELIVERs */
+} frames;
+
+static void frames_free(frames *f)
+{
+    size_t i;
+    if (!f)
+        return;
+    for (i = 0; i < f->count; i++)
+        zmq_msg_close(&f->parts[i]);
+    free(f->parts);
+    free(f->views);
+    free(f);
+}
+
+struct zb_client {
+    void *ctx;
+    void *sock;
+    uint8_t channel[16];
+    int joined;
+    uint64_t max_message_size;
+    uint64_t next_ref;
+    uint32_t next_sid;
+    uint8_t *sids; /* open sids, 4 octets each */
+    size_t n_sids;
+    frames *deliveries_head, *deliveries_tail;
+    zb_stray_error *strays;
+    size_t n_strays;
+    char last_error[512];
+    int last_code;
+};
+
+static int fail(zb_client *c, int rc, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(c->last_error, sizeof c->last_error, fmt, ap);
+    va_end(ap);
+    return rc;
+}
+
+zb_client *zb_client_new(const char *endpoint)
+{
+    int linger = 2000;
+    zb_client *c = calloc(1, sizeof *c);
+    if (!c)
+        return NULL;
+    c->next_ref = 1;
+    c->next_sid = 1;
+    c->ctx = zmq_ctx_new();
+    if (!c->ctx)
+        goto fail;
+    c->sock = zmq_socket(c->ctx, ZMQ_DEALER);
+    if (!c->sock)
+        goto fail;
+    zmq_setsockopt(c->sock, ZMQ_LINGER, &linger, sizeof linger);
+    if (zmq_connect(c->sock, endpoint) != 0)
+        goto fail;
+    return c;
+fail:
+    zb_client_destroy(c);
+    return NULL;
+}
+
+void zb_client_destroy(zb_client *c)
+{
+    frames *f;
+    if (!c)
+        return;
+    while ((f = c->deliveries_head)) {
+        c->deliveries_head = f->next;
+        frames_free(f);
+    }
+    zb_stray_errors_free(c->strays, c->n_strays);
+    free(c->sids);
+    if (c->sock)
+        zmq_close(c->sock);
+    if (c->ctx)
+        zmq_ctx_term(c->ctx);
+    free(c);
+}
+
+const char *zb_client_last_error(const zb_client *c)
+{
+    return c->last_error;
+}
+
+int zb_client_last_code(const zb_client *c)
+{
+    return c->last_code;
+}
+
+uint64_t zb_client_max_message_size(const zb_client *c)
+{
+    return c->max_message_size;
+}
+
+const uint8_t *zb_client_channel(const zb_client *c)
+{
+    return c->channel;
+}
+
+static int send_frames(zb_client *c, const zb_bytes *f, size_t n)
+{
+    size_t i;
+    for (i = 0; i < n; i++) {
+        if (zmq_send(c->sock, f[i].data, f[i].size, i + 1 < n ? ZMQ_SNDMORE : 0) < 0)
+            return fail(c, ZB_EZMQ, "zmq_send: %s", zmq_strerror(errno));
+    }
+    return 0;
+}
+
+int zb_client_send_raw(zb_client *c, const zb_bytes *frames_, size_t n)
+{
+    return send_frames(c, frames_, n);
+}
+
+static int send_msg(zb_client *c, zb_msg *msg)
+{
+    zb_bytes f[ZB_MAX_FRAMES];
+    size_t i;
+    int rc;
+    for (i = 0; i < msg->count; i++)
+        f[i] = bytes_of(msg->frames[i].data, msg->frames[i].size);
+    rc = send_frames(c, f, msg->count);
+    zb_msg_free(msg);
+    return rc;
+}
+
+/* Receive one multipart message, waiting up to timeout_ms (-1: forever). */
+static int recv_frames(zb_client *c, frames **out, int timeout_ms)
+{
+    zmq_pollitem_t item = {c->sock, 0, ZMQ_POLLIN, 0};
+    frames *f;
+    size_t cap = 8;
+    int more;
+    size_t more_size = sizeof more;
+    *out = NULL;
+    if (zmq_poll(&item, 1, timeout_ms) < 0)
+        return fail(c, ZB_EZMQ, "zmq_poll: %s", zmq_strerror(errno));
+    if (!(item.revents & ZMQ_POLLIN))
+        return ZB_ETIMEOUT;
+    f = calloc(1, sizeof *f);
+    if (!f || !(f->parts = malloc(cap * sizeof *f->parts))) {
+        free(f);
+        return fail(c, ZB_ENOMEM, "out of memory");
+    }
+    do {
+        if (f->count == cap) {
+            zmq_msg_t *p = realloc(f->parts, 2 * cap * sizeof *p);
+            if (!p) {
+                frames_free(f);
+                return fail(c, ZB_ENOMEM, "out of memory");
+            }
+            f->parts = p;
+            cap *= 2;
+        }
+        zmq_msg_init(&f->parts[f->count]);
+        if (zmq_msg_recv(&f->parts[f->count], c->sock, 0) < 0) {
+            zmq_msg_close(&f->parts[f->count]);
+            frames_free(f);
+            return fail(c, ZB_EZMQ, "zmq_msg_recv: %s", zmq_strerror(errno));
+        }
+        f->count++;
+        zmq_getsockopt(c->sock, ZMQ_RCVMORE, &more, &more_size);
+    } while (more);
+    f->views = malloc(f->count * sizeof *f->views);
+    if (!f->views) {
+        frames_free(f);
+        return fail(c, ZB_ENOMEM, "out of memory");
+    }
+    for (size_t i = 0; i < f->count; i++)
+        f->views[i] = bytes_of(zmq_msg_data(&f->parts[i]), zmq_msg_size(&f->parts[i]));
+    *out = f;
+    return 0;
+}
+
+static void print_hex(FILE *fp, zb_bytes b)
+{
+    size_t i;
+    for (i = 0; i < b.size; i++)
+        fprintf(fp, "%02x", b.data[i]);
+}
+
+static int record_stray(zb_client *c, const zb_broker_msg *m)
+{
+    zb_stray_error *s, *grown = realloc(c->strays, (c->n_strays + 1) * sizeof *grown);
+    if (!grown)
+        return ZB_ENOMEM;
+    c->strays = grown;
+    s = &c->strays[c->n_strays];
+    memset(s, 0, sizeof *s);
+    s->code = m->code;
+    s->text = malloc(m->text.size + 1);
+    if (!s->text || buf_set(&s->channel, m->channel.data, m->channel.size) ||
+        buf_set(&s->ref, m->ref.data, m->ref.size)) {
+        free(s->text);
+        zb_buf_free(&s->channel);
+        return ZB_ENOMEM;
+    }
+    memcpy(s->text, m->text.data, m->text.size);
+    s->text[m->text.size] = 0;
+    c->n_strays++;
+    return 0;
+}
+
+zb_stray_error *zb_client_take_stray_errors(zb_client *c, size_t *count)
+{
+    zb_stray_error *s = c->strays;
+    *count = c->n_strays;
+    c->strays = NULL;
+    c->n_strays = 0;
+    return s;
+}
+
+void zb_stray_errors_free(zb_stray_error *errors, size_t count)
+{
+    size_t i;
+    for (i = 0; i < count; i++) {
+        zb_buf_free(&errors[i].channel);
+        zb_buf_free(&errors[i].ref);
+        free(errors[i].text);
+    }
+    free(errors);
+}
+
+/* ACK a DELIVER we refuse (bad topic or sids), if its token frame is usable. */
+static void refuse_delivery(zb_client *c, const frames *f, int code)
+{
+    char text[64];
+    zb_bytes err;
+    zb_buf body;
+    zb_msg msg;
+    if (f->count != 6 || f->views[2].size < 1 || f->views[2].size > ZB_MAX_REF || !c->joined)
+        return;
+    snprintf(text, sizeof text, "subscriber refused delivery: code %d", code);
+    err = bytes_str(text);
+    if (zb_encode_ack_body(&body, 0, 0, &err, 1))
+        return;
+    if (zb_encode_ack(&msg, c->channel, f->views[2], bytes_of(body.data, body.size)) == 0)
+        send_msg(c, &msg);
+    zb_buf_free(&body);
+}
+
+/* What a waiting call looks for: a reply to ref (OK, ROUTED, ACKED,
+ * ERROR), or the next DELIVER (ref NULL). */
+typedef struct {
+    const uint8_t *ref;
+    size_t ref_len;
+    int joining;         /* waiting for WELCOME: an ERROR with empty ref refuses */
+    int want_delivery;   /* return on the next DELIVER */
+} waiter;
+
+/* Read messages until one concerns w; returns it in *out (parsed into *m).
+ * DELIVERs not wanted are queued; stray ERRORs recorded; others dropped. */
+static int wait_for(zb_client *c, const waiter *w, frames **out, zb_broker_msg *m, int64_t deadline)
+{
+    for (;;) {
+        frames *f;
+        int rc, code;
+        int64_t left = deadline - monotonic_ms();
+        if (w->want_delivery && c->deliveries_head) {
+            f = c->deliveries_head;
+            c->deliveries_head = f->next;
+            if (!c->deliveries_head)
+                c->deliveries_tail = NULL;
+            f->next = NULL;
+            zb_parse_broker(m, f->views, f->count);
+            *out = f;
+            return 0;
+        }
+        rc = recv_frames(c, &f, left < 0 ? 0 : (int)left);
+        if (rc == ZB_ETIMEOUT)
+            return fail(c, rc, "timed out");
+        if (rc)
+            return rc;
+        code = zb_parse_broker(m, f->views, f->count);
+        if (code) {
+            fprintf(stderr, "zbclient: refused a broker message with code %d\n", code);
+            if (f->count >= 1 && f->views[0].size == 4 && f->views[0].data[3] == ZB_DELIVER)
+                refuse_delivery(c, f, code);
+            frames_free(f);
+            continue;
+        }
+        if (m->command == ZB_DELIVER) {
+            if (w->want_delivery) {
+                *out = f;
+                return 0;
+            }
+            if (c->deliveries_tail)
+                c->deliveries_tail->next = f;
+            else
+                c->deliveries_head = f;
+            c->deliveries_tail = f;
+            continue;
+        }
+        if (m->command == ZB_BYE) {
+            frames_free(f);
+            c->joined = 0;
+            c->n_sids = 0;
+            return fail(c, ZB_EBYE, "the broker ended the session (BYE)");
+        }
+        if (m->command == ZB_DROPPED) {
+            size_t i;
+            for (i = 0; i < m->counts.size; i += 8)
+                fprintf(stderr, "zbclient: the broker dropped %u message(s) for sid %08x\n",
+                        get_u32(m->counts.data + i + 4), get_u32(m->counts.data + i));
+            frames_free(f);
+            continue;
+        }
+        if (m->command == ZB_WELCOME && w->joining) {
+            *out = f;
+            return 0;
+        }
+        if (m->command == ZB_ERROR && w->joining && m->ref.size == 0) {
+            *out = f;
+            return 0;
+        }
+        if (w->ref && (m->command == ZB_OK || m->command == ZB_ROUTED || m->command == ZB_ACKED ||
+                       m->command == ZB_ERROR) &&
+            m->ref.size == w->ref_len && memcmp(m->ref.data, w->ref, w->ref_len) == 0) {
+            *out = f;
+            return 0;
+        }
+        if (m->command == ZB_ERROR) {
+            fprintf(stderr, "zbclient: ERROR %u (ref ", m->code);
+            print_hex(stderr, m->ref);
+            fprintf(stderr, "): %.*s\n", (int)m->text.size, (const char *)m->text.data);
+            if (record_stray(c, m)) {
+                frames_free(f);
+                return fail(c, ZB_ENOMEM, "out of memory");
+            }
+        }
+        /* late replies, ASKs, ANSWERs and STATS_REPLYs (this client sends no REQUEST
+         * or STATS) and BROKER_HEARTBEATs (it asks for none) are dropped */
+        frames_free(f);
+    }
+}
+
+static int refused(zb_client *c, const zb_broker_msg *m, const char *what)
+{
+    c->last_code = m->code;
+    return fail(c, ZB_EREFUSED, "%s refused: ERROR %u: %.*s", what, m->code, (int)m->text.size,
+                (const char *)m->text.data);
+}
+
+static void new_ref(zb_client *c, uint8_t ref[8])
+{
+    put_u64(ref, c->next_ref++);
+}
+
+int zb_client_hello(zb_client *c, const uint8_t channel[16], const char *client_name, int timeout_ms)
+{
+    waiter w = {NULL, 0, 1, 0};
+    zb_buf body;
+    zb_msg msg;
+    frames *f;
+    zb_broker_msg m;
+    int rc;
+    c->last_code = 0;
+    if (zb_encode_hello_body(&body, client_name ? client_name : ZB_CLIENT_NAME))
+        return fail(c, ZB_ENOMEM, "out of memory");
+    rc = zb_encode_hello(&msg, channel, bytes_of(body.data, body.size));
+    zb_buf_free(&body);
+    if (rc)
+        return fail(c, rc, "cannot encode HELLO");
+    if ((rc = send_msg(c, &msg)))
+        return rc;
+    rc = wait_for(c, &w, &f, &m, monotonic_ms() + timeout_ms);
+    if (rc)
+        return rc;
+    if (m.command == ZB_ERROR) {
+        rc = refused(c, &m, "HELLO");
+    } else {
+        memcpy(c->channel, channel, 16);
+        c->max_message_size = m.max_message_size;
+        c->joined = 1;
+    }
+    frames_free(f);
+    return rc;
+}
+
+int zb_client_has_sid(const zb_client *c, const uint8_t sid[4])
+{
+    size_t i;
+    for (i = 0; i < c->n_sids; i++)
+        if (memcmp(c->sids + 4 * i, sid, 4) == 0)
+            return 1;
+    return 0;
+}
+
+static int drop_sid(zb_client *c, const uint8_t sid[4])
+{
+    size_t i;
+    for (i = 0; i < c->n_sids; i++)
+        if (memcmp(c->sids + 4 * i, sid, 4) == 0) {
+            memmove(c->sids + 4 * i, c->sids + 4 * (i + 1), 4 * (c->n_sids - i - 1));
+            c->n_sids--;
+            return 1;
+        }
+    return 0;
+}
+
+int zb_client_subscribe(zb_client *c, const char *pattern, const char *queue, uint8_t sid_out[4],
+                        int timeout_ms)
+{
+    uint8_t ref[8], sid[4];
+    waiter w = {ref, 8, 0, 0};
+    zb_msg msg;
+    frames *f;
+    zb_broker_msg m;
+    uint8_t *grown;
+    int rc;
+    c->last_code = 0;
+    if (!c->joined)
+        return fail(c, ZB_ESTATE, "not joined");
+    new_ref(c, ref);
+    put_u32(sid, c->next_sid++);
+    rc = zb_encode_subscribe(&msg, c->channel, bytes_of(ref, 8), sid, bytes_str(pattern),
+                             bytes_str(queue));
+    if (rc)
+        return fail(c, rc, "invalid pattern or queue name");
+    /* the sid is ours at once: a DELIVER may name it before the OK arrives */
+    grown = realloc(c->sids, 4 * (c->n_sids + 1));
+    if (!grown) {
+        zb_msg_free(&msg);
+        return fail(c, ZB_ENOMEM, "out of memory");
+    }
+    c->sids = grown;
+    memcpy(c->sids + 4 * c->n_sids++, sid, 4);
+    if ((rc = send_msg(c, &msg)) || (rc = wait_for(c, &w, &f, &m, monotonic_ms() + timeout_ms))) {
+        drop_sid(c, sid);
+        /* close the sid, so that a late OK leaves nothing open */
+        if (rc == ZB_ETIMEOUT && zb_encode_unsubscribe(&msg, c->channel, bytes_of(NULL, 0),
+                                                       bytes_of(sid, 4)) == 0)
+            send_msg(c, &msg);
+        return rc;
+    }
+    if (m.command == ZB_ERROR) {
+        drop_sid(c, sid);
+        rc = refused(c, &m, "SUBSCRIBE");
+    } else if (sid_out) {
+        memcpy(sid_out, sid, 4);
+    }
+    frames_free(f);
+    return rc;
+}
+
+void zb_confirmation_free(zb_confirmation *conf)
+{
+    size_t i;
+    for (i = 0; i < conf->n_errors; i++)
+        free(conf->errors[i]);
+    free(conf->errors);
+    memset(conf, 0, sizeof *conf);
+}
+
+static int add_error_text(zb_confirmation *conf, const void *text, size_t len)
+{
+    char **grown = realloc(conf->errors, (conf->n_errors + 1) * sizeof *grown);
+    char *copy = malloc(len + 1);
+    if (!grown || !copy) {
+        if (grown)
+            conf->errors = grown;
+        free(copy);
+        return ZB_ENOMEM;
+    }
+    memcpy(copy, text, len);
+    copy[len] = 0;
+    conf->errors = grown;
+    conf->errors[conf->n_errors++] = copy;
+    return 0;
+}
+
+/* Add one ACKED body to the confirmation. */
+static int add_acked(zb_confirmation *conf, zb_bytes body)
+{
+    zb_ack ack;
+    size_t i;
+    int rc = 0;
+    conf->acked++;
+    if (zb_decode_ack(&ack, body)) {
+        static const char msg[] = "publisher could not decode ACKED body";
+        return add_error_text(conf, msg, sizeof msg - 1);
+    }
+    conf->delivered += ack.delivered;
+    conf->dropped += ack.dropped;
+    for (i = 0; rc == 0 && i < ack.n_errors; i++)
+        rc = add_error_text(conf, ack.errors[i].data, ack.errors[i].size);
+    zb_ack_free(&ack);
+    return rc;
+}
+
+int zb_client_publish(zb_client *c, const char *topic, const zb_header *headers, size_t n_headers,
+                      zb_bytes payload, zb_confirmation *confirm, int timeout_ms)
+{
+    uint8_t ref[8], id[16];
+    waiter w = {ref, 8, 0, 0};
+    int64_t deadline = monotonic_ms() + timeout_ms;
+    zb_buf body;
+    zb_msg msg;
+    int routed = 0, rc;
+    c->last_code = 0;
+    if (confirm)
+        memset(confirm, 0, sizeof *confirm);
+    if (!c->joined)
+        return fail(c, ZB_ESTATE, "not joined");
+    if (getrandom(id, sizeof id, 0) != (ssize_t)sizeof id)
+        return fail(c, ZB_ENOMEM, "getrandom failed");
+    if ((rc = zb_encode_message_body(&body, id, zb_time_now(), headers, n_headers, payload)))
+        return fail(c, rc, "invalid headers");
+    if (body.size > c->max_message_size) {
+        zb_buf_free(&body);
+        return fail(c, ZB_TOO_LARGE, "message body of %zu octets exceeds max_message_size %llu",
+                    body.size, (unsigned long long)c->max_message_size);
+    }
+    if (confirm)
+        new_ref(c, ref);
+    rc = zb_encode_publish(&msg, c->channel, bytes_of(ref, confirm ? 8 : 0), bytes_str(topic),
+                           bytes_of(body.data, body.size));
+    zb_buf_free(&body);
+    if (rc)
+        return fail(c, rc, "invalid topic");
+    if ((rc = send_msg(c, &msg)) || !confirm)
+        return rc;
+    /* ROUTED, then as many ACKEDs as it counts (tolerating ACKEDs first) */
+    while (!routed || confirm->acked < confirm->routed) {
+        frames *f;
+        zb_broker_msg m;
+        if ((rc = wait_for(c, &w, &f, &m, deadline)))
+            return rc;
+        if (m.command == ZB_ERROR) {
+            rc = refused(c, &m, "PUBLISH");
+        } else if (m.command == ZB_ROUTED) {
+            routed = 1;
+            confirm->routed = m.count;
+        } else if (m.command == ZB_ACKED) {
+            rc = add_acked(confirm, m.body);
+        }
+        frames_free(f);
+        if (rc)
+            return rc;
+    }
+    return 0;
+}
+
+void zb_delivery_free(zb_delivery *d)
+{
+    if (d->body_ok)
+        zb_message_free(&d->message);
+    frames_free(d->_frames);
+    memset(d, 0, sizeof *d);
+}
+
+int zb_client_next_delivery(zb_client *c, zb_delivery *out, int timeout_ms)
+{
+    waiter w = {NULL, 0, 0, 1};
+    frames *f;
+    zb_broker_msg m;
+    int rc;
+    memset(out, 0, sizeof *out);
+    if ((rc = wait_for(c, &w, &f, &m, monotonic_ms() + timeout_ms)))
+        return rc;
+    out->_frames = f;
+    out->token = m.token;
+    out->topic = m.topic;
+    out->body = m.body;
+    out->sids = m.sids;
+    out->body_ok = zb_decode_message(&out->message, m.body, 0) == 0;
+    return 0;
+}
+
+int zb_client_ack(zb_client *c, const zb_delivery *d, uint64_t delivered, uint64_t dropped,
+                  const zb_bytes *errors, size_t n_errors)
+{
+    zb_buf body;
+    zb_msg msg;
+    int rc;
+    if (d->token.size == 0)
+        return 0; /* never ACK an empty token */
+    if ((rc = zb_encode_ack_body(&body, delivered, dropped, errors, n_errors)))
+        return fail(c, rc, "cannot encode ACK body");
+    rc = zb_encode_ack(&msg, c->channel, d->token, bytes_of(body.data, body.size));
+    zb_buf_free(&body);
+    if (rc)
+        return fail(c, rc, "cannot encode ACK");
+    return send_msg(c, &msg);
+}
+
+int zb_client_disconnect(zb_client *c, int timeout_ms)
+{
+    uint8_t ref[8];
+    waiter w = {ref, 8, 0, 0};
+    zb_msg msg;
+    frames *f;
+    zb_broker_msg m;
+    int rc;
+    c->last_code = 0;
+    if (!c->joined)
+        return 0;
+    new_ref(c, ref);
+    if ((rc = zb_encode_disconnect(&msg, c->channel, bytes_of(ref, 8))))
+        return fail(c, rc, "cannot encode DISCONNECT");
+    if ((rc = send_msg(c, &msg)) || (rc = wait_for(c, &w, &f, &m, monotonic_ms() + timeout_ms)))
+        return rc;
+    if (m.command == ZB_ERROR)
+        rc = refused(c, &m, "DISCONNECT");
+    else if (m.command == ZB_OK) {
+        c->joined = 0;
+        c->n_sids = 0;
+    }
+    frames_free(f);
+    return rc;
+}

@@ -1,0 +1,276 @@
+/* zbclient: a small zmqbus/1 client on libzmq and msgpack-c.
+ *
+ * Written from docs/protocol.md and tests/vectors/ alone.  Two layers:
+ *
+ *   - the codec (zb_encode_*, zb_parse_broker, zb_decode_*, zb_check_*): pure
+ *     functions that build client messages and check broker messages and
+ *     bodies; they touch no socket and are what tests/vectors/ checks;
+ *   - the client (zb_client_*): one DEALER connection joined to one channel,
+ *     with blocking calls that each take a timeout.
+ *
+ * Functions that can fail return 0 on success and otherwise a zmqbus error
+ * code (400, 406, 422, ...) or one of the negative ZB_E* codes below.
+ */
+#ifndef ZBCLIENT_H
+#define ZBCLIENT_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#define ZB_CLIENT_NAME "zmqbus-c/0.1.0"
+
+/* Commands (the fourth header octet). */
+enum {
+    ZB_HELLO = 0x01, ZB_SUBSCRIBE = 0x02, ZB_UNSUBSCRIBE = 0x03, ZB_PUBLISH = 0x04,
+    ZB_ACK = 0x05, ZB_DISCONNECT = 0x06, ZB_REQUEST = 0x07, ZB_REPLY = 0x08,
+    ZB_WELCOME = 0x81, ZB_OK = 0x82, ZB_DELIVER = 0x83, ZB_ROUTED = 0x84,
+    ZB_ACKED = 0x85, ZB_ASK = 0x86, ZB_ANSWER = 0x87, ZB_BROKER_HEARTBEAT = 0x88,
+    ZB_BYE = 0x89, ZB_STATS_REPLY = 0x8A, ZB_DROPPED = 0x8B, ZB_ERROR = 0x8F
+};
+/* HEARTBEAT (0x09) and STATS (0x0A) are client commands this client does not
+ * send: it asks for no heartbeats, so the broker never expects them. */
+
+/* Error codes of the protocol. */
+enum {
+    ZB_BAD_FRAMES = 400, ZB_NOT_JOINED = 403, ZB_UNKNOWN_COMMAND = 405,
+    ZB_BAD_TOPIC = 406, ZB_CHANNEL_MISMATCH = 409, ZB_SID_IN_USE = 412,
+    ZB_TOO_LARGE = 413, ZB_BAD_BODY = 422, ZB_INTERNAL = 500,
+    ZB_VERSION_NOT_SUPPORTED = 505
+};
+
+/* Local failures (never on the wire). */
+enum {
+    ZB_ETIMEOUT = -1, /* no reply within the timeout */
+    ZB_EZMQ = -2,     /* a libzmq call failed */
+    ZB_ENOMEM = -3,   /* out of memory */
+    ZB_ESTATE = -4,   /* call not valid in this state (not joined, ...) */
+    ZB_EREFUSED = -5, /* the broker answered ERROR; see zb_client_last_error */
+    ZB_EBYE = -6      /* the broker ended the session (BYE: it is shutting down) */
+};
+
+/* Sizes. */
+#define ZB_CHANNEL_SIZE 16
+#define ZB_MAX_REF 32
+#define ZB_MAX_REQUEST_REF 24
+#define ZB_SID_SIZE 4
+#define ZB_MAX_TOPIC 256
+#define ZB_MAX_QUEUE 64
+
+/* A borrowed run of octets. */
+typedef struct {
+    const uint8_t *data;
+    size_t size;
+} zb_bytes;
+
+/* An owned buffer (malloc'd); release with zb_buf_free. */
+typedef struct {
+    uint8_t *data;
+    size_t size;
+} zb_buf;
+void zb_buf_free(zb_buf *buf);
+
+/* A header of a message: UTF-8 key and value, with lengths (text may hold NUL). */
+typedef struct {
+    const char *key;
+    size_t key_len;
+    const char *value;
+    size_t value_len;
+} zb_header;
+
+/* An instant: seconds since the Unix epoch and nanoseconds (0..999999999). */
+typedef struct {
+    int64_t sec;
+    uint32_t nsec;
+} zb_time;
+zb_time zb_time_now(void);
+
+/* ---- text rules ---- */
+
+enum { ZB_TOPIC = 0, ZB_PATTERN = 1, ZB_QUEUE = 2 };
+/* 1 if s is valid UTF-8 (no overlong forms, no surrogates, <= U+10FFFF). */
+int zb_utf8_valid(const uint8_t *s, size_t len);
+/* 0 if s is a valid topic, pattern or queue name (kind), else 406. */
+int zb_check_name(const uint8_t *s, size_t len, int kind);
+
+/* ---- client messages ---- */
+
+#define ZB_MAX_FRAMES 6
+/* A message to send: up to 6 owned frames. Release with zb_msg_free. */
+typedef struct {
+    zb_buf frames[ZB_MAX_FRAMES];
+    size_t count;
+} zb_msg;
+void zb_msg_free(zb_msg *msg);
+
+/* Each encoder checks its fields (sizes: 400, text: 406) and fills msg; on
+ * failure msg is left empty. Bodies are passed already encoded. */
+int zb_encode_hello(zb_msg *msg, const uint8_t channel[16], zb_bytes body);
+int zb_encode_subscribe(zb_msg *msg, const uint8_t channel[16], zb_bytes ref,
+                        const uint8_t sid[4], zb_bytes pattern, zb_bytes queue);
+int zb_encode_unsubscribe(zb_msg *msg, const uint8_t channel[16], zb_bytes ref, zb_bytes sids);
+int zb_encode_publish(zb_msg *msg, const uint8_t channel[16], zb_bytes ref, zb_bytes topic,
+                      zb_bytes body);
+int zb_encode_ack(zb_msg *msg, const uint8_t channel[16], zb_bytes token, zb_bytes body);
+int zb_encode_disconnect(zb_msg *msg, const uint8_t channel[16], zb_bytes ref);
+int zb_encode_request(zb_msg *msg, const uint8_t channel[16], zb_bytes ref, zb_bytes topic,
+                      zb_bytes body);
+int zb_encode_reply(zb_msg *msg, const uint8_t channel[16], zb_bytes token, zb_bytes body);
+
+/* ---- bodies ---- */
+
+/* HELLO body {"client": name}; name NULL gives the empty map. */
+int zb_encode_hello_body(zb_buf *out, const char *client_name);
+/* Message body [id, timestamp, headers, payload]. */
+int zb_encode_message_body(zb_buf *out, const uint8_t id[16], zb_time ts, const zb_header *headers,
+                           size_t n_headers, zb_bytes payload);
+/* Reply body: a message body and a fifth element, nil (error NULL) or the error text. */
+int zb_encode_reply_body(zb_buf *out, const uint8_t id[16], zb_time ts, const zb_header *headers,
+                         size_t n_headers, zb_bytes payload, const zb_bytes *error);
+/* ACK body [delivered, dropped, [errors...]]. */
+int zb_encode_ack_body(zb_buf *out, uint64_t delivered, uint64_t dropped, const zb_bytes *errors,
+                       size_t n_errors);
+
+/* A decoded message or reply body. The views point into memory owned by the
+ * struct; release with zb_message_free. */
+typedef struct {
+    uint8_t id[16];
+    zb_time timestamp;
+    zb_header *headers;
+    size_t n_headers;
+    zb_bytes payload;
+    int has_error;   /* reply bodies: 1 if the error element is a str */
+    zb_bytes error;  /* the error text, when has_error */
+    void *_storage;  /* private */
+} zb_message;
+/* 0 or 422. is_reply selects the reply body rules. */
+int zb_decode_message(zb_message *out, zb_bytes body, int is_reply);
+void zb_message_free(zb_message *msg);
+
+/* A decoded ACK body; release with zb_ack_free. */
+typedef struct {
+    uint64_t delivered;
+    uint64_t dropped;
+    zb_bytes *errors;
+    size_t n_errors;
+    void *_storage; /* private */
+} zb_ack;
+int zb_decode_ack(zb_ack *out, zb_bytes body);
+void zb_ack_free(zb_ack *ack);
+
+/* A map with str keys and, if present, a non-negative int "heartbeat"
+ * (HELLO body): 0 or 422. */
+int zb_check_hello_body(zb_bytes body);
+/* A map with str keys (STATS_REPLY body): 0 or 422. */
+int zb_check_stats_body(zb_bytes body);
+/* WELCOME body: 0 and *max_message_size, or 422 (also for a "heartbeat"
+ * that is not a non-negative int). */
+int zb_decode_welcome_body(zb_bytes body, uint64_t *max_message_size);
+
+/* ---- broker messages ---- */
+
+/* The frames of a broker message, checked. Views point into the frames
+ * given to zb_parse_broker. Which fields are set depends on the command. */
+typedef struct {
+    int command;
+    zb_bytes channel;
+    zb_bytes ref;   /* OK, ROUTED, ACKED, ANSWER, STATS_REPLY, ERROR */
+    zb_bytes token; /* DELIVER (may be empty), ASK */
+    zb_bytes topic; /* DELIVER, ASK */
+    zb_bytes body;  /* WELCOME, DELIVER, ACKED, ASK, ANSWER, STATS_REPLY */
+    zb_bytes sids;  /* DELIVER, ASK */
+    zb_bytes counts; /* DROPPED: (sid, count) pairs of 8 octets */
+    uint32_t count; /* ROUTED */
+    uint16_t code;  /* ERROR */
+    zb_bytes text;  /* ERROR */
+    uint64_t max_message_size; /* WELCOME */
+} zb_broker_msg;
+/* 0, or the code the message is refused with (400, 405, 406, 422, 505). */
+int zb_parse_broker(zb_broker_msg *out, const zb_bytes *frames, size_t n_frames);
+
+/* ---- the client ---- */
+
+typedef struct zb_client zb_client;
+
+/* A DELIVER, with its frames and its decoded body; release with zb_delivery_free. */
+typedef struct {
+    zb_bytes token;    /* empty: do not ACK */
+    zb_bytes topic;
+    zb_bytes body;
+    zb_bytes sids;     /* 4 * n octets */
+    int body_ok;       /* 0 if the body could not be decoded */
+    zb_message message; /* valid when body_ok */
+    void *_frames;     /* private */
+} zb_delivery;
+void zb_delivery_free(zb_delivery *d);
+
+/* The confirmation of one confirmed publish: the sum of its ACKEDs. */
+typedef struct {
+    uint32_t routed;  /* ROUTED count */
+    uint32_t acked;   /* ACKEDs received */
+    uint64_t delivered;
+    uint64_t dropped;
+    char **errors;    /* NUL-terminated copies */
+    size_t n_errors;
+} zb_confirmation;
+void zb_confirmation_free(zb_confirmation *c);
+
+/* An ERROR the client could not match to a call (unconfirmed publish, ACK, ...). */
+typedef struct {
+    uint16_t code;
+    zb_buf channel;
+    zb_buf ref;
+    char *text;
+} zb_stray_error;
+
+/* Connect a DEALER to endpoint. NULL on failure. */
+zb_client *zb_client_new(const char *endpoint);
+/* Close the socket (after zb_client_disconnect, for a clean close) and free. */
+void zb_client_destroy(zb_client *c);
+/* Description of the last failure, or "". */
+const char *zb_client_last_error(const zb_client *c);
+/* The code of the last ERROR that refused a call (ZB_EREFUSED), else 0. */
+int zb_client_last_code(const zb_client *c);
+
+/* Join a channel: HELLO, then wait for WELCOME. */
+int zb_client_hello(zb_client *c, const uint8_t channel[16], const char *client_name, int timeout_ms);
+uint64_t zb_client_max_message_size(const zb_client *c);
+/* Open a subscription (queue NULL or "" for a plain one); wait for OK. */
+int zb_client_subscribe(zb_client *c, const char *pattern, const char *queue, uint8_t sid_out[4],
+                        int timeout_ms);
+/* Publish. With confirm NULL: unconfirmed (empty ref), returns once sent.
+ * Otherwise wait for ROUTED and its ACKEDs and sum them into *confirm. */
+int zb_client_publish(zb_client *c, const char *topic, const zb_header *headers, size_t n_headers,
+                      zb_bytes payload, zb_confirmation *confirm, int timeout_ms);
+/* Wait for the next DELIVER. */
+int zb_client_next_delivery(zb_client *c, zb_delivery *out, int timeout_ms);
+/* 1 if this client holds sid open. */
+int zb_client_has_sid(const zb_client *c, const uint8_t sid[4]);
+/* ACK a DELIVER (nothing is sent when its token is empty). */
+int zb_client_ack(zb_client *c, const zb_delivery *d, uint64_t delivered, uint64_t dropped,
+                  const zb_bytes *errors, size_t n_errors);
+/* DISCONNECT and wait for its OK: every message sent before is then processed. */
+int zb_client_disconnect(zb_client *c, int timeout_ms);
+
+/* Raw access, for tests: send any frames; ERRORs that match no call are
+ * collected and can be taken with zb_client_take_stray_errors. */
+int zb_client_send_raw(zb_client *c, const zb_bytes *frames, size_t n_frames);
+const uint8_t *zb_client_channel(const zb_client *c);
+/* The stray ERRORs received so far; the caller frees them with zb_stray_errors_free. */
+zb_stray_error *zb_client_take_stray_errors(zb_client *c, size_t *count);
+void zb_stray_errors_free(zb_stray_error *errors, size_t count);
+
+/* ---- helpers ---- */
+
+/* Parse a UUID ("00112233-4455-...") or 32 hex digits into 16 octets: 0 or -1. */
+int zb_parse_channel(const char *text, uint8_t out[16]);
+/* Parse hex into a malloc'd buffer: 0 or -1. */
+int zb_hex_decode(const char *hex, zb_buf *out);
+
+#ifdef __cplusplus
+}
+#endif
+#endif

@@ -1,0 +1,317 @@
+// A zmqbus/1 client: one DEALER connection joined to one channel.
+//
+//   const client = new Client("tcp://127.0.0.1:9090");
+//   await client.hello(parseChannel(uuid));
+//   await client.subscribe("orders.>");
+//   const confirmation = await client.publish("orders.eu", {k: "v"}, payload, {confirm: true});
+//   const delivery = await client.nextDelivery(5000);
+//   await client.ack(delivery, 1, 0, []);
+//   await client.disconnect();
+//   client.close();
+
+import { randomBytes } from "node:crypto";
+import zmq from "zeromq";
+
+import {
+  CMD,
+  ProtocolError,
+  bytes,
+  decodeAckBody,
+  decodeMessageBody,
+  encodeAck,
+  encodeAckBody,
+  encodeDisconnect,
+  encodeHello,
+  encodeHelloBody,
+  encodeMessageBody,
+  encodePublish,
+  encodeSubscribe,
+  encodeUnsubscribe,
+  hex,
+  now,
+  parseBroker,
+  splitSids,
+} from "./protocol.js";
+
+export const CLIENT_NAME = "zmqbus-node/0.1.0";
+
+/** The broker refused a call with ERROR. */
+export class RefusedError extends Error {
+  constructor(what, code, text) {
+    super(`${what} refused: ERROR ${code}: ${text}`);
+    this.code = code;
+    this.text = text;
+  }
+}
+
+export class TimeoutError extends Error {}
+
+/** The broker ended the session (BYE). */
+export class SessionEnded extends Error {}
+
+function u64(n) {
+  const b = Buffer.alloc(8);
+  b.writeBigUInt64BE(BigInt(n));
+  return b;
+}
+
+function u32(n) {
+  const b = Buffer.alloc(4);
+  b.writeUInt32BE(n);
+  return b;
+}
+
+export class Client {
+  constructor(endpoint) {
+    this.socket = new zmq.Dealer({ linger: 2000 });
+    this.socket.connect(endpoint);
+    this.channel = null;
+    this.joined = false;
+    this.maxMessageSize = 0n;
+    this.nextRef = 1n;
+    this.nextSid = 1;
+    this.sids = new Set(); // hex of the open sids
+    this.pending = new Map(); // hex ref -> handler(msg) of the call waiting for it
+    this.joining = null; // handler(msg) while waiting for WELCOME
+    this.deliveries = []; // DELIVERs nobody waits for yet
+    this.deliveryWaiter = null;
+    this.strayErrors = []; // ERRORs that match no call
+    this.sending = Promise.resolve();
+    this.reading = this.#readLoop();
+  }
+
+  // ---- plumbing ----
+
+  /** Send one message; sends are queued so that they never overlap. */
+  send(frames) {
+    const sent = this.sending.then(() => this.socket.send(frames.map((f) => Buffer.from(f))));
+    this.sending = sent.catch(() => {});
+    return sent;
+  }
+
+  async #readLoop() {
+    try {
+      for await (const frames of this.socket) this.#dispatch(frames);
+    } catch (err) {
+      if (!this.socket.closed) console.error(`zbclient: receive failed: ${err.message}`);
+    }
+  }
+
+  #dispatch(frames) {
+    let msg;
+    try {
+      msg = parseBroker(frames);
+    } catch (err) {
+      if (!(err instanceof ProtocolError)) throw err;
+      console.error(`zbclient: refused a broker message with code ${err.code}: ${err.detail}`);
+      this.#refuseDelivery(frames, err);
+      return;
+    }
+    if (msg.command === CMD.DELIVER) {
+      if (this.deliveryWaiter) this.deliveryWaiter(msg);
+      else this.deliveries.push(msg);
+      return;
+    }
+    if (msg.command === CMD.BYE) {
+      this.#lose(new SessionEnded("the broker ended the session (BYE)"));
+      return;
+    }
+    if (msg.command === CMD.DROPPED) {
+      for (const { sid, count } of msg.dropped) {
+        console.error(`zbclient: the broker dropped ${count} message(s) for sid ${hex(sid)}`);
+      }
+      return;
+    }
+    if (msg.command === CMD.WELCOME || (msg.command === CMD.ERROR && msg.ref.length === 0 && this.joining)) {
+      if (this.joining) this.joining(msg);
+      return;
+    }
+    const waiting = msg.ref && this.pending.get(hex(msg.ref));
+    if (waiting && [CMD.OK, CMD.ROUTED, CMD.ACKED, CMD.ERROR].includes(msg.command)) {
+      waiting(msg);
+      return;
+    }
+    if (msg.command === CMD.ERROR) {
+      console.error(`zbclient: ERROR ${msg.code} (ref ${hex(msg.ref)}): ${msg.text}`);
+      this.strayErrors.push({ code: msg.code, channel: hex(msg.channel), ref: hex(msg.ref), text: msg.text });
+    }
+    // anything else is dropped: a late reply, an ASK, ANSWER or STATS_REPLY (this
+    // client sends no REQUEST or STATS), a BROKER_HEARTBEAT (it asks for none)
+  }
+
+  /** The session is over: fail every waiting call. */
+  #lose(err) {
+    this.joined = false;
+    this.sids.clear();
+    for (const waiting of this.pending.values()) waiting({ command: "lost", err });
+    if (this.deliveryWaiter) this.deliveryWaiter({ command: "lost", err });
+  }
+
+  /** ACK a DELIVER we refuse (bad topic or sids), when its token frame is usable. */
+  #refuseDelivery(frames, err) {
+    const isDeliver = frames.length === 6 && frames[0].length === 4 && frames[0][3] === CMD.DELIVER;
+    const token = frames[2];
+    if (!isDeliver || !this.joined || token.length < 1 || token.length > 32) return;
+    const body = encodeAckBody(0, 0, [`subscriber refused delivery: code ${err.code}`]);
+    this.send(encodeAck(this.channel, token, body)).catch(() => {});
+  }
+
+  #newRef() {
+    return u64(this.nextRef++);
+  }
+
+  /** Send frames whose replies carry ref, and wait for them: onMessage(msg, done)
+   * is called with each reply until it calls done(err, value). */
+  #call(ref, frames, timeoutMs, what, onMessage) {
+    const key = hex(ref);
+    return new Promise((resolve, reject) => {
+      const finish = (err, value) => {
+        clearTimeout(timer);
+        this.pending.delete(key);
+        if (err) reject(err);
+        else resolve(value);
+      };
+      const timer = setTimeout(() => finish(new TimeoutError(`${what}: no reply within ${timeoutMs} ms`)), timeoutMs);
+      this.pending.set(key, (msg) => {
+        if (msg.command === "lost") finish(msg.err);
+        else if (msg.command === CMD.ERROR) finish(new RefusedError(what, msg.code, msg.text));
+        else onMessage(msg, finish);
+      });
+      this.send(frames).catch((err) => finish(err));
+    });
+  }
+
+  // ---- calls ----
+
+  /** Join a channel (16 octets): HELLO, then wait for WELCOME. */
+  async hello(channel, clientName = CLIENT_NAME, timeoutMs = 5000) {
+    const frames = encodeHello(channel, encodeHelloBody(clientName));
+    const welcome = await new Promise((resolve, reject) => {
+      const finish = (err, msg) => {
+        clearTimeout(timer);
+        this.joining = null;
+        if (err) reject(err);
+        else resolve(msg);
+      };
+      const timer = setTimeout(() => finish(new TimeoutError(`HELLO: no WELCOME within ${timeoutMs} ms`)), timeoutMs);
+      this.joining = (msg) => {
+        if (msg.command === CMD.ERROR) finish(new RefusedError("HELLO", msg.code, msg.text));
+        else finish(null, msg);
+      };
+      this.send(frames).catch((err) => finish(err));
+    });
+    this.channel = channel;
+    this.maxMessageSize = welcome.maxMessageSize;
+    this.joined = true;
+  }
+
+  /** Open a subscription (queue "" for a plain one); resolves with its sid once the broker holds it. */
+  async subscribe(pattern, queue = "", timeoutMs = 5000) {
+    if (!this.joined) throw new Error("not joined");
+    const ref = this.#newRef();
+    const sid = u32(this.nextSid++);
+    const frames = encodeSubscribe(this.channel, ref, sid, pattern, queue);
+    // the sid is ours at once: a DELIVER may name it before the OK arrives
+    this.sids.add(hex(sid));
+    try {
+      await this.#call(ref, frames, timeoutMs, "SUBSCRIBE", (msg, done) => done(null, msg));
+    } catch (err) {
+      this.sids.delete(hex(sid));
+      if (err instanceof TimeoutError) {
+        // close the sid, so that a late OK leaves nothing open
+        await this.send(encodeUnsubscribe(this.channel, new Uint8Array(0), sid)).catch(() => {});
+      }
+      throw err;
+    }
+    return sid;
+  }
+
+  /** Publish. Unconfirmed: resolves once sent, with null. Confirmed: resolves with
+   * {routed, acked, delivered, dropped, errors}, the sum of the ACKEDs. */
+  async publish(topic, headers, payload, { confirm = false, timeoutMs = 5000 } = {}) {
+    if (!this.joined) throw new Error("not joined");
+    const body = encodeMessageBody({ id: randomBytes(16), timestamp: now(), headers, payload: bytes(payload) });
+    if (BigInt(body.length) > this.maxMessageSize) {
+      throw new RefusedError("PUBLISH", 413, `message body of ${body.length} octets exceeds max_message_size`);
+    }
+    const ref = confirm ? this.#newRef() : new Uint8Array(0);
+    const frames = encodePublish(this.channel, ref, topic, body);
+    if (!confirm) {
+      await this.send(frames);
+      return null;
+    }
+    const result = { routed: null, acked: 0, delivered: 0, dropped: 0, errors: [] };
+    return this.#call(ref, frames, timeoutMs, "PUBLISH", (msg, done) => {
+      if (msg.command === CMD.ROUTED) {
+        result.routed = msg.count;
+      } else if (msg.command === CMD.ACKED) {
+        result.acked += 1;
+        try {
+          const ack = decodeAckBody(msg.body);
+          result.delivered += Number(ack.delivered);
+          result.dropped += Number(ack.dropped);
+          result.errors.push(...ack.errors);
+        } catch {
+          result.errors.push("publisher could not decode ACKED body");
+        }
+      }
+      // ACKEDs may come before ROUTED: done once both are in
+      if (result.routed !== null && result.acked >= result.routed) done(null, result);
+    });
+  }
+
+  /** The next DELIVER: {token, topic, sids, body, message (decoded, or null), bodyError}. */
+  nextDelivery(timeoutMs = 5000) {
+    const wrap = (msg) => {
+      const delivery = { token: msg.token, topic: Buffer.from(msg.topic).toString("utf8"), sids: splitSids(msg.sids) };
+      try {
+        delivery.message = decodeMessageBody(msg.body);
+      } catch (err) {
+        delivery.message = null;
+        delivery.bodyError = err;
+      }
+      return delivery;
+    };
+    if (this.deliveries.length) return Promise.resolve(wrap(this.deliveries.shift()));
+    return new Promise((resolve, reject) => {
+      const timer = setTimeout(() => {
+        this.deliveryWaiter = null;
+        reject(new TimeoutError(`no message within ${timeoutMs} ms`));
+      }, timeoutMs);
+      this.deliveryWaiter = (msg) => {
+        clearTimeout(timer);
+        this.deliveryWaiter = null;
+        if (msg.command === "lost") reject(msg.err);
+        else resolve(wrap(msg));
+      };
+    });
+  }
+
+  hasSid(sid) {
+    return this.sids.has(hex(sid));
+  }
+
+  /** ACK a delivery; nothing is sent when its token is empty. */
+  async ack(delivery, delivered, dropped = 0, errors = []) {
+    if (delivery.token.length === 0) return;
+    await this.send(encodeAck(this.channel, delivery.token, encodeAckBody(delivered, dropped, errors)));
+  }
+
+  /** DISCONNECT and wait for the OK: every message sent before is then processed. */
+  async disconnect(timeoutMs = 5000) {
+    if (!this.joined) return;
+    const ref = this.#newRef();
+    await this.#call(ref, encodeDisconnect(this.channel, ref), timeoutMs, "DISCONNECT", (msg, done) => done(null, msg));
+    this.joined = false;
+    this.sids.clear();
+  }
+
+  /** Send any frames (for tests). */
+  sendRaw(frames) {
+    return this.send(frames);
+  }
+
+  close() {
+    this.socket.close();
+  }
+}

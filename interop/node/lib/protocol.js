@@ -1,0 +1,500 @@
+// The zmqbus/1 codec: client messages, broker messages and bodies.
+// Written from docs/protocol.md and tests/vectors/ alone. No sockets here.
+//
+// Bodies are written with @msgpack/msgpack. They are read with the strict
+// reader in ./msgpack-reader.js, because the protocol needs what a general
+// decoder hides: a float is not an integer, a str is not a bin, and text must
+// be valid UTF-8.
+
+import { Encoder, ExtData } from "@msgpack/msgpack";
+import { readMsgpack, textOf } from "./msgpack-reader.js";
+
+export const CMD = {
+  HELLO: 0x01,
+  SUBSCRIBE: 0x02,
+  UNSUBSCRIBE: 0x03,
+  PUBLISH: 0x04,
+  ACK: 0x05,
+  DISCONNECT: 0x06,
+  REQUEST: 0x07,
+  REPLY: 0x08,
+  WELCOME: 0x81,
+  OK: 0x82,
+  DELIVER: 0x83,
+  ROUTED: 0x84,
+  ACKED: 0x85,
+  ASK: 0x86,
+  ANSWER: 0x87,
+  BROKER_HEARTBEAT: 0x88,
+  BYE: 0x89,
+  STATS_REPLY: 0x8a,
+  DROPPED: 0x8b,
+  ERROR: 0x8f,
+};
+// HEARTBEAT (0x09) and STATS (0x0a) are client commands this client does not
+// send: it asks for no heartbeats, so the broker never expects them.
+
+export const CODE = {
+  BAD_FRAMES: 400,
+  NOT_JOINED: 403,
+  UNKNOWN_COMMAND: 405,
+  BAD_TOPIC: 406,
+  CHANNEL_MISMATCH: 409,
+  SID_IN_USE: 412,
+  TOO_LARGE: 413,
+  BAD_BODY: 422,
+  INTERNAL: 500,
+  VERSION_NOT_SUPPORTED: 505,
+};
+
+export const MAX_REF = 32;
+export const MAX_REQUEST_REF = 24;
+
+// Frames per broker command.
+const BROKER_FRAMES = new Map([
+  [CMD.WELCOME, 3],
+  [CMD.OK, 3],
+  [CMD.DELIVER, 6],
+  [CMD.ROUTED, 4],
+  [CMD.ACKED, 4],
+  [CMD.ASK, 6],
+  [CMD.ANSWER, 4],
+  [CMD.BROKER_HEARTBEAT, 2],
+  [CMD.BYE, 2],
+  [CMD.STATS_REPLY, 4],
+  [CMD.DROPPED, 3],
+  [CMD.ERROR, 5],
+]);
+
+// Instants a receiver accepts: 0001-01-01T00:00:00Z .. 9999-12-31T23:59:59.999999999Z.
+const MIN_SECONDS = -62135596800n;
+const MAX_SECONDS = 253402300799n;
+
+/** A message refused for breaking the protocol, with its error code. */
+export class ProtocolError extends Error {
+  constructor(code, detail) {
+    super(`${code}: ${detail}`);
+    this.code = code;
+    this.detail = detail;
+  }
+}
+
+const utf8 = new TextEncoder();
+const strictUtf8 = new TextDecoder("utf-8", { fatal: true, ignoreBOM: true });
+
+export function bytes(value) {
+  if (typeof value === "string") return utf8.encode(value);
+  return value instanceof Uint8Array ? value : Uint8Array.from(value);
+}
+
+export function isUtf8(data) {
+  try {
+    strictUtf8.decode(data);
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+export function hex(data) {
+  return Buffer.from(data).toString("hex");
+}
+
+export function fromHex(text) {
+  if (!/^([0-9a-fA-F]{2})*$/.test(text)) throw new Error(`not hex: ${text}`);
+  return new Uint8Array(Buffer.from(text, "hex"));
+}
+
+/** 16 octets from a UUID ("00112233-4455-...", RFC 4122 order) or 32 hex digits. */
+export function parseChannel(text) {
+  const digits = text.replace(/-/g, "");
+  if (!/^[0-9a-fA-F]{32}$/.test(digits)) throw new Error(`not a UUID: ${text}`);
+  return fromHex(digits);
+}
+
+// ---- topics, patterns and queue names ----
+
+// Control and whitespace characters no token may contain.
+function forbidden(cp) {
+  return (
+    cp <= 0x20 ||
+    (cp >= 0x7f && cp <= 0xa0) ||
+    cp === 0x1680 ||
+    (cp >= 0x2000 && cp <= 0x200a) ||
+    cp === 0x2028 ||
+    cp === 0x2029 ||
+    cp === 0x202f ||
+    cp === 0x205f ||
+    cp === 0x3000
+  );
+}
+
+/** Throw 406 unless data (octets or a string) is a valid topic, pattern or queue name. */
+export function checkName(data, kind = "topic") {
+  const raw = bytes(data);
+  const max = kind === "queue" ? 64 : 256;
+  if (raw.length < 1 || raw.length > max) throw new ProtocolError(406, `${kind} must be 1 to ${max} octets`);
+  if (!isUtf8(raw)) throw new ProtocolError(406, `${kind} is not valid UTF-8`);
+  const tokens = strictUtf8.decode(raw).split(".");
+  tokens.forEach((token, i) => {
+    if (token === "") throw new ProtocolError(406, `empty token in ${kind}`);
+    if (kind === "pattern" && token === "*") return;
+    if (kind === "pattern" && token === ">") {
+      if (i !== tokens.length - 1) throw new ProtocolError(406, "'>' may only be the last token");
+      return;
+    }
+    for (const ch of token) {
+      const cp = ch.codePointAt(0);
+      if (ch === "*" || ch === ">" || forbidden(cp)) {
+        throw new ProtocolError(406, `character U+${cp.toString(16).padStart(4, "0")} not allowed in a ${kind}`);
+      }
+    }
+  });
+}
+
+// ---- client messages ----
+
+function header(command) {
+  return Uint8Array.of(0x5a, 0x42, 0x01, command);
+}
+
+function checkChannel(channel) {
+  if (channel.length !== 16) throw new ProtocolError(400, "channel must be 16 octets");
+}
+
+function checkRef(ref, min = 0, max = MAX_REF, what = "ref") {
+  if (ref.length < min || ref.length > max) throw new ProtocolError(400, `${what} must be ${min} to ${max} octets`);
+}
+
+export function encodeHello(channel, body) {
+  checkChannel(channel);
+  checkHelloBody(body);
+  return [header(CMD.HELLO), channel, bytes(body)];
+}
+
+export function encodeSubscribe(channel, ref, sid, pattern, queue = "") {
+  checkChannel(channel);
+  checkRef(ref);
+  if (sid.length !== 4) throw new ProtocolError(400, "sid must be 4 octets");
+  checkName(pattern, "pattern");
+  if (bytes(queue).length > 0) checkName(queue, "queue");
+  return [header(CMD.SUBSCRIBE), channel, ref, sid, bytes(pattern), bytes(queue)];
+}
+
+export function encodeUnsubscribe(channel, ref, sids) {
+  checkChannel(channel);
+  checkRef(ref);
+  if (sids.length === 0 || sids.length % 4) throw new ProtocolError(400, "sids must be a non-empty multiple of 4 octets");
+  return [header(CMD.UNSUBSCRIBE), channel, ref, sids];
+}
+
+export function encodePublish(channel, ref, topic, body) {
+  checkChannel(channel);
+  checkRef(ref);
+  checkName(topic, "topic");
+  return [header(CMD.PUBLISH), channel, ref, bytes(topic), body];
+}
+
+export function encodeAck(channel, token, body) {
+  checkChannel(channel);
+  checkRef(token, 1, MAX_REF, "token");
+  return [header(CMD.ACK), channel, token, body];
+}
+
+export function encodeDisconnect(channel, ref) {
+  checkChannel(channel);
+  checkRef(ref);
+  return [header(CMD.DISCONNECT), channel, ref];
+}
+
+export function encodeRequest(channel, ref, topic, body) {
+  checkChannel(channel);
+  checkRef(ref, 1, MAX_REQUEST_REF);
+  checkName(topic, "topic");
+  return [header(CMD.REQUEST), channel, ref, bytes(topic), body];
+}
+
+export function encodeReply(channel, token, body) {
+  checkChannel(channel);
+  checkRef(token, 9, MAX_REF, "reply token");
+  return [header(CMD.REPLY), channel, token, body];
+}
+
+// ---- bodies: writing ----
+
+const encoder = new Encoder();
+
+/** The Timestamp extension (type -1) in its shortest form; sec may be a number or BigInt. */
+export function timestampExt({ sec, nsec }) {
+  const s = BigInt(sec);
+  const view = new DataView(new ArrayBuffer(12));
+  if (nsec === 0 && s >= 0n && s < 1n << 32n) {
+    view.setUint32(0, Number(s));
+    return new ExtData(-1, new Uint8Array(view.buffer, 0, 4));
+  }
+  if (s >= 0n && s < 1n << 34n) {
+    view.setBigUint64(0, (BigInt(nsec) << 34n) | s);
+    return new ExtData(-1, new Uint8Array(view.buffer, 0, 8));
+  }
+  view.setUint32(0, nsec);
+  view.setBigInt64(4, s);
+  return new ExtData(-1, new Uint8Array(view.buffer));
+}
+
+export function now() {
+  const ms = Date.now();
+  const ns = process.hrtime.bigint() % 1000000n; // sub-millisecond digits, for uniqueness only
+  return { sec: BigInt(Math.floor(ms / 1000)), nsec: (ms % 1000) * 1000000 + Number(ns) };
+}
+
+function checkTime({ sec, nsec }) {
+  const s = BigInt(sec);
+  if (!Number.isInteger(nsec) || nsec < 0 || nsec > 999999999 || s < MIN_SECONDS || s > MAX_SECONDS) {
+    throw new ProtocolError(422, "timestamp out of range");
+  }
+}
+
+// Headers (a Map or an object) as a plain object: @msgpack/msgpack writes
+// objects as maps, in key order (a JavaScript object lists integer-like keys
+// first; the order of a map's keys carries no meaning).
+function headerMap(headers) {
+  const entries = headers instanceof Map ? [...headers] : Object.entries(headers ?? {});
+  for (const [k, v] of entries) {
+    if (typeof k !== "string" || typeof v !== "string") throw new ProtocolError(422, "headers map str to str");
+  }
+  return Object.fromEntries(entries);
+}
+
+export function encodeHelloBody(clientName) {
+  return encoder.encode(clientName == null ? {} : { client: clientName });
+}
+
+/** [id, timestamp, headers, payload]; headers a Map or an object of strings. */
+export function encodeMessageBody({ id, timestamp, headers, payload }) {
+  if (id.length !== 16) throw new ProtocolError(422, "id must be 16 octets");
+  checkTime(timestamp);
+  return encoder.encode([id, timestampExt(timestamp), headerMap(headers), bytes(payload)]);
+}
+
+/** A message body and a fifth element: null, or the error text of a failed responder. */
+export function encodeReplyBody({ id, timestamp, headers, payload, error = null }) {
+  if (id.length !== 16) throw new ProtocolError(422, "id must be 16 octets");
+  if (error !== null && typeof error !== "string") throw new ProtocolError(422, "error must be null or a string");
+  checkTime(timestamp);
+  return encoder.encode([id, timestampExt(timestamp), headerMap(headers), bytes(payload), error]);
+}
+
+export function encodeAckBody(delivered, dropped, errors = []) {
+  return encoder.encode([delivered, dropped, errors]);
+}
+
+// ---- bodies: reading ----
+
+function bad(detail) {
+  return new ProtocolError(422, detail);
+}
+
+function readWhole(body) {
+  try {
+    return readMsgpack(body);
+  } catch (err) {
+    throw bad(`not one msgpack object: ${err.message}`);
+  }
+}
+
+function text(node, what) {
+  const value = node.t === "str" ? textOf(node) : null;
+  if (value === null) throw bad(`${what} must be a UTF-8 str`);
+  return value;
+}
+
+// Every str in the tree is valid UTF-8 (the general rule for text).
+function allTextValid(node) {
+  if (node.t === "str") return textOf(node) !== null;
+  if (node.t === "array") return node.v.every(allTextValid);
+  if (node.t === "map") return node.v.every(([k, v]) => allTextValid(k) && allTextValid(v));
+  return true;
+}
+
+function strKeyedMap(node, what) {
+  if (node.t !== "map" || !node.v.every(([k]) => k.t === "str") || !allTextValid(node)) {
+    throw bad(`${what} must be a map with str keys`);
+  }
+  return node.v;
+}
+
+function readTimestamp(node) {
+  if (node.t !== "ext" || node.type !== -1) throw bad("timestamp must be the Timestamp extension");
+  const d = node.data;
+  const view = new DataView(d.buffer, d.byteOffset, d.byteLength);
+  let sec;
+  let nsec;
+  if (d.length === 4) {
+    sec = BigInt(view.getUint32(0));
+    nsec = 0;
+  } else if (d.length === 8) {
+    const v = view.getBigUint64(0);
+    nsec = Number(v >> 34n);
+    sec = v & ((1n << 34n) - 1n);
+  } else if (d.length === 12) {
+    nsec = view.getUint32(0);
+    sec = view.getBigInt64(4);
+  } else {
+    throw bad("Timestamp extension of a wrong length");
+  }
+  if (nsec > 999999999 || sec < MIN_SECONDS || sec > MAX_SECONDS) throw bad("timestamp out of range");
+  return { sec, nsec };
+}
+
+/** Decode a message body (or a reply body, isReply) into
+ * {id, timestamp: {sec: BigInt, nsec}, headers: Map, payload, error}. */
+export function decodeMessageBody(body, isReply = false) {
+  const root = readWhole(body);
+  if (root.t !== "array" || root.v.length < 4) throw bad("message body must be an array of at least 4");
+  const [id, ts, headers, payload] = root.v;
+  if (id.t !== "bin" || id.v.length !== 16) throw bad("id must be a bin of 16 octets");
+  const timestamp = readTimestamp(ts);
+  if (headers.t !== "map") throw bad("headers must be a map");
+  const headerEntries = new Map();
+  for (const [k, v] of headers.v) headerEntries.set(text(k, "header key"), text(v, "header value"));
+  if (payload.t !== "bin") throw bad("payload must be a bin");
+  let error = null;
+  if (isReply && root.v.length >= 5) {
+    const e = root.v[4];
+    if (e.t === "str") error = text(e, "error");
+    else if (e.t !== "nil") throw bad("error must be nil or a str");
+  }
+  return { id: id.v, timestamp, headers: headerEntries, payload: payload.v, error };
+}
+
+/** Decode an ACK body into {delivered, dropped (BigInt), errors: [string]}. */
+export function decodeAckBody(body) {
+  const root = readWhole(body);
+  if (root.t !== "array" || root.v.length < 3) throw bad("ACK body must be an array of at least 3");
+  const [delivered, dropped, errors] = root.v;
+  for (const n of [delivered, dropped]) {
+    if (n.t !== "int" || n.v < 0n) throw bad("ACK counts must be non-negative integers");
+  }
+  if (errors.t !== "array") throw bad("ACK errors must be an array");
+  return { delivered: delivered.v, dropped: dropped.v, errors: errors.v.map((e) => text(e, "ACK error")) };
+}
+
+// HELLO and WELCOME: "heartbeat", when present, is a non-negative integer.
+function checkHeartbeat(entries, what) {
+  for (const [k, v] of entries) {
+    if (textOf(k) === "heartbeat" && (v.t !== "int" || v.v < 0n)) {
+      throw bad(`${what} heartbeat must be a non-negative integer`);
+    }
+  }
+}
+
+export function checkHelloBody(body) {
+  checkHeartbeat(strKeyedMap(readWhole(bytes(body)), "HELLO body"), "HELLO");
+}
+
+/** A STATS_REPLY body: any map with str keys. */
+export function checkStatsBody(body) {
+  strKeyedMap(readWhole(body), "STATS_REPLY body");
+}
+
+/** Decode a WELCOME body: {maxMessageSize (BigInt), map: [[key, node]]}. */
+export function decodeWelcomeBody(body) {
+  const entries = strKeyedMap(readWhole(body), "WELCOME body");
+  checkHeartbeat(entries, "WELCOME");
+  let maxMessageSize = null;
+  for (const [k, v] of entries) {
+    if (textOf(k) === "max_message_size") {
+      if (v.t !== "int" || v.v <= 0n) throw bad("max_message_size must be a positive integer");
+      maxMessageSize = v.v;
+    }
+  }
+  if (maxMessageSize === null) throw bad("WELCOME without max_message_size");
+  return { maxMessageSize, entries };
+}
+
+// ---- broker messages ----
+
+/** Check the frames of a broker message; throw ProtocolError with the code it is refused with. */
+export function parseBroker(frames) {
+  if (frames.length === 0) throw new ProtocolError(400, "empty message");
+  const h = frames[0];
+  if (h.length !== 4 || h[0] !== 0x5a || h[1] !== 0x42 || h[2] !== 0x01) {
+    throw new ProtocolError(505, "not a zmqbus/1 header");
+  }
+  const command = h[3];
+  const expected = BROKER_FRAMES.get(command);
+  if (expected === undefined) throw new ProtocolError(405, `unknown command 0x${command.toString(16)}`);
+  if (frames.length !== expected) throw new ProtocolError(400, `wrong frame count ${frames.length}`);
+  const channel = frames[1];
+  const mayBeEmpty = command === CMD.ERROR || command === CMD.STATS_REPLY;
+  if (channel.length !== 16 && !(mayBeEmpty && channel.length === 0)) {
+    throw new ProtocolError(400, "channel must be 16 octets");
+  }
+  const msg = { command, channel };
+  switch (command) {
+    case CMD.BROKER_HEARTBEAT:
+    case CMD.BYE:
+      break;
+    case CMD.STATS_REPLY:
+      checkRef(frames[2]);
+      checkStatsBody(frames[3]);
+      Object.assign(msg, { ref: frames[2], body: frames[3] });
+      break;
+    case CMD.DROPPED:
+      if (frames[2].length === 0 || frames[2].length % 8) {
+        throw new ProtocolError(400, "DROPPED needs (sid, count) pairs of 8 octets");
+      }
+      msg.counts = frames[2];
+      msg.dropped = [];
+      for (let i = 0; i < frames[2].length; i += 8) {
+        msg.dropped.push({ sid: frames[2].subarray(i, i + 4), count: Buffer.from(frames[2]).readUInt32BE(i + 4) });
+      }
+      break;
+    case CMD.WELCOME:
+      msg.body = frames[2];
+      msg.maxMessageSize = decodeWelcomeBody(frames[2]).maxMessageSize;
+      break;
+    case CMD.OK:
+      checkRef(frames[2]);
+      msg.ref = frames[2];
+      break;
+    case CMD.DELIVER:
+    case CMD.ASK:
+      checkRef(frames[2], command === CMD.ASK ? 9 : 0, MAX_REF, "token");
+      if (frames[5].length === 0 || frames[5].length % 4) {
+        throw new ProtocolError(400, "sids must be a non-empty multiple of 4 octets");
+      }
+      checkName(frames[3], "topic");
+      Object.assign(msg, { token: frames[2], topic: frames[3], body: frames[4], sids: frames[5] });
+      break;
+    case CMD.ROUTED:
+      checkRef(frames[2], 1);
+      if (frames[3].length !== 4) throw new ProtocolError(400, "count must be 4 octets");
+      msg.ref = frames[2];
+      msg.count = Buffer.from(frames[3]).readUInt32BE(0);
+      break;
+    case CMD.ACKED:
+      checkRef(frames[2], 1);
+      Object.assign(msg, { ref: frames[2], body: frames[3] });
+      break;
+    case CMD.ANSWER:
+      checkRef(frames[2], 1, MAX_REQUEST_REF);
+      Object.assign(msg, { ref: frames[2], body: frames[3] });
+      break;
+    default: // ERROR
+      checkRef(frames[2]);
+      if (frames[3].length !== 2) throw new ProtocolError(400, "code must be 2 octets");
+      if (!isUtf8(frames[4])) throw new ProtocolError(400, "ERROR text must be UTF-8");
+      msg.ref = frames[2];
+      msg.code = Buffer.from(frames[3]).readUInt16BE(0);
+      msg.text = strictUtf8.decode(frames[4]);
+  }
+  return msg;
+}
+
+/** The sids of a DELIVER or ASK, as 4-octet arrays. */
+export function splitSids(sids) {
+  const out = [];
+  for (let i = 0; i < sids.length; i += 4) out.push(sids.subarray(i, i + 4));
+  return out;
+}

@@ -1,0 +1,485 @@
+"""Interop: the C and Node.js clients of interop/ against the real Python broker.
+
+Both clients were written from docs/protocol.md and tests/vectors/ alone. These
+tests build them (make; npm ci), check their codecs against tests/vectors/, and
+run real processes against a broker on loopback: zb-sub prints "ready" to
+stderr once its SUBSCRIBE is confirmed, and zb-pub returns once the broker has
+processed everything it sent (DISCONNECT and its OK), so nothing here sleeps.
+
+When a toolchain or package is missing, the tests skip with the reason, except
+under CI (the CI variable set), where they fail: .ci/run installs everything.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import queue
+import shutil
+import subprocess
+import threading
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import msgpack
+import pytest
+import zmq
+
+from zmqbus import Broker, Bus, HandlerError, Message
+
+ROOT = Path(__file__).resolve().parent.parent
+C_DIR = ROOT / "interop" / "c"
+NODE_DIR = ROOT / "interop" / "node"
+VECTORS = ROOT / "tests" / "vectors"
+IN_CI = bool(os.environ.get("CI"))
+
+LANGS = ("c", "node")
+# Every byte value, and headers and a topic that are not ASCII.
+ALL_BYTES = bytes(range(256))
+UTF8_HEADERS = {"grüße": "Grüße, 世界 🚀", "ключ": "значение", "eq": "a=b", "empty": ""}
+UTF8_TOPIC = "café.événement.日本"
+
+
+def unavailable(reason: str) -> None:
+    """Fail under CI, where everything must be installed; skip elsewhere."""
+    if IN_CI:
+        pytest.fail(f"interop toolchain missing under CI: {reason}", pytrace=False)
+    pytest.skip(reason)
+
+
+def run(argv: list[str], cwd: Path, timeout: float) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        argv, cwd=cwd, capture_output=True, text=True, encoding="utf-8", timeout=timeout
+    )
+
+
+@pytest.fixture(scope="session")
+def c_client() -> Path:
+    """interop/c built with make; the directory holding zb-pub, zb-sub, zb-vectors."""
+    for tool in ("make", "cc", "pkg-config"):
+        if shutil.which(tool) is None:
+            unavailable(f"{tool} not found (Debian: apt-get install build-essential pkg-config)")
+    if run(["pkg-config", "--exists", "libzmq", "msgpack"], C_DIR, 30).returncode != 0:
+        unavailable(
+            "libzmq or msgpack-c not found (Debian: apt-get install libzmq3-dev libmsgpack-dev)"
+        )
+    build = run(["make", "-s"], C_DIR, 120)
+    assert build.returncode == 0, f"make failed:\n{build.stdout}\n{build.stderr}"
+    return C_DIR
+
+
+@pytest.fixture(scope="session")
+def node_client() -> Path:
+    """interop/node with its packages installed (npm ci when node_modules is stale)."""
+    for tool in ("node", "npm"):
+        if shutil.which(tool) is None:
+            unavailable(f"{tool} not found (Node.js 18 or later is needed)")
+    installed = NODE_DIR / "node_modules" / ".package-lock.json"
+    lock = NODE_DIR / "package-lock.json"
+    if not installed.exists() or installed.stat().st_mtime < lock.stat().st_mtime:
+        npm = run(["npm", "ci", "--no-audit", "--no-fund"], NODE_DIR, 300)
+        if npm.returncode != 0:
+            unavailable(f"npm ci failed:\n{npm.stderr[-2000:]}")
+    probe = run(
+        ["node", "-e", "import('zeromq').then(() => import('@msgpack/msgpack'))"], NODE_DIR, 60
+    )
+    if probe.returncode != 0:
+        unavailable(f"the zeromq or @msgpack/msgpack package does not load:\n{probe.stderr}")
+    return NODE_DIR
+
+
+@pytest.fixture
+def clients(c_client: Path, node_client: Path) -> dict[str, Path]:
+    return {"c": c_client, "node": node_client}
+
+
+def program(lang: str, name: str) -> list[str]:
+    """The argv prefix of zb-pub or zb-sub in one language."""
+    if lang == "c":
+        return [str(C_DIR / name)]
+    return ["node", str(NODE_DIR / f"{name}.js")]
+
+
+class Peer:
+    """A zb-sub process: stderr and stdout read by threads, "ready" awaited."""
+
+    def __init__(self, argv: list[str]) -> None:
+        self.argv = argv
+        self.proc = subprocess.Popen(
+            argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, encoding="utf-8"
+        )
+        self.stderr: list[str] = []
+        self.stdout: list[str] = []
+        self._events: queue.Queue[str] = queue.Queue()
+        self._threads = [
+            threading.Thread(target=self._read_err, name="interop-stderr", daemon=True),
+            threading.Thread(target=self._read_out, name="interop-stdout", daemon=True),
+        ]
+        for t in self._threads:
+            t.start()
+
+    def _read_err(self) -> None:
+        assert self.proc.stderr is not None
+        for line in self.proc.stderr:
+            self.stderr.append(line)
+            if line.strip() == "ready":
+                self._events.put("ready")
+        self._events.put("eof")
+
+    def _read_out(self) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            self.stdout.append(line)
+
+    def wait_ready(self, timeout: float = 15.0) -> None:
+        try:
+            event = self._events.get(timeout=timeout)
+        except queue.Empty:
+            event = "timeout"
+        if event != "ready":
+            self.kill()
+            pytest.fail(f"{self.argv[:2]} not ready ({event}); stderr:\n{''.join(self.stderr)}")
+
+    def finish(self, timeout: float = 30.0) -> tuple[int, list[dict[str, Any]]]:
+        """Wait for the exit; the status and the JSON lines printed."""
+        try:
+            rc = self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.kill()
+            pytest.fail(f"{self.argv[:2]} did not exit; stderr:\n{''.join(self.stderr)}")
+        for t in self._threads:
+            t.join(5)
+        return rc, [json.loads(line) for line in self.stdout]
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+        for t in self._threads:
+            t.join(5)
+
+
+@pytest.fixture
+def start_sub(broker: Broker, clients: dict[str, Path]) -> Iterator[Callable[..., Peer]]:
+    """Start zb-sub in a language on the test broker, and wait until it is subscribed."""
+    peers: list[Peer] = []
+
+    def start(lang: str, channel: uuid.UUID, *patterns: str, **options: str | int) -> Peer:
+        argv = [*program(lang, "zb-sub"), "--endpoint", broker.address, "--channel", str(channel)]
+        for pattern in patterns:
+            argv += ["--pattern", pattern]
+        argv += ["--timeout", "20000"]
+        for key, value in options.items():
+            argv += [f"--{key.replace('_', '-')}", str(value)]
+        peer = Peer(argv)
+        peers.append(peer)
+        peer.wait_ready()
+        return peer
+
+    yield start
+    for peer in peers:
+        peer.kill()
+
+
+@pytest.fixture
+def pub(
+    broker: Broker, clients: dict[str, Path]
+) -> Callable[..., tuple[int, list[dict[str, Any]], str]]:
+    """Run zb-pub in a language on the test broker: exit status, JSON lines, stderr."""
+
+    def run_pub(
+        lang: str,
+        channel: uuid.UUID,
+        topic: str | None,
+        *,
+        payload: bytes = b"",
+        headers: dict[str, str] | None = None,
+        confirm: bool = True,
+        garbage: bool = False,
+    ) -> tuple[int, list[dict[str, Any]], str]:
+        argv = [*program(lang, "zb-pub"), "--endpoint", broker.address, "--channel", str(channel)]
+        if topic is not None:
+            argv += ["--topic", topic, "--payload-hex", payload.hex()]
+        for key, value in (headers or {}).items():
+            argv += ["--header", f"{key}={value}"]
+        if confirm:
+            argv.append("--confirm")
+        if garbage:
+            argv.append("--raw-garbage")
+        done = run(argv, ROOT, 30)
+        lines = [json.loads(line) for line in done.stdout.splitlines()]
+        return done.returncode, lines, done.stderr
+
+    return run_pub
+
+
+def assert_message(
+    line: dict[str, Any], topic: str, payload: bytes, headers: dict[str, str]
+) -> None:
+    assert line["topic"] == topic
+    assert bytes.fromhex(line["payload"]) == payload
+    assert line["headers"] == headers
+    assert len(bytes.fromhex(line["id"])) == 16
+
+
+# ---- the vectors, checked by the C and Node codecs ---------------------------------
+
+
+def test_c_codec_passes_the_vectors(c_client: Path) -> None:
+    done = run([str(c_client / "zb-vectors"), str(VECTORS)], ROOT, 60)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert " 0 failures" in done.stdout
+
+
+def test_node_codec_passes_the_vectors(node_client: Path) -> None:
+    done = run(["node", str(node_client / "test" / "vectors.js"), str(VECTORS)], ROOT, 60)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert " 0 failures" in done.stdout
+
+
+# ---- mixed-language scenarios ------------------------------------------------------
+
+
+def test_python_publishes_c_and_node_receive_with_wildcards(
+    make_bus: Callable[..., Bus], channel: uuid.UUID, start_sub: Callable[..., Peer]
+) -> None:
+    c_sub = start_sub("c", channel, "orders.*", stop_topic="orders.end")
+    node_sub = start_sub("node", channel, "orders.>", stop_topic="orders.end")
+    bus = make_bus()
+    headers = {"source": "python", "escapes": 'tab\tnl\n"quote" \\ \x01 \x7f'}
+    # orders.* matches one token: the C subscriber does not get orders.eu.created
+    assert bus.publish("orders.eu.created", b"deep", headers).delivered == 1
+    result = bus.publish("orders.eu", b"\x00shallow\xff", headers)
+    assert (result.delivered, result.buses) == (2, 2)
+    bus.publish("orders.end", b"", confirm=False)
+
+    rc, c_lines = c_sub.finish()
+    assert rc == 0, c_sub.stderr
+    rc, node_lines = node_sub.finish()
+    assert rc == 0, node_sub.stderr
+    assert [m["topic"] for m in c_lines] == ["orders.eu", "orders.end"]
+    assert [m["topic"] for m in node_lines] == ["orders.eu.created", "orders.eu", "orders.end"]
+    for line in (c_lines[0], node_lines[1]):
+        assert_message(line, "orders.eu", b"\x00shallow\xff", headers)
+        assert line["confirmed"] is True
+        assert line["sids"] == ["00000001"]
+    assert c_lines[-1]["confirmed"] is False and node_lines[-1]["confirmed"] is False
+    # the same message is printed byte for byte alike by both languages
+    assert c_sub.stdout[0] == node_sub.stdout[1]
+
+
+@pytest.mark.parametrize("lang", LANGS)
+def test_undecodable_body_is_acked_with_an_error(
+    lang: str,
+    make_bus: Callable[..., Bus],
+    channel: uuid.UUID,
+    start_sub: Callable[..., Peer],
+    raw_dealer: Callable[[], zmq.Socket[bytes]],
+) -> None:
+    peer = start_sub(lang, channel, "raw.>", count=2)
+    # The broker forwards bodies unchanged: a raw DEALER publishes one that is not msgpack.
+    sock = raw_dealer()
+    sock.send_multipart([b"ZB\x01\x01", channel.bytes, b"\x80"])
+    assert sock.recv_multipart()[0] == b"ZB\x01\x81"  # WELCOME
+    sock.send_multipart([b"ZB\x01\x04", channel.bytes, b"r1", b"raw.bad", b"\xc1"])
+    routed, acked = sock.recv_multipart(), sock.recv_multipart()
+    assert (routed[0], routed[2], routed[3]) == (b"ZB\x01\x84", b"r1", b"\x00\x00\x00\x01")
+    assert (acked[0], acked[2]) == (b"ZB\x01\x85", b"r1")
+    delivered, dropped, errors = msgpack.unpackb(acked[3])
+    assert (delivered, dropped, len(errors)) == (0, 0, 1)
+    assert errors[0].startswith("subscriber could not decode message")
+    # and the subscriber goes on
+    assert make_bus().publish("raw.good", b"ok").delivered == 1
+    rc, lines = peer.finish()
+    assert rc == 0, peer.stderr
+    assert lines[0] == {
+        "topic": "raw.bad",
+        "undecodable": True,
+        "sids": ["00000001"],
+        "confirmed": True,
+    }
+    assert bytes.fromhex(lines[1]["payload"]) == b"ok"
+
+
+def test_node_publisher_gets_the_error_of_a_python_handler(
+    make_bus: Callable[..., Bus], channel: uuid.UUID, pub: Callable[..., Any]
+) -> None:
+    seen: list[Message] = []
+
+    def charge(msg: Message) -> None:
+        seen.append(msg)
+        raise ValueError("card declined: ünïcödé")
+
+    make_bus().subscribe("payments.charge", charge)
+    rc, lines, stderr = pub("node", channel, "payments.charge", payload=b"order 123")
+    assert rc == 3, stderr  # 3: a confirmation reported handler errors
+    assert lines == [
+        {
+            "routed": 1,
+            "acked": 1,
+            "delivered": 0,
+            "dropped": 0,
+            "errors": ["ValueError: card declined: ünïcödé"],
+        }
+    ]
+    assert [m.payload for m in seen] == [b"order 123"]
+
+
+def test_python_publisher_gets_the_errors_of_c_and_node_subscribers(
+    make_bus: Callable[..., Bus], channel: uuid.UUID, start_sub: Callable[..., Peer]
+) -> None:
+    c_sub = start_sub("c", channel, "jobs.>", error="C handler: nein", count=1)
+    node_sub = start_sub("node", channel, "jobs.>", error="Node handler: ніт", count=1)
+    with pytest.raises(HandlerError) as failed:
+        make_bus().publish("jobs.run", b"x")
+    assert sorted(failed.value.errors) == ["C handler: nein", "Node handler: ніт"]
+    assert (failed.value.result.delivered, failed.value.result.buses) == (0, 2)
+    assert c_sub.finish()[0] == 0 and node_sub.finish()[0] == 0
+
+
+def test_c_and_node_on_different_channels_never_meet(
+    make_bus: Callable[..., Bus], start_sub: Callable[..., Peer], pub: Callable[..., Any]
+) -> None:
+    channel_c, channel_node = uuid.uuid4(), uuid.uuid4()
+    c_sub = start_sub("c", channel_c, ">", stop_topic="sentinel.end")
+    node_sub = start_sub("node", channel_node, ">", stop_topic="sentinel.end")
+    # the same topic on both channels, from both languages
+    for lang, channel in (("c", channel_c), ("node", channel_node)):
+        rc, lines, stderr = pub(lang, channel, "shared.topic", payload=f"{lang} only".encode())
+        assert rc == 0, stderr
+        assert lines[0]["delivered"] == 1
+    # zb-pub has its DISCONNECT OK: the broker has routed its messages. A sentinel
+    # published now reaches each subscriber after anything routed to it before.
+    for channel in (channel_c, channel_node):
+        assert make_bus(channel).publish("sentinel.end", b"").delivered == 1
+
+    for peer, lang in ((c_sub, "c"), (node_sub, "node")):
+        rc, lines = peer.finish()
+        assert rc == 0, peer.stderr
+        assert [(m["topic"], bytes.fromhex(m["payload"])) for m in lines] == [
+            ("shared.topic", f"{lang} only".encode()),
+            ("sentinel.end", b""),
+        ]
+
+
+PAIRS = [
+    ("python", "c"),
+    ("python", "node"),
+    ("c", "python"),
+    ("node", "python"),
+    ("c", "node"),
+    ("node", "c"),
+]
+
+
+@pytest.mark.parametrize(("sender", "receiver"), PAIRS, ids=[f"{s}-to-{r}" for s, r in PAIRS])
+def test_binary_payload_and_utf8_headers_survive(
+    sender: str,
+    receiver: str,
+    make_bus: Callable[..., Bus],
+    channel: uuid.UUID,
+    start_sub: Callable[..., Peer],
+    pub: Callable[..., Any],
+) -> None:
+    if receiver == "python":
+        inbox = make_bus().subscribe("café.>")
+    else:
+        peer = start_sub(receiver, channel, "café.>", count=1)
+    if sender == "python":
+        result = make_bus().publish(UTF8_TOPIC, ALL_BYTES, UTF8_HEADERS)
+        assert result.delivered == 1
+    else:
+        rc, lines, stderr = pub(
+            sender, channel, UTF8_TOPIC, payload=ALL_BYTES, headers=UTF8_HEADERS
+        )
+        assert rc == 0, stderr
+        assert lines == [{"routed": 1, "acked": 1, "delivered": 1, "dropped": 0, "errors": []}]
+    if receiver == "python":
+        msg = inbox.get(timeout=10)
+        assert (msg.topic, msg.payload, msg.headers) == (UTF8_TOPIC, ALL_BYTES, UTF8_HEADERS)
+    else:
+        rc, lines = peer.finish()
+        assert rc == 0, peer.stderr
+        assert len(lines) == 1
+        assert_message(lines[0], UTF8_TOPIC, ALL_BYTES, UTF8_HEADERS)
+
+
+# The malformed messages of --raw-garbage (interop/c/zb-pub.c, interop/node/lib/garbage.js)
+# and the ERROR each gets: code, and ref echoed ("g10" is 673130).
+GARBAGE_ERRORS = [
+    (505, ""),  # foreign signature
+    (505, ""),  # version 2
+    (505, ""),  # 3-octet header
+    (505, ""),  # REQ-style delimiter frame
+    (405, ""),  # unknown command 0x7f
+    (405, ""),  # a broker command (DELIVER) from a client
+    (400, ""),  # PUBLISH with 4 frames
+    (400, ""),  # 15-octet channel
+    (400, ""),  # 33-octet ref (not echoed)
+    (406, b"g10".hex()),  # publish to a pattern
+    (409, ""),  # another channel
+    (400, b"g12".hex()),  # 3-octet sid
+    (406, b"g13".hex()),  # '>' not last in a pattern
+    (422, ""),  # HELLO body not msgpack
+    (400, ""),  # ACK with an empty token
+    (400, ""),  # REQUEST with an empty ref
+    (413, b"g17".hex()),  # body one octet over max_message_size
+    (400, b"g18".hex()),  # UNSUBSCRIBE sids of 3 octets
+    (409, ""),  # HELLO on another channel while joined
+]
+
+
+@pytest.mark.parametrize("lang", LANGS)
+def test_malformed_frames_get_errors_while_others_keep_working(
+    lang: str,
+    make_bus: Callable[..., Bus],
+    channel: uuid.UUID,
+    start_sub: Callable[..., Peer],
+    pub: Callable[..., Any],
+) -> None:
+    other = "node" if lang == "c" else "c"
+    watcher = start_sub(other, channel, ">", count=3)
+    py_bus = make_bus()
+    inbox = py_bus.subscribe(">")
+    assert py_bus.publish("before.garbage", b"1").delivered == 2
+
+    rc, lines, stderr = pub(lang, channel, "after.garbage", payload=b"2", garbage=True)
+    assert rc == 0, stderr
+    # its own confirmed publish after the garbage: the session still works
+    assert lines[0] == {"routed": 2, "acked": 2, "delivered": 2, "dropped": 0, "errors": []}
+    errors = lines[1:]
+    assert [(e["error"], e["ref"]) for e in errors] == GARBAGE_ERRORS
+    assert all(
+        e["channel"] in ("", channel.hex, "ffeeddccbbaa99887766554433221100") for e in errors
+    )
+
+    assert py_bus.publish("after.everything", b"3").delivered == 2
+    assert [inbox.get(timeout=10).topic for _ in range(3)] == [
+        "before.garbage",
+        "after.garbage",
+        "after.everything",
+    ]
+    rc, seen = watcher.finish()
+    assert rc == 0, watcher.stderr
+    assert [m["topic"] for m in seen] == ["before.garbage", "after.garbage", "after.everything"]
+
+
+def test_c_and_node_share_a_queue_group(
+    make_bus: Callable[..., Bus], channel: uuid.UUID, start_sub: Callable[..., Peer]
+) -> None:
+    c_sub = start_sub("c", channel, "jobs.*", queue="workers", count=2)
+    node_sub = start_sub("node", channel, "jobs.*", queue="workers", count=2)
+    bus = make_bus()
+    for i in range(4):
+        # each job goes to exactly one member; confirmed, so both are idle at the next
+        # one and the broker rotates strictly
+        assert bus.publish(f"jobs.n{i}", b"").delivered == 1
+    jobs: list[str] = []
+    for peer in (c_sub, node_sub):
+        rc, lines = peer.finish()
+        assert rc == 0, peer.stderr
+        assert len(lines) == 2
+        jobs += [m["topic"] for m in lines]
+    assert sorted(jobs) == [f"jobs.n{i}" for i in range(4)]
