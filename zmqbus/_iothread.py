@@ -20,7 +20,7 @@ from typing import Any
 import zmq
 
 from ._client import ClientCore
-from ._wire import recv_frames, send_frames
+from ._wire import dealer, recv_frames, send_frames
 from .errors import BusClosed
 
 __all__ = ["IOThread"]
@@ -70,16 +70,7 @@ class IOThread:
         self._thread.start()
 
     def _dealer(self) -> zmq.Socket[bytes]:
-        sock: zmq.Socket[bytes] = self._ctx.socket(zmq.DEALER)
-        sock.setsockopt(zmq.LINGER, 0)
-        sock.setsockopt(zmq.SNDHWM, self._hwm)
-        sock.setsockopt(zmq.RCVHWM, self._hwm)
-        try:
-            sock.connect(self._endpoint)
-        except zmq.ZMQError as exc:
-            sock.close(0)
-            raise ValueError(f"cannot connect to {self._endpoint!r}: {exc}") from None
-        return sock
+        return dealer(self._ctx, self._endpoint, self._hwm)
 
     def _swap(self) -> None:
         # A fresh socket per attempt: nothing of the lost session lingers in its queues.

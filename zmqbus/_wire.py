@@ -14,7 +14,7 @@ from typing import Any
 
 import zmq
 
-__all__ = ["recv_frames", "send_frames", "send_routed"]
+__all__ = ["dealer", "recv_frames", "send_frames", "send_routed"]
 
 _NOBLOCK = int(zmq.NOBLOCK)
 _MORE = int(zmq.SNDMORE)
@@ -53,3 +53,19 @@ def recv_frames(sock: zmq.Socket[Any]) -> list[bytes]:
     while more(_RCVMORE):
         frames.append(recv(0))
     return frames
+
+
+def dealer(context: zmq.Context[Any], endpoint: str, hwm: int) -> zmq.Socket[bytes]:
+    """A bus's DEALER, connected to ``endpoint``: no linger (close() flushes by
+    protocol, with DISCONNECT), high-water marks of ``hwm`` messages.
+    A bad endpoint raises ``ValueError``."""
+    sock: zmq.Socket[bytes] = context.socket(zmq.DEALER)
+    sock.setsockopt(zmq.LINGER, 0)
+    sock.setsockopt(zmq.SNDHWM, hwm)
+    sock.setsockopt(zmq.RCVHWM, hwm)
+    try:
+        sock.connect(endpoint)
+    except zmq.ZMQError as exc:
+        sock.close(0)
+        raise ValueError(f"cannot connect to {endpoint!r}: {exc}") from None
+    return sock

@@ -26,11 +26,10 @@ import zmq
 
 from . import _validate
 from . import protocol as p
-from ._client import DELIVERED, DROPPED, PENDING, ClientCore
-from ._endpoints import connect_endpoint
+from ._client import DELIVERED, DROPPED, PENDING
+from ._face import BusBase, SubscriptionBase
 from ._version import __version__
-from ._wire import recv_frames, send_frames
-from .bus import parse_channel
+from ._wire import dealer, recv_frames, send_frames
 from .errors import (
     BusClosed,
     ConnectTimeout,
@@ -41,7 +40,7 @@ from .errors import (
     ZmqbusError,
 )
 from .message import Message, PublishResult, answer_after_handler, error_text
-from .topics import validate_pattern, validate_topic
+from .topics import validate_pattern
 
 __all__ = ["AsyncHandler", "Bus", "Subscription"]
 
@@ -87,7 +86,7 @@ async def _wait(fut: asyncio.Future[T], timeout: float, on_timeout: Callable[[],
         raise on_timeout() from None
 
 
-class Subscription:
+class Subscription(SubscriptionBase):
     """A subscription of an asyncio ``Bus``: a bounded buffer read with
     ``await get()`` or ``async for``, or a handler run by its own task."""
 
@@ -99,17 +98,10 @@ class Subscription:
         handler: AsyncHandler | None,
         queue: str = "",
     ) -> None:
+        super().__init__(pattern, maxsize, handler, queue)
         self._bus = bus
-        self._pattern = pattern
-        self._queue = queue
-        self._maxsize = maxsize
-        self._handler = handler
-        self._buf: deque[tuple[Message, int | None]] = deque()
+        self._handler: AsyncHandler | None = handler
         self._event = asyncio.Event()
-        self._ended = False
-        self._abort = False
-        self._dropped = 0
-        self._received = 0
         self._task: asyncio.Task[None] | None = None
         if handler is not None:
             self._task = asyncio.get_running_loop().create_task(
@@ -117,43 +109,9 @@ class Subscription:
             )
 
     @property
-    def pattern(self) -> str:
-        """The subscribed topic pattern."""
-        return self._pattern
-
-    @property
-    def queue(self) -> str | None:
-        """The queue group this subscription belongs to, or None."""
-        return self._queue or None
-
-    @property
     def handler(self) -> AsyncHandler | None:
         """The handler, or None for a queue subscription."""
         return self._handler
-
-    @property
-    def dropped(self) -> int:
-        """Messages dropped because the buffer was full."""
-        return self._dropped
-
-    @property
-    def received(self) -> int:
-        """Messages taken into the buffer (not counting drops)."""
-        return self._received
-
-    @property
-    def closed(self) -> bool:
-        """True once the subscription has ended (buffered messages may remain)."""
-        return self._ended
-
-    def __len__(self) -> int:
-        """Messages buffered now."""
-        return len(self._buf)
-
-    def __repr__(self) -> str:
-        kind = "handler" if self._handler else "queue"
-        state = "ended" if self._ended else "active"
-        return f"<aio.Subscription {self._pattern!r} {kind} {state} dropped={self._dropped}>"
 
     # --- Sink interface (loop thread) ---------------------------------------
 
@@ -254,7 +212,7 @@ class Subscription:
         self._event.set()
 
 
-class Bus:
+class Bus(BusBase):
     """An asyncio connection to a broker on one channel.
 
     Same arguments, semantics, errors and defaults as ``zmqbus.Bus``; create it
@@ -276,62 +234,25 @@ class Bus:
         on_disconnected: Callable[[], Any] | None = None,
         on_reconnected: Callable[[], Any] | None = None,
     ) -> None:
-        self._channel = parse_channel(channel_id)
-        self._endpoint = connect_endpoint(address)
+        super().__init__(
+            address,
+            channel_id,
+            close_timeout=close_timeout,
+            heartbeat=heartbeat,
+            client_name=f"zmqbus-py-aio/{__version__}",
+            on_disconnected=on_disconnected,
+            on_reconnected=on_reconnected,
+        )
         self._connect_timeout = _validate.timeout(connect_timeout, "connect_timeout")
-        self._close_timeout = _validate.timeout(close_timeout, "close_timeout")
         self._ctx = context if context is not None else zmq.Context.instance()
         self._hwm = hwm
-        if isinstance(heartbeat, bool) or not isinstance(heartbeat, (int, float)) or heartbeat < 0:
-            raise ValueError("heartbeat must be a non-negative number of seconds (0: off)")
-        self._callbacks = {"disconnected": on_disconnected, "reconnected": on_reconnected}
-        self._core = ClientCore(
-            self._channel.bytes, client_name=f"zmqbus-py-aio/{__version__}", heartbeat=heartbeat
-        )
-        self._core.send_reply = self._send_reply
         self._sock: zmq.Socket[bytes] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._loop_thread = 0
         self._out: deque[list[bytes]] = deque()
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at: float | None = None
-        self._closed = False
         self._subs: list[Subscription] = []
-        self._topics: dict[str, bytes] = {}
-        self._max_size = 0
-
-    # --- properties ---------------------------------------------------------
-
-    @property
-    def channel_id(self) -> uuid.UUID:
-        """The channel this bus publishes and subscribes on."""
-        return self._channel
-
-    @property
-    def address(self) -> str:
-        """The broker endpoint."""
-        return self._endpoint
-
-    @property
-    def closed(self) -> bool:
-        """True once ``close()`` has been called."""
-        return self._closed
-
-    @property
-    def state(self) -> str:
-        """``"connected"``, ``"reconnecting"`` or ``"closed"``, as on ``zmqbus.Bus``."""
-        if self._closed:
-            return "closed"
-        return "connected" if self._core.state == "ready" else "reconnecting"
-
-    @property
-    def max_message_size(self) -> int:
-        """The broker's limit on an encoded message body, from the handshake."""
-        return self._max_size
-
-    def __repr__(self) -> str:
-        state = "closed" if self._closed else ("open" if self._sock else "new")
-        return f"<aio.Bus {self._endpoint} channel={self._channel} {state}>"
 
     # --- lifecycle ----------------------------------------------------------
 
@@ -398,16 +319,7 @@ class Bus:
         self._teardown()
 
     def _dealer(self) -> zmq.Socket[bytes]:
-        sock: zmq.Socket[bytes] = self._ctx.socket(zmq.DEALER)
-        sock.setsockopt(zmq.LINGER, 0)
-        sock.setsockopt(zmq.SNDHWM, self._hwm)
-        sock.setsockopt(zmq.RCVHWM, self._hwm)
-        try:
-            sock.connect(self._endpoint)
-        except zmq.ZMQError as exc:
-            sock.close(0)
-            raise ValueError(f"cannot connect to {self._endpoint!r}: {exc}") from None
-        return sock
+        return dealer(self._ctx, self._endpoint, self._hwm)
 
     def _attach(self, sock: zmq.Socket[bytes]) -> None:
         assert self._loop is not None
@@ -458,22 +370,6 @@ class Bus:
             raise RuntimeError("bus is not connected: use 'async with' or await connect()")
 
     # --- publish / request --------------------------------------------------
-
-    def _topic_bytes(self, topic: str) -> bytes:
-        topic_b = self._topics.get(topic)
-        if topic_b is None:
-            topic_b = validate_topic(topic).encode()
-            if len(self._topics) < 4096:
-                self._topics[topic] = topic_b
-        return topic_b
-
-    def _encode(self, payload: object, headers: object) -> bytes:
-        data = _validate.payload(payload)
-        hdrs = _validate.headers(headers)
-        body = p.pack_message(uuid.uuid4().bytes, time.time_ns(), hdrs, data)
-        if len(body) > self._max_size:
-            raise MessageTooLarge(len(body), self._max_size)
-        return body
 
     async def publish(
         self,

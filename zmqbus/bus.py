@@ -7,7 +7,6 @@ import logging
 import threading
 import time
 import uuid
-from collections import deque
 from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeout
@@ -19,8 +18,8 @@ import zmq
 
 from . import _validate
 from . import protocol as p
-from ._client import DELIVERED, DROPPED, PENDING, ClientCore
-from ._endpoints import connect_endpoint
+from ._client import DELIVERED, DROPPED, PENDING
+from ._face import BusBase, SubscriptionBase, parse_channel
 from ._iothread import IOThread
 from ._version import __version__
 from .errors import (
@@ -33,7 +32,7 @@ from .errors import (
     ZmqbusError,
 )
 from .message import Message, PublishResult, answer_after_handler, error_text
-from .topics import validate_pattern, validate_topic
+from .topics import validate_pattern
 
 __all__ = ["Bus", "Handler", "Subscription", "parse_channel"]
 
@@ -46,20 +45,6 @@ Handler = Callable[[Message], Any]
 _GRACE = 1.0
 
 _UNCONFIRMED = PublishResult(0, 0, 0, 0, confirmed=False)
-
-
-def parse_channel(channel_id: object) -> uuid.UUID:
-    """A ``uuid.UUID`` from a UUID or its string form; ``ValueError`` otherwise."""
-    if isinstance(channel_id, uuid.UUID):
-        return channel_id
-    if isinstance(channel_id, str):
-        try:
-            return uuid.UUID(channel_id)
-        except ValueError:
-            raise ValueError(f"channel_id is not a UUID string: {channel_id!r}") from None
-    raise ValueError(
-        f"channel_id must be a uuid.UUID or UUID string, not {type(channel_id).__name__}"
-    )
 
 
 T = TypeVar("T")
@@ -76,7 +61,7 @@ def _wait(fut: Future[T], timeout: float, on_timeout: Callable[[], ZmqbusError])
         raise on_timeout() from None
 
 
-class Subscription:
+class Subscription(SubscriptionBase):
     """A subscription of one ``Bus``: a bounded buffer of messages, or a handler.
 
     A queue subscription (no handler) is read with ``get()`` or by iterating;
@@ -89,17 +74,10 @@ class Subscription:
     def __init__(
         self, bus: Bus, pattern: str, maxsize: int, handler: Handler | None, queue: str = ""
     ) -> None:
+        super().__init__(pattern, maxsize, handler, queue)
         self._bus = bus
-        self._pattern = pattern
-        self._queue = queue
-        self._maxsize = maxsize
-        self._handler = handler
-        self._buf: deque[tuple[Message, int | None]] = deque()
+        self._handler: Handler | None = handler
         self._cond = threading.Condition(threading.Lock())
-        self._ended = False
-        self._abort = False
-        self._dropped = 0
-        self._received = 0
         self._thread: threading.Thread | None = None
         if handler is not None:
             self._thread = threading.Thread(
@@ -108,40 +86,9 @@ class Subscription:
             self._thread.start()
 
     @property
-    def pattern(self) -> str:
-        """The subscribed topic pattern."""
-        return self._pattern
-
-    @property
-    def queue(self) -> str | None:
-        """The queue group this subscription belongs to, or None."""
-        return self._queue or None
-
-    @property
     def handler(self) -> Handler | None:
         """The handler, or None for a queue subscription."""
         return self._handler
-
-    @property
-    def dropped(self) -> int:
-        """Messages dropped: because the buffer was full, or at the broker because
-        this bus read too slowly (reported by the broker once it can)."""
-        return self._dropped
-
-    @property
-    def received(self) -> int:
-        """Messages taken into the buffer (not counting drops)."""
-        return self._received
-
-    @property
-    def closed(self) -> bool:
-        """True once the subscription has ended (buffered messages may remain)."""
-        return self._ended
-
-    def __repr__(self) -> str:
-        kind = "handler" if self._handler else "queue"
-        state = "ended" if self._ended else "active"
-        return f"<Subscription {self._pattern!r} {kind} {state} dropped={self._dropped}>"
 
     # --- Sink interface (I/O thread) ----------------------------------------
 
@@ -202,10 +149,6 @@ class Subscription:
         """End this subscription alone (others on the same pattern stay)."""
         self._bus._remove(self, timeout)
 
-    def __len__(self) -> int:
-        """Messages buffered now."""
-        return len(self._buf)
-
     # --- handler dispatch ---------------------------------------------------
 
     def _dispatch(self) -> None:
@@ -249,7 +192,7 @@ class Subscription:
             t.join(timeout)
 
 
-class Bus:
+class Bus(BusBase):
     """A connection to a broker on one channel; every method is thread-safe.
 
     ``address`` is a zmq endpoint (``tcp://host:port``, ``ipc://``,
@@ -281,23 +224,20 @@ class Bus:
         on_disconnected: Callable[[], Any] | None = None,
         on_reconnected: Callable[[], Any] | None = None,
     ) -> None:
-        self._channel = parse_channel(channel_id)
-        self._endpoint = connect_endpoint(address)
-        connect_timeout = _validate.timeout(connect_timeout, "connect_timeout")
-        self._close_timeout = _validate.timeout(close_timeout, "close_timeout")
-        self._ctx = context if context is not None else zmq.Context.instance()
-        if isinstance(heartbeat, bool) or not isinstance(heartbeat, (int, float)) or heartbeat < 0:
-            raise ValueError("heartbeat must be a non-negative number of seconds (0: off)")
-        self._callbacks = {"disconnected": on_disconnected, "reconnected": on_reconnected}
-        self._core = ClientCore(
-            self._channel.bytes, client_name=f"zmqbus-py/{__version__}", heartbeat=heartbeat
+        super().__init__(
+            address,
+            channel_id,
+            close_timeout=close_timeout,
+            heartbeat=heartbeat,
+            client_name=f"zmqbus-py/{__version__}",
+            on_disconnected=on_disconnected,
+            on_reconnected=on_reconnected,
         )
-        self._closed = False
+        connect_timeout = _validate.timeout(connect_timeout, "connect_timeout")
+        self._ctx = context if context is not None else zmq.Context.instance()
         self._close_lock = threading.Lock()
         self._subs_lock = threading.Lock()
         self._subs: list[Subscription] = []
-        self._topics: dict[str, bytes] = {}
-        self._core.send_reply = self._send_reply
         self._io = IOThread(self._ctx, self._endpoint, self._core, hwm=hwm, on_event=self._on_event)
         fut: Future[dict[str, Any]] = Future()
         now = time.monotonic()
@@ -313,46 +253,12 @@ class Bus:
         self._max_size = int(info["max_message_size"])
         log.debug("bus joined channel %s at %s", self._channel, self._endpoint)
 
-    # --- properties ---------------------------------------------------------
-
-    @property
-    def channel_id(self) -> uuid.UUID:
-        """The channel this bus publishes and subscribes on."""
-        return self._channel
-
-    @property
-    def address(self) -> str:
-        """The broker endpoint."""
-        return self._endpoint
-
-    @property
-    def closed(self) -> bool:
-        """True once ``close()`` has been called."""
-        return self._closed
-
-    @property
-    def state(self) -> str:
-        """``"connected"``, ``"reconnecting"`` (the broker was lost; the bus is
-        rejoining by itself and will restore its subscriptions) or ``"closed"``."""
-        if self._closed:
-            return "closed"
-        return "connected" if self._core.state == "ready" else "reconnecting"
-
     def _on_event(self, event: str) -> None:
         # On the I/O thread: hand user callbacks to a thread of their own, so a
         # callback that calls back into the bus cannot stall its I/O.
         callback = self._callbacks.get(event)
         if callback is not None:
             threading.Thread(target=callback, name=f"zmqbus-{event}", daemon=True).start()
-
-    @property
-    def max_message_size(self) -> int:
-        """The broker's limit on an encoded message body, from the handshake."""
-        return self._max_size
-
-    def __repr__(self) -> str:
-        state = "closed" if self._closed else "open"
-        return f"<Bus {self._endpoint} channel={self._channel} {state}>"
 
     # --- publish ------------------------------------------------------------
 
@@ -376,12 +282,8 @@ class Bus:
         if self._closed:
             raise BusClosed("bus is closed")
         topic_b = self._topic_bytes(topic)
-        data = _validate.payload(payload)
-        hdrs = _validate.headers(headers)
         timeout = _validate.timeout(timeout)
-        body = p.pack_message(uuid.uuid4().bytes, time.time_ns(), hdrs, data)
-        if len(body) > self._max_size:
-            raise MessageTooLarge(len(body), self._max_size)
+        body = self._encode(payload, headers)
         if not confirm:
             self._io.submit([p.H_PUBLISH, self._channel.bytes, b"", topic_b, body])
             return _UNCONFIRMED
@@ -411,25 +313,13 @@ class Bus:
         if self._closed:
             raise BusClosed("bus is closed")
         topic_b = self._topic_bytes(topic)
-        data = _validate.payload(payload)
-        hdrs = _validate.headers(headers)
         timeout = _validate.timeout(timeout)
-        body = p.pack_message(uuid.uuid4().bytes, time.time_ns(), hdrs, data)
-        if len(body) > self._max_size:
-            raise MessageTooLarge(len(body), self._max_size)
+        body = self._encode(payload, headers)
         fut: Future[Message] = Future()
         self._io.submit(
             partial(self._core.request, topic_b, body, fut, time.monotonic() + timeout, timeout)
         )
         return _wait(fut, timeout, lambda: RequestTimeout(f"no reply within {timeout:g}s"))
-
-    def _topic_bytes(self, topic: str) -> bytes:
-        topic_b = self._topics.get(topic)
-        if topic_b is None:
-            topic_b = validate_topic(topic).encode()
-            if len(self._topics) < 4096:
-                self._topics[topic] = topic_b
-        return topic_b
 
     def _send_reply(self, token: bytes, body: bytes) -> None:
         if len(body) > self._max_size:
