@@ -155,7 +155,7 @@ class BusBase:
     def _encode(self, payload: object, headers: object) -> bytes:
         data = _validate.payload(payload)
         hdrs = _validate.headers(headers)
-        body = p.pack_message(uuid.uuid4().bytes, time.time_ns(), hdrs, data)
+        body = p.pack_message(p.new_message_id(), time.time_ns(), hdrs, data)
         if len(body) > self._max_size:
             raise MessageTooLarge(len(body), self._max_size)
         return body

@@ -12,7 +12,7 @@ from datetime import UTC, datetime
 
 from . import _validate
 from .errors import ZmqbusError
-from .protocol import pack_reply
+from .protocol import new_message_id, pack_reply
 
 __all__ = ["Message", "PublishResult", "ReplyContext"]
 
@@ -45,7 +45,7 @@ class ReplyContext:
         """Send the reply (or, with ``error``, a failure the requester raises)."""
         data = _validate.payload(payload)
         hdrs = _validate.headers(headers)
-        body = pack_reply(uuid.uuid4().bytes, time.time_ns(), hdrs, data, error)
+        body = pack_reply(new_message_id(), time.time_ns(), hdrs, data, error)
         with self._lock:
             if self._used:
                 raise ZmqbusError("this request was already answered")
