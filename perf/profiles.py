@@ -1,0 +1,84 @@
+"""Message counts and durations: the full run and the quick smoke run.
+
+The full profile keeps the issue's minimums: every latency percentile comes from at
+least 20,000 samples after warm-up, in each of at least 3 runs. Fire-and-forget
+counts stay at or below the 100,000-message high-water marks of the zmqbus and
+pyzmq sockets, so a run that loses messages has really overrun something.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+__all__ = ["FULL", "QUICK", "Profile"]
+
+
+@dataclass(frozen=True)
+class Profile:
+    name: str
+    runs: int
+    ff_count: int  # 1 -> 1 fire-and-forget
+    confirm_count: int  # confirmed one at a time (its latencies are the round trip figures)
+    confirm_warmup: int
+    pipelined_count: int
+    window: int  # pipelined confirmations outstanding
+    fanout_count: int  # per subscriber, 10 subscribers
+    fanout_sinks: int
+    fanin_count: int  # per publisher, 4 publishers
+    fanin_sources: int
+    latency_count: int  # ping-pong samples recorded (after warm-up)
+    latency_warmup: int
+    payload_counts: dict[int, int] = field(default_factory=dict)  # size -> messages
+    routing_levels: tuple[int, ...] = ()
+    routing_channels: int = 1000
+    routing_count: int = 50_000
+    max_seconds: float = 20.0  # a source stops after this long, whatever its count
+    routing_max_seconds: float = 5.0
+    run_timeout: float = 120.0  # a run that takes longer fails
+
+
+FULL = Profile(
+    name="full",
+    runs=3,
+    ff_count=50_000,
+    confirm_count=20_000,
+    confirm_warmup=1_000,
+    pipelined_count=20_000,
+    window=16,
+    fanout_count=5_000,
+    fanout_sinks=10,
+    fanin_count=12_500,
+    fanin_sources=4,
+    latency_count=20_000,
+    latency_warmup=1_000,
+    payload_counts={16: 50_000, 1024: 30_000, 65536: 3_000, 1 << 20: 200},
+    routing_levels=(10, 1_000, 100_000),
+    routing_channels=1_000,
+    routing_count=20_000,
+    max_seconds=30.0,
+    routing_max_seconds=4.0,
+    run_timeout=180.0,
+)
+
+QUICK = Profile(
+    name="quick",
+    runs=1,
+    ff_count=5_000,
+    confirm_count=500,
+    confirm_warmup=50,
+    pipelined_count=2_000,
+    window=16,
+    fanout_count=500,
+    fanout_sinks=10,
+    fanin_count=1_000,
+    fanin_sources=4,
+    latency_count=1_000,
+    latency_warmup=100,
+    payload_counts={16: 5_000, 1024: 5_000, 65536: 500, 1 << 20: 20},
+    routing_levels=(10, 1_000),
+    routing_channels=100,
+    routing_count=5_000,
+    max_seconds=10.0,
+    routing_max_seconds=2.0,
+    run_timeout=60.0,
+)

@@ -1,0 +1,513 @@
+"""Statistics over runs, ratios, the Markdown table, the targets of issue 4, charts."""
+
+from __future__ import annotations
+
+import logging
+import math
+import statistics
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+from perf.scenarios import PERCENTILES
+from perf.systems import SYSTEMS
+
+__all__ = [
+    "histogram",
+    "make_charts",
+    "markdown",
+    "percentiles_us",
+    "stats",
+    "targets",
+]
+
+log = logging.getLogger("perf.report")
+
+TIMES = "\N{MULTIPLICATION SIGN}"
+
+# Histograms in ns, 1 µs .. 100 s, 3 significant digits.
+_HIST_LOW = 1_000
+_HIST_HIGH = 100_000_000_000
+_CURVE_POINTS = (
+    0.0,
+    10.0,
+    25.0,
+    50.0,
+    75.0,
+    90.0,
+    95.0,
+    99.0,
+    99.5,
+    99.9,
+    99.95,
+    99.99,
+    99.999,
+    100.0,
+)
+
+
+def histogram(samples_ns: Iterable[int]) -> Any:
+    from hdrh.histogram import HdrHistogram
+
+    h = HdrHistogram(_HIST_LOW, _HIST_HIGH, 3)
+    record = h.record_value
+    for v in samples_ns:
+        record(min(max(v, _HIST_LOW), _HIST_HIGH))
+    return h
+
+
+def percentiles_us(h: Any) -> dict[str, float]:
+    return {f"p{p:g}": h.get_value_at_percentile(p) / 1000 for p in PERCENTILES}
+
+
+def encode_histogram(h: Any) -> str:
+    data: bytes = h.encode()
+    return data.decode("ascii") if isinstance(data, bytes) else str(data)
+
+
+def curve_us(h: Any) -> list[list[float]]:
+    """(percentile, µs) points for a percentile-distribution chart."""
+    return [[p, h.get_value_at_percentile(p) / 1000] for p in _CURVE_POINTS]
+
+
+def stats(values: list[float]) -> dict[str, float] | None:
+    vals = [v for v in values if v is not None and not math.isnan(v)]
+    if not vals:
+        return None
+    return {"median": statistics.median(vals), "min": min(vals), "max": max(vals), "n": len(vals)}
+
+
+# --- formatting ------------------------------------------------------------------------
+
+
+def fmt_value(v: float, unit: str) -> str:
+    if unit == "msgs/s":
+        if v >= 1e6:
+            return f"{v / 1e6:.2f}M"
+        if v >= 1e4:
+            return f"{v / 1e3:.0f}k"
+        if v >= 1e3:
+            return f"{v / 1e3:.1f}k"
+        return f"{v:.0f}"
+    if unit == "µs":
+        return f"{v:,.0f}" if v >= 100 else f"{v:.1f}"
+    if unit in ("MB/s", "MiB"):
+        return f"{v:,.0f}" if v >= 100 else f"{v:.1f}"
+    if unit == "B":
+        return f"{v:,.0f}"
+    return f"{v:.3g}"
+
+
+def _cell(st: dict[str, float] | None, unit: str) -> str:
+    if st is None:
+        return "—"
+    med = fmt_value(st["median"], unit)
+    if st["n"] < 2:
+        return med
+    return f"{med} <sub>{fmt_value(st['min'], unit)}-{fmt_value(st['max'], unit)}</sub>"
+
+
+def _ratio_cell(r: dict[str, float] | None) -> str:
+    if r is None:
+        return "—"
+    text = f"{r['ratio']:.2f}{TIMES}"
+    if r.get("n", 1) >= 2:
+        text += f" <sub>{r['min']:.2f}-{r['max']:.2f}</sub>"
+    return text
+
+
+def markdown(results: dict[str, Any]) -> str:
+    """The results table: median <sub>min-max</sub> per system, and zmqbus ÷ each peer."""
+    order = [k for k in SYSTEMS if k != "zmqbus"]
+    head = ["scenario", "figure", "zmqbus"] + [SYSTEMS[k].label for k in order]
+    head += [f"zmqbus ÷ {SYSTEMS[k].label}" for k in order]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    notes: list[str] = []
+    for sc in results["scenarios"]:
+        first = True
+        rows = list(sc["figures"])
+        any_loss = any(
+            (s.get("loss_total") or 0) > 0 for s in sc["systems"].values() if s is not None
+        )
+        if any_loss:
+            rows.append({"key": "__loss", "label": "lost (all runs)", "unit": "msgs"})
+        for fig in rows:
+            cells = [f"**{sc['title']}**" if first else "", fig["label"]]
+            first = False
+            for key in ["zmqbus", *order]:
+                sysres = sc["systems"].get(key)
+                if sysres is None:
+                    cells.append("n/a" if key not in sc.get("skipped", {}) else "skipped")
+                    continue
+                if fig["key"] == "__loss":
+                    lost = sysres.get("loss_total")
+                    cells.append("—" if lost is None else f"{lost:,}")
+                    continue
+                st = sysres["stats"].get(fig["key"])
+                if st is None and sysres.get("failed_runs"):
+                    cells.append("failed")
+                else:
+                    cells.append(_cell(st, fig["unit"]))
+            for key in order:
+                if fig["key"] == "__loss":
+                    cells.append("")
+                    continue
+                r = sc.get("ratios", {}).get(key, {}).get(fig["key"])
+                cells.append(_ratio_cell(r))
+            lines.append("| " + " | ".join(cells) + " |")
+        for key, reason in sc.get("skipped", {}).items():
+            notes.append(f"{sc['title']}: {SYSTEMS[key].label} skipped: {reason}")
+        for key, sysres in sc["systems"].items():
+            if sysres and sysres.get("failed_runs"):
+                notes.append(
+                    f"{sc['title']}: {SYSTEMS[key].label}: {sysres['failed_runs']} run(s) "
+                    "failed (see the JSON for the error)"
+                )
+    text = "\n".join(lines) + "\n"
+    if notes:
+        text += "\n" + "\n".join(f"- {n}" for n in notes) + "\n"
+    return text
+
+
+# --- targets -----------------------------------------------------------------------------
+
+
+def _median(results: dict[str, Any], scenario: str, system: str, fig: str) -> float | None:
+    for sc in results["scenarios"]:
+        if sc["key"] == scenario:
+            sysres = sc["systems"].get(system)
+            if sysres is None:
+                return None
+            st = sysres["stats"].get(fig)
+            return None if st is None else float(st["median"])
+    return None
+
+
+def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
+    """The issue's targets with the measured ratio and whether it is met."""
+    out: list[dict[str, Any]] = []
+
+    def add(
+        name: str, num: float | None, den: float | None, goal: float, kind: str, note: str = ""
+    ) -> None:
+        ratio = None if num is None or den in (None, 0) else num / float(den or 1)
+        met = None if ratio is None else (ratio >= goal if kind == ">=" else ratio <= goal)
+        out.append(
+            {"target": name, "ratio": ratio, "goal": f"{kind} {goal:g}", "met": met, "note": note}
+        )
+
+    def med(scenario: str, system: str, fig: str) -> float | None:
+        return _median(results, scenario, system, fig)
+
+    add(
+        "1->1 fire-and-forget: zmqbus ÷ NATS",
+        med("ff", "zmqbus", "rate"),
+        med("ff", "nats", "rate"),
+        1.5,
+        ">=",
+    )
+    add(
+        "1->1 fire-and-forget: zmqbus ÷ pyzmq PUSH/PULL",
+        med("ff", "zmqbus", "rate"),
+        med("ff", "zmq-pushpull", "rate"),
+        0.25,
+        ">=",
+    )
+    for p in ("p50", "p99"):
+        zr = med("reqrep", "zmqbus", f"rtt.{p}")
+        add(
+            f"request/reply {p}: zmqbus ÷ NATS",
+            zr,
+            med("reqrep", "nats", f"rtt.{p}"),
+            0.5,
+            "<=",
+            "" if zr is not None else "this zmqbus has no request/reply: not measurable",
+        )
+        if zr is None:
+            add(
+                f"(stand-in) confirmed round trip {p}: zmqbus ÷ NATS request/reply",
+                med("confirm", "zmqbus", f"rtt.{p}"),
+                med("reqrep", "nats", f"rtt.{p}"),
+                0.5,
+                "<=",
+                "the nearest thing zmqbus has: publish, subscriber takes it, confirmation back",
+            )
+    add(
+        "publish->deliver p50: zmqbus one-way ÷ pyzmq DEALER/ROUTER round trip",
+        med("latency", "zmqbus", "oneway.p50"),
+        med("reqrep", "zmq-router", "rtt.p50"),
+        2.0,
+        "<=",
+    )
+    add(
+        "pipelined confirmed ÷ fire-and-forget (zmqbus)",
+        med("pipelined", "zmqbus", "rate"),
+        med("ff", "zmqbus", "rate"),
+        0.5,
+        ">=",
+    )
+    levels = sorted(
+        {
+            int(sc["params"]["level"])
+            for sc in results["scenarios"]
+            if sc["key"] != ""
+            and sc["key"].startswith("routing_")
+            and sc["params"].get("kind") != "channels"
+        }
+    )
+    if len(levels) >= 2:
+        lo, hi = levels[0], levels[-1]
+        for kind in ("exact", "wildcard"):
+            add(
+                f"routing {kind}: throughput at {hi:,} ÷ at {lo:,} subscriptions (zmqbus)",
+                med(f"routing_{kind}_{hi}", "zmqbus", "rate"),
+                med(f"routing_{kind}_{lo}", "zmqbus", "rate"),
+                0.8,
+                ">=",
+            )
+        for kind in ("exact", "wildcard"):
+            b = med(f"routing_{kind}_{hi}", "zmqbus", "bytes_per_sub")
+            out.append(
+                {
+                    "target": f"broker memory per {kind} subscription at {hi:,} (bytes)",
+                    "ratio": b,
+                    "goal": "< 1024",
+                    "met": None if b is None else b < 1024,
+                    "note": "",
+                }
+            )
+    return out
+
+
+def targets_markdown(rows: list[dict[str, Any]]) -> str:
+    lines = ["| target | measured | goal | met |", "|---|---|---|---|"]
+    for t in rows:
+        r = t["ratio"]
+        if r is None:
+            measured = "n/a"
+        elif "bytes" in t["target"]:
+            measured = f"{r:,.0f} B"
+        else:
+            measured = f"{r:.2f}{TIMES}"
+        met = {True: "yes", False: "**no**", None: "—"}[t["met"]]
+        note = f" ({t['note']})" if t["note"] else ""
+        lines.append(f"| {t['target']}{note} | {measured} | {t['goal']} | {met} |")
+    return "\n".join(lines) + "\n"
+
+
+# --- charts ------------------------------------------------------------------------------
+
+_COLORS = {
+    "zmqbus": "#d62728",
+    "zmq-pushpull": "#7f7f7f",
+    "zmq-router": "#2ca02c",
+    "nats": "#1f77b4",
+    "redis": "#9467bd",
+}
+
+
+def make_charts(results: dict[str, Any], out_dir: Path) -> list[Path]:
+    """PNG charts into ``out_dir``; returns their paths ([] without matplotlib)."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        log.warning("matplotlib is not installed (pip install -e '.[perf]'): no charts")
+        return []
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths = [
+        _latency_chart(plt, results, out_dir / "latency.png"),
+        _throughput_chart(plt, results, out_dir / "throughput.png"),
+        _payload_chart(plt, results, out_dir / "payloads.png"),
+        _routing_chart(plt, results, out_dir / "routing.png"),
+    ]
+    return [p for p in paths if p is not None]
+
+
+def _plain_ticks(ax: Any) -> None:
+    """Plain numbers (1,000 not 10^3) on a log-scaled y axis."""
+    from matplotlib.ticker import FuncFormatter
+
+    fmt = FuncFormatter(lambda v, _pos: f"{v:,.0f}" if v >= 1 else f"{v:g}")
+    ax.yaxis.set_major_formatter(fmt)
+    ax.yaxis.set_minor_formatter(FuncFormatter(lambda v, _pos: ""))
+
+
+def _by_key(results: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    return {sc["key"]: sc for sc in results["scenarios"]}
+
+
+def _latency_chart(plt: Any, results: dict[str, Any], path: Path) -> Path | None:
+    sc = _by_key(results)
+    panels = [
+        ("latency", "oneway", "publish -> deliver, one-way"),
+        ("latency", "rtt", "pub/sub echo round trip"),
+        ("confirm", "rtt", "confirmed publish round trip\n(NATS: request/reply; Redis: PUBLISH)"),
+        ("reqrep", "rtt", "request/reply round trip\n(pyzmq: DEALER<->ROUTER, no broker)"),
+    ]
+    panels = [x for x in panels if x[0] in sc]
+    if not panels:
+        return None
+    fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 4.2), squeeze=False)
+    for ax, (key, group, title) in zip(axes[0], panels, strict=True):
+        for system, sysres in sc[key]["systems"].items():
+            pts = (sysres or {}).get("curves", {}).get(group)
+            if not pts:
+                continue
+            xs = [1 / (1 - p / 100) if p < 100 else 1e5 for p, _ in pts]
+            ys = [v for _, v in pts]
+            ax.plot(xs, ys, marker=".", label=SYSTEMS[system].label, color=_COLORS.get(system))
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        _plain_ticks(ax)
+        ax.set_xticks([2, 10, 100, 1000, 10000, 100000])
+        ax.set_xticklabels(["50%", "90%", "99%", "99.9%", "99.99%", "max"])
+        ax.minorticks_off()
+        ax.set_xlabel("percentile")
+        ax.set_ylabel("µs")
+        ax.set_title(title, fontsize=10)
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.suptitle("latency percentiles (all runs merged; lower is better)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def _bars(
+    plt: Any,
+    ax: Any,
+    groups: list[tuple[str, dict[str, Any]]],
+    fig_key: str,
+    ylabel: str,
+) -> None:
+    systems = [k for k in SYSTEMS if any(k in sc["systems"] for _, sc in groups)]
+    width = 0.8 / max(1, len(systems))
+    for i, system in enumerate(systems):
+        xs, meds, lo, hi = [], [], [], []
+        for gi, (_, sc) in enumerate(groups):
+            st = ((sc["systems"].get(system) or {}).get("stats") or {}).get(fig_key)
+            if st is None:
+                continue
+            xs.append(gi + (i - (len(systems) - 1) / 2) * width)
+            meds.append(st["median"])
+            lo.append(st["median"] - st["min"])
+            hi.append(st["max"] - st["median"])
+        ax.bar(
+            xs,
+            meds,
+            width,
+            yerr=[lo, hi],
+            capsize=2,
+            label=SYSTEMS[system].label,
+            color=_COLORS.get(system),
+        )
+    ax.set_xticks(range(len(groups)))
+    ax.set_xticklabels([g for g, _ in groups], fontsize=8)
+    ax.set_ylabel(ylabel)
+    ax.set_yscale("log")
+    _plain_ticks(ax)
+    ax.grid(True, axis="y", which="both", alpha=0.3)
+
+
+def _throughput_chart(plt: Any, results: dict[str, Any], path: Path) -> Path | None:
+    sc = _by_key(results)
+    keys = [
+        ("ff", "1->1\nfire-and-forget"),
+        ("confirm", "confirmed\none at a time"),
+        ("pipelined", "confirmed\npipelined"),
+        ("fanout", "fan-out\n(deliveries/s)"),
+        ("fanin", "fan-in\n(deliveries/s)"),
+    ]
+    groups = [(label, sc[k]) for k, label in keys if k in sc]
+    if not groups:
+        return None
+    fig, ax = plt.subplots(figsize=(11, 4.5))
+    _bars(plt, ax, groups, "rate", "messages/s (log)")
+    ax.set_title("throughput, 100 B payloads (median, bars: min-max over runs; higher is better)")
+    ax.legend(fontsize=8, ncol=5)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def _payload_chart(plt: Any, results: dict[str, Any], path: Path) -> Path | None:
+    groups = [
+        (sc["title"].rsplit(", ", 1)[-1], sc)
+        for sc in results["scenarios"]
+        if sc["key"].startswith("payload_")
+    ]
+    if not groups:
+        return None
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.2))
+    _bars(plt, axes[0], groups, "rate", "messages/s (log)")
+    _bars(plt, axes[1], groups, "mbps", "MB/s (log)")
+    axes[0].set_title("fire-and-forget by payload size: messages/s")
+    axes[1].set_title("MB/s")
+    axes[0].legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def _routing_chart(plt: Any, results: dict[str, Any], path: Path) -> Path | None:
+    rows = [
+        sc
+        for sc in results["scenarios"]
+        if sc["key"].startswith("routing_") and sc["params"].get("kind") != "channels"
+    ]
+    if not rows:
+        return None
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.2))
+    for kind, style in (("exact", "-"), ("wildcard", "--")):
+        for system in SYSTEMS:
+            pts = []
+            mem = []
+            for sc in rows:
+                if sc["params"]["kind"] != kind or system not in sc["systems"]:
+                    continue
+                st = sc["systems"][system]["stats"]
+                if st.get("rate"):
+                    pts.append((sc["params"]["level"], st["rate"]["median"]))
+                if st.get("rss_setup_mib"):
+                    mem.append((sc["params"]["level"], st["rss_setup_mib"]["median"]))
+            label = f"{SYSTEMS[system].label}, {kind}"
+            if pts:
+                pts.sort()
+                axes[0].plot(
+                    *zip(*pts, strict=True),
+                    style,
+                    marker="o",
+                    label=label,
+                    color=_COLORS.get(system),
+                )
+            if mem:
+                mem.sort()
+                axes[1].plot(
+                    *zip(*mem, strict=True),
+                    style,
+                    marker="o",
+                    label=label,
+                    color=_COLORS.get(system),
+                )
+    axes[0].set_yscale("log")
+    _plain_ticks(axes[0])
+    axes[1].set_ylim(bottom=0)
+    for ax in axes:
+        ax.set_xscale("log")
+        ax.set_xlabel("subscriptions in the channel")
+        ax.grid(True, which="both", alpha=0.3)
+    axes[0].set_ylabel("messages/s")
+    axes[0].set_title("1->1 throughput with N subscriptions")
+    axes[1].set_ylabel("MiB")
+    axes[1].set_title("server RSS with N subscriptions")
+    axes[0].legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path

@@ -1,0 +1,572 @@
+"""Run the suite: ``python -m perf [--quick] [--runs N] [--only KEY ...] [--out DIR]``.
+
+Progress goes to stderr; results go to ``perf/results/`` (or ``--out``): a timestamped
+JSON file, ``latest.json``, ``latest.md`` (the table and the targets) and PNG charts.
+Exit status: 0 when every run of every available system completed, 1 when a run
+failed, 2 for bad arguments, 3 with ``--require-all`` when a peer is missing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import platform
+import re
+import sys
+import time
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+if __package__ in (None, ""):  # run as a script: python perf/run.py
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from perf import report
+from perf.harness import worker_context
+from perf.profiles import FULL, QUICK, Profile
+from perf.scenarios import Env, Measure, Scenario, build_scenarios
+from perf.servers import start_server
+from perf.systems import SYSTEMS, missing, suite_missing
+
+__all__ = ["main"]
+
+log = logging.getLogger("perf")
+
+RESULTS_DIR = Path(__file__).resolve().parent / "results"
+
+
+class Progress:
+    """One line per step on stderr (rewritten in place on a terminal)."""
+
+    def __init__(self, total: int, stream: Any = sys.stderr) -> None:
+        self.total = total
+        self.done = 0
+        self.start = time.monotonic()
+        self.stream = stream
+        self.tty = bool(getattr(stream, "isatty", lambda: False)())
+
+    def _prefix(self) -> str:
+        el = int(time.monotonic() - self.start)
+        return f"[{self.done:>3}/{self.total} {el // 60:d}:{el % 60:02d}]"
+
+    def step(self, label: str) -> None:
+        if self.tty:
+            self.stream.write(f"\r\x1b[K{self._prefix()} {label} ...")
+            self.stream.flush()
+        self._label = label
+
+    def finish(self, outcome: str) -> None:
+        self.done += 1
+        line = f"{self._prefix()} {self._label}: {outcome}"
+        self.stream.write(("\r\x1b[K" if self.tty else "") + line + "\n")
+        self.stream.flush()
+
+    def note(self, text: str) -> None:
+        self.stream.write(("\r\x1b[K" if self.tty else "") + text + "\n")
+        self.stream.flush()
+
+
+def _machine() -> dict[str, Any]:
+    model = ""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    mem = ""
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemTotal"):
+                mem = f"{int(line.split()[1]) / (1 << 20):.1f} GiB"
+    except OSError:
+        pass
+    versions: dict[str, str] = {}
+    from importlib.metadata import PackageNotFoundError, version
+
+    for dist in ("zmqbus", "pyzmq", "msgpack", "nats-py", "uvloop", "redis", "hiredis"):
+        try:
+            versions[dist] = version(dist)
+        except PackageNotFoundError:
+            versions[dist] = "missing"
+    import zmq
+
+    versions["libzmq"] = zmq.zmq_version()
+    for prog, flag in (("nats-server", "--version"), ("redis-server", "--version")):
+        versions[prog] = _program_version(prog, flag)
+    return {
+        "cpu_model": model,
+        "cores": os.cpu_count(),
+        "memory": mem,
+        "kernel": platform.release(),
+        "python": f"{platform.python_implementation()} {platform.python_version()}",
+        "versions": versions,
+        "note": "broker/servers, publishers and subscribers all share these cores",
+    }
+
+
+def _zmqbus_source() -> dict[str, Any]:
+    """Which zmqbus was measured: its path, and the git commit (and whether the
+    package's files differ from it) when it is a checkout."""
+    import subprocess
+
+    import zmqbus
+
+    pkg = Path(zmqbus.__file__).resolve().parent
+    info: dict[str, Any] = {"path": str(pkg), "version": zmqbus.__version__}
+    try:
+        commit = subprocess.run(
+            ["git", "-C", str(pkg), "rev-parse", "--short", "HEAD"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+        )
+        if commit.returncode == 0:
+            info["commit"] = commit.stdout.strip()
+            dirty = subprocess.run(
+                ["git", "-C", str(pkg), "status", "--porcelain", "--", "."],
+                capture_output=True,
+                text=True,
+                timeout=10,
+            )
+            info["modified"] = bool(dirty.stdout.strip())
+    except (OSError, subprocess.SubprocessError):
+        pass
+    return info
+
+
+def _program_version(prog: str, flag: str) -> str:
+    import shutil
+    import subprocess
+
+    if shutil.which(prog) is None:
+        return "missing"
+    try:
+        out = subprocess.run([prog, flag], capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    text = (out.stdout or out.stderr).strip()
+    m = re.search(r"v=?(\d+(?:\.\d+)+)", text)
+    return f"{prog} {m.group(1)}" if m else (text.splitlines()[0] if text else "unknown")
+
+
+def _summary(sc: Scenario, m: Measure) -> str:
+    parts = []
+    for fig in sc.figures:
+        if fig.per_run and fig.key in m.values:
+            parts.append(f"{report.fmt_value(m.values[fig.key], fig.unit)} {fig.unit}")
+            if fig.unit == "µs" and len(parts) >= 2:
+                break
+    if m.loss:
+        parts.append(f"lost {m.loss:,}")
+    if m.errors:
+        parts.append(f"{m.errors} errors")
+    return ", ".join(parts) or "done"
+
+
+def _apply_percentiles(m: Measure) -> dict[str, Any]:
+    hists = {}
+    for group, samples in m.samples.items():
+        h = report.histogram(samples)
+        hists[group] = h
+        for name, v in report.percentiles_us(h).items():
+            m.values[f"{group}.{name}"] = v
+        m.info[f"{group}_samples"] = len(samples)
+    return hists
+
+
+def run_scenario(
+    sc: Scenario,
+    profile: Profile,
+    systems: list[str],
+    unavailable: dict[str, str],
+    progress: Progress,
+) -> dict[str, Any]:
+    takes_part = [s for s in sc.systems if all(SYSTEMS[s].has(r) for r in sc.roles)]
+    active = [s for s in takes_part if s in systems and s not in unavailable]
+    skipped = {s: unavailable[s] for s in takes_part if s in unavailable and s in systems}
+    env = Env(profile)
+    out: dict[str, Any] = {
+        "key": sc.key,
+        "title": sc.title,
+        "description": sc.description,
+        "params": sc.params,
+        "figures": [
+            {
+                "key": f.key,
+                "label": f.label,
+                "unit": f.unit,
+                "better": f.better,
+                "per_run": f.per_run,
+            }
+            for f in sc.figures
+        ],
+        "systems": {},
+        "skipped": skipped,
+    }
+    runs: dict[str, list[dict[str, Any]]] = {s: [] for s in active}
+    hists: dict[str, dict[str, Any]] = {s: {} for s in active}
+    setup_errors: dict[str, str] = {}
+    try:
+        for s in active:
+            sysdef = SYSTEMS[s]
+            if sysdef.per_run_server:
+                continue
+            try:
+                env.servers[s] = start_server(sysdef.server, s)
+            except Exception as exc:
+                setup_errors[s] = f"server did not start: {exc}"
+        if sc.prepare is not None:
+            for s in active:
+                if s in setup_errors:
+                    continue
+                progress.step(f"{sc.title} · {SYSTEMS[s].label} · setup")
+                try:
+                    env.prepared[s] = sc.prepare(env, s)
+                    progress.finish("ready")
+                except Exception as exc:
+                    setup_errors[s] = f"setup failed: {exc}"
+                    progress.finish(f"FAILED: {exc}")
+        for i in range(profile.runs):
+            for s in active:
+                if s in setup_errors:
+                    continue
+                progress.step(f"{sc.title} · {SYSTEMS[s].label} · run {i + 1}/{profile.runs}")
+                load = os.getloadavg()[0]
+                try:
+                    m = sc.run(env, s)
+                except Exception as exc:
+                    runs[s].append({"error": f"{type(exc).__name__}: {exc}"})
+                    progress.finish(f"FAILED: {str(exc).splitlines()[0][:200]}")
+                    log.debug("run failed", exc_info=True)
+                    continue
+                m.info["loadavg_1min_before"] = round(load, 2)
+                for group, h in _apply_percentiles(m).items():
+                    if group in hists[s]:
+                        hists[s][group].add(h)
+                    else:
+                        hists[s][group] = h
+                runs[s].append(
+                    {"values": m.values, "loss": m.loss, "errors": m.errors, "info": m.info}
+                )
+                progress.finish(_summary(sc, m))
+    finally:
+        env_prepared = {s: p.values for s, p in env.prepared.items()}
+        env.close()
+    for s in active:
+        if s in setup_errors:
+            out["systems"][s] = {
+                "runs": [],
+                "stats": {},
+                "failed_runs": profile.runs,
+                "setup_error": setup_errors[s],
+                "lossless_promised": sc.lossless(s),
+                "loss_total": None,
+            }
+            continue
+        ok_runs = [r for r in runs[s] if "error" not in r]
+        st: dict[str, Any] = {}
+        for fig in sc.figures:
+            if fig.per_run:
+                vals = [r["values"][fig.key] for r in ok_runs if fig.key in r["values"]]
+            else:
+                fixed = env_prepared.get(s, {})
+                vals = [fixed[fig.key]] if fig.key in fixed else []
+            st[fig.key] = report.stats(vals)
+        losses = [r["loss"] for r in ok_runs if r["loss"] is not None]
+        out["systems"][s] = {
+            "runs": runs[s],
+            "stats": {k: v for k, v in st.items() if v is not None},
+            "failed_runs": len(runs[s]) - len(ok_runs),
+            "fixed": env_prepared.get(s, {}),
+            "lossless_promised": sc.lossless(s),
+            "loss_total": sum(losses) if losses else None,
+            "errors_total": sum(int(r["errors"]) for r in ok_runs),
+            "histograms": {g: report.encode_histogram(h) for g, h in hists[s].items()},
+            "curves": {g: report.curve_us(h) for g, h in hists[s].items()},
+        }
+    out["ratios"] = _ratios(sc, out, runs)
+    return out
+
+
+def _warm_up(systems: list[str], unavailable: dict[str, str], progress: Progress) -> None:
+    """One small unrecorded fire-and-forget run per system before the first scenario,
+    so the first recorded run does not pay for cold caches and first imports."""
+    sc = next((s for s in build_scenarios(QUICK) if s.key == "ff"), None)
+    if sc is None:
+        return
+    quiet = Progress(0, stream=_NullStream())
+    progress.note("perf: warming up (one small unrecorded run per system)")
+    run_scenario(sc, QUICK, systems, unavailable, quiet)
+
+
+class _NullStream:
+    def write(self, text: str) -> int:
+        return len(text)
+
+    def flush(self) -> None:
+        pass
+
+
+def _ratios(
+    sc: Scenario, out: dict[str, Any], runs: dict[str, list[dict[str, Any]]]
+) -> dict[str, Any]:
+    """zmqbus ÷ peer: of the medians, and the range of the per-run ratios (run i of
+    zmqbus against run i of the peer: measured back to back, in the same run)."""
+    ratios: dict[str, Any] = {}
+    z = out["systems"].get("zmqbus")
+    if not z:
+        return ratios
+    for peer, pres in out["systems"].items():
+        if peer == "zmqbus" or not pres:
+            continue
+        figs: dict[str, Any] = {}
+        for fig in sc.figures:
+            zs, ps = z["stats"].get(fig.key), pres["stats"].get(fig.key)
+            if not zs or not ps or not ps["median"]:
+                continue
+            per_run = []
+            if fig.per_run:
+                for zr, pr in zip(runs.get("zmqbus", []), runs.get(peer, []), strict=False):
+                    zv = zr.get("values", {}).get(fig.key)
+                    pv = pr.get("values", {}).get(fig.key)
+                    if zv is not None and pv:
+                        per_run.append(zv / pv)
+            ratio = zs["median"] / ps["median"]
+            figs[fig.key] = {
+                "ratio": ratio,
+                "min": min(per_run) if per_run else ratio,
+                "max": max(per_run) if per_run else ratio,
+                "n": len(per_run),
+            }
+        ratios[peer] = figs
+    return ratios
+
+
+def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(
+        prog="python -m perf",
+        description="zmqbus performance suite: zmqbus side by side with raw pyzmq, NATS, Redis.",
+    )
+    ap.add_argument("--quick", action="store_true", help="smoke run: small counts, 1 run")
+    ap.add_argument("--runs", type=int, help="runs per figure (default: full 3, quick 1)")
+    ap.add_argument(
+        "--only",
+        nargs="+",
+        metavar="KEY",
+        help="scenario keys or prefixes to run (e.g. ff latency routing_)",
+    )
+    ap.add_argument(
+        "--systems",
+        nargs="+",
+        choices=list(SYSTEMS),
+        default=list(SYSTEMS),
+        help="systems to measure (default: all)",
+    )
+    ap.add_argument("--out", type=Path, default=RESULTS_DIR, help="results directory")
+    ap.add_argument("--no-charts", action="store_true", help="skip the PNG charts")
+    ap.add_argument(
+        "--require-all",
+        action="store_true",
+        help="exit 3 if any peer is missing (the default when CI=true)",
+    )
+    ap.add_argument(
+        "--no-warmup", action="store_true", help="skip the unrecorded warm-up run per system"
+    )
+    ap.add_argument("--label", default="", help="a note stored with the results")
+    ap.add_argument(
+        "--update-readme",
+        action="store_true",
+        help="write this run's table into perf/README.md (between its results markers)",
+    )
+    ap.add_argument("--list", action="store_true", help="list the scenarios and exit")
+    ap.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    return ap.parse_args(argv)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parse(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    profile = QUICK if args.quick else FULL
+    if args.runs is not None:
+        if args.runs < 1:
+            print("--runs must be at least 1", file=sys.stderr)
+            return 2
+        profile = Profile(**{**profile.__dict__, "runs": args.runs})
+    scenarios = build_scenarios(profile)
+    if args.list:
+        for sc in scenarios:
+            print(f"{sc.key:<24} {sc.title}")
+        return 0
+    if args.only:
+        scenarios = [sc for sc in scenarios if any(sc.key.startswith(k) for k in args.only)]
+        if not scenarios:
+            print(f"no scenario matches {args.only}; see --list", file=sys.stderr)
+            return 2
+
+    lacking = suite_missing()
+    if lacking:
+        print("perf: cannot run: " + "; ".join(lacking), file=sys.stderr)
+        return 3
+    unavailable: dict[str, str] = {}
+    for key in args.systems:
+        lacks = missing(key)
+        if lacks:
+            unavailable[key] = "; ".join(lacks)
+            print(
+                f"perf: {SYSTEMS[key].label} is SKIPPED: " + "; ".join(lacks),
+                file=sys.stderr,
+            )
+    require_all = args.require_all or os.environ.get("CI", "").lower() == "true"
+    if unavailable and require_all:
+        print("perf: every peer is required (--require-all or CI=true); stopping", file=sys.stderr)
+        return 3
+
+    worker_context()  # start the forkserver before any thread of ours exists
+    total = 0
+    for sc in scenarios:
+        n_sys = sum(
+            1
+            for s in sc.systems
+            if s in args.systems
+            and s not in unavailable
+            and all(SYSTEMS[s].has(r) for r in sc.roles)
+        )
+        total += n_sys * profile.runs + (n_sys if sc.prepare else 0)
+    progress = Progress(total)
+    started = datetime.now(UTC)
+    t0 = time.monotonic()
+    progress.note(
+        f"perf: {profile.name} profile, {profile.runs} run(s) per figure, "
+        f"{len(scenarios)} scenarios, {total} steps; systems: "
+        + ", ".join(s for s in args.systems if s not in unavailable)
+    )
+    results: dict[str, Any] = {
+        "suite": "zmqbus perf",
+        "profile": profile.name,
+        "runs": profile.runs,
+        "started": started.isoformat(timespec="seconds"),
+        "command": "python -m perf " + " ".join(sys.argv[1:] if argv is None else argv),
+        "machine": _machine(),
+        "zmqbus": _zmqbus_source(),
+        "label": args.label,
+        "unavailable": unavailable,
+        "scenarios": [],
+    }
+    try:
+        if not args.no_warmup:
+            _warm_up(list(args.systems), unavailable, progress)
+        for sc in scenarios:
+            results["scenarios"].append(
+                run_scenario(sc, profile, list(args.systems), unavailable, progress)
+            )
+    except KeyboardInterrupt:
+        progress.note("perf: interrupted; writing what was measured")
+        results["interrupted"] = True
+    results["seconds"] = round(time.monotonic() - t0, 1)
+    results["targets"] = report.targets(results)
+    failures = [
+        f"{sc['key']}/{s}"
+        for sc in results["scenarios"]
+        for s, r in sc["systems"].items()
+        if r and r.get("failed_runs")
+    ]
+    results["failures"] = failures
+    paths = _write(results, args.out, charts=not args.no_charts)
+    if args.update_readme:
+        paths.append(_update_readme(results, args.out))
+    progress.note(f"perf: done in {results['seconds']:.0f} s; results in {paths[0]}")
+    for p in paths[1:]:
+        progress.note(f"      {p}")
+    if failures:
+        progress.note("perf: FAILED runs: " + ", ".join(failures))
+        return 1
+    return 130 if results.get("interrupted") else 0
+
+
+def _write(results: dict[str, Any], out: Path, *, charts: bool) -> list[Path]:
+    out.mkdir(parents=True, exist_ok=True)
+    stamp = datetime.fromisoformat(results["started"]).strftime("%Y%m%dT%H%M%SZ")
+    prefix = "quick-" if results["profile"] == "quick" else ""
+    text = json.dumps(results, indent=1, sort_keys=False, default=str)
+    run_file = out / f"{prefix}{stamp}.json"
+    tmp = run_file.with_suffix(".json.tmp")
+    tmp.write_text(text)
+    tmp.replace(run_file)
+    latest = out / f"{prefix}latest.json"
+    latest.write_text(text)
+    md = out / f"{prefix}latest.md"
+    md.write_text(_markdown_doc(results))
+    paths = [run_file, latest, md]
+    if charts:
+        paths += report.make_charts(results, out / f"{prefix}charts")
+    return paths
+
+
+README = Path(__file__).resolve().parent / "README.md"
+_START = "<!-- results:start (written by python -m perf --update-readme) -->"
+_END = "<!-- results:end -->"
+
+
+def _update_readme(results: dict[str, Any], out: Path) -> Path:
+    """Replace the block between the results markers of perf/README.md."""
+    text = README.read_text()
+    lo, hi = text.find(_START), text.find(_END)
+    if lo < 0 or hi < lo:
+        raise SystemExit(f"{README}: results markers not found")
+    charts = out / ("quick-charts" if results["profile"] == "quick" else "charts")
+    try:
+        rel = charts.resolve().relative_to(README.parent)
+    except ValueError:
+        rel = charts.resolve()
+    figs = "\n".join(
+        f"![{name}]({rel.as_posix()}/{name}.png)"
+        for name in ("throughput", "latency", "payloads", "routing")
+        if (charts / f"{name}.png").exists()
+    )
+    block = f"{_START}\n{_markdown_doc(results)}\n{figs}\n{_END}"
+    README.write_text(text[:lo] + block + text[hi + len(_END) :])
+    return README
+
+
+def _markdown_doc(results: dict[str, Any]) -> str:
+    m = results["machine"]
+    v = m["versions"]
+    z = results.get("zmqbus", {})
+    measured = f"zmqbus {z.get('version', '?')}"
+    if z.get("commit"):
+        measured += f" at commit {z['commit']}" + (" (modified)" if z.get("modified") else "")
+    if results.get("label"):
+        measured += f"; {results['label']}"
+    head = (
+        f"`{results['command'].split(' --label')[0].strip()}`, started {results['started']}: "
+        f"{results['profile']} profile, {results['runs']} run(s) per figure, "
+        f"{results['seconds']:.0f} s. Measured: {measured}.\n\n"
+        f"Machine: {m['cores']} cores ({m['cpu_model']}), {m['memory']}, Linux {m['kernel']}, "
+        f"{m['python']}; {m['note']}. pyzmq {v.get('pyzmq')} (libzmq {v.get('libzmq')}), "
+        f"{v.get('nats-server')} with nats-py {v.get('nats-py')} on uvloop {v.get('uvloop')}, "
+        f"{v.get('redis-server')} with redis-py {v.get('redis')} and hiredis {v.get('hiredis')}."
+        "\n\n"
+        "Each cell: median <sub>min-max</sub> over the runs. Ratio columns: zmqbus ÷ the peer, "
+        "of the medians <sub>range of the per-run ratios</sub>; for µs, MiB and bytes lower "
+        'is better, so there a ratio below 1 favours zmqbus. No "lost" row under a scenario: '
+        "nothing was lost in it.\n\n"
+    )
+    return (
+        head
+        + report.markdown(results)
+        + "\n### Targets of issue 4\n\n"
+        + report.targets_markdown(results["targets"])
+    )
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

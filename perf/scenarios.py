@@ -1,0 +1,537 @@
+"""The scenarios of issue 4 and how one run of one system is measured.
+
+Every run starts fresh worker processes: sinks (subscribers) first, each reporting
+"ready" once its subscription is in place; then sources (publishers), which connect,
+report "ready" and wait; then all sources get "go" at once. Figures:
+
+- throughput: messages received by all sinks / (last receipt - first source's start),
+  so it includes draining the queues, not just how fast ``publish`` returned; loss is
+  what the sources sent times the number of sinks, minus what the sinks received.
+- confirmed: confirmed messages / the confirmer's time from its first to its last
+  confirmation; a confirmed one-at-a-time run also gives the round-trip latencies.
+- latency: ping-pong with one message in flight; the subscriber time-stamps arrival
+  against the publisher's send time in the payload (one clock: CLOCK_MONOTONIC),
+  the publisher times the echo's return.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from perf.harness import RunError, Spec, Worker, close_all, samples_from_bytes, wait_all
+from perf.profiles import Profile
+from perf.servers import Server, start_server
+from perf.systems import SYSTEMS
+
+__all__ = [
+    "PERCENTILES",
+    "Env",
+    "FigureDef",
+    "Measure",
+    "Prepared",
+    "Scenario",
+    "build_scenarios",
+]
+
+PERCENTILES = (50.0, 90.0, 99.0, 99.9)
+
+
+@dataclass(frozen=True)
+class FigureDef:
+    key: str
+    label: str
+    unit: str  # msgs/s | MB/s | µs | MiB | B
+    better: str = "higher"  # or "lower"
+    per_run: bool = True  # False: measured once per scenario (e.g. memory after setup)
+
+
+@dataclass
+class Measure:
+    """One run of one system."""
+
+    values: dict[str, float] = field(default_factory=dict)
+    loss: int | None = None
+    errors: int = 0
+    samples: dict[str, list[int]] = field(default_factory=dict)  # group -> ns
+    info: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class Prepared:
+    """What a scenario's setup left running for one system (fillers) and measured once."""
+
+    values: dict[str, float] = field(default_factory=dict)
+    workers: list[Worker] = field(default_factory=list)
+    channel: str | None = None
+
+    def close(self) -> None:
+        for w in self.workers:
+            with contextlib.suppress(RunError):
+                w.send("stop")
+        close_all(self.workers)
+
+
+class Env:
+    """Servers and fixed settings of one scenario."""
+
+    def __init__(self, profile: Profile) -> None:
+        self.profile = profile
+        self.servers: dict[str, Server] = {}
+        self.prepared: dict[str, Prepared] = {}
+
+    def channel(self, system: str) -> str:
+        prep = self.prepared.get(system)
+        if prep is not None and prep.channel:
+            return prep.channel
+        return str(uuid.uuid4())
+
+    @contextlib.contextmanager
+    def server(self, system: str) -> Iterator[Server]:
+        sysdef = SYSTEMS[system]
+        if sysdef.per_run_server:
+            srv = start_server(sysdef.server, system)
+            try:
+                yield srv
+            finally:
+                srv.stop()
+        else:
+            yield self.servers[system]
+
+    def close(self) -> None:
+        for prep in self.prepared.values():
+            prep.close()
+        self.prepared.clear()
+        for srv in self.servers.values():
+            srv.stop()
+        self.servers.clear()
+
+
+RunFn = Callable[[Env, str], Measure]
+PrepareFn = Callable[[Env, str], Prepared]
+
+
+@dataclass
+class Scenario:
+    key: str
+    title: str
+    description: str
+    roles: tuple[str, ...]  # a system takes part if it has all of these
+    systems: tuple[str, ...]
+    figures: list[FigureDef]
+    run: RunFn
+    lossless: Callable[[str], bool] = lambda system: False  # zero loss promised?
+    prepare: PrepareFn | None = None
+    params: dict[str, Any] = field(default_factory=dict)
+
+
+# --- running one group of workers ------------------------------------------------------
+
+
+def run_group(
+    sinks: list[Spec], sources: list[Spec], timeout: float
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """Start sinks, then sources; go; collect. Returns (sink results, source results)."""
+    workers: list[Worker] = []
+    ok = False
+    try:
+        sink_w = [Worker(s, f"{s.system}/{s.role}#{i}") for i, s in enumerate(sinks)]
+        workers += sink_w
+        infos = wait_all(sink_w, "ready", 30)
+        address = next((i["address"] for i in infos if "address" in i), None)
+        if address is not None:
+            sources = [s if s.address else s.but(address=address) for s in sources]
+        src_w = [Worker(s, f"{s.system}/{s.role}#{i}") for i, s in enumerate(sources)]
+        workers += src_w
+        wait_all(src_w, "ready", 30)
+        for w in src_w:
+            w.send("go")
+        src_res = wait_all(src_w, "result", timeout)
+        total = sum(int(r["sent"]) for r in src_res)
+        for w in sink_w:
+            w.send("expect", total)
+        sink_res = wait_all(sink_w, "result", timeout)
+        ok = True
+        return sink_res, src_res
+    finally:
+        if ok:
+            close_all(workers)
+        else:
+            for w in workers:
+                w.proc.kill()
+            close_all(workers)
+
+
+def _secs(ns: int) -> float:
+    return max(ns, 1) / 1e9
+
+
+# --- measurements ------------------------------------------------------------------------
+
+
+def throughput(
+    env: Env,
+    system: str,
+    *,
+    size: int = 100,
+    count: int,
+    sinks: int = 1,
+    sources: int = 1,
+    pattern: str = "",
+    max_seconds: float | None = None,
+    rss: bool = False,
+) -> Measure:
+    prof = env.profile
+    with env.server(system) as srv:
+        base = Spec(
+            system=system,
+            role="",
+            channel=env.channel(system),
+            size=size,
+            pattern=pattern,
+            max_seconds=max_seconds or prof.max_seconds,
+            timeout=prof.run_timeout,
+        )
+        sink_specs = [base.but(role="sink", address=srv.sub, count=count * sources)] * sinks
+        src_specs = [base.but(role="source", address=srv.pub, count=count)] * sources
+        sink_res, src_res = run_group(sink_specs, src_specs, prof.run_timeout)
+        rss_kib = srv.rss_kib() if rss else 0
+    received = sum(int(r["received"]) for r in sink_res)
+    sent = sum(int(r["sent"]) for r in src_res)
+    t0 = min(int(r["t_start"]) for r in src_res)
+    t_pub = max(int(r["t_end"]) for r in src_res)
+    t_last = max(int(r["t_last"]) for r in sink_res)
+    rate = received / _secs(t_last - t0) if received else 0.0
+    m = Measure(
+        values={"rate": rate, "mbps": rate * size / 1e6},
+        loss=sent * sinks - received,
+        info={
+            "sent": sent,
+            "received": received,
+            "dropped_in_subscription": sum(int(r.get("dropped", 0)) for r in sink_res),
+            "publish_rate": sent / _secs(t_pub - t0),
+            "seconds": _secs(t_last - t0),
+        },
+    )
+    if rss:
+        m.values["rss_mib"] = rss_kib / 1024
+    return m
+
+
+def confirmed(env: Env, system: str, *, count: int, window: int, warmup: int) -> Measure:
+    prof = env.profile
+    with env.server(system) as srv:
+        base = Spec(
+            system=system,
+            role="",
+            channel=env.channel(system),
+            size=100,
+            timeout=prof.run_timeout,
+            reply_topic="bench.ack",
+        )
+        sink = base.but(role="sink", address=srv.sub, mode="ack", count=warmup + count)
+        src = base.but(role="confirmer", address=srv.pub, count=count, window=window, warmup=warmup)
+        sink_res, src_res = run_group([sink], [src], prof.run_timeout)
+    r = src_res[0]
+    lat = samples_from_bytes(r["lat"])
+    m = Measure(
+        values={"rate": count / _secs(int(r["t_end"]) - int(r["t_start"]))},
+        loss=warmup + count - int(sink_res[0]["received"]),
+        errors=int(r.get("errors", 0)),
+        info={"received": int(sink_res[0]["received"]), "window": window},
+    )
+    if window == 1:
+        m.samples["rtt"] = lat
+    return m
+
+
+def pingpong(env: Env, system: str, *, count: int, warmup: int) -> Measure:
+    prof = env.profile
+    with env.server(system) as srv:
+        base = Spec(
+            system=system,
+            role="",
+            channel=env.channel(system),
+            size=100,
+            warmup=warmup,
+            timeout=prof.run_timeout,
+            reply_topic="bench.pong",
+        )
+        sink = base.but(role="sink", address=srv.sub, mode="echo", count=warmup + count)
+        src = base.but(role="pinger", address=srv.pub, count=count)
+        sink_res, src_res = run_group([sink], [src], prof.run_timeout)
+    return Measure(
+        loss=warmup + count - int(sink_res[0]["received"]),
+        errors=int(src_res[0].get("errors", 0)),
+        samples={
+            "oneway": samples_from_bytes(sink_res[0]["lat"]),
+            "rtt": samples_from_bytes(src_res[0]["lat"]),
+        },
+    )
+
+
+def reqrep(env: Env, system: str, *, count: int, warmup: int) -> Measure:
+    """A system's own request/reply (role ``reqrep``), one request at a time."""
+    prof = env.profile
+    # With a per-run helper (pyzmq) the responder binds a socket of its own instead.
+    server: contextlib.AbstractContextManager[Server | None] = (
+        contextlib.nullcontext(None) if SYSTEMS[system].per_run_server else env.server(system)
+    )
+    with server as srv:
+        base = Spec(
+            system=system,
+            role="reqrep",
+            address=srv.pub if srv else "",
+            channel=env.channel(system),
+            size=100,
+            warmup=warmup,
+            timeout=prof.run_timeout,
+            topic="bench.request",
+        )
+        responder = base.but(count=warmup + count, extra={"part": "server"})
+        requester = base.but(count=count, extra={"part": "client"})
+        sink_res, src_res = run_group([responder], [requester], prof.run_timeout)
+    return Measure(
+        loss=warmup + count - int(sink_res[0]["received"]),
+        errors=int(src_res[0].get("errors", 0)),
+        samples={"rtt": samples_from_bytes(src_res[0]["lat"])},
+    )
+
+
+def _filler(env: Env, system: str, *, kind: str, fill: int) -> Prepared:
+    srv = env.servers[system]
+    prep = Prepared(channel=str(uuid.uuid4()))
+    before = srv.rss_kib()
+    if fill > 0:
+        spec = Spec(
+            system=system,
+            role="filler",
+            address=srv.pub,
+            channel=prep.channel or "",
+            fill=fill,
+            fill_kind=kind,
+            timeout=3600.0,
+        )
+        w = Worker(spec, f"{system}/filler")
+        prep.workers.append(w)
+        try:
+            w.expect("ready", 600)
+        except BaseException:
+            prep.close()
+            raise
+    after = srv.rss_kib()
+    prep.values["rss_setup_mib"] = after / 1024
+    # Below ~10,000 subscriptions the growth is lost in allocator and page granularity;
+    # a channel (with its connection) costs far more, so 100 of them already show.
+    if fill >= (100 if kind == "channels" else 10_000):
+        prep.values["bytes_per_sub"] = (after - before) * 1024 / fill
+    return prep
+
+
+# --- the list --------------------------------------------------------------------------
+
+ALL = ("zmqbus", "zmq-pushpull", "zmq-router", "nats", "redis")
+BROKERED = ("zmqbus", "zmq-router", "nats", "redis")
+ROUTED = ("zmqbus", "nats", "redis")
+HWM = 100_000
+
+
+def _pct_figures(group: str, what: str) -> list[FigureDef]:
+    return [FigureDef(f"{group}.p{p:g}", f"{what} p{p:g}", "µs", "lower") for p in PERCENTILES]
+
+
+def _lossless_under_hwm(total_per_queue: int) -> Callable[[str], bool]:
+    """zmqbus and the zmq peers cannot lose a message while no queue can hold more
+    than its high-water mark; NATS and Redis promise nothing for fire-and-forget."""
+
+    def f(system: str) -> bool:
+        if system == "zmq-pushpull":
+            return True  # PUSH blocks instead of dropping
+        return system in ("zmqbus", "zmq-router") and total_per_queue <= HWM
+
+    return f
+
+
+def _always(system: str) -> bool:
+    return True
+
+
+def build_scenarios(p: Profile) -> list[Scenario]:
+    rate = FigureDef("rate", "msgs/s", "msgs/s")
+    deliveries = FigureDef("rate", "deliveries/s", "msgs/s")
+    mbps = FigureDef("mbps", "MB/s", "MB/s")
+    out: list[Scenario] = [
+        Scenario(
+            "ff",
+            "1 -> 1 fire-and-forget, 100 B",
+            f"{p.ff_count:,} messages per run, one publisher, one subscriber",
+            ("sink", "source"),
+            ALL,
+            [rate],
+            lambda env, s: throughput(env, s, count=p.ff_count),
+            _lossless_under_hwm(p.ff_count),
+            params={"count": p.ff_count, "size": 100},
+        ),
+        Scenario(
+            "confirm",
+            "confirmed, one at a time, 100 B",
+            f"{p.confirm_count:,} confirmed publishes after {p.confirm_warmup:,} warm-up; "
+            "each publish waits for its confirmation",
+            ("sink", "confirmer"),
+            BROKERED,
+            [rate, *_pct_figures("rtt", "round trip")],
+            lambda env, s: confirmed(
+                env, s, count=p.confirm_count, window=1, warmup=p.confirm_warmup
+            ),
+            _always,
+            params={"count": p.confirm_count, "warmup": p.confirm_warmup, "size": 100},
+        ),
+        Scenario(
+            "pipelined",
+            f"confirmed, pipelined (window {p.window}), 100 B",
+            f"{p.pipelined_count:,} confirmed publishes, up to {p.window} unconfirmed at once",
+            ("sink", "confirmer"),
+            BROKERED,
+            [rate],
+            lambda env, s: confirmed(env, s, count=p.pipelined_count, window=p.window, warmup=0),
+            _always,
+            params={"count": p.pipelined_count, "window": p.window, "size": 100},
+        ),
+        Scenario(
+            "fanout",
+            f"fan-out 1 -> {p.fanout_sinks}, 100 B",
+            f"{p.fanout_count:,} messages to {p.fanout_sinks} subscribers per run",
+            ("sink", "source"),
+            BROKERED,
+            [deliveries],
+            lambda env, s: throughput(env, s, count=p.fanout_count, sinks=p.fanout_sinks),
+            _lossless_under_hwm(p.fanout_count),
+            params={"count": p.fanout_count, "subscribers": p.fanout_sinks, "size": 100},
+        ),
+        Scenario(
+            "fanin",
+            f"fan-in {p.fanin_sources} -> 1, 100 B",
+            f"{p.fanin_count:,} messages from each of {p.fanin_sources} publishers per run",
+            ("sink", "source"),
+            ALL,
+            [deliveries],
+            lambda env, s: throughput(env, s, count=p.fanin_count, sources=p.fanin_sources),
+            _lossless_under_hwm(p.fanin_count * p.fanin_sources),
+            params={"count": p.fanin_count, "publishers": p.fanin_sources, "size": 100},
+        ),
+        Scenario(
+            "latency",
+            "publish -> deliver latency, 100 B",
+            f"ping-pong, one message in flight: {p.latency_count:,} samples per run after "
+            f"{p.latency_warmup:,} warm-up; one-way measured at the subscriber, round trip "
+            "(the subscriber echoes) at the publisher",
+            ("sink", "pinger"),
+            BROKERED,
+            [*_pct_figures("oneway", "one-way"), *_pct_figures("rtt", "echo round trip")],
+            lambda env, s: pingpong(env, s, count=p.latency_count, warmup=p.latency_warmup),
+            _always,
+            params={"count": p.latency_count, "warmup": p.latency_warmup, "size": 100},
+        ),
+        Scenario(
+            "reqrep",
+            "request/reply round trip, 100 B",
+            f"{p.latency_count:,} requests per run after {p.latency_warmup:,} warm-up, one "
+            "at a time; each system's own request/reply (pyzmq: DEALER straight to a ROUTER "
+            "that answers, no broker)",
+            ("reqrep",),
+            BROKERED,
+            _pct_figures("rtt", "round trip"),
+            lambda env, s: reqrep(env, s, count=p.latency_count, warmup=p.latency_warmup),
+            _always,
+            params={"count": p.latency_count, "warmup": p.latency_warmup, "size": 100},
+        ),
+    ]
+    for size, count in sorted(p.payload_counts.items()):
+        label = _size_label(size)
+        out.append(
+            Scenario(
+                f"payload_{label.replace(' ', '')}",
+                f"1 -> 1 fire-and-forget, {label}",
+                f"{count:,} messages of {label} per run",
+                ("sink", "source"),
+                ALL,
+                [rate, mbps],
+                _payload_run(size, count),
+                _lossless_under_hwm(count),
+                params={"count": count, "size": size},
+            )
+        )
+    for level in p.routing_levels:
+        for kind in ("exact", "wildcard"):
+            out.append(_routing(p, level, kind))
+    out.append(_routing(p, p.routing_channels, "channels"))
+    return out
+
+
+def _payload_run(size: int, count: int) -> RunFn:
+    return lambda env, s: throughput(env, s, size=size, count=count)
+
+
+def _routing(p: Profile, level: int, kind: str) -> Scenario:
+    pattern = "bench.*" if kind == "wildcard" else "bench.data"
+    if kind == "channels":
+        title = f"routing: {level:,} channels"
+        desc = (
+            f"{level - 1:,} other channels, each with one connection subscribed to the "
+            "benchmark topic; throughput measured in one more channel"
+        )
+        systems: tuple[str, ...] = ("zmqbus",)
+    else:
+        title = f"routing: {level:,} {kind} subscriptions"
+        desc = (
+            f"{level - 1:,} {kind} subscriptions that never match, held by one connection, "
+            f"plus the subscriber's own ({pattern}) in the same channel"
+        )
+        systems = ROUTED
+
+    def prepare(env: Env, system: str) -> Prepared:
+        return _filler(env, system, kind=kind, fill=level - 1)
+
+    def run(env: Env, system: str) -> Measure:
+        return throughput(
+            env,
+            system,
+            count=p.routing_count,
+            pattern=pattern,
+            max_seconds=p.routing_max_seconds,
+            rss=True,
+        )
+
+    return Scenario(
+        f"routing_{kind}_{level}",
+        title,
+        desc + f"; {p.routing_count:,} messages per run (at most {p.routing_max_seconds:g} s)",
+        ("sink", "source", "filler"),
+        systems,
+        [
+            FigureDef("rate", "msgs/s", "msgs/s"),
+            FigureDef("rss_setup_mib", "server RSS after setup", "MiB", "lower", per_run=False),
+            FigureDef(
+                "bytes_per_sub",
+                "server RSS per " + ("channel" if kind == "channels" else "subscription"),
+                "B",
+                "lower",
+                per_run=False,
+            ),
+        ],
+        run,
+        _lossless_under_hwm(p.routing_count),
+        prepare=prepare,
+        params={"level": level, "kind": kind, "count": p.routing_count},
+    )
+
+
+def _size_label(size: int) -> str:
+    if size >= 1 << 20:
+        return f"{size >> 20} MiB"
+    if size >= 1024:
+        return f"{size >> 10} KiB"
+    return f"{size} B"

@@ -1,0 +1,229 @@
+"""Start and stop the servers on 127.0.0.1: the zmqbus broker, nats-server,
+redis-server, and the raw-pyzmq helper processes; read a server's RSS.
+
+Every server runs in its own process. The script waits for each one's own "ready"
+line (the broker's ``listening on``, nats-server's ``Server is ready``,
+redis-server's ``Ready to accept connections``) instead of sleeping, keeps
+draining its output so it never blocks on a full pipe, and stops it with SIGTERM.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections import deque
+from pathlib import Path
+
+from perf.harness import Spec, Worker, die_with_parent
+
+__all__ = ["Server", "rss_kib", "start_server"]
+
+log = logging.getLogger("perf.servers")
+
+ZMQBUS_MAX_MESSAGE_SIZE = 2 << 20  # room for the 1 MiB payload plus its envelope
+_NATS_CONF = """\
+# perf suite: room for 1 MiB payloads and large bursts without slow-consumer cuts.
+max_payload: 2MB
+max_pending: 1GB
+write_deadline: "60s"
+"""
+
+
+def rss_kib(pid: int) -> int:
+    """Resident set size of ``pid`` in KiB (VmRSS in /proc/PID/status), 0 if gone."""
+    try:
+        text = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return 0
+    m = re.search(r"^VmRSS:\s+(\d+)\s+kB", text, re.MULTILINE)
+    return int(m.group(1)) if m else 0
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class Server:
+    """A running server: where publishers and subscribers connect, and its pid."""
+
+    def __init__(self, kind: str, pub: str, sub: str, pid: int) -> None:
+        self.kind = kind
+        self.pub = pub
+        self.sub = sub
+        self.pid = pid
+
+    def rss_kib(self) -> int:
+        return rss_kib(self.pid)
+
+    def stop(self) -> None:
+        raise NotImplementedError
+
+
+class _Subprocess(Server):
+    def __init__(
+        self,
+        kind: str,
+        argv: list[str],
+        ready: re.Pattern[str],
+        address: str | None,
+        *,
+        stream: str = "stderr",
+        timeout: float = 20.0,
+        cleanup: list[Path] | None = None,
+    ) -> None:
+        self._cleanup = cleanup or []
+        self._tail: deque[str] = deque(maxlen=40)
+        self._proc = subprocess.Popen(
+            argv,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE if stream == "stdout" else subprocess.DEVNULL,
+            stderr=subprocess.PIPE if stream == "stderr" else subprocess.STDOUT,
+            text=True,
+            errors="replace",
+            start_new_session=True,  # a Ctrl-C in the terminal reaches the suite only
+            preexec_fn=die_with_parent,
+        )
+        out = self._proc.stdout if stream == "stdout" else self._proc.stderr
+        assert out is not None
+        found: list[str] = []
+        event = threading.Event()
+
+        def drain() -> None:
+            for line in out:
+                self._tail.append(line.rstrip())
+                if not event.is_set():
+                    m = ready.search(line)
+                    if m:
+                        found.append(m.group(1) if m.groups() else "")
+                        event.set()
+            event.set()
+
+        threading.Thread(target=drain, name=f"perf-{kind}-log", daemon=True).start()
+        if not event.wait(timeout) or not found:
+            self._kill()
+            tail = "\n".join(self._tail)
+            raise RuntimeError(f"{kind} did not start ({' '.join(argv)}):\n{tail}")
+        addr = address if address is not None else found[0]
+        super().__init__(kind, addr, addr, self._proc.pid)
+
+    def _kill(self) -> None:
+        if self._proc.poll() is None:
+            self._proc.send_signal(signal.SIGTERM)
+            try:
+                self._proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self._proc.kill()
+                self._proc.wait(5)
+        for path in self._cleanup:
+            path.unlink(missing_ok=True)
+
+    def stop(self) -> None:
+        self._kill()
+
+
+class _Helper(Server):
+    """A raw-pyzmq streamer or forwarder in a worker process."""
+
+    def __init__(self, kind: str, role: str, system: str) -> None:
+        self._worker = Worker(Spec(system=system, role=role, timeout=1e9), name=f"{system}/{role}")
+        info = self._worker.expect("ready", 30)
+        super().__init__(kind, info["pub"], info["sub"], self._worker.pid)
+
+    def stop(self) -> None:
+        self._worker.proc.kill()
+        self._worker.close(1.0)
+
+
+def start_server(kind: str, system: str) -> Server:
+    """Start the server of ``kind`` (see ``perf.systems.System.server``)."""
+    if kind == "zmqbus":
+        return _Subprocess(
+            "zmqbus broker",
+            [
+                sys.executable,
+                "-m",
+                "zmqbus",
+                "broker",
+                "--bind",
+                "tcp://127.0.0.1:0",
+                "--max-message-size",
+                str(ZMQBUS_MAX_MESSAGE_SIZE),
+                "--log-level",
+                "INFO",
+            ],
+            re.compile(r"listening on (tcp://\S+)"),
+            None,
+        )
+    if kind == "nats":
+        fd, name = tempfile.mkstemp(prefix="perf-nats-", suffix=".conf")
+        with os.fdopen(fd, "w") as f:
+            f.write(_NATS_CONF)
+        conf = Path(name)
+        server = _Subprocess(
+            "nats-server",
+            ["nats-server", "-a", "127.0.0.1", "-p", "-1", "-c", str(conf)],
+            re.compile(r"Listening for client connections on (\S+:\d+)"),
+            None,
+            cleanup=[conf],
+        )
+        # The address line comes before "Server is ready": wait for that one too.
+        _wait_port(server.pub)
+        server.pub = server.sub = f"nats://{server.pub}"
+        return server
+    if kind == "redis":
+        port = _free_port()
+        argv = [
+            "redis-server",
+            "--port",
+            str(port),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            # A subscriber that falls behind is not cut off (the default cuts at
+            # 32 MB); the runs bound how far behind it can get.
+            "--client-output-buffer-limit",
+            "pubsub 0 0 0",
+            "--daemonize",
+            "no",
+            "--logfile",
+            "",
+        ]
+        server = _Subprocess(
+            "redis-server",
+            argv,
+            re.compile(r"(Ready to accept connections)"),
+            f"redis://127.0.0.1:{port}/0",
+            stream="stdout",
+        )
+        return server
+    if kind == "streamer":
+        return _Helper("pyzmq streamer", "streamer", system)
+    if kind == "forwarder":
+        return _Helper("pyzmq forwarder", "forwarder", system)
+    raise ValueError(f"unknown server kind {kind!r}")
+
+
+def _wait_port(hostport: str, timeout: float = 10.0) -> None:
+    host, _, port = hostport.rpartition(":")
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            with socket.create_connection((host, int(port)), 1.0):
+                return
+        except OSError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.02)

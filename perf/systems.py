@@ -1,0 +1,139 @@
+"""The systems under test, their roles, and what each needs installed.
+
+A *role* is a function ``(Spec, Ctl) -> None`` run in a worker process. Scenarios
+ask for roles by name; a system without a role is left out of that scenario (shown
+as "n/a"), so giving a system a new capability is one function registered here.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import shutil
+from dataclasses import dataclass
+
+from perf.harness import RoleFn
+from zmqbus import Bus  # request/reply is measured when the installed zmqbus has it
+
+__all__ = ["PEERS", "SYSTEMS", "System", "missing", "role_function", "suite_missing"]
+
+
+@dataclass(frozen=True)
+class System:
+    key: str
+    label: str  # column heading
+    server: str  # what perf.servers starts: zmqbus | nats | redis | streamer | forwarder
+    roles: dict[str, str]  # role -> "module:function"
+    binaries: tuple[tuple[str, str], ...] = ()  # (program, how to install it)
+    modules: tuple[tuple[str, str], ...] = ()  # (import name, how to install it)
+    per_run_server: bool = False  # a fresh server for every run (cheap Python helpers)
+
+    def has(self, role: str) -> bool:
+        return role in self.roles
+
+
+_PIP = "pip install -e '.[perf]'"
+
+SYSTEMS: dict[str, System] = {
+    s.key: s
+    for s in (
+        System(
+            "zmqbus",
+            "zmqbus",
+            "zmqbus",
+            {
+                "sink": "perf.sys_zmqbus:sink",
+                "source": "perf.sys_zmqbus:source",
+                "confirmer": "perf.sys_zmqbus:confirmer",
+                "pinger": "perf.sys_zmqbus:pinger",
+                "filler": "perf.sys_zmqbus:filler",
+                **({"reqrep": "perf.sys_zmqbus:reqrep"} if hasattr(Bus, "request") else {}),
+            },
+        ),
+        System(
+            "zmq-pushpull",
+            "pyzmq PUSH/PULL",
+            "streamer",
+            {
+                "sink": "perf.sys_zmq:pp_sink",
+                "source": "perf.sys_zmq:pp_source",
+                "streamer": "perf.sys_zmq:streamer",
+            },
+            per_run_server=True,
+        ),
+        System(
+            "zmq-router",
+            "pyzmq DEALER/ROUTER",
+            "forwarder",
+            {
+                "sink": "perf.sys_zmq:rt_sink",
+                "source": "perf.sys_zmq:rt_source",
+                "confirmer": "perf.sys_zmq:rt_confirmer",
+                "pinger": "perf.sys_zmq:rt_pinger",
+                "reqrep": "perf.sys_zmq:reqrep",
+                "forwarder": "perf.sys_zmq:forwarder",
+            },
+            per_run_server=True,
+        ),
+        System(
+            "nats",
+            "NATS (nats-py)",
+            "nats",
+            {
+                "sink": "perf.sys_nats:sink",
+                "source": "perf.sys_nats:source",
+                "confirmer": "perf.sys_nats:confirmer",
+                "pinger": "perf.sys_nats:pinger",
+                "reqrep": "perf.sys_nats:reqrep",
+                "filler": "perf.sys_nats:filler",
+            },
+            binaries=(("nats-server", "apt-get install -y nats-server"),),
+            modules=(("nats", _PIP + "  (or: pip install nats-py)"), ("uvloop", _PIP)),
+        ),
+        System(
+            "redis",
+            "Redis (redis-py)",
+            "redis",
+            {
+                "sink": "perf.sys_redis:sink",
+                "source": "perf.sys_redis:source",
+                "confirmer": "perf.sys_redis:confirmer",
+                "pinger": "perf.sys_redis:pinger",
+                "filler": "perf.sys_redis:filler",
+            },
+            binaries=(("redis-server", "apt-get install -y redis-server"),),
+            modules=(("redis", _PIP), ("hiredis", _PIP + "  (or: pip install hiredis)")),
+        ),
+    )
+}
+
+PEERS = [k for k in SYSTEMS if k != "zmqbus"]
+
+
+def missing(key: str) -> list[str]:
+    """What ``key`` lacks on this machine, each with how to install it ([] if nothing)."""
+    system = SYSTEMS[key]
+    out: list[str] = []
+    for program, how in system.binaries:
+        if shutil.which(program) is None:
+            out.append(f"{program} not found on PATH; install it with: {how}")
+    for module, how in system.modules:
+        if importlib.util.find_spec(module) is None:
+            out.append(f"Python package {module!r} not installed; install it with: {how}")
+    return out
+
+
+def suite_missing() -> list[str]:
+    """What the suite itself lacks (HDR histograms, charts), with how to install it."""
+    return [
+        f"Python package {module!r} not installed; install it with: {_PIP}"
+        for module in ("hdrh", "matplotlib")
+        if importlib.util.find_spec(module) is None
+    ]
+
+
+def role_function(system: str, role: str) -> RoleFn:
+    target = SYSTEMS[system].roles[role]
+    module_name, _, func = target.partition(":")
+    fn: RoleFn = getattr(importlib.import_module(module_name), func)
+    return fn
