@@ -453,3 +453,14 @@ def test_channel_from_environment(cli_broker: tuple[Proc, str]) -> None:
     r = run("pub", "env.topic", "x", env=env)
     assert r.returncode == 0, r.stderr
     assert r.stdout.strip() == "delivered=0 dropped=0 failed=0 buses=0"
+
+
+def test_bench_reaches_the_perf_suite() -> None:
+    out = subprocess.run(
+        [sys.executable, "-m", "zmqbus", "bench", "--list"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert out.returncode == 0, out.stderr
+    assert "fire" in (out.stdout + out.stderr).lower()
