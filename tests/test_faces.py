@@ -369,3 +369,35 @@ def test_concurrent_requests_each_get_their_own_reply(scenario: Callable[[Scenar
         assert [r.payload for r in replies] == payloads
 
     scenario(body)
+
+
+@pytest.mark.parametrize("loop", ["asyncio", "uvloop"])
+def test_cancelled_publish_and_get_lose_nothing(broker: Broker, loop: str) -> None:
+    """asyncio only: cancelling a task awaiting publish or get loses no other
+    message and leaves the bus usable."""
+
+    async def body() -> None:
+        face = Face("asyncio", broker.address)
+        try:
+            ch = uuid.uuid4()
+            pub, sub = await face.bus(ch), await face.bus(ch)
+            gate = face.gate()
+            await sub.subscribe("slow", handler=gate.handler())
+            s = await sub.subscribe("data", maxsize=1000)
+            waiting_get = asyncio.ensure_future(s.get(timeout=30))
+            waiting_pub = asyncio.ensure_future(pub.publish("slow", b"", timeout=30))
+            await asyncio.wait_for(gate.entered.wait(), 5)
+            waiting_get.cancel()
+            waiting_pub.cancel()
+            for task in (waiting_get, waiting_pub):
+                with pytest.raises(asyncio.CancelledError):
+                    await task
+            for i in range(20):
+                assert (await pub.publish("data", bytes([i]))).delivered == 1
+            assert [m.payload for m in await s.drain()] == [bytes([i]) for i in range(20)]
+            gate.open()
+            assert (await pub.publish("slow", b"again")).delivered == 1
+        finally:
+            await face.close_all()
+
+    run(loop, body())
