@@ -366,3 +366,22 @@ def test_stats_unreachable_exits_3() -> None:
         timeout=30,
     )
     assert out.returncode == 3
+
+
+def test_frames_held_while_reconnecting_are_bounded() -> None:
+    from concurrent.futures import Future
+
+    from zmqbus import _client
+
+    clock = [0.0]
+    core = ClientCore(uuid.uuid4().bytes, heartbeat=1.0, clock=lambda: clock[0])
+    core.connect(Future(), 10.0, 10.0)
+    core.receive([p.H_WELCOME, core.channel, p.pack_welcome("b", 1 << 20, heartbeat=1000)])
+    core.outbox.clear()
+    core.receive([p.H_BYE, core.channel])
+    assert core.holding
+    limit = _client.MAX_HELD_FRAMES
+    for _ in range(limit + 5):
+        core.publish(b"t", b"body", None, 0.0, 1.0)
+    assert len(core.outbox) == limit
+    assert core.counters["held_dropped"] == 5

@@ -275,7 +275,7 @@ class ClientCore:
         if waiter is None:
             if self.state == "closed":
                 raise BusClosed("bus is closed")
-            self.outbox.append([p.H_PUBLISH, self.channel, b"", topic, body])
+            self.send_unconfirmed([p.H_PUBLISH, self.channel, b"", topic, body])
             return
         if self._refuse_closed(waiter):
             return
@@ -378,6 +378,15 @@ class ClientCore:
         held = [f for f in self.outbox if f[0] in _KEEP_ON_LOSS]
         self.outbox.clear()
         self.outbox.extend(held[-MAX_HELD_FRAMES:])
+
+    def send_unconfirmed(self, frames: list[bytes]) -> None:
+        """Queue frames nobody waits on (an unconfirmed publish, a reply). While
+        reconnecting, at most MAX_HELD_FRAMES wait; beyond that the newest are
+        dropped and counted, so a long outage cannot exhaust memory."""
+        if self.state == "reconnecting" and len(self.outbox) >= MAX_HELD_FRAMES:
+            self.counters["held_dropped"] += 1
+            return
+        self.outbox.append(frames)
 
     @property
     def holding(self) -> bool:

@@ -148,7 +148,7 @@ class IOThread:
                 for item in items:
                     if type(item) is list:
                         # Through the core, so frames wait while it is reconnecting.
-                        core.outbox.append(item)
+                        core.send_unconfirmed(item)
                     else:
                         self._call(item)  # type: ignore[arg-type]
                 if core.want_socket:
