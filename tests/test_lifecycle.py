@@ -206,3 +206,117 @@ def test_handler_subscription_thread_gone_after_unsubscribe(
                 t.join(5)
         assert not [n for n in _zmqbus_threads() if "handler" in n]
         assert [m.payload for m in got] == [b"1"]
+
+
+def test_unconfirmed_publish_blocks_when_the_broker_stops_reading() -> None:
+    # A hand-driven ROUTER stands in for a broker that accepts a bus, then stalls.
+    ctx = zmq.Context()
+    fake = ctx.socket(zmq.ROUTER)
+    fake.setsockopt(zmq.LINGER, 0)
+    fake.setsockopt(zmq.RCVHWM, 1)
+    fake.bind("inproc://zmqbus-stalled-broker")
+    from zmqbus import protocol as p
+
+    done: list[int] = []
+    bus_box: list[Bus] = []
+    try:
+
+        def connect() -> None:
+            bus_box.append(
+                Bus(
+                    "inproc://zmqbus-stalled-broker", uuid.uuid4(), context=ctx, hwm=10, heartbeat=0
+                )
+            )
+
+        t = threading.Thread(target=connect)
+        t.start()
+        hello = fake.recv_multipart()
+        ident, channel = hello[0], hello[2]
+        fake.send_multipart([ident, p.H_WELCOME, channel, p.pack_welcome("fake", 1 << 20)])
+        t.join(5)
+        bus = bus_box[0]
+
+        def flood() -> None:
+            for i in range(200):
+                bus.publish("t", str(i).encode(), confirm=False)
+                done.append(i)
+
+        publisher = threading.Thread(target=flood)
+        publisher.start()
+        deadline = time.monotonic() + 10
+        while bus._io._backlog < 10:  # the I/O thread holds a full backlog
+            assert time.monotonic() < deadline
+            publisher.join(0.01)
+        assert publisher.is_alive() and len(done) < 200  # held back, not queued without end
+        got = []
+        while len(got) < 200:  # the broker reads again: everything arrives, in order
+            frames = fake.recv_multipart()
+            got.append(p.unpack_message(frames[5]).payload)
+        publisher.join(10)
+        assert got == [str(i).encode() for i in range(200)]
+    finally:
+        for bus in bus_box:
+            bus.close()  # the fake never answers DISCONNECT: bounded by close_timeout
+        fake.close(0)
+        ctx.term()
+
+
+def test_async_unconfirmed_publish_waits_when_the_broker_stops_reading() -> None:
+    import asyncio
+
+    from zmqbus import protocol as p
+    from zmqbus.aio import Bus as AsyncBus
+
+    ctx = zmq.Context()
+    fake = ctx.socket(zmq.ROUTER)
+    fake.setsockopt(zmq.LINGER, 0)
+    fake.setsockopt(zmq.RCVHWM, 1)
+    fake.setsockopt(zmq.RCVTIMEO, 10_000)
+    fake.bind("inproc://zmqbus-stalled-broker-aio")
+    welcomed = threading.Event()
+
+    def greet() -> None:
+        hello = fake.recv_multipart()
+        fake.send_multipart([hello[0], p.H_WELCOME, hello[2], p.pack_welcome("fake", 1 << 20)])
+        welcomed.set()
+
+    async def main() -> None:
+        greeter = threading.Thread(target=greet)
+        greeter.start()
+        bus = AsyncBus(
+            "inproc://zmqbus-stalled-broker-aio",
+            uuid.uuid4(),
+            context=ctx,
+            hwm=10,
+            heartbeat=0,
+            close_timeout=0.2,
+        )
+        await bus.connect()
+        greeter.join(5)
+        sent = 0
+
+        async def flood() -> None:
+            nonlocal sent
+            for i in range(200):
+                await bus.publish("t", str(i).encode(), confirm=False)
+                sent += 1
+
+        task = asyncio.ensure_future(flood())
+        while len(bus._out) < 10:  # the socket refuses: a full backlog builds
+            await asyncio.sleep(0)  # yield to the flooding task; no wall-clock wait
+        assert not task.done() and sent < 200
+        got: list[bytes] = []
+        reader = asyncio.get_running_loop().run_in_executor(
+            None, lambda: [got.append(fake.recv_multipart()[5]) for _ in range(200)]
+        )
+        await asyncio.wait_for(task, 10)
+        await asyncio.wait_for(reader, 10)
+        assert [p.unpack_message(b).payload for b in got] == [str(i).encode() for i in range(200)]
+        await bus.close()
+
+    try:
+        asyncio.run(main())
+        assert welcomed.is_set()
+    finally:
+        fake.close(0)
+        ctx.term()

@@ -61,6 +61,11 @@ class IOThread:
         self._wake_tx.setsockopt(zmq.LINGER, 0)
         self._wake_tx.connect(wake)
         self._lock = threading.Lock()
+        # Backpressure: a sender of frames waits while this many are queued
+        # (submitted, or refused by a full socket); signalled as the backlog drains.
+        self._limit = hwm
+        self._backlog = 0  # frames the I/O thread holds unsent, as of its last send
+        self._room = threading.Condition(self._lock)
         self._queue: deque[Item] = deque()
         self._armed = False  # the thread is (about to be) blocked in poll
         self._stopping = False
@@ -100,6 +105,9 @@ class IOThread:
         Raises ``BusClosed`` once the thread is stopping.
         """
         with self._lock:
+            if type(item) is list:
+                while len(self._queue) + self._backlog >= self._limit and not self._stopping:
+                    self._room.wait(1.0)
             if self._stopping:
                 raise BusClosed("bus is closed")
             self._queue.append(item)
@@ -115,6 +123,7 @@ class IOThread:
             else:
                 already = False
                 self._stopping = True
+                self._room.notify_all()
                 if self._armed:
                     self._armed = False
                     self._wake_tx.send(b"", _NOBLOCK)
@@ -144,6 +153,8 @@ class IOThread:
                     items = self._queue
                     if items:
                         self._queue = deque()
+                        if len(items) + self._backlog >= self._limit:
+                            self._room.notify_all()
                     stopping = self._stopping
                 for item in items:
                     if type(item) is list:
@@ -215,8 +226,14 @@ class IOThread:
             try:
                 send_frames(sock, out[0])
             except zmq.Again:
-                return
+                break
             out.popleft()
+        backlog = len(out)
+        if backlog != self._backlog:
+            with self._lock:
+                self._backlog = backlog
+                if backlog < self._limit:
+                    self._room.notify_all()
 
     def _recv(self) -> None:
         sock = self._sock

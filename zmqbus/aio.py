@@ -253,6 +253,7 @@ class Bus(BusBase):
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at: float | None = None
         self._subs: list[Subscription] = []
+        self._room = asyncio.Event()  # set while the send backlog is below hwm
 
     # --- lifecycle ----------------------------------------------------------
 
@@ -352,6 +353,7 @@ class Bus(BusBase):
         events.clear()
 
     def _teardown(self) -> None:
+        self._room.set()  # publishers waiting for room see the bus closed
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
@@ -386,6 +388,11 @@ class Bus(BusBase):
         body = self._encode(payload, headers)
         timeout = _validate.timeout(timeout)
         if not confirm:
+            # Backpressure: wait while the socket refuses a full backlog (broker not reading).
+            while len(self._out) >= self._hwm and not self._closed:
+                self._room.clear()
+                await self._room.wait()
+            self._check()
             self._core.publish(topic_b, body, None, 0.0, timeout)
             self._pump()
             return _UNCONFIRMED
@@ -535,6 +542,8 @@ class Bus(BusBase):
             except zmq.Again:
                 break  # the descriptor signals when the socket becomes writable
             out.popleft()
+        if len(out) < self._hwm:
+            self._room.set()
         # The descriptor is edge-triggered: a send may have consumed its signal.
         if _events(sock) & _POLLIN and self._loop is not None:
             self._loop.call_soon(self._on_events)
