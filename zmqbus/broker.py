@@ -26,7 +26,6 @@ DEFAULT_BIND = "tcp://127.0.0.1:9090"
 # under load while amortising the poll call.
 _BATCH = 256
 
-_NOBLOCK = zmq.NOBLOCK
 _BYE_LINGER_MS = 200
 
 

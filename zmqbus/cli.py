@@ -157,11 +157,7 @@ def _client_parent() -> argparse.ArgumentParser:
         metavar="UUID",
         help=f"channel ID (a UUID); default ${ENV_CHANNEL}",
     )
-    parent.add_argument(
-        "--address",
-        default=os.environ.get(ENV_ADDRESS, DEFAULT_ADDRESS),
-        help=f"broker endpoint (default ${ENV_ADDRESS} or {DEFAULT_ADDRESS})",
-    )
+    _add_address(parent)
     parent.add_argument(
         "--connect-timeout",
         type=_arg_seconds,
@@ -170,6 +166,14 @@ def _client_parent() -> argparse.ArgumentParser:
         help="seconds to wait for the broker's handshake (default 5)",
     )
     return parent
+
+
+def _add_address(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--address",
+        default=os.environ.get(ENV_ADDRESS, DEFAULT_ADDRESS),
+        help=f"broker endpoint (default ${ENV_ADDRESS} or {DEFAULT_ADDRESS})",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -300,11 +304,7 @@ def build_parser() -> argparse.ArgumentParser:
         "drops and errors by code.",
         formatter_class=fmt,
     )
-    p.add_argument(
-        "--address",
-        default=os.environ.get(ENV_ADDRESS, DEFAULT_ADDRESS),
-        help=f"broker endpoint (default ${ENV_ADDRESS} or {DEFAULT_ADDRESS})",
-    )
+    _add_address(p)
     p.add_argument(
         "--timeout",
         type=_arg_seconds,
