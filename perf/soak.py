@@ -188,16 +188,26 @@ class Tally:
         self.gaps = 0  # times the sequence jumped ahead
         self.next = 0
         self.end: int | None = None
+        # Message ids by sequence number, so a duplicate can say whether the same
+        # message came twice (a resend) or the publisher published the number twice.
+        self.ids: dict[int, bytes] = {}
+        self.duplicate_sample: list[dict[str, Any]] = []
 
-    def add(self, seq: int) -> None:
+    def add(self, seq: int, msg_id: bytes = b"") -> None:
         self.received += 1
         seen = self.seen
         if seq >= len(seen):
             seen.extend(bytes(max(seq + 1 - len(seen), len(seen), 1024)))
         if seen[seq]:
             self.duplicates += 1
+            if len(self.duplicate_sample) < MISSING_SAMPLE:
+                first = self.ids.get(seq, b"")
+                self.duplicate_sample.append(
+                    {"seq": seq, "same_id": first == msg_id, "ids": [first.hex(), msg_id.hex()]}
+                )
             return
         seen[seq] = 1
+        self.ids[seq] = msg_id
         self.unique += 1
         if seq < self.next:
             self.out_of_order += 1
@@ -225,6 +235,7 @@ class Tally:
             "gaps": self.gaps,
             "end_marker": self.end,
             "missing_sample": missing[:MISSING_SAMPLE],
+            "duplicate_sample": self.duplicate_sample,
         }
 
 
@@ -271,7 +282,7 @@ def _subscribe(
                     ends += 1
                 tallies[pub].end = int(end)
                 continue
-            tallies[pub].add(seq)
+            tallies[pub].add(seq, msg.id.bytes)
         dropped = sub.dropped
     return {
         "subscriber": index,
@@ -606,6 +617,9 @@ def human(report: Report) -> str:
                     f"    from publisher {pub}: missing {t['missing']} "
                     f"(first {t['missing_sample']}), duplicates {t['duplicates']}"
                 )
+                for d in t["duplicate_sample"]:
+                    same = "the same message twice" if d["same_id"] else "two messages"
+                    lines.append(f"      seq {d['seq']}: {same} (ids {', '.join(d['ids'])})")
     stats = report["broker_stats"]
     if isinstance(stats, dict):
         counters = stats.get("counters", {})
@@ -615,7 +629,9 @@ def human(report: Report) -> str:
             if any(w in k for w in ("drop", "unroutable", "expired", "error"))
         }
         lines.append(
-            f"  broker: errors by code {stats.get('errors') or 0}, {notable or 'no drops'}"
+            f"  broker: errors by code {stats.get('errors') or 0}, {notable or 'no drops'}; "
+            f"published {counters.get('published')} (publishers sent {report['sent']} "
+            f"and {report['config']['publishers']} end markers)"
         )
     lines.append(f"  {'OK' if report['ok'] else 'FAILED'}")
     return "\n".join(lines)

@@ -29,7 +29,7 @@ from .errors import (
     PublishTimeout,
     RequestTimeout,
 )
-from .message import Message, PublishResult, ReplyContext, attach_reply
+from .message import Message, PublishResult, ReplyContext, attach_reply, make_message
 
 __all__ = ["DELIVERED", "DROPPED", "PENDING", "ClientCore", "Sink", "Waiter"]
 
@@ -664,7 +664,7 @@ class ClientCore:
             if token:
                 self._send_ack(token, 0, 0, [f"subscriber could not decode message: {exc.detail}"])
             return
-        msg = Message(mb.id, text, mb.payload, mb.headers, mb.timestamp)
+        msg = make_message(mb.id, text, mb.payload, mb.headers, mb.timestamp)
         if not token:
             for sink in sinks:
                 sink.offer(msg, None)
@@ -700,7 +700,7 @@ class ClientCore:
         send = self.send_reply
         for sink in sinks:
             # Each subscription gets its own answerable copy: each may reply once.
-            msg = Message(mb.id, text, mb.payload, mb.headers, mb.timestamp)
+            msg = make_message(mb.id, text, mb.payload, mb.headers, mb.timestamp)
             if send is not None:
                 attach_reply(msg, ReplyContext(token, send))
             sink.offer(msg, None)
@@ -719,7 +719,7 @@ class ClientCore:
         if error is not None:
             _settle(item.waiter, exc=HandlerError([error], PublishResult(0, 0, 1, 1)))
             return
-        _settle(item.waiter, Message(mb.id, item.topic, mb.payload, mb.headers, mb.timestamp))
+        _settle(item.waiter, make_message(mb.id, item.topic, mb.payload, mb.headers, mb.timestamp))
 
     # --- helpers ------------------------------------------------------------
 

@@ -19,8 +19,9 @@ from typing import Any
 
 import zmq
 
+from . import protocol as p
 from ._client import ClientCore
-from ._wire import dealer, recv_frames, send_frames
+from ._wire import dealer, recv_counted, send_frames
 from .errors import BusClosed
 
 __all__ = ["IOThread"]
@@ -29,6 +30,7 @@ log = logging.getLogger("zmqbus.client")
 
 _NOBLOCK = zmq.NOBLOCK
 _BATCH = 256
+_COUNTS = p.BROKER_FRAME_COUNTS
 
 Item = Callable[[], object] | list[bytes]
 
@@ -45,8 +47,10 @@ class IOThread:
         hwm: int = 100_000,
         name: str = "zmqbus-io",
         on_event: Callable[[str], None] | None = None,
+        after_receive: Callable[[], None] | None = None,
     ) -> None:
         self._core = core
+        self._after_receive = after_receive
         self._ctx = context
         self._endpoint = endpoint
         self._hwm = hwm
@@ -238,14 +242,18 @@ class IOThread:
     def _recv(self) -> None:
         sock = self._sock
         receive = self._core.receive
-        for _ in range(_BATCH):
-            try:
-                frames = recv_frames(sock)
-            except zmq.Again:
-                break
-            try:
-                receive(frames)
-            except Exception:
-                log.exception("error handling a message from the broker")
+        try:
+            for _ in range(_BATCH):
+                try:
+                    frames = recv_counted(sock, _COUNTS)
+                except zmq.Again:
+                    break
+                try:
+                    receive(frames)
+                except Exception:
+                    log.exception("error handling a message from the broker")
+        finally:
+            if self._after_receive is not None:
+                self._after_receive()
         self._drain_core()
         self._send()

@@ -29,7 +29,7 @@ from . import protocol as p
 from ._client import DELIVERED, DROPPED, PENDING
 from ._face import BusBase, SubscriptionBase
 from ._version import __version__
-from ._wire import dealer, recv_frames, send_frames
+from ._wire import dealer, recv_counted, send_frames
 from .errors import (
     BusClosed,
     ConnectTimeout,
@@ -52,6 +52,7 @@ _NOBLOCK = zmq.NOBLOCK
 _POLLIN = zmq.POLLIN
 _POLLOUT = zmq.POLLOUT
 _BATCH = 256
+_COUNTS = p.BROKER_FRAME_COUNTS
 # Grace beyond a call's own timeout before the caller stops waiting regardless;
 # the core's deadline normally fires first.
 _GRACE = 1.0
@@ -558,7 +559,7 @@ class Bus(BusBase):
             if not _events(sock) & _POLLIN:
                 break
             try:
-                frames = recv_frames(sock)
+                frames = recv_counted(sock, _COUNTS)
             except zmq.Again:
                 break
             try:

@@ -14,7 +14,7 @@ import zmq
 from ._endpoints import bind_endpoint
 from ._routing import BrokerState
 from ._version import __version__
-from ._wire import recv_frames, send_routed
+from ._wire import recv_routed, send_routed
 
 __all__ = ["DEFAULT_BIND", "Broker"]
 
@@ -196,7 +196,7 @@ class Broker:
                         self._flush(router, outbox)
                     for _ in range(_BATCH):
                         try:
-                            frames = recv_frames(router)
+                            frames = recv_routed(router)
                         except zmq.Again:
                             break
                         handle(frames[0], frames[1:])

@@ -14,7 +14,7 @@ from . import _validate
 from .errors import ZmqbusError
 from .protocol import new_message_id, pack_reply
 
-__all__ = ["Message", "PublishResult", "ReplyContext"]
+__all__ = ["Message", "PublishResult", "ReplyContext", "make_message"]
 
 log = logging.getLogger("zmqbus.message")
 
@@ -84,6 +84,26 @@ class Message:
         if reply is None:
             raise ZmqbusError("this message is not a request: nothing to respond to")
         reply.send(payload, headers)
+
+
+_new = object.__new__
+
+
+def make_message(
+    id: uuid.UUID, topic: str, payload: bytes, headers: dict[str, str], timestamp: datetime
+) -> Message:
+    """``Message(id, topic, payload, headers, timestamp)`` for values already
+    checked by the protocol layer: the frozen dataclass's ``__init__`` sets each
+    field through ``object.__setattr__``, which costs more than the rest of the
+    receive path's Python code together."""
+    msg: Message = _new(Message)
+    fields = msg.__dict__
+    fields["id"] = id
+    fields["topic"] = topic
+    fields["payload"] = payload
+    fields["headers"] = headers
+    fields["timestamp"] = timestamp
+    return msg
 
 
 def attach_reply(message: Message, reply: ReplyContext) -> None:
