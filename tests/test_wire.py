@@ -1,0 +1,181 @@
+"""The socket helpers of ``zmqbus._wire`` on real inproc sockets, and the cheap
+constructors of the receive path against the slow ones they replace."""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from typing import Any
+
+import pytest
+import zmq
+
+from zmqbus import Message
+from zmqbus import protocol as p
+from zmqbus._wire import recv_counted, recv_frames, recv_routed, send_frames, send_routed
+from zmqbus.message import make_message
+
+CH = bytes(range(16))
+
+
+@pytest.fixture
+def pair() -> Iterator[tuple[zmq.Socket[Any], zmq.Socket[Any]]]:
+    ctx = zmq.Context()
+    a, b = ctx.socket(zmq.PAIR), ctx.socket(zmq.PAIR)
+    a.bind("inproc://wire-test")
+    b.connect("inproc://wire-test")
+    yield a, b
+    a.close(0)
+    b.close(0)
+    ctx.term()
+
+
+def wait_in(sock: zmq.Socket[Any]) -> None:
+    assert sock.poll(5000, zmq.POLLIN), "nothing arrived"
+
+
+def deliver(body: bytes = b"body") -> list[bytes]:
+    return [p.H_DELIVER, CH, b"", b"t.a", body, b"\0\0\0\1"]
+
+
+def test_send_frames_and_recv_frames_keep_every_frame(pair: Any) -> None:
+    a, b = pair
+    frames = [b"one", b"", bytes(range(256)) * 300, memoryview(b"view")]
+    send_frames(a, frames)
+    wait_in(b)
+    assert recv_frames(b) == [b"one", b"", bytes(range(256)) * 300, b"view"]
+    with pytest.raises(zmq.Again):
+        recv_frames(b)
+
+
+def test_recv_counted_reads_a_known_command_whole(pair: Any) -> None:
+    a, b = pair
+    send_frames(a, deliver(b"first"))
+    send_frames(a, deliver(b"second"))
+    wait_in(b)
+    assert recv_counted(b, p.BROKER_FRAME_COUNTS) == deliver(b"first")
+    assert recv_counted(b, p.BROKER_FRAME_COUNTS) == deliver(b"second")
+    with pytest.raises(zmq.Again):
+        recv_counted(b, p.BROKER_FRAME_COUNTS)
+
+
+def test_recv_counted_takes_extra_frames_so_the_next_message_starts_clean(pair: Any) -> None:
+    a, b = pair
+    send_frames(a, [*deliver(), b"extra", b"more extra"])
+    send_frames(a, deliver(b"next"))
+    wait_in(b)
+    too_long = recv_counted(b, p.BROKER_FRAME_COUNTS)
+    assert too_long == [*deliver(), b"extra", b"more extra"]
+    with pytest.raises(p.ProtocolError) as err:
+        p.parse_broker(too_long)
+    assert err.value.code == p.ErrorCode.BAD_FRAMES
+    assert recv_counted(b, p.BROKER_FRAME_COUNTS) == deliver(b"next")
+
+
+@pytest.mark.parametrize(
+    "frames",
+    [
+        [b"not a header"],
+        [b"not a header", b"x", b"y"],
+        [b"ZB\x02\x13", CH],  # another version: not in the table
+        [b""],
+    ],
+)
+def test_recv_counted_reads_unknown_messages_frame_by_frame(pair: Any, frames: list[bytes]) -> None:
+    a, b = pair
+    send_frames(a, frames)
+    send_frames(a, deliver(b"after"))
+    wait_in(b)
+    assert recv_counted(b, p.BROKER_FRAME_COUNTS) == frames
+    assert recv_counted(b, p.BROKER_FRAME_COUNTS) == deliver(b"after")
+
+
+def test_every_broker_command_has_its_count() -> None:
+    counts = p.BROKER_FRAME_COUNTS
+    vectors = [
+        p.Welcome(CH, p.pack_welcome("b", 1)),
+        p.Ok(CH, b"r"),
+        p.Deliver(CH, b"", b"t", b"b", b"\0\0\0\1"),
+        p.Routed(CH, b"r", 1),
+        p.Acked(CH, b"r", p.pack_ack(1, 0)),
+        p.Ask(CH, b"tok", b"t", b"b", b"\0\0\0\1"),
+        p.Answer(CH, b"r", b"b"),
+        p.Error(CH, b"r", 400, "bad"),
+        p.BrokerHeartbeat(CH),
+        p.Bye(CH),
+        p.StatsReply(CH, b"r", b"\x80"),
+        p.Dropped(CH, b"\0\0\0\1\1"),
+    ]
+    assert len(vectors) == len(counts)
+    for cmd in vectors:
+        frames = p.encode(cmd)
+        assert counts[frames[0]] == len(frames), cmd
+
+
+def test_recv_routed_on_a_router() -> None:
+    ctx = zmq.Context()
+    router, dealer = ctx.socket(zmq.ROUTER), ctx.socket(zmq.DEALER)
+    try:
+        router.bind("inproc://wire-router")
+        dealer.connect("inproc://wire-router")
+        send_frames(dealer, [b"only"])
+        send_frames(dealer, [b"a", b"b", b"c"])
+        wait_in(router)
+        first = recv_routed(router)
+        second = recv_routed(router)
+        assert first[1:] == [b"only"] and second[1:] == [b"a", b"b", b"c"]
+        assert first[0] == second[0]
+        send_routed(router, first[0], [b"x", b"y"])
+        wait_in(dealer)
+        assert recv_frames(dealer) == [b"x", b"y"]
+    finally:
+        router.close(0)
+        dealer.close(0)
+        ctx.term()
+
+
+def test_message_ids_are_version_4_uuids_and_unique() -> None:
+    ids = {p.new_message_id() for _ in range(100_000)}
+    assert len(ids) == 100_000
+    for raw in list(ids)[:1000]:
+        u = uuid.UUID(bytes=raw)
+        assert u.version == 4 and u.variant == uuid.RFC_4122
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
+def test_a_forked_child_draws_other_ids_than_its_parent() -> None:
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the child
+        os.write(write, b"".join(p.new_message_id() for _ in range(100)))
+        os._exit(0)
+    os.close(write)
+    child = b""
+    while chunk := os.read(read, 65536):
+        child += chunk
+    os.close(read)
+    os.waitpid(pid, 0)
+    parent = b"".join(p.new_message_id() for _ in range(100))
+    assert len(child) == 1600
+    child_ids = {child[i : i + 16] for i in range(0, 1600, 16)}
+    parent_ids = {parent[i : i + 16] for i in range(0, 1600, 16)}
+    assert not child_ids & parent_ids
+
+
+def test_uuid_from_bytes_is_uuid_of_bytes() -> None:
+    for raw in [bytes(16), b"\xff" * 16, *(os.urandom(16) for _ in range(100))]:
+        fast, slow = p.uuid_from_bytes(raw), uuid.UUID(bytes=raw)
+        assert fast == slow and hash(fast) == hash(slow)
+        assert str(fast) == str(slow) and repr(fast) == repr(slow)
+        assert fast.bytes == raw and fast.is_safe == slow.is_safe
+
+
+def test_make_message_is_the_same_message() -> None:
+    args = (uuid.uuid4(), "orders.created", b"{}", {"k": "v"}, datetime.now(UTC))
+    fast, slow = make_message(*args), Message(*args)
+    assert fast == slow and repr(fast) == repr(slow)
+    assert type(fast) is Message and not fast.is_request
+    with pytest.raises(AttributeError):
+        fast.topic = "other"  # type: ignore[misc]
