@@ -107,6 +107,7 @@ def test_every_broker_command_has_its_count() -> None:
         p.Bye(CH),
         p.StatsReply(CH, b"r", b"\x80"),
         p.Dropped(CH, b"\0\0\0\1\1"),
+        p.DeliverBatch(CH, p.pack_deliver_entry(b"\0\0\0\1", p.pack_publish_entry(b"t", b"b"))),
     ]
     assert len(vectors) == len(counts)
     for cmd in vectors:

@@ -15,7 +15,7 @@ import heapq
 import logging
 import random
 import time
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Callable
 from typing import Any, Protocol
 
@@ -53,6 +53,11 @@ MAX_HELD_FRAMES = 100_000
 # Frames worth sending to a new session; the rest (HELLO, SUBSCRIBE, ACK,
 # REPLY, HEARTBEAT...) belong to the lost one and are rebuilt or moot.
 _KEEP_ON_LOSS = frozenset((p.H_PUBLISH, p.H_REQUEST))
+
+# Unconfirmed PUBLISHes waiting together in the driver's queue go out as one
+# PUBLISH_BATCH of at most this many bytes of entries: far below any broker's
+# frame limit (max_message_size + 64 KiB), and small enough to add no latency.
+BATCH_BYTES = 64 * 1024
 
 # Handler error texts are cut to this many characters so that an ACK stays
 # far below any sane max_message_size even with many failing handlers.
@@ -156,6 +161,7 @@ class ClientCore:
         client_name: str = "zmqbus-py",
         heartbeat: float = 2.0,
         clock: Callable[[], float] = time.monotonic,
+        batch: bool = True,
     ) -> None:
         p.check_channel(channel)
         self.channel = channel
@@ -164,6 +170,9 @@ class ClientCore:
         # new -> joining -> ready <-> reconnecting -> rejoining -> ready ...; any -> closed
         self.state = "new"
         self.heartbeat = heartbeat  # asked of the broker, seconds; 0: none
+        self.batch = batch  # asked of the broker in HELLO
+        # The broker offered batches (WELCOME): the driver may send PUBLISH_BATCH.
+        self.batching = False
         self.clock = clock
         # Set when the driver must replace its socket and then call rejoin().
         self.want_socket = False
@@ -208,7 +217,11 @@ class ClientCore:
         self.outbox.append(self._hello_frames())
 
     def _hello_frames(self) -> list[bytes]:
-        extra = {"heartbeat": int(self.heartbeat * 1000)} if self.heartbeat > 0 else {}
+        extra: dict[str, Any] = {}
+        if self.heartbeat > 0:
+            extra["heartbeat"] = int(self.heartbeat * 1000)
+        if self.batch:
+            extra["batch"] = True
         return [p.H_HELLO, self.channel, p.pack_hello(self.client_name, **extra)]
 
     def subscribe(
@@ -367,6 +380,7 @@ class ClientCore:
             self.events.append("disconnected")
             log.warning("lost the broker (%s); reconnecting", reason)
         self.state = "reconnecting"
+        self.batching = False  # until the next broker's WELCOME says otherwise
         self.counters["disconnects"] += 1
         self._welcome_by = None
         self._backoff = min(RECONNECT_MAX, max(RECONNECT_MIN, self._backoff * 2))
@@ -494,7 +508,13 @@ class ClientCore:
         head = frames[0] if frames else b""
         n = len(frames)
         try:
-            if n > 2 and (frames[1] != self.channel or len(frames[2]) > p.MAX_REF_BYTES):
+            if head == p.H_DELIVER_BATCH and n == 3 and frames[1] == self.channel:
+                entries = p.unpack_deliver_entries(frames[2])
+                for _, topic, _ in entries:
+                    self._topic(topic)  # all checked first: a bad batch delivers nothing
+                for sids, topic, body in entries:
+                    self._deliver(b"", topic, body, sids)
+            elif n > 2 and (frames[1] != self.channel or len(frames[2]) > p.MAX_REF_BYTES):
                 # Full validation (and its precise error) for anything off the happy path.
                 self._control(p.parse_broker(frames))
             elif head == p.H_DELIVER and n == 6:
@@ -545,6 +565,7 @@ class ClientCore:
             self.max_message_size = int(info["max_message_size"])
             now = self.clock()
             self._beat = info.get("heartbeat", 0) / 1000.0
+            self.batching = self.batch and info.get("batch", False)
             self._next_beat = now + self._beat
             if self.state == "rejoining":
                 self.state = "ready"
@@ -561,6 +582,8 @@ class ClientCore:
             _settle(waiter, info)
         elif isinstance(cmd, p.Error):
             self._error(cmd)
+        elif isinstance(cmd, p.DeliverBatch):  # for another channel: refused above
+            raise ProtocolError(p.ErrorCode.BAD_FRAMES, "malformed DELIVER_BATCH")
         else:  # DELIVER/ACKED/ROUTED that failed the fast path's shape check
             raise ProtocolError(p.ErrorCode.BAD_FRAMES, f"malformed {type(cmd).__name__}")
 
@@ -759,3 +782,29 @@ class ClientCore:
     def sinks(self) -> list[Sink]:
         """Every live local subscription."""
         return [s for sinks in self._by_pattern.values() for s in sinks]
+
+
+def batch_front(out: deque[list[bytes]], limit: int = BATCH_BYTES) -> None:
+    """If ``out`` starts with two or more unconfirmed PUBLISHes that fit in
+    ``limit`` bytes of entries, replace as many as fit with one PUBLISH_BATCH
+    carrying them in order. Drivers call it before each send once the broker
+    offered batches."""
+    if len(out) < 2:
+        return
+    pack = p.pack_publish_entry
+    entries: list[bytes] = []
+    size = 0
+    for frames in out:
+        if frames[0] != p.H_PUBLISH or frames[2]:
+            break
+        entry = pack(frames[3], frames[4])
+        size += len(entry)
+        if size > limit:
+            break
+        entries.append(entry)
+    if len(entries) < 2:
+        return
+    channel = out[0][1]
+    for _ in entries:
+        out.popleft()
+    out.appendleft([p.H_PUBLISH_BATCH, channel, b"".join(entries)])

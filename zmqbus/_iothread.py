@@ -20,7 +20,7 @@ from typing import Any
 import zmq
 
 from . import protocol as p
-from ._client import ClientCore
+from ._client import ClientCore, batch_front
 from ._wire import dealer, recv_counted, send_frames
 from .errors import BusClosed
 
@@ -226,7 +226,10 @@ class IOThread:
     def _send(self) -> None:
         out = self._out
         sock = self._sock
+        batching = self._core.batching
         while out:
+            if batching:
+                batch_front(out)
             try:
                 send_frames(sock, out[0])
             except zmq.Again:

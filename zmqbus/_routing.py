@@ -47,6 +47,7 @@ class Peer:
     """One connected client: its channel, subscriptions and unanswered deliveries."""
 
     __slots__ = (
+        "batch",
         "channel",
         "dropped",
         "dropped_total",
@@ -63,6 +64,7 @@ class Peer:
         self.ident = ident
         self.channel = channel
         self.heartbeat = 0.0  # seconds; 0: the peer did not ask for heartbeats
+        self.batch = False  # the peer takes DELIVER_BATCH (asked in its HELLO)
         # Messages the socket could not take for this peer, per sid, not yet reported.
         self.dropped: dict[bytes, int] = {}
         self.dropped_total = 0
@@ -211,6 +213,8 @@ class BrokerState:
         try:
             if head == p.H_PUBLISH:
                 self._publish(ident, frames)
+            elif head == p.H_PUBLISH_BATCH:
+                self._publish_batch(ident, frames)
             elif head == p.H_ACK:
                 self._ack(ident, frames)
             elif head == p.H_REQUEST:
@@ -233,6 +237,14 @@ class BrokerState:
         so the publisher learns at once instead of timing out."""
         self.counters["dropped_out"] += 1
         peer = self.peers.get(ident)
+        if peer is not None and len(frames) == 3 and frames[0] == p.H_DELIVER_BATCH:
+            # Unconfirmed deliveries only: owed a DROPPED notice, no publisher waits.
+            for sids, _, _ in p.unpack_deliver_entries(frames[2]):
+                peer.dropped_total += 1
+                for sid in p.split_sids(sids):
+                    peer.dropped[sid] = peer.dropped.get(sid, 0) + 1
+            self.lossy.add(ident)
+            return
         if peer is None or len(frames) != 6 or frames[0] not in (p.H_DELIVER, p.H_ASK):
             return
         # Owed to the slow peer as a DROPPED notice once its queue has room again.
@@ -338,6 +350,35 @@ class BrokerState:
                 peers[target].outstanding.add(token)
                 out.append((target, [p.H_DELIVER, chid, token, topic, body, sids]))
         out.append((ident, [p.H_ROUTED, chid, ref, n.to_bytes(4, "big")]))
+
+    def _publish_batch(self, ident: bytes, frames: Sequence[bytes]) -> None:
+        # The whole batch is checked before any of it is routed: all or nothing.
+        peer = self._joined(ident, frames, 3)
+        entries = p.unpack_publish_entries(frames[2])
+        for topic, body, _ in entries:
+            self._message_checks(topic, body)
+        channel = peer.channel
+        chid = channel.id
+        out = self.outbox
+        peers = self.peers
+        destinations = self._destinations
+        batches: dict[bytes, list[bytes]] = {}
+        n = 0
+        for topic, body, entry in entries:
+            for target, sids in destinations(channel, topic):
+                n += 1
+                if peers[target].batch:
+                    parts = batches.get(target)
+                    if parts is None:
+                        parts = batches[target] = []
+                    parts.append(p.pack_deliver_entry(sids, entry))
+                else:
+                    out.append((target, [p.H_DELIVER, chid, b"", topic, body, sids]))
+        for target, parts in batches.items():
+            out.append((target, [p.H_DELIVER_BATCH, chid, b"".join(parts)]))
+        counters = self.counters
+        counters["published"] += len(entries)
+        counters["delivered"] += n
 
     def _request(self, ident: bytes, frames: Sequence[bytes]) -> None:
         peer = self._joined(ident, frames, 5)
@@ -464,12 +505,19 @@ class BrokerState:
             self.sessions[session] = peer
             self.counters["connects"] += 1
         peer.last_heard = self.now
-        asked = p.unpack_hello(cmd.body).get("heartbeat", 0)
+        hello = p.unpack_hello(cmd.body)
+        asked = hello.get("heartbeat", 0)
+        # Only a peer that asked hears of batches: others get the WELCOME they know.
+        peer.batch = hello.get("batch", False)
+        extra: dict[str, object] = {"batch": True} if peer.batch else {}
         if not asked:
             # A HELLO again without heartbeats ends them for this peer.
             peer.heartbeat = 0.0
             self._beating.discard(ident)
-            self.outbox.append((ident, [p.H_WELCOME, cmd.channel, self._welcome]))
+            body = self._welcome
+            if extra:
+                body = p.pack_welcome(self._name, self.max_message_size, **extra)
+            self.outbox.append((ident, [p.H_WELCOME, cmd.channel, body]))
             return
         ms = min(max(asked, HEARTBEAT_MIN_MS), HEARTBEAT_MAX_MS)
         peer.heartbeat = ms / 1000.0
@@ -477,7 +525,7 @@ class BrokerState:
         self._beating.add(ident)
         if self.next_tick is None or peer.next_beat < self.next_tick:
             self.next_tick = peer.next_beat
-        body = p.pack_welcome(self._name, self.max_message_size, heartbeat=ms)
+        body = p.pack_welcome(self._name, self.max_message_size, heartbeat=ms, **extra)
         self.outbox.append((ident, [p.H_WELCOME, cmd.channel, body]))
 
     def drop_peer(self, ident: bytes) -> bool:

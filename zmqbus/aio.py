@@ -26,7 +26,7 @@ import zmq
 
 from . import _validate
 from . import protocol as p
-from ._client import DELIVERED, DROPPED, PENDING
+from ._client import DELIVERED, DROPPED, PENDING, batch_front
 from ._face import BusBase, SubscriptionBase
 from ._version import __version__
 from ._wire import dealer, recv_counted, send_frames
@@ -537,7 +537,10 @@ class Bus(BusBase):
         if outbox and not core.holding:
             out.extend(outbox)
             outbox.clear()
+        batching = core.batching
         while out:
+            if batching:
+                batch_front(out)
             try:
                 send_frames(sock, out[0])
             except zmq.Again:

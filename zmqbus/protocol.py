@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import os
 import random
+import struct
 import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -42,6 +43,7 @@ __all__ = [
     "ClientCommand",
     "Command",
     "Deliver",
+    "DeliverBatch",
     "Disconnect",
     "Dropped",
     "Error",
@@ -51,6 +53,7 @@ __all__ = [
     "MessageBody",
     "Ok",
     "Publish",
+    "PublishBatch",
     "Reply",
     "Request",
     "Routed",
@@ -63,17 +66,21 @@ __all__ = [
     "header",
     "new_message_id",
     "pack_ack",
+    "pack_deliver_entry",
     "pack_dropped",
     "pack_hello",
     "pack_message",
+    "pack_publish_entry",
     "pack_reply",
     "pack_welcome",
     "parse_broker",
     "parse_client",
     "unpack_ack",
+    "unpack_deliver_entries",
     "unpack_dropped",
     "unpack_hello",
     "unpack_message",
+    "unpack_publish_entries",
     "unpack_reply",
     "unpack_welcome",
     "uuid_from_bytes",
@@ -103,6 +110,7 @@ class Cmd(IntEnum):
     REPLY = 0x08
     HEARTBEAT = 0x09
     STATS = 0x0A
+    PUBLISH_BATCH = 0x0B
     WELCOME = 0x81
     OK = 0x82
     DELIVER = 0x83
@@ -114,6 +122,7 @@ class Cmd(IntEnum):
     BYE = 0x89
     STATS_REPLY = 0x8A
     DROPPED = 0x8B
+    DELIVER_BATCH = 0x8C
     ERROR = 0x8F
 
 
@@ -141,6 +150,8 @@ H_HELLO = header(Cmd.HELLO)
 H_SUBSCRIBE = header(Cmd.SUBSCRIBE)
 H_UNSUBSCRIBE = header(Cmd.UNSUBSCRIBE)
 H_PUBLISH = header(Cmd.PUBLISH)
+H_PUBLISH_BATCH = header(Cmd.PUBLISH_BATCH)
+H_DELIVER_BATCH = header(Cmd.DELIVER_BATCH)
 H_ACK = header(Cmd.ACK)
 H_DISCONNECT = header(Cmd.DISCONNECT)
 H_REQUEST = header(Cmd.REQUEST)
@@ -332,6 +343,26 @@ class Heartbeat:
 
 
 @dataclass(frozen=True, slots=True)
+class PublishBatch:
+    """Client publishes several messages unconfirmed, as the PUBLISHes with an
+    empty ref in order; ``entries`` holds them back to back (see
+    ``pack_publish_entry``). Only to a broker whose WELCOME offered ``batch``."""
+
+    channel: bytes
+    entries: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class DeliverBatch:
+    """Broker delivers several unconfirmed messages, as the DELIVERs with an
+    empty token in order (see ``pack_deliver_entry``). Only to a client whose
+    HELLO asked for ``batch``."""
+
+    channel: bytes
+    entries: bytes
+
+
+@dataclass(frozen=True, slots=True)
 class Stats:
     """Anyone asks for the broker's counters; no HELLO needed. ``channel`` may be empty."""
 
@@ -397,6 +428,7 @@ ClientCommand: TypeAlias = (
     | Reply
     | Heartbeat
     | Stats
+    | PublishBatch
 )
 BrokerCommand: TypeAlias = (
     Welcome
@@ -411,6 +443,7 @@ BrokerCommand: TypeAlias = (
     | Bye
     | StatsReply
     | Dropped
+    | DeliverBatch
 )
 Command: TypeAlias = ClientCommand | BrokerCommand
 
@@ -421,6 +454,10 @@ def encode(cmd: Command) -> list[bytes]:
     match cmd:
         case Publish(channel, ref, topic, body):
             return [H_PUBLISH, channel, ref, topic, body]
+        case PublishBatch(channel, entries):
+            return [H_PUBLISH_BATCH, channel, entries]
+        case DeliverBatch(channel, entries):
+            return [H_DELIVER_BATCH, channel, entries]
         case Deliver(channel, token, topic, body, sids):
             return [H_DELIVER, channel, token, topic, body, sids]
         case Request(channel, ref, topic, body):
@@ -480,6 +517,7 @@ _CLIENT_FRAMES = {
     Cmd.REPLY: 4,
     Cmd.HEARTBEAT: 2,
     Cmd.STATS: 3,
+    Cmd.PUBLISH_BATCH: 3,
 }
 _BROKER_FRAMES = {
     Cmd.WELCOME: 3,
@@ -494,6 +532,7 @@ _BROKER_FRAMES = {
     Cmd.BYE: 2,
     Cmd.STATS_REPLY: 4,
     Cmd.DROPPED: 3,
+    Cmd.DELIVER_BATCH: 3,
 }
 
 # Frame counts by header frame, for a receiver that reads a known command's
@@ -611,6 +650,10 @@ def parse_client(frames: Sequence[bytes]) -> ClientCommand:
         check_ref(frames[2])
         decode_name(frames[3], "topic")
         return Publish(channel, frames[2], frames[3], frames[4])
+    if cmd == Cmd.PUBLISH_BATCH:
+        for topic, _, _ in unpack_publish_entries(frames[2]):
+            decode_name(topic, "topic")
+        return PublishBatch(channel, frames[2])
     if cmd == Cmd.REQUEST:
         check_request_ref(frames[2])
         decode_name(frames[3], "topic")
@@ -679,6 +722,10 @@ def parse_broker(frames: Sequence[bytes]) -> BrokerCommand:
     if cmd == Cmd.DROPPED:
         unpack_dropped(frames[2])
         return Dropped(channel, frames[2])
+    if cmd == Cmd.DELIVER_BATCH:
+        for _, topic, _ in unpack_deliver_entries(frames[2]):
+            decode_name(topic, "topic")
+        return DeliverBatch(channel, frames[2])
     if cmd in (Cmd.DELIVER, Cmd.ASK):
         check_ref(frames[2], "token")
         decode_name(frames[3], "topic")
@@ -702,6 +749,90 @@ def parse_broker(frames: Sequence[bytes]) -> BrokerCommand:
         return Ok(channel, frames[2])
     unpack_welcome(frames[2])
     return Welcome(channel, frames[2])
+
+
+# --- batch entries ----------------------------------------------------------
+# publish-entry = topic-length(2) topic body-length(4) body
+# deliver-entry = sids-length(2) sids publish-entry
+# Lengths are unsigned big-endian. Framing only: topic rules and body size are
+# the receiver's checks, as for the single commands.
+
+_U16 = struct.Struct(">H")
+_U32 = struct.Struct(">I")
+
+
+def pack_publish_entry(topic: bytes, body: bytes) -> bytes:
+    """One entry of a PUBLISH_BATCH frame: a message as PUBLISH would carry it."""
+    return _U16.pack(len(topic)) + topic + _U32.pack(len(body)) + body
+
+
+def pack_deliver_entry(sids: bytes, entry: bytes) -> bytes:
+    """One entry of a DELIVER_BATCH frame: ``sids`` before a publish entry."""
+    return _U16.pack(len(sids)) + sids + entry
+
+
+def _bad_batch(what: str) -> ProtocolError:
+    return ProtocolError(ErrorCode.BAD_FRAMES, f"malformed batch: {what}")
+
+
+def unpack_publish_entries(frame: bytes) -> list[tuple[bytes, bytes, bytes]]:
+    """The entries of a PUBLISH_BATCH frame as (topic, body, the whole entry);
+    BAD_FRAMES if the frame is empty or not exactly a run of entries."""
+    out: list[tuple[bytes, bytes, bytes]] = []
+    end = len(frame)
+    if not end:
+        raise _bad_batch("no entries")
+    u16, u32 = _U16.unpack_from, _U32.unpack_from
+    i = 0
+    try:
+        while i < end:
+            start = i
+            (tlen,) = u16(frame, i)
+            i += 2
+            topic = frame[i : i + tlen]
+            i += tlen
+            (blen,) = u32(frame, i)
+            i += 4
+            body = frame[i : i + blen]
+            i += blen
+            if len(body) != blen or not tlen:
+                raise _bad_batch("an entry is truncated or has an empty topic")
+            out.append((topic, body, frame[start:i]))
+    except struct.error:
+        raise _bad_batch("an entry is truncated") from None
+    return out
+
+
+def unpack_deliver_entries(frame: bytes) -> list[tuple[bytes, bytes, bytes]]:
+    """The entries of a DELIVER_BATCH frame as (sids, topic, body); BAD_FRAMES
+    if the frame is empty, not exactly a run of entries, or has bad sids."""
+    out: list[tuple[bytes, bytes, bytes]] = []
+    end = len(frame)
+    if not end:
+        raise _bad_batch("no entries")
+    u16, u32 = _U16.unpack_from, _U32.unpack_from
+    i = 0
+    try:
+        while i < end:
+            (slen,) = u16(frame, i)
+            i += 2
+            sids = frame[i : i + slen]
+            i += slen
+            (tlen,) = u16(frame, i)
+            i += 2
+            topic = frame[i : i + tlen]
+            i += tlen
+            (blen,) = u32(frame, i)
+            i += 4
+            body = frame[i : i + blen]
+            i += blen
+            if len(body) != blen or not tlen:
+                raise _bad_batch("an entry is truncated or has an empty topic")
+            check_sids(sids)
+            out.append((sids, topic, body))
+    except struct.error:
+        raise _bad_batch("an entry is truncated") from None
+    return out
 
 
 # --- bodies -----------------------------------------------------------------
@@ -850,11 +981,18 @@ def pack_hello(client: str, **extra: Any) -> bytes:
 
 
 def unpack_hello(body: bytes) -> dict[str, Any]:
-    """Decode a HELLO body; raise BAD_BODY unless it is a map with str keys and
-    an optional ``heartbeat`` (milliseconds, a non-negative int)."""
+    """Decode a HELLO body; raise BAD_BODY unless it is a map with str keys, an
+    optional ``heartbeat`` (milliseconds, a non-negative int) and an optional
+    ``batch`` (a boolean: the client takes DELIVER_BATCH)."""
     obj = _unpack_map(body, "HELLO")
     _check_heartbeat(obj, "HELLO")
+    _check_batch(obj, "HELLO")
     return obj
+
+
+def _check_batch(obj: dict[str, Any], what: str) -> None:
+    if type(obj.get("batch", False)) is not bool:
+        raise ProtocolError(ErrorCode.BAD_BODY, f"{what} batch must be a boolean")
 
 
 def _check_heartbeat(obj: dict[str, Any], what: str) -> None:
@@ -887,6 +1025,7 @@ def unpack_welcome(body: bytes) -> dict[str, Any]:
     """Decode a WELCOME body; ``max_message_size`` must be a positive int."""
     obj = _unpack_map(body, "WELCOME")
     _check_heartbeat(obj, "WELCOME")
+    _check_batch(obj, "WELCOME")
     size = obj.get("max_message_size")
     if type(size) is not int or size <= 0:
         raise ProtocolError(ErrorCode.BAD_BODY, "WELCOME max_message_size must be a positive int")

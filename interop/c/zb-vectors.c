@@ -6,7 +6,9 @@
  *                 from their fields and decoded body, and their bodies
  *                 decode to the stated values; the broker parser refuses them
  *                 with 405. Broker messages parse to the stated command and
- *                 fields, and their bodies decode to the stated values.
+ *                 fields, and their bodies decode to the stated values; the
+ *                 entries of a DELIVER_BATCH read back as the stated sids,
+ *                 topics and bodies, and the bodies decode as message bodies.
  * malformed.json: broker messages are refused with the stated code; client
  *                 messages are refused by the matching encoder with the
  *                 stated code where the encoder checks that rule (field
@@ -14,9 +16,9 @@
  * bodies.json:    valid bodies decode to the stated values and, when in the
  *                 form this encoder writes, are re-encoded byte for byte;
  *                 malformed bodies are refused with 422.
- * Client messages of commands this client never sends (HEARTBEAT, STATS) are
- * skipped and counted. (session.json holds refusals that depend on broker
- * state: nothing for a client codec to check.)
+ * Client messages of commands this client never sends (HEARTBEAT, STATS,
+ * PUBLISH_BATCH) are skipped and counted. (session.json holds refusals that
+ * depend on broker state: nothing for a client codec to check.)
  *
  * Prints one line per failure and a summary; exit status 0 when all pass.
  */
@@ -287,7 +289,7 @@ static int command_byte(const char *name)
                  {"ACKED", ZB_ACKED},     {"ASK", ZB_ASK},             {"ANSWER", ZB_ANSWER},
                  {"BROKER_HEARTBEAT", ZB_BROKER_HEARTBEAT},            {"BYE", ZB_BYE},
                  {"STATS_REPLY", ZB_STATS_REPLY},                      {"DROPPED", ZB_DROPPED},
-                 {"ERROR", ZB_ERROR}};
+                 {"DELIVER_BATCH", ZB_DELIVER_BATCH},                  {"ERROR", ZB_ERROR}};
     size_t i;
     for (i = 0; i < sizeof table / sizeof table[0]; i++)
         if (strcmp(table[i].name, name) == 0)
@@ -386,7 +388,7 @@ static void check_valid_client(const json *v, const frame_set *fs)
     }
     rc = encode_from_frames(command, f, fs->count, &msg);
     if (rc == -100) {
-        skipped++; /* a command this client does not send (HEARTBEAT, STATS) */
+        skipped++; /* a command this client does not send (HEARTBEAT, STATS, PUBLISH_BATCH) */
         goto done;
     }
     check(rc == 0, "encoder refused with %d", rc);
@@ -398,6 +400,33 @@ done:
     zb_buf_free(&ch);
     zb_buf_free(&ref);
     zb_buf_free(&sid);
+}
+
+/* The entries of a DELIVER_BATCH against the vector's list of
+ * {sids, topic, body}. */
+static void check_deliver_entries(zb_bytes entries, const json *want)
+{
+    zb_deliver_entry e;
+    size_t pos = 0, i;
+    for (i = 0; pos < entries.size; i++) {
+        const json *w = i < want->count ? want->items[i] : NULL;
+        int rc = zb_next_deliver_entry(entries, &pos, &e);
+        zb_message m;
+        check(rc == 0, "entry %zu refused with %d", i, rc);
+        if (rc)
+            return;
+        check(w != NULL, "more entries than the vector lists");
+        if (!w)
+            return;
+        check(field_eq_hex(e.sids, json_get(w, "sids")), "entry %zu: sids differ", i);
+        check(field_eq_text(e.topic, json_get(w, "topic")), "entry %zu: topic differs", i);
+        check(field_eq_hex(e.body, json_get(w, "body")), "entry %zu: body differs", i);
+        rc = zb_decode_message(&m, e.body, 0);
+        check(rc == 0, "entry %zu: message body refused with %d", i, rc);
+        if (rc == 0)
+            zb_message_free(&m);
+    }
+    check(i == want->count, "%zu entries, want %zu", i, want->count);
 }
 
 static void check_valid_broker(const json *v, const frame_set *fs)
@@ -419,6 +448,8 @@ static void check_valid_broker(const json *v, const frame_set *fs)
         check(field_eq_hex(m.sids, json_get(fields, "sids")), "sids differ");
     if (json_get(fields, "counts"))
         check(field_eq_hex(m.counts, json_get(fields, "counts")), "counts differ");
+    if (json_get(fields, "entries"))
+        check(field_eq_hex(m.entries, json_get(fields, "entries")), "entries differ");
     if (json_get(fields, "topic"))
         check(field_eq_text(m.topic, json_get(fields, "topic")), "topic differs");
     if (json_get(fields, "text"))
@@ -429,6 +460,8 @@ static void check_valid_broker(const json *v, const frame_set *fs)
         check(m.code == number(json_get(fields, "code")), "code differs");
     if (body)
         check_decoded(str_of(json_get(body, "type")), m.body, body);
+    if (json_get(v, "entries"))
+        check_deliver_entries(m.entries, json_get(v, "entries"));
 }
 
 static void run_valid(const json *root)

@@ -56,6 +56,11 @@ static zb_bytes bytes_str(const char *s)
     return bytes_of(s, s ? strlen(s) : 0);
 }
 
+static uint16_t get_u16(const uint8_t *p)
+{
+    return (uint16_t)((p[0] << 8) | p[1]);
+}
+
 static uint32_t get_u32(const uint8_t *p)
 {
     return ((uint32_t)p[0] << 24) | ((uint32_t)p[1] << 16) | ((uint32_t)p[2] << 8) | p[3];
@@ -542,6 +547,13 @@ static int heartbeat_valid(const msgpack_object *map)
     return !hb || hb->type == MSGPACK_OBJECT_POSITIVE_INTEGER;
 }
 
+/* HELLO and WELCOME: "batch", when present, is a boolean. */
+static int batch_valid(const msgpack_object *map)
+{
+    const msgpack_object *batch = map_get(map, "batch");
+    return !batch || batch->type == MSGPACK_OBJECT_BOOLEAN;
+}
+
 static int decode_timestamp(const msgpack_object *o, zb_time *ts)
 {
     const uint8_t *p = (const uint8_t *)o->via.ext.ptr;
@@ -699,7 +711,8 @@ int zb_check_hello_body(zb_bytes body)
 {
     msgpack_unpacked unp;
     int rc = unpack_whole(&unp, body);
-    if (rc == 0 && (!is_str_keyed_map(&unp.data) || !heartbeat_valid(&unp.data)))
+    if (rc == 0 && (!is_str_keyed_map(&unp.data) || !heartbeat_valid(&unp.data) ||
+                    !batch_valid(&unp.data)))
         rc = ZB_BAD_BODY;
     msgpack_unpacked_destroy(&unp);
     return rc;
@@ -721,7 +734,8 @@ int zb_decode_welcome_body(zb_bytes body, uint64_t *max_message_size)
     const msgpack_object *max;
     int rc = unpack_whole(&unp, body);
     *max_message_size = 0;
-    if (rc == 0 && (!is_str_keyed_map(&unp.data) || !heartbeat_valid(&unp.data)))
+    if (rc == 0 && (!is_str_keyed_map(&unp.data) || !heartbeat_valid(&unp.data) ||
+                    !batch_valid(&unp.data)))
         rc = ZB_BAD_BODY;
     if (rc == 0) {
         max = map_get(&unp.data, "max_message_size");
@@ -742,12 +756,54 @@ static int broker_frame_count(int command)
 {
     switch (command) {
     case ZB_BROKER_HEARTBEAT: case ZB_BYE: return 2;
-    case ZB_WELCOME: case ZB_OK: case ZB_DROPPED: return 3;
+    case ZB_WELCOME: case ZB_OK: case ZB_DROPPED: case ZB_DELIVER_BATCH: return 3;
     case ZB_ROUTED: case ZB_ACKED: case ZB_ANSWER: case ZB_STATS_REPLY: return 4;
     case ZB_ERROR: return 5;
     case ZB_DELIVER: case ZB_ASK: return 6;
     default: return 0;
     }
+}
+
+/* Take the next len octets of b at *pos into *out: 0, or -1 past the end. */
+static int take(zb_bytes b, size_t *pos, size_t len, zb_bytes *out)
+{
+    if (*pos > b.size || len > b.size - *pos)
+        return -1;
+    *out = bytes_of(b.data + *pos, len);
+    *pos += len;
+    return 0;
+}
+
+int zb_next_deliver_entry(zb_bytes entries, size_t *pos, zb_deliver_entry *out)
+{
+    zb_bytes len;
+    memset(out, 0, sizeof *out);
+    if (take(entries, pos, 2, &len) || take(entries, pos, get_u16(len.data), &out->sids) ||
+        take(entries, pos, 2, &len) || take(entries, pos, get_u16(len.data), &out->topic) ||
+        take(entries, pos, 4, &len) || take(entries, pos, get_u32(len.data), &out->body))
+        return ZB_BAD_FRAMES;
+    if (out->topic.size == 0 || out->sids.size == 0 || out->sids.size % ZB_SID_SIZE)
+        return ZB_BAD_FRAMES;
+    return 0;
+}
+
+/* The entries frame of a DELIVER_BATCH: one or more deliver-entries and
+ * nothing else (400), each topic valid (406). Like the reference parser, it
+ * checks the framing of every entry before any topic. */
+static int check_deliver_entries(zb_bytes entries)
+{
+    zb_deliver_entry e;
+    size_t pos = 0;
+    int topic_rc = 0;
+    if (entries.size == 0)
+        return ZB_BAD_FRAMES;
+    while (pos < entries.size) {
+        if (zb_next_deliver_entry(entries, &pos, &e))
+            return ZB_BAD_FRAMES;
+        if (topic_rc == 0)
+            topic_rc = zb_check_name(e.topic.data, e.topic.size, ZB_TOPIC);
+    }
+    return topic_rc;
 }
 
 int zb_parse_broker(zb_broker_msg *out, const zb_bytes *f, size_t n)
@@ -797,6 +853,9 @@ int zb_parse_broker(zb_broker_msg *out, const zb_bytes *f, size_t n)
         if (f[5].size == 0 || f[5].size % ZB_SID_SIZE)
             return ZB_BAD_FRAMES;
         return zb_check_name(f[3].data, f[3].size, ZB_TOPIC);
+    case ZB_DELIVER_BATCH:
+        out->entries = f[2];
+        return check_deliver_entries(f[2]);
     case ZB_ROUTED:
         out->ref = f[2];
         if (f[2].size < 1 || f[2].size > ZB_MAX_REF || f[3].size != 4)
@@ -1131,6 +1190,61 @@ static void refuse_delivery(zb_client *c, const frames *f, int code)
     zb_buf_free(&body);
 }
 
+/* Put a DELIVER at the end of the queue of pending DELIVERs. */
+static void queue_delivery(zb_client *c, frames *f)
+{
+    if (c->deliveries_tail)
+        c->deliveries_tail->next = f;
+    else
+        c->deliveries_head = f;
+    c->deliveries_tail = f;
+}
+
+/* The DELIVER one entry of a DELIVER_BATCH stands for: its frames, with an
+ * empty token (unconfirmed). NULL when out of memory. */
+static frames *deliver_of_entry(zb_bytes channel, const zb_deliver_entry *e)
+{
+    const uint8_t header[4] = {SIGNATURE[0], SIGNATURE[1], VERSION, ZB_DELIVER};
+    const zb_bytes parts[6] = {bytes_of(header, 4), channel, bytes_of(NULL, 0), e->topic, e->body,
+                               e->sids};
+    frames *f = calloc(1, sizeof *f);
+    size_t i;
+    if (!f)
+        return NULL;
+    f->parts = malloc(6 * sizeof *f->parts);
+    f->views = malloc(6 * sizeof *f->views);
+    if (!f->parts || !f->views) {
+        frames_free(f);
+        return NULL;
+    }
+    for (i = 0; i < 6; i++) {
+        if (zmq_msg_init_size(&f->parts[i], parts[i].size)) {
+            frames_free(f);
+            return NULL;
+        }
+        f->count++;
+        if (parts[i].size)
+            memcpy(zmq_msg_data(&f->parts[i]), parts[i].data, parts[i].size);
+        f->views[i] = bytes_of(zmq_msg_data(&f->parts[i]), parts[i].size);
+    }
+    return f;
+}
+
+/* Queue each entry of a (checked) DELIVER_BATCH as the DELIVER it stands for. */
+static int queue_batch(zb_client *c, const zb_broker_msg *m)
+{
+    zb_deliver_entry e;
+    size_t pos = 0;
+    while (pos < m->entries.size) {
+        frames *f;
+        (void)zb_next_deliver_entry(m->entries, &pos, &e);
+        if (!(f = deliver_of_entry(m->channel, &e)))
+            return ZB_ENOMEM;
+        queue_delivery(c, f);
+    }
+    return 0;
+}
+
 /* What a waiting call looks for: a reply to ref (OK, ROUTED, ACKED,
  * ERROR), or the next DELIVER (ref NULL). */
 typedef struct {
@@ -1141,7 +1255,8 @@ typedef struct {
 } waiter;
 
 /* Read messages until one concerns w; returns it in *out (parsed into *m).
- * DELIVERs not wanted are queued; stray ERRORs recorded; others dropped. */
+ * DELIVERs not wanted are queued, and so is each entry of a DELIVER_BATCH;
+ * stray ERRORs recorded; others dropped. */
 static int wait_for(zb_client *c, const waiter *w, frames **out, zb_broker_msg *m, int64_t deadline)
 {
     for (;;) {
@@ -1176,11 +1291,15 @@ static int wait_for(zb_client *c, const waiter *w, frames **out, zb_broker_msg *
                 *out = f;
                 return 0;
             }
-            if (c->deliveries_tail)
-                c->deliveries_tail->next = f;
-            else
-                c->deliveries_head = f;
-            c->deliveries_tail = f;
+            queue_delivery(c, f);
+            continue;
+        }
+        if (m->command == ZB_DELIVER_BATCH) {
+            /* the entries are queued, so a waiting call takes the first at once */
+            rc = queue_batch(c, m);
+            frames_free(f);
+            if (rc)
+                return fail(c, rc, "out of memory");
             continue;
         }
         if (m->command == ZB_BYE) {

@@ -29,10 +29,14 @@ enum {
     ZB_ACK = 0x05, ZB_DISCONNECT = 0x06, ZB_REQUEST = 0x07, ZB_REPLY = 0x08,
     ZB_WELCOME = 0x81, ZB_OK = 0x82, ZB_DELIVER = 0x83, ZB_ROUTED = 0x84,
     ZB_ACKED = 0x85, ZB_ASK = 0x86, ZB_ANSWER = 0x87, ZB_BROKER_HEARTBEAT = 0x88,
-    ZB_BYE = 0x89, ZB_STATS_REPLY = 0x8A, ZB_DROPPED = 0x8B, ZB_ERROR = 0x8F
+    ZB_BYE = 0x89, ZB_STATS_REPLY = 0x8A, ZB_DROPPED = 0x8B, ZB_DELIVER_BATCH = 0x8C,
+    ZB_ERROR = 0x8F
 };
-/* HEARTBEAT (0x09) and STATS (0x0A) are client commands this client does not
- * send: it asks for no heartbeats, so the broker never expects them. */
+/* HEARTBEAT (0x09), STATS (0x0A) and PUBLISH_BATCH (0x0B) are client commands
+ * this client does not send: it asks for no heartbeats and no batches, so the
+ * broker never expects them. It still parses DELIVER_BATCH (and the client
+ * hands each entry on as a DELIVER), though a broker sends it only to clients
+ * that asked for batches. */
 
 /* Error codes of the protocol. */
 enum {
@@ -161,13 +165,13 @@ typedef struct {
 int zb_decode_ack(zb_ack *out, zb_bytes body);
 void zb_ack_free(zb_ack *ack);
 
-/* A map with str keys and, if present, a non-negative int "heartbeat"
- * (HELLO body): 0 or 422. */
+/* A map with str keys and, if present, a non-negative int "heartbeat" and a
+ * boolean "batch" (HELLO body): 0 or 422. */
 int zb_check_hello_body(zb_bytes body);
 /* A map with str keys (STATS_REPLY body): 0 or 422. */
 int zb_check_stats_body(zb_bytes body);
 /* WELCOME body: 0 and *max_message_size, or 422 (also for a "heartbeat"
- * that is not a non-negative int). */
+ * that is not a non-negative int or a "batch" that is not a boolean). */
 int zb_decode_welcome_body(zb_bytes body, uint64_t *max_message_size);
 
 /* ---- broker messages ---- */
@@ -183,6 +187,7 @@ typedef struct {
     zb_bytes body;  /* WELCOME, DELIVER, ACKED, ASK, ANSWER, STATS_REPLY */
     zb_bytes sids;  /* DELIVER, ASK */
     zb_bytes counts; /* DROPPED: (sid, count) pairs of 8 octets */
+    zb_bytes entries; /* DELIVER_BATCH: deliver-entries, read with zb_next_deliver_entry */
     uint32_t count; /* ROUTED */
     uint16_t code;  /* ERROR */
     zb_bytes text;  /* ERROR */
@@ -190,6 +195,21 @@ typedef struct {
 } zb_broker_msg;
 /* 0, or the code the message is refused with (400, 405, 406, 422, 505). */
 int zb_parse_broker(zb_broker_msg *out, const zb_bytes *frames, size_t n_frames);
+
+/* One entry of a DELIVER_BATCH: a DELIVER with an empty token. Views point
+ * into the entries frame. */
+typedef struct {
+    zb_bytes sids;  /* 4 * n octets */
+    zb_bytes topic;
+    zb_bytes body;
+} zb_deliver_entry;
+/* Read the deliver-entry at *pos of an entries frame
+ *   sids-length(2) sids topic-length(2) topic body-length(4) body
+ * (lengths unsigned big-endian) into *out and move *pos past it: 0, or 400
+ * for an entry that is truncated, has an empty topic or has sids that are
+ * empty or not a multiple of 4 octets. The topic rules are not checked here
+ * (zb_parse_broker checks them). Loop while *pos < entries.size. */
+int zb_next_deliver_entry(zb_bytes entries, size_t *pos, zb_deliver_entry *out);
 
 /* ---- the client ---- */
 
@@ -245,7 +265,7 @@ int zb_client_subscribe(zb_client *c, const char *pattern, const char *queue, ui
  * Otherwise wait for ROUTED and its ACKEDs and sum them into *confirm. */
 int zb_client_publish(zb_client *c, const char *topic, const zb_header *headers, size_t n_headers,
                       zb_bytes payload, zb_confirmation *confirm, int timeout_ms);
-/* Wait for the next DELIVER. */
+/* Wait for the next DELIVER (each entry of a DELIVER_BATCH comes as one). */
 int zb_client_next_delivery(zb_client *c, zb_delivery *out, int timeout_ms);
 /* 1 if this client holds sid open. */
 int zb_client_has_sid(const zb_client *c, const uint8_t sid[4]);

@@ -40,6 +40,7 @@ CMD = {
     "REPLY": 0x08,
     "HEARTBEAT": 0x09,
     "STATS": 0x0A,
+    "PUBLISH_BATCH": 0x0B,
     "WELCOME": 0x81,
     "OK": 0x82,
     "DELIVER": 0x83,
@@ -51,6 +52,7 @@ CMD = {
     "BYE": 0x89,
     "STATS_REPLY": 0x8A,
     "DROPPED": 0x8B,
+    "DELIVER_BATCH": 0x8C,
     "ERROR": 0x8F,
 }
 # Commands whose frame 2 is a ref that an ERROR reply echoes.
@@ -160,6 +162,16 @@ def message_decoded(
     }
 
 
+def publish_entry(topic: bytes, body: bytes) -> bytes:
+    """topic-length (2, big-endian) topic body-length (4, big-endian) body."""
+    return len(topic).to_bytes(2, "big") + topic + len(body).to_bytes(4, "big") + body
+
+
+def deliver_entry(sids: bytes, topic: bytes, body: bytes) -> bytes:
+    """sids-length (2, big-endian) sids, then a publish entry."""
+    return len(sids).to_bytes(2, "big") + sids + publish_entry(topic, body)
+
+
 def ack_body(delivered: int, dropped: int, errors: list[str]) -> bytes:
     return packb([delivered, dropped, errors])
 
@@ -267,6 +279,7 @@ def valid_vectors() -> list[dict[str, Any]]:
         fields: dict[str, Any],
         body: dict[str, Any] | None,
         description: str,
+        entries: list[dict[str, Any]] | None = None,
     ) -> None:
         vec: dict[str, Any] = {
             "name": name,
@@ -278,6 +291,8 @@ def valid_vectors() -> list[dict[str, Any]]:
         }
         if body is not None:
             vec["body"] = body
+        if entries is not None:
+            vec["entries"] = entries
         out.append(vec)
 
     ch = CHANNEL.hex()
@@ -903,6 +918,59 @@ def valid_vectors() -> list[dict[str, Any]]:
         "Answer to a STATS with empty channel and ref frames, which it echoes; any map with "
         "str keys is a valid body.",
     )
+    # -- batches (optional, negotiated with "batch" in HELLO and WELCOME)
+    hello_batch = {"client": CLIENT_NAME, "batch": True}
+    add(
+        "hello-batch",
+        "client",
+        "HELLO",
+        [h("HELLO"), CHANNEL, packb(hello_batch)],
+        {"channel": ch},
+        {"type": "hello", "map": hello_batch},
+        "Join and ask for batches: the client takes DELIVER_BATCH and would send PUBLISH_BATCH.",
+    )
+    welcome_batch = {**WELCOME_MAP, "batch": True}
+    add(
+        "welcome-batch",
+        "broker",
+        "WELCOME",
+        [h("WELCOME"), CHANNEL, packb(welcome_batch)],
+        {"channel": ch},
+        {"type": "welcome", "map": welcome_batch},
+        "Accept a HELLO that asked for batches: the client may send PUBLISH_BATCH.",
+    )
+    second = message_body(msg_id=bytes(range(16, 32)), payload=b'{"order":43}')
+    us = b"orders.us.created"
+    batch = publish_entry(b"orders.eu.created", BODY) + publish_entry(us, second)
+    add(
+        "publish-batch",
+        "client",
+        "PUBLISH_BATCH",
+        [h("PUBLISH_BATCH"), CHANNEL, batch],
+        {"channel": ch, "entries": batch.hex()},
+        None,
+        "Two unconfirmed publishes in one message, routed as the two PUBLISHes in order.",
+        [
+            {"topic": "orders.eu.created", "body": BODY.hex()},
+            {"topic": "orders.us.created", "body": second.hex()},
+        ],
+    )
+    delivered = deliver_entry(sid(1), b"orders.eu.created", BODY) + deliver_entry(
+        sid(1) + sid(2), us, second
+    )
+    add(
+        "deliver-batch",
+        "broker",
+        "DELIVER_BATCH",
+        [h("DELIVER_BATCH"), CHANNEL, delivered],
+        {"channel": ch, "entries": delivered.hex()},
+        None,
+        "Two unconfirmed deliveries: the first for sid 1, the second for sids 1 and 2.",
+        [
+            {"sids": sid(1).hex(), "topic": "orders.eu.created", "body": BODY.hex()},
+            {"sids": (sid(1) + sid(2)).hex(), "topic": "orders.us.created", "body": second.hex()},
+        ],
+    )
     return out
 
 
@@ -1503,10 +1571,96 @@ def malformed_vectors() -> list[dict[str, Any]]:
         BAD_FRAMES,
         "DROPPED counts come in 8-byte pairs.",
     )
+    # -- batches
+    good = publish_entry(T, BODY)
+    for label, frames, code, what in [
+        ("frames-2", [h("PUBLISH_BATCH"), C], BAD_FRAMES, "PUBLISH_BATCH takes 3 frames"),
+        ("frames-4", [h("PUBLISH_BATCH"), C, good, b""], BAD_FRAMES, "a fourth frame"),
+        ("entries-empty", [h("PUBLISH_BATCH"), C, b""], BAD_FRAMES, "no entries at all"),
+        ("length-truncated", [h("PUBLISH_BATCH"), C, b"\x00"], BAD_FRAMES, "half a length"),
+        (
+            "body-truncated",
+            [h("PUBLISH_BATCH"), C, good[:-1]],
+            BAD_FRAMES,
+            "a body-length one past the end of the frame",
+        ),
+        (
+            "trailing-bytes",
+            [h("PUBLISH_BATCH"), C, good + b"\x00\x05order"],
+            BAD_FRAMES,
+            "a second entry cut off after its topic",
+        ),
+        (
+            "empty-topic",
+            [h("PUBLISH_BATCH"), C, publish_entry(b"", BODY)],
+            BAD_FRAMES,
+            "an entry with topic-length 0",
+        ),
+        (
+            "topic-star",
+            [h("PUBLISH_BATCH"), C, good + publish_entry(b"orders.*", BODY)],
+            BAD_TOPIC,
+            "a wildcard in the second entry's topic: nothing of the batch is routed",
+        ),
+        (
+            "topic-invalid-utf8",
+            [h("PUBLISH_BATCH"), C, publish_entry(b"orders.\xff", BODY)],
+            BAD_TOPIC,
+            "a topic that is not UTF-8",
+        ),
+    ]:
+        client(f"publish-batch-{label}", frames, code, f"PUBLISH_BATCH with {what}.", joined=True)
+    client(
+        "hello-batch-not-boolean",
+        [h("HELLO"), C, packb({**HELLO_MAP, "batch": 1})],
+        BAD_BODY,
+        "HELLO batch must be a boolean, not the integer 1.",
+    )
+    dgood = deliver_entry(S1, T, BODY)
+    for label, frames, code, what in [
+        ("frames-2", [h("DELIVER_BATCH"), C], BAD_FRAMES, "DELIVER_BATCH takes 3 frames"),
+        ("entries-empty", [h("DELIVER_BATCH"), C, b""], BAD_FRAMES, "no entries at all"),
+        (
+            "sids-empty",
+            [h("DELIVER_BATCH"), C, deliver_entry(b"", T, BODY)],
+            BAD_FRAMES,
+            "an entry naming no sid",
+        ),
+        (
+            "sids-6-bytes",
+            [h("DELIVER_BATCH"), C, deliver_entry(S1 + b"\x00\x00", T, BODY)],
+            BAD_FRAMES,
+            "an entry whose sids are not a multiple of 4 octets",
+        ),
+        (
+            "body-truncated",
+            [h("DELIVER_BATCH"), C, dgood[:-1]],
+            BAD_FRAMES,
+            "a body-length one past the end of the frame",
+        ),
+        (
+            "topic-star",
+            [h("DELIVER_BATCH"), C, dgood + deliver_entry(S1, b"orders.*", BODY)],
+            BAD_TOPIC,
+            "a wildcard in the second entry's topic",
+        ),
+    ]:
+        broker(f"deliver-batch-{label}", frames, code, f"DELIVER_BATCH with {what}.")
+    broker(
+        "welcome-batch-not-boolean",
+        [h("WELCOME"), C, packb({**WELCOME_MAP, "batch": "yes"})],
+        BAD_BODY,
+        "WELCOME batch must be a boolean, not a string.",
+    )
     return out
 
 
 # --- session.json -------------------------------------------------------------
+
+
+def command_of(label: str) -> str:
+    """The command a session label names: "publish-confirmed" is a PUBLISH."""
+    return "PUBLISH_BATCH" if label == "publish-batch" else label.split("-")[0].upper()
 
 
 def session_vectors() -> list[dict[str, Any]]:
@@ -1547,6 +1701,7 @@ def session_vectors() -> list[dict[str, Any]]:
         "request": lambda ch: [h("REQUEST"), ch, REQUEST_REF, RT, BODY],
         "reply": lambda ch: [h("REPLY"), ch, REPLY_TOKEN, REPLY_BODY],
         "heartbeat": lambda ch: [h("HEARTBEAT"), ch],
+        "publish-batch": lambda ch: [h("PUBLISH_BATCH"), ch, publish_entry(T, BODY)],
     }
     for label, make in cmds.items():
         add(
@@ -1554,7 +1709,7 @@ def session_vectors() -> list[dict[str, Any]]:
             [],
             make(C),
             NOT_JOINED,
-            f"{label.split('-')[0].upper()} before HELLO.",
+            f"{command_of(label)} before HELLO.",
         )
     add(
         "not-joined-after-disconnect",
@@ -1576,7 +1731,7 @@ def session_vectors() -> list[dict[str, Any]]:
             [hello],
             make(OTHER),
             CHANNEL_MISMATCH,
-            f"{label.split('-')[0].upper()} naming a channel other than the one joined; "
+            f"{command_of(label)} naming a channel other than the one joined; "
             "the ERROR echoes the channel sent.",
         )
     big = sized_body(SMALL_MAX + 1)
@@ -1596,6 +1751,15 @@ def session_vectors() -> list[dict[str, Any]]:
         [h("PUBLISH"), C, b"", T, big],
         TOO_LARGE,
         "Unconfirmed publishes are refused too (the ERROR then has an empty ref).",
+        SMALL_MAX,
+    )
+    add(
+        "too-large-publish-batch",
+        [hello],
+        [h("PUBLISH_BATCH"), C, publish_entry(T, exact) + publish_entry(T, big)],
+        TOO_LARGE,
+        "A PUBLISH_BATCH whose second entry has a 1025-byte body (max_message_size 1024): "
+        "nothing of the batch is routed, the first entry neither.",
         SMALL_MAX,
     )
     add(

@@ -108,8 +108,14 @@ export class Client {
       return;
     }
     if (msg.command === CMD.DELIVER) {
-      if (this.deliveryWaiter) this.deliveryWaiter(msg);
-      else this.deliveries.push(msg);
+      this.#deliver(msg);
+      return;
+    }
+    if (msg.command === CMD.DELIVER_BATCH) {
+      // each entry is the DELIVER it stands for, unconfirmed (empty token)
+      for (const { sids, topic, body } of msg.deliveries) {
+        this.#deliver({ command: CMD.DELIVER, channel: msg.channel, token: new Uint8Array(0), topic, body, sids });
+      }
       return;
     }
     if (msg.command === CMD.BYE) {
@@ -137,6 +143,12 @@ export class Client {
     }
     // anything else is dropped: a late reply, an ASK, ANSWER or STATS_REPLY (this
     // client sends no REQUEST or STATS), a BROKER_HEARTBEAT (it asks for none)
+  }
+
+  /** Hand a DELIVER to the call waiting for one, or queue it. */
+  #deliver(msg) {
+    if (this.deliveryWaiter) this.deliveryWaiter(msg);
+    else this.deliveries.push(msg);
   }
 
   /** The session is over: fail every waiting call. */
@@ -260,7 +272,8 @@ export class Client {
     });
   }
 
-  /** The next DELIVER: {token, topic, sids, body, message (decoded, or null), bodyError}. */
+  /** The next DELIVER (each entry of a DELIVER_BATCH comes as one, with an empty token):
+   * {token, topic, sids, body, message (decoded, or null), bodyError}. */
   nextDelivery(timeoutMs = 5000) {
     const wrap = (msg) => {
       const delivery = { token: msg.token, topic: Buffer.from(msg.topic).toString("utf8"), sids: splitSids(msg.sids) };

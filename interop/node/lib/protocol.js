@@ -29,10 +29,14 @@ export const CMD = {
   BYE: 0x89,
   STATS_REPLY: 0x8a,
   DROPPED: 0x8b,
+  DELIVER_BATCH: 0x8c,
   ERROR: 0x8f,
 };
-// HEARTBEAT (0x09) and STATS (0x0a) are client commands this client does not
-// send: it asks for no heartbeats, so the broker never expects them.
+// HEARTBEAT (0x09), STATS (0x0a) and PUBLISH_BATCH (0x0b) are client commands
+// this client does not send: it asks for no heartbeats and no batches, so the
+// broker never expects them. It still parses DELIVER_BATCH (and the client
+// hands each entry on as a DELIVER), though a broker sends it only to clients
+// that asked for batches.
 
 export const CODE = {
   BAD_FRAMES: 400,
@@ -63,6 +67,7 @@ const BROKER_FRAMES = new Map([
   [CMD.BYE, 2],
   [CMD.STATS_REPLY, 4],
   [CMD.DROPPED, 3],
+  [CMD.DELIVER_BATCH, 3],
   [CMD.ERROR, 5],
 ]);
 
@@ -388,8 +393,17 @@ function checkHeartbeat(entries, what) {
   }
 }
 
+// HELLO and WELCOME: "batch", when present, is a boolean.
+function checkBatch(entries, what) {
+  for (const [k, v] of entries) {
+    if (textOf(k) === "batch" && v.t !== "bool") throw bad(`${what} batch must be a boolean`);
+  }
+}
+
 export function checkHelloBody(body) {
-  checkHeartbeat(strKeyedMap(readWhole(bytes(body)), "HELLO body"), "HELLO");
+  const entries = strKeyedMap(readWhole(bytes(body)), "HELLO body");
+  checkHeartbeat(entries, "HELLO");
+  checkBatch(entries, "HELLO");
 }
 
 /** A STATS_REPLY body: any map with str keys. */
@@ -401,6 +415,7 @@ export function checkStatsBody(body) {
 export function decodeWelcomeBody(body) {
   const entries = strKeyedMap(readWhole(body), "WELCOME body");
   checkHeartbeat(entries, "WELCOME");
+  checkBatch(entries, "WELCOME");
   let maxMessageSize = null;
   for (const [k, v] of entries) {
     if (textOf(k) === "max_message_size") {
@@ -413,6 +428,35 @@ export function decodeWelcomeBody(body) {
 }
 
 // ---- broker messages ----
+
+/** The deliver-entries of a DELIVER_BATCH entries frame, as [{sids, topic, body}]
+ * (views into the frame). Each entry is
+ *   sids-length(2) sids topic-length(2) topic body-length(4) body
+ * with unsigned big-endian lengths. Throw 400 unless the frame is one or more
+ * entries and nothing else, each with a non-empty topic and sids that are a
+ * non-empty multiple of 4 octets. The topic rules are parseBroker's check. */
+export function readDeliverEntries(frame) {
+  if (frame.length === 0) throw new ProtocolError(400, "DELIVER_BATCH needs at least one entry");
+  const entries = [];
+  let pos = 0;
+  const take = (n) => {
+    if (n > frame.length - pos) throw new ProtocolError(400, "DELIVER_BATCH entry truncated");
+    pos += n;
+    return frame.subarray(pos - n, pos);
+  };
+  const length = (n) => take(n).reduce((value, octet) => value * 256 + octet, 0);
+  while (pos < frame.length) {
+    const sids = take(length(2));
+    const topic = take(length(2));
+    const body = take(length(4));
+    if (topic.length === 0) throw new ProtocolError(400, "DELIVER_BATCH entry with an empty topic");
+    if (sids.length === 0 || sids.length % 4) {
+      throw new ProtocolError(400, "sids must be a non-empty multiple of 4 octets");
+    }
+    entries.push({ sids, topic, body });
+  }
+  return entries;
+}
 
 /** Check the frames of a broker message; throw ProtocolError with the code it is refused with. */
 export function parseBroker(frames) {
@@ -466,6 +510,12 @@ export function parseBroker(frames) {
       }
       checkName(frames[3], "topic");
       Object.assign(msg, { token: frames[2], topic: frames[3], body: frames[4], sids: frames[5] });
+      break;
+    case CMD.DELIVER_BATCH:
+      // the framing of every entry first, then the topics (as the reference parser)
+      msg.entries = frames[2];
+      msg.deliveries = readDeliverEntries(frames[2]);
+      for (const { topic } of msg.deliveries) checkName(topic, "topic");
       break;
     case CMD.ROUTED:
       checkRef(frames[2], 1);

@@ -5,7 +5,9 @@
 //                 from their fields and decoded body, and their bodies decode
 //                 to the stated values; the broker-message parser refuses them
 //                 with 405. Broker messages parse to the stated command and
-//                 fields, and their bodies decode to the stated values.
+//                 fields, and their bodies decode to the stated values; the
+//                 entries of a DELIVER_BATCH read back as the stated sids,
+//                 topics and bodies, and the bodies decode as message bodies.
 // malformed.json: broker messages are refused with the stated code; client
 //                 messages are refused by the matching encoder with the stated
 //                 code where the encoder checks that rule (field sizes 400,
@@ -13,9 +15,9 @@
 // bodies.json:    valid bodies decode to the stated values and, when in the
 //                 form this encoder writes, are re-encoded byte for byte;
 //                 malformed bodies are refused with 422.
-// Client messages of commands this client never sends (HEARTBEAT, STATS) are
-// skipped and counted. (session.json holds refusals that depend on broker
-// state: nothing for a client codec to check.)
+// Client messages of commands this client never sends (HEARTBEAT, STATS,
+// PUBLISH_BATCH) are skipped and counted. (session.json holds refusals that
+// depend on broker state: nothing for a client codec to check.)
 //
 // Prints one line per failure and a summary; exit status 0 when all pass.
 
@@ -191,7 +193,7 @@ function checkValidClient(v, frames) {
   if (v.command === "UNSUBSCRIBE") f[3] = p.fromHex(fields.sids);
   if (v.command === "PUBLISH" || v.command === "REQUEST") f[3] = utf8(fields.topic);
   if (!(v.command in COMMANDS)) {
-    skipped += 1; // a command this client does not send (HEARTBEAT, STATS)
+    skipped += 1; // a command this client does not send (HEARTBEAT, STATS, PUBLISH_BATCH)
     return;
   }
   let encoded;
@@ -215,7 +217,7 @@ function checkValidBroker(v, frames) {
   const { fields, body } = v;
   check(m.command === COMMANDS[v.command], "wrong command");
   check(p.hex(m.channel) === fields.channel, "channel differs");
-  for (const key of ["ref", "token", "sids", "counts"]) {
+  for (const key of ["ref", "token", "sids", "counts", "entries"]) {
     if (key in fields) check(p.hex(m[key]) === fields[key], `${key} differs`);
   }
   if ("topic" in fields) check(same(m.topic, utf8(fields.topic)), "topic differs");
@@ -223,6 +225,19 @@ function checkValidBroker(v, frames) {
   if ("count" in fields) check(m.count === fields.count, "count differs");
   if ("code" in fields) check(m.code === fields.code, "code differs");
   if (body) checkDecoded(body.type, m.body, body);
+  if (v.entries) checkDeliverEntries(m.deliveries, v.entries);
+}
+
+/** The entries of a DELIVER_BATCH against the vector's list of {sids, topic, body}. */
+function checkDeliverEntries(entries, want) {
+  check(entries.length === want.length, `${entries.length} entries, want ${want.length}`);
+  entries.forEach((e, i) => {
+    const w = want[i] ?? {};
+    check(p.hex(e.sids) === w.sids, `entry ${i}: sids differ`);
+    check(typeof w.topic === "string" && same(e.topic, utf8(w.topic)), `entry ${i}: topic differs`);
+    check(p.hex(e.body) === w.body, `entry ${i}: body differs`);
+    check(codeOf(() => p.decodeMessageBody(e.body)) === 0, `entry ${i}: message body refused`);
+  });
 }
 
 function runValid(root) {

@@ -1,0 +1,406 @@
+"""Batches: PUBLISH_BATCH and DELIVER_BATCH, negotiated with ``batch`` in HELLO
+and WELCOME. A batch must mean exactly the sequence of unconfirmed PUBLISHes
+(and DELIVERs) it carries: same routing, same order, same refusals."""
+
+from __future__ import annotations
+
+import threading
+import time
+import uuid
+from collections import deque
+from concurrent.futures import Future
+from typing import Any
+
+import pytest
+import zmq
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from zmqbus import Broker, Bus
+from zmqbus import protocol as p
+from zmqbus._client import BATCH_BYTES, DELIVERED, ClientCore, batch_front
+from zmqbus._routing import BrokerState
+from zmqbus.message import Message
+from zmqbus.protocol import ErrorCode
+
+A = b"A" * 16
+T = 5.0
+
+
+def hello(batch: bool | None = None, heartbeat: int = 0) -> list[bytes]:
+    extra: dict[str, Any] = {}
+    if batch is not None:
+        extra["batch"] = batch
+    if heartbeat:
+        extra["heartbeat"] = heartbeat
+    return [p.H_HELLO, A, p.pack_hello("test", **extra)]
+
+
+def subscribe(pattern: str, sid: int, queue: str = "") -> list[bytes]:
+    return [p.H_SUBSCRIBE, A, b"s", sid.to_bytes(4, "big"), pattern.encode(), queue.encode()]
+
+
+def entries(*pairs: tuple[str, bytes]) -> bytes:
+    return b"".join(p.pack_publish_entry(t.encode(), b) for t, b in pairs)
+
+
+def batch(*pairs: tuple[str, bytes]) -> list[bytes]:
+    return [p.H_PUBLISH_BATCH, A, entries(*pairs)]
+
+
+def joined(state: BrokerState, ident: bytes, batch: bool | None = None, *subs: Any) -> None:
+    state.handle(ident, hello(batch))
+    for pattern, sid, *queue in subs:
+        state.handle(ident, subscribe(pattern, sid, *queue))
+    state.outbox.clear()
+
+
+def welcome_of(state: BrokerState) -> dict[str, Any]:
+    (_, frames) = state.outbox[-1]
+    cmd = p.parse_broker(frames)
+    assert isinstance(cmd, p.Welcome)
+    return p.unpack_welcome(cmd.body)
+
+
+# --- negotiation -----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("heartbeat", [0, 500])
+def test_welcome_offers_batches_only_when_asked(heartbeat: int) -> None:
+    state = BrokerState()
+    state.handle(b"p", hello(None, heartbeat))
+    assert "batch" not in welcome_of(state)
+    state.handle(b"q", hello(False, heartbeat))
+    assert "batch" not in welcome_of(state)
+    state.handle(b"r", hello(True, heartbeat))
+    assert welcome_of(state)["batch"] is True
+    # A later HELLO negotiates again.
+    state.handle(b"r", hello(None, heartbeat))
+    assert "batch" not in welcome_of(state)
+    assert not state.peers[b"r"].batch
+
+
+def test_hello_batch_must_be_boolean() -> None:
+    state = BrokerState()
+    state.handle(b"p", [p.H_HELLO, A, p.pack_hello("test", batch=1)])
+    (_, frames) = state.outbox[-1]
+    err = p.parse_broker(frames)
+    assert isinstance(err, p.Error) and err.code == ErrorCode.BAD_BODY
+    assert b"p" not in state.peers
+
+
+# --- the broker ------------------------------------------------------------------
+
+
+def test_batch_routes_as_its_publishes_in_order() -> None:
+    state = BrokerState()
+    joined(state, b"batcher", True, ("orders.>", 1), ("orders.eu.*", 2))
+    joined(state, b"plain", None, ("orders.>", 7))
+    joined(state, b"other", True, ("audit.>", 3))
+    joined(state, b"pub", True)
+    state.handle(b"pub", batch(("orders.eu.a", b"1"), ("audit.x", b"2"), ("orders.us.b", b"3")))
+    out = state.outbox
+    by_peer: dict[bytes, list[list[bytes]]] = {}
+    for ident, frames in out:
+        by_peer.setdefault(ident, []).append(frames)
+    assert set(by_peer) == {b"batcher", b"plain", b"other"}
+    # A peer that asked: one DELIVER_BATCH with its entries, in order.
+    (frames,) = by_peer[b"batcher"]
+    assert frames[:2] == [p.H_DELIVER_BATCH, A]
+    got = p.unpack_deliver_entries(frames[2])
+    assert got == [
+        (b"\0\0\0\1\0\0\0\2", b"orders.eu.a", b"1"),
+        (b"\0\0\0\1", b"orders.us.b", b"3"),
+    ]
+    assert p.unpack_deliver_entries(by_peer[b"other"][0][2]) == [(b"\0\0\0\3", b"audit.x", b"2")]
+    # A peer that did not ask: plain unconfirmed DELIVERs, in order.
+    assert by_peer[b"plain"] == [
+        [p.H_DELIVER, A, b"", b"orders.eu.a", b"1", b"\0\0\0\7"],
+        [p.H_DELIVER, A, b"", b"orders.us.b", b"3", b"\0\0\0\7"],
+    ]
+    assert state.counters["published"] == 3
+    assert state.counters["delivered"] == 5
+
+
+def test_queue_groups_pick_per_entry() -> None:
+    state = BrokerState()
+    for n in range(3):
+        joined(state, b"w%d" % n, True, ("jobs.>", 1, "workers"))
+    joined(state, b"pub", True)
+    state.handle(b"pub", batch(*[("jobs.email", b"%d" % i) for i in range(9)]))
+    counts = {ident: len(p.unpack_deliver_entries(frames[2])) for ident, frames in state.outbox}
+    assert sum(counts.values()) == 9
+    assert len(counts) == 3  # spread, one member per entry
+
+
+@pytest.mark.parametrize(
+    ("frames", "code"),
+    [
+        (batch(("a.b", b"x"), ("orders.*", b"y")), ErrorCode.BAD_TOPIC),
+        ([p.H_PUBLISH_BATCH, A, entries(("a.b", b"x"))[:-1]], ErrorCode.BAD_FRAMES),
+        ([p.H_PUBLISH_BATCH, A, b""], ErrorCode.BAD_FRAMES),
+        (batch(("a.b", b"x"), ("a.c", b"y" * 101)), ErrorCode.TOO_LARGE),
+        ([p.H_PUBLISH_BATCH, A], ErrorCode.BAD_FRAMES),
+    ],
+)
+def test_a_bad_entry_refuses_the_whole_batch(frames: list[bytes], code: int) -> None:
+    state = BrokerState(max_message_size=100)
+    joined(state, b"sub", True, (">", 1))
+    joined(state, b"pub", True)
+    state.handle(b"pub", frames)
+    assert len(state.outbox) == 1  # no DELIVER_BATCH, only the ERROR
+    (ident, reply) = state.outbox[0]
+    err = p.parse_broker(reply)
+    assert ident == b"pub" and isinstance(err, p.Error)
+    assert err.code == code and err.ref == b""
+    assert state.counters["published"] == 0
+
+
+def test_batch_before_hello_is_not_joined() -> None:
+    state = BrokerState()
+    state.handle(b"pub", batch(("a.b", b"x")))
+    err = p.parse_broker(state.outbox[0][1])
+    assert isinstance(err, p.Error) and err.code == ErrorCode.NOT_JOINED
+
+
+def test_a_dropped_deliver_batch_counts_each_entry_per_sid() -> None:
+    state = BrokerState()
+    joined(state, b"slow", True, ("a.>", 1), ("a.b", 2))
+    joined(state, b"pub", True)
+    state.handle(b"pub", batch(("a.b", b"1"), ("a.c", b"2"), ("a.b", b"3")))
+    ((ident, frames),) = state.outbox
+    state.outbox.clear()
+    state.undeliverable(ident, frames)  # the socket could not take it
+    assert ident in state.lossy
+    notice = state.loss_notice(ident)
+    assert notice is not None
+    assert p.unpack_dropped(notice[2]) == {b"\0\0\0\1": 3, b"\0\0\0\2": 2}
+    assert state.peers[ident].dropped_total == 3
+
+
+# --- the client core -------------------------------------------------------------
+
+
+class ListSink:
+    def __init__(self, pattern: str) -> None:
+        self.pattern = pattern
+        self.offers: list[tuple[Message, int | None]] = []
+
+    def offer(self, message: Message, ack_id: int | None) -> int:
+        self.offers.append((message, ack_id))
+        return DELIVERED
+
+    def end(self) -> None:
+        pass
+
+    def missed(self, count: int) -> None:
+        pass
+
+
+def ready_core(offer: bool = True, batch: bool = True) -> ClientCore:
+    core = ClientCore(A, heartbeat=0, batch=batch)
+    fut: Future[Any] = Future()
+    core.connect(fut, T, T)
+    assert p.unpack_hello(core.outbox[0][2]).get("batch", False) is batch
+    core.outbox.clear()
+    extra = {"batch": True} if offer else {}
+    core.receive([p.H_WELCOME, A, p.pack_welcome("b", 1 << 20, **extra)])
+    assert fut.result(0)
+    return core
+
+
+def body(payload: bytes) -> bytes:
+    return p.pack_message(uuid.uuid4().bytes, time.time_ns(), {"k": "v"}, payload)
+
+
+def test_core_batches_only_when_asked_and_offered() -> None:
+    assert ready_core(offer=True).batching
+    assert not ready_core(offer=False).batching
+    assert not ready_core(offer=True, batch=False).batching
+
+
+def test_core_stops_batching_when_the_broker_is_lost() -> None:
+    core = ready_core()
+    core.receive([p.H_BYE, A])
+    assert core.state == "reconnecting" and not core.batching
+
+
+def test_core_delivers_each_entry_unconfirmed() -> None:
+    core = ready_core()
+    sinks = {}
+    for n, pattern in [(1, "a.>"), (2, "a.b")]:
+        sinks[n] = ListSink(pattern)
+        core.subscribe(sinks[n], Future(), T, T)
+    sid1, sid2 = (s for s, _ in core._sub_args.items())
+    core.outbox.clear()
+    frame = p.pack_deliver_entry(sid1 + sid2, p.pack_publish_entry(b"a.b", body(b"one")))
+    frame += p.pack_deliver_entry(sid1, p.pack_publish_entry(b"a.c", body(b"two")))
+    core.receive([p.H_DELIVER_BATCH, A, frame])
+    assert [(m.topic, m.payload, a) for m, a in sinks[1].offers] == [
+        ("a.b", b"one", None),
+        ("a.c", b"two", None),
+    ]
+    assert [(m.topic, m.payload) for m, _ in sinks[2].offers] == [("a.b", b"one")]
+    assert sinks[1].offers[0][0] is sinks[2].offers[0][0]
+    assert core.outbox == []  # unconfirmed: no ACK
+
+
+def test_core_refuses_a_malformed_batch_whole() -> None:
+    core = ready_core()
+    sink = ListSink(">")
+    core.subscribe(sink, Future(), T, T)
+    (sid,) = core._sub_args
+    good = p.pack_deliver_entry(sid, p.pack_publish_entry(b"a.b", body(b"x")))
+    bad = p.pack_deliver_entry(sid, p.pack_publish_entry(b"a.*", body(b"y")))
+    core.receive([p.H_DELIVER_BATCH, A, good + bad])
+    core.receive([p.H_DELIVER_BATCH, A, good[:-1]])
+    assert sink.offers == []
+    assert core.counters["protocol_errors"] == 2
+
+
+# --- joining the send queue ------------------------------------------------------
+
+
+def pub(topic: str, payload: bytes, ref: bytes = b"") -> list[bytes]:
+    return [p.H_PUBLISH, A, ref, topic.encode(), payload]
+
+
+def test_batch_front_joins_a_run_of_unconfirmed_publishes() -> None:
+    out = deque([pub("a", b"1"), pub("b", b"2"), pub("c", b"3", ref=b"r"), pub("d", b"4")])
+    batch_front(out)
+    assert len(out) == 3
+    assert out[0][:2] == [p.H_PUBLISH_BATCH, A]
+    assert p.unpack_publish_entries(out[0][2]) == [
+        (b"a", b"1", p.pack_publish_entry(b"a", b"1")),
+        (b"b", b"2", p.pack_publish_entry(b"b", b"2")),
+    ]
+    assert list(out)[1:] == [pub("c", b"3", ref=b"r"), pub("d", b"4")]
+    before = list(out)
+    batch_front(out)  # a batch at the front: nothing to join
+    assert list(out) == before
+
+
+@pytest.mark.parametrize(
+    "queue",
+    [
+        [pub("a", b"1")],
+        [pub("a", b"1"), pub("b", b"2", ref=b"r")],
+        [pub("a", b"1", ref=b"r"), pub("b", b"2"), pub("c", b"3")],
+        [[p.H_ACK, A, b"t", b"x"], pub("b", b"2"), pub("c", b"3")],
+        [pub("a", b"x" * BATCH_BYTES), pub("b", b"2")],
+    ],
+)
+def test_batch_front_leaves_what_it_cannot_join(queue: list[list[bytes]]) -> None:
+    out = deque(queue)
+    batch_front(out)
+    assert list(out) == queue
+
+
+def test_batch_front_stops_at_the_byte_limit() -> None:
+    out = deque(pub("t", b"x" * 1000) for _ in range(200))
+    batch_front(out)
+    first = out[0]
+    assert first[0] == p.H_PUBLISH_BATCH and len(first[2]) <= BATCH_BYTES
+    n = len(p.unpack_publish_entries(first[2]))
+    assert n == BATCH_BYTES // (1000 + 7) and len(out) == 200 - n + 1
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.lists(
+        st.tuples(
+            st.sampled_from(["a.b", "a.c", "x.y", "a.b.c"]),
+            st.binary(max_size=64),
+            st.booleans(),
+        ),
+        max_size=40,
+    )
+)
+def test_batched_queue_routes_as_the_plain_queue(items: list[tuple[str, bytes, bool]]) -> None:
+    """Whatever the queue holds, joining runs of unconfirmed publishes changes
+    no delivery: each subscriber gets the same messages in the same order."""
+
+    def deliveries(join: bool) -> dict[bytes, list[tuple[bytes, bytes, bytes]]]:
+        state = BrokerState()
+        joined(state, b"s1", True, ("a.>", 1))
+        joined(state, b"s2", False, ("a.b", 2), (">", 3))
+        joined(state, b"pub", True)
+        out = deque(
+            pub(t, b, ref=b"r%d" % i if confirm else b"") for i, (t, b, confirm) in enumerate(items)
+        )
+        seen: dict[bytes, list[tuple[bytes, bytes, bytes]]] = {b"s1": [], b"s2": []}
+        while out:
+            if join:
+                batch_front(out)
+            state.handle(b"pub", out.popleft())
+            for ident, frames in state.outbox:
+                if frames[0] == p.H_DELIVER:
+                    seen[ident].append((frames[5], frames[3], frames[4]))
+                elif frames[0] == p.H_DELIVER_BATCH:
+                    seen[ident].extend(p.unpack_deliver_entries(frames[2]))
+            state.outbox.clear()
+        return seen
+
+    assert deliveries(True) == deliveries(False)
+
+
+# --- on sockets ------------------------------------------------------------------
+
+
+def test_buses_batch_end_to_end_and_plain_peers_still_get_every_message() -> None:
+    """A burst from a bus reaches a bus (batched) and a raw DEALER that never
+    asked for batches (plain DELIVERs), complete and in order."""
+    n = 5000
+    with Broker("tcp://127.0.0.1:0") as broker:
+        ch = uuid.uuid4()
+        ctx = zmq.Context()
+        raw = ctx.socket(zmq.DEALER)
+        try:
+            raw.connect(broker.address)
+            raw.send_multipart([p.H_HELLO, ch.bytes, p.pack_hello("raw")])
+            assert raw.poll(5000)
+            assert raw.recv_multipart()[0] == p.H_WELCOME
+            raw.send_multipart([p.H_SUBSCRIBE, ch.bytes, b"s", b"\0\0\0\1", b"burst.>", b""])
+            assert raw.poll(5000)
+            assert raw.recv_multipart()[0] == p.H_OK
+            with Bus(broker.address, ch) as pub, Bus(broker.address, ch) as sub:
+                s = sub.subscribe("burst.>", maxsize=n)
+                for i in range(n):
+                    pub.publish("burst.x", b"%d" % i, confirm=False)
+                pub.publish("burst.end", b"", confirm=False)
+                got = [s.get(timeout=10).payload for _ in range(n)]
+                assert got == [b"%d" % i for i in range(n)]
+                assert s.get(timeout=10).topic == "burst.end"
+                assert broker.stats()["counters"]["published"] == n + 1
+            plain = []
+            while len(plain) < n + 1:
+                assert raw.poll(10000)
+                frames = raw.recv_multipart()
+                assert frames[0] == p.H_DELIVER, frames[0]
+                plain.append(p.unpack_message(frames[4]).payload)
+            assert plain[:n] == [b"%d" % i for i in range(n)]
+        finally:
+            raw.close(0)
+            ctx.term()
+
+
+def test_a_thread_blocked_in_get_wakes_for_a_batch() -> None:
+    with Broker("tcp://127.0.0.1:0") as broker:
+        ch = uuid.uuid4()
+        with Bus(broker.address, ch) as pub, Bus(broker.address, ch) as sub:
+            s = sub.subscribe("w.>", maxsize=1000)
+            got: list[bytes] = []
+            done = threading.Event()
+
+            def reader() -> None:
+                for _ in range(300):
+                    got.append(s.get(timeout=10).payload)
+                done.set()
+
+            t = threading.Thread(target=reader)
+            t.start()
+            for i in range(300):
+                pub.publish("w.x", b"%d" % i, confirm=False)
+            assert done.wait(10)
+            t.join(5)
+            assert got == [b"%d" % i for i in range(300)]
