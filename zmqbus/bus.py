@@ -94,19 +94,23 @@ class Subscription(SubscriptionBase):
     # --- Sink interface (I/O thread) ----------------------------------------
 
     def offer(self, message: Message, ack_id: int | None) -> int:
-        """Called by the core on the I/O thread; never blocks."""
-        with self._cond:
-            if self._ended or len(self._buf) >= self._maxsize:
-                self._dropped += 1
-                return DROPPED
-            self._buf.append((message, ack_id))
-            self._received += 1
-            # The reader is woken once per batch the I/O thread takes from the
-            # socket (see ``_wake``), not once per message: a wake-up costs a
-            # thread switch, several times the cost of the rest of the delivery.
-            if not self._wake_due:
-                self._wake_due = True
-                self._bus._touched.append(self)
+        """Called by the core on the I/O thread; never blocks.
+
+        No lock: the I/O thread is the only one that appends or counts, and a
+        deque's append and popleft are atomic, so readers take messages without
+        contending with it. Readers wait on the condition only when the buffer
+        is empty, and are woken once per batch the I/O thread takes from the
+        socket (see ``_wake``): a wake-up costs a thread switch, several times
+        the cost of the rest of a delivery."""
+        buf = self._buf
+        if self._ended or len(buf) >= self._maxsize:
+            self._dropped += 1
+            return DROPPED
+        buf.append((message, ack_id))
+        self._received += 1
+        if not self._wake_due:
+            self._wake_due = True
+            self._bus._touched.append(self)
         if self._handler is not None and ack_id is not None:
             return PENDING
         return DELIVERED
@@ -139,15 +143,22 @@ class Subscription(SubscriptionBase):
             timeout = float(timeout)
             if timeout < 0:
                 raise ValueError("timeout must not be negative")
+        buf = self._buf
+        if buf:
+            try:
+                return buf.popleft()[0]
+            except IndexError:
+                pass  # another reader took it: wait below
         with self._cond:
+            # Checked under the lock that _wake() takes to notify: no wake-up is lost.
             if (
-                not self._buf
+                not buf
                 and not self._ended
-                and not self._cond.wait_for(lambda: self._buf or self._ended, timeout)
+                and not self._cond.wait_for(lambda: buf or self._ended, timeout)
             ):
                 raise TimeoutError(f"no message on {self._pattern!r} within {timeout:g}s")
-            if self._buf:
-                return self._buf.popleft()[0]
+            if buf:
+                return buf.popleft()[0]
         raise SubscriptionClosed(f"subscription {self._pattern!r} has ended")
 
     def __iter__(self) -> Iterator[Message]:
@@ -169,12 +180,17 @@ class Subscription(SubscriptionBase):
         cond = self._cond
         buf = self._buf
         while True:
-            with cond:
-                while not buf and not self._ended:
-                    cond.wait()
-                if self._abort or not buf:
-                    return
+            if self._abort:
+                return
+            try:
                 msg, ack_id = buf.popleft()
+            except IndexError:
+                with cond:
+                    while not buf and not self._ended:
+                        cond.wait()
+                    if self._abort or not buf:
+                        return
+                continue
             error: str | None = None
             result: Any = None
             try:

@@ -64,6 +64,7 @@ __all__ = [
     "Welcome",
     "encode",
     "header",
+    "message_fields",
     "new_message_id",
     "pack_ack",
     "pack_deliver_entry",
@@ -807,6 +808,7 @@ def unpack_deliver_entries(frame: bytes) -> list[tuple[bytes, bytes, bytes]]:
     """The entries of a DELIVER_BATCH frame as (sids, topic, body); BAD_FRAMES
     if the frame is empty, not exactly a run of entries, or has bad sids."""
     out: list[tuple[bytes, bytes, bytes]] = []
+    append = out.append
     end = len(frame)
     if not end:
         raise _bad_batch("no entries")
@@ -814,22 +816,15 @@ def unpack_deliver_entries(frame: bytes) -> list[tuple[bytes, bytes, bytes]]:
     i = 0
     try:
         while i < end:
-            (slen,) = u16(frame, i)
-            i += 2
-            sids = frame[i : i + slen]
-            i += slen
-            (tlen,) = u16(frame, i)
-            i += 2
-            topic = frame[i : i + tlen]
-            i += tlen
-            (blen,) = u32(frame, i)
-            i += 4
-            body = frame[i : i + blen]
-            i += blen
-            if len(body) != blen or not tlen:
-                raise _bad_batch("an entry is truncated or has an empty topic")
-            check_sids(sids)
-            out.append((sids, topic, body))
+            slen = u16(frame, i)[0]
+            j = i + 2 + slen
+            tlen = u16(frame, j)[0]
+            k = j + 2 + tlen
+            blen = u32(frame, k)[0]
+            i = k + 4 + blen
+            if i > end or not tlen or not slen or slen & 3:
+                raise _bad_batch("an entry is truncated, names no sid or has an empty topic")
+            append((frame[j - slen : j], frame[j + 2 : k], frame[k + 4 : i]))
     except struct.error:
         raise _bad_batch("an entry is truncated") from None
     return out
@@ -909,21 +904,35 @@ def unpack_message(body: bytes) -> MessageBody:
     return _message_fields(_unpack(body, "message"))
 
 
-def _message_fields(obj: Any) -> MessageBody:
-    if not isinstance(obj, list) or len(obj) < 4:
+def message_fields(body: bytes) -> tuple[uuid.UUID, datetime, dict[str, str], bytes]:
+    """``unpack_message`` as a plain tuple (id, timestamp, headers, payload):
+    the receive path's form, a third cheaper than building a ``MessageBody``."""
+    return _fields(_unpack(body, "message"))
+
+
+def _fields(obj: Any) -> tuple[uuid.UUID, datetime, dict[str, str], bytes]:
+    if type(obj) is not list or len(obj) < 4:
         raise ProtocolError(ErrorCode.BAD_BODY, "message body must be an array of at least 4")
     msg_id, ts, headers, payload = obj[0], obj[1], obj[2], obj[3]
-    if not isinstance(msg_id, bytes) or len(msg_id) != 16:
+    if type(msg_id) is not bytes or len(msg_id) != 16:
         raise ProtocolError(ErrorCode.BAD_BODY, "message id must be 16 bytes of bin")
-    if not isinstance(ts, datetime):
+    if type(ts) is not datetime:
         raise ProtocolError(ErrorCode.BAD_BODY, "message timestamp must be a Timestamp ext")
-    if not isinstance(headers, dict) or not all(
-        isinstance(k, str) and isinstance(v, str) for k, v in headers.items()
-    ):
+    if type(headers) is not dict:
         raise ProtocolError(ErrorCode.BAD_BODY, "message headers must be a map of str to str")
-    if not isinstance(payload, bytes):
+    for k, v in headers.items():
+        if type(k) is not str or type(v) is not str:
+            raise ProtocolError(ErrorCode.BAD_BODY, "message headers must be a map of str to str")
+    if type(payload) is not bytes:
         raise ProtocolError(ErrorCode.BAD_BODY, "message payload must be bin")
-    return MessageBody(uuid_from_bytes(msg_id), ts, headers, payload)
+    u = _new_uuid(uuid.UUID)
+    _set_field(u, "int", int.from_bytes(msg_id, "big"))
+    _set_field(u, "is_safe", _SAFE_UNKNOWN)
+    return u, ts, headers, payload
+
+
+def _message_fields(obj: Any) -> MessageBody:
+    return MessageBody(*_fields(obj))
 
 
 def pack_reply(
