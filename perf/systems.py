@@ -15,7 +15,16 @@ from dataclasses import dataclass
 from perf.harness import RoleFn
 from zmqbus import Bus  # request/reply is measured when the installed zmqbus has it
 
-__all__ = ["PEERS", "SYSTEMS", "System", "missing", "role_function", "suite_missing"]
+__all__ = [
+    "PEERS",
+    "SYSTEMS",
+    "ZMQBUS",
+    "ZMQBUS_AIO",
+    "System",
+    "missing",
+    "role_function",
+    "suite_missing",
+]
 
 
 @dataclass(frozen=True)
@@ -34,6 +43,19 @@ class System:
 
 _PIP = "pip install -e '.[perf]'"
 
+# The two faces of the bus under test: both are "zmqbus", neither is a peer.
+ZMQBUS = "zmqbus"  # the threaded ``zmqbus.Bus``: the face every "zmqbus ÷ peer" ratio uses
+ZMQBUS_AIO = "zmqbus-aio"  # the asyncio ``zmqbus.aio.Bus`` on uvloop
+
+
+def _aio_has_request() -> bool:
+    try:
+        from zmqbus import aio
+    except ImportError:
+        return False
+    return hasattr(aio.Bus, "request")
+
+
 SYSTEMS: dict[str, System] = {
     s.key: s
     for s in (
@@ -49,6 +71,23 @@ SYSTEMS: dict[str, System] = {
                 "filler": "perf.sys_zmqbus:filler",
                 **({"reqrep": "perf.sys_zmqbus:reqrep"} if hasattr(Bus, "request") else {}),
             },
+        ),
+        System(
+            ZMQBUS_AIO,
+            "zmqbus (asyncio)",
+            "zmqbus",  # the same broker process as the threaded face
+            {
+                "sink": "perf.sys_zmqbus_aio:sink",
+                "source": "perf.sys_zmqbus_aio:source",
+                "confirmer": "perf.sys_zmqbus_aio:confirmer",
+                "pinger": "perf.sys_zmqbus_aio:pinger",
+                "filler": "perf.sys_zmqbus_aio:filler",
+                **({"reqrep": "perf.sys_zmqbus_aio:reqrep"} if _aio_has_request() else {}),
+            },
+            modules=(
+                ("zmqbus.aio", "a zmqbus with its asyncio face (zmqbus.aio)"),
+                ("uvloop", _PIP),
+            ),
         ),
         System(
             "zmq-pushpull",
@@ -107,7 +146,7 @@ SYSTEMS: dict[str, System] = {
     )
 }
 
-PEERS = [k for k in SYSTEMS if k != "zmqbus"]
+PEERS = [k for k in SYSTEMS if k not in (ZMQBUS, ZMQBUS_AIO)]
 
 
 def missing(key: str) -> list[str]:

@@ -404,3 +404,39 @@ def test_a_thread_blocked_in_get_wakes_for_a_batch() -> None:
             assert done.wait(10)
             t.join(5)
             assert got == [b"%d" % i for i in range(300)]
+
+
+@pytest.mark.parametrize("loop", ["asyncio", "uvloop"])
+def test_asyncio_publishes_made_in_one_turn_go_out_as_batches(loop: str) -> None:
+    """Unconfirmed publishes made without yielding are sent on the loop's next
+    turn, together: complete, in order, and in far fewer messages than publishes."""
+    import asyncio
+
+    from zmqbus.aio import Bus as AsyncBus
+
+    if loop == "uvloop":
+        uvloop = pytest.importorskip("uvloop")
+        runner: Any = uvloop.run
+    else:
+        runner = asyncio.run
+    n = 5000
+    with Broker("tcp://127.0.0.1:0") as broker:
+        ch = uuid.uuid4()
+        with Bus(broker.address, ch) as sub:
+            s = sub.subscribe("burst.>", maxsize=n + 1)
+
+            async def main() -> int:
+                async with AsyncBus(broker.address, ch) as pub:
+                    before = broker.stats()["counters"]["messages_in"]
+                    for i in range(n):
+                        await pub.publish("burst.x", b"%d" % i, confirm=False)
+                    await pub.publish("burst.end", b"")  # confirmed: all before it routed
+                    after: int = broker.stats()["counters"]["messages_in"]
+                    return after - before
+
+            messages = runner(main())
+            got = [s.get(timeout=10).payload for _ in range(n)]
+            assert got == [b"%d" % i for i in range(n)]
+            assert s.get(timeout=10).topic == "burst.end"
+            # 5,000 small publishes and one confirmation fit in a handful of batches.
+            assert messages < n // 50, messages

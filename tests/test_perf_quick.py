@@ -104,10 +104,12 @@ def test_no_loss_where_promised(quick_results: dict[str, Any]) -> None:
                     assert run["info"].get("dropped_in_subscription", 0) == 0, where
             if sc["key"] in _COUNTED_REPLIES:
                 assert sysres["errors_total"] == 0, f"{where}: {sysres['errors_total']} errors"
-    # zmqbus promises it in every scenario at quick-mode counts (under the HWMs).
+    # zmqbus (both faces) promises it in every scenario at quick-mode counts (under the HWMs).
     zmqbus_scenarios = [sc for sc in quick_results["scenarios"] if "zmqbus" in sc["systems"]]
     assert all(sc["systems"]["zmqbus"]["lossless_promised"] for sc in zmqbus_scenarios)
     assert promised >= len(zmqbus_scenarios)
+    aio_scenarios = [sc for sc in quick_results["scenarios"] if "zmqbus-aio" in sc["systems"]]
+    assert all(sc["systems"]["zmqbus-aio"]["lossless_promised"] for sc in aio_scenarios)
 
 
 @pytest.mark.timeout(300)

@@ -61,8 +61,14 @@ _UNCONFIRMED = PublishResult(0, 0, 0, 0, confirmed=False)
 T = TypeVar("T")
 
 
+_EVENTS = int(zmq.EVENTS)
+_get = zmq.backend.Socket.get
+
+
 def _events(sock: zmq.Socket[bytes]) -> int:
-    return cast(int, sock.getsockopt(zmq.EVENTS))
+    # The backend's get with an int option: getsockopt(zmq.EVENTS) converts the
+    # option through an enum on every call, and this runs after every send.
+    return cast(int, _get(sock, _EVENTS))
 
 
 def _fd(sock: zmq.Socket[bytes]) -> int:
@@ -255,6 +261,7 @@ class Bus(BusBase):
         self._timer_at: float | None = None
         self._subs: list[Subscription] = []
         self._room = asyncio.Event()  # set while the send backlog is below hwm
+        self._pump_due = False  # a _pump is scheduled for unconfirmed publishes
 
     # --- lifecycle ----------------------------------------------------------
 
@@ -390,12 +397,15 @@ class Bus(BusBase):
         timeout = _validate.timeout(timeout)
         if not confirm:
             # Backpressure: wait while the socket refuses a full backlog (broker not reading).
-            while len(self._out) >= self._hwm and not self._closed:
+            while self._backlog() >= self._hwm and not self._closed:
                 self._room.clear()
+                self._pump_soon()
                 await self._room.wait()
             self._check()
             self._core.publish(topic_b, body, None, 0.0, timeout)
-            self._pump()
+            # Sent on the loop's next turn, not now: publishes made meanwhile go out
+            # together, joined into PUBLISH_BATCHes, as nats.py's flusher does.
+            self._pump_soon()
             return _UNCONFIRMED
         assert self._loop is not None
         fut: asyncio.Future[PublishResult] = self._loop.create_future()
@@ -522,8 +532,20 @@ class Bus(BusBase):
 
     # --- the socket ---------------------------------------------------------
 
+    def _backlog(self) -> int:
+        # Frames not yet taken by the socket. Frames the core holds while
+        # reconnecting do not count: it caps those itself (dropping the newest).
+        core = self._core
+        return len(self._out) + (0 if core.holding else len(core.outbox))
+
+    def _pump_soon(self) -> None:
+        if not self._pump_due and self._loop is not None:
+            self._pump_due = True
+            self._loop.call_soon(self._pump)
+
     def _pump(self) -> None:
         """Send what the core queued, then look for arrivals and re-arm the timer."""
+        self._pump_due = False
         if self._sock is None:
             return
         core = self._core
