@@ -51,30 +51,30 @@ def send_routed(sock: zmq.Socket[Any], ident: bytes, frames: Sequence[bytes]) ->
     send(sock, frames[last], 0)
 
 
+def _rest(recv: Any, frame: Any, frames: list[bytes]) -> list[bytes]:
+    # The frames after ``frame`` (already appended), each checked for more.
+    while frame.more:
+        frame = recv(0, copy=False)
+        frames.append(frame.bytes)
+    return frames
+
+
 def recv_frames(sock: zmq.Socket[Any]) -> list[bytes]:
     """Receive one whole message without blocking; ``zmq.Again`` if none is waiting."""
     # Frame.more reads the flag libzmq already has; getsockopt(RCVMORE) costs a
     # second call per frame through pyzmq's option handling (about 35% slower).
     recv = sock.recv
     frame = recv(_NOBLOCK, copy=False)
-    frames = [frame.bytes]
-    while frame.more:
-        frame = recv(0, copy=False)
-        frames.append(frame.bytes)
-    return frames
+    return _rest(recv, frame, [frame.bytes])
 
 
 def recv_routed(sock: zmq.Socket[Any]) -> list[bytes]:
     """``recv_frames`` for a ROUTER: the identity frame first. A ROUTER always
     follows it with the peer's frames, so it alone needs no more-flag check."""
     recv = sock.recv
-    frames = [recv(_NOBLOCK)]
+    ident = recv(_NOBLOCK)
     frame = recv(0, copy=False)
-    frames.append(frame.bytes)
-    while frame.more:
-        frame = recv(0, copy=False)
-        frames.append(frame.bytes)
-    return frames
+    return _rest(recv, frame, [ident, frame.bytes])
 
 
 def recv_counted(sock: zmq.Socket[Any], counts: Mapping[bytes, int]) -> list[bytes]:
@@ -93,21 +93,16 @@ def recv_counted(sock: zmq.Socket[Any], counts: Mapping[bytes, int]) -> list[byt
     frames = [head]
     n = counts.get(head)
     if n is None:
-        if _get(sock, _RCVMORE):
-            frame = recv(0, copy=False)
-            frames.append(frame.bytes)
-            while frame.more:
-                frame = recv(0, copy=False)
-                frames.append(frame.bytes)
-        return frames
+        if not _get(sock, _RCVMORE):
+            return frames
+        frame = recv(0, copy=False)
+        frames.append(frame.bytes)
+        return _rest(recv, frame, frames)
     for _ in range(n - 2):
         frames.append(recv(0))
     frame = recv(0, copy=False)
     frames.append(frame.bytes)
-    while frame.more:
-        frame = recv(0, copy=False)
-        frames.append(frame.bytes)
-    return frames
+    return _rest(recv, frame, frames)
 
 
 def dealer(context: zmq.Context[Any], endpoint: str, hwm: int) -> zmq.Socket[bytes]:
