@@ -570,9 +570,14 @@ class Bus(BusBase):
             out.popleft()
         if len(out) < self._hwm:
             self._room.set()
-        # The descriptor is edge-triggered: a send may have consumed its signal.
-        if _events(sock) & _POLLIN and self._loop is not None:
-            self._loop.call_soon(self._on_events)
+        # The descriptor is edge-triggered and reading EVENTS consumes its signal:
+        # whatever EVENTS now reports must be acted on here, or it is never seen.
+        events = _events(sock)
+        if self._loop is not None:
+            if events & _POLLIN:
+                self._loop.call_soon(self._on_events)
+            if out and events & _POLLOUT:
+                self._pump_soon()
         self._arm_timer()
 
     def _on_events(self) -> None:
