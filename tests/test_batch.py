@@ -440,3 +440,37 @@ def test_asyncio_publishes_made_in_one_turn_go_out_as_batches(loop: str) -> None
             assert s.get(timeout=10).topic == "burst.end"
             # 5,000 small publishes and one confirmation fit in a handful of batches.
             assert messages < n // 50, messages
+
+
+def test_several_readers_share_a_subscription_without_loss_or_error() -> None:
+    """Readers pop without the lock: four threads draining one subscription get
+    every message exactly once, and none sees an error from a lost race."""
+    n = 20_000
+    with Broker("tcp://127.0.0.1:0") as broker:
+        ch = uuid.uuid4()
+        with Bus(broker.address, ch) as pub, Bus(broker.address, ch) as sub:
+            s = sub.subscribe("r.>", maxsize=n + 10)
+            got: list[list[bytes]] = [[] for _ in range(4)]
+            errors: list[BaseException] = []
+
+            def reader(k: int) -> None:
+                try:
+                    while True:
+                        msg = s.get(timeout=10)
+                        if msg.topic == "r.end":
+                            return
+                        got[k].append(msg.payload)
+                except BaseException as exc:  # the test fails on any of them
+                    errors.append(exc)
+
+            threads = [threading.Thread(target=reader, args=(k,)) for k in range(4)]
+            for t in threads:
+                t.start()
+            for i in range(n):
+                pub.publish("r.x", b"%d" % i, confirm=False)
+            for _ in threads:
+                pub.publish("r.end", b"", confirm=False)
+            for t in threads:
+                t.join(30)
+            assert not errors
+            assert sorted(b for part in got for b in part) == sorted(b"%d" % i for i in range(n))

@@ -578,8 +578,6 @@ class ClientCore:
             _settle(waiter, info)
         elif isinstance(cmd, p.Error):
             self._error(cmd)
-        elif isinstance(cmd, p.DeliverBatch):  # for another channel: refused above
-            raise ProtocolError(p.ErrorCode.BAD_FRAMES, "malformed DELIVER_BATCH")
         else:  # DELIVER/ACKED/ROUTED that failed the fast path's shape check
             raise ProtocolError(p.ErrorCode.BAD_FRAMES, f"malformed {type(cmd).__name__}")
 

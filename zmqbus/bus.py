@@ -144,22 +144,25 @@ class Subscription(SubscriptionBase):
             if timeout < 0:
                 raise ValueError("timeout must not be negative")
         buf = self._buf
-        if buf:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
             try:
                 return buf.popleft()[0]
             except IndexError:
-                pass  # another reader took it: wait below
-        with self._cond:
-            # Checked under the lock that _wake() takes to notify: no wake-up is lost.
-            if (
-                not buf
-                and not self._ended
-                and not self._cond.wait_for(lambda: buf or self._ended, timeout)
-            ):
-                raise TimeoutError(f"no message on {self._pattern!r} within {timeout:g}s")
-            if buf:
-                return buf.popleft()[0]
-        raise SubscriptionClosed(f"subscription {self._pattern!r} has ended")
+                pass  # empty (or another reader took the last one): wait
+            with self._cond:
+                # Checked under the lock that _wake() takes to notify: no wake-up is lost.
+                if buf:
+                    continue
+                if self._ended:
+                    raise SubscriptionClosed(f"subscription {self._pattern!r} has ended")
+                if deadline is None:
+                    self._cond.wait()
+                    continue
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise TimeoutError(f"no message on {self._pattern!r} within {timeout:g}s")
+                self._cond.wait(remaining)
 
     def __iter__(self) -> Iterator[Message]:
         while True:
