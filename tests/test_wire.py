@@ -180,3 +180,26 @@ def test_make_message_is_the_same_message() -> None:
     assert type(fast) is Message and not fast.is_request
     with pytest.raises(AttributeError):
         fast.topic = "other"  # type: ignore[misc]
+
+
+def test_a_received_message_builds_its_uuid_when_first_read() -> None:
+    import copy
+    import dataclasses
+    import pickle
+
+    raw = os.urandom(16)
+    when = datetime.now(UTC)
+    lazy = make_message(raw, "orders.created", b"{}", {"k": "v"}, when)
+    assert "id" not in vars(lazy)  # not built yet
+    plain = Message(uuid.UUID(bytes=raw), "orders.created", b"{}", {"k": "v"}, when)
+    assert lazy == plain and repr(lazy) == repr(plain)
+    assert lazy.id is lazy.id and lazy.id == uuid.UUID(bytes=raw)
+    fresh = make_message(raw, "t", b"", {}, when)
+    for twin in (pickle.loads(pickle.dumps(fresh)), copy.copy(fresh)):
+        assert twin.id == uuid.UUID(bytes=raw)
+    assert dataclasses.asdict(fresh)["id"] == uuid.UUID(bytes=raw)
+    assert dataclasses.replace(fresh, topic="u").id == uuid.UUID(bytes=raw)
+    with pytest.raises(AttributeError):
+        fresh.no_such_field  # noqa: B018
+    with pytest.raises(AttributeError):
+        plain.no_such_field  # noqa: B018

@@ -904,13 +904,14 @@ def unpack_message(body: bytes) -> MessageBody:
     return _message_fields(_unpack(body, "message"))
 
 
-def message_fields(body: bytes) -> tuple[uuid.UUID, datetime, dict[str, str], bytes]:
-    """``unpack_message`` as a plain tuple (id, timestamp, headers, payload):
-    the receive path's form, a third cheaper than building a ``MessageBody``."""
+def message_fields(body: bytes) -> tuple[bytes, datetime, dict[str, str], bytes]:
+    """``unpack_message`` as a plain tuple (id as its 16 raw bytes, timestamp,
+    headers, payload): the receive path's form, which leaves building the
+    ``uuid.UUID`` to whoever reads the id."""
     return _fields(_unpack(body, "message"))
 
 
-def _fields(obj: Any) -> tuple[uuid.UUID, datetime, dict[str, str], bytes]:
+def _fields(obj: Any) -> tuple[bytes, datetime, dict[str, str], bytes]:
     if type(obj) is not list or len(obj) < 4:
         raise ProtocolError(ErrorCode.BAD_BODY, "message body must be an array of at least 4")
     msg_id, ts, headers, payload = obj[0], obj[1], obj[2], obj[3]
@@ -925,14 +926,12 @@ def _fields(obj: Any) -> tuple[uuid.UUID, datetime, dict[str, str], bytes]:
             raise ProtocolError(ErrorCode.BAD_BODY, "message headers must be a map of str to str")
     if type(payload) is not bytes:
         raise ProtocolError(ErrorCode.BAD_BODY, "message payload must be bin")
-    u = _new_uuid(uuid.UUID)
-    _set_field(u, "int", int.from_bytes(msg_id, "big"))
-    _set_field(u, "is_safe", _SAFE_UNKNOWN)
-    return u, ts, headers, payload
+    return msg_id, ts, headers, payload
 
 
 def _message_fields(obj: Any) -> MessageBody:
-    return MessageBody(*_fields(obj))
+    msg_id, ts, headers, payload = _fields(obj)
+    return MessageBody(uuid_from_bytes(msg_id), ts, headers, payload)
 
 
 def pack_reply(
