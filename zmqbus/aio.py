@@ -437,7 +437,7 @@ class Bus(BusBase):
             raise MessageTooLarge(len(body), self._max_size)
         if self._closed:
             raise BusClosed("bus is closed")
-        frames = [p.H_REPLY, self._channel.bytes, token, body]
+        frames = [p.H_REPLY, self._core.channel, token, body]
         if threading.get_ident() == self._loop_thread:
             self._core.outbox.append(frames)
             self._pump()

@@ -333,7 +333,7 @@ class Bus(BusBase):
         timeout = _validate.timeout(timeout)
         body = self._encode(payload, headers)
         if not confirm:
-            self._io.submit([p.H_PUBLISH, self._channel.bytes, b"", topic_b, body])
+            self._io.submit([p.H_PUBLISH, self._core.channel, b"", topic_b, body])
             return _UNCONFIRMED
         fut: Future[PublishResult] = Future()
         self._io.submit(
@@ -372,7 +372,7 @@ class Bus(BusBase):
     def _send_reply(self, token: bytes, body: bytes) -> None:
         if len(body) > self._max_size:
             raise MessageTooLarge(len(body), self._max_size)
-        self._io.submit([p.H_REPLY, self._channel.bytes, token, body])
+        self._io.submit([p.H_REPLY, self._core.channel, token, body])
 
     # --- subscribe ----------------------------------------------------------
 
