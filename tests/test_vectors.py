@@ -594,3 +594,37 @@ def test_worked_example_in_spec_is_what_the_broker_does() -> None:
         else:
             assert got == frames
     assert not state.outbox
+
+
+def _spec_example(section: str) -> list[bytes]:
+    """The frames of the first example block under ``### {section}`` in the spec."""
+    text = SPEC.read_text(encoding="utf-8")
+    start = text.index(f"### {section}")
+    block = text[text.index("```", start) + 3 :]
+    block = block[: block.index("```")]
+    frames = []
+    for line in block.splitlines():
+        frame = re.match(r"^\[(?P<index>\d+)\]\s+(?P<hex>[0-9a-f]*)\s*(?:#.*)?$", line)
+        if frame:
+            assert int(frame["index"]) == len(frames)
+            frames.append(bytes.fromhex(frame["hex"]))
+    return frames
+
+
+def test_batch_examples_in_spec_are_what_the_broker_does() -> None:
+    """The spec's PUBLISH_BATCH example, routed by a broker to a subscriber that
+    asked for batches (sid 1 on orders.>, sid 2 on orders.eu), gives exactly the
+    spec's DELIVER_BATCH example."""
+    publish = _spec_example("PUBLISH_BATCH (client → broker)")
+    deliver = _spec_example("DELIVER_BATCH (broker → client)")
+    assert isinstance(p.parse_client(publish), p.PublishBatch)
+    assert isinstance(p.parse_broker(deliver), p.DeliverBatch)
+    state = BrokerState()
+    channel = publish[1]
+    state.handle(b"S", [p.H_HELLO, channel, p.pack_hello("s", batch=True)])
+    state.handle(b"S", [p.H_SUBSCRIBE, channel, b"1", b"\0\0\0\1", b"orders.>", b""])
+    state.handle(b"S", [p.H_SUBSCRIBE, channel, b"2", b"\0\0\0\2", b"orders.eu", b""])
+    state.handle(b"P", [p.H_HELLO, channel, p.pack_hello("p")])
+    state.outbox.clear()
+    state.handle(b"P", publish)
+    assert state.outbox == [(b"S", deliver)]
