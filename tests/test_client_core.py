@@ -144,12 +144,21 @@ def test_connect_welcome_sets_ready_and_max_message_size() -> None:
     core.connect(fut, 10.0, 10.0)
     assert core.state == "joining"
     assert sent_commands(core) == [p.H_HELLO]
-    assert p.unpack_hello(core.outbox[0][2]) == {"client": "unit/1", "batch": True}
+    assert p.unpack_hello(core.outbox[0][2]) == {
+        "client": "unit/1",
+        "batch": True,
+        "batch_commands": True,
+    }
     assert core.next_deadline() == 10.0
     pair.pump()
     assert core.state == "ready"
     assert core.max_message_size == 4321
-    assert fut.result(0) == {"broker": "test-broker", "max_message_size": 4321, "batch": True}
+    assert fut.result(0) == {
+        "broker": "test-broker",
+        "max_message_size": 4321,
+        "batch": True,
+        "batch_commands": True,
+    }
     assert core.batching
     assert core.broker_info == fut.result(0)
     assert core.next_deadline() is None

@@ -34,7 +34,7 @@ from perf.systems import SYSTEMS, missing, suite_missing  # noqa: E402
 IN_CI = os.environ.get("CI", "").lower() == "true"
 
 # Scenarios whose runs count every reply: any error there is a lost or wrong message.
-_COUNTED_REPLIES = {"confirm", "pipelined", "latency", "reqrep"}
+_COUNTED_REPLIES = {"confirm", "pipelined", "pipelined_wide", "latency", "reqrep"}
 
 
 def _lacking() -> list[str]:

@@ -37,6 +37,7 @@ VALID: list[dict[str, Any]] = _load("valid.json")["vectors"]
 MALFORMED: list[dict[str, Any]] = _load("malformed.json")["vectors"]
 SESSION: list[dict[str, Any]] = _load("session.json")["vectors"]
 BODIES: dict[str, Any] = _load("bodies.json")
+EXCHANGES: list[dict[str, Any]] = _load("exchanges.json")["vectors"]
 CLIENT_MALFORMED = [v for v in MALFORMED if v["direction"] == "client"]
 MESSAGE_BODIES = [v for v in BODIES["valid"] + BODIES["malformed"] if v["type"] == "message"]
 
@@ -123,6 +124,7 @@ def test_vector_files_have_unique_names_and_known_values() -> None:
         ("malformed", MALFORMED),
         ("session", SESSION),
         ("bodies", BODIES["valid"] + BODIES["malformed"]),
+        ("exchanges", EXCHANGES),
     ]:
         seen = names(vectors)
         assert len(seen) == len(set(seen)), f"duplicate names in {doc}.json"
@@ -130,7 +132,7 @@ def test_vector_files_have_unique_names_and_known_values() -> None:
             assert re.fullmatch(r"[a-z0-9][a-z0-9-]*", vec["name"]), vec["name"]
             assert vec["description"]
     assert {v["direction"] for v in VALID + MALFORMED} == {"client", "broker"}
-    for doc in ("valid.json", "malformed.json", "session.json", "bodies.json"):
+    for doc in ("valid.json", "malformed.json", "session.json", "bodies.json", "exchanges.json"):
         head = _load(doc)
         assert (head["format"], head["protocol"]) == (1, "zmqbus/1")
 
@@ -141,7 +143,13 @@ def test_vectors_are_what_generate_py_writes() -> None:
     gen = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(gen)
     built = gen.build()
-    assert sorted(built) == ["bodies.json", "malformed.json", "session.json", "valid.json"]
+    assert sorted(built) == [
+        "bodies.json",
+        "exchanges.json",
+        "malformed.json",
+        "session.json",
+        "valid.json",
+    ]
     for name, doc in built.items():
         on_disk = (VECTORS / name).read_text(encoding="utf-8")
         assert gen.render(doc) == on_disk, f"{name} is stale: run tests/vectors/generate.py"
@@ -189,14 +197,50 @@ def test_valid_vector_parses_to_stated_fields(vec: dict[str, Any]) -> None:
     else:
         assert "body" not in vec
     if "entries" in attrs:
-        check_entries(vec["command"], cmd.entries, vec["entries"])
+        check_entries(vec["command"], cmd.channel, cmd.entries, vec["entries"])
     else:
         assert "entries" not in vec
 
 
-def check_entries(command: str, frame: bytes, want: list[dict[str, Any]]) -> None:
+# Commands a BATCH / BROKER_BATCH entry may hold, and the parser of those messages.
+ENTRY_RULES: dict[str, tuple[dict[int, int], Callable[[list[bytes]], Any]]] = {
+    "BATCH": (p.CLIENT_ENTRY_FRAMES, p.parse_client),
+    "BROKER_BATCH": (p.BROKER_ENTRY_FRAMES, p.parse_broker),
+}
+
+
+def check_command_entries(command: str, channel: bytes, frame: bytes, want: list[Any]) -> None:
+    """A BATCH or BROKER_BATCH entries frame holds the stated entries, in order:
+    each is the whole message it stands for, which parses alone (or, with
+    ``code``, is refused alone with that code) and whose body decodes."""
+    allowed, parse = ENTRY_RULES[command]
+    messages = p.unpack_command_entries(frame, channel, allowed)
+    assert messages == [frames_of(e) for e in want]
+    assert b"".join(p.pack_command_entry(m) for m in messages) == frame
+    for entry, frames in zip(want, messages, strict=True):
+        assert set(entry) <= {"command", "frames", "body", "code"}
+        assert frames[0] == b"ZB\x01" + bytes((p.Cmd[entry["command"]],))
+        assert p.Cmd[entry["command"]] in allowed
+        assert frames[1] == channel
+        if "code" in entry:
+            with pytest.raises(ProtocolError) as info:
+                parse(frames)
+            assert info.value.code == entry["code"]
+        else:
+            assert command_name(parse(frames)) == entry["command"]
+        if "body" in entry:
+            where = 4 if entry["command"] in ("PUBLISH", "REQUEST", "DELIVER", "ASK") else -1
+            check_body(entry["body"]["type"], frames[where], entry["body"])
+        else:
+            assert entry["command"] == "ROUTED"
+
+
+def check_entries(command: str, channel: bytes, frame: bytes, want: list[dict[str, Any]]) -> None:
     """A batch's entries frame holds the stated entries, in order, and their
     bodies decode as message bodies."""
+    if command in ENTRY_RULES:
+        check_command_entries(command, channel, frame, want)
+        return
     if command == "PUBLISH_BATCH":
         got = [
             {"topic": t.decode(), "body": b.hex()} for t, b, _ in p.unpack_publish_entries(frame)
@@ -262,6 +306,12 @@ def test_valid_client_vector_draws_no_error_from_the_broker(vec: dict[str, Any])
         "HEARTBEAT": [],  # never answered
         "STATS": [p.StatsReply],
         "PUBLISH_BATCH": [],  # unconfirmed, and nobody subscribed
+        # Each entry as alone: a confirmed PUBLISH and a REQUEST draw a ROUTED (count 0).
+        "BATCH": [
+            p.Routed
+            for e in (vec["entries"] if vec["command"] == "BATCH" else [])
+            if e["command"] == "REQUEST" or (e["command"] == "PUBLISH" and e["frames"][2])
+        ],
     }[vec["command"]]
     assert [type(r) for r in replies] == expected
     if vec["command"] == "HELLO":
@@ -272,7 +322,8 @@ def test_valid_client_vector_draws_no_error_from_the_broker(vec: dict[str, Any])
         else:
             assert "heartbeat" not in info
         # Offered only when asked: a client that does not know batches sees no new key.
-        assert info.get("batch", False) == msgpack.unpackb(frames_of(vec)[2]).get("batch", False)
+        for key in ("batch", "batch_commands"):
+            assert info.get(key, False) == msgpack.unpackb(frames_of(vec)[2]).get(key, False)
     if vec["command"] == "HEARTBEAT":
         assert state.counters["heartbeats_in"] == 1
     if vec["command"] == "STATS":
@@ -281,6 +332,8 @@ def test_valid_client_vector_draws_no_error_from_the_broker(vec: dict[str, Any])
         assert replies == [p.Routed(CHANNEL, frames_of(vec)[2], 0)]
     if vec["command"] == "REPLY":
         assert state.counters["stale_replies"] == 1
+    if vec["command"] == "BATCH":
+        assert state.counters["batches_in"] == 1
 
 
 def check_stats_reply(reply: object, stats: list[bytes], peers: int) -> dict[str, Any]:
@@ -545,6 +598,124 @@ def test_heartbeat_vectors_are_what_the_broker_sends() -> None:
     err = p.parse_broker(frames)
     assert isinstance(err, p.Error)
     assert (err.channel, err.ref, err.code) == (CHANNEL, b"", p.ErrorCode.NOT_JOINED)
+
+
+# --- exchanges: several peers and the broker, in order ---------------------------
+
+Step = tuple[bytes, str, list[bytes]]
+
+
+def steps_of(vec: dict[str, Any]) -> list[Step]:
+    """(peer identity, "send" or "receive", frames) for each step of an exchange."""
+    out: list[Step] = []
+    for step in vec["steps"]:
+        assert set(step) in ({"peer", "send"}, {"peer", "receive"}), step
+        what = "send" if "send" in step else "receive"
+        out.append((step["peer"].encode(), what, [bytes.fromhex(f) for f in step[what]]))
+    return out
+
+
+def flatten(frames: list[bytes]) -> list[list[bytes]]:
+    """A BROKER_BATCH as the messages of its entries; any other message as itself."""
+    if frames[0] == p.H_BROKER_BATCH:
+        return p.unpack_command_entries(frames[2], frames[1], p.BROKER_ENTRY_FRAMES)
+    return [frames]
+
+
+def assert_same_message(got: list[bytes], want: list[bytes]) -> None:
+    if want[0] == p.H_ERROR:
+        assert got[:4] == want[:4]  # the text is informative
+        assert got[4]
+    else:
+        assert got == want
+
+
+@params(EXCHANGES)
+def test_exchange_is_what_the_broker_sends(vec: dict[str, Any]) -> None:
+    """Each message sent is handled alone and its replies coalesced, as the
+    reference broker does once per read of its socket: the broker sends exactly
+    the messages received next, in that order."""
+    state = BrokerState(max_message_size=vec["max_message_size"], name="zmqbus/0.1.0")
+    for ident, what, frames in steps_of(vec):
+        if what == "send":
+            assert not state.outbox, f"the exchange omits replies: {state.outbox}"
+            state.handle(ident, frames)
+            state.coalesce()
+            continue
+        assert state.outbox, f"the broker sends nothing for {frames[0].hex()} to {ident!r}"
+        got_ident, got = state.outbox.pop(0)
+        assert got_ident == ident
+        assert_same_message(got, frames)
+    assert not state.outbox
+
+
+@params(EXCHANGES)
+def test_exchange_without_coalescing_is_the_same_messages_per_peer(vec: dict[str, Any]) -> None:
+    """A broker that joins no replies into BROKER_BATCHes sends each peer the
+    messages of the same entries, in the same order."""
+    state = BrokerState(max_message_size=vec["max_message_size"], name="zmqbus/0.1.0")
+    expected: dict[bytes, list[list[bytes]]] = {}
+
+    def check() -> None:
+        got: dict[bytes, list[list[bytes]]] = {}
+        for ident, frames in state.outbox:
+            got.setdefault(ident, []).append(frames)
+        assert sorted(got) == sorted(expected)
+        for ident, messages in expected.items():
+            assert len(got[ident]) == len(messages)
+            for one, want in zip(got[ident], messages, strict=True):
+                assert_same_message(one, want)
+        state.outbox.clear()
+        expected.clear()
+
+    for ident, what, frames in steps_of(vec):
+        if what == "send":
+            check()
+            state.handle(ident, frames)
+        else:
+            expected.setdefault(ident, []).extend(flatten(frames))
+    check()
+
+
+@params(EXCHANGES)
+def test_exchange_keeps_the_negotiation(vec: dict[str, Any]) -> None:
+    """Every message parses on its side (every BROKER_BATCH entry too); a peer
+    sends BATCH only after a WELCOME with batch_commands answered its latest
+    HELLO, and receives BROKER_BATCH only while its latest HELLO asked."""
+    asked: dict[bytes, bool] = {}
+    offered: dict[bytes, bool] = {}
+    for ident, what, frames in steps_of(vec):
+        if what == "send":
+            cmd = p.parse_client(frames)
+            if isinstance(cmd, p.Hello):
+                asked[ident] = p.unpack_hello(cmd.body).get("batch_commands", False)
+                offered[ident] = False
+            assert not isinstance(cmd, p.Batch) or offered[ident], "BATCH before it was offered"
+            continue
+        reply = p.parse_broker(frames)
+        assert reply.channel == CHANNEL
+        if isinstance(reply, p.Welcome):
+            offered[ident] = p.unpack_welcome(reply.body).get("batch_commands", False)
+            assert offered[ident] == asked[ident]
+        if isinstance(reply, p.BrokerBatch):
+            assert asked[ident], "BROKER_BATCH to a peer that did not ask"
+            for entry in flatten(frames):
+                p.parse_broker(entry)
+
+
+def test_batch_command_vectors_are_messages_of_the_exchanges() -> None:
+    """The valid BATCH and BROKER_BATCH vectors drawn from a story are messages
+    the peers of exchanges.json send and receive."""
+    sent = {tuple(s["send"]) for e in EXCHANGES for s in e["steps"] if "send" in s}
+    received = {tuple(s["receive"]) for e in EXCHANGES for s in e["steps"] if "receive" in s}
+    for name in ("hello-batch-commands", "batch", "batch-one-entry"):
+        assert tuple(VALID_BY_NAME[name]["frames"]) in sent, name
+    for name in ("batch-requests", "batch-replies"):
+        assert tuple(VALID_BY_NAME[name]["frames"]) in sent, name
+    for name in ("welcome-batch-commands", "broker-batch"):
+        assert tuple(VALID_BY_NAME[name]["frames"]) in received, name
+    for name in ("broker-batch-asks", "broker-batch-answers"):
+        assert tuple(VALID_BY_NAME[name]["frames"]) in received, name
 
 
 # --- the worked example in docs/protocol.md ---------------------------------------

@@ -108,6 +108,11 @@ def test_every_broker_command_has_its_count() -> None:
         p.StatsReply(CH, b"r", b"\x80"),
         p.Dropped(CH, b"\0\0\0\1\1"),
         p.DeliverBatch(CH, p.pack_deliver_entry(b"\0\0\0\1", p.pack_publish_entry(b"t", b"b"))),
+        p.BrokerBatch(
+            CH,
+            p.pack_command_entry(p.encode(p.Routed(CH, b"r", 1)))
+            + p.pack_command_entry(p.encode(p.Acked(CH, b"r", p.pack_ack(1, 0)))),
+        ),
     ]
     assert len(vectors) == len(counts)
     for cmd in vectors:

@@ -162,6 +162,7 @@ class ClientCore:
         heartbeat: float = 2.0,
         clock: Callable[[], float] = time.monotonic,
         batch: bool = True,
+        batch_commands: bool = True,
     ) -> None:
         p.check_channel(channel)
         self.channel = channel
@@ -171,8 +172,11 @@ class ClientCore:
         self.state = "new"
         self.heartbeat = heartbeat  # asked of the broker, seconds; 0: none
         self.batch = batch  # asked of the broker in HELLO
-        # The broker offered batches (WELCOME): the driver may send PUBLISH_BATCH.
+        self.batch_commands = batch_commands  # asked of the broker in HELLO
+        # The broker offered batches (WELCOME): the driver may send PUBLISH_BATCH,
+        # and with batching_commands also BATCH.
         self.batching = False
+        self.batching_commands = False
         self.clock = clock
         # Set when the driver must replace its socket and then call rejoin().
         self.want_socket = False
@@ -222,6 +226,8 @@ class ClientCore:
             extra["heartbeat"] = int(self.heartbeat * 1000)
         if self.batch:
             extra["batch"] = True
+        if self.batch_commands:
+            extra["batch_commands"] = True
         return [p.H_HELLO, self.channel, p.pack_hello(self.client_name, **extra)]
 
     def subscribe(
@@ -380,7 +386,8 @@ class ClientCore:
             self.events.append("disconnected")
             log.warning("lost the broker (%s); reconnecting", reason)
         self.state = "reconnecting"
-        self.batching = False  # until the next broker's WELCOME says otherwise
+        # Until the next broker's WELCOME says otherwise.
+        self.batching = self.batching_commands = False
         self.counters["disconnects"] += 1
         self._welcome_by = None
         self._backoff = min(RECONNECT_MAX, max(RECONNECT_MIN, self._backoff * 2))
@@ -505,6 +512,22 @@ class ClientCore:
     def receive(self, frames: list[bytes]) -> None:
         """Handle one message from the broker."""
         self._last_heard = self.clock()
+        if frames and frames[0] == p.H_BROKER_BATCH and len(frames) == 3:
+            try:
+                if frames[1] != self.channel:
+                    p.check_channel(frames[1])
+                    raise ProtocolError(p.ErrorCode.CHANNEL_MISMATCH, "batch for another channel")
+                entries = p.unpack_command_entries(frames[2], frames[1], p.BROKER_ENTRY_FRAMES)
+            except ProtocolError as exc:
+                self.counters["protocol_errors"] += 1
+                log.warning("bad message from broker ignored: %s", exc)
+                return
+            for entry in entries:
+                self._receive(entry)
+        else:
+            self._receive(frames)
+
+    def _receive(self, frames: list[bytes]) -> None:
         head = frames[0] if frames else b""
         n = len(frames)
         try:
@@ -562,6 +585,7 @@ class ClientCore:
             now = self.clock()
             self._beat = info.get("heartbeat", 0) / 1000.0
             self.batching = self.batch and info.get("batch", False)
+            self.batching_commands = self.batch_commands and info.get("batch_commands", False)
             self._next_beat = now + self._beat
             if self.state == "rejoining":
                 self.state = "ready"
@@ -806,17 +830,27 @@ class ClientCore:
         return [s for sinks in self._by_pattern.values() for s in sinks]
 
 
-def batch_front(out: deque[list[bytes]], limit: int = BATCH_BYTES) -> None:
-    """If ``out`` starts with two or more unconfirmed PUBLISHes that fit in
-    ``limit`` bytes of entries, replace as many as fit with one PUBLISH_BATCH
-    carrying them in order. Drivers call it before each send once the broker
-    offered batches."""
+_BATCHABLE = frozenset((p.H_PUBLISH, p.H_ACK, p.H_REQUEST, p.H_REPLY))
+
+
+def batch_front(
+    out: deque[list[bytes]],
+    limit: int = BATCH_BYTES,
+    *,
+    publishes: bool = True,
+    commands: bool = False,
+) -> None:
+    """Join the front of ``out`` into one batch of at most ``limit`` bytes of
+    entries, in order: with ``publishes``, two or more unconfirmed PUBLISHes
+    into a PUBLISH_BATCH; else, with ``commands``, two or more PUBLISH, ACK,
+    REQUEST and REPLY messages into a BATCH. Drivers call it before each send
+    with what the broker offered: ``batch`` and ``batch_commands``."""
     if len(out) < 2:
         return
     pack = p.pack_publish_entry
     entries: list[bytes] = []
     size = 0
-    for frames in out:
+    for frames in out if publishes else ():
         if frames[0] != p.H_PUBLISH or frames[2]:
             break
         entry = pack(frames[3], frames[4])
@@ -824,9 +858,23 @@ def batch_front(out: deque[list[bytes]], limit: int = BATCH_BYTES) -> None:
         if size > limit:
             break
         entries.append(entry)
+    head = p.H_PUBLISH_BATCH
+    if len(entries) < 2 and commands:
+        pack_command = p.pack_command_entry
+        entries = []
+        size = 0
+        for frames in out:
+            if frames[0] not in _BATCHABLE:
+                break
+            entry = pack_command(frames)
+            size += len(entry)
+            if size > limit:
+                break
+            entries.append(entry)
+        head = p.H_BATCH
     if len(entries) < 2:
         return
     channel = out[0][1]
     for _ in entries:
         out.popleft()
-    out.appendleft([p.H_PUBLISH_BATCH, channel, b"".join(entries)])
+    out.appendleft([head, channel, b"".join(entries)])

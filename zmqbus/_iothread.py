@@ -227,9 +227,10 @@ class IOThread:
         out = self._out
         sock = self._sock
         batching = self._core.batching
+        commands = self._core.batching_commands
         while out:
-            if batching:
-                batch_front(out)
+            if batching or commands:
+                batch_front(out, publishes=batching, commands=commands)
             try:
                 send_frames(sock, out[0])
             except zmq.Again:

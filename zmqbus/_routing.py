@@ -39,6 +39,11 @@ LIVENESS = 3
 HEARTBEAT_MIN_MS = 100
 HEARTBEAT_MAX_MS = 60_000
 
+# Bytes of entries in one BROKER_BATCH the broker builds: like the client's
+# BATCH_BYTES, small enough to add no latency and far below any frame limit.
+BROKER_BATCH_BYTES = 64 * 1024
+_COALESCE = frozenset((p.H_DELIVER, p.H_ROUTED, p.H_ACKED, p.H_ASK, p.H_ANSWER))
+
 _LEFT_TEXT = "subscribing bus left before confirming"
 _DROPPED_AT_BROKER = p.pack_ack(0, 1, [])
 
@@ -48,6 +53,7 @@ class Peer:
 
     __slots__ = (
         "batch",
+        "batch_commands",
         "channel",
         "dropped",
         "dropped_total",
@@ -65,6 +71,7 @@ class Peer:
         self.channel = channel
         self.heartbeat = 0.0  # seconds; 0: the peer did not ask for heartbeats
         self.batch = False  # the peer takes DELIVER_BATCH (asked in its HELLO)
+        self.batch_commands = False  # the peer takes BROKER_BATCH (asked in its HELLO)
         # Messages the socket could not take for this peer, per sid, not yet reported.
         self.dropped: dict[bytes, int] = {}
         self.dropped_total = 0
@@ -203,12 +210,30 @@ class BrokerState:
         self.next_tick: float | None = None
         # Topics already checked against the topic rules, so the hot path checks each once.
         self._valid_topics: set[bytes] = set()
+        self._batching_peers = 0  # peers that asked for batch_commands
 
     # --- entry point --------------------------------------------------------
 
     def handle(self, ident: bytes, frames: Sequence[bytes]) -> None:
         """Process one message from peer ``ident``; replies go to ``outbox``."""
         self.counters["messages_in"] += 1
+        if frames and frames[0] == p.H_BATCH:
+            try:
+                entries = self._unbatch(ident, frames)
+            except ProtocolError as exc:
+                self._refuse(ident, frames, exc.code, exc.detail)
+                return
+            except Exception:
+                log.exception("internal error handling a batch from %s", ident.hex())
+                self.counters["internal_errors"] += 1
+                self._refuse(ident, frames, ErrorCode.INTERNAL, "internal broker error")
+                return
+            for entry in entries:
+                self._handle(ident, entry)
+        else:
+            self._handle(ident, frames)
+
+    def _handle(self, ident: bytes, frames: Sequence[bytes]) -> None:
         head = frames[0] if frames else b""
         try:
             if head == p.H_PUBLISH:
@@ -235,8 +260,13 @@ class BrokerState:
         """The socket could not take ``frames`` for ``ident`` (queue full or peer
         gone). A confirmed DELIVER is then reported to its publisher as dropped,
         so the publisher learns at once instead of timing out."""
-        self.counters["dropped_out"] += 1
         peer = self.peers.get(ident)
+        if peer is not None and len(frames) == 3 and frames[0] == p.H_BROKER_BATCH:
+            # Each command in it is lost as if it had been sent alone.
+            for entry in p.unpack_command_entries(frames[2], frames[1], p.BROKER_ENTRY_FRAMES):
+                self.undeliverable(ident, entry)
+            return
+        self.counters["dropped_out"] += 1
         if peer is not None and len(frames) == 3 and frames[0] == p.H_DELIVER_BATCH:
             # Unconfirmed deliveries only: owed a DROPPED notice, no publisher waits.
             for sids, _, _ in p.unpack_deliver_entries(frames[2]):
@@ -274,7 +304,68 @@ class BrokerState:
             peer.dropped = {}
         self.lossy.discard(ident)
 
+    def coalesce(self) -> None:
+        """Join, per peer that asked for ``batch_commands``, each run of two or
+        more DELIVER, ROUTED, ACKED, ASK and ANSWER messages in ``outbox`` into
+        BROKER_BATCHes, in their order among that peer's other messages. The
+        broker calls it once per read of its socket, before sending."""
+        out = self.outbox
+        if self._batching_peers == 0 or len(out) < 2:
+            return
+        peers = self.peers
+        runs: dict[bytes, list[list[bytes]]] = {}
+        result: list[Outgoing] = []
+        for item in out:
+            ident, frames = item
+            if frames[0] in _COALESCE:
+                peer = peers.get(ident)
+                if peer is not None and peer.batch_commands:
+                    run = runs.get(ident)
+                    if run is None:
+                        runs[ident] = [frames]
+                    else:
+                        run.append(frames)
+                    continue
+            elif runs:
+                run = runs.pop(ident, None)
+                if run is not None:
+                    self._emit_run(ident, run, result)
+            result.append(item)
+        for ident, run in runs.items():
+            self._emit_run(ident, run, result)
+        out[:] = result
+
+    def _emit_run(self, ident: bytes, run: list[list[bytes]], result: list[Outgoing]) -> None:
+        if len(run) == 1:
+            result.append((ident, run[0]))
+            return
+        pack = p.pack_command_entry
+        channel = run[0][1]
+        parts: list[bytes] = []
+        size = 0
+        for frames in run:
+            entry = pack(frames)
+            if parts and size + len(entry) > BROKER_BATCH_BYTES:
+                result.append(self._broker_batch(ident, channel, parts))
+                parts = []
+                size = 0
+            parts.append(entry)
+            size += len(entry)
+        result.append(self._broker_batch(ident, channel, parts))
+
+    def _broker_batch(self, ident: bytes, channel: bytes, parts: list[bytes]) -> Outgoing:
+        self.counters["broker_batches"] += 1
+        return (ident, [p.H_BROKER_BATCH, channel, b"".join(parts)])
+
     # --- hot path -----------------------------------------------------------
+
+    def _unbatch(self, ident: bytes, frames: Sequence[bytes]) -> list[list[bytes]]:
+        # The envelope is refused whole (one ERROR, empty ref); each entry is
+        # then handled as if it had arrived alone, with its own ERROR if any.
+        self._joined(ident, frames, 3)
+        entries = p.unpack_command_entries(frames[2], frames[1], p.CLIENT_ENTRY_FRAMES)
+        self.counters["batches_in"] += 1
+        return entries
 
     def _joined(self, ident: bytes, frames: Sequence[bytes], count: int) -> Peer:
         if len(frames) != count:
@@ -510,6 +601,12 @@ class BrokerState:
         # Only a peer that asked hears of batches: others get the WELCOME they know.
         peer.batch = hello.get("batch", False)
         extra: dict[str, object] = {"batch": True} if peer.batch else {}
+        commands = hello.get("batch_commands", False)
+        if commands != peer.batch_commands:
+            self._batching_peers += 1 if commands else -1
+            peer.batch_commands = commands
+        if commands:
+            extra["batch_commands"] = True
         if not asked:
             # A HELLO again without heartbeats ends them for this peer.
             peer.heartbeat = 0.0
@@ -537,6 +634,8 @@ class BrokerState:
         self.sessions.pop(peer.session, None)
         self._beating.discard(ident)
         self.lossy.discard(ident)
+        if peer.batch_commands:
+            self._batching_peers -= 1
         channel = peer.channel
         for sid, (pattern, queue) in peer.subs.items():
             channel.remove(peer, sid, pattern, queue)

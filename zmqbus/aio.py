@@ -34,7 +34,6 @@ from .errors import (
     BusClosed,
     ConnectTimeout,
     MessageTooLarge,
-    PublishTimeout,
     RequestTimeout,
     SubscriptionClosed,
     ZmqbusError,
@@ -407,11 +406,37 @@ class Bus(BusBase):
             # together, joined into PUBLISH_BATCHes, as nats.py's flusher does.
             self._pump_soon()
             return _UNCONFIRMED
+        # The core's deadline settles the future (PublishTimeout). A cancelled caller
+        # cancels only its own future, which the core then skips.
+        return await self._publish_confirmed(topic_b, body, timeout)
+
+    def publish_nowait(
+        self,
+        topic: str,
+        payload: bytes | bytearray | memoryview,
+        headers: Mapping[str, str] | None = None,
+        *,
+        timeout: float = 5.0,
+    ) -> asyncio.Future[PublishResult]:
+        """Publish with confirmation without waiting for it: return a future of
+        the ``PublishResult`` (or ``HandlerError``, ``PublishTimeout``), settled
+        within ``timeout``. Keeping several outstanding pipelines confirmed
+        publishing; bound how many yourself. Call it on the bus's event loop."""
+        self._check()
+        topic_b = self._topic_bytes(topic)
+        body = self._encode(payload, headers)
+        return self._publish_confirmed(topic_b, body, _validate.timeout(timeout))
+
+    def _publish_confirmed(
+        self, topic: bytes, body: bytes, timeout: float
+    ) -> asyncio.Future[PublishResult]:
         assert self._loop is not None
         fut: asyncio.Future[PublishResult] = self._loop.create_future()
-        self._core.publish(topic_b, body, fut, time.monotonic() + timeout, timeout)
-        self._pump()
-        return await _wait(fut, timeout, lambda: PublishTimeout(timeout, PublishResult(), None))
+        self._core.publish(topic, body, fut, time.monotonic() + timeout, timeout)
+        # Sent on the loop's next turn like unconfirmed ones, so that a window of
+        # confirmed publishes goes out as one BATCH.
+        self._pump_soon()
+        return fut
 
     async def request(
         self,
@@ -560,9 +585,10 @@ class Bus(BusBase):
             out.extend(outbox)
             outbox.clear()
         batching = core.batching
+        commands = core.batching_commands
         while out:
-            if batching:
-                batch_front(out)
+            if batching or commands:
+                batch_front(out, publishes=batching, commands=commands)
             try:
                 send_frames(sock, out[0])
             except zmq.Again:

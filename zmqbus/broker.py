@@ -22,9 +22,11 @@ log = logging.getLogger("zmqbus.broker")
 
 DEFAULT_BIND = "tcp://127.0.0.1:9090"
 
-# Messages taken from the socket before replies are flushed; bounds latency
-# under load while amortising the poll call.
+# Messages taken from the socket before polling again; amortises the poll call.
 _BATCH = 256
+# Replies waiting before they are sent mid-read: bounds the latency a long read
+# adds, while letting the replies of several messages join in BROKER_BATCHes.
+_FLUSH_AT = 64
 
 _BYE_LINGER_MS = 200
 
@@ -174,6 +176,7 @@ class Broker:
         poller.register(wake, zmq.POLLIN)
         state = self._state
         handle = state.handle
+        coalesce = state.coalesce
         outbox = state.outbox
         lock = self._lock
         try:
@@ -200,8 +203,12 @@ class Broker:
                         except zmq.Again:
                             break
                         handle(frames[0], frames[1:])
-                        if outbox:
+                        if len(outbox) >= _FLUSH_AT:
+                            coalesce()
                             self._flush(router, outbox)
+                    if outbox:
+                        coalesce()
+                        self._flush(router, outbox)
         except Exception:
             log.exception("broker loop failed")
         finally:

@@ -335,11 +335,37 @@ class Bus(BusBase):
         if not confirm:
             self._io.submit([p.H_PUBLISH, self._core.channel, b"", topic_b, body])
             return _UNCONFIRMED
+        fut = self._publish_confirmed(topic_b, body, timeout)
+        return _wait(fut, timeout, lambda: PublishTimeout(timeout, PublishResult(), None))
+
+    def publish_nowait(
+        self,
+        topic: str,
+        payload: bytes | bytearray | memoryview,
+        headers: Mapping[str, str] | None = None,
+        *,
+        timeout: float = 5.0,
+    ) -> Future[PublishResult]:
+        """Publish with confirmation without waiting for it: return a
+        ``concurrent.futures.Future`` of the ``PublishResult`` (or
+        ``HandlerError``, ``PublishTimeout``), settled within ``timeout``.
+        Keeping several outstanding pipelines confirmed publishing from one
+        thread; bound how many yourself."""
+        if self._closed:
+            raise BusClosed("bus is closed")
+        topic_b = self._topic_bytes(topic)
+        timeout = _validate.timeout(timeout)
+        body = self._encode(payload, headers)
+        return self._publish_confirmed(topic_b, body, timeout)
+
+    def _publish_confirmed(
+        self, topic: bytes, body: bytes, timeout: float
+    ) -> Future[PublishResult]:
         fut: Future[PublishResult] = Future()
         self._io.submit(
-            partial(self._core.publish, topic_b, body, fut, time.monotonic() + timeout, timeout)
+            partial(self._core.publish, topic, body, fut, time.monotonic() + timeout, timeout)
         )
-        return _wait(fut, timeout, lambda: PublishTimeout(timeout, PublishResult(), None))
+        return fut
 
     # --- request ------------------------------------------------------------
 

@@ -37,6 +37,8 @@ __all__ = [
     "Acked",
     "Answer",
     "Ask",
+    "Batch",
+    "BrokerBatch",
     "BrokerCommand",
     "BrokerHeartbeat",
     "Bye",
@@ -67,6 +69,7 @@ __all__ = [
     "message_fields",
     "new_message_id",
     "pack_ack",
+    "pack_command_entry",
     "pack_deliver_entry",
     "pack_dropped",
     "pack_hello",
@@ -77,6 +80,7 @@ __all__ = [
     "parse_broker",
     "parse_client",
     "unpack_ack",
+    "unpack_command_entries",
     "unpack_deliver_entries",
     "unpack_dropped",
     "unpack_hello",
@@ -112,6 +116,7 @@ class Cmd(IntEnum):
     HEARTBEAT = 0x09
     STATS = 0x0A
     PUBLISH_BATCH = 0x0B
+    BATCH = 0x0C
     WELCOME = 0x81
     OK = 0x82
     DELIVER = 0x83
@@ -124,6 +129,7 @@ class Cmd(IntEnum):
     STATS_REPLY = 0x8A
     DROPPED = 0x8B
     DELIVER_BATCH = 0x8C
+    BROKER_BATCH = 0x8D
     ERROR = 0x8F
 
 
@@ -153,6 +159,8 @@ H_UNSUBSCRIBE = header(Cmd.UNSUBSCRIBE)
 H_PUBLISH = header(Cmd.PUBLISH)
 H_PUBLISH_BATCH = header(Cmd.PUBLISH_BATCH)
 H_DELIVER_BATCH = header(Cmd.DELIVER_BATCH)
+H_BATCH = header(Cmd.BATCH)
+H_BROKER_BATCH = header(Cmd.BROKER_BATCH)
 H_ACK = header(Cmd.ACK)
 H_DISCONNECT = header(Cmd.DISCONNECT)
 H_REQUEST = header(Cmd.REQUEST)
@@ -364,6 +372,26 @@ class DeliverBatch:
 
 
 @dataclass(frozen=True, slots=True)
+class Batch:
+    """Client sends several PUBLISH, ACK, REQUEST or REPLY commands in one
+    message, each meaning exactly what it would alone (see
+    ``pack_command_entry``). Only to a broker whose WELCOME offered
+    ``batch_commands``."""
+
+    channel: bytes
+    entries: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class BrokerBatch:
+    """Broker sends several DELIVER, ROUTED, ACKED, ASK or ANSWER commands in
+    one message. Only to a client whose HELLO asked for ``batch_commands``."""
+
+    channel: bytes
+    entries: bytes
+
+
+@dataclass(frozen=True, slots=True)
 class Stats:
     """Anyone asks for the broker's counters; no HELLO needed. ``channel`` may be empty."""
 
@@ -430,6 +458,7 @@ ClientCommand: TypeAlias = (
     | Heartbeat
     | Stats
     | PublishBatch
+    | Batch
 )
 BrokerCommand: TypeAlias = (
     Welcome
@@ -445,6 +474,7 @@ BrokerCommand: TypeAlias = (
     | StatsReply
     | Dropped
     | DeliverBatch
+    | BrokerBatch
 )
 Command: TypeAlias = ClientCommand | BrokerCommand
 
@@ -459,6 +489,10 @@ def encode(cmd: Command) -> list[bytes]:
             return [H_PUBLISH_BATCH, channel, entries]
         case DeliverBatch(channel, entries):
             return [H_DELIVER_BATCH, channel, entries]
+        case Batch(channel, entries):
+            return [H_BATCH, channel, entries]
+        case BrokerBatch(channel, entries):
+            return [H_BROKER_BATCH, channel, entries]
         case Deliver(channel, token, topic, body, sids):
             return [H_DELIVER, channel, token, topic, body, sids]
         case Request(channel, ref, topic, body):
@@ -519,6 +553,7 @@ _CLIENT_FRAMES = {
     Cmd.HEARTBEAT: 2,
     Cmd.STATS: 3,
     Cmd.PUBLISH_BATCH: 3,
+    Cmd.BATCH: 3,
 }
 _BROKER_FRAMES = {
     Cmd.WELCOME: 3,
@@ -534,6 +569,7 @@ _BROKER_FRAMES = {
     Cmd.STATS_REPLY: 4,
     Cmd.DROPPED: 3,
     Cmd.DELIVER_BATCH: 3,
+    Cmd.BROKER_BATCH: 3,
 }
 
 # Frame counts by header frame, for a receiver that reads a known command's
@@ -655,6 +691,10 @@ def parse_client(frames: Sequence[bytes]) -> ClientCommand:
         for topic, _, _ in unpack_publish_entries(frames[2]):
             decode_name(topic, "topic")
         return PublishBatch(channel, frames[2])
+    if cmd == Cmd.BATCH:
+        # The envelope only: each entry is checked when it is handled, as alone.
+        unpack_command_entries(frames[2], channel, CLIENT_ENTRY_FRAMES)
+        return Batch(channel, frames[2])
     if cmd == Cmd.REQUEST:
         check_request_ref(frames[2])
         decode_name(frames[3], "topic")
@@ -727,6 +767,9 @@ def parse_broker(frames: Sequence[bytes]) -> BrokerCommand:
         for _, topic, _ in unpack_deliver_entries(frames[2]):
             decode_name(topic, "topic")
         return DeliverBatch(channel, frames[2])
+    if cmd == Cmd.BROKER_BATCH:
+        unpack_command_entries(frames[2], channel, BROKER_ENTRY_FRAMES)
+        return BrokerBatch(channel, frames[2])
     if cmd in (Cmd.DELIVER, Cmd.ASK):
         check_ref(frames[2], "token")
         decode_name(frames[3], "topic")
@@ -825,6 +868,92 @@ def unpack_deliver_entries(frame: bytes) -> list[tuple[bytes, bytes, bytes]]:
             if i > end or not tlen or not slen or slen & 3:
                 raise _bad_batch("an entry is truncated, names no sid or has an empty topic")
             append((frame[j - slen : j], frame[j + 2 : k], frame[k + 4 : i]))
+    except struct.error:
+        raise _bad_batch("an entry is truncated") from None
+    return out
+
+
+# command-entry = command(1) 1*(frame-length(4) frame)
+# One entry of BATCH or BROKER_BATCH: a command's byte, then each of its frames
+# after the channel frame, as many as the command has.
+
+# Commands a BATCH (client) / BROKER_BATCH (broker) may carry, with the number
+# of frames each entry holds (the command's frame count less header and channel).
+CLIENT_ENTRY_FRAMES: dict[int, int] = {
+    Cmd.PUBLISH: 3,
+    Cmd.ACK: 2,
+    Cmd.REQUEST: 3,
+    Cmd.REPLY: 2,
+}
+BROKER_ENTRY_FRAMES: dict[int, int] = {
+    Cmd.DELIVER: 4,
+    Cmd.ROUTED: 2,
+    Cmd.ACKED: 2,
+    Cmd.ASK: 4,
+    Cmd.ANSWER: 2,
+}
+_HEADERS = {int(c): header(c) for c in Cmd}
+_COMMAND_OF = {header(c): bytes((c,)) for c in Cmd}
+
+
+def pack_command_entry(frames: Sequence[bytes]) -> bytes:
+    """One entry of a BATCH or BROKER_BATCH frame: the command of ``frames`` (a
+    whole message, header and channel first) and its frames after the channel."""
+    # Unrolled for the entry sizes that exist: this runs once per batched message.
+    pack = _U32.pack
+    n = len(frames)
+    if n == 4:
+        a, b = frames[2], frames[3]
+        return b"".join((_COMMAND_OF[frames[0]], pack(len(a)), a, pack(len(b)), b))
+    if n == 5:
+        a, b, c = frames[2], frames[3], frames[4]
+        return b"".join((_COMMAND_OF[frames[0]], pack(len(a)), a, pack(len(b)), b, pack(len(c)), c))
+    parts = [frames[0][3:4]]
+    for f in frames[2:]:
+        parts.append(pack(len(f)))
+        parts.append(f)
+    return b"".join(parts)
+
+
+def unpack_command_entries(
+    frame: bytes, channel: bytes, allowed: Mapping[int, int]
+) -> list[list[bytes]]:
+    """The entries of a BATCH or BROKER_BATCH frame as whole messages (header,
+    ``channel``, frames), each to be handled as if it had arrived alone.
+    BAD_FRAMES if the frame is empty, not exactly a run of entries, or holds a
+    command not in ``allowed`` (command byte -> frames per entry)."""
+    out: list[list[bytes]] = []
+    end = len(frame)
+    if not end:
+        raise _bad_batch("no entries")
+    u32 = _U32.unpack_from
+    append = out.append
+    headers = _HEADERS
+    i = 0
+    try:
+        while i < end:
+            cmd = frame[i]
+            n = allowed.get(cmd)
+            if n is None:
+                raise _bad_batch(f"command 0x{cmd:02x} cannot be batched")
+            i += 5
+            j = i + u32(frame, i - 4)[0]
+            a = frame[i:j]
+            i = j + 4
+            j = i + u32(frame, j)[0]
+            if n == 2:
+                append([headers[cmd], channel, a, frame[i:j]])
+                i = j
+            else:
+                msg = [headers[cmd], channel, a, frame[i:j]]
+                for _ in range(n - 2):
+                    i = j + 4
+                    j = i + u32(frame, j)[0]
+                    msg.append(frame[i:j])
+                i = j
+                append(msg)
+            if i > end:
+                raise _bad_batch("an entry is truncated")
     except struct.error:
         raise _bad_batch("an entry is truncated") from None
     return out
@@ -967,11 +1096,38 @@ class AckResult:
 
 def pack_ack(delivered: int, dropped: int, errors: Sequence[str] = ()) -> bytes:
     """Body of ACK/ACKED: msgpack array [delivered, dropped, [error text, ...]]."""
-    return _packb([delivered, dropped, list(errors)])
+    if errors:
+        return _packb([delivered, dropped, list(errors)])
+    # Every confirmation of a queued message is the same few octets: encode each once.
+    key = (delivered, dropped)
+    body = _ACK_BODIES.get(key)
+    if body is None:
+        body = _packb([delivered, dropped, []])
+        if len(_ACK_BODIES) < 256:
+            _ACK_BODIES[key] = body
+    return body
+
+
+_ACK_BODIES: dict[tuple[int, int], bytes] = {}
+
+
+# Confirmations without errors repeat ([1, 0, []] above all): decoded once each.
+# Their AckResults are shared, so nobody may change one.
+_ACK_CACHE: dict[bytes, AckResult] = {}
 
 
 def unpack_ack(body: bytes) -> AckResult:
     """Decode and validate an ACK/ACKED body."""
+    hit = _ACK_CACHE.get(body)
+    if hit is not None:
+        return hit
+    ack = _unpack_ack(body)
+    if not ack.errors and len(_ACK_CACHE) < 256:
+        _ACK_CACHE[body] = ack
+    return ack
+
+
+def _unpack_ack(body: bytes) -> AckResult:
     obj = _unpack(body, "ack")
     if not isinstance(obj, list) or len(obj) < 3:
         raise ProtocolError(ErrorCode.BAD_BODY, "ack body must be an array of at least 3")
@@ -990,8 +1146,9 @@ def pack_hello(client: str, **extra: Any) -> bytes:
 
 def unpack_hello(body: bytes) -> dict[str, Any]:
     """Decode a HELLO body; raise BAD_BODY unless it is a map with str keys, an
-    optional ``heartbeat`` (milliseconds, a non-negative int) and an optional
-    ``batch`` (a boolean: the client takes DELIVER_BATCH)."""
+    optional ``heartbeat`` (milliseconds, a non-negative int), and optional
+    ``batch`` and ``batch_commands`` (booleans: the client takes DELIVER_BATCH,
+    BROKER_BATCH)."""
     obj = _unpack_map(body, "HELLO")
     _check_heartbeat(obj, "HELLO")
     _check_batch(obj, "HELLO")
@@ -999,8 +1156,9 @@ def unpack_hello(body: bytes) -> dict[str, Any]:
 
 
 def _check_batch(obj: dict[str, Any], what: str) -> None:
-    if type(obj.get("batch", False)) is not bool:
-        raise ProtocolError(ErrorCode.BAD_BODY, f"{what} batch must be a boolean")
+    for key in ("batch", "batch_commands"):
+        if type(obj.get(key, False)) is not bool:
+            raise ProtocolError(ErrorCode.BAD_BODY, f"{what} {key} must be a boolean")
 
 
 def _check_heartbeat(obj: dict[str, Any], what: str) -> None:

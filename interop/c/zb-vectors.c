@@ -9,16 +9,23 @@
  *                 fields, and their bodies decode to the stated values; the
  *                 entries of a DELIVER_BATCH read back as the stated sids,
  *                 topics and bodies, and the bodies decode as message bodies.
+ *                 The entries of a BATCH or BROKER_BATCH read back as the
+ *                 stated messages, whose bodies decode to the stated values;
+ *                 each BATCH entry is produced byte for byte by its encoder
+ *                 and the BATCH by zb_encode_batch from them; each
+ *                 BROKER_BATCH entry parses alone (or is refused alone with
+ *                 the stated code).
  * malformed.json: broker messages are refused with the stated code; client
  *                 messages are refused by the matching encoder with the
  *                 stated code where the encoder checks that rule (field
- *                 sizes 400, text 406, HELLO body 422).
+ *                 sizes 400, text 406, HELLO body 422, BATCH entries 400).
  * bodies.json:    valid bodies decode to the stated values and, when in the
  *                 form this encoder writes, are re-encoded byte for byte;
  *                 malformed bodies are refused with 422.
  * Client messages of commands this client never sends (HEARTBEAT, STATS,
  * PUBLISH_BATCH) are skipped and counted. (session.json holds refusals that
- * depend on broker state: nothing for a client codec to check.)
+ * depend on broker state, and exchanges.json what a broker sends: nothing
+ * for a client codec to check beyond the messages valid.json has.)
  *
  * Prints one line per failure and a summary; exit status 0 when all pass.
  */
@@ -289,12 +296,62 @@ static int command_byte(const char *name)
                  {"ACKED", ZB_ACKED},     {"ASK", ZB_ASK},             {"ANSWER", ZB_ANSWER},
                  {"BROKER_HEARTBEAT", ZB_BROKER_HEARTBEAT},            {"BYE", ZB_BYE},
                  {"STATS_REPLY", ZB_STATS_REPLY},                      {"DROPPED", ZB_DROPPED},
-                 {"DELIVER_BATCH", ZB_DELIVER_BATCH},                  {"ERROR", ZB_ERROR}};
+                 {"DELIVER_BATCH", ZB_DELIVER_BATCH},                  {"ERROR", ZB_ERROR},
+                 {"BATCH", ZB_BATCH},                                  {"BROKER_BATCH", ZB_BROKER_BATCH}};
     size_t i;
     for (i = 0; i < sizeof table / sizeof table[0]; i++)
         if (strcmp(table[i].name, name) == 0)
             return table[i].byte;
     return -1;
+}
+
+static int encode_from_frames(int command, const zb_bytes *f, size_t n, zb_msg *msg);
+
+/* The message a command entry stands for: header, channel, its frames. */
+static size_t entry_message(const zb_command_entry *e, zb_bytes channel, uint8_t header[4],
+                            zb_bytes *parts)
+{
+    size_t i;
+    memcpy(header, "ZB\x01", 3);
+    header[3] = (uint8_t)e->command;
+    parts[0] = (zb_bytes){header, 4};
+    parts[1] = channel;
+    for (i = 0; i < e->count; i++)
+        parts[2 + i] = e->frames[i];
+    return 2 + e->count;
+}
+
+/* A BATCH from its frames: each entry encoded alone by its encoder, then
+ * zb_encode_batch. 400 for an entries frame that is not a run of client
+ * command entries; an entry's encoder's code for an entry it refuses. */
+static int encode_batch_from_frames(const zb_bytes *f, zb_msg *msg)
+{
+    zb_command_entry e;
+    zb_msg *msgs = NULL;
+    size_t pos = 0, n = 0, i;
+    int rc = zb_check_command_entries(f[2], ZB_CLIENT_ENTRIES);
+    while (rc == 0 && pos < f[2].size) {
+        uint8_t header[4];
+        zb_bytes parts[2 + ZB_MAX_ENTRY_FRAMES];
+        size_t count;
+        zb_msg *grown = realloc(msgs, (n + 1) * sizeof *msgs);
+        if (!grown) {
+            rc = ZB_ENOMEM;
+            break;
+        }
+        msgs = grown;
+        zb_next_command_entry(f[2], &pos, ZB_CLIENT_ENTRIES, &e);
+        count = entry_message(&e, f[1], header, parts);
+        rc = encode_from_frames(e.command, parts, count, &msgs[n]);
+        if (rc == 0)
+            n++;
+    }
+    if (rc == 0)
+        rc = zb_encode_batch(msg, f[1].data, msgs, n);
+    for (i = 0; i < n; i++)
+        zb_msg_free(&msgs[i]);
+    free(msgs);
+    return rc;
 }
 
 /* Encode a client message of `command` from frames-shaped fields (the body
@@ -304,6 +361,8 @@ static int encode_from_frames(int command, const zb_bytes *f, size_t n, zb_msg *
 {
     static const size_t counts[9] = {0, 3, 6, 4, 5, 4, 3, 5, 4};
     msg->count = 0;
+    if (command == ZB_BATCH)
+        return n == 3 && f[1].size == 16 ? encode_batch_from_frames(f, msg) : -100;
     if (command < ZB_HELLO || command > ZB_REPLY || n != counts[command] || f[1].size != 16)
         return -100;
     switch (command) {
@@ -328,6 +387,71 @@ static void check_msg_equals(const zb_msg *msg, const frame_set *fs)
     for (i = 0; same && i < fs->count; i++)
         same = bytes_eq(view(&msg->frames[i]), fs->f[i]);
     check(same, "encoded frames differ from the vector");
+}
+
+/* The entries of a BATCH (side ZB_CLIENT_ENTRIES) or BROKER_BATCH against
+ * the vector's list of {command, frames, body, code}: each reads back as the
+ * stated message; a client entry is produced byte for byte by its encoder, a
+ * broker entry parses alone (or is refused with the stated code); bodies
+ * decode to the stated values. */
+static void check_command_entries(zb_bytes channel, zb_bytes entries, int side, const json *want)
+{
+    zb_command_entry e;
+    size_t pos = 0, i;
+    if (!want) {
+        check(0, "the vector lists no entries");
+        return;
+    }
+    for (i = 0; pos < entries.size; i++) {
+        const json *w = i < want->count ? want->items[i] : NULL;
+        const json *body = json_get(w, "body");
+        const json *code = json_get(w, "code");
+        uint8_t header[4];
+        zb_bytes parts[2 + ZB_MAX_ENTRY_FRAMES];
+        frame_set stated;
+        size_t count, k;
+        int rc = zb_next_command_entry(entries, &pos, side, &e), same;
+        check(rc == 0, "entry %zu refused with %d", i, rc);
+        if (rc)
+            return;
+        check(w != NULL, "more entries than the vector lists");
+        if (!w)
+            return;
+        check(e.command == command_byte(str_of(json_get(w, "command"))), "entry %zu: wrong command",
+              i);
+        count = entry_message(&e, channel, header, parts);
+        frames_load(&stated, json_get(w, "frames"));
+        same = stated.count == count;
+        for (k = 0; same && k < count; k++)
+            same = bytes_eq(parts[k], stated.f[k]);
+        check(same, "entry %zu: the message differs from the vector", i);
+        frames_free(&stated);
+        if (side == ZB_BROKER_ENTRIES) {
+            zb_broker_msg m;
+            long want_code = code ? (long)number(code) : 0;
+            rc = zb_parse_broker(&m, parts, count);
+            check(rc == want_code, "entry %zu: parsed with %d, want %ld", i, rc, want_code);
+            if (body) /* DELIVER and ASK: frame 4, before the sids; else the last frame */
+                check_decoded(str_of(json_get(body, "type")),
+                              parts[e.command == ZB_DELIVER || e.command == ZB_ASK ? 4 : count - 1],
+                              body);
+        } else {
+            zb_msg msg;
+            frame_set again = {0};
+            rc = encode_from_frames(e.command, parts, count, &msg);
+            check(rc == (code ? (long)number(code) : 0), "entry %zu: encoder gave %d", i, rc);
+            if (rc == 0) {
+                for (k = 0; k < count; k++)
+                    again.f[k] = parts[k];
+                again.count = count;
+                check_msg_equals(&msg, &again);
+                zb_msg_free(&msg);
+            }
+            if (body) /* the body is the last frame */
+                check_decoded(str_of(json_get(body, "type")), parts[count - 1], body);
+        }
+    }
+    check(i == want->count, "%zu entries, want %zu", i, want->count);
 }
 
 static void check_valid_client(const json *v, const frame_set *fs)
@@ -396,6 +520,8 @@ static void check_valid_client(const json *v, const frame_set *fs)
         check_msg_equals(&msg, fs);
         zb_msg_free(&msg);
     }
+    if (command == ZB_BATCH)
+        check_command_entries(fs->f[1], fs->f[2], ZB_CLIENT_ENTRIES, json_get(v, "entries"));
 done:
     zb_buf_free(&ch);
     zb_buf_free(&ref);
@@ -460,7 +586,9 @@ static void check_valid_broker(const json *v, const frame_set *fs)
         check(m.code == number(json_get(fields, "code")), "code differs");
     if (body)
         check_decoded(str_of(json_get(body, "type")), m.body, body);
-    if (json_get(v, "entries"))
+    if (m.command == ZB_BROKER_BATCH)
+        check_command_entries(m.channel, m.entries, ZB_BROKER_ENTRIES, json_get(v, "entries"));
+    else if (json_get(v, "entries"))
         check_deliver_entries(m.entries, json_get(v, "entries"));
 }
 

@@ -328,6 +328,49 @@ int zb_encode_reply(zb_msg *msg, const uint8_t channel[16], zb_bytes token, zb_b
     return build(msg, ZB_REPLY, channel, frames, 2);
 }
 
+int zb_encode_batch(zb_msg *msg, const uint8_t channel[16], const zb_msg *msgs, size_t n)
+{
+    size_t i, j, size = 0;
+    uint8_t *entries, *p;
+    int rc;
+    msg->count = 0;
+    if (n == 0)
+        return ZB_BAD_FRAMES;
+    for (i = 0; i < n; i++) {
+        const zb_msg *m = &msgs[i];
+        int frames = 0;
+        if (m->count >= 1 && m->frames[0].size == 4)
+            frames = zb_entry_frames(m->frames[0].data[3], ZB_CLIENT_ENTRIES);
+        if (frames == 0 || m->count != (size_t)frames + 2 || m->frames[1].size != ZB_CHANNEL_SIZE ||
+            memcmp(m->frames[1].data, channel, ZB_CHANNEL_SIZE) != 0)
+            return ZB_BAD_FRAMES;
+        size += 1;
+        for (j = 2; j < m->count; j++) {
+            if ((uint64_t)m->frames[j].size > UINT32_MAX)
+                return ZB_BAD_FRAMES;
+            size += 4 + m->frames[j].size;
+        }
+    }
+    p = entries = malloc(size);
+    if (!entries)
+        return ZB_ENOMEM;
+    for (i = 0; i < n; i++) {
+        *p++ = msgs[i].frames[0].data[3];
+        for (j = 2; j < msgs[i].count; j++) {
+            put_u32(p, (uint32_t)msgs[i].frames[j].size);
+            if (msgs[i].frames[j].size)
+                memcpy(p + 4, msgs[i].frames[j].data, msgs[i].frames[j].size);
+            p += 4 + msgs[i].frames[j].size;
+        }
+    }
+    {
+        zb_bytes frame = bytes_of(entries, size);
+        rc = build(msg, ZB_BATCH, channel, &frame, 1);
+    }
+    free(entries);
+    return rc;
+}
+
 /* ------------------------------------------------------------------ */
 /* bodies: encoding                                                     */
 /* ------------------------------------------------------------------ */
@@ -547,11 +590,13 @@ static int heartbeat_valid(const msgpack_object *map)
     return !hb || hb->type == MSGPACK_OBJECT_POSITIVE_INTEGER;
 }
 
-/* HELLO and WELCOME: "batch", when present, is a boolean. */
+/* HELLO and WELCOME: "batch" and "batch_commands", when present, are booleans. */
 static int batch_valid(const msgpack_object *map)
 {
     const msgpack_object *batch = map_get(map, "batch");
-    return !batch || batch->type == MSGPACK_OBJECT_BOOLEAN;
+    const msgpack_object *commands = map_get(map, "batch_commands");
+    return (!batch || batch->type == MSGPACK_OBJECT_BOOLEAN) &&
+           (!commands || commands->type == MSGPACK_OBJECT_BOOLEAN);
 }
 
 static int decode_timestamp(const msgpack_object *o, zb_time *ts)
@@ -756,7 +801,8 @@ static int broker_frame_count(int command)
 {
     switch (command) {
     case ZB_BROKER_HEARTBEAT: case ZB_BYE: return 2;
-    case ZB_WELCOME: case ZB_OK: case ZB_DROPPED: case ZB_DELIVER_BATCH: return 3;
+    case ZB_WELCOME: case ZB_OK: case ZB_DROPPED: case ZB_DELIVER_BATCH: case ZB_BROKER_BATCH:
+        return 3;
     case ZB_ROUTED: case ZB_ACKED: case ZB_ANSWER: case ZB_STATS_REPLY: return 4;
     case ZB_ERROR: return 5;
     case ZB_DELIVER: case ZB_ASK: return 6;
@@ -804,6 +850,51 @@ static int check_deliver_entries(zb_bytes entries)
             topic_rc = zb_check_name(e.topic.data, e.topic.size, ZB_TOPIC);
     }
     return topic_rc;
+}
+
+int zb_entry_frames(int command, int side)
+{
+    if (side == ZB_CLIENT_ENTRIES) {
+        switch (command) {
+        case ZB_PUBLISH: case ZB_REQUEST: return 3;
+        case ZB_ACK: case ZB_REPLY: return 2;
+        default: return 0;
+        }
+    }
+    switch (command) {
+    case ZB_DELIVER: case ZB_ASK: return 4;
+    case ZB_ROUTED: case ZB_ACKED: case ZB_ANSWER: return 2;
+    default: return 0;
+    }
+}
+
+int zb_next_command_entry(zb_bytes entries, size_t *pos, int side, zb_command_entry *out)
+{
+    zb_bytes command, len;
+    size_t i;
+    memset(out, 0, sizeof *out);
+    if (take(entries, pos, 1, &command))
+        return ZB_BAD_FRAMES;
+    out->command = command.data[0];
+    out->count = (size_t)zb_entry_frames(out->command, side);
+    if (out->count == 0)
+        return ZB_BAD_FRAMES; /* a command this side's batch may not hold */
+    for (i = 0; i < out->count; i++)
+        if (take(entries, pos, 4, &len) || take(entries, pos, get_u32(len.data), &out->frames[i]))
+            return ZB_BAD_FRAMES;
+    return 0;
+}
+
+int zb_check_command_entries(zb_bytes entries, int side)
+{
+    zb_command_entry e;
+    size_t pos = 0;
+    if (entries.size == 0)
+        return ZB_BAD_FRAMES;
+    while (pos < entries.size)
+        if (zb_next_command_entry(entries, &pos, side, &e))
+            return ZB_BAD_FRAMES;
+    return 0;
 }
 
 int zb_parse_broker(zb_broker_msg *out, const zb_bytes *f, size_t n)
@@ -856,6 +947,10 @@ int zb_parse_broker(zb_broker_msg *out, const zb_bytes *f, size_t n)
     case ZB_DELIVER_BATCH:
         out->entries = f[2];
         return check_deliver_entries(f[2]);
+    case ZB_BROKER_BATCH:
+        /* the envelope only: each entry is checked as the message alone */
+        out->entries = f[2];
+        return zb_check_command_entries(f[2], ZB_BROKER_ENTRIES);
     case ZB_ROUTED:
         out->ref = f[2];
         if (f[2].size < 1 || f[2].size > ZB_MAX_REF || f[3].size != 4)
@@ -946,7 +1041,7 @@ typedef struct frames {
     size_t count;
     zmq_msg_t *parts;
     zb_bytes *views;
-    struct frames *next; /* queue of pending DELIVERs */
+    struct frames *next; /* queue of pending DELIVERs, or of BROKER_BATCH entries */
 } frames;
 
 static void frames_free(frames *f)
@@ -972,6 +1067,7 @@ struct zb_client {
     uint8_t *sids; /* open sids, 4 octets each */
     size_t n_sids;
     frames *deliveries_head, *deliveries_tail;
+    frames *inbox_head, *inbox_tail; /* entries of a BROKER_BATCH, read before the socket */
     zb_stray_error *strays;
     size_t n_strays;
     char last_error[512];
@@ -1017,6 +1113,10 @@ void zb_client_destroy(zb_client *c)
         return;
     while ((f = c->deliveries_head)) {
         c->deliveries_head = f->next;
+        frames_free(f);
+    }
+    while ((f = c->inbox_head)) {
+        c->inbox_head = f->next;
         frames_free(f);
     }
     zb_stray_errors_free(c->strays, c->n_strays);
@@ -1200,24 +1300,20 @@ static void queue_delivery(zb_client *c, frames *f)
     c->deliveries_tail = f;
 }
 
-/* The DELIVER one entry of a DELIVER_BATCH stands for: its frames, with an
- * empty token (unconfirmed). NULL when out of memory. */
-static frames *deliver_of_entry(zb_bytes channel, const zb_deliver_entry *e)
+/* A message of n frames (copies of parts). NULL when out of memory. */
+static frames *frames_of_parts(const zb_bytes *parts, size_t n)
 {
-    const uint8_t header[4] = {SIGNATURE[0], SIGNATURE[1], VERSION, ZB_DELIVER};
-    const zb_bytes parts[6] = {bytes_of(header, 4), channel, bytes_of(NULL, 0), e->topic, e->body,
-                               e->sids};
     frames *f = calloc(1, sizeof *f);
     size_t i;
     if (!f)
         return NULL;
-    f->parts = malloc(6 * sizeof *f->parts);
-    f->views = malloc(6 * sizeof *f->views);
+    f->parts = malloc(n * sizeof *f->parts);
+    f->views = malloc(n * sizeof *f->views);
     if (!f->parts || !f->views) {
         frames_free(f);
         return NULL;
     }
-    for (i = 0; i < 6; i++) {
+    for (i = 0; i < n; i++) {
         if (zmq_msg_init_size(&f->parts[i], parts[i].size)) {
             frames_free(f);
             return NULL;
@@ -1228,6 +1324,43 @@ static frames *deliver_of_entry(zb_bytes channel, const zb_deliver_entry *e)
         f->views[i] = bytes_of(zmq_msg_data(&f->parts[i]), parts[i].size);
     }
     return f;
+}
+
+/* The DELIVER one entry of a DELIVER_BATCH stands for: its frames, with an
+ * empty token (unconfirmed). NULL when out of memory. */
+static frames *deliver_of_entry(zb_bytes channel, const zb_deliver_entry *e)
+{
+    const uint8_t header[4] = {SIGNATURE[0], SIGNATURE[1], VERSION, ZB_DELIVER};
+    const zb_bytes parts[6] = {bytes_of(header, 4), channel, bytes_of(NULL, 0), e->topic, e->body,
+                               e->sids};
+    return frames_of_parts(parts, 6);
+}
+
+/* Put each entry of a (checked) BROKER_BATCH in the inbox as the message it
+ * stands for: they are then handled in order, each as if it came alone. */
+static int inbox_batch(zb_client *c, const zb_broker_msg *m)
+{
+    zb_command_entry e;
+    size_t pos = 0, i;
+    while (pos < m->entries.size) {
+        uint8_t header[4] = {SIGNATURE[0], SIGNATURE[1], VERSION, 0};
+        zb_bytes parts[2 + ZB_MAX_ENTRY_FRAMES];
+        frames *f;
+        (void)zb_next_command_entry(m->entries, &pos, ZB_BROKER_ENTRIES, &e);
+        header[3] = (uint8_t)e.command;
+        parts[0] = bytes_of(header, 4);
+        parts[1] = m->channel;
+        for (i = 0; i < e.count; i++)
+            parts[2 + i] = e.frames[i];
+        if (!(f = frames_of_parts(parts, 2 + e.count)))
+            return ZB_ENOMEM;
+        if (c->inbox_tail)
+            c->inbox_tail->next = f;
+        else
+            c->inbox_head = f;
+        c->inbox_tail = f;
+    }
+    return 0;
 }
 
 /* Queue each entry of a (checked) DELIVER_BATCH as the DELIVER it stands for. */
@@ -1256,6 +1389,7 @@ typedef struct {
 
 /* Read messages until one concerns w; returns it in *out (parsed into *m).
  * DELIVERs not wanted are queued, and so is each entry of a DELIVER_BATCH;
+ * the entries of a BROKER_BATCH are read next, each as a message of its own;
  * stray ERRORs recorded; others dropped. */
 static int wait_for(zb_client *c, const waiter *w, frames **out, zb_broker_msg *m, int64_t deadline)
 {
@@ -1273,11 +1407,19 @@ static int wait_for(zb_client *c, const waiter *w, frames **out, zb_broker_msg *
             *out = f;
             return 0;
         }
-        rc = recv_frames(c, &f, left < 0 ? 0 : (int)left);
-        if (rc == ZB_ETIMEOUT)
-            return fail(c, rc, "timed out");
-        if (rc)
-            return rc;
+        if (c->inbox_head) {
+            f = c->inbox_head;
+            c->inbox_head = f->next;
+            if (!c->inbox_head)
+                c->inbox_tail = NULL;
+            f->next = NULL;
+        } else {
+            rc = recv_frames(c, &f, left < 0 ? 0 : (int)left);
+            if (rc == ZB_ETIMEOUT)
+                return fail(c, rc, "timed out");
+            if (rc)
+                return rc;
+        }
         code = zb_parse_broker(m, f->views, f->count);
         if (code) {
             fprintf(stderr, "zbclient: refused a broker message with code %d\n", code);
@@ -1297,6 +1439,13 @@ static int wait_for(zb_client *c, const waiter *w, frames **out, zb_broker_msg *
         if (m->command == ZB_DELIVER_BATCH) {
             /* the entries are queued, so a waiting call takes the first at once */
             rc = queue_batch(c, m);
+            frames_free(f);
+            if (rc)
+                return fail(c, rc, "out of memory");
+            continue;
+        }
+        if (m->command == ZB_BROKER_BATCH) {
+            rc = inbox_batch(c, m);
             frames_free(f);
             if (rc)
                 return fail(c, rc, "out of memory");

@@ -27,16 +27,18 @@ extern "C" {
 enum {
     ZB_HELLO = 0x01, ZB_SUBSCRIBE = 0x02, ZB_UNSUBSCRIBE = 0x03, ZB_PUBLISH = 0x04,
     ZB_ACK = 0x05, ZB_DISCONNECT = 0x06, ZB_REQUEST = 0x07, ZB_REPLY = 0x08,
-    ZB_WELCOME = 0x81, ZB_OK = 0x82, ZB_DELIVER = 0x83, ZB_ROUTED = 0x84,
+    ZB_BATCH = 0x0C, ZB_WELCOME = 0x81, ZB_OK = 0x82, ZB_DELIVER = 0x83, ZB_ROUTED = 0x84,
     ZB_ACKED = 0x85, ZB_ASK = 0x86, ZB_ANSWER = 0x87, ZB_BROKER_HEARTBEAT = 0x88,
     ZB_BYE = 0x89, ZB_STATS_REPLY = 0x8A, ZB_DROPPED = 0x8B, ZB_DELIVER_BATCH = 0x8C,
-    ZB_ERROR = 0x8F
+    ZB_BROKER_BATCH = 0x8D, ZB_ERROR = 0x8F
 };
 /* HEARTBEAT (0x09), STATS (0x0A) and PUBLISH_BATCH (0x0B) are client commands
  * this client does not send: it asks for no heartbeats and no batches, so the
  * broker never expects them. It still parses DELIVER_BATCH (and the client
  * hands each entry on as a DELIVER), though a broker sends it only to clients
- * that asked for batches. */
+ * that asked for batches. Likewise the codec builds BATCH (zb_encode_batch) and
+ * parses BROKER_BATCH, and the client handles each entry of a BROKER_BATCH as
+ * the message it stands for, though it never asks for "batch_commands". */
 
 /* Error codes of the protocol. */
 enum {
@@ -165,13 +167,14 @@ typedef struct {
 int zb_decode_ack(zb_ack *out, zb_bytes body);
 void zb_ack_free(zb_ack *ack);
 
-/* A map with str keys and, if present, a non-negative int "heartbeat" and a
- * boolean "batch" (HELLO body): 0 or 422. */
+/* A map with str keys and, if present, a non-negative int "heartbeat" and
+ * booleans "batch" and "batch_commands" (HELLO body): 0 or 422. */
 int zb_check_hello_body(zb_bytes body);
 /* A map with str keys (STATS_REPLY body): 0 or 422. */
 int zb_check_stats_body(zb_bytes body);
 /* WELCOME body: 0 and *max_message_size, or 422 (also for a "heartbeat"
- * that is not a non-negative int or a "batch" that is not a boolean). */
+ * that is not a non-negative int or a "batch" or "batch_commands" that is not
+ * a boolean). */
 int zb_decode_welcome_body(zb_bytes body, uint64_t *max_message_size);
 
 /* ---- broker messages ---- */
@@ -187,7 +190,8 @@ typedef struct {
     zb_bytes body;  /* WELCOME, DELIVER, ACKED, ASK, ANSWER, STATS_REPLY */
     zb_bytes sids;  /* DELIVER, ASK */
     zb_bytes counts; /* DROPPED: (sid, count) pairs of 8 octets */
-    zb_bytes entries; /* DELIVER_BATCH: deliver-entries, read with zb_next_deliver_entry */
+    zb_bytes entries; /* DELIVER_BATCH: deliver-entries, read with zb_next_deliver_entry;
+                         BROKER_BATCH: command entries, read with zb_next_command_entry */
     uint32_t count; /* ROUTED */
     uint16_t code;  /* ERROR */
     zb_bytes text;  /* ERROR */
@@ -210,6 +214,40 @@ typedef struct {
  * empty or not a multiple of 4 octets. The topic rules are not checked here
  * (zb_parse_broker checks them). Loop while *pos < entries.size. */
 int zb_next_deliver_entry(zb_bytes entries, size_t *pos, zb_deliver_entry *out);
+
+/* ---- batches of commands (BATCH, BROKER_BATCH) ---- */
+
+/* Which side's commands an entries frame holds: a BATCH (client) holds
+ * PUBLISH, ACK, REQUEST and REPLY; a BROKER_BATCH (broker) DELIVER, ROUTED,
+ * ACKED, ASK and ANSWER. */
+enum { ZB_CLIENT_ENTRIES = 0, ZB_BROKER_ENTRIES = 1 };
+#define ZB_MAX_ENTRY_FRAMES 4
+/* One command entry: the command and its frames after the channel frame, as
+ * views into the entries frame. The message it stands for is [the header of
+ * command, the batch's channel frame, frames...]. */
+typedef struct {
+    int command;
+    size_t count;
+    zb_bytes frames[ZB_MAX_ENTRY_FRAMES];
+} zb_command_entry;
+/* The frames an entry of command holds on that side, or 0 if a batch of
+ * that side may not hold it. */
+int zb_entry_frames(int command, int side);
+/* Read the command-entry at *pos of an entries frame
+ *   command(1) then, per frame of the command, frame-length(4) frame
+ * (lengths unsigned big-endian) into *out and move *pos past it: 0, or 400
+ * for a command not allowed on that side or an entry that is truncated. The
+ * frames themselves are not checked here (each entry is checked as the
+ * message alone). Loop while *pos < entries.size. */
+int zb_next_command_entry(zb_bytes entries, size_t *pos, int side, zb_command_entry *out);
+/* 0 if entries is one or more command entries of that side and nothing
+ * else, otherwise 400. */
+int zb_check_command_entries(zb_bytes entries, int side);
+/* BATCH on channel carrying msgs[0..n) in order: each a PUBLISH, ACK,
+ * REQUEST or REPLY built by the encoders above on the same channel. 400 if
+ * n is 0 or a message cannot be an entry. Only to a broker whose WELCOME
+ * offered "batch_commands". */
+int zb_encode_batch(zb_msg *msg, const uint8_t channel[16], const zb_msg *msgs, size_t n);
 
 /* ---- the client ---- */
 

@@ -41,6 +41,7 @@ CMD = {
     "HEARTBEAT": 0x09,
     "STATS": 0x0A,
     "PUBLISH_BATCH": 0x0B,
+    "BATCH": 0x0C,
     "WELCOME": 0x81,
     "OK": 0x82,
     "DELIVER": 0x83,
@@ -53,8 +54,10 @@ CMD = {
     "STATS_REPLY": 0x8A,
     "DROPPED": 0x8B,
     "DELIVER_BATCH": 0x8C,
+    "BROKER_BATCH": 0x8D,
     "ERROR": 0x8F,
 }
+CMD_NAME = {byte: name for name, byte in CMD.items()}
 # Commands whose frame 2 is a ref that an ERROR reply echoes.
 REF_COMMANDS = {
     CMD["SUBSCRIBE"],
@@ -263,6 +266,119 @@ def sized_body(size: int, make: Any = None) -> bytes:
 
 def hexes(frames: list[bytes]) -> list[str]:
     return [f.hex() for f in frames]
+
+
+# --- batches of commands (BATCH, BROKER_BATCH) -----------------------------------
+# Negotiated with "batch_commands" in HELLO and WELCOME, independently of "batch".
+
+HELLO_BC_MAP = {"client": CLIENT_NAME, "batch_commands": True}
+HELLO_BC_BODY = packb(HELLO_BC_MAP)
+WELCOME_BC_MAP = {**WELCOME_MAP, "batch_commands": True}
+WELCOME_BC_BODY = packb(WELCOME_BC_MAP)
+EU = b"orders.eu.created"
+US = b"orders.us.created"
+RT = b"billing.total"
+SECOND = message_body(msg_id=bytes(range(16, 32)), payload=b'{"order":43}')
+SECOND_DECODED = message_decoded(msg_id=bytes(range(16, 32)), payload=b'{"order":43}')
+ACK_BODY = ack_body(1, 0, [])
+ACK_DECODED = ack_decoded(1, 0, [])
+REPLY_ERROR_BODY = reply_body(payload=b"", error="ValueError: no such account")
+REPLY_ERROR_DECODED = reply_decoded(payload=b"", error="ValueError: no such account")
+# Commands an entry may hold, with the frames it has after the channel frame.
+CLIENT_ENTRY_FRAMES = {"PUBLISH": 3, "ACK": 2, "REQUEST": 3, "REPLY": 2}
+BROKER_ENTRY_FRAMES = {"DELIVER": 4, "ROUTED": 2, "ACKED": 2, "ASK": 4, "ANSWER": 2}
+
+
+def tok(n: int) -> bytes:
+    """The reference broker's n-th delivery token: 8 bytes, big-endian."""
+    return n.to_bytes(8, "big")
+
+
+def command_entry(frames: list[bytes]) -> bytes:
+    """One entry of BATCH or BROKER_BATCH for the whole message ``frames``: its
+    command byte, then each frame after the channel frame as frame-length (4,
+    big-endian) and the frame."""
+    return frames[0][3:4] + b"".join(len(f).to_bytes(4, "big") + f for f in frames[2:])
+
+
+def batch_of(name: str, messages: list[list[bytes]], channel: bytes = CHANNEL) -> list[bytes]:
+    """The BATCH or BROKER_BATCH (``name``) carrying ``messages`` in order."""
+    return [h(name), channel, b"".join(command_entry(m) for m in messages)]
+
+
+def entry_of(
+    frames: list[bytes], body: dict[str, Any] | None = None, code: int | None = None
+) -> dict[str, Any]:
+    """How valid.json lists one entry: the message it stands for, its decoded
+    body (if the command has one) and, for an entry refused alone, the code."""
+    out: dict[str, Any] = {"command": CMD_NAME[frames[0][3]], "frames": hexes(frames)}
+    if body is not None:
+        out["body"] = body
+    if code is not None:
+        out["code"] = code
+    return out
+
+
+def publish(r: bytes, topic: bytes = EU, body: bytes = BODY) -> list[bytes]:
+    return [h("PUBLISH"), CHANNEL, r, topic, body]
+
+
+def deliver(t: bytes, topic: bytes = EU, body: bytes = BODY, sids: bytes = b"") -> list[bytes]:
+    return [h("DELIVER"), CHANNEL, t, topic, body, sids or sid(1)]
+
+
+def ack(t: bytes, body: bytes = ACK_BODY) -> list[bytes]:
+    return [h("ACK"), CHANNEL, t, body]
+
+
+def acked(r: bytes, body: bytes = ACK_BODY) -> list[bytes]:
+    return [h("ACKED"), CHANNEL, r, body]
+
+
+def routed(r: bytes, n: int) -> list[bytes]:
+    return [h("ROUTED"), CHANNEL, r, n.to_bytes(4, "big")]
+
+
+# The story of "batch-commands-self" (exchanges.json): peer A (session 1) asked
+# for batch_commands, subscribed sid 1 to "orders.>", and published ref 2 to
+# orders.eu.created (token 1). It then sends BATCH_SELF, answered by
+# BROKER_BATCH_SELF.
+BATCH_SELF = batch_of("BATCH", [publish(ref(3), US, SECOND), ack(tok(1))])
+BROKER_BATCH_SELF = batch_of(
+    "BROKER_BATCH", [deliver(tok(2), US, SECOND), routed(ref(3), 1), acked(ref(2))]
+)
+# The story of "batch-commands-request": the requester (session 2) sends refs 9
+# and 10 in one BATCH; the responder (session 1, sid 4) answers both in one.
+REQUEST_REF_2 = ref(10)
+REPLY_TOKEN_2 = session(2) + REQUEST_REF_2
+BATCH_REQUESTS = batch_of(
+    "BATCH",
+    [
+        [h("REQUEST"), CHANNEL, REQUEST_REF, RT, BODY],
+        [h("REQUEST"), CHANNEL, REQUEST_REF_2, RT, SECOND],
+    ],
+)
+BROKER_BATCH_ASKS = batch_of(
+    "BROKER_BATCH",
+    [
+        [h("ASK"), CHANNEL, REPLY_TOKEN, RT, BODY, sid(4)],
+        [h("ASK"), CHANNEL, REPLY_TOKEN_2, RT, SECOND, sid(4)],
+    ],
+)
+BATCH_REPLIES = batch_of(
+    "BATCH",
+    [
+        [h("REPLY"), CHANNEL, REPLY_TOKEN, REPLY_BODY],
+        [h("REPLY"), CHANNEL, REPLY_TOKEN_2, REPLY_ERROR_BODY],
+    ],
+)
+BROKER_BATCH_ANSWERS = batch_of(
+    "BROKER_BATCH",
+    [
+        [h("ANSWER"), CHANNEL, REQUEST_REF, REPLY_BODY],
+        [h("ANSWER"), CHANNEL, REQUEST_REF_2, REPLY_ERROR_BODY],
+    ],
+)
 
 
 # --- valid.json -----------------------------------------------------------------
@@ -971,6 +1087,152 @@ def valid_vectors() -> list[dict[str, Any]]:
             {"sids": (sid(1) + sid(2)).hex(), "topic": "orders.us.created", "body": second.hex()},
         ],
     )
+    # -- batches of commands (optional, negotiated with "batch_commands")
+    add(
+        "hello-batch-commands",
+        "client",
+        "HELLO",
+        [h("HELLO"), CHANNEL, HELLO_BC_BODY],
+        {"channel": ch},
+        {"type": "hello", "map": HELLO_BC_MAP},
+        "Join and ask for batches of commands: the client takes BROKER_BATCH and would send BATCH.",
+    )
+    add(
+        "welcome-batch-commands",
+        "broker",
+        "WELCOME",
+        [h("WELCOME"), CHANNEL, WELCOME_BC_BODY],
+        {"channel": ch},
+        {"type": "welcome", "map": WELCOME_BC_MAP},
+        "Accept a HELLO that asked for batches of commands: the client may send BATCH, and "
+        "may receive BROKER_BATCH.",
+    )
+    hello_both = {"client": CLIENT_NAME, "batch": True, "batch_commands": True}
+    add(
+        "hello-batch-both",
+        "client",
+        "HELLO",
+        [h("HELLO"), CHANNEL, packb(hello_both)],
+        {"channel": ch},
+        {"type": "hello", "map": hello_both},
+        "Ask for both kinds of batches: 'batch' and 'batch_commands' are independent.",
+    )
+    welcome_both = {**WELCOME_MAP, "batch": True, "batch_commands": True}
+    add(
+        "welcome-batch-both",
+        "broker",
+        "WELCOME",
+        [h("WELCOME"), CHANNEL, packb(welcome_both)],
+        {"channel": ch},
+        {"type": "welcome", "map": welcome_both},
+        "Accept a HELLO that asked for both kinds of batches.",
+    )
+
+    def batch_vector(
+        name: str,
+        frames: list[bytes],
+        entries: list[dict[str, Any]],
+        description: str,
+    ) -> None:
+        command = CMD_NAME[frames[0][3]]
+        direction = "client" if command == "BATCH" else "broker"
+        fields = {"channel": frames[1].hex(), "entries": frames[2].hex()}
+        add(name, direction, command, frames, fields, None, description, entries)
+
+    batch_vector(
+        "batch",
+        BATCH_SELF,
+        [
+            entry_of(publish(ref(3), US, SECOND), SECOND_DECODED),
+            entry_of(ack(tok(1)), ACK_DECODED),
+        ],
+        "A confirmed PUBLISH (ref 3) and the ACK of token 1 in one message, handled as the "
+        "PUBLISH and then the ACK: entries 04 (3 frames) and 05 (2 frames), each frame "
+        "after its 4-octet length.",
+    )
+    batch_vector(
+        "batch-one-entry",
+        batch_of("BATCH", [publish(ref(1))]),
+        [entry_of(publish(ref(1)), BODY_DECODED)],
+        "A BATCH of one entry: it means exactly the confirmed PUBLISH it holds.",
+    )
+    unconfirmed = [publish(b""), publish(b"", US, SECOND)]
+    batch_vector(
+        "batch-unconfirmed",
+        batch_of("BATCH", unconfirmed),
+        [entry_of(unconfirmed[0], BODY_DECODED), entry_of(unconfirmed[1], SECOND_DECODED)],
+        "Two unconfirmed publishes (each ref an empty frame: length 00000000), as a client "
+        "offered batch_commands but not batch sends them.",
+    )
+    batch_vector(
+        "batch-requests",
+        BATCH_REQUESTS,
+        [
+            entry_of([h("REQUEST"), CHANNEL, REQUEST_REF, RT, BODY], BODY_DECODED),
+            entry_of([h("REQUEST"), CHANNEL, REQUEST_REF_2, RT, SECOND], SECOND_DECODED),
+        ],
+        "Two REQUESTs (refs 9 and 10) from the second peer to join (session 2).",
+    )
+    batch_vector(
+        "batch-replies",
+        BATCH_REPLIES,
+        [
+            entry_of([h("REPLY"), CHANNEL, REPLY_TOKEN, REPLY_BODY], REPLY_DECODED),
+            entry_of([h("REPLY"), CHANNEL, REPLY_TOKEN_2, REPLY_ERROR_BODY], REPLY_ERROR_DECODED),
+        ],
+        "A reply to the ASK of token session 2 + ref 9 and a failure for session 2 + ref 10.",
+    )
+    batch_vector(
+        "broker-batch",
+        BROKER_BATCH_SELF,
+        [
+            entry_of(deliver(tok(2), US, SECOND), SECOND_DECODED),
+            entry_of(routed(ref(3), 1)),
+            entry_of(acked(ref(2)), ACK_DECODED),
+        ],
+        "To a peer that asked for batch_commands and subscribes sid 1 to what it publishes: "
+        "the DELIVER of its ref 3 (token 2, to be ACKed), its ROUTED, and the ACKED of its "
+        "ref 2, in one message.",
+    )
+    batch_vector(
+        "broker-batch-asks",
+        BROKER_BATCH_ASKS,
+        [
+            entry_of([h("ASK"), CHANNEL, REPLY_TOKEN, RT, BODY, sid(4)], BODY_DECODED),
+            entry_of([h("ASK"), CHANNEL, REPLY_TOKEN_2, RT, SECOND, sid(4)], SECOND_DECODED),
+        ],
+        "The requests refs 9 and 10 of session 2, for subscription 4: each needs a REPLY.",
+    )
+    batch_vector(
+        "broker-batch-answers",
+        BROKER_BATCH_ANSWERS,
+        [
+            entry_of([h("ANSWER"), CHANNEL, REQUEST_REF, REPLY_BODY], REPLY_DECODED),
+            entry_of([h("ANSWER"), CHANNEL, REQUEST_REF_2, REPLY_ERROR_BODY], REPLY_ERROR_DECODED),
+        ],
+        "The answers to refs 9 and 10: a reply and a responder's failure.",
+    )
+    lone = deliver(b"")
+    batch_vector(
+        "broker-batch-one-entry",
+        batch_of("BROKER_BATCH", [lone]),
+        [entry_of(lone, BODY_DECODED)],
+        "A BROKER_BATCH of one entry, an unconfirmed DELIVER: valid, though the reference "
+        "broker sends a single message as itself.",
+    )
+    bad_entry = deliver(tok(2), b"orders.*")
+    batch_vector(
+        "broker-batch-bad-entry",
+        batch_of("BROKER_BATCH", [deliver(tok(1)), bad_entry, routed(ref(1), 2)]),
+        [
+            entry_of(deliver(tok(1)), BODY_DECODED),
+            entry_of(bad_entry, BODY_DECODED, BAD_TOPIC),
+            entry_of(routed(ref(1), 2)),
+        ],
+        "A well-formed BROKER_BATCH whose second entry, a DELIVER to a wildcard topic, is "
+        "refused alone (406), as that DELIVER alone would be: the client ACKs token 2 with "
+        "an error and handles the other two entries.",
+    )
     return out
 
 
@@ -1652,6 +1914,139 @@ def malformed_vectors() -> list[dict[str, Any]]:
         BAD_BODY,
         "WELCOME batch must be a boolean, not a string.",
     )
+    # -- batches of commands
+    good = command_entry([h("PUBLISH"), C, ref(1), T, BODY])
+    for label, frames, what in [
+        ("frames-2", [h("BATCH"), C], "BATCH takes 3 frames"),
+        ("frames-4", [h("BATCH"), C, good, b""], "a fourth frame"),
+        ("entries-empty", [h("BATCH"), C, b""], "no entries at all"),
+        ("command-only", [h("BATCH"), C, b"\x04"], "an entry that stops after its command"),
+        ("length-truncated", [h("BATCH"), C, b"\x04\x00\x00"], "half a frame-length"),
+        ("frame-truncated", [h("BATCH"), C, good[:-1]], "a frame one octet short"),
+        (
+            "frame-missing",
+            [h("BATCH"), C, command_entry([h("PUBLISH"), C, ref(1), T])],
+            "a PUBLISH entry of 2 frames (it has 3: ref, topic, body)",
+        ),
+        (
+            "trailing-bytes",
+            [h("BATCH"), C, good + b"\x05\x00"],
+            "a second entry cut off in its first frame-length: the first entry is not "
+            "handled either",
+        ),
+        (
+            "second-entry-deliver",
+            [h("BATCH"), C, good + command_entry([h("DELIVER"), C, b"", T, BODY, S1])],
+            "a DELIVER (a broker command) as second entry: the first entry is not handled either",
+        ),
+        ("channel-15-bytes", [h("BATCH"), c15, good], "a 15-byte channel frame"),
+    ]:
+        client(f"batch-{label}", frames, BAD_FRAMES, f"BATCH with {what}.", joined=True)
+    client(
+        "batch-channel-17-bytes-not-joined",
+        [h("BATCH"), c17, good],
+        BAD_FRAMES,
+        "BATCH with a 17-byte channel frame from a peer that has not joined: 400 before 403.",
+    )
+    for name, frames in [
+        ("HELLO", [h("HELLO"), C, HB]),
+        ("SUBSCRIBE", sub()),
+        ("UNSUBSCRIBE", [h("UNSUBSCRIBE"), C, ref(1), S1]),
+        ("DISCONNECT", [h("DISCONNECT"), C, ref(1)]),
+        ("HEARTBEAT", [h("HEARTBEAT"), C]),
+        ("STATS", [h("STATS"), C, ref(1)]),
+        ("PUBLISH_BATCH", [h("PUBLISH_BATCH"), C, publish_entry(T, BODY)]),
+        ("BATCH", [h("BATCH"), C, good]),
+        ("DELIVER", [h("DELIVER"), C, b"", T, BODY, S1]),
+        ("ROUTED", [h("ROUTED"), C, ref(1), (1).to_bytes(4, "big")]),
+        ("ACKED", [h("ACKED"), C, ref(1), AB]),
+        ("ANSWER", [h("ANSWER"), C, REQUEST_REF, RB]),
+    ]:
+        client(
+            f"batch-entry-{name.lower().replace('_', '-')}",
+            [h("BATCH"), C, command_entry(frames)],
+            BAD_FRAMES,
+            f"BATCH with a {name} entry (0x{CMD[name]:02x}), otherwise well-formed: a BATCH "
+            "holds only PUBLISH, ACK, REQUEST and REPLY.",
+            joined=True,
+        )
+    for byte in (0x00, 0x7F, 0xFF):
+        client(
+            f"batch-entry-0x{byte:02x}",
+            [h("BATCH"), C, bytes((byte,)) + (1).to_bytes(4, "big") + b"x"],
+            BAD_FRAMES,
+            f"BATCH with an entry of command byte 0x{byte:02x}, not a command.",
+            joined=True,
+        )
+    client(
+        "client-sends-broker-batch",
+        [h("BROKER_BATCH"), C, command_entry([h("ROUTED"), C, ref(1), bytes(4)])],
+        UNKNOWN_COMMAND,
+        "A client sends the broker-only command BROKER_BATCH.",
+        joined=True,
+    )
+    for label, value in [("int", 1), ("nil", None), ("str", "true")]:
+        client(
+            f"hello-batch-commands-{label}",
+            [h("HELLO"), C, packb({**HELLO_MAP, "batch_commands": value})],
+            BAD_BODY,
+            f"HELLO batch_commands must be a boolean, not {value!r} ({label}).",
+        )
+    bgood = command_entry([h("ROUTED"), C, ref(1), (1).to_bytes(4, "big")])
+    for label, frames, what in [
+        ("frames-2", [h("BROKER_BATCH"), C], "BROKER_BATCH takes 3 frames"),
+        ("frames-4", [h("BROKER_BATCH"), C, bgood, b""], "a fourth frame"),
+        ("entries-empty", [h("BROKER_BATCH"), C, b""], "no entries at all"),
+        ("command-only", [h("BROKER_BATCH"), C, b"\x84"], "an entry that stops after its command"),
+        ("length-truncated", [h("BROKER_BATCH"), C, b"\x84\x00"], "half a frame-length"),
+        ("frame-truncated", [h("BROKER_BATCH"), C, bgood[:-1]], "a frame one octet short"),
+        (
+            "frame-missing",
+            [h("BROKER_BATCH"), C, command_entry([h("DELIVER"), C, TOKEN, T, BODY])],
+            "a DELIVER entry of 3 frames (it has 4: token, topic, body, sids)",
+        ),
+        ("trailing-bytes", [h("BROKER_BATCH"), C, bgood + b"\x83"], "a second entry cut off"),
+        ("channel-15-bytes", [h("BROKER_BATCH"), c15, bgood], "a 15-byte channel frame"),
+        ("channel-empty", [h("BROKER_BATCH"), b"", bgood], "an empty channel frame"),
+    ]:
+        broker(f"broker-batch-{label}", frames, BAD_FRAMES, f"BROKER_BATCH with {what}.")
+    for name, frames in [
+        ("PUBLISH", [h("PUBLISH"), C, ref(1), T, BODY]),
+        ("ACK", [h("ACK"), C, TOKEN, AB]),
+        ("WELCOME", [h("WELCOME"), C, WELCOME_BODY]),
+        ("OK", [h("OK"), C, ref(1)]),
+        ("ERROR", [h("ERROR"), C, ref(1), (406).to_bytes(2, "big"), b"x"]),
+        ("BROKER_HEARTBEAT", [h("BROKER_HEARTBEAT"), C]),
+        ("DROPPED", [h("DROPPED"), C, sid(1) + bytes(4)]),
+        ("STATS_REPLY", [h("STATS_REPLY"), C, ref(1), STATS_BODY]),
+        ("DELIVER_BATCH", [h("DELIVER_BATCH"), C, deliver_entry(S1, T, BODY)]),
+        ("BROKER_BATCH", [h("BROKER_BATCH"), C, bgood]),
+    ]:
+        broker(
+            f"broker-batch-entry-{name.lower().replace('_', '-')}",
+            [h("BROKER_BATCH"), C, bgood + command_entry(frames)],
+            BAD_FRAMES,
+            f"BROKER_BATCH whose second entry is a {name} (0x{CMD[name]:02x}): a "
+            "BROKER_BATCH holds only DELIVER, ROUTED, ACKED, ASK and ANSWER.",
+        )
+    broker(
+        "broker-batch-entry-0x90",
+        [h("BROKER_BATCH"), C, b"\x90" + (1).to_bytes(4, "big") + b"x"],
+        BAD_FRAMES,
+        "BROKER_BATCH with an entry of command byte 0x90, not a command.",
+    )
+    broker(
+        "broker-sends-batch",
+        [h("BATCH"), C, good],
+        UNKNOWN_COMMAND,
+        "The client-only command BATCH received from the broker.",
+    )
+    broker(
+        "welcome-batch-commands-not-boolean",
+        [h("WELCOME"), C, packb({**WELCOME_MAP, "batch_commands": "yes"})],
+        BAD_BODY,
+        "WELCOME batch_commands must be a boolean, not a string.",
+    )
     return out
 
 
@@ -1674,7 +2069,12 @@ def session_vectors() -> list[dict[str, Any]]:
         code: int,
         description: str,
         max_message_size: int = DEFAULT_MAX,
+        entry_ref: bytes | None = None,
     ) -> None:
+        reply = echo(frames)
+        if entry_ref is not None:
+            # A BATCH entry's own ERROR echoes that entry's ref, as if it came alone.
+            reply["ref"] = entry_ref.hex()
         out.append(
             {
                 "name": name,
@@ -1683,7 +2083,7 @@ def session_vectors() -> list[dict[str, Any]]:
                 "setup": [hexes(f) for f in setup],
                 "frames": hexes(frames),
                 "code": code,
-                "reply": echo(frames),
+                "reply": reply,
             }
         )
 
@@ -1702,7 +2102,9 @@ def session_vectors() -> list[dict[str, Any]]:
         "reply": lambda ch: [h("REPLY"), ch, REPLY_TOKEN, REPLY_BODY],
         "heartbeat": lambda ch: [h("HEARTBEAT"), ch],
         "publish-batch": lambda ch: [h("PUBLISH_BATCH"), ch, publish_entry(T, BODY)],
+        "batch": lambda ch: [h("BATCH"), ch, command_entry(publish(ref(3)))],
     }
+    hello_bc = [h("HELLO"), CHANNEL, HELLO_BC_BODY]
     for label, make in cmds.items():
         add(
             f"not-joined-{label}",
@@ -1728,7 +2130,7 @@ def session_vectors() -> list[dict[str, Any]]:
     for label, make in cmds.items():
         add(
             f"channel-mismatch-{label}",
-            [hello],
+            [hello_bc if label == "batch" else hello],
             make(OTHER),
             CHANNEL_MISMATCH,
             f"{command_of(label)} naming a channel other than the one joined; "
@@ -1822,6 +2224,223 @@ def session_vectors() -> list[dict[str, Any]]:
             f"SUBSCRIBE reusing open sid 1 with {what}; the subscription stays as it was "
             "(the same pattern and queue again would be answered OK).",
         )
+    # -- BATCH entries: each is handled as if it came alone, with its own ERROR; the
+    # other entries here are unconfirmed publishes to nobody, which draw no reply.
+    add(
+        "too-large-batch",
+        [hello_bc],
+        batch_of("BATCH", [publish(b"", T, exact), publish(ref(5), T, big)]),
+        TOO_LARGE,
+        "A BATCH whose second entry, PUBLISH ref 5, has a 1025-byte body (max_message_size "
+        "1024): that entry is refused with its own ref; unlike PUBLISH_BATCH, the first "
+        "entry is routed.",
+        SMALL_MAX,
+        entry_ref=ref(5),
+    )
+    unconfirmed = publish(b"")
+    for label, entry, code, r, what in [
+        (
+            "publish-topic-star",
+            publish(ref(2), b"orders.*"),
+            BAD_TOPIC,
+            ref(2),
+            "PUBLISH ref 2 to a wildcard topic; the ERROR echoes ref 2",
+        ),
+        (
+            "publish-ref-33-bytes",
+            publish(bytes(range(1, 34))),
+            BAD_FRAMES,
+            b"",
+            "PUBLISH with a 33-byte ref, which the ERROR does not echo",
+        ),
+        (
+            "ack-token-empty",
+            [h("ACK"), C, b"", AB],
+            BAD_FRAMES,
+            b"",
+            "ACK with an empty token",
+        ),
+        (
+            "request-ref-25-bytes",
+            [h("REQUEST"), C, bytes(range(1, 26)), RT, BODY],
+            BAD_FRAMES,
+            bytes(range(1, 26)),
+            "REQUEST with a 25-byte ref (at most 24), which the ERROR echoes",
+        ),
+        (
+            "reply-token-8-bytes",
+            [h("REPLY"), C, session(2), REPLY_BODY],
+            BAD_FRAMES,
+            b"",
+            "REPLY with an 8-byte token (a session number without a ref)",
+        ),
+        (
+            "request-topic-gt",
+            [h("REQUEST"), C, REQUEST_REF, b"billing.>", BODY],
+            BAD_TOPIC,
+            REQUEST_REF,
+            "REQUEST ref 9 to a pattern instead of a topic",
+        ),
+    ]:
+        add(
+            f"batch-entry-{label}",
+            [hello_bc],
+            batch_of("BATCH", [unconfirmed, entry, unconfirmed]),
+            code,
+            f"A well-formed BATCH whose second of three entries is {what}: only that entry "
+            "is refused, the first and third are routed.",
+            entry_ref=r,
+        )
+    return out
+
+
+# --- exchanges.json -------------------------------------------------------------
+
+
+def error_frames(r: bytes, code: int, text: str) -> list[bytes]:
+    """An ERROR on the standard channel (its text is informative)."""
+    return [h("ERROR"), CHANNEL, r, code.to_bytes(2, "big"), text.encode()]
+
+
+def exchange_vectors() -> list[dict[str, Any]]:
+    out: list[dict[str, Any]] = []
+    hello = [h("HELLO"), CHANNEL, HELLO_BODY]
+    welcome = [h("WELCOME"), CHANNEL, WELCOME_BODY]
+    hello_bc = [h("HELLO"), CHANNEL, HELLO_BC_BODY]
+    welcome_bc = [h("WELCOME"), CHANNEL, WELCOME_BC_BODY]
+
+    def subscribe(r: bytes, s: bytes, pattern: bytes) -> list[bytes]:
+        return [h("SUBSCRIBE"), CHANNEL, r, s, pattern, b""]
+
+    def ok(r: bytes) -> list[bytes]:
+        return [h("OK"), CHANNEL, r]
+
+    def add(name: str, description: str, steps: list[tuple[str, str, list[bytes]]]) -> None:
+        out.append(
+            {
+                "name": name,
+                "description": description,
+                "max_message_size": DEFAULT_MAX,
+                "steps": [{"peer": peer, what: hexes(frames)} for peer, what, frames in steps],
+            }
+        )
+
+    def join(peer: str, asks: bool = True) -> list[tuple[str, str, list[bytes]]]:
+        if asks:
+            return [(peer, "send", hello_bc), (peer, "receive", welcome_bc)]
+        return [(peer, "send", hello), (peer, "receive", welcome)]
+
+    s1 = sid(1)
+    add(
+        "batch-commands-self",
+        "Peer A asks for batch_commands and subscribes sid 1 to what it publishes. Its "
+        "confirmed PUBLISH is answered by one BROKER_BATCH (DELIVER, ROUTED); its BATCH "
+        "(PUBLISH, ACK) by another (DELIVER, ROUTED, ACKED); a single reply stays a plain "
+        "message. A HELLO without batch_commands turns them off again.",
+        [
+            *join("A"),
+            ("A", "send", subscribe(ref(1), s1, b"orders.>")),
+            ("A", "receive", ok(ref(1))),
+            ("A", "send", publish(ref(2))),
+            ("A", "receive", batch_of("BROKER_BATCH", [deliver(tok(1)), routed(ref(2), 1)])),
+            ("A", "send", BATCH_SELF),
+            ("A", "receive", BROKER_BATCH_SELF),
+            ("A", "send", ack(tok(2))),
+            ("A", "receive", acked(ref(3))),
+            *join("A", asks=False),
+            ("A", "send", publish(ref(4))),
+            ("A", "receive", deliver(tok(3))),
+            ("A", "receive", routed(ref(4), 1)),
+        ],
+    )
+    add(
+        "batch-commands-confirmed",
+        "Subscriber S (sid 1) and publisher P both ask for batch_commands. A BATCH of one "
+        "confirmed PUBLISH gives S a plain DELIVER and P a plain ROUTED; a BATCH of two gives "
+        "each one BROKER_BATCH, and S's BATCH of two ACKs gives P one BROKER_BATCH of two "
+        "ACKEDs.",
+        [
+            *join("S"),
+            ("S", "send", subscribe(ref(1), s1, b"orders.>")),
+            ("S", "receive", ok(ref(1))),
+            *join("P"),
+            ("P", "send", batch_of("BATCH", [publish(ref(1))])),
+            ("S", "receive", deliver(tok(1))),
+            ("P", "receive", routed(ref(1), 1)),
+            ("S", "send", ack(tok(1))),
+            ("P", "receive", acked(ref(1))),
+            ("P", "send", batch_of("BATCH", [publish(ref(2)), publish(ref(3), US, SECOND)])),
+            (
+                "S",
+                "receive",
+                batch_of("BROKER_BATCH", [deliver(tok(2)), deliver(tok(3), US, SECOND)]),
+            ),
+            ("P", "receive", batch_of("BROKER_BATCH", [routed(ref(2), 1), routed(ref(3), 1)])),
+            ("S", "send", batch_of("BATCH", [ack(tok(2)), ack(tok(3))])),
+            ("P", "receive", batch_of("BROKER_BATCH", [acked(ref(2)), acked(ref(3))])),
+        ],
+    )
+    add(
+        "batch-commands-partial-refusal",
+        "P sends a BATCH of three confirmed PUBLISHes whose second has a wildcard topic: "
+        "refs 1 and 3 are routed to S (which asked for batch_commands) and T (which did "
+        "not), and ref 2 alone draws ERROR 406 echoing ref 2. An ERROR is never batched, so "
+        "P's ROUTEDs around it stay plain. S ACKs both deliveries in one BATCH, T one by one.",
+        [
+            *join("S"),
+            ("S", "send", subscribe(ref(1), s1, b"orders.>")),
+            ("S", "receive", ok(ref(1))),
+            *join("T", asks=False),
+            ("T", "send", subscribe(ref(1), s1, b"orders.>")),
+            ("T", "receive", ok(ref(1))),
+            *join("P"),
+            (
+                "P",
+                "send",
+                batch_of(
+                    "BATCH",
+                    [publish(ref(1)), publish(ref(2), b"orders.*"), publish(ref(3), US, SECOND)],
+                ),
+            ),
+            ("T", "receive", deliver(tok(1))),
+            ("P", "receive", routed(ref(1), 2)),
+            ("P", "receive", error_frames(ref(2), BAD_TOPIC, "wildcards are not allowed")),
+            ("T", "receive", deliver(tok(2), US, SECOND)),
+            (
+                "S",
+                "receive",
+                batch_of("BROKER_BATCH", [deliver(tok(1)), deliver(tok(2), US, SECOND)]),
+            ),
+            ("P", "receive", routed(ref(3), 2)),
+            ("S", "send", batch_of("BATCH", [ack(tok(1)), ack(tok(2))])),
+            ("P", "receive", batch_of("BROKER_BATCH", [acked(ref(1)), acked(ref(3))])),
+            ("T", "send", ack(tok(1))),
+            ("P", "receive", acked(ref(1))),
+            ("T", "send", ack(tok(2))),
+            ("P", "receive", acked(ref(3))),
+        ],
+    )
+    add(
+        "batch-commands-request",
+        "Responder R (session 1, sid 4) and requester Q (session 2) ask for batch_commands. "
+        "Q's BATCH of two REQUESTs gives R one BROKER_BATCH of two ASKs and Q one of two "
+        "ROUTEDs; R's BATCH of two REPLYs gives Q one BROKER_BATCH of two ANSWERs.",
+        [
+            *join("R"),
+            ("R", "send", subscribe(ref(1), sid(4), b"billing.>")),
+            ("R", "receive", ok(ref(1))),
+            *join("Q"),
+            ("Q", "send", BATCH_REQUESTS),
+            ("R", "receive", BROKER_BATCH_ASKS),
+            (
+                "Q",
+                "receive",
+                batch_of("BROKER_BATCH", [routed(REQUEST_REF, 1), routed(REQUEST_REF_2, 1)]),
+            ),
+            ("R", "send", BATCH_REPLIES),
+            ("Q", "receive", BROKER_BATCH_ANSWERS),
+        ],
+    )
     return out
 
 
@@ -2127,6 +2746,43 @@ def body_vectors() -> dict[str, list[dict[str, Any]]]:
         ("trailing-bytes", STATS_BODY + b"\x00", "a byte after the map"),
     ]:
         nok(f"stats-{name}", "stats", body, f"STATS_REPLY body with {desc}.")
+    # -- batch_commands: a boolean in HELLO and WELCOME, like batch
+    ok(
+        "hello-batch-commands",
+        "hello",
+        HELLO_BC_BODY,
+        {"map": HELLO_BC_MAP},
+        "A HELLO asking for batches of commands.",
+    )
+    no = {"client": CLIENT_NAME, "batch_commands": False}
+    ok("hello-batch-commands-false", "hello", packb(no), {"map": no}, "false asks for nothing.")
+    ok(
+        "welcome-batch-commands",
+        "welcome",
+        WELCOME_BC_BODY,
+        {"map": WELCOME_BC_MAP},
+        "A WELCOME offering batches of commands.",
+    )
+    not_bool: Any
+    for name, not_bool, desc in [
+        ("int", 1, "the integer 1"),
+        ("nil", None, "nil"),
+        ("str", "true", 'the str "true"'),
+        ("array", [True], "an array"),
+    ]:
+        nok(
+            f"hello-batch-commands-{name}",
+            "hello",
+            packb({"client": CLIENT_NAME, "batch_commands": not_bool}),
+            f"HELLO body with batch_commands {desc} (it must be a boolean).",
+        )
+    for name, not_bool, desc in [("int", 0, "the integer 0"), ("str", "yes", 'the str "yes"')]:
+        nok(
+            f"welcome-batch-commands-{name}",
+            "welcome",
+            packb({**WELCOME_MAP, "batch_commands": not_bool}),
+            f"WELCOME body with batch_commands {desc} (it must be a boolean).",
+        )
     return {"valid": valid, "malformed": bad}
 
 
@@ -2142,6 +2798,7 @@ def build() -> dict[str, Any]:
         "malformed.json": {**common, "vectors": malformed_vectors()},
         "session.json": {**common, "vectors": session_vectors()},
         "bodies.json": {**common, **bodies},
+        "exchanges.json": {**common, "vectors": exchange_vectors()},
     }
 
 

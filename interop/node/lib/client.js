@@ -118,6 +118,11 @@ export class Client {
       }
       return;
     }
+    if (msg.command === CMD.BROKER_BATCH) {
+      // each entry is the message it stands for, handled in order as if it came alone
+      for (const message of msg.messages) this.#dispatch(message);
+      return;
+    }
     if (msg.command === CMD.BYE) {
       this.#lose(new SessionEnded("the broker ended the session (BYE)"));
       return;

@@ -18,6 +18,7 @@ export const CMD = {
   DISCONNECT: 0x06,
   REQUEST: 0x07,
   REPLY: 0x08,
+  BATCH: 0x0c,
   WELCOME: 0x81,
   OK: 0x82,
   DELIVER: 0x83,
@@ -30,13 +31,16 @@ export const CMD = {
   STATS_REPLY: 0x8a,
   DROPPED: 0x8b,
   DELIVER_BATCH: 0x8c,
+  BROKER_BATCH: 0x8d,
   ERROR: 0x8f,
 };
 // HEARTBEAT (0x09), STATS (0x0a) and PUBLISH_BATCH (0x0b) are client commands
 // this client does not send: it asks for no heartbeats and no batches, so the
 // broker never expects them. It still parses DELIVER_BATCH (and the client
 // hands each entry on as a DELIVER), though a broker sends it only to clients
-// that asked for batches.
+// that asked for batches. Likewise the codec builds BATCH (encodeBatch) and
+// parses BROKER_BATCH, and the client handles each entry of a BROKER_BATCH as
+// the message it stands for, though it never asks for "batch_commands".
 
 export const CODE = {
   BAD_FRAMES: 400,
@@ -68,7 +72,24 @@ const BROKER_FRAMES = new Map([
   [CMD.STATS_REPLY, 4],
   [CMD.DROPPED, 3],
   [CMD.DELIVER_BATCH, 3],
+  [CMD.BROKER_BATCH, 3],
   [CMD.ERROR, 5],
+]);
+
+// Commands a BATCH (client) / BROKER_BATCH (broker) entry may hold, with the
+// number of frames the entry has after the channel frame.
+export const CLIENT_ENTRY_FRAMES = new Map([
+  [CMD.PUBLISH, 3],
+  [CMD.ACK, 2],
+  [CMD.REQUEST, 3],
+  [CMD.REPLY, 2],
+]);
+export const BROKER_ENTRY_FRAMES = new Map([
+  [CMD.DELIVER, 4],
+  [CMD.ROUTED, 2],
+  [CMD.ACKED, 2],
+  [CMD.ASK, 4],
+  [CMD.ANSWER, 2],
 ]);
 
 // Instants a receiver accepts: 0001-01-01T00:00:00Z .. 9999-12-31T23:59:59.999999999Z.
@@ -223,6 +244,28 @@ export function encodeReply(channel, token, body) {
   checkChannel(channel);
   checkRef(token, 9, MAX_REF, "reply token");
   return [header(CMD.REPLY), channel, token, body];
+}
+
+/** BATCH on channel carrying messages (each the frames of a PUBLISH, ACK,
+ * REQUEST or REPLY on that channel, as the encoders above build them) in
+ * order. Only to a broker whose WELCOME offered "batch_commands". */
+export function encodeBatch(channel, messages) {
+  checkChannel(channel);
+  if (messages.length === 0) throw new ProtocolError(400, "BATCH needs at least one entry");
+  const parts = [];
+  for (const frames of messages) {
+    const h = frames[0];
+    const n = h && h.length === 4 ? CLIENT_ENTRY_FRAMES.get(h[3]) : undefined;
+    if (n === undefined || frames.length !== n + 2) throw new ProtocolError(400, "not a message a BATCH may hold");
+    if (!Buffer.from(frames[1]).equals(Buffer.from(channel))) throw new ProtocolError(400, "entry on another channel");
+    parts.push(Uint8Array.of(h[3]));
+    for (const frame of frames.slice(2)) {
+      const length = Buffer.alloc(4);
+      length.writeUInt32BE(frame.length);
+      parts.push(length, bytes(frame));
+    }
+  }
+  return [header(CMD.BATCH), channel, new Uint8Array(Buffer.concat(parts))];
 }
 
 // ---- bodies: writing ----
@@ -393,10 +436,13 @@ function checkHeartbeat(entries, what) {
   }
 }
 
-// HELLO and WELCOME: "batch", when present, is a boolean.
+// HELLO and WELCOME: "batch" and "batch_commands", when present, are booleans.
 function checkBatch(entries, what) {
   for (const [k, v] of entries) {
-    if (textOf(k) === "batch" && v.t !== "bool") throw bad(`${what} batch must be a boolean`);
+    const key = textOf(k);
+    if ((key === "batch" || key === "batch_commands") && v.t !== "bool") {
+      throw bad(`${what} ${key} must be a boolean`);
+    }
   }
 }
 
@@ -458,6 +504,37 @@ export function readDeliverEntries(frame) {
   return entries;
 }
 
+/** The command entries of a BATCH or BROKER_BATCH entries frame, as the
+ * messages they stand for: [header, channel, ...frames] (frames are views into
+ * the entries frame). Each entry is
+ *   command(1) then, per frame of the command, frame-length(4) frame
+ * with unsigned big-endian lengths; allowed maps the commands the batch may
+ * hold to their number of frames (CLIENT_ENTRY_FRAMES, BROKER_ENTRY_FRAMES).
+ * Throw 400 unless the frame is one or more entries and nothing else. The
+ * frames are not checked here: each entry is checked as the message alone. */
+export function readCommandEntries(frame, channel, allowed) {
+  if (frame.length === 0) throw new ProtocolError(400, "a batch needs at least one entry");
+  const messages = [];
+  let pos = 0;
+  const take = (n) => {
+    if (n > frame.length - pos) throw new ProtocolError(400, "batch entry truncated");
+    pos += n;
+    return frame.subarray(pos - n, pos);
+  };
+  while (pos < frame.length) {
+    const command = take(1)[0];
+    const n = allowed.get(command);
+    if (n === undefined) throw new ProtocolError(400, `command 0x${command.toString(16)} cannot be in this batch`);
+    const message = [header(command), channel];
+    for (let i = 0; i < n; i += 1) {
+      const length = take(4).reduce((value, octet) => value * 256 + octet, 0);
+      message.push(take(length));
+    }
+    messages.push(message);
+  }
+  return messages;
+}
+
 /** Check the frames of a broker message; throw ProtocolError with the code it is refused with. */
 export function parseBroker(frames) {
   if (frames.length === 0) throw new ProtocolError(400, "empty message");
@@ -516,6 +593,11 @@ export function parseBroker(frames) {
       msg.entries = frames[2];
       msg.deliveries = readDeliverEntries(frames[2]);
       for (const { topic } of msg.deliveries) checkName(topic, "topic");
+      break;
+    case CMD.BROKER_BATCH:
+      // the envelope only: each entry is checked as the message alone
+      msg.entries = frames[2];
+      msg.messages = readCommandEntries(frames[2], channel, BROKER_ENTRY_FRAMES);
       break;
     case CMD.ROUTED:
       checkRef(frames[2], 1);

@@ -8,16 +8,22 @@
 //                 fields, and their bodies decode to the stated values; the
 //                 entries of a DELIVER_BATCH read back as the stated sids,
 //                 topics and bodies, and the bodies decode as message bodies.
+//                 The entries of a BATCH or BROKER_BATCH read back as the
+//                 stated messages, whose bodies decode to the stated values;
+//                 each BATCH entry is produced byte for byte by its encoder
+//                 and the BATCH by encodeBatch from them; each BROKER_BATCH
+//                 entry parses alone (or is refused alone with the stated code).
 // malformed.json: broker messages are refused with the stated code; client
 //                 messages are refused by the matching encoder with the stated
 //                 code where the encoder checks that rule (field sizes 400,
-//                 text 406, HELLO body 422).
+//                 text 406, HELLO body 422, BATCH entries 400).
 // bodies.json:    valid bodies decode to the stated values and, when in the
 //                 form this encoder writes, are re-encoded byte for byte;
 //                 malformed bodies are refused with 422.
 // Client messages of commands this client never sends (HEARTBEAT, STATS,
 // PUBLISH_BATCH) are skipped and counted. (session.json holds refusals that
-// depend on broker state: nothing for a client codec to check.)
+// depend on broker state, and exchanges.json what a broker sends: nothing for
+// a client codec to check beyond the messages valid.json has.)
 //
 // Prints one line per failure and a summary; exit status 0 when all pass.
 
@@ -143,13 +149,14 @@ const COMMANDS = {
   DISCONNECT: 0x06,
   REQUEST: 0x07,
   REPLY: 0x08,
+  BATCH: 0x0c,
   ...Object.fromEntries(Object.entries(p.CMD).filter(([, v]) => v >= 0x80)),
 };
 
 /** Encode a client message from frame-shaped fields; undefined when the frames
  * do not fit the encoder (an unknown command or a wrong frame count). */
 function encodeFrames(command, f) {
-  const counts = { 1: 3, 2: 6, 3: 4, 4: 5, 5: 4, 6: 3, 7: 5, 8: 4 };
+  const counts = { 1: 3, 2: 6, 3: 4, 4: 5, 5: 4, 6: 3, 7: 5, 8: 4, 12: 3 };
   if (counts[command] !== f.length) return undefined;
   switch (command) {
     case p.CMD.HELLO:
@@ -166,6 +173,12 @@ function encodeFrames(command, f) {
       return p.encodeDisconnect(f[1], f[2]);
     case p.CMD.REQUEST:
       return p.encodeRequest(f[1], f[2], f[3], f[4]);
+    case p.CMD.BATCH:
+      // each entry encoded alone by its encoder, then the BATCH from them
+      return p.encodeBatch(
+        f[1],
+        p.readCommandEntries(f[2], f[1], p.CLIENT_ENTRY_FRAMES).map((m) => encodeFrames(m[0][3], m)),
+      );
     default:
       return p.encodeReply(f[1], f[2], f[3]);
   }
@@ -204,6 +217,40 @@ function checkValidClient(v, frames) {
     return;
   }
   check(encoded && encoded.length === frames.length && encoded.every((e, i) => same(e, frames[i])), "encoded frames differ");
+  if (v.command === "BATCH") {
+    checkCommandEntries(p.readCommandEntries(frames[2], frames[1], p.CLIENT_ENTRY_FRAMES), v.entries, "client");
+  }
+}
+
+/** The entries of a BATCH or BROKER_BATCH (as the messages they stand for)
+ * against the vector's list of {command, frames, body, code}: a client entry
+ * is produced byte for byte by its encoder, a broker entry parses alone (or is
+ * refused with the stated code); bodies decode to the stated values. */
+function checkCommandEntries(messages, want, side) {
+  check(Array.isArray(want) && messages.length === want.length, `${messages.length} entries, want ${want?.length}`);
+  messages.forEach((m, i) => {
+    const w = want?.[i] ?? {};
+    const stated = (w.frames ?? []).map(p.fromHex);
+    check(m[0][3] === COMMANDS[w.command], `entry ${i}: wrong command`);
+    check(stated.length === m.length && stated.every((f, k) => same(f, m[k])), `entry ${i}: the message differs`);
+    let code;
+    if (side === "broker") {
+      code = codeOf(() => p.parseBroker(m));
+    } else {
+      try {
+        const encoded = encodeFrames(m[0][3], m);
+        check(encoded.length === m.length && encoded.every((e, k) => same(e, m[k])), `entry ${i}: encoded frames differ`);
+        code = 0;
+      } catch (err) {
+        if (!(err instanceof p.ProtocolError)) throw err;
+        code = err.code;
+      }
+    }
+    check(code === (w.code ?? 0), `entry ${i}: code ${code}, want ${w.code ?? 0}`);
+    // the body: in DELIVER and ASK frame 4, before the sids; otherwise the last frame
+    const body = [p.CMD.DELIVER, p.CMD.ASK].includes(m[0][3]) ? m[4] : m[m.length - 1];
+    if (w.body) checkDecoded(w.body.type, body, w.body);
+  });
 }
 
 function checkValidBroker(v, frames) {
@@ -225,7 +272,8 @@ function checkValidBroker(v, frames) {
   if ("count" in fields) check(m.count === fields.count, "count differs");
   if ("code" in fields) check(m.code === fields.code, "code differs");
   if (body) checkDecoded(body.type, m.body, body);
-  if (v.entries) checkDeliverEntries(m.deliveries, v.entries);
+  if (m.command === p.CMD.BROKER_BATCH) checkCommandEntries(m.messages, v.entries, "broker");
+  else if (v.entries) checkDeliverEntries(m.deliveries, v.entries);
 }
 
 /** The entries of a DELIVER_BATCH against the vector's list of {sids, topic, body}. */

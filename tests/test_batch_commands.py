@@ -1,0 +1,602 @@
+"""Batches of commands: BATCH and BROKER_BATCH, negotiated with ``batch_commands``
+in HELLO and WELCOME. A batch must mean exactly the messages it carries, handled
+one after the other: same routing, same replies, same errors, same order."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+import uuid
+from collections import deque
+from concurrent.futures import Future
+from typing import Any
+
+import pytest
+import zmq
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from zmqbus import Broker, Bus, HandlerError
+from zmqbus import protocol as p
+from zmqbus._client import BATCH_BYTES, DELIVERED, ClientCore, batch_front
+from zmqbus._routing import BROKER_BATCH_BYTES, BrokerState
+from zmqbus.errors import ProtocolError
+from zmqbus.message import Message
+from zmqbus.protocol import ErrorCode
+
+A = b"A" * 16
+B = b"B" * 16
+T = 5.0
+S1, S2 = b"\0\0\0\1", b"\0\0\0\2"
+
+
+def hello(commands: bool | None = None, **extra: Any) -> list[bytes]:
+    if commands is not None:
+        extra["batch_commands"] = commands
+    return [p.H_HELLO, A, p.pack_hello("test", **extra)]
+
+
+def subscribe(pattern: str, sid: bytes, queue: str = "") -> list[bytes]:
+    return [p.H_SUBSCRIBE, A, b"s", sid, pattern.encode(), queue.encode()]
+
+
+def publish(topic: bytes, body: bytes = b"b", ref: bytes = b"") -> list[bytes]:
+    return [p.H_PUBLISH, A, ref, topic, body]
+
+
+def batch(*messages: list[bytes], channel: bytes = A) -> list[bytes]:
+    return [p.H_BATCH, channel, b"".join(p.pack_command_entry(m) for m in messages)]
+
+
+NESTED = batch(publish(b"a.b"))
+
+
+def joined(state: BrokerState, ident: bytes, commands: bool | None, *subs: Any) -> None:
+    state.handle(ident, hello(commands))
+    for pattern, sid in subs:
+        state.handle(ident, subscribe(pattern, sid))
+    state.outbox.clear()
+
+
+def welcome_of(state: BrokerState) -> dict[str, Any]:
+    (_, frames) = state.outbox[-1]
+    cmd = p.parse_broker(frames)
+    assert isinstance(cmd, p.Welcome)
+    return p.unpack_welcome(cmd.body)
+
+
+def error_of(frames: list[bytes]) -> p.Error:
+    cmd = p.parse_broker(frames)
+    assert isinstance(cmd, p.Error)
+    return cmd
+
+
+def expand(out: list[tuple[bytes, list[bytes]]]) -> list[tuple[bytes, list[bytes]]]:
+    """The outbox with every BROKER_BATCH replaced by the messages it carries."""
+    flat = []
+    for ident, frames in out:
+        if frames[0] == p.H_BROKER_BATCH:
+            for entry in p.unpack_command_entries(frames[2], frames[1], p.BROKER_ENTRY_FRAMES):
+                flat.append((ident, entry))
+        else:
+            flat.append((ident, frames))
+    return flat
+
+
+def per_peer(out: list[tuple[bytes, list[bytes]]]) -> dict[bytes, list[list[bytes]]]:
+    by: dict[bytes, list[list[bytes]]] = {}
+    for ident, frames in out:
+        by.setdefault(ident, []).append(frames)
+    return by
+
+
+# --- codec -----------------------------------------------------------------------
+
+
+def test_entries_round_trip_and_stand_for_whole_messages() -> None:
+    client = [
+        publish(b"a.b", b"x", b"r1"),
+        [p.H_ACK, A, b"token", p.pack_ack(1, 0)],
+        [p.H_REQUEST, A, b"q", b"a.c", b""],
+        [p.H_REPLY, A, b"s" * 9, b"answer"],
+    ]
+    frame = b"".join(p.pack_command_entry(m) for m in client)
+    assert p.unpack_command_entries(frame, A, p.CLIENT_ENTRY_FRAMES) == client
+    assert p.parse_client([p.H_BATCH, A, frame]) == p.Batch(A, frame)
+    broker = [
+        [p.H_DELIVER, A, b"t", b"a.b", b"x", S1 + S2],
+        [p.H_ROUTED, A, b"r", b"\0\0\0\2"],
+        [p.H_ACKED, A, b"r", p.pack_ack(1, 0)],
+        [p.H_ASK, A, b"t" * 9, b"a.c", b"", S2],
+        [p.H_ANSWER, A, b"q", b""],
+    ]
+    frame = b"".join(p.pack_command_entry(m) for m in broker)
+    assert p.unpack_command_entries(frame, A, p.BROKER_ENTRY_FRAMES) == broker
+    assert p.parse_broker([p.H_BROKER_BATCH, A, frame]) == p.BrokerBatch(A, frame)
+    # The layout is the spec's: command byte, then length-prefixed frames.
+    assert p.pack_command_entry([p.H_ROUTED, A, b"r", b"\0\0\0\2"]) == bytes.fromhex(
+        "8400000001720000000400000002"
+    )
+
+
+def test_every_cut_of_an_entries_frame_is_refused_unless_it_ends_an_entry() -> None:
+    messages = [publish(b"a.b", b"xyz", b"r"), [p.H_ACK, A, b"tok", b"ab"]]
+    parts = [p.pack_command_entry(m) for m in messages]
+    frame = b"".join(parts)
+    ends = {len(parts[0]), len(frame)}
+    for cut in range(len(frame)):
+        if cut in ends:
+            assert p.unpack_command_entries(frame[:cut], A, p.CLIENT_ENTRY_FRAMES)
+            continue
+        with pytest.raises(ProtocolError) as info:
+            p.unpack_command_entries(frame[:cut], A, p.CLIENT_ENTRY_FRAMES)
+        assert info.value.code == ErrorCode.BAD_FRAMES
+
+
+@pytest.mark.parametrize("cmd", [0x01, 0x0B, 0x0C, 0x02, 0x83, 0x7F])
+def test_only_hot_path_commands_may_be_entries(cmd: int) -> None:
+    entry = bytes((cmd,)) + b"\0\0\0\1x" * 4
+    with pytest.raises(ProtocolError, match="cannot be batched"):
+        p.unpack_command_entries(entry, A, p.CLIENT_ENTRY_FRAMES)
+    # A client's commands are as foreign in a BROKER_BATCH.
+    with pytest.raises(ProtocolError, match="cannot be batched"):
+        p.unpack_command_entries(b"\x04" + b"\0\0\0\1x" * 3, A, p.BROKER_ENTRY_FRAMES)
+
+
+# --- negotiation -----------------------------------------------------------------
+
+
+def test_welcome_offers_batch_commands_only_when_asked() -> None:
+    state = BrokerState()
+    state.handle(b"p", hello(None))
+    assert "batch_commands" not in welcome_of(state)
+    state.handle(b"q", hello(False, batch=True))
+    assert "batch_commands" not in welcome_of(state) and welcome_of(state)["batch"]
+    state.handle(b"r", hello(True))
+    assert welcome_of(state)["batch_commands"] is True and "batch" not in welcome_of(state)
+    state.handle(b"r", hello(None))  # each HELLO negotiates again
+    assert "batch_commands" not in welcome_of(state)
+
+
+def test_hello_batch_commands_must_be_boolean() -> None:
+    state = BrokerState()
+    state.handle(b"p", [p.H_HELLO, A, p.pack_hello("test", batch_commands="yes")])
+    (_, frames) = state.outbox[-1]
+    assert error_of(frames).code == ErrorCode.BAD_BODY
+    assert b"p" not in state.peers
+
+
+# --- the broker: a BATCH is its messages ------------------------------------------
+
+# Messages a publisher might send: confirmed and unconfirmed publishes, bad topics,
+# oversized refs and bodies, requests, and ACKs (valid tokens are filled in later).
+_message = st.one_of(
+    st.tuples(
+        st.just("publish"),
+        st.sampled_from([b"a.b", b"a.c", b"x.y", b"a.*", b"a..b"]),
+        st.sampled_from([b"", b"r1", b"r2", b"r" * 33]),
+        st.sampled_from([b"", b"body", b"z" * 200]),
+    ),
+    st.tuples(st.just("request"), st.sampled_from([b"a.b", b"q.q"]), st.sampled_from([b"", b"q"])),
+    st.tuples(st.just("ack"), st.integers(0, 5)),
+)
+
+
+def _frames(item: tuple[Any, ...], tokens: list[bytes]) -> list[bytes]:
+    if item[0] == "publish":
+        return publish(item[1], item[3], item[2])
+    if item[0] == "request":
+        return [p.H_REQUEST, A, item[2], item[1], b""]
+    token = tokens[item[1] % len(tokens)] if tokens else b"\0" * 8
+    return [p.H_ACK, A, token, p.pack_ack(1, 0)]
+
+
+def _world() -> BrokerState:
+    state = BrokerState(max_message_size=100)
+    joined(state, b"sub", True, ("a.>", S1), ("a.b", S2))
+    joined(state, b"plain", None, ("a.*", S1))
+    joined(state, b"pub", True, ("q.>", S1))
+    # Confirmed deliveries outstanding at "sub", for its ACKs to settle.
+    state.handle(b"pub", publish(b"a.b", b"0", b"c1"))
+    state.handle(b"pub", publish(b"a.c", b"0", b"c2"))
+    state.outbox.clear()
+    return state
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.lists(_message, min_size=1, max_size=12))
+def test_a_batch_means_its_messages_one_after_the_other(items: list[tuple[Any, ...]]) -> None:
+    alone, batched = _world(), _world()
+    tokens = sorted(alone.peers[b"sub"].outstanding)
+    messages = [_frames(item, tokens) for item in items]
+    # ACKs come from the subscriber, the rest from the publisher: the publisher's
+    # messages first, then the subscriber's, alone or as one batch each.
+    for sender in (b"pub", b"sub"):
+        mine = [m for m in messages if (m[0] == p.H_ACK) == (sender == b"sub")]
+        for frames in mine:
+            alone.handle(sender, frames)
+        if mine:
+            batched.handle(sender, batch(*mine))
+    assert per_peer(batched.outbox) == per_peer(alone.outbox)
+    assert batched.peers[b"sub"].outstanding == alone.peers[b"sub"].outstanding
+    # Joining the replies into BROKER_BATCHes changes nothing a peer can see.
+    want = per_peer(batched.outbox)
+    batched.coalesce()
+    assert per_peer(expand(batched.outbox)) == want
+    assert not any(f[0] == p.H_BROKER_BATCH for i, f in batched.outbox if i == b"plain"), (
+        "a peer that did not ask got a BROKER_BATCH"
+    )
+
+
+def test_a_bad_entry_gets_its_own_error_and_the_others_go_on() -> None:
+    state = _world()
+    state.handle(
+        b"pub",
+        batch(
+            publish(b"a.b", b"1", b"r1"), publish(b"a.*", b"2", b"r2"), publish(b"a.c", b"3", b"r3")
+        ),
+    )
+    mine = per_peer(state.outbox)[b"pub"]
+    assert [f[0] for f in mine] == [p.H_ROUTED, p.H_ERROR, p.H_ROUTED]
+    assert mine[0][2] == b"r1" and mine[2][2] == b"r3"
+    err = error_of(mine[1])
+    assert (err.code, err.ref) == (ErrorCode.BAD_TOPIC, b"r2")
+    assert [f[3] for f in per_peer(state.outbox)[b"sub"]] == [b"a.b", b"a.c"]
+
+
+@pytest.mark.parametrize(
+    ("ident", "frames", "code"),
+    [
+        (b"stranger", batch(publish(b"a.b")), ErrorCode.NOT_JOINED),
+        (b"pub", batch(publish(b"a.b"), channel=B), ErrorCode.CHANNEL_MISMATCH),
+        (b"pub", [p.H_BATCH, A], ErrorCode.BAD_FRAMES),
+        (b"pub", [*batch(publish(b"a.b")), b""], ErrorCode.BAD_FRAMES),
+        (b"pub", [p.H_BATCH, A, b""], ErrorCode.BAD_FRAMES),
+        (b"pub", [p.H_BATCH, A, p.pack_command_entry(publish(b"a.b"))[:-1]], ErrorCode.BAD_FRAMES),
+        (b"pub", [p.H_BATCH, A, p.pack_command_entry(hello(True))], ErrorCode.BAD_FRAMES),
+        (
+            b"pub",
+            [p.H_BATCH, A, p.pack_command_entry(NESTED)],
+            ErrorCode.BAD_FRAMES,
+        ),
+        (
+            b"pub",
+            [p.H_BATCH, A, p.pack_command_entry(publish(b"a.b")) + b"\x83"],
+            ErrorCode.BAD_FRAMES,
+        ),
+    ],
+)
+def test_a_bad_envelope_refuses_the_whole_batch(
+    ident: bytes, frames: list[bytes], code: int
+) -> None:
+    state = _world()
+    state.handle(ident, frames)
+    ((to, reply),) = state.outbox  # one ERROR, nothing routed
+    err = error_of(reply)
+    assert (to, err.code, err.ref) == (ident, code, b"")
+
+
+# --- the broker: joining replies into BROKER_BATCHes ------------------------------
+
+
+def test_coalesce_joins_runs_per_peer_in_order() -> None:
+    state = BrokerState()
+    joined(state, b"x", True)
+    joined(state, b"y", None)
+    d = [[p.H_DELIVER, A, b"", b"t", b"%d" % i, S1] for i in range(4)]
+    ok = [p.H_OK, A, b"s"]
+    state.outbox[:] = [(b"x", d[0]), (b"y", d[0]), (b"x", d[1]), (b"x", ok), (b"x", d[2])]
+    state.outbox.append((b"y", d[1]))
+    state.coalesce()
+    x = per_peer(state.outbox)[b"x"]
+    assert x[0][0] == p.H_BROKER_BATCH
+    assert p.unpack_command_entries(x[0][2], A, p.BROKER_ENTRY_FRAMES) == [d[0], d[1]]
+    assert x[1:] == [ok, d[2]]  # the OK ends the run; a run of one stays plain
+    assert per_peer(state.outbox)[b"y"] == [d[0], d[1]]  # did not ask
+    assert state.counters["broker_batches"] == 1
+
+
+def test_coalesce_splits_at_the_byte_limit() -> None:
+    state = BrokerState()
+    joined(state, b"x", True)
+    body = b"z" * 1000
+    msgs = [[p.H_DELIVER, A, b"", b"t", body, S1] for _ in range(200)]
+    state.outbox[:] = [(b"x", m) for m in msgs]
+    state.coalesce()
+    assert len(state.outbox) > 1
+    for _, frames in state.outbox:
+        assert frames[0] == p.H_BROKER_BATCH and len(frames[2]) <= BROKER_BATCH_BYTES
+    assert [f for _, f in expand(state.outbox)] == msgs
+
+
+def test_coalesce_stops_once_the_peers_that_asked_leave() -> None:
+    state = BrokerState()
+    joined(state, b"x", True)
+    state.handle(b"x", [p.H_DISCONNECT, A, b"d"])
+    joined(state, b"x", None)
+    d = [p.H_DELIVER, A, b"", b"t", b"b", S1]
+    state.outbox[:] = [(b"x", d), (b"x", d)]
+    state.coalesce()
+    assert state.outbox == [(b"x", d), (b"x", d)]
+
+
+def test_a_lost_broker_batch_is_lost_entry_by_entry() -> None:
+    state = _world()
+    token = sorted(state.peers[b"sub"].outstanding)[0]
+    lost = [
+        [p.H_DELIVER, A, token, b"a.b", b"0", S1 + S2],
+        [p.H_DELIVER, A, b"", b"a.c", b"1", S1],
+    ]
+    state.undeliverable(b"sub", batch_of(lost))
+    # The confirmed entry is reported to its publisher as dropped at the broker...
+    ((to, frames),) = state.outbox
+    assert to == b"pub" and frames[0] == p.H_ACKED
+    assert p.unpack_ack(frames[3]) == p.AckResult(0, 1, [])
+    # ...and every entry is owed to the subscriber as a drop per sid.
+    assert state.peers[b"sub"].dropped == {S1: 2, S2: 1}
+    assert state.counters["dropped_out"] == 2
+
+
+def batch_of(messages: list[list[bytes]]) -> list[bytes]:
+    return [p.H_BROKER_BATCH, A, b"".join(p.pack_command_entry(m) for m in messages)]
+
+
+# --- the client core -------------------------------------------------------------
+
+
+class ListSink:
+    def __init__(self, pattern: str) -> None:
+        self.pattern = pattern
+        self.offers: list[tuple[Message, int | None]] = []
+
+    def offer(self, message: Message, ack_id: int | None) -> int:
+        self.offers.append((message, ack_id))
+        return DELIVERED
+
+    def end(self) -> None:
+        pass
+
+    def missed(self, count: int) -> None:
+        pass
+
+
+def ready_core(offer: bool = True, ask: bool = True) -> ClientCore:
+    core = ClientCore(A, heartbeat=0, batch_commands=ask)
+    fut: Future[Any] = Future()
+    core.connect(fut, T, T)
+    assert p.unpack_hello(core.outbox[0][2]).get("batch_commands", False) is ask
+    core.outbox.clear()
+    extra = {"batch_commands": True} if offer else {}
+    core.receive([p.H_WELCOME, A, p.pack_welcome("b", 1 << 20, **extra)])
+    assert fut.result(0)
+    return core
+
+
+def body(payload: bytes) -> bytes:
+    return p.pack_message(uuid.uuid4().bytes, time.time_ns(), {}, payload)
+
+
+def test_core_uses_batch_commands_only_when_asked_and_offered() -> None:
+    assert ready_core().batching_commands
+    assert not ready_core(offer=False).batching_commands
+    assert not ready_core(offer=True, ask=False).batching_commands
+    core = ready_core()
+    core.receive([p.H_BYE, A])
+    assert core.state == "reconnecting" and not core.batching_commands
+
+
+def test_core_handles_each_entry_as_the_message_alone() -> None:
+    core = ready_core()
+    sink = ListSink("a.>")
+    core.subscribe(sink, Future(), T, T)
+    (sid,) = core._sub_args
+    fut: Future[Any] = Future()
+    core.publish(b"a.b", body(b"mine"), fut, T, T)
+    ref = core.outbox[-1][2]
+    core.outbox.clear()
+    core.receive(
+        batch_of(
+            [
+                [p.H_DELIVER, A, b"tok1", b"a.b", body(b"one"), sid],
+                [p.H_ROUTED, A, ref, b"\0\0\0\1"],
+                [p.H_DELIVER, A, b"", b"a.c", body(b"two"), sid],
+                [p.H_ACKED, A, ref, p.pack_ack(3, 0)],
+            ]
+        )
+    )
+    assert [(m.payload, a is not None) for m, a in sink.offers] == [(b"one", True), (b"two", False)]
+    assert fut.result(0).delivered == 3
+    # The confirmed delivery is ACKed, exactly as if it had come alone.
+    assert core.outbox == [[p.H_ACK, A, b"tok1", p.pack_ack(1, 0, [])]]
+
+
+def test_core_refuses_a_malformed_broker_batch_whole() -> None:
+    core = ready_core()
+    sink = ListSink(">")
+    core.subscribe(sink, Future(), T, T)
+    (sid,) = core._sub_args
+    good = p.pack_command_entry([p.H_DELIVER, A, b"tok", b"a.b", body(b"x"), sid])
+    core.receive([p.H_BROKER_BATCH, A, good + good[:-1]])
+    core.receive([p.H_BROKER_BATCH, A, good + p.pack_command_entry(publish(b"a.b"))])
+    core.receive([p.H_BROKER_BATCH, B, good + good])  # another channel: one refusal
+    core.receive([p.H_BROKER_BATCH, A[:15], good + good])
+    assert sink.offers == [] and core.counters["protocol_errors"] == 4
+
+
+def test_core_acks_a_bad_entry_alone_and_hands_on_the_rest() -> None:
+    core = ready_core()
+    sink = ListSink(">")
+    core.subscribe(sink, Future(), T, T)
+    (sid,) = core._sub_args
+    core.outbox.clear()
+    core.receive(
+        batch_of(
+            [
+                [p.H_DELIVER, A, b"bad", b"a.*", body(b"x"), sid],
+                [p.H_DELIVER, A, b"good", b"a.b", body(b"y"), sid],
+            ]
+        )
+    )
+    assert [m.payload for m, _ in sink.offers] == [b"y"]
+    (refusal, ack) = core.outbox
+    assert refusal[2] == b"bad" and "refused delivery" in p.unpack_ack(refusal[3]).errors[0]
+    assert ack == [p.H_ACK, A, b"good", p.pack_ack(1, 0, [])]
+
+
+def cmd_frames() -> list[list[bytes]]:
+    return [
+        publish(b"a", b"1", b"r1"),
+        [p.H_ACK, A, b"t", b"k"],
+        [p.H_REQUEST, A, b"q", b"b", b""],
+        [p.H_REPLY, A, b"s" * 9, b""],
+        publish(b"c", b"2"),
+    ]
+
+
+def test_batch_front_joins_hot_path_commands_into_a_batch() -> None:
+    queue = [*cmd_frames(), [p.H_SUBSCRIBE, A, b"s", S1, b"x", b""], publish(b"d", b"3", b"r")]
+    out = deque(queue)
+    batch_front(out, commands=True)
+    assert out[0][:2] == [p.H_BATCH, A]
+    assert p.unpack_command_entries(out[0][2], A, p.CLIENT_ENTRY_FRAMES) == cmd_frames()
+    assert list(out)[1:] == queue[5:]  # SUBSCRIBE is never batched: the run ends there
+    out = deque(cmd_frames())
+    batch_front(out)  # not offered: left alone
+    assert list(out) == cmd_frames()
+
+
+def test_batch_front_prefers_publish_batch_for_unconfirmed_runs() -> None:
+    out = deque([publish(b"a", b"1"), publish(b"b", b"2"), [p.H_ACK, A, b"t", b"k"]])
+    batch_front(out, commands=True)
+    assert out[0][0] == p.H_PUBLISH_BATCH and len(out) == 2
+    batch_front(out, commands=True)
+    assert out[0][0] == p.H_PUBLISH_BATCH  # a batch at the front is not joined again
+
+
+def test_batch_front_sends_publish_batch_only_when_offered() -> None:
+    unconfirmed = [publish(b"a", b"1"), publish(b"b", b"2")]
+    out = deque(unconfirmed)
+    batch_front(out, publishes=False, commands=True)  # batch_commands without batch
+    assert out[0][0] == p.H_BATCH and len(out) == 1
+    assert p.unpack_command_entries(out[0][2], A, p.CLIENT_ENTRY_FRAMES) == unconfirmed
+
+
+def test_batch_front_keeps_batches_under_the_byte_limit() -> None:
+    out = deque(publish(b"t", b"x" * 1000, b"r") for _ in range(200))
+    sizes = []
+    while out:
+        batch_front(out, commands=True)
+        sizes.append(len(out.popleft()[2]))
+    assert len(sizes) > 1 and max(sizes) <= BATCH_BYTES
+
+
+# --- on sockets ------------------------------------------------------------------
+
+
+def test_pipelined_confirmed_publishes_travel_in_batches() -> None:
+    """A window of confirmed publishes from one thread: every one confirmed by the
+    subscriber, and far fewer zmq messages through the broker than commands."""
+    n, window = 3000, 200
+    with Broker("tcp://127.0.0.1:0") as broker:
+        ch = uuid.uuid4()
+        with Bus(broker.address, ch) as pub, Bus(broker.address, ch) as sub:
+            s = sub.subscribe("pipe.>", maxsize=n)
+            before = broker.stats()["counters"]
+            outstanding: deque[Future[Any]] = deque()
+            results = []
+            for i in range(n):
+                if len(outstanding) >= window:
+                    results.append(outstanding.popleft().result(10))
+                outstanding.append(pub.publish_nowait("pipe.x", b"%d" % i))
+            results.extend(f.result(10) for f in outstanding)
+            assert all((r.delivered, r.buses) == (1, 1) for r in results)
+            assert [s.get(timeout=10).payload for _ in range(n)] == [b"%d" % i for i in range(n)]
+            after = broker.stats()["counters"]
+    # 3,000 PUBLISHes and 3,000 ACKs in; 9,000 DELIVER, ROUTED and ACKED out.
+    assert after["messages_in"] - before["messages_in"] < n
+    assert after["messages_out"] - before.get("messages_out", 0) < 2 * n
+    assert after["batches_in"] > 0 and after["broker_batches"] > 0
+
+
+def test_plain_peers_keep_the_plain_protocol_beside_batching_buses() -> None:
+    """A raw DEALER that never asked gets plain confirmed DELIVERs and its plain
+    ACKs confirm a batching publisher's messages."""
+    n = 300
+    with Broker("tcp://127.0.0.1:0") as broker:
+        ch = uuid.uuid4()
+        ctx = zmq.Context()
+        raw = ctx.socket(zmq.DEALER)
+        try:
+            raw.connect(broker.address)
+            raw.send_multipart([p.H_HELLO, ch.bytes, p.pack_hello("raw")])
+            assert raw.poll(5000) and raw.recv_multipart()[0] == p.H_WELCOME
+            raw.send_multipart([p.H_SUBSCRIBE, ch.bytes, b"s", S1, b"raw.>", b""])
+            assert raw.poll(5000) and raw.recv_multipart()[0] == p.H_OK
+            stop = threading.Event()
+
+            def acker() -> None:
+                while not stop.is_set():
+                    if raw.poll(50):
+                        frames = raw.recv_multipart()
+                        assert frames[0] == p.H_DELIVER and frames[2]
+                        raw.send_multipart([p.H_ACK, ch.bytes, frames[2], p.pack_ack(1, 0)])
+
+            t = threading.Thread(target=acker)
+            t.start()
+            try:
+                with Bus(broker.address, ch) as pub:
+                    futs = [pub.publish_nowait("raw.x", b"%d" % i) for i in range(n)]
+                    assert all(f.result(10).delivered == 1 for f in futs)
+            finally:
+                stop.set()
+                t.join(5)
+        finally:
+            raw.close(0)
+            ctx.term()
+
+
+def test_publish_nowait_reports_handler_errors_and_validates_at_once() -> None:
+    with Broker("tcp://127.0.0.1:0") as broker:
+        ch = uuid.uuid4()
+        with Bus(broker.address, ch) as pub, Bus(broker.address, ch) as sub:
+
+            def handler(msg: Message) -> None:
+                raise ValueError("no " + msg.payload.decode())
+
+            sub.subscribe("h.>", handler=handler)
+            fut = pub.publish_nowait("h.x", b"thanks")
+            with pytest.raises(HandlerError, match="no thanks"):
+                fut.result(10)
+            assert pub.publish_nowait("nobody.here", b"").result(10).buses == 0
+            with pytest.raises(ValueError):
+                pub.publish_nowait("bad.*", b"")
+
+
+@pytest.mark.parametrize("loop", ["asyncio", "uvloop"])
+def test_asyncio_publish_nowait_pipelines_in_batches(loop: str) -> None:
+    from zmqbus.aio import Bus as AsyncBus
+
+    if loop == "uvloop":
+        uvloop = pytest.importorskip("uvloop")
+        runner: Any = uvloop.run
+    else:
+        runner = asyncio.run
+    n = 2000
+    with Broker("tcp://127.0.0.1:0") as broker:
+        ch = uuid.uuid4()
+        with Bus(broker.address, ch) as sub:
+            s = sub.subscribe("aio.>", maxsize=n + 1)
+
+            async def main() -> list[Any]:
+                async with AsyncBus(broker.address, ch) as pub:
+                    futs = [pub.publish_nowait("aio.x", b"%d" % i) for i in range(n)]
+                    # The awaiting form too, interleaved with the futures.
+                    extra = await pub.publish("aio.y", b"last")
+                    return [*(await asyncio.gather(*futs)), extra]
+
+            results = runner(main())
+            assert all(r.delivered == 1 for r in results)
+            got = [s.get(timeout=10).payload for _ in range(n + 1)]
+            assert got == [b"%d" % i for i in range(n)] + [b"last"]
+            assert broker.stats()["counters"]["batches_in"] > 0
