@@ -22,6 +22,8 @@ class Profile:
     confirm_warmup: int
     pipelined_count: int
     window: int  # pipelined confirmations outstanding
+    wide_count: int  # pipelined with a wide window: throughput, not the round trip, limits
+    wide_window: int
     fanout_count: int  # per subscriber, 10 subscribers
     fanout_sinks: int
     fanin_count: int  # per publisher, 4 publishers
@@ -45,6 +47,8 @@ FULL = Profile(
     confirm_warmup=1_000,
     pipelined_count=20_000,
     window=16,
+    wide_count=50_000,
+    wide_window=1_000,
     fanout_count=5_000,
     fanout_sinks=10,
     fanin_count=12_500,
@@ -68,6 +72,8 @@ QUICK = Profile(
     confirm_warmup=50,
     pipelined_count=2_000,
     window=16,
+    wide_count=5_000,
+    wide_window=1_000,
     fanout_count=500,
     fanout_sinks=10,
     fanin_count=1_000,

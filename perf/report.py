@@ -263,13 +263,25 @@ def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
             2.0,
             "<=",
         )
-    add(
-        "pipelined confirmed ÷ fire-and-forget (zmqbus)",
-        med("pipelined", "zmqbus", "rate"),
-        med("ff", "zmqbus", "rate"),
-        0.5,
-        ">=",
-    )
+    for key, name, _ in faces:
+        for scenario, what in (("pipelined", "pipelined confirmed"), ("pipelined_wide", "wide")):
+            window = next(
+                (
+                    sc["params"].get("window")
+                    for sc in results["scenarios"]
+                    if sc["key"] == scenario
+                ),
+                None,
+            )
+            if window is None:
+                continue
+            add(
+                f"{what} (window {window:,}) ÷ fire-and-forget: {name}",
+                med(scenario, key, "rate"),
+                med("ff", key, "rate"),
+                0.5,
+                ">=",
+            )
     levels = sorted(
         {
             int(sc["params"]["level"])
@@ -444,6 +456,7 @@ def _throughput_chart(plt: Any, results: dict[str, Any], path: Path) -> Path | N
         ("ff", "1->1\nfire-and-forget"),
         ("confirm", "confirmed\none at a time"),
         ("pipelined", "confirmed\npipelined"),
+        ("pipelined_wide", "confirmed\nwide window"),
         ("fanout", "fan-out\n(deliveries/s)"),
         ("fanin", "fan-in\n(deliveries/s)"),
     ]

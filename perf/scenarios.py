@@ -404,6 +404,18 @@ def build_scenarios(p: Profile) -> list[Scenario]:
             params={"count": p.pipelined_count, "window": p.window, "size": 100},
         ),
         Scenario(
+            "pipelined_wide",
+            f"confirmed, pipelined (window {p.wide_window:,}), 100 B",
+            f"{p.wide_count:,} confirmed publishes, up to {p.wide_window:,} unconfirmed at once "
+            "(a publisher's window as wide as NATS JetStream's async default of 4,000 allows)",
+            ("sink", "confirmer"),
+            BROKERED,
+            [rate],
+            lambda env, s: confirmed(env, s, count=p.wide_count, window=p.wide_window, warmup=0),
+            _always,
+            params={"count": p.wide_count, "window": p.wide_window, "size": 100},
+        ),
+        Scenario(
             "fanout",
             f"fan-out 1 -> {p.fanout_sinks}, 100 B",
             f"{p.fanout_count:,} messages to {p.fanout_sinks} subscribers per run",

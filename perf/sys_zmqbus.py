@@ -4,9 +4,9 @@
 Fire-and-forget sources call ``publish(..., confirm=False)``; sinks read a queue
 subscription with ``get()`` on the main thread, with a buffer (``maxsize``) far above
 any run's message count so the subscription itself never drops. A pipelined
-confirmer runs ``window`` threads, each publishing with ``confirm=True`` one after
-another: that keeps up to ``window`` confirmations outstanding, which is how a user of
-the threaded ``Bus`` pipelines (it has no asynchronous publish).
+confirmer keeps ``window`` confirmations outstanding from one thread with
+``Bus.publish_nowait`` (a future per publish), waiting for the oldest when the window
+is full.
 
 Request/reply (``reqrep``, registered when the installed zmqbus has ``Bus.request``):
 the responder is a handler subscription whose return value is the reply, the
@@ -19,6 +19,8 @@ import dataclasses
 import threading
 import uuid
 from array import array
+from collections import deque
+from concurrent.futures import Future
 
 import zmq
 
@@ -33,7 +35,7 @@ from perf.harness import (
     samples_to_bytes,
     stamp_payload,
 )
-from zmqbus import Bus, Message
+from zmqbus import Bus, Message, PublishResult
 from zmqbus import protocol as p
 
 __all__ = ["confirmer", "filler", "pinger", "reqrep", "sink", "source"]
@@ -127,7 +129,7 @@ def source(spec: Spec, ctl: Ctl) -> None:
 
 
 def confirmer(spec: Spec, ctl: Ctl) -> None:
-    """Confirmed publishes: ``window`` threads, each one publish at a time.
+    """Confirmed publishes: one at a time, or ``window`` outstanding futures.
 
     Records every publish's duration (the confirmed round trip) after ``warmup``.
     """
@@ -143,45 +145,49 @@ def confirmer(spec: Spec, ctl: Ctl) -> None:
         for _ in range(spec.warmup):
             publish(topic, payload)
         total = spec.count
-        shares = [total // window + (1 if i < total % window else 0) for i in range(window)]
-        lats = [array("q") for _ in range(window)]
-        errors = [0] * window
-        barrier = threading.Barrier(window + 1)
+        lat = array("q")
+        errors = 0
+        mono = now_ns
 
-        def run(i: int, wait: bool) -> None:
-            lat = lats[i]
-            mono = now_ns
-            if wait:
-                barrier.wait()
-            for _ in range(shares[i]):
+        def settled(fut: Future[PublishResult]) -> None:
+            nonlocal errors
+            try:
+                result = fut.result(12.0)
+            except Exception:
+                errors += 1
+                return
+            if result.delivered != want:
+                errors += 1
+
+        t0 = now_ns()
+        if window == 1:
+            for _ in range(total):
                 t = mono()
                 try:
                     result = publish(topic, payload, timeout=10.0)
                 except Exception:
-                    errors[i] += 1
+                    errors += 1
                     continue
                 lat.append(mono() - t)
                 if result.delivered != want:
-                    errors[i] += 1
-
-        if window == 1:
-            t0 = now_ns()
-            run(0, False)
+                    errors += 1
         else:
-            threads = [threading.Thread(target=run, args=(i, True)) for i in range(window)]
-            for t in threads:
-                t.start()
-            barrier.wait()
-            t0 = now_ns()
-            for t in threads:
-                t.join()
+            nowait = bus.publish_nowait
+            outstanding: deque[Future[PublishResult]] = deque()
+            for _ in range(total):
+                if len(outstanding) >= window:
+                    settled(outstanding.popleft())
+                t = mono()
+                fut = nowait(topic, payload, timeout=10.0)
+                # On the bus's I/O thread, as the confirmation arrives.
+                fut.add_done_callback(lambda _f, t=t: lat.append(mono() - t))
+                outstanding.append(fut)
+            while outstanding:
+                settled(outstanding.popleft())
         t1 = now_ns()
-        lat_all = array("q")
-        for lat in lats:
-            lat_all.extend(lat)
     finally:
         bus.close()
-    ctl.result(sent=total, t_start=t0, t_end=t1, lat=samples_to_bytes(lat_all), errors=sum(errors))
+    ctl.result(sent=total, t_start=t0, t_end=t1, lat=samples_to_bytes(lat), errors=errors)
 
 
 def pinger(spec: Spec, ctl: Ctl) -> None:
