@@ -10,9 +10,10 @@ same result fields, so the scenarios and the report treat both faces alike:
   bus's own socket work (heartbeats, arrivals) is not starved by a long burst;
 - sinks read a queue subscription with ``await get()``, with a buffer
   (``maxsize``) far above any run's message count;
-- a pipelined confirmer runs ``window`` tasks, each awaiting ``publish`` with
-  ``confirm=True`` one after another: up to ``window`` confirmations outstanding
-  at once, as the NATS confirmer keeps ``window`` requests outstanding;
+- a pipelined confirmer keeps ``window`` confirmations outstanding with
+  ``Bus.publish_nowait`` (a future per publish), awaiting the oldest when the
+  window is full, as the threaded one does (the NATS confirmer keeps ``window``
+  requests outstanding with as many tasks: nats-py has no future-returning request);
 - request/reply (``reqrep``, registered when ``zmqbus.aio.Bus`` has ``request``):
   the responder is a handler subscription (a plain function, run on the loop)
   whose returned bytes are the reply; the requester awaits ``Bus.request`` one
@@ -32,6 +33,7 @@ from __future__ import annotations
 
 import asyncio
 from array import array
+from collections import deque
 from collections.abc import Callable, Coroutine
 from typing import Any, TypeVar
 
@@ -46,7 +48,7 @@ from perf.harness import (
     stamp_payload,
 )
 from perf.sys_zmqbus import filler
-from zmqbus import Message
+from zmqbus import Message, PublishResult
 from zmqbus.aio import Bus
 
 __all__ = ["confirmer", "filler", "pinger", "reqrep", "sink", "source"]
@@ -158,7 +160,7 @@ async def _source(spec: Spec, ctl: Ctl) -> None:
 
 
 def confirmer(spec: Spec, ctl: Ctl) -> None:
-    """Confirmed publishes: ``window`` tasks, each one publish at a time.
+    """Confirmed publishes: one at a time, or ``window`` outstanding futures.
 
     Records every publish's duration (the confirmed round trip) after ``warmup``.
     """
@@ -177,34 +179,46 @@ async def _confirmer(spec: Spec, ctl: Ctl) -> None:
         for _ in range(spec.warmup):
             await publish(topic, payload)
         total = spec.count
-        shares = [total // window + (1 if i < total % window else 0) for i in range(window)]
-        lats = [array("q") for _ in range(window)]
-        errors = [0]
+        lat = array("q")
+        errors = 0
+        mono = now_ns
 
-        async def run(i: int) -> None:
-            lat = lats[i]
-            mono = now_ns
-            for _ in range(shares[i]):
+        async def settled(fut: asyncio.Future[PublishResult]) -> None:
+            nonlocal errors
+            try:
+                result = await fut
+            except Exception:
+                errors += 1
+                return
+            if result.delivered != want:
+                errors += 1
+
+        t0 = now_ns()
+        if window == 1:
+            for _ in range(total):
                 t = mono()
                 try:
                     result = await publish(topic, payload, timeout=10.0)
                 except Exception:
-                    errors[0] += 1
+                    errors += 1
                     continue
                 lat.append(mono() - t)
                 if result.delivered != want:
-                    errors[0] += 1
-
-        t0 = now_ns()
-        if window == 1:
-            await run(0)
+                    errors += 1
         else:
-            await asyncio.gather(*(run(i) for i in range(window)))
+            nowait = bus.publish_nowait
+            outstanding: deque[asyncio.Future[PublishResult]] = deque()
+            for _ in range(total):
+                if len(outstanding) >= window:
+                    await settled(outstanding.popleft())
+                t = mono()
+                fut = nowait(topic, payload, timeout=10.0)
+                fut.add_done_callback(lambda _f, t=t: lat.append(mono() - t))
+                outstanding.append(fut)
+            while outstanding:
+                await settled(outstanding.popleft())
         t1 = now_ns()
-    lat_all = array("q")
-    for lat in lats:
-        lat_all.extend(lat)
-    ctl.result(sent=total, t_start=t0, t_end=t1, lat=samples_to_bytes(lat_all), errors=errors[0])
+    ctl.result(sent=total, t_start=t0, t_end=t1, lat=samples_to_bytes(lat), errors=errors)
 
 
 def pinger(spec: Spec, ctl: Ctl) -> None:
