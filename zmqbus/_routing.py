@@ -308,7 +308,7 @@ class BrokerState:
         """Join, per peer that asked for ``batch_commands``, each run of two or
         more DELIVER, ROUTED, ACKED, ASK and ANSWER messages in ``outbox`` into
         BROKER_BATCHes, in their order among that peer's other messages. The
-        broker calls it once per read of its socket, before sending."""
+        broker calls it after each message it handles, before sending."""
         out = self.outbox
         if self._batching_peers == 0 or len(out) < 2:
             return

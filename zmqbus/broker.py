@@ -24,9 +24,6 @@ DEFAULT_BIND = "tcp://127.0.0.1:9090"
 
 # Messages taken from the socket before polling again; amortises the poll call.
 _BATCH = 256
-# Replies waiting before they are sent mid-read: bounds the latency a long read
-# adds, while letting the replies of several messages join in BROKER_BATCHes.
-_FLUSH_AT = 64
 
 _BYE_LINGER_MS = 200
 
@@ -203,12 +200,11 @@ class Broker:
                         except zmq.Again:
                             break
                         handle(frames[0], frames[1:])
-                        if len(outbox) >= _FLUSH_AT:
+                        # Replies go out after each message: waiting for more costs a
+                        # lone message's latency, and a BATCH's replies join anyway.
+                        if outbox:
                             coalesce()
                             self._flush(router, outbox)
-                    if outbox:
-                        coalesce()
-                        self._flush(router, outbox)
         except Exception:
             log.exception("broker loop failed")
         finally:
