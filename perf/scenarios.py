@@ -243,6 +243,8 @@ def confirmed(env: Env, system: str, *, count: int, window: int, warmup: int) ->
         errors=int(r.get("errors", 0)),
         info={"received": int(sink_res[0]["received"]), "window": window},
     )
+    if r.get("error_samples"):
+        m.info["error_samples"] = list(r["error_samples"])
     if window == 1:
         m.samples["rtt"] = lat
     return m

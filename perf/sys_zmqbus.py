@@ -147,17 +147,23 @@ def confirmer(spec: Spec, ctl: Ctl) -> None:
         total = spec.count
         lat = array("q")
         errors = 0
+        samples: list[str] = []  # what the first failures were, for the results file
         mono = now_ns
 
-        def settled(fut: Future[PublishResult]) -> None:
+        def failed(what: object) -> None:
             nonlocal errors
+            errors += 1
+            if len(samples) < 5:
+                samples.append(repr(what)[:300])
+
+        def settled(fut: Future[PublishResult]) -> None:
             try:
                 result = fut.result(12.0)
-            except Exception:
-                errors += 1
+            except Exception as exc:
+                failed(exc)
                 return
             if result.delivered != want:
-                errors += 1
+                failed(result)
 
         t0 = now_ns()
         if window == 1:
@@ -165,12 +171,12 @@ def confirmer(spec: Spec, ctl: Ctl) -> None:
                 t = mono()
                 try:
                     result = publish(topic, payload, timeout=10.0)
-                except Exception:
-                    errors += 1
+                except Exception as exc:
+                    failed(exc)
                     continue
                 lat.append(mono() - t)
                 if result.delivered != want:
-                    errors += 1
+                    failed(result)
         else:
             nowait = bus.publish_nowait
             outstanding: deque[Future[PublishResult]] = deque()
@@ -187,7 +193,14 @@ def confirmer(spec: Spec, ctl: Ctl) -> None:
         t1 = now_ns()
     finally:
         bus.close()
-    ctl.result(sent=total, t_start=t0, t_end=t1, lat=samples_to_bytes(lat), errors=errors)
+    ctl.result(
+        sent=total,
+        t_start=t0,
+        t_end=t1,
+        lat=samples_to_bytes(lat),
+        errors=errors,
+        error_samples=samples,
+    )
 
 
 def pinger(spec: Spec, ctl: Ctl) -> None:

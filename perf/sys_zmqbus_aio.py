@@ -181,17 +181,23 @@ async def _confirmer(spec: Spec, ctl: Ctl) -> None:
         total = spec.count
         lat = array("q")
         errors = 0
+        samples: list[str] = []  # what the first failures were, for the results file
         mono = now_ns
 
-        async def settled(fut: asyncio.Future[PublishResult]) -> None:
+        def failed(what: object) -> None:
             nonlocal errors
+            errors += 1
+            if len(samples) < 5:
+                samples.append(repr(what)[:300])
+
+        async def settled(fut: asyncio.Future[PublishResult]) -> None:
             try:
                 result = await fut
-            except Exception:
-                errors += 1
+            except Exception as exc:
+                failed(exc)
                 return
             if result.delivered != want:
-                errors += 1
+                failed(result)
 
         t0 = now_ns()
         if window == 1:
@@ -199,12 +205,12 @@ async def _confirmer(spec: Spec, ctl: Ctl) -> None:
                 t = mono()
                 try:
                     result = await publish(topic, payload, timeout=10.0)
-                except Exception:
-                    errors += 1
+                except Exception as exc:
+                    failed(exc)
                     continue
                 lat.append(mono() - t)
                 if result.delivered != want:
-                    errors += 1
+                    failed(result)
         else:
             nowait = bus.publish_nowait
             outstanding: deque[asyncio.Future[PublishResult]] = deque()
@@ -218,7 +224,14 @@ async def _confirmer(spec: Spec, ctl: Ctl) -> None:
             while outstanding:
                 await settled(outstanding.popleft())
         t1 = now_ns()
-    ctl.result(sent=total, t_start=t0, t_end=t1, lat=samples_to_bytes(lat), errors=errors)
+    ctl.result(
+        sent=total,
+        t_start=t0,
+        t_end=t1,
+        lat=samples_to_bytes(lat),
+        errors=errors,
+        error_samples=samples,
+    )
 
 
 def pinger(spec: Spec, ctl: Ctl) -> None:
