@@ -249,7 +249,7 @@ def serve(max_message_size: int) -> Iterator[tuple[Broker, MakeDealer]]:
     with Broker("tcp://127.0.0.1:0", max_message_size=max_message_size) as broker:
 
         def make() -> Dealer:
-            s = zmq.Context.instance().socket(zmq.DEALER)
+            s: Dealer = zmq.Context.instance().socket(zmq.DEALER)
             s.setsockopt(zmq.LINGER, 0)
             s.setsockopt(zmq.RCVTIMEO, 5000)
             s.connect(broker.address)
@@ -640,7 +640,7 @@ def test_unsubscribe_closes_several_sids_at_once(raw_dealer: MakeDealer, ch: byt
 
 def _until_sentinel(sock: Dealer, sentinel: bytes) -> list[list[bytes]]:
     """Every DELIVER before the one on topic ``sentinel``."""
-    got = []
+    got: list[list[bytes]] = []
     while True:
         frames = sock.recv_multipart()
         if deliver_of(frames)[1] == sentinel:
@@ -1286,3 +1286,61 @@ def test_session_vector_over_the_wire(vec: dict[str, Any]) -> None:
         echo = vec["reply"]
         assert_error(reply, vec["code"], bytes.fromhex(echo["channel"]), bytes.fromhex(echo["ref"]))
         pair.check()
+
+
+WIRE_EXCHANGES = _vectors("exchanges.json")
+EXCHANGE_WAIT_MS = 5000  # how long a message the exchange says comes next may take
+EXCHANGE_QUIET_MS = 150  # after the last step: nothing more may arrive meanwhile
+
+
+def assert_vector_message(got: list[bytes], want: list[bytes], where: str) -> None:
+    """``got`` is ``want``; of an ERROR only the first four frames, the text being
+    informative (it must still be non-empty UTF-8)."""
+    if want[0] == ERROR:
+        assert len(got) == len(want) == 5 and got[:4] == want[:4], f"{where}: got {got}"
+        assert got[4].decode("utf-8"), f"{where}: ERROR without text"
+    else:
+        assert got == want, f"{where}: got {[f.hex() for f in got]}"
+
+
+@pytest.mark.parametrize("vec", WIRE_EXCHANGES, ids=[v["name"] for v in WIRE_EXCHANGES])
+def test_exchange_over_the_wire(vec: dict[str, Any]) -> None:
+    """Each peer of the exchange is a DEALER of its own, on a fresh broker (session
+    numbers and delivery tokens count from the start of the exchange). Each send goes
+    out once every reply the steps list before it has arrived, so the broker reads it
+    alone, and each peer receives exactly its messages of the steps, in their order,
+    and nothing more. Each socket is read on its own: the order between peers is not
+    checked, as it is not normative."""
+    steps: list[tuple[str, str, list[bytes]]] = []
+    for step in vec["steps"]:
+        assert set(step) in ({"peer", "send"}, {"peer", "receive"}), step
+        what = "send" if "send" in step else "receive"
+        steps.append((step["peer"], what, [bytes.fromhex(f) for f in step[what]]))
+    with serve(vec["max_message_size"]) as (_, make):
+        peers: dict[str, Dealer] = {}
+        for name, _, _ in steps:
+            if name not in peers:
+                peers[name] = make()
+        sender: str | None = None  # the peer of the last send with no receive after it
+        for i, (name, what, frames) in enumerate(steps):
+            sock = peers[name]
+            where = f"step {i}: {name} {what} {frames[0].hex()}"
+            if what == "send":
+                # Two connections give no order between their messages: the second
+                # send could reach the broker first.
+                assert sender in (None, name), f"{where}: no reply orders it after {sender}'s"
+                sock.send_multipart(frames)
+                sender = name
+                continue
+            sender = None
+            assert sock.poll(EXCHANGE_WAIT_MS, zmq.POLLIN), f"{where}: nothing arrived"
+            assert_vector_message(sock.recv_multipart(zmq.NOBLOCK), frames, where)
+        # Proving absence needs a bounded wait: anything more, to any peer, fails.
+        poller = zmq.Poller()
+        for sock in peers.values():
+            poller.register(sock, zmq.POLLIN)
+        ready = dict(poller.poll(EXCHANGE_QUIET_MS))
+        extra = {
+            name: sock.recv_multipart(zmq.NOBLOCK) for name, sock in peers.items() if sock in ready
+        }
+        assert not extra, f"messages beyond the exchange: {extra}"
