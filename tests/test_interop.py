@@ -167,12 +167,14 @@ def start_sub(broker: Broker, clients: dict[str, Path]) -> Iterator[Callable[...
     peers: list[Peer] = []
 
     def start(lang: str, channel: uuid.UUID, *patterns: str, **options: str | int) -> Peer:
+        """Options become --key value; a value True, the flag --key alone."""
         argv = [*program(lang, "zb-sub"), "--endpoint", broker.address, "--channel", str(channel)]
         for pattern in patterns:
             argv += ["--pattern", pattern]
         argv += ["--timeout", "20000"]
         for key, value in options.items():
-            argv += [f"--{key.replace('_', '-')}", str(value)]
+            flag = f"--{key.replace('_', '-')}"
+            argv += [flag] if value is True else [flag, str(value)]
         peer = Peer(argv)
         peers.append(peer)
         peer.wait_ready()
@@ -198,6 +200,8 @@ def pub(
         headers: dict[str, str] | None = None,
         confirm: bool = True,
         garbage: bool = False,
+        count: int = 1,
+        batch_commands: bool = False,
     ) -> tuple[int, list[dict[str, Any]], str]:
         argv = [*program(lang, "zb-pub"), "--endpoint", broker.address, "--channel", str(channel)]
         if topic is not None:
@@ -208,6 +212,10 @@ def pub(
             argv.append("--confirm")
         if garbage:
             argv.append("--raw-garbage")
+        if count != 1:
+            argv += ["--count", str(count)]
+        if batch_commands:
+            argv.append("--batch-commands")
         done = run(argv, ROOT, 30)
         lines = [json.loads(line) for line in done.stdout.splitlines()]
         return done.returncode, lines, done.stderr
@@ -483,3 +491,118 @@ def test_c_and_node_share_a_queue_group(
         assert len(lines) == 2
         jobs += [m["topic"] for m in lines]
     assert sorted(jobs) == [f"jobs.n{i}" for i in range(4)]
+
+
+# ---- batches of commands (--batch-commands) ----------------------------------------
+
+# Confirmed publishes kept outstanding at once, and published by zb-pub in one run
+# (zb-pub publishes 256 at a time with --batch-commands: two windows, two BATCHes).
+OUTSTANDING = 40
+PUBLISHED = 300
+CONFIRMED = {"routed": 1, "acked": 1, "delivered": 1, "dropped": 0, "errors": []}
+
+
+def batch_stats(stderr: str) -> dict[str, Any]:
+    """The stderr line a program ends with under --batch-commands."""
+    lines = [line for line in stderr.splitlines() if line.startswith('{"batch_commands"')]
+    assert len(lines) == 1, stderr
+    stats: dict[str, Any] = json.loads(lines[0])
+    assert list(stats) == [
+        "batch_commands",
+        "batches_in",
+        "entries_in",
+        "batches_out",
+        "entries_out",
+    ]
+    return stats
+
+
+def batch_counters(broker: Broker) -> tuple[int, int]:
+    """The broker's BROKER_BATCHes sent and BATCHes received so far."""
+    counters = broker.stats()["counters"]
+    return counters.get("broker_batches", 0), counters.get("batches_in", 0)
+
+
+@pytest.mark.parametrize("lang", LANGS)
+def test_batching_subscriber_confirms_pipelined_python_publishes(
+    lang: str,
+    broker: Broker,
+    make_bus: Callable[..., Bus],
+    channel: uuid.UUID,
+    start_sub: Callable[..., Peer],
+) -> None:
+    peer = start_sub(lang, channel, "pipe.>", count=OUTSTANDING, batch_commands=True)
+    bus = make_bus()
+    sent_before, received_before = batch_counters(broker)
+    # All outstanding at once: the bus sends them as BATCHes, so the broker hands the
+    # subscriber their DELIVERs as BROKER_BATCHes, whose ACKs it sends back as BATCHes.
+    futures = [bus.publish_nowait(f"pipe.n{i}", f"#{i}".encode()) for i in range(OUTSTANDING)]
+    results = [f.result(timeout=15) for f in futures]
+    assert [(r.delivered, r.dropped, r.failed, r.buses) for r in results] == [
+        (1, 0, 0, 1)
+    ] * OUTSTANDING
+
+    rc, lines = peer.finish()
+    assert rc == 0, peer.stderr
+    assert [(m["topic"], bytes.fromhex(m["payload"])) for m in lines] == [
+        (f"pipe.n{i}", f"#{i}".encode()) for i in range(OUTSTANDING)
+    ]
+    assert all(m["confirmed"] and m["sids"] == ["00000001"] for m in lines)
+    stats = batch_stats("".join(peer.stderr))
+    assert stats["batch_commands"] is True  # the broker offered them
+    # DELIVER entries came in BROKER_BATCHes, and the ACKs of each went back in one
+    # BATCH (the ACKs of two may share one: never more BATCHes than BROKER_BATCHes)
+    assert 1 <= stats["batches_out"] <= stats["batches_in"]
+    assert 2 * stats["batches_in"] <= stats["entries_in"] <= stats["entries_out"] <= OUTSTANDING
+    sent, received = batch_counters(broker)
+    # the bus got BROKER_BATCHes too (ROUTEDs, ACKEDs) and sent BATCHes too (PUBLISHes)
+    assert sent - sent_before >= stats["batches_in"] + 1
+    assert received - received_before >= stats["batches_out"] + 1
+    assert broker.stats()["errors"] == {}
+    assert broker.stats()["pending_confirmations"] == 0
+
+
+@pytest.mark.parametrize("lang", LANGS)
+def test_batching_publisher_reaches_python_subscriber(
+    lang: str,
+    broker: Broker,
+    make_bus: Callable[..., Bus],
+    channel: uuid.UUID,
+    pub: Callable[..., Any],
+) -> None:
+    inbox = make_bus().subscribe("pipe.>", maxsize=2 * PUBLISHED)
+    payload = b"\x00batched\xff"
+
+    # Without the option: one PUBLISH at a time, each confirmed before the next, and
+    # nobody sends or gets a batch.
+    before = batch_counters(broker)
+    rc, plain_lines, stderr = pub(lang, channel, "pipe.plain", payload=payload, count=PUBLISHED)
+    assert rc == 0, stderr
+    assert plain_lines == [CONFIRMED] * PUBLISHED
+    assert '"batch_commands"' not in stderr
+    assert batch_counters(broker) == before
+    assert [inbox.get(timeout=10).topic for _ in range(PUBLISHED)] == ["pipe.plain"] * PUBLISHED
+
+    sent_before, received_before = batch_counters(broker)
+    rc, lines, stderr = pub(
+        lang, channel, "pipe.batched", payload=payload, count=PUBLISHED, batch_commands=True
+    )
+    assert rc == 0, stderr
+    # the same confirmations, printed as without the option
+    assert lines == plain_lines
+    messages = [inbox.get(timeout=10) for _ in range(PUBLISHED)]
+    assert all((m.topic, m.payload, m.headers) == ("pipe.batched", payload, {}) for m in messages)
+    assert len({m.id for m in messages}) == PUBLISHED
+    stats = batch_stats(stderr)
+    assert stats["batch_commands"] is True
+    # its PUBLISHes left as one BATCH per window of 256, and its ROUTEDs and ACKEDs
+    # came back in BROKER_BATCHes (entries: at most one ROUTED and one ACKED each)
+    assert (stats["batches_out"], stats["entries_out"]) == (2, PUBLISHED)
+    assert stats["batches_in"] >= 1
+    assert 2 * stats["batches_in"] <= stats["entries_in"]
+    assert stats["entries_in"] <= 2 * PUBLISHED
+    sent, received = batch_counters(broker)
+    assert received - received_before >= stats["batches_out"]
+    assert sent - sent_before >= stats["batches_in"]
+    assert broker.stats()["errors"] == {}
+    assert broker.stats()["pending_confirmations"] == 0

@@ -80,3 +80,16 @@ long long now_ms(void)
     clock_gettime(CLOCK_MONOTONIC, &ts);
     return (long long)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
 }
+
+void print_batch_stats(const zb_client *c, int offered)
+{
+    zb_batch_stats s;
+    zb_client_batch_stats(c, &s);
+    fprintf(stderr,
+            "{\"batch_commands\":%s,\"batches_in\":%llu,\"entries_in\":%llu,"
+            "\"batches_out\":%llu,\"entries_out\":%llu}\n",
+            offered ? "true" : "false", (unsigned long long)s.batches_in,
+            (unsigned long long)s.entries_in, (unsigned long long)s.batches_out,
+            (unsigned long long)s.entries_out);
+    fflush(stderr);
+}

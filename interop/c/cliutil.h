@@ -12,6 +12,11 @@ void json_text(FILE *fp, const void *text, size_t len);
 void json_hex(FILE *fp, zb_bytes data);
 /* Write an instant as a JSON string of nanoseconds since the epoch. */
 void json_time_ns(FILE *fp, zb_time t);
+/* The stderr line of --batch-commands:
+ *   {"batch_commands":B,"batches_in":N,"entries_in":N,"batches_out":N,"entries_out":N}
+ * B: whether the WELCOME offered batches of commands; the BROKER_BATCHes
+ * received and the BATCHes sent, with their entries (zb_client_batch_stats). */
+void print_batch_stats(const zb_client *c, int offered);
 /* Milliseconds on the monotonic clock. */
 long long now_ms(void);
 /* Print "prog: message" to stderr and exit with status. */

@@ -3,6 +3,7 @@
  *   zb-pub --endpoint EP --channel UUID --topic T [--header K=V ...]
  *          [--payload TEXT | --payload-hex HEX | --payload-stdin]
  *          [--count N] [--confirm] [--timeout MS] [--name NAME] [--raw-garbage]
+ *          [--batch-commands]
  *
  * Publishes the message N times (default 1), then DISCONNECTs and waits for
  * the OK. With --confirm, prints one JSON line per message with its
@@ -17,6 +18,15 @@
  * publish as usual (when --topic is given); the ERRORs are printed as above,
  * in the order received.
  *
+ * --batch-commands: ask for batches of commands in the HELLO. If the WELCOME
+ * offers them, publish up to WINDOW messages at a time without waiting in
+ * between, as BATCHes (zb_client_publish_n), and print the confirmations of
+ * each window in order once all are in (a window with handler errors is the
+ * last, as one message with them is without the option). At the end, print to stderr
+ *   {"batch_commands":B,"batches_in":N,"entries_in":N,"batches_out":N,"entries_out":N}
+ * (B: whether the WELCOME offered them; the BROKER_BATCHes received and the
+ * BATCHes sent, and their entries).
+ *
  * Exit status: 0 done, 1 failure (timeout, refusal, stray ERROR outside
  * --raw-garbage), 2 usage, 3 a confirmation reported handler errors.
  */
@@ -29,12 +39,14 @@
 #include "zbclient.h"
 
 #define MAX_HEADERS 32
+#define WINDOW 256 /* messages published at a time with --batch-commands */
 
 static void usage(void)
 {
     die(2, "usage: zb-pub --endpoint EP --channel UUID --topic T [--header K=V ...]\n"
            "              [--payload TEXT | --payload-hex HEX | --payload-stdin]\n"
-           "              [--count N] [--confirm] [--timeout MS] [--name NAME] [--raw-garbage]");
+           "              [--count N] [--confirm] [--timeout MS] [--name NAME] [--raw-garbage]\n"
+           "              [--batch-commands]");
 }
 
 static zb_buf read_stdin(void)
@@ -85,6 +97,36 @@ static size_t print_stray_errors(zb_client *c)
     fflush(stdout);
     zb_stray_errors_free(errors, n);
     return n;
+}
+
+/* With batches of commands: publish count messages, WINDOW at a time without
+ * waiting in between, and print each window's confirmations once all are in.
+ * Returns the exit status so far. */
+static int publish_windows(zb_client *c, const char *topic, const zb_header *headers,
+                           size_t n_headers, zb_bytes payload, long count, int confirm,
+                           int timeout_ms)
+{
+    zb_confirmation confs[WINDOW];
+    int status = 0;
+    while (count > 0 && status == 0) {
+        size_t i, n = count < WINDOW ? (size_t)count : WINDOW;
+        int rc = zb_client_publish_n(c, topic, headers, n_headers, payload, n,
+                                     confirm ? confs : NULL, timeout_ms);
+        if (rc)
+            fprintf(stderr, "zb-pub: publish failed: %s\n", zb_client_last_error(c));
+        for (i = 0; confirm && i < n; i++) {
+            if (rc == 0) {
+                print_confirmation(&confs[i]);
+                if (confs[i].n_errors)
+                    status = 3;
+            }
+            zb_confirmation_free(&confs[i]);
+        }
+        if (rc)
+            return 1;
+        count -= (long)n;
+    }
+    return status;
 }
 
 /* Malformed messages, each refused with one ERROR by a broker that the
@@ -150,15 +192,17 @@ int main(int argc, char **argv)
         {"payload-stdin", no_argument, 0, 'i'},   {"count", required_argument, 0, 'n'},
         {"confirm", no_argument, 0, 'C'},         {"timeout", required_argument, 0, 't'},
         {"name", required_argument, 0, 'N'},      {"raw-garbage", no_argument, 0, 'G'},
-        {"help", no_argument, 0, 'h'},            {0, 0, 0, 0}};
+        {"batch-commands", no_argument, 0, 'B'},  {"help", no_argument, 0, 'h'},
+        {0, 0, 0, 0}};
     const char *endpoint = NULL, *channel_text = NULL, *topic = NULL, *name = NULL;
     zb_header headers[MAX_HEADERS];
     size_t n_headers = 0, n_payload_options = 0;
     zb_buf payload = {NULL, 0};
     long count = 1, timeout_ms = 5000, i;
-    int confirm = 0, garbage = 0, opt, rc, status = 0;
+    int confirm = 0, garbage = 0, batch_commands = 0, opt, rc, status = 0;
     uint8_t channel[16];
     zb_client *c;
+    int offered;
 
     while ((opt = getopt_long(argc, argv, "", options, NULL)) != -1) {
         switch (opt) {
@@ -201,6 +245,7 @@ int main(int argc, char **argv)
         case 't': timeout_ms = parse_count("--timeout", optarg); break;
         case 'N': name = optarg; break;
         case 'G': garbage = 1; break;
+        case 'B': batch_commands = 1; break;
         default: usage();
         }
     }
@@ -212,17 +257,23 @@ int main(int argc, char **argv)
     c = zb_client_new(endpoint);
     if (!c)
         die(1, "zb-pub: cannot connect to %s", endpoint);
+    zb_client_ask_batch_commands(c, batch_commands);
     if ((rc = zb_client_hello(c, channel, name, (int)timeout_ms))) {
         fprintf(stderr, "zb-pub: join failed: %s\n", zb_client_last_error(c));
         zb_client_destroy(c);
         zb_buf_free(&payload);
         return 1;
     }
+    offered = zb_client_batching(c);
     if (garbage && send_garbage(c)) {
         fprintf(stderr, "zb-pub: sending garbage failed: %s\n", zb_client_last_error(c));
         status = 1;
     }
-    for (i = 0; topic && status == 0 && i < count; i++) {
+    if (offered && topic && status == 0)
+        status = publish_windows(c, topic, headers, n_headers,
+                                 (zb_bytes){payload.data, payload.size}, count, confirm,
+                                 (int)timeout_ms);
+    for (i = 0; !offered && topic && status == 0 && i < count; i++) {
         zb_confirmation conf;
         rc = zb_client_publish(c, topic, headers, n_headers, (zb_bytes){payload.data, payload.size},
                                confirm ? &conf : NULL, (int)timeout_ms);
@@ -247,6 +298,8 @@ int main(int argc, char **argv)
     }
     if (print_stray_errors(c) && !garbage && status == 0)
         status = 1;
+    if (batch_commands)
+        print_batch_stats(c, offered);
     zb_client_destroy(c);
     zb_buf_free(&payload);
     return status;

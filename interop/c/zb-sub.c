@@ -2,6 +2,7 @@
  *
  *   zb-sub --endpoint EP --channel UUID --pattern P [--pattern P2 ...] [--queue Q]
  *          [--count N] [--stop-topic T] [--error TEXT] [--timeout MS] [--name NAME]
+ *          [--batch-commands]
  *
  * Prints "ready" to stderr once every SUBSCRIBE is confirmed. Each message is
  * printed to stdout as
@@ -13,6 +14,11 @@
  * handler that failed. Stops after N messages (--count) or after a message on
  * topic T (--stop-topic), then DISCONNECTs. Exit status: 0 done, 1 failure,
  * 2 usage, 4 --timeout MS (default 30000) expired first.
+ *
+ * --batch-commands: ask for batches of commands in the HELLO. If the WELCOME
+ * offers them, the ACKs of messages handled one after the other without
+ * waiting on the socket (the DELIVER entries of one BROKER_BATCH) leave as
+ * one BATCH. At the end, print to stderr the line zb-pub prints with it.
  */
 #include <getopt.h>
 #include <stdio.h>
@@ -28,7 +34,8 @@
 static void usage(void)
 {
     die(2, "usage: zb-sub --endpoint EP --channel UUID --pattern P [--pattern P2 ...] [--queue Q]\n"
-           "              [--count N] [--stop-topic T] [--error TEXT] [--timeout MS] [--name NAME]");
+           "              [--count N] [--stop-topic T] [--error TEXT] [--timeout MS] [--name NAME]\n"
+           "              [--batch-commands]");
 }
 
 static void print_delivery(const zb_delivery *d)
@@ -70,8 +77,8 @@ int main(int argc, char **argv)
         {"pattern", required_argument, 0, 'p'},  {"queue", required_argument, 0, 'q'},
         {"count", required_argument, 0, 'n'},    {"stop-topic", required_argument, 0, 's'},
         {"error", required_argument, 0, 'E'},    {"timeout", required_argument, 0, 't'},
-        {"name", required_argument, 0, 'N'},     {"help", no_argument, 0, 'h'},
-        {0, 0, 0, 0}};
+        {"name", required_argument, 0, 'N'},     {"batch-commands", no_argument, 0, 'B'},
+        {"help", no_argument, 0, 'h'},           {0, 0, 0, 0}};
     const char *endpoint = NULL, *channel_text = NULL, *queue = NULL, *stop_topic = NULL;
     const char *error_text = NULL, *name = NULL;
     const char *patterns[MAX_PATTERNS];
@@ -79,7 +86,7 @@ int main(int argc, char **argv)
     long count = 0, timeout_ms = 30000, received = 0;
     uint8_t channel[16];
     zb_client *c;
-    int opt, rc, status = 0;
+    int opt, rc, status = 0, batch_commands = 0, offered;
     long long deadline;
 
     while ((opt = getopt_long(argc, argv, "", options, NULL)) != -1) {
@@ -97,6 +104,7 @@ int main(int argc, char **argv)
         case 'E': error_text = optarg; break;
         case 't': timeout_ms = parse_count("--timeout", optarg); break;
         case 'N': name = optarg; break;
+        case 'B': batch_commands = 1; break;
         default: usage();
         }
     }
@@ -108,6 +116,7 @@ int main(int argc, char **argv)
     c = zb_client_new(endpoint);
     if (!c)
         die(1, "zb-sub: cannot connect to %s", endpoint);
+    zb_client_ask_batch_commands(c, batch_commands);
     if ((rc = zb_client_hello(c, channel, name, CALL_TIMEOUT_MS))) {
         fprintf(stderr, "zb-sub: join failed: %s\n", zb_client_last_error(c));
         zb_client_destroy(c);
@@ -121,6 +130,7 @@ int main(int argc, char **argv)
             return 1;
         }
     }
+    offered = zb_client_batching(c);
     fprintf(stderr, "ready\n");
     fflush(stderr);
 
@@ -171,6 +181,8 @@ int main(int argc, char **argv)
         if (!status)
             status = 1;
     }
+    if (batch_commands)
+        print_batch_stats(c, offered);
     zb_client_destroy(c);
     return status;
 }

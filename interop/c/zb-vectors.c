@@ -205,17 +205,22 @@ static void check_decoded(const char *type, zb_bytes body, const json *want)
         check(zb_check_stats_body(body) == 0, "stats body refused");
     } else if (strcmp(type, "welcome") == 0) {
         uint64_t max;
-        int rc = zb_decode_welcome_body(body, &max);
+        int commands;
+        const json *offered = json_get(json_get(want, "map"), "batch_commands");
+        int rc = zb_decode_welcome_body_ex(body, &max, &commands);
         check(rc == 0, "welcome body refused with %d", rc);
         check(rc || max == number(json_get(json_get(want, "map"), "max_message_size")),
               "max_message_size differs");
+        check(rc || commands == (offered && offered->type == JSON_BOOL && offered->boolean),
+              "batch_commands differs");
     } else {
         check(0, "unknown body type %s", type);
     }
 }
 
 /* Encode the decoded value `want` as `type`; 0 when this encoder cannot
- * write that value (a HELLO map with other keys than "client"). */
+ * write that value (a HELLO map with other keys than "client" and, after
+ * it, "batch_commands": true). */
 static int encode_body(const char *type, const json *want, zb_buf *out)
 {
     int rc;
@@ -250,6 +255,11 @@ static int encode_body(const char *type, const json *want, zb_buf *out)
             rc = zb_encode_hello_body(out, NULL);
         else if (map->count == 1 && client && client->type == JSON_STRING)
             rc = zb_encode_hello_body(out, client->text);
+        else if (map->count == 2 && client && client->type == JSON_STRING &&
+                 strcmp(map->keys[0], "client") == 0 &&
+                 strcmp(map->keys[1], "batch_commands") == 0 &&
+                 map->items[1]->type == JSON_BOOL && map->items[1]->boolean)
+            rc = zb_encode_hello_body_ex(out, client->text, 1);
         else
             return 0;
     } else {

@@ -419,16 +419,21 @@ static int pack_timestamp(msgpack_packer *pk, zb_time ts)
 
 int zb_encode_hello_body(zb_buf *out, const char *client_name)
 {
+    return zb_encode_hello_body_ex(out, client_name, 0);
+}
+
+int zb_encode_hello_body_ex(zb_buf *out, const char *client_name, int batch_commands)
+{
     msgpack_sbuffer sb;
     msgpack_packer pk;
     int rc;
     msgpack_sbuffer_init(&sb);
     msgpack_packer_init(&pk, &sb, msgpack_sbuffer_write);
-    if (client_name)
-        rc = msgpack_pack_map(&pk, 1) || pack_text(&pk, bytes_str("client")) ||
-             pack_text(&pk, bytes_str(client_name));
-    else
-        rc = msgpack_pack_map(&pk, 0);
+    rc = msgpack_pack_map(&pk, (client_name ? 1 : 0) + (batch_commands ? 1 : 0));
+    if (rc == 0 && client_name)
+        rc = pack_text(&pk, bytes_str("client")) || pack_text(&pk, bytes_str(client_name));
+    if (rc == 0 && batch_commands)
+        rc = pack_text(&pk, bytes_str("batch_commands")) || msgpack_pack_true(&pk);
     return sbuf_take(&sb, rc, out);
 }
 
@@ -775,10 +780,17 @@ int zb_check_stats_body(zb_bytes body)
 
 int zb_decode_welcome_body(zb_bytes body, uint64_t *max_message_size)
 {
+    int batch_commands;
+    return zb_decode_welcome_body_ex(body, max_message_size, &batch_commands);
+}
+
+int zb_decode_welcome_body_ex(zb_bytes body, uint64_t *max_message_size, int *batch_commands)
+{
     msgpack_unpacked unp;
-    const msgpack_object *max;
+    const msgpack_object *max, *commands;
     int rc = unpack_whole(&unp, body);
     *max_message_size = 0;
+    *batch_commands = 0;
     if (rc == 0 && (!is_str_keyed_map(&unp.data) || !heartbeat_valid(&unp.data) ||
                     !batch_valid(&unp.data)))
         rc = ZB_BAD_BODY;
@@ -788,6 +800,11 @@ int zb_decode_welcome_body(zb_bytes body, uint64_t *max_message_size)
             rc = ZB_BAD_BODY;
         else
             *max_message_size = max->via.u64;
+    }
+    if (rc == 0) {
+        /* a boolean when present (batch_valid); absent means false */
+        commands = map_get(&unp.data, "batch_commands");
+        *batch_commands = commands && commands->via.boolean;
     }
     msgpack_unpacked_destroy(&unp);
     return rc;
@@ -929,7 +946,7 @@ int zb_parse_broker(zb_broker_msg *out, const zb_bytes *f, size_t n)
         return f[2].size == 0 || f[2].size % 8 ? ZB_BAD_FRAMES : 0;
     case ZB_WELCOME:
         out->body = f[2];
-        return zb_decode_welcome_body(f[2], &out->max_message_size);
+        return zb_decode_welcome_body_ex(f[2], &out->max_message_size, &out->batch_commands);
     case ZB_OK:
         out->ref = f[2];
         return f[2].size > ZB_MAX_REF ? ZB_BAD_FRAMES : 0;
@@ -1068,6 +1085,11 @@ struct zb_client {
     size_t n_sids;
     frames *deliveries_head, *deliveries_tail;
     frames *inbox_head, *inbox_tail; /* entries of a BROKER_BATCH, read before the socket */
+    int ask_batch_commands; /* put "batch_commands": true in the HELLO */
+    int batching;           /* the WELCOME offered batch_commands: hold ACKs and PUBLISHes */
+    zb_msg *held;           /* held for a BATCH, in order */
+    size_t n_held, cap_held, held_bytes; /* held_bytes: their size as entries */
+    zb_batch_stats stats;
     zb_stray_error *strays;
     size_t n_strays;
     char last_error[512];
@@ -1119,6 +1141,9 @@ void zb_client_destroy(zb_client *c)
         c->inbox_head = f->next;
         frames_free(f);
     }
+    if (c->n_held && c->sock)
+        zb_client_flush(c);
+    free(c->held);
     zb_stray_errors_free(c->strays, c->n_strays);
     free(c->sids);
     if (c->sock)
@@ -1158,12 +1183,8 @@ static int send_frames(zb_client *c, const zb_bytes *f, size_t n)
     return 0;
 }
 
-int zb_client_send_raw(zb_client *c, const zb_bytes *frames_, size_t n)
-{
-    return send_frames(c, frames_, n);
-}
-
-static int send_msg(zb_client *c, zb_msg *msg)
+/* Send msg as it is, and free it. */
+static int transmit(zb_client *c, zb_msg *msg)
 {
     zb_bytes f[ZB_MAX_FRAMES];
     size_t i;
@@ -1173,6 +1194,117 @@ static int send_msg(zb_client *c, zb_msg *msg)
     rc = send_frames(c, f, msg->count);
     zb_msg_free(msg);
     return rc;
+}
+
+/* The size of msg (a PUBLISH, ACK, REQUEST or REPLY) as a command entry. */
+static size_t entry_size(const zb_msg *msg)
+{
+    size_t i, size = 1;
+    for (i = 2; i < msg->count; i++)
+        size += 4 + msg->frames[i].size;
+    return size;
+}
+
+static void drop_held(zb_client *c)
+{
+    size_t i;
+    for (i = 0; i < c->n_held; i++)
+        zb_msg_free(&c->held[i]);
+    c->n_held = 0;
+    c->held_bytes = 0;
+}
+
+/* Send the held messages in order: each run of two or more that fits in
+ * ZB_BATCH_BYTES of entries as one BATCH, a run of one as the message alone.
+ * On failure the rest are dropped. */
+static int flush_held(zb_client *c)
+{
+    size_t i = 0, j, size;
+    int rc = 0;
+    while (rc == 0 && i < c->n_held) {
+        size = entry_size(&c->held[i]);
+        for (j = i + 1; j < c->n_held && size + entry_size(&c->held[j]) <= ZB_BATCH_BYTES; j++)
+            size += entry_size(&c->held[j]);
+        if (j - i == 1) {
+            rc = transmit(c, &c->held[i]);
+        } else {
+            zb_msg batch;
+            if ((rc = zb_encode_batch(&batch, c->channel, &c->held[i], j - i)))
+                rc = fail(c, rc, "cannot encode BATCH");
+            else if ((rc = transmit(c, &batch)) == 0) {
+                c->stats.batches_out++;
+                c->stats.entries_out += j - i;
+            }
+        }
+        i = j;
+    }
+    drop_held(c);
+    return rc;
+}
+
+/* Send msg after what is held, and free it. */
+static int send_msg(zb_client *c, zb_msg *msg)
+{
+    int rc = flush_held(c);
+    if (rc) {
+        zb_msg_free(msg);
+        return rc;
+    }
+    return transmit(c, msg);
+}
+
+/* An ACK or PUBLISH: held for a BATCH when batching, else sent at once. */
+static int hold_msg(zb_client *c, zb_msg *msg)
+{
+    size_t size = entry_size(msg);
+    int rc;
+    if (!c->batching)
+        return send_msg(c, msg);
+    /* what is held always fits in one BATCH (or is one larger entry) */
+    if (c->n_held && c->held_bytes + size > ZB_BATCH_BYTES && (rc = flush_held(c))) {
+        zb_msg_free(msg);
+        return rc;
+    }
+    if (c->n_held == c->cap_held) {
+        size_t cap = c->cap_held ? 2 * c->cap_held : 16;
+        zb_msg *grown = realloc(c->held, cap * sizeof *grown);
+        if (!grown) {
+            zb_msg_free(msg);
+            return fail(c, ZB_ENOMEM, "out of memory");
+        }
+        c->held = grown;
+        c->cap_held = cap;
+    }
+    c->held_bytes += size;
+    c->held[c->n_held++] = *msg; /* the frames move to the held copy */
+    msg->count = 0;
+    return 0;
+}
+
+int zb_client_send_raw(zb_client *c, const zb_bytes *frames_, size_t n)
+{
+    int rc = flush_held(c);
+    return rc ? rc : send_frames(c, frames_, n);
+}
+
+void zb_client_ask_batch_commands(zb_client *c, int on)
+{
+    c->ask_batch_commands = on != 0;
+}
+
+int zb_client_batching(const zb_client *c)
+{
+    return c->batching;
+}
+
+int zb_client_flush(zb_client *c)
+{
+    return flush_held(c);
+}
+
+void zb_client_batch_stats(const zb_client *c, zb_batch_stats *out)
+{
+    *out = c->stats;
 }
 
 /* Receive one multipart message, waiting up to timeout_ms (-1: forever). */
@@ -1286,7 +1418,7 @@ static void refuse_delivery(zb_client *c, const frames *f, int code)
     if (zb_encode_ack_body(&body, 0, 0, &err, 1))
         return;
     if (zb_encode_ack(&msg, c->channel, f->views[2], bytes_of(body.data, body.size)) == 0)
-        send_msg(c, &msg);
+        hold_msg(c, &msg);
     zb_buf_free(&body);
 }
 
@@ -1347,6 +1479,7 @@ static int inbox_batch(zb_client *c, const zb_broker_msg *m)
         zb_bytes parts[2 + ZB_MAX_ENTRY_FRAMES];
         frames *f;
         (void)zb_next_command_entry(m->entries, &pos, ZB_BROKER_ENTRIES, &e);
+        c->stats.entries_in++;
         header[3] = (uint8_t)e.command;
         parts[0] = bytes_of(header, 4);
         parts[1] = m->channel;
@@ -1379,13 +1512,23 @@ static int queue_batch(zb_client *c, const zb_broker_msg *m)
 }
 
 /* What a waiting call looks for: a reply to ref (OK, ROUTED, ACKED,
- * ERROR), or the next DELIVER (ref NULL). */
+ * ERROR), or to any ref of 8 octets from first to first + span - 1, or the
+ * next DELIVER (ref NULL, span 0). */
 typedef struct {
     const uint8_t *ref;
     size_t ref_len;
     int joining;         /* waiting for WELCOME: an ERROR with empty ref refuses */
     int want_delivery;   /* return on the next DELIVER */
+    uint64_t first;      /* with span: refs first .. first + span - 1 */
+    size_t span;
 } waiter;
+
+static int waits_for_ref(const waiter *w, zb_bytes ref)
+{
+    if (w->ref)
+        return ref.size == w->ref_len && memcmp(ref.data, w->ref, w->ref_len) == 0;
+    return w->span && ref.size == 8 && get_u64(ref.data) - w->first < w->span;
+}
 
 /* Read messages until one concerns w; returns it in *out (parsed into *m).
  * DELIVERs not wanted are queued, and so is each entry of a DELIVER_BATCH;
@@ -1414,6 +1557,9 @@ static int wait_for(zb_client *c, const waiter *w, frames **out, zb_broker_msg *
                 c->inbox_tail = NULL;
             f->next = NULL;
         } else {
+            /* nothing left to read but the socket: first send what is held */
+            if ((rc = flush_held(c)))
+                return rc;
             rc = recv_frames(c, &f, left < 0 ? 0 : (int)left);
             if (rc == ZB_ETIMEOUT)
                 return fail(c, rc, "timed out");
@@ -1445,6 +1591,7 @@ static int wait_for(zb_client *c, const waiter *w, frames **out, zb_broker_msg *
             continue;
         }
         if (m->command == ZB_BROKER_BATCH) {
+            c->stats.batches_in++;
             rc = inbox_batch(c, m);
             frames_free(f);
             if (rc)
@@ -1454,6 +1601,8 @@ static int wait_for(zb_client *c, const waiter *w, frames **out, zb_broker_msg *
         if (m->command == ZB_BYE) {
             frames_free(f);
             c->joined = 0;
+            c->batching = 0;
+            drop_held(c);
             c->n_sids = 0;
             return fail(c, ZB_EBYE, "the broker ended the session (BYE)");
         }
@@ -1473,9 +1622,9 @@ static int wait_for(zb_client *c, const waiter *w, frames **out, zb_broker_msg *
             *out = f;
             return 0;
         }
-        if (w->ref && (m->command == ZB_OK || m->command == ZB_ROUTED || m->command == ZB_ACKED ||
-                       m->command == ZB_ERROR) &&
-            m->ref.size == w->ref_len && memcmp(m->ref.data, w->ref, w->ref_len) == 0) {
+        if ((m->command == ZB_OK || m->command == ZB_ROUTED || m->command == ZB_ACKED ||
+             m->command == ZB_ERROR) &&
+            waits_for_ref(w, m->ref)) {
             *out = f;
             return 0;
         }
@@ -1508,14 +1657,15 @@ static void new_ref(zb_client *c, uint8_t ref[8])
 
 int zb_client_hello(zb_client *c, const uint8_t channel[16], const char *client_name, int timeout_ms)
 {
-    waiter w = {NULL, 0, 1, 0};
+    waiter w = {NULL, 0, 1, 0, 0, 0};
     zb_buf body;
     zb_msg msg;
     frames *f;
     zb_broker_msg m;
     int rc;
     c->last_code = 0;
-    if (zb_encode_hello_body(&body, client_name ? client_name : ZB_CLIENT_NAME))
+    if (zb_encode_hello_body_ex(&body, client_name ? client_name : ZB_CLIENT_NAME,
+                                c->ask_batch_commands))
         return fail(c, ZB_ENOMEM, "out of memory");
     rc = zb_encode_hello(&msg, channel, bytes_of(body.data, body.size));
     zb_buf_free(&body);
@@ -1532,6 +1682,8 @@ int zb_client_hello(zb_client *c, const uint8_t channel[16], const char *client_
         memcpy(c->channel, channel, 16);
         c->max_message_size = m.max_message_size;
         c->joined = 1;
+        /* a WELCOME offers batches only when asked; check both all the same */
+        c->batching = c->ask_batch_commands && m.batch_commands;
     }
     frames_free(f);
     return rc;
@@ -1562,7 +1714,7 @@ int zb_client_subscribe(zb_client *c, const char *pattern, const char *queue, ui
                         int timeout_ms)
 {
     uint8_t ref[8], sid[4];
-    waiter w = {ref, 8, 0, 0};
+    waiter w = {ref, 8, 0, 0, 0, 0};
     zb_msg msg;
     frames *f;
     zb_broker_msg m;
@@ -1648,20 +1800,14 @@ static int add_acked(zb_confirmation *conf, zb_bytes body)
     return rc;
 }
 
-int zb_client_publish(zb_client *c, const char *topic, const zb_header *headers, size_t n_headers,
-                      zb_bytes payload, zb_confirmation *confirm, int timeout_ms)
+/* The PUBLISH of a new message (its own id and timestamp), under a new ref
+ * (written to ref) when confirmed. */
+static int encode_publish(zb_client *c, zb_msg *msg, const char *topic, const zb_header *headers,
+                          size_t n_headers, zb_bytes payload, int confirmed, uint8_t ref[8])
 {
-    uint8_t ref[8], id[16];
-    waiter w = {ref, 8, 0, 0};
-    int64_t deadline = monotonic_ms() + timeout_ms;
+    uint8_t id[16];
     zb_buf body;
-    zb_msg msg;
-    int routed = 0, rc;
-    c->last_code = 0;
-    if (confirm)
-        memset(confirm, 0, sizeof *confirm);
-    if (!c->joined)
-        return fail(c, ZB_ESTATE, "not joined");
+    int rc;
     if (getrandom(id, sizeof id, 0) != (ssize_t)sizeof id)
         return fail(c, ZB_ENOMEM, "getrandom failed");
     if ((rc = zb_encode_message_body(&body, id, zb_time_now(), headers, n_headers, payload)))
@@ -1671,13 +1817,29 @@ int zb_client_publish(zb_client *c, const char *topic, const zb_header *headers,
         return fail(c, ZB_TOO_LARGE, "message body of %zu octets exceeds max_message_size %llu",
                     body.size, (unsigned long long)c->max_message_size);
     }
-    if (confirm)
+    if (confirmed)
         new_ref(c, ref);
-    rc = zb_encode_publish(&msg, c->channel, bytes_of(ref, confirm ? 8 : 0), bytes_str(topic),
+    rc = zb_encode_publish(msg, c->channel, bytes_of(ref, confirmed ? 8 : 0), bytes_str(topic),
                            bytes_of(body.data, body.size));
     zb_buf_free(&body);
-    if (rc)
-        return fail(c, rc, "invalid topic");
+    return rc ? fail(c, rc, "invalid topic") : 0;
+}
+
+int zb_client_publish(zb_client *c, const char *topic, const zb_header *headers, size_t n_headers,
+                      zb_bytes payload, zb_confirmation *confirm, int timeout_ms)
+{
+    uint8_t ref[8];
+    waiter w = {ref, 8, 0, 0, 0, 0};
+    int64_t deadline = monotonic_ms() + timeout_ms;
+    zb_msg msg;
+    int routed = 0, rc;
+    c->last_code = 0;
+    if (confirm)
+        memset(confirm, 0, sizeof *confirm);
+    if (!c->joined)
+        return fail(c, ZB_ESTATE, "not joined");
+    if ((rc = encode_publish(c, &msg, topic, headers, n_headers, payload, confirm != NULL, ref)))
+        return rc;
     if ((rc = send_msg(c, &msg)) || !confirm)
         return rc;
     /* ROUTED, then as many ACKEDs as it counts (tolerating ACKEDs first) */
@@ -1701,6 +1863,60 @@ int zb_client_publish(zb_client *c, const char *topic, const zb_header *headers,
     return 0;
 }
 
+int zb_client_publish_n(zb_client *c, const char *topic, const zb_header *headers, size_t n_headers,
+                        zb_bytes payload, size_t n, zb_confirmation *confirms, int timeout_ms)
+{
+    uint8_t ref[8];
+    waiter w = {NULL, 0, 0, 0, c->next_ref, confirms ? n : 0};
+    int64_t deadline = monotonic_ms() + timeout_ms;
+    uint8_t *state; /* per message: 1 ROUTED seen, 2 also every ACKED */
+    size_t i, done = 0;
+    int rc = 0;
+    c->last_code = 0;
+    if (confirms)
+        memset(confirms, 0, n * sizeof *confirms);
+    if (!c->joined)
+        return fail(c, ZB_ESTATE, "not joined");
+    for (i = 0; i < n; i++) {
+        zb_msg msg;
+        if ((rc = encode_publish(c, &msg, topic, headers, n_headers, payload, confirms != NULL,
+                                 ref)) ||
+            (rc = hold_msg(c, &msg))) {
+            flush_held(c); /* never drop a held ACK; what was published goes too */
+            return rc;
+        }
+    }
+    if ((rc = flush_held(c)) || !confirms || n == 0)
+        return rc;
+    if (!(state = calloc(n, 1)))
+        return fail(c, ZB_ENOMEM, "out of memory");
+    /* each ROUTED, then as many ACKEDs as it counts (tolerating ACKEDs first) */
+    while (rc == 0 && done < n) {
+        frames *f;
+        zb_broker_msg m;
+        zb_confirmation *conf;
+        if ((rc = wait_for(c, &w, &f, &m, deadline)))
+            break;
+        i = (size_t)(get_u64(m.ref.data) - w.first);
+        conf = &confirms[i];
+        if (m.command == ZB_ERROR) {
+            rc = refused(c, &m, "PUBLISH");
+        } else if (m.command == ZB_ROUTED && !state[i]) {
+            state[i] = 1;
+            conf->routed = m.count;
+        } else if (m.command == ZB_ACKED) {
+            rc = add_acked(conf, m.body);
+        }
+        if (rc == 0 && state[i] == 1 && conf->acked >= conf->routed) {
+            state[i] = 2;
+            done++;
+        }
+        frames_free(f);
+    }
+    free(state);
+    return rc;
+}
+
 void zb_delivery_free(zb_delivery *d)
 {
     if (d->body_ok)
@@ -1711,7 +1927,7 @@ void zb_delivery_free(zb_delivery *d)
 
 int zb_client_next_delivery(zb_client *c, zb_delivery *out, int timeout_ms)
 {
-    waiter w = {NULL, 0, 0, 1};
+    waiter w = {NULL, 0, 0, 1, 0, 0};
     frames *f;
     zb_broker_msg m;
     int rc;
@@ -1741,13 +1957,13 @@ int zb_client_ack(zb_client *c, const zb_delivery *d, uint64_t delivered, uint64
     zb_buf_free(&body);
     if (rc)
         return fail(c, rc, "cannot encode ACK");
-    return send_msg(c, &msg);
+    return hold_msg(c, &msg);
 }
 
 int zb_client_disconnect(zb_client *c, int timeout_ms)
 {
     uint8_t ref[8];
-    waiter w = {ref, 8, 0, 0};
+    waiter w = {ref, 8, 0, 0, 0, 0};
     zb_msg msg;
     frames *f;
     zb_broker_msg m;
@@ -1764,6 +1980,7 @@ int zb_client_disconnect(zb_client *c, int timeout_ms)
         rc = refused(c, &m, "DISCONNECT");
     else if (m.command == ZB_OK) {
         c->joined = 0;
+        c->batching = 0; /* a new session has none until its HELLO asks */
         c->n_sids = 0;
     }
     frames_free(f);

@@ -33,12 +33,14 @@ enum {
     ZB_BROKER_BATCH = 0x8D, ZB_ERROR = 0x8F
 };
 /* HEARTBEAT (0x09), STATS (0x0A) and PUBLISH_BATCH (0x0B) are client commands
- * this client does not send: it asks for no heartbeats and no batches, so the
- * broker never expects them. It still parses DELIVER_BATCH (and the client
- * hands each entry on as a DELIVER), though a broker sends it only to clients
- * that asked for batches. Likewise the codec builds BATCH (zb_encode_batch) and
- * parses BROKER_BATCH, and the client handles each entry of a BROKER_BATCH as
- * the message it stands for, though it never asks for "batch_commands". */
+ * this client does not send: it asks for no heartbeats and no batches of
+ * messages, so the broker never expects them. It still parses DELIVER_BATCH
+ * (and the client hands each entry on as a DELIVER), though a broker sends it
+ * only to clients that asked for batches. The codec builds BATCH
+ * (zb_encode_batch) and parses BROKER_BATCH, and the client handles each entry
+ * of a BROKER_BATCH as the message it stands for; it asks for
+ * "batch_commands" only when told to (zb_client_ask_batch_commands), and then
+ * sends its ACKs and zb_client_publish_n's PUBLISHes as BATCHes. */
 
 /* Error codes of the protocol. */
 enum {
@@ -130,6 +132,9 @@ int zb_encode_reply(zb_msg *msg, const uint8_t channel[16], zb_bytes token, zb_b
 
 /* HELLO body {"client": name}; name NULL gives the empty map. */
 int zb_encode_hello_body(zb_buf *out, const char *client_name);
+/* The same, and with batch_commands non-zero "batch_commands": true after
+ * "client" (asking for batches of commands). */
+int zb_encode_hello_body_ex(zb_buf *out, const char *client_name, int batch_commands);
 /* Message body [id, timestamp, headers, payload]. */
 int zb_encode_message_body(zb_buf *out, const uint8_t id[16], zb_time ts, const zb_header *headers,
                            size_t n_headers, zb_bytes payload);
@@ -176,6 +181,8 @@ int zb_check_stats_body(zb_bytes body);
  * that is not a non-negative int or a "batch" or "batch_commands" that is not
  * a boolean). */
 int zb_decode_welcome_body(zb_bytes body, uint64_t *max_message_size);
+/* The same, and *batch_commands 1 if it says "batch_commands": true, else 0. */
+int zb_decode_welcome_body_ex(zb_bytes body, uint64_t *max_message_size, int *batch_commands);
 
 /* ---- broker messages ---- */
 
@@ -196,6 +203,7 @@ typedef struct {
     uint16_t code;  /* ERROR */
     zb_bytes text;  /* ERROR */
     uint64_t max_message_size; /* WELCOME */
+    int batch_commands;        /* WELCOME: 1 if it offered batches of commands */
 } zb_broker_msg;
 /* 0, or the code the message is refused with (400, 405, 406, 422, 505). */
 int zb_parse_broker(zb_broker_msg *out, const zb_bytes *frames, size_t n_frames);
@@ -296,6 +304,35 @@ int zb_client_last_code(const zb_client *c);
 /* Join a channel: HELLO, then wait for WELCOME. */
 int zb_client_hello(zb_client *c, const uint8_t channel[16], const char *client_name, int timeout_ms);
 uint64_t zb_client_max_message_size(const zb_client *c);
+
+/* Batches of commands (off unless asked for).
+ *
+ * zb_client_ask_batch_commands(c, 1) before zb_client_hello puts
+ * "batch_commands": true in the HELLO. If the WELCOME offers them
+ * (zb_client_batching then returns 1, until DISCONNECT or BYE), the client
+ * holds its ACKs (zb_client_ack, and the error ACK of a DELIVER it refuses)
+ * and the PUBLISHes of zb_client_publish_n instead of sending them, and sends
+ * what it holds, in order, before it waits on the socket, before it sends any
+ * other message, in zb_client_flush and zb_client_destroy, and before it
+ * holds a message that would take what it holds past ZB_BATCH_BYTES of
+ * entries: two or more as one BATCH, one as the message alone (so a BATCH
+ * has at most ZB_BATCH_BYTES of entries, unless one entry is larger: that
+ * one leaves alone). So the ACKs of the DELIVER entries of one BROKER_BATCH
+ * leave as one BATCH. Otherwise nothing is held and every message is sent at
+ * once, exactly as without asking. */
+#define ZB_BATCH_BYTES (64 * 1024)
+void zb_client_ask_batch_commands(zb_client *c, int on);
+int zb_client_batching(const zb_client *c);
+/* Send whatever is held (nothing when not batching). */
+int zb_client_flush(zb_client *c);
+/* Batches counted over the client's life. */
+typedef struct {
+    uint64_t batches_in;  /* BROKER_BATCHes received (well-formed ones) */
+    uint64_t entries_in;  /* their entries */
+    uint64_t batches_out; /* BATCHes sent */
+    uint64_t entries_out; /* their entries */
+} zb_batch_stats;
+void zb_client_batch_stats(const zb_client *c, zb_batch_stats *out);
 /* Open a subscription (queue NULL or "" for a plain one); wait for OK. */
 int zb_client_subscribe(zb_client *c, const char *pattern, const char *queue, uint8_t sid_out[4],
                         int timeout_ms);
@@ -303,11 +340,22 @@ int zb_client_subscribe(zb_client *c, const char *pattern, const char *queue, ui
  * Otherwise wait for ROUTED and its ACKEDs and sum them into *confirm. */
 int zb_client_publish(zb_client *c, const char *topic, const zb_header *headers, size_t n_headers,
                       zb_bytes payload, zb_confirmation *confirm, int timeout_ms);
+/* Publish the message n times (each with its own id and timestamp) without
+ * waiting in between: when batching, as BATCHes (see above), otherwise as n
+ * PUBLISHes. With confirms NULL: unconfirmed, returns once sent. Otherwise
+ * confirms holds n confirmations: wait until each has its ROUTED and its
+ * ACKEDs, within timeout_ms for all; an ERROR for any of them refuses the
+ * call (ZB_EREFUSED). If a message cannot be encoded (they all have the same
+ * topic, headers and payload, so this is the first), the call fails; any
+ * before it are still sent, and their confirmations not waited for. */
+int zb_client_publish_n(zb_client *c, const char *topic, const zb_header *headers, size_t n_headers,
+                        zb_bytes payload, size_t n, zb_confirmation *confirms, int timeout_ms);
 /* Wait for the next DELIVER (each entry of a DELIVER_BATCH comes as one). */
 int zb_client_next_delivery(zb_client *c, zb_delivery *out, int timeout_ms);
 /* 1 if this client holds sid open. */
 int zb_client_has_sid(const zb_client *c, const uint8_t sid[4]);
-/* ACK a DELIVER (nothing is sent when its token is empty). */
+/* ACK a DELIVER (nothing is sent when its token is empty; when batching, the
+ * ACK is held, see above). */
 int zb_client_ack(zb_client *c, const zb_delivery *d, uint64_t delivered, uint64_t dropped,
                   const zb_bytes *errors, size_t n_errors);
 /* DISCONNECT and wait for its OK: every message sent before is then processed. */

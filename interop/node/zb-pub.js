@@ -5,25 +5,33 @@
 //   zb-pub.js --endpoint EP --channel UUID --topic T [--header K=V ...]
 //             [--payload TEXT | --payload-hex HEX | --payload-stdin]
 //             [--count N] [--confirm] [--timeout MS] [--name NAME] [--raw-garbage]
+//             [--batch-commands]
 //
 // With --confirm, prints one JSON line per message, the sum of its ACKEDs:
 //   {"routed": N, "acked": N, "delivered": N, "dropped": N, "errors": [...]}
 // ERRORs that refer to no pending call are printed as
 //   {"error": CODE, "channel": HEX, "ref": HEX, "text": ...}
 // --raw-garbage first sends the malformed messages of lib/garbage.js.
+// --batch-commands asks for batches of commands; if the WELCOME offers them, up
+// to WINDOW messages are published at a time without waiting in between (one
+// BATCH), and each window's confirmations printed in order once all are in. At
+// the end it prints to stderr
+//   {"batch_commands": B, "batches_in": N, "entries_in": N, "batches_out": N, "entries_out": N}
 // Exit status: 0 done, 1 failure (timeout, refusal, stray ERROR outside
 // --raw-garbage), 2 usage, 3 a confirmation reported handler errors.
 
 import { readFileSync } from "node:fs";
 
 import { CLIENT_NAME, Client } from "./lib/client.js";
-import { count, fail, parseCommandLine } from "./lib/cli.js";
+import { count, fail, parseCommandLine, printBatchStats } from "./lib/cli.js";
 import { garbage } from "./lib/garbage.js";
 import { fromHex, parseChannel } from "./lib/protocol.js";
 
 const USAGE = `usage: zb-pub.js --endpoint EP --channel UUID --topic T [--header K=V ...]
                  [--payload TEXT | --payload-hex HEX | --payload-stdin]
-                 [--count N] [--confirm] [--timeout MS] [--name NAME] [--raw-garbage]`;
+                 [--count N] [--confirm] [--timeout MS] [--name NAME] [--raw-garbage]
+                 [--batch-commands]`;
+const WINDOW = 256; // messages published at a time with --batch-commands
 
 const args = parseCommandLine(
   {
@@ -39,6 +47,7 @@ const args = parseCommandLine(
     timeout: { type: "string", default: "5000" },
     name: { type: "string", default: CLIENT_NAME },
     "raw-garbage": { type: "boolean", default: false },
+    "batch-commands": { type: "boolean", default: false },
   },
   USAGE,
 );
@@ -65,8 +74,30 @@ for (const h of args.header) {
 const times = count("--count", args.count);
 const timeoutMs = count("--timeout", args.timeout);
 
+/** With batches of commands: publish WINDOW messages at a time without waiting in
+ * between, and print each window's confirmations once all are in. */
+async function publishWindows(client) {
+  let status = 0;
+  for (let left = times; args.topic && status === 0 && left > 0; left -= WINDOW) {
+    const calls = [];
+    for (let i = 0; i < Math.min(WINDOW, left); i++) {
+      calls.push(client.publish(args.topic, headers, payload, { confirm: args.confirm, timeoutMs }));
+    }
+    const settled = await Promise.allSettled(calls);
+    const failed = settled.find((s) => s.status === "rejected");
+    if (failed) throw failed.reason;
+    for (const { value: result } of settled) {
+      if (result) {
+        process.stdout.write(`${JSON.stringify(result)}\n`);
+        if (result.errors.length) status = 3;
+      }
+    }
+  }
+  return status;
+}
+
 async function main() {
-  const client = new Client(args.endpoint);
+  const client = new Client(args.endpoint, { batchCommands: args["batch-commands"] });
   let status = 0;
   try {
     await client.hello(channel, args.name, timeoutMs);
@@ -75,11 +106,13 @@ async function main() {
     client.close();
     return 1;
   }
+  const offered = client.batching;
   try {
     if (args["raw-garbage"]) {
       for (const frames of garbage(client.channel, client.maxMessageSize)) await client.sendRaw(frames);
     }
-    for (let i = 0; args.topic && i < times; i++) {
+    if (offered) status = await publishWindows(client);
+    for (let i = 0; !offered && args.topic && i < times; i++) {
       const result = await client.publish(args.topic, headers, payload, { confirm: args.confirm, timeoutMs });
       if (result) {
         process.stdout.write(`${JSON.stringify(result)}\n`);
@@ -101,6 +134,7 @@ async function main() {
     process.stdout.write(`${JSON.stringify({ error: e.code, channel: e.channel, ref: e.ref, text: e.text })}\n`);
   }
   if (client.strayErrors.length && !args["raw-garbage"] && status === 0) status = 1;
+  if (args["batch-commands"]) printBatchStats(client, offered);
   client.close();
   return status;
 }

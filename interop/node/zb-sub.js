@@ -4,19 +4,25 @@
 //
 //   zb-sub.js --endpoint EP --channel UUID --pattern P [--pattern P2 ...] [--queue Q]
 //             [--count N] [--stop-topic T] [--error TEXT] [--timeout MS] [--name NAME]
+//             [--batch-commands]
 //
 // Prints "ready" to stderr once every SUBSCRIBE is confirmed, then one line per message:
 //   {"topic", "headers", "payload" (hex), "id" (hex), "timestamp_ns" (string),
 //    "sids" (hex), "confirmed"}
 // and ACKs it ([n, 0, []], or [0, 0, [TEXT]] with --error TEXT). Exit status:
 // 0 done, 1 failure, 2 usage, 4 --timeout (default 30000 ms) expired first.
+// --batch-commands asks for batches of commands; if the WELCOME offers them, the
+// ACKs of the messages handled on one turn of the event loop (the DELIVER entries
+// of one BROKER_BATCH) leave as one BATCH. At the end it prints to stderr the line
+// zb-pub.js prints with it.
 
 import { CLIENT_NAME, Client, TimeoutError } from "./lib/client.js";
-import { count, fail, parseCommandLine } from "./lib/cli.js";
+import { count, fail, parseCommandLine, printBatchStats } from "./lib/cli.js";
 import { hex, parseChannel } from "./lib/protocol.js";
 
 const USAGE = `usage: zb-sub.js --endpoint EP --channel UUID --pattern P [--pattern P2 ...] [--queue Q]
-                 [--count N] [--stop-topic T] [--error TEXT] [--timeout MS] [--name NAME]`;
+                 [--count N] [--stop-topic T] [--error TEXT] [--timeout MS] [--name NAME]
+                 [--batch-commands]`;
 
 const args = parseCommandLine(
   {
@@ -29,6 +35,7 @@ const args = parseCommandLine(
     error: { type: "string" },
     timeout: { type: "string", default: "30000" },
     name: { type: "string", default: CLIENT_NAME },
+    "batch-commands": { type: "boolean", default: false },
   },
   USAGE,
 );
@@ -59,7 +66,7 @@ function line(delivery) {
 }
 
 async function main() {
-  const client = new Client(args.endpoint);
+  const client = new Client(args.endpoint, { batchCommands: args["batch-commands"] });
   let status = 0;
   try {
     await client.hello(channel, args.name);
@@ -70,6 +77,7 @@ async function main() {
     client.close();
     return 1;
   }
+  const offered = client.batching;
   process.stderr.write("ready\n");
 
   for (let received = 0; wanted === 0 || received < wanted; received++) {
@@ -98,6 +106,7 @@ async function main() {
     process.stderr.write(`zb-sub.js: disconnect failed: ${err.message}\n`);
     status ||= 1;
   }
+  if (args["batch-commands"]) printBatchStats(client, offered);
   client.close();
   return status;
 }

@@ -22,3 +22,19 @@ export function count(option, text) {
   if (!/^\d+$/.test(text)) fail(2, `${option}: not a non-negative integer: ${text}`);
   return Number(text);
 }
+
+/** The stderr line of --batch-commands, byte for byte what the C programs print:
+ * whether the WELCOME offered batches of commands, the BROKER_BATCHes received
+ * and the BATCHes sent, with their entries. */
+export function printBatchStats(client, offered) {
+  const s = client.batchStats;
+  process.stderr.write(
+    `${JSON.stringify({
+      batch_commands: offered,
+      batches_in: s.batchesIn,
+      entries_in: s.entriesIn,
+      batches_out: s.batchesOut,
+      entries_out: s.entriesOut,
+    })}\n`,
+  );
+}

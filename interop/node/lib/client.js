@@ -8,6 +8,18 @@
 //   await client.ack(delivery, 1, 0, []);
 //   await client.disconnect();
 //   client.close();
+//
+// Batches of commands (off unless asked for): new Client(endpoint, {batchCommands:
+// true}) puts "batch_commands": true in the HELLO. If the WELCOME offers them
+// (client.batching, until DISCONNECT or BYE), ACKs and PUBLISHes are held instead
+// of sent, and what is held leaves, in order, on the event loop's next turn
+// (setImmediate), before any other message, or before a message is held that
+// would take it past BATCH_BYTES of entries: two or more as one BATCH, one as the
+// message alone (so a BATCH has at most BATCH_BYTES of entries, unless one entry
+// is larger: that one leaves alone). So the ACKs of the DELIVER entries of one
+// BROKER_BATCH, and publishes made without awaiting each other, leave as one
+// BATCH. Otherwise nothing is held: every message is sent at once, exactly as
+// without asking.
 
 import { randomBytes } from "node:crypto";
 import zmq from "zeromq";
@@ -20,6 +32,7 @@ import {
   decodeMessageBody,
   encodeAck,
   encodeAckBody,
+  encodeBatch,
   encodeDisconnect,
   encodeHello,
   encodeHelloBody,
@@ -34,6 +47,8 @@ import {
 } from "./protocol.js";
 
 export const CLIENT_NAME = "zmqbus-node/0.1.0";
+/** The most octets of entries in one BATCH the client sends (as the C client). */
+export const BATCH_BYTES = 64 * 1024;
 
 /** The broker refused a call with ERROR. */
 export class RefusedError extends Error {
@@ -61,8 +76,13 @@ function u32(n) {
   return b;
 }
 
+/** The size of a PUBLISH, ACK, REQUEST or REPLY as a command entry. */
+function entrySize(frames) {
+  return frames.slice(2).reduce((size, frame) => size + 4 + frame.length, 1);
+}
+
 export class Client {
-  constructor(endpoint) {
+  constructor(endpoint, { batchCommands = false } = {}) {
     this.socket = new zmq.Dealer({ linger: 2000 });
     this.socket.connect(endpoint);
     this.channel = null;
@@ -77,16 +97,79 @@ export class Client {
     this.deliveryWaiter = null;
     this.strayErrors = []; // ERRORs that match no call
     this.sending = Promise.resolve();
+    this.askBatchCommands = batchCommands; // put "batch_commands": true in the HELLO
+    this.batching = false; // the WELCOME offered batch_commands: hold ACKs and PUBLISHes
+    this.held = []; // {frames, resolve, reject}, held for a BATCH, in order
+    this.heldBytes = 0; // their size as entries
+    this.flushSoon = null; // the setImmediate that sends them
+    // BROKER_BATCHes received and BATCHes sent, with their entries
+    this.batchStats = { batchesIn: 0, entriesIn: 0, batchesOut: 0, entriesOut: 0 };
     this.reading = this.#readLoop();
   }
 
   // ---- plumbing ----
 
-  /** Send one message; sends are queued so that they never overlap. */
+  /** Send one message, after what is held; sends are queued so that they never overlap. */
   send(frames) {
+    if (this.held.length) this.flush();
+    return this.#transmit(frames);
+  }
+
+  #transmit(frames) {
     const sent = this.sending.then(() => this.socket.send(frames.map((f) => Buffer.from(f))));
     this.sending = sent.catch(() => {});
     return sent;
+  }
+
+  /** An ACK or PUBLISH: held for a BATCH when batching, else sent at once.
+   * Resolves once it has been sent (alone or in a BATCH). */
+  #hold(frames) {
+    if (!this.batching) return this.send(frames);
+    const size = entrySize(frames);
+    // what is held always fits in one BATCH (or is one larger entry)
+    if (this.held.length && this.heldBytes + size > BATCH_BYTES) this.flush();
+    return new Promise((resolve, reject) => {
+      this.held.push({ frames, resolve, reject });
+      this.heldBytes += size;
+      this.flushSoon ??= setImmediate(() => this.flush());
+    });
+  }
+
+  /** Send what is held now: each run of two or more that fits in BATCH_BYTES of
+   * entries as one BATCH, a run of one as the message alone (what #hold keeps
+   * is one run). */
+  flush() {
+    if (this.flushSoon) clearImmediate(this.flushSoon);
+    this.flushSoon = null;
+    const held = this.held;
+    this.held = [];
+    this.heldBytes = 0;
+    for (let i = 0; i < held.length; ) {
+      let j = i + 1;
+      let size = entrySize(held[i].frames);
+      while (j < held.length && size + entrySize(held[j].frames) <= BATCH_BYTES) {
+        size += entrySize(held[j].frames);
+        j += 1;
+      }
+      const run = held.slice(i, j);
+      let sent;
+      if (run.length === 1) {
+        sent = this.#transmit(run[0].frames);
+      } else {
+        try {
+          sent = this.#transmit(encodeBatch(this.channel, run.map((h) => h.frames)));
+          this.batchStats.batchesOut += 1;
+          this.batchStats.entriesOut += run.length;
+        } catch (err) {
+          sent = Promise.reject(err);
+        }
+      }
+      sent.then(
+        () => run.forEach((h) => h.resolve()),
+        (err) => run.forEach((h) => h.reject(err)),
+      );
+      i = j;
+    }
   }
 
   async #readLoop() {
@@ -120,6 +203,8 @@ export class Client {
     }
     if (msg.command === CMD.BROKER_BATCH) {
       // each entry is the message it stands for, handled in order as if it came alone
+      this.batchStats.batchesIn += 1;
+      this.batchStats.entriesIn += msg.messages.length;
       for (const message of msg.messages) this.#dispatch(message);
       return;
     }
@@ -159,6 +244,9 @@ export class Client {
   /** The session is over: fail every waiting call. */
   #lose(err) {
     this.joined = false;
+    this.batching = false;
+    for (const h of this.held.splice(0)) h.reject(err);
+    this.heldBytes = 0;
     this.sids.clear();
     for (const waiting of this.pending.values()) waiting({ command: "lost", err });
     if (this.deliveryWaiter) this.deliveryWaiter({ command: "lost", err });
@@ -170,16 +258,17 @@ export class Client {
     const token = frames[2];
     if (!isDeliver || !this.joined || token.length < 1 || token.length > 32) return;
     const body = encodeAckBody(0, 0, [`subscriber refused delivery: code ${err.code}`]);
-    this.send(encodeAck(this.channel, token, body)).catch(() => {});
+    this.#hold(encodeAck(this.channel, token, body)).catch(() => {});
   }
 
   #newRef() {
     return u64(this.nextRef++);
   }
 
-  /** Send frames whose replies carry ref, and wait for them: onMessage(msg, done)
-   * is called with each reply until it calls done(err, value). */
-  #call(ref, frames, timeoutMs, what, onMessage) {
+  /** Send frames whose replies carry ref (held for a BATCH with hold), and wait
+   * for them: onMessage(msg, done) is called with each reply until it calls
+   * done(err, value). */
+  #call(ref, frames, timeoutMs, what, onMessage, hold = false) {
     const key = hex(ref);
     return new Promise((resolve, reject) => {
       const finish = (err, value) => {
@@ -194,7 +283,7 @@ export class Client {
         else if (msg.command === CMD.ERROR) finish(new RefusedError(what, msg.code, msg.text));
         else onMessage(msg, finish);
       });
-      this.send(frames).catch((err) => finish(err));
+      (hold ? this.#hold(frames) : this.send(frames)).catch((err) => finish(err));
     });
   }
 
@@ -202,7 +291,7 @@ export class Client {
 
   /** Join a channel (16 octets): HELLO, then wait for WELCOME. */
   async hello(channel, clientName = CLIENT_NAME, timeoutMs = 5000) {
-    const frames = encodeHello(channel, encodeHelloBody(clientName));
+    const frames = encodeHello(channel, encodeHelloBody(clientName, { batchCommands: this.askBatchCommands }));
     const welcome = await new Promise((resolve, reject) => {
       const finish = (err, msg) => {
         clearTimeout(timer);
@@ -220,6 +309,8 @@ export class Client {
     this.channel = channel;
     this.maxMessageSize = welcome.maxMessageSize;
     this.joined = true;
+    // a WELCOME offers batches only when asked; check both all the same
+    this.batching = this.askBatchCommands && welcome.batchCommands;
   }
 
   /** Open a subscription (queue "" for a plain one); resolves with its sid once the broker holds it. */
@@ -244,7 +335,9 @@ export class Client {
   }
 
   /** Publish. Unconfirmed: resolves once sent, with null. Confirmed: resolves with
-   * {routed, acked, delivered, dropped, errors}, the sum of the ACKEDs. */
+   * {routed, acked, delivered, dropped, errors}, the sum of the ACKEDs. When
+   * batching, the PUBLISH is held: publishes made without awaiting each other
+   * leave as one BATCH. */
   async publish(topic, headers, payload, { confirm = false, timeoutMs = 5000 } = {}) {
     if (!this.joined) throw new Error("not joined");
     const body = encodeMessageBody({ id: randomBytes(16), timestamp: now(), headers, payload: bytes(payload) });
@@ -254,7 +347,7 @@ export class Client {
     const ref = confirm ? this.#newRef() : new Uint8Array(0);
     const frames = encodePublish(this.channel, ref, topic, body);
     if (!confirm) {
-      await this.send(frames);
+      await this.#hold(frames);
       return null;
     }
     const result = { routed: null, acked: 0, delivered: 0, dropped: 0, errors: [] };
@@ -274,7 +367,7 @@ export class Client {
       }
       // ACKEDs may come before ROUTED: done once both are in
       if (result.routed !== null && result.acked >= result.routed) done(null, result);
-    });
+    }, true);
   }
 
   /** The next DELIVER (each entry of a DELIVER_BATCH comes as one, with an empty token):
@@ -309,10 +402,17 @@ export class Client {
     return this.sids.has(hex(sid));
   }
 
-  /** ACK a delivery; nothing is sent when its token is empty. */
+  /** ACK a delivery; nothing is sent when its token is empty. When batching, the
+   * ACK is held and this resolves at once (a failed send is logged): the ACKs of
+   * deliveries handled on one turn of the event loop leave as one BATCH. */
   async ack(delivery, delivered, dropped = 0, errors = []) {
     if (delivery.token.length === 0) return;
-    await this.send(encodeAck(this.channel, delivery.token, encodeAckBody(delivered, dropped, errors)));
+    const frames = encodeAck(this.channel, delivery.token, encodeAckBody(delivered, dropped, errors));
+    if (this.batching) {
+      this.#hold(frames).catch((err) => console.error(`zbclient: ACK failed: ${err.message}`));
+      return;
+    }
+    await this.send(frames);
   }
 
   /** DISCONNECT and wait for the OK: every message sent before is then processed. */
@@ -321,6 +421,7 @@ export class Client {
     const ref = this.#newRef();
     await this.#call(ref, encodeDisconnect(this.channel, ref), timeoutMs, "DISCONNECT", (msg, done) => done(null, msg));
     this.joined = false;
+    this.batching = false; // a new session has none until its HELLO asks
     this.sids.clear();
   }
 
@@ -330,6 +431,10 @@ export class Client {
   }
 
   close() {
+    // what is still held is never sent (disconnect() sends it before its DISCONNECT)
+    if (this.flushSoon) clearImmediate(this.flushSoon);
+    this.flushSoon = null;
+    for (const h of this.held.splice(0)) h.reject(new Error("client closed"));
     this.socket.close();
   }
 }

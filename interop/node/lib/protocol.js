@@ -35,12 +35,14 @@ export const CMD = {
   ERROR: 0x8f,
 };
 // HEARTBEAT (0x09), STATS (0x0a) and PUBLISH_BATCH (0x0b) are client commands
-// this client does not send: it asks for no heartbeats and no batches, so the
-// broker never expects them. It still parses DELIVER_BATCH (and the client
-// hands each entry on as a DELIVER), though a broker sends it only to clients
-// that asked for batches. Likewise the codec builds BATCH (encodeBatch) and
-// parses BROKER_BATCH, and the client handles each entry of a BROKER_BATCH as
-// the message it stands for, though it never asks for "batch_commands".
+// this client does not send: it asks for no heartbeats and no batches of
+// messages, so the broker never expects them. It still parses DELIVER_BATCH
+// (and the client hands each entry on as a DELIVER), though a broker sends it
+// only to clients that asked for batches. The codec builds BATCH (encodeBatch)
+// and parses BROKER_BATCH, and the client handles each entry of a BROKER_BATCH
+// as the message it stands for; it asks for "batch_commands" only when told to
+// (new Client(endpoint, {batchCommands: true})), and then sends its ACKs and
+// the PUBLISHes it has several of at once as BATCHes.
 
 export const CODE = {
   BAD_FRAMES: 400,
@@ -313,8 +315,12 @@ function headerMap(headers) {
   return Object.fromEntries(entries);
 }
 
-export function encodeHelloBody(clientName) {
-  return encoder.encode(clientName == null ? {} : { client: clientName });
+/** {"client": clientName} (no key for null), and with batchCommands
+ * "batch_commands": true after it (asking for batches of commands). */
+export function encodeHelloBody(clientName, { batchCommands = false } = {}) {
+  const map = clientName == null ? {} : { client: clientName };
+  if (batchCommands) map.batch_commands = true;
+  return encoder.encode(map);
 }
 
 /** [id, timestamp, headers, payload]; headers a Map or an object of strings. */
@@ -457,20 +463,23 @@ export function checkStatsBody(body) {
   strKeyedMap(readWhole(body), "STATS_REPLY body");
 }
 
-/** Decode a WELCOME body: {maxMessageSize (BigInt), map: [[key, node]]}. */
+/** Decode a WELCOME body: {maxMessageSize (BigInt), batchCommands (true if it
+ * offers batches of commands), map: [[key, node]]}. */
 export function decodeWelcomeBody(body) {
   const entries = strKeyedMap(readWhole(body), "WELCOME body");
   checkHeartbeat(entries, "WELCOME");
   checkBatch(entries, "WELCOME");
   let maxMessageSize = null;
+  let batchCommands = false; // a missing key means false
   for (const [k, v] of entries) {
     if (textOf(k) === "max_message_size") {
       if (v.t !== "int" || v.v <= 0n) throw bad("max_message_size must be a positive integer");
       maxMessageSize = v.v;
     }
+    if (textOf(k) === "batch_commands") batchCommands = v.v === true;
   }
   if (maxMessageSize === null) throw bad("WELCOME without max_message_size");
-  return { maxMessageSize, entries };
+  return { maxMessageSize, batchCommands, entries };
 }
 
 // ---- broker messages ----
@@ -571,10 +580,13 @@ export function parseBroker(frames) {
         msg.dropped.push({ sid: frames[2].subarray(i, i + 4), count: Buffer.from(frames[2]).readUInt32BE(i + 4) });
       }
       break;
-    case CMD.WELCOME:
+    case CMD.WELCOME: {
       msg.body = frames[2];
-      msg.maxMessageSize = decodeWelcomeBody(frames[2]).maxMessageSize;
+      const welcome = decodeWelcomeBody(frames[2]);
+      msg.maxMessageSize = welcome.maxMessageSize;
+      msg.batchCommands = welcome.batchCommands;
       break;
+    }
     case CMD.OK:
       checkRef(frames[2]);
       msg.ref = frames[2];

@@ -111,6 +111,7 @@ function checkDecoded(type, body, want) {
     try {
       const w = p.decodeWelcomeBody(body);
       check(w.maxMessageSize === BigInt(want.map.max_message_size), "max_message_size differs");
+      check(w.batchCommands === (want.map.batch_commands === true), "batch_commands differs");
     } catch (err) {
       check(false, `welcome body refused: ${err.message}`);
     }
@@ -134,6 +135,10 @@ function encodeBody(type, want) {
     const keys = Object.keys(want.map);
     if (keys.length === 0) return p.encodeHelloBody(null);
     if (keys.length === 1 && typeof want.map.client === "string") return p.encodeHelloBody(want.map.client);
+    const { client, batch_commands: commands } = want.map;
+    if (keys.join() === "client,batch_commands" && typeof client === "string" && commands === true) {
+      return p.encodeHelloBody(client, { batchCommands: true });
+    }
   }
   return null; // HELLO maps with other keys; WELCOME bodies are written by brokers
 }
