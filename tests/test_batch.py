@@ -15,12 +15,12 @@ import pytest
 import zmq
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from sinks import ListSink
 
 from zmqbus import Broker, Bus
 from zmqbus import protocol as p
-from zmqbus._client import BATCH_BYTES, DELIVERED, ClientCore, batch_front
+from zmqbus._client import BATCH_BYTES, ClientCore, batch_front
 from zmqbus._routing import BrokerState
-from zmqbus.message import Message
 from zmqbus.protocol import ErrorCode
 
 A = b"A" * 16
@@ -179,22 +179,6 @@ def test_a_dropped_deliver_batch_counts_each_entry_per_sid() -> None:
 
 
 # --- the client core -------------------------------------------------------------
-
-
-class ListSink:
-    def __init__(self, pattern: str) -> None:
-        self.pattern = pattern
-        self.offers: list[tuple[Message, int | None]] = []
-
-    def offer(self, message: Message, ack_id: int | None) -> int:
-        self.offers.append((message, ack_id))
-        return DELIVERED
-
-    def end(self) -> None:
-        pass
-
-    def missed(self, count: int) -> None:
-        pass
 
 
 def ready_core(offer: bool = True, batch: bool = True) -> ClientCore:

@@ -16,10 +16,11 @@ import pytest
 import zmq
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from sinks import ListSink
 
 from zmqbus import Broker, Bus, HandlerError
 from zmqbus import protocol as p
-from zmqbus._client import BATCH_BYTES, DELIVERED, ClientCore, batch_front
+from zmqbus._client import BATCH_BYTES, ClientCore, batch_front
 from zmqbus._routing import BROKER_BATCH_BYTES, BrokerState
 from zmqbus.errors import ProtocolError
 from zmqbus.message import Message
@@ -343,22 +344,6 @@ def batch_of(messages: list[list[bytes]]) -> list[bytes]:
 
 
 # --- the client core -------------------------------------------------------------
-
-
-class ListSink:
-    def __init__(self, pattern: str) -> None:
-        self.pattern = pattern
-        self.offers: list[tuple[Message, int | None]] = []
-
-    def offer(self, message: Message, ack_id: int | None) -> int:
-        self.offers.append((message, ack_id))
-        return DELIVERED
-
-    def end(self) -> None:
-        pass
-
-    def missed(self, count: int) -> None:
-        pass
 
 
 def ready_core(offer: bool = True, ask: bool = True) -> ClientCore:

@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from sinks import ListSink
 
 from zmqbus import protocol as p
 from zmqbus._client import DELIVERED, DROPPED, MAX_ERROR_TEXT, PENDING, ClientCore
@@ -35,27 +36,6 @@ from zmqbus.protocol import ErrorCode
 A = b"A" * 16
 B = b"B" * 16
 T = 5.0  # timeout used throughout; the clock is a plain float that starts at 0
-
-
-class ListSink:
-    """A local subscription that records offers and answers with a fixed result."""
-
-    def __init__(self, pattern: str, result: int = DELIVERED) -> None:
-        self.pattern = pattern
-        self.result = result
-        self.offers: list[tuple[Message, int | None]] = []
-        self.ended = 0
-
-    def offer(self, message: Message, ack_id: int | None) -> int:
-        self.offers.append((message, ack_id))
-        return self.result
-
-    def end(self) -> None:
-        self.ended += 1
-
-    @property
-    def topics(self) -> list[str]:
-        return [m.topic for m, _ in self.offers]
 
 
 def sid(n: int) -> bytes:
