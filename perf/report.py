@@ -47,7 +47,7 @@ _CURVE_POINTS = (
 
 
 def histogram(samples_ns: Iterable[int]) -> Any:
-    from hdrh.histogram import HdrHistogram
+    from hdrh.histogram import HdrHistogram  # type: ignore[import-untyped]
 
     h = HdrHistogram(_HIST_LOW, _HIST_HIGH, 3)
     record = h.record_value

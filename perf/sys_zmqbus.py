@@ -21,6 +21,7 @@ import uuid
 from array import array
 from collections import deque
 from concurrent.futures import Future
+from functools import partial
 
 import zmq
 
@@ -128,6 +129,10 @@ def source(spec: Spec, ctl: Ctl) -> None:
     ctl.result(sent=sent, t_start=t0, t_end=t1, t_flushed=now_ns())
 
 
+def _record(lat: array[int], t0: int, _fut: object) -> None:
+    lat.append(now_ns() - t0)
+
+
 def confirmer(spec: Spec, ctl: Ctl) -> None:
     """Confirmed publishes: one at a time, or ``window`` outstanding futures.
 
@@ -186,7 +191,7 @@ def confirmer(spec: Spec, ctl: Ctl) -> None:
                 t = mono()
                 fut = nowait(topic, payload, timeout=10.0)
                 # On the bus's I/O thread, as the confirmation arrives.
-                fut.add_done_callback(lambda _f, t=t: lat.append(mono() - t))
+                fut.add_done_callback(partial(_record, lat, t))
                 outstanding.append(fut)
             while outstanding:
                 settled(outstanding.popleft())
@@ -264,7 +269,7 @@ def reqrep(spec: Spec, ctl: Ctl) -> None:
             ctl.wait_expect()
             ctl.result(received=state[0], t_last=state[1], lat=b"", dropped=0, target=rule.target)
             return
-        request = bus.request  # type: ignore[attr-defined]
+        request = bus.request
         topic = spec.topic
         size = spec.size
         warmup = spec.warmup

@@ -35,6 +35,7 @@ import asyncio
 from array import array
 from collections import deque
 from collections.abc import Callable, Coroutine
+from functools import partial
 from typing import Any, TypeVar
 
 from perf.harness import (
@@ -47,7 +48,7 @@ from perf.harness import (
     samples_to_bytes,
     stamp_payload,
 )
-from perf.sys_zmqbus import filler
+from perf.sys_zmqbus import _record, filler
 from zmqbus import Message, PublishResult
 from zmqbus.aio import Bus
 
@@ -219,7 +220,7 @@ async def _confirmer(spec: Spec, ctl: Ctl) -> None:
                     await settled(outstanding.popleft())
                 t = mono()
                 fut = nowait(topic, payload, timeout=10.0)
-                fut.add_done_callback(lambda _f, t=t: lat.append(mono() - t))
+                fut.add_done_callback(partial(_record, lat, t))
                 outstanding.append(fut)
             while outstanding:
                 await settled(outstanding.popleft())
