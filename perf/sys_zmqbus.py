@@ -129,6 +129,19 @@ def source(spec: Spec, ctl: Ctl) -> None:
     ctl.result(sent=sent, t_start=t0, t_end=t1, t_flushed=now_ns())
 
 
+class Failures:
+    """A confirmer's failed publishes: how many, and what the first five were."""
+
+    def __init__(self) -> None:
+        self.count = 0
+        self.samples: list[str] = []
+
+    def add(self, what: object) -> None:
+        self.count += 1
+        if len(self.samples) < 5:
+            self.samples.append(repr(what)[:300])
+
+
 def _record(lat: array[int], t0: int, _fut: object) -> None:
     lat.append(now_ns() - t0)
 
@@ -151,15 +164,9 @@ def confirmer(spec: Spec, ctl: Ctl) -> None:
             publish(topic, payload)
         total = spec.count
         lat = array("q")
-        errors = 0
-        samples: list[str] = []  # what the first failures were, for the results file
+        failures = Failures()
+        failed = failures.add
         mono = now_ns
-
-        def failed(what: object) -> None:
-            nonlocal errors
-            errors += 1
-            if len(samples) < 5:
-                samples.append(repr(what)[:300])
 
         def settled(fut: Future[PublishResult]) -> None:
             try:
@@ -203,8 +210,8 @@ def confirmer(spec: Spec, ctl: Ctl) -> None:
         t_start=t0,
         t_end=t1,
         lat=samples_to_bytes(lat),
-        errors=errors,
-        error_samples=samples,
+        errors=failures.count,
+        error_samples=failures.samples,
     )
 
 

@@ -48,7 +48,7 @@ from perf.harness import (
     samples_to_bytes,
     stamp_payload,
 )
-from perf.sys_zmqbus import _record, filler
+from perf.sys_zmqbus import Failures, _record, filler
 from zmqbus import Message, PublishResult
 from zmqbus.aio import Bus
 
@@ -181,15 +181,9 @@ async def _confirmer(spec: Spec, ctl: Ctl) -> None:
             await publish(topic, payload)
         total = spec.count
         lat = array("q")
-        errors = 0
-        samples: list[str] = []  # what the first failures were, for the results file
+        failures = Failures()
+        failed = failures.add
         mono = now_ns
-
-        def failed(what: object) -> None:
-            nonlocal errors
-            errors += 1
-            if len(samples) < 5:
-                samples.append(repr(what)[:300])
 
         async def settled(fut: asyncio.Future[PublishResult]) -> None:
             try:
@@ -230,8 +224,8 @@ async def _confirmer(spec: Spec, ctl: Ctl) -> None:
         t_start=t0,
         t_end=t1,
         lat=samples_to_bytes(lat),
-        errors=errors,
-        error_samples=samples,
+        errors=failures.count,
+        error_samples=failures.samples,
     )
 
 
