@@ -149,6 +149,50 @@ def test_broker_stop_with_connected_buses() -> None:
         bus.close()
 
 
+def test_only_stop_stops_the_broker_even_mid_traffic() -> None:
+    # stop() reaches the loop as a message on the broker's own ROUTER; a remote
+    # peer sending the same bytes, under any routing id it picks, is refused.
+    b = Broker("tcp://127.0.0.1:0").start()
+    ctx = zmq.Context()
+    rogue = ctx.socket(zmq.DEALER)
+    rogue.setsockopt(zmq.LINGER, 0)
+    rogue.setsockopt(zmq.ROUTING_ID, b"control")
+    rogue.setsockopt(zmq.RCVTIMEO, 5000)
+    rogue.connect(b.address)
+    try:
+        rogue.send(b"stop")
+        reply = rogue.recv_multipart()
+        assert reply[0][3] == 0x8F  # ERROR
+        assert b.running
+        ch = uuid.uuid4()
+        with Bus(b.address, ch) as pub, Bus(b.address, ch, close_timeout=0.2) as sub:
+            s = sub.subscribe("t", maxsize=100_000)
+            assert pub.publish("t", b"before").delivered == 1
+            done = threading.Event()
+
+            def flood() -> None:
+                try:
+                    while not done.is_set():
+                        pub.publish("t", b"x", confirm=False)
+                except BusClosed:
+                    pass
+
+            flooder = threading.Thread(target=flood)
+            flooder.start()
+            s.get(timeout=5)
+            t0 = time.monotonic()
+            b.stop(timeout=5)
+            assert time.monotonic() - t0 < 2.0
+            done.set()
+        # Closing the publisher ends a publish that waits for the lost broker.
+        flooder.join(10)
+        assert not flooder.is_alive()
+        assert not b.running
+    finally:
+        rogue.close(0)
+        ctx.term()
+
+
 def test_thousand_bus_cycles_leave_nothing_behind(broker: Broker) -> None:
     # A context of the test's own: term() returns only once every socket on it
     # is closed, so a leaked socket hangs here and fails on the test timeout.

@@ -126,10 +126,13 @@ def test_recv_routed_on_a_router() -> None:
     try:
         router.bind("inproc://wire-router")
         dealer.connect("inproc://wire-router")
+        router.setsockopt(zmq.RCVTIMEO, 10)
+        with pytest.raises(zmq.Again):
+            recv_routed(router)  # nothing waiting: gives up after RCVTIMEO
+        router.setsockopt(zmq.RCVTIMEO, 5000)
         send_frames(dealer, [b"only"])
         send_frames(dealer, [b"a", b"b", b"c"])
-        wait_in(router)
-        first = recv_routed(router)
+        first = recv_routed(router)  # waits for the message
         second = recv_routed(router)
         assert first[1:] == [b"only"] and second[1:] == [b"a", b"b", b"c"]
         assert first[0] == second[0]

@@ -17,7 +17,14 @@ from typing import Any
 import zmq
 from zmq.backend import Socket as _BackendSocket
 
-__all__ = ["dealer", "recv_counted", "recv_frames", "recv_routed", "send_frames", "send_routed"]
+__all__ = [
+    "dealer",
+    "recv_counted",
+    "recv_frames",
+    "recv_routed",
+    "send_frames",
+    "send_routed",
+]
 
 _NOBLOCK = int(zmq.NOBLOCK)
 _MORE = int(zmq.SNDMORE)
@@ -69,10 +76,12 @@ def recv_frames(sock: zmq.Socket[Any]) -> list[bytes]:
 
 
 def recv_routed(sock: zmq.Socket[Any]) -> list[bytes]:
-    """``recv_frames`` for a ROUTER: the identity frame first. A ROUTER always
-    follows it with the peer's frames, so it alone needs no more-flag check."""
+    """Receive one whole message on a ROUTER, the identity frame first, waiting
+    up to the socket's RCVTIMEO (``zmq.Again`` once it passed; -1 waits forever).
+    A ROUTER always follows the identity with the peer's frames, so the identity
+    alone needs no more-flag check."""
     recv = sock.recv
-    ident = recv(_NOBLOCK)
+    ident = recv(0)
     frame = recv(0, copy=False)
     return _rest(recv, frame, [ident, frame.bytes])
 
