@@ -48,8 +48,10 @@ log = logging.getLogger("zmqbus.aio")
 AsyncHandler = Callable[[Message], Awaitable[Any] | Any]
 
 _NOBLOCK = zmq.NOBLOCK
-_POLLIN = zmq.POLLIN
-_POLLOUT = zmq.POLLOUT
+# Plain ints: zmq.POLLIN is an enum flag, and ``int & flag`` goes through enum
+# machinery (~1 us) on every event check.
+_POLLIN = int(zmq.POLLIN)
+_POLLOUT = int(zmq.POLLOUT)
 _BATCH = 256
 _COUNTS = p.BROKER_FRAME_COUNTS
 # Grace beyond a call's own timeout before the caller stops waiting regardless;
@@ -152,13 +154,21 @@ class Subscription(SubscriptionBase):
         if timeout is not None and timeout < 0:
             raise ValueError("timeout must not be negative")
         if not self._buf and not self._ended:
-            try:
-                async with asyncio.timeout(timeout):
-                    while not self._buf and not self._ended:
-                        self._event.clear()
-                        await self._event.wait()
-            except TimeoutError:
-                raise TimeoutError(f"no message on {self._pattern!r} within {timeout:g}s") from None
+            if timeout is None:
+                # No asyncio.timeout scope: it costs a lone message a few us.
+                while not self._buf and not self._ended:
+                    self._event.clear()
+                    await self._event.wait()
+            else:
+                try:
+                    async with asyncio.timeout(timeout):
+                        while not self._buf and not self._ended:
+                            self._event.clear()
+                            await self._event.wait()
+                except TimeoutError:
+                    raise TimeoutError(
+                        f"no message on {self._pattern!r} within {timeout:g}s"
+                    ) from None
         if self._buf:
             return self._buf.popleft()[0]
         raise SubscriptionClosed(f"subscription {self._pattern!r} has ended")
@@ -402,9 +412,7 @@ class Bus(BusBase):
                 await self._room.wait()
             self._check()
             self._core.publish(topic_b, body, None, 0.0, timeout)
-            # Sent on the loop's next turn, not now: publishes made meanwhile go out
-            # together, joined into PUBLISH_BATCHes, as nats.py's flusher does.
-            self._pump_soon()
+            self._send_soon()
             return _UNCONFIRMED
         # The core's deadline settles the future (PublishTimeout). A cancelled caller
         # cancels only its own future, which the core then skips.
@@ -433,8 +441,9 @@ class Bus(BusBase):
         assert self._loop is not None
         fut: asyncio.Future[PublishResult] = self._loop.create_future()
         self._core.publish(topic, body, fut, time.monotonic() + timeout, timeout)
-        # Sent on the loop's next turn like unconfirmed ones, so that a window of
-        # confirmed publishes goes out as one BATCH.
+        # Sent on the loop's next turn, not at once like a lone unconfirmed one:
+        # a window of confirmed publishes then goes out as one BATCH (window 16:
+        # ~11k msgs/s against ~9.5k when the first of each turn leaves alone).
         self._pump_soon()
         return fut
 
@@ -563,6 +572,15 @@ class Bus(BusBase):
         core = self._core
         return len(self._out) + (0 if core.holding else len(core.outbox))
 
+    def _send_soon(self) -> None:
+        # The first publish of a loop turn leaves at once (a lone message waits for
+        # nothing); the ones after it join one send on the next turn, batched, as
+        # nats.py's flusher does.
+        if self._pump_due:
+            return
+        self._pump()
+        self._pump_soon()
+
     def _pump_soon(self) -> None:
         if not self._pump_due and self._loop is not None:
             self._pump_due = True
@@ -584,26 +602,28 @@ class Bus(BusBase):
         if outbox and not core.holding:
             out.extend(outbox)
             outbox.clear()
-        batching = core.batching
-        commands = core.batching_commands
-        while out:
-            if batching or commands:
-                batch_front(out, publishes=batching, commands=commands)
-            try:
-                send_frames(sock, out[0])
-            except zmq.Again:
-                break  # the descriptor signals when the socket becomes writable
-            out.popleft()
-        if len(out) < self._hwm:
-            self._room.set()
-        # The descriptor is edge-triggered and reading EVENTS consumes its signal:
-        # whatever EVENTS now reports must be acted on here, or it is never seen.
-        events = _events(sock)
-        if self._loop is not None:
-            if events & _POLLIN:
-                self._loop.call_soon(self._on_events)
-            if out and events & _POLLOUT:
-                self._pump_soon()
+        if out:
+            batching = core.batching
+            commands = core.batching_commands
+            while out:
+                if batching or commands:
+                    batch_front(out, publishes=batching, commands=commands)
+                try:
+                    send_frames(sock, out[0])
+                except zmq.Again:
+                    break  # the descriptor signals when the socket becomes writable
+                out.popleft()
+            if len(out) < self._hwm:
+                self._room.set()
+            # The descriptor is edge-triggered and a send may consume its signal:
+            # whatever EVENTS now reports must be acted on here, or it is never seen.
+            # With nothing sent the socket was not touched, so its signal still stands.
+            events = _events(sock)
+            if self._loop is not None:
+                if events & _POLLIN:
+                    self._loop.call_soon(self._on_events)
+                if out and events & _POLLOUT:
+                    self._pump_soon()
         self._arm_timer()
 
     def _on_events(self) -> None:
@@ -630,13 +650,16 @@ class Bus(BusBase):
 
     def _arm_timer(self) -> None:
         deadline = self._core.next_deadline()
-        if deadline == self._timer_at:
+        # A timer due no later stays: the liveness deadline moves with every message
+        # received, and re-arming on each costs a lone message more than an early
+        # wake-up (expire() handles only what is due, then the timer is re-armed).
+        if deadline is None or (self._timer_at is not None and self._timer_at <= deadline):
             return
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
         self._timer_at = deadline
-        if deadline is not None and self._loop is not None:
+        if self._loop is not None:
             delay = max(0.0, deadline - time.monotonic())
             self._timer = self._loop.call_later(delay, self._on_timer)
 
