@@ -16,7 +16,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 
 import zmq
 
@@ -255,7 +255,7 @@ class IOThread:
                 # After the first message, ask whether another waits before reading:
                 # a read that finds none raises zmq.Again (~8 us), EVENTS costs ~3 us,
                 # and a lone message is the common case when latency matters.
-                if i == 1 and not _get(sock, _EVENTS) & _POLLIN:
+                if i == 1 and not cast(int, _get(sock, _EVENTS)) & _POLLIN:
                     break
                 try:
                     frames = recv_counted(sock, _COUNTS)
