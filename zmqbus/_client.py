@@ -735,11 +735,13 @@ class ClientCore:
         sinks_of = self._sinks.get
         fields = p.message_fields
         for (sids, _, body), text in zip(entries, texts, strict=True):
+            # One sid is the common case: no list of sinks to build for it.
+            sink: Sink | None = None
+            sinks: list[Sink] | None = None
             if len(sids) == p.SID_BYTES:
                 sink = sinks_of(sids)
                 if sink is None:
                     continue  # unsubscribed locally while the broker was still routing to us
-                sinks = [sink]
             else:
                 sinks = self._targets(sids)
                 if not sinks:
@@ -751,8 +753,11 @@ class ClientCore:
                 log.warning("undecodable message on %r dropped: %s", text, exc)
                 continue
             msg = make_message(msg_id, text, payload, headers, ts)
-            for sink in sinks:
+            if sink is not None:
                 sink.offer(msg, None)
+            elif sinks is not None:
+                for one in sinks:
+                    one.offer(msg, None)
 
     def _ask(self, token: bytes, topic: bytes, body: bytes, sids: bytes) -> None:
         text = self._topic(topic)

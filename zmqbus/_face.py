@@ -15,7 +15,6 @@ from . import protocol as p
 from ._client import ClientCore
 from ._endpoints import connect_endpoint
 from .errors import MessageTooLarge
-from .message import Message
 from .topics import validate_topic
 
 __all__ = ["BusBase", "SubscriptionBase", "parse_channel"]
@@ -43,7 +42,10 @@ class SubscriptionBase:
         self._queue = queue
         self._maxsize = maxsize
         self._handler = handler
-        self._buf: deque[tuple[Message, int | None]] = deque()
+        # A handler subscription buffers (message, ack id) pairs, for the ACK after
+        # its handler; a queue subscription, ACKed on arrival, just the messages:
+        # one object fewer per buffered message for the cyclic GC to count and scan.
+        self._buf: deque[Any] = deque()
         self._ended = False
         self._abort = False
         self._dropped = 0

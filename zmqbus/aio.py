@@ -128,7 +128,7 @@ class Subscription(SubscriptionBase):
         if self._ended or len(self._buf) >= self._maxsize:
             self._dropped += 1
             return DROPPED
-        self._buf.append((message, ack_id))
+        self._buf.append(message if self._handler is None else (message, ack_id))
         self._received += 1
         self._event.set()
         if self._handler is not None and ack_id is not None:
@@ -170,7 +170,7 @@ class Subscription(SubscriptionBase):
                         f"no message on {self._pattern!r} within {timeout:g}s"
                     ) from None
         if self._buf:
-            return self._buf.popleft()[0]
+            return cast(Message, self._buf.popleft())
         raise SubscriptionClosed(f"subscription {self._pattern!r} has ended")
 
     def __aiter__(self) -> AsyncIterator[Message]:

@@ -12,7 +12,7 @@ from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeout
 from functools import partial
 from types import TracebackType
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 import zmq
 
@@ -106,7 +106,7 @@ class Subscription(SubscriptionBase):
         if self._ended or len(buf) >= self._maxsize:
             self._dropped += 1
             return DROPPED
-        buf.append((message, ack_id))
+        buf.append(message if self._handler is None else (message, ack_id))
         self._received += 1
         if not self._wake_due:
             self._wake_due = True
@@ -147,7 +147,7 @@ class Subscription(SubscriptionBase):
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:
             try:
-                return buf.popleft()[0]
+                return cast(Message, buf.popleft())
             except IndexError:
                 pass  # empty (or another reader took the last one): wait
             with self._cond:
