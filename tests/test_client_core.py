@@ -242,6 +242,20 @@ def test_broker_error_without_ref_is_counted() -> None:
 # --- publish ------------------------------------------------------------------------
 
 
+def test_equal_publish_outcomes_give_equal_results_and_different_ones_do_not() -> None:
+    pair = Pair()
+    pub = pair.add(b"pub")
+    sub = pair.add(b"sub")
+    pair.subscribe(sub, ListSink("a.*"))
+    data = p.pack_message(b"\x01" * 16, 1, {}, b"")
+    first, second = publish(pub, "a.b", data), publish(pub, "a.c", data)
+    nobody = publish(pub, "x", data)
+    pair.pump()
+    assert first.result(0) == second.result(0) == PublishResult(1, 0, 0, 1)
+    assert first.result(0) is second.result(0)  # immutable, so shared
+    assert nobody.result(0) == PublishResult(0, 0, 0, 0)
+
+
 def test_confirmed_publish_counts_across_two_subscriber_cores() -> None:
     pair = Pair()
     pub = pair.add(b"pub")

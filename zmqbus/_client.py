@@ -106,7 +106,19 @@ class _Publish:
         self.errors: list[str] = []
 
     def result(self) -> PublishResult:
-        return PublishResult(self.delivered, self.dropped, len(self.errors), self.buses)
+        key = (self.delivered, self.dropped, len(self.errors), self.buses)
+        result = _RESULTS.get(key)
+        if result is None:
+            result = PublishResult(*key)
+            if len(_RESULTS) < 1024:
+                _RESULTS[key] = result
+        return result
+
+
+# PublishResult is frozen, so equal results can be one object: building one costs
+# ~2 us (a frozen dataclass sets each field through object.__setattr__), and nearly
+# every confirmed publish ends in one of a few results, such as (1, 0, 0, 1).
+_RESULTS: dict[tuple[int, int, int, int], PublishResult] = {}
 
 
 class _Call:
