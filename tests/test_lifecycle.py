@@ -193,6 +193,32 @@ def test_only_stop_stops_the_broker_even_mid_traffic() -> None:
         ctx.term()
 
 
+def test_stop_returns_when_the_loop_already_died(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Fault injection: the loop's own code fails (outside message handling, which
+    # turns errors into INTERNAL replies). stop() must not wait on a closed ROUTER.
+    from zmqbus._routing import BrokerState
+
+    def broken(self: BrokerState) -> None:
+        raise RuntimeError("injected")
+
+    monkeypatch.setattr(BrokerState, "coalesce", broken)
+    b = Broker("tcp://127.0.0.1:0").start()
+    ctx = zmq.Context()
+    peer = ctx.socket(zmq.DEALER)
+    peer.setsockopt(zmq.LINGER, 0)
+    peer.connect(b.address)
+    try:
+        peer.send(b"anything")  # its ERROR reply makes the loop coalesce
+        assert b.wait(5)
+        t0 = time.monotonic()
+        b.stop(timeout=2)
+        assert time.monotonic() - t0 < 2.0
+        assert not b.running
+    finally:
+        peer.close(0)
+        ctx.term()
+
+
 def test_thousand_bus_cycles_leave_nothing_behind(broker: Broker) -> None:
     # A context of the test's own: term() returns only once every socket on it
     # is closed, so a leaked socket hangs here and fails on the test timeout.

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import logging
 import os
@@ -128,7 +129,10 @@ class Broker:
             return
         with self._lock:
             if self._control is not None:
-                self._control.send(b"stop")
+                # NOBLOCK: if the loop already died its ROUTER is closed, and a
+                # DEALER with no peer would wait forever to send.
+                with contextlib.suppress(zmq.Again):
+                    self._control.send(b"stop", zmq.NOBLOCK)
         thread.join(timeout)
         if thread.is_alive():
             raise RuntimeError("broker thread did not stop in time")
