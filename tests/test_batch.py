@@ -458,3 +458,43 @@ def test_several_readers_share_a_subscription_without_loss_or_error() -> None:
                 t.join(30)
             assert not errors
             assert sorted(b for part in got for b in part) == sorted(b"%d" % i for i in range(n))
+
+
+@pytest.mark.parametrize("loop", ["asyncio", "uvloop"])
+def test_asyncio_lone_publish_leaves_at_once_and_the_rest_of_a_turn_joins_the_next(
+    loop: str, broker: Broker, channel: uuid.UUID, raw_dealer: Any
+) -> None:
+    import asyncio
+
+    from zmqbus.aio import Bus as AsyncBus
+
+    runner: Any = pytest.importorskip("uvloop").run if loop == "uvloop" else asyncio.run
+    ch = channel.bytes
+    sub = raw_dealer()  # a plain peer: one DELIVER per message, whatever the publisher sent
+    sub.send_multipart([p.H_HELLO, ch, p.pack_hello("test")])
+    assert sub.recv_multipart()[0] == p.H_WELCOME
+    sub.send_multipart([p.H_SUBSCRIBE, ch, b"s", (1).to_bytes(4, "big"), b"t", b""])
+    assert sub.recv_multipart()[0] == p.H_OK
+
+    def payload() -> bytes:
+        frames = sub.recv_multipart()
+        assert frames[0] == p.H_DELIVER
+        return p.unpack_message(frames[4]).payload
+
+    async def main() -> None:
+        async with AsyncBus(broker.address, channel) as pub:
+            await asyncio.sleep(0)  # let any send the connection scheduled go first
+            await pub.publish("t", b"1", confirm=False)
+            # The loop has not turned since (publish does not yield), so only a send
+            # made inside publish() can reach the subscriber; poll blocks the loop.
+            assert sub.poll(5000)
+            assert payload() == b"1"
+            await pub.publish("t", b"2", confirm=False)
+            await pub.publish("t", b"3", confirm=False)
+            assert not sub.poll(100)  # the rest of this turn waits for the next one
+            before = broker.stats()["counters"]["messages_in"]
+            await asyncio.sleep(0)
+            assert [payload(), payload()] == [b"2", b"3"]
+            assert broker.stats()["counters"]["messages_in"] == before + 1  # one message: a batch
+
+    runner(main())
