@@ -519,6 +519,12 @@ class ClientCore:
                 exc = RequestTimeout(f"{item.action} not confirmed within {item.timeout:g}s")
             _settle(item.waiter, exc=exc)
 
+    def join_front(self, out: deque[list[bytes]]) -> None:
+        """``batch_front`` with what this session's broker offered: drivers call it
+        before each send from their queue."""
+        if self.batching or self.batching_commands:
+            batch_front(out, publishes=self.batching, commands=self.batching_commands)
+
     # --- input --------------------------------------------------------------
 
     def receive(self, frames: list[bytes]) -> None:

@@ -21,8 +21,8 @@ from typing import Any, cast
 import zmq
 
 from . import protocol as p
-from ._client import ClientCore, batch_front
-from ._wire import dealer, recv_counted, send_frames
+from ._client import ClientCore
+from ._wire import dealer, recv_counted, send_queue
 from .errors import BusClosed
 
 __all__ = ["IOThread"]
@@ -229,17 +229,7 @@ class IOThread:
 
     def _send(self) -> None:
         out = self._out
-        sock = self._sock
-        batching = self._core.batching
-        commands = self._core.batching_commands
-        while out:
-            if batching or commands:
-                batch_front(out, publishes=batching, commands=commands)
-            try:
-                send_frames(sock, out[0])
-            except zmq.Again:
-                break
-            out.popleft()
+        send_queue(self._sock, out, self._core.join_front)
         backlog = len(out)
         if backlog != self._backlog:
             with self._lock:

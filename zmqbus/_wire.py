@@ -11,7 +11,8 @@ through, the rest cannot block or fail with EAGAIN.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections import deque
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import zmq
@@ -23,6 +24,7 @@ __all__ = [
     "recv_frames",
     "recv_routed",
     "send_frames",
+    "send_queue",
     "send_routed",
 ]
 
@@ -45,6 +47,21 @@ def send_frames(sock: zmq.Socket[Any], frames: Sequence[bytes]) -> None:
         send(sock, frames[i], _MORE)
     if last:
         send(sock, frames[last], 0)
+
+
+def send_queue(
+    sock: zmq.Socket[Any], out: deque[list[bytes]], join: Callable[[deque[list[bytes]]], None]
+) -> None:
+    """Send the messages of ``out`` in order without blocking, calling
+    ``join(out)`` before each (it may merge the front into one batch), until
+    ``out`` is empty or the socket refuses one: that one stays first."""
+    while out:
+        join(out)
+        try:
+            send_frames(sock, out[0])
+        except zmq.Again:
+            return
+        out.popleft()
 
 
 def send_routed(sock: zmq.Socket[Any], ident: bytes, frames: Sequence[bytes]) -> None:

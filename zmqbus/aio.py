@@ -26,10 +26,10 @@ import zmq
 
 from . import _validate
 from . import protocol as p
-from ._client import DELIVERED, DROPPED, PENDING, batch_front
+from ._client import DELIVERED, DROPPED, PENDING
 from ._face import BusBase, SubscriptionBase
 from ._version import __version__
-from ._wire import dealer, recv_counted, send_frames
+from ._wire import dealer, recv_counted, send_queue
 from .errors import (
     BusClosed,
     ConnectTimeout,
@@ -603,16 +603,8 @@ class Bus(BusBase):
             out.extend(outbox)
             outbox.clear()
         if out:
-            batching = core.batching
-            commands = core.batching_commands
-            while out:
-                if batching or commands:
-                    batch_front(out, publishes=batching, commands=commands)
-                try:
-                    send_frames(sock, out[0])
-                except zmq.Again:
-                    break  # the descriptor signals when the socket becomes writable
-                out.popleft()
+            # What the socket refuses now waits for its descriptor to say writable.
+            send_queue(sock, out, core.join_front)
             if len(out) < self._hwm:
                 self._room.set()
             # The descriptor is edge-triggered and a send may consume its signal:
