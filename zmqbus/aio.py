@@ -47,7 +47,6 @@ log = logging.getLogger("zmqbus.aio")
 
 AsyncHandler = Callable[[Message], Awaitable[Any] | Any]
 
-_NOBLOCK = zmq.NOBLOCK
 # Plain ints: zmq.POLLIN is an enum flag, and ``int & flag`` goes through enum
 # machinery (~1 us) on every event check.
 _POLLIN = int(zmq.POLLIN)
@@ -156,15 +155,11 @@ class Subscription(SubscriptionBase):
         if not self._buf and not self._ended:
             if timeout is None:
                 # No asyncio.timeout scope: it costs a lone message a few us.
-                while not self._buf and not self._ended:
-                    self._event.clear()
-                    await self._event.wait()
+                await self._arrival()
             else:
                 try:
                     async with asyncio.timeout(timeout):
-                        while not self._buf and not self._ended:
-                            self._event.clear()
-                            await self._event.wait()
+                        await self._arrival()
                 except TimeoutError:
                     raise TimeoutError(
                         f"no message on {self._pattern!r} within {timeout:g}s"
@@ -172,6 +167,11 @@ class Subscription(SubscriptionBase):
         if self._buf:
             return cast(Message, self._buf.popleft())
         raise SubscriptionClosed(f"subscription {self._pattern!r} has ended")
+
+    async def _arrival(self) -> None:
+        while not self._buf and not self._ended:
+            self._event.clear()
+            await self._event.wait()
 
     def __aiter__(self) -> AsyncIterator[Message]:
         return self._iterate()
@@ -605,8 +605,6 @@ class Bus(BusBase):
         if out:
             # What the socket refuses now waits for its descriptor to say writable.
             send_queue(sock, out, core.join_front)
-            if len(out) < self._hwm:
-                self._room.set()
             # The descriptor is edge-triggered and a send may consume its signal:
             # whatever EVENTS now reports must be acted on here, or it is never seen.
             # With nothing sent the socket was not touched, so its signal still stands.
@@ -616,6 +614,8 @@ class Bus(BusBase):
                     self._loop.call_soon(self._on_events)
                 if out and events & _POLLOUT:
                     self._pump_soon()
+        if len(out) < self._hwm:
+            self._room.set()  # also when a new session emptied the queue
         self._arm_timer()
 
     def _on_events(self) -> None:
