@@ -529,6 +529,23 @@ def test_message_round_trip(
     assert mb.timestamp == _expected_datetime(ts_ns)
 
 
+@SETTINGS
+@given(
+    st.one_of(ids, st.binary(max_size=40)),
+    st.one_of(timestamps_ns, st.integers(0, (1 << 34) * 10**9 - 1)),
+    header_maps,
+    st.one_of(payloads, st.sampled_from([b"x" * 255, b"x" * 256, b"x" * 65535, b"x" * 65536])),
+)
+def test_message_body_is_what_msgpack_packs(
+    msg_id: bytes, ts_ns: int, headers: dict[str, str], payload: bytes
+) -> None:
+    # pack_message lays the common body out by hand: it must stay byte-identical.
+    expected = msgpack.packb(
+        [msg_id, msgpack.Timestamp.from_unix_nano(ts_ns), headers, payload], use_bin_type=True
+    )
+    assert p.pack_message(msg_id, ts_ns, headers, payload) == expected
+
+
 def test_message_timestamp_examples() -> None:
     def ts(ns: int) -> datetime:
         return p.unpack_message(p.pack_message(b"\0" * 16, ns, {}, b"")).timestamp
