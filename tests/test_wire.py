@@ -145,6 +145,39 @@ def test_recv_routed_on_a_router() -> None:
         ctx.term()
 
 
+def test_send_routed_sees_a_queue_the_peer_has_just_drained() -> None:
+    ctx = zmq.Context()
+    router, dealer = ctx.socket(zmq.ROUTER), ctx.socket(zmq.DEALER)
+    try:
+        router.setsockopt(zmq.ROUTER_MANDATORY, 1)
+        router.setsockopt(zmq.SNDHWM, 2)
+        dealer.setsockopt(zmq.RCVHWM, 1)
+        router.setsockopt(zmq.RCVTIMEO, 5000)
+        router.bind("inproc://wire-drained")
+        dealer.connect("inproc://wire-drained")
+        send_frames(dealer, [b"hi"])
+        ident = recv_routed(router)[0]
+        sent = 0
+        with pytest.raises(zmq.Again):
+            for _ in range(100):
+                send_routed(router, ident, [b"m"])
+                sent += 1
+        got = 0
+        while dealer.poll(0):
+            recv_frames(dealer)
+            got += 1
+        assert got == sent
+        # The dealer said it has room in a command the ROUTER has not processed
+        # yet (a send processes commands at most about once a millisecond).
+        send_routed(router, ident, [b"after"])
+        wait_in(dealer)
+        assert recv_frames(dealer) == [b"after"]
+    finally:
+        router.close(0)
+        dealer.close(0)
+        ctx.term()
+
+
 def test_message_ids_are_version_4_uuids_and_unique() -> None:
     ids = {p.new_message_id() for _ in range(100_000)}
     assert len(ids) == 100_000

@@ -32,6 +32,7 @@ _NOBLOCK = int(zmq.NOBLOCK)
 _MORE = int(zmq.SNDMORE)
 _MORE_NOBLOCK = _MORE | _NOBLOCK
 _RCVMORE = int(zmq.RCVMORE)
+_EVENTS = int(zmq.EVENTS)
 _get = _BackendSocket.get
 # Unbound, called as _send(sock, data, flags): bytes are copied into the message.
 _send = _BackendSocket.send
@@ -66,9 +67,18 @@ def send_queue(
 
 def send_routed(sock: zmq.Socket[Any], ident: bytes, frames: Sequence[bytes]) -> None:
     """Send ``[ident, *frames]`` on a ROUTER without blocking; ``zmq.Again``
-    (queue full) or EHOSTUNREACH (with ROUTER_MANDATORY) before anything is sent."""
+    (queue full) or EHOSTUNREACH (with ROUTER_MANDATORY) before anything is sent.
+    A queue found full is asked again once, after libzmq's pending commands."""
     send = _send
-    send(sock, ident, _MORE_NOBLOCK)
+    try:
+        send(sock, ident, _MORE_NOBLOCK)
+    except zmq.Again:
+        # A peer that drained its queue says so in a command to this socket, and a
+        # send processes commands only now and then (a recv that finds a message
+        # waiting, never): a drained queue can still look full. Reading EVENTS
+        # processes them; without it, such a peer lost the next message too.
+        _get(sock, _EVENTS)
+        send(sock, ident, _MORE_NOBLOCK)
     last = len(frames) - 1
     for i in range(last):
         send(sock, frames[i], _MORE)
