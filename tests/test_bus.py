@@ -6,8 +6,10 @@ import threading
 import uuid
 from collections.abc import Callable
 from datetime import UTC, datetime
+from functools import partial
 
 import pytest
+import zmq
 
 from zmqbus import (
     Broker,
@@ -21,6 +23,8 @@ from zmqbus import (
     SubscriptionClosed,
     ZmqbusError,
 )
+from zmqbus._client import ClientCore
+from zmqbus._iothread import IOThread
 
 MakeBus = Callable[..., Bus]
 
@@ -382,6 +386,91 @@ def test_publish_from_many_threads(make_bus: MakeBus) -> None:
         assert [m.payload for m in got if m.topic == f"mt.{n}"] == [
             str(i).encode() for i in range(50)
         ]
+
+
+def test_unconfirmed_publishes_from_many_threads_never_wait_for_a_wakeup(
+    make_bus: MakeBus,
+) -> None:
+    # heartbeat=0: an idle I/O thread polls with no timeout, so a submit that it
+    # failed to notice would wait forever, and the wait below would time out.
+    pub, sub = make_bus(heartbeat=0), make_bus()
+    s = sub.subscribe("wk.*", maxsize=10_000)
+    seen = [0] * 4
+    arrived = threading.Condition()
+    errors: list[BaseException] = []
+
+    def collect() -> None:
+        for _ in range(4 * 150):
+            m = s.get(timeout=10)
+            with arrived:
+                seen[int(m.topic[3:])] += 1
+                arrived.notify_all()
+
+    def worker(n: int) -> None:
+        try:
+            for i in range(150):
+                # One in flight per thread, so the I/O thread keeps going idle
+                # while the others submit.
+                pub.publish(f"wk.{n}", b"", confirm=False)
+                with arrived:
+                    assert arrived.wait_for(lambda i=i: seen[n] > i, timeout=10), f"{n}: {i} stuck"
+        except BaseException as exc:  # surfaced below
+            errors.append(exc)
+
+    collector = threading.Thread(target=collect)
+    collector.start()
+    threads = [threading.Thread(target=worker, args=(n,)) for n in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    collector.join(30)
+    assert not errors
+    assert seen == [150] * 4
+
+
+def test_io_thread_runs_every_item_it_accepted_while_stopping(broker: Broker) -> None:
+    # Submitting takes no lock on the common path: a submit racing stop() must
+    # either raise BusClosed or have its item run, never leave it behind.
+    ctx = zmq.Context()
+    io = IOThread(ctx, broker.address, ClientCore(uuid.uuid4().bytes, heartbeat=0))
+    ran = [0] * 4
+    accepted = [0] * 4
+    going = [threading.Event() for _ in range(4)]
+    outcomes: list[str] = []
+
+    def bump(n: int) -> None:
+        ran[n] += 1  # on the I/O thread only
+
+    def worker(n: int) -> None:
+        item = partial(bump, n)
+        while True:
+            try:
+                io.submit(item)
+            except BusClosed:
+                outcomes.append("closed")
+                return
+            except BaseException as exc:
+                outcomes.append(repr(exc))
+                return
+            accepted[n] += 1
+            if accepted[n] == 500:
+                going[n].set()
+
+    threads = [threading.Thread(target=worker, args=(n,)) for n in range(4)]
+    try:
+        for t in threads:
+            t.start()
+        for ev in going:
+            assert ev.wait(10)
+        io.stop()  # while all four are submitting
+        for t in threads:
+            t.join(10)
+        assert outcomes == ["closed"] * 4
+        assert ran == accepted
+    finally:
+        io.stop()
+        ctx.term()
 
 
 def test_closed_bus_raises(broker: Broker, channel: uuid.UUID) -> None:

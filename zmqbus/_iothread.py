@@ -6,6 +6,11 @@ on this thread. The thread blocks in ``zmq.Poller.poll`` on the DEALER and an
 inproc wake-up socket, with a timeout only when the core has a deadline, so
 an idle bus costs nothing. A submitter rings the wake-up socket only when the
 thread is about to sleep, so a burst of submits costs one signal.
+
+Submitting takes no lock while there is room and the thread runs: the queue
+is a deque (atomic append and popleft), and the thread arms itself before it
+looks at the queue a last time, so an item is either seen or rung for. The
+lock serialises ringing, waiting for room, and the last drain at stop.
 """
 
 from __future__ import annotations
@@ -78,6 +83,7 @@ class IOThread:
         self._queue: deque[Item] = deque()
         self._armed = False  # the thread is (about to be) blocked in poll
         self._stopping = False
+        self._drained = False  # the thread took the queue for the last time
         self._stopped = False
         self._out: deque[list[bytes]] = deque()
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
@@ -113,6 +119,18 @@ class IOThread:
 
         Raises ``BusClosed`` once the thread is stopping.
         """
+        queue = self._queue
+        if not self._stopping and (
+            type(item) is not list or len(queue) + self._backlog < self._limit
+        ):
+            # The common case, without the lock: contended by the thread's loop, it
+            # cost the publishing thread ~10% of an unconfirmed publish.
+            queue.append(item)
+            if self._stopping:
+                self._withdraw(item)
+            elif self._armed:
+                self._ring()
+            return
         with self._lock:
             if type(item) is list:
                 while len(self._queue) + self._backlog >= self._limit and not self._stopping:
@@ -123,6 +141,24 @@ class IOThread:
             if self._armed:
                 self._armed = False
                 self._wake_tx.send(b"", _NOBLOCK)
+
+    def _ring(self) -> None:
+        with self._lock:
+            if self._armed:
+                self._armed = False
+                self._wake_tx.send(b"", _NOBLOCK)
+
+    def _withdraw(self, item: Item) -> None:
+        # Appended while stop() began: the thread's last drain takes it, unless
+        # that drain already ran; then take it back and refuse it.
+        with self._lock:
+            if not self._drained:
+                return
+            queue = self._queue
+            for i, queued in enumerate(queue):
+                if queued is item:
+                    del queue[i]
+                    raise BusClosed("bus is closed")
 
     def stop(self, timeout: float = 2.0) -> None:
         """Send what can still be sent, close the sockets and join the thread."""
@@ -158,19 +194,13 @@ class IOThread:
         lock = self._lock
         try:
             while True:
+                queue = self._queue
+                items = [queue.popleft() for _ in range(len(queue))]
                 with lock:
-                    items = self._queue
-                    if items:
-                        self._queue = deque()
-                        if len(items) + self._backlog >= self._limit:
-                            self._room.notify_all()
+                    if items and len(items) + self._backlog >= self._limit:
+                        self._room.notify_all()
                     stopping = self._stopping
-                for item in items:
-                    if type(item) is list:
-                        # Through the core, so frames wait while it is reconnecting.
-                        core.send_unconfirmed(item)
-                    else:
-                        self._call(item)  # type: ignore[arg-type]
+                self._take(items)
                 if core.want_socket:
                     self._swap()
                     polling_out = False
@@ -186,9 +216,12 @@ class IOThread:
                     continue
                 sock = self._sock
                 with lock:
-                    if self._queue or self._stopping:
-                        continue
+                    # Armed first, then the last look: a submit that appends after
+                    # this look sees the thread armed and rings.
                     self._armed = True
+                    if self._queue or self._stopping:
+                        self._armed = False
+                        continue
                 want_out = bool(out)
                 if want_out != polling_out:
                     poller.modify(sock, zmq.POLLIN | zmq.POLLOUT if want_out else zmq.POLLIN)
@@ -209,10 +242,24 @@ class IOThread:
             log.exception("bus I/O loop failed")
             self._call(lambda: core.close())
         finally:
+            with lock:
+                self._drained = True
+                items = list(self._queue)
+                self._queue.clear()
+            self._take(items)
             self._drain_core()
             self._send()
             self._sock.close(0)
             wake.close(0)
+
+    def _take(self, items: list[Item]) -> None:
+        core = self._core
+        for item in items:
+            if type(item) is list:
+                # Through the core, so frames wait while it is reconnecting.
+                core.send_unconfirmed(item)
+            else:
+                self._call(item)  # type: ignore[arg-type]
 
     def _call(self, fn: Callable[[], object]) -> None:
         try:
