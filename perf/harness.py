@@ -51,6 +51,7 @@ __all__ = [
     "samples_from_bytes",
     "samples_to_bytes",
     "stamp_payload",
+    "stand_in_channels",
     "worker_context",
 ]
 
@@ -95,6 +96,12 @@ def filler_patterns(kind: str, n: int, *, glob: bool = False) -> list[str]:
     tail = "*" if glob else ">"
     forms = ("fill.{}.*", "*.f{}", f"f{{}}.{tail}")
     return [forms[i % 3].format(i) for i in range(n)]
+
+
+def stand_in_channels(topic: str, n: int) -> list[str]:
+    """``n`` subjects ``chI.<topic>`` for a system without channels: each stands in for
+    one channel, the benchmark's topic in a namespace of its own that it never matches."""
+    return [f"ch{i}.{topic}" for i in range(n)]
 
 
 def samples_to_bytes(samples: array[int]) -> bytes:

@@ -14,6 +14,7 @@ import logging
 import os
 import platform
 import re
+import shlex
 import sys
 import time
 from collections.abc import Sequence
@@ -105,8 +106,30 @@ def _machine() -> dict[str, Any]:
         "kernel": platform.release(),
         "python": f"{platform.python_implementation()} {platform.python_version()}",
         "versions": versions,
+        "peer_config": _peer_config(),
         "note": "broker/servers, publishers and subscribers all share these cores",
     }
+
+
+def _peer_config() -> dict[str, Any]:
+    """What the peers' clients really run with, not only what is installed: whether
+    redis-py parses with hiredis, and the event loop the nats-py roles create."""
+    out: dict[str, Any] = {}
+    try:
+        import redis.connection
+        import redis.utils
+    except ImportError:
+        out["redis_hiredis"] = None
+    else:
+        out["redis_hiredis"] = bool(redis.utils.HIREDIS_AVAILABLE)
+        out["redis_parser"] = redis.connection.DefaultParser.__name__
+    try:
+        from perf.sys_nats import event_loop_name
+
+        out["nats_event_loop"] = event_loop_name()
+    except ImportError:
+        out["nats_event_loop"] = None
+    return out
 
 
 def _zmqbus_source() -> dict[str, Any]:
@@ -461,7 +484,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "profile": profile.name,
         "runs": profile.runs,
         "started": started.isoformat(timespec="seconds"),
-        "command": "python -m perf " + " ".join(sys.argv[1:] if argv is None else argv),
+        "command": shlex.join(["python", "-m", "perf", *(sys.argv[1:] if argv is None else argv)]),
         "machine": _machine(),
         "zmqbus": _zmqbus_source(),
         "label": args.label,
@@ -553,14 +576,18 @@ def _markdown_doc(results: dict[str, Any]) -> str:
         measured += f" at commit {z['commit']}" + (" (modified)" if z.get("modified") else "")
     if results.get("label"):
         measured += f"; {results['label']}"
+    peers = m.get("peer_config", {})
+    loop = peers.get("nats_event_loop") or "?"
+    parser = {True: "in use", False: "NOT in use"}.get(peers.get("redis_hiredis"), "?")
     head = (
-        f"`{results['command'].split(' --label')[0].strip()}`, started {results['started']}: "
+        f"{_code(results['command'])}, started {results['started']}: "
         f"{results['profile']} profile, {results['runs']} run(s) per figure, "
         f"{results['seconds']:.0f} s. Measured: {measured}.\n\n"
         f"Machine: {m['cores']} cores ({m['cpu_model']}), {m['memory']}, Linux {m['kernel']}, "
         f"{m['python']}; {m['note']}. pyzmq {v.get('pyzmq')} (libzmq {v.get('libzmq')}), "
-        f"{v.get('nats-server')} with nats-py {v.get('nats-py')} on uvloop {v.get('uvloop')}, "
-        f"{v.get('redis-server')} with redis-py {v.get('redis')} and hiredis {v.get('hiredis')}."
+        f"{v.get('nats-server')} with nats-py {v.get('nats-py')} on uvloop {v.get('uvloop')} "
+        f"(event loop: {loop}), {v.get('redis-server')} with redis-py {v.get('redis')} and "
+        f"hiredis {v.get('hiredis')} (hiredis parser: {parser})."
         "\n\n"
         "Each cell: median <sub>min-max</sub> over the runs. Ratio columns: zmqbus ÷ the peer, "
         "of the medians <sub>range of the per-run ratios</sub>; for µs, MiB and bytes lower "
@@ -575,6 +602,14 @@ def _markdown_doc(results: dict[str, Any]) -> str:
         + "\n### Targets of issue 4\n\n"
         + report.targets_markdown(results["targets"])
     )
+
+
+def _code(text: str) -> str:
+    """``text`` as inline Markdown code, whatever backticks it holds."""
+    runs = [len(r) for r in re.findall(r"`+", text)]
+    fence = "`" * (max(runs, default=0) + 1)
+    pad = " " if fence != "`" else ""
+    return f"{fence}{pad}{text}{pad}{fence}"
 
 
 if __name__ == "__main__":

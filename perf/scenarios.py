@@ -17,6 +17,7 @@ report "ready" and wait; then all sources get "go" at once. Figures:
 from __future__ import annotations
 
 import contextlib
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -46,7 +47,7 @@ class FigureDef:
     label: str
     unit: str  # msgs/s | MB/s | µs | MiB | B
     better: str = "higher"  # or "lower"
-    per_run: bool = True  # False: measured once per scenario (e.g. memory after setup)
+    per_run: bool = True  # False: measured once per scenario, by its ``prepare``
 
 
 @dataclass
@@ -62,7 +63,7 @@ class Measure:
 
 @dataclass
 class Prepared:
-    """What a scenario's setup left running for one system (fillers) and measured once."""
+    """What a setup left running for one system (fillers), and what it measured."""
 
     values: dict[str, float] = field(default_factory=dict)
     workers: list[Worker] = field(default_factory=list)
@@ -82,6 +83,7 @@ class Env:
         self.profile = profile
         self.servers: dict[str, Server] = {}
         self.prepared: dict[str, Prepared] = {}
+        self._served: set[str] = set()  # systems whose server a fresh_server() run has used
 
     def channel(self, system: str) -> str:
         prep = self.prepared.get(system)
@@ -100,6 +102,18 @@ class Env:
                 srv.stop()
         else:
             yield self.servers[system]
+
+    def fresh_server(self, system: str) -> Server:
+        """A server for ``system`` that no earlier run has used: the scenario's own on the
+        first call, a restarted one after that (a server keeps memory it has freed, so a
+        run's memory figures need a server that no earlier run filled)."""
+        if system in self._served or system not in self.servers:
+            old = self.servers.pop(system, None)
+            if old is not None:
+                old.stop()
+            self.servers[system] = start_server(SYSTEMS[system].server, system)
+        self._served.add(system)
+        return self.servers[system]
 
     def close(self) -> None:
         for prep in self.prepared.values():
@@ -183,13 +197,14 @@ def throughput(
     pattern: str = "",
     max_seconds: float | None = None,
     rss: bool = False,
+    channel: str | None = None,
 ) -> Measure:
     prof = env.profile
     with env.server(system) as srv:
         base = Spec(
             system=system,
             role="",
-            channel=env.channel(system),
+            channel=channel or env.channel(system),
             size=size,
             pattern=pattern,
             max_seconds=max_seconds or prof.max_seconds,
@@ -304,7 +319,8 @@ def reqrep(env: Env, system: str, *, count: int, warmup: int) -> Measure:
 
 
 def _filler(env: Env, system: str, *, kind: str, fill: int) -> Prepared:
-    srv = env.servers[system]
+    """Fillers on a fresh server, and that server's RSS after them (and per filler)."""
+    srv = env.fresh_server(system)
     prep = Prepared(channel=str(uuid.uuid4()))
     before = srv.rss_kib()
     if fill > 0:
@@ -326,11 +342,16 @@ def _filler(env: Env, system: str, *, kind: str, fill: int) -> Prepared:
             raise
     after = srv.rss_kib()
     prep.values["rss_setup_mib"] = after / 1024
-    # Below ~10,000 subscriptions the growth is lost in allocator and page granularity;
-    # a channel (with its connection) costs far more, so 100 of them already show.
-    if fill >= (100 if kind == "channels" else 10_000):
+    if fill >= _per_filler_from(kind):
         prep.values["bytes_per_sub"] = (after - before) * 1024 / fill
     return prep
+
+
+def _per_filler_from(kind: str) -> int:
+    """The fewest fillers whose RSS growth is worth dividing: below ~10,000 subscriptions
+    it is lost in allocator and page granularity; a channel (with its connection) costs
+    far more, so 100 of them already show."""
+    return 100 if kind == "channels" else 10_000
 
 
 # --- the list --------------------------------------------------------------------------
@@ -498,50 +519,55 @@ def _routing(p: Profile, level: int, kind: str) -> Scenario:
         title = f"routing: {level:,} channels"
         desc = (
             f"{level - 1:,} other channels, each with one connection subscribed to the "
-            "benchmark topic; throughput measured in one more channel"
+            "benchmark topic (NATS and Redis: each connection subscribed to a subject of "
+            "its own, ch<N>.bench.data); throughput measured in one more channel"
         )
-        systems: tuple[str, ...] = ZMQBUS_FACES
     else:
         title = f"routing: {level:,} {kind} subscriptions"
         desc = (
             f"{level - 1:,} {kind} subscriptions that never match, held by one connection, "
             f"plus the subscriber's own ({pattern}) in the same channel"
         )
-        systems = ROUTED
+    figures = [
+        FigureDef("rate", "msgs/s", "msgs/s"),
+        FigureDef("rss_setup_mib", "server RSS after setup", "MiB", "lower"),
+    ]
+    if level - 1 >= _per_filler_from(kind):
+        per = "channel" if kind == "channels" else "subscription"
+        figures.append(FigureDef("bytes_per_sub", f"server RSS per {per}", "B", "lower"))
 
-    def prepare(env: Env, system: str) -> Prepared:
-        return _filler(env, system, kind=kind, fill=level - 1)
-
+    # Each run sets up its own fillers on a fresh server, so every memory figure, like
+    # every other, is a median over the runs with a ratio per run.
     def run(env: Env, system: str) -> Measure:
-        return throughput(
-            env,
-            system,
-            count=p.routing_count,
-            pattern=pattern,
-            max_seconds=p.routing_max_seconds,
-            rss=True,
-        )
+        t0 = time.monotonic()
+        prep = _filler(env, system, kind=kind, fill=level - 1)
+        setup = time.monotonic() - t0
+        try:
+            m = throughput(
+                env,
+                system,
+                count=p.routing_count,
+                pattern=pattern,
+                max_seconds=p.routing_max_seconds,
+                rss=True,
+                channel=prep.channel,
+            )
+        finally:
+            prep.close()
+        m.values.update(prep.values)
+        m.info["setup_seconds"] = round(setup, 2)
+        return m
 
     return Scenario(
         f"routing_{kind}_{level}",
         title,
-        desc + f"; {p.routing_count:,} messages per run (at most {p.routing_max_seconds:g} s)",
+        f"{desc}, set up again on a fresh server for every run; {p.routing_count:,} "
+        f"messages per run (at most {p.routing_max_seconds:g} s)",
         ("sink", "source", "filler"),
-        systems,
-        [
-            FigureDef("rate", "msgs/s", "msgs/s"),
-            FigureDef("rss_setup_mib", "server RSS after setup", "MiB", "lower", per_run=False),
-            FigureDef(
-                "bytes_per_sub",
-                "server RSS per " + ("channel" if kind == "channels" else "subscription"),
-                "B",
-                "lower",
-                per_run=False,
-            ),
-        ],
+        ROUTED,
+        figures,
         run,
         _lossless_under_hwm(p.routing_count),
-        prepare=prepare,
         params={"level": level, "kind": kind, "count": p.routing_count},
     )
 

@@ -15,6 +15,7 @@ the publisher awaits the reply (``nc.request``). A pipelined confirmer runs
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import socket
 from array import array
 from collections.abc import Awaitable, Callable, Coroutine
@@ -31,20 +32,34 @@ from perf.harness import (
     read_stamp,
     samples_to_bytes,
     stamp_payload,
+    stand_in_channels,
 )
 
-__all__ = ["confirmer", "filler", "pinger", "reqrep", "sink", "source"]
+__all__ = ["confirmer", "event_loop_name", "filler", "pinger", "reqrep", "sink", "source"]
 
 _PENDING_MSGS = 50_000_000
 _PENDING_BYTES = 16 << 30
 _IDLE = 0.25
 
 
-def _run(coro: Coroutine[Any, Any, None]) -> None:
+def _new_loop() -> asyncio.AbstractEventLoop:
     import uvloop
 
-    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+    return uvloop.new_event_loop()
+
+
+def _run(coro: Coroutine[Any, Any, None]) -> None:
+    with asyncio.Runner(loop_factory=_new_loop) as runner:
         runner.run(coro)
+
+
+def event_loop_name() -> str:
+    """The class of the event loop the roles run on (``uvloop.Loop``), made as they make it."""
+    loop = _new_loop()
+    try:
+        return f"{type(loop).__module__}.{type(loop).__qualname__}"
+    finally:
+        loop.close()
 
 
 async def _connect(spec: Spec) -> Any:
@@ -263,24 +278,48 @@ def reqrep(spec: Spec, ctl: Ctl) -> None:
 
 def filler(spec: Spec, ctl: Ctl) -> None:
     """Install ``spec.fill`` subscriptions over one raw protocol connection: pipelined
-    SUB lines, then PING; the server's PONG says all of them are in place."""
+    SUB lines, then PING; the server's PONG says all of them are in place. For
+    ``channels``, ``spec.fill`` raw connections instead, each subscribed to a subject
+    of its own (``stand_in_channels``): NATS has no channels, and a zmqbus channel is a
+    namespace with a connection of its own."""
     url = urlsplit(spec.address)
-    with socket.create_connection((url.hostname or "127.0.0.1", url.port or 4222), 10) as s:
-        s.settimeout(60)
-        _read_until(s, b"\r\n")  # INFO
-        s.sendall(b'CONNECT {"verbose":false,"pedantic":false,"name":"perf-filler"}\r\n')
-        patterns = filler_patterns(spec.fill_kind, spec.fill)
-        for lo in range(0, len(patterns), 5000):
-            lines = [
-                f"SUB {pat} {sid}\r\n".encode()
-                for sid, pat in enumerate(patterns[lo : lo + 5000], lo + 1)
-            ]
-            s.sendall(b"".join(lines))
-        s.sendall(b"PING\r\n")
-        _read_until(s, b"PONG\r\n")
-        ctl.ready(installed=len(patterns))
+    where = (url.hostname or "127.0.0.1", url.port or 4222)
+    with contextlib.ExitStack() as stack:
+        if spec.fill_kind == "channels":
+            subjects = stand_in_channels(spec.topic, spec.fill)
+            socks = [stack.enter_context(socket.create_connection(where, 10)) for _ in subjects]
+            # All connected first and all PONGs read last: no channel waits for a round
+            # trip of its own (each INFO is already waiting when it is read).
+            for s, subject in zip(socks, subjects, strict=True):
+                _hello(s)
+                s.sendall(f"SUB {subject} 1\r\nPING\r\n".encode())
+            for s in socks:
+                _read_until(s, b"PONG\r\n")
+            installed = len(subjects)
+        else:
+            s = stack.enter_context(socket.create_connection(where, 10))
+            socks = [s]
+            _hello(s)
+            patterns = filler_patterns(spec.fill_kind, spec.fill)
+            for lo in range(0, len(patterns), 5000):
+                lines = [
+                    f"SUB {pat} {sid}\r\n".encode()
+                    for sid, pat in enumerate(patterns[lo : lo + 5000], lo + 1)
+                ]
+                s.sendall(b"".join(lines))
+            s.sendall(b"PING\r\n")
+            _read_until(s, b"PONG\r\n")
+            installed = len(patterns)
+        ctl.ready(installed=installed, connections=len(socks))
         ctl.wait_stop()
         ctl.result()
+
+
+def _hello(s: socket.socket) -> None:
+    """Read the server's INFO and send CONNECT on a raw connection."""
+    s.settimeout(60)
+    _read_until(s, b"\r\n")
+    s.sendall(b'CONNECT {"verbose":false,"pedantic":false,"name":"perf-filler"}\r\n')
 
 
 def _read_until(s: socket.socket, marker: bytes) -> bytes:

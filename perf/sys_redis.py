@@ -28,6 +28,7 @@ from perf.harness import (
     read_stamp,
     samples_to_bytes,
     stamp_payload,
+    stand_in_channels,
 )
 
 __all__ = ["confirmer", "filler", "pinger", "sink", "source"]
@@ -36,10 +37,13 @@ _IDLE = 0.25
 _MESSAGE_TYPES = frozenset({b"message", b"pmessage", "message", "pmessage"})
 
 
-def _client(spec: Spec) -> Any:
+def _client(spec: Spec, connections: int = 100) -> Any:
+    """A client whose pool may open ``connections`` (redis-py's default cap is 100)."""
     import redis
 
-    return redis.Redis.from_url(spec.address, socket_connect_timeout=10)
+    return redis.Redis.from_url(
+        spec.address, socket_connect_timeout=10, max_connections=connections
+    )
 
 
 def _subscribe(client: Any, patterns: list[str], *, glob: bool, timeout: float = 30.0) -> Any:
@@ -232,17 +236,24 @@ def filler(spec: Spec, ctl: Ctl) -> None:
     """Hold ``spec.fill`` channel subscriptions (exact: one connection) or glob patterns
     (wildcard: 1,000 per connection; Redis 7.0 keeps a client's patterns in a list and
     searches it on every PSUBSCRIBE, so 100,000 on one connection take many minutes to
-    install, a cost of setup rather than of routing)."""
-    r = _client(spec)
-    glob = spec.fill_kind == "wildcard"
-    patterns = filler_patterns(spec.fill_kind, spec.fill, glob=glob)
-    per_conn = 1000 if glob else max(1, len(patterns))
-    subs = [
-        _subscribe(r, patterns[lo : lo + per_conn], glob=glob, timeout=spec.timeout)
-        for lo in range(0, len(patterns), per_conn)
-    ]
+    install, a cost of setup rather than of routing). For ``channels``, ``spec.fill``
+    connections, each subscribed to a Redis channel of its own (``stand_in_channels``):
+    a zmqbus channel is a namespace with a connection of its own."""
+    if spec.fill_kind == "channels":
+        groups = [[name] for name in stand_in_channels(spec.topic, spec.fill)]
+        glob = False
+    else:
+        glob = spec.fill_kind == "wildcard"
+        patterns = filler_patterns(spec.fill_kind, spec.fill, glob=glob)
+        per_conn = 1000 if glob else max(1, len(patterns))
+        groups = [patterns[lo : lo + per_conn] for lo in range(0, len(patterns), per_conn)]
+    r = _client(spec, connections=max(100, len(groups)))
+    subs: list[Any] = []
     try:
-        ctl.ready(installed=len(patterns), connections=len(subs))
+        # Each PubSub takes a connection of its own from the client's pool.
+        for group in groups:
+            subs.append(_subscribe(r, group, glob=glob, timeout=spec.timeout))
+        ctl.ready(installed=sum(len(g) for g in groups), connections=len(subs))
         ctl.wait_stop()
         ctl.result()
     finally:
