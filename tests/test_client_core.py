@@ -490,6 +490,34 @@ def test_next_deadline() -> None:
     assert core.next_deadline() is None
 
 
+def test_deadlines_given_out_of_order_expire_in_order() -> None:
+    core = Pair().add(b"c")
+    deadlines = [5.0, 3.0, 7.0, 3.5, 10.0, 1.0, 7.0]
+    futs = [publish(core, "t", deadline=d) for d in deadlines]
+    for now in (0.5, 1.0, 3.2, 3.5, 6.0, 7.0, 9.9, 10.0):
+        core.expire(now)
+        assert [f.done() for f in futs] == [d <= now for d in deadlines], now
+        left = [d for d in deadlines if d > now]
+        assert core.next_deadline() == (min(left) if left else None)
+
+
+@pytest.mark.parametrize("first", [5.0, 1e9], ids=["in-order", "out-of-order"])
+def test_finished_deadlines_do_not_pile_up_behind_a_pending_one(first: float) -> None:
+    pair = Pair()
+    core = pair.add(b"c")
+    pair.subscribe(core, ListSink(">"))
+    stuck = publish(core, "t", deadline=first)  # never sent: stays pending
+    core.outbox.clear()
+    for _ in range(20):
+        futs = [publish(core, "t", deadline=5.0) for _ in range(500)]
+        pair.pump()
+        assert all(f.done() for f in futs)
+    assert not stuck.done()
+    # 10,000 publishes finished behind the pending one: their deadline entries
+    # were dropped along the way, not kept until it expires.
+    assert len(core._timers_fifo) + len(core._timers) < 2_100
+
+
 def test_ok_carrying_a_publish_ref_does_not_lose_the_publish() -> None:
     # A broker answering a confirmed publish's ref with OK is broken, but the
     # publish waiter must still end: at the latest when its deadline passes.

@@ -208,6 +208,11 @@ class ClientCore:
         self.counters: Counter[str] = Counter()
         self._hello: tuple[Waiter, float] | None = None
         self._pending: dict[bytes, _Publish | _Request | _Call] = {}
+        # Deadlines by ref (b"": the handshake). Nearly all arrive in order (one
+        # timeout for every publish), so they queue in a deque, O(1) each way; one
+        # earlier than the deque's last goes to a heap. Finished entries stay until
+        # they surface.
+        self._timers_fifo: deque[tuple[float, bytes]] = deque()
         self._timers: list[tuple[float, bytes]] = []
         self._acks: dict[int, _AckState] = {}
         self._sinks: dict[bytes, Sink] = {}  # sid -> sink
@@ -373,6 +378,7 @@ class ClientCore:
         for item in pending.values():
             _settle(item.waiter, exc=exc)
         self._timers.clear()
+        self._timers_fifo.clear()
         for state in self._acks.values():
             state.errors.append("subscribing bus closed before its handler finished")
             self._send_ack(state.token, state.delivered, state.dropped, state.errors)
@@ -458,12 +464,21 @@ class ClientCore:
     def next_deadline(self) -> float | None:
         """The earliest deadline of anything pending or due (heartbeat, liveness,
         reconnect), or None: then the driver may block indefinitely."""
-        timers = self._timers
+        pending = self._pending
         best: float | None = None
+        fifo = self._timers_fifo
+        while fifo:
+            deadline, ref = fifo[0]
+            if ref in pending or (not ref and self._hello is not None):
+                best = deadline
+                break
+            fifo.popleft()
+        timers = self._timers
         while timers:
             deadline, ref = timers[0]
-            if ref in self._pending or (not ref and self._hello is not None):
-                best = deadline
+            if ref in pending or (not ref and self._hello is not None):
+                if best is None or deadline < best:
+                    best = deadline
                 break
             heapq.heappop(timers)
         for t in self._duties():
@@ -495,9 +510,14 @@ class ClientCore:
                 self.want_socket = True
         elif self.state == "rejoining" and self._welcome_by is not None and now >= self._welcome_by:
             self._lost(now, "no WELCOME from the broker")
-        timers = self._timers
-        while timers and timers[0][0] <= now:
-            _, ref = heapq.heappop(timers)
+        fifo, timers = self._timers_fifo, self._timers
+        while True:
+            if fifo and fifo[0][0] <= now:
+                ref = fifo.popleft()[1]
+            elif timers and timers[0][0] <= now:
+                ref = heapq.heappop(timers)[1]
+            else:
+                break
             if not ref:
                 if self._hello is not None and self.state == "joining":
                     waiter, timeout = self._hello
@@ -823,10 +843,18 @@ class ClientCore:
         return self._seq.to_bytes(8, "big")
 
     def _timer(self, deadline: float, ref: bytes) -> None:
+        fifo = self._timers_fifo
+        pending = self._pending
+        if not fifo or deadline >= fifo[-1][0]:
+            fifo.append((deadline, ref))
+            # Finished entries wait behind a long one at the front; drop them when they
+            # dominate, so memory follows what is pending.
+            if len(fifo) > 1024 and len(fifo) > 4 * (len(pending) + 1):
+                self._timers_fifo = deque(t for t in fifo if t[1] in pending or not t[1])
+            return
         heapq.heappush(self._timers, (deadline, ref))
-        # Finished entries stay in the heap until they surface; rebuild when they dominate.
-        if len(self._timers) > 1024 and len(self._timers) > 4 * (len(self._pending) + 1):
-            self._timers = [t for t in self._timers if t[1] in self._pending or not t[1]]
+        if len(self._timers) > 1024 and len(self._timers) > 4 * (len(pending) + 1):
+            self._timers = [t for t in self._timers if t[1] in pending or not t[1]]
             heapq.heapify(self._timers)
 
     def _request(
