@@ -316,6 +316,19 @@ def test_subscribe_and_unsubscribe_answer_ok_with_the_ref(
     assert request(sock, [UNSUBSCRIBE, ch, b"u3", new_sid() + new_sid()]) == [OK, ch, b"u3"]
 
 
+def test_every_pipelined_command_is_answered_in_order(raw_dealer: MakeDealer, ch: bytes) -> None:
+    # Far more than the broker handles in one pass before it sends the replies.
+    sock = raw_dealer()
+    join(sock, ch)
+    refs = [i.to_bytes(4, "big") for i in range(1000)]
+    for ref in refs:
+        sock.send_multipart(
+            [SUBSCRIBE, ch, ref, new_sid(), b"pipelined." + ref.hex().encode(), b""]
+        )
+    got = [sock.recv_multipart() for _ in refs]
+    assert got == [[OK, ch, ref] for ref in refs]
+
+
 def test_unconfirmed_publish_is_delivered_with_same_topic_and_body(
     raw_dealer: MakeDealer, ch: bytes
 ) -> None:

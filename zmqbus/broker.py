@@ -9,7 +9,7 @@ import os
 import threading
 import time
 from types import TracebackType
-from typing import Any
+from typing import Any, cast
 
 import zmq
 
@@ -25,6 +25,11 @@ log = logging.getLogger("zmqbus.broker")
 DEFAULT_BIND = "tcp://127.0.0.1:9090"
 
 _BYE_LINGER_MS = 200
+# Messages handled per pass before replies go out: bounds their wait behind a flood.
+_DRAIN = 256
+_EVENTS = int(zmq.EVENTS)
+_POLLIN = int(zmq.POLLIN)
+_get = zmq.backend.Socket.get
 
 
 class Broker:
@@ -201,16 +206,28 @@ class Broker:
                         self._flush(router, outbox)
                     if frames is None:
                         continue
-                    if frames[0] == control_id:
-                        state.bye_all()
-                        self._flush(router, outbox)
-                        break
-                    handle(frames[0], frames[1:])
-                    # Replies go out after each message: waiting for more costs a
-                    # lone message's latency, and a BATCH's replies join anyway.
+                    stopping = False
+                    handled = 0
+                    while True:
+                        if frames[0] == control_id:
+                            stopping = True
+                            break
+                        handle(frames[0], frames[1:])
+                        handled += 1
+                        # Handle what already waits before sending: its replies then
+                        # share sends (and the wake-ups of libzmq's I/O thread, ~70 us
+                        # of CPU each when messages come one at a time). A lone
+                        # message costs one EVENTS read more, not a wait.
+                        if handled == _DRAIN or not cast(int, _get(router, _EVENTS)) & _POLLIN:
+                            break
+                        frames = recv_routed(router)
                     if outbox:
                         coalesce()
                         self._flush(router, outbox)
+                    if stopping:
+                        state.bye_all()
+                        self._flush(router, outbox)
+                        break
         except Exception:
             log.exception("broker loop failed")
         finally:
