@@ -25,8 +25,9 @@ log = logging.getLogger("zmqbus.broker")
 DEFAULT_BIND = "tcp://127.0.0.1:9090"
 
 _BYE_LINGER_MS = 200
-# Messages handled per pass before replies go out: bounds their wait behind a flood.
+# Messages handled, and replies made, per pass before the replies go out.
 _DRAIN = 256
+_DRAIN_OUT = 128
 _EVENTS = int(zmq.EVENTS)
 _POLLIN = int(zmq.POLLIN)
 _get = zmq.backend.Socket.get
@@ -214,11 +215,16 @@ class Broker:
                             break
                         handle(frames[0], frames[1:])
                         handled += 1
-                        # Handle what already waits before sending: its replies then
-                        # share sends (and the wake-ups of libzmq's I/O thread, ~70 us
-                        # of CPU each when messages come one at a time). A lone
-                        # message costs one EVENTS read more, not a wait.
-                        if handled == _DRAIN or not cast(int, _get(router, _EVENTS)) & _POLLIN:
+                        # Small messages that already wait are handled before sending:
+                        # their replies then share sends (and the wake-ups of libzmq's
+                        # I/O thread, ~70 us of CPU each when messages come one at a
+                        # time). Once the replies are many, they go: holding a batch's
+                        # deliveries back while handling the next slows the pipeline.
+                        if (
+                            handled == _DRAIN
+                            or len(outbox) >= _DRAIN_OUT
+                            or not cast(int, _get(router, _EVENTS)) & _POLLIN
+                        ):
                             break
                         frames = recv_routed(router)
                     if outbox:
