@@ -1047,6 +1047,9 @@ def pack_message(msg_id: bytes, ts_ns: int, headers: Mapping[str, str], payload:
     return _packb([msg_id, msgpack.Timestamp.from_unix_nano(ts_ns), headers, payload])
 
 
+_unpackb = msgpack.unpackb
+
+
 def _unpack(body: bytes, what: str) -> Any:
     try:
         return msgpack.unpackb(body, raw=False, timestamp=3, strict_map_key=True)
@@ -1066,7 +1069,26 @@ def message_fields(body: bytes) -> tuple[bytes, datetime, dict[str, str], bytes]
     """``unpack_message`` as a plain tuple (id as its 16 raw bytes, timestamp,
     headers, payload): the receive path's form, which leaves building the
     ``uuid.UUID`` to whoever reads the id."""
-    return _fields(_unpack(body, "message"))
+    # One call per delivered message: the common body (no headers) is checked
+    # inline, anything else by _fields, which also words the errors.
+    try:
+        obj = _unpackb(body, raw=False, timestamp=3, strict_map_key=True)
+    except Exception as exc:  # msgpack raises several unrelated types for bad input
+        raise ProtocolError(
+            ErrorCode.BAD_BODY, f"message body is not valid msgpack: {exc}"
+        ) from None
+    if type(obj) is list and len(obj) >= 4:
+        msg_id, ts, headers, payload = obj[0], obj[1], obj[2], obj[3]
+        if (
+            type(msg_id) is bytes
+            and len(msg_id) == 16
+            and type(ts) is datetime
+            and type(headers) is dict
+            and not headers
+            and type(payload) is bytes
+        ):
+            return msg_id, ts, headers, payload
+    return _fields(obj)
 
 
 def _fields(obj: Any) -> tuple[bytes, datetime, dict[str, str], bytes]:
