@@ -546,6 +546,39 @@ def test_message_body_is_what_msgpack_packs(
     assert p.pack_message(msg_id, ts_ns, headers, payload) == expected
 
 
+@SETTINGS
+@given(ids, timestamps_ns, header_maps, payloads)
+def test_message_fields_agree_with_unpack_message(
+    msg_id: bytes, ts_ns: int, headers: dict[str, str], payload: bytes
+) -> None:
+    # message_fields checks the common body inline; it must decode what
+    # unpack_message decodes, with or without headers.
+    body = p.pack_message(msg_id, ts_ns, headers, payload)
+    mb = p.unpack_message(body)
+    assert p.message_fields(body) == (msg_id, mb.timestamp, mb.headers, mb.payload)
+
+
+@pytest.mark.parametrize(
+    "obj",
+    [
+        [b"\1" * 15, msgpack.Timestamp(5, 0), {}, b""],
+        [b"\1" * 16, 5, {}, b""],
+        [b"\1" * 16, msgpack.Timestamp(5, 0), [], b""],
+        [b"\1" * 16, msgpack.Timestamp(5, 0), {"k": 1}, b""],
+        [b"\1" * 16, msgpack.Timestamp(5, 0), {}, "text"],
+        [b"\1" * 16, msgpack.Timestamp(5, 0), {}],
+        {"id": b"\1" * 16},
+    ],
+)
+def test_message_fields_refuse_what_unpack_message_refuses(obj: Any) -> None:
+    body = msgpack.packb(obj, use_bin_type=True)
+    with pytest.raises(ProtocolError) as expected:
+        p.unpack_message(body)
+    with pytest.raises(ProtocolError) as got:
+        p.message_fields(body)
+    assert (got.value.code, got.value.detail) == (expected.value.code, expected.value.detail)
+
+
 def test_message_timestamp_examples() -> None:
     def ts(ns: int) -> datetime:
         return p.unpack_message(p.pack_message(b"\0" * 16, ns, {}, b"")).timestamp
