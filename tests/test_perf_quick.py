@@ -132,3 +132,23 @@ def test_latency_samples_and_outputs(quick_results: dict[str, Any]) -> None:
     for chart in ("latency", "throughput", "payloads", "routing"):
         png = out / "quick-charts" / f"{chart}.png"
         assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", png
+
+
+def _stats(median: float) -> dict[str, Any]:
+    return {"stats": {"rtt.p50": {"median": median}, "rtt.p99": {"median": median}}}
+
+
+def test_targets_say_whether_request_reply_was_measured() -> None:
+    from perf.report import targets
+
+    def notes(results: dict[str, Any]) -> list[str]:
+        return [r["note"] for r in targets(results) if r["target"].startswith("request/reply")]
+
+    # A run of other scenarios only: nothing to say about request/reply.
+    assert notes({"scenarios": []}) == ["not measured in this run"] * 2
+    # A run that measured it: zmqbus has it, or it has none.
+    ran = {"key": "reqrep", "systems": {"nats": _stats(300.0)}, "params": {}}
+    assert notes({"scenarios": [ran]}) == ["this zmqbus has no request/reply: not measurable"] * 2
+    ran["systems"]["zmqbus"] = _stats(600.0)
+    rows = [r for r in targets({"scenarios": [ran]}) if r["target"].startswith("request/reply")]
+    assert [(r["ratio"], r["met"], r["note"]) for r in rows] == [(2.0, False, "")] * 2
