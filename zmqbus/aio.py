@@ -405,12 +405,14 @@ class Bus(BusBase):
         body = self._encode(payload, headers)
         timeout = _validate.timeout(timeout)
         if not confirm:
-            # Backpressure: wait while the socket refuses a full backlog (broker not reading).
-            while self._backlog() >= self._hwm and not self._closed:
-                self._room.clear()
-                self._pump_soon()
-                await self._room.wait()
-            self._check()
+            # Backpressure: wait while the socket refuses a full backlog (broker not
+            # reading). The sum of both queues bounds the backlog, cheaply checked first.
+            if len(self._out) + len(self._core.outbox) >= self._hwm:
+                while self._backlog() >= self._hwm and not self._closed:
+                    self._room.clear()
+                    self._pump_soon()
+                    await self._room.wait()
+                self._check()
             self._core.publish(topic_b, body, None, 0.0, timeout)
             self._send_soon()
             return _UNCONFIRMED
