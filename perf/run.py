@@ -180,7 +180,7 @@ def _program_version(prog: str, flag: str) -> str:
 def _summary(sc: Scenario, m: Measure) -> str:
     parts = []
     for fig in sc.figures:
-        if fig.per_run and fig.key in m.values:
+        if fig.key in m.values:
             parts.append(f"{report.fmt_value(m.values[fig.key], fig.unit)} {fig.unit}")
             if fig.unit == "µs" and len(parts) >= 2:
                 break
@@ -224,7 +224,6 @@ def run_scenario(
                 "label": f.label,
                 "unit": f.unit,
                 "better": f.better,
-                "per_run": f.per_run,
             }
             for f in sc.figures
         ],
@@ -243,17 +242,6 @@ def run_scenario(
                 env.servers[s] = start_server(sysdef.server, s)
             except Exception as exc:
                 setup_errors[s] = f"server did not start: {exc}"
-        if sc.prepare is not None:
-            for s in active:
-                if s in setup_errors:
-                    continue
-                progress.step(f"{sc.title} · {SYSTEMS[s].label} · setup")
-                try:
-                    env.prepared[s] = sc.prepare(env, s)
-                    progress.finish("ready")
-                except Exception as exc:
-                    setup_errors[s] = f"setup failed: {exc}"
-                    progress.finish(f"FAILED: {exc}")
         for i in range(profile.runs):
             for s in active:
                 if s in setup_errors:
@@ -278,7 +266,6 @@ def run_scenario(
                 )
                 progress.finish(_summary(sc, m))
     finally:
-        env_prepared = {s: p.values for s, p in env.prepared.items()}
         env.close()
     for s in active:
         if s in setup_errors:
@@ -294,18 +281,13 @@ def run_scenario(
         ok_runs = [r for r in runs[s] if "error" not in r]
         st: dict[str, Any] = {}
         for fig in sc.figures:
-            if fig.per_run:
-                vals = [r["values"][fig.key] for r in ok_runs if fig.key in r["values"]]
-            else:
-                fixed = env_prepared.get(s, {})
-                vals = [fixed[fig.key]] if fig.key in fixed else []
+            vals = [r["values"][fig.key] for r in ok_runs if fig.key in r["values"]]
             st[fig.key] = report.stats(vals)
         losses = [r["loss"] for r in ok_runs if r["loss"] is not None]
         out["systems"][s] = {
             "runs": runs[s],
             "stats": {k: v for k, v in st.items() if v is not None},
             "failed_runs": len(runs[s]) - len(ok_runs),
-            "fixed": env_prepared.get(s, {}),
             "lossless_promised": sc.lossless(s),
             "loss_total": sum(losses) if losses else None,
             "errors_total": sum(int(r["errors"]) for r in ok_runs),
@@ -360,12 +342,11 @@ def _ratios(
             if not zs or not ps or not ps["median"]:
                 continue
             per_run = []
-            if fig.per_run:
-                for zr, pr in zip(runs.get(base, []), runs.get(peer, []), strict=False):
-                    zv = zr.get("values", {}).get(fig.key)
-                    pv = pr.get("values", {}).get(fig.key)
-                    if zv is not None and pv:
-                        per_run.append(zv / pv)
+            for zr, pr in zip(runs.get(base, []), runs.get(peer, []), strict=False):
+                zv = zr.get("values", {}).get(fig.key)
+                pv = pr.get("values", {}).get(fig.key)
+                if zv is not None and pv:
+                    per_run.append(zv / pv)
             ratio = zs["median"] / ps["median"]
             figs[fig.key] = {
                 "ratio": ratio,
@@ -470,7 +451,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             and s not in unavailable
             and all(SYSTEMS[s].has(r) for r in sc.roles)
         )
-        total += n_sys * profile.runs + (n_sys if sc.prepare else 0)
+        total += n_sys * profile.runs
     progress = Progress(total)
     started = datetime.now(UTC)
     t0 = time.monotonic()

@@ -47,7 +47,6 @@ class FigureDef:
     label: str
     unit: str  # msgs/s | MB/s | µs | MiB | B
     better: str = "higher"  # or "lower"
-    per_run: bool = True  # False: measured once per scenario, by its ``prepare``
 
 
 @dataclass
@@ -82,13 +81,9 @@ class Env:
     def __init__(self, profile: Profile) -> None:
         self.profile = profile
         self.servers: dict[str, Server] = {}
-        self.prepared: dict[str, Prepared] = {}
         self._served: set[str] = set()  # systems whose server a fresh_server() run has used
 
     def channel(self, system: str) -> str:
-        prep = self.prepared.get(system)
-        if prep is not None and prep.channel:
-            return prep.channel
         return str(uuid.uuid4())
 
     @contextlib.contextmanager
@@ -116,16 +111,12 @@ class Env:
         return self.servers[system]
 
     def close(self) -> None:
-        for prep in self.prepared.values():
-            prep.close()
-        self.prepared.clear()
         for srv in self.servers.values():
             srv.stop()
         self.servers.clear()
 
 
 RunFn = Callable[[Env, str], Measure]
-PrepareFn = Callable[[Env, str], Prepared]
 
 
 @dataclass
@@ -138,7 +129,6 @@ class Scenario:
     figures: list[FigureDef]
     run: RunFn
     lossless: Callable[[str], bool] = lambda system: False  # zero loss promised?
-    prepare: PrepareFn | None = None
     params: dict[str, Any] = field(default_factory=dict)
 
 

@@ -84,9 +84,8 @@ def test_every_scenario_completes(quick_results: dict[str, Any]) -> None:
             assert sysres["failed_runs"] == 0, (where, sysres.get("setup_error"), sysres["runs"])
             assert len(sysres["runs"]) == QUICK.runs, where
             for fig in sc.figures:
-                if fig.per_run or fig.key != "bytes_per_sub":
-                    assert fig.key in sysres["stats"], (where, fig.key)
-                    assert sysres["stats"][fig.key]["median"] > 0, (where, fig.key)
+                assert fig.key in sysres["stats"], (where, fig.key)
+                assert sysres["stats"][fig.key]["median"] > 0, (where, fig.key)
     assert not quick_results["failures"]
     assert not quick_results["unavailable"]
 
