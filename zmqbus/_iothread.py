@@ -40,6 +40,14 @@ _POLLIN = int(zmq.POLLIN)
 _EVENTS = int(zmq.EVENTS)
 _get = zmq.backend.Socket.get
 _BATCH = 256
+# While submits keep the thread from ever blocking in poll, it still reads the
+# socket at least this often (seconds): heartbeats and replies must not wait for
+# a lull in sending, or a busy publisher would take a live broker for dead.
+_READ_EVERY = 0.001
+# Longest run of reading before the loop looks at its deadlines (seconds).
+_READ_SECONDS = 0.005
+# Submitted items taken per pass of the loop.
+_TAKE = 4096
 _COUNTS = p.BROKER_FRAME_COUNTS
 
 Item = Callable[[], object] | list[bytes]
@@ -192,10 +200,12 @@ class IOThread:
         polling_out = False
         out = self._out
         lock = self._lock
+        read_by = 0.0
         try:
             while True:
                 queue = self._queue
-                items = [queue.popleft() for _ in range(len(queue))]
+                # A bounded share per pass, so that reading gets its turn (below).
+                items = [queue.popleft() for _ in range(min(len(queue), _TAKE))]
                 with lock:
                     if items and len(items) + self._backlog >= self._limit:
                         self._room.notify_all()
@@ -212,16 +222,27 @@ class IOThread:
                 now = time.monotonic()
                 deadline = core.next_deadline()
                 if deadline is not None and deadline <= now:
-                    core.expire(now)
+                    # Read what waits first: a heartbeat that arrived during a long
+                    # pass of sending is no silence of the broker's.
+                    if cast(int, _get(self._sock, _EVENTS)) & _POLLIN:
+                        self._recv()
+                    core.expire(time.monotonic())
                     continue
                 sock = self._sock
                 with lock:
                     # Armed first, then the last look: a submit that appends after
                     # this look sees the thread armed and rings.
                     self._armed = True
-                    if self._queue or self._stopping:
+                    busy = bool(self._queue) or self._stopping
+                    if busy:
                         self._armed = False
-                        continue
+                if busy:
+                    if now >= read_by:
+                        read_by = now + _READ_EVERY
+                        if cast(int, _get(sock, _EVENTS)) & _POLLIN:
+                            self._recv()
+                    continue
+                read_by = 0.0
                 want_out = bool(out)
                 if want_out != polling_out:
                     poller.modify(sock, zmq.POLLIN | zmq.POLLOUT if want_out else zmq.POLLIN)
@@ -287,12 +308,17 @@ class IOThread:
     def _recv(self) -> None:
         sock = self._sock
         receive = self._core.receive
+        clock = time.monotonic
+        # Bounded in time too: a run of big batches must not hold back heartbeats.
+        until = clock() + _READ_SECONDS
         try:
             for i in range(_BATCH):
                 # After the first message, ask whether another waits before reading:
                 # a read that finds none raises zmq.Again (~8 us), EVENTS costs ~3 us,
                 # and a lone message is the common case when latency matters.
                 if i == 1 and not cast(int, _get(sock, _EVENTS)) & _POLLIN:
+                    break
+                if i and clock() > until:
                     break
                 try:
                     frames = recv_counted(sock, _COUNTS)

@@ -52,6 +52,8 @@ AsyncHandler = Callable[[Message], Awaitable[Any] | Any]
 _POLLIN = int(zmq.POLLIN)
 _POLLOUT = int(zmq.POLLOUT)
 _BATCH = 256
+# Longest run of reading before other callbacks get the loop (seconds).
+_READ_SECONDS = 0.005
 _COUNTS = p.BROKER_FRAME_COUNTS
 # Grace beyond a call's own timeout before the caller stops waiting regardless;
 # the core's deadline normally fires first.
@@ -621,26 +623,35 @@ class Bus(BusBase):
         self._arm_timer()
 
     def _on_events(self) -> None:
-        sock = self._sock
-        if sock is None:
+        if self._sock is None:
             return
+        if self._read() and self._loop is not None:
+            # Batch used up: yield to other tasks, then go on draining.
+            self._loop.call_soon(self._on_events)
+        self._pump()
+
+    def _read(self) -> bool:
+        """Receive what waits, up to a batch or a few milliseconds (a run of big
+        batches must not hold back the loop's timers); True if more may wait."""
+        sock = self._sock
+        assert sock is not None
         receive = self._core.receive
-        for _ in range(_BATCH):
+        clock = time.monotonic
+        until = clock() + _READ_SECONDS
+        for i in range(_BATCH):
             if not _events(sock) & _POLLIN:
-                break
+                return False
+            if i and clock() > until:
+                return True
             try:
                 frames = recv_counted(sock, _COUNTS)
             except zmq.Again:
-                break
+                return False
             try:
                 receive(frames)
             except Exception:
                 log.exception("error handling a message from the broker")
-        else:
-            # Batch used up: yield to other tasks, then go on draining.
-            assert self._loop is not None
-            self._loop.call_soon(self._on_events)
-        self._pump()
+        return True
 
     def _arm_timer(self) -> None:
         deadline = self._core.next_deadline()
@@ -660,5 +671,9 @@ class Bus(BusBase):
     def _on_timer(self) -> None:
         self._timer = None
         self._timer_at = None
+        # Read what waits first: a heartbeat still unread is no silence of the broker's.
+        sock = self._sock
+        if sock is not None and _events(sock) & _POLLIN and self._read() and self._loop:
+            self._loop.call_soon(self._on_events)
         self._core.expire(time.monotonic())
         self._pump()

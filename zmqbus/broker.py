@@ -28,6 +28,9 @@ _BYE_LINGER_MS = 200
 # Messages handled, and replies made, per pass before the replies go out.
 _DRAIN = 256
 _DRAIN_OUT = 128
+# ... and for at most this long (seconds): a pass of big batches must not hold
+# back heartbeats and liveness (ticks happen between passes).
+_DRAIN_SECONDS = 0.005
 _EVENTS = int(zmq.EVENTS)
 _POLLIN = int(zmq.POLLIN)
 _get = zmq.backend.Socket.get
@@ -223,6 +226,7 @@ class Broker:
                         if (
                             handled == _DRAIN
                             or len(outbox) >= _DRAIN_OUT
+                            or monotonic() - now > _DRAIN_SECONDS
                             or not cast(int, _get(router, _EVENTS)) & _POLLIN
                         ):
                             break
