@@ -11,6 +11,8 @@ import uuid
 import pytest
 
 from zmqbus import Broker, Bus
+from zmqbus import protocol as p
+from zmqbus._routing import BrokerState
 from zmqbus.aio import Bus as AsyncBus
 
 
@@ -68,3 +70,74 @@ def test_an_asyncio_bus_that_never_stops_sending_still_hears_the_broker() -> Non
     assert not lost.is_set(), "the publisher declared a live broker dead"
     assert (received, dropped) == (sent, 0)
 
+
+# --- DELIVER_BATCH and a peer with more sids than an entry can name ---------------
+
+A = b"A" * 16
+LIMIT = p.MAX_ENTRY_SIDS_BYTES // p.SID_BYTES  # 16,383
+
+
+def _peer_with_subs(state: BrokerState, ident: bytes, count: int) -> None:
+    state.handle(ident, [p.H_HELLO, A, p.pack_hello("t", batch=True)])
+    for sid in range(1, count + 1):
+        state.handle(ident, [p.H_SUBSCRIBE, A, b"s", sid.to_bytes(4, "big"), b"orders.>", b""])
+    state.outbox.clear()
+
+
+@pytest.mark.parametrize("count", [1, LIMIT - 1, LIMIT, LIMIT + 1, 4 * LIMIT])
+def test_deliver_entries_name_any_number_of_sids(count: int) -> None:
+    # 16,384 subscriptions once overflowed the 16-bit sids-length: every
+    # PUBLISH_BATCH on the channel got ERROR 500 and nobody received anything.
+    state = BrokerState()
+    _peer_with_subs(state, b"big", count)
+    state.handle(b"small", [p.H_HELLO, A, p.pack_hello("t", batch=True)])
+    state.handle(b"small", [p.H_SUBSCRIBE, A, b"s", b"\0\0\0\1", b"orders.*", b""])
+    state.handle(b"pub", [p.H_HELLO, A, p.pack_hello("t")])
+    state.outbox.clear()
+    pairs = [(b"orders.a", b"1"), (b"orders.b.c", b"2"), (b"orders.d", b"3")]
+    entries = b"".join(p.pack_publish_entry(t, b) for t, b in pairs)
+    state.handle(b"pub", [p.H_PUBLISH_BATCH, A, entries])
+    got: dict[bytes, list[tuple[bytes, bytes, int]]] = {}
+    for ident, frames in state.outbox:
+        assert frames[0] != p.H_ERROR, p.parse_broker(frames)
+        cmd = p.parse_broker(frames)
+        if isinstance(cmd, p.DeliverBatch):
+            for sids, topic, body in p.unpack_deliver_entries(cmd.entries):
+                got.setdefault(ident, []).append((topic, body, len(sids) // 4))
+        else:
+            assert isinstance(cmd, p.Deliver) and cmd.token == b""
+            got.setdefault(ident, []).append((cmd.topic, cmd.body, len(cmd.sids) // 4))
+    # Every message, in publish order, naming every sid, whichever frame carried it.
+    assert got[b"big"] == [(t, b, count) for t, b in pairs]
+    assert got[b"small"] == [(b"orders.a", b"1", 1), (b"orders.d", b"3", 1)]
+    assert sum(1 for i, f in state.outbox if i == b"big" and f[0] == p.H_DELIVER) == (
+        3 if count > LIMIT else 0
+    )
+
+
+def test_a_deliver_entry_refuses_more_sids_than_its_length_field_holds() -> None:
+    entry = p.pack_publish_entry(b"t", b"")
+    at_limit = p.pack_deliver_entry(b"\0\0\0\1" * LIMIT, entry)
+    assert p.unpack_deliver_entries(at_limit)[0][0] == b"\0\0\0\1" * LIMIT
+    with pytest.raises(ValueError, match="at most 16383 sids"):
+        p.pack_deliver_entry(b"\0\0\0\1" * (LIMIT + 1), entry)
+
+
+@pytest.mark.timeout(120)
+def test_a_member_with_16384_subscriptions_breaks_nobodys_batches() -> None:
+    channel = uuid.uuid4()
+    with (
+        Broker("tcp://127.0.0.1:0") as broker,
+        Bus(broker.address, channel) as many,
+        Bus(broker.address, channel) as honest,
+        Bus(broker.address, channel) as pub,
+    ):
+        subs = [many.subscribe("news.>", maxsize=20_000) for _ in range(LIMIT + 1)]
+        mine = honest.subscribe("news.>", maxsize=20_000)
+        for i in range(100):
+            pub.publish("news.x", str(i).encode(), confirm=False)
+        assert pub.publish("news.x", b"end", timeout=60.0).delivered == LIMIT + 2
+        assert [m.payload for m in (mine.get(5.0) for _ in range(101))] == [
+            str(i).encode() for i in range(100)
+        ] + [b"end"]
+        assert {s.received for s in (subs[0], subs[-1])} == {101}

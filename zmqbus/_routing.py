@@ -458,13 +458,18 @@ class BrokerState:
         for topic, body, entry in entries:
             for target, sids in destinations(channel, topic):
                 n += 1
-                if peers[target].batch:
+                if peers[target].batch and len(sids) <= p.MAX_ENTRY_SIDS_BYTES:
                     parts = batches.get(target)
                     if parts is None:
                         parts = batches[target] = []
                     parts.append(p.pack_deliver_entry(sids, entry))
-                else:
-                    out.append((target, [p.H_DELIVER, chid, b"", topic, body, sids]))
+                    continue
+                # Too many sids for one entry (16-bit sids-length): a DELIVER, after
+                # the entries before it, so the peer still sees publish order.
+                parts = batches.pop(target, None)
+                if parts:
+                    out.append((target, [p.H_DELIVER_BATCH, chid, b"".join(parts)]))
+                out.append((target, [p.H_DELIVER, chid, b"", topic, body, sids]))
         for target, parts in batches.items():
             out.append((target, [p.H_DELIVER_BATCH, chid, b"".join(parts)]))
         counters = self.counters

@@ -29,6 +29,7 @@ from .errors import ProtocolError
 from .topics import MAX_TOPIC_BYTES, validate_pattern, validate_topic
 
 __all__ = [
+    "MAX_ENTRY_SIDS_BYTES",
     "MAX_REF_BYTES",
     "SIGNATURE",
     "VERSION",
@@ -810,8 +811,19 @@ def pack_publish_entry(topic: bytes, body: bytes) -> bytes:
     return _U16.pack(len(topic)) + topic + _U32.pack(len(body)) + body
 
 
+# The most sids one deliver entry can name (its sids-length is 16 bits): a
+# delivery to more subscriptions of one peer goes as DELIVER instead.
+MAX_ENTRY_SIDS_BYTES = 0xFFFF // SID_BYTES * SID_BYTES
+
+
 def pack_deliver_entry(sids: bytes, entry: bytes) -> bytes:
-    """One entry of a DELIVER_BATCH frame: ``sids`` before a publish entry."""
+    """One entry of a DELIVER_BATCH frame: ``sids`` before a publish entry.
+    ``ValueError`` if ``sids`` is over ``MAX_ENTRY_SIDS_BYTES``."""
+    if len(sids) > MAX_ENTRY_SIDS_BYTES:
+        raise ValueError(
+            f"a deliver entry names at most {MAX_ENTRY_SIDS_BYTES // SID_BYTES} sids, "
+            f"got {len(sids) // SID_BYTES}"
+        )
     return _U16.pack(len(sids)) + sids + entry
 
 
