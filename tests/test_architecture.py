@@ -11,6 +11,7 @@ import zmqbus
 
 ROOT = pathlib.Path(zmqbus.__file__).parent
 SANS_IO = {
+    "_fastpath",
     "protocol",
     "topics",
     "_routing",

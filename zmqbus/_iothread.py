@@ -28,6 +28,7 @@ import zmq
 from . import protocol as p
 from ._client import ClientCore
 from ._wire import dealer, recv_counted, send_queue
+from ._wire import get_option as _get
 from .errors import BusClosed
 
 __all__ = ["IOThread"]
@@ -38,7 +39,6 @@ log = logging.getLogger("zmqbus.client")
 _NOBLOCK = int(zmq.NOBLOCK)
 _POLLIN = int(zmq.POLLIN)
 _EVENTS = int(zmq.EVENTS)
-_get = zmq.backend.Socket.get
 _BATCH = 256
 # While submits keep the thread from ever blocking in poll, it still reads the
 # socket at least this often (seconds): heartbeats and replies must not wait for

@@ -2,9 +2,10 @@
 
 ``send_multipart``/``recv_multipart`` combine enum flags on every frame;
 with the flags precomputed as ints, the same zmq calls cost a third as much
-on the hot path. Sends go straight to the Cython ``send`` of pyzmq's backend:
-the ``zmq.Socket.send`` wrapper only adds routing-id/group handling (unused
-here) and costs as much again as the send itself. Semantics are libzmq's: a
+on the hot path. Sends go straight to the Cython ``send`` of pyzmq's backend
+where ``_fastpath`` finds it usable: the ``zmq.Socket.send`` wrapper only adds
+routing-id/group handling (unused here) and costs as much again as the send
+itself. Semantics are libzmq's: a
 multipart message is queued or delivered whole, so once its first frame went
 through, the rest cannot block or fail with EAGAIN.
 """
@@ -16,10 +17,12 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import zmq
-from zmq.backend import Socket as _BackendSocket
+
+from ._fastpath import socket_calls
 
 __all__ = [
     "dealer",
+    "get_option",
     "recv_counted",
     "recv_frames",
     "recv_routed",
@@ -33,9 +36,10 @@ _MORE = int(zmq.SNDMORE)
 _MORE_NOBLOCK = _MORE | _NOBLOCK
 _RCVMORE = int(zmq.RCVMORE)
 _EVENTS = int(zmq.EVENTS)
-_get = _BackendSocket.get
 # Unbound, called as _send(sock, data, flags): bytes are copied into the message.
-_send = _BackendSocket.send
+_send, _get = socket_calls(zmq)
+# get_option(sock, option): ``sock.getsockopt(option)`` for an int option, cheaper.
+get_option = _get
 
 
 def send_frames(sock: zmq.Socket[Any], frames: Sequence[bytes]) -> None:

@@ -16,6 +16,7 @@ import zmq
 from ._endpoints import bind_endpoint
 from ._routing import BrokerState
 from ._version import __version__
+from ._wire import get_option as _get
 from ._wire import recv_routed, send_routed
 
 __all__ = ["DEFAULT_BIND", "Broker"]
@@ -33,7 +34,6 @@ _DRAIN_OUT = 128
 _DRAIN_SECONDS = 0.005
 _EVENTS = int(zmq.EVENTS)
 _POLLIN = int(zmq.POLLIN)
-_get = zmq.backend.Socket.get
 
 
 class Broker:

@@ -11,8 +11,9 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 from . import _validate
+from ._fastpath import dict_writes_work, uuid_from_bytes
 from .errors import ZmqbusError
-from .protocol import new_message_id, pack_reply, uuid_from_bytes
+from .protocol import new_message_id, pack_reply
 
 __all__ = ["Message", "PublishResult", "ReplyContext", "make_message"]
 
@@ -97,6 +98,11 @@ class Message:
 
 
 _new = object.__new__
+# The fast path below holds only while a frozen dataclass keeps its fields in
+# the instance __dict__ (checked once, here).
+_DICT_WRITES = dict_writes_work(
+    Message, id=uuid.UUID(int=1), topic="t", payload=b"", headers={}, timestamp=datetime.now(UTC)
+)
 
 
 def make_message(
@@ -107,6 +113,10 @@ def make_message(
     field through ``object.__setattr__``, which costs more than the rest of the
     receive path's Python code together. ``id`` may be the 16 raw bytes, made a
     UUID when first read."""
+    if not _DICT_WRITES:
+        if type(id) is bytes:
+            id = uuid_from_bytes(id)
+        return Message(id, topic, payload, headers, timestamp)  # type: ignore[arg-type]
     msg: Message = _new(Message)
     fields = msg.__dict__
     if type(id) is bytes:
