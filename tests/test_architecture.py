@@ -11,7 +11,11 @@ import zmqbus
 
 ROOT = pathlib.Path(zmqbus.__file__).parent
 SANS_IO = {
+    "_connection",
+    "_deadlines",
     "_fastpath",
+    "_pending",
+    "_subscriptions",
     "protocol",
     "topics",
     "_routing",

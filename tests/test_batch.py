@@ -215,7 +215,7 @@ def test_core_delivers_each_entry_unconfirmed() -> None:
     for n, pattern in [(1, "a.>"), (2, "a.b")]:
         sinks[n] = ListSink(pattern)
         core.subscribe(sinks[n], Future(), T, T)
-    sid1, sid2 = (s for s, _ in core._sub_args.items())
+    sid1, sid2 = (f[3] for f in core.outbox if f[0] == p.H_SUBSCRIBE)
     core.outbox.clear()
     frame = p.pack_deliver_entry(sid1 + sid2, p.pack_publish_entry(b"a.b", body(b"one")))
     frame += p.pack_deliver_entry(sid1, p.pack_publish_entry(b"a.c", body(b"two")))
@@ -233,7 +233,7 @@ def test_core_refuses_a_malformed_batch_whole() -> None:
     core = ready_core()
     sink = ListSink(">")
     core.subscribe(sink, Future(), T, T)
-    (sid,) = core._sub_args
+    (sid,) = [f[3] for f in core.outbox if f[0] == p.H_SUBSCRIBE]
     good = p.pack_deliver_entry(sid, p.pack_publish_entry(b"a.b", body(b"x")))
     bad = p.pack_deliver_entry(sid, p.pack_publish_entry(b"a.*", body(b"y")))
     core.receive([p.H_DELIVER_BATCH, A, good + bad])

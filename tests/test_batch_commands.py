@@ -375,7 +375,7 @@ def test_core_handles_each_entry_as_the_message_alone() -> None:
     core = ready_core()
     sink = ListSink("a.>")
     core.subscribe(sink, Future(), T, T)
-    (sid,) = core._sub_args
+    (sid,) = [f[3] for f in core.outbox if f[0] == p.H_SUBSCRIBE]
     fut: Future[Any] = Future()
     core.publish(b"a.b", body(b"mine"), fut, T, T)
     ref = core.outbox[-1][2]
@@ -400,7 +400,7 @@ def test_core_refuses_a_malformed_broker_batch_whole() -> None:
     core = ready_core()
     sink = ListSink(">")
     core.subscribe(sink, Future(), T, T)
-    (sid,) = core._sub_args
+    (sid,) = [f[3] for f in core.outbox if f[0] == p.H_SUBSCRIBE]
     good = p.pack_command_entry([p.H_DELIVER, A, b"tok", b"a.b", body(b"x"), sid])
     core.receive([p.H_BROKER_BATCH, A, good + good[:-1]])
     core.receive([p.H_BROKER_BATCH, A, good + p.pack_command_entry(publish(b"a.b"))])
@@ -413,7 +413,7 @@ def test_core_acks_a_bad_entry_alone_and_hands_on_the_rest() -> None:
     core = ready_core()
     sink = ListSink(">")
     core.subscribe(sink, Future(), T, T)
-    (sid,) = core._sub_args
+    (sid,) = [f[3] for f in core.outbox if f[0] == p.H_SUBSCRIBE]
     core.outbox.clear()
     core.receive(
         batch_of(

@@ -1,17 +1,34 @@
 """The client core: protocol state of one bus, with no sockets and no threads.
 
-A face (the threaded ``Bus``, later the asyncio one) owns the socket and the
-clock. It calls the command methods here and ``receive(frames)`` for every
-message from the broker; it sends whatever lands in ``outbox``; it calls
-``expire(now)`` when ``next_deadline()`` passes. The core calls back only
-through two small interfaces the face supplies: ``Waiter`` (a future) and
-``Sink`` (a local subscription). Every method must be called from one thread
-(or one event loop) at a time: the face's I/O thread.
+Its parts, each in a module of its own: the connection's states and legal
+moves (``_connection``), local subscriptions (``_subscriptions``), work
+waiting on the broker (``_pending``) and its deadlines (``_deadlines``). This
+module holds the commands and the handling of what the broker sends.
+
+The driver protocol: what a face (the threaded ``Bus`` with its I/O thread,
+the asyncio ``Bus`` on its loop) does with a core, and all it does. Every call
+comes from that one thread or loop.
+
+1. Calls the commands (``connect``, ``subscribe``, ``unsubscribe``, ``remove``,
+   ``publish``, ``request``, ``handler_done``, ``close``; ``send_unconfirmed``
+   for frames nobody waits on), each completing a ``Waiter`` it passes in.
+2. Hands every message from the broker to ``receive(frames)``.
+3. Sends, in order, what ``take_outgoing()`` returns, through a queue of its
+   own; before each send from that queue it calls ``join_front(queue)``, which
+   may join the front of it into one batch.
+4. Calls ``expire(now)`` once ``next_deadline()`` has passed; with no deadline
+   (None) it may block until the socket or a user wakes it.
+5. When ``want_socket`` is set, replaces its socket with a fresh one (nothing
+   of the lost session may linger in its queues) and calls ``rejoin(now)``.
+6. Reports what ``take_events()`` returns ("disconnected", "reconnected") to
+   the user's callbacks.
+
+The core calls back only through ``Waiter`` (a future) and ``Sink`` (a local
+subscription), both supplied by the face.
 """
 
 from __future__ import annotations
 
-import heapq
 import logging
 import random
 import time
@@ -20,14 +37,23 @@ from collections.abc import Callable
 from typing import Any, Protocol
 
 from . import protocol as p
+from ._connection import Conn, Connection
+from ._deadlines import Deadlines
+from ._pending import (
+    PendingCommand,
+    PendingPublish,
+    PendingRequest,
+    Waiter,
+    settle,
+    timeout_error,
+)
+from ._subscriptions import Subscriptions
 from .errors import (
     BusClosed,
     ConnectTimeout,
     HandlerError,
     NoResponders,
     ProtocolError,
-    PublishTimeout,
-    RequestTimeout,
 )
 from .message import Message, PublishResult, ReplyContext, attach_reply, make_message
 
@@ -64,15 +90,6 @@ BATCH_BYTES = 64 * 1024
 MAX_ERROR_TEXT = 1024
 
 
-class Waiter(Protocol):
-    """What the core completes: ``concurrent.futures.Future`` and
-    ``asyncio.Future`` both fit."""
-
-    def set_result(self, result: Any, /) -> None: ...
-    def set_exception(self, exception: Any, /) -> None: ...
-    def done(self) -> bool: ...
-
-
 class Sink(Protocol):
     """A local subscription as the core sees it."""
 
@@ -93,55 +110,6 @@ class Sink(Protocol):
         ...
 
 
-class _Publish:
-    __slots__ = ("buses", "delivered", "dropped", "errors", "expected", "timeout", "waiter")
-
-    def __init__(self, waiter: Waiter, timeout: float) -> None:
-        self.waiter = waiter
-        self.timeout = timeout
-        self.expected: int | None = None
-        self.buses = 0
-        self.delivered = 0
-        self.dropped = 0
-        self.errors: list[str] = []
-
-    def result(self) -> PublishResult:
-        key = (self.delivered, self.dropped, len(self.errors), self.buses)
-        result = _RESULTS.get(key)
-        if result is None:
-            result = PublishResult(*key)
-            if len(_RESULTS) < 1024:
-                _RESULTS[key] = result
-        return result
-
-
-# PublishResult is frozen, so equal results can be one object: building one costs
-# ~2 us (a frozen dataclass sets each field through object.__setattr__), and nearly
-# every confirmed publish ends in one of a few results, such as (1, 0, 0, 1).
-_RESULTS: dict[tuple[int, int, int, int], PublishResult] = {}
-
-
-class _Call:
-    """A REQUEST waiting for its first ANSWER."""
-
-    __slots__ = ("timeout", "topic", "waiter")
-
-    def __init__(self, waiter: Waiter, timeout: float, topic: str) -> None:
-        self.waiter = waiter
-        self.timeout = timeout
-        self.topic = topic
-
-
-class _Request:
-    __slots__ = ("action", "result_value", "timeout", "waiter")
-
-    def __init__(self, waiter: Waiter, timeout: float, action: str, result: Any) -> None:
-        self.waiter = waiter
-        self.timeout = timeout
-        self.action = action
-        self.result_value = result
-
-
 class _AckState:
     __slots__ = ("delivered", "dropped", "errors", "remaining", "token")
 
@@ -151,16 +119,6 @@ class _AckState:
         self.delivered = delivered
         self.dropped = dropped
         self.errors: list[str] = []
-
-
-def _settle(waiter: Waiter, result: Any = None, exc: BaseException | None = None) -> None:
-    # A waiter may already be done (its caller was cancelled): never raise into the I/O loop.
-    if waiter.done():
-        return
-    if exc is not None:
-        waiter.set_exception(exc)
-    else:
-        waiter.set_result(result)
 
 
 class ClientCore:
@@ -180,8 +138,7 @@ class ClientCore:
         self.channel = channel
         self.client_name = client_name
         self.outbox: list[list[bytes]] = []
-        # new -> joining -> ready <-> reconnecting -> rejoining -> ready ...; any -> closed
-        self.state = "new"
+        self._conn = Connection()
         self.heartbeat = heartbeat  # asked of the broker, seconds; 0: none
         self.batch = batch  # asked of the broker in HELLO
         self.batch_commands = batch_commands  # asked of the broker in HELLO
@@ -201,40 +158,35 @@ class ClientCore:
         self._rejoin_at: float | None = None
         self._welcome_by: float | None = None
         self._internal: set[bytes] = set()  # refs of our own re-subscribes
-        self._sub_args: dict[bytes, tuple[str, str]] = {}  # sid -> (pattern, queue)
-        self._sub_refs: dict[bytes, bytes] = {}  # ref of a SUBSCRIBE awaiting OK -> sid
         self.max_message_size: int | None = None
         self.broker_info: dict[str, Any] = {}
         self.counters: Counter[str] = Counter()
         self._hello: tuple[Waiter, float] | None = None
-        self._pending: dict[bytes, _Publish | _Request | _Call] = {}
-        # Deadlines by ref (b"": the handshake). Nearly all arrive in order (one
-        # timeout for every publish), so they queue in a deque, O(1) each way; one
-        # earlier than the deque's last goes to a heap. Finished entries stay until
-        # they surface.
-        self._timers_fifo: deque[tuple[float, bytes]] = deque()
-        self._timers: list[tuple[float, bytes]] = []
+        self._pending: dict[bytes, PendingPublish | PendingRequest | PendingCommand] = {}
+        # By ref; b"" is the handshake, live while its waiter is.
+        self._deadlines = Deadlines(self._pending, lambda: self._hello is not None)
         self._acks: dict[int, _AckState] = {}
-        self._sinks: dict[bytes, Sink] = {}  # sid -> sink
-        self._sid_of: dict[Sink, bytes] = {}
-        self._by_pattern: dict[str, list[Sink]] = {}
+        self._subs = Subscriptions()
         self._topic_text: dict[bytes, str] = {}
         self._seq = 0
-        self._sid_seq = 0
         self._ack_seq = 0
         self._closed_exc: BaseException | None = None
         # Set by the face: how a REPLY body for a reply token gets sent.
         self.send_reply: Callable[[bytes, bytes], None] | None = None
 
+    @property
+    def state(self) -> Conn:
+        """Where the connection is (see ``_connection``)."""
+        return self._conn.state
+
     # --- commands -----------------------------------------------------------
 
     def connect(self, waiter: Waiter, deadline: float, timeout: float) -> None:
-        """Queue HELLO; ``waiter`` gets the WELCOME body as a dict."""
-        if self.state != "new":
-            raise RuntimeError("connect() called twice")
-        self.state = "joining"
+        """Queue HELLO; ``waiter`` gets the WELCOME body as a dict.
+        ``IllegalMove`` (a ``RuntimeError``) if called twice."""
+        self._conn.move(Conn.JOINING)
         self._hello = (waiter, timeout)
-        self._timer(deadline, b"")
+        self._deadlines.add(deadline, b"")
         self.outbox.append(self._hello_frames())
 
     def _hello_frames(self) -> list[bytes]:
@@ -254,54 +206,34 @@ class ClientCore:
         ``waiter`` gets None on OK. A non-empty ``queue`` joins that queue group."""
         if self._refuse_closed(waiter):
             return
-        self._sid_seq += 1
-        sid = (self._sid_seq & 0xFFFFFFFF).to_bytes(p.SID_BYTES, "big")
-        pattern = sink.pattern
-        self._sinks[sid] = sink
-        self._sid_of[sink] = sid
-        self._sub_args[sid] = (pattern, queue)
-        self._by_pattern.setdefault(pattern, []).append(sink)
-        ref = self._request(waiter, deadline, timeout, "subscribe")
-        self._sub_refs[ref] = sid
-        self.outbox.append(
-            [p.H_SUBSCRIBE, self.channel, ref, sid, pattern.encode(), queue.encode()]
-        )
+        sub = self._subs.add(sink, queue)
+        sub.ref = self._command(waiter, deadline, timeout, "subscribe")
+        self.outbox.append(sub.subscribe_frames(self.channel))
 
     def unsubscribe(self, pattern: str, waiter: Waiter, deadline: float, timeout: float) -> int:
         """End every local subscription to ``pattern`` now and queue UNSUBSCRIBE;
         ``waiter`` gets the number ended once the broker confirms."""
         if self._refuse_closed(waiter):
             return 0
-        sinks = self._by_pattern.pop(pattern, [])
-        if not sinks:
-            _settle(waiter, 0)
+        subs = self._subs.remove_pattern(pattern)
+        if not subs:
+            settle(waiter, 0)
             return 0
-        sids = b"".join(self._forget(sink) for sink in sinks)
-        ref = self._request(waiter, deadline, timeout, "unsubscribe", result=len(sinks))
+        sids = b"".join(sub.sid for sub in subs)
+        ref = self._command(waiter, deadline, timeout, "unsubscribe", result=len(subs))
         self.outbox.append([p.H_UNSUBSCRIBE, self.channel, ref, sids])
-        return len(sinks)
+        return len(subs)
 
     def remove(self, sink: Sink, waiter: Waiter, deadline: float, timeout: float) -> None:
         """End one local subscription and queue UNSUBSCRIBE for its sid."""
         if self._refuse_closed(waiter):
             return
-        sinks = self._by_pattern.get(sink.pattern, [])
-        if sink not in sinks:
-            _settle(waiter, None)
+        sub = self._subs.remove(sink)
+        if sub is None:
+            settle(waiter, None)
             return
-        sinks.remove(sink)
-        if not sinks:
-            del self._by_pattern[sink.pattern]
-        sid = self._forget(sink)
-        ref = self._request(waiter, deadline, timeout, "unsubscribe")
-        self.outbox.append([p.H_UNSUBSCRIBE, self.channel, ref, sid])
-
-    def _forget(self, sink: Sink) -> bytes:
-        sid = self._sid_of.pop(sink)
-        del self._sinks[sid]
-        del self._sub_args[sid]
-        sink.end()
-        return sid
+        ref = self._command(waiter, deadline, timeout, "unsubscribe")
+        self.outbox.append([p.H_UNSUBSCRIBE, self.channel, ref, sub.sid])
 
     def publish(
         self, topic: bytes, body: bytes, waiter: Waiter | None, deadline: float, timeout: float
@@ -309,15 +241,15 @@ class ClientCore:
         """Queue PUBLISH. With a waiter, it gets a ``PublishResult`` once every bus
         the broker routed to has confirmed, or ``HandlerError``/``PublishTimeout``."""
         if waiter is None:
-            if self.state == "closed":
+            if self._conn.state is Conn.CLOSED:
                 raise BusClosed("bus is closed")
             self.send_unconfirmed([p.H_PUBLISH, self.channel, b"", topic, body])
             return
         if self._refuse_closed(waiter):
             return
         ref = self._next_ref()
-        self._pending[ref] = _Publish(waiter, timeout)
-        self._timer(deadline, ref)
+        self._pending[ref] = PendingPublish(waiter, timeout)
+        self._deadlines.add(deadline, ref)
         self.outbox.append([p.H_PUBLISH, self.channel, ref, topic, body])
 
     def request(
@@ -328,8 +260,8 @@ class ClientCore:
         if self._refuse_closed(waiter):
             return
         ref = self._next_ref()
-        self._pending[ref] = _Call(waiter, timeout, topic.decode())
-        self._timer(deadline, ref)
+        self._pending[ref] = PendingRequest(waiter, timeout, topic.decode())
+        self._deadlines.add(deadline, ref)
         self.outbox.append([p.H_REQUEST, self.channel, ref, topic, body])
 
     def handler_done(self, ack_id: int, error: str | None) -> None:
@@ -362,48 +294,42 @@ class ClientCore:
         With a ``waiter``, also queue DISCONNECT: the waiter completes when the
         broker has answered, which proves all earlier frames reached it.
         """
-        if self.state == "closed":
+        if self._conn.state is Conn.CLOSED:
             if waiter is not None:
-                _settle(waiter, None)
+                settle(waiter, None)
             return
-        was_ready = self.state == "ready"
-        self.state = "closed"
+        was_ready = self._conn.move(Conn.CLOSED) is Conn.READY
         self.want_socket = False
         exc = exc or BusClosed("bus is closed")
         self._closed_exc = exc
         if self._hello is not None:
-            _settle(self._hello[0], exc=exc)
+            settle(self._hello[0], exc=exc)
             self._hello = None
-        pending, self._pending = self._pending, {}
-        for item in pending.values():
-            _settle(item.waiter, exc=exc)
-        self._timers.clear()
-        self._timers_fifo.clear()
+        pending = list(self._pending.values())
+        self._pending.clear()
+        for item in pending:
+            settle(item.waiter, exc=exc)
+        self._deadlines.clear()
         for state in self._acks.values():
             state.errors.append("subscribing bus closed before its handler finished")
             self._send_ack(state.token, state.delivered, state.dropped, state.errors)
         self._acks.clear()
-        for sink in self._sinks.values():
-            sink.end()
-        self._by_pattern.clear()
-        self._sinks.clear()
-        self._sid_of.clear()
+        self._subs.close_all()
         if waiter is not None:
             if was_ready:
-                ref = self._request(waiter, deadline, timeout, "disconnect")
+                ref = self._command(waiter, deadline, timeout, "disconnect")
                 self.outbox.append([p.H_DISCONNECT, self.channel, ref])
             else:
-                _settle(waiter, None)
+                settle(waiter, None)
 
     # --- connection loss ----------------------------------------------------
 
     def _lost(self, now: float, reason: str) -> None:
-        if self.state not in ("ready", "rejoining"):
+        if self._conn.state not in (Conn.READY, Conn.REJOINING):
             return
-        if self.state == "ready":
+        if self._conn.move(Conn.RECONNECTING) is Conn.READY:
             self.events.append("disconnected")
             log.warning("lost the broker (%s); reconnecting", reason)
-        self.state = "reconnecting"
         # Until the next broker's WELCOME says otherwise.
         self.batching = self.batching_commands = False
         self.counters["disconnects"] += 1
@@ -422,7 +348,7 @@ class ClientCore:
         """Queue frames nobody waits on (an unconfirmed publish, a reply). While
         reconnecting, at most MAX_HELD_FRAMES wait; beyond that the newest are
         dropped and counted, so a long outage cannot exhaust memory."""
-        if self.state == "reconnecting" and len(self.outbox) >= MAX_HELD_FRAMES:
+        if self._conn.state is Conn.RECONNECTING and len(self.outbox) >= MAX_HELD_FRAMES:
             self.counters["held_dropped"] += 1
             return
         self.outbox.append(frames)
@@ -430,30 +356,45 @@ class ClientCore:
     @property
     def holding(self) -> bool:
         """True while frames must stay in ``outbox`` (no session to send them to)."""
-        return self.state == "reconnecting"
+        return self._conn.state is Conn.RECONNECTING
+
+    def take_outgoing(self) -> list[list[bytes]]:
+        """The messages to send now, in order (none while holding)."""
+        outbox = self.outbox
+        if not outbox or self._conn.state is Conn.RECONNECTING:
+            return []
+        self.outbox = []
+        return outbox
+
+    def take_events(self) -> list[str]:
+        """Connection events since the last call, oldest first."""
+        events = self.events
+        if not events:
+            return events
+        self.events = []
+        return events
 
     def rejoin(self, now: float) -> None:
         """The driver has a fresh socket: queue HELLO, re-SUBSCRIBE every open
         subscription, then what was held. Subscribes still awaiting their OK
         reuse their ref, so their callers complete."""
-        if self.state != "reconnecting":
+        if self._conn.state is not Conn.RECONNECTING:
             return
-        self.state = "rejoining"
+        self._conn.move(Conn.REJOINING)
         self.want_socket = False
         self._welcome_by = now + max(1.0, 2 * self._backoff)
-        pending_sub = {sid: ref for ref, sid in self._sub_refs.items() if ref in self._pending}
         frames = [self._hello_frames()]
-        for sid, (pattern, queue) in self._sub_args.items():
-            ref = pending_sub.get(sid)
-            if ref is None:
-                ref = self._next_ref()
-                self._internal.add(ref)
-            frames.append([p.H_SUBSCRIBE, self.channel, ref, sid, pattern.encode(), queue.encode()])
+        for sub in self._subs:
+            if sub.ref not in self._pending:
+                # Confirmed on the old session: our own re-subscribe, answered to nobody.
+                sub.ref = self._next_ref()
+                self._internal.add(sub.ref)
+            frames.append(sub.subscribe_frames(self.channel))
         # Unsubscribes and disconnects pending on the old session are moot: done.
         for ref, item in list(self._pending.items()):
-            if isinstance(item, _Request) and item.action in ("unsubscribe", "disconnect"):
+            if isinstance(item, PendingCommand) and item.action in ("unsubscribe", "disconnect"):
                 del self._pending[ref]
-                _settle(item.waiter, item.result_value)
+                settle(item.waiter, item.result)
         held = list(self.outbox)
         self.outbox.clear()
         self.outbox.extend(frames)
@@ -464,80 +405,53 @@ class ClientCore:
     def next_deadline(self) -> float | None:
         """The earliest deadline of anything pending or due (heartbeat, liveness,
         reconnect), or None: then the driver may block indefinitely."""
-        pending = self._pending
-        best: float | None = None
-        fifo = self._timers_fifo
-        while fifo:
-            deadline, ref = fifo[0]
-            if ref in pending or (not ref and self._hello is not None):
-                best = deadline
-                break
-            fifo.popleft()
-        timers = self._timers
-        while timers:
-            deadline, ref = timers[0]
-            if ref in pending or (not ref and self._hello is not None):
-                if best is None or deadline < best:
-                    best = deadline
-                break
-            heapq.heappop(timers)
+        best = self._deadlines.earliest()
         for t in self._duties():
             if best is None or t < best:
                 best = t
         return best
 
     def _duties(self) -> list[float]:
-        if self.state == "ready" and self._beat:
+        state = self._conn.state
+        if state is Conn.READY and self._beat:
             return [self._next_beat, self._last_heard + LIVENESS * self._beat]
-        if self.state == "reconnecting" and self._rejoin_at is not None:
+        if state is Conn.RECONNECTING and self._rejoin_at is not None:
             return [self._rejoin_at]
-        if self.state == "rejoining" and self._welcome_by is not None:
+        if state is Conn.REJOINING and self._welcome_by is not None:
             return [self._welcome_by]
         return []
 
     def expire(self, now: float) -> None:
         """Fail everything whose deadline is at or before ``now``; send a due
         heartbeat; notice a silent broker; schedule and time reconnects."""
-        if self.state == "ready" and self._beat:
+        state = self._conn.state
+        if state is Conn.READY and self._beat:
             if now - self._last_heard > LIVENESS * self._beat:
                 self._lost(now, f"broker silent for {now - self._last_heard:.1f}s")
             elif now >= self._next_beat:
                 self.outbox.append([p.H_HEARTBEAT, self.channel])
                 self._next_beat = now + self._beat
-        elif self.state == "reconnecting":
+        elif state is Conn.RECONNECTING:
             if self._rejoin_at is not None and now >= self._rejoin_at:
                 self._rejoin_at = None
                 self.want_socket = True
-        elif self.state == "rejoining" and self._welcome_by is not None and now >= self._welcome_by:
+        elif state is Conn.REJOINING and self._welcome_by is not None and now >= self._welcome_by:
             self._lost(now, "no WELCOME from the broker")
-        fifo, timers = self._timers_fifo, self._timers
-        while True:
-            if fifo and fifo[0][0] <= now:
-                ref = fifo.popleft()[1]
-            elif timers and timers[0][0] <= now:
-                ref = heapq.heappop(timers)[1]
-            else:
-                break
+        for ref in self._deadlines.due(now):
             if not ref:
-                if self._hello is not None and self.state == "joining":
+                if self._hello is not None and self._conn.state is Conn.JOINING:
                     waiter, timeout = self._hello
                     self._hello = None
-                    _settle(waiter, exc=ConnectTimeout("broker", timeout))
+                    settle(waiter, exc=ConnectTimeout("broker", timeout))
                 continue
             item = self._pending.pop(ref, None)
             if item is None:
                 continue
-            if isinstance(item, _Publish):
+            if isinstance(item, PendingPublish):
                 self.counters["publish_timeouts"] += 1
-                exc: BaseException = PublishTimeout(item.timeout, item.result(), item.expected)
-            elif isinstance(item, _Call):
+            elif isinstance(item, PendingRequest):
                 self.counters["request_timeouts"] += 1
-                exc = RequestTimeout(
-                    f"no reply to request on {item.topic!r} within {item.timeout:g}s"
-                )
-            else:
-                exc = RequestTimeout(f"{item.action} not confirmed within {item.timeout:g}s")
-            _settle(item.waiter, exc=exc)
+            settle(item.waiter, exc=timeout_error(item))
 
     def join_front(self, out: deque[list[bytes]]) -> None:
         """``batch_front`` with what this session's broker offered: drivers call it
@@ -598,24 +512,23 @@ class ClientCore:
             if cmd.ref in self._internal:
                 self._internal.discard(cmd.ref)
                 return
-            self._sub_refs.pop(cmd.ref, None)
             item = self._pending.get(cmd.ref)
-            if isinstance(item, _Request):
+            if isinstance(item, PendingCommand):
                 del self._pending[cmd.ref]
-                _settle(item.waiter, item.result_value)
+                settle(item.waiter, item.result)
         elif isinstance(cmd, p.BrokerHeartbeat):
             pass  # being heard is all it is for
         elif isinstance(cmd, p.Dropped):
             # Messages the broker could not queue for us (we were too slow).
             for sid, count in p.unpack_dropped(cmd.counts).items():
                 self.counters["dropped_at_broker"] += count
-                sink = self._sinks.get(sid)
+                sink = self._subs.sinks.get(sid)
                 if sink is not None:
                     sink.missed(count)
         elif isinstance(cmd, p.Bye):
             self._lost(self.clock(), "broker is shutting down")
         elif isinstance(cmd, p.Welcome):
-            if self._hello is None and self.state != "rejoining":
+            if self._hello is None and self._conn.state is not Conn.REJOINING:
                 return
             info = p.unpack_welcome(cmd.body)
             self.broker_info = info
@@ -625,19 +538,17 @@ class ClientCore:
             self.batching = self.batch and info.get("batch", False)
             self.batching_commands = self.batch_commands and info.get("batch_commands", False)
             self._next_beat = now + self._beat
-            if self.state == "rejoining":
-                self.state = "ready"
+            if self._conn.move(Conn.READY) is Conn.REJOINING:
                 self._backoff = 0.0
                 self._welcome_by = None
                 self.counters["reconnects"] += 1
                 self.events.append("reconnected")
                 log.info("rejoined channel %s", self.channel.hex())
                 return
-            self.state = "ready"
             assert self._hello is not None
             waiter, _ = self._hello
             self._hello = None
-            _settle(waiter, info)
+            settle(waiter, info)
         elif isinstance(cmd, p.Error):
             self._error(cmd)
         else:  # DELIVER/ACKED/ROUTED that failed the fast path's shape check
@@ -645,7 +556,7 @@ class ClientCore:
 
     def _error(self, cmd: p.Error) -> None:
         exc = ProtocolError(cmd.code, cmd.text, remote=True)
-        if cmd.code == p.ErrorCode.NOT_JOINED and self.state in ("ready", "rejoining"):
+        if cmd.code == p.ErrorCode.NOT_JOINED and self._conn.state in (Conn.READY, Conn.REJOINING):
             # The broker does not know this connection (it restarted, or expired us):
             # join again. What it refused stays pending until its own timeout.
             self._lost(self.clock(), "broker does not know this session")
@@ -653,33 +564,33 @@ class ClientCore:
         if cmd.ref:
             item = self._pending.pop(cmd.ref, None)
             if item is not None:
-                _settle(item.waiter, exc=exc)
+                settle(item.waiter, exc=exc)
                 return
         if self._hello is not None:
             waiter, _ = self._hello
             self._hello = None
-            _settle(waiter, exc=exc)
+            settle(waiter, exc=exc)
             return
         self.counters["broker_errors"] += 1
         log.warning("broker reported an error: %s", exc)
 
     def _routed(self, ref: bytes, count: int) -> None:
         item = self._pending.get(ref)
-        if isinstance(item, _Call):
+        if isinstance(item, PendingRequest):
             if count == 0:
                 del self._pending[ref]
-                _settle(
+                settle(
                     item.waiter, exc=NoResponders(f"no subscription for request on {item.topic!r}")
                 )
             return
-        if not isinstance(item, _Publish):
+        if not isinstance(item, PendingPublish):
             return
         item.expected = count
         self._maybe_finish(ref, item)
 
     def _acked(self, ref: bytes, body: bytes) -> None:
         item = self._pending.get(ref)
-        if not isinstance(item, _Publish):
+        if not isinstance(item, PendingPublish):
             self.counters["late_acks"] += 1
             return
         try:
@@ -693,15 +604,15 @@ class ClientCore:
         item.errors.extend(ack.errors)
         self._maybe_finish(ref, item)
 
-    def _maybe_finish(self, ref: bytes, item: _Publish) -> None:
-        if item.expected is None or item.buses < item.expected:
+    def _maybe_finish(self, ref: bytes, item: PendingPublish) -> None:
+        if not item.complete:
             return
         del self._pending[ref]
         result = item.result()
         if item.errors:
-            _settle(item.waiter, exc=HandlerError(list(item.errors), result))
+            settle(item.waiter, exc=HandlerError(list(item.errors), result))
         else:
-            _settle(item.waiter, result)
+            settle(item.waiter, result)
 
     def _topic(self, topic: bytes) -> str:
         text = self._topic_text.get(topic)
@@ -712,18 +623,10 @@ class ClientCore:
             self._topic_text[topic] = text
         return text
 
-    def _targets(self, sids: bytes) -> list[Sink]:
-        sinks = self._sinks
-        if len(sids) == p.SID_BYTES:
-            sink = sinks.get(sids)
-            return [sink] if sink is not None else []
-        p.check_sids(sids)
-        return [sinks[s] for s in p.split_sids(sids) if s in sinks]
-
     def _deliver(self, token: bytes, topic: bytes, body: bytes, sids: bytes) -> None:
         try:
             text = self._topic(topic)
-            sinks = self._targets(sids)
+            sinks = self._subs.targets(sids)
         except ProtocolError as exc:
             # Only a broken broker sends this; confirm so its publisher is not left waiting.
             if token:
@@ -770,7 +673,7 @@ class ClientCore:
         topic_of = self._topic
         texts = [topic_of(topic) for _, topic, _ in entries]  # a bad batch delivers nothing
         self.counters["received"] += len(entries)
-        sinks_of = self._sinks.get
+        sinks_of = self._subs.sinks.get
         fields = p.message_fields
         for (sids, _, body), text in zip(entries, texts, strict=True):
             # One sid is the common case: no list of sinks to build for it.
@@ -781,7 +684,7 @@ class ClientCore:
                 if sink is None:
                     continue  # unsubscribed locally while the broker was still routing to us
             else:
-                sinks = self._targets(sids)
+                sinks = self._subs.targets(sids)
                 if not sinks:
                     continue
             try:
@@ -799,7 +702,7 @@ class ClientCore:
 
     def _ask(self, token: bytes, topic: bytes, body: bytes, sids: bytes) -> None:
         text = self._topic(topic)
-        sinks = self._targets(sids)
+        sinks = self._subs.targets(sids)
         self.counters["requests_received"] += 1
         if not sinks:
             return
@@ -819,19 +722,19 @@ class ClientCore:
 
     def _answer(self, ref: bytes, body: bytes) -> None:
         item = self._pending.get(ref)
-        if not isinstance(item, _Call):
+        if not isinstance(item, PendingRequest):
             self.counters["late_replies"] += 1
             return
         del self._pending[ref]
         try:
             mb, error = p.unpack_reply(body)
         except ProtocolError as exc:
-            _settle(item.waiter, exc=exc)
+            settle(item.waiter, exc=exc)
             return
         if error is not None:
-            _settle(item.waiter, exc=HandlerError([error], PublishResult(0, 0, 1, 1)))
+            settle(item.waiter, exc=HandlerError([error], PublishResult(0, 0, 1, 1)))
             return
-        _settle(item.waiter, make_message(mb.id, item.topic, mb.payload, mb.headers, mb.timestamp))
+        settle(item.waiter, make_message(mb.id, item.topic, mb.payload, mb.headers, mb.timestamp))
 
     # --- helpers ------------------------------------------------------------
 
@@ -842,32 +745,17 @@ class ClientCore:
         self._seq += 1
         return self._seq.to_bytes(8, "big")
 
-    def _timer(self, deadline: float, ref: bytes) -> None:
-        fifo = self._timers_fifo
-        pending = self._pending
-        if not fifo or deadline >= fifo[-1][0]:
-            fifo.append((deadline, ref))
-            # Finished entries wait behind a long one at the front; drop them when they
-            # dominate, so memory follows what is pending.
-            if len(fifo) > 1024 and len(fifo) > 4 * (len(pending) + 1):
-                self._timers_fifo = deque(t for t in fifo if t[1] in pending or not t[1])
-            return
-        heapq.heappush(self._timers, (deadline, ref))
-        if len(self._timers) > 1024 and len(self._timers) > 4 * (len(pending) + 1):
-            self._timers = [t for t in self._timers if t[1] in pending or not t[1]]
-            heapq.heapify(self._timers)
-
-    def _request(
+    def _command(
         self, waiter: Waiter, deadline: float, timeout: float, action: str, result: Any = None
     ) -> bytes:
         ref = self._next_ref()
-        self._pending[ref] = _Request(waiter, timeout, action, result)
-        self._timer(deadline, ref)
+        self._pending[ref] = PendingCommand(waiter, timeout, action, result)
+        self._deadlines.add(deadline, ref)
         return ref
 
     def _refuse_closed(self, waiter: Waiter) -> bool:
-        if self.state == "closed":
-            _settle(waiter, exc=self._closed_exc or BusClosed("bus is closed"))
+        if self._conn.state is Conn.CLOSED:
+            settle(waiter, exc=self._closed_exc or BusClosed("bus is closed"))
             return True
         return False
 
@@ -878,7 +766,7 @@ class ClientCore:
 
     def sinks(self) -> list[Sink]:
         """Every live local subscription."""
-        return [s for sinks in self._by_pattern.values() for s in sinks]
+        return [sub.sink for sub in self._subs]
 
 
 _BATCHABLE = frozenset((p.H_PUBLISH, p.H_ACK, p.H_REQUEST, p.H_REPLY))

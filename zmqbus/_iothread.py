@@ -111,11 +111,10 @@ class IOThread:
         self._core.rejoin(time.monotonic())
 
     def _report(self) -> None:
-        events = self._core.events
+        events = self._core.take_events()
         if events and self._on_event is not None:
-            for event in list(events):
+            for event in events:
                 self._call(lambda e=event: self._on_event(e))  # type: ignore[misc]
-        events.clear()
 
     @property
     def thread(self) -> threading.Thread:
@@ -290,10 +289,9 @@ class IOThread:
             log.exception("error running a bus command")
 
     def _drain_core(self) -> None:
-        outbox = self._core.outbox
-        if outbox and not self._core.holding:
-            self._out.extend(outbox)
-            outbox.clear()
+        outgoing = self._core.take_outgoing()
+        if outgoing:
+            self._out.extend(outgoing)
 
     def _send(self) -> None:
         out = self._out
