@@ -3,11 +3,26 @@
 from __future__ import annotations
 
 import random
-import zlib
 from collections import Counter
 from typing import Any
 
 import pytest
+from frames import (
+    A,
+    B,
+    ack,
+    disconnect,
+    hello,
+    joined,
+    publish,
+    reply,
+    request,
+    sid,
+    sid_of,
+    subscribe,
+    take,
+    unsubscribe,
+)
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import (
@@ -23,84 +38,7 @@ from zmqbus._routing import BrokerState
 from zmqbus.protocol import ErrorCode
 from zmqbus.topics import matches
 
-A = b"A" * 16
-B = b"B" * 16
-
 # --- helpers ---------------------------------------------------------------------
-
-
-def sid_of(pattern: str, queue: str = "") -> bytes:
-    """The sid these tests give a subscription unless they choose one: the same
-    pattern and queue always give the same sid, so subscribing twice is the
-    idempotent repeat and ``unsubscribe(pattern)`` finds it."""
-    return zlib.crc32(f"{pattern}\0{queue}".encode()).to_bytes(4, "big")
-
-
-def sid(n: int) -> bytes:
-    return n.to_bytes(4, "big")
-
-
-def hello(ch: bytes = A, client: str = "test") -> list[bytes]:
-    return p.encode(p.Hello(ch, p.pack_hello(client)))
-
-
-def subscribe(
-    pattern: str,
-    ch: bytes = A,
-    ref: bytes = b"s",
-    *,
-    queue: str = "",
-    sid: bytes | None = None,
-) -> list[bytes]:
-    s = sid_of(pattern, queue) if sid is None else sid
-    return p.encode(p.Subscribe(ch, ref, s, pattern.encode(), queue.encode()))
-
-
-def unsubscribe(*patterns: str, ch: bytes = A, ref: bytes = b"u", sids: bytes = b"") -> list[bytes]:
-    packed = sids + b"".join(sid_of(pattern) for pattern in patterns)
-    return p.encode(p.Unsubscribe(ch, ref, packed))
-
-
-def publish(topic: str, body: bytes = b"body", ch: bytes = A, ref: bytes = b"") -> list[bytes]:
-    return p.encode(p.Publish(ch, ref, topic.encode(), body))
-
-
-def request(topic: str, body: bytes = b"body", ch: bytes = A, ref: bytes = b"q") -> list[bytes]:
-    return p.encode(p.Request(ch, ref, topic.encode(), body))
-
-
-def reply(token: bytes, body: bytes = b"reply", ch: bytes = A) -> list[bytes]:
-    return p.encode(p.Reply(ch, token, body))
-
-
-def ack(token: bytes, body: bytes | None = None, ch: bytes = A) -> list[bytes]:
-    return p.encode(p.Ack(ch, token, p.pack_ack(1, 0) if body is None else body))
-
-
-def disconnect(ch: bytes = A, ref: bytes = b"d") -> list[bytes]:
-    return p.encode(p.Disconnect(ch, ref))
-
-
-def take(state: BrokerState) -> list[tuple[bytes, p.BrokerCommand]]:
-    """Parse and clear everything the broker queued; every frame list must be valid."""
-    out = [(ident, p.parse_broker(frames)) for ident, frames in state.outbox]
-    state.outbox.clear()
-    return out
-
-
-def join(state: BrokerState, ident: bytes, ch: bytes = A, *patterns: str) -> None:
-    state.handle(ident, hello(ch))
-    for pattern in patterns:
-        state.handle(ident, subscribe(pattern, ch))
-    out = take(state)
-    assert [type(c) for _, c in out] == [p.Welcome] + [p.Ok] * len(patterns)
-
-
-def join_group(state: BrokerState, ident: bytes, pattern: str, queue: str, ch: bytes = A) -> None:
-    """Join ``ch`` and the queue group (pattern, queue) with the default sid."""
-    join(state, ident, ch)
-    state.handle(ident, subscribe(pattern, ch, queue=queue))
-    assert take(state) == [(ident, p.Ok(ch, b"s"))]
 
 
 def delivered_to(out: list[tuple[bytes, p.BrokerCommand]]) -> list[bytes]:
@@ -146,7 +84,7 @@ def test_hello_gets_welcome() -> None:
 
 def test_repeated_hello_on_same_channel_is_welcomed_again_without_a_new_peer() -> None:
     s = BrokerState()
-    join(s, b"p1", A, "a.*")
+    joined(s, b"p1", "a.*")
     session = s.peers[b"p1"].session
     s.handle(b"p1", hello(A))
     [(_, cmd)] = take(s)
@@ -158,15 +96,15 @@ def test_repeated_hello_on_same_channel_is_welcomed_again_without_a_new_peer() -
 
 def test_sessions_are_numbered_and_never_reused() -> None:
     s = BrokerState()
-    join(s, b"p1")
-    join(s, b"p2", B)
+    joined(s, b"p1")
+    joined(s, b"p2", ch=B)
     assert [s.peers[i].session for i in (b"p1", b"p2")] == [
         (1).to_bytes(8, "big"),
         (2).to_bytes(8, "big"),
     ]
     s.handle(b"p1", disconnect())
     take(s)
-    join(s, b"p1")  # the same identity joins again: a new session
+    joined(s, b"p1")  # the same identity joins again: a new session
     assert s.peers[b"p1"].session == (3).to_bytes(8, "big")
     assert set(s.sessions) == {(2).to_bytes(8, "big"), (3).to_bytes(8, "big")}
 
@@ -182,7 +120,7 @@ def test_max_message_size_must_be_positive() -> None:
 
 def test_subscribe_is_answered_ok_with_ref() -> None:
     s = BrokerState()
-    join(s, b"p1")
+    joined(s, b"p1")
     s.handle(b"p1", subscribe("a.>", ref=b"ref-1", sid=sid(1)))
     assert take(s) == [(b"p1", p.Ok(A, b"ref-1"))]
     assert s.subscription_count() == 1
@@ -206,8 +144,8 @@ def test_subscribe_is_answered_ok_with_ref() -> None:
 )
 def test_subscribe_reusing_an_open_sid_otherwise_is_refused(pattern: str, queue: str) -> None:
     s = BrokerState()
-    join(s, b"p1")
-    join(s, b"pub")
+    joined(s, b"p1")
+    joined(s, b"pub")
     s.handle(b"p1", subscribe("a.>", sid=sid(7)))
     take(s)
     s.handle(b"p1", subscribe(pattern, queue=queue, ref=b"again", sid=sid(7)))
@@ -223,7 +161,7 @@ def test_subscribe_reusing_an_open_sid_otherwise_is_refused(pattern: str, queue:
 
 def test_a_group_member_sid_cannot_be_reused_as_plain() -> None:
     s = BrokerState()
-    join(s, b"p1")
+    joined(s, b"p1")
     s.handle(b"p1", subscribe("a", queue="g", sid=sid(1)))
     s.handle(b"p1", subscribe("a", queue="g", sid=sid(1), ref=b"same"))
     assert [c for _, c in take(s)] == [p.Ok(A, b"s"), p.Ok(A, b"same")]
@@ -234,7 +172,7 @@ def test_a_group_member_sid_cannot_be_reused_as_plain() -> None:
 
 def test_a_closed_sid_may_be_opened_again_with_anything() -> None:
     s = BrokerState()
-    join(s, b"p1")
+    joined(s, b"p1")
     s.handle(b"p1", subscribe("a", sid=sid(1)))
     s.handle(b"p1", unsubscribe(sids=sid(1)))
     s.handle(b"p1", subscribe("b.>", queue="g", sid=sid(1)))
@@ -244,7 +182,7 @@ def test_a_closed_sid_may_be_opened_again_with_anything() -> None:
 
 def test_unsubscribe_is_idempotent() -> None:
     s = BrokerState()
-    join(s, b"p1", A, "a.*")
+    joined(s, b"p1", "a.*")
     for ref in (b"u1", b"u2"):
         s.handle(b"p1", unsubscribe("a.*", ref=ref))
         assert take(s) == [(b"p1", p.Ok(A, ref))]
@@ -252,15 +190,15 @@ def test_unsubscribe_is_idempotent() -> None:
     assert take(s) == [(b"p1", p.Ok(A, b"u3"))]
     assert s.subscription_count() == 0
     assert s.counters["unsubscribes"] == 1
-    join(s, b"pub")
+    joined(s, b"pub")
     s.handle(b"pub", publish("a.b"))
     assert take(s) == []
 
 
 def test_unsubscribe_closes_several_sids_and_ignores_unknown_ones() -> None:
     s = BrokerState()
-    join(s, b"sub")
-    join(s, b"pub")
+    joined(s, b"sub")
+    joined(s, b"pub")
     for n, pattern in enumerate(["t", "t", "t", "*"], start=1):
         s.handle(b"sub", subscribe(pattern, sid=sid(n)))
     take(s)
@@ -274,8 +212,8 @@ def test_unsubscribe_closes_several_sids_and_ignores_unknown_ones() -> None:
 
 def test_the_same_sid_on_two_peers_is_two_subscriptions() -> None:
     s = BrokerState()
-    join(s, b"x")
-    join(s, b"y")
+    joined(s, b"x")
+    joined(s, b"y")
     for ident in (b"x", b"y"):
         s.handle(ident, subscribe("t", sid=sid(1)))
     take(s)
@@ -290,13 +228,13 @@ def test_the_same_sid_on_two_peers_is_two_subscriptions() -> None:
 
 def test_fan_out_to_every_matching_peer_exactly_once() -> None:
     s = BrokerState()
-    join(s, b"many", A, "a.*", "a.>", "a.b", "*.b", ">")  # five matching patterns
-    join(s, b"one", A, "a.b")
-    join(s, b"tail", A, ">")
-    join(s, b"miss", A, "a.c", "b.>", "a.*.c", "a")
-    join(s, b"none", A)
-    join(s, b"other", B, ">", "a.b")  # same patterns, another channel
-    join(s, b"pub", A)
+    joined(s, b"many", "a.*", "a.>", "a.b", "*.b", ">")  # five matching patterns
+    joined(s, b"one", "a.b")
+    joined(s, b"tail", ">")
+    joined(s, b"miss", "a.c", "b.>", "a.*.c", "a")
+    joined(s, b"none")
+    joined(s, b"other", ">", "a.b", ch=B)  # same patterns, another channel
+    joined(s, b"pub")
     s.handle(b"pub", publish("a.b", b"payload"))
     out = take(s)
     assert delivered_to(out) == [b"many", b"one", b"tail"]
@@ -315,9 +253,9 @@ def test_fan_out_to_every_matching_peer_exactly_once() -> None:
 
 def test_publisher_in_other_channel_reaches_only_its_channel() -> None:
     s = BrokerState()
-    join(s, b"a-sub", A, ">")
-    join(s, b"b-sub", B, ">")
-    join(s, b"b-pub", B)
+    joined(s, b"a-sub", ">")
+    joined(s, b"b-sub", ">", ch=B)
+    joined(s, b"b-pub", ch=B)
     s.handle(b"b-pub", publish("x.y", ch=B))
     out = take(s)
     assert out == [(b"b-sub", p.Deliver(B, b"", b"x.y", b"body", sid_of(">")))]
@@ -325,7 +263,7 @@ def test_publisher_in_other_channel_reaches_only_its_channel() -> None:
 
 def test_publisher_with_matching_pattern_gets_its_own_message() -> None:
     s = BrokerState()
-    join(s, b"self", A, "t")
+    joined(s, b"self", "t")
     s.handle(b"self", publish("t"))
     assert delivered_to(take(s)) == [b"self"]
 
@@ -333,8 +271,8 @@ def test_publisher_with_matching_pattern_gets_its_own_message() -> None:
 def test_unconfirmed_publish_reuses_received_frames() -> None:
     s = BrokerState()
     for i in range(4):
-        join(s, b"sub%d" % i, A, ">")
-    join(s, b"pub")
+        joined(s, b"sub%d" % i, ">")
+    joined(s, b"pub")
     frames = publish("a.b", b"x" * 50)
     topic, body = frames[3], frames[4]
     s.handle(b"pub", frames)
@@ -354,7 +292,7 @@ def test_unconfirmed_publish_reuses_received_frames() -> None:
 
 def test_no_subscribers_no_deliveries() -> None:
     s = BrokerState()
-    join(s, b"pub")
+    joined(s, b"pub")
     s.handle(b"pub", publish("a.b"))
     assert take(s) == []
     assert s.counters["published"] == 1
@@ -366,10 +304,10 @@ def test_no_subscribers_no_deliveries() -> None:
 
 def test_confirmed_publish_deliver_tokens_routed_and_acked() -> None:
     s = BrokerState()
-    join(s, b"s1", A, "a.*", "a.>")
-    join(s, b"s2", A, ">")
-    join(s, b"s3", A, "zzz")
-    join(s, b"pub")
+    joined(s, b"s1", "a.*", "a.>")
+    joined(s, b"s2", ">")
+    joined(s, b"s3", "zzz")
+    joined(s, b"pub")
     s.handle(b"pub", publish("a.b", b"msg", ref=b"r1"))
     out = take(s)
     delivers = [(i, c) for i, c in out if isinstance(c, p.Deliver)]
@@ -399,8 +337,8 @@ def test_acked_forwards_the_subscribers_body_untouched() -> None:
     # The broker does not decode the ACK body: even a body that is not a valid
     # ack reaches the publisher byte for byte.
     s = BrokerState()
-    join(s, b"sub", A, "t")
-    join(s, b"pub")
+    joined(s, b"sub", "t")
+    joined(s, b"pub")
     s.handle(b"pub", publish("t", ref=b"r"))
     token = next(c.token for _, c in take(s) if isinstance(c, p.Deliver))
     body = b"\x00\xffnot msgpack"
@@ -414,7 +352,7 @@ def test_acked_forwards_the_subscribers_body_untouched() -> None:
 
 def test_confirmed_publish_without_subscribers_routes_zero() -> None:
     s = BrokerState()
-    join(s, b"pub")
+    joined(s, b"pub")
     s.handle(b"pub", publish("a", ref=b"r"))
     assert take(s) == [(b"pub", p.Routed(A, b"r", 0))]
     assert s.pending_confirmations == 0
@@ -422,8 +360,8 @@ def test_confirmed_publish_without_subscribers_routes_zero() -> None:
 
 def test_each_confirmed_publish_gets_a_fresh_token() -> None:
     s = BrokerState()
-    join(s, b"sub", A, ">")
-    join(s, b"pub")
+    joined(s, b"sub", ">")
+    joined(s, b"pub")
     seen = set()
     for i in range(5):
         s.handle(b"pub", publish("t", ref=b"r%d" % i))
@@ -433,8 +371,8 @@ def test_each_confirmed_publish_gets_a_fresh_token() -> None:
 
 def test_duplicate_and_stale_acks_are_ignored_and_counted() -> None:
     s = BrokerState()
-    join(s, b"sub", A, "t")
-    join(s, b"pub")
+    joined(s, b"sub", "t")
+    joined(s, b"pub")
     s.handle(b"pub", publish("t", ref=b"r"))
     token = next(c.token for _, c in take(s) if isinstance(c, p.Deliver))
     s.handle(b"sub", ack(token))
@@ -448,9 +386,9 @@ def test_duplicate_and_stale_acks_are_ignored_and_counted() -> None:
 
 def test_ack_from_a_peer_that_was_not_a_target_is_ignored() -> None:
     s = BrokerState()
-    join(s, b"sub", A, "t")
-    join(s, b"bystander", A, "other")
-    join(s, b"pub")
+    joined(s, b"sub", "t")
+    joined(s, b"bystander", "other")
+    joined(s, b"pub")
     s.handle(b"pub", publish("t", ref=b"r"))
     token = next(c.token for _, c in take(s) if isinstance(c, p.Deliver))
     s.handle(b"bystander", ack(token))
@@ -468,9 +406,9 @@ def test_ack_from_a_peer_that_was_not_a_target_is_ignored() -> None:
 
 def test_drop_peer_resolves_outstanding_tokens_with_error_ack() -> None:
     s = BrokerState()
-    join(s, b"sub", A, "t", "u.>")
-    join(s, b"good", A, "t")
-    join(s, b"pub")
+    joined(s, b"sub", "t", "u.>")
+    joined(s, b"good", "t")
+    joined(s, b"pub")
     s.handle(b"pub", publish("t", ref=b"r1"))
     s.handle(b"pub", publish("t", ref=b"r2"))
     tokens = [c.token for i, c in take(s) if i == b"good" and isinstance(c, p.Deliver)]
@@ -505,8 +443,8 @@ def test_drop_peer_resolves_outstanding_tokens_with_error_ack() -> None:
 
 def test_drop_peer_after_a_cached_publish_stops_routing_to_it() -> None:
     s = BrokerState()
-    join(s, b"sub", A, "t")
-    join(s, b"pub")
+    joined(s, b"sub", "t")
+    joined(s, b"pub")
     s.handle(b"pub", publish("t"))  # fills the topic cache with (sub,)
     assert delivered_to(take(s)) == [b"sub"]
     s.drop_peer(b"sub")
@@ -516,8 +454,8 @@ def test_drop_peer_after_a_cached_publish_stops_routing_to_it() -> None:
 
 def test_disconnect_command_drops_peer_and_answers_ok() -> None:
     s = BrokerState()
-    join(s, b"sub", A, ">")
-    join(s, b"pub")
+    joined(s, b"sub", ">")
+    joined(s, b"pub")
     s.handle(b"pub", publish("t", ref=b"r"))
     take(s)
     s.handle(b"sub", disconnect(ref=b"bye"))
@@ -534,8 +472,8 @@ def test_disconnect_command_drops_peer_and_answers_ok() -> None:
 
 def test_publisher_leaving_with_pending_confirmations() -> None:
     s = BrokerState()
-    join(s, b"sub", A, "t")
-    join(s, b"pub")
+    joined(s, b"sub", "t")
+    joined(s, b"pub")
     s.handle(b"pub", publish("t", ref=b"r"))
     token = next(c.token for _, c in take(s) if isinstance(c, p.Deliver))
     s.drop_peer(b"pub")
@@ -546,8 +484,8 @@ def test_publisher_leaving_with_pending_confirmations() -> None:
 
 def test_subscriber_that_is_also_the_publisher_leaving() -> None:
     s = BrokerState()
-    join(s, b"both", A, "t")
-    join(s, b"other", A, "t")
+    joined(s, b"both", "t")
+    joined(s, b"other", "t")
     s.handle(b"both", publish("t", ref=b"r"))
     take(s)
     s.drop_peer(b"both")
@@ -559,22 +497,22 @@ def test_acked_not_leaked_to_a_new_session_reusing_the_identity() -> None:
     # the same identity joins another channel. The old ACK must not reach it as
     # an ACKED on the new channel with the old session's ref.
     s = BrokerState()
-    join(s, b"sub", A, "t")
-    join(s, b"pub", A)
+    joined(s, b"sub", "t")
+    joined(s, b"pub")
     s.handle(b"pub", publish("t", ref=b"r1"))
     token = next(c.token for _, c in take(s) if isinstance(c, p.Deliver))
     s.handle(b"pub", disconnect())
     take(s)
-    join(s, b"pub", B)
+    joined(s, b"pub", ch=B)
     s.handle(b"sub", ack(token))
     assert take(s) == []
 
 
 def test_channel_removed_when_last_peer_leaves() -> None:
     s = BrokerState()
-    join(s, b"p1", A, "a")
-    join(s, b"p2", A)
-    join(s, b"p3", B)
+    joined(s, b"p1", "a")
+    joined(s, b"p2")
+    joined(s, b"p3", ch=B)
     assert set(s.channels) == {A, B}
     s.drop_peer(b"p1")
     assert set(s.channels) == {A, B}
@@ -585,8 +523,8 @@ def test_channel_removed_when_last_peer_leaves() -> None:
     assert s.channels == {}
     assert s.peers == {}
     # A new peer on A gets a fresh channel with no leftover subscriptions.
-    join(s, b"p4", A)
-    join(s, b"p5", A, ">")
+    joined(s, b"p4")
+    joined(s, b"p5", ">")
     s.handle(b"p4", publish("a"))
     assert delivered_to(take(s)) == [b"p5"]
 
@@ -596,8 +534,8 @@ def test_channel_removed_when_last_peer_leaves() -> None:
 
 def test_subscribe_after_publish_gets_the_next_message() -> None:
     s = BrokerState()
-    join(s, b"pub")
-    join(s, b"sub")
+    joined(s, b"pub")
+    joined(s, b"sub")
     s.handle(b"pub", publish("a.b"))
     assert take(s) == []  # cached: no targets for a.b
     s.handle(b"sub", subscribe("a.*"))
@@ -612,11 +550,11 @@ def test_subscribe_after_publish_gets_the_next_message() -> None:
 
 def test_cache_is_per_channel() -> None:
     s = BrokerState()
-    join(s, b"a-sub", A, "t")
-    join(s, b"b-pub", B)
+    joined(s, b"a-sub", "t")
+    joined(s, b"b-pub", ch=B)
     s.handle(b"b-pub", publish("t", ch=B))
     assert take(s) == []
-    join(s, b"a-pub", A)
+    joined(s, b"a-pub")
     s.handle(b"a-pub", publish("t"))
     assert delivered_to(take(s)) == [b"a-sub"]
 
@@ -632,9 +570,9 @@ def test_queue_group_each_message_reaches_one_member_and_every_plain_subscriber(
     s = BrokerState()
     members = [b"m1", b"m2", b"m3"]
     for m in members:
-        join_group(s, m, "jobs.>", "workers")
-    join(s, b"plain", A, "jobs.>")
-    join(s, b"pub")
+        joined(s, m, ("jobs.>", None, "workers"))
+    joined(s, b"plain", "jobs.>")
+    joined(s, b"pub")
     take(s)
     assert _group(s, A, "jobs.>", "workers") == [(m, sid_of("jobs.>", "workers")) for m in members]
     got: Counter[bytes] = Counter()
@@ -653,8 +591,8 @@ def test_queue_group_each_message_reaches_one_member_and_every_plain_subscriber(
 def test_queue_group_rotation_order() -> None:
     s = BrokerState()
     for m in (b"m1", b"m2", b"m3"):
-        join_group(s, m, "t", "g")
-    join(s, b"pub")
+        joined(s, m, ("t", None, "g"))
+    joined(s, b"pub")
     take(s)
     order = []
     for _ in range(6):
@@ -666,8 +604,8 @@ def test_queue_group_rotation_order() -> None:
 def test_queue_group_prefers_an_idle_member_then_the_least_busy() -> None:
     s = BrokerState()
     for m in (b"m1", b"m2", b"m3"):
-        join_group(s, m, "t", "g")
-    join(s, b"pub")
+        joined(s, m, ("t", None, "g"))
+    joined(s, b"pub")
     take(s)
     tokens: dict[bytes, list[bytes]] = {}
 
@@ -699,8 +637,8 @@ def test_queue_group_prefers_an_idle_member_then_the_least_busy() -> None:
 def test_requests_do_not_make_a_member_busy() -> None:
     s = BrokerState()
     for m in (b"m1", b"m2"):
-        join_group(s, m, "t", "g")
-    join(s, b"req")
+        joined(s, m, ("t", None, "g"))
+    joined(s, b"req")
     take(s)
     order = []
     for i in range(4):
@@ -712,12 +650,12 @@ def test_requests_do_not_make_a_member_busy() -> None:
 
 def test_queue_group_and_plain_sids_of_one_peer_share_one_deliver() -> None:
     s = BrokerState()
-    join(s, b"sub", A, "a.*")
+    joined(s, b"sub", "a.*")
     s.handle(b"sub", subscribe("a.>", queue="g1"))
     s.handle(b"sub", subscribe("a.b", queue="g2"))
     s.handle(b"sub", subscribe("a.>", queue="g1", sid=sid(5)))  # two members of one group
     assert [type(c) for _, c in take(s)] == [p.Ok] * 3
-    join(s, b"pub")
+    joined(s, b"pub")
     s.handle(b"pub", publish("a.b", ref=b"r"))
     out = take(s)
     [(to, deliver)] = [(i, c) for i, c in out if isinstance(c, p.Deliver)]
@@ -732,9 +670,9 @@ def test_queue_group_and_plain_sids_of_one_peer_share_one_deliver() -> None:
 
 def test_queue_groups_are_per_pattern_name_and_channel() -> None:
     s = BrokerState()
-    join(s, b"x")
-    join(s, b"y")
-    join(s, b"z", B)
+    joined(s, b"x")
+    joined(s, b"y")
+    joined(s, b"z", ch=B)
     s.handle(b"x", subscribe("a.>", queue="g"))
     s.handle(b"y", subscribe("a.*", queue="g"))  # same name, other pattern
     s.handle(b"y", subscribe("a.>", queue="h"))  # same pattern, other name
@@ -753,9 +691,9 @@ def test_queue_groups_are_per_pattern_name_and_channel() -> None:
 
 def test_group_goes_when_its_last_member_leaves() -> None:
     s = BrokerState()
-    join(s, b"m1")
-    join(s, b"m2")
-    join(s, b"pub")
+    joined(s, b"m1")
+    joined(s, b"m2")
+    joined(s, b"pub")
     s.handle(b"m1", subscribe("t", queue="g"))
     s.handle(b"m2", subscribe("t", queue="g"))
     take(s)
@@ -773,9 +711,9 @@ def test_group_goes_when_its_last_member_leaves() -> None:
 
 def test_member_leaving_reports_its_delivery_which_is_not_given_to_another() -> None:
     s = BrokerState()
-    join(s, b"stay")
-    join(s, b"leave")
-    join(s, b"pub")
+    joined(s, b"stay")
+    joined(s, b"leave")
+    joined(s, b"pub")
     for m in (b"stay", b"leave"):
         s.handle(m, subscribe("job", queue="workers"))
     take(s)
@@ -795,9 +733,9 @@ def test_member_leaving_reports_its_delivery_which_is_not_given_to_another() -> 
 
 def test_member_whose_deliver_could_not_be_queued_is_reported_dropped_and_idle() -> None:
     s = BrokerState()
-    join(s, b"m1")
-    join(s, b"m2")
-    join(s, b"pub")
+    joined(s, b"m1")
+    joined(s, b"m2")
+    joined(s, b"pub")
     for m in (b"m1", b"m2"):
         s.handle(m, subscribe("job", queue="g"))
     take(s)
@@ -830,10 +768,10 @@ def _session(s: BrokerState, ident: bytes) -> bytes:
 
 def test_request_asks_every_target_then_routes_the_count() -> None:
     s = BrokerState()
-    join(s, b"s1", A, "svc.*", "svc.>")
-    join(s, b"s2", A, "svc.echo")
-    join(s, b"miss", A, "other")
-    join(s, b"req")
+    joined(s, b"s1", "svc.*", "svc.>")
+    joined(s, b"s2", "svc.echo")
+    joined(s, b"miss", "other")
+    joined(s, b"req")
     frames = request("svc.echo", b"ping", ref=b"q1")
     s.handle(b"req", frames)
     out = take(s)
@@ -850,8 +788,8 @@ def test_request_asks_every_target_then_routes_the_count() -> None:
 
 def test_request_forwards_the_received_frames() -> None:
     s = BrokerState()
-    join(s, b"sub", A, ">")
-    join(s, b"req")
+    joined(s, b"sub", ">")
+    joined(s, b"req")
     frames = request("a.b", b"x" * 50)
     s.handle(b"req", frames)
     [(_, ask_frames), _] = s.outbox
@@ -860,15 +798,15 @@ def test_request_forwards_the_received_frames() -> None:
 
 def test_request_with_no_target_is_routed_zero() -> None:
     s = BrokerState()
-    join(s, b"other", B, ">")
-    join(s, b"req")
+    joined(s, b"other", ">", ch=B)
+    joined(s, b"req")
     s.handle(b"req", request("svc", ref=b"q"))
     assert take(s) == [(b"req", p.Routed(A, b"q", 0))]
 
 
 def test_request_to_self() -> None:
     s = BrokerState()
-    join(s, b"me", A, "svc")
+    joined(s, b"me", "svc")
     s.handle(b"me", request("svc", ref=b"q"))
     token = _session(s, b"me") + b"q"
     assert take(s) == [
@@ -881,9 +819,9 @@ def test_request_to_self() -> None:
 
 def test_reply_is_forwarded_to_the_requester_only_every_time() -> None:
     s = BrokerState()
-    join(s, b"s1", A, "svc")
-    join(s, b"s2", A, "svc")
-    join(s, b"req")
+    joined(s, b"s1", "svc")
+    joined(s, b"s2", "svc")
+    joined(s, b"req")
     s.handle(b"req", request("svc", ref=b"q"))
     token = next(c.token for _, c in take(s) if isinstance(c, p.Ask))
     frames = reply(token, b"first")
@@ -905,9 +843,9 @@ def test_reply_is_forwarded_to_the_requester_only_every_time() -> None:
 
 def test_same_ref_from_two_requesters_never_crosses() -> None:
     s = BrokerState()
-    join(s, b"resp", A, "svc")
-    join(s, b"r1")
-    join(s, b"r2")
+    joined(s, b"resp", "svc")
+    joined(s, b"r1")
+    joined(s, b"r2")
     tokens = {}
     for r in (b"r1", b"r2"):
         s.handle(r, request("svc", ref=b"same"))
@@ -920,9 +858,9 @@ def test_same_ref_from_two_requesters_never_crosses() -> None:
 
 def test_reply_from_another_channel_is_dropped() -> None:
     s = BrokerState()
-    join(s, b"resp", A, "svc")
-    join(s, b"req")
-    join(s, b"evil", B)
+    joined(s, b"resp", "svc")
+    joined(s, b"req")
+    joined(s, b"evil", ch=B)
     s.handle(b"req", request("svc", ref=b"q"))
     token = next(c.token for _, c in take(s) if isinstance(c, p.Ask))
     s.handle(b"evil", reply(token, b"forged", ch=B))
@@ -934,8 +872,8 @@ def test_reply_from_another_channel_is_dropped() -> None:
 @pytest.mark.parametrize("how", ["disconnect", "drop", "disconnect-and-rejoin"])
 def test_reply_after_the_requester_left_is_dropped_and_counted(how: str) -> None:
     s = BrokerState()
-    join(s, b"resp", A, "svc")
-    join(s, b"req")
+    joined(s, b"resp", "svc")
+    joined(s, b"req")
     s.handle(b"req", request("svc", ref=b"q"))
     token = next(c.token for _, c in take(s) if isinstance(c, p.Ask))
     if how == "drop":
@@ -944,7 +882,7 @@ def test_reply_after_the_requester_left_is_dropped_and_counted(how: str) -> None
         s.handle(b"req", disconnect())
     take(s)
     if how == "disconnect-and-rejoin":
-        join(s, b"req")  # a new session of the same identity must not get it
+        joined(s, b"req")  # a new session of the same identity must not get it
     s.handle(b"resp", reply(token))
     assert take(s) == []
     assert s.counters["stale_replies"] == 1
@@ -953,7 +891,7 @@ def test_reply_after_the_requester_left_is_dropped_and_counted(how: str) -> None
 
 def test_reply_with_a_token_of_no_session_is_dropped() -> None:
     s = BrokerState()
-    join(s, b"resp")
+    joined(s, b"resp")
     s.handle(b"resp", reply(b"\xff" * 8 + b"q"))
     s.handle(b"resp", reply(_session(s, b"resp")[:-1] + b"\x09" + b"q"))
     assert take(s) == []
@@ -966,7 +904,7 @@ def test_reply_with_a_token_of_no_session_is_dropped() -> None:
 )
 def test_request_ref_is_1_to_24_bytes(ref: bytes, ok: bool) -> None:
     s = BrokerState()
-    join(s, b"req")
+    joined(s, b"req")
     s.handle(b"req", request("svc", ref=ref))
     if ok:
         assert take(s) == [(b"req", p.Routed(A, ref, 0))]
@@ -980,7 +918,7 @@ def test_request_ref_is_1_to_24_bytes(ref: bytes, ok: bool) -> None:
 )
 def test_reply_token_is_9_to_32_bytes(size: int, ok: bool) -> None:
     s = BrokerState()
-    join(s, b"resp")
+    joined(s, b"resp")
     s.handle(b"resp", reply(b"t" * size))
     out = take(s)
     if ok:
@@ -993,8 +931,8 @@ def test_reply_token_is_9_to_32_bytes(size: int, ok: bool) -> None:
 
 def test_request_and_reply_bodies_are_limited_by_max_message_size() -> None:
     s = BrokerState(max_message_size=10)
-    join(s, b"resp", A, "svc")
-    join(s, b"req")
+    joined(s, b"resp", "svc")
+    joined(s, b"req")
     s.handle(b"req", request("svc", b"x" * 11, ref=b"big"))
     err = only_error(take(s), b"req")
     assert (err.code, err.ref) == (ErrorCode.TOO_LARGE, b"big")
@@ -1050,8 +988,8 @@ def test_not_joined_before_hello(frames: list[bytes], ref: bytes) -> None:
 )
 def test_channel_mismatch_on_frame_channel(frames: list[bytes]) -> None:
     s = BrokerState()
-    join(s, b"p", A, ">")
-    join(s, b"q", B, ">")
+    joined(s, b"p", ">")
+    joined(s, b"q", ">", ch=B)
     s.handle(b"p", frames)
     err = only_error(take(s), b"p")
     assert err.code == ErrorCode.CHANNEL_MISMATCH
@@ -1062,21 +1000,21 @@ def test_channel_mismatch_on_frame_channel(frames: list[bytes]) -> None:
 
 def test_second_hello_with_another_channel_is_refused() -> None:
     s = BrokerState()
-    join(s, b"p", A, "t")
+    joined(s, b"p", "t")
     s.handle(b"p", hello(B))
     err = only_error(take(s), b"p")
     assert err.code == ErrorCode.CHANNEL_MISMATCH
     assert s.peers[b"p"].channel.id == A
     assert set(s.channels) == {A}
-    join(s, b"pub", A)
+    joined(s, b"pub")
     s.handle(b"pub", publish("t"))
     assert delivered_to(take(s)) == [b"p"]
 
 
 def test_too_large() -> None:
     s = BrokerState(max_message_size=100)
-    join(s, b"sub", A, "t")
-    join(s, b"pub")
+    joined(s, b"sub", "t")
+    joined(s, b"pub")
     s.handle(b"pub", publish("t", b"x" * 101, ref=b"big"))
     err = only_error(take(s), b"pub")
     assert err.code == ErrorCode.TOO_LARGE
@@ -1118,7 +1056,7 @@ def test_too_large() -> None:
 )
 def test_bad_topic(frames: list[bytes], ref: bytes) -> None:
     s = BrokerState()
-    join(s, b"p", A, ">")
+    joined(s, b"p", ">")
     s.handle(b"p", frames)
     err = only_error(take(s), b"p")
     assert err.code == ErrorCode.BAD_TOPIC
@@ -1130,7 +1068,7 @@ def test_bad_topic(frames: list[bytes], ref: bytes) -> None:
 
 def test_bad_topic_refused_again_on_repeat() -> None:
     s = BrokerState()
-    join(s, b"p", A, ">")
+    joined(s, b"p", ">")
     for _ in range(3):
         s.handle(b"p", [p.H_PUBLISH, A, b"", b"a.>", b""])
         assert only_error(take(s), b"p").code == ErrorCode.BAD_TOPIC
@@ -1176,15 +1114,15 @@ def test_bad_topic_refused_again_on_repeat() -> None:
         ([b"ZB\x01\x00", A], ErrorCode.UNKNOWN_COMMAND),
     ],
 )
-@pytest.mark.parametrize("joined", [False, True])
+@pytest.mark.parametrize("member", [False, True])
 def test_malformed_messages_are_refused_not_raised(
-    frames: list[bytes], code: int | tuple[int, int], joined: bool
+    frames: list[bytes], code: int | tuple[int, int], member: bool
 ) -> None:
     if isinstance(code, tuple):
-        code = code[joined]
+        code = code[member]
     s = BrokerState()
-    if joined:
-        join(s, b"p", A, ">")
+    if member:
+        joined(s, b"p", ">")
     s.handle(b"p", frames)
     err = only_error(take(s), b"p")
     assert err.code == code
@@ -1219,8 +1157,8 @@ def test_random_frames_never_raise_and_replies_are_valid(
     msgs: list[tuple[bytes, list[bytes]]],
 ) -> None:
     s = BrokerState(max_message_size=64)
-    join(s, b"p", A, ">")
-    join(s, b"q", B, "a.*")
+    joined(s, b"p", ">")
+    joined(s, b"q", "a.*", ch=B)
     for ident, frames in msgs:
         s.handle(ident, frames)
         for to, out in s.outbox:
@@ -1316,7 +1254,7 @@ class RoutingModel:
 
     def subscribe(self, ident: bytes, sid: bytes, pattern: str, queue: str = "") -> None:
         ch, ref = self.joined[ident], self._ref()
-        self.s.handle(ident, subscribe(pattern, ch, ref, queue=queue, sid=sid))
+        self.s.handle(ident, subscribe(pattern, sid, queue, ch=ch, ref=ref))
         out = take(self.s)
         current = self.subs[ident].get(sid)
         if current is None or current == (pattern, queue):
