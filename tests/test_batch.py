@@ -13,6 +13,17 @@ from typing import Any
 
 import pytest
 import zmq
+from frames import (
+    A,
+    ack,
+    hello,
+    joined,
+    publish,
+    publish_batch,
+    publish_entries,
+    subscribe,
+    welcome_of,
+)
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from sinks import ListSink
@@ -23,43 +34,7 @@ from zmqbus._client import BATCH_BYTES, ClientCore, batch_front
 from zmqbus._routing import BrokerState
 from zmqbus.protocol import ErrorCode
 
-A = b"A" * 16
 T = 5.0
-
-
-def hello(batch: bool | None = None, heartbeat: int = 0) -> list[bytes]:
-    extra: dict[str, Any] = {}
-    if batch is not None:
-        extra["batch"] = batch
-    if heartbeat:
-        extra["heartbeat"] = heartbeat
-    return [p.H_HELLO, A, p.pack_hello("test", **extra)]
-
-
-def subscribe(pattern: str, sid: int, queue: str = "") -> list[bytes]:
-    return [p.H_SUBSCRIBE, A, b"s", sid.to_bytes(4, "big"), pattern.encode(), queue.encode()]
-
-
-def entries(*pairs: tuple[str, bytes]) -> bytes:
-    return b"".join(p.pack_publish_entry(t.encode(), b) for t, b in pairs)
-
-
-def batch(*pairs: tuple[str, bytes]) -> list[bytes]:
-    return [p.H_PUBLISH_BATCH, A, entries(*pairs)]
-
-
-def joined(state: BrokerState, ident: bytes, batch: bool | None = None, *subs: Any) -> None:
-    state.handle(ident, hello(batch))
-    for pattern, sid, *queue in subs:
-        state.handle(ident, subscribe(pattern, sid, *queue))
-    state.outbox.clear()
-
-
-def welcome_of(state: BrokerState) -> dict[str, Any]:
-    (_, frames) = state.outbox[-1]
-    cmd = p.parse_broker(frames)
-    assert isinstance(cmd, p.Welcome)
-    return p.unpack_welcome(cmd.body)
 
 
 # --- negotiation -----------------------------------------------------------------
@@ -68,21 +43,22 @@ def welcome_of(state: BrokerState) -> dict[str, Any]:
 @pytest.mark.parametrize("heartbeat", [0, 500])
 def test_welcome_offers_batches_only_when_asked(heartbeat: int) -> None:
     state = BrokerState()
-    state.handle(b"p", hello(None, heartbeat))
+    beat = heartbeat or None  # 0: no heartbeat field
+    state.handle(b"p", hello(heartbeat=beat))
     assert "batch" not in welcome_of(state)
-    state.handle(b"q", hello(False, heartbeat))
+    state.handle(b"q", hello(batch=False, heartbeat=beat))
     assert "batch" not in welcome_of(state)
-    state.handle(b"r", hello(True, heartbeat))
+    state.handle(b"r", hello(batch=True, heartbeat=beat))
     assert welcome_of(state)["batch"] is True
     # A later HELLO negotiates again.
-    state.handle(b"r", hello(None, heartbeat))
+    state.handle(b"r", hello(heartbeat=beat))
     assert "batch" not in welcome_of(state)
     assert not state.peers[b"r"].batch
 
 
 def test_hello_batch_must_be_boolean() -> None:
     state = BrokerState()
-    state.handle(b"p", [p.H_HELLO, A, p.pack_hello("test", batch=1)])
+    state.handle(b"p", hello(batch=1))
     (_, frames) = state.outbox[-1]
     err = p.parse_broker(frames)
     assert isinstance(err, p.Error) and err.code == ErrorCode.BAD_BODY
@@ -94,11 +70,13 @@ def test_hello_batch_must_be_boolean() -> None:
 
 def test_batch_routes_as_its_publishes_in_order() -> None:
     state = BrokerState()
-    joined(state, b"batcher", True, ("orders.>", 1), ("orders.eu.*", 2))
-    joined(state, b"plain", None, ("orders.>", 7))
-    joined(state, b"other", True, ("audit.>", 3))
-    joined(state, b"pub", True)
-    state.handle(b"pub", batch(("orders.eu.a", b"1"), ("audit.x", b"2"), ("orders.us.b", b"3")))
+    joined(state, b"batcher", ("orders.>", 1), ("orders.eu.*", 2), batch=True)
+    joined(state, b"plain", ("orders.>", 7))
+    joined(state, b"other", ("audit.>", 3), batch=True)
+    joined(state, b"pub", batch=True)
+    state.handle(
+        b"pub", publish_batch(("orders.eu.a", b"1"), ("audit.x", b"2"), ("orders.us.b", b"3"))
+    )
     out = state.outbox
     by_peer: dict[bytes, list[list[bytes]]] = {}
     for ident, frames in out:
@@ -125,9 +103,9 @@ def test_batch_routes_as_its_publishes_in_order() -> None:
 def test_queue_groups_pick_per_entry() -> None:
     state = BrokerState()
     for n in range(3):
-        joined(state, b"w%d" % n, True, ("jobs.>", 1, "workers"))
-    joined(state, b"pub", True)
-    state.handle(b"pub", batch(*[("jobs.email", b"%d" % i) for i in range(9)]))
+        joined(state, b"w%d" % n, ("jobs.>", 1, "workers"), batch=True)
+    joined(state, b"pub", batch=True)
+    state.handle(b"pub", publish_batch(*[("jobs.email", b"%d" % i) for i in range(9)]))
     counts = {ident: len(p.unpack_deliver_entries(frames[2])) for ident, frames in state.outbox}
     assert sum(counts.values()) == 9
     assert len(counts) == 3  # spread, one member per entry
@@ -136,17 +114,17 @@ def test_queue_groups_pick_per_entry() -> None:
 @pytest.mark.parametrize(
     ("frames", "code"),
     [
-        (batch(("a.b", b"x"), ("orders.*", b"y")), ErrorCode.BAD_TOPIC),
-        ([p.H_PUBLISH_BATCH, A, entries(("a.b", b"x"))[:-1]], ErrorCode.BAD_FRAMES),
+        (publish_batch(("a.b", b"x"), ("orders.*", b"y")), ErrorCode.BAD_TOPIC),
+        ([p.H_PUBLISH_BATCH, A, publish_entries(("a.b", b"x"))[:-1]], ErrorCode.BAD_FRAMES),
         ([p.H_PUBLISH_BATCH, A, b""], ErrorCode.BAD_FRAMES),
-        (batch(("a.b", b"x"), ("a.c", b"y" * 101)), ErrorCode.TOO_LARGE),
+        (publish_batch(("a.b", b"x"), ("a.c", b"y" * 101)), ErrorCode.TOO_LARGE),
         ([p.H_PUBLISH_BATCH, A], ErrorCode.BAD_FRAMES),
     ],
 )
 def test_a_bad_entry_refuses_the_whole_batch(frames: list[bytes], code: int) -> None:
     state = BrokerState(max_message_size=100)
-    joined(state, b"sub", True, (">", 1))
-    joined(state, b"pub", True)
+    joined(state, b"sub", (">", 1), batch=True)
+    joined(state, b"pub", batch=True)
     state.handle(b"pub", frames)
     assert len(state.outbox) == 1  # no DELIVER_BATCH, only the ERROR
     (ident, reply) = state.outbox[0]
@@ -158,16 +136,16 @@ def test_a_bad_entry_refuses_the_whole_batch(frames: list[bytes], code: int) -> 
 
 def test_batch_before_hello_is_not_joined() -> None:
     state = BrokerState()
-    state.handle(b"pub", batch(("a.b", b"x")))
+    state.handle(b"pub", publish_batch(("a.b", b"x")))
     err = p.parse_broker(state.outbox[0][1])
     assert isinstance(err, p.Error) and err.code == ErrorCode.NOT_JOINED
 
 
 def test_a_dropped_deliver_batch_counts_each_entry_per_sid() -> None:
     state = BrokerState()
-    joined(state, b"slow", True, ("a.>", 1), ("a.b", 2))
-    joined(state, b"pub", True)
-    state.handle(b"pub", batch(("a.b", b"1"), ("a.c", b"2"), ("a.b", b"3")))
+    joined(state, b"slow", ("a.>", 1), ("a.b", 2), batch=True)
+    joined(state, b"pub", batch=True)
+    state.handle(b"pub", publish_batch(("a.b", b"1"), ("a.c", b"2"), ("a.b", b"3")))
     ((ident, frames),) = state.outbox
     state.outbox.clear()
     state.undeliverable(ident, frames)  # the socket could not take it
@@ -245,12 +223,10 @@ def test_core_refuses_a_malformed_batch_whole() -> None:
 # --- joining the send queue ------------------------------------------------------
 
 
-def pub(topic: str, payload: bytes, ref: bytes = b"") -> list[bytes]:
-    return [p.H_PUBLISH, A, ref, topic.encode(), payload]
-
-
 def test_batch_front_joins_a_run_of_unconfirmed_publishes() -> None:
-    out = deque([pub("a", b"1"), pub("b", b"2"), pub("c", b"3", ref=b"r"), pub("d", b"4")])
+    out = deque(
+        [publish("a", b"1"), publish("b", b"2"), publish("c", b"3", ref=b"r"), publish("d", b"4")]
+    )
     batch_front(out)
     assert len(out) == 3
     assert out[0][:2] == [p.H_PUBLISH_BATCH, A]
@@ -258,7 +234,7 @@ def test_batch_front_joins_a_run_of_unconfirmed_publishes() -> None:
         (b"a", b"1", p.pack_publish_entry(b"a", b"1")),
         (b"b", b"2", p.pack_publish_entry(b"b", b"2")),
     ]
-    assert list(out)[1:] == [pub("c", b"3", ref=b"r"), pub("d", b"4")]
+    assert list(out)[1:] == [publish("c", b"3", ref=b"r"), publish("d", b"4")]
     before = list(out)
     batch_front(out)  # a batch at the front: nothing to join
     assert list(out) == before
@@ -267,11 +243,11 @@ def test_batch_front_joins_a_run_of_unconfirmed_publishes() -> None:
 @pytest.mark.parametrize(
     "queue",
     [
-        [pub("a", b"1")],
-        [pub("a", b"1"), pub("b", b"2", ref=b"r")],
-        [pub("a", b"1", ref=b"r"), pub("b", b"2"), pub("c", b"3")],
-        [[p.H_ACK, A, b"t", b"x"], pub("b", b"2"), pub("c", b"3")],
-        [pub("a", b"x" * BATCH_BYTES), pub("b", b"2")],
+        [publish("a", b"1")],
+        [publish("a", b"1"), publish("b", b"2", ref=b"r")],
+        [publish("a", b"1", ref=b"r"), publish("b", b"2"), publish("c", b"3")],
+        [ack(b"t", b"x"), publish("b", b"2"), publish("c", b"3")],
+        [publish("a", b"x" * BATCH_BYTES), publish("b", b"2")],
     ],
 )
 def test_batch_front_leaves_what_it_cannot_join(queue: list[list[bytes]]) -> None:
@@ -281,7 +257,7 @@ def test_batch_front_leaves_what_it_cannot_join(queue: list[list[bytes]]) -> Non
 
 
 def test_batch_front_stops_at_the_byte_limit() -> None:
-    out = deque(pub("t", b"x" * 1000) for _ in range(200))
+    out = deque(publish("t", b"x" * 1000) for _ in range(200))
     batch_front(out)
     first = out[0]
     assert first[0] == p.H_PUBLISH_BATCH and len(first[2]) <= BATCH_BYTES
@@ -306,11 +282,12 @@ def test_batched_queue_routes_as_the_plain_queue(items: list[tuple[str, bytes, b
 
     def deliveries(join: bool) -> dict[bytes, list[tuple[bytes, bytes, bytes]]]:
         state = BrokerState()
-        joined(state, b"s1", True, ("a.>", 1))
-        joined(state, b"s2", False, ("a.b", 2), (">", 3))
-        joined(state, b"pub", True)
+        joined(state, b"s1", ("a.>", 1), batch=True)
+        joined(state, b"s2", ("a.b", 2), (">", 3), batch=False)
+        joined(state, b"pub", batch=True)
         out = deque(
-            pub(t, b, ref=b"r%d" % i if confirm else b"") for i, (t, b, confirm) in enumerate(items)
+            publish(t, b, ref=b"r%d" % i if confirm else b"")
+            for i, (t, b, confirm) in enumerate(items)
         )
         seen: dict[bytes, list[tuple[bytes, bytes, bytes]]] = {b"s1": [], b"s2": []}
         while out:
@@ -341,10 +318,10 @@ def test_buses_batch_end_to_end_and_plain_peers_still_get_every_message() -> Non
         raw = ctx.socket(zmq.DEALER)
         try:
             raw.connect(broker.address)
-            raw.send_multipart([p.H_HELLO, ch.bytes, p.pack_hello("raw")])
+            raw.send_multipart(hello(ch.bytes, "raw"))
             assert raw.poll(5000)
             assert raw.recv_multipart()[0] == p.H_WELCOME
-            raw.send_multipart([p.H_SUBSCRIBE, ch.bytes, b"s", b"\0\0\0\1", b"burst.>", b""])
+            raw.send_multipart(subscribe("burst.>", 1, ch=ch.bytes))
             assert raw.poll(5000)
             assert raw.recv_multipart()[0] == p.H_OK
             with Bus(broker.address, ch) as pub, Bus(broker.address, ch) as sub:
@@ -471,9 +448,9 @@ def test_asyncio_lone_publish_leaves_at_once_and_the_rest_of_a_turn_joins_the_ne
     runner: Any = pytest.importorskip("uvloop").run if loop == "uvloop" else asyncio.run
     ch = channel.bytes
     sub = raw_dealer()  # a plain peer: one DELIVER per message, whatever the publisher sent
-    sub.send_multipart([p.H_HELLO, ch, p.pack_hello("test")])
+    sub.send_multipart(hello(ch))
     assert sub.recv_multipart()[0] == p.H_WELCOME
-    sub.send_multipart([p.H_SUBSCRIBE, ch, b"s", (1).to_bytes(4, "big"), b"t", b""])
+    sub.send_multipart(subscribe("t", 1, ch=ch))
     assert sub.recv_multipart()[0] == p.H_OK
 
     def payload() -> bytes:
