@@ -14,6 +14,24 @@ from typing import Any
 
 import pytest
 import zmq
+from frames import (
+    S1,
+    S2,
+    A,
+    B,
+    ack,
+    batch,
+    broker_batch,
+    disconnect,
+    hello,
+    joined,
+    publish,
+    reply,
+    request,
+    subscribe,
+    take,
+    welcome_of,
+)
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from sinks import ListSink
@@ -26,45 +44,8 @@ from zmqbus.errors import ProtocolError
 from zmqbus.message import Message
 from zmqbus.protocol import ErrorCode
 
-A = b"A" * 16
-B = b"B" * 16
 T = 5.0
-S1, S2 = b"\0\0\0\1", b"\0\0\0\2"
-
-
-def hello(commands: bool | None = None, **extra: Any) -> list[bytes]:
-    if commands is not None:
-        extra["batch_commands"] = commands
-    return [p.H_HELLO, A, p.pack_hello("test", **extra)]
-
-
-def subscribe(pattern: str, sid: bytes, queue: str = "") -> list[bytes]:
-    return [p.H_SUBSCRIBE, A, b"s", sid, pattern.encode(), queue.encode()]
-
-
-def publish(topic: bytes, body: bytes = b"b", ref: bytes = b"") -> list[bytes]:
-    return [p.H_PUBLISH, A, ref, topic, body]
-
-
-def batch(*messages: list[bytes], channel: bytes = A) -> list[bytes]:
-    return [p.H_BATCH, channel, b"".join(p.pack_command_entry(m) for m in messages)]
-
-
-NESTED = batch(publish(b"a.b"))
-
-
-def joined(state: BrokerState, ident: bytes, commands: bool | None, *subs: Any) -> None:
-    state.handle(ident, hello(commands))
-    for pattern, sid in subs:
-        state.handle(ident, subscribe(pattern, sid))
-    state.outbox.clear()
-
-
-def welcome_of(state: BrokerState) -> dict[str, Any]:
-    (_, frames) = state.outbox[-1]
-    cmd = p.parse_broker(frames)
-    assert isinstance(cmd, p.Welcome)
-    return p.unpack_welcome(cmd.body)
+NESTED = batch(publish(b"a.b", b"b"))
 
 
 def error_of(frames: list[bytes]) -> p.Error:
@@ -97,10 +78,10 @@ def per_peer(out: list[tuple[bytes, list[bytes]]]) -> dict[bytes, list[list[byte
 
 def test_entries_round_trip_and_stand_for_whole_messages() -> None:
     client = [
-        publish(b"a.b", b"x", b"r1"),
-        [p.H_ACK, A, b"token", p.pack_ack(1, 0)],
-        [p.H_REQUEST, A, b"q", b"a.c", b""],
-        [p.H_REPLY, A, b"s" * 9, b"answer"],
+        publish(b"a.b", b"x", ref=b"r1"),
+        ack(b"token"),
+        request(b"a.c", b"", ref=b"q"),
+        reply(b"s" * 9, b"answer"),
     ]
     frame = b"".join(p.pack_command_entry(m) for m in client)
     assert p.unpack_command_entries(frame, A, p.CLIENT_ENTRY_FRAMES) == client
@@ -122,7 +103,7 @@ def test_entries_round_trip_and_stand_for_whole_messages() -> None:
 
 
 def test_every_cut_of_an_entries_frame_is_refused_unless_it_ends_an_entry() -> None:
-    messages = [publish(b"a.b", b"xyz", b"r"), [p.H_ACK, A, b"tok", b"ab"]]
+    messages = [publish(b"a.b", b"xyz", ref=b"r"), ack(b"tok", b"ab")]
     parts = [p.pack_command_entry(m) for m in messages]
     frame = b"".join(parts)
     ends = {len(parts[0]), len(frame)}
@@ -150,19 +131,19 @@ def test_only_hot_path_commands_may_be_entries(cmd: int) -> None:
 
 def test_welcome_offers_batch_commands_only_when_asked() -> None:
     state = BrokerState()
-    state.handle(b"p", hello(None))
+    state.handle(b"p", hello())
     assert "batch_commands" not in welcome_of(state)
-    state.handle(b"q", hello(False, batch=True))
+    state.handle(b"q", hello(batch_commands=False, batch=True))
     assert "batch_commands" not in welcome_of(state) and welcome_of(state)["batch"]
-    state.handle(b"r", hello(True))
+    state.handle(b"r", hello(batch_commands=True))
     assert welcome_of(state)["batch_commands"] is True and "batch" not in welcome_of(state)
-    state.handle(b"r", hello(None))  # each HELLO negotiates again
+    state.handle(b"r", hello())  # each HELLO negotiates again
     assert "batch_commands" not in welcome_of(state)
 
 
 def test_hello_batch_commands_must_be_boolean() -> None:
     state = BrokerState()
-    state.handle(b"p", [p.H_HELLO, A, p.pack_hello("test", batch_commands="yes")])
+    state.handle(b"p", hello(batch_commands="yes"))
     (_, frames) = state.outbox[-1]
     assert error_of(frames).code == ErrorCode.BAD_BODY
     assert b"p" not in state.peers
@@ -186,21 +167,21 @@ _message = st.one_of(
 
 def _frames(item: tuple[Any, ...], tokens: list[bytes]) -> list[bytes]:
     if item[0] == "publish":
-        return publish(item[1], item[3], item[2])
+        return publish(item[1], item[3], ref=item[2])
     if item[0] == "request":
-        return [p.H_REQUEST, A, item[2], item[1], b""]
+        return request(item[1], b"", ref=item[2])
     token = tokens[item[1] % len(tokens)] if tokens else b"\0" * 8
-    return [p.H_ACK, A, token, p.pack_ack(1, 0)]
+    return ack(token)
 
 
 def _world() -> BrokerState:
     state = BrokerState(max_message_size=100)
-    joined(state, b"sub", True, ("a.>", S1), ("a.b", S2))
-    joined(state, b"plain", None, ("a.*", S1))
-    joined(state, b"pub", True, ("q.>", S1))
+    joined(state, b"sub", ("a.>", S1), ("a.b", S2), batch_commands=True)
+    joined(state, b"plain", ("a.*", S1))
+    joined(state, b"pub", ("q.>", S1), batch_commands=True)
     # Confirmed deliveries outstanding at "sub", for its ACKs to settle.
-    state.handle(b"pub", publish(b"a.b", b"0", b"c1"))
-    state.handle(b"pub", publish(b"a.c", b"0", b"c2"))
+    state.handle(b"pub", publish(b"a.b", b"0", ref=b"c1"))
+    state.handle(b"pub", publish(b"a.c", b"0", ref=b"c2"))
     state.outbox.clear()
     return state
 
@@ -235,7 +216,9 @@ def test_a_bad_entry_gets_its_own_error_and_the_others_go_on() -> None:
     state.handle(
         b"pub",
         batch(
-            publish(b"a.b", b"1", b"r1"), publish(b"a.*", b"2", b"r2"), publish(b"a.c", b"3", b"r3")
+            publish(b"a.b", b"1", ref=b"r1"),
+            publish(b"a.*", b"2", ref=b"r2"),
+            publish(b"a.c", b"3", ref=b"r3"),
         ),
     )
     mine = per_peer(state.outbox)[b"pub"]
@@ -249,13 +232,21 @@ def test_a_bad_entry_gets_its_own_error_and_the_others_go_on() -> None:
 @pytest.mark.parametrize(
     ("ident", "frames", "code"),
     [
-        (b"stranger", batch(publish(b"a.b")), ErrorCode.NOT_JOINED),
-        (b"pub", batch(publish(b"a.b"), channel=B), ErrorCode.CHANNEL_MISMATCH),
+        (b"stranger", batch(publish(b"a.b", b"b")), ErrorCode.NOT_JOINED),
+        (b"pub", batch(publish(b"a.b", b"b"), ch=B), ErrorCode.CHANNEL_MISMATCH),
         (b"pub", [p.H_BATCH, A], ErrorCode.BAD_FRAMES),
-        (b"pub", [*batch(publish(b"a.b")), b""], ErrorCode.BAD_FRAMES),
+        (b"pub", [*batch(publish(b"a.b", b"b")), b""], ErrorCode.BAD_FRAMES),
         (b"pub", [p.H_BATCH, A, b""], ErrorCode.BAD_FRAMES),
-        (b"pub", [p.H_BATCH, A, p.pack_command_entry(publish(b"a.b"))[:-1]], ErrorCode.BAD_FRAMES),
-        (b"pub", [p.H_BATCH, A, p.pack_command_entry(hello(True))], ErrorCode.BAD_FRAMES),
+        (
+            b"pub",
+            [p.H_BATCH, A, p.pack_command_entry(publish(b"a.b", b"b"))[:-1]],
+            ErrorCode.BAD_FRAMES,
+        ),
+        (
+            b"pub",
+            [p.H_BATCH, A, p.pack_command_entry(hello(batch_commands=True))],
+            ErrorCode.BAD_FRAMES,
+        ),
         (
             b"pub",
             [p.H_BATCH, A, p.pack_command_entry(NESTED)],
@@ -263,7 +254,7 @@ def test_a_bad_entry_gets_its_own_error_and_the_others_go_on() -> None:
         ),
         (
             b"pub",
-            [p.H_BATCH, A, p.pack_command_entry(publish(b"a.b")) + b"\x83"],
+            [p.H_BATCH, A, p.pack_command_entry(publish(b"a.b", b"b")) + b"\x83"],
             ErrorCode.BAD_FRAMES,
         ),
     ],
@@ -283,8 +274,8 @@ def test_a_bad_envelope_refuses_the_whole_batch(
 
 def test_coalesce_joins_runs_per_peer_in_order() -> None:
     state = BrokerState()
-    joined(state, b"x", True)
-    joined(state, b"y", None)
+    joined(state, b"x", batch_commands=True)
+    joined(state, b"y")
     d = [[p.H_DELIVER, A, b"", b"t", b"%d" % i, S1] for i in range(4)]
     ok = [p.H_OK, A, b"s"]
     state.outbox[:] = [(b"x", d[0]), (b"y", d[0]), (b"x", d[1]), (b"x", ok), (b"x", d[2])]
@@ -300,7 +291,7 @@ def test_coalesce_joins_runs_per_peer_in_order() -> None:
 
 def test_coalesce_splits_at_the_byte_limit() -> None:
     state = BrokerState()
-    joined(state, b"x", True)
+    joined(state, b"x", batch_commands=True)
     body = b"z" * 1000
     msgs = [[p.H_DELIVER, A, b"", b"t", body, S1] for _ in range(200)]
     state.outbox[:] = [(b"x", m) for m in msgs]
@@ -313,9 +304,10 @@ def test_coalesce_splits_at_the_byte_limit() -> None:
 
 def test_coalesce_stops_once_the_peers_that_asked_leave() -> None:
     state = BrokerState()
-    joined(state, b"x", True)
-    state.handle(b"x", [p.H_DISCONNECT, A, b"d"])
-    joined(state, b"x", None)
+    joined(state, b"x", batch_commands=True)
+    state.handle(b"x", disconnect())
+    assert take(state) == [(b"x", p.Ok(A, b"d"))]
+    joined(state, b"x")
     d = [p.H_DELIVER, A, b"", b"t", b"b", S1]
     state.outbox[:] = [(b"x", d), (b"x", d)]
     state.coalesce()
@@ -329,7 +321,7 @@ def test_a_lost_broker_batch_is_lost_entry_by_entry() -> None:
         [p.H_DELIVER, A, token, b"a.b", b"0", S1 + S2],
         [p.H_DELIVER, A, b"", b"a.c", b"1", S1],
     ]
-    state.undeliverable(b"sub", batch_of(lost))
+    state.undeliverable(b"sub", broker_batch(*lost))
     # The confirmed entry is reported to its publisher as dropped at the broker...
     ((to, frames),) = state.outbox
     assert to == b"pub" and frames[0] == p.H_ACKED
@@ -337,10 +329,6 @@ def test_a_lost_broker_batch_is_lost_entry_by_entry() -> None:
     # ...and every entry is owed to the subscriber as a drop per sid.
     assert state.peers[b"sub"].dropped == {S1: 2, S2: 1}
     assert state.counters["dropped_out"] == 2
-
-
-def batch_of(messages: list[list[bytes]]) -> list[bytes]:
-    return [p.H_BROKER_BATCH, A, b"".join(p.pack_command_entry(m) for m in messages)]
 
 
 # --- the client core -------------------------------------------------------------
@@ -381,13 +369,11 @@ def test_core_handles_each_entry_as_the_message_alone() -> None:
     ref = core.outbox[-1][2]
     core.outbox.clear()
     core.receive(
-        batch_of(
-            [
-                [p.H_DELIVER, A, b"tok1", b"a.b", body(b"one"), sid],
-                [p.H_ROUTED, A, ref, b"\0\0\0\1"],
-                [p.H_DELIVER, A, b"", b"a.c", body(b"two"), sid],
-                [p.H_ACKED, A, ref, p.pack_ack(3, 0)],
-            ]
+        broker_batch(
+            [p.H_DELIVER, A, b"tok1", b"a.b", body(b"one"), sid],
+            [p.H_ROUTED, A, ref, b"\0\0\0\1"],
+            [p.H_DELIVER, A, b"", b"a.c", body(b"two"), sid],
+            [p.H_ACKED, A, ref, p.pack_ack(3, 0)],
         )
     )
     assert [(m.payload, a is not None) for m, a in sink.offers] == [(b"one", True), (b"two", False)]
@@ -403,7 +389,7 @@ def test_core_refuses_a_malformed_broker_batch_whole() -> None:
     (sid,) = [f[3] for f in core.outbox if f[0] == p.H_SUBSCRIBE]
     good = p.pack_command_entry([p.H_DELIVER, A, b"tok", b"a.b", body(b"x"), sid])
     core.receive([p.H_BROKER_BATCH, A, good + good[:-1]])
-    core.receive([p.H_BROKER_BATCH, A, good + p.pack_command_entry(publish(b"a.b"))])
+    core.receive([p.H_BROKER_BATCH, A, good + p.pack_command_entry(publish(b"a.b", b"b"))])
     core.receive([p.H_BROKER_BATCH, B, good + good])  # another channel: one refusal
     core.receive([p.H_BROKER_BATCH, A[:15], good + good])
     assert sink.offers == [] and core.counters["protocol_errors"] == 4
@@ -416,11 +402,9 @@ def test_core_acks_a_bad_entry_alone_and_hands_on_the_rest() -> None:
     (sid,) = [f[3] for f in core.outbox if f[0] == p.H_SUBSCRIBE]
     core.outbox.clear()
     core.receive(
-        batch_of(
-            [
-                [p.H_DELIVER, A, b"bad", b"a.*", body(b"x"), sid],
-                [p.H_DELIVER, A, b"good", b"a.b", body(b"y"), sid],
-            ]
+        broker_batch(
+            [p.H_DELIVER, A, b"bad", b"a.*", body(b"x"), sid],
+            [p.H_DELIVER, A, b"good", b"a.b", body(b"y"), sid],
         )
     )
     assert [m.payload for m, _ in sink.offers] == [b"y"]
@@ -431,16 +415,16 @@ def test_core_acks_a_bad_entry_alone_and_hands_on_the_rest() -> None:
 
 def cmd_frames() -> list[list[bytes]]:
     return [
-        publish(b"a", b"1", b"r1"),
-        [p.H_ACK, A, b"t", b"k"],
-        [p.H_REQUEST, A, b"q", b"b", b""],
-        [p.H_REPLY, A, b"s" * 9, b""],
+        publish(b"a", b"1", ref=b"r1"),
+        ack(b"t", b"k"),
+        request(b"b", b""),
+        reply(b"s" * 9, b""),
         publish(b"c", b"2"),
     ]
 
 
 def test_batch_front_joins_hot_path_commands_into_a_batch() -> None:
-    queue = [*cmd_frames(), [p.H_SUBSCRIBE, A, b"s", S1, b"x", b""], publish(b"d", b"3", b"r")]
+    queue = [*cmd_frames(), subscribe("x", S1), publish(b"d", b"3", ref=b"r")]
     out = deque(queue)
     batch_front(out, commands=True)
     assert out[0][:2] == [p.H_BATCH, A]
@@ -452,7 +436,7 @@ def test_batch_front_joins_hot_path_commands_into_a_batch() -> None:
 
 
 def test_batch_front_prefers_publish_batch_for_unconfirmed_runs() -> None:
-    out = deque([publish(b"a", b"1"), publish(b"b", b"2"), [p.H_ACK, A, b"t", b"k"]])
+    out = deque([publish(b"a", b"1"), publish(b"b", b"2"), ack(b"t", b"k")])
     batch_front(out, commands=True)
     assert out[0][0] == p.H_PUBLISH_BATCH and len(out) == 2
     batch_front(out, commands=True)
@@ -468,7 +452,7 @@ def test_batch_front_sends_publish_batch_only_when_offered() -> None:
 
 
 def test_batch_front_keeps_batches_under_the_byte_limit() -> None:
-    out = deque(publish(b"t", b"x" * 1000, b"r") for _ in range(200))
+    out = deque(publish(b"t", b"x" * 1000, ref=b"r") for _ in range(200))
     sizes = []
     while out:
         batch_front(out, commands=True)
@@ -514,9 +498,9 @@ def test_plain_peers_keep_the_plain_protocol_beside_batching_buses() -> None:
         raw = ctx.socket(zmq.DEALER)
         try:
             raw.connect(broker.address)
-            raw.send_multipart([p.H_HELLO, ch.bytes, p.pack_hello("raw")])
+            raw.send_multipart(hello(ch.bytes, "raw"))
             assert raw.poll(5000) and raw.recv_multipart()[0] == p.H_WELCOME
-            raw.send_multipart([p.H_SUBSCRIBE, ch.bytes, b"s", S1, b"raw.>", b""])
+            raw.send_multipart(subscribe("raw.>", S1, ch=ch.bytes))
             assert raw.poll(5000) and raw.recv_multipart()[0] == p.H_OK
             stop = threading.Event()
 
@@ -525,7 +509,7 @@ def test_plain_peers_keep_the_plain_protocol_beside_batching_buses() -> None:
                     if raw.poll(50):
                         frames = raw.recv_multipart()
                         assert frames[0] == p.H_DELIVER and frames[2]
-                        raw.send_multipart([p.H_ACK, ch.bytes, frames[2], p.pack_ack(1, 0)])
+                        raw.send_multipart(ack(frames[2], ch=ch.bytes))
 
             t = threading.Thread(target=acker)
             t.start()
