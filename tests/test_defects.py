@@ -9,6 +9,7 @@ import time
 import uuid
 
 import pytest
+from frames import joined, publish_batch
 
 from zmqbus import Broker, Bus
 from zmqbus import protocol as p
@@ -73,15 +74,7 @@ def test_an_asyncio_bus_that_never_stops_sending_still_hears_the_broker() -> Non
 
 # --- DELIVER_BATCH and a peer with more sids than an entry can name ---------------
 
-A = b"A" * 16
 LIMIT = p.MAX_ENTRY_SIDS_BYTES // p.SID_BYTES  # 16,383
-
-
-def _peer_with_subs(state: BrokerState, ident: bytes, count: int) -> None:
-    state.handle(ident, [p.H_HELLO, A, p.pack_hello("t", batch=True)])
-    for sid in range(1, count + 1):
-        state.handle(ident, [p.H_SUBSCRIBE, A, b"s", sid.to_bytes(4, "big"), b"orders.>", b""])
-    state.outbox.clear()
 
 
 @pytest.mark.parametrize("count", [1, LIMIT - 1, LIMIT, LIMIT + 1, 4 * LIMIT])
@@ -89,14 +82,11 @@ def test_deliver_entries_name_any_number_of_sids(count: int) -> None:
     # 16,384 subscriptions once overflowed the 16-bit sids-length: every
     # PUBLISH_BATCH on the channel got ERROR 500 and nobody received anything.
     state = BrokerState()
-    _peer_with_subs(state, b"big", count)
-    state.handle(b"small", [p.H_HELLO, A, p.pack_hello("t", batch=True)])
-    state.handle(b"small", [p.H_SUBSCRIBE, A, b"s", b"\0\0\0\1", b"orders.*", b""])
-    state.handle(b"pub", [p.H_HELLO, A, p.pack_hello("t")])
-    state.outbox.clear()
+    joined(state, b"big", *[("orders.>", n) for n in range(1, count + 1)], client="t", batch=True)
+    joined(state, b"small", ("orders.*", 1), client="t", batch=True)
+    joined(state, b"pub", client="t")
     pairs = [(b"orders.a", b"1"), (b"orders.b.c", b"2"), (b"orders.d", b"3")]
-    entries = b"".join(p.pack_publish_entry(t, b) for t, b in pairs)
-    state.handle(b"pub", [p.H_PUBLISH_BATCH, A, entries])
+    state.handle(b"pub", publish_batch(*pairs))
     got: dict[bytes, list[tuple[bytes, bytes, int]]] = {}
     for ident, frames in state.outbox:
         assert frames[0] != p.H_ERROR, p.parse_broker(frames)
