@@ -29,6 +29,8 @@ MAX_NS = int((datetime(9999, 12, 31, 23, 59, 59, tzinfo=UTC) - EPOCH).total_seco
 
 channels = st.binary(min_size=16, max_size=16)
 refs = st.binary(max_size=p.MAX_REF_BYTES)
+# The ref of a confirmed PUBLISH or a REQUEST, as ROUTED and ACKED echo it: never empty.
+given_refs = st.binary(min_size=1, max_size=p.MAX_REF_BYTES)
 tokens = st.binary(min_size=1, max_size=p.MAX_REF_BYTES)
 request_refs = st.binary(min_size=1, max_size=p.MAX_REQUEST_REF_BYTES)
 # A reply token: an 8-byte session number and a request ref.
@@ -136,8 +138,8 @@ broker_commands = st.one_of(
     st.builds(p.Welcome, channels, welcome_bodies),
     st.builds(p.Ok, channels, refs),
     st.builds(p.Deliver, channels, refs, topic_frames, bodies, sids_frames),
-    st.builds(p.Routed, channels, refs, st.integers(0, 2**32 - 1)),
-    st.builds(p.Acked, channels, refs, bodies),
+    st.builds(p.Routed, channels, given_refs, st.integers(0, 2**32 - 1)),
+    st.builds(p.Acked, channels, given_refs, bodies),
     st.builds(p.Ask, channels, reply_tokens, topic_frames, bodies, sids_frames),
     st.builds(p.Answer, channels, request_refs, bodies),
     st.builds(
@@ -348,6 +350,12 @@ def test_parse_client_refusals(frames: list[bytes], code: int) -> None:
         ([], ErrorCode.BAD_FRAMES),
         ([p.H_OK, b"short", b""], ErrorCode.BAD_FRAMES),
         ([p.H_ROUTED, CH, b"", b"\x00\x01"], ErrorCode.BAD_FRAMES),
+        # ROUTED and ACKED echo a non-empty ref, ANSWER a REQUEST's, ASK a reply token.
+        ([p.H_ROUTED, CH, b"", b"\x00\x00\x00\x01"], ErrorCode.BAD_FRAMES),
+        ([p.H_ACKED, CH, b"", p.pack_ack(1, 0)], ErrorCode.BAD_FRAMES),
+        ([p.H_ANSWER, CH, b"", b""], ErrorCode.BAD_FRAMES),
+        ([p.H_ANSWER, CH, b"q" * 25, b""], ErrorCode.BAD_FRAMES),
+        ([p.H_ASK, CH, b"t" * 8, b"a", b"", S1], ErrorCode.BAD_FRAMES),
         ([p.H_ERROR, CH, b"", b"\x01", b"x"], ErrorCode.BAD_FRAMES),
         ([p.H_ERROR, CH, b"", b"\x01\x90", b"\xff"], ErrorCode.BAD_FRAMES),
         ([p.H_ERROR, b"short", b"", b"\x01\x90", b""], ErrorCode.BAD_FRAMES),

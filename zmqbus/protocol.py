@@ -13,14 +13,16 @@ of its own so that a broker routes without decoding a msgpack body.
 
 from __future__ import annotations
 
+import functools
 import os
 import random
 import struct
 import uuid
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, fields
 from datetime import datetime
-from enum import IntEnum
+from enum import IntEnum, StrEnum
+from operator import attrgetter
 from typing import Any, NamedTuple, TypeAlias
 
 import msgpack  # type: ignore[import-untyped]
@@ -29,7 +31,9 @@ from .errors import ProtocolError
 from .topics import MAX_TOPIC_BYTES, validate_pattern, validate_topic
 
 __all__ = [
+    "LAYOUTS",
     "MAX_ENTRY_SIDS_BYTES",
+    "MAX_MESSAGE_SIZE",
     "MAX_REF_BYTES",
     "SIGNATURE",
     "VERSION",
@@ -47,12 +51,17 @@ __all__ = [
     "Command",
     "Deliver",
     "DeliverBatch",
+    "Direction",
     "Disconnect",
     "Dropped",
     "Error",
     "ErrorCode",
+    "Field",
+    "Frame",
     "Heartbeat",
     "Hello",
+    "Layout",
+    "Length",
     "MessageBody",
     "Ok",
     "Publish",
@@ -60,12 +69,14 @@ __all__ = [
     "Reply",
     "Request",
     "Routed",
+    "Size",
     "Stats",
     "StatsReply",
     "Subscribe",
     "Unsubscribe",
     "Welcome",
     "encode",
+    "field_check",
     "header",
     "message_fields",
     "new_message_id",
@@ -180,6 +191,292 @@ H_DELIVER = header(Cmd.DELIVER)
 H_ROUTED = header(Cmd.ROUTED)
 H_ACKED = header(Cmd.ACKED)
 H_ERROR = header(Cmd.ERROR)
+
+
+# --- layouts ----------------------------------------------------------------
+# One declarative layout per command: its byte, its direction, and its frames
+# in order, each with a field type and a size rule. The frame counts, the
+# batch-entry tables, the named frame indices, encode() and the checks of
+# parse_client/parse_broker all come from LAYOUTS; tests/test_layouts.py checks
+# it against the command tables of docs/protocol.md. A new command is one more
+# layout (and its dataclass, named after it) plus its handler.
+
+
+class Direction(StrEnum):
+    """Who sends a command, worded as in the headings of docs/protocol.md."""
+
+    CLIENT = "client → broker"
+    BROKER = "broker → client"
+
+
+class Field(StrEnum):
+    """Field types: what a frame holds, and so which content check applies."""
+
+    HEADER = "header"
+    CHANNEL = "channel"
+    REF = "ref"
+    TOKEN = "token"
+    REPLY_TOKEN = "reply token"
+    SID = "sid"
+    SIDS = "sids"
+    TOPIC = "topic"
+    PATTERN = "pattern"
+    QUEUE = "queue"
+    COUNT = "count"  # unsigned, big endian
+    CODE = "code"  # unsigned, big endian
+    TEXT = "text"  # UTF-8
+    MESSAGE_BODY = "message body"
+    REPLY_BODY = "reply body"
+    ACK_BODY = "ACK body"
+    HELLO_BODY = "HELLO body"
+    WELCOME_BODY = "WELCOME body"
+    STATS_BODY = "STATS_REPLY body"
+    DROPPED_COUNTS = "dropped counts"
+    PUBLISH_ENTRIES = "publish entries"
+    DELIVER_ENTRIES = "deliver entries"
+    COMMAND_ENTRIES = "command entries"
+
+
+@dataclass(frozen=True, slots=True)
+class Size:
+    """A frame's size rule in octets: ``min`` to ``max`` (None: no limit of its
+    own), a multiple of ``step``; ``or_empty`` allows 0 octets too. ``message``:
+    at most the broker's max_message_size, which only the broker checks (413)."""
+
+    min: int = 0
+    max: int | None = None
+    step: int = 1
+    or_empty: bool = False
+    message: bool = False
+
+    def __str__(self) -> str:
+        if self.message:
+            return "0 to max_message_size bytes"
+        if self.step > 1:
+            return f"a non-empty multiple of {self.step} bytes"
+        if self.max is None:
+            return f"at least {self.min} bytes"
+        if self.min == self.max:
+            return f"0 or {self.min} bytes" if self.or_empty else f"{self.min} bytes"
+        return f"{self.min} to {self.max} bytes"
+
+
+@dataclass(frozen=True, slots=True)
+class Frame:
+    """One frame of a layout; ``name`` is also the field of the command's dataclass."""
+
+    name: str
+    type: Field
+    size: Size
+
+
+@dataclass(frozen=True, slots=True)
+class Layout:
+    """One command on the wire. ``frames``: all of them in order, the header
+    first; ``batch``: the batch command whose entries may carry this one."""
+
+    cmd: Cmd
+    direction: Direction
+    frames: tuple[Frame, ...]
+    batch: Cmd | None = None
+
+    @property
+    def name(self) -> str:
+        return self.cmd.name
+
+    @property
+    def count(self) -> int:
+        """The number of frames of a message of this command, header included."""
+        return len(self.frames)
+
+    def at(self, *names: str) -> tuple[int, ...]:
+        """The indices of the frames called ``names``; ``ValueError`` for a name it lacks."""
+        order = [frame.name for frame in self.frames]
+        return tuple(order.index(name) for name in names)
+
+
+@dataclass(frozen=True, slots=True)
+class Length:
+    """A length field inside an entries frame: ``octets`` wide, unsigned, big
+    endian, giving the size of the part called ``of`` that follows it."""
+
+    name: str
+    of: str
+    octets: int
+
+    @property
+    def max(self) -> int:
+        """The largest length the field can hold."""
+        return (1 << 8 * self.octets) - 1
+
+
+# publish-entry = topic-length topic body-length body
+# deliver-entry = sids-length sids publish-entry
+# command-entry = command 1*(frame-length frame), one frame-length and frame for
+#                 each frame of the command after its channel frame
+TOPIC_LENGTH = Length("topic-length", "topic", 2)
+BODY_LENGTH = Length("body-length", "body", 4)
+SIDS_LENGTH = Length("sids-length", "sids", 2)
+FRAME_LENGTH = Length("frame-length", "frame", 4)
+PUBLISH_ENTRY = (TOPIC_LENGTH, BODY_LENGTH)
+DELIVER_ENTRY = (SIDS_LENGTH, *PUBLISH_ENTRY)
+COMMAND_BYTES = 1  # the command field that starts a command entry
+
+# The most sids one deliver entry can name (its sids-length is 16 bits): a
+# delivery to more subscriptions of one peer goes as DELIVER instead.
+MAX_ENTRY_SIDS_BYTES = SIDS_LENGTH.max // SID_BYTES * SID_BYTES
+# The largest max_message_size a broker may set: any body must fit the 32-bit
+# body-length and frame-length of the entries that carry bodies.
+MAX_MESSAGE_SIZE = min(BODY_LENGTH.max, FRAME_LENGTH.max)
+
+
+class _F:
+    """The frames the layouts share."""
+
+    HEADER = Frame("header", Field.HEADER, Size(4, 4))
+    CHANNEL = Frame("channel", Field.CHANNEL, Size(CHANNEL_BYTES, CHANNEL_BYTES))
+    # ERROR, STATS and STATS_REPLY: a channel frame that may be empty.
+    ANY_CHANNEL = Frame("channel", Field.CHANNEL, Size(CHANNEL_BYTES, CHANNEL_BYTES, or_empty=True))
+    REF = Frame("ref", Field.REF, Size(0, MAX_REF_BYTES))
+    # The ref of a confirmed PUBLISH or of a REQUEST, echoed by ROUTED and ACKED.
+    GIVEN_REF = Frame("ref", Field.REF, Size(1, MAX_REF_BYTES))
+    REQUEST_REF = Frame("ref", Field.REF, Size(1, MAX_REQUEST_REF_BYTES))
+    TOKEN = Frame("token", Field.TOKEN, Size(0, MAX_REF_BYTES))  # empty: do not ACK
+    ACK_TOKEN = Frame("token", Field.TOKEN, Size(1, MAX_REF_BYTES))
+    REPLY_TOKEN = Frame("token", Field.REPLY_TOKEN, Size(SESSION_BYTES + 1, MAX_REF_BYTES))
+    SID = Frame("sid", Field.SID, Size(SID_BYTES, SID_BYTES))
+    SIDS = Frame("sids", Field.SIDS, Size(SID_BYTES, step=SID_BYTES))
+    TOPIC = Frame("topic", Field.TOPIC, Size(1, MAX_TOPIC_BYTES))
+    PATTERN = Frame("pattern", Field.PATTERN, Size(1, MAX_TOPIC_BYTES))
+    QUEUE = Frame("queue", Field.QUEUE, Size(0, MAX_QUEUE_BYTES))
+    COUNT = Frame("count", Field.COUNT, Size(4, 4))
+    CODE = Frame("code", Field.CODE, Size(2, 2))
+    TEXT = Frame("text", Field.TEXT, Size())
+    # Bodies a client sends: the broker refuses one over its max_message_size.
+    MESSAGE = Frame("body", Field.MESSAGE_BODY, Size(message=True))
+    ACK = Frame("body", Field.ACK_BODY, Size(message=True))
+    REPLY = Frame("body", Field.REPLY_BODY, Size(message=True))
+    # Bodies the broker sends: what a client sent, or the broker's own.
+    MESSAGE_OUT = Frame("body", Field.MESSAGE_BODY, Size())
+    ACK_OUT = Frame("body", Field.ACK_BODY, Size())
+    REPLY_OUT = Frame("body", Field.REPLY_BODY, Size())
+    HELLO = Frame("body", Field.HELLO_BODY, Size())
+    WELCOME = Frame("body", Field.WELCOME_BODY, Size())
+    STATS = Frame("body", Field.STATS_BODY, Size())
+    DROPPED = Frame("counts", Field.DROPPED_COUNTS, Size(2 * SID_BYTES, step=2 * SID_BYTES))
+    # The shortest entries frames: one entry with a 1-octet topic, an empty body,
+    # one sid; a command entry of two empty frames.
+    PUBLISH_ENTRIES = Frame(
+        "entries", Field.PUBLISH_ENTRIES, Size(TOPIC_LENGTH.octets + 1 + BODY_LENGTH.octets)
+    )
+    DELIVER_ENTRIES = Frame(
+        "entries",
+        Field.DELIVER_ENTRIES,
+        Size(SIDS_LENGTH.octets + SID_BYTES + PUBLISH_ENTRIES.size.min),
+    )
+    COMMAND_ENTRIES = Frame(
+        "entries", Field.COMMAND_ENTRIES, Size(COMMAND_BYTES + 2 * FRAME_LENGTH.octets)
+    )
+
+
+def _layout(cmd: Cmd, direction: Direction, *frames: Frame, batch: Cmd | None = None) -> Layout:
+    return Layout(cmd, direction, (_F.HEADER, *frames), batch)
+
+
+_C, _B = Direction.CLIENT, Direction.BROKER
+# fmt: off
+LAYOUTS: tuple[Layout, ...] = (
+    _layout(Cmd.HELLO, _C, _F.CHANNEL, _F.HELLO),
+    _layout(Cmd.SUBSCRIBE, _C, _F.CHANNEL, _F.REF, _F.SID, _F.PATTERN, _F.QUEUE),
+    _layout(Cmd.UNSUBSCRIBE, _C, _F.CHANNEL, _F.REF, _F.SIDS),
+    _layout(Cmd.PUBLISH, _C, _F.CHANNEL, _F.REF, _F.TOPIC, _F.MESSAGE, batch=Cmd.BATCH),
+    _layout(Cmd.ACK, _C, _F.CHANNEL, _F.ACK_TOKEN, _F.ACK, batch=Cmd.BATCH),
+    _layout(Cmd.DISCONNECT, _C, _F.CHANNEL, _F.REF),
+    _layout(Cmd.REQUEST, _C, _F.CHANNEL, _F.REQUEST_REF, _F.TOPIC, _F.MESSAGE, batch=Cmd.BATCH),
+    _layout(Cmd.REPLY, _C, _F.CHANNEL, _F.REPLY_TOKEN, _F.REPLY, batch=Cmd.BATCH),
+    _layout(Cmd.HEARTBEAT, _C, _F.CHANNEL),
+    _layout(Cmd.STATS, _C, _F.ANY_CHANNEL, _F.REF),
+    _layout(Cmd.PUBLISH_BATCH, _C, _F.CHANNEL, _F.PUBLISH_ENTRIES),
+    _layout(Cmd.BATCH, _C, _F.CHANNEL, _F.COMMAND_ENTRIES),
+    _layout(Cmd.WELCOME, _B, _F.CHANNEL, _F.WELCOME),
+    _layout(Cmd.OK, _B, _F.CHANNEL, _F.REF),
+    _layout(Cmd.DELIVER, _B, _F.CHANNEL, _F.TOKEN, _F.TOPIC, _F.MESSAGE_OUT, _F.SIDS,
+            batch=Cmd.BROKER_BATCH),
+    _layout(Cmd.ROUTED, _B, _F.CHANNEL, _F.GIVEN_REF, _F.COUNT, batch=Cmd.BROKER_BATCH),
+    _layout(Cmd.ACKED, _B, _F.CHANNEL, _F.GIVEN_REF, _F.ACK_OUT, batch=Cmd.BROKER_BATCH),
+    _layout(Cmd.ASK, _B, _F.CHANNEL, _F.REPLY_TOKEN, _F.TOPIC, _F.MESSAGE_OUT, _F.SIDS,
+            batch=Cmd.BROKER_BATCH),
+    _layout(Cmd.ANSWER, _B, _F.CHANNEL, _F.REQUEST_REF, _F.REPLY_OUT, batch=Cmd.BROKER_BATCH),
+    _layout(Cmd.BROKER_HEARTBEAT, _B, _F.CHANNEL),
+    _layout(Cmd.BYE, _B, _F.CHANNEL),
+    _layout(Cmd.STATS_REPLY, _B, _F.ANY_CHANNEL, _F.REF, _F.STATS),
+    _layout(Cmd.DROPPED, _B, _F.CHANNEL, _F.DROPPED),
+    _layout(Cmd.DELIVER_BATCH, _B, _F.CHANNEL, _F.DELIVER_ENTRIES),
+    _layout(Cmd.BROKER_BATCH, _B, _F.CHANNEL, _F.COMMAND_ENTRIES),
+    _layout(Cmd.ERROR, _B, _F.ANY_CHANNEL, _F.REF, _F.CODE, _F.TEXT),
+)
+# fmt: on
+
+LAYOUT: dict[int, Layout] = {layout.cmd: layout for layout in LAYOUTS}
+CLIENT_LAYOUTS = {c: layout for c, layout in LAYOUT.items() if layout.direction is _C}
+BROKER_LAYOUTS = {c: layout for c, layout in LAYOUT.items() if layout.direction is _B}
+
+
+def _index_of(*types: Field) -> int:
+    # The one index at which frames of ``types`` sit in every layout that has one.
+    found = {i for lay in LAYOUTS for i, f in enumerate(lay.frames) if f.type in types}
+    if len(found) != 1:
+        raise AssertionError(f"{'/'.join(types)} frames sit at indices {sorted(found)}")
+    return found.pop()
+
+
+# The framing every command shares: header, channel, then the command's own frames.
+HEADER_FRAME = _index_of(Field.HEADER)
+CHANNEL_FRAME = _index_of(Field.CHANNEL)
+ENTRY_START = CHANNEL_FRAME + 1  # a batch entry carries the frames from here on
+# Where a ref or token sits, in every command that has one; and the entries of a batch.
+REF_FRAME = _index_of(Field.REF, Field.TOKEN, Field.REPLY_TOKEN)
+ENTRIES_FRAME = _index_of(Field.PUBLISH_ENTRIES, Field.DELIVER_ENTRIES, Field.COMMAND_ENTRIES)
+
+# Named indices of the frames the hot paths read.
+PUBLISH_REF, PUBLISH_TOPIC, PUBLISH_BODY = LAYOUT[Cmd.PUBLISH].at("ref", "topic", "body")
+REQUEST_REF, REQUEST_TOPIC, REQUEST_BODY = LAYOUT[Cmd.REQUEST].at("ref", "topic", "body")
+ACK_TOKEN, ACK_BODY = LAYOUT[Cmd.ACK].at("token", "body")
+REPLY_TOKEN, REPLY_BODY = LAYOUT[Cmd.REPLY].at("token", "body")
+DELIVER_TOKEN, DELIVER_TOPIC, DELIVER_BODY, DELIVER_SIDS = LAYOUT[Cmd.DELIVER].at(
+    "token", "topic", "body", "sids"
+)
+ASK_TOKEN, ASK_TOPIC, ASK_BODY, ASK_SIDS = LAYOUT[Cmd.ASK].at("token", "topic", "body", "sids")
+ROUTED_REF, ROUTED_COUNT = LAYOUT[Cmd.ROUTED].at("ref", "count")
+ACKED_REF, ACKED_BODY = LAYOUT[Cmd.ACKED].at("ref", "body")
+ANSWER_REF, ANSWER_BODY = LAYOUT[Cmd.ANSWER].at("ref", "body")
+
+# Frame counts including the header frame, by command byte.
+CLIENT_FRAMES: dict[int, int] = {c: layout.count for c, layout in CLIENT_LAYOUTS.items()}
+BROKER_FRAMES: dict[int, int] = {c: layout.count for c, layout in BROKER_LAYOUTS.items()}
+# Frame counts by header frame, for a receiver that reads a known command's
+# frames without checking each one's more-flag (see _wire.recv_counted).
+BROKER_FRAME_COUNTS: dict[bytes, int] = {header(c): n for c, n in BROKER_FRAMES.items()}
+
+
+def _entry_frames(batch: Cmd) -> dict[int, int]:
+    return {lay.cmd: lay.count - ENTRY_START for lay in LAYOUTS if lay.batch is batch}
+
+
+# Commands a BATCH (client) / BROKER_BATCH (broker) may carry, with the number
+# of frames each entry holds (the command's frames after its channel frame).
+CLIENT_ENTRY_FRAMES = _entry_frames(Cmd.BATCH)
+BROKER_ENTRY_FRAMES = _entry_frames(Cmd.BROKER_BATCH)
+ENTRY_FRAMES: dict[int, dict[int, int]] = {
+    Cmd.BATCH: CLIENT_ENTRY_FRAMES,
+    Cmd.BROKER_BATCH: BROKER_ENTRY_FRAMES,
+}
+# The client commands whose frame REF_FRAME is a ref: an ERROR refusing one echoes it.
+ECHOES_REF = frozenset(
+    c
+    for c, lay in CLIENT_LAYOUTS.items()
+    if lay.count > REF_FRAME and lay.frames[REF_FRAME].type is Field.REF
+)
 
 
 # --- commands ---------------------------------------------------------------
@@ -480,102 +777,161 @@ BrokerCommand: TypeAlias = (
 Command: TypeAlias = ClientCommand | BrokerCommand
 
 
-def encode(cmd: Command) -> list[bytes]:
-    """The frames of ``cmd``, header first. No validation: build commands from
-    valid values, or let the receiving side's ``parse_*`` refuse them."""
-    match cmd:
-        case Publish(channel, ref, topic, body):
-            return [H_PUBLISH, channel, ref, topic, body]
-        case PublishBatch(channel, entries):
-            return [H_PUBLISH_BATCH, channel, entries]
-        case DeliverBatch(channel, entries):
-            return [H_DELIVER_BATCH, channel, entries]
-        case Batch(channel, entries):
-            return [H_BATCH, channel, entries]
-        case BrokerBatch(channel, entries):
-            return [H_BROKER_BATCH, channel, entries]
-        case Deliver(channel, token, topic, body, sids):
-            return [H_DELIVER, channel, token, topic, body, sids]
-        case Request(channel, ref, topic, body):
-            return [H_REQUEST, channel, ref, topic, body]
-        case Reply(channel, token, body):
-            return [H_REPLY, channel, token, body]
-        case Ask(channel, token, topic, body, sids):
-            return [H_ASK, channel, token, topic, body, sids]
-        case Answer(channel, ref, body):
-            return [H_ANSWER, channel, ref, body]
-        case Ack(channel, token, body):
-            return [H_ACK, channel, token, body]
-        case Acked(channel, ref, body):
-            return [H_ACKED, channel, ref, body]
-        case Routed(channel, ref, count):
-            return [H_ROUTED, channel, ref, count.to_bytes(4, "big")]
-        case Subscribe(channel, ref, sid, pattern, queue):
-            return [H_SUBSCRIBE, channel, ref, sid, pattern, queue]
-        case Unsubscribe(channel, ref, sids):
-            return [H_UNSUBSCRIBE, channel, ref, sids]
-        case Ok(channel, ref):
-            return [H_OK, channel, ref]
-        case Hello(channel, body):
-            return [H_HELLO, channel, body]
-        case Welcome(channel, body):
-            return [H_WELCOME, channel, body]
-        case Disconnect(channel, ref):
-            return [H_DISCONNECT, channel, ref]
-        case Heartbeat(channel):
-            return [H_HEARTBEAT, channel]
-        case Stats(channel, ref):
-            return [H_STATS, channel, ref]
-        case BrokerHeartbeat(channel):
-            return [H_BROKER_HEARTBEAT, channel]
-        case Bye(channel):
-            return [H_BYE, channel]
-        case StatsReply(channel, ref, body):
-            return [H_STATS_REPLY, channel, ref, body]
-        case Dropped(channel, counts):
-            return [H_DROPPED, channel, counts]
-        case Error(channel, ref, code, text):
-            return [H_ERROR, channel, ref, code.to_bytes(2, "big"), text.encode("utf-8")]
-    raise TypeError(f"not a zmqbus command: {cmd!r}")
+# --- checks -----------------------------------------------------------------
+# Each frame's check comes from its layout: the size rule, then what its field
+# type asks of the content. A size refused is BAD_FRAMES, or BAD_TOPIC for the
+# text names (topic, pattern, queue).
+
+Check: TypeAlias = Callable[[bytes], object]
+
+_NAMES = frozenset((Field.TOPIC, Field.PATTERN, Field.QUEUE))
 
 
-# --- parsing ----------------------------------------------------------------
+def _size_check(label: str, size: Size, code: ErrorCode) -> Check | None:
+    """A check refusing a frame that breaks ``size`` with ``code``, or None if
+    there is nothing to check here (no limit, or the broker's max_message_size)."""
+    lo, hi, step = size.min, size.max, size.step
+    if size.message or (hi is None and lo == 0):
+        return None
+    text = f"{label} must be {size}, got "
 
-# Frame counts including the header frame.
-_CLIENT_FRAMES = {
-    Cmd.HELLO: 3,
-    Cmd.SUBSCRIBE: 6,
-    Cmd.UNSUBSCRIBE: 4,
-    Cmd.PUBLISH: 5,
-    Cmd.ACK: 4,
-    Cmd.DISCONNECT: 3,
-    Cmd.REQUEST: 5,
-    Cmd.REPLY: 4,
-    Cmd.HEARTBEAT: 2,
-    Cmd.STATS: 3,
-    Cmd.PUBLISH_BATCH: 3,
-    Cmd.BATCH: 3,
-}
-_BROKER_FRAMES = {
-    Cmd.WELCOME: 3,
-    Cmd.OK: 3,
-    Cmd.DELIVER: 6,
-    Cmd.ROUTED: 4,
-    Cmd.ACKED: 4,
-    Cmd.ASK: 6,
-    Cmd.ANSWER: 4,
-    Cmd.ERROR: 5,
-    Cmd.BROKER_HEARTBEAT: 2,
-    Cmd.BYE: 2,
-    Cmd.STATS_REPLY: 4,
-    Cmd.DROPPED: 3,
-    Cmd.DELIVER_BATCH: 3,
-    Cmd.BROKER_BATCH: 3,
-}
+    def refuse(frame: bytes) -> None:
+        raise ProtocolError(code, f"{text}{len(frame)}")
 
-# Frame counts by header frame, for a receiver that reads a known command's
-# frames without checking each one's more-flag (see _wire.recv_counted).
-BROKER_FRAME_COUNTS: dict[bytes, int] = {header(c): n for c, n in _BROKER_FRAMES.items()}
+    if step > 1:
+
+        def check_multiple(frame: bytes) -> None:
+            n = len(frame)
+            if n % step or n < lo or (hi is not None and n > hi):
+                refuse(frame)
+
+        return check_multiple
+    if hi is None:
+
+        def check_least(frame: bytes) -> None:
+            if len(frame) < lo:
+                refuse(frame)
+
+        return check_least
+    if lo == hi and size.or_empty:
+
+        def check_exact_or_empty(frame: bytes) -> None:
+            if frame and len(frame) != lo:
+                refuse(frame)
+
+        return check_exact_or_empty
+
+    def check_range(frame: bytes) -> None:
+        if not lo <= len(frame) <= hi:
+            refuse(frame)
+
+    return check_range
+
+
+def _topic_rules(frame: bytes) -> str:
+    try:
+        text = frame.decode("utf-8")
+        validate_topic(text)
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise ProtocolError(ErrorCode.BAD_TOPIC, str(exc)) from None
+    return text
+
+
+def _pattern_rules(frame: bytes) -> str:
+    try:
+        text = frame.decode("utf-8")
+        validate_pattern(text)
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise ProtocolError(ErrorCode.BAD_TOPIC, str(exc)) from None
+    return text
+
+
+def _queue_rules(frame: bytes) -> None:
+    if frame:
+        try:
+            validate_topic(frame.decode("utf-8"))
+        except (UnicodeDecodeError, ValueError) as exc:
+            raise ProtocolError(ErrorCode.BAD_TOPIC, f"bad queue name: {exc}") from None
+
+
+def _utf8(frame: bytes) -> str:
+    try:
+        return frame.decode("utf-8")
+    except UnicodeDecodeError:
+        raise ProtocolError(ErrorCode.BAD_FRAMES, "ERROR text is not UTF-8") from None
+
+
+def _entry_topics(entries: list[tuple[bytes, bytes, bytes]], at: int) -> None:
+    for entry in entries:
+        decode_name(entry[at], "topic")
+
+
+def _content_check(layout: Layout, frame: Frame) -> Check | None:
+    """What ``frame``'s field type asks of its content, beyond its size."""
+    kind = frame.type
+    if kind is Field.TOPIC:
+        return _topic_rules
+    if kind is Field.PATTERN:
+        return _pattern_rules
+    if kind is Field.QUEUE:
+        return _queue_rules
+    if kind is Field.TEXT:
+        return _utf8
+    if kind is Field.HELLO_BODY:
+        return unpack_hello
+    if kind is Field.WELCOME_BODY:
+        return unpack_welcome
+    if kind is Field.STATS_BODY:
+        return unpack_stats
+    if kind is Field.DROPPED_COUNTS:
+        return unpack_dropped
+    if kind is Field.PUBLISH_ENTRIES:
+        return lambda f: _entry_topics(unpack_publish_entries(f), 0)
+    if kind is Field.DELIVER_ENTRIES:
+        return lambda f: _entry_topics(unpack_deliver_entries(f), 1)
+    if kind is Field.COMMAND_ENTRIES:
+        # The envelope only: each entry is checked when it is handled, as alone.
+        allowed = ENTRY_FRAMES[layout.cmd]
+        return lambda f: unpack_command_entries(f, b"", allowed)
+    # Sizes say all there is to say of the rest; bodies a broker forwards are
+    # not decoded (the receiver of a message body decodes it).
+    return None
+
+
+def _frame_check(layout: Layout, frame: Frame) -> Check | None:
+    code = ErrorCode.BAD_TOPIC if frame.type in _NAMES else ErrorCode.BAD_FRAMES
+    size = _size_check(f"{layout.name} {frame.name}", frame.size, code)
+    content = _content_check(layout, frame)
+    if size is None or content is None:
+        return size or content
+
+    def both(f: bytes) -> None:
+        size(f)
+        content(f)
+
+    return both
+
+
+def field_check(cmd: int, name: str) -> Check:
+    """The check ``parse_client``/``parse_broker`` make of frame ``name`` of
+    command ``cmd``: raises ``ProtocolError`` with the code the broker replies with."""
+    layout = LAYOUT[cmd]
+    return _frame_check(layout, layout.frames[layout.at(name)[0]]) or (lambda f: None)
+
+
+def _must(check: Check | None) -> Check:
+    if check is None:
+        raise AssertionError("no check for a frame that needs one")
+    return check
+
+
+# The checks of the shared frames, for the helpers below.
+_check_channel = _must(_size_check("channel frame", _F.CHANNEL.size, ErrorCode.BAD_FRAMES))
+_check_request_ref = field_check(Cmd.REQUEST, "ref")
+_check_sids = _must(_size_check("sids frame", _F.SIDS.size, ErrorCode.BAD_FRAMES))
+_topic_size = _must(_size_check("topic", _F.TOPIC.size, ErrorCode.BAD_TOPIC))
+_pattern_size = _must(_size_check("pattern", _F.PATTERN.size, ErrorCode.BAD_TOPIC))
+_queue_size = _must(_size_check("queue name", _F.QUEUE.size, ErrorCode.BAD_TOPIC))
 
 
 def check_header(frame: bytes) -> int:
@@ -591,47 +947,43 @@ def check_header(frame: bytes) -> int:
     return frame[3]
 
 
-def _check_count(cmd: int, frames: Sequence[bytes], table: Mapping[Cmd, int]) -> None:
-    want = table.get(cmd)  # type: ignore[call-overload]
-    if want is None:
-        raise ProtocolError(ErrorCode.UNKNOWN_COMMAND, f"unknown command 0x{cmd:02x}")
-    if len(frames) != want:
-        raise ProtocolError(
-            ErrorCode.BAD_FRAMES,
-            f"{Cmd(cmd).name} takes {want} frames, got {len(frames)}",
-        )
+def count_error(frames: Sequence[bytes]) -> ProtocolError:
+    """The BAD_FRAMES error for ``frames``, a message of a known command with
+    the wrong number of frames."""
+    layout = LAYOUT[frames[HEADER_FRAME][3]]
+    return ProtocolError(
+        ErrorCode.BAD_FRAMES, f"{layout.name} takes {layout.count} frames, got {len(frames)}"
+    )
 
 
 def check_channel(frame: bytes) -> None:
     """Raise BAD_FRAMES unless ``frame`` is a 16-byte channel ID."""
-    if len(frame) != CHANNEL_BYTES:
-        raise ProtocolError(
-            ErrorCode.BAD_FRAMES, f"channel frame must be {CHANNEL_BYTES} bytes, got {len(frame)}"
-        )
+    _check_channel(frame)
 
 
 def check_request_ref(frame: bytes) -> None:
-    """Raise BAD_FRAMES unless a REQUEST ref is 1 to MAX_REQUEST_REF_BYTES long
-    (the broker prefixes it with its session number to make the reply token)."""
-    if not frame or len(frame) > MAX_REQUEST_REF_BYTES:
-        raise ProtocolError(
-            ErrorCode.BAD_FRAMES, f"REQUEST ref must be 1 to {MAX_REQUEST_REF_BYTES} bytes"
-        )
+    """Raise BAD_FRAMES unless ``frame`` is a valid REQUEST ref: 1 to
+    MAX_REQUEST_REF_BYTES (the broker prefixes it with its session number to
+    make the reply token)."""
+    _check_request_ref(frame)
+
+
+@functools.cache
+def _ref_check(name: str) -> Check:
+    return _must(_size_check(name, _F.REF.size, ErrorCode.BAD_FRAMES))
 
 
 def check_ref(frame: bytes, name: str = "ref") -> None:
-    """Raise BAD_FRAMES unless ``frame`` is at most MAX_REF_BYTES long."""
-    if len(frame) > MAX_REF_BYTES:
-        raise ProtocolError(ErrorCode.BAD_FRAMES, f"{name} frame longer than {MAX_REF_BYTES} bytes")
+    """Raise BAD_FRAMES unless ``frame`` is at most MAX_REF_BYTES long; ``name``
+    words the error."""
+    _ref_check(name)(frame)
 
 
 def check_sids(frame: bytes, *, allow_empty: bool = False) -> None:
     """Raise BAD_FRAMES unless ``frame`` is a whole number of 4-byte sids
     (at least one, unless ``allow_empty``)."""
-    if len(frame) % SID_BYTES or (not frame and not allow_empty):
-        raise ProtocolError(
-            ErrorCode.BAD_FRAMES, f"sids frame must be a non-empty multiple of {SID_BYTES} bytes"
-        )
+    if frame or not allow_empty:
+        _check_sids(frame)
 
 
 def split_sids(frame: bytes) -> list[bytes]:
@@ -642,30 +994,125 @@ def split_sids(frame: bytes) -> list[bytes]:
 def check_queue(frame: bytes) -> None:
     """Raise BAD_TOPIC unless ``frame`` is empty or a valid queue group name:
     1 to 64 bytes of UTF-8 following the token rules of a topic (dots allowed)."""
-    if not frame:
-        return
-    if len(frame) > MAX_QUEUE_BYTES:
-        raise ProtocolError(ErrorCode.BAD_TOPIC, f"queue name longer than {MAX_QUEUE_BYTES} bytes")
-    try:
-        validate_topic(frame.decode("utf-8"))
-    except (UnicodeDecodeError, ValueError) as exc:
-        raise ProtocolError(ErrorCode.BAD_TOPIC, f"bad queue name: {exc}") from None
+    _queue_size(frame)
+    _queue_rules(frame)
 
 
 def decode_name(frame: bytes, kind: str) -> str:
     """Decode a topic or pattern frame as UTF-8 and check it against the topic
     rules (``kind`` is "topic" or "pattern"); raise BAD_TOPIC if it breaks them."""
-    if not frame or len(frame) > MAX_TOPIC_BYTES:
-        raise ProtocolError(ErrorCode.BAD_TOPIC, f"{kind} must be 1 to {MAX_TOPIC_BYTES} bytes")
-    try:
-        text = frame.decode("utf-8")
-        if kind == "topic":
-            validate_topic(text)
-        else:
-            validate_pattern(text)
-    except (UnicodeDecodeError, ValueError) as exc:
-        raise ProtocolError(ErrorCode.BAD_TOPIC, str(exc)) from None
-    return text
+    if kind == "pattern":
+        _pattern_size(frame)
+        return _pattern_rules(frame)
+    _topic_size(frame)
+    return _topic_rules(frame)
+
+
+# --- encoding and parsing ---------------------------------------------------
+# The dataclass of a command is named after it (STATS_REPLY: StatsReply) and
+# has the fields of its frames after the header, in frame order.
+
+_TO_WIRE: dict[Field, Callable[[Any, Frame], bytes]] = {
+    Field.COUNT: lambda n, f: n.to_bytes(f.size.min, "big"),
+    Field.CODE: lambda n, f: n.to_bytes(f.size.min, "big"),
+    Field.TEXT: lambda s, f: s.encode("utf-8"),
+}
+_FROM_WIRE: dict[Field, Callable[[bytes], object]] = {
+    Field.COUNT: lambda b: int.from_bytes(b, "big"),
+    Field.CODE: lambda b: int.from_bytes(b, "big"),
+    Field.TEXT: _utf8,
+}
+
+
+def _class_of(layout: Layout) -> type[Command]:
+    klass: type[Command] = globals()["".join(w.capitalize() for w in layout.name.split("_"))]
+    names = tuple(f.name for f in fields(klass))
+    if names != tuple(f.name for f in layout.frames[CHANNEL_FRAME:]):
+        raise AssertionError(f"{klass.__name__} fields {names} differ from {layout.name}'s frames")
+    return klass
+
+
+def _encoder(layout: Layout) -> Callable[[Any], list[bytes]]:
+    head = header(layout.cmd)
+    frames = layout.frames[CHANNEL_FRAME:]
+    get: Callable[[Any], Any] = attrgetter(*(f.name for f in frames))
+    if len(frames) == 1:
+        return lambda cmd: [head, get(cmd)]
+    if not any(f.type in _TO_WIRE for f in frames):
+        return lambda cmd: [head, *get(cmd)]
+    convert = [(_TO_WIRE.get(f.type), f) for f in frames]
+    return lambda cmd: [
+        head,
+        *(v if to is None else to(v, f) for (to, f), v in zip(convert, get(cmd), strict=True)),
+    ]
+
+
+def _plain_builder(klass: Callable[..., Command], n: int) -> Callable[[Sequence[bytes]], Any]:
+    # The dataclass from a message's frames after its header, all bytes. Spelt
+    # out for the counts that exist: a third cheaper than klass(*fs[1:]).
+    if n == 1:
+        return lambda fs: klass(fs[1])
+    if n == 2:
+        return lambda fs: klass(fs[1], fs[2])
+    if n == 3:
+        return lambda fs: klass(fs[1], fs[2], fs[3])
+    if n == 4:
+        return lambda fs: klass(fs[1], fs[2], fs[3], fs[4])
+    if n == 5:
+        return lambda fs: klass(fs[1], fs[2], fs[3], fs[4], fs[5])
+    return lambda fs: klass(*fs[1:])
+
+
+class _Parser(NamedTuple):
+    frames: int
+    checks: tuple[tuple[int, Check], ...]
+    build: Callable[[Sequence[bytes]], Any]
+
+
+def _parser(layout: Layout) -> _Parser:
+    klass: Callable[..., Command] = _class_of(layout)
+    checks = tuple(
+        (i, check)
+        for i, frame in enumerate(layout.frames)
+        if i != HEADER_FRAME and (check := _frame_check(layout, frame)) is not None
+    )
+    frames = layout.frames[CHANNEL_FRAME:]
+    if not any(f.type in _FROM_WIRE for f in frames):
+        return _Parser(layout.count, checks, _plain_builder(klass, len(frames)))
+    convert = [_FROM_WIRE.get(f.type) for f in frames]
+
+    def build(fs: Sequence[bytes]) -> Any:
+        values = (
+            v if c is None else c(v) for c, v in zip(convert, fs[CHANNEL_FRAME:], strict=True)
+        )
+        return klass(*values)
+
+    return _Parser(layout.count, checks, build)
+
+
+def encode(cmd: Command) -> list[bytes]:
+    """The frames of ``cmd``, header first. No validation: build commands from
+    valid values, or let the receiving side's ``parse_*`` refuse them."""
+    enc = _ENCODERS.get(type(cmd))
+    if enc is None:
+        raise TypeError(f"not a zmqbus command: {cmd!r}")
+    return enc(cmd)
+
+
+def _parse(frames: Sequence[bytes], parsers: Mapping[bytes, _Parser]) -> Any:
+    # Keyed by the whole header frame: a known one needs no check_header.
+    if not frames:
+        raise ProtocolError(ErrorCode.BAD_FRAMES, "empty message")
+    parser = parsers.get(frames[HEADER_FRAME])
+    if parser is None:
+        cmd = check_header(frames[HEADER_FRAME])
+        raise ProtocolError(ErrorCode.UNKNOWN_COMMAND, f"unknown command 0x{cmd:02x}")
+    count, checks, build = parser
+    if len(frames) != count:
+        raise count_error(frames)
+    for i, check in checks:
+        check(frames[i])
+    return build(frames)
 
 
 def parse_client(frames: Sequence[bytes]) -> ClientCommand:
@@ -673,147 +1120,49 @@ def parse_client(frames: Sequence[bytes]) -> ClientCommand:
 
     Raises ``ProtocolError`` with the code the broker replies with.
     """
-    if not frames:
-        raise ProtocolError(ErrorCode.BAD_FRAMES, "empty message")
-    cmd = check_header(frames[0])
-    _check_count(cmd, frames, _CLIENT_FRAMES)
-    channel = frames[1]
-    if cmd == Cmd.STATS:
-        if channel:
-            check_channel(channel)
-        check_ref(frames[2])
-        return Stats(channel, frames[2])
-    check_channel(channel)
-    if cmd == Cmd.PUBLISH:
-        check_ref(frames[2])
-        decode_name(frames[3], "topic")
-        return Publish(channel, frames[2], frames[3], frames[4])
-    if cmd == Cmd.PUBLISH_BATCH:
-        for topic, _, _ in unpack_publish_entries(frames[2]):
-            decode_name(topic, "topic")
-        return PublishBatch(channel, frames[2])
-    if cmd == Cmd.BATCH:
-        # The envelope only: each entry is checked when it is handled, as alone.
-        unpack_command_entries(frames[2], channel, CLIENT_ENTRY_FRAMES)
-        return Batch(channel, frames[2])
-    if cmd == Cmd.REQUEST:
-        check_request_ref(frames[2])
-        decode_name(frames[3], "topic")
-        return Request(channel, frames[2], frames[3], frames[4])
-    if cmd == Cmd.ACK:
-        check_ref(frames[2], "token")
-        if not frames[2]:
-            raise ProtocolError(ErrorCode.BAD_FRAMES, "ACK needs a non-empty token")
-        return Ack(channel, frames[2], frames[3])
-    if cmd == Cmd.REPLY:
-        if not SESSION_BYTES < len(frames[2]) <= MAX_REF_BYTES:
-            raise ProtocolError(
-                ErrorCode.BAD_FRAMES,
-                f"REPLY token must be {SESSION_BYTES + 1} to {MAX_REF_BYTES} bytes",
-            )
-        return Reply(channel, frames[2], frames[3])
-    if cmd == Cmd.SUBSCRIBE:
-        check_ref(frames[2])
-        if len(frames[3]) != SID_BYTES:
-            raise ProtocolError(ErrorCode.BAD_FRAMES, f"sid frame must be {SID_BYTES} bytes")
-        decode_name(frames[4], "pattern")
-        check_queue(frames[5])
-        return Subscribe(channel, frames[2], frames[3], frames[4], frames[5])
-    if cmd == Cmd.UNSUBSCRIBE:
-        check_ref(frames[2])
-        check_sids(frames[3])
-        return Unsubscribe(channel, frames[2], frames[3])
-    if cmd == Cmd.HELLO:
-        unpack_hello(frames[2])
-        return Hello(channel, frames[2])
-    if cmd == Cmd.HEARTBEAT:
-        return Heartbeat(channel)
-    check_ref(frames[2])
-    return Disconnect(channel, frames[2])
+    cmd: ClientCommand = _parse(frames, _CLIENT_PARSERS)
+    return cmd
 
 
 def parse_broker(frames: Sequence[bytes]) -> BrokerCommand:
     """Parse and validate a message the broker sent. Raises ``ProtocolError``."""
-    if not frames:
-        raise ProtocolError(ErrorCode.BAD_FRAMES, "empty message")
-    cmd = check_header(frames[0])
-    _check_count(cmd, frames, _BROKER_FRAMES)
-    channel = frames[1]
-    if cmd == Cmd.ERROR:
-        if channel:
-            check_channel(channel)
-        check_ref(frames[2])
-        if len(frames[3]) != 2:
-            raise ProtocolError(ErrorCode.BAD_FRAMES, "ERROR code frame must be 2 bytes")
-        try:
-            text = frames[4].decode("utf-8")
-        except UnicodeDecodeError:
-            raise ProtocolError(ErrorCode.BAD_FRAMES, "ERROR text is not UTF-8") from None
-        return Error(channel, frames[2], int.from_bytes(frames[3], "big"), text)
-    if cmd == Cmd.STATS_REPLY:
-        if channel:
-            check_channel(channel)
-        check_ref(frames[2])
-        _unpack_map(frames[3], "STATS_REPLY")
-        return StatsReply(channel, frames[2], frames[3])
-    check_channel(channel)
-    if cmd == Cmd.BROKER_HEARTBEAT:
-        return BrokerHeartbeat(channel)
-    if cmd == Cmd.BYE:
-        return Bye(channel)
-    if cmd == Cmd.DROPPED:
-        unpack_dropped(frames[2])
-        return Dropped(channel, frames[2])
-    if cmd == Cmd.DELIVER_BATCH:
-        for _, topic, _ in unpack_deliver_entries(frames[2]):
-            decode_name(topic, "topic")
-        return DeliverBatch(channel, frames[2])
-    if cmd == Cmd.BROKER_BATCH:
-        unpack_command_entries(frames[2], channel, BROKER_ENTRY_FRAMES)
-        return BrokerBatch(channel, frames[2])
-    if cmd in (Cmd.DELIVER, Cmd.ASK):
-        check_ref(frames[2], "token")
-        decode_name(frames[3], "topic")
-        check_sids(frames[5])
-        if cmd == Cmd.ASK:
-            if not frames[2]:
-                raise ProtocolError(ErrorCode.BAD_FRAMES, "ASK needs a non-empty token")
-            return Ask(channel, frames[2], frames[3], frames[4], frames[5])
-        return Deliver(channel, frames[2], frames[3], frames[4], frames[5])
-    if cmd in (Cmd.ACKED, Cmd.ANSWER):
-        check_ref(frames[2])
-        klass = Acked if cmd == Cmd.ACKED else Answer
-        return klass(channel, frames[2], frames[3])
-    if cmd == Cmd.ROUTED:
-        check_ref(frames[2])
-        if len(frames[3]) != 4:
-            raise ProtocolError(ErrorCode.BAD_FRAMES, "ROUTED count frame must be 4 bytes")
-        return Routed(channel, frames[2], int.from_bytes(frames[3], "big"))
-    if cmd == Cmd.OK:
-        check_ref(frames[2])
-        return Ok(channel, frames[2])
-    unpack_welcome(frames[2])
-    return Welcome(channel, frames[2])
+    cmd: BrokerCommand = _parse(frames, _BROKER_PARSERS)
+    return cmd
 
 
 # --- batch entries ----------------------------------------------------------
-# publish-entry = topic-length(2) topic body-length(4) body
-# deliver-entry = sids-length(2) sids publish-entry
-# Lengths are unsigned big-endian. Framing only: topic rules and body size are
-# the receiver's checks, as for the single commands.
+# Laid out as PUBLISH_ENTRY, DELIVER_ENTRY and the command entry above say.
+# Framing only: topic rules and body size are the receiver's checks, as for
+# the single commands.
 
-_U16 = struct.Struct(">H")
-_U32 = struct.Struct(">I")
+
+def _length_struct(length: Length) -> struct.Struct:
+    return struct.Struct(">" + {1: "B", 2: "H", 4: "I"}[length.octets])
+
+
+_TOPIC_LEN = _length_struct(TOPIC_LENGTH)
+_BODY_LEN = _length_struct(BODY_LENGTH)
+_SIDS_LEN = _length_struct(SIDS_LENGTH)
+_FRAME_LEN = _length_struct(FRAME_LENGTH)
+
+
+def _too_long(length: Length, n: int) -> ValueError:
+    return ValueError(
+        f"a {length.of} of {n} bytes does not fit the {8 * length.octets}-bit "
+        f"{length.name} of a batch entry (at most {length.max})"
+    )
 
 
 def pack_publish_entry(topic: bytes, body: bytes) -> bytes:
-    """One entry of a PUBLISH_BATCH frame: a message as PUBLISH would carry it."""
-    return _U16.pack(len(topic)) + topic + _U32.pack(len(body)) + body
-
-
-# The most sids one deliver entry can name (its sids-length is 16 bits): a
-# delivery to more subscriptions of one peer goes as DELIVER instead.
-MAX_ENTRY_SIDS_BYTES = 0xFFFF // SID_BYTES * SID_BYTES
+    """One entry of a PUBLISH_BATCH frame: a message as PUBLISH would carry it.
+    ``ValueError`` if the topic or body is too long for its length field."""
+    try:
+        return _TOPIC_LEN.pack(len(topic)) + topic + _BODY_LEN.pack(len(body)) + body
+    except struct.error:
+        # No check on the way in: struct refuses what its field cannot hold.
+        if len(topic) > TOPIC_LENGTH.max:
+            raise _too_long(TOPIC_LENGTH, len(topic)) from None
+        raise _too_long(BODY_LENGTH, len(body)) from None
 
 
 def pack_deliver_entry(sids: bytes, entry: bytes) -> bytes:
@@ -824,7 +1173,7 @@ def pack_deliver_entry(sids: bytes, entry: bytes) -> bytes:
             f"a deliver entry names at most {MAX_ENTRY_SIDS_BYTES // SID_BYTES} sids, "
             f"got {len(sids) // SID_BYTES}"
         )
-    return _U16.pack(len(sids)) + sids + entry
+    return _SIDS_LEN.pack(len(sids)) + sids + entry
 
 
 def _bad_batch(what: str) -> ProtocolError:
@@ -838,17 +1187,18 @@ def unpack_publish_entries(frame: bytes) -> list[tuple[bytes, bytes, bytes]]:
     end = len(frame)
     if not end:
         raise _bad_batch("no entries")
-    u16, u32 = _U16.unpack_from, _U32.unpack_from
+    topic_len, body_len = _TOPIC_LEN.unpack_from, _BODY_LEN.unpack_from
+    tw, bw = TOPIC_LENGTH.octets, BODY_LENGTH.octets
     i = 0
     try:
         while i < end:
             start = i
-            (tlen,) = u16(frame, i)
-            i += 2
+            (tlen,) = topic_len(frame, i)
+            i += tw
             topic = frame[i : i + tlen]
             i += tlen
-            (blen,) = u32(frame, i)
-            i += 4
+            (blen,) = body_len(frame, i)
+            i += bw
             body = frame[i : i + blen]
             i += blen
             if len(body) != blen or not tlen:
@@ -867,63 +1217,68 @@ def unpack_deliver_entries(frame: bytes) -> list[tuple[bytes, bytes, bytes]]:
     end = len(frame)
     if not end:
         raise _bad_batch("no entries")
-    u16, u32 = _U16.unpack_from, _U32.unpack_from
+    sids_len, topic_len, body_len = (
+        _SIDS_LEN.unpack_from,
+        _TOPIC_LEN.unpack_from,
+        _BODY_LEN.unpack_from,
+    )
+    sw, tw, bw, sid = SIDS_LENGTH.octets, TOPIC_LENGTH.octets, BODY_LENGTH.octets, SID_BYTES
     i = 0
     try:
         while i < end:
-            slen = u16(frame, i)[0]
-            j = i + 2 + slen
-            tlen = u16(frame, j)[0]
-            k = j + 2 + tlen
-            blen = u32(frame, k)[0]
-            i = k + 4 + blen
-            if i > end or not tlen or not slen or slen & 3:
+            slen = sids_len(frame, i)[0]
+            j = i + sw + slen
+            tlen = topic_len(frame, j)[0]
+            k = j + tw + tlen
+            blen = body_len(frame, k)[0]
+            i = k + bw + blen
+            if i > end or not tlen or not slen or slen % sid:
                 raise _bad_batch("an entry is truncated, names no sid or has an empty topic")
-            append((frame[j - slen : j], frame[j + 2 : k], frame[k + 4 : i]))
+            append((frame[j - slen : j], frame[j + tw : k], frame[k + bw : i]))
     except struct.error:
         raise _bad_batch("an entry is truncated") from None
     return out
 
 
-# command-entry = command(1) 1*(frame-length(4) frame)
-# One entry of BATCH or BROKER_BATCH: a command's byte, then each of its frames
-# after the channel frame, as many as the command has.
-
-# Commands a BATCH (client) / BROKER_BATCH (broker) may carry, with the number
-# of frames each entry holds (the command's frame count less header and channel).
-CLIENT_ENTRY_FRAMES: dict[int, int] = {
-    Cmd.PUBLISH: 3,
-    Cmd.ACK: 2,
-    Cmd.REQUEST: 3,
-    Cmd.REPLY: 2,
-}
-BROKER_ENTRY_FRAMES: dict[int, int] = {
-    Cmd.DELIVER: 4,
-    Cmd.ROUTED: 2,
-    Cmd.ACKED: 2,
-    Cmd.ASK: 4,
-    Cmd.ANSWER: 2,
-}
 _HEADERS = {int(c): header(c) for c in Cmd}
 _COMMAND_OF = {header(c): bytes((c,)) for c in Cmd}
+# A whole message whose entry carries two frames, three frames (the sizes that exist).
+_WITH_TWO = ENTRY_START + 2
+_WITH_THREE = ENTRY_START + 3
 
 
 def pack_command_entry(frames: Sequence[bytes]) -> bytes:
     """One entry of a BATCH or BROKER_BATCH frame: the command of ``frames`` (a
-    whole message, header and channel first) and its frames after the channel."""
+    whole message, header and channel first) and its frames after the channel.
+    ``ValueError`` if a frame is too long for its frame-length."""
     # Unrolled for the entry sizes that exist: this runs once per batched message.
-    pack = _U32.pack
+    # A message is its header, its channel, then the frames its entry carries.
+    pack = _FRAME_LEN.pack
     n = len(frames)
-    if n == 4:
-        a, b = frames[2], frames[3]
-        return b"".join((_COMMAND_OF[frames[0]], pack(len(a)), a, pack(len(b)), b))
-    if n == 5:
-        a, b, c = frames[2], frames[3], frames[4]
-        return b"".join((_COMMAND_OF[frames[0]], pack(len(a)), a, pack(len(b)), b, pack(len(c)), c))
-    parts = [frames[0][3:4]]
-    for f in frames[2:]:
-        parts.append(pack(len(f)))
-        parts.append(f)
+    try:
+        if n == _WITH_TWO:
+            head, _, a, b = frames
+            return b"".join((_COMMAND_OF[head], pack(len(a)), a, pack(len(b)), b))
+        if n == _WITH_THREE:
+            head, _, a, b, c = frames
+            return b"".join(
+                (
+                    _COMMAND_OF[head],
+                    pack(len(a)),
+                    a,
+                    pack(len(b)),
+                    b,
+                    pack(len(c)),
+                    c,
+                )
+            )
+        parts = [_COMMAND_OF[frames[HEADER_FRAME]]]
+        for f in frames[ENTRY_START:]:
+            parts.append(pack(len(f)))
+            parts.append(f)
+    except struct.error:
+        longest = max(len(f) for f in frames[ENTRY_START:])
+        raise _too_long(FRAME_LENGTH, longest) from None
     return b"".join(parts)
 
 
@@ -938,7 +1293,9 @@ def unpack_command_entries(
     end = len(frame)
     if not end:
         raise _bad_batch("no entries")
-    u32 = _U32.unpack_from
+    u32 = _FRAME_LEN.unpack_from
+    fw = FRAME_LENGTH.octets
+    first = COMMAND_BYTES + fw  # from the command byte to its first frame
     append = out.append
     headers = _HEADERS
     i = 0
@@ -948,10 +1305,10 @@ def unpack_command_entries(
             n = allowed.get(cmd)
             if n is None:
                 raise _bad_batch(f"command 0x{cmd:02x} cannot be batched")
-            i += 5
-            j = i + u32(frame, i - 4)[0]
+            i += first
+            j = i + u32(frame, i - fw)[0]
             a = frame[i:j]
-            i = j + 4
+            i = j + fw
             j = i + u32(frame, j)[0]
             if n == 2:
                 append([headers[cmd], channel, a, frame[i:j]])
@@ -959,7 +1316,7 @@ def unpack_command_entries(
             else:
                 msg = [headers[cmd], channel, a, frame[i:j]]
                 for _ in range(n - 2):
-                    i = j + 4
+                    i = j + fw
                     j = i + u32(frame, j)[0]
                     msg.append(frame[i:j])
                 i = j
@@ -1270,3 +1627,10 @@ def _unpack_map(body: bytes, what: str) -> dict[str, Any]:
     if not isinstance(obj, dict) or not all(isinstance(k, str) for k in obj):
         raise ProtocolError(ErrorCode.BAD_BODY, f"{what} body must be a map with str keys")
     return obj
+
+
+_CLIENT_PARSERS = {header(c): _parser(layout) for c, layout in CLIENT_LAYOUTS.items()}
+_BROKER_PARSERS = {header(c): _parser(layout) for c, layout in BROKER_LAYOUTS.items()}
+_ENCODERS: dict[type, Callable[[Any], list[bytes]]] = {
+    _class_of(layout): _encoder(layout) for layout in LAYOUTS
+}
