@@ -313,10 +313,14 @@ def test_unconfirmed_publish_blocks_when_the_broker_stops_reading() -> None:
 
         publisher = threading.Thread(target=flood)
         publisher.start()
+        # Wait until the publisher makes no progress: the socket and the bus's
+        # backlog are full and the broker does not read.
         deadline = time.monotonic() + 10
-        while bus._io._backlog < 10:  # the I/O thread holds a full backlog
+        last = -1
+        while len(done) != last:
             assert time.monotonic() < deadline
-            publisher.join(0.01)
+            last = len(done)
+            publisher.join(0.2)
         assert publisher.is_alive() and len(done) < 200  # held back, not queued without end
         got = []
         while len(got) < 200:  # the broker reads again: everything arrives, in order
@@ -372,8 +376,12 @@ def test_async_unconfirmed_publish_waits_when_the_broker_stops_reading() -> None
                 sent += 1
 
         task = asyncio.ensure_future(flood())
-        while len(bus._out) < 10:  # the socket refuses: a full backlog builds
-            await asyncio.sleep(0)  # yield to the flooding task; no wall-clock wait
+        # Yield to the flooding task until it makes no progress for 100 turns of
+        # the loop (no wall-clock wait): the socket refuses, a full backlog builds.
+        still, last = 0, -1
+        while still < 100:
+            await asyncio.sleep(0)
+            still, last = (still + 1 if sent == last else 0), sent
         assert not task.done() and sent < 200
         got: list[bytes] = []
         reader = asyncio.get_running_loop().run_in_executor(
