@@ -18,7 +18,7 @@ import subprocess
 import sys
 import threading
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import IO
 
@@ -340,9 +340,34 @@ def test_pub_handler_error_exits_1(cli_broker: tuple[Proc, str]) -> None:
         bus.subscribe("jobs.email", refuse)
         r = run("pub", "jobs.email", "job-7", "--channel", str(channel), "--address", address)
     assert r.returncode == 1
-    assert "1 handler failed: RuntimeError: refused job-7" in r.stderr
-    assert "failed=1" in r.stderr
+    assert r.stderr.splitlines() == [
+        "zmqbus pub: 1 handler failed:",
+        "  RuntimeError: refused job-7",
+        "delivered=0 dropped=0 failed=1 buses=1",
+    ]
     assert r.stdout == ""
+
+
+@pytest.mark.timeout(30)
+def test_pub_prints_each_handler_error_once(cli_broker: tuple[Proc, str]) -> None:
+    _, address = cli_broker
+    channel = uuid.uuid4()
+
+    def refuse(who: str) -> Callable[[Message], None]:
+        def handler(msg: Message) -> None:
+            raise RuntimeError(f"{who} refused {msg.payload.decode()}")
+
+        return handler
+
+    with Bus(address, channel) as a, Bus(address, channel) as b:
+        a.subscribe("jobs.email", refuse("a"))
+        b.subscribe("jobs.email", refuse("b"))
+        r = run("pub", "jobs.email", "job-8", "--channel", str(channel), "--address", address)
+    assert r.returncode == 1
+    assert r.stderr.count("a refused job-8") == 1, r.stderr
+    assert r.stderr.count("b refused job-8") == 1, r.stderr
+    assert r.stderr.splitlines()[0] == "zmqbus pub: 2 handlers failed:"
+    assert r.stderr.splitlines()[-1] == "delivered=0 dropped=0 failed=2 buses=2"
 
 
 @pytest.mark.timeout(30)

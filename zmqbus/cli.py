@@ -454,7 +454,9 @@ def cmd_pub(args: argparse.Namespace) -> int:
             args.topic, payload, headers, timeout=args.timeout, confirm=not args.no_confirm
         )
     except HandlerError as exc:
-        _err(prog, str(exc))
+        # str(exc) already joins the error texts: a count, then each text once.
+        noun = "handler" if len(exc.errors) == 1 else "handlers"
+        _err(prog, f"{len(exc.errors)} {noun} failed:")
         for text in exc.errors:
             print(f"  {text}", file=sys.stderr)
         print(_format_result(exc.result), file=sys.stderr, flush=True)
