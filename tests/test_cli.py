@@ -394,6 +394,28 @@ def test_sub_stops_on_signal(procs: list[Proc], cli_broker: tuple[Proc, str], si
     assert not any("Traceback" in line for line in sub.rest("stderr"))
 
 
+@pytest.mark.timeout(60)
+def test_sub_logs_losing_and_regaining_the_broker(procs: list[Proc], tmp_path: Path) -> None:
+    # An ipc endpoint, so the second broker gets the same address without a port race.
+    address = f"ipc://{tmp_path}/broker"
+    broker = start(procs, "broker", "--bind", address)
+    broker.expect(r"broker ready")
+    channel = str(uuid.uuid4())
+    sub = start_sub(procs, address, channel, "news.*", "--count", "1", "--timeout", "40")
+    broker.popen.send_signal(signal.SIGTERM)
+    assert broker.wait() == 0
+    sub.expect(r"WARNING .*lost the broker")
+    again = start(procs, "broker", "--bind", address)
+    again.expect(r"broker ready")
+    sub.expect(rf"WARNING zmqbus\.cli: reconnected to the broker at {re.escape(address)}$")
+    # The subscription came back with it.
+    r = run("pub", "news.today", "back", "--channel", channel, "--address", address)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == "delivered=1 dropped=0 failed=0 buses=1"
+    assert sub.expect(r"^news\.today ", stream="stdout").string == "news.today {} back"
+    assert sub.wait() == 0
+
+
 @pytest.mark.timeout(30)
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
 def test_broker_stops_cleanly_on_signal(procs: list[Proc], sig: int) -> None:

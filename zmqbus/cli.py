@@ -350,9 +350,20 @@ def _err(prog: str, text: str) -> None:
 
 
 def _connect(args: argparse.Namespace) -> Bus:
-    """A bus per the common options; raises _UsageError for a bad address."""
+    """A bus per the common options that logs getting the broker back (the bus
+    itself logs losing it); raises _UsageError for a bad address."""
+
+    def reconnected() -> None:
+        # WARNING, like the loss it answers: at the default level only warnings show.
+        log.warning("reconnected to the broker at %s", args.address)
+
     try:
-        return Bus(args.address, args.channel, connect_timeout=args.connect_timeout)
+        return Bus(
+            args.address,
+            args.channel,
+            connect_timeout=args.connect_timeout,
+            on_reconnected=reconnected,
+        )
     except (TypeError, ValueError) as exc:
         raise _UsageError(str(exc)) from None
 
