@@ -315,17 +315,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_stats)
 
     p = sub.add_parser(
-        "bench",
-        help="run the perf suite (perf/ in a source checkout) side by side with its peers",
-        description="Run `python -m perf` from the source checkout this zmqbus was installed "
-        "from; arguments after `bench` go to it (e.g. `zmqbus bench --quick`, "
-        "`zmqbus bench --list`). See perf/README.md.",
-        formatter_class=fmt,
-    )
-    p.add_argument("perf_args", nargs=argparse.REMAINDER, help="arguments for python -m perf")
-    p.set_defaults(func=cmd_bench)
-
-    p = sub.add_parser(
         "version",
         help="print the versions of zmqbus and its dependencies",
         description="Print the versions of zmqbus, pyzmq, libzmq, msgpack and Python.",
@@ -693,21 +682,6 @@ def cmd_stats(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def cmd_bench(args: argparse.Namespace) -> int:
-    import subprocess
-    from pathlib import Path
-
-    root = Path(__file__).resolve().parent.parent
-    if not (root / "perf" / "run.py").is_file():
-        print(
-            "zmqbus bench: the perf suite is not installed with the package; run it from a "
-            "source checkout: python -m perf (see perf/README.md)",
-            file=sys.stderr,
-        )
-        return EXIT_USAGE
-    return subprocess.call([sys.executable, "-m", "perf", *args.perf_args], cwd=root)
-
-
 def cmd_version(args: argparse.Namespace) -> int:
     print(
         f"zmqbus {__version__} (pyzmq {zmq.pyzmq_version()}, libzmq {zmq.zmq_version()}, "
@@ -721,12 +695,8 @@ def cmd_version(args: argparse.Namespace) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the ``zmqbus`` command; returns the exit code."""
-    argv = list(sys.argv[1:] if argv is None else argv)
-    if argv[:1] == ["bench"] and argv[1:2] not in (["-h"], ["--help"]):
-        # Everything after `bench` belongs to the perf suite, options included.
-        return cmd_bench(argparse.Namespace(perf_args=argv[1:]))
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args = parser.parse_args(sys.argv[1:] if argv is None else argv)
     func: Callable[[argparse.Namespace], int] = args.func
     try:
         return func(args)
