@@ -57,6 +57,37 @@ from .errors import (
 )
 from .message import Message, PublishResult, ReplyContext, attach_reply, make_message
 
+# Headers and frame indices as module globals: the fast paths read them for every message.
+from .protocol import (
+    ACKED_BODY,
+    ACKED_REF,
+    ANSWER_BODY,
+    ANSWER_REF,
+    ASK_BODY,
+    ASK_SIDS,
+    ASK_TOKEN,
+    ASK_TOPIC,
+    DELIVER_BODY,
+    DELIVER_SIDS,
+    DELIVER_TOKEN,
+    DELIVER_TOPIC,
+    ENTRIES_FRAME,
+    H_ACKED,
+    H_ANSWER,
+    H_ASK,
+    H_BROKER_BATCH,
+    H_DELIVER,
+    H_DELIVER_BATCH,
+    H_ROUTED,
+    MAX_REF_BYTES,
+    PUBLISH_BODY,
+    PUBLISH_REF,
+    PUBLISH_TOPIC,
+    REF_FRAME,
+    ROUTED_COUNT,
+    ROUTED_REF,
+)
+
 __all__ = ["DELIVERED", "DROPPED", "PENDING", "ClientCore", "Sink", "Waiter"]
 
 log = logging.getLogger("zmqbus.client")
@@ -88,6 +119,14 @@ BATCH_BYTES = 64 * 1024
 # Handler error texts are cut to this many characters so that an ACK stays
 # far below any sane max_message_size even with many failing handlers.
 MAX_ERROR_TEXT = 1024
+
+# The frame counts of the messages receive()'s fast paths take.
+_N_DELIVER, _N_ASK = p.BROKER_FRAMES[p.Cmd.DELIVER], p.BROKER_FRAMES[p.Cmd.ASK]
+_N_ANSWER, _N_ACKED = p.BROKER_FRAMES[p.Cmd.ANSWER], p.BROKER_FRAMES[p.Cmd.ACKED]
+_N_ROUTED = p.BROKER_FRAMES[p.Cmd.ROUTED]
+_N_DELIVER_BATCH = p.BROKER_FRAMES[p.Cmd.DELIVER_BATCH]
+_N_BROKER_BATCH = p.BROKER_FRAMES[p.Cmd.BROKER_BATCH]
+_COUNT_BYTES = p.LAYOUT[p.Cmd.ROUTED].frames[ROUTED_COUNT].size.min
 
 
 class Sink(Protocol):
@@ -464,12 +503,14 @@ class ClientCore:
     def receive(self, frames: list[bytes]) -> None:
         """Handle one message from the broker."""
         self._last_heard = self.clock()
-        if frames and frames[0] == p.H_BROKER_BATCH and len(frames) == 3:
+        if frames and frames[0] == H_BROKER_BATCH and len(frames) == _N_BROKER_BATCH:
             try:
                 if frames[1] != self.channel:
                     p.check_channel(frames[1])
                     raise ProtocolError(p.ErrorCode.CHANNEL_MISMATCH, "batch for another channel")
-                entries = p.unpack_command_entries(frames[2], frames[1], p.BROKER_ENTRY_FRAMES)
+                entries = p.unpack_command_entries(
+                    frames[ENTRIES_FRAME], frames[1], p.BROKER_ENTRY_FRAMES
+                )
             except ProtocolError as exc:
                 self.counters["protocol_errors"] += 1
                 log.warning("bad message from broker ignored: %s", exc)
@@ -483,21 +524,28 @@ class ClientCore:
         head = frames[0] if frames else b""
         n = len(frames)
         try:
-            if head == p.H_DELIVER_BATCH and n == 3 and frames[1] == self.channel:
-                self._deliver_batch(frames[2])
-            elif n > 2 and (frames[1] != self.channel or len(frames[2]) > p.MAX_REF_BYTES):
+            if head == H_DELIVER_BATCH and n == _N_DELIVER_BATCH and frames[1] == self.channel:
+                self._deliver_batch(frames[ENTRIES_FRAME])
+            elif n > REF_FRAME and (
+                frames[1] != self.channel or len(frames[REF_FRAME]) > MAX_REF_BYTES
+            ):
                 # Full validation (and its precise error) for anything off the happy path.
                 self._control(p.parse_broker(frames))
-            elif head == p.H_DELIVER and n == 6:
-                self._deliver(frames[2], frames[3], frames[4], frames[5])
-            elif head == p.H_ASK and n == 6 and frames[2]:
-                self._ask(frames[2], frames[3], frames[4], frames[5])
-            elif head == p.H_ANSWER and n == 4:
-                self._answer(frames[2], frames[3])
-            elif head == p.H_ACKED and n == 4:
-                self._acked(frames[2], frames[3])
-            elif head == p.H_ROUTED and n == 4 and len(frames[3]) == 4:
-                self._routed(frames[2], int.from_bytes(frames[3], "big"))
+            elif head == H_DELIVER and n == _N_DELIVER:
+                self._deliver(
+                    frames[DELIVER_TOKEN],
+                    frames[DELIVER_TOPIC],
+                    frames[DELIVER_BODY],
+                    frames[DELIVER_SIDS],
+                )
+            elif head == H_ASK and n == _N_ASK and frames[ASK_TOKEN]:
+                self._ask(frames[ASK_TOKEN], frames[ASK_TOPIC], frames[ASK_BODY], frames[ASK_SIDS])
+            elif head == H_ANSWER and n == _N_ANSWER:
+                self._answer(frames[ANSWER_REF], frames[ANSWER_BODY])
+            elif head == H_ACKED and n == _N_ACKED:
+                self._acked(frames[ACKED_REF], frames[ACKED_BODY])
+            elif head == H_ROUTED and n == _N_ROUTED and len(frames[ROUTED_COUNT]) == _COUNT_BYTES:
+                self._routed(frames[ROUTED_REF], int.from_bytes(frames[ROUTED_COUNT], "big"))
             else:
                 self._control(p.parse_broker(frames))
         except ProtocolError as exc:
@@ -769,7 +817,7 @@ class ClientCore:
         return [sub.sink for sub in self._subs]
 
 
-_BATCHABLE = frozenset((p.H_PUBLISH, p.H_ACK, p.H_REQUEST, p.H_REPLY))
+_BATCHABLE = frozenset(p.header(c) for c in p.CLIENT_ENTRY_FRAMES)
 
 
 def batch_front(
@@ -790,9 +838,9 @@ def batch_front(
     entries: list[bytes] = []
     size = 0
     for frames in out if publishes else ():
-        if frames[0] != p.H_PUBLISH or frames[2]:
+        if frames[0] != p.H_PUBLISH or frames[PUBLISH_REF]:
             break
-        entry = pack(frames[3], frames[4])
+        entry = pack(frames[PUBLISH_TOPIC], frames[PUBLISH_BODY])
         size += len(entry)
         if size > limit:
             break

@@ -20,7 +20,24 @@ from collections.abc import Iterable, Sequence
 
 from . import protocol as p
 from .errors import ProtocolError
-from .protocol import ErrorCode
+from .protocol import (
+    ACK_BODY,
+    ACK_TOKEN,
+    DELIVER_SIDS,
+    DELIVER_TOKEN,
+    ENTRIES_FRAME,
+    PUBLISH_BODY,
+    PUBLISH_REF,
+    PUBLISH_TOPIC,
+    REF_FRAME,
+    REPLY_BODY,
+    REPLY_TOKEN,
+    REQUEST_BODY,
+    REQUEST_REF,
+    REQUEST_TOPIC,
+    Cmd,
+    ErrorCode,
+)
 from .topics import TopicTrie
 
 __all__ = ["BrokerState", "Channel", "Peer"]
@@ -42,7 +59,35 @@ HEARTBEAT_MAX_MS = 60_000
 # Bytes of entries in one BROKER_BATCH the broker builds: like the client's
 # BATCH_BYTES, small enough to add no latency and far below any frame limit.
 BROKER_BATCH_BYTES = 64 * 1024
-_COALESCE = frozenset((p.H_DELIVER, p.H_ROUTED, p.H_ACKED, p.H_ASK, p.H_ANSWER))
+_COALESCE = frozenset(p.header(c) for c in p.BROKER_ENTRY_FRAMES)
+
+# Frame counts of the commands handled here by position.
+_N = p.CLIENT_FRAMES
+_N_PUBLISH, _N_REQUEST, _N_REPLY, _N_ACK = (
+    _N[Cmd.PUBLISH],
+    _N[Cmd.REQUEST],
+    _N[Cmd.REPLY],
+    _N[Cmd.ACK],
+)
+_N_PUBLISH_BATCH, _N_BATCH = _N[Cmd.PUBLISH_BATCH], _N[Cmd.BATCH]
+_N_DELIVER_BATCH, _N_BROKER_BATCH = (
+    p.BROKER_FRAMES[Cmd.DELIVER_BATCH],
+    p.BROKER_FRAMES[Cmd.BROKER_BATCH],
+)
+# DELIVER and ASK are lost alike (undeliverable): same count, same place of their sids.
+_N_DELIVERY = p.BROKER_FRAMES[Cmd.DELIVER]
+_COUNT_BYTES = p.LAYOUT[Cmd.ROUTED].frames[p.ROUTED_COUNT].size.min
+# The checks parse_client makes of these frames, made here where the hot path needs them.
+_check_publish_ref = p.field_check(Cmd.PUBLISH, "ref")
+# Its bounds, so that the hottest path calls the check only for a ref out of them.
+_PUBLISH_REF_SIZE = p.LAYOUT[Cmd.PUBLISH].frames[PUBLISH_REF].size
+_PUBLISH_REF_MIN, _PUBLISH_REF_MAX = _PUBLISH_REF_SIZE.min, _PUBLISH_REF_SIZE.max or 0
+_check_request_ref = p.field_check(Cmd.REQUEST, "ref")
+_check_reply_token = p.field_check(Cmd.REPLY, "token")
+_check_ack_token = p.field_check(Cmd.ACK, "token")
+# An ERROR echoes the ref of these commands, if it fits its own ref frame.
+_ECHO_HEADERS = frozenset(p.header(c) for c in p.ECHOES_REF)
+_ECHO_MAX = p.LAYOUT[Cmd.ERROR].frames[REF_FRAME].size.max or 0
 
 _LEFT_TEXT = "subscribing bus left before confirming"
 _DROPPED_AT_BROKER = p.pack_ack(0, 1, [])
@@ -261,29 +306,31 @@ class BrokerState:
         gone). A confirmed DELIVER is then reported to its publisher as dropped,
         so the publisher learns at once instead of timing out."""
         peer = self.peers.get(ident)
-        if peer is not None and len(frames) == 3 and frames[0] == p.H_BROKER_BATCH:
+        head = frames[0] if frames else b""
+        if peer is not None and head == p.H_BROKER_BATCH and len(frames) == _N_BROKER_BATCH:
             # Each command in it is lost as if it had been sent alone.
-            for entry in p.unpack_command_entries(frames[2], frames[1], p.BROKER_ENTRY_FRAMES):
+            entries = frames[ENTRIES_FRAME]
+            for entry in p.unpack_command_entries(entries, frames[1], p.BROKER_ENTRY_FRAMES):
                 self.undeliverable(ident, entry)
             return
         self.counters["dropped_out"] += 1
-        if peer is not None and len(frames) == 3 and frames[0] == p.H_DELIVER_BATCH:
+        if peer is not None and head == p.H_DELIVER_BATCH and len(frames) == _N_DELIVER_BATCH:
             # Unconfirmed deliveries only: owed a DROPPED notice, no publisher waits.
-            for sids, _, _ in p.unpack_deliver_entries(frames[2]):
+            for sids, _, _ in p.unpack_deliver_entries(frames[ENTRIES_FRAME]):
                 peer.dropped_total += 1
                 for sid in p.split_sids(sids):
                     peer.dropped[sid] = peer.dropped.get(sid, 0) + 1
             self.lossy.add(ident)
             return
-        if peer is None or len(frames) != 6 or frames[0] not in (p.H_DELIVER, p.H_ASK):
+        if peer is None or len(frames) != _N_DELIVERY or head not in (p.H_DELIVER, p.H_ASK):
             return
         # Owed to the slow peer as a DROPPED notice once its queue has room again.
         peer.dropped_total += 1
-        for sid in p.split_sids(frames[5]):
+        for sid in p.split_sids(frames[DELIVER_SIDS]):
             peer.dropped[sid] = peer.dropped.get(sid, 0) + 1
         self.lossy.add(ident)
-        token = frames[2]
-        if frames[0] == p.H_DELIVER and token and token in peer.outstanding:
+        token = frames[DELIVER_TOKEN]
+        if head == p.H_DELIVER and token and token in peer.outstanding:
             peer.outstanding.discard(token)
             self._resolve(token, _DROPPED_AT_BROKER)
 
@@ -362,18 +409,14 @@ class BrokerState:
     def _unbatch(self, ident: bytes, frames: Sequence[bytes]) -> list[list[bytes]]:
         # The envelope is refused whole (one ERROR, empty ref); each entry is
         # then handled as if it had arrived alone, with its own ERROR if any.
-        self._joined(ident, frames, 3)
-        entries = p.unpack_command_entries(frames[2], frames[1], p.CLIENT_ENTRY_FRAMES)
+        self._joined(ident, frames, _N_BATCH)
+        entries = p.unpack_command_entries(frames[ENTRIES_FRAME], frames[1], p.CLIENT_ENTRY_FRAMES)
         self.counters["batches_in"] += 1
         return entries
 
     def _joined(self, ident: bytes, frames: Sequence[bytes], count: int) -> Peer:
         if len(frames) != count:
-            cmd = frames[0][3] if len(frames[0]) == 4 else 0
-            name = p.Cmd(cmd).name if cmd in p.Cmd._value2member_map_ else "command"
-            raise ProtocolError(
-                ErrorCode.BAD_FRAMES, f"{name} takes {count} frames, got {len(frames)}"
-            )
+            raise p.count_error(frames)
         peer = self.peers.get(ident)
         if peer is None:
             p.check_channel(frames[1])
@@ -411,10 +454,10 @@ class BrokerState:
         return dests.items()
 
     def _publish(self, ident: bytes, frames: Sequence[bytes]) -> None:
-        peer = self._joined(ident, frames, 5)
-        ref, topic, body = frames[2], frames[3], frames[4]
-        if len(ref) > p.MAX_REF_BYTES:
-            p.check_ref(ref)
+        peer = self._joined(ident, frames, _N_PUBLISH)
+        ref, topic, body = frames[PUBLISH_REF], frames[PUBLISH_TOPIC], frames[PUBLISH_BODY]
+        if not _PUBLISH_REF_MIN <= len(ref) <= _PUBLISH_REF_MAX:
+            _check_publish_ref(ref)
         self._message_checks(topic, body)
         channel = peer.channel
         chid = channel.id
@@ -440,12 +483,12 @@ class BrokerState:
             for target, sids in dests:
                 peers[target].outstanding.add(token)
                 out.append((target, [p.H_DELIVER, chid, token, topic, body, sids]))
-        out.append((ident, [p.H_ROUTED, chid, ref, n.to_bytes(4, "big")]))
+        out.append((ident, [p.H_ROUTED, chid, ref, n.to_bytes(_COUNT_BYTES, "big")]))
 
     def _publish_batch(self, ident: bytes, frames: Sequence[bytes]) -> None:
         # The whole batch is checked before any of it is routed: all or nothing.
-        peer = self._joined(ident, frames, 3)
-        entries = p.unpack_publish_entries(frames[2])
+        peer = self._joined(ident, frames, _N_PUBLISH_BATCH)
+        entries = p.unpack_publish_entries(frames[ENTRIES_FRAME])
         for topic, body, _ in entries:
             self._message_checks(topic, body)
         channel = peer.channel
@@ -477,9 +520,9 @@ class BrokerState:
         counters["delivered"] += n
 
     def _request(self, ident: bytes, frames: Sequence[bytes]) -> None:
-        peer = self._joined(ident, frames, 5)
-        ref, topic, body = frames[2], frames[3], frames[4]
-        p.check_request_ref(ref)
+        peer = self._joined(ident, frames, _N_REQUEST)
+        ref, topic, body = frames[REQUEST_REF], frames[REQUEST_TOPIC], frames[REQUEST_BODY]
+        _check_request_ref(ref)
         self._message_checks(topic, body)
         channel = peer.channel
         chid = channel.id
@@ -490,16 +533,12 @@ class BrokerState:
             out.append((target, [p.H_ASK, chid, token, topic, body, sids]))
             n += 1
         self.counters["requests"] += 1
-        out.append((ident, [p.H_ROUTED, chid, ref, n.to_bytes(4, "big")]))
+        out.append((ident, [p.H_ROUTED, chid, ref, n.to_bytes(_COUNT_BYTES, "big")]))
 
     def _reply(self, ident: bytes, frames: Sequence[bytes]) -> None:
-        peer = self._joined(ident, frames, 4)
-        token, body = frames[2], frames[3]
-        if len(token) <= p.SESSION_BYTES or len(token) > p.MAX_REF_BYTES:
-            raise ProtocolError(
-                ErrorCode.BAD_FRAMES,
-                f"REPLY token must be {p.SESSION_BYTES + 1} to {p.MAX_REF_BYTES} bytes",
-            )
+        peer = self._joined(ident, frames, _N_REPLY)
+        token, body = frames[REPLY_TOKEN], frames[REPLY_BODY]
+        _check_reply_token(token)
         if len(body) > self.max_message_size:
             raise ProtocolError(ErrorCode.TOO_LARGE, "REPLY body exceeds max_message_size")
         requester = self.sessions.get(token[: p.SESSION_BYTES])
@@ -513,14 +552,13 @@ class BrokerState:
         )
 
     def _ack(self, ident: bytes, frames: Sequence[bytes]) -> None:
-        peer = self._joined(ident, frames, 4)
-        token, body = frames[2], frames[3]
+        peer = self._joined(ident, frames, _N_ACK)
+        token, body = frames[ACK_TOKEN], frames[ACK_BODY]
         if len(body) > self.max_message_size:
             raise ProtocolError(ErrorCode.TOO_LARGE, "ACK body exceeds max_message_size")
         if token not in peer.outstanding:
-            if not token:
-                raise ProtocolError(ErrorCode.BAD_FRAMES, "ACK needs a non-empty token")
-            p.check_ref(token, "token")
+            # Outstanding tokens are well formed by construction: only the others are checked.
+            _check_ack_token(token)
             # A late or repeated ACK (its publisher may have left): nothing to forward.
             self.counters["stale_acks"] += 1
             return
@@ -659,23 +697,12 @@ class BrokerState:
         self.counters["errors"] += 1
         channel = frames[1] if len(frames) > 1 and len(frames[1]) == p.CHANNEL_BYTES else b""
         ref = b""
-        if len(frames) > 2 and len(frames[2]) <= p.MAX_REF_BYTES:
-            head = frames[0]
-            # Echo the ref only for commands that carry one in frame 2.
-            if (
-                len(head) == 4
-                and head[:3] == p.SIGNATURE + bytes((p.VERSION,))
-                and head[3]
-                in (
-                    p.Cmd.SUBSCRIBE,
-                    p.Cmd.UNSUBSCRIBE,
-                    p.Cmd.PUBLISH,
-                    p.Cmd.DISCONNECT,
-                    p.Cmd.REQUEST,
-                    p.Cmd.STATS,
-                )
-            ):
-                ref = frames[2]
+        if (
+            len(frames) > REF_FRAME
+            and len(frames[REF_FRAME]) <= _ECHO_MAX
+            and frames[0] in _ECHO_HEADERS
+        ):
+            ref = frames[REF_FRAME]
         log.debug("refused message from %s: [%d] %s", ident.hex(), code, text)
         self.outbox.append((ident, p.encode(p.Error(channel, ref, code, text))))
 
