@@ -17,8 +17,9 @@ import logging
 import threading
 import time
 import uuid
+import warnings
 from collections import deque
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Mapping
 from types import TracebackType
 from typing import Any, TypeVar, cast
 
@@ -236,7 +237,9 @@ class Bus(BusBase):
     Same arguments, semantics, errors and defaults as ``zmqbus.Bus``; create it
     with ``async with Bus(address, channel_id) as bus`` (or ``await
     bus.connect()``). Methods must be called from the event loop the bus
-    connected on; ``Message.respond`` may be called from any thread.
+    connected on; ``Message.respond`` may be called from any thread. A bus
+    still open when ``asyncio.run()`` shuts its loop down is closed then, as
+    by ``close()``.
     """
 
     def __init__(
@@ -267,6 +270,7 @@ class Bus(BusBase):
         self._sock: zmq.Socket[bytes] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._loop_thread = 0
+        self._finalizer: AsyncGenerator[None, None] | None = None
         self._out: deque[list[bytes]] = deque()
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at: float | None = None
@@ -297,7 +301,19 @@ class Bus(BusBase):
             self._teardown()
             raise
         self._max_size = int(info["max_message_size"])
+        # The socket does not linger, so a bus left open when the loop ends would
+        # lose what it queued. asyncio.run() (and Runner, uvloop.run) close open
+        # async generators before closing the loop: this one closes the bus then.
+        self._finalizer = self._close_at_loop_shutdown()
+        await anext(self._finalizer)
         return self
+
+    async def _close_at_loop_shutdown(self) -> AsyncGenerator[None, None]:
+        try:
+            yield
+        finally:
+            self._finalizer = None  # close() must not close this generator again
+            await self.close()
 
     async def __aenter__(self) -> Bus:
         if self._sock is None:
@@ -313,20 +329,26 @@ class Bus(BusBase):
         await self.close()
 
     async def close(self) -> None:
-        """Close the bus. Idempotent. Subscriptions end (buffered messages stay
-        readable), pending calls fail with ``BusClosed``, queued messages get up
-        to ``close_timeout`` seconds to reach the broker."""
+        """Close the bus. Idempotent; the same guarantees as ``zmqbus.Bus.close``:
+        what was published before is flushed, bounded by ``close_timeout``."""
         if self._closed:
             return
-        self._closed = True
-        if self._sock is None or self._loop is None:
+        loop = self._loop
+        if self._sock is None or loop is None or loop.is_closed():
+            # Never connected, or its loop is gone: nothing can be sent any more.
+            self._finalizer = None
+            self._teardown()
             return
+        self._closed = True
+        finalizer, self._finalizer = self._finalizer, None
+        if finalizer is not None:
+            await finalizer.aclose()
         subs, self._subs = self._subs, []
         for sub in subs:
             if sub.handler is not None:
                 sub._stop()
         timeout = self._close_timeout
-        fut: asyncio.Future[None] = self._loop.create_future()
+        fut: asyncio.Future[None] = loop.create_future()
         self._core.close(BusClosed("bus is closed"), fut, time.monotonic() + timeout, timeout)
         self._pump()
         with contextlib.suppress(Exception):
@@ -389,6 +411,22 @@ class Bus(BusBase):
             raise BusClosed("bus is closed")
         if self._sock is None:
             raise RuntimeError("bus is not connected: use 'async with' or await connect()")
+
+    def __del__(self) -> None:
+        if getattr(self, "_sock", None) is None or self._closed:
+            return
+        # Only reachable once the loop no longer holds the bus (it was closed without
+        # asyncio.run's shutdown), so nothing can flush it now: say so, as asyncio's
+        # own transports do.
+        warnings.warn(
+            f"unclosed {self!r}: what it had not sent is lost; "
+            "use 'async with' or 'await bus.close()'",
+            ResourceWarning,
+            stacklevel=1,  # raised by the collector: no caller's line to point at
+            source=self,
+        )
+        with contextlib.suppress(Exception):
+            self._teardown()
 
     # --- publish / request --------------------------------------------------
 

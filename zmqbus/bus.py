@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import logging
 import threading
 import time
 import uuid
+import weakref
 from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeout
@@ -48,6 +50,19 @@ _UNCONFIRMED = PublishResult(0, 0, 0, 0, confirmed=False)
 
 
 T = TypeVar("T")
+
+# Buses not yet closed, closed at interpreter exit: their I/O threads are daemons
+# and their sockets do not linger, so without it a script that ends without
+# close() loses whatever it had queued.
+_open: weakref.WeakSet[Bus] = weakref.WeakSet()
+
+
+@atexit.register
+def _close_at_exit() -> None:
+    # atexit runs before daemon threads are frozen, so each close() can still flush.
+    for bus in list(_open):
+        with contextlib.suppress(Exception):
+            bus.close()
 
 
 def _wait(fut: Future[T], timeout: float, on_timeout: Callable[[], ZmqbusError]) -> T:
@@ -231,7 +246,8 @@ class Bus(BusBase):
     string. The constructor returns once the broker has answered the
     handshake, or raises ``ConnectTimeout`` after ``connect_timeout`` seconds.
     ``close()`` waits up to ``close_timeout`` seconds for messages already
-    queued to reach the broker.
+    queued to reach the broker; a bus still open at interpreter exit is closed
+    then, the same way.
 
     Bus and broker exchange heartbeats every ``heartbeat`` seconds (0 turns
     them off); after three silent intervals, a BYE from a stopping broker, or
@@ -291,6 +307,7 @@ class Bus(BusBase):
             self._shutdown()
             raise
         self._max_size = int(info["max_message_size"])
+        _open.add(self)
         log.debug("bus joined channel %s at %s", self._channel, self._endpoint)
 
     def _wake_touched(self) -> None:
@@ -496,13 +513,19 @@ class Bus(BusBase):
     # --- lifecycle ----------------------------------------------------------
 
     def close(self) -> None:
-        """Close the bus. Idempotent. Subscriptions end (buffered messages stay
-        readable), pending publishes fail with ``BusClosed``, queued messages
-        get up to ``close_timeout`` seconds to reach the broker."""
+        """Close the bus. Idempotent.
+
+        Messages published before (confirmed or not) are flushed: a DISCONNECT
+        follows them, and its answer proves the broker has routed them all; after
+        ``close_timeout`` seconds without it, what is unsent is dropped. Pending
+        publishes and requests fail with ``BusClosed``; subscriptions end
+        (buffered messages stay readable); a running handler gets up to
+        ``close_timeout`` seconds more to return, its backlog is dropped."""
         with self._close_lock:
             if self._closed:
                 return
             self._closed = True
+        _open.discard(self)
         with self._subs_lock:
             subs, self._subs = self._subs, []
         for sub in subs:
