@@ -18,6 +18,7 @@ from zmqbus import (
     NoResponders,
     PublishResult,
     PublishTimeout,
+    ReentrantPublish,
     RequestTimeout,
     SubscriptionClosed,
     ZmqbusError,
@@ -206,6 +207,50 @@ def test_handler_may_publish_confirmed_on_same_bus(scenario: Callable[[Scenario]
         r = await bus.publish("stage.raw", b"data")
         assert r.delivered == 1
         assert (await done.get(0)).payload == b"DATA"
+
+    scenario(body)
+
+
+def test_handler_confirmed_publish_to_own_topic_fails_at_once(
+    scenario: Callable[[Scenario], None],
+) -> None:
+    # The message would come back to this very handler, which is busy waiting for
+    # its confirmation: it once stalled until the timeout, now it fails at once.
+    async def body(face: Face, ch: uuid.UUID) -> None:
+        bus = await face.bus(ch)
+        again = await bus.subscribe("echo.again")
+        raw = bus.bus
+        errors: list[BaseException] = []
+        # Unconfirmed, a handler may publish to its own subscription (it gets the
+        # message after it returns).
+        if face.threaded:
+
+            def echo(msg: Message) -> None:
+                if msg.topic == "echo.start":
+                    try:
+                        raw.publish("echo.again", b"confirmed", timeout=30)
+                    except ZmqbusError as exc:
+                        errors.append(exc)
+                    raw.publish("echo.again", b"unconfirmed", confirm=False)
+
+            await bus.subscribe("echo.*", handler=echo)
+        else:
+
+            async def aecho(msg: Message) -> None:
+                if msg.topic == "echo.start":
+                    try:
+                        await raw.publish("echo.again", b"confirmed", timeout=30)
+                    except ZmqbusError as exc:
+                        errors.append(exc)
+                    await raw.publish("echo.again", b"unconfirmed", confirm=False)
+
+            await bus.subscribe("echo.*", handler=aecho)
+        r = await bus.publish("echo.start", b"", timeout=10)
+        assert r.delivered == 1
+        assert [type(e) for e in errors] == [ReentrantPublish]
+        assert (errors[0].pattern, errors[0].topic) == ("echo.*", "echo.again")  # type: ignore[attr-defined]
+        assert "confirm=False" in str(errors[0])
+        assert (await again.get()).payload == b"unconfirmed"
 
     scenario(body)
 

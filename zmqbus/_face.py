@@ -8,16 +8,24 @@ import time
 import uuid
 from collections import deque
 from collections.abc import Callable
+from contextvars import ContextVar
 from typing import Any
 
 from . import _validate
 from . import protocol as p
 from ._client import ClientCore
 from ._endpoints import connect_endpoint
-from .errors import MessageTooLarge
-from .topics import validate_topic
+from .errors import MessageTooLarge, ReentrantPublish
+from .topics import matches, validate_topic
 
 __all__ = ["BusBase", "SubscriptionBase", "parse_channel"]
+
+# (bus, subscription) whose handlers this thread or task runs: each dispatcher, a
+# thread or a task of its own, sets it once. A task a handler starts inherits it,
+# and waiting on it from the handler would stall just the same.
+_dispatching: ContextVar[tuple[object, SubscriptionBase] | None] = ContextVar(
+    "zmqbus_dispatching", default=None
+)
 
 
 def parse_channel(channel_id: object) -> uuid.UUID:
@@ -50,6 +58,11 @@ class SubscriptionBase:
         self._abort = False
         self._dropped = 0
         self._received = 0
+        self._in_handler = False  # set by the dispatcher around each handler call
+
+    def _dispatching_for(self, bus: object) -> None:
+        """Mark this thread or task as the dispatcher of this subscription."""
+        _dispatching.set((bus, self))
 
     @property
     def pattern(self) -> str:
@@ -153,6 +166,17 @@ class BusBase:
             if len(self._topics) < 4096:
                 self._topics[topic] = topic_b
         return topic_b
+
+    def _refuse_own_wait(self, topic: str) -> None:
+        """Raise ``ReentrantPublish`` when a handler of this bus makes a confirmed
+        publish its own subscription would receive: it could not be confirmed
+        before that handler returns, and the handler is waiting for it."""
+        current = _dispatching.get()
+        if current is None or current[0] is not self:
+            return
+        sub = current[1]
+        if sub._in_handler and not sub._ended and matches(sub._pattern, topic):
+            raise ReentrantPublish(sub._pattern, topic)
 
     def _encode(self, payload: object, headers: object) -> bytes:
         data = _validate.payload(payload)

@@ -195,6 +195,7 @@ class Subscription(SubscriptionBase):
     async def _dispatch(self) -> None:
         handler = self._handler
         assert handler is not None
+        self._dispatching_for(self._bus)
         buf = self._buf
         while True:
             while not buf and not self._ended:
@@ -205,6 +206,7 @@ class Subscription(SubscriptionBase):
             msg, ack_id = buf.popleft()
             error: str | None = None
             result: Any = None
+            self._in_handler = True
             try:
                 result = handler(msg)
                 if inspect.isawaitable(result):
@@ -217,6 +219,7 @@ class Subscription(SubscriptionBase):
                     log.warning(
                         "handler for %r raised on %r", self._pattern, msg.topic, exc_info=True
                     )
+            self._in_handler = False
             if ack_id is not None:
                 self._bus._handler_done(ack_id, error)
             else:
@@ -456,6 +459,7 @@ class Bus(BusBase):
             self._core.publish(topic_b, body, None, 0.0, timeout)
             self._send_soon()
             return _UNCONFIRMED
+        self._refuse_own_wait(topic)
         # The core's deadline settles the future (PublishTimeout). A cancelled caller
         # cancels only its own future, which the core then skips.
         return await self._publish_confirmed(topic_b, body, timeout)

@@ -195,6 +195,7 @@ class Subscription(SubscriptionBase):
     def _dispatch(self) -> None:
         handler = self._handler
         assert handler is not None
+        self._dispatching_for(self._bus)
         cond = self._cond
         buf = self._buf
         while True:
@@ -211,6 +212,7 @@ class Subscription(SubscriptionBase):
                 continue
             error: str | None = None
             result: Any = None
+            self._in_handler = True
             try:
                 result = handler(msg)
             except Exception as exc:
@@ -219,6 +221,7 @@ class Subscription(SubscriptionBase):
                     log.warning(
                         "handler for %r raised on %r", self._pattern, msg.topic, exc_info=True
                     )
+            self._in_handler = False
             if ack_id is not None:
                 self._bus._handler_done(ack_id, error)
             else:
@@ -341,8 +344,9 @@ class Bus(BusBase):
         With ``confirm`` (the default), return once every subscription the
         message reached has taken it (queued or dropped; handlers returned).
         Raises ``HandlerError`` if a handler raised, ``PublishTimeout`` if not
-        all confirmed within ``timeout``. Without ``confirm``, return as soon as
-        the message is queued for sending.
+        all confirmed within ``timeout``, ``ReentrantPublish`` at once from a
+        handler whose own subscription would receive it. Without ``confirm``,
+        return as soon as the message is queued for sending.
         """
         if self._closed:
             raise BusClosed("bus is closed")
@@ -352,6 +356,7 @@ class Bus(BusBase):
         if not confirm:
             self._io.submit([p.H_PUBLISH, self._core.channel, b"", topic_b, body])
             return _UNCONFIRMED
+        self._refuse_own_wait(topic)
         fut = self._publish_confirmed(topic_b, body, timeout)
         return _wait(fut, timeout, lambda: PublishTimeout(timeout, PublishResult(), None))
 

@@ -15,6 +15,7 @@ __all__ = [
     "NoResponders",
     "ProtocolError",
     "PublishTimeout",
+    "ReentrantPublish",
     "RequestTimeout",
     "SubscriptionClosed",
     "ZmqbusError",
@@ -107,3 +108,19 @@ class PublishTimeout(ZmqbusError, TimeoutError):
         self.timeout = timeout
         self.result = result
         self.expected = expected
+
+
+class ReentrantPublish(ZmqbusError, RuntimeError):
+    """A handler made a confirmed publish that its own subscription receives:
+    the confirmation would wait for the very handler that is waiting for it.
+    Raised at once; nothing is sent."""
+
+    def __init__(self, pattern: str, topic: str) -> None:
+        super().__init__(
+            f"a handler of {pattern!r} cannot make a confirmed publish to {topic!r}: "
+            "its own subscription receives that message, so the confirmation would wait "
+            "for this handler to return; publish it with confirm=False, or from outside "
+            "the handler"
+        )
+        self.pattern = pattern
+        self.topic = topic
