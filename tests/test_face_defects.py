@@ -1,5 +1,6 @@
 """Defects a new user hit on the faces (issue 12), each with the test that failed
-before its fix: a script exiting without close() lost what it had queued."""
+before its fix: a script exiting without close() lost what it had queued, and
+the asyncio bus used off its own loop failed late and vaguely."""
 
 from __future__ import annotations
 
@@ -10,13 +11,14 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from typing import Any
 
 import pytest
 
-from zmqbus import Broker, Bus
+from zmqbus import Broker, Bus, WrongEventLoop
 from zmqbus.aio import Bus as AsyncBus
 
 N = 1000
@@ -143,3 +145,71 @@ def test_asyncio_bus_collected_unclosed_warns(broker: Broker) -> None:
     with pytest.warns(ResourceWarning, match=r"unclosed <aio\.Bus .*await bus\.close\(\)"):
         del bus
         gc.collect()
+
+
+# --- the asyncio bus off its own loop ---------------------------------------------
+
+
+def _unhandled(loop: asyncio.AbstractEventLoop) -> list[dict[str, Any]]:
+    seen: list[dict[str, Any]] = []
+    loop.set_exception_handler(lambda _loop, context: seen.append(context))
+    return seen
+
+
+def test_asyncio_bus_called_from_another_thread_fails_at_the_call(broker: Broker) -> None:
+    channel = uuid.uuid4()
+
+    def elsewhere(bus: AsyncBus, sub: Any) -> list[BaseException]:
+        errors: list[BaseException] = []
+        calls = [
+            lambda: bus.publish_nowait("t", b""),  # a plain thread, no loop at all
+            lambda: asyncio.run(bus.publish("t", b"")),  # a loop of its own
+            lambda: asyncio.run(bus.publish("t", b"", confirm=False)),
+            lambda: asyncio.run(bus.request("t", b"")),
+            lambda: asyncio.run(bus.subscribe("u")),
+            lambda: asyncio.run(bus.unsubscribe("t")),
+            lambda: asyncio.run(sub.get(timeout=0)),
+            lambda: asyncio.run(sub.unsubscribe()),
+            lambda: asyncio.run(bus.close()),
+        ]
+        for call in calls:
+            try:
+                call()
+            except BaseException as exc:
+                errors.append(exc)
+        return errors
+
+    async def main() -> None:
+        seen = _unhandled(asyncio.get_running_loop())
+        async with AsyncBus(broker.address, channel) as bus:
+            sub = await bus.subscribe("t")
+            errors = await asyncio.to_thread(elsewhere, bus, sub)
+            assert [type(e) for e in errors] == [WrongEventLoop] * 9
+            owner = threading.current_thread()
+            for exc in errors:
+                assert isinstance(exc, WrongEventLoop)
+                assert f"thread {owner.name!r}" in str(exc)
+                assert exc.owner_thread == owner.ident
+            # Untouched by the attempts: nothing queued for it, and it still works.
+            assert (await bus.publish("t", b"ok")).delivered == 1
+            assert (await sub.get(timeout=5)).payload == b"ok"
+            assert not sub.closed
+        gc.collect()
+        await asyncio.sleep(0)
+        assert seen == []
+
+    asyncio.run(main())
+
+
+def test_asyncio_bus_called_from_another_loop_on_its_thread(broker: Broker) -> None:
+    owner, other = asyncio.new_event_loop(), asyncio.new_event_loop()
+    try:
+        bus = owner.run_until_complete(AsyncBus(broker.address, uuid.uuid4()).connect())
+        with pytest.raises(WrongEventLoop, match="belongs to event loop") as info:
+            other.run_until_complete(bus.publish("t", b""))
+        assert info.value.owner_loop is owner
+        assert (owner.run_until_complete(bus.publish("t", b""))).buses == 0
+        owner.run_until_complete(bus.close())
+    finally:
+        owner.close()
+        other.close()

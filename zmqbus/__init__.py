@@ -18,6 +18,7 @@ from .errors import (
     ReentrantPublish,
     RequestTimeout,
     SubscriptionClosed,
+    WrongEventLoop,
     ZmqbusError,
 )
 from .message import Message, PublishResult
@@ -38,6 +39,7 @@ __all__ = [
     "RequestTimeout",
     "Subscription",
     "SubscriptionClosed",
+    "WrongEventLoop",
     "ZmqbusError",
     "__version__",
 ]

@@ -37,6 +37,7 @@ from .errors import (
     MessageTooLarge,
     RequestTimeout,
     SubscriptionClosed,
+    WrongEventLoop,
     ZmqbusError,
 )
 from .message import Message, PublishResult, answer_after_handler, error_text
@@ -151,6 +152,7 @@ class Subscription(SubscriptionBase):
     async def get(self, timeout: float | None = None) -> Message:
         """Next message. Raises ``TimeoutError`` if none arrives in ``timeout``
         seconds, ``SubscriptionClosed`` once ended with the buffer empty."""
+        self._bus._on_own_loop()
         if self._handler is not None:
             raise TypeError("a handler subscription has no queue to get() from")
         if timeout is not None and timeout < 0:
@@ -240,9 +242,9 @@ class Bus(BusBase):
     Same arguments, semantics, errors and defaults as ``zmqbus.Bus``; create it
     with ``async with Bus(address, channel_id) as bus`` (or ``await
     bus.connect()``). Methods must be called from the event loop the bus
-    connected on; ``Message.respond`` may be called from any thread. A bus
-    still open when ``asyncio.run()`` shuts its loop down is closed then, as
-    by ``close()``.
+    connected on (elsewhere they raise ``WrongEventLoop``); ``Message.respond``
+    may be called from any thread. A bus still open when ``asyncio.run()``
+    shuts its loop down is closed then, as by ``close()``.
     """
 
     def __init__(
@@ -273,6 +275,7 @@ class Bus(BusBase):
         self._sock: zmq.Socket[bytes] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._loop_thread = 0
+        self._loop_thread_name = ""
         self._finalizer: AsyncGenerator[None, None] | None = None
         self._out: deque[list[bytes]] = deque()
         self._timer: asyncio.TimerHandle | None = None
@@ -290,6 +293,7 @@ class Bus(BusBase):
         loop = asyncio.get_running_loop()
         self._loop = loop
         self._loop_thread = threading.get_ident()
+        self._loop_thread_name = threading.current_thread().name
         self._attach(self._dealer())
         timeout = self._connect_timeout
         fut: asyncio.Future[dict[str, Any]] = loop.create_future()
@@ -342,6 +346,7 @@ class Bus(BusBase):
             self._finalizer = None
             self._teardown()
             return
+        self._on_own_loop()
         self._closed = True
         finalizer, self._finalizer = self._finalizer, None
         if finalizer is not None:
@@ -414,6 +419,22 @@ class Bus(BusBase):
             raise BusClosed("bus is closed")
         if self._sock is None:
             raise RuntimeError("bus is not connected: use 'async with' or await connect()")
+        self._on_own_loop()
+
+    def _on_own_loop(self) -> None:
+        """Raise ``WrongEventLoop`` unless called on the loop the bus connected on:
+        elsewhere its futures, events and socket are not this caller's to use."""
+        try:
+            loop: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
+        except RuntimeError:
+            loop = None
+        if loop is self._loop:
+            return
+        here = threading.current_thread()
+        caller = f"thread {here.name!r} (ident {here.ident}) " + (
+            "with no running event loop" if loop is None else f"on event loop {loop!r}"
+        )
+        raise WrongEventLoop(self._loop, self._loop_thread, self._loop_thread_name, caller)
 
     def __del__(self) -> None:
         if getattr(self, "_sock", None) is None or self._closed:
@@ -589,6 +610,7 @@ class Bus(BusBase):
     async def _remove(self, sub: Subscription, timeout: float) -> None:
         if self._closed or self._loop is None:
             return
+        self._on_own_loop()
         timeout = _validate.timeout(timeout)
         fut: asyncio.Future[None] = self._loop.create_future()
         self._core.remove(sub, fut, time.monotonic() + timeout, timeout)

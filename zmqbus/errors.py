@@ -18,6 +18,7 @@ __all__ = [
     "ReentrantPublish",
     "RequestTimeout",
     "SubscriptionClosed",
+    "WrongEventLoop",
     "ZmqbusError",
 ]
 
@@ -124,3 +125,23 @@ class ReentrantPublish(ZmqbusError, RuntimeError):
         )
         self.pattern = pattern
         self.topic = topic
+
+
+class WrongEventLoop(ZmqbusError, RuntimeError):
+    """An asyncio ``Bus`` (or one of its subscriptions) was called outside the
+    event loop it connected on. Nothing was done.
+
+    ``owner_loop`` is that loop, ``owner_thread`` the ident of the thread it
+    connected on; ``caller`` says where the call came from.
+    """
+
+    def __init__(self, owner_loop: object, owner_thread: int, owner_name: str, caller: str) -> None:
+        super().__init__(
+            f"this zmqbus.aio.Bus belongs to event loop {owner_loop!r} on thread "
+            f"{owner_name!r} (ident {owner_thread}), but was called from {caller}; call "
+            "it on its own loop (from another thread: asyncio.run_coroutine_threadsafe), "
+            "or use the thread-safe zmqbus.Bus"
+        )
+        self.owner_loop = owner_loop
+        self.owner_thread = owner_thread
+        self.caller = caller
