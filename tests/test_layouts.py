@@ -19,6 +19,8 @@ from pathlib import Path
 import pytest
 
 from zmqbus import protocol as p
+from zmqbus._routing import BrokerState
+from zmqbus.broker import Broker
 from zmqbus.errors import ProtocolError
 from zmqbus.protocol import Cmd, ErrorCode, Field
 
@@ -336,6 +338,11 @@ def sample(frame: p.Frame, size: int | None = None, batch: Cmd = Cmd.BATCH) -> b
             return p.pack_stats({})
         if kind is Field.TEXT:
             return b"text"
+        if kind is Field.COMMAND_ENTRIES:
+            # One entry each side takes without an ERROR: a stale ACK, a late ROUTED.
+            if batch is Cmd.BATCH:
+                return p.pack_command_entry([p.H_ACK, A, b"t", p.pack_ack(1, 0)])
+            return p.pack_command_entry([p.H_ROUTED, A, b"r", b"\x00\x00\x00\x01"])
         if kind is Field.REF:
             size = max(frame.size.min, 1)
     if kind is Field.CHANNEL:
@@ -458,6 +465,8 @@ def test_publish_entry_topic_length_at_and_past_its_16_bits() -> None:
     with pytest.raises(ProtocolError) as info:
         p.parse_client([p.H_PUBLISH_BATCH, A, at])
     assert info.value.code == ErrorCode.BAD_TOPIC
+    state = broker()
+    assert codes(state, [p.H_PUBLISH_BATCH, A, at]) == [ErrorCode.BAD_TOPIC]
     with pytest.raises(ValueError, match="16-bit topic-length"):
         p.pack_publish_entry(b"a" * (p.TOPIC_LENGTH.max + 1), b"")
 
@@ -512,3 +521,79 @@ def test_32_bit_lengths_at_their_limit_read_as_truncated(
     with pytest.raises(ProtocolError) as info:
         parse(entries)
     assert info.value.code == ErrorCode.BAD_FRAMES
+
+
+# --- every sized frame of every client command, through the broker -------------------------
+
+MAX = 64  # the max_message_size of the brokers below
+
+
+def broker() -> BrokerState:
+    """A broker with one joined peer, b"peer", on channel A."""
+    state = BrokerState(max_message_size=MAX)
+    state.handle(b"peer", p.encode(p.Hello(A, p.pack_hello("t"))))
+    state.outbox.clear()
+    return state
+
+
+def codes(state: BrokerState, frames: list[bytes]) -> list[int]:
+    """The codes of the ERRORs ``frames`` from b"peer" draws; every reply must parse
+    and nothing may fail inside the broker."""
+    state.handle(b"peer", frames)
+    replies = [p.parse_broker(out) for _, out in state.outbox]
+    state.outbox.clear()
+    assert state.counters["internal_errors"] == 0
+    return [cmd.code for cmd in replies if isinstance(cmd, p.Error)]
+
+
+CLIENT_SIZED = [(lay, i, f) for lay, i, f in SIZED if lay.direction is p.Direction.CLIENT]
+
+
+@pytest.mark.parametrize(
+    ("layout", "index", "frame"),
+    CLIENT_SIZED,
+    ids=[f"{lay.name}-{f.name}" for lay, _, f in CLIENT_SIZED],
+)
+def test_broker_at_and_past_every_limit(layout: p.Layout, index: int, frame: p.Frame) -> None:
+    at, past = limits(frame.size)
+    assert codes(broker(), message(layout)) == []
+    for n in at:
+        state = broker()
+        got = codes(state, message(layout, index, sample(frame, n, layout.cmd)))
+        if frame.type is Field.COMMAND_ENTRIES and n == frame.size.min:
+            # The shortest entries frame is taken; its one entry, an ACK of two
+            # empty frames, is then refused as that ACK alone would be.
+            assert (state.counters["batches_in"], got) == (1, [ErrorCode.BAD_FRAMES])
+        else:
+            assert got == [], n
+    for n in past:
+        frames = message(layout, index, sample(frame, n, layout.cmd))
+        assert codes(broker(), frames) == [refusal_code(frame)], n
+
+
+def _bodies(body: bytes) -> list[list[bytes]]:
+    # Every client message that carries a body the broker holds to max_message_size.
+    alone = [
+        message(lay, i, body)
+        for lay in p.LAYOUTS
+        for i, frame in enumerate(lay.frames)
+        if frame.size.message
+    ]
+    assert {frames[0] for frames in alone} == {p.H_PUBLISH, p.H_ACK, p.H_REQUEST, p.H_REPLY}
+    batched = [p.encode(p.Batch(A, p.pack_command_entry(frames))) for frames in alone]
+    return [*alone, *batched, [p.H_PUBLISH_BATCH, A, p.pack_publish_entry(b"a", body)]]
+
+
+def test_broker_bodies_at_and_past_max_message_size() -> None:
+    for frames in _bodies(b"x" * MAX):
+        assert codes(broker(), frames) == [], frames[0]
+    for frames in _bodies(b"x" * (MAX + 1)):
+        assert codes(broker(), frames) == [ErrorCode.TOO_LARGE], frames[0]
+
+
+def test_max_message_size_fits_the_32_bit_lengths_of_entries() -> None:
+    assert p.MAX_MESSAGE_SIZE == 2**32 - 1 == p.BODY_LENGTH.max == p.FRAME_LENGTH.max
+    assert BrokerState(max_message_size=p.MAX_MESSAGE_SIZE).max_message_size == p.MAX_MESSAGE_SIZE
+    for make in (BrokerState, Broker):
+        with pytest.raises(ValueError, match="at most 4294967295"):
+            make(max_message_size=p.MAX_MESSAGE_SIZE + 1)

@@ -236,6 +236,12 @@ class BrokerState:
     def __init__(self, *, max_message_size: int = 1 << 20, name: str = "zmqbus") -> None:
         if max_message_size <= 0:
             raise ValueError("max_message_size must be positive")
+        if max_message_size > p.MAX_MESSAGE_SIZE:
+            # Bodies travel in batch entries behind 32-bit lengths: one past them would overflow.
+            raise ValueError(
+                f"max_message_size must be at most {p.MAX_MESSAGE_SIZE}, "
+                "the largest body a batch entry's 32-bit length can give"
+            )
         self.max_message_size = max_message_size
         self.peers: dict[bytes, Peer] = {}
         self.channels: dict[bytes, Channel] = {}
