@@ -8,6 +8,8 @@ import asyncio
 import contextlib
 import gc
 import os
+import pathlib
+import re
 import signal
 import subprocess
 import sys
@@ -213,3 +215,11 @@ def test_asyncio_bus_called_from_another_loop_on_its_thread(broker: Broker) -> N
     finally:
         owner.close()
         other.close()
+
+
+def test_readme_shows_broker_start_stop_and_asyncio_connect() -> None:
+    # A new user found neither in the README; tests/test_readme.py runs these blocks.
+    readme = pathlib.Path(__file__).resolve().parent.parent / "README.md"
+    code = "\n".join(re.findall(r"```python\n(.*?)```", readme.read_text(), re.S))
+    assert "Broker(" in code and ".start()" in code and "broker.stop()" in code
+    assert "await Bus(" in code and ".connect()" in code and "await bus.close()" in code
