@@ -276,6 +276,40 @@ def test_pub_delivers_to_sub(procs: list[Proc], cli_broker: tuple[Proc, str]) ->
 
 
 @pytest.mark.timeout(40)
+def test_sub_background_returns_once_subscribed(
+    procs: list[Proc], cli_broker: tuple[Proc, str]
+) -> None:
+    _, address = cli_broker
+    channel = str(uuid.uuid4())
+    sub = start(
+        procs, "sub", "orders.>", "--channel", channel, "--address", address,
+        "--count", "1", "--timeout", "20", "--background",
+    )  # fmt: skip
+    # The command itself ends once subscribed; its child keeps the output pipes.
+    assert sub.wait() == 0
+    ready = sub.expect(r"^subscribed to orders\.> on channel \S+ \(in the background, pid (\d+)\)$")
+    assert int(ready.group(1)) != sub.popen.pid
+    # No wait between: the subscription is in place when the command returns.
+    r = run("pub", "orders.created", "now", "--channel", channel, "--address", address)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == "delivered=1 dropped=0 failed=0 buses=1"
+    assert sub.expect(r"^orders\.", stream="stdout").string == "orders.created {} now"
+    # The child exits after --count 1, closing the pipes it inherited.
+    assert sub.rest("stdout") == []
+
+
+@pytest.mark.timeout(30)
+def test_sub_background_failing_before_subscribed_exits_with_its_code() -> None:
+    address = f"tcp://127.0.0.1:{free_port()}"
+    r = run(
+        "sub", "a.b", "--channel", CHANNEL, "--address", address,
+        "--connect-timeout", "0.5", "--background",
+    )  # fmt: skip
+    assert r.returncode == 3, (r.stdout, r.stderr)
+    assert f"no answer from broker at {address} within 0.5s" in r.stderr
+
+
+@pytest.mark.timeout(40)
 def test_sub_json_and_stdin_payload(procs: list[Proc], cli_broker: tuple[Proc, str]) -> None:
     _, address = cli_broker
     channel = str(uuid.uuid4())

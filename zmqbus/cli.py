@@ -64,7 +64,7 @@ exit codes:
      pub was not confirmed by every subscriber within --timeout
 
 environment:
-  {ENV_ADDRESS}  default for --address (else {DEFAULT_ADDRESS})
+  {ENV_ADDRESS}  default for --address, and for broker --bind (else {DEFAULT_ADDRESS})
   {ENV_CHANNEL}  default for --channel
 """
 
@@ -200,8 +200,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--bind",
-        default=DEFAULT_BIND,
-        help=f"endpoint to bind; port 0 picks a free port (default {DEFAULT_BIND})",
+        default=os.environ.get(ENV_ADDRESS, DEFAULT_BIND),
+        help=f"endpoint to bind; port 0 picks a free port (default ${ENV_ADDRESS} or "
+        f"{DEFAULT_BIND})",
     )
     p.add_argument(
         "--max-message-size",
@@ -253,7 +254,8 @@ def build_parser() -> argparse.ArgumentParser:
             "The payload is decoded as UTF-8, undecodable bytes as \\xNN, control\n"
             "characters escaped; --json gives the exact bytes (base64). Once the\n"
             "broker has confirmed the subscription, 'subscribed to PATTERN ...' is\n"
-            "written to stderr."
+            "written to stderr; with --background the command returns then, so a\n"
+            "script can publish on the next line."
         ),
         epilog=_EPILOG,
         formatter_class=fmt,
@@ -277,6 +279,12 @@ def build_parser() -> argparse.ArgumentParser:
         default=10_000,
         metavar="N",
         help="messages buffered before new ones are dropped (default 10000)",
+    )
+    p.add_argument(
+        "--background",
+        action="store_true",
+        help="return once the broker holds the subscription (exit 0; on failure before "
+        "that, its exit code) and go on in a child process",
     )
     p.set_defaults(func=cmd_sub)
 
@@ -481,6 +489,27 @@ def cmd_pub(args: argparse.Namespace) -> int:
 
 def cmd_sub(args: argparse.Namespace) -> int:
     _configure_logging(args.log_level)
+    if not args.background:
+        return _sub(args, None)
+    # Fork before any bus, context or thread exists. The child subscribes and goes
+    # on; the parent returns once the child writes to the pipe that it holds the
+    # subscription, or with the child's exit code if it ended before that.
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        os.close(read_end)
+        return _sub(args, write_end)
+    os.close(write_end)
+    with os.fdopen(read_end, "rb") as pipe:
+        subscribed = pipe.read(1)
+    if subscribed:
+        return EXIT_OK
+    code = os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])
+    return code if code >= 0 else 128 - code  # killed by a signal: the shell's convention
+
+
+def _sub(args: argparse.Namespace, ready_fd: int | None) -> int:
+    """Run ``sub``; once subscribed, write a byte to ``ready_fd`` and close it."""
     prog = "zmqbus sub"
     deadline = None if args.timeout is None else time.monotonic() + args.timeout
     # SIGTERM ends the command like Ctrl-C: close the bus and exit 0.
@@ -495,21 +524,31 @@ def cmd_sub(args: argparse.Namespace) -> int:
             _err(prog, str(exc))
             return EXIT_UNREACHABLE
         try:
-            return _sub_loop(bus, args, deadline)
+            return _sub_loop(bus, args, deadline, ready_fd)
         finally:
             bus.close()
     except KeyboardInterrupt:
         return EXIT_OK
 
 
-def _sub_loop(bus: Bus, args: argparse.Namespace, deadline: float | None) -> int:
+def _sub_loop(
+    bus: Bus, args: argparse.Namespace, deadline: float | None, ready_fd: int | None
+) -> int:
     prog = "zmqbus sub"
     try:
         sub = bus.subscribe(args.pattern, maxsize=args.buffer)
     except RequestTimeout as exc:
         _err(prog, str(exc))
         return EXIT_TIMEOUT
-    print(f"subscribed to {args.pattern} on channel {bus.channel_id}", file=sys.stderr, flush=True)
+    where = "" if ready_fd is None else f" (in the background, pid {os.getpid()})"
+    print(
+        f"subscribed to {args.pattern} on channel {bus.channel_id}{where}",
+        file=sys.stderr,
+        flush=True,
+    )
+    if ready_fd is not None:
+        os.write(ready_fd, b"1")
+        os.close(ready_fd)
     got = 0
     try:
         while args.count is None or got < args.count:
