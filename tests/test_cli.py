@@ -209,6 +209,42 @@ def test_help_documents_exit_codes() -> None:
     assert r.returncode == 0 and "exit codes:" in r.stdout
 
 
+def help_synopsis(text: str) -> list[str]:
+    """The synopsis that opens ``zmqbus --help``, without "usage: " and its indent."""
+    head = text.split("\n\n", 1)[0].splitlines()
+    assert head[0].startswith("usage: "), text
+    return [line[len("usage: ") :] for line in head]
+
+
+@pytest.mark.timeout(60)
+def test_help_synopsis_lists_every_option_of_every_command() -> None:
+    r = run("--help")
+    assert r.returncode == 0, r.stderr
+    lines = help_synopsis(r.stdout)
+    # A command's entry: its first line and the continuation lines under it.
+    entries: dict[str, str] = {}
+    for line in lines:
+        if line.startswith("zmqbus "):
+            name = line.split()[1]
+            entries[name] = line
+        else:
+            assert line.startswith(" "), lines
+            entries[name] += line
+    commands = re.findall(r"^    ([a-z]+) ", r.stdout, re.M)
+    assert {"broker", "pub", "sub", "demo", "stats", "version"} <= set(commands), r.stdout
+    for command in commands:
+        own = run(command, "--help")
+        assert own.returncode == 0, own.stderr
+        # The options the command's help describes, one per entry of its list.
+        options = set(re.findall(r"^  (?:-\w, )?(--[a-z][a-z-]*)", own.stdout, re.M))
+        options -= {"--help"}
+        missing = {o for o in options if not re.search(rf"{o}(?![\w-])", entries[command])}
+        assert not missing, f"{command}: {sorted(missing)} not in {entries[command]!r}"
+    assert "--buffer N" in entries["sub"]
+    assert "--log-level LEVEL" in entries["pub"]
+    assert all(len(line) <= 79 for line in r.stdout.split("\n\n", 1)[0].splitlines())
+
+
 @pytest.mark.timeout(30)
 def test_no_command_is_usage_error() -> None:
     r = run()

@@ -1,4 +1,5 @@
-"""The README's command-line example runs as written, in bash, and the message arrives.
+"""The README's command-line synopsis is the command's own, and its example runs as
+written, in bash, and the message arrives.
 
 The block is taken from README.md and run unchanged; only its surroundings are the
 test's: ``zmqbus`` on PATH runs this checkout, and ``$ZMQBUS_ADDRESS`` (which the
@@ -30,6 +31,29 @@ def _section(title: str) -> str:
     match = re.search(rf"^## {re.escape(title)}\n(.*?)(?=^## )", README, re.S | re.M)
     assert match is not None, f"README has no section {title!r}"
     return match.group(1)
+
+
+def _run_help() -> str:
+    r = subprocess.run(
+        [sys.executable, "-m", "zmqbus", "--help"],
+        capture_output=True,
+        text=True,
+        timeout=WAIT,
+        cwd=ROOT,
+        check=False,
+    )
+    assert r.returncode == 0, r.stderr
+    return r.stdout
+
+
+@pytest.mark.timeout(30)
+def test_synopsis_is_the_commands_own() -> None:
+    blocks = re.findall(r"```text\n(.*?)```", _section("Command line"), re.S)
+    assert blocks, "no synopsis block under '## Command line'"
+    usage = _run_help().split("\n\n", 1)[0].splitlines()
+    assert usage[0].startswith("usage: ")
+    # `zmqbus --help` opens with it after "usage: ", the later lines indented to match.
+    assert blocks[0].splitlines() == [line[len("usage: ") :] for line in usage]
 
 
 def _example() -> str:

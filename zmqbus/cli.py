@@ -12,6 +12,7 @@ import json
 import logging
 import os
 import platform
+import re
 import signal
 import sys
 import time
@@ -172,6 +173,7 @@ def _add_address(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--address",
         default=os.environ.get(ENV_ADDRESS, DEFAULT_ADDRESS),
+        metavar="ADDR",
         help=f"broker endpoint (default ${ENV_ADDRESS} or {DEFAULT_ADDRESS})",
     )
 
@@ -201,6 +203,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--bind",
         default=os.environ.get(ENV_ADDRESS, DEFAULT_BIND),
+        metavar="ADDR",
         help=f"endpoint to bind; port 0 picks a free port (default ${ENV_ADDRESS} or "
         f"{DEFAULT_BIND})",
     )
@@ -328,7 +331,36 @@ def build_parser() -> argparse.ArgumentParser:
         description="Print the versions of zmqbus, pyzmq, libzmq, msgpack and Python.",
     )
     p.set_defaults(func=cmd_version)
+    # Set after the subcommands exist: argparse derives their prog from this usage.
+    parser.usage = "\n       ".join(synopsis(sub.choices))
     return parser
+
+
+# A bracketed option, a required option with its value, or one word.
+_USAGE_UNIT = re.compile(r"\[[^\]]*\]|-\S+ (?![-\[])\S+|\S+")
+
+
+def synopsis(commands: dict[str, argparse.ArgumentParser], width: int = 72) -> list[str]:
+    """The ``zmqbus`` synopsis, one command after another, from each command's own
+    usage: positionals first, options as that usage lists them, wrapped to ``width``
+    columns (never inside an option)."""
+    lines: list[str] = []
+    for name, command in commands.items():
+        # One space between words, however argparse wrapped it for this terminal.
+        usage = " ".join(command.format_usage().split()[1:])  # without "usage:"
+        units = _USAGE_UNIT.findall(usage)[2:]  # without "zmqbus NAME"
+        units.remove("[-h]")
+        options = [u for u in units if u.startswith(("-", "["))]
+        head = f"zmqbus {name}"
+        line = head
+        for unit in [u for u in units if u not in options] + options:
+            if len(line) + 1 + len(unit) > width and line.strip() != head:
+                lines.append(line)
+                line = " " * len(head)
+            line += f" {unit}"
+        lines.append(line)
+    lines += ["zmqbus --version", "zmqbus [COMMAND] --help"]
+    return lines
 
 
 # --- helpers ----------------------------------------------------------------------
