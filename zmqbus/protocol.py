@@ -1222,7 +1222,8 @@ def unpack_deliver_entries(frame: bytes) -> list[tuple[bytes, bytes, bytes]]:
         _TOPIC_LEN.unpack_from,
         _BODY_LEN.unpack_from,
     )
-    sw, tw, bw, sid = SIDS_LENGTH.octets, TOPIC_LENGTH.octets, BODY_LENGTH.octets, SID_BYTES
+    sw, tw, bw = SIDS_LENGTH.octets, TOPIC_LENGTH.octets, BODY_LENGTH.octets
+    odd = SID_BYTES - 1  # the bits a whole number of sids leaves clear (SID_BYTES is 4)
     i = 0
     try:
         while i < end:
@@ -1232,7 +1233,7 @@ def unpack_deliver_entries(frame: bytes) -> list[tuple[bytes, bytes, bytes]]:
             k = j + tw + tlen
             blen = body_len(frame, k)[0]
             i = k + bw + blen
-            if i > end or not tlen or not slen or slen % sid:
+            if i > end or not tlen or not slen or slen & odd:
                 raise _bad_batch("an entry is truncated, names no sid or has an empty topic")
             append((frame[j - slen : j], frame[j + tw : k], frame[k + bw : i]))
     except struct.error:
