@@ -325,7 +325,7 @@ def test_a_lost_broker_batch_is_lost_entry_by_entry() -> None:
     # The confirmed entry is reported to its publisher as dropped at the broker...
     ((to, frames),) = state.outbox
     assert to == b"pub" and frames[0] == p.H_ACKED
-    assert p.unpack_ack(frames[3]) == p.AckResult(0, 1, [])
+    assert p.unpack_ack(frames[3]) == p.AckResult(0, 1, ())
     # ...and every entry is owed to the subscriber as a drop per sid.
     assert state.peers[b"sub"].dropped == {S1: 2, S2: 1}
     assert state.counters["dropped_out"] == 2

@@ -54,7 +54,7 @@ def test_undeliverable_confirmed_deliver_reported_as_dropped() -> None:
     ((ident, frames),) = state.outbox
     acked = p.parse_broker(frames)
     assert ident == b"P" and isinstance(acked, p.Acked) and acked.ref == b"\x09"
-    assert p.unpack_ack(acked.body) == p.AckResult(0, 1, [])
+    assert p.unpack_ack(acked.body) == p.AckResult(0, 1, ())
     assert state.pending_confirmations == 0
     # the subscriber's own late ACK for it is now stale, not forwarded twice
     state.outbox.clear()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import uuid
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -699,12 +700,12 @@ def test_unpack_reply_refuses_bad_shapes(obj: object) -> None:
 )
 def test_ack_round_trip(delivered: int, dropped: int, errors: list[str]) -> None:
     result = p.unpack_ack(p.pack_ack(delivered, dropped, errors))
-    assert result == p.AckResult(delivered, dropped, errors)
+    assert result == p.AckResult(delivered, dropped, tuple(errors))
 
 
 def test_ack_default_errors_and_tuple_errors() -> None:
-    assert p.unpack_ack(p.pack_ack(3, 1)) == p.AckResult(3, 1, [])
-    assert p.unpack_ack(p.pack_ack(0, 0, ("x", "y"))).errors == ["x", "y"]
+    assert p.unpack_ack(p.pack_ack(3, 1)) == p.AckResult(3, 1, ())
+    assert p.unpack_ack(p.pack_ack(0, 0, ("x", "y"))).errors == ("x", "y")
 
 
 @pytest.mark.parametrize(
@@ -870,3 +871,22 @@ def test_unpackers_raise_only_protocol_error(body: bytes) -> None:
             unpack(body)
         except ProtocolError as exc:
             assert exc.code == ErrorCode.BAD_BODY
+
+
+def test_ack_result_is_immutable() -> None:
+    # unpack_ack shares one AckResult per common body: no caller may change it.
+    shared = p.unpack_ack(p.pack_ack(1, 0))
+    assert p.unpack_ack(p.pack_ack(1, 0)) is shared
+    assert isinstance(shared.errors, tuple)
+    with pytest.raises(AttributeError):
+        shared.errors.append("x")  # type: ignore[attr-defined]
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        shared.delivered = 2  # type: ignore[misc]
+    assert isinstance(p.unpack_ack(p.pack_ack(0, 0, ["e"])).errors, tuple)
+
+
+def test_protocol_uuid_from_bytes_is_the_fast_path_module_s() -> None:
+    # ZMQBUS_PURE=1 must reach the protocol's decoding too: one function, in _fastpath.
+    from zmqbus import _fastpath
+
+    assert p.uuid_from_bytes is _fastpath.uuid_from_bytes

@@ -724,7 +724,9 @@ def test_member_leaving_reports_its_delivery_which_is_not_given_to_another() -> 
     assert s.drop_peer(b"leave")
     [(to, acked)] = take(s)
     assert to == b"pub" and isinstance(acked, p.Acked) and acked.ref == b"r2"
-    assert p.unpack_ack(acked.body) == p.AckResult(0, 0, ["subscribing bus left before confirming"])
+    assert p.unpack_ack(acked.body) == p.AckResult(
+        0, 0, ("subscribing bus left before confirming",)
+    )
     assert _group(s, A, "job", "workers") == [(b"stay", sid_of("job", "workers"))]
     # At most once: nothing is redelivered to the remaining member.
     s.handle(b"pub", publish("job"))

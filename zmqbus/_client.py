@@ -645,7 +645,7 @@ class ClientCore:
             ack = p.unpack_ack(body)
         except ProtocolError as exc:
             # Count the bus as confirmed with an error rather than wait for a timeout.
-            ack = p.AckResult(0, 0, [f"undecodable confirmation: {exc.detail}"])
+            ack = p.AckResult(0, 0, (f"undecodable confirmation: {exc.detail}",))
         item.buses += 1
         item.delivered += ack.delivered
         item.dropped += ack.dropped
