@@ -15,7 +15,6 @@ import pytest
 import zmq
 from frames import (
     A,
-    ack,
     hello,
     joined,
     publish,
@@ -156,17 +155,17 @@ def test_a_dropped_deliver_batch_counts_each_entry_per_sid() -> None:
     assert state.peers[ident].dropped_total == 3
 
 
-# --- the client core -------------------------------------------------------------
+# --- the client core: one scheme, BATCH and BROKER_BATCH -------------------------
 
 
-def ready_core(offer: bool = True, batch: bool = True) -> ClientCore:
-    core = ClientCore(A, heartbeat=0, batch=batch)
+def ready_core() -> ClientCore:
+    core = ClientCore(A, heartbeat=0)
     fut: Future[Any] = Future()
     core.connect(fut, T, T)
-    assert p.unpack_hello(core.outbox[0][2]).get("batch", False) is batch
+    # This client offers batches of commands only, never batches of messages.
+    assert p.unpack_hello(core.outbox[0][2]) == {"client": "zmqbus-py", "batch_commands": True}
     core.outbox.clear()
-    extra = {"batch": True} if offer else {}
-    core.receive([p.H_WELCOME, A, p.pack_welcome("b", 1 << 20, **extra)])
+    core.receive([p.H_WELCOME, A, p.pack_welcome("b", 1 << 20, batch=True, batch_commands=True)])
     assert fut.result(0)
     return core
 
@@ -175,19 +174,18 @@ def body(payload: bytes) -> bytes:
     return p.pack_message(uuid.uuid4().bytes, time.time_ns(), {"k": "v"}, payload)
 
 
-def test_core_batches_only_when_asked_and_offered() -> None:
-    assert ready_core(offer=True).batching
-    assert not ready_core(offer=False).batching
-    assert not ready_core(offer=True, batch=False).batching
-
-
 def test_core_stops_batching_when_the_broker_is_lost() -> None:
     core = ready_core()
+    assert core.batching_commands
     core.receive([p.H_BYE, A])
-    assert core.state == "reconnecting" and not core.batching
+    assert core.state == "reconnecting" and not core.batching_commands
 
 
-def test_core_delivers_each_entry_unconfirmed() -> None:
+def deliver(topic: bytes, payload: bytes, sids: bytes, token: bytes = b"") -> list[bytes]:
+    return [p.H_DELIVER, A, token, topic, body(payload), sids]
+
+
+def test_core_delivers_each_entry_of_a_broker_batch_in_order() -> None:
     core = ready_core()
     sinks = {}
     for n, pattern in [(1, "a.>"), (2, "a.b")]:
@@ -195,58 +193,59 @@ def test_core_delivers_each_entry_unconfirmed() -> None:
         core.subscribe(sinks[n], Future(), T, T)
     sid1, sid2 = (f[3] for f in core.outbox if f[0] == p.H_SUBSCRIBE)
     core.outbox.clear()
-    frame = p.pack_deliver_entry(sid1 + sid2, p.pack_publish_entry(b"a.b", body(b"one")))
-    frame += p.pack_deliver_entry(sid1, p.pack_publish_entry(b"a.c", body(b"two")))
-    core.receive([p.H_DELIVER_BATCH, A, frame])
+    entries = [
+        deliver(b"a.b", b"one", sid1 + sid2),
+        deliver(b"a.c", b"two", sid1),
+        deliver(b"a.c", b"three", sid1, token=b"\0" * 8),  # confirmed, between unconfirmed ones
+        deliver(b"a.b", b"four", sid2),
+    ]
+    core.receive([p.H_BROKER_BATCH, A, b"".join(p.pack_command_entry(e) for e in entries)])
     assert [(m.topic, m.payload, a) for m, a in sinks[1].offers] == [
         ("a.b", b"one", None),
         ("a.c", b"two", None),
+        ("a.c", b"three", 1),
     ]
-    assert [(m.topic, m.payload) for m, _ in sinks[2].offers] == [("a.b", b"one")]
+    assert [(m.topic, m.payload) for m, _ in sinks[2].offers] == [("a.b", b"one"), ("a.b", b"four")]
     assert sinks[1].offers[0][0] is sinks[2].offers[0][0]
-    assert core.outbox == []  # unconfirmed: no ACK
+    # One ACK, for the one confirmed entry.
+    assert [f[0] for f in core.outbox] == [p.H_ACK]
 
 
-def test_core_refuses_a_malformed_batch_whole() -> None:
+def test_core_refuses_a_malformed_broker_batch_whole_and_a_bad_entry_alone() -> None:
     core = ready_core()
     sink = ListSink(">")
     core.subscribe(sink, Future(), T, T)
     (sid,) = [f[3] for f in core.outbox if f[0] == p.H_SUBSCRIBE]
-    good = p.pack_deliver_entry(sid, p.pack_publish_entry(b"a.b", body(b"x")))
-    bad = p.pack_deliver_entry(sid, p.pack_publish_entry(b"a.*", body(b"y")))
-    core.receive([p.H_DELIVER_BATCH, A, good + bad])
-    core.receive([p.H_DELIVER_BATCH, A, good[:-1]])
-    assert sink.offers == []
-    assert core.counters["protocol_errors"] == 2
+    good = p.pack_command_entry(deliver(b"a.b", b"x", sid))
+    core.receive([p.H_BROKER_BATCH, A, good + good[:-1]])  # truncated: none of it
+    assert sink.offers == [] and core.counters["protocol_errors"] == 1
+    bad_topic = p.pack_command_entry(deliver(b"a.*", b"y", sid))
+    bad_sids = p.pack_command_entry(deliver(b"a.b", b"z", sid + b"\1"))
+    bad_body = p.pack_command_entry([p.H_DELIVER, A, b"", b"a.b", b"\xc1", sid])
+    core.receive([p.H_BROKER_BATCH, A, bad_topic + good + bad_sids + bad_body + good])
+    assert [m.payload for m, _ in sink.offers] == [b"x", b"x"]
+    assert core.counters["protocol_errors"] == 3 and core.counters["bad_bodies"] == 1
+
+
+def test_core_ignores_a_deliver_batch_it_never_asked_for() -> None:
+    core = ready_core()
+    sink = ListSink(">")
+    core.subscribe(sink, Future(), T, T)
+    (sid,) = [f[3] for f in core.outbox if f[0] == p.H_SUBSCRIBE]
+    entry = p.pack_deliver_entry(sid, p.pack_publish_entry(b"a.b", body(b"x")))
+    core.receive([p.H_DELIVER_BATCH, A, entry])
+    assert sink.offers == [] and core.counters["protocol_errors"] == 1
 
 
 # --- joining the send queue ------------------------------------------------------
-
-
-def test_batch_front_joins_a_run_of_unconfirmed_publishes() -> None:
-    out = deque(
-        [publish("a", b"1"), publish("b", b"2"), publish("c", b"3", ref=b"r"), publish("d", b"4")]
-    )
-    batch_front(out)
-    assert len(out) == 3
-    assert out[0][:2] == [p.H_PUBLISH_BATCH, A]
-    assert p.unpack_publish_entries(out[0][2]) == [
-        (b"a", b"1", p.pack_publish_entry(b"a", b"1")),
-        (b"b", b"2", p.pack_publish_entry(b"b", b"2")),
-    ]
-    assert list(out)[1:] == [publish("c", b"3", ref=b"r"), publish("d", b"4")]
-    before = list(out)
-    batch_front(out)  # a batch at the front: nothing to join
-    assert list(out) == before
 
 
 @pytest.mark.parametrize(
     "queue",
     [
         [publish("a", b"1")],
-        [publish("a", b"1"), publish("b", b"2", ref=b"r")],
-        [publish("a", b"1", ref=b"r"), publish("b", b"2"), publish("c", b"3")],
-        [ack(b"t", b"x"), publish("b", b"2"), publish("c", b"3")],
+        [publish("a", b"1"), subscribe("b", 1)],
+        [subscribe("b", 1), publish("a", b"1"), publish("c", b"3")],
         [publish("a", b"x" * BATCH_BYTES), publish("b", b"2")],
     ],
 )
@@ -260,16 +259,31 @@ def test_batch_front_stops_at_the_byte_limit() -> None:
     out = deque(publish("t", b"x" * 1000) for _ in range(200))
     batch_front(out)
     first = out[0]
-    assert first[0] == p.H_PUBLISH_BATCH and len(first[2]) <= BATCH_BYTES
-    n = len(p.unpack_publish_entries(first[2]))
-    assert n == BATCH_BYTES // (1000 + 7) and len(out) == 200 - n + 1
+    assert first[0] == p.H_BATCH and len(first[2]) <= BATCH_BYTES
+    n = len(p.unpack_command_entries(first[2], A, p.CLIENT_ENTRY_FRAMES))
+    entry = len(p.pack_command_entry(publish("t", b"x" * 1000)))
+    assert n == BATCH_BYTES // entry and len(out) == 200 - n + 1
+
+
+def _seen(frames: list[bytes]) -> list[tuple[bytes, bytes, bytes]]:
+    """What one message to a subscriber delivers: (sids, topic, body) each."""
+    if frames[0] == p.H_DELIVER:
+        return [(frames[5], frames[3], frames[4])]
+    if frames[0] == p.H_DELIVER_BATCH:
+        return p.unpack_deliver_entries(frames[2])
+    if frames[0] == p.H_BROKER_BATCH:
+        out = []
+        for entry in p.unpack_command_entries(frames[2], A, p.BROKER_ENTRY_FRAMES):
+            out.extend(_seen(entry))
+        return out
+    return []
 
 
 @settings(max_examples=200, deadline=None)
 @given(
     st.lists(
         st.tuples(
-            st.sampled_from(["a.b", "a.c", "x.y", "a.b.c"]),
+            st.sampled_from(["a.b", "a.c", "x.y", "a.b.c", "a.*"]),
             st.binary(max_size=64),
             st.booleans(),
         ),
@@ -277,32 +291,43 @@ def test_batch_front_stops_at_the_byte_limit() -> None:
     )
 )
 def test_batched_queue_routes_as_the_plain_queue(items: list[tuple[str, bytes, bool]]) -> None:
-    """Whatever the queue holds, joining runs of unconfirmed publishes changes
-    no delivery: each subscriber gets the same messages in the same order."""
+    """Whatever the queue holds, joining it into BATCHes changes no delivery and
+    no reply: each subscriber (batches of commands, of messages, or none) gets
+    the same messages in the same order, and the publisher the same answers."""
 
-    def deliveries(join: bool) -> dict[bytes, list[tuple[bytes, bytes, bytes]]]:
+    def deliveries(join: bool) -> tuple[dict[bytes, list[tuple[bytes, bytes, bytes]]], list]:
         state = BrokerState()
         joined(state, b"s1", ("a.>", 1), batch=True)
         joined(state, b"s2", ("a.b", 2), (">", 3), batch=False)
-        joined(state, b"pub", batch=True)
+        joined(state, b"s3", ("a.*", 4), ("a.b", 5), batch_commands=True)
+        joined(state, b"pub", batch_commands=True)
         out = deque(
             publish(t, b, ref=b"r%d" % i if confirm else b"")
             for i, (t, b, confirm) in enumerate(items)
         )
-        seen: dict[bytes, list[tuple[bytes, bytes, bytes]]] = {b"s1": [], b"s2": []}
+        seen: dict[bytes, list[tuple[bytes, bytes, bytes]]] = {b"s1": [], b"s2": [], b"s3": []}
+        answers: list[Any] = []
         while out:
             if join:
                 batch_front(out)
             state.handle(b"pub", out.popleft())
+            state.coalesce()
             for ident, frames in state.outbox:
-                if frames[0] == p.H_DELIVER:
-                    seen[ident].append((frames[5], frames[3], frames[4]))
-                elif frames[0] == p.H_DELIVER_BATCH:
-                    seen[ident].extend(p.unpack_deliver_entries(frames[2]))
+                if ident == b"pub":
+                    for msg in _pub_messages(frames):
+                        answers.append(p.parse_broker(msg))
+                else:
+                    seen[ident].extend(_seen(frames))
             state.outbox.clear()
-        return seen
+        return seen, answers
 
     assert deliveries(True) == deliveries(False)
+
+
+def _pub_messages(frames: list[bytes]) -> list[list[bytes]]:
+    if frames[0] == p.H_BROKER_BATCH:
+        return p.unpack_command_entries(frames[2], A, p.BROKER_ENTRY_FRAMES)
+    return [frames]
 
 
 # --- on sockets ------------------------------------------------------------------

@@ -200,10 +200,12 @@ def test_a_batch_means_its_messages_one_after_the_other(items: list[tuple[Any, .
             alone.handle(sender, frames)
         if mine:
             batched.handle(sender, batch(*mine))
-    assert per_peer(batched.outbox) == per_peer(alone.outbox)
+    # Runs of unconfirmed PUBLISHes reach a peer that asked for batches of
+    # commands as BROKER_BATCHes at once: the same messages, one after the other.
+    assert per_peer(expand(batched.outbox)) == per_peer(alone.outbox)
     assert batched.peers[b"sub"].outstanding == alone.peers[b"sub"].outstanding
     # Joining the replies into BROKER_BATCHes changes nothing a peer can see.
-    want = per_peer(batched.outbox)
+    want = per_peer(expand(batched.outbox))
     batched.coalesce()
     assert per_peer(expand(batched.outbox)) == want
     assert not any(f[0] == p.H_BROKER_BATCH for i, f in batched.outbox if i == b"plain"), (
@@ -426,36 +428,44 @@ def cmd_frames() -> list[list[bytes]]:
 def test_batch_front_joins_hot_path_commands_into_a_batch() -> None:
     queue = [*cmd_frames(), subscribe("x", S1), publish(b"d", b"3", ref=b"r")]
     out = deque(queue)
-    batch_front(out, commands=True)
+    batch_front(out)
     assert out[0][:2] == [p.H_BATCH, A]
     assert p.unpack_command_entries(out[0][2], A, p.CLIENT_ENTRY_FRAMES) == cmd_frames()
     assert list(out)[1:] == queue[5:]  # SUBSCRIBE is never batched: the run ends there
-    out = deque(cmd_frames())
-    batch_front(out)  # not offered: left alone
-    assert list(out) == cmd_frames()
 
 
-def test_batch_front_prefers_publish_batch_for_unconfirmed_runs() -> None:
-    out = deque([publish(b"a", b"1"), publish(b"b", b"2"), ack(b"t", b"k")])
-    batch_front(out, commands=True)
-    assert out[0][0] == p.H_PUBLISH_BATCH and len(out) == 2
-    batch_front(out, commands=True)
-    assert out[0][0] == p.H_PUBLISH_BATCH  # a batch at the front is not joined again
-
-
-def test_batch_front_sends_publish_batch_only_when_offered() -> None:
+def test_batch_front_joins_unconfirmed_publishes_into_a_batch_too() -> None:
+    # One scheme: a client never sends PUBLISH_BATCH (brokers still take it).
     unconfirmed = [publish(b"a", b"1"), publish(b"b", b"2")]
-    out = deque(unconfirmed)
-    batch_front(out, publishes=False, commands=True)  # batch_commands without batch
+    out = deque([*unconfirmed, ack(b"t", b"k")])
+    batch_front(out)
     assert out[0][0] == p.H_BATCH and len(out) == 1
-    assert p.unpack_command_entries(out[0][2], A, p.CLIENT_ENTRY_FRAMES) == unconfirmed
+    assert p.unpack_command_entries(out[0][2], A, p.CLIENT_ENTRY_FRAMES) == [
+        *unconfirmed,
+        ack(b"t", b"k"),
+    ]
+    batch_front(out)
+    assert out[0][0] == p.H_BATCH and len(out) == 1  # a batch at the front is not joined again
+
+
+def test_core_joins_only_when_the_broker_offered_batch_commands() -> None:
+    for offered in (True, False):
+        core = ClientCore(A, heartbeat=0)
+        core.connect(Future(), T, T)
+        [hello_frames] = core.take_outgoing()
+        assert p.unpack_hello(hello_frames[2]) == {"client": "zmqbus-py", "batch_commands": True}
+        extra = {"batch_commands": True} if offered else {}
+        core.receive([p.H_WELCOME, A, p.pack_welcome("b", 1 << 20, **extra)])
+        out = deque(cmd_frames())
+        core.join_front(out)
+        assert (out[0][0] == p.H_BATCH) is offered and len(out) == (1 if offered else 5)
 
 
 def test_batch_front_keeps_batches_under_the_byte_limit() -> None:
     out = deque(publish(b"t", b"x" * 1000, ref=b"r") for _ in range(200))
     sizes = []
     while out:
-        batch_front(out, commands=True)
+        batch_front(out)
         sizes.append(len(out.popleft()[2]))
     assert len(sizes) > 1 and max(sizes) <= BATCH_BYTES
 

@@ -124,11 +124,8 @@ def test_connect_welcome_sets_ready_and_max_message_size() -> None:
     core.connect(fut, 10.0, 10.0)
     assert core.state == "joining"
     assert sent_commands(core) == [p.H_HELLO]
-    assert p.unpack_hello(core.outbox[0][2]) == {
-        "client": "unit/1",
-        "batch": True,
-        "batch_commands": True,
-    }
+    # One batching scheme: batches of commands, never batches of messages.
+    assert p.unpack_hello(core.outbox[0][2]) == {"client": "unit/1", "batch_commands": True}
     assert core.next_deadline() == 10.0
     pair.pump()
     assert core.state == "ready"
@@ -136,10 +133,9 @@ def test_connect_welcome_sets_ready_and_max_message_size() -> None:
     assert fut.result(0) == {
         "broker": "test-broker",
         "max_message_size": 4321,
-        "batch": True,
         "batch_commands": True,
     }
-    assert core.batching
+    assert core.batching_commands
     assert core.broker_info == fut.result(0)
     assert core.next_deadline() is None
     with pytest.raises(RuntimeError):

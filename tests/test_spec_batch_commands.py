@@ -151,7 +151,7 @@ def test_batch_example_parses_to_the_annotated_commands() -> None:
     assert (msg_id, headers, payload) == (MESSAGE_ID, {}, b"yo")
     assert ts == datetime(2023, 11, 14, 22, 13, 20, 123456, tzinfo=UTC)
     result = p.unpack_ack(ACK_2_0)
-    assert (result.delivered, result.dropped, result.errors) == (2, 0, [])
+    assert (result.delivered, result.dropped, result.errors) == (2, 0, ())
     # Client commands only: read as a BROKER_BATCH's entries, the frame is malformed.
     with pytest.raises(ProtocolError) as refused:
         p.unpack_command_entries(frames[2], CHANNEL, p.BROKER_ENTRY_FRAMES)

@@ -98,7 +98,7 @@ def check_body(kind: str, body: bytes, want: dict[str, Any]) -> None:
         assert raw[1].to_unix_nano() == want["timestamp_ns"]
     elif kind == "ack":
         ack = p.unpack_ack(body)
-        assert (ack.delivered, ack.dropped, ack.errors) == (
+        assert (ack.delivered, ack.dropped, list(ack.errors)) == (
             want["delivered"],
             want["dropped"],
             want["errors"],

@@ -15,7 +15,7 @@ comes from that one thread or loop.
 2. Hands every message from the broker to ``receive(frames)``.
 3. Sends, in order, what ``take_outgoing()`` returns, through a queue of its
    own; before each send from that queue it calls ``join_front(queue)``, which
-   may join the front of it into one batch.
+   may join the front of it into one BATCH.
 4. Calls ``expire(now)`` once ``next_deadline()`` has passed; with no deadline
    (None) it may block until the socket or a user wakes it.
 5. When ``want_socket`` is set, replaces its socket with a fresh one (nothing
@@ -77,12 +77,8 @@ from .protocol import (
     H_ASK,
     H_BROKER_BATCH,
     H_DELIVER,
-    H_DELIVER_BATCH,
     H_ROUTED,
     MAX_REF_BYTES,
-    PUBLISH_BODY,
-    PUBLISH_REF,
-    PUBLISH_TOPIC,
     REF_FRAME,
     ROUTED_COUNT,
     ROUTED_REF,
@@ -111,10 +107,12 @@ MAX_HELD_FRAMES = 100_000
 # REPLY, HEARTBEAT...) belong to the lost one and are rebuilt or moot.
 _KEEP_ON_LOSS = frozenset((p.H_PUBLISH, p.H_REQUEST))
 
-# Unconfirmed PUBLISHes waiting together in the driver's queue go out as one
-# PUBLISH_BATCH of at most this many bytes of entries: far below any broker's
-# frame limit (max_message_size + 64 KiB), and small enough to add no latency.
-BATCH_BYTES = 64 * 1024
+# Commands waiting together in the driver's queue go out as one BATCH of at
+# most this many bytes of entries, small enough to add no latency. The broker
+# passes a batch of unconfirmed publishes on as one BROKER_BATCH per
+# subscriber, a few bytes longer per entry (sids): this leaves that under the
+# broker's BROKER_BATCH_BYTES, so it is not split in two.
+BATCH_BYTES = 56 * 1024
 
 # Handler error texts are cut to this many characters so that an ACK stays
 # far below any sane max_message_size even with many failing handlers.
@@ -124,7 +122,6 @@ MAX_ERROR_TEXT = 1024
 _N_DELIVER, _N_ASK = p.BROKER_FRAMES[p.Cmd.DELIVER], p.BROKER_FRAMES[p.Cmd.ASK]
 _N_ANSWER, _N_ACKED = p.BROKER_FRAMES[p.Cmd.ANSWER], p.BROKER_FRAMES[p.Cmd.ACKED]
 _N_ROUTED = p.BROKER_FRAMES[p.Cmd.ROUTED]
-_N_DELIVER_BATCH = p.BROKER_FRAMES[p.Cmd.DELIVER_BATCH]
 _N_BROKER_BATCH = p.BROKER_FRAMES[p.Cmd.BROKER_BATCH]
 _COUNT_BYTES = p.LAYOUT[p.Cmd.ROUTED].frames[ROUTED_COUNT].size.min
 
@@ -170,7 +167,6 @@ class ClientCore:
         client_name: str = "zmqbus-py",
         heartbeat: float = 2.0,
         clock: Callable[[], float] = time.monotonic,
-        batch: bool = True,
         batch_commands: bool = True,
     ) -> None:
         p.check_channel(channel)
@@ -179,11 +175,11 @@ class ClientCore:
         self.outbox: list[list[bytes]] = []
         self._conn = Connection()
         self.heartbeat = heartbeat  # asked of the broker, seconds; 0: none
-        self.batch = batch  # asked of the broker in HELLO
-        self.batch_commands = batch_commands  # asked of the broker in HELLO
-        # The broker offered batches (WELCOME): the driver may send PUBLISH_BATCH,
-        # and with batching_commands also BATCH.
-        self.batching = False
+        # Asked of the broker in HELLO. The one batching scheme this client offers
+        # (BATCH/BROKER_BATCH, spec section "Batches"); it never asks for the
+        # older PUBLISH_BATCH/DELIVER_BATCH, which brokers still accept.
+        self.batch_commands = batch_commands
+        # The broker offered batches (WELCOME): the driver may send BATCH.
         self.batching_commands = False
         self.clock = clock
         # Set when the driver must replace its socket and then call rejoin().
@@ -232,8 +228,6 @@ class ClientCore:
         extra: dict[str, Any] = {}
         if self.heartbeat > 0:
             extra["heartbeat"] = int(self.heartbeat * 1000)
-        if self.batch:
-            extra["batch"] = True
         if self.batch_commands:
             extra["batch_commands"] = True
         return [p.H_HELLO, self.channel, p.pack_hello(self.client_name, **extra)]
@@ -370,7 +364,7 @@ class ClientCore:
             self.events.append("disconnected")
             log.warning("lost the broker (%s); reconnecting", reason)
         # Until the next broker's WELCOME says otherwise.
-        self.batching = self.batching_commands = False
+        self.batching_commands = False
         self.counters["disconnects"] += 1
         self._welcome_by = None
         self._backoff = min(RECONNECT_MAX, max(RECONNECT_MIN, self._backoff * 2))
@@ -493,10 +487,10 @@ class ClientCore:
             settle(item.waiter, exc=timeout_error(item))
 
     def join_front(self, out: deque[list[bytes]]) -> None:
-        """``batch_front`` with what this session's broker offered: drivers call it
-        before each send from their queue."""
-        if self.batching or self.batching_commands:
-            batch_front(out, publishes=self.batching, commands=self.batching_commands)
+        """``batch_front`` if this session's broker offered ``batch_commands``:
+        drivers call it before each send from their queue."""
+        if self.batching_commands:
+            batch_front(out)
 
     # --- input --------------------------------------------------------------
 
@@ -515,8 +509,19 @@ class ClientCore:
                 self.counters["protocol_errors"] += 1
                 log.warning("bad message from broker ignored: %s", exc)
                 return
+            # Unconfirmed DELIVERs, the bulk of a busy subscriber's traffic, are
+            # handed over a run at a time; the rest one by one, in order.
+            run: list[tuple[bytes, bytes, bytes]] = []
             for entry in entries:
+                if entry[0] == H_DELIVER and not entry[DELIVER_TOKEN]:
+                    run.append((entry[DELIVER_SIDS], entry[DELIVER_TOPIC], entry[DELIVER_BODY]))
+                    continue
+                if run:
+                    self._deliver_run(run)
+                    run = []
                 self._receive(entry)
+            if run:
+                self._deliver_run(run)
         else:
             self._receive(frames)
 
@@ -524,9 +529,7 @@ class ClientCore:
         head = frames[0] if frames else b""
         n = len(frames)
         try:
-            if head == H_DELIVER_BATCH and n == _N_DELIVER_BATCH and frames[1] == self.channel:
-                self._deliver_batch(frames[ENTRIES_FRAME])
-            elif n > REF_FRAME and (
+            if n > REF_FRAME and (
                 frames[1] != self.channel or len(frames[REF_FRAME]) > MAX_REF_BYTES
             ):
                 # Full validation (and its precise error) for anything off the happy path.
@@ -583,7 +586,6 @@ class ClientCore:
             self.max_message_size = int(info["max_message_size"])
             now = self.clock()
             self._beat = info.get("heartbeat", 0) / 1000.0
-            self.batching = self.batch and info.get("batch", False)
             self.batching_commands = self.batch_commands and info.get("batch_commands", False)
             self._next_beat = now + self._beat
             if self._conn.move(Conn.READY) is Conn.REJOINING:
@@ -599,6 +601,10 @@ class ClientCore:
             settle(waiter, info)
         elif isinstance(cmd, p.Error):
             self._error(cmd)
+        elif isinstance(cmd, p.DeliverBatch):
+            raise ProtocolError(
+                p.ErrorCode.BAD_FRAMES, "DELIVER_BATCH, which this client never asks for"
+            )
         else:  # DELIVER/ACKED/ROUTED that failed the fast path's shape check
             raise ProtocolError(p.ErrorCode.BAD_FRAMES, f"malformed {type(cmd).__name__}")
 
@@ -715,30 +721,37 @@ class ClientCore:
         else:
             self._send_ack(token, delivered, dropped, ())
 
-    def _deliver_batch(self, frame: bytes) -> None:
-        # _deliver for each entry with an empty token, the per-message lookups hoisted.
-        entries = p.unpack_deliver_entries(frame)
+    def _deliver_run(self, run: list[tuple[bytes, bytes, bytes]]) -> None:
+        # _deliver for (sids, topic, body) entries with an empty token, each as
+        # if it had come alone, with the per-message lookups hoisted.
         topic_of = self._topic
-        texts = [topic_of(topic) for _, topic, _ in entries]  # a bad batch delivers nothing
-        self.counters["received"] += len(entries)
+        targets = self._subs.targets
         sinks_of = self._subs.sinks.get
         fields = p.message_fields
-        for (sids, _, body), text in zip(entries, texts, strict=True):
-            # One sid is the common case: no list of sinks to build for it.
+        counters = self.counters
+        counters["received"] += len(run)
+        for sids, topic, body in run:
             sink: Sink | None = None
             sinks: list[Sink] | None = None
-            if len(sids) == p.SID_BYTES:
-                sink = sinks_of(sids)
-                if sink is None:
-                    continue  # unsubscribed locally while the broker was still routing to us
-            else:
-                sinks = self._subs.targets(sids)
-                if not sinks:
-                    continue
+            try:
+                text = topic_of(topic)
+                # One sid is the common case: no list of sinks to build for it.
+                if len(sids) == p.SID_BYTES:
+                    sink = sinks_of(sids)
+                    if sink is None:
+                        continue  # unsubscribed locally while the broker was still routing
+                else:
+                    sinks = targets(sids)
+                    if not sinks:
+                        continue
+            except ProtocolError as exc:
+                counters["protocol_errors"] += 1
+                log.warning("bad message from broker ignored: %s", exc)
+                continue
             try:
                 msg_id, ts, headers, payload = fields(body)
             except ProtocolError as exc:
-                self.counters["bad_bodies"] += 1
+                counters["bad_bodies"] += 1
                 log.warning("undecodable message on %r dropped: %s", text, exc)
                 continue
             msg = make_message(msg_id, text, payload, headers, ts)
@@ -820,48 +833,26 @@ class ClientCore:
 _BATCHABLE = frozenset(p.header(c) for c in p.CLIENT_ENTRY_FRAMES)
 
 
-def batch_front(
-    out: deque[list[bytes]],
-    limit: int = BATCH_BYTES,
-    *,
-    publishes: bool = True,
-    commands: bool = False,
-) -> None:
-    """Join the front of ``out`` into one batch of at most ``limit`` bytes of
-    entries, in order: with ``publishes``, two or more unconfirmed PUBLISHes
-    into a PUBLISH_BATCH; else, with ``commands``, two or more PUBLISH, ACK,
-    REQUEST and REPLY messages into a BATCH. Drivers call it before each send
-    with what the broker offered: ``batch`` and ``batch_commands``."""
+def batch_front(out: deque[list[bytes]], limit: int = BATCH_BYTES) -> None:
+    """Join the front of ``out``, two or more PUBLISH, ACK, REQUEST and REPLY
+    messages in a row, into one BATCH of at most ``limit`` bytes of entries,
+    in order. Only for a broker whose WELCOME offered ``batch_commands``."""
     if len(out) < 2:
         return
-    pack = p.pack_publish_entry
+    pack = p.pack_command_entry
     entries: list[bytes] = []
     size = 0
-    for frames in out if publishes else ():
-        if frames[0] != p.H_PUBLISH or frames[PUBLISH_REF]:
+    for frames in out:
+        if frames[0] not in _BATCHABLE:
             break
-        entry = pack(frames[PUBLISH_TOPIC], frames[PUBLISH_BODY])
+        entry = pack(frames)
         size += len(entry)
         if size > limit:
             break
         entries.append(entry)
-    head = p.H_PUBLISH_BATCH
-    if len(entries) < 2 and commands:
-        pack_command = p.pack_command_entry
-        entries = []
-        size = 0
-        for frames in out:
-            if frames[0] not in _BATCHABLE:
-                break
-            entry = pack_command(frames)
-            size += len(entry)
-            if size > limit:
-                break
-            entries.append(entry)
-        head = p.H_BATCH
     if len(entries) < 2:
         return
     channel = out[0][1]
     for _ in entries:
         out.popleft()
-    out.appendleft([head, channel, b"".join(entries)])
+    out.appendleft([p.H_BATCH, channel, b"".join(entries)])

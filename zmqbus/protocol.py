@@ -89,9 +89,11 @@ __all__ = [
     "pack_message",
     "pack_publish_entry",
     "pack_reply",
+    "pack_unconfirmed_deliver_entry",
     "pack_welcome",
     "parse_broker",
     "parse_client",
+    "unconfirmed_deliver_head",
     "unpack_ack",
     "unpack_command_entries",
     "unpack_deliver_entries",
@@ -1284,6 +1286,27 @@ def pack_command_entry(frames: Sequence[bytes]) -> bytes:
     return b"".join(parts)
 
 
+_DELIVER_NO_TOKEN = bytes((Cmd.DELIVER,)) + _FRAME_LEN.pack(0)
+
+
+def unconfirmed_deliver_head(topic: bytes, body: bytes) -> bytes:
+    """What the BROKER_BATCH entries of an unconfirmed DELIVER of ``topic`` and
+    ``body`` share, whoever gets them: all but the sids (a broker packs the
+    message once, then ``pack_unconfirmed_deliver_entry`` once per subscriber).
+    ``ValueError`` if a frame is too long for its frame-length."""
+    pack = _FRAME_LEN.pack
+    try:
+        return b"".join((_DELIVER_NO_TOKEN, pack(len(topic)), topic, pack(len(body)), body))
+    except struct.error:
+        raise _too_long(FRAME_LENGTH, max(len(topic), len(body))) from None
+
+
+def pack_unconfirmed_deliver_entry(head: bytes, sids: bytes) -> bytes:
+    """The BROKER_BATCH entry of ``pack_command_entry([H_DELIVER, channel, b"",
+    topic, body, sids])`` from ``unconfirmed_deliver_head(topic, body)``."""
+    return b"".join((head, _FRAME_LEN.pack(len(sids)), sids))
+
+
 def unpack_command_entries(
     frame: bytes, channel: bytes, allowed: Mapping[int, int]
 ) -> list[list[bytes]]:
@@ -1314,6 +1337,23 @@ def unpack_command_entries(
             j = i + u32(frame, j)[0]
             if n == 2:
                 append([headers[cmd], channel, a, frame[i:j]])
+                i = j
+            elif n == 3:
+                # PUBLISH and REQUEST: the bulk of a BATCH, unrolled.
+                b = frame[i:j]
+                i = j + fw
+                j = i + u32(frame, j)[0]
+                append([headers[cmd], channel, a, b, frame[i:j]])
+                i = j
+            elif n == 4:
+                # DELIVER and ASK: the bulk of a BROKER_BATCH, unrolled.
+                b = frame[i:j]
+                i = j + fw
+                j = i + u32(frame, j)[0]
+                c = frame[i:j]
+                i = j + fw
+                j = i + u32(frame, j)[0]
+                append([headers[cmd], channel, a, b, c, frame[i:j]])
                 i = j
             else:
                 msg = [headers[cmd], channel, a, frame[i:j]]
