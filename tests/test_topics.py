@@ -376,7 +376,7 @@ def test_trie_add_remove_sequence_matches_reference_dict(
             assert not trie.remove(pattern, value)
     assert len(trie) == 0
     assert list(trie.items()) == []
-    assert trie._root.empty()  # every branch was pruned
+    assert trie.node_count() == 0  # every branch was pruned
     for topic in probe_topics:
         assert trie.match(topic) == set()
 
@@ -425,13 +425,23 @@ def test_trie_remove_prunes_branches() -> None:
     trie.add("a.b.c.d", "x")
     trie.add("a.b", "y")
     assert trie.remove("a.b.c.d", "x")
-    # The c.d branch is gone, the a.b node (holding y) remains.
-    node = trie._root.children["a"].children["b"]  # type: ignore[index]
-    assert node.children is None
-    assert node.here == {"y"}
+    # The c.d branch is gone, the a and a.b nodes (a.b holding y) remain.
+    assert trie.node_count() == 2
+    assert sorted(trie.items()) == [("a.b", "y")]
     assert trie.remove("a.b", "y")
-    assert trie._root.children is None
-    assert trie._root.empty()
+    assert trie.node_count() == 0
+
+
+def test_trie_node_count_counts_shared_prefixes_once() -> None:
+    trie: TopicTrie[str] = TopicTrie()
+    assert trie.node_count() == 0
+    trie.add("a.b.c", "x")
+    assert trie.node_count() == 3
+    trie.add("a.b.d", "x")
+    trie.add("a.>", "y")  # '>' ends at a's node: no node of its own
+    assert trie.node_count() == 4
+    trie.add("*", "z")
+    assert trie.node_count() == 5
 
 
 # --- queue group names: the topic rules, at most 64 bytes ------------------------------

@@ -129,6 +129,18 @@ class TopicTrie(Generic[V]):
         """Number of (pattern, value) pairs held."""
         return self._count
 
+    def node_count(self) -> int:
+        """Nodes held below the root: what the trie's memory grows with, one per
+        distinct pattern prefix still in use (removal prunes the rest)."""
+        n = 0
+        stack = [self._root]
+        while stack:
+            children = stack.pop().children
+            if children:
+                n += len(children)
+                stack.extend(children.values())
+        return n
+
     def add(self, pattern: str, value: V) -> bool:
         """Add ``value`` under ``pattern``; False if it was already there."""
         node = self._root
