@@ -14,7 +14,15 @@ import zmq
 
 from zmqbus import Message, _fastpath
 from zmqbus import protocol as p
-from zmqbus._wire import recv_counted, recv_frames, recv_routed, send_frames, send_routed
+from zmqbus._wire import (
+    DRAIN_MESSAGES,
+    drain,
+    recv_counted,
+    recv_frames,
+    recv_routed,
+    send_frames,
+    send_routed,
+)
 from zmqbus.message import make_message
 
 CH = bytes(range(16))
@@ -118,6 +126,46 @@ def test_every_broker_command_has_its_count() -> None:
     for cmd in vectors:
         frames = p.encode(cmd)
         assert counts[frames[0]] == len(frames), cmd
+
+
+def test_drain_reads_what_waits_up_to_its_budget_then_stops_at_empty(pair: Any) -> None:
+    a, b = pair
+    total = DRAIN_MESSAGES + 10
+    for i in range(total):
+        send_frames(a, deliver(b"%d" % i))
+    wait_in(b)
+    got: list[list[bytes]] = []
+    # Budget spent with messages left: True, and the rest on the next call.
+    assert drain(b, p.BROKER_FRAME_COUNTS, got.append, waiting=True) is True
+    assert 0 < len(got) <= DRAIN_MESSAGES
+    while len(got) < total:
+        drain(b, p.BROKER_FRAME_COUNTS, got.append)
+    assert [f[4] for f in got] == [b"%d" % i for i in range(total)]
+    # Nothing waits: False, with or without a poll's word, and nothing taken.
+    assert drain(b, p.BROKER_FRAME_COUNTS, got.append) is False
+    assert drain(b, p.BROKER_FRAME_COUNTS, got.append, waiting=True) is False
+    assert len(got) == total
+
+
+def test_drain_logs_a_message_it_cannot_handle_and_goes_on(
+    pair: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    a, b = pair
+    for body in (b"bad", b"good"):
+        send_frames(a, deliver(body))
+    wait_in(b)
+    got: list[bytes] = []
+
+    def receive(frames: list[bytes]) -> None:
+        if frames[4] == b"bad":
+            raise ValueError("no")
+        got.append(frames[4])
+
+    with caplog.at_level("ERROR", logger="zmqbus.client"):
+        while not got:
+            drain(b, p.BROKER_FRAME_COUNTS, receive)
+    assert got == [b"good"]
+    assert [r.getMessage() for r in caplog.records] == ["error handling a message from the broker"]
 
 
 def test_recv_routed_on_a_router() -> None:

@@ -15,7 +15,9 @@ comes from that one thread or loop.
 2. Hands every message from the broker to ``receive(frames)``.
 3. Sends, in order, what ``take_outgoing()`` returns, through a queue of its
    own; before each send from that queue it calls ``join_front(queue)``, which
-   may join the front of it into one BATCH.
+   may join the front of it into one BATCH. To bound its backlog it may count
+   ``queued`` (messages ``take_outgoing()`` would return) unless ``holding``
+   (no session: the core caps what it holds itself).
 4. Calls ``expire(now)`` once ``next_deadline()`` has passed; with no deadline
    (None) it may block until the socket or a user wakes it.
 5. When ``want_socket`` is set, replaces its socket with a fresh one (nothing
@@ -390,6 +392,11 @@ class ClientCore:
     def holding(self) -> bool:
         """True while frames must stay in ``outbox`` (no session to send them to)."""
         return self._conn.state is Conn.RECONNECTING
+
+    @property
+    def queued(self) -> int:
+        """How many messages wait for ``take_outgoing()`` (held ones included)."""
+        return len(self.outbox)
 
     def take_outgoing(self) -> list[list[bytes]]:
         """The messages to send now, in order (none while holding)."""

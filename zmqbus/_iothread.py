@@ -27,7 +27,7 @@ import zmq
 
 from . import protocol as p
 from ._client import ClientCore
-from ._wire import dealer, recv_counted, send_queue
+from ._wire import dealer, drain, send_queue
 from ._wire import get_option as _get
 from .errors import BusClosed
 
@@ -39,13 +39,10 @@ log = logging.getLogger("zmqbus.client")
 _NOBLOCK = int(zmq.NOBLOCK)
 _POLLIN = int(zmq.POLLIN)
 _EVENTS = int(zmq.EVENTS)
-_BATCH = 256
 # While submits keep the thread from ever blocking in poll, it still reads the
 # socket at least this often (seconds): heartbeats and replies must not wait for
 # a lull in sending, or a busy publisher would take a live broker for dead.
 _READ_EVERY = 0.001
-# Longest run of reading before the loop looks at its deadlines (seconds).
-_READ_SECONDS = 0.005
 # Submitted items taken per pass of the loop.
 _TAKE = 4096
 _COUNTS = p.BROKER_FRAME_COUNTS
@@ -304,28 +301,9 @@ class IOThread:
                     self._room.notify_all()
 
     def _recv(self) -> None:
-        sock = self._sock
-        receive = self._core.receive
-        clock = time.monotonic
-        # Bounded in time too: a run of big batches must not hold back heartbeats.
-        until = clock() + _READ_SECONDS
+        # Called once a message waits. What drain() leaves unread, a poll reports again.
         try:
-            for i in range(_BATCH):
-                # After the first message, ask whether another waits before reading:
-                # a read that finds none raises zmq.Again (~8 us), EVENTS costs ~3 us,
-                # and a lone message is the common case when latency matters.
-                if i == 1 and not cast(int, _get(sock, _EVENTS)) & _POLLIN:
-                    break
-                if i and clock() > until:
-                    break
-                try:
-                    frames = recv_counted(sock, _COUNTS)
-                except zmq.Again:
-                    break
-                try:
-                    receive(frames)
-                except Exception:
-                    log.exception("error handling a message from the broker")
+            drain(self._sock, _COUNTS, self._core.receive, waiting=True)
         finally:
             if self._after_receive is not None:
                 self._after_receive()
