@@ -1,24 +1,56 @@
 """What the threaded and the asyncio faces share: the subscription's public
-attributes and the bus's argument checks, encoding and properties. Each face
-adds only its own way of waiting and of running handlers."""
+attributes, and the bus's arguments, their checks, encoding and properties.
+
+Every public call of a face first runs its ``_prepare_*`` here, which checks
+the arguments in the order of the call's signature (the same types, errors and
+texts on both faces) and prepares what the core takes; the face then adds only
+its own way of running the core and of waiting.
+"""
 
 from __future__ import annotations
 
+import contextlib
+import logging
+import threading
 import time
 import uuid
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Mapping
 from contextvars import ContextVar
-from typing import Any
+from functools import partial
+from typing import Any, ClassVar
+
+import zmq
 
 from . import _validate
 from . import protocol as p
 from ._client import ClientCore
 from ._endpoints import connect_endpoint
-from .errors import MessageTooLarge, ReentrantPublish
-from .topics import matches, validate_topic
+from ._version import __version__
+from .errors import (
+    BusClosed,
+    ConnectTimeout,
+    MessageTooLarge,
+    PublishTimeout,
+    ReentrantPublish,
+    RequestTimeout,
+    ZmqbusError,
+)
+from .message import Message, PublishResult, answer_after_handler, error_text
+from .topics import matches, validate_pattern, validate_topic
 
-__all__ = ["BusBase", "SubscriptionBase", "parse_channel"]
+__all__ = ["BusBase", "Headers", "Payload", "SubscriptionBase", "overdue", "parse_channel"]
+
+Payload = bytes | bytearray | memoryview
+Headers = Mapping[str, str] | None
+
+# Grace beyond a call's own timeout before the caller stops waiting regardless;
+# the core's deadline normally fires first.
+GRACE = 1.0
+
+_pack = p.pack_message
+_new_id = p.new_message_id
+_now_ns = time.time_ns
 
 # (bus, subscription) whose handlers this thread or task runs: each dispatcher, a
 # thread or a task of its own, sets it once. A task a handler starts inherits it,
@@ -26,6 +58,20 @@ __all__ = ["BusBase", "SubscriptionBase", "parse_channel"]
 _dispatching: ContextVar[tuple[object, SubscriptionBase] | None] = ContextVar(
     "zmqbus_dispatching", default=None
 )
+
+
+def overdue(exc: TimeoutError, what: str, timeout: float) -> BaseException:
+    """What a caller raises when its wait for a call (``"publish"``,
+    ``"request"``, ``"subscribe"``...) ended in ``exc``: ``exc`` itself if the
+    core's deadline settled the call, else (its caller stopped waiting ``GRACE``
+    after ``timeout``) the error that deadline would have given."""
+    if isinstance(exc, ZmqbusError):
+        return exc
+    if what == "publish":
+        return PublishTimeout(timeout, PublishResult(), None)
+    if what == "request":
+        return RequestTimeout(f"no reply within {timeout:g}s")
+    return RequestTimeout(f"{what} not confirmed within {timeout:g}s")
 
 
 def parse_channel(channel_id: object) -> uuid.UUID:
@@ -44,6 +90,8 @@ def parse_channel(channel_id: object) -> uuid.UUID:
 
 class SubscriptionBase:
     """State and read-only attributes of a subscription, on either face."""
+
+    _bus: Any  # the face's bus, set by the face
 
     def __init__(self, pattern: str, maxsize: int, handler: Any, queue: str) -> None:
         self._pattern = pattern
@@ -100,32 +148,89 @@ class SubscriptionBase:
         name = type(self).__module__.removeprefix("zmqbus.") + "." + type(self).__name__
         return f"<{name} {self._pattern!r} {kind} {state} dropped={self._dropped}>"
 
+    def _handled(
+        self, msg: Message, ack_id: int | None, result: object, exc: Exception | None
+    ) -> None:
+        """The handler has returned ``result`` for ``msg`` or raised ``exc``:
+        confirm the delivery (``ack_id``), or answer the request."""
+        self._in_handler = False
+        error = None
+        if exc is not None:
+            error = error_text(exc)
+            if ack_id is None and not msg.is_request:
+                # Nobody waits for this outcome: only the log can tell.
+                logging.getLogger(type(self).__module__).warning(
+                    "handler for %r raised on %r", self._pattern, msg.topic, exc_info=exc
+                )
+        if ack_id is not None:
+            self._bus._handler_done(ack_id, error)
+        else:
+            answer_after_handler(msg, result, error)
+
+    def _get_timeout(self, timeout: object) -> float | None:
+        """``get()``'s checks: a queue subscription, and a timeout that is None
+        (wait for ever) or a number of seconds, 0 or more."""
+        if self._handler is not None:
+            raise TypeError("a handler subscription has no queue to get() from")
+        if timeout is None:
+            return None
+        if isinstance(timeout, bool) or not isinstance(timeout, (int, float)):
+            raise TypeError("timeout must be a number of seconds or None")
+        if not timeout >= 0:
+            raise ValueError(f"timeout must not be negative, got {timeout!r}")
+        return float(timeout)
+
+    def _stop(self) -> None:
+        """The bus is closing or the subscribe failed: end, drop a handler's backlog."""
+        raise NotImplementedError
+
+    def _discard(self) -> None:
+        """End a subscription whose subscribe failed."""
+        self._stop()
+
 
 class BusBase:
-    """Arguments, encoding and properties of a bus, on either face."""
+    """Arguments, encoding, subscriptions and properties of a bus, on either face.
+
+    A face sets ``_CLIENT`` (its name in HELLO), implements ``_open()`` (set up
+    its driver; the threaded face also connects there), ``_future()`` and
+    ``_run(command)`` (run a core command its way), and may add to ``_check()``.
+    """
+
+    _CLIENT: ClassVar[str] = "zmqbus-py"
 
     def __init__(
         self,
         address: str,
         channel_id: uuid.UUID | str,
         *,
-        close_timeout: float,
-        heartbeat: float,
-        client_name: str,
-        on_disconnected: Callable[[], Any] | None,
-        on_reconnected: Callable[[], Any] | None,
+        connect_timeout: float = 5.0,
+        close_timeout: float = 2.0,
+        context: zmq.Context[Any] | None = None,
+        hwm: int = 100_000,
+        heartbeat: float = 2.0,
+        on_disconnected: Callable[[], Any] | None = None,
+        on_reconnected: Callable[[], Any] | None = None,
     ) -> None:
-        self._channel = parse_channel(channel_id)
         self._endpoint = connect_endpoint(address)
+        self._channel = parse_channel(channel_id)
+        self._connect_timeout = _validate.timeout(connect_timeout, "connect_timeout")
         self._close_timeout = _validate.timeout(close_timeout, "close_timeout")
+        self._hwm = _validate.hwm(hwm)
         if isinstance(heartbeat, bool) or not isinstance(heartbeat, (int, float)) or heartbeat < 0:
             raise ValueError("heartbeat must be a non-negative number of seconds (0: off)")
+        self._ctx: zmq.Context[Any] = context if context is not None else zmq.Context.instance()
         self._callbacks = {"disconnected": on_disconnected, "reconnected": on_reconnected}
-        self._core = ClientCore(self._channel.bytes, client_name=client_name, heartbeat=heartbeat)
+        self._core = ClientCore(
+            self._channel.bytes, client_name=f"{self._CLIENT}/{__version__}", heartbeat=heartbeat
+        )
         self._core.send_reply = self._send_reply
         self._closed = False
         self._topics: dict[str, bytes] = {}
         self._max_size = 0
+        self._subs_lock = threading.Lock()
+        self._subs: list[Any] = []
+        self._open()
 
     @property
     def channel_id(self) -> uuid.UUID:
@@ -159,13 +264,130 @@ class BusBase:
         name = type(self).__module__.removeprefix("zmqbus.") + "." + type(self).__name__
         return f"<{name} {self._endpoint} channel={self._channel} {self.state}>"
 
-    def _topic_bytes(self, topic: str) -> bytes:
-        topic_b = self._topics.get(topic)
+    # --- what each face supplies ---------------------------------------------
+
+    def _open(self) -> None:
+        raise NotImplementedError
+
+    def _future(self) -> Any:
+        """A new waiter of this face's kind."""
+        raise NotImplementedError
+
+    def _run(self, command: Callable[[], object]) -> None:
+        """Run ``command`` (a core call) where the core lives, and send what it queued."""
+        raise NotImplementedError
+
+    def _send_reply(self, token: bytes, body: bytes) -> None:
+        raise NotImplementedError
+
+    def _check(self) -> None:
+        """Raise unless the caller may use this bus now."""
+        if self._closed:
+            raise BusClosed("bus is closed")
+
+    # --- shared steps ---------------------------------------------------------
+
+    def _issue(self, command: Callable[..., object], *args: Any, timeout: float, **kw: Any) -> Any:
+        """Run the core's ``command(*args, waiter, deadline, timeout, **kw)`` with
+        a new waiter, due ``timeout`` seconds from now; return the waiter."""
+        fut = self._future()
+        self._run(partial(command, *args, fut, time.monotonic() + timeout, timeout, **kw))
+        return fut
+
+    def _prepare_message(
+        self, topic: object, payload: object, headers: object, timeout: object, confirm: object
+    ) -> tuple[bytes, bytes, float]:
+        """``(topic, body, timeout)`` of a publish or request, once the bus is
+        usable and every argument checked; then ``MessageTooLarge`` for a body
+        over the broker's limit, and ``ReentrantPublish`` (when ``confirm``)."""
+        self._check()
+        topic_b = self._topics.get(topic) if type(topic) is str else None
         if topic_b is None:
             topic_b = validate_topic(topic).encode()
             if len(self._topics) < 4096:
-                self._topics[topic] = topic_b
-        return topic_b
+                self._topics[topic] = topic_b  # type: ignore[index]
+        data = _validate.payload(payload)
+        hdrs = _validate.headers(headers)
+        seconds = _validate.timeout(timeout)
+        if confirm is not True and confirm is not False:
+            raise TypeError(f"confirm must be True or False, not {confirm!r}")
+        body = _pack(_new_id(), _now_ns(), hdrs, data)
+        if len(body) > self._max_size:
+            raise MessageTooLarge(len(body), self._max_size)
+        if confirm:
+            self._refuse_own_wait(topic)  # type: ignore[arg-type]
+        return topic_b, body, seconds
+
+    def _prepare_subscribe(
+        self, pattern: object, handler: object, maxsize: object, queue: object, timeout: object
+    ) -> tuple[int, str, float]:
+        """``(maxsize, queue group, timeout)`` of a subscribe, each checked."""
+        self._check()
+        validate_pattern(pattern)
+        if handler is not None and not callable(handler):
+            raise TypeError("handler must be callable")
+        return _validate.maxsize(maxsize), _validate.queue(queue), _validate.timeout(timeout)
+
+    def _prepare_unsubscribe(self, pattern: object, timeout: object) -> float:
+        """The timeout of an unsubscribe, its arguments checked."""
+        self._check()
+        validate_pattern(pattern)
+        return _validate.timeout(timeout)
+
+    def _prepare_remove(self, timeout: object) -> float | None:
+        """The timeout of a subscription's own unsubscribe, or None once the bus
+        has closed (which ended the subscription already)."""
+        if self._closed:
+            return None
+        self._check()
+        return _validate.timeout(timeout)
+
+    def _reply_frames(self, token: bytes, body: bytes) -> list[bytes]:
+        """REPLY frames for a handler's answer; ``MessageTooLarge`` over the limit."""
+        if len(body) > self._max_size:
+            raise MessageTooLarge(len(body), self._max_size)
+        return [p.H_REPLY, self._core.channel, token, body]
+
+    @contextlib.contextmanager
+    def _connecting(self, undo: Callable[[], None]) -> Iterator[None]:
+        """Around the wait for the handshake: if it fails, ``undo()`` (the face
+        drops its socket); a timeout, the core's or the caller's, is
+        ``ConnectTimeout``."""
+        try:
+            yield
+        except (ConnectTimeout, RequestTimeout):
+            undo()
+            raise ConnectTimeout(self._endpoint, self._connect_timeout) from None
+        except BaseException:
+            undo()
+            raise
+
+    @contextlib.contextmanager
+    def _subscribing(self, sub: SubscriptionBase, timeout: float) -> Iterator[None]:
+        """Around the wait for ``sub``'s subscribe: keep ``sub`` once it is
+        confirmed; if not (an error, or the caller gave up), end it and take back
+        its sid, so that a late OK cannot leave a subscription behind."""
+        try:
+            yield
+        except BaseException:
+            sub._discard()
+            if not self._closed:
+                with contextlib.suppress(BusClosed):
+                    self._issue(self._core.remove, sub, timeout=timeout)
+            raise
+        with self._subs_lock:
+            self._subs.append(sub)
+
+    def _forget(self, pattern: str | None = None, sub: object = None) -> list[Any]:
+        """Drop from the bus's list ``sub``, or the subscriptions to ``pattern``,
+        or (neither given) all; return what was dropped."""
+        with self._subs_lock:
+            subs = self._subs
+            if sub is None and pattern is None:
+                self._subs = []
+                return subs
+            self._subs = [s for s in subs if s is not sub and s.pattern != pattern]
+            return [s for s in subs if s is sub or s.pattern == pattern]
 
     def _refuse_own_wait(self, topic: str) -> None:
         """Raise ``ReentrantPublish`` when a handler of this bus makes a confirmed
@@ -177,14 +399,3 @@ class BusBase:
         sub = current[1]
         if sub._in_handler and not sub._ended and matches(sub._pattern, topic):
             raise ReentrantPublish(sub._pattern, topic)
-
-    def _encode(self, payload: object, headers: object) -> bytes:
-        data = _validate.payload(payload)
-        hdrs = _validate.headers(headers)
-        body = p.pack_message(p.new_message_id(), time.time_ns(), hdrs, data)
-        if len(body) > self._max_size:
-            raise MessageTooLarge(len(body), self._max_size)
-        return body
-
-    def _send_reply(self, token: bytes, body: bytes) -> None:
-        raise NotImplementedError

@@ -6,7 +6,7 @@ from collections.abc import Mapping
 
 from .topics import validate_topic
 
-__all__ = ["headers", "maxsize", "payload", "queue", "timeout"]
+__all__ = ["headers", "hwm", "maxsize", "payload", "queue", "timeout"]
 
 
 def payload(value: object) -> bytes:
@@ -62,4 +62,11 @@ def queue(value: object) -> str:
         raise ValueError(f"bad queue name {value!r}: {exc}") from None
     if len(value.encode()) > 64:
         raise ValueError("queue name longer than 64 bytes of UTF-8")
+    return value
+
+
+def hwm(value: object) -> int:
+    """A positive int high-water mark (messages); ``ValueError`` otherwise."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError("hwm must be a positive int")
     return value

@@ -16,32 +16,19 @@ import inspect
 import logging
 import threading
 import time
-import uuid
 import warnings
 from collections import deque
-from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Mapping
-from types import TracebackType
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from typing import Any, TypeVar, cast
 
 import zmq
 
-from . import _validate
 from . import protocol as p
 from ._client import DELIVERED, DROPPED, PENDING
-from ._face import BusBase, SubscriptionBase
-from ._version import __version__
-from ._wire import dealer, recv_counted, send_queue
-from .errors import (
-    BusClosed,
-    ConnectTimeout,
-    MessageTooLarge,
-    RequestTimeout,
-    SubscriptionClosed,
-    WrongEventLoop,
-    ZmqbusError,
-)
-from .message import Message, PublishResult, answer_after_handler, error_text
-from .topics import validate_pattern
+from ._face import GRACE, BusBase, Headers, Payload, SubscriptionBase, overdue
+from ._wire import dealer, drain, get_option, send_queue
+from .errors import BusClosed, SubscriptionClosed, WrongEventLoop
+from .message import Message, PublishResult
 
 __all__ = ["AsyncHandler", "Bus", "Subscription"]
 
@@ -53,26 +40,17 @@ AsyncHandler = Callable[[Message], Awaitable[Any] | Any]
 # machinery (~1 us) on every event check.
 _POLLIN = int(zmq.POLLIN)
 _POLLOUT = int(zmq.POLLOUT)
-_BATCH = 256
-# Longest run of reading before other callbacks get the loop (seconds).
-_READ_SECONDS = 0.005
+_EVENTS = int(zmq.EVENTS)
 _COUNTS = p.BROKER_FRAME_COUNTS
-# Grace beyond a call's own timeout before the caller stops waiting regardless;
-# the core's deadline normally fires first.
-_GRACE = 1.0
 _UNCONFIRMED = PublishResult(0, 0, 0, 0, confirmed=False)
 
 T = TypeVar("T")
 
 
-_EVENTS = int(zmq.EVENTS)
-_get = zmq.backend.Socket.get
-
-
 def _events(sock: zmq.Socket[bytes]) -> int:
-    # The backend's get with an int option: getsockopt(zmq.EVENTS) converts the
-    # option through an enum on every call, and this runs after every send.
-    return cast(int, _get(sock, _EVENTS))
+    # getsockopt(zmq.EVENTS) converts the option through an enum on every call,
+    # and this runs after every send.
+    return cast(int, get_option(sock, _EVENTS))
 
 
 def _fd(sock: zmq.Socket[bytes]) -> int:
@@ -86,15 +64,13 @@ async def _quietly(awaitable: Awaitable[Any]) -> None:
         log.exception("connection callback failed")
 
 
-async def _wait(fut: asyncio.Future[T], timeout: float, on_timeout: Callable[[], Exception]) -> T:
+async def _wait(fut: asyncio.Future[T], timeout: float, what: str) -> T:
     # Shield the core's future: cancelling the caller must not cancel shared state,
     # and the core's own deadline settles it.
     try:
-        return await asyncio.wait_for(asyncio.shield(fut), timeout + _GRACE)
-    except ZmqbusError:
-        raise
-    except TimeoutError:
-        raise on_timeout() from None
+        return await asyncio.wait_for(asyncio.shield(fut), timeout + GRACE)
+    except TimeoutError as exc:
+        raise overdue(exc, what, timeout) from None
 
 
 class Subscription(SubscriptionBase):
@@ -153,10 +129,7 @@ class Subscription(SubscriptionBase):
         """Next message. Raises ``TimeoutError`` if none arrives in ``timeout``
         seconds, ``SubscriptionClosed`` once ended with the buffer empty."""
         self._bus._on_own_loop()
-        if self._handler is not None:
-            raise TypeError("a handler subscription has no queue to get() from")
-        if timeout is not None and timeout < 0:
-            raise ValueError("timeout must not be negative")
+        timeout = self._get_timeout(timeout)
         if not self._buf and not self._ended:
             if timeout is None:
                 # No asyncio.timeout scope: it costs a lone message a few us.
@@ -206,8 +179,6 @@ class Subscription(SubscriptionBase):
             if self._abort or not buf:
                 return
             msg, ack_id = buf.popleft()
-            error: str | None = None
-            result: Any = None
             self._in_handler = True
             try:
                 result = handler(msg)
@@ -216,16 +187,9 @@ class Subscription(SubscriptionBase):
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
-                error = error_text(exc)
-                if ack_id is None and not msg.is_request:
-                    log.warning(
-                        "handler for %r raised on %r", self._pattern, msg.topic, exc_info=True
-                    )
-            self._in_handler = False
-            if ack_id is not None:
-                self._bus._handler_done(ack_id, error)
+                self._handled(msg, ack_id, None, exc)
             else:
-                answer_after_handler(msg, result, error)
+                self._handled(msg, ack_id, result, None)
 
     def _stop(self) -> None:
         # The bus is closing: discard the backlog; a running handler finishes.
@@ -247,31 +211,9 @@ class Bus(BusBase):
     shuts its loop down is closed then, as by ``close()``.
     """
 
-    def __init__(
-        self,
-        address: str,
-        channel_id: uuid.UUID | str,
-        *,
-        connect_timeout: float = 5.0,
-        close_timeout: float = 2.0,
-        context: zmq.Context[Any] | None = None,
-        hwm: int = 100_000,
-        heartbeat: float = 2.0,
-        on_disconnected: Callable[[], Any] | None = None,
-        on_reconnected: Callable[[], Any] | None = None,
-    ) -> None:
-        super().__init__(
-            address,
-            channel_id,
-            close_timeout=close_timeout,
-            heartbeat=heartbeat,
-            client_name=f"zmqbus-py-aio/{__version__}",
-            on_disconnected=on_disconnected,
-            on_reconnected=on_reconnected,
-        )
-        self._connect_timeout = _validate.timeout(connect_timeout, "connect_timeout")
-        self._ctx = context if context is not None else zmq.Context.instance()
-        self._hwm = hwm
+    _CLIENT = "zmqbus-py-aio"
+
+    def _open(self) -> None:
         self._sock: zmq.Socket[bytes] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._loop_thread = 0
@@ -280,9 +222,16 @@ class Bus(BusBase):
         self._out: deque[list[bytes]] = deque()
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at: float | None = None
-        self._subs: list[Subscription] = []
         self._room = asyncio.Event()  # set while the send backlog is below hwm
         self._pump_due = False  # a _pump is scheduled for unconfirmed publishes
+
+    def _future(self) -> asyncio.Future[Any]:
+        assert self._loop is not None
+        return self._loop.create_future()
+
+    def _run(self, command: Callable[[], object]) -> None:
+        command()
+        self._pump()
 
     # --- lifecycle ----------------------------------------------------------
 
@@ -290,23 +239,13 @@ class Bus(BusBase):
         """Connect and handshake; raises ``ConnectTimeout`` after ``connect_timeout``."""
         if self._sock is not None or self._closed:
             raise RuntimeError("connect() may be called once, before close()")
-        loop = asyncio.get_running_loop()
-        self._loop = loop
+        self._loop = asyncio.get_running_loop()
         self._loop_thread = threading.get_ident()
         self._loop_thread_name = threading.current_thread().name
         self._attach(self._dealer())
         timeout = self._connect_timeout
-        fut: asyncio.Future[dict[str, Any]] = loop.create_future()
-        self._core.connect(fut, time.monotonic() + timeout, timeout)
-        self._pump()
-        try:
-            info = await _wait(fut, timeout, lambda: ConnectTimeout(self._endpoint, timeout))
-        except ConnectTimeout:
-            self._teardown()
-            raise ConnectTimeout(self._endpoint, timeout) from None
-        except BaseException:
-            self._teardown()
-            raise
+        with self._connecting(self._teardown):
+            info = await _wait(self._issue(self._core.connect, timeout=timeout), timeout, "connect")
         self._max_size = int(info["max_message_size"])
         # The socket does not linger, so a bus left open when the loop ends would
         # lose what it queued. asyncio.run() (and Runner, uvloop.run) close open
@@ -327,12 +266,7 @@ class Bus(BusBase):
             await self.connect()
         return self
 
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
+    async def __aexit__(self, *exc_info: object) -> None:
         await self.close()
 
     async def close(self) -> None:
@@ -351,16 +285,14 @@ class Bus(BusBase):
         finalizer, self._finalizer = self._finalizer, None
         if finalizer is not None:
             await finalizer.aclose()
-        subs, self._subs = self._subs, []
+        subs = self._forget()
         for sub in subs:
             if sub.handler is not None:
                 sub._stop()
         timeout = self._close_timeout
-        fut: asyncio.Future[None] = loop.create_future()
-        self._core.close(BusClosed("bus is closed"), fut, time.monotonic() + timeout, timeout)
-        self._pump()
+        fut = self._issue(self._core.close, BusClosed("bus is closed"), timeout=timeout)
         with contextlib.suppress(Exception):
-            await asyncio.wait_for(asyncio.shield(fut), timeout + _GRACE)
+            await asyncio.wait_for(asyncio.shield(fut), timeout + GRACE)
         tasks = [s._task for s in subs if s._task is not None and not s._task.done()]
         if tasks:
             _, pending = await asyncio.wait(tasks, timeout=timeout)
@@ -388,8 +320,7 @@ class Bus(BusBase):
         self._core.rejoin(time.monotonic())
 
     def _report(self) -> None:
-        events = self._core.events
-        for event in events:
+        for event in self._core.take_events():
             callback = self._callbacks.get(event)
             if callback is None or self._loop is None:
                 continue
@@ -399,7 +330,6 @@ class Bus(BusBase):
                     self._loop.create_task(_quietly(result))
             except Exception:
                 log.exception("%s callback failed", event)
-        events.clear()
 
     def _teardown(self) -> None:
         self._room.set()  # publishers waiting for room see the bus closed
@@ -415,8 +345,7 @@ class Bus(BusBase):
         self._closed = True
 
     def _check(self) -> None:
-        if self._closed:
-            raise BusClosed("bus is closed")
+        super()._check()
         if self._sock is None:
             raise RuntimeError("bus is not connected: use 'async with' or await connect()")
         self._on_own_loop()
@@ -455,58 +384,41 @@ class Bus(BusBase):
     # --- publish / request --------------------------------------------------
 
     async def publish(
-        self,
-        topic: str,
-        payload: bytes | bytearray | memoryview,
-        headers: Mapping[str, str] | None = None,
-        *,
-        timeout: float = 5.0,
-        confirm: bool = True,
-    ) -> PublishResult:
+        self, topic: str, payload: Payload, headers: Headers = None,
+        *, timeout: float = 5.0, confirm: bool = True,
+    ) -> PublishResult:  # fmt: skip
         """Publish ``payload`` on ``topic``; same semantics as ``zmqbus.Bus.publish``."""
-        self._check()
-        topic_b = self._topic_bytes(topic)
-        body = self._encode(payload, headers)
-        timeout = _validate.timeout(timeout)
-        if not confirm:
-            # Backpressure: wait while the socket refuses a full backlog (broker not
-            # reading). The sum of both queues bounds the backlog, cheaply checked first.
-            if len(self._out) + len(self._core.outbox) >= self._hwm:
-                while self._backlog() >= self._hwm and not self._closed:
-                    self._room.clear()
-                    self._pump_soon()
-                    await self._room.wait()
-                self._check()
-            self._core.publish(topic_b, body, None, 0.0, timeout)
-            self._send_soon()
-            return _UNCONFIRMED
-        self._refuse_own_wait(topic)
-        # The core's deadline settles the future (PublishTimeout). A cancelled caller
-        # cancels only its own future, which the core then skips.
-        return await self._publish_confirmed(topic_b, body, timeout)
+        topic_b, body, timeout = self._prepare_message(topic, payload, headers, timeout, confirm)
+        if confirm:
+            # The core's deadline settles the future (PublishTimeout). A cancelled
+            # caller cancels only its own future, which the core then skips.
+            return await self._publish_confirmed(topic_b, body, timeout)
+        # Backpressure: wait while the socket refuses a full backlog (broker not
+        # reading). The sum of both queues bounds the backlog, cheaply checked first.
+        if len(self._out) + self._core.queued >= self._hwm:
+            while self._backlog() >= self._hwm and not self._closed:
+                self._room.clear()
+                self._pump_soon()
+                await self._room.wait()
+            self._check()
+        self._core.send_unconfirmed([p.H_PUBLISH, self._core.channel, b"", topic_b, body])
+        self._send_soon()
+        return _UNCONFIRMED
 
     def publish_nowait(
-        self,
-        topic: str,
-        payload: bytes | bytearray | memoryview,
-        headers: Mapping[str, str] | None = None,
-        *,
-        timeout: float = 5.0,
+        self, topic: str, payload: Payload, headers: Headers = None, *, timeout: float = 5.0
     ) -> asyncio.Future[PublishResult]:
         """Publish with confirmation without waiting for it: return a future of
         the ``PublishResult`` (or ``HandlerError``, ``PublishTimeout``), settled
         within ``timeout``. Keeping several outstanding pipelines confirmed
         publishing; bound how many yourself. Call it on the bus's event loop."""
-        self._check()
-        topic_b = self._topic_bytes(topic)
-        body = self._encode(payload, headers)
-        return self._publish_confirmed(topic_b, body, _validate.timeout(timeout))
+        topic_b, body, timeout = self._prepare_message(topic, payload, headers, timeout, False)
+        return self._publish_confirmed(topic_b, body, timeout)
 
     def _publish_confirmed(
         self, topic: bytes, body: bytes, timeout: float
     ) -> asyncio.Future[PublishResult]:
-        assert self._loop is not None
-        fut: asyncio.Future[PublishResult] = self._loop.create_future()
+        fut: asyncio.Future[PublishResult] = self._future()
         self._core.publish(topic, body, fut, time.monotonic() + timeout, timeout)
         # Sent on the loop's next turn, not at once like a lone unconfirmed one:
         # a window of confirmed publishes then goes out as one BATCH (window 16:
@@ -515,116 +427,63 @@ class Bus(BusBase):
         return fut
 
     async def request(
-        self,
-        topic: str,
-        payload: bytes | bytearray | memoryview,
-        headers: Mapping[str, str] | None = None,
-        *,
-        timeout: float = 5.0,
+        self, topic: str, payload: Payload, headers: Headers = None, *, timeout: float = 5.0
     ) -> Message:
         """Send a request and return the first reply; same semantics as ``zmqbus.Bus.request``."""
-        self._check()
-        topic_b = self._topic_bytes(topic)
-        body = self._encode(payload, headers)
-        timeout = _validate.timeout(timeout)
-        assert self._loop is not None
-        fut: asyncio.Future[Message] = self._loop.create_future()
-        self._core.request(topic_b, body, fut, time.monotonic() + timeout, timeout)
-        self._pump()
-        return await _wait(fut, timeout, lambda: RequestTimeout(f"no reply within {timeout:g}s"))
+        topic_b, body, timeout = self._prepare_message(topic, payload, headers, timeout, False)
+        fut: asyncio.Future[Message] = self._issue(
+            self._core.request, topic_b, body, timeout=timeout
+        )
+        return await _wait(fut, timeout, "request")
 
     def _send_reply(self, token: bytes, body: bytes) -> None:
-        if len(body) > self._max_size:
-            raise MessageTooLarge(len(body), self._max_size)
+        frames = self._reply_frames(token, body)
         if self._closed:
             raise BusClosed("bus is closed")
-        frames = [p.H_REPLY, self._core.channel, token, body]
         if threading.get_ident() == self._loop_thread:
-            self._core.outbox.append(frames)
-            self._pump()
+            self._reply(frames)
         else:
             assert self._loop is not None
-            self._loop.call_soon_threadsafe(self._reply_from_thread, frames)
+            self._loop.call_soon_threadsafe(self._reply, frames)
 
-    def _reply_from_thread(self, frames: list[bytes]) -> None:
+    def _reply(self, frames: list[bytes]) -> None:
         if not self._closed:
-            self._core.outbox.append(frames)
+            self._core.send_unconfirmed(frames)
             self._pump()
 
     # --- subscribe ----------------------------------------------------------
 
     async def subscribe(
-        self,
-        pattern: str,
-        handler: AsyncHandler | None = None,
-        maxsize: int = 100,
-        *,
-        queue: str | None = None,
-        timeout: float = 5.0,
-    ) -> Subscription:
+        self, pattern: str, handler: AsyncHandler | None = None, maxsize: int = 100,
+        *, queue: str | None = None, timeout: float = 5.0,
+    ) -> Subscription:  # fmt: skip
         """Subscribe to ``pattern``; returns once the broker holds it. A handler
         may be a coroutine function or a plain callable (run on the loop: keep
         it short). Same semantics as ``zmqbus.Bus.subscribe``."""
-        self._check()
-        validate_pattern(pattern)
-        if handler is not None and not callable(handler):
-            raise TypeError("handler must be callable")
-        maxsize = _validate.maxsize(maxsize)
-        group = _validate.queue(queue)
-        timeout = _validate.timeout(timeout)
-        assert self._loop is not None
-        sub = Subscription(self, pattern, maxsize, handler, group)
-        fut: asyncio.Future[None] = self._loop.create_future()
-        deadline = time.monotonic() + timeout
-        self._core.subscribe(sub, fut, deadline, timeout, group)
-        self._pump()
-        try:
-            await _wait(
-                fut, timeout, lambda: RequestTimeout(f"subscribe not confirmed within {timeout:g}s")
-            )
-        except BaseException:
-            sub._stop()
-            if not self._closed:
-                self._core.remove(sub, self._loop.create_future(), deadline, timeout)
-                self._pump()
-            raise
-        self._subs.append(sub)
+        size, group, timeout = self._prepare_subscribe(pattern, handler, maxsize, queue, timeout)
+        sub = Subscription(self, pattern, size, handler, group)
+        with self._subscribing(sub, timeout):
+            waiter = self._issue(self._core.subscribe, sub, timeout=timeout, queue=group)
+            await _wait(waiter, timeout, "subscribe")
         return sub
 
     async def unsubscribe(self, pattern: str, *, timeout: float = 5.0) -> int:
         """End every subscription of this bus to exactly ``pattern``; returns how
         many ended, once the broker has confirmed."""
-        self._check()
-        validate_pattern(pattern)
-        timeout = _validate.timeout(timeout)
-        assert self._loop is not None
-        fut: asyncio.Future[int] = self._loop.create_future()
-        self._core.unsubscribe(pattern, fut, time.monotonic() + timeout, timeout)
-        self._pump()
-        count = await _wait(
-            fut, timeout, lambda: RequestTimeout(f"unsubscribe not confirmed within {timeout:g}s")
-        )
-        self._subs = [s for s in self._subs if s.pattern != pattern]
+        timeout = self._prepare_unsubscribe(pattern, timeout)
+        waiter = self._issue(self._core.unsubscribe, pattern, timeout=timeout)
+        count: int = await _wait(waiter, timeout, "unsubscribe")
+        self._forget(pattern)
         return count
 
     async def _remove(self, sub: Subscription, timeout: float) -> None:
-        if self._closed or self._loop is None:
+        seconds = self._prepare_remove(timeout)
+        if seconds is None:
             return
-        self._on_own_loop()
-        timeout = _validate.timeout(timeout)
-        fut: asyncio.Future[None] = self._loop.create_future()
-        self._core.remove(sub, fut, time.monotonic() + timeout, timeout)
-        self._pump()
-        try:
-            await _wait(
-                fut,
-                timeout,
-                lambda: RequestTimeout(f"unsubscribe not confirmed within {timeout:g}s"),
-            )
-        except BusClosed:
-            return
-        if sub in self._subs:
-            self._subs.remove(sub)
+        waiter = self._issue(self._core.remove, sub, timeout=seconds)
+        with contextlib.suppress(BusClosed):  # closing ended it anyway
+            await _wait(waiter, seconds, "unsubscribe")
+            self._forget(sub=sub)
 
     def _handler_done(self, ack_id: int, error: str | None) -> None:
         if self._closed:
@@ -632,13 +491,13 @@ class Bus(BusBase):
         self._core.handler_done(ack_id, error)
         self._pump()
 
-    # --- the socket ---------------------------------------------------------
+    # --- the socket: this face's driver of the core (see _client) -------------
 
     def _backlog(self) -> int:
         # Frames not yet taken by the socket. Frames the core holds while
         # reconnecting do not count: it caps those itself (dropping the newest).
         core = self._core
-        return len(self._out) + (0 if core.holding else len(core.outbox))
+        return len(self._out) + (0 if core.holding else core.queued)
 
     def _send_soon(self) -> None:
         # The first publish of a loop turn leaves at once (a lone message waits for
@@ -662,14 +521,12 @@ class Bus(BusBase):
         core = self._core
         if core.want_socket:
             self._swap()
-        if core.events:
-            self._report()
+        self._report()
         sock = self._sock
-        outbox = core.outbox
         out = self._out
-        if outbox and not core.holding:
-            out.extend(outbox)
-            outbox.clear()
+        outgoing = core.take_outgoing()
+        if outgoing:
+            out.extend(outgoing)
         if out:
             # What the socket refuses now waits for its descriptor to say writable.
             send_queue(sock, out, core.join_front)
@@ -687,35 +544,13 @@ class Bus(BusBase):
         self._arm_timer()
 
     def _on_events(self) -> None:
-        if self._sock is None:
+        sock = self._sock
+        if sock is None:
             return
-        if self._read() and self._loop is not None:
-            # Batch used up: yield to other tasks, then go on draining.
+        if drain(sock, _COUNTS, self._core.receive) and self._loop is not None:
+            # Budget used up: yield to other tasks, then go on draining.
             self._loop.call_soon(self._on_events)
         self._pump()
-
-    def _read(self) -> bool:
-        """Receive what waits, up to a batch or a few milliseconds (a run of big
-        batches must not hold back the loop's timers); True if more may wait."""
-        sock = self._sock
-        assert sock is not None
-        receive = self._core.receive
-        clock = time.monotonic
-        until = clock() + _READ_SECONDS
-        for i in range(_BATCH):
-            if not _events(sock) & _POLLIN:
-                return False
-            if i and clock() > until:
-                return True
-            try:
-                frames = recv_counted(sock, _COUNTS)
-            except zmq.Again:
-                return False
-            try:
-                receive(frames)
-            except Exception:
-                log.exception("error handling a message from the broker")
-        return True
 
     def _arm_timer(self) -> None:
         deadline = self._core.next_deadline()
@@ -737,7 +572,7 @@ class Bus(BusBase):
         self._timer_at = None
         # Read what waits first: a heartbeat still unread is no silence of the broker's.
         sock = self._sock
-        if sock is not None and _events(sock) & _POLLIN and self._read() and self._loop:
+        if sock is not None and drain(sock, _COUNTS, self._core.receive) and self._loop:
             self._loop.call_soon(self._on_events)
         self._core.expire(time.monotonic())
         self._pump()

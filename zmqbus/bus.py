@@ -7,44 +7,24 @@ import contextlib
 import logging
 import threading
 import time
-import uuid
 import weakref
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future
-from concurrent.futures import TimeoutError as FutureTimeout
 from functools import partial
-from types import TracebackType
 from typing import Any, TypeVar, cast
 
-import zmq
-
-from . import _validate
 from . import protocol as p
 from ._client import DELIVERED, DROPPED, PENDING
-from ._face import BusBase, SubscriptionBase, parse_channel
+from ._face import GRACE, BusBase, Headers, Payload, SubscriptionBase, overdue, parse_channel
 from ._iothread import IOThread
-from ._version import __version__
-from .errors import (
-    BusClosed,
-    ConnectTimeout,
-    MessageTooLarge,
-    PublishTimeout,
-    RequestTimeout,
-    SubscriptionClosed,
-    ZmqbusError,
-)
-from .message import Message, PublishResult, answer_after_handler, error_text
-from .topics import validate_pattern
+from .errors import BusClosed, SubscriptionClosed
+from .message import Message, PublishResult
 
 __all__ = ["Bus", "Handler", "Subscription", "parse_channel"]
 
 log = logging.getLogger("zmqbus.bus")
 
 Handler = Callable[[Message], Any]
-
-# Grace beyond a call's own timeout before the caller stops waiting on the
-# I/O thread regardless; the core's deadline normally fires first.
-_GRACE = 1.0
 
 _UNCONFIRMED = PublishResult(0, 0, 0, 0, confirmed=False)
 
@@ -54,26 +34,24 @@ T = TypeVar("T")
 # Buses not yet closed, closed at interpreter exit: their I/O threads are daemons
 # and their sockets do not linger, so without it a script that ends without
 # close() loses whatever it had queued.
-_open: weakref.WeakSet[Bus] = weakref.WeakSet()
+_unclosed: weakref.WeakSet[Bus] = weakref.WeakSet()
 
 
 @atexit.register
 def _close_at_exit() -> None:
     # atexit runs before daemon threads are frozen, so each close() can still flush.
-    for bus in list(_open):
+    for bus in list(_unclosed):
         with contextlib.suppress(Exception):
             bus.close()
 
 
-def _wait(fut: Future[T], timeout: float, on_timeout: Callable[[], ZmqbusError]) -> T:
+def _wait(fut: Future[T], timeout: float, what: str) -> T:
     # concurrent.futures.TimeoutError is the builtin TimeoutError, which our own
-    # PublishTimeout/RequestTimeout subclass: let those through untouched.
+    # PublishTimeout/RequestTimeout subclass: overdue() lets those through.
     try:
-        return fut.result(timeout + _GRACE)
-    except ZmqbusError:
-        raise
-    except FutureTimeout:
-        raise on_timeout() from None
+        return fut.result(timeout + GRACE)
+    except TimeoutError as exc:
+        raise overdue(exc, what, timeout) from None
 
 
 class Subscription(SubscriptionBase):
@@ -152,12 +130,7 @@ class Subscription(SubscriptionBase):
     def get(self, timeout: float | None = None) -> Message:
         """Next message. Raises ``TimeoutError`` if none arrives in ``timeout``
         seconds, ``SubscriptionClosed`` once ended with the buffer empty."""
-        if self._handler is not None:
-            raise TypeError("a handler subscription has no queue to get() from")
-        if timeout is not None:
-            timeout = float(timeout)
-            if timeout < 0:
-                raise ValueError("timeout must not be negative")
+        timeout = self._get_timeout(timeout)
         buf = self._buf
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:
@@ -210,22 +183,17 @@ class Subscription(SubscriptionBase):
                     if self._abort or not buf:
                         return
                 continue
-            error: str | None = None
-            result: Any = None
             self._in_handler = True
             try:
                 result = handler(msg)
             except Exception as exc:
-                error = error_text(exc)
-                if ack_id is None and not msg.is_request:
-                    log.warning(
-                        "handler for %r raised on %r", self._pattern, msg.topic, exc_info=True
-                    )
-            self._in_handler = False
-            if ack_id is not None:
-                self._bus._handler_done(ack_id, error)
+                self._handled(msg, ack_id, None, exc)
             else:
-                answer_after_handler(msg, result, error)
+                self._handled(msg, ack_id, result, None)
+
+    def _discard(self) -> None:
+        self._stop()
+        self._join(0.1)
 
     def _stop(self) -> None:
         # Bus is closing: discard the backlog, let a running handler finish.
@@ -261,57 +229,32 @@ class Bus(BusBase):
     Publishes that cannot be confirmed meanwhile fail at their timeout.
     """
 
-    def __init__(
-        self,
-        address: str,
-        channel_id: uuid.UUID | str,
-        *,
-        connect_timeout: float = 5.0,
-        close_timeout: float = 2.0,
-        context: zmq.Context[Any] | None = None,
-        hwm: int = 100_000,
-        heartbeat: float = 2.0,
-        on_disconnected: Callable[[], Any] | None = None,
-        on_reconnected: Callable[[], Any] | None = None,
-    ) -> None:
-        super().__init__(
-            address,
-            channel_id,
-            close_timeout=close_timeout,
-            heartbeat=heartbeat,
-            client_name=f"zmqbus-py/{__version__}",
-            on_disconnected=on_disconnected,
-            on_reconnected=on_reconnected,
-        )
-        connect_timeout = _validate.timeout(connect_timeout, "connect_timeout")
-        self._ctx = context if context is not None else zmq.Context.instance()
-        self._close_lock = threading.Lock()
-        self._subs_lock = threading.Lock()
-        self._subs: list[Subscription] = []
+    _CLIENT = "zmqbus-py"
+
+    def _open(self) -> None:
         # Subscriptions given messages in the current receive batch (I/O thread only).
         self._touched: list[Subscription] = []
+        self._close_lock = threading.Lock()
         self._io = IOThread(
             self._ctx,
             self._endpoint,
             self._core,
-            hwm=hwm,
+            hwm=self._hwm,
             on_event=self._on_event,
             after_receive=self._wake_touched,
         )
-        fut: Future[dict[str, Any]] = Future()
-        now = time.monotonic()
-        self._io.submit(partial(self._core.connect, fut, now + connect_timeout, connect_timeout))
-        try:
-            info = fut.result(connect_timeout + _GRACE)
-        except (ConnectTimeout, FutureTimeout):
-            self._shutdown()
-            raise ConnectTimeout(self._endpoint, connect_timeout) from None
-        except BaseException:
-            self._shutdown()
-            raise
+        timeout = self._connect_timeout
+        with self._connecting(self._shutdown):
+            info = _wait(self._issue(self._core.connect, timeout=timeout), timeout, "connect")
         self._max_size = int(info["max_message_size"])
-        _open.add(self)
+        _unclosed.add(self)
         log.debug("bus joined channel %s at %s", self._channel, self._endpoint)
+
+    def _future(self) -> Future[Any]:
+        return Future()
+
+    def _run(self, command: Callable[[], object]) -> None:
+        self._io.submit(command)
 
     def _wake_touched(self) -> None:
         # On the I/O thread, after each receive batch (see Subscription.offer).
@@ -331,14 +274,9 @@ class Bus(BusBase):
     # --- publish ------------------------------------------------------------
 
     def publish(
-        self,
-        topic: str,
-        payload: bytes | bytearray | memoryview,
-        headers: Mapping[str, str] | None = None,
-        *,
-        timeout: float = 5.0,
-        confirm: bool = True,
-    ) -> PublishResult:
+        self, topic: str, payload: Payload, headers: Headers = None,
+        *, timeout: float = 5.0, confirm: bool = True,
+    ) -> PublishResult:  # fmt: skip
         """Publish ``payload`` on ``topic``.
 
         With ``confirm`` (the default), return once every subscription the
@@ -348,56 +286,30 @@ class Bus(BusBase):
         handler whose own subscription would receive it. Without ``confirm``,
         return as soon as the message is queued for sending.
         """
-        if self._closed:
-            raise BusClosed("bus is closed")
-        topic_b = self._topic_bytes(topic)
-        timeout = _validate.timeout(timeout)
-        body = self._encode(payload, headers)
+        topic_b, body, timeout = self._prepare_message(topic, payload, headers, timeout, confirm)
         if not confirm:
             self._io.submit([p.H_PUBLISH, self._core.channel, b"", topic_b, body])
             return _UNCONFIRMED
-        self._refuse_own_wait(topic)
-        fut = self._publish_confirmed(topic_b, body, timeout)
-        return _wait(fut, timeout, lambda: PublishTimeout(timeout, PublishResult(), None))
+        fut: Future[PublishResult] = self._issue(self._core.publish, topic_b, body, timeout=timeout)
+        return _wait(fut, timeout, "publish")
 
     def publish_nowait(
-        self,
-        topic: str,
-        payload: bytes | bytearray | memoryview,
-        headers: Mapping[str, str] | None = None,
-        *,
-        timeout: float = 5.0,
+        self, topic: str, payload: Payload, headers: Headers = None, *, timeout: float = 5.0
     ) -> Future[PublishResult]:
         """Publish with confirmation without waiting for it: return a
         ``concurrent.futures.Future`` of the ``PublishResult`` (or
         ``HandlerError``, ``PublishTimeout``), settled within ``timeout``.
         Keeping several outstanding pipelines confirmed publishing from one
         thread; bound how many yourself."""
-        if self._closed:
-            raise BusClosed("bus is closed")
-        topic_b = self._topic_bytes(topic)
-        timeout = _validate.timeout(timeout)
-        body = self._encode(payload, headers)
-        return self._publish_confirmed(topic_b, body, timeout)
-
-    def _publish_confirmed(
-        self, topic: bytes, body: bytes, timeout: float
-    ) -> Future[PublishResult]:
-        fut: Future[PublishResult] = Future()
-        self._io.submit(
-            partial(self._core.publish, topic, body, fut, time.monotonic() + timeout, timeout)
+        topic_b, body, timeout = self._prepare_message(topic, payload, headers, timeout, False)
+        return cast(
+            "Future[PublishResult]", self._issue(self._core.publish, topic_b, body, timeout=timeout)
         )
-        return fut
 
     # --- request ------------------------------------------------------------
 
     def request(
-        self,
-        topic: str,
-        payload: bytes | bytearray | memoryview,
-        headers: Mapping[str, str] | None = None,
-        *,
-        timeout: float = 5.0,
+        self, topic: str, payload: Payload, headers: Headers = None, *, timeout: float = 5.0
     ) -> Message:
         """Send a request to the subscribers of ``topic``; return the first reply.
 
@@ -406,33 +318,19 @@ class Bus(BusBase):
         first answer is a responder's failure, ``RequestTimeout`` (a
         ``TimeoutError``) if no answer comes within ``timeout``.
         """
-        if self._closed:
-            raise BusClosed("bus is closed")
-        topic_b = self._topic_bytes(topic)
-        timeout = _validate.timeout(timeout)
-        body = self._encode(payload, headers)
-        fut: Future[Message] = Future()
-        self._io.submit(
-            partial(self._core.request, topic_b, body, fut, time.monotonic() + timeout, timeout)
-        )
-        return _wait(fut, timeout, lambda: RequestTimeout(f"no reply within {timeout:g}s"))
+        topic_b, body, timeout = self._prepare_message(topic, payload, headers, timeout, False)
+        fut: Future[Message] = self._issue(self._core.request, topic_b, body, timeout=timeout)
+        return _wait(fut, timeout, "request")
 
     def _send_reply(self, token: bytes, body: bytes) -> None:
-        if len(body) > self._max_size:
-            raise MessageTooLarge(len(body), self._max_size)
-        self._io.submit([p.H_REPLY, self._core.channel, token, body])
+        self._io.submit(self._reply_frames(token, body))
 
     # --- subscribe ----------------------------------------------------------
 
     def subscribe(
-        self,
-        pattern: str,
-        handler: Handler | None = None,
-        maxsize: int = 100,
-        *,
-        queue: str | None = None,
-        timeout: float = 5.0,
-    ) -> Subscription:
+        self, pattern: str, handler: Handler | None = None, maxsize: int = 100,
+        *, queue: str | None = None, timeout: float = 5.0,
+    ) -> Subscription:  # fmt: skip
         """Subscribe to topics matching ``pattern``; returns once the broker holds it.
 
         Without ``handler``, read the returned subscription with ``get()`` or by
@@ -442,73 +340,29 @@ class Bus(BusBase):
         are its reply. With ``queue``, the subscription joins that queue group:
         each message goes to one member of the group, not to all.
         """
-        if self._closed:
-            raise BusClosed("bus is closed")
-        validate_pattern(pattern)
-        if handler is not None and not callable(handler):
-            raise TypeError("handler must be callable")
-        maxsize = _validate.maxsize(maxsize)
-        group = _validate.queue(queue)
-        timeout = _validate.timeout(timeout)
-        sub = Subscription(self, pattern, maxsize, handler, group)
-        fut: Future[None] = Future()
-        deadline = time.monotonic() + timeout
-        try:
-            self._io.submit(partial(self._core.subscribe, sub, fut, deadline, timeout, group))
-            _wait(
-                fut, timeout, lambda: RequestTimeout(f"subscribe not confirmed within {timeout:g}s")
-            )
-        except BaseException:
-            sub._stop()
-            sub._join(0.1)
-            # Take back the sid so a late OK cannot leave a subscription behind.
-            with contextlib.suppress(BusClosed):
-                self._io.submit(partial(self._core.remove, sub, Future(), deadline, timeout))
-            raise
-        with self._subs_lock:
-            self._subs.append(sub)
+        size, group, timeout = self._prepare_subscribe(pattern, handler, maxsize, queue, timeout)
+        sub = Subscription(self, pattern, size, handler, group)
+        with self._subscribing(sub, timeout):
+            fut = self._issue(self._core.subscribe, sub, timeout=timeout, queue=group)
+            _wait(fut, timeout, "subscribe")
         return sub
 
     def unsubscribe(self, pattern: str, *, timeout: float = 5.0) -> int:
         """End every subscription of this bus to exactly ``pattern``; returns how
         many ended, once the broker has confirmed."""
-        if self._closed:
-            raise BusClosed("bus is closed")
-        validate_pattern(pattern)
-        timeout = _validate.timeout(timeout)
-        fut: Future[int] = Future()
-        self._io.submit(
-            partial(self._core.unsubscribe, pattern, fut, time.monotonic() + timeout, timeout)
-        )
+        timeout = self._prepare_unsubscribe(pattern, timeout)
         count = _wait(
-            fut, timeout, lambda: RequestTimeout(f"unsubscribe not confirmed within {timeout:g}s")
+            self._issue(self._core.unsubscribe, pattern, timeout=timeout), timeout, "unsubscribe"
         )
-        with self._subs_lock:
-            self._subs = [s for s in self._subs if s.pattern != pattern]
-        return count
+        self._forget(pattern)
+        return cast(int, count)
 
     def _remove(self, sub: Subscription, timeout: float) -> None:
-        if self._closed:
-            return
-        timeout = _validate.timeout(timeout)
-        fut: Future[None] = Future()
-        try:
-            self._io.submit(
-                partial(self._core.remove, sub, fut, time.monotonic() + timeout, timeout)
-            )
-        except BusClosed:
-            return
-        try:
-            _wait(
-                fut,
-                timeout,
-                lambda: RequestTimeout(f"unsubscribe not confirmed within {timeout:g}s"),
-            )
-        except BusClosed:
-            return
-        with self._subs_lock:
-            if sub in self._subs:
-                self._subs.remove(sub)
+        seconds = self._prepare_remove(timeout)
+        if seconds is not None:
+            with contextlib.suppress(BusClosed):  # closing ended it anyway
+                _wait(self._issue(self._core.remove, sub, timeout=seconds), seconds, "unsubscribe")
+                self._forget(sub=sub)
 
     def _handler_done(self, ack_id: int, error: str | None) -> None:
         # If the bus closed meanwhile, the core already confirmed this delivery.
@@ -530,25 +384,15 @@ class Bus(BusBase):
             if self._closed:
                 return
             self._closed = True
-        _open.discard(self)
-        with self._subs_lock:
-            subs, self._subs = self._subs, []
+        _unclosed.discard(self)
+        subs = self._forget()
         for sub in subs:
             if sub.handler is not None:
                 sub._stop()
-        fut: Future[None] = Future()
         timeout = self._close_timeout
         try:
-            self._io.submit(
-                partial(
-                    self._core.close,
-                    BusClosed("bus is closed"),
-                    fut,
-                    time.monotonic() + timeout,
-                    timeout,
-                )
-            )
-            fut.result(timeout + _GRACE)
+            fut = self._issue(self._core.close, BusClosed("bus is closed"), timeout=timeout)
+            fut.result(timeout + GRACE)
         except Exception:
             pass  # best effort: the broker may be gone
         self._shutdown()
@@ -562,12 +406,7 @@ class Bus(BusBase):
     def __enter__(self) -> Bus:
         return self
 
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
+    def __exit__(self, *exc_info: object) -> None:
         self.close()
 
     def __del__(self) -> None:
