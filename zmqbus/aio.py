@@ -1,11 +1,12 @@
 """The asyncio ``Bus``: a thin face over ``ClientCore``, driven by the event loop.
 
-The core runs on the loop's thread. The DEALER socket is a plain zmq socket
-whose file descriptor is watched with ``loop.add_reader``; because that
-descriptor is edge-triggered, every send or receive is followed by a look at
-``zmq.EVENTS`` so no arrival is missed. Core deadlines become one
-``loop.call_later`` timer. No extra thread, no polling: an idle bus costs
-nothing. Works with the default loop and with uvloop.
+The core runs on the loop's thread, driven as ``_client`` documents. The
+DEALER socket is a plain zmq socket whose file descriptor is watched with
+``loop.add_reader``; because that descriptor is edge-triggered, every send is
+followed by a look at ``zmq.EVENTS`` and every read goes on until the socket
+is empty (or resumes on the next turn), so no arrival is missed. Core
+deadlines become one ``loop.call_later`` timer. No extra thread, no polling:
+an idle bus costs nothing. Works with the default loop and with uvloop.
 """
 
 from __future__ import annotations
