@@ -170,6 +170,8 @@ class SubscriptionBase:
     def _get_timeout(self, timeout: object) -> float | None:
         """``get()``'s checks: a queue subscription, and a timeout that is None
         (wait for ever) or a number of seconds, 0 or more."""
+        if self._handler is None and type(timeout) is float and timeout >= 0.0:
+            return timeout  # the common case, checked on every get
         if self._handler is not None:
             raise TypeError("a handler subscription has no queue to get() from")
         if timeout is None:
@@ -267,6 +269,7 @@ class BusBase:
     # --- what each face supplies ---------------------------------------------
 
     def _open(self) -> None:
+        """Set up this face's driver of the core, once the arguments are checked."""
         raise NotImplementedError
 
     def _future(self) -> Any:
@@ -278,6 +281,7 @@ class BusBase:
         raise NotImplementedError
 
     def _send_reply(self, token: bytes, body: bytes) -> None:
+        """Send a handler's REPLY (the core's ``send_reply``), from any thread."""
         raise NotImplementedError
 
     def _check(self) -> None:

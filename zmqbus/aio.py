@@ -321,6 +321,7 @@ class Bus(BusBase):
         self._core.rejoin(time.monotonic())
 
     def _report(self) -> None:
+        # Called after receive() and expire(), the only core calls that make events.
         for event in self._core.take_events():
             callback = self._callbacks.get(event)
             if callback is None or self._loop is None:
@@ -346,7 +347,9 @@ class Bus(BusBase):
         self._closed = True
 
     def _check(self) -> None:
-        super()._check()
+        # BusBase's check, inlined: this runs on every publish.
+        if self._closed:
+            raise BusClosed("bus is closed")
         if self._sock is None:
             raise RuntimeError("bus is not connected: use 'async with' or await connect()")
         self._on_own_loop()
@@ -522,7 +525,6 @@ class Bus(BusBase):
         core = self._core
         if core.want_socket:
             self._swap()
-        self._report()
         sock = self._sock
         out = self._out
         outgoing = core.take_outgoing()
@@ -551,6 +553,7 @@ class Bus(BusBase):
         if drain(sock, _COUNTS, self._core.receive) and self._loop is not None:
             # Budget used up: yield to other tasks, then go on draining.
             self._loop.call_soon(self._on_events)
+        self._report()
         self._pump()
 
     def _arm_timer(self) -> None:
@@ -576,4 +579,5 @@ class Bus(BusBase):
         if sock is not None and drain(sock, _COUNTS, self._core.receive) and self._loop:
             self._loop.call_soon(self._on_events)
         self._core.expire(time.monotonic())
+        self._report()
         self._pump()
