@@ -130,14 +130,12 @@ def broker_batch(*messages: Frames, ch: bytes = A) -> Frames:
     return p.encode(p.BrokerBatch(ch, b"".join(p.pack_command_entry(m) for m in messages)))
 
 
-# --- a BrokerState's outbox --------------------------------------------------------
+# --- what a BrokerState sends --------------------------------------------------------
 
 
 def take(state: BrokerState) -> list[tuple[bytes, p.BrokerCommand]]:
-    """Parse and clear everything the broker queued; every frame list must be valid."""
-    out = [(ident, p.parse_broker(frames)) for ident, frames in state.outbox]
-    state.outbox.clear()
-    return out
+    """Parse what the broker would send now (``take_outgoing``); every frame list must be valid."""
+    return [(ident, p.parse_broker(frames)) for ident, frames in state.take_outgoing()]
 
 
 def joined(

@@ -11,9 +11,13 @@ import zmqbus
 
 ROOT = pathlib.Path(zmqbus.__file__).parent
 SANS_IO = {
+    "_batching",
+    "_channel",
     "_connection",
     "_deadlines",
     "_fastpath",
+    "_groups",
+    "_peer",
     "_pending",
     "_subscriptions",
     "protocol",

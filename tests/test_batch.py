@@ -145,14 +145,14 @@ def test_a_dropped_deliver_batch_counts_each_entry_per_sid() -> None:
     joined(state, b"slow", ("a.>", 1), ("a.b", 2), batch=True)
     joined(state, b"pub", batch=True)
     state.handle(b"pub", publish_batch(("a.b", b"1"), ("a.c", b"2"), ("a.b", b"3")))
-    ((ident, frames),) = state.outbox
-    state.outbox.clear()
-    state.undeliverable(ident, frames)  # the socket could not take it
-    assert ident in state.lossy
-    notice = state.loss_notice(ident)
-    assert notice is not None
-    assert p.unpack_dropped(notice[2]) == {b"\0\0\0\1": 3, b"\0\0\0\2": 2}
+    ((ident, frames),) = state.take_outgoing()
+    state.send_failed(ident, frames, gone=False)  # the socket could not take it
     assert state.peers[ident].dropped_total == 3
+    # The notice goes just before the next message to the peer.
+    state.handle(b"pub", publish_batch(("a.b", b"4")))
+    (to, notice), (again, _) = state.take_outgoing()
+    assert to == again == ident and notice[0] == p.H_DROPPED
+    assert p.unpack_dropped(notice[2]) == {b"\0\0\0\1": 3, b"\0\0\0\2": 2}
 
 
 # --- the client core: one scheme, BATCH and BROKER_BATCH -------------------------
@@ -311,14 +311,12 @@ def test_batched_queue_routes_as_the_plain_queue(items: list[tuple[str, bytes, b
             if join:
                 batch_front(out)
             state.handle(b"pub", out.popleft())
-            state.coalesce()
-            for ident, frames in state.outbox:
+            for ident, frames in state.take_outgoing():
                 if ident == b"pub":
                     for msg in _pub_messages(frames):
                         answers.append(p.parse_broker(msg))
                 else:
                     seen[ident].extend(_seen(frames))
-            state.outbox.clear()
         return seen, answers
 
     assert deliveries(True) == deliveries(False)

@@ -38,8 +38,9 @@ from sinks import ListSink
 
 from zmqbus import Broker, Bus, HandlerError
 from zmqbus import protocol as p
+from zmqbus._batching import BROKER_BATCH_BYTES
 from zmqbus._client import BATCH_BYTES, ClientCore, batch_front
-from zmqbus._routing import BROKER_BATCH_BYTES, BrokerState
+from zmqbus._routing import BrokerState
 from zmqbus.errors import ProtocolError
 from zmqbus.message import Message
 from zmqbus.protocol import ErrorCode
@@ -206,9 +207,9 @@ def test_a_batch_means_its_messages_one_after_the_other(items: list[tuple[Any, .
     assert batched.peers[b"sub"].outstanding == alone.peers[b"sub"].outstanding
     # Joining the replies into BROKER_BATCHes changes nothing a peer can see.
     want = per_peer(expand(batched.outbox))
-    batched.coalesce()
-    assert per_peer(expand(batched.outbox)) == want
-    assert not any(f[0] == p.H_BROKER_BATCH for i, f in batched.outbox if i == b"plain"), (
+    sent = batched.take_outgoing()
+    assert per_peer(expand(sent)) == want
+    assert not any(f[0] == p.H_BROKER_BATCH for i, f in sent if i == b"plain"), (
         "a peer that did not ask got a BROKER_BATCH"
     )
 
@@ -282,12 +283,12 @@ def test_coalesce_joins_runs_per_peer_in_order() -> None:
     ok = [p.H_OK, A, b"s"]
     state.outbox[:] = [(b"x", d[0]), (b"y", d[0]), (b"x", d[1]), (b"x", ok), (b"x", d[2])]
     state.outbox.append((b"y", d[1]))
-    state.coalesce()
-    x = per_peer(state.outbox)[b"x"]
+    sent = state.take_outgoing()
+    x = per_peer(sent)[b"x"]
     assert x[0][0] == p.H_BROKER_BATCH
     assert p.unpack_command_entries(x[0][2], A, p.BROKER_ENTRY_FRAMES) == [d[0], d[1]]
     assert x[1:] == [ok, d[2]]  # the OK ends the run; a run of one stays plain
-    assert per_peer(state.outbox)[b"y"] == [d[0], d[1]]  # did not ask
+    assert per_peer(sent)[b"y"] == [d[0], d[1]]  # did not ask
     assert state.counters["broker_batches"] == 1
 
 
@@ -297,11 +298,12 @@ def test_coalesce_splits_at_the_byte_limit() -> None:
     body = b"z" * 1000
     msgs = [[p.H_DELIVER, A, b"", b"t", body, S1] for _ in range(200)]
     state.outbox[:] = [(b"x", m) for m in msgs]
-    state.coalesce()
-    assert len(state.outbox) > 1
-    for _, frames in state.outbox:
+    sent = state.take_outgoing()
+    assert len(sent) > 1
+    for _, frames in sent:
         assert frames[0] == p.H_BROKER_BATCH and len(frames[2]) <= BROKER_BATCH_BYTES
-    assert [f for _, f in expand(state.outbox)] == msgs
+    assert [f for _, f in expand(sent)] == msgs
+    assert state.counters["broker_batches"] == len(sent)
 
 
 def test_coalesce_stops_once_the_peers_that_asked_leave() -> None:
@@ -312,8 +314,7 @@ def test_coalesce_stops_once_the_peers_that_asked_leave() -> None:
     joined(state, b"x")
     d = [p.H_DELIVER, A, b"", b"t", b"b", S1]
     state.outbox[:] = [(b"x", d), (b"x", d)]
-    state.coalesce()
-    assert state.outbox == [(b"x", d), (b"x", d)]
+    assert state.take_outgoing() == [(b"x", d), (b"x", d)]
 
 
 def test_a_lost_broker_batch_is_lost_entry_by_entry() -> None:
@@ -323,7 +324,7 @@ def test_a_lost_broker_batch_is_lost_entry_by_entry() -> None:
         [p.H_DELIVER, A, token, b"a.b", b"0", S1 + S2],
         [p.H_DELIVER, A, b"", b"a.c", b"1", S1],
     ]
-    state.undeliverable(b"sub", broker_batch(*lost))
+    state.send_failed(b"sub", broker_batch(*lost), gone=False)
     # The confirmed entry is reported to its publisher as dropped at the broker...
     ((to, frames),) = state.outbox
     assert to == b"pub" and frames[0] == p.H_ACKED

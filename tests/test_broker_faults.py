@@ -48,9 +48,8 @@ def test_undeliverable_confirmed_deliver_reported_as_dropped() -> None:
     state.handle(b"S", [p.H_SUBSCRIBE, ch, b"\x01", b"\0\0\0\1", b"t", b""])
     state.outbox.clear()
     state.handle(b"P", [p.H_PUBLISH, ch, b"\x09", b"t", b"body"])
-    deliver = next(frames for ident, frames in state.outbox if ident == b"S")
-    state.outbox.clear()
-    state.undeliverable(b"S", deliver)
+    deliver = next(frames for ident, frames in state.take_outgoing() if ident == b"S")
+    state.send_failed(b"S", deliver, gone=False)
     ((ident, frames),) = state.outbox
     acked = p.parse_broker(frames)
     assert ident == b"P" and isinstance(acked, p.Acked) and acked.ref == b"\x09"

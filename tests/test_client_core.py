@@ -47,8 +47,8 @@ class Pair:
 
     Each core's ``send_reply`` hook queues the REPLY in its outbox, as the faces
     do through their I/O thread. Messages for an identity in ``unreachable``
-    are handed to ``BrokerState.undeliverable`` instead, as when the socket
-    cannot take them (queue full, connection gone)."""
+    are handed back to ``BrokerState.send_failed`` instead, as when the socket
+    cannot take them (queue full)."""
 
     def __init__(self, **broker_kwargs: Any) -> None:
         self.broker = BrokerState(**broker_kwargs)
@@ -77,13 +77,11 @@ class Pair:
                 while core.outbox:
                     self.broker.handle(ident, core.outbox.pop(0))
                     moved = True
-            out = list(self.broker.outbox)
-            self.broker.outbox.clear()
-            for ident, frames in out:
+            for ident, frames in self.broker.take_outgoing():
                 moved = True
                 core = self.cores.get(ident)
                 if ident in self.unreachable:
-                    self.broker.undeliverable(ident, frames)
+                    self.broker.send_failed(ident, frames, gone=False)
                 elif core is not None:
                     core.receive(list(frames))
             if not moved:

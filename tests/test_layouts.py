@@ -311,7 +311,7 @@ def test_named_indices_are_the_frames_of_their_names() -> None:
         assert p.LAYOUT[cmd].frames[index].name == name
     frames = p.encode(p.Deliver(A, b"t", b"a.b", b"body", S1))
     assert (frames[p.DELIVER_TOKEN], frames[p.DELIVER_SIDS]) == (b"t", S1)
-    # BrokerState.undeliverable reads a lost DELIVER and a lost ASK at the same places.
+    # BrokerState.send_failed reads a lost DELIVER and a lost ASK at the same places.
     assert (p.ASK_TOKEN, p.ASK_SIDS) == (p.DELIVER_TOKEN, p.DELIVER_SIDS)
     assert p.LAYOUT[Cmd.ASK].count == p.LAYOUT[Cmd.DELIVER].count
 

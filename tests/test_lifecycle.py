@@ -198,17 +198,17 @@ def test_stop_returns_when_the_loop_already_died(monkeypatch: pytest.MonkeyPatch
     # turns errors into INTERNAL replies). stop() must not wait on a closed ROUTER.
     from zmqbus._routing import BrokerState
 
-    def broken(self: BrokerState) -> None:
+    def broken(self: BrokerState) -> list[tuple[bytes, list[bytes]]]:
         raise RuntimeError("injected")
 
-    monkeypatch.setattr(BrokerState, "coalesce", broken)
+    monkeypatch.setattr(BrokerState, "take_outgoing", broken)
     b = Broker("tcp://127.0.0.1:0").start()
     ctx = zmq.Context()
     peer = ctx.socket(zmq.DEALER)
     peer.setsockopt(zmq.LINGER, 0)
     peer.connect(b.address)
     try:
-        peer.send(b"anything")  # its ERROR reply makes the loop coalesce
+        peer.send(b"anything")  # its ERROR reply makes the loop take what to send
         assert b.wait(5)
         t0 = time.monotonic()
         b.stop(timeout=2)

@@ -76,19 +76,18 @@ def broker_process() -> Iterator[BrokerProcess]:
 def test_broker_expires_silent_peer_and_beats_for_live_one() -> None:
     state = BrokerState()
     ch = uuid.uuid4().bytes
-    state.now = 100.0
     for ident in (b"A", b"B"):
-        state.handle(ident, [p.H_HELLO, ch, p.pack_hello("t", heartbeat=1000)])
+        state.handle(ident, [p.H_HELLO, ch, p.pack_hello("t", heartbeat=1000)], 100.0)
     welcome = p.unpack_welcome(state.outbox[0][1][2])
     assert welcome["heartbeat"] == 1000
     state.handle(b"B", [p.H_SUBSCRIBE, ch, b"\x01", b"\0\0\0\1", b"t", b""])
     state.outbox.clear()
-    assert state.next_tick == 101.0
+    assert state.tick(100.5) == 101.0  # nothing due yet
+    assert not state.outbox
     state.tick(101.0)  # both due a heartbeat
     assert sorted(i for i, f in state.outbox if f[0] == p.H_BROKER_HEARTBEAT) == [b"A", b"B"]
     state.outbox.clear()
-    state.now = 102.5
-    state.handle(b"A", [p.H_HEARTBEAT, ch])  # A speaks, B stays silent
+    state.handle(b"A", [p.H_HEARTBEAT, ch], 102.5)  # A speaks, B stays silent
     state.tick(103.5)
     assert set(state.peers) == {b"A"}  # B: 3.5 s silent > 3 x 1 s
     assert state.counters["expired"] == 1 and state.subscription_count() == 0
@@ -99,7 +98,7 @@ def test_peer_without_heartbeat_is_never_expired() -> None:
     ch = uuid.uuid4().bytes
     state.handle(b"A", [p.H_HELLO, ch, p.pack_hello("t")])
     assert "heartbeat" not in p.unpack_welcome(state.outbox[0][1][2])
-    assert state.next_tick is None
+    assert state.tick(0.0) is None
     assert state.tick(10_000.0) is None and b"A" in state.peers
 
 

@@ -742,11 +742,10 @@ def test_member_whose_deliver_could_not_be_queued_is_reported_dropped_and_idle()
         s.handle(m, subscribe("job", queue="g"))
     take(s)
     s.handle(b"pub", publish("job", ref=b"r1"))
-    [(to, frames)] = [(i, f) for i, f in s.outbox if f[0] == p.H_DELIVER]
+    [(to, frames)] = [(i, f) for i, f in s.take_outgoing() if f[0] == p.H_DELIVER]
     assert to == b"m1"
-    s.outbox.clear()
     # The socket could not take the DELIVER (queue full): the publisher learns at once.
-    s.undeliverable(b"m1", frames)
+    s.send_failed(b"m1", frames, gone=False)
     assert take(s) == [(b"pub", p.Acked(A, b"r1", p.pack_ack(0, 1, [])))]
     assert s.pending_confirmations == 0
     assert s.peers[b"m1"].outstanding == set()
@@ -755,8 +754,8 @@ def test_member_whose_deliver_could_not_be_queued_is_reported_dropped_and_idle()
     assert take(s) == []
     assert s.counters["stale_acks"] == 1
     # Unconfirmed or already settled deliveries are not reported.
-    s.undeliverable(b"m1", frames)
-    s.undeliverable(b"m1", [p.H_DELIVER, A, b"", b"job", b"x", sid(1)])
+    s.send_failed(b"m1", frames, gone=False)
+    s.send_failed(b"m1", [p.H_DELIVER, A, b"", b"job", b"x", sid(1)], gone=False)
     assert take(s) == []
     assert s.counters["dropped_out"] == 3
 

@@ -209,8 +209,7 @@ def test_batch_example_draws_the_broker_batch_example_from_a_broker() -> None:
         (b"S", BROKER_BATCH_ENTRIES[1]),
         (b"P", acked),
     ]
-    state.coalesce()
-    assert state.outbox == [(b"P", acked), (b"S", broker_batch)]
+    assert state.take_outgoing() == [(b"P", acked), (b"S", broker_batch)]
     assert state.counters["batches_in"] == 1
     assert state.counters["broker_batches"] == 1
     assert not state.errors

@@ -1,9 +1,14 @@
 """Broker state and rules, with no sockets: frames in, (identity, frames) out.
 
-``BrokerState.handle(identity, frames)`` takes one message as a ROUTER socket
-delivers it (identity split off) and appends every reply and delivery it
-causes to ``outbox``. The socket loop in ``broker.py`` only moves frames, so
-every routing rule is testable in memory.
+The socket loop in ``broker.py`` only moves frames, so every routing rule is
+testable in memory. Its whole contract with this module is four calls:
+
+* ``handle(ident, frames, now)``: one message as a ROUTER socket delivers it
+  (identity split off), received at ``now`` (``time.monotonic()``);
+* ``take_outgoing()``: everything to send since the last call, joined into
+  BROKER_BATCHes for the peers that asked, each owed DROPPED notice first;
+* ``send_failed(ident, frames, gone=...)``: the socket refused one of those;
+* ``tick(now)``: heartbeats and liveness; returns when it is next due.
 
 Strategy for the hot path (PUBLISH, REQUEST, ACK): compare the header frame
 to precomputed bytes, look the topic frame up in a per-channel cache of
@@ -16,10 +21,12 @@ from __future__ import annotations
 
 import logging
 from collections import Counter
-from collections.abc import Iterable, Sequence
-from typing import Any
+from collections.abc import Sequence
 
 from . import protocol as p
+from ._batching import Outgoing, coalesce, fan_out
+from ._channel import CACHE_LIMIT, Channel
+from ._peer import Peer
 from .errors import ProtocolError
 from .protocol import (
     ACK_BODY,
@@ -39,30 +46,16 @@ from .protocol import (
     Cmd,
     ErrorCode,
 )
-from .topics import TopicTrie
 
-__all__ = ["BrokerState", "Channel", "Peer"]
+__all__ = ["BrokerState"]
 
 log = logging.getLogger("zmqbus.broker")
-
-Outgoing = tuple[bytes, list[bytes]]
-
-# Topic -> targets cache entries kept per channel before the cache is reset;
-# bounds memory when publishers use many distinct topics.
-_CACHE_LIMIT = 8192
 
 # A peer that asked for heartbeats is dead after this many silent intervals (as in 7/MDP).
 LIVENESS = 3
 # Bounds on the heartbeat interval a client may ask for, in milliseconds.
 HEARTBEAT_MIN_MS = 100
 HEARTBEAT_MAX_MS = 60_000
-
-# Bytes of entries in one BROKER_BATCH the broker builds: small enough to add
-# no latency, and under pyzmq's copy threshold (64 KiB): a frame at or over it
-# is sent zero-copy, through a garbage-collector thread that halved throughput
-# in about half of the fire-and-forget runs measured.
-BROKER_BATCH_BYTES = 60 * 1024
-_COALESCE = frozenset(p.header(c) for c in p.BROKER_ENTRY_FRAMES)
 
 # Frame counts of the commands handled here by position.
 _N = p.CLIENT_FRAMES
@@ -73,6 +66,7 @@ _N_PUBLISH, _N_REQUEST, _N_REPLY, _N_ACK = (
     _N[Cmd.ACK],
 )
 _N_PUBLISH_BATCH, _N_BATCH = _N[Cmd.PUBLISH_BATCH], _N[Cmd.BATCH]
+(_DROPPED_COUNTS,) = p.LAYOUT[Cmd.DROPPED].at("counts")
 _N_DELIVER_BATCH, _N_BROKER_BATCH = (
     p.BROKER_FRAMES[Cmd.DELIVER_BATCH],
     p.BROKER_FRAMES[Cmd.BROKER_BATCH],
@@ -96,132 +90,6 @@ _ECHO_MAX = p.LAYOUT[Cmd.ERROR].frames[REF_FRAME].size.max or 0
 
 _LEFT_TEXT = "subscribing bus left before confirming"
 _DROPPED_AT_BROKER = p.pack_ack(0, 1, [])
-
-
-class Peer:
-    """One connected client: its channel, subscriptions and unanswered deliveries."""
-
-    __slots__ = (
-        "batch",
-        "batch_commands",
-        "channel",
-        "dropped",
-        "dropped_total",
-        "heartbeat",
-        "ident",
-        "last_heard",
-        "next_beat",
-        "outstanding",
-        "session",
-        "subs",
-    )
-
-    def __init__(self, ident: bytes, channel: Channel, session: bytes) -> None:
-        self.ident = ident
-        self.channel = channel
-        self.heartbeat = 0.0  # seconds; 0: the peer did not ask for heartbeats
-        self.batch = False  # the peer takes DELIVER_BATCH (asked in its HELLO)
-        self.batch_commands = False  # the peer takes BROKER_BATCH (asked in its HELLO)
-        # Messages the socket could not take for this peer, per sid, not yet reported.
-        self.dropped: dict[bytes, int] = {}
-        self.dropped_total = 0
-        self.last_heard = 0.0
-        self.next_beat = 0.0
-        # Broker-unique, never reused: the prefix of this session's reply tokens.
-        self.session = session
-        self.subs: dict[bytes, tuple[str, str]] = {}  # sid -> (pattern, queue)
-        # Tokens of confirmed deliveries this peer has not ACKed yet.
-        self.outstanding: set[bytes] = set()
-
-
-class _Group:
-    """A queue group: the subscriptions of one channel with the same pattern and
-    queue name. Each message goes to one member."""
-
-    __slots__ = ("key", "members", "next")
-
-    def __init__(self, key: tuple[str, str]) -> None:
-        self.key = key
-        self.members: list[tuple[Peer, bytes]] = []
-        self.next = 0
-
-    def pick(self) -> tuple[Peer, bytes]:
-        # Rotate, preferring a member whose bus has no unconfirmed delivery
-        # (idle); if all are busy, the least busy one.
-        members = self.members
-        n = len(members)
-        start = self.next % n
-        best = start
-        best_load = -1
-        for k in range(n):
-            i = (start + k) % n
-            load = len(members[i][0].outstanding)
-            if load == 0:
-                best = i
-                break
-            if best_load < 0 or load < best_load:
-                best, best_load = i, load
-        self.next = best + 1
-        return members[best]
-
-
-Targets = tuple[tuple[tuple[bytes, bytes], ...], tuple[_Group, ...]]
-
-
-class Channel:
-    """The peers and subscriptions of one channel ID."""
-
-    __slots__ = ("cache", "groups", "id", "peers", "trie")
-
-    def __init__(self, channel_id: bytes) -> None:
-        self.id = channel_id
-        self.peers: set[bytes] = set()
-        # Values: (ident, sid) for a plain subscription, a _Group for a queue group.
-        self.trie: TopicTrie[object] = TopicTrie()
-        self.groups: dict[tuple[str, str], _Group] = {}
-        self.cache: dict[bytes, Targets] = {}
-
-    def targets(self, topic: bytes) -> Targets:
-        """Plain targets as (ident, packed sids) pairs, and matching queue groups."""
-        hit = self.cache.get(topic)
-        if hit is None:
-            if len(self.cache) >= _CACHE_LIMIT:
-                self.cache.clear()
-            plain: dict[bytes, list[bytes]] = {}
-            groups: list[_Group] = []
-            for value in self.trie.match(topic.decode("utf-8")):
-                if isinstance(value, _Group):
-                    groups.append(value)
-                else:
-                    pair: tuple[bytes, bytes] = value  # type: ignore[assignment]
-                    plain.setdefault(pair[0], []).append(pair[1])
-            hit = self.cache[topic] = (
-                tuple((ident, b"".join(sorted(sids))) for ident, sids in plain.items()),
-                tuple(groups),
-            )
-        return hit
-
-    def add(self, peer: Peer, sid: bytes, pattern: str, queue: str) -> None:
-        if queue:
-            group = self.groups.get((pattern, queue))
-            if group is None:
-                group = self.groups[(pattern, queue)] = _Group((pattern, queue))
-                self.trie.add(pattern, group)
-            group.members.append((peer, sid))
-        else:
-            self.trie.add(pattern, (peer.ident, sid))
-        self.cache.clear()
-
-    def remove(self, peer: Peer, sid: bytes, pattern: str, queue: str) -> None:
-        if queue:
-            group = self.groups[(pattern, queue)]
-            group.members.remove((peer, sid))
-            if not group.members:
-                del self.groups[(pattern, queue)]
-                self.trie.remove(pattern, group)
-        else:
-            self.trie.remove(pattern, (peer.ident, sid))
-        self.cache.clear()
 
 
 class _Pending:
@@ -251,6 +119,8 @@ class BrokerState:
         self.peers: dict[bytes, Peer] = {}
         self.channels: dict[bytes, Channel] = {}
         self.sessions: dict[bytes, Peer] = {}
+        # What handle() and tick() queued for take_outgoing(), in order, before
+        # coalescing and notices. Tests may read it; the loop does not.
         self.outbox: list[Outgoing] = []
         self.counters: Counter[str] = Counter()
         self.errors: Counter[int] = Counter()
@@ -259,34 +129,39 @@ class BrokerState:
         self._next_session = 0
         self._name = name
         self._welcome = p.pack_welcome(name, max_message_size)
-        # The broker loop sets `now` (time.monotonic()) before each batch; tests set it by hand.
-        self.now = 0.0
+        self._now = 0.0  # the time handle() or tick() was last given
         self._beating: set[bytes] = set()  # idents of peers that asked for heartbeats
-        self.lossy: set[bytes] = set()  # idents owed a DROPPED notice
-        self.next_tick: float | None = None
+        self._lossy: set[bytes] = set()  # idents owed a DROPPED notice
+        self._next_tick: float | None = None
         # Topics already checked against the topic rules, so the hot path checks each once.
         self._valid_topics: set[bytes] = set()
         self._batching_peers = 0  # peers that asked for batch_commands
 
     # --- entry point --------------------------------------------------------
 
-    def handle(self, ident: bytes, frames: Sequence[bytes]) -> None:
-        """Process one message from peer ``ident``; replies go to ``outbox``."""
+    def handle(self, ident: bytes, frames: Sequence[bytes], now: float | None = None) -> int:
+        """Process one message from peer ``ident`` received at ``now`` (the
+        broker's ``time.monotonic()``; None: the time last given, for callers
+        to whom time does not matter). Returns how many messages now wait for
+        ``take_outgoing``."""
+        if now is not None:
+            self._now = now
         self.counters["messages_in"] += 1
         if frames and frames[0] == p.H_BATCH:
             try:
                 entries = self._unbatch(ident, frames)
             except ProtocolError as exc:
                 self._refuse(ident, frames, exc.code, exc.detail)
-                return
+                return len(self.outbox)
             except Exception:
                 log.exception("internal error handling a batch from %s", ident.hex())
                 self.counters["internal_errors"] += 1
                 self._refuse(ident, frames, ErrorCode.INTERNAL, "internal broker error")
-                return
+                return len(self.outbox)
             self._entries(ident, entries)
         else:
             self._handle(ident, frames)
+        return len(self.outbox)
 
     def _entries(self, ident: bytes, entries: list[list[bytes]]) -> None:
         # Each entry as if it had come alone, in order; a run of unconfirmed
@@ -345,17 +220,86 @@ class BrokerState:
             self.counters["internal_errors"] += 1
             self._refuse(ident, frames, ErrorCode.INTERNAL, "internal broker error")
 
-    def undeliverable(self, ident: bytes, frames: Sequence[bytes]) -> None:
-        """The socket could not take ``frames`` for ``ident`` (queue full or peer
-        gone). A confirmed DELIVER is then reported to its publisher as dropped,
-        so the publisher learns at once instead of timing out."""
+    # --- the socket's side -------------------------------------------------
+
+    def take_outgoing(self) -> list[Outgoing]:
+        """Everything to send since the last call, as (identity, frames), and
+        forget it. Runs of messages to a peer that asked for ``batch_commands``
+        are joined into BROKER_BATCHes; a DROPPED notice owed to a peer goes just
+        before the next message to it (a notice waits while nothing goes to the
+        peer: a heartbeat, if it asked for them, is the latest chance). Each
+        item is counted sent (``messages_out``, ``dropped_notices``) unless
+        ``send_failed`` is called for it."""
+        out = self.outbox
+        if not out:
+            return []
+        self.outbox = []
+        counters = self.counters
+        if self._batching_peers and len(out) > 1:
+            out, made = coalesce(out, self.peers)
+            if made:
+                counters["broker_batches"] += made
+        counters["messages_out"] += len(out)
+        if self._lossy:
+            out = self._place_notices(out)
+        return out
+
+    def _place_notices(self, out: list[Outgoing]) -> list[Outgoing]:
+        lossy = self._lossy
+        peers = self.peers
+        result: list[Outgoing] = []
+        for item in out:
+            ident = item[0]
+            if ident in lossy:
+                lossy.discard(ident)
+                peer = peers.get(ident)
+                if peer is not None and peer.dropped:
+                    notice = [p.H_DROPPED, peer.channel.id, p.pack_dropped(peer.dropped)]
+                    result.append((ident, notice))
+                    peer.dropped = {}
+                    self.counters["dropped_notices"] += 1
+            result.append(item)
+        return result
+
+    def send_failed(self, ident: bytes, frames: list[bytes], *, gone: bool) -> None:
+        """The socket refused ``frames`` (from ``take_outgoing``) for ``ident``:
+        its queue is full (``gone=False``, EAGAIN), or its connection is gone
+        (``gone=True``, EHOSTUNREACH). The message is counted ``dropped_hwm`` or
+        ``unroutable`` instead of sent; its deliveries are owed to the peer as a
+        DROPPED notice, and each publisher of a confirmed one is told at once
+        that it was dropped. A gone peer is then forgotten (as ``drop_peer``).
+        A refused DROPPED notice keeps its counts for the next chance."""
+        counters = self.counters
+        if frames[0] == p.H_DROPPED:
+            counters["dropped_notices"] -= 1
+            peer = self.peers.get(ident)
+            if peer is not None:
+                # Whatever the reason: a gone peer is dropped on its next message.
+                dropped = peer.dropped
+                for sid, n in p.unpack_dropped(frames[_DROPPED_COUNTS]).items():
+                    dropped[sid] = dropped.get(sid, 0) + n
+                self._lossy.add(ident)
+            return
+        counters["messages_out"] -= 1
+        if gone:
+            counters["unroutable"] += 1
+            self._undeliverable(ident, frames)
+            self.drop_peer(ident)
+        else:
+            # Dropped for this peer alone: the broker never blocks the others.
+            counters["dropped_hwm"] += 1
+            self._undeliverable(ident, frames)
+
+    def _undeliverable(self, ident: bytes, frames: Sequence[bytes]) -> None:
+        # Lost deliveries are owed to the peer as a DROPPED notice, and a lost
+        # confirmed DELIVER is reported to its publisher as dropped at once.
         peer = self.peers.get(ident)
         head = frames[0] if frames else b""
         if peer is not None and head == p.H_BROKER_BATCH and len(frames) == _N_BROKER_BATCH:
             # Each command in it is lost as if it had been sent alone.
             entries = frames[ENTRIES_FRAME]
             for entry in p.unpack_command_entries(entries, frames[1], p.BROKER_ENTRY_FRAMES):
-                self.undeliverable(ident, entry)
+                self._undeliverable(ident, entry)
             return
         self.counters["dropped_out"] += 1
         if peer is not None and head == p.H_DELIVER_BATCH and len(frames) == _N_DELIVER_BATCH:
@@ -364,7 +308,7 @@ class BrokerState:
                 peer.dropped_total += 1
                 for sid in p.split_sids(sids):
                     peer.dropped[sid] = peer.dropped.get(sid, 0) + 1
-            self.lossy.add(ident)
+            self._lossy.add(ident)
             return
         if peer is None or len(frames) != _N_DELIVERY or head not in (p.H_DELIVER, p.H_ASK):
             return
@@ -372,81 +316,11 @@ class BrokerState:
         peer.dropped_total += 1
         for sid in p.split_sids(frames[DELIVER_SIDS]):
             peer.dropped[sid] = peer.dropped.get(sid, 0) + 1
-        self.lossy.add(ident)
+        self._lossy.add(ident)
         token = frames[DELIVER_TOKEN]
         if head == p.H_DELIVER and token and token in peer.outstanding:
             peer.outstanding.discard(token)
             self._resolve(token, _DROPPED_AT_BROKER)
-
-    def loss_notice(self, ident: bytes) -> list[bytes] | None:
-        """The DROPPED frames owed to ``ident``, or None; call ``loss_reported``
-        once the socket took them."""
-        peer = self.peers.get(ident)
-        if peer is None or not peer.dropped:
-            self.lossy.discard(ident)
-            return None
-        return [p.H_DROPPED, peer.channel.id, p.pack_dropped(peer.dropped)]
-
-    def loss_reported(self, ident: bytes) -> None:
-        """The DROPPED notice for ``ident`` was queued: its counts start again."""
-        peer = self.peers.get(ident)
-        if peer is not None:
-            self.counters["dropped_notices"] += 1
-            peer.dropped = {}
-        self.lossy.discard(ident)
-
-    def coalesce(self) -> None:
-        """Join, per peer that asked for ``batch_commands``, each run of two or
-        more DELIVER, ROUTED, ACKED, ASK and ANSWER messages in ``outbox`` into
-        BROKER_BATCHes, in their order among that peer's other messages. The
-        broker calls it after each message it handles, before sending."""
-        out = self.outbox
-        if self._batching_peers == 0 or len(out) < 2:
-            return
-        peers = self.peers
-        runs: dict[bytes, list[list[bytes]]] = {}
-        result: list[Outgoing] = []
-        for item in out:
-            ident, frames = item
-            if frames[0] in _COALESCE:
-                peer = peers.get(ident)
-                if peer is not None and peer.batch_commands:
-                    run = runs.get(ident)
-                    if run is None:
-                        runs[ident] = [frames]
-                    else:
-                        run.append(frames)
-                    continue
-            elif runs:
-                run = runs.pop(ident, None)
-                if run is not None:
-                    self._emit_run(ident, run, result)
-            result.append(item)
-        for ident, run in runs.items():
-            self._emit_run(ident, run, result)
-        out[:] = result
-
-    def _emit_run(self, ident: bytes, run: list[list[bytes]], result: list[Outgoing]) -> None:
-        if len(run) == 1:
-            result.append((ident, run[0]))
-            return
-        pack = p.pack_command_entry
-        channel = run[0][1]
-        parts: list[bytes] = []
-        size = 0
-        for frames in run:
-            entry = pack(frames)
-            if parts and size + len(entry) > BROKER_BATCH_BYTES:
-                result.append(self._broker_batch(ident, channel, parts))
-                parts = []
-                size = 0
-            parts.append(entry)
-            size += len(entry)
-        result.append(self._broker_batch(ident, channel, parts))
-
-    def _broker_batch(self, ident: bytes, channel: bytes, parts: list[bytes]) -> Outgoing:
-        self.counters["broker_batches"] += 1
-        return (ident, [p.H_BROKER_BATCH, channel, b"".join(parts)])
 
     # --- hot path -----------------------------------------------------------
 
@@ -470,7 +344,7 @@ class BrokerState:
             raise ProtocolError(
                 ErrorCode.CHANNEL_MISMATCH, "channel frame differs from the channel joined"
             )
-        peer.last_heard = self.now
+        peer.last_heard = self._now
         return peer
 
     def _message_checks(self, topic: bytes, body: bytes) -> None:
@@ -482,20 +356,9 @@ class BrokerState:
             )
         if topic not in self._valid_topics:
             p.decode_name(topic, "topic")
-            if len(self._valid_topics) >= _CACHE_LIMIT:
+            if len(self._valid_topics) >= CACHE_LIMIT:
                 self._valid_topics.clear()
             self._valid_topics.add(topic)
-
-    @staticmethod
-    def _destinations(channel: Channel, topic: bytes) -> Iterable[tuple[bytes, bytes]]:
-        plain, groups = channel.targets(topic)
-        if not groups:
-            return plain
-        dests = dict(plain)
-        for group in groups:
-            peer, sid = group.pick()
-            dests[peer.ident] = dests.get(peer.ident, b"") + sid
-        return dests.items()
 
     def _publish(self, ident: bytes, frames: Sequence[bytes]) -> None:
         peer = self._joined(ident, frames, _N_PUBLISH)
@@ -505,7 +368,7 @@ class BrokerState:
         self._message_checks(topic, body)
         channel = peer.channel
         chid = channel.id
-        dests = self._destinations(channel, topic)
+        dests = channel.destinations(topic)
         out = self.outbox
         counters = self.counters
         counters["published"] += 1
@@ -538,59 +401,13 @@ class BrokerState:
         self._fan_out(peer, [(topic, body) for topic, body, _ in entries])
 
     def _fan_out(self, peer: Peer, messages: Sequence[tuple[bytes, bytes]]) -> None:
-        """Route unconfirmed, checked (topic, body) messages of ``peer`` in order.
-        Each target gets its share as BROKER_BATCHes if it asked for batch_commands,
-        else as DELIVER_BATCHes if it asked for batch, else as DELIVERs."""
-        channel = peer.channel
-        chid = channel.id
-        out = self.outbox
-        peers = self.peers
-        destinations = self._destinations
-        head_of, entry_of = p.unconfirmed_deliver_head, p.pack_unconfirmed_deliver_entry
-        # target -> [bytes so far, entries...]: one pending batch per target.
-        runs: dict[bytes, list[Any]] = {}
-        n = 0
-        for topic, body in messages:
-            head = publish_entry = None
-            for target, sids in destinations(channel, topic):
-                n += 1
-                to = peers[target]
-                if to.batch_commands:
-                    if head is None:
-                        head = head_of(topic, body)
-                    entry = entry_of(head, sids)
-                elif to.batch and len(sids) <= p.MAX_ENTRY_SIDS_BYTES:
-                    if publish_entry is None:
-                        publish_entry = p.pack_publish_entry(topic, body)
-                    entry = p.pack_deliver_entry(sids, publish_entry)
-                else:
-                    # No batches, or too many sids for a DELIVER_BATCH entry's 16-bit
-                    # sids-length: a DELIVER, after the entries before it (order kept).
-                    run = runs.pop(target, None)
-                    if run is not None:
-                        out.append(self._run_batch(to, chid, run))
-                    out.append((target, [p.H_DELIVER, chid, b"", topic, body, sids]))
-                    continue
-                run = runs.get(target)
-                if run is None:
-                    runs[target] = [len(entry), entry]
-                elif run[0] + len(entry) > BROKER_BATCH_BYTES:
-                    out.append(self._run_batch(to, chid, run))
-                    runs[target] = [len(entry), entry]
-                else:
-                    run[0] += len(entry)
-                    run.append(entry)
-        for target, run in runs.items():
-            out.append(self._run_batch(peers[target], chid, run))
+        # Unconfirmed, checked (topic, body) messages of ``peer``, in order.
+        n, made = fan_out(peer.channel, messages, self.peers, self.outbox)
         counters = self.counters
         counters["published"] += len(messages)
         counters["delivered"] += n
-
-    def _run_batch(self, to: Peer, chid: bytes, run: list[Any]) -> Outgoing:
-        if to.batch_commands:
-            self.counters["broker_batches"] += 1
-            return (to.ident, [p.H_BROKER_BATCH, chid, b"".join(run[1:])])
-        return (to.ident, [p.H_DELIVER_BATCH, chid, b"".join(run[1:])])
+        if made:
+            counters["broker_batches"] += made
 
     def _request(self, ident: bytes, frames: Sequence[bytes]) -> None:
         peer = self._joined(ident, frames, _N_REQUEST)
@@ -602,7 +419,7 @@ class BrokerState:
         token = peer.session + ref
         out = self.outbox
         n = 0
-        for target, sids in self._destinations(channel, topic):
+        for target, sids in channel.destinations(topic):
             out.append((target, [p.H_ASK, chid, token, topic, body, sids]))
             n += 1
         self.counters["requests"] += 1
@@ -711,7 +528,7 @@ class BrokerState:
             peer = self.peers[ident] = Peer(ident, channel, session)
             self.sessions[session] = peer
             self.counters["connects"] += 1
-        peer.last_heard = self.now
+        peer.last_heard = self._now
         hello = p.unpack_hello(cmd.body)
         asked = hello.get("heartbeat", 0)
         # Only a peer that asked hears of batches: others get the WELCOME they know.
@@ -734,10 +551,10 @@ class BrokerState:
             return
         ms = min(max(asked, HEARTBEAT_MIN_MS), HEARTBEAT_MAX_MS)
         peer.heartbeat = ms / 1000.0
-        peer.next_beat = self.now + peer.heartbeat
+        peer.next_beat = self._now + peer.heartbeat
         self._beating.add(ident)
-        if self.next_tick is None or peer.next_beat < self.next_tick:
-            self.next_tick = peer.next_beat
+        if self._next_tick is None or peer.next_beat < self._next_tick:
+            self._next_tick = peer.next_beat
         body = p.pack_welcome(self._name, self.max_message_size, heartbeat=ms, **extra)
         self.outbox.append((ident, [p.H_WELCOME, cmd.channel, body]))
 
@@ -749,7 +566,7 @@ class BrokerState:
             return False
         self.sessions.pop(peer.session, None)
         self._beating.discard(ident)
-        self.lossy.discard(ident)
+        self._lossy.discard(ident)
         if peer.batch_commands:
             self._batching_peers -= 1
         channel = peer.channel
@@ -782,10 +599,14 @@ class BrokerState:
     # --- time ---------------------------------------------------------------
 
     def tick(self, now: float) -> float | None:
-        """Heartbeats and liveness at time ``now``: send BROKER_HEARTBEAT to each
-        peer due one, forget each peer silent for LIVENESS intervals. Returns
-        when to tick next, or None while no peer asked for heartbeats."""
-        self.now = now
+        """Heartbeats and liveness at time ``now``: if due, queue BROKER_HEARTBEAT
+        for each peer due one and forget each peer silent for LIVENESS
+        intervals. Returns when to tick next, or None while no peer asked for
+        heartbeats."""
+        due = self._next_tick
+        if due is None or now < due:
+            return due  # the hot path: the loop calls this once per pass
+        self._now = now
         nxt: float | None = None
         for ident in list(self._beating):
             peer = self.peers[ident]
@@ -801,11 +622,11 @@ class BrokerState:
             due = min(peer.next_beat, peer.last_heard + LIVENESS * peer.heartbeat)
             if nxt is None or due < nxt:
                 nxt = due
-        self.next_tick = nxt
+        self._next_tick = nxt
         return nxt
 
     def bye_all(self) -> None:
-        """Tell every peer the broker is going away (graceful shutdown)."""
+        """Queue BYE for every peer: the broker is going away (graceful shutdown)."""
         for ident, peer in self.peers.items():
             self.outbox.append((ident, [p.H_BYE, peer.channel.id]))
 

@@ -181,21 +181,23 @@ class Broker:
     # --- the loop -----------------------------------------------------------
 
     def _run(self) -> None:
+        # The loop only moves frames: handle() what arrives, send what
+        # take_outgoing() gives, report what the socket refuses, tick() for time.
         router = self._router
         assert router is not None
         control_id = self._control_id
         state = self._state
         handle = state.handle
-        coalesce = state.coalesce
-        outbox = state.outbox
+        tick = state.tick
+        flush = self._flush
         lock = self._lock
         monotonic = time.monotonic
+        deadline: float | None = None  # the next heartbeat duty, as tick() said
         timeout = -1  # the ROUTER's RCVTIMEO as last set
         try:
             while True:
                 # Block until traffic, a stop, or the next heartbeat duty: never spin.
-                tick = state.next_tick
-                wait = -1 if tick is None else max(0, int((tick - monotonic()) * 1000) + 1)
+                wait = -1 if deadline is None else max(0, int((deadline - monotonic()) * 1000) + 1)
                 if wait != timeout:
                     router.setsockopt(zmq.RCVTIMEO, wait)
                     timeout = wait
@@ -204,19 +206,14 @@ class Broker:
                 except zmq.Again:
                     frames = None  # the heartbeat duty is due
                 with lock:
-                    now = state.now = monotonic()
-                    if state.next_tick is not None and now >= state.next_tick:
-                        state.tick(now)
-                        self._flush(router, outbox)
-                    if frames is None:
-                        continue
+                    now = monotonic()
                     stopping = False
                     handled = 0
-                    while True:
+                    while frames is not None:
                         if frames[0] == control_id:
                             stopping = True
                             break
-                        handle(frames[0], frames[1:])
+                        waiting = handle(frames[0], frames[1:], now)
                         handled += 1
                         # Small messages that already wait are handled before sending:
                         # their replies then share sends (and the wake-ups of libzmq's
@@ -225,18 +222,18 @@ class Broker:
                         # deliveries back while handling the next slows the pipeline.
                         if (
                             handled == _DRAIN
-                            or len(outbox) >= _DRAIN_OUT
+                            or waiting >= _DRAIN_OUT
                             or monotonic() - now > _DRAIN_SECONDS
                             or not cast(int, _get(router, _EVENTS)) & _POLLIN
                         ):
                             break
                         frames = recv_routed(router)
-                    if outbox:
-                        coalesce()
-                        self._flush(router, outbox)
+                    # Between passes, so a pass of big batches bounds how late it is.
+                    deadline = tick(now)
+                    flush(router)
                     if stopping:
                         state.bye_all()
-                        self._flush(router, outbox)
+                        flush(router)
                         break
         except Exception:
             log.exception("broker loop failed")
@@ -246,34 +243,24 @@ class Broker:
             self._router = None
             self._stopped.set()
 
-    def _flush(self, router: zmq.Socket[bytes], outbox: list[tuple[bytes, list[bytes]]]) -> None:
-        state = self._state
-        counters = state.counters
-        lossy = state.lossy
-        for ident, frames in outbox:
-            if lossy and ident in lossy:
-                # Tell a slow peer what it missed as soon as its queue has room again.
-                notice = state.loss_notice(ident)
-                if notice is not None:
-                    try:
-                        send_routed(router, ident, notice)
-                    except zmq.ZMQError:
-                        pass  # still full (or gone): the counts wait for the next chance
-                    else:
-                        state.loss_reported(ident)
-            try:
-                send_routed(router, ident, frames)
-            except zmq.Again:
-                # The peer's queue is full: drop for it alone, never block the others.
-                counters["dropped_hwm"] += 1
-                self._state.undeliverable(ident, frames)
-            except zmq.ZMQError as exc:
-                if exc.errno != errno.EHOSTUNREACH:
-                    raise
-                # The peer's connection is gone; forget it so publishers stop waiting.
-                counters["unroutable"] += 1
-                self._state.undeliverable(ident, frames)
-                self._state.drop_peer(ident)
-            else:
-                counters["messages_out"] += 1
-        outbox.clear()
+    def _flush(self, router: zmq.Socket[bytes]) -> None:
+        take = self._state.take_outgoing
+        failed = self._state.send_failed
+        out = take()
+        while out:
+            refused = False
+            for ident, frames in out:
+                try:
+                    send_routed(router, ident, frames)
+                except zmq.Again:
+                    # The peer's queue is full: drop for it alone, never block the others.
+                    failed(ident, frames, gone=False)
+                    refused = True
+                except zmq.ZMQError as exc:
+                    if exc.errno != errno.EHOSTUNREACH:
+                        raise
+                    failed(ident, frames, gone=True)
+                    refused = True
+            # A refused confirmed delivery owes its publisher an ACKED now, not
+            # on the next pass (which may be long in coming).
+            out = take() if refused else []

@@ -1,0 +1,46 @@
+"""One connected client as the broker knows it."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from ._channel import Channel
+
+__all__ = ["Peer"]
+
+
+class Peer:
+    """One connected client: its channel, subscriptions and unanswered deliveries."""
+
+    __slots__ = (
+        "batch",
+        "batch_commands",
+        "channel",
+        "dropped",
+        "dropped_total",
+        "heartbeat",
+        "ident",
+        "last_heard",
+        "next_beat",
+        "outstanding",
+        "session",
+        "subs",
+    )
+
+    def __init__(self, ident: bytes, channel: Channel, session: bytes) -> None:
+        self.ident = ident
+        self.channel = channel
+        self.heartbeat = 0.0  # seconds; 0: the peer did not ask for heartbeats
+        self.batch = False  # the peer takes DELIVER_BATCH (asked in its HELLO)
+        self.batch_commands = False  # the peer takes BROKER_BATCH (asked in its HELLO)
+        # Messages the socket could not take for this peer, per sid, not yet reported.
+        self.dropped: dict[bytes, int] = {}
+        self.dropped_total = 0
+        self.last_heard = 0.0
+        self.next_beat = 0.0
+        # Broker-unique, never reused: the prefix of this session's reply tokens.
+        self.session = session
+        self.subs: dict[bytes, tuple[str, str]] = {}  # sid -> (pattern, queue)
+        # Tokens of confirmed deliveries this peer has not ACKed yet.
+        self.outstanding: set[bytes] = set()
