@@ -1,0 +1,203 @@
+"""The broker loop's contract with BrokerState, without a socket: handle,
+take_outgoing, send_failed and tick, as broker.py drives them."""
+
+from __future__ import annotations
+
+from frames import S1, S2, A, hello, joined, publish, subscribe
+
+from zmqbus import protocol as p
+from zmqbus._routing import LIVENESS, BrokerState
+
+Sent = list[tuple[bytes, list[bytes]]]
+
+
+def _world(**sub_hello: object) -> BrokerState:
+    """A publisher "pub" and a subscriber "sub" to "t" with sid S1."""
+    state = BrokerState()
+    joined(state, b"pub")
+    joined(state, b"sub", ("t", S1), **sub_hello)
+    return state
+
+
+def _heads(sent: Sent, ident: bytes) -> list[bytes]:
+    return [frames[0] for to, frames in sent if to == ident]
+
+
+def _counter(state: BrokerState, name: str) -> int:
+    """A counter as ``stats()`` reports it."""
+    counters = state.stats()["counters"]
+    assert isinstance(counters, dict)
+    return int(counters.get(name, 0))
+
+
+def _refuse_deliveries(state: BrokerState, sent: Sent, ident: bytes) -> None:
+    """The socket refuses every message to ``ident`` in ``sent``: its queue is full."""
+    for to, frames in sent:
+        if to == ident:
+            state.send_failed(to, frames, gone=False)
+
+
+def test_handle_says_how_many_messages_wait() -> None:
+    state = _world()
+    assert state.handle(b"pub", publish("t", ref=b"r"), 1.0) == 2  # DELIVER, ROUTED
+    assert state.handle(b"pub", publish("t"), 1.0) == 3
+    assert len(state.take_outgoing()) == 3
+    assert state.take_outgoing() == []  # taken once
+
+
+def test_take_outgoing_coalesces_for_the_peers_that_asked_only() -> None:
+    state = BrokerState()
+    joined(state, b"pub")
+    joined(state, b"sub", ("t", S1), batch_commands=True)
+    joined(state, b"plain", ("t", S2))
+    out_before = _counter(state, "messages_out")
+    for i in range(3):
+        state.handle(b"pub", publish("t", b"%d" % i), 1.0)
+    sent = state.take_outgoing()
+    (batched,) = [frames for to, frames in sent if to == b"sub"]
+    assert batched[0] == p.H_BROKER_BATCH
+    entries = p.unpack_command_entries(batched[2], A, p.BROKER_ENTRY_FRAMES)
+    assert [e[p.DELIVER_BODY] for e in entries] == [b"0", b"1", b"2"]
+    assert _heads(sent, b"plain") == [p.H_DELIVER] * 3
+    assert _counter(state, "broker_batches") == 1
+    assert _counter(state, "messages_out") - out_before == 4
+
+
+def test_a_dropped_notice_waits_for_the_next_message_to_its_peer_and_goes_first() -> None:
+    state = _world()
+    joined(state, b"other", ("u", S2))
+    out_before = _counter(state, "messages_out")
+    state.handle(b"pub", publish("t"), 1.0)
+    state.handle(b"pub", publish("t"), 1.0)
+    _refuse_deliveries(state, state.take_outgoing(), b"sub")
+    # Nothing goes to the slow peer, so nothing is sent to it: the notice waits.
+    state.handle(b"pub", publish("u"), 1.0)
+    assert _heads(state.take_outgoing(), b"sub") == []
+    state.handle(b"pub", publish("t", b"after"), 1.0)
+    sent = state.take_outgoing()
+    assert _heads(sent, b"sub") == [p.H_DROPPED, p.H_DELIVER]
+    notice = p.parse_broker(sent[0][1])
+    assert isinstance(notice, p.Dropped) and p.unpack_dropped(notice.counts) == {S1: 2}
+    # Reported once: the next message goes alone.
+    state.handle(b"pub", publish("t"), 1.0)
+    assert _heads(state.take_outgoing(), b"sub") == [p.H_DELIVER]
+    assert _counter(state, "dropped_hwm") == 2 and _counter(state, "dropped_notices") == 1
+    # Sent: the DELIVER to "other", the two after the drops; not the notice, nor the refused.
+    assert _counter(state, "messages_out") - out_before == 3
+
+
+def test_a_dropped_notice_goes_before_a_broker_batch_not_inside_it() -> None:
+    state = _world(batch_commands=True)
+    state.handle(b"pub", publish("t"), 1.0)
+    _refuse_deliveries(state, state.take_outgoing(), b"sub")
+    state.handle(b"pub", publish("t"), 1.0)
+    state.handle(b"pub", publish("t"), 1.0)
+    assert _heads(state.take_outgoing(), b"sub") == [p.H_DROPPED, p.H_BROKER_BATCH]
+
+
+def test_a_heartbeat_carries_an_owed_notice() -> None:
+    state = BrokerState()
+    joined(state, b"pub")
+    joined(state, b"sub", ("t", S1), heartbeat=1000)
+    state.handle(b"pub", publish("t"), 0.0)
+    _refuse_deliveries(state, state.take_outgoing(), b"sub")
+    assert state.tick(1.0) is not None
+    assert _heads(state.take_outgoing(), b"sub") == [p.H_DROPPED, p.H_BROKER_HEARTBEAT]
+
+
+def test_a_refused_notice_keeps_its_counts_for_the_next_chance() -> None:
+    state = _world()
+    state.handle(b"pub", publish("t"), 1.0)
+    _refuse_deliveries(state, state.take_outgoing(), b"sub")
+    state.handle(b"pub", publish("t"), 1.0)
+    # Still full: the notice and the DELIVER behind it are both refused.
+    _refuse_deliveries(state, state.take_outgoing(), b"sub")
+    state.handle(b"pub", publish("t"), 1.0)
+    sent = state.take_outgoing()
+    assert _heads(sent, b"sub") == [p.H_DROPPED, p.H_DELIVER]
+    notice = p.parse_broker(sent[0][1])
+    assert isinstance(notice, p.Dropped) and p.unpack_dropped(notice.counts) == {S1: 2}
+    assert _counter(state, "dropped_notices") == 1  # the refused one is not counted
+    assert state.stats()["slow_peers"] == {b"sub".hex(): 2}
+
+
+def test_a_notice_refused_because_the_peer_is_gone_keeps_its_counts_until_it_is_dropped() -> None:
+    state = _world()
+    state.handle(b"pub", publish("t"), 1.0)
+    _refuse_deliveries(state, state.take_outgoing(), b"sub")
+    state.handle(b"pub", publish("t"), 1.0)
+    (notice, deliver) = [f for to, f in state.take_outgoing() if to == b"sub"]
+    state.send_failed(b"sub", notice, gone=True)
+    assert b"sub" in state.peers  # the message behind it tells the state the peer is gone
+    state.send_failed(b"sub", deliver, gone=True)
+    assert b"sub" not in state.peers
+
+
+def test_refused_for_a_full_queue_a_confirmed_deliver_is_reported_dropped_at_once() -> None:
+    state = _world()
+    state.handle(b"pub", publish("t", ref=b"r1"), 1.0)
+    sent = state.take_outgoing()
+    assert _heads(sent, b"pub") == [p.H_ROUTED]
+    _refuse_deliveries(state, sent, b"sub")
+    ((to, frames),) = state.take_outgoing()
+    acked = p.parse_broker(frames)
+    assert to == b"pub" and acked == p.Acked(A, b"r1", p.pack_ack(0, 1, []))
+    assert state.pending_confirmations == 0
+    assert b"sub" in state.peers  # a full queue is no reason to forget the peer
+
+
+def test_refused_because_the_peer_is_gone_it_is_forgotten() -> None:
+    state = _world()
+    state.handle(b"pub", publish("t", ref=b"r1"), 1.0)
+    sent = state.take_outgoing()
+    for to, frames in sent:
+        if to == b"sub":
+            state.send_failed(to, frames, gone=True)
+    assert b"sub" not in state.peers and state.subscription_count() == 0
+    # Its publisher hears once that the delivery was dropped, and no one waits.
+    ((to, frames),) = state.take_outgoing()
+    assert to == b"pub" and p.parse_broker(frames) == p.Acked(A, b"r1", p.pack_ack(0, 1, []))
+    assert state.pending_confirmations == 0
+    state.handle(b"pub", publish("t", ref=b"r2"), 1.0)
+    ((to, frames),) = state.take_outgoing()
+    assert p.parse_broker(frames) == p.Routed(A, b"r2", 0)
+    assert (_counter(state, "unroutable"), _counter(state, "disconnects")) == (1, 1)
+    assert _counter(state, "dropped_hwm") == 0
+
+
+def test_tick_returns_the_next_deadline_and_does_nothing_before_it() -> None:
+    state = BrokerState()
+    joined(state, b"quiet")
+    assert state.tick(5.0) is None  # no peer asked for heartbeats: block without a timeout
+    state.handle(b"beat", hello(heartbeat=500), 10.0)
+    state.take_outgoing()
+    assert state.tick(10.0) == 10.5
+    assert state.tick(10.49) == 10.5 and state.take_outgoing() == []
+    # Due: a heartbeat to the peer that asked, none to the other.
+    assert state.tick(10.5) == 11.0
+    assert state.take_outgoing() == [(b"beat", [p.H_BROKER_HEARTBEAT, A])]
+    # A peer that keeps talking is kept; one silent for LIVENESS intervals is forgotten.
+    state.handle(b"beat", subscribe("t"), 11.0)
+    state.take_outgoing()
+    silent_until = 11.0 + LIVENESS * 0.5
+    t = 11.0
+    # As the loop does: it wakes up at least a millisecond after the deadline.
+    while (deadline := state.tick(t)) is not None:
+        assert b"beat" in state.peers and t <= silent_until
+        t = deadline + 0.001
+    assert t > silent_until and b"beat" not in state.peers
+    assert b"quiet" in state.peers
+    assert [to for to, _ in state.take_outgoing()] == [b"beat"] * LIVENESS
+
+
+def test_counters_are_the_states_own() -> None:
+    # messages_out counts what the socket took: taken, less what was refused.
+    state = _world()
+    in_before, out_before = _counter(state, "messages_in"), _counter(state, "messages_out")
+    for _ in range(4):
+        state.handle(b"pub", publish("t"), 1.0)
+    sent = state.take_outgoing()
+    state.send_failed(*sent[0], gone=False)
+    assert _counter(state, "messages_in") - in_before == 4
+    assert _counter(state, "messages_out") - out_before == 3
+    assert _counter(state, "dropped_hwm") == 1 and _counter(state, "dropped_out") == 1
