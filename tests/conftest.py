@@ -8,6 +8,7 @@ from collections.abc import Callable, Iterator
 
 import pytest
 import zmq
+from brokers import BrokerProcess, free_port
 
 from zmqbus import Broker, Bus
 
@@ -17,6 +18,15 @@ def broker() -> Iterator[Broker]:
     """A broker on tcp://127.0.0.1 with a free port, stopped after the test."""
     with Broker("tcp://127.0.0.1:0") as b:
         yield b
+
+
+@pytest.fixture
+def broker_process() -> Iterator[BrokerProcess]:
+    """`zmqbus broker` in a process of its own on a free loopback port, killed after."""
+    bp = BrokerProcess(f"tcp://127.0.0.1:{free_port()}")
+    bp.start()
+    yield bp
+    bp.stop()
 
 
 @pytest.fixture

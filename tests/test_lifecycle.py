@@ -3,21 +3,15 @@
 from __future__ import annotations
 
 import os
-import socket
 import threading
 import time
 import uuid
 
 import pytest
 import zmq
+from brokers import free_port
 
 from zmqbus import Broker, Bus, BusClosed, ConnectTimeout, Message
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _fds() -> int:
@@ -68,7 +62,7 @@ def test_broker_port_in_use_raises_at_start() -> None:
 
 
 def test_seed_address_forms() -> None:
-    port = _free_port()
+    port = free_port()
     with Broker(str(port)) as b:
         assert b.address == f"tcp://127.0.0.1:{port}"
         ch = uuid.uuid4()
@@ -92,7 +86,7 @@ def test_inproc_with_shared_context() -> None:
 
 
 def test_connect_timeout_when_no_broker() -> None:
-    port = _free_port()
+    port = free_port()
     started = time.monotonic()
     with pytest.raises(ConnectTimeout) as info:
         Bus(f"tcp://127.0.0.1:{port}", uuid.uuid4(), connect_timeout=0.3)

@@ -7,15 +7,14 @@ import asyncio
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
 import time
 import uuid
-from collections.abc import Iterator
 
 import pytest
+from brokers import BrokerProcess, free_port
 
 from zmqbus import Broker, Bus, HandlerError, Message, PublishResult, ZmqbusError
 from zmqbus import protocol as p
@@ -23,52 +22,6 @@ from zmqbus._client import ClientCore
 from zmqbus._routing import BrokerState
 from zmqbus.admin import broker_stats
 from zmqbus.aio import Bus as AsyncBus
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-class BrokerProcess:
-    """`zmqbus broker` in a process of its own, on a fixed address."""
-
-    def __init__(self, address: str) -> None:
-        self.address = address
-        self.proc: subprocess.Popen[str] | None = None
-
-    def start(self) -> None:
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "zmqbus", "broker", "--bind", self.address],
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        assert self.proc.stderr is not None
-        for line in self.proc.stderr:
-            if "listening on" in line:
-                break
-        # Keep draining its log so a chatty broker never blocks on a full pipe.
-        threading.Thread(target=self.proc.stderr.read, daemon=True).start()
-
-    def kill(self, sig: int = signal.SIGKILL) -> None:
-        assert self.proc is not None
-        self.proc.send_signal(sig)
-        self.proc.wait(10)
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait(10)
-
-
-@pytest.fixture
-def broker_process() -> Iterator[BrokerProcess]:
-    bp = BrokerProcess(f"tcp://127.0.0.1:{_free_port()}")
-    bp.start()
-    yield bp
-    bp.stop()
-
 
 # --- in memory: the rules ----------------------------------------------------
 
@@ -148,7 +101,7 @@ def test_client_core_notices_silent_broker_and_rejoins() -> None:
 
 
 def test_threaded_bus_survives_broker_restart() -> None:
-    port = _free_port()
+    port = free_port()
     addr = f"tcp://127.0.0.1:{port}"
     broker = Broker(addr).start()
     ch = uuid.uuid4()
@@ -189,7 +142,7 @@ def test_threaded_bus_survives_broker_restart() -> None:
 
 def test_async_bus_survives_broker_restart() -> None:
     async def main() -> None:
-        addr = f"tcp://127.0.0.1:{_free_port()}"
+        addr = f"tcp://127.0.0.1:{free_port()}"
         broker = Broker(addr).start()
         ch = uuid.uuid4()
         back = asyncio.Event()
@@ -357,7 +310,7 @@ def test_stats_command_and_function(broker_process: BrokerProcess) -> None:
 
 
 def test_stats_unreachable_exits_3() -> None:
-    address = f"tcp://127.0.0.1:{_free_port()}"
+    address = f"tcp://127.0.0.1:{free_port()}"
     out = subprocess.run(
         [sys.executable, "-m", "zmqbus", "stats", "--address", address, "--timeout", "0.3"],
         capture_output=True,
