@@ -580,3 +580,25 @@ def test_asyncio_publish_nowait_pipelines_in_batches(loop: str) -> None:
             got = [s.get(timeout=10).payload for _ in range(n + 1)]
             assert got == [b"%d" % i for i in range(n)] + [b"last"]
             assert broker.stats()["counters"]["batches_in"] > 0
+
+
+@pytest.mark.parametrize("sids", [b"\0\0\0\1", b"\0\0\0\1\0\0\0\2", b"\0\0\0\1" * 20_000])
+@pytest.mark.parametrize("body", [b"", b"b", b"x" * 70_000])
+def test_unconfirmed_deliver_entry_is_the_command_entry_of_its_deliver(
+    sids: bytes, body: bytes
+) -> None:
+    # The broker's fan-out packs these directly; a client unpacks them as DELIVERs.
+    entry = p.pack_unconfirmed_deliver_entry(b"a.b", body, sids)
+    assert entry == p.pack_command_entry([p.H_DELIVER, A, b"", b"a.b", body, sids])
+    assert p.unpack_command_entries(entry, A, p.BROKER_ENTRY_FRAMES) == [
+        [p.H_DELIVER, A, b"", b"a.b", body, sids]
+    ]
+
+
+def test_command_entry_with_an_empty_first_frame_is_the_general_layout() -> None:
+    # pack_command_entry's short cut for unconfirmed PUBLISHes lays out the same octets.
+    for frames in (publish(b"a.b", b"body"), publish(b"a.b", b""), publish(b"a.b", b"x", ref=b"r")):
+        entry = p.pack_command_entry(frames)
+        want = bytes((frames[0][3],)) + b"".join(len(f).to_bytes(4, "big") + f for f in frames[2:])
+        assert entry == want
+        assert p.unpack_command_entries(entry, A, p.CLIENT_ENTRY_FRAMES) == [frames]

@@ -87,20 +87,18 @@ def fan_out(
     DELIVERs. Returns how many deliveries, and how many BROKER_BATCHes, that is."""
     chid = channel.id
     destinations = channel.destinations
-    head_of, entry_of = p.unconfirmed_deliver_head, p.pack_unconfirmed_deliver_entry
+    deliver_entry = p.pack_unconfirmed_deliver_entry
     # target -> [bytes so far, entries...]: one pending batch per target.
     runs: dict[bytes, list[Any]] = {}
     n = 0
     made = 0
     for topic, body in messages:
-        head = publish_entry = None
+        publish_entry = None
         for target, sids in destinations(topic):
             n += 1
             to = peers[target]
             if to.batch_commands:
-                if head is None:
-                    head = head_of(topic, body)
-                entry = entry_of(head, sids)
+                entry = deliver_entry(topic, body, sids)
             elif to.batch and len(sids) <= p.MAX_ENTRY_SIDS_BYTES:
                 if publish_entry is None:
                     publish_entry = p.pack_publish_entry(topic, body)

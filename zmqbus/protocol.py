@@ -93,7 +93,6 @@ __all__ = [
     "pack_welcome",
     "parse_broker",
     "parse_client",
-    "unconfirmed_deliver_head",
     "unpack_ack",
     "unpack_command_entries",
     "unpack_deliver_entries",
@@ -1246,6 +1245,8 @@ def unpack_deliver_entries(frame: bytes) -> list[tuple[bytes, bytes, bytes]]:
 
 _HEADERS = {int(c): header(c) for c in Cmd}
 _COMMAND_OF = {header(c): bytes((c,)) for c in Cmd}
+# The start of an entry whose first frame is empty, per header.
+_EMPTY_FIRST = {header(c): bytes((c,)) + _FRAME_LEN.pack(0) for c in Cmd}
 # A whole message whose entry carries two frames, three frames (the sizes that exist).
 _WITH_TWO = ENTRY_START + 2
 _WITH_THREE = ENTRY_START + 3
@@ -1265,6 +1266,9 @@ def pack_command_entry(frames: Sequence[bytes]) -> bytes:
             return b"".join((_COMMAND_OF[head], pack(len(a)), a, pack(len(b)), b))
         if n == _WITH_THREE:
             head, _, a, b, c = frames
+            if not a:
+                # An unconfirmed PUBLISH, the bulk of a busy publisher's BATCHes.
+                return b"".join((_EMPTY_FIRST[head], pack(len(b)), b, pack(len(c)), c))
             return b"".join(
                 (
                     _COMMAND_OF[head],
@@ -1289,22 +1293,25 @@ def pack_command_entry(frames: Sequence[bytes]) -> bytes:
 _DELIVER_NO_TOKEN = bytes((Cmd.DELIVER,)) + _FRAME_LEN.pack(0)
 
 
-def unconfirmed_deliver_head(topic: bytes, body: bytes) -> bytes:
-    """What the BROKER_BATCH entries of an unconfirmed DELIVER of ``topic`` and
-    ``body`` share, whoever gets them: all but the sids (a broker packs the
-    message once, then ``pack_unconfirmed_deliver_entry`` once per subscriber).
+def pack_unconfirmed_deliver_entry(topic: bytes, body: bytes, sids: bytes) -> bytes:
+    """``pack_command_entry([H_DELIVER, channel, b"", topic, body, sids])``, in
+    one join: a broker makes one per subscriber of each unconfirmed message.
     ``ValueError`` if a frame is too long for its frame-length."""
     pack = _FRAME_LEN.pack
     try:
-        return b"".join((_DELIVER_NO_TOKEN, pack(len(topic)), topic, pack(len(body)), body))
+        return b"".join(
+            (
+                _DELIVER_NO_TOKEN,
+                pack(len(topic)),
+                topic,
+                pack(len(body)),
+                body,
+                pack(len(sids)),
+                sids,
+            )
+        )
     except struct.error:
-        raise _too_long(FRAME_LENGTH, max(len(topic), len(body))) from None
-
-
-def pack_unconfirmed_deliver_entry(head: bytes, sids: bytes) -> bytes:
-    """The BROKER_BATCH entry of ``pack_command_entry([H_DELIVER, channel, b"",
-    topic, body, sids])`` from ``unconfirmed_deliver_head(topic, body)``."""
-    return b"".join((head, _FRAME_LEN.pack(len(sids)), sids))
+        raise _too_long(FRAME_LENGTH, max(len(topic), len(body), len(sids))) from None
 
 
 def unpack_command_entries(
