@@ -602,3 +602,41 @@ def test_command_entry_with_an_empty_first_frame_is_the_general_layout() -> None
         want = bytes((frames[0][3],)) + b"".join(len(f).to_bytes(4, "big") + f for f in frames[2:])
         assert entry == want
         assert p.unpack_command_entries(entry, A, p.CLIENT_ENTRY_FRAMES) == [frames]
+
+
+def _as_broker_reads(messages: list[list[bytes]]) -> list[Any]:
+    return [
+        (m[PUBLISH_TOPIC_AT], m[PUBLISH_BODY_AT]) if m[0] == p.H_PUBLISH and not m[2] else m
+        for m in messages
+    ]
+
+
+PUBLISH_TOPIC_AT, PUBLISH_BODY_AT = p.PUBLISH_TOPIC, p.PUBLISH_BODY
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(_message, min_size=1, max_size=12), st.integers(0, 40))
+def test_unpack_batch_reads_what_unpack_command_entries_reads(
+    items: list[tuple[Any, ...]], cut: int
+) -> None:
+    """The broker's reader of BATCH agrees with the general one: the same
+    entries (an unconfirmed PUBLISH as its topic and body), and the same
+    refusal of a frame cut short anywhere."""
+    messages = [_frames(item, [b"t" * 8]) for item in items]
+    frame = b"".join(p.pack_command_entry(m) for m in messages)
+    assert p.unpack_batch(frame, A) == _as_broker_reads(
+        p.unpack_command_entries(frame, A, p.CLIENT_ENTRY_FRAMES)
+    )
+    short = frame[: max(0, len(frame) - 1 - cut)]
+    outcomes = []
+    for read in (
+        lambda f: _as_broker_reads(p.unpack_command_entries(f, A, p.CLIENT_ENTRY_FRAMES)),
+        lambda f: p.unpack_batch(f, A),
+    ):
+        try:
+            outcomes.append(read(short))
+        except ProtocolError as exc:
+            outcomes.append((exc.code, exc.detail))
+    assert outcomes[0] == outcomes[1]
+    with pytest.raises(ProtocolError, match="cannot be batched"):
+        p.unpack_batch(frame + p.pack_command_entry(subscribe("x", S1)), A)

@@ -163,22 +163,23 @@ class BrokerState:
             self._handle(ident, frames)
         return len(self.outbox)
 
-    def _entries(self, ident: bytes, entries: list[list[bytes]]) -> None:
+    def _entries(self, ident: bytes, entries: list[list[bytes] | tuple[bytes, bytes]]) -> None:
         # Each entry as if it had come alone, in order; a run of unconfirmed
         # PUBLISHes (the bulk of a busy publisher's batches) is routed in one
         # go, as a PUBLISH_BATCH is, each entry still checked on its own.
         run: list[tuple[bytes, bytes]] = []
         checks = self._message_checks
         for entry in entries:
-            if entry[0] == p.H_PUBLISH and not entry[PUBLISH_REF]:
-                topic, body = entry[PUBLISH_TOPIC], entry[PUBLISH_BODY]
+            if type(entry) is tuple:  # an unconfirmed PUBLISH: (topic, body)
                 try:
-                    checks(topic, body)
+                    checks(*entry)
                 except ProtocolError as exc:
                     run = self._route_run(ident, run)
-                    self._refuse(ident, entry, exc.code, exc.detail)
+                    topic, body = entry
+                    chid = self.peers[ident].channel.id
+                    self._refuse(ident, [p.H_PUBLISH, chid, b"", topic, body], exc.code, exc.detail)
                     continue
-                run.append((topic, body))
+                run.append(entry)
                 continue
             if run:
                 run = self._route_run(ident, run)
@@ -324,11 +325,13 @@ class BrokerState:
 
     # --- hot path -----------------------------------------------------------
 
-    def _unbatch(self, ident: bytes, frames: Sequence[bytes]) -> list[list[bytes]]:
+    def _unbatch(
+        self, ident: bytes, frames: Sequence[bytes]
+    ) -> list[list[bytes] | tuple[bytes, bytes]]:
         # The envelope is refused whole (one ERROR, empty ref); each entry is
         # then handled as if it had arrived alone, with its own ERROR if any.
         self._joined(ident, frames, _N_BATCH)
-        entries = p.unpack_command_entries(frames[ENTRIES_FRAME], frames[1], p.CLIENT_ENTRY_FRAMES)
+        entries = p.unpack_batch(frames[ENTRIES_FRAME], frames[1])
         self.counters["batches_in"] += 1
         return entries
 

@@ -94,6 +94,7 @@ __all__ = [
     "parse_broker",
     "parse_client",
     "unpack_ack",
+    "unpack_batch",
     "unpack_command_entries",
     "unpack_deliver_entries",
     "unpack_dropped",
@@ -1372,6 +1373,48 @@ def unpack_command_entries(
                 append(msg)
             if i > end:
                 raise _bad_batch("an entry is truncated")
+    except struct.error:
+        raise _bad_batch("an entry is truncated") from None
+    return out
+
+
+_PUBLISH_CMD = int(Cmd.PUBLISH)
+_TOPIC_AT = COMMAND_BYTES + 2 * FRAME_LENGTH.octets  # an empty ref's PUBLISH entry: its topic
+
+
+def unpack_batch(frame: bytes, channel: bytes) -> list[list[bytes] | tuple[bytes, bytes]]:
+    """The entries of a BATCH frame as ``unpack_command_entries`` gives them,
+    except that each unconfirmed PUBLISH (empty ref) comes as (topic, body):
+    all a broker routes it by, without building its whole message."""
+    out: list[list[bytes] | tuple[bytes, bytes]] = []
+    end = len(frame)
+    if not end:
+        raise _bad_batch("no entries")
+    u32 = _FRAME_LEN.unpack_from
+    fw = FRAME_LENGTH.octets
+    publish, topic_at, allowed = _PUBLISH_CMD, _TOPIC_AT, CLIENT_ENTRY_FRAMES
+    i = 0
+    try:
+        while i < end:
+            if frame[i] == publish and not u32(frame, i + COMMAND_BYTES)[0]:
+                j = i + topic_at + u32(frame, i + topic_at - fw)[0]  # the topic's end
+                k = j + fw + u32(frame, j)[0]  # the body's end
+                if k > end:
+                    raise _bad_batch("an entry is truncated")
+                out.append((frame[i + topic_at : j], frame[j + fw : k]))
+                i = k
+                continue
+            # Any other entry: find its end, then read it as unpack_command_entries does.
+            n = allowed.get(frame[i])
+            if n is None:
+                raise _bad_batch(f"command 0x{frame[i]:02x} cannot be batched")
+            k = i + COMMAND_BYTES
+            for _ in range(n):
+                k += fw + u32(frame, k)[0]
+            if k > end:
+                raise _bad_batch("an entry is truncated")
+            out.extend(unpack_command_entries(frame[i:k], channel, allowed))
+            i = k
     except struct.error:
         raise _bad_batch("an entry is truncated") from None
     return out
