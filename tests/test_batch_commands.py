@@ -640,3 +640,45 @@ def test_unpack_batch_reads_what_unpack_command_entries_reads(
     assert outcomes[0] == outcomes[1]
     with pytest.raises(ProtocolError, match="cannot be batched"):
         p.unpack_batch(frame + p.pack_command_entry(subscribe("x", S1)), A)
+
+
+_broker_message = st.one_of(
+    st.builds(
+        lambda token, topic, body, sids: [p.H_DELIVER, A, token, topic, body, sids],
+        st.sampled_from([b"", b"\0" * 8]),
+        st.sampled_from([b"a.b", b"", b"a.*"]),
+        st.binary(max_size=20),
+        st.sampled_from([S1, S1 + S2, b"", b"\1"]),
+    ),
+    st.builds(lambda body: [p.H_ASK, A, b"s" * 9, b"a.b", body, S1], st.binary(max_size=8)),
+    st.just([p.H_ROUTED, A, b"r", b"\0\0\0\1"]),
+    st.just([p.H_ACKED, A, b"r", p.pack_ack(1, 0)]),
+    st.just([p.H_ANSWER, A, b"q", b""]),
+)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(_broker_message, min_size=1, max_size=12), st.integers(0, 40))
+def test_unpack_broker_batch_reads_what_unpack_command_entries_reads(
+    messages: list[list[bytes]], cut: int
+) -> None:
+    """The client's reader of BROKER_BATCH agrees with the general one: the same
+    entries (an unconfirmed DELIVER as its topic, body and sids), and the same
+    refusal of a frame cut short anywhere."""
+
+    def general(f: bytes) -> list[Any]:
+        return [
+            tuple(m[3:]) if m[0] == p.H_DELIVER and not m[2] else m
+            for m in p.unpack_command_entries(f, A, p.BROKER_ENTRY_FRAMES)
+        ]
+
+    frame = b"".join(p.pack_command_entry(m) for m in messages)
+    assert p.unpack_broker_batch(frame, A) == general(frame)
+    short = frame[: max(0, len(frame) - 1 - cut)]
+    outcomes = []
+    for read in (general, lambda f: p.unpack_broker_batch(f, A)):
+        try:
+            outcomes.append(read(short))
+        except ProtocolError as exc:
+            outcomes.append((exc.code, exc.detail))
+    assert outcomes[0] == outcomes[1]

@@ -77,7 +77,7 @@ def _emit_run(ident: bytes, run: list[list[bytes]], result: list[Outgoing]) -> i
 
 def fan_out(
     channel: Channel,
-    messages: Sequence[tuple[bytes, bytes]],
+    messages: Sequence[tuple[bytes, ...]],
     peers: Mapping[bytes, Peer],
     out: list[Outgoing],
 ) -> tuple[int, int]:

@@ -509,19 +509,17 @@ class ClientCore:
                 if frames[1] != self.channel:
                     p.check_channel(frames[1])
                     raise ProtocolError(p.ErrorCode.CHANNEL_MISMATCH, "batch for another channel")
-                entries = p.unpack_command_entries(
-                    frames[ENTRIES_FRAME], frames[1], p.BROKER_ENTRY_FRAMES
-                )
+                entries = p.unpack_broker_batch(frames[ENTRIES_FRAME], frames[1])
             except ProtocolError as exc:
                 self.counters["protocol_errors"] += 1
                 log.warning("bad message from broker ignored: %s", exc)
                 return
             # Unconfirmed DELIVERs, the bulk of a busy subscriber's traffic, are
             # handed over a run at a time; the rest one by one, in order.
-            run: list[tuple[bytes, bytes, bytes]] = []
+            run: list[tuple[bytes, ...]] = []
             for entry in entries:
-                if entry[0] == H_DELIVER and not entry[DELIVER_TOKEN]:
-                    run.append((entry[DELIVER_SIDS], entry[DELIVER_TOPIC], entry[DELIVER_BODY]))
+                if isinstance(entry, tuple):  # an unconfirmed DELIVER: (topic, body, sids)
+                    run.append(entry)
                     continue
                 if run:
                     self._deliver_run(run)
@@ -728,8 +726,8 @@ class ClientCore:
         else:
             self._send_ack(token, delivered, dropped, ())
 
-    def _deliver_run(self, run: list[tuple[bytes, bytes, bytes]]) -> None:
-        # _deliver for (sids, topic, body) entries with an empty token, each as
+    def _deliver_run(self, run: list[tuple[bytes, ...]]) -> None:
+        # _deliver for (topic, body, sids) entries with an empty token, each as
         # if it had come alone, with the per-message lookups hoisted.
         topic_of = self._topic
         targets = self._subs.targets
@@ -737,7 +735,7 @@ class ClientCore:
         fields = p.message_fields
         counters = self.counters
         counters["received"] += len(run)
-        for sids, topic, body in run:
+        for topic, body, sids in run:
             sink: Sink | None = None
             sinks: list[Sink] | None = None
             try:

@@ -163,14 +163,14 @@ class BrokerState:
             self._handle(ident, frames)
         return len(self.outbox)
 
-    def _entries(self, ident: bytes, entries: list[list[bytes] | tuple[bytes, bytes]]) -> None:
+    def _entries(self, ident: bytes, entries: list[list[bytes] | tuple[bytes, ...]]) -> None:
         # Each entry as if it had come alone, in order; a run of unconfirmed
         # PUBLISHes (the bulk of a busy publisher's batches) is routed in one
         # go, as a PUBLISH_BATCH is, each entry still checked on its own.
-        run: list[tuple[bytes, bytes]] = []
+        run: list[tuple[bytes, ...]] = []
         checks = self._message_checks
         for entry in entries:
-            if type(entry) is tuple:  # an unconfirmed PUBLISH: (topic, body)
+            if isinstance(entry, tuple):  # an unconfirmed PUBLISH: (topic, body)
                 try:
                     checks(*entry)
                 except ProtocolError as exc:
@@ -187,7 +187,7 @@ class BrokerState:
         if run:
             self._route_run(ident, run)
 
-    def _route_run(self, ident: bytes, run: list[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
+    def _route_run(self, ident: bytes, run: list[tuple[bytes, ...]]) -> list[tuple[bytes, ...]]:
         """Route ``run`` (unconfirmed, checked) from ``ident``; a fresh empty run."""
         if run:
             try:
@@ -327,7 +327,7 @@ class BrokerState:
 
     def _unbatch(
         self, ident: bytes, frames: Sequence[bytes]
-    ) -> list[list[bytes] | tuple[bytes, bytes]]:
+    ) -> list[list[bytes] | tuple[bytes, ...]]:
         # The envelope is refused whole (one ERROR, empty ref); each entry is
         # then handled as if it had arrived alone, with its own ERROR if any.
         self._joined(ident, frames, _N_BATCH)
@@ -403,7 +403,7 @@ class BrokerState:
             self._message_checks(topic, body)
         self._fan_out(peer, [(topic, body) for topic, body, _ in entries])
 
-    def _fan_out(self, peer: Peer, messages: Sequence[tuple[bytes, bytes]]) -> None:
+    def _fan_out(self, peer: Peer, messages: Sequence[tuple[bytes, ...]]) -> None:
         # Unconfirmed, checked (topic, body) messages of ``peer``, in order.
         n, made = fan_out(peer.channel, messages, self.peers, self.outbox)
         counters = self.counters

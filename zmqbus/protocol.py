@@ -95,6 +95,7 @@ __all__ = [
     "parse_client",
     "unpack_ack",
     "unpack_batch",
+    "unpack_broker_batch",
     "unpack_command_entries",
     "unpack_deliver_entries",
     "unpack_dropped",
@@ -1378,30 +1379,36 @@ def unpack_command_entries(
     return out
 
 
-_PUBLISH_CMD = int(Cmd.PUBLISH)
-_TOPIC_AT = COMMAND_BYTES + 2 * FRAME_LENGTH.octets  # an empty ref's PUBLISH entry: its topic
+_AFTER_EMPTY = COMMAND_BYTES + 2 * FRAME_LENGTH.octets  # the second frame of an entry
 
 
-def unpack_batch(frame: bytes, channel: bytes) -> list[list[bytes] | tuple[bytes, bytes]]:
-    """The entries of a BATCH frame as ``unpack_command_entries`` gives them,
-    except that each unconfirmed PUBLISH (empty ref) comes as (topic, body):
-    all a broker routes it by, without building its whole message."""
-    out: list[list[bytes] | tuple[bytes, bytes]] = []
+def _unpack_hot(
+    frame: bytes, channel: bytes, allowed: Mapping[int, int], hot: int
+) -> list[list[bytes] | tuple[bytes, ...]]:
+    # unpack_command_entries, except that each entry of command ``hot`` whose
+    # first frame is empty comes as a tuple of its other frames.
+    out: list[list[bytes] | tuple[bytes, ...]] = []
     end = len(frame)
     if not end:
         raise _bad_batch("no entries")
     u32 = _FRAME_LEN.unpack_from
     fw = FRAME_LENGTH.octets
-    publish, topic_at, allowed = _PUBLISH_CMD, _TOPIC_AT, CLIENT_ENTRY_FRAMES
+    at = _AFTER_EMPTY
+    two = allowed[hot] == 3  # PUBLISH: ref, topic, body; DELIVER: token, topic, body, sids
     i = 0
     try:
         while i < end:
-            if frame[i] == publish and not u32(frame, i + COMMAND_BYTES)[0]:
-                j = i + topic_at + u32(frame, i + topic_at - fw)[0]  # the topic's end
-                k = j + fw + u32(frame, j)[0]  # the body's end
+            if frame[i] == hot and not u32(frame, i + COMMAND_BYTES)[0]:
+                j = i + at + u32(frame, i + at - fw)[0]
+                k = j + fw + u32(frame, j)[0]
+                if two:
+                    out.append((frame[i + at : j], frame[j + fw : k]))
+                else:
+                    m = k + fw + u32(frame, k)[0]
+                    out.append((frame[i + at : j], frame[j + fw : k], frame[k + fw : m]))
+                    k = m
                 if k > end:
                     raise _bad_batch("an entry is truncated")
-                out.append((frame[i + topic_at : j], frame[j + fw : k]))
                 i = k
                 continue
             # Any other entry: find its end, then read it as unpack_command_entries does.
@@ -1418,6 +1425,20 @@ def unpack_batch(frame: bytes, channel: bytes) -> list[list[bytes] | tuple[bytes
     except struct.error:
         raise _bad_batch("an entry is truncated") from None
     return out
+
+
+def unpack_batch(frame: bytes, channel: bytes) -> list[list[bytes] | tuple[bytes, ...]]:
+    """The entries of a BATCH frame as ``unpack_command_entries`` gives them,
+    except that each unconfirmed PUBLISH (empty ref) comes as (topic, body):
+    all a broker routes it by, without building its whole message."""
+    return _unpack_hot(frame, channel, CLIENT_ENTRY_FRAMES, Cmd.PUBLISH)
+
+
+def unpack_broker_batch(frame: bytes, channel: bytes) -> list[list[bytes] | tuple[bytes, ...]]:
+    """The entries of a BROKER_BATCH frame as ``unpack_command_entries`` gives
+    them, except that each unconfirmed DELIVER (empty token) comes as (topic,
+    body, sids): all a client hands on, without building its whole message."""
+    return _unpack_hot(frame, channel, BROKER_ENTRY_FRAMES, Cmd.DELIVER)
 
 
 # --- bodies -----------------------------------------------------------------
