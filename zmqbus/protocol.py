@@ -23,7 +23,7 @@ from dataclasses import dataclass, fields
 from datetime import datetime
 from enum import IntEnum, StrEnum
 from operator import attrgetter
-from typing import Any, NamedTuple, TypeAlias
+from typing import Any, NamedTuple, TypeAlias, cast
 
 import msgpack  # type: ignore[import-untyped]
 
@@ -1323,7 +1323,19 @@ def unpack_command_entries(
     ``channel``, frames), each to be handled as if it had arrived alone.
     BAD_FRAMES if the frame is empty, not exactly a run of entries, or holds a
     command not in ``allowed`` (command byte -> frames per entry)."""
-    out: list[list[bytes]] = []
+    # No command is -1: every entry comes as a whole message.
+    return cast("list[list[bytes]]", _unpack_entries(frame, channel, allowed, -1))
+
+
+_AFTER_EMPTY = COMMAND_BYTES + 2 * FRAME_LENGTH.octets  # the second frame of an entry
+
+
+def _unpack_entries(
+    frame: bytes, channel: bytes, allowed: Mapping[int, int], hot: int
+) -> list[list[bytes] | tuple[bytes, ...]]:
+    # unpack_command_entries, except that each entry of command ``hot`` whose
+    # first frame is empty comes as a tuple of its other frames.
+    out: list[list[bytes] | tuple[bytes, ...]] = []
     end = len(frame)
     if not end:
         raise _bad_batch("no entries")
@@ -1332,10 +1344,25 @@ def unpack_command_entries(
     first = COMMAND_BYTES + fw  # from the command byte to its first frame
     append = out.append
     headers = _HEADERS
+    at = _AFTER_EMPTY
+    two = hot in allowed and allowed[hot] == 3  # PUBLISH: ref, topic, body; DELIVER: 4
     i = 0
     try:
         while i < end:
             cmd = frame[i]
+            if cmd == hot and not u32(frame, i + COMMAND_BYTES)[0]:
+                j = i + at + u32(frame, i + at - fw)[0]
+                k = j + fw + u32(frame, j)[0]
+                if two:
+                    append((frame[i + at : j], frame[j + fw : k]))
+                else:
+                    m = k + fw + u32(frame, k)[0]
+                    append((frame[i + at : j], frame[j + fw : k], frame[k + fw : m]))
+                    k = m
+                if k > end:
+                    raise _bad_batch("an entry is truncated")
+                i = k
+                continue
             n = allowed.get(cmd)
             if n is None:
                 raise _bad_batch(f"command 0x{cmd:02x} cannot be batched")
@@ -1379,66 +1406,18 @@ def unpack_command_entries(
     return out
 
 
-_AFTER_EMPTY = COMMAND_BYTES + 2 * FRAME_LENGTH.octets  # the second frame of an entry
-
-
-def _unpack_hot(
-    frame: bytes, channel: bytes, allowed: Mapping[int, int], hot: int
-) -> list[list[bytes] | tuple[bytes, ...]]:
-    # unpack_command_entries, except that each entry of command ``hot`` whose
-    # first frame is empty comes as a tuple of its other frames.
-    out: list[list[bytes] | tuple[bytes, ...]] = []
-    end = len(frame)
-    if not end:
-        raise _bad_batch("no entries")
-    u32 = _FRAME_LEN.unpack_from
-    fw = FRAME_LENGTH.octets
-    at = _AFTER_EMPTY
-    two = allowed[hot] == 3  # PUBLISH: ref, topic, body; DELIVER: token, topic, body, sids
-    i = 0
-    try:
-        while i < end:
-            if frame[i] == hot and not u32(frame, i + COMMAND_BYTES)[0]:
-                j = i + at + u32(frame, i + at - fw)[0]
-                k = j + fw + u32(frame, j)[0]
-                if two:
-                    out.append((frame[i + at : j], frame[j + fw : k]))
-                else:
-                    m = k + fw + u32(frame, k)[0]
-                    out.append((frame[i + at : j], frame[j + fw : k], frame[k + fw : m]))
-                    k = m
-                if k > end:
-                    raise _bad_batch("an entry is truncated")
-                i = k
-                continue
-            # Any other entry: find its end, then read it as unpack_command_entries does.
-            n = allowed.get(frame[i])
-            if n is None:
-                raise _bad_batch(f"command 0x{frame[i]:02x} cannot be batched")
-            k = i + COMMAND_BYTES
-            for _ in range(n):
-                k += fw + u32(frame, k)[0]
-            if k > end:
-                raise _bad_batch("an entry is truncated")
-            out.extend(unpack_command_entries(frame[i:k], channel, allowed))
-            i = k
-    except struct.error:
-        raise _bad_batch("an entry is truncated") from None
-    return out
-
-
 def unpack_batch(frame: bytes, channel: bytes) -> list[list[bytes] | tuple[bytes, ...]]:
     """The entries of a BATCH frame as ``unpack_command_entries`` gives them,
     except that each unconfirmed PUBLISH (empty ref) comes as (topic, body):
     all a broker routes it by, without building its whole message."""
-    return _unpack_hot(frame, channel, CLIENT_ENTRY_FRAMES, Cmd.PUBLISH)
+    return _unpack_entries(frame, channel, CLIENT_ENTRY_FRAMES, Cmd.PUBLISH)
 
 
 def unpack_broker_batch(frame: bytes, channel: bytes) -> list[list[bytes] | tuple[bytes, ...]]:
     """The entries of a BROKER_BATCH frame as ``unpack_command_entries`` gives
     them, except that each unconfirmed DELIVER (empty token) comes as (topic,
     body, sids): all a client hands on, without building its whole message."""
-    return _unpack_hot(frame, channel, BROKER_ENTRY_FRAMES, Cmd.DELIVER)
+    return _unpack_entries(frame, channel, BROKER_ENTRY_FRAMES, Cmd.DELIVER)
 
 
 # --- bodies -----------------------------------------------------------------
