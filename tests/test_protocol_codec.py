@@ -78,8 +78,12 @@ queue_frames = st.one_of(
 _simple = st.one_of(
     st.none(), st.booleans(), st.integers(-(2**63), 2**64 - 1), st.text(max_size=10)
 )
-# A heartbeat interval in ms: any non-negative int is valid (the broker clamps it).
+# A heartbeat interval in ms: any non-negative int is valid in HELLO (the broker clamps it).
 heartbeats = st.one_of(st.integers(0, 2**64 - 1), st.sampled_from([0, 100, 2000, 60_000]))
+# ... and in WELCOME, 0 or the range a broker may agree to.
+agreed_heartbeats = st.one_of(
+    st.just(0), st.integers(p.HEARTBEAT_MIN_MS, p.HEARTBEAT_MAX_MS), st.sampled_from([100, 60_000])
+)
 _beat = st.one_of(st.just({}), st.builds(lambda ms: {"heartbeat": ms}, heartbeats))
 hello_bodies = st.builds(
     lambda client, extra, beat: p.pack_hello(client, **extra, **beat),
@@ -90,7 +94,7 @@ hello_bodies = st.builds(
 welcome_bodies = st.builds(
     lambda broker, size, extra: p.pack_welcome(broker, size, **extra),
     st.text(max_size=20),
-    st.integers(1, 2**63 - 1),
+    st.integers(1, p.MAX_MESSAGE_SIZE),
     st.dictionaries(
         st.text(max_size=8).filter(lambda k: k not in ("broker", "max_message_size")),
         _simple,
@@ -100,7 +104,9 @@ welcome_bodies = st.builds(
     # Some with the agreed heartbeat appended (a WELCOME answering a HELLO that asked).
     lambda body: st.one_of(
         st.just(body),
-        heartbeats.map(lambda ms: p.pack_welcome(**{**p.unpack_welcome(body), "heartbeat": ms})),
+        agreed_heartbeats.map(
+            lambda ms: p.pack_welcome(**{**p.unpack_welcome(body), "heartbeat": ms})
+        ),
     )
 )
 _stats_values = st.one_of(
@@ -738,10 +744,34 @@ def test_hello_and_welcome_bodies() -> None:
 
 
 @pytest.mark.parametrize("ms", [0, 1, 100, 2000, 60_000, 2**32, 2**64 - 1])
-def test_heartbeat_in_hello_and_welcome(ms: int) -> None:
-    """Any non-negative int is a valid heartbeat (0: none); the broker clamps it."""
+def test_heartbeat_in_hello(ms: int) -> None:
+    """Any non-negative int is a valid heartbeat to ask for (0: none); the broker clamps it."""
     assert p.unpack_hello(p.pack_hello("py/1", heartbeat=ms))["heartbeat"] == ms
+
+
+@pytest.mark.parametrize("ms", [0, 100, 2000, 60_000])
+def test_agreed_heartbeat_in_welcome(ms: int) -> None:
     assert p.unpack_welcome(p.pack_welcome("b", 1024, heartbeat=ms))["heartbeat"] == ms
+
+
+@pytest.mark.parametrize("ms", [1, 99, 60_001, 2**32, 2**63, 2**64 - 1])
+def test_welcome_heartbeat_out_of_range_is_bad_body(ms: int) -> None:
+    """A broker cannot make a client beat every millisecond, or overflow its poll timeout."""
+    with pytest.raises(ProtocolError, match=r"outside 100\.\.60000") as info:
+        p.unpack_welcome(p.pack_welcome("b", 1024, heartbeat=ms))
+    assert info.value.code == ErrorCode.BAD_BODY
+
+
+@pytest.mark.parametrize("size", [0, -1, p.MAX_MESSAGE_SIZE + 1, 2**63, 2**64 - 1])
+def test_welcome_max_message_size_out_of_range_is_bad_body(size: int) -> None:
+    with pytest.raises(ProtocolError, match="max_message_size") as info:
+        p.unpack_welcome(p.pack_welcome("b", size))
+    assert info.value.code == ErrorCode.BAD_BODY
+
+
+def test_welcome_max_message_size_at_its_limit() -> None:
+    info = p.unpack_welcome(p.pack_welcome("b", p.MAX_MESSAGE_SIZE))
+    assert info["max_message_size"] == p.MAX_MESSAGE_SIZE
 
 
 @pytest.mark.parametrize("bad", [-1, -(2**63), "2000", True, False, 2000.0, None, [2000], b"\x07"])

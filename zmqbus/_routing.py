@@ -54,8 +54,8 @@ log = logging.getLogger("zmqbus.broker")
 # A peer that asked for heartbeats is dead after this many silent intervals (as in 7/MDP).
 LIVENESS = 3
 # Bounds on the heartbeat interval a client may ask for, in milliseconds.
-HEARTBEAT_MIN_MS = 100
-HEARTBEAT_MAX_MS = 60_000
+HEARTBEAT_MIN_MS = p.HEARTBEAT_MIN_MS
+HEARTBEAT_MAX_MS = p.HEARTBEAT_MAX_MS
 
 # Frame counts of the commands handled here by position.
 _N = p.CLIENT_FRAMES

@@ -32,6 +32,8 @@ from .errors import ProtocolError
 from .topics import MAX_TOPIC_BYTES, validate_pattern, validate_topic
 
 __all__ = [
+    "HEARTBEAT_MAX_MS",
+    "HEARTBEAT_MIN_MS",
     "LAYOUTS",
     "MAX_ENTRY_SIDS_BYTES",
     "MAX_MESSAGE_SIZE",
@@ -332,6 +334,10 @@ MAX_ENTRY_SIDS_BYTES = SIDS_LENGTH.max // SID_BYTES * SID_BYTES
 # The largest max_message_size a broker may set: any body must fit the 32-bit
 # body-length and frame-length of the entries that carry bodies.
 MAX_MESSAGE_SIZE = min(BODY_LENGTH.max, FRAME_LENGTH.max)
+# The heartbeat intervals a broker may agree to, in milliseconds: it clamps a
+# HELLO's request into them, and a client refuses a WELCOME outside them.
+HEARTBEAT_MIN_MS = 100
+HEARTBEAT_MAX_MS = 60_000
 
 
 class _F:
@@ -1690,13 +1696,24 @@ def pack_welcome(broker: str, max_message_size: int, **extra: Any) -> bytes:
 
 
 def unpack_welcome(body: bytes) -> dict[str, Any]:
-    """Decode a WELCOME body; ``max_message_size`` must be a positive int."""
+    """Decode a WELCOME body. A hostile or broken broker must not set a client's
+    timers or buffers: ``max_message_size`` must be in 1..``MAX_MESSAGE_SIZE``
+    and ``heartbeat``, if not 0, in ``HEARTBEAT_MIN_MS``..``HEARTBEAT_MAX_MS``."""
     obj = _unpack_map(body, "WELCOME")
     _check_heartbeat(obj, "WELCOME")
+    beat = obj.get("heartbeat", 0)
+    if beat and not HEARTBEAT_MIN_MS <= beat <= HEARTBEAT_MAX_MS:
+        raise ProtocolError(
+            ErrorCode.BAD_BODY,
+            f"WELCOME heartbeat {beat} ms is outside {HEARTBEAT_MIN_MS}..{HEARTBEAT_MAX_MS}",
+        )
     _check_batch(obj, "WELCOME")
     size = obj.get("max_message_size")
-    if type(size) is not int or size <= 0:
-        raise ProtocolError(ErrorCode.BAD_BODY, "WELCOME max_message_size must be a positive int")
+    if type(size) is not int or not 0 < size <= MAX_MESSAGE_SIZE:
+        raise ProtocolError(
+            ErrorCode.BAD_BODY,
+            f"WELCOME max_message_size must be an int in 1..{MAX_MESSAGE_SIZE}",
+        )
     return obj
 
 
