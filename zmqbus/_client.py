@@ -20,8 +20,10 @@ comes from that one thread or loop.
    (no session: the core caps what it holds itself).
 4. Calls ``expire(now)`` once ``next_deadline()`` has passed; with no deadline
    (None) it may block until the socket or a user wakes it.
-5. When ``want_socket`` is set, replaces its socket with a fresh one (nothing
-   of the lost session may linger in its queues) and calls ``rejoin(now)``.
+5. Makes every socket refuse frames over ``max_frame`` octets (libzmq's
+   ``ZMQ_MAXMSGSIZE``, set before it connects). When ``want_socket`` is set,
+   replaces its socket with a fresh one (nothing of the lost session may
+   linger in its queues) and calls ``rejoin(now)``.
 6. Reports what ``take_events()`` returns ("disconnected", "reconnected") to
    the user's callbacks.
 
@@ -105,6 +107,14 @@ RECONNECT_MAX = 5.0
 # Frames held while reconnecting before the oldest are dropped (at-most-once anyway).
 MAX_HELD_FRAMES = 100_000
 
+# A bus's socket refuses a frame longer than the broker's max_message_size plus
+# this (the envelope of a body in a batch, as the reference broker allows its
+# peers); libzmq drops the connection of a broker that sends one. Before the
+# first WELCOME the bus assumes the reference broker's default limit; a WELCOME
+# with a larger one gets a fresh socket and a second HELLO (see _welcome).
+FRAME_ALLOWANCE = 64 * 1024
+FIRST_MAX_MESSAGE_SIZE = 1 << 20
+
 # Frames worth sending to a new session; the rest (HELLO, SUBSCRIBE, ACK,
 # REPLY, HEARTBEAT...) belong to the lost one and are rebuilt or moot.
 _KEEP_ON_LOSS = frozenset((p.H_PUBLISH, p.H_REQUEST))
@@ -124,6 +134,7 @@ MAX_ERROR_TEXT = 1024
 _N_DELIVER, _N_ASK = p.BROKER_FRAMES[p.Cmd.DELIVER], p.BROKER_FRAMES[p.Cmd.ASK]
 _N_ANSWER, _N_ACKED = p.BROKER_FRAMES[p.Cmd.ANSWER], p.BROKER_FRAMES[p.Cmd.ACKED]
 _N_ROUTED = p.BROKER_FRAMES[p.Cmd.ROUTED]
+_N_WELCOME = p.BROKER_FRAMES[p.Cmd.WELCOME]
 _N_BROKER_BATCH = p.BROKER_FRAMES[p.Cmd.BROKER_BATCH]
 _COUNT_BYTES = p.LAYOUT[p.Cmd.ROUTED].frames[ROUTED_COUNT].size.min
 
@@ -196,6 +207,8 @@ class ClientCore:
         self._welcome_by: float | None = None
         self._internal: set[bytes] = set()  # refs of our own re-subscribes
         self.max_message_size: int | None = None
+        # The longest frame the driver's next socket takes (its ZMQ_MAXMSGSIZE).
+        self.max_frame = FIRST_MAX_MESSAGE_SIZE + FRAME_ALLOWANCE
         self.broker_info: dict[str, Any] = {}
         self.counters: Counter[str] = Counter()
         self._hello: tuple[Waiter, float] | None = None
@@ -417,7 +430,13 @@ class ClientCore:
     def rejoin(self, now: float) -> None:
         """The driver has a fresh socket: queue HELLO, re-SUBSCRIBE every open
         subscription, then what was held. Subscribes still awaiting their OK
-        reuse their ref, so their callers complete."""
+        reuse their ref, so their callers complete. While the first handshake
+        waits for a socket that takes the broker's larger frames (see
+        ``max_frame``), just HELLO again."""
+        if self._conn.state is Conn.JOINING and self.want_socket:
+            self.want_socket = False
+            self.outbox.insert(0, self._hello_frames())
+            return
         if self._conn.state is not Conn.RECONNECTING:
             return
         self._conn.move(Conn.REJOINING)
@@ -557,6 +576,15 @@ class ClientCore:
             else:
                 self._control(p.parse_broker(frames))
         except ProtocolError as exc:
+            if (
+                head == p.H_WELCOME
+                and n == _N_WELCOME
+                and frames[1] == self.channel
+                and (self._hello is not None or self._conn.state is Conn.REJOINING)
+            ):
+                # The WELCOME we wait for, its body refused by parse_broker.
+                self._bad_welcome(exc)
+                return
             # A broker that breaks the protocol is a bug over there; keep the bus alive.
             self.counters["protocol_errors"] += 1
             log.warning("bad message from broker ignored: %s", exc)
@@ -586,24 +614,7 @@ class ClientCore:
         elif isinstance(cmd, p.Welcome):
             if self._hello is None and self._conn.state is not Conn.REJOINING:
                 return
-            info = p.unpack_welcome(cmd.body)
-            self.broker_info = info
-            self.max_message_size = int(info["max_message_size"])
-            now = self.clock()
-            self._beat = info.get("heartbeat", 0) / 1000.0
-            self.batching_commands = self.batch_commands and info.get("batch_commands", False)
-            self._next_beat = now + self._beat
-            if self._conn.move(Conn.READY) is Conn.REJOINING:
-                self._backoff = 0.0
-                self._welcome_by = None
-                self.counters["reconnects"] += 1
-                self.events.append("reconnected")
-                log.info("rejoined channel %s", self.channel.hex())
-                return
-            assert self._hello is not None
-            waiter, _ = self._hello
-            self._hello = None
-            settle(waiter, info)
+            self._welcome(cmd.body)
         elif isinstance(cmd, p.Error):
             self._error(cmd)
         elif isinstance(cmd, p.DeliverBatch):
@@ -612,6 +623,55 @@ class ClientCore:
             )
         else:  # DELIVER/ACKED/ROUTED that failed the fast path's shape check
             raise ProtocolError(p.ErrorCode.BAD_FRAMES, f"malformed {type(cmd).__name__}")
+
+    def _bad_welcome(self, exc: ProtocolError) -> None:
+        # A broker must not set our timers or buffers to absurd values: give up
+        # this connection. connect() raises the error; a rejoin is retried
+        # later, with backoff, as after a broker that did not answer.
+        self.counters["protocol_errors"] += 1
+        log.warning("broker sent an invalid WELCOME: %s", exc)
+        if self._conn.state is Conn.JOINING:
+            self.close(exc)
+        else:
+            self._lost(self.clock(), f"invalid WELCOME ({exc.detail})")
+
+    def _welcome(self, body: bytes) -> None:
+        now = self.clock()
+        try:
+            info = p.unpack_welcome(body)
+        except ProtocolError as exc:
+            self._bad_welcome(exc)
+            return
+        size = int(info["max_message_size"])
+        frame = size + FRAME_ALLOWANCE
+        if frame > self.max_frame:
+            # This socket would drop the connection on the broker's largest
+            # messages: start again on a fresh one that takes them. (The broker
+            # forgets the session left behind as any silent peer.)
+            self.max_frame = frame
+            if self._conn.state is Conn.JOINING:
+                self.want_socket = True
+            else:
+                self._lost(now, "broker takes larger messages than this socket")
+            return
+        # Tighter than this socket: the next one gets it.
+        self.max_frame = frame
+        self.broker_info = info
+        self.max_message_size = size
+        self._beat = info.get("heartbeat", 0) / 1000.0
+        self.batching_commands = self.batch_commands and info.get("batch_commands", False)
+        self._next_beat = now + self._beat
+        if self._conn.move(Conn.READY) is Conn.REJOINING:
+            self._backoff = 0.0
+            self._welcome_by = None
+            self.counters["reconnects"] += 1
+            self.events.append("reconnected")
+            log.info("rejoined channel %s", self.channel.hex())
+            return
+        assert self._hello is not None
+        waiter, _ = self._hello
+        self._hello = None
+        settle(waiter, info)
 
     def _error(self, cmd: p.Error) -> None:
         exc = ProtocolError(cmd.code, cmd.text, remote=True)

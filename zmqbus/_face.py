@@ -228,6 +228,8 @@ class BusBase:
         )
         self._core.send_reply = self._send_reply
         self._closed = False
+        # The error that closed the bus by itself (its driver failed), or None.
+        self._failure: BaseException | None = None
         self._topics: dict[str, bytes] = {}
         self._max_size = 0
         self._subs_lock = threading.Lock()
@@ -246,16 +248,27 @@ class BusBase:
 
     @property
     def closed(self) -> bool:
-        """True once ``close()`` has been called."""
+        """True once ``close()`` has been called, or the bus closed by itself
+        (see ``failure``)."""
         return self._closed
 
     @property
     def state(self) -> str:
         """``"connected"``, ``"reconnecting"`` (the broker was lost; the bus is
-        rejoining by itself and will restore its subscriptions) or ``"closed"``."""
+        rejoining by itself and will restore its subscriptions) or ``"closed"``
+        (by ``close()``, or by itself: see ``failure``)."""
         if self._closed:
             return "closed"
-        return "connected" if self._core.state == "ready" else "reconnecting"
+        state = self._core.state
+        if state == "ready":
+            return "connected"
+        return "closed" if state == "closed" else "reconnecting"
+
+    @property
+    def failure(self) -> BaseException | None:
+        """The error that closed the bus by itself (its I/O failed), or None.
+        Every call then raises ``BusClosed`` with this as its ``__cause__``."""
+        return self._failure
 
     @property
     def max_message_size(self) -> int:
@@ -287,7 +300,23 @@ class BusBase:
     def _check(self) -> None:
         """Raise unless the caller may use this bus now."""
         if self._closed:
-            raise BusClosed("bus is closed")
+            raise self._closed_error()
+
+    def _closed_error(self) -> BusClosed:
+        """The ``BusClosed`` a call on this closed bus raises: caused by the
+        failure that closed it, if one did."""
+        failure = self._failure
+        if failure is None:
+            return BusClosed("bus is closed")
+        exc = BusClosed(f"bus closed: its I/O failed: {failure!r}")
+        exc.__cause__ = failure
+        return exc
+
+    def _failed(self, exc: BaseException) -> None:
+        """The driver failed with ``exc`` and closed the core: the bus is closed."""
+        if self._failure is None:
+            self._failure = exc
+        self._closed = True
 
     # --- shared steps ---------------------------------------------------------
 

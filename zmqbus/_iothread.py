@@ -11,6 +11,16 @@ Submitting takes no lock while there is room and the thread runs: the queue
 is a deque (atomic append and popleft), and the thread arms itself before it
 looks at the queue a last time, so an item is either seen or rung for. The
 lock serialises ringing, waiting for room, and the last drain at stop.
+
+Bounds: senders of frames wait while ``hwm`` messages are unsent, and the
+thread reads from the broker only while fewer than ``hwm`` wait (ACKs and
+other commands the core makes included): a socket that cannot send makes the
+broker's queue to this bus fill instead (the broker drops for it and says so),
+never this process's memory.
+
+If the loop itself fails (a bug, or the socket library refusing), the thread
+closes the core with ``BusClosed`` caused by that error, says so through
+``on_failure``, refuses every later submit the same way, and ends.
 """
 
 from __future__ import annotations
@@ -38,6 +48,7 @@ log = logging.getLogger("zmqbus.client")
 # Plain ints: zmq's flags are enums, and every use of one costs an enum operation.
 _NOBLOCK = int(zmq.NOBLOCK)
 _POLLIN = int(zmq.POLLIN)
+_POLLOUT = int(zmq.POLLOUT)
 _EVENTS = int(zmq.EVENTS)
 # While submits keep the thread from ever blocking in poll, it still reads the
 # socket at least this often (seconds): heartbeats and replies must not wait for
@@ -45,6 +56,9 @@ _EVENTS = int(zmq.EVENTS)
 _READ_EVERY = 0.001
 # Submitted items taken per pass of the loop.
 _TAKE = 4096
+# The longest poll (ms): deadlines further off (a huge timeout) are polled for
+# again, never handed to zmq.poll, which overflows past a C long.
+_MAX_WAIT_MS = 3_600_000
 _COUNTS = p.BROKER_FRAME_COUNTS
 
 Item = Callable[[], object] | list[bytes]
@@ -63,8 +77,12 @@ class IOThread:
         name: str = "zmqbus-io",
         on_event: Callable[[str], None] | None = None,
         after_receive: Callable[[], None] | None = None,
+        on_failure: Callable[[BaseException], None] | None = None,
     ) -> None:
         self._core = core
+        self._on_failure = on_failure
+        # The error that ended the loop, if one did.
+        self.failure: BaseException | None = None
         self._after_receive = after_receive
         self._ctx = context
         self._endpoint = endpoint
@@ -95,12 +113,13 @@ class IOThread:
         self._thread.start()
 
     def _dealer(self) -> zmq.Socket[bytes]:
-        return dealer(self._ctx, self._endpoint, self._hwm)
+        return dealer(self._ctx, self._endpoint, self._hwm, self._core.max_frame)
 
     def _swap(self) -> None:
         # A fresh socket per attempt: nothing of the lost session lingers in its queues.
         old = self._sock
-        self._poller.unregister(old)
+        with contextlib.suppress(KeyError):  # not polled while reading was paused
+            self._poller.unregister(old)
         old.close(0)
         self._out.clear()
         self._sock = self._dealer()
@@ -140,7 +159,7 @@ class IOThread:
                 while len(self._queue) + self._backlog >= self._limit and not self._stopping:
                     self._room.wait(1.0)
             if self._stopping:
-                raise BusClosed("bus is closed")
+                raise self._closed_error()
             self._queue.append(item)
             if self._armed:
                 self._armed = False
@@ -162,7 +181,15 @@ class IOThread:
             for i, queued in enumerate(queue):
                 if queued is item:
                     del queue[i]
-                    raise BusClosed("bus is closed")
+                    raise self._closed_error()
+
+    def _closed_error(self) -> BusClosed:
+        failure = self.failure
+        if failure is None:
+            return BusClosed("bus is closed")
+        exc = BusClosed(f"bus closed: its I/O failed: {failure!r}")
+        exc.__cause__ = failure
+        return exc
 
     def stop(self, timeout: float = 2.0) -> None:
         """Send what can still be sent, close the sockets and join the thread."""
@@ -176,7 +203,11 @@ class IOThread:
                 if self._armed:
                     self._armed = False
                     self._wake_tx.send(b"", _NOBLOCK)
-        if not already and threading.current_thread() is not self._thread:
+        # Joined also when the loop stopped itself (it failed): it may still be
+        # closing its sockets.
+        if (not already or self.failure is not None) and (
+            threading.current_thread() is not self._thread
+        ):
             self._thread.join(timeout)
             if self._thread.is_alive():
                 log.warning("bus I/O thread did not stop within %gs", timeout)
@@ -193,7 +224,7 @@ class IOThread:
         poller = self._poller
         poller.register(self._sock, zmq.POLLIN)
         poller.register(wake, zmq.POLLIN)
-        polling_out = False
+        polling = int(zmq.POLLIN)
         out = self._out
         lock = self._lock
         read_by = 0.0
@@ -209,7 +240,7 @@ class IOThread:
                 self._take(items)
                 if core.want_socket:
                     self._swap()
-                    polling_out = False
+                    polling = _POLLIN
                 self._report()
                 self._drain_core()
                 self._send()
@@ -220,7 +251,7 @@ class IOThread:
                 if deadline is not None and deadline <= now:
                     # Read what waits first: a heartbeat that arrived during a long
                     # pass of sending is no silence of the broker's.
-                    if cast(int, _get(self._sock, _EVENTS)) & _POLLIN:
+                    if not self._full() and cast(int, _get(self._sock, _EVENTS)) & _POLLIN:
                         self._recv()
                     core.expire(time.monotonic())
                     continue
@@ -239,12 +270,18 @@ class IOThread:
                             self._recv()
                     continue
                 read_by = 0.0
-                want_out = bool(out)
-                if want_out != polling_out:
-                    poller.modify(sock, zmq.POLLIN | zmq.POLLOUT if want_out else zmq.POLLIN)
-                    polling_out = want_out
-                # Round up: waking a hair early would just loop back into poll.
-                wait = None if deadline is None else max(0, int((deadline - now) * 1000.0) + 1)
+                # Backpressure: while hwm messages wait unsent, read nothing more
+                # (each read may make ACKs) until the socket takes some.
+                want = (_POLLOUT if out else 0) | (0 if self._full() else _POLLIN)
+                if want != polling:
+                    poller.modify(sock, want)
+                    polling = want
+                if deadline is None:
+                    wait = None
+                else:
+                    # Round up: waking a hair early would just loop back into poll.
+                    ms = (deadline - now) * 1000.0
+                    wait = _MAX_WAIT_MS if ms >= _MAX_WAIT_MS else max(0, int(ms) + 1)
                 events = dict(poller.poll(wait))
                 with lock:
                     self._armed = False
@@ -255,19 +292,37 @@ class IOThread:
                         wake.recv(_NOBLOCK)
                 if events.get(sock, 0) & _POLLIN:
                     self._recv()
-        except Exception:
-            log.exception("bus I/O loop failed")
-            self._call(lambda: core.close())
+        except Exception as exc:
+            log.exception("bus I/O loop failed; the bus is closed")
+            self._fail(exc)
         finally:
             with lock:
                 self._drained = True
                 items = list(self._queue)
                 self._queue.clear()
-            self._take(items)
-            self._drain_core()
-            self._send()
-            self._sock.close(0)
-            wake.close(0)
+            try:
+                self._take(items)
+                if self.failure is None:
+                    self._drain_core()
+                    self._send()
+            except Exception as exc:
+                log.exception("bus I/O loop failed while stopping")
+                self._fail(exc)
+            finally:
+                self._sock.close(0)
+                wake.close(0)
+
+    def _fail(self, exc: BaseException) -> None:
+        # Every later submit raises BusClosed from exc; every waiter gets it now.
+        with self._lock:
+            if self.failure is None:
+                self.failure = exc
+            self._stopping = True
+            self._room.notify_all()
+        error = self._closed_error()
+        if self._on_failure is not None:
+            self._call(lambda: self._on_failure(exc))  # type: ignore[misc]
+        self._call(lambda: self._core.close(error))
 
     def _take(self, items: list[Item]) -> None:
         core = self._core
@@ -300,10 +355,14 @@ class IOThread:
                 if backlog < self._limit:
                     self._room.notify_all()
 
+    def _full(self) -> bool:
+        # Messages waiting unsent, the core's included: the read side's bound.
+        return len(self._out) + len(self._core.outbox) >= self._limit
+
     def _recv(self) -> None:
         # Called once a message waits. What drain() leaves unread, a poll reports again.
         try:
-            drain(self._sock, _COUNTS, self._core.receive, waiting=True)
+            drain(self._sock, _COUNTS, self._core.receive, waiting=True, full=self._full)
         finally:
             if self._after_receive is not None:
                 self._after_receive()

@@ -7,6 +7,12 @@ followed by a look at ``zmq.EVENTS`` and every read goes on until the socket
 is empty (or resumes on the next turn), so no arrival is missed. Core
 deadlines become one ``loop.call_later`` timer. No extra thread, no polling:
 an idle bus costs nothing. Works with the default loop and with uvloop.
+
+While ``hwm`` messages wait unsent (ACKs and other commands the core makes
+included), the bus reads nothing more from the broker until the socket takes
+some. If driving the core ever fails (a bug, or the socket library refusing),
+the bus closes itself: every waiter and every later call gets ``BusClosed``
+caused by that error.
 """
 
 from __future__ import annotations
@@ -44,6 +50,8 @@ _POLLOUT = int(zmq.POLLOUT)
 _EVENTS = int(zmq.EVENTS)
 _COUNTS = p.BROKER_FRAME_COUNTS
 _UNCONFIRMED = PublishResult(0, 0, 0, 0, confirmed=False)
+# The longest timer (seconds) for a core deadline; a later one is re-armed then.
+_MAX_DELAY = 3600.0
 
 T = TypeVar("T")
 
@@ -225,6 +233,7 @@ class Bus(BusBase):
         self._timer_at: float | None = None
         self._room = asyncio.Event()  # set while the send backlog is below hwm
         self._pump_due = False  # a _pump is scheduled for unconfirmed publishes
+        self._paused = False  # reading stopped while hwm messages wait unsent
 
     def _future(self) -> asyncio.Future[Any]:
         assert self._loop is not None
@@ -302,7 +311,7 @@ class Bus(BusBase):
         self._teardown()
 
     def _dealer(self) -> zmq.Socket[bytes]:
-        return dealer(self._ctx, self._endpoint, self._hwm)
+        return dealer(self._ctx, self._endpoint, self._hwm, self._core.max_frame)
 
     def _attach(self, sock: zmq.Socket[bytes]) -> None:
         assert self._loop is not None
@@ -349,7 +358,7 @@ class Bus(BusBase):
     def _check(self) -> None:
         # BusBase's check, inlined: this runs on every publish.
         if self._closed:
-            raise BusClosed("bus is closed")
+            raise self._closed_error()
         if self._sock is None:
             raise RuntimeError("bus is not connected: use 'async with' or await connect()")
         self._on_own_loop()
@@ -522,10 +531,17 @@ class Bus(BusBase):
         self._pump_due = False
         if self._sock is None:
             return
+        try:
+            self._send_out()
+        except Exception as exc:
+            self._fail(exc)
+
+    def _send_out(self) -> None:
         core = self._core
         if core.want_socket:
             self._swap()
         sock = self._sock
+        assert sock is not None
         out = self._out
         outgoing = core.take_outgoing()
         if outgoing:
@@ -544,16 +560,50 @@ class Bus(BusBase):
                     self._pump_soon()
         if len(out) < self._hwm:
             self._room.set()  # also when a new session emptied the queue
+        if self._paused and not self._full() and self._loop is not None:
+            self._paused = False
+            self._loop.call_soon(self._on_events)
         self._arm_timer()
+
+    def _full(self) -> bool:
+        # Messages waiting unsent, the core's included: the read side's bound.
+        return len(self._out) + len(self._core.outbox) >= self._hwm
+
+    def _read(self, sock: zmq.Socket[bytes]) -> bool:
+        # Drain, unless hwm messages wait unsent (then _send_out resumes it);
+        # True if more may wait and reading may go on.
+        if self._full():
+            self._paused = True
+            return False
+        if drain(sock, _COUNTS, self._core.receive, full=self._full):
+            if not self._full():
+                return True
+            self._paused = True
+        return False
+
+    def _fail(self, exc: BaseException) -> None:
+        # Driving the core failed: close the bus with the error as the cause.
+        log.exception("bus I/O failed; the bus is closed", exc_info=exc)
+        self._failed(exc)
+        error = self._closed_error()
+        try:
+            self._core.close(error)
+        except Exception:
+            log.exception("closing the bus's core failed")
+        self._teardown()
 
     def _on_events(self) -> None:
         sock = self._sock
         if sock is None:
             return
-        if drain(sock, _COUNTS, self._core.receive) and self._loop is not None:
-            # Budget used up: yield to other tasks, then go on draining.
-            self._loop.call_soon(self._on_events)
-        self._report()
+        try:
+            if self._read(sock) and self._loop is not None:
+                # Budget used up: yield to other tasks, then go on draining.
+                self._loop.call_soon(self._on_events)
+            self._report()
+        except Exception as exc:
+            self._fail(exc)
+            return
         self._pump()
 
     def _arm_timer(self) -> None:
@@ -568,7 +618,8 @@ class Bus(BusBase):
             self._timer = None
         self._timer_at = deadline
         if self._loop is not None:
-            delay = max(0.0, deadline - time.monotonic())
+            # Capped: a deadline an absurd timeout away is looked at again later.
+            delay = min(max(0.0, deadline - time.monotonic()), _MAX_DELAY)
             self._timer = self._loop.call_later(delay, self._on_timer)
 
     def _on_timer(self) -> None:
@@ -576,8 +627,14 @@ class Bus(BusBase):
         self._timer_at = None
         # Read what waits first: a heartbeat still unread is no silence of the broker's.
         sock = self._sock
-        if sock is not None and drain(sock, _COUNTS, self._core.receive) and self._loop:
-            self._loop.call_soon(self._on_events)
-        self._core.expire(time.monotonic())
-        self._report()
+        if sock is None:
+            return
+        try:
+            if self._read(sock) and self._loop:
+                self._loop.call_soon(self._on_events)
+            self._core.expire(time.monotonic())
+            self._report()
+        except Exception as exc:
+            self._fail(exc)
+            return
         self._pump()

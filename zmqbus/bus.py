@@ -49,7 +49,8 @@ def _wait(fut: Future[T], timeout: float, what: str) -> T:
     # concurrent.futures.TimeoutError is the builtin TimeoutError, which our own
     # PublishTimeout/RequestTimeout subclass: overdue() lets those through.
     try:
-        return fut.result(timeout + GRACE)
+        # Capped: Condition.wait overflows past TIMEOUT_MAX (timeout=inf).
+        return fut.result(min(timeout + GRACE, threading.TIMEOUT_MAX))
     except TimeoutError as exc:
         raise overdue(exc, what, timeout) from None
 
@@ -235,6 +236,7 @@ class Bus(BusBase):
         # Subscriptions given messages in the current receive batch (I/O thread only).
         self._touched: list[Subscription] = []
         self._close_lock = threading.Lock()
+        self._closing = False  # close() has begun (``_closed`` is also set by a failure)
         self._io = IOThread(
             self._ctx,
             self._endpoint,
@@ -242,6 +244,7 @@ class Bus(BusBase):
             hwm=self._hwm,
             on_event=self._on_event,
             after_receive=self._wake_touched,
+            on_failure=self._failed,
         )
         timeout = self._connect_timeout
         with self._connecting(self._shutdown):
@@ -381,8 +384,9 @@ class Bus(BusBase):
         (buffered messages stay readable); a running handler gets up to
         ``close_timeout`` seconds more to return, its backlog is dropped."""
         with self._close_lock:
-            if self._closed:
+            if self._closing:
                 return
+            self._closing = True
             self._closed = True
         _unclosed.discard(self)
         subs = self._forget()
@@ -411,6 +415,6 @@ class Bus(BusBase):
 
     def __del__(self) -> None:
         # A bus dropped without close() must not leave its I/O thread running.
-        if not getattr(self, "_closed", True) and hasattr(self, "_io"):
+        if not getattr(self, "_closing", True) and hasattr(self, "_io"):
             with contextlib.suppress(Exception):
                 self._io.stop(0.5)
