@@ -1502,6 +1502,66 @@ def pack_message(msg_id: bytes, ts_ns: int, headers: Mapping[str, str], payload:
 
 _unpackb = msgpack.unpackb
 
+# A message, reply or ACK body decodes into two or three arrays and maps; a
+# hostile one of 1 MiB can decode into a million (over a second of CPU, most of
+# it the cyclic GC's). A body longer than BODY_UNGUARDED octets, unless it has
+# the common shape (no headers: at most one array and one empty map), is
+# decoded with a budget: at most MAX_BODY_CONTAINERS arrays and maps in all,
+# each of at most MAX_BODY_ITEMS elements or entries (so at most that many
+# headers). A shorter body cannot hold enough to matter.
+BODY_UNGUARDED = 512
+MAX_BODY_CONTAINERS = 16
+MAX_BODY_ITEMS = 4096
+
+
+class _OverBudget(Exception):
+    pass
+
+
+def _plain_body(body: bytes) -> bool:
+    # [bin 16, Timestamp ext 8, {}, bin]: pack_message's layout without headers.
+    return (
+        body[:3] == b"\x94\xc4\x10"
+        and body[19:21] == b"\xd7\xff"
+        and body[29:30] == b"\x80"
+        and body[30:31] in (b"\xc4", b"\xc5", b"\xc6")
+    )
+
+
+def _unpack_body(body: bytes, what: str) -> Any:
+    """``_unpack`` for a message, reply or ACK body, within the budget above."""
+    if len(body) <= BODY_UNGUARDED or _plain_body(body):
+        return _unpack(body, what)
+    left = MAX_BODY_CONTAINERS
+
+    def count(obj: Any) -> Any:
+        nonlocal left
+        left -= 1
+        if left < 0:
+            raise _OverBudget
+        return obj
+
+    try:
+        return _unpackb(
+            body,
+            raw=False,
+            timestamp=3,
+            strict_map_key=True,
+            list_hook=count,
+            object_hook=count,
+            max_array_len=MAX_BODY_ITEMS,
+            max_map_len=MAX_BODY_ITEMS,
+        )
+    except _OverBudget:
+        raise ProtocolError(
+            ErrorCode.BAD_BODY,
+            f"{what} body holds more than {MAX_BODY_CONTAINERS} arrays and maps",
+        ) from None
+    except Exception as exc:  # msgpack raises several unrelated types for bad input
+        raise ProtocolError(
+            ErrorCode.BAD_BODY, f"{what} body is not valid msgpack: {exc}"
+        ) from None
+
 
 def _unpack(body: bytes, what: str) -> Any:
     try:
@@ -1515,7 +1575,7 @@ def _unpack(body: bytes, what: str) -> Any:
 def unpack_message(body: bytes) -> MessageBody:
     """Decode and validate a PUBLISH/DELIVER body. Extra trailing array
     elements are ignored, so later versions may append fields."""
-    return _message_fields(_unpack(body, "message"))
+    return _message_fields(_unpack_body(body, "message"))
 
 
 def message_fields(body: bytes) -> tuple[bytes, datetime, dict[str, str], bytes]:
@@ -1525,6 +1585,8 @@ def message_fields(body: bytes) -> tuple[bytes, datetime, dict[str, str], bytes]
     # One call per delivered message: the common body (no headers) is checked
     # inline, anything else by _fields, which also words the errors. Decoding here
     # rather than through _unpack saves ~0.15 us of its 1.4 us.
+    if len(body) > BODY_UNGUARDED and not _plain_body(body):
+        return _fields(_unpack_body(body, "message"))
     try:
         obj = _unpackb(body, raw=False, timestamp=3, strict_map_key=True)
     except Exception as exc:  # msgpack raises several unrelated types for bad input
@@ -1585,7 +1647,7 @@ def pack_reply(
 
 def unpack_reply(body: bytes) -> tuple[MessageBody, str | None]:
     """Decode and validate a REPLY/ANSWER body: (message fields, error text or None)."""
-    obj = _unpack(body, "reply")
+    obj = _unpack_body(body, "reply")
     msg = _message_fields(obj)
     error = obj[4] if len(obj) > 4 else None
     if error is not None and not isinstance(error, str):
@@ -1636,7 +1698,7 @@ def unpack_ack(body: bytes) -> AckResult:
 
 
 def _unpack_ack(body: bytes) -> AckResult:
-    obj = _unpack(body, "ack")
+    obj = _unpack_body(body, "ack")
     if not isinstance(obj, list) or len(obj) < 3:
         raise ProtocolError(ErrorCode.BAD_BODY, "ack body must be an array of at least 3")
     delivered, dropped, errors = obj[0], obj[1], obj[2]
