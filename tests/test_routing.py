@@ -1630,3 +1630,25 @@ class BrokerMachine(RuleBasedStateMachine):
 
 BrokerMachine.TestCase.settings = settings(max_examples=25, stateful_step_count=25, deadline=None)
 test_broker_machine = BrokerMachine.TestCase
+
+
+def test_queue_group_removes_members_in_any_order_and_keeps_rotating() -> None:
+    """Removal swaps the last member into the gap (O(1)): every remaining member
+    still gets its turn, and a group emptied in any order is empty."""
+    from zmqbus._groups import QueueGroup
+    from zmqbus._peer import Peer
+
+    group = QueueGroup(("work.>", "q"))
+    peers = [Peer(bytes([i]), None, bytes(8)) for i in range(10)]  # type: ignore[arg-type]
+    for peer in peers:
+        group.add(peer, b"sid1")
+    for i in (0, 9, 4, 5):
+        group.remove(peers[i], b"sid1")
+    left = {peers[i] for i in (1, 2, 3, 6, 7, 8)}
+    assert {m[0] for m in group.members} == left
+    assert {group.pick()[0] for _ in range(6)} == left
+    for peer in [peers[i] for i in (8, 1, 7, 2, 6, 3)]:
+        group.remove(peer, b"sid1")
+    assert group.members == []
+    with pytest.raises(KeyError):
+        group.remove(peers[1], b"sid1")

@@ -70,7 +70,7 @@ class Channel:
             if group is None:
                 group = self.groups[(pattern, queue)] = QueueGroup((pattern, queue))
                 self.trie.add(pattern, group)
-            group.members.append((peer, sid))
+            group.add(peer, sid)
         else:
             self.trie.add(pattern, (peer.ident, sid))
         self.cache.clear()
@@ -79,7 +79,7 @@ class Channel:
         """Undo ``add``; a queue group goes with its last member."""
         if queue:
             group = self.groups[(pattern, queue)]
-            group.members.remove((peer, sid))
+            group.remove(peer, sid)
             if not group.members:
                 del self.groups[(pattern, queue)]
                 self.trie.remove(pattern, group)

@@ -10,12 +10,30 @@ __all__ = ["QueueGroup"]
 class QueueGroup:
     """The subscriptions of one channel with the same pattern and queue name."""
 
-    __slots__ = ("key", "members", "next")
+    __slots__ = ("_index", "key", "members", "next")
 
     def __init__(self, key: tuple[str, str]) -> None:
         self.key = key
         self.members: list[tuple[Peer, bytes]] = []
+        # Position of each member in ``members``: removing one is O(1), so a
+        # peer that leaves (or unsubscribes) N members costs O(N), not O(N^2).
+        self._index: dict[tuple[Peer, bytes], int] = {}
         self.next = 0
+
+    def add(self, peer: Peer, sid: bytes) -> None:
+        """Add the member (``peer``, ``sid``); it must not be one already."""
+        member = (peer, sid)
+        self._index[member] = len(self.members)
+        self.members.append(member)
+
+    def remove(self, peer: Peer, sid: bytes) -> None:
+        """Remove the member (``peer``, ``sid``); the last member takes its place."""
+        members = self.members
+        i = self._index.pop((peer, sid))
+        last = members.pop()
+        if i < len(members):
+            members[i] = last
+            self._index[last] = i
 
     def pick(self) -> tuple[Peer, bytes]:
         """The member (peer, sid) to take the next message."""
