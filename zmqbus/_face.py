@@ -305,12 +305,7 @@ class BusBase:
     def _closed_error(self) -> BusClosed:
         """The ``BusClosed`` a call on this closed bus raises: caused by the
         failure that closed it, if one did."""
-        failure = self._failure
-        if failure is None:
-            return BusClosed("bus is closed")
-        exc = BusClosed(f"bus closed: its I/O failed: {failure!r}")
-        exc.__cause__ = failure
-        return exc
+        return BusClosed.after(self._failure)
 
     def _failed(self, exc: BaseException) -> None:
         """The driver failed with ``exc`` and closed the core: the bus is closed."""

@@ -184,12 +184,7 @@ class IOThread:
                     raise self._closed_error()
 
     def _closed_error(self) -> BusClosed:
-        failure = self.failure
-        if failure is None:
-            return BusClosed("bus is closed")
-        exc = BusClosed(f"bus closed: its I/O failed: {failure!r}")
-        exc.__cause__ = failure
-        return exc
+        return BusClosed.after(self.failure)
 
     def stop(self, timeout: float = 2.0) -> None:
         """Send what can still be sent, close the sockets and join the thread."""

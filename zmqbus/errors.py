@@ -30,6 +30,16 @@ class ZmqbusError(Exception):
 class BusClosed(ZmqbusError):
     """The bus is closed: the call cannot run, or was pending when the bus closed."""
 
+    @classmethod
+    def after(cls, failure: BaseException | None) -> BusClosed:
+        """The error a call on a closed bus raises: caused by ``failure``, the
+        error that closed the bus by itself, if one did."""
+        if failure is None:
+            return cls("bus is closed")
+        exc = cls(f"bus closed: its I/O failed: {failure!r}")
+        exc.__cause__ = failure
+        return exc
+
 
 class ConnectTimeout(ZmqbusError, ConnectionError):
     """The broker did not answer the handshake within ``connect_timeout``."""
