@@ -46,6 +46,29 @@ def test_broker_expires_silent_peer_and_beats_for_live_one() -> None:
     assert state.counters["expired"] == 1 and state.subscription_count() == 0
 
 
+@pytest.mark.parametrize(
+    "frames",
+    [
+        [p.H_STATS, b"\0" * 16, b"r"],  # answered, though it names no channel joined
+        [p.SIGNATURE + bytes((9, p.Cmd.HEARTBEAT))],  # refused: 505
+        [p.H_PUBLISH],  # refused: 400
+    ],
+    ids=["stats", "wrong-version", "malformed"],
+)
+def test_any_message_from_a_joined_peer_is_a_sign_of_life(frames: list[bytes]) -> None:
+    """The spec counts any message as a heartbeat: a peer that only sends
+    STATS, or only messages the broker refuses, is not expired."""
+    state = BrokerState()
+    ch = uuid.uuid4().bytes
+    state.handle(b"A", [p.H_HELLO, ch, p.pack_hello("t", heartbeat=1000)], 100.0)
+    for t in (102.0, 104.0, 106.0):
+        state.handle(b"A", frames, t)
+        state.tick(t + 1.0)
+    assert set(state.peers) == {b"A"} and state.counters["expired"] == 0
+    state.tick(110.0)  # then silent for 4 s > 3 x 1 s
+    assert not state.peers and state.counters["expired"] == 1
+
+
 def test_peer_without_heartbeat_is_never_expired() -> None:
     state = BrokerState()
     ch = uuid.uuid4().bytes

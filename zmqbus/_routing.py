@@ -147,6 +147,11 @@ class BrokerState:
         if now is not None:
             self._now = now
         self.counters["messages_in"] += 1
+        peer = self.peers.get(ident)
+        if peer is not None:
+            # Any message shows the peer's connection lives, even one refused
+            # (a STATS, a wrong version): the spec counts it as a heartbeat.
+            peer.last_heard = self._now
         if frames and frames[0] == p.H_BATCH:
             try:
                 entries = self._unbatch(ident, frames)
@@ -347,7 +352,6 @@ class BrokerState:
             raise ProtocolError(
                 ErrorCode.CHANNEL_MISMATCH, "channel frame differs from the channel joined"
             )
-        peer.last_heard = self._now
         return peer
 
     def _message_checks(self, topic: bytes, body: bytes) -> None:
