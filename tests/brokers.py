@@ -19,13 +19,14 @@ def free_port() -> int:
 class BrokerProcess:
     """`zmqbus broker` in a process of its own, on a fixed address."""
 
-    def __init__(self, address: str) -> None:
+    def __init__(self, address: str, *args: str) -> None:
         self.address = address
+        self.args = args  # more `zmqbus broker` options
         self.proc: subprocess.Popen[str] | None = None
 
     def start(self) -> None:
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "zmqbus", "broker", "--bind", self.address],
+            [sys.executable, "-m", "zmqbus", "broker", "--bind", self.address, *self.args],
             stderr=subprocess.PIPE,
             text=True,
         )

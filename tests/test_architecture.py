@@ -18,6 +18,7 @@ SANS_IO = {
     "_fastpath",
     "_groups",
     "_peer",
+    "limits",
     "_pending",
     "_subscriptions",
     "protocol",

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from frames import S1, S2, A, hello, joined, publish, subscribe
 
+from zmqbus import Limits
 from zmqbus import protocol as p
 from zmqbus._routing import LIVENESS, BrokerState
 
@@ -166,9 +167,11 @@ def test_refused_because_the_peer_is_gone_it_is_forgotten() -> None:
 
 
 def test_tick_returns_the_next_deadline_and_does_nothing_before_it() -> None:
-    state = BrokerState()
+    state = BrokerState(limits=Limits(idle_probe_seconds=1000))
+    assert state.tick(5.0) is None  # no peers: block without a timeout
     joined(state, b"quiet")
-    assert state.tick(5.0) is None  # no peer asked for heartbeats: block without a timeout
+    # Without heartbeats, the only duty is the idle probe of its connection.
+    assert state.tick(5.0) == state.due() == 1000.0
     state.handle(b"beat", hello(heartbeat=500), 10.0)
     state.take_outgoing()
     assert state.tick(10.0) == 10.5
@@ -182,7 +185,8 @@ def test_tick_returns_the_next_deadline_and_does_nothing_before_it() -> None:
     silent_until = 11.0 + LIVENESS * 0.5
     t = 11.0
     # As the loop does: it wakes up at least a millisecond after the deadline.
-    while (deadline := state.tick(t)) is not None:
+    while (deadline := state.tick(t)) != 1000.0:
+        assert deadline is not None
         assert b"beat" in state.peers and t <= silent_until
         t = deadline + 0.001
     assert t > silent_until and b"beat" not in state.peers

@@ -12,7 +12,7 @@ import pytest
 from brokers import BrokerProcess
 from frames import joined, publish_batch
 
-from zmqbus import Broker, Bus
+from zmqbus import Broker, Bus, Limits
 from zmqbus import protocol as p
 from zmqbus._routing import BrokerState
 from zmqbus.aio import Bus as AsyncBus
@@ -99,7 +99,7 @@ LIMIT = p.MAX_ENTRY_SIDS_BYTES // p.SID_BYTES  # 16,383
 def test_deliver_entries_name_any_number_of_sids(count: int) -> None:
     # 16,384 subscriptions once overflowed the 16-bit sids-length: every
     # PUBLISH_BATCH on the channel got ERROR 500 and nobody received anything.
-    state = BrokerState()
+    state = BrokerState(limits=Limits(max_subscriptions_per_peer=4 * LIMIT))
     joined(state, b"big", *[("orders.>", n) for n in range(1, count + 1)], client="t", batch=True)
     joined(state, b"small", ("orders.*", 1), client="t", batch=True)
     joined(state, b"pub", client="t")
@@ -135,7 +135,7 @@ def test_a_deliver_entry_refuses_more_sids_than_its_length_field_holds() -> None
 def test_a_member_with_16384_subscriptions_breaks_nobodys_batches() -> None:
     channel = uuid.uuid4()
     with (
-        Broker("tcp://127.0.0.1:0") as broker,
+        Broker("tcp://127.0.0.1:0", limits=Limits(max_subscriptions_per_peer=LIMIT + 1)) as broker,
         Bus(broker.address, channel) as many,
         Bus(broker.address, channel) as honest,
         Bus(broker.address, channel) as pub,

@@ -74,8 +74,14 @@ def test_peer_without_heartbeat_is_never_expired() -> None:
     ch = uuid.uuid4().bytes
     state.handle(b"A", [p.H_HELLO, ch, p.pack_hello("t")])
     assert "heartbeat" not in p.unpack_welcome(state.outbox[0][1][2])
-    assert state.tick(0.0) is None
-    assert state.tick(10_000.0) is None and b"A" in state.peers
+    state.take_outgoing()
+    # Never expired: only its connection is probed, once idle for idle_probe_seconds.
+    idle = state.limits.idle_probe_seconds
+    assert state.tick(0.0) == idle
+    assert state.tick(idle - 0.001) == idle and state.take_outgoing() == []
+    assert state.tick(10_000.0) == 10_000.0 + idle and b"A" in state.peers
+    assert state.take_outgoing() == [(b"A", [p.H_BROKER_HEARTBEAT, ch])]
+    assert state.counters["expired"] == 0 and state.counters["idle_probes"] == 1
 
 
 def test_client_core_notices_silent_broker_and_rejoins() -> None:

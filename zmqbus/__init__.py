@@ -11,6 +11,7 @@ from .errors import (
     BusClosed,
     ConnectTimeout,
     HandlerError,
+    LimitReached,
     MessageTooLarge,
     NoResponders,
     ProtocolError,
@@ -21,6 +22,7 @@ from .errors import (
     WrongEventLoop,
     ZmqbusError,
 )
+from .limits import Limits
 from .message import Message, PublishResult
 
 __all__ = [
@@ -29,6 +31,8 @@ __all__ = [
     "BusClosed",
     "ConnectTimeout",
     "HandlerError",
+    "LimitReached",
+    "Limits",
     "Message",
     "MessageTooLarge",
     "NoResponders",

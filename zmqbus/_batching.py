@@ -20,6 +20,7 @@ Outgoing = tuple[bytes, list[bytes]]
 # is sent zero-copy, through a garbage-collector thread that halved throughput
 # in about half of the fire-and-forget runs measured.
 BROKER_BATCH_BYTES = 60 * 1024
+MAX_ENTRIES = p.MAX_BATCH_ENTRIES
 _COALESCE = frozenset(p.header(c) for c in p.BROKER_ENTRY_FRAMES)
 
 
@@ -64,7 +65,7 @@ def _emit_run(ident: bytes, run: list[list[bytes]], result: list[Outgoing]) -> i
     made = 0
     for frames in run:
         entry = pack(frames)
-        if parts and size + len(entry) > BROKER_BATCH_BYTES:
+        if parts and (size + len(entry) > BROKER_BATCH_BYTES or len(parts) == MAX_ENTRIES):
             result.append((ident, [p.H_BROKER_BATCH, channel, b"".join(parts)]))
             made += 1
             parts = []
@@ -114,7 +115,7 @@ def fan_out(
             run = runs.get(target)
             if run is None:
                 runs[target] = [len(entry), entry]
-            elif run[0] + len(entry) > BROKER_BATCH_BYTES:
+            elif run[0] + len(entry) > BROKER_BATCH_BYTES or len(run) > MAX_ENTRIES:
                 made += _run_batch(to, chid, run, out)
                 runs[target] = [len(entry), entry]
             else:

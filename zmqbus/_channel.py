@@ -8,35 +8,73 @@ from ._groups import QueueGroup
 from ._peer import Peer
 from .topics import TopicTrie
 
-__all__ = ["CACHE_LIMIT", "Channel", "Targets"]
+__all__ = ["CACHE_LIMIT", "CacheBudget", "Channel", "Targets"]
 
 # Topic -> targets cache entries kept per channel before the cache is reset;
-# bounds memory when publishers use many distinct topics.
+# bounds the count when publishers use many distinct topics (the bytes are
+# bounded by the CacheBudget all channels share).
 CACHE_LIMIT = 8192
+# What one cache entry costs beyond its bytes: the dict slot, the tuples and
+# the bytes objects' headers (CPython 3.11+, 64-bit, measured with tracemalloc).
+_ENTRY_OVERHEAD = 200
+_TARGET_OVERHEAD = 120
 
 # Plain targets as (ident, packed sids) pairs, and the matching queue groups.
 Targets = tuple[tuple[tuple[bytes, bytes], ...], tuple[QueueGroup, ...]]
 
 
+class CacheBudget:
+    """The bytes the topic caches of all channels may hold together."""
+
+    __slots__ = ("channels", "limit", "used")
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.used = 0
+        self.channels: set[Channel] = set()  # those whose cache holds anything
+
+    def make_room(self, channel: Channel, cost: int) -> bool:
+        """Free room for ``cost`` more bytes in ``channel``'s cache, emptying
+        its cache first and then every cache; False if it can never fit."""
+        if cost > self.limit:
+            return False
+        if self.used + cost > self.limit:
+            channel.clear_cache()
+        if self.used + cost > self.limit:
+            for other in list(self.channels):
+                other.clear_cache()
+        return True
+
+
 class Channel:
     """The peers and subscriptions of one channel ID."""
 
-    __slots__ = ("cache", "groups", "id", "peers", "trie")
+    __slots__ = ("budget", "cache", "cache_bytes", "groups", "id", "nsubs", "peers", "trie")
 
-    def __init__(self, channel_id: bytes) -> None:
+    def __init__(self, channel_id: bytes, budget: CacheBudget | None = None) -> None:
         self.id = channel_id
         self.peers: set[bytes] = set()
         # Values: (ident, sid) for a plain subscription, a QueueGroup for a queue group.
         self.trie: TopicTrie[object] = TopicTrie()
         self.groups: dict[tuple[str, str], QueueGroup] = {}
         self.cache: dict[bytes, Targets] = {}
+        self.cache_bytes = 0
+        self.budget = budget if budget is not None else CacheBudget(1 << 62)
+        self.nsubs = 0  # open subscriptions, plain and queue group members
+
+    def clear_cache(self) -> None:
+        """Forget every cached topic (the subscriptions changed, or room is needed)."""
+        self.cache.clear()
+        self.budget.used -= self.cache_bytes
+        self.budget.channels.discard(self)
+        self.cache_bytes = 0
 
     def targets(self, topic: bytes) -> Targets:
         """Plain targets as (ident, packed sids) pairs, and matching queue groups."""
         hit = self.cache.get(topic)
         if hit is None:
             if len(self.cache) >= CACHE_LIMIT:
-                self.cache.clear()
+                self.clear_cache()
             plain: dict[bytes, list[bytes]] = {}
             groups: list[QueueGroup] = []
             for value in self.trie.match(topic.decode("utf-8")):
@@ -45,10 +83,19 @@ class Channel:
                 else:
                     pair: tuple[bytes, bytes] = value  # type: ignore[assignment]
                     plain.setdefault(pair[0], []).append(pair[1])
-            hit = self.cache[topic] = (
+            hit = (
                 tuple((ident, b"".join(sorted(sids))) for ident, sids in plain.items()),
                 tuple(groups),
             )
+            cost = _ENTRY_OVERHEAD + len(topic) + 8 * len(groups)
+            for ident, sids in hit[0]:
+                cost += _TARGET_OVERHEAD + len(ident) + len(sids)
+            budget = self.budget
+            if budget.make_room(self, cost):
+                self.cache[topic] = hit
+                self.cache_bytes += cost
+                budget.used += cost
+                budget.channels.add(self)
         return hit
 
     def destinations(self, topic: bytes) -> Iterable[tuple[bytes, bytes]]:
@@ -73,7 +120,8 @@ class Channel:
             group.add(peer, sid)
         else:
             self.trie.add(pattern, (peer.ident, sid))
-        self.cache.clear()
+        self.nsubs += 1
+        self.clear_cache()
 
     def remove(self, peer: Peer, sid: bytes, pattern: str, queue: str) -> None:
         """Undo ``add``; a queue group goes with its last member."""
@@ -85,4 +133,5 @@ class Channel:
                 self.trie.remove(pattern, group)
         else:
             self.trie.remove(pattern, (peer.ident, sid))
-        self.cache.clear()
+        self.nsubs -= 1
+        self.clear_cache()

@@ -58,6 +58,7 @@ from .errors import (
     HandlerError,
     NoResponders,
     ProtocolError,
+    remote_error,
 )
 from .message import Message, PublishResult, ReplyContext, attach_reply, make_message
 
@@ -674,7 +675,7 @@ class ClientCore:
         settle(waiter, info)
 
     def _error(self, cmd: p.Error) -> None:
-        exc = ProtocolError(cmd.code, cmd.text, remote=True)
+        exc = remote_error(cmd.code, cmd.text)
         if cmd.code == p.ErrorCode.NOT_JOINED and self._conn.state in (Conn.READY, Conn.REJOINING):
             # The broker does not know this connection (it restarted, or expired us):
             # join again. What it refused stays pending until its own timeout.
@@ -912,7 +913,7 @@ def batch_front(out: deque[list[bytes]], limit: int = BATCH_BYTES) -> None:
             break
         entry = pack(frames)
         size += len(entry)
-        if size > limit:
+        if size > limit or len(entries) == p.MAX_BATCH_ENTRIES:
             break
         entries.append(entry)
     if len(entries) < 2:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -20,6 +21,7 @@ class Peer:
         "dropped",
         "dropped_total",
         "heartbeat",
+        "held",
         "ident",
         "last_heard",
         "next_beat",
@@ -42,5 +44,9 @@ class Peer:
         # Broker-unique, never reused: the prefix of this session's reply tokens.
         self.session = session
         self.subs: dict[bytes, tuple[str, str]] = {}  # sid -> (pattern, queue)
-        # Tokens of confirmed deliveries this peer has not ACKed yet.
-        self.outstanding: set[bytes] = set()
+        # Tokens of confirmed deliveries this peer has not ACKed yet, oldest
+        # first: past the bound, the oldest is the one to expire.
+        self.outstanding: OrderedDict[bytes, None] = OrderedDict()
+        # Replies (OK, ERROR, WELCOME, STATS_REPLY) its full queue refused, in
+        # order, to be sent again before any later reply to it.
+        self.held: list[list[bytes]] = []

@@ -19,15 +19,17 @@ are resolved per message (one member each) on top of the cached plain targets.
 
 from __future__ import annotations
 
+import heapq
 import logging
 from collections import Counter
 from collections.abc import Sequence
 
 from . import protocol as p
 from ._batching import Outgoing, coalesce, fan_out
-from ._channel import CACHE_LIMIT, Channel
+from ._channel import CACHE_LIMIT, CacheBudget, Channel
 from ._peer import Peer
 from .errors import ProtocolError
+from .limits import Limits
 from .protocol import (
     ACK_BODY,
     ACK_TOKEN,
@@ -90,6 +92,21 @@ _ECHO_MAX = p.LAYOUT[Cmd.ERROR].frames[REF_FRAME].size.max or 0
 
 _LEFT_TEXT = "subscribing bus left before confirming"
 _DROPPED_AT_BROKER = p.pack_ack(0, 1, [])
+_EXPIRED_BODY = p.pack_ack(
+    0, 0, ["confirmation expired: the subscribing bus had max_pending_per_peer unacknowledged"]
+)
+# Replies a peer's full queue refused that the broker holds for it; a peer
+# that lets more pile up is not reading and is forgotten (as NATS drops a
+# slow consumer), so it learns of it (403) when it next speaks.
+HELD_REPLIES = 1024
+# While replies are held, how soon (seconds) the broker tries them again.
+HELD_RETRY = 0.05
+# Replies: what send_failed holds instead of dropping.
+_REPLIES = frozenset((p.H_OK, p.H_ERROR, p.H_WELCOME, p.H_STATS_REPLY))
+# How long one STATS_REPLY body serves every STATS (seconds) while no peer,
+# channel or subscription comes or goes: STATS then costs one snapshot per
+# interval however many peers ask, and its counters are at most this old.
+STATS_FRESH = 0.1
 
 
 class _Pending:
@@ -106,7 +123,13 @@ class _Pending:
 class BrokerState:
     """All of a broker's state: peers, channels, subscriptions, pending confirmations."""
 
-    def __init__(self, *, max_message_size: int = 1 << 20, name: str = "zmqbus") -> None:
+    def __init__(
+        self,
+        *,
+        max_message_size: int = 1 << 20,
+        name: str = "zmqbus",
+        limits: Limits | None = None,
+    ) -> None:
         if max_message_size <= 0:
             raise ValueError("max_message_size must be positive")
         if max_message_size > p.MAX_MESSAGE_SIZE:
@@ -116,6 +139,19 @@ class BrokerState:
                 "the largest body a batch entry's 32-bit length can give"
             )
         self.max_message_size = max_message_size
+        self.limits = limits = limits if limits is not None else Limits()
+        # Refusals by the name of the limit reached (STATS "limits").
+        self.refused: Counter[str] = Counter()
+        self._budget = CacheBudget(limits.topic_cache_bytes)
+        self._slow: set[Peer] = set()  # peers with a message dropped at the broker
+        self._holding: set[bytes] = set()  # idents of peers with held replies
+        self._stats_body = b""
+        self._stats_at = float("-inf")
+        # STATS asked per ident in the current one-second window.
+        self._stats_asked: Counter[bytes] = Counter()
+        self._stats_window = float("-inf")
+        self._next_probe: float | None = None  # when to probe idle peers next
+        self._retry_at = float("-inf")  # when to send held replies again
         self.peers: dict[bytes, Peer] = {}
         self.channels: dict[bytes, Channel] = {}
         self.sessions: dict[bytes, Peer] = {}
@@ -237,9 +273,13 @@ class BrokerState:
         item is counted sent (``messages_out``, ``dropped_notices``) unless
         ``send_failed`` is called for it."""
         out = self.outbox
-        if not out:
+        if not out and not self._holding:
             return []
         self.outbox = []
+        if self._holding:
+            out = self._with_held(out)
+            if not out:
+                return []
         counters = self.counters
         if self._batching_peers and len(out) > 1:
             out, made = coalesce(out, self.peers)
@@ -249,6 +289,29 @@ class BrokerState:
         if self._lossy:
             out = self._place_notices(out)
         return out
+
+    def _with_held(self, out: list[Outgoing]) -> list[Outgoing]:
+        # Held replies go first once their retry is due; until then a later
+        # reply to the same peer joins them, so a peer sees its replies in order.
+        holding = self._holding
+        peers = self.peers
+        if self._now >= self._retry_at:
+            self._holding = set()
+            front: list[Outgoing] = []
+            for ident in holding:
+                peer = peers.get(ident)
+                if peer is not None:
+                    front.extend((ident, frames) for frames in peer.held)
+                    peer.held = []
+            return front + out
+        kept: list[Outgoing] = []
+        for item in out:
+            ident, frames = item
+            if ident in holding and frames[0] in _REPLIES:
+                self._hold(ident, frames)
+            else:
+                kept.append(item)
+        return kept
 
     def _place_notices(self, out: list[Outgoing]) -> list[Outgoing]:
         lossy = self._lossy
@@ -289,27 +352,56 @@ class BrokerState:
         counters["messages_out"] -= 1
         if gone:
             counters["unroutable"] += 1
-            self._undeliverable(ident, frames)
+            self._undeliverable(ident, frames, hold=False)
             self.drop_peer(ident)
+        elif frames[0] in _REPLIES:
+            self._hold(ident, frames)
         else:
             # Dropped for this peer alone: the broker never blocks the others.
             counters["dropped_hwm"] += 1
-            self._undeliverable(ident, frames)
+            self._undeliverable(ident, frames, hold=True)
 
-    def _undeliverable(self, ident: bytes, frames: Sequence[bytes]) -> None:
+    def _hold(self, ident: bytes, frames: list[bytes]) -> None:
+        # A reply the peer's full queue refused waits to be sent again (in
+        # take_outgoing, once HELD_RETRY has passed), never silently lost.
+        peer = self.peers.get(ident)
+        if peer is None:
+            # An unjoined connection (a STATS, an ERROR) has no session to keep
+            # consistent: its reply is counted and let go.
+            self.counters["replies_lost"] += 1
+            return
+        if len(peer.held) >= HELD_REPLIES:
+            log.warning("peer %s does not read its replies: forgotten", ident.hex())
+            self.counters["replies_lost"] += len(peer.held) + 1
+            self.refused["held_replies"] += 1
+            self.drop_peer(ident)
+            return
+        peer.held.append(frames)
+        self.counters["replies_held"] += 1
+        self._holding.add(ident)
+        if self._retry_at <= self._now:
+            self._retry_at = self._now + HELD_RETRY
+            if self._next_tick is None or self._retry_at < self._next_tick:
+                self._next_tick = self._retry_at
+
+    def _undeliverable(self, ident: bytes, frames: list[bytes], *, hold: bool) -> None:
         # Lost deliveries are owed to the peer as a DROPPED notice, and a lost
         # confirmed DELIVER is reported to its publisher as dropped at once.
         peer = self.peers.get(ident)
         head = frames[0] if frames else b""
         if peer is not None and head == p.H_BROKER_BATCH and len(frames) == _N_BROKER_BATCH:
-            # Each command in it is lost as if it had been sent alone.
+            # Each command in it is lost as if it had been sent alone (a reply held).
             entries = frames[ENTRIES_FRAME]
             for entry in p.unpack_command_entries(entries, frames[1], p.BROKER_ENTRY_FRAMES):
-                self._undeliverable(ident, entry)
+                if hold and entry[0] in _REPLIES:
+                    self._hold(ident, entry)
+                else:
+                    self._undeliverable(ident, entry, hold=hold)
             return
         self.counters["dropped_out"] += 1
         if peer is not None and head == p.H_DELIVER_BATCH and len(frames) == _N_DELIVER_BATCH:
             # Unconfirmed deliveries only: owed a DROPPED notice, no publisher waits.
+            self._slow.add(peer)
             for sids, _, _ in p.unpack_deliver_entries(frames[ENTRIES_FRAME]):
                 peer.dropped_total += 1
                 for sid in p.split_sids(sids):
@@ -319,13 +411,14 @@ class BrokerState:
         if peer is None or len(frames) != _N_DELIVERY or head not in (p.H_DELIVER, p.H_ASK):
             return
         # Owed to the slow peer as a DROPPED notice once its queue has room again.
+        self._slow.add(peer)
         peer.dropped_total += 1
         for sid in p.split_sids(frames[DELIVER_SIDS]):
             peer.dropped[sid] = peer.dropped.get(sid, 0) + 1
         self._lossy.add(ident)
         token = frames[DELIVER_TOKEN]
         if head == p.H_DELIVER and token and token in peer.outstanding:
-            peer.outstanding.discard(token)
+            del peer.outstanding[token]
             self._resolve(token, _DROPPED_AT_BROKER)
 
     # --- hot path -----------------------------------------------------------
@@ -337,8 +430,21 @@ class BrokerState:
         # then handled as if it had arrived alone, with its own ERROR if any.
         self._joined(ident, frames, _N_BATCH)
         entries = p.unpack_batch(frames[ENTRIES_FRAME], frames[1])
+        self._batch_size(len(entries))
         self.counters["batches_in"] += 1
         return entries
+
+    def _batch_size(self, n: int) -> None:
+        if n > p.MAX_BATCH_ENTRIES:
+            self.refused["max_batch_entries"] += 1
+            raise ProtocolError(
+                ErrorCode.TOO_LARGE, f"batch of {n} entries exceeds {p.MAX_BATCH_ENTRIES}"
+            )
+
+    def _limit(self, name: str, code: int, text: str) -> ProtocolError:
+        # The refusal of a request that would pass the bound ``name``: counted.
+        self.refused[name] += 1
+        return ProtocolError(code, f"{text}: {name} is {getattr(self.limits, name)}")
 
     def _joined(self, ident: bytes, frames: Sequence[bytes], count: int) -> Peer:
         if len(frames) != count:
@@ -394,15 +500,29 @@ class BrokerState:
             token = self._next_token.to_bytes(8, "big")
             self._pending[token] = _Pending(peer, ref, n)
             peers = self.peers
+            bound = self.limits.max_pending_per_peer
             for target, sids in dests:
-                peers[target].outstanding.add(token)
+                outstanding = peers[target].outstanding
+                if len(outstanding) >= bound:
+                    self._expire_oldest(outstanding)
+                outstanding[token] = None
                 out.append((target, [p.H_DELIVER, chid, token, topic, body, sids]))
         out.append((ident, [p.H_ROUTED, chid, ref, n.to_bytes(_COUNT_BYTES, "big")]))
+
+    def _expire_oldest(self, outstanding: dict[bytes, None]) -> None:
+        # The peer holds max_pending_per_peer unACKed deliveries: its oldest one
+        # is settled for its publisher as an error, and its ACK will be stale.
+        token = next(iter(outstanding))
+        del outstanding[token]
+        self.refused["max_pending_per_peer"] += 1
+        self.counters["expired_confirmations"] += 1
+        self._resolve(token, _EXPIRED_BODY)
 
     def _publish_batch(self, ident: bytes, frames: Sequence[bytes]) -> None:
         # The whole batch is checked before any of it is routed: all or nothing.
         peer = self._joined(ident, frames, _N_PUBLISH_BATCH)
         entries = p.unpack_publish_entries(frames[ENTRIES_FRAME])
+        self._batch_size(len(entries))
         for topic, body, _ in entries:
             self._message_checks(topic, body)
         self._fan_out(peer, [(topic, body) for topic, body, _ in entries])
@@ -459,7 +579,7 @@ class BrokerState:
             # A late or repeated ACK (its publisher may have left): nothing to forward.
             self.counters["stale_acks"] += 1
             return
-        peer.outstanding.discard(token)
+        del peer.outstanding[token]
         self._resolve(token, body)
 
     def _resolve(self, token: bytes, body: bytes) -> None:
@@ -483,8 +603,7 @@ class BrokerState:
             self._hello(ident, cmd)
             return
         if isinstance(cmd, p.Stats):
-            body = p.pack_stats(self.stats())
-            self.outbox.append((ident, [p.H_STATS_REPLY, cmd.channel, cmd.ref, body]))
+            self._stats_reply(ident, cmd)
             return
         peer = self._joined(ident, frames, len(frames))
         if isinstance(cmd, p.Heartbeat):
@@ -497,6 +616,7 @@ class BrokerState:
                 if sub is not None:
                     peer.channel.remove(peer, sid, *sub)
                     self.counters["unsubscribes"] += 1
+                    self._stats_at = float("-inf")
             self.outbox.append((ident, [p.H_OK, cmd.channel, cmd.ref]))
         elif isinstance(cmd, p.Disconnect):
             self.drop_peer(ident)
@@ -505,13 +625,42 @@ class BrokerState:
             # PUBLISH, REQUEST, ACK and REPLY never reach here; the rest are broker commands.
             raise ProtocolError(ErrorCode.UNKNOWN_COMMAND, "not a client command")
 
+    def _stats_reply(self, ident: bytes, cmd: p.Stats) -> None:
+        now = self._now
+        if now - self._stats_window >= 1.0:
+            self._stats_asked.clear()
+            self._stats_window = now
+        asked = self._stats_asked[ident] = self._stats_asked[ident] + 1
+        if asked > self.limits.stats_per_second:
+            raise self._limit("stats_per_second", ErrorCode.LIMIT_REACHED, "too many STATS")
+        if now - self._stats_at >= STATS_FRESH or now < self._stats_at:
+            self._stats_body = p.pack_stats(self.stats())
+            self._stats_at = now
+        self.outbox.append((ident, [p.H_STATS_REPLY, cmd.channel, cmd.ref, self._stats_body]))
+
     def _subscribe(self, peer: Peer, cmd: p.Subscribe) -> None:
         wanted = (cmd.pattern.decode("utf-8"), cmd.queue.decode("utf-8"))
         current = peer.subs.get(cmd.sid)
         if current is None:
+            limits = self.limits
+            if len(peer.subs) >= limits.max_subscriptions_per_peer:
+                raise self._limit(
+                    "max_subscriptions_per_peer", ErrorCode.LIMIT_REACHED, "too many subscriptions"
+                )
+            if peer.channel.nsubs >= limits.max_subscriptions_per_channel:
+                raise self._limit(
+                    "max_subscriptions_per_channel",
+                    ErrorCode.LIMIT_REACHED,
+                    "too many subscriptions on this channel",
+                )
+            if cmd.pattern.count(b".") >= limits.max_pattern_tokens:
+                raise self._limit(
+                    "max_pattern_tokens", ErrorCode.LIMIT_REACHED, "pattern has too many tokens"
+                )
             peer.subs[cmd.sid] = wanted
             peer.channel.add(peer, cmd.sid, *wanted)
             self.counters["subscribes"] += 1
+            self._stats_at = float("-inf")
         elif current != wanted:
             raise ProtocolError(
                 ErrorCode.SID_IN_USE, f"sid {cmd.sid.hex()} is open with another pattern or queue"
@@ -526,15 +675,23 @@ class BrokerState:
                     ErrorCode.CHANNEL_MISMATCH, "this connection already joined another channel"
                 )
         else:
+            limits = self.limits
+            if len(self.peers) >= limits.max_peers:
+                raise self._limit("max_peers", ErrorCode.CAPACITY, "broker has no room for a peer")
             channel = self.channels.get(cmd.channel)
             if channel is None:
-                channel = self.channels[cmd.channel] = Channel(cmd.channel)
+                if len(self.channels) >= limits.max_channels:
+                    raise self._limit(
+                        "max_channels", ErrorCode.CAPACITY, "broker has no room for a channel"
+                    )
+                channel = self.channels[cmd.channel] = Channel(cmd.channel, self._budget)
             channel.peers.add(ident)
             self._next_session += 1
             session = self._next_session.to_bytes(p.SESSION_BYTES, "big")
             peer = self.peers[ident] = Peer(ident, channel, session)
             self.sessions[session] = peer
             self.counters["connects"] += 1
+            self._stats_at = float("-inf")
         peer.last_heard = self._now
         hello = p.unpack_hello(cmd.body)
         asked = hello.get("heartbeat", 0)
@@ -551,6 +708,11 @@ class BrokerState:
             # A HELLO again without heartbeats ends them for this peer.
             peer.heartbeat = 0.0
             self._beating.discard(ident)
+            if self._next_probe is None:
+                # Its connection is probed once idle: a vanished one is forgotten.
+                self._next_probe = self._now + self.limits.idle_probe_seconds
+                if self._next_tick is None or self._next_probe < self._next_tick:
+                    self._next_tick = self._next_probe
             body = self._welcome
             if extra:
                 body = p.pack_welcome(self._name, self.max_message_size, **extra)
@@ -574,6 +736,9 @@ class BrokerState:
         self.sessions.pop(peer.session, None)
         self._beating.discard(ident)
         self._lossy.discard(ident)
+        self._slow.discard(peer)
+        self._holding.discard(ident)
+        peer.held = []
         if peer.batch_commands:
             self._batching_peers -= 1
         channel = peer.channel
@@ -582,11 +747,13 @@ class BrokerState:
         channel.peers.discard(ident)
         if not channel.peers:
             del self.channels[channel.id]
+            channel.clear_cache()
         if peer.outstanding:
             body = p.pack_ack(0, 0, [_LEFT_TEXT])
             for token in peer.outstanding:
                 self._resolve(token, body)
         self.counters["disconnects"] += 1
+        self._stats_at = float("-inf")
         return True
 
     def _refuse(self, ident: bytes, frames: Sequence[bytes], code: int, text: str) -> None:
@@ -606,14 +773,50 @@ class BrokerState:
     # --- time ---------------------------------------------------------------
 
     def tick(self, now: float) -> float | None:
-        """Heartbeats and liveness at time ``now``: if due, queue BROKER_HEARTBEAT
-        for each peer due one and forget each peer silent for LIVENESS
-        intervals. Returns when to tick next, or None while no peer asked for
-        heartbeats."""
+        """Time-driven duties at time ``now``, those due: BROKER_HEARTBEAT for
+        each peer due one, forgetting each peer silent for LIVENESS intervals,
+        probing peers without heartbeats that were silent for
+        ``idle_probe_seconds``, and letting held replies be sent again (by the
+        next ``take_outgoing``). Returns when to tick next, or None while
+        nothing is to do."""
         due = self._next_tick
         if due is None or now < due:
             return due  # the hot path: the loop calls this once per pass
         self._now = now
+        nxt = self._beat(now) if self._beating else None
+        probe = self._next_probe
+        if probe is not None:
+            if now >= probe:
+                probe = self._next_probe = self._probe_idle(now)
+            if probe is not None and (nxt is None or probe < nxt):
+                nxt = probe
+        if self._holding:
+            retry = self._retry_at if self._retry_at > now else now
+            if nxt is None or retry < nxt:
+                nxt = retry
+        self._next_tick = nxt
+        return nxt
+
+    def due(self) -> float | None:
+        """When ``tick`` next has something to do (None: nothing yet); what
+        ``send_failed`` scheduled is included."""
+        return self._next_tick
+
+    def _probe_idle(self, now: float) -> float | None:
+        # A BROKER_HEARTBEAT to each silent peer without heartbeats: a vanished
+        # connection fails the send (EHOSTUNREACH) and send_failed forgets it.
+        idle = self.limits.idle_probe_seconds
+        waiting = False
+        for ident, peer in self.peers.items():
+            if peer.heartbeat:
+                continue
+            waiting = True
+            if now - peer.last_heard >= idle:
+                self.outbox.append((ident, [p.H_BROKER_HEARTBEAT, peer.channel.id]))
+                self.counters["idle_probes"] += 1
+        return now + idle if waiting else None
+
+    def _beat(self, now: float) -> float | None:
         nxt: float | None = None
         for ident in list(self._beating):
             peer = self.peers[ident]
@@ -629,7 +832,6 @@ class BrokerState:
             due = min(peer.next_beat, peer.last_heard + LIVENESS * peer.heartbeat)
             if nxt is None or due < nxt:
                 nxt = due
-        self._next_tick = nxt
         return nxt
 
     def bye_all(self) -> None:
@@ -648,17 +850,17 @@ class BrokerState:
             "subscriptions": self.subscription_count(),
             "queue_groups": sum(len(c.groups) for c in self.channels.values()),
             "pending_confirmations": len(self._pending),
-            # The slowest peers by messages dropped at the broker since they joined.
+            # The slowest peers by messages dropped at the broker since they
+            # joined; only peers that lost any are looked at.
             "slow_peers": {
-                peer.ident.hex(): n
-                for peer, n in sorted(
-                    ((peer, peer.dropped_total) for peer in self.peers.values()),
-                    key=lambda pn: -pn[1],
-                )[:10]
-                if n
+                peer.ident.hex(): peer.dropped_total
+                for peer in heapq.nlargest(10, self._slow, key=_dropped_total)
             },
             "counters": dict(self.counters),
             "errors": {int(code): n for code, n in self.errors.items()},
+            "limits": self.limits.as_dict(),
+            "refused": dict(self.refused),
+            "topic_cache_bytes": self._budget.used,
         }
 
     @property
@@ -668,4 +870,8 @@ class BrokerState:
 
     def subscription_count(self) -> int:
         """Number of open subscriptions (sids) over all channels."""
-        return sum(len(peer.subs) for peer in self.peers.values())
+        return sum(channel.nsubs for channel in self.channels.values())
+
+
+def _dropped_total(peer: Peer) -> int:
+    return peer.dropped_total

@@ -22,6 +22,7 @@ from typing import Any
 import zmq
 
 from ._fastpath import socket_calls
+from .protocol import MAX_FRAMES
 
 __all__ = [
     "DRAIN_MESSAGES",
@@ -45,6 +46,8 @@ _MORE_NOBLOCK = _MORE | _NOBLOCK
 _RCVMORE = int(zmq.RCVMORE)
 _EVENTS = int(zmq.EVENTS)
 _POLLIN = int(zmq.POLLIN)
+# The identity frame and the most frames any command has.
+_MAX_ROUTED = 1 + MAX_FRAMES
 # Unbound, called as _send(sock, data, flags): bytes are copied into the message.
 _send, _get = socket_calls(zmq)
 # get_option(sock, option): ``sock.getsockopt(option)`` for an int option, cheaper.
@@ -131,7 +134,18 @@ def recv_routed(sock: zmq.Socket[Any]) -> list[bytes]:
     recv = sock.recv
     ident = recv(0)
     frame = recv(0, copy=False)
-    return _rest(recv, frame, [ident, frame.bytes])
+    frames = [ident, frame.bytes]
+    while frame.more:
+        frame = recv(0, copy=False)
+        if len(frames) >= _MAX_ROUTED:
+            # Past any command's frame count: dropped unread, so a hostile
+            # message of many big frames costs one frame of Python memory. The
+            # extra empty frame keeps the count wrong, whatever was dropped.
+            if len(frames) == _MAX_ROUTED:
+                frames.append(b"")
+            continue
+        frames.append(frame.bytes)
+    return frames
 
 
 class Misframed(Exception):

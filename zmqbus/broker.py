@@ -18,6 +18,7 @@ from ._routing import BrokerState
 from ._version import __version__
 from ._wire import get_option as _get
 from ._wire import recv_routed, send_routed
+from .limits import FD_RESERVE, Limits, raise_fd_limit
 
 __all__ = ["DEFAULT_BIND", "Broker"]
 
@@ -47,6 +48,9 @@ class Broker:
     ``stop()`` first sends BYE to every connected bus. Messages whose body
     exceeds ``max_message_size`` bytes are refused with a TOO_LARGE error;
     the transport drops a connection that sends a frame over 64 KiB beyond it.
+    ``limits`` bounds what peers may make the broker hold and do (see
+    ``Limits``); ``start()`` raises the process's file descriptor limit where
+    allowed and keeps ``max_peers`` under it.
     """
 
     def __init__(
@@ -56,17 +60,25 @@ class Broker:
         context: zmq.Context[Any] | None = None,
         max_message_size: int = 1 << 20,
         hwm: int = 100_000,
+        limits: Limits | None = None,
     ) -> None:
         self._endpoint = bind_endpoint(bind)
         if not isinstance(max_message_size, int) or max_message_size <= 0:
             raise ValueError("max_message_size must be a positive int")
+        if limits is None:
+            limits = Limits()
+        elif not isinstance(limits, Limits):
+            raise TypeError(f"limits must be a zmqbus.Limits, not {type(limits).__name__}")
         # Without a given context the broker owns one, so that stop() can terminate
         # it: only then is the port released by the time stop() returns.
         self._given_ctx = context
         self._ctx: zmq.Context[Any] | None = None
         self._max = max_message_size
         self._hwm = hwm
-        self._state = BrokerState(max_message_size=max_message_size, name=f"zmqbus/{__version__}")
+        self._limits = limits
+        self._state = BrokerState(
+            max_message_size=max_message_size, name=f"zmqbus/{__version__}", limits=limits
+        )
         self._lock = threading.Lock()
         self._thread: threading.Thread | None = None
         self._router: zmq.Socket[bytes] | None = None
@@ -97,6 +109,19 @@ class Broker:
         """
         if self._thread is not None:
             raise RuntimeError("broker already started")
+        fds = raise_fd_limit()
+        if fds and self._limits.max_peers > fds - FD_RESERVE:
+            # Each peer is a descriptor: past the limit libzmq stops accepting
+            # connections at all, honest ones included.
+            peers = max(1, fds - FD_RESERVE)
+            log.warning(
+                "max_peers lowered from %d to %d: the file descriptor limit is %d",
+                self._limits.max_peers,
+                peers,
+                fds,
+            )
+            self._limits = self._limits.replace(max_peers=peers)
+            self._state.limits = self._limits
         ctx = self._ctx = self._given_ctx if self._given_ctx is not None else zmq.Context()
         router = ctx.socket(zmq.ROUTER)
         router.setsockopt(zmq.LINGER, 0)
@@ -173,6 +198,11 @@ class Broker:
 
     # --- introspection ------------------------------------------------------
 
+    @property
+    def limits(self) -> Limits:
+        """The bounds in force (``max_peers`` as lowered to fit the descriptors)."""
+        return self._limits
+
     def stats(self) -> dict[str, Any]:
         """A snapshot: peers, channels, subscriptions, message counters, errors by code."""
         with self._lock:
@@ -189,6 +219,7 @@ class Broker:
         state = self._state
         handle = state.handle
         tick = state.tick
+        due = state.due
         flush = self._flush
         lock = self._lock
         monotonic = time.monotonic
@@ -229,8 +260,10 @@ class Broker:
                             break
                         frames = recv_routed(router)
                     # Between passes, so a pass of big batches bounds how late it is.
-                    deadline = tick(now)
+                    tick(now)
                     flush(router)
+                    # After the sends: a refused reply schedules its retry.
+                    deadline = due()
                     if stopping:
                         state.bye_all()
                         flush(router)

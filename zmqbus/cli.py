@@ -35,6 +35,7 @@ from .errors import (
     RequestTimeout,
     ZmqbusError,
 )
+from .limits import Limits
 from .message import Message, PublishResult
 from .topics import validate_pattern, validate_topic
 
@@ -52,6 +53,20 @@ EXIT_TIMEOUT = 4  # sub: --count not reached within --timeout; pub: not confirme
 DEFAULT_ADDRESS = DEFAULT_BIND
 ENV_ADDRESS = "ZMQBUS_ADDRESS"
 ENV_CHANNEL = "ZMQBUS_CHANNEL"
+
+_LIMIT_HELP = {
+    "max_peers": "joined peers at once; HELLO beyond gets 503",
+    "max_channels": "channels at once; a HELLO opening one more gets 503",
+    "max_subscriptions_per_peer": "open subscriptions of one peer; SUBSCRIBE beyond gets 429",
+    "max_subscriptions_per_channel": "open subscriptions of one channel; 429 beyond",
+    "max_pattern_tokens": "tokens of one SUBSCRIBE pattern; 429 beyond",
+    "max_pending_per_peer": "unACKed confirmed deliveries of one peer; the oldest expires",
+    "topic_cache_bytes": "bytes of the topic-to-targets caches, all channels",
+    "stats_per_second": "STATS one connection may ask per second; 429 beyond",
+    "idle_probe_seconds": "silence after which a peer without heartbeats is probed",
+}
+
+_LIMIT_UNITS = frozenset(f"[--{name.replace('_', '-')} N]" for name in _LIMIT_HELP)
 
 _EPILOG = f"""\
 exit codes:
@@ -214,6 +229,16 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="N",
         help="largest encoded message body in bytes (default 1048576)",
     )
+    limits = p.add_argument_group("limits (see README: Limits)")
+    for name, default in Limits().as_dict().items():
+        limits.add_argument(
+            "--" + name.replace("_", "-"),
+            dest=name,
+            type=_arg_positive_int,
+            default=default,
+            metavar="N",
+            help=f"{_LIMIT_HELP[name]} (default {default})",
+        )
     p.set_defaults(func=cmd_broker)
 
     p = sub.add_parser(
@@ -351,6 +376,11 @@ def synopsis(commands: dict[str, argparse.ArgumentParser], width: int = 72) -> l
         units = _USAGE_UNIT.findall(usage)[2:]  # without "zmqbus NAME"
         units.remove("[-h]")
         options = [u for u in units if u.startswith(("-", "["))]
+        # The broker's limit options are many: one unit here, each in its --help.
+        kept = [u for u in options if u not in _LIMIT_UNITS]
+        if len(kept) < len(options):
+            units = [u for u in units if u not in _LIMIT_UNITS] + ["[LIMITS]"]
+            options = [*kept, "[LIMITS]"]
         head = f"zmqbus {name}"
         line = head
         for unit in [u for u in units if u not in options] + options:
@@ -448,7 +478,8 @@ def cmd_broker(args: argparse.Namespace) -> int:
     old_mask = signal.pthread_sigmask(signal.SIG_BLOCK, stop_signals)
     try:
         try:
-            broker = Broker(args.bind, max_message_size=args.max_message_size)
+            limits = Limits(**{name: getattr(args, name) for name in Limits().as_dict()})
+            broker = Broker(args.bind, max_message_size=args.max_message_size, limits=limits)
         except (TypeError, ValueError) as exc:
             _err("zmqbus broker", str(exc))
             return EXIT_USAGE

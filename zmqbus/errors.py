@@ -11,6 +11,7 @@ __all__ = [
     "BusClosed",
     "ConnectTimeout",
     "HandlerError",
+    "LimitReached",
     "MessageTooLarge",
     "NoResponders",
     "ProtocolError",
@@ -20,6 +21,7 @@ __all__ = [
     "SubscriptionClosed",
     "WrongEventLoop",
     "ZmqbusError",
+    "remote_error",
 ]
 
 
@@ -85,6 +87,20 @@ class ProtocolError(ZmqbusError):
         self.code = code
         self.detail = message
         self.remote = remote
+
+
+class LimitReached(ProtocolError):
+    """The broker refused a request at one of its limits: ``code`` 429 (this
+    bus's or its channel's share is used up: subscriptions, pattern size,
+    STATS rate) or 503 (the broker is full: peers, channels). Retrying the
+    same request helps only once the limit has room again."""
+
+
+def remote_error(code: int, text: str) -> ProtocolError:
+    """The exception for an ERROR with ``code`` from the broker."""
+    if code in (429, 503):
+        return LimitReached(code, text, remote=True)
+    return ProtocolError(code, text, remote=True)
 
 
 class HandlerError(ZmqbusError):

@@ -35,7 +35,9 @@ __all__ = [
     "HEARTBEAT_MAX_MS",
     "HEARTBEAT_MIN_MS",
     "LAYOUTS",
+    "MAX_BATCH_ENTRIES",
     "MAX_ENTRY_SIDS_BYTES",
+    "MAX_FRAMES",
     "MAX_MESSAGE_SIZE",
     "MAX_REF_BYTES",
     "SIGNATURE",
@@ -162,7 +164,9 @@ class ErrorCode(IntEnum):
     SID_IN_USE = 412  # SUBSCRIBE reuses an open sid with another pattern or queue
     TOO_LARGE = 413  # the message exceeds the broker's max_message_size
     BAD_BODY = 422  # a msgpack body the receiver must decode is invalid
+    LIMIT_REACHED = 429  # the peer's (or its channel's) share of a broker limit is used up
     INTERNAL = 500  # the broker failed; the request may be retried
+    CAPACITY = 503  # the broker is full (peers or channels); retry later
     VERSION_NOT_SUPPORTED = 505  # unknown signature or protocol version
 
 
@@ -338,6 +342,13 @@ MAX_MESSAGE_SIZE = min(BODY_LENGTH.max, FRAME_LENGTH.max)
 # HELLO's request into them, and a client refuses a WELCOME outside them.
 HEARTBEAT_MIN_MS = 100
 HEARTBEAT_MAX_MS = 60_000
+# No command has more frames than this; a receiver may discard the frames of a
+# message past it (the message is refused for its frame count all the same).
+MAX_FRAMES = 8
+# Entries of one batch (PUBLISH_BATCH, BATCH, DELIVER_BATCH, BROKER_BATCH): a
+# sender never puts more in one; a receiver refuses more (413), so one message
+# never costs it more than this many entries' work.
+MAX_BATCH_ENTRIES = 4096
 
 
 class _F:

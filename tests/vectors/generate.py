@@ -76,7 +76,9 @@ CHANNEL_MISMATCH = 409
 SID_IN_USE = 412
 TOO_LARGE = 413
 BAD_BODY = 422
+LIMIT_REACHED = 429
 INTERNAL = 500
+CAPACITY = 503
 VERSION_NOT_SUPPORTED = 505
 
 
@@ -945,7 +947,9 @@ def valid_vectors() -> list[dict[str, Any]]:
         (SID_IN_USE, "sid 00000001 is open with another pattern or queue", True),
         (TOO_LARGE, "message body of 2000 bytes exceeds max_message_size 1024", True),
         (BAD_BODY, "HELLO body must be a map with str keys", False),
+        (LIMIT_REACHED, "too many subscriptions: max_subscriptions_per_peer is 10000", True),
         (INTERNAL, "internal error", False),
+        (CAPACITY, "broker has no room for a peer: max_peers is 10000", False),
         (VERSION_NOT_SUPPORTED, "protocol version 2 not supported (this side speaks 1)", False),
     ]:
         r = ref(8) if with_ref else b""
@@ -2224,6 +2228,15 @@ def session_vectors() -> list[dict[str, Any]]:
             f"SUBSCRIBE reusing open sid 1 with {what}; the subscription stays as it was "
             "(the same pattern and queue again would be answered OK).",
         )
+    deep = b".".join(b"t%d" % i for i in range(17))
+    add(
+        "limit-pattern-tokens",
+        [hello],
+        [h("SUBSCRIBE"), C, ref(3), sid(3), deep, b""],
+        LIMIT_REACHED,
+        "SUBSCRIBE to a valid pattern of 17 tokens, past the reference broker's default "
+        "max_pattern_tokens of 16: refused with 429; nothing is subscribed.",
+    )
     # -- BATCH entries: each is handled as if it came alone, with its own ERROR; the
     # other entries here are unconfirmed publishes to nobody, which draw no reply.
     add(
