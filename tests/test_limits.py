@@ -359,3 +359,33 @@ def test_broker_raises_its_descriptor_limit_and_keeps_max_peers_under_it() -> No
             assert broker.stats()["limits"]["max_peers"] == broker.limits.max_peers
     finally:
         resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+
+
+def test_a_hello_body_that_decodes_into_many_objects_is_refused_cheaply() -> None:
+    import msgpack
+
+    state = BrokerState()
+    body = msgpack.packb({"client": "t", "junk": [[]] * 200_000})
+    state.handle(b"a", [p.H_HELLO, A, body])
+    (err,) = _errors(state)
+    assert err.code == p.ErrorCode.BAD_BODY and not state.peers
+
+
+def test_a_new_topic_costs_its_patterns_not_their_sids() -> None:
+    # 20,000 sids of one peer on ">": every topic shares one packed sids frame,
+    # made once, instead of a sort and join of 20,000 sids per new topic.
+    state = BrokerState(limits=Limits(max_subscriptions_per_peer=20_000))
+    joined(state, b"sub")
+    for n in range(1, 20_001):
+        state.handle(b"sub", subscribe(">", n))
+    state.take_outgoing()
+    channel = state.channels[A]
+    first = channel.targets(b"a.1")[0]
+    second = channel.targets(b"b.2")[0]
+    assert first[0][1] is second[0][1] and len(first[0][1]) == 20_000 * p.SID_BYTES
+    # Two patterns matching: merged, each sid once.
+    state.handle(b"sub", subscribe("a.*", 20_001))
+    state.take_outgoing()
+    ((ident, sids),) = channel.targets(b"a.1")[0]
+    assert ident == b"sub" and len(sids) == 20_001 * p.SID_BYTES
+    assert len(set(p.split_sids(sids))) == 20_001

@@ -14,10 +14,10 @@ __all__ = ["CACHE_LIMIT", "CacheBudget", "Channel", "Targets"]
 # bounds the count when publishers use many distinct topics (the bytes are
 # bounded by the CacheBudget all channels share).
 CACHE_LIMIT = 8192
-# What one cache entry costs beyond its bytes: the dict slot, the tuples and
-# the bytes objects' headers (CPython 3.11+, 64-bit, measured with tracemalloc).
+# What one cache entry costs beyond its bytes: the dict slot and its tuples,
+# and per target its (ident, sids) pair (CPython 3.11, 64-bit).
 _ENTRY_OVERHEAD = 200
-_TARGET_OVERHEAD = 120
+_TARGET_OVERHEAD = 64
 
 # Plain targets as (ident, packed sids) pairs, and the matching queue groups.
 Targets = tuple[tuple[tuple[bytes, bytes], ...], tuple[QueueGroup, ...]]
@@ -49,7 +49,17 @@ class CacheBudget:
 class Channel:
     """The peers and subscriptions of one channel ID."""
 
-    __slots__ = ("budget", "cache", "cache_bytes", "groups", "id", "nsubs", "peers", "trie")
+    __slots__ = (
+        "budget",
+        "cache",
+        "cache_bytes",
+        "groups",
+        "id",
+        "nsubs",
+        "packed",
+        "peers",
+        "trie",
+    )
 
     def __init__(self, channel_id: bytes, budget: CacheBudget | None = None) -> None:
         self.id = channel_id
@@ -61,6 +71,8 @@ class Channel:
         self.cache_bytes = 0
         self.budget = budget if budget is not None else CacheBudget(1 << 62)
         self.nsubs = 0  # open subscriptions, plain and queue group members
+        # id(set of values at one trie pattern) -> (that set, its packed targets).
+        self.packed: dict[int, tuple[set[object], Targets]] = {}
 
     def clear_cache(self) -> None:
         """Forget every cached topic (the subscriptions changed, or room is needed)."""
@@ -75,21 +87,34 @@ class Channel:
         if hit is None:
             if len(self.cache) >= CACHE_LIMIT:
                 self.clear_cache()
-            plain: dict[bytes, list[bytes]] = {}
-            groups: list[QueueGroup] = []
-            for value in self.trie.match(topic.decode("utf-8")):
-                if isinstance(value, QueueGroup):
-                    groups.append(value)
-                else:
-                    pair: tuple[bytes, bytes] = value  # type: ignore[assignment]
-                    plain.setdefault(pair[0], []).append(pair[1])
-            hit = (
-                tuple((ident, b"".join(sorted(sids))) for ident, sids in plain.items()),
-                tuple(groups),
+            sets = self.trie.match_sets(topic.decode("utf-8"))
+            # What the entry adds to memory: the packed sids of one pattern are
+            # shared by every topic it matches, so only merged ones are new.
+            fresh = 0
+            if len(sets) == 1:
+                hit = self._packed_set(sets[0])
+            else:
+                # Per matching pattern, its targets are packed once; a new topic
+                # costs what its patterns and their peers cost, not its sids.
+                plain: dict[bytes, list[bytes]] = {}
+                groups: list[QueueGroup] = []
+                for values in sets:
+                    some, theirs = self._packed_set(values)
+                    for ident, sids in some:
+                        plain.setdefault(ident, []).append(sids)
+                    groups.extend(theirs)
+                fresh = sum(sum(map(len, parts)) for parts in plain.values() if len(parts) > 1)
+                hit = (
+                    tuple((ident, b"".join(sids)) for ident, sids in plain.items()),
+                    tuple(groups),
+                )
+            cost = (
+                _ENTRY_OVERHEAD
+                + len(topic)
+                + _TARGET_OVERHEAD * len(hit[0])
+                + 8 * len(hit[1])
+                + fresh
             )
-            cost = _ENTRY_OVERHEAD + len(topic) + 8 * len(groups)
-            for ident, sids in hit[0]:
-                cost += _TARGET_OVERHEAD + len(ident) + len(sids)
             budget = self.budget
             if budget.make_room(self, cost):
                 self.cache[topic] = hit
@@ -97,6 +122,29 @@ class Channel:
                 budget.used += cost
                 budget.channels.add(self)
         return hit
+
+    def _packed_set(self, values: set[object]) -> Targets:
+        # The targets of one pattern's set of values in the trie, kept while
+        # the subscriptions stay as they are (add and remove forget them all).
+        key = id(values)
+        held = self.packed.get(key)
+        if held is not None:
+            return held[1]
+        plain: dict[bytes, list[bytes]] = {}
+        groups: list[QueueGroup] = []
+        for value in values:
+            if isinstance(value, QueueGroup):
+                groups.append(value)
+            else:
+                pair: tuple[bytes, bytes] = value  # type: ignore[assignment]
+                plain.setdefault(pair[0], []).append(pair[1])
+        packed = (
+            tuple((ident, b"".join(sorted(sids))) for ident, sids in plain.items()),
+            tuple(groups),
+        )
+        # The set itself is kept with it, so its id cannot be reused meanwhile.
+        self.packed[key] = (values, packed)
+        return packed
 
     def destinations(self, topic: bytes) -> Iterable[tuple[bytes, bytes]]:
         """(ident, packed sids) for each peer a message on ``topic`` goes to: the
@@ -121,6 +169,7 @@ class Channel:
         else:
             self.trie.add(pattern, (peer.ident, sid))
         self.nsubs += 1
+        self.packed.clear()
         self.clear_cache()
 
     def remove(self, peer: Peer, sid: bytes, pattern: str, queue: str) -> None:
@@ -134,4 +183,5 @@ class Channel:
         else:
             self.trie.remove(pattern, (peer.ident, sid))
         self.nsubs -= 1
+        self.packed.clear()
         self.clear_cache()

@@ -1791,7 +1791,7 @@ def unpack_welcome(body: bytes) -> dict[str, Any]:
 
 
 def _unpack_map(body: bytes, what: str) -> dict[str, Any]:
-    obj = _unpack(body, what)
+    obj = _unpack_body(body, what)
     if not isinstance(obj, dict) or not all(isinstance(k, str) for k in obj):
         raise ProtocolError(ErrorCode.BAD_BODY, f"{what} body must be a map with str keys")
     return obj
