@@ -374,7 +374,7 @@ def test_a_hello_body_that_decodes_into_many_objects_is_refused_cheaply() -> Non
 def test_a_new_topic_costs_its_patterns_not_their_sids() -> None:
     # 20,000 sids of one peer on ">": every topic shares one packed sids frame,
     # made once, instead of a sort and join of 20,000 sids per new topic.
-    state = BrokerState(limits=Limits(max_subscriptions_per_peer=20_000))
+    state = BrokerState(limits=Limits(max_subscriptions_per_peer=20_001))
     joined(state, b"sub")
     for n in range(1, 20_001):
         state.handle(b"sub", subscribe(">", n))
