@@ -631,7 +631,13 @@ class BrokerState:
             self._stats_asked.clear()
             self._stats_window = now
         asked = self._stats_asked[ident] = self._stats_asked[ident] + 1
-        if asked > self.limits.stats_per_second:
+        bound = self.limits.stats_per_second
+        if asked > bound:
+            if asked > bound + 1:
+                # Told once this second; a flood is dropped unanswered, so that
+                # refusing it costs no more sends than answering it would.
+                self.refused["stats_per_second"] += 1
+                return
             raise self._limit("stats_per_second", ErrorCode.LIMIT_REACHED, "too many STATS")
         if now - self._stats_at >= STATS_FRESH or now < self._stats_at:
             self._stats_body = p.pack_stats(self.stats())

@@ -27,6 +27,8 @@ log = logging.getLogger("zmqbus.broker")
 DEFAULT_BIND = "tcp://127.0.0.1:9090"
 
 _BYE_LINGER_MS = 200
+# Messages libzmq queues from one peer before the broker reads them.
+INBOUND_HWM = 1000
 # Messages handled, and replies made, per pass before the replies go out.
 _DRAIN = 256
 _DRAIN_OUT = 128
@@ -127,7 +129,11 @@ class Broker:
         router.setsockopt(zmq.LINGER, 0)
         router.setsockopt(zmq.ROUTER_MANDATORY, 1)
         router.setsockopt(zmq.SNDHWM, self._hwm)
-        router.setsockopt(zmq.RCVHWM, self._hwm)
+        # Inbound, libzmq holds up to this many messages per peer before TCP
+        # pushes back on it: kept small, as one peer's share of memory is this
+        # many times the largest frame (the broker reads fairly, so an honest
+        # peer never needs a deep queue here).
+        router.setsockopt(zmq.RCVHWM, min(self._hwm, INBOUND_HWM))
         router.setsockopt(zmq.MAXMSGSIZE, self._max + 65536)
         try:
             router.bind(self._endpoint)

@@ -42,7 +42,8 @@ class Limits:
     max_pending_per_peer: int = 10_000
     #: Bytes of the per-channel topic-to-targets caches, over all channels.
     topic_cache_bytes: int = 64 << 20
-    #: STATS one peer (or one unjoined connection) may ask per second; 429 beyond.
+    #: STATS one peer (or one unjoined connection) may ask per second; the
+    #: first past it gets 429, the rest of that second no answer.
     stats_per_second: int = 10
     #: Seconds a peer that asked for no heartbeats may stay silent before the
     #: broker probes its connection with a BROKER_HEARTBEAT (a vanished one

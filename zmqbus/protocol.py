@@ -348,7 +348,7 @@ MAX_FRAMES = 8
 # Entries of one batch (PUBLISH_BATCH, BATCH, DELIVER_BATCH, BROKER_BATCH): a
 # sender never puts more in one; a receiver refuses more (413), so one message
 # never costs it more than this many entries' work.
-MAX_BATCH_ENTRIES = 4096
+MAX_BATCH_ENTRIES = 1024
 
 
 class _F:
