@@ -6,6 +6,7 @@ from collections.abc import Iterable
 
 from ._groups import QueueGroup
 from ._peer import Peer
+from .protocol import split_sids
 from .topics import TopicTrie
 
 __all__ = ["CACHE_LIMIT", "CacheBudget", "Channel", "Targets"]
@@ -103,11 +104,17 @@ class Channel:
                     for ident, sids in some:
                         plain.setdefault(ident, []).append(sids)
                     groups.extend(theirs)
-                fresh = sum(sum(map(len, parts)) for parts in plain.values() if len(parts) > 1)
-                hit = (
-                    tuple((ident, b"".join(sids)) for ident, sids in plain.items()),
-                    tuple(groups),
-                )
+                targets = []
+                for ident, parts in plain.items():
+                    if len(parts) == 1:
+                        targets.append((ident, parts[0]))
+                        continue
+                    # In sid order, as each pattern's own are: the same message
+                    # frames whichever patterns matched.
+                    sids = b"".join(sorted(split_sids(b"".join(parts))))
+                    fresh += len(sids)
+                    targets.append((ident, sids))
+                hit = (tuple(targets), tuple(groups))
             cost = (
                 _ENTRY_OVERHEAD
                 + len(topic)
