@@ -29,6 +29,7 @@ __all__ = ["Server", "rss_kib", "start_server"]
 log = logging.getLogger("perf.servers")
 
 ZMQBUS_MAX_MESSAGE_SIZE = 2 << 20  # room for the 1 MiB payload plus its envelope
+ZMQBUS_MAX_SUBSCRIPTIONS = 200_000
 _NATS_CONF = """\
 # perf suite: room for 1 MiB payloads and large bursts without slow-consumer cuts.
 max_payload: 2MB
@@ -158,6 +159,12 @@ def start_server(kind: str, system: str) -> Server:
                 "tcp://127.0.0.1:0",
                 "--max-message-size",
                 str(ZMQBUS_MAX_MESSAGE_SIZE),
+                # The routing scenarios hold up to 100,000 subscriptions on one
+                # connection: past the default limits, raised as an operator would.
+                "--max-subscriptions-per-peer",
+                str(ZMQBUS_MAX_SUBSCRIPTIONS),
+                "--max-subscriptions-per-channel",
+                str(ZMQBUS_MAX_SUBSCRIPTIONS),
                 "--log-level",
                 "INFO",
             ],
