@@ -390,3 +390,41 @@ def test_a_new_topic_costs_its_patterns_not_their_sids() -> None:
     ((ident, sids),) = channel.targets(b"a.1")[0]
     assert ident == b"sub" and len(sids) == 20_001 * p.SID_BYTES
     assert len(set(p.split_sids(sids))) == 20_001
+
+
+def test_the_high_water_marks_keep_a_queue_within_max_queued_bytes() -> None:
+    from zmqbus.limits import queue_messages
+
+    assert queue_messages(Limits(), 1 << 20, 100_000) == (1 << 30) // ((1 << 20) + 65536)
+    assert queue_messages(Limits(), 1000, 10_000) == 10_000  # small frames: hwm binds
+    assert queue_messages(Limits(max_queued_bytes=1), 1 << 20, 100) == 1
+    limits = Limits(max_queued_bytes=10 * ((1 << 20) + 65536))
+    with Broker("tcp://127.0.0.1:0", limits=limits) as broker:
+        # The broker's socket is its own: what a peer sees is the bound at work.
+        ctx = zmq.Context.instance()
+        ch = uuid.uuid4().bytes
+        sub = ctx.socket(zmq.DEALER)
+        pub = ctx.socket(zmq.DEALER)
+        try:
+            sub.setsockopt(zmq.RCVHWM, 1)
+            for s in (sub, pub):
+                s.setsockopt(zmq.LINGER, 0)
+                s.connect(broker.address)
+                s.send_multipart(hello(ch))
+                assert s.recv_multipart()[0] == p.H_WELCOME
+            sub.send_multipart(subscribe("t", 1, ch=ch))
+            assert sub.recv_multipart()[0] == p.H_OK
+            body = b"x" * 500_000
+            for _ in range(200):  # 100 MB to a subscriber that reads nothing
+                pub.send_multipart(publish("t", body, ch=ch))
+            # The OK to DISCONNECT comes once the broker has handled all 200 (a
+            # reply is held, never dropped, however small the queue).
+            pub.send_multipart([p.H_DISCONNECT, ch, b"d"])
+            while pub.recv_multipart()[0] != p.H_OK:
+                pass
+            dropped = broker.stats()["counters"]["dropped_hwm"]
+            # At most 10 in its queue, a few in flight in the sockets: the rest dropped.
+            assert dropped >= 150, dropped
+        finally:
+            sub.close(0)
+            pub.close(0)

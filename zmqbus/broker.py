@@ -18,7 +18,7 @@ from ._routing import BrokerState
 from ._version import __version__
 from ._wire import get_option as _get
 from ._wire import recv_routed, send_routed
-from .limits import FD_RESERVE, Limits, raise_fd_limit
+from .limits import FD_RESERVE, Limits, queue_messages, raise_fd_limit
 
 __all__ = ["DEFAULT_BIND", "Broker"]
 
@@ -128,12 +128,21 @@ class Broker:
         router = ctx.socket(zmq.ROUTER)
         router.setsockopt(zmq.LINGER, 0)
         router.setsockopt(zmq.ROUTER_MANDATORY, 1)
-        router.setsockopt(zmq.SNDHWM, self._hwm)
+        # Each queue's bytes stay under max_queued_bytes however big its frames.
+        queue = queue_messages(self._limits, self._max, self._hwm)
+        if queue < self._hwm:
+            log.info(
+                "high-water mark %d messages (max_queued_bytes %d / frames of up to %d bytes)",
+                queue,
+                self._limits.max_queued_bytes,
+                self._max + 65536,
+            )
+        router.setsockopt(zmq.SNDHWM, queue)
         # Inbound, libzmq holds up to this many messages per peer before TCP
         # pushes back on it: kept small, as one peer's share of memory is this
         # many times the largest frame (the broker reads fairly, so an honest
         # peer never needs a deep queue here).
-        router.setsockopt(zmq.RCVHWM, min(self._hwm, INBOUND_HWM))
+        router.setsockopt(zmq.RCVHWM, min(queue, INBOUND_HWM))
         router.setsockopt(zmq.MAXMSGSIZE, self._max + 65536)
         try:
             router.bind(self._endpoint)

@@ -66,6 +66,7 @@ _LIMIT_HELP = {
     "max_pending_per_peer": "unACKed confirmed deliveries of one peer; the oldest expires",
     "topic_cache_bytes": "bytes of the topic-to-targets caches, all channels",
     "stats_per_second": "STATS one connection may ask per second; 429 beyond",
+    "max_queued_bytes": "bytes queued to (or from) one peer; sets the high-water marks",
     "idle_probe_seconds": "silence after which a peer without heartbeats is probed",
 }
 

@@ -7,13 +7,15 @@ import logging
 from dataclasses import dataclass, fields
 from typing import Any
 
-__all__ = ["Limits", "raise_fd_limit"]
+__all__ = ["Limits", "queue_messages", "raise_fd_limit"]
 
 log = logging.getLogger("zmqbus.broker")
 
 # File descriptors kept back from peers: the broker's own sockets, libzmq's
 # internal pipes, logging and the listening socket itself.
 FD_RESERVE = 64
+# What a frame may carry beyond max_message_size (libzmq drops a connection past it).
+FRAME_ENVELOPE = 65536
 
 
 @dataclass(frozen=True)
@@ -45,6 +47,11 @@ class Limits:
     #: STATS one peer (or one unjoined connection) may ask per second; the
     #: first past it gets 429, the rest of that second no answer.
     stats_per_second: int = 10
+    #: Bytes the broker lets queue to one peer (and from one peer before it is
+    #: read): libzmq bounds its queues by messages, so the broker sets its
+    #: high-water marks to this over the largest frame (max_message_size +
+    #: 64 KiB), when that is under ``hwm``.
+    max_queued_bytes: int = 1 << 30
     #: Seconds a peer that asked for no heartbeats may stay silent before the
     #: broker probes its connection with a BROKER_HEARTBEAT (a vanished one
     #: then fails the send and is forgotten).
@@ -65,6 +72,13 @@ class Limits:
     def as_dict(self) -> dict[str, int]:
         """Every bound by name, as STATS reports them."""
         return {f.name: getattr(self, f.name) for f in fields(self)}
+
+
+def queue_messages(limits: Limits, max_message_size: int, hwm: int) -> int:
+    """The high-water mark (messages) that keeps one peer's queue within
+    ``limits.max_queued_bytes`` when every frame is as large as allowed."""
+    frame = max_message_size + FRAME_ENVELOPE
+    return max(1, min(hwm, limits.max_queued_bytes // frame))
 
 
 def raise_fd_limit() -> int:
