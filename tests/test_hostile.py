@@ -183,6 +183,12 @@ def _idle(stop: threading.Event, seen: dict[bytes, int], *socks: zmq.Socket[byte
         _pump(seen, *socks)
 
 
+def _close(ctx: zmq.Context[Any], *socks: zmq.Socket[bytes]) -> None:
+    for sock in socks:
+        sock.close(0)
+    ctx.term()
+
+
 def _stats(address: str) -> dict[str, Any]:
     return broker_stats(address, timeout=10.0)
 
@@ -213,8 +219,7 @@ def test_subscribe_flood_is_bounded_per_peer(
                 break
         stats = _stats(address)
         _idle(stop, seen, sock)
-        sock.close(0)
-        ctx.term()
+        _close(ctx, sock)
         return {
             "sent": n,
             "subscriptions": stats["subscriptions"],
@@ -249,8 +254,7 @@ def test_deep_patterns_are_refused(broker: BrokerProcess, baseline: dict[str, An
             _pump(seen, sock)
         stats = _stats(address)
         _idle(stop, seen, sock)
-        sock.close(0)
-        ctx.term()
+        _close(ctx, sock)
         return {"sent": sent, "refused": stats["refused"].get("max_pattern_tokens", 0)}
 
     got = _run(broker, baseline, "deep patterns (100 tokens)", probe)
@@ -315,9 +319,7 @@ def test_unacked_confirmations_are_bounded_per_subscriber(
             assert not stop.wait(0.01), "the broker never routed them all"
         stats = _stats(address)
         _idle(stop, seen, sub, pub)
-        sub.close(0)
-        pub.close(0)
-        ctx.term()
+        _close(ctx, sub, pub)
         return {
             "published": n,
             "pending": stats["pending_confirmations"],
@@ -371,8 +373,7 @@ def test_a_message_of_many_big_frames_is_read_one_frame_deep(
             reply = sock.recv_multipart()
             assert reply[0] == p.H_ERROR and int.from_bytes(reply[3], "big") == 400, reply
         _idle(stop, {}, sock)
-        sock.close(0)
-        ctx.term()
+        _close(ctx, sock)
         return {"messages": sent, "frames_each": 203, "mib_each": 200}
 
     got = _run(broker, baseline, "messages of 200 frames x 1 MiB", probe)
@@ -406,9 +407,7 @@ def test_topic_cache_stays_within_its_bytes(
                 _pump(seen, sub, pub)
         stats = _stats(address)
         _idle(stop, seen, sub, pub)
-        sub.close(0)
-        pub.close(0)
-        ctx.term()
+        _close(ctx, sub, pub)
         return {"topics": n, "sids": LIMITS.max_subscriptions_per_peer,
                 "cache_bytes": stats["topic_cache_bytes"]}  # fmt: skip
 
@@ -446,8 +445,7 @@ def test_unsubscribing_a_whole_queue_group_is_linear(
                     _pump(seen, sock)
             sock.send_multipart([p.H_UNSUBSCRIBE, ch, b"", sids])
             rounds += 1
-        sock.close(0)
-        ctx.term()
+        _close(ctx, sock)
         return {"rounds": rounds, "members": members}
 
     got = _run(broker, baseline, "queue group of 10,000 members, unsubscribed whole", probe)
@@ -478,8 +476,7 @@ def test_disconnecting_with_many_unconfirmed_deliveries(
                 pass
             sub.close(0)
             rounds += 1
-        pub.close(0)
-        ctx.term()
+        _close(ctx, pub)
         return {"rounds": rounds, "unconfirmed_each": LIMITS.max_pending_per_peer}
 
     got = _run(broker, baseline, "DISCONNECT holding 10,000 unconfirmed deliveries", probe)
@@ -525,8 +522,7 @@ def test_hello_bodies_that_decode_into_many_objects(
             reply = sock.recv_multipart()
             assert reply[0] == p.H_ERROR and int.from_bytes(reply[3], "big") == 422
             refused += 1
-        sock.close(0)
-        ctx.term()
+        _close(ctx, sock)
         return {"refused": refused, "body_bytes": len(body)}
 
     got = _run(broker, baseline, "HELLO bodies of 150,000 empty arrays", probe)
@@ -594,9 +590,7 @@ def test_a_stalled_subscriber_of_big_messages_holds_max_queued_bytes(
             pass
         stats = _stats(address)
         _idle(stop, seen, pub)
-        sub.close(0)
-        pub.close(0)
-        ctx.term()
+        _close(ctx, sub, pub)
         return {
             "offered_mib": n,
             "bound_mib": QUEUED >> 20,

@@ -208,7 +208,8 @@ class TopicTrie(Generic[V]):
     def match(self, topic: str) -> set[V]:
         """Every value whose pattern matches ``topic``."""
         out: set[V] = set()
-        self._walk(self._root, topic.split("."), 0, out)
+        for values in self.match_sets(topic):
+            out.update(values)
         return out
 
     def match_sets(self, topic: str) -> list[set[V]]:
@@ -216,33 +217,16 @@ class TopicTrie(Generic[V]):
         the trie holds them (not copies: read, never change them). A value
         held under one pattern is in one set only."""
         out: list[set[V]] = []
-        self._walk_sets(self._root, topic.split("."), 0, out)
+        self._walk(self._root, topic.split("."), 0, out)
         return out
 
-    def _walk_sets(self, node: _Node[V], tokens: list[str], i: int, out: list[set[V]]) -> None:
+    def _walk(self, node: _Node[V], tokens: list[str], i: int, out: list[set[V]]) -> None:
+        # Depth-first over at most two branches per level (the literal token and '*').
         if node.tail and i < len(tokens):
             out.append(node.tail)
         if i == len(tokens):
             if node.here:
                 out.append(node.here)
-            return
-        children = node.children
-        if not children:
-            return
-        nxt = children.get(tokens[i])
-        if nxt is not None:
-            self._walk_sets(nxt, tokens, i + 1, out)
-        star = children.get("*")
-        if star is not None:
-            self._walk_sets(star, tokens, i + 1, out)
-
-    def _walk(self, node: _Node[V], tokens: list[str], i: int, out: set[V]) -> None:
-        # Depth-first over at most two branches per level (the literal token and '*').
-        if node.tail and i < len(tokens):
-            out.update(node.tail)
-        if i == len(tokens):
-            if node.here:
-                out.update(node.here)
             return
         children = node.children
         if not children:
