@@ -77,7 +77,6 @@ class Broker:
         self._ctx: zmq.Context[Any] | None = None
         self._max = max_message_size
         self._hwm = hwm
-        self._limits = limits
         self._state = BrokerState(
             max_message_size=max_message_size, name=f"zmqbus/{__version__}", limits=limits
         )
@@ -112,29 +111,29 @@ class Broker:
         if self._thread is not None:
             raise RuntimeError("broker already started")
         fds = raise_fd_limit()
-        if fds and self._limits.max_peers > fds - FD_RESERVE:
+        limits = self._state.limits
+        if fds and limits.max_peers > fds - FD_RESERVE:
             # Each peer is a descriptor: past the limit libzmq stops accepting
             # connections at all, honest ones included.
             peers = max(1, fds - FD_RESERVE)
             log.warning(
                 "max_peers lowered from %d to %d: the file descriptor limit is %d",
-                self._limits.max_peers,
+                limits.max_peers,
                 peers,
                 fds,
             )
-            self._limits = self._limits.replace(max_peers=peers)
-            self._state.limits = self._limits
+            limits = self._state.limits = limits.replace(max_peers=peers)
         ctx = self._ctx = self._given_ctx if self._given_ctx is not None else zmq.Context()
         router = ctx.socket(zmq.ROUTER)
         router.setsockopt(zmq.LINGER, 0)
         router.setsockopt(zmq.ROUTER_MANDATORY, 1)
         # Each queue's bytes stay under max_queued_bytes however big its frames.
-        queue = queue_messages(self._limits, self._max, self._hwm)
+        queue = queue_messages(limits, self._max, self._hwm)
         if queue < self._hwm:
             log.info(
                 "high-water mark %d messages (max_queued_bytes %d / frames of up to %d bytes)",
                 queue,
-                self._limits.max_queued_bytes,
+                limits.max_queued_bytes,
                 self._max + 65536,
             )
         router.setsockopt(zmq.SNDHWM, queue)
@@ -216,7 +215,7 @@ class Broker:
     @property
     def limits(self) -> Limits:
         """The bounds in force (``max_peers`` as lowered to fit the descriptors)."""
-        return self._limits
+        return self._state.limits
 
     def stats(self) -> dict[str, Any]:
         """A snapshot: peers, channels, subscriptions, message counters, errors by code."""
