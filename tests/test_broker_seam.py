@@ -3,7 +3,7 @@ take_outgoing, send_failed and tick, as broker.py drives them."""
 
 from __future__ import annotations
 
-from frames import S1, S2, A, hello, joined, publish, subscribe
+from frames import S1, S2, A, hello, joined, publish, sid, subscribe
 
 from zmqbus import Limits
 from zmqbus import protocol as p
@@ -205,3 +205,93 @@ def test_counters_are_the_states_own() -> None:
     assert _counter(state, "messages_in") - in_before == 4
     assert _counter(state, "messages_out") - out_before == 3
     assert _counter(state, "dropped_hwm") == 1 and _counter(state, "dropped_out") == 1
+
+
+def _many(n: int, first: int = 1) -> list[tuple[str, bytes]]:
+    return [(">", sid(i)) for i in range(first, first + n)]
+
+
+def test_dropped_counts_for_many_sids_are_exact_per_sid() -> None:
+    # 300 sids on ">" and 100 more on "t": a DELIVER on "t" names 400 sids, one
+    # on "u" names 300; each sid is told exactly the messages it missed.
+    state = BrokerState()
+    joined(state, b"pub")
+    joined(state, b"sub", *_many(300), *[("t", sid(i)) for i in range(301, 401)])
+    for topic in ("t", "u", "t", "t"):
+        state.handle(b"pub", publish(topic), 1.0)
+        _refuse_deliveries(state, state.take_outgoing(), b"sub")
+    state.handle(b"pub", publish("u"), 1.0)
+    sent = state.take_outgoing()
+    assert _heads(sent, b"sub") == [p.H_DROPPED, p.H_DELIVER]
+    notice = p.parse_broker(next(f for to, f in sent if to == b"sub"))
+    assert isinstance(notice, p.Dropped)
+    want = {sid(i): 4 for i in range(1, 301)} | {sid(i): 3 for i in range(301, 401)}
+    assert p.unpack_dropped(notice.counts) == want
+    assert state.stats()["slow_peers"] == {b"sub".hex(): 4}
+
+
+def test_a_refused_notice_for_many_sids_gives_back_its_counts() -> None:
+    state = BrokerState()
+    joined(state, b"pub")
+    joined(state, b"sub", *_many(1000))
+    state.handle(b"pub", publish("t"), 1.0)
+    _refuse_deliveries(state, state.take_outgoing(), b"sub")
+    for _ in range(3):  # notice and DELIVER refused, three times over
+        state.handle(b"pub", publish("t"), 1.0)
+        sent = state.take_outgoing()
+        assert _heads(sent, b"sub") == [p.H_DROPPED, p.H_DELIVER]
+        _refuse_deliveries(state, sent, b"sub")
+    state.handle(b"pub", publish("t"), 1.0)
+    sent = state.take_outgoing()
+    notice = p.parse_broker(sent[0][1])
+    assert isinstance(notice, p.Dropped)
+    assert p.unpack_dropped(notice.counts) == {sid(i): 4 for i in range(1, 1001)}
+
+
+def test_distinct_sid_sets_owed_past_their_budget_are_counted_per_sid() -> None:
+    # Each topic matches a different set of the peer's sids (".>" patterns on
+    # its own first token plus ">" for all), so each lost DELIVER names a new
+    # frame; past DROPPED_SETS_BYTES they fold into per-sid counts, exactly.
+    from zmqbus._routing import DROPPED_SETS_BYTES
+
+    n = 2000
+    state = BrokerState(limits=Limits(max_subscriptions_per_peer=2 * n))
+    joined(state, b"pub")
+    subs = [(">", sid(i)) for i in range(1, n + 1)]
+    subs += [(f"k{i}.>", sid(n + i)) for i in range(1, 41)]
+    joined(state, b"sub", *subs)
+    rounds = DROPPED_SETS_BYTES // (4 * n) + 10
+    for r in range(rounds):
+        state.handle(b"pub", publish(f"k{r % 40 + 1}.x"), 1.0)
+        _refuse_deliveries(state, state.take_outgoing(), b"sub")
+    state.handle(b"pub", publish("z"), 1.0)
+    notice = p.parse_broker(state.take_outgoing()[0][1])
+    assert isinstance(notice, p.Dropped)
+    want = {sid(i): rounds for i in range(1, n + 1)}
+    for r in range(rounds):
+        key = sid(n + r % 40 + 1)
+        want[key] = want.get(key, 0) + 1
+    assert p.unpack_dropped(notice.counts) == want
+
+
+def test_a_departed_peers_confirmations_are_settled_in_slices() -> None:
+    from zmqbus._routing import SETTLE_SLICE
+
+    n = 3 * SETTLE_SLICE + 10
+    state = _world()
+    for i in range(n):
+        state.handle(b"pub", publish("t", ref=b"r%d" % i), 1.0)
+    state.take_outgoing()
+    state.drop_peer(b"sub")  # left without ACKing any of them
+    assert state.due() == 1.0  # more to settle: the loop must not block
+    told: list[bytes] = []
+    for now in (1.0, 1.001, 1.002, 1.003):
+        sent = state.take_outgoing()
+        assert len(sent) <= SETTLE_SLICE
+        told += [frames[2] for to, frames in sent if frames[0] == p.H_ACKED]
+        state.tick(now)
+    told += [frames[2] for to, frames in state.take_outgoing() if frames[0] == p.H_ACKED]
+    # Every publisher told, once each, oldest first; then nothing is due at once.
+    assert told == [b"r%d" % i for i in range(n)]
+    due = state.due()
+    assert due is None or due > 1.003

@@ -920,3 +920,23 @@ def test_protocol_uuid_from_bytes_is_the_fast_path_module_s() -> None:
     from zmqbus import _fastpath
 
     assert p.uuid_from_bytes is _fastpath.uuid_from_bytes
+
+
+@pytest.mark.parametrize(
+    "counts",
+    [
+        {b"\x00\x00\x00\x01": 3},
+        {b"".join(i.to_bytes(4, "big") for i in range(1, 1001)): 7},
+        {b"\x00\x00\x00\x01\x00\x00\x00\x02": 2, b"\x00\x00\x00\x02\x00\x00\x00\x03": 5},
+        {b"\x00\x00\x00\x09": 1 << 40},  # past uint32: saturates, as pack_dropped does
+    ],
+)
+def test_pack_dropped_sets_counts_each_sid_of_each_set(counts: dict[bytes, int]) -> None:
+    per_sid: dict[bytes, int] = {}
+    for sids, n in counts.items():
+        for sid in p.split_sids(sids):
+            per_sid[sid] = per_sid.get(sid, 0) + n
+    assert p.pack_dropped_sets(counts) == p.pack_dropped(per_sid)
+    assert p.unpack_dropped(p.pack_dropped_sets(counts)) == {
+        sid: min(n, 0xFFFFFFFF) for sid, n in per_sid.items()
+    }

@@ -6,7 +6,7 @@ from collections.abc import Iterable
 
 from ._groups import QueueGroup
 from ._peer import Peer
-from .protocol import split_sids
+from .protocol import SID_BYTES, split_sids
 from .topics import TopicTrie
 
 __all__ = ["CACHE_LIMIT", "CacheBudget", "Channel", "Targets"]
@@ -47,6 +47,66 @@ class CacheBudget:
         return True
 
 
+class _Packed:
+    """The targets of the values at one trie pattern, kept as subscriptions
+    come and go there: plain sids packed per peer (in sid order), and groups."""
+
+    __slots__ = ("groups", "plain", "targets", "values")
+
+    def __init__(self, values: set[object]) -> None:
+        # The set itself is kept, so its id (the key) cannot be reused meanwhile.
+        self.values = values
+        plain: dict[bytes, list[bytes]] = {}
+        groups: list[QueueGroup] = []
+        for value in values:
+            if isinstance(value, QueueGroup):
+                groups.append(value)
+            else:
+                pair: tuple[bytes, bytes] = value  # type: ignore[assignment]
+                plain.setdefault(pair[0], []).append(pair[1])
+        self.plain = {ident: b"".join(sorted(sids)) for ident, sids in plain.items()}
+        self.groups = groups
+        self.targets: Targets | None = None
+
+    def get(self) -> Targets:
+        targets = self.targets
+        if targets is None:
+            targets = self.targets = (tuple(self.plain.items()), tuple(self.groups))
+        return targets
+
+    def add(self, ident: bytes, sid: bytes) -> None:
+        # One sid into its peer's packed run: a copy of that run, not a repack
+        # of the pattern (a subscribe between publishes stays cheap).
+        sids = self.plain.get(ident, b"")
+        i = _position(sids, sid)
+        self.plain[ident] = sids[:i] + sid + sids[i:]
+        self.targets = None
+
+    def remove(self, ident: bytes, sid: bytes) -> None:
+        sids = self.plain.get(ident, b"")
+        i = _position(sids, sid)
+        if sids[i : i + SID_BYTES] != sid:
+            return
+        if len(sids) == SID_BYTES:
+            del self.plain[ident]
+        else:
+            self.plain[ident] = sids[:i] + sids[i + SID_BYTES :]
+        self.targets = None
+
+
+def _position(sids: bytes, sid: bytes) -> int:
+    """The byte offset at which ``sid`` is, or goes, in the sorted run ``sids``."""
+    lo, hi = 0, len(sids) // SID_BYTES
+    while lo < hi:
+        mid = (lo + hi) // 2
+        at = mid * SID_BYTES
+        if sids[at : at + SID_BYTES] < sid:
+            lo = mid + 1
+        else:
+            hi = mid
+    return lo * SID_BYTES
+
+
 class Channel:
     """The peers and subscriptions of one channel ID."""
 
@@ -72,8 +132,8 @@ class Channel:
         self.cache_bytes = 0
         self.budget = budget if budget is not None else CacheBudget(1 << 62)
         self.nsubs = 0  # open subscriptions, plain and queue group members
-        # id(set of values at one trie pattern) -> (that set, its packed targets).
-        self.packed: dict[int, tuple[set[object], Targets]] = {}
+        # id(set of values at one trie pattern) -> its targets, packed.
+        self.packed: dict[int, _Packed] = {}
 
     def clear_cache(self) -> None:
         """Forget every cached topic (the subscriptions changed, or room is needed)."""
@@ -131,27 +191,12 @@ class Channel:
         return hit
 
     def _packed_set(self, values: set[object]) -> Targets:
-        # The targets of one pattern's set of values in the trie, kept while
-        # the subscriptions stay as they are (add and remove forget them all).
-        key = id(values)
-        held = self.packed.get(key)
-        if held is not None:
-            return held[1]
-        plain: dict[bytes, list[bytes]] = {}
-        groups: list[QueueGroup] = []
-        for value in values:
-            if isinstance(value, QueueGroup):
-                groups.append(value)
-            else:
-                pair: tuple[bytes, bytes] = value  # type: ignore[assignment]
-                plain.setdefault(pair[0], []).append(pair[1])
-        packed = (
-            tuple((ident, b"".join(sorted(sids))) for ident, sids in plain.items()),
-            tuple(groups),
-        )
-        # The set itself is kept with it, so its id cannot be reused meanwhile.
-        self.packed[key] = (values, packed)
-        return packed
+        # The targets of one pattern's set of values in the trie, packed once
+        # and then kept in step by add and remove.
+        held = self.packed.get(id(values))
+        if held is None:
+            held = self.packed[id(values)] = _Packed(values)
+        return held.get()
 
     def destinations(self, topic: bytes) -> Iterable[tuple[bytes, bytes]]:
         """(ident, packed sids) for each peer a message on ``topic`` goes to: the
@@ -167,28 +212,54 @@ class Channel:
 
     def add(self, peer: Peer, sid: bytes, pattern: str, queue: str) -> None:
         """Subscribe ``peer``'s ``sid`` to ``pattern``, in queue group ``queue`` if not empty."""
+        trie = self.trie
         if queue:
             group = self.groups.get((pattern, queue))
             if group is None:
                 group = self.groups[(pattern, queue)] = QueueGroup((pattern, queue))
-                self.trie.add(pattern, group)
+                trie.add(pattern, group)
+                held = self._held(pattern)
+                if held is not None:
+                    held.groups.append(group)
+                    held.targets = None
             group.add(peer, sid)
         else:
-            self.trie.add(pattern, (peer.ident, sid))
+            trie.add(pattern, (peer.ident, sid))
+            held = self._held(pattern)
+            if held is not None:
+                held.add(peer.ident, sid)
         self.nsubs += 1
-        self.packed.clear()
         self.clear_cache()
 
-    def remove(self, peer: Peer, sid: bytes, pattern: str, queue: str) -> None:
-        """Undo ``add``; a queue group goes with its last member."""
+    def remove(
+        self, peer: Peer, sid: bytes, pattern: str, queue: str, *, many: bool = False
+    ) -> None:
+        """Undo ``add``; a queue group goes with its last member. ``many``: one
+        of many removals at once (the pattern's targets are packed again when
+        next needed, not kept in step one sid at a time)."""
         if queue:
             group = self.groups[(pattern, queue)]
             group.remove(peer, sid)
             if not group.members:
+                held = self._held(pattern)
                 del self.groups[(pattern, queue)]
                 self.trie.remove(pattern, group)
+                if held is not None:
+                    held.groups.remove(group)
+                    held.targets = None
+                    if not held.values:
+                        del self.packed[id(held.values)]
         else:
+            held = self._held(pattern)
             self.trie.remove(pattern, (peer.ident, sid))
+            if held is not None:
+                if many or not held.values:
+                    del self.packed[id(held.values)]
+                else:
+                    held.remove(peer.ident, sid)
         self.nsubs -= 1
-        self.packed.clear()
         self.clear_cache()
+
+    def _held(self, pattern: str) -> _Packed | None:
+        values = self.trie.bucket(pattern)
+        return None if values is None else self.packed.get(id(values))

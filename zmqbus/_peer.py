@@ -19,6 +19,7 @@ class Peer:
         "batch_commands",
         "channel",
         "dropped",
+        "dropped_bytes",
         "dropped_total",
         "heartbeat",
         "held",
@@ -36,8 +37,10 @@ class Peer:
         self.heartbeat = 0.0  # seconds; 0: the peer did not ask for heartbeats
         self.batch = False  # the peer takes DELIVER_BATCH (asked in its HELLO)
         self.batch_commands = False  # the peer takes BROKER_BATCH (asked in its HELLO)
-        # Messages the socket could not take for this peer, per sid, not yet reported.
+        # Messages the socket could not take for this peer, not yet reported:
+        # per packed sids frame (one or more sids), as the messages named them.
         self.dropped: dict[bytes, int] = {}
+        self.dropped_bytes = 0  # of the multi-sid frames in ``dropped``
         self.dropped_total = 0
         self.last_heard = 0.0
         self.next_beat = 0.0

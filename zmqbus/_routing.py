@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import heapq
 import logging
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Sequence
 
 from . import protocol as p
@@ -101,6 +101,12 @@ _EXPIRED_BODY = p.pack_ack(
 HELD_REPLIES = 1024
 # While replies are held, how soon (seconds) the broker tries them again.
 HELD_RETRY = 0.05
+# Confirmations of a departed peer settled per pass (ACKEDs to their publishers):
+# a peer that leaves 10,000 unconfirmed deliveries holds no pass up for long.
+SETTLE_SLICE = 256
+# The bytes of distinct multi-sid frames a slow peer may be owed DROPPED counts
+# for before they are counted per sid (which the peer's sids bound).
+DROPPED_SETS_BYTES = 256 * 1024
 # Replies: what send_failed holds instead of dropping.
 _REPLIES = frozenset((p.H_OK, p.H_ERROR, p.H_WELCOME, p.H_STATS_REPLY))
 # How long one STATS_REPLY body serves every STATS (seconds) while no peer,
@@ -168,6 +174,10 @@ class BrokerState:
         self._now = 0.0  # the time handle() or tick() was last given
         self._beating: set[bytes] = set()  # idents of peers that asked for heartbeats
         self._lossy: set[bytes] = set()  # idents owed a DROPPED notice
+        # Departed peers' unconfirmed deliveries still to settle: (ACKED body, tokens).
+        self._settling: deque[tuple[bytes, deque[bytes]]] = deque()
+        # The counts each DROPPED notice of the last take_outgoing carries, by ident.
+        self._notices: dict[bytes, dict[bytes, int]] = {}
         self._next_tick: float | None = None
         # Topics already checked against the topic rules, so the hot path checks each once.
         self._valid_topics: set[bytes] = set()
@@ -272,6 +282,8 @@ class BrokerState:
         peer: a heartbeat, if it asked for them, is the latest chance). Each
         item is counted sent (``messages_out``, ``dropped_notices``) unless
         ``send_failed`` is called for it."""
+        if self._notices:
+            self._notices = {}
         out = self.outbox
         if not out and not self._holding:
             return []
@@ -323,9 +335,14 @@ class BrokerState:
                 lossy.discard(ident)
                 peer = peers.get(ident)
                 if peer is not None and peer.dropped:
-                    notice = [p.H_DROPPED, peer.channel.id, p.pack_dropped(peer.dropped)]
+                    owed = peer.dropped
+                    notice = [p.H_DROPPED, peer.channel.id, p.pack_dropped_sets(owed)]
                     result.append((ident, notice))
+                    # Kept until the next take: a refused notice gives its counts
+                    # back as they were, without reading its frame.
+                    self._notices[ident] = owed
                     peer.dropped = {}
+                    peer.dropped_bytes = 0
                     self.counters["dropped_notices"] += 1
             result.append(item)
         return result
@@ -342,11 +359,13 @@ class BrokerState:
         if frames[0] == p.H_DROPPED:
             counters["dropped_notices"] -= 1
             peer = self.peers.get(ident)
+            owed = self._notices.pop(ident, None)
             if peer is not None:
                 # Whatever the reason: a gone peer is dropped on its next message.
-                dropped = peer.dropped
-                for sid, n in p.unpack_dropped(frames[_DROPPED_COUNTS]).items():
-                    dropped[sid] = dropped.get(sid, 0) + n
+                if owed is None:
+                    owed = p.unpack_dropped(frames[_DROPPED_COUNTS])
+                for sids, n in owed.items():
+                    self._owe(peer, sids, n)
                 self._lossy.add(ident)
             return
         counters["messages_out"] -= 1
@@ -384,6 +403,28 @@ class BrokerState:
             if self._next_tick is None or self._retry_at < self._next_tick:
                 self._next_tick = self._retry_at
 
+    @staticmethod
+    def _owe(peer: Peer, sids: bytes, n: int) -> None:
+        # Counted per packed sids frame as the message carried it: O(1) for the
+        # shared frame of a pattern (a delivery to 10,000 sids costs no more to
+        # lose than one to a single sid); sids are counted apart only when the
+        # distinct frames owed would hold more than DROPPED_SETS_BYTES.
+        dropped = peer.dropped
+        had = dropped.get(sids)
+        if had is not None:
+            dropped[sids] = had + n
+            return
+        dropped[sids] = n
+        if len(sids) > p.SID_BYTES:
+            peer.dropped_bytes += len(sids)
+            if peer.dropped_bytes > DROPPED_SETS_BYTES:
+                per_sid: dict[bytes, int] = {}
+                for key, count in dropped.items():
+                    for sid in p.split_sids(key):
+                        per_sid[sid] = per_sid.get(sid, 0) + count
+                peer.dropped = per_sid
+                peer.dropped_bytes = 0
+
     def _undeliverable(self, ident: bytes, frames: list[bytes], *, hold: bool) -> None:
         # Lost deliveries are owed to the peer as a DROPPED notice, and a lost
         # confirmed DELIVER is reported to its publisher as dropped at once.
@@ -404,8 +445,7 @@ class BrokerState:
             self._slow.add(peer)
             for sids, _, _ in p.unpack_deliver_entries(frames[ENTRIES_FRAME]):
                 peer.dropped_total += 1
-                for sid in p.split_sids(sids):
-                    peer.dropped[sid] = peer.dropped.get(sid, 0) + 1
+                self._owe(peer, sids, 1)
             self._lossy.add(ident)
             return
         if peer is None or len(frames) != _N_DELIVERY or head not in (p.H_DELIVER, p.H_ASK):
@@ -413,8 +453,7 @@ class BrokerState:
         # Owed to the slow peer as a DROPPED notice once its queue has room again.
         self._slow.add(peer)
         peer.dropped_total += 1
-        for sid in p.split_sids(frames[DELIVER_SIDS]):
-            peer.dropped[sid] = peer.dropped.get(sid, 0) + 1
+        self._owe(peer, frames[DELIVER_SIDS], 1)
         self._lossy.add(ident)
         token = frames[DELIVER_TOKEN]
         if head == p.H_DELIVER and token and token in peer.outstanding:
@@ -611,10 +650,11 @@ class BrokerState:
         elif isinstance(cmd, p.Subscribe):
             self._subscribe(peer, cmd)
         elif isinstance(cmd, p.Unsubscribe):
+            many = len(cmd.sids) > p.SID_BYTES
             for sid in p.split_sids(cmd.sids):
                 sub = peer.subs.pop(sid, None)
                 if sub is not None:
-                    peer.channel.remove(peer, sid, *sub)
+                    peer.channel.remove(peer, sid, *sub, many=many)
                     self.counters["unsubscribes"] += 1
                     self._stats_at = float("-inf")
             self.outbox.append((ident, [p.H_OK, cmd.channel, cmd.ref]))
@@ -749,18 +789,35 @@ class BrokerState:
             self._batching_peers -= 1
         channel = peer.channel
         for sid, (pattern, queue) in peer.subs.items():
-            channel.remove(peer, sid, pattern, queue)
+            channel.remove(peer, sid, pattern, queue, many=True)
         channel.peers.discard(ident)
         if not channel.peers:
             del self.channels[channel.id]
             channel.clear_cache()
         if peer.outstanding:
-            body = p.pack_ack(0, 0, [_LEFT_TEXT])
-            for token in peer.outstanding:
-                self._resolve(token, body)
+            # Each publisher still waiting on it learns it left; past a slice,
+            # the rest over the next passes (tick), while others are served.
+            self._settling.append((p.pack_ack(0, 0, [_LEFT_TEXT]), deque(peer.outstanding)))
+            self._settle()
+            if self._settling and (self._next_tick is None or self._now < self._next_tick):
+                self._next_tick = self._now
         self.counters["disconnects"] += 1
         self._stats_at = float("-inf")
         return True
+
+    def _settle(self) -> None:
+        # Up to SETTLE_SLICE confirmations of departed peers, oldest departure first.
+        left = SETTLE_SLICE
+        settling = self._settling
+        resolve = self._resolve
+        while settling and left:
+            body, tokens = settling[0]
+            n = min(left, len(tokens))
+            for _ in range(n):
+                resolve(tokens.popleft(), body)
+            left -= n
+            if not tokens:
+                settling.popleft()
 
     def _refuse(self, ident: bytes, frames: Sequence[bytes], code: int, text: str) -> None:
         self.errors[code] += 1
@@ -782,8 +839,9 @@ class BrokerState:
         """Time-driven duties at time ``now``, those due: BROKER_HEARTBEAT for
         each peer due one, forgetting each peer silent for LIVENESS intervals,
         probing peers without heartbeats that were silent for
-        ``idle_probe_seconds``, and letting held replies be sent again (by the
-        next ``take_outgoing``). Returns when to tick next, or None while
+        ``idle_probe_seconds``, letting held replies be sent again (by the
+        next ``take_outgoing``), and settling the next slice of departed peers'
+        confirmations. Returns when to tick next, or None while
         nothing is to do."""
         due = self._next_tick
         if due is None or now < due:
@@ -800,6 +858,10 @@ class BrokerState:
             retry = self._retry_at if self._retry_at > now else now
             if nxt is None or retry < nxt:
                 nxt = retry
+        if self._settling:
+            self._settle()
+            if self._settling:
+                nxt = now
         self._next_tick = nxt
         return nxt
 

@@ -89,6 +89,7 @@ __all__ = [
     "pack_command_entry",
     "pack_deliver_entry",
     "pack_dropped",
+    "pack_dropped_sets",
     "pack_hello",
     "pack_message",
     "pack_publish_entry",
@@ -744,6 +745,28 @@ class Dropped:
 def pack_dropped(counts: Mapping[bytes, int]) -> bytes:
     """The counts frame of DROPPED from {sid: count}."""
     return b"".join(sid + min(n, 0xFFFFFFFF).to_bytes(4, "big") for sid, n in counts.items())
+
+
+def pack_dropped_sets(counts: Mapping[bytes, int]) -> bytes:
+    """The counts frame of DROPPED from {packed sids: count}: each sid of a key
+    missed that many messages, summed over the keys it is in."""
+    if len(counts) == 1:
+        # One set (a peer whose every delivery names the same sids): its pairs
+        # are laid out by strided copies, not one Python step per sid.
+        [(sids, n)] = counts.items()
+        k = len(sids) // SID_BYTES
+        count = min(n, 0xFFFFFFFF).to_bytes(4, "big")
+        out = bytearray(8 * k)
+        for j in range(SID_BYTES):
+            out[j::8] = sids[j::SID_BYTES]
+            out[SID_BYTES + j :: 8] = count[j : j + 1] * k
+        return bytes(out)
+    per_sid: dict[bytes, int] = {}
+    for sids, n in counts.items():
+        for i in range(0, len(sids), SID_BYTES):
+            sid = sids[i : i + SID_BYTES]
+            per_sid[sid] = per_sid.get(sid, 0) + n
+    return pack_dropped(per_sid)
 
 
 def unpack_dropped(frame: bytes) -> dict[bytes, int]:

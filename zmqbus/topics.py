@@ -171,6 +171,21 @@ class TopicTrie(Generic[V]):
         self._count += 1
         return True
 
+    def bucket(self, pattern: str) -> set[V] | None:
+        """The set of values held under ``pattern`` (the one ``match_sets``
+        returns for it), or None if none are."""
+        tokens = pattern.split(".")
+        tail = tokens[-1] == ">"
+        if tail:
+            tokens.pop()
+        node: _Node[V] | None = self._root
+        for tok in tokens:
+            children = node.children  # type: ignore[union-attr]
+            node = children.get(tok) if children else None
+            if node is None:
+                return None
+        return node.tail if tail else node.here  # type: ignore[union-attr]
+
     def remove(self, pattern: str, value: V) -> bool:
         """Remove ``value`` from ``pattern``; False if it was not there.
         Empty branches are pruned so memory follows the live patterns."""
