@@ -16,6 +16,7 @@ from zmqbus import Message, _fastpath
 from zmqbus import protocol as p
 from zmqbus._wire import (
     DRAIN_MESSAGES,
+    FORWARD_BYTES,
     drain,
     recv_counted,
     recv_frames,
@@ -187,6 +188,35 @@ def test_recv_routed_on_a_router() -> None:
         send_routed(router, first[0], [b"x", b"y"])
         wait_in(dealer)
         assert recv_frames(dealer) == [b"x", b"y"]
+    finally:
+        router.close(0)
+        dealer.close(0)
+        ctx.term()
+
+
+def test_recv_routed_shares_a_big_forwarded_body_and_copies_the_rest() -> None:
+    ctx = zmq.Context()
+    router, dealer = ctx.socket(zmq.ROUTER), ctx.socket(zmq.DEALER)
+    big = bytes(range(256)) * (FORWARD_BYTES // 256)
+    try:
+        router.bind("inproc://wire-forward")
+        dealer.connect("inproc://wire-forward")
+        router.setsockopt(zmq.RCVTIMEO, 5000)
+        forward = frozenset((b"F",))
+        send_frames(dealer, [b"F", b"t", big])  # forwarded header, big last frame
+        send_frames(dealer, [b"F", b"t", big[:-1]])  # one byte under
+        send_frames(dealer, [b"G", b"t", big])  # a header not forwarded
+        send_frames(dealer, [b"F", big, b"t"])  # big, but not the last frame
+        shared = recv_routed(router, forward)
+        assert isinstance(shared[-1], zmq.Frame) and shared[-1].bytes == big
+        assert [type(f) for f in shared[:-1]] == [bytes, bytes, bytes]
+        for want in ([b"F", b"t", big[:-1]], [b"G", b"t", big], [b"F", big, b"t"]):
+            got = recv_routed(router, forward)
+            assert all(type(f) is bytes for f in got) and got[1:] == want
+        # Sent on as it came: the frame goes out whole, from libzmq's own buffer.
+        send_routed(router, shared[0], [b"D", shared[-1]])
+        wait_in(dealer)
+        assert recv_frames(dealer) == [b"D", big]
     finally:
         router.close(0)
         dealer.close(0)

@@ -13,6 +13,7 @@ from typing import Any, cast
 
 import zmq
 
+from . import protocol as p
 from ._endpoints import bind_endpoint
 from ._routing import BrokerState
 from ._version import __version__
@@ -35,6 +36,9 @@ _DRAIN_OUT = 128
 # ... and for at most this long (seconds): a pass of big batches must not hold
 # back heartbeats and liveness (ticks happen between passes).
 _DRAIN_SECONDS = 0.005
+# Commands whose last frame is a body the broker only measures and passes on:
+# a big one is forwarded without a copy.
+_FORWARDED = frozenset((p.H_PUBLISH, p.H_REQUEST, p.H_REPLY, p.H_ACK))
 _EVENTS = int(zmq.EVENTS)
 _POLLIN = int(zmq.POLLIN)
 
@@ -247,7 +251,7 @@ class Broker:
                     router.setsockopt(zmq.RCVTIMEO, wait)
                     timeout = wait
                 try:
-                    frames = recv_routed(router)
+                    frames = recv_routed(router, _FORWARDED)
                 except zmq.Again:
                     frames = None  # the heartbeat duty is due
                 with lock:
@@ -272,7 +276,7 @@ class Broker:
                             or not cast(int, _get(router, _EVENTS)) & _POLLIN
                         ):
                             break
-                        frames = recv_routed(router)
+                        frames = recv_routed(router, _FORWARDED)
                     # Between passes, so a pass of big batches bounds how late it is.
                     tick(now)
                     flush(router)
