@@ -18,6 +18,13 @@ confirmation, publishers can outrun the broker by far: the end marker then
 waits behind the broker's backlog, up to ``--drain-timeout`` seconds, and a
 publisher that gives up and leaves earlier loses what the broker still held.
 
+With ``--hostile`` (issue #13's soak), every hostile peer of
+``tests/hostile_peers.py`` runs at once beside them, each in a process of its
+own, round after round (``--hostile-round`` seconds each) for the whole run,
+against a broker of default limits (and a 2 s idle probe); the broker's
+resident memory is sampled twice a second, and the run fails unless its peak
+stays under the sum of the bounds those peers can fill (printed with its parts).
+
 At the end it reports, as JSON on stdout (and in ``--json FILE``) and as a
 summary on stderr: sent, confirmed, publish errors, the drops, failures and
 under-deliveries that confirmations reported (``PublishResult``), and for every
@@ -49,6 +56,7 @@ from collections import Counter, deque
 from collections.abc import Sequence
 from dataclasses import dataclass
 from multiprocessing.synchronize import Event as EventType
+from pathlib import Path
 from typing import Any
 
 TOPIC_PREFIX = "soak"
@@ -60,6 +68,7 @@ READY_TIMEOUT = 60.0  # seconds for every worker to connect and report ready
 MISSING_SAMPLE = 20  # missing sequence numbers listed per publisher and subscriber
 
 Report = dict[str, Any]
+TESTS = Path(__file__).resolve().parents[1] / "tests"  # hostile_peers.py
 
 
 # --- workers (each in a process of its own) ----------------------------------------
@@ -296,15 +305,94 @@ def _subscribe(
     }
 
 
+# --- hostile peers (--hostile) ------------------------------------------------------
+
+
+def hostile(name: str, address: str, until: float, round_seconds: float, out: Any) -> None:
+    """Run the probe ``name`` round after round until ``until`` (time.time());
+    report its rounds, the last round's measurements and its failures."""
+    sys.path.insert(0, str(TESTS))
+    import hostile_peers
+
+    probe = hostile_peers.PROBES[name]
+    rounds, unfinished, failures, last = 0, 0, [], None
+    while time.time() < until - 1:
+        stop = threading.Event()
+        timer = threading.Timer(min(round_seconds, max(0.0, until - time.time())), stop.set)
+        timer.start()
+        try:
+            last = probe(address, stop)
+            rounds += 1
+        except hostile_peers.Stopped:
+            unfinished += 1  # the round ended while it waited for an answer
+        except Exception as exc:  # counted and reported; the soak's verdict is the honest pairs'
+            failures.append(f"{type(exc).__name__}: {exc}"[:300])
+            stop.wait()
+        timer.cancel()
+    out.put((name, {"rounds": rounds, "unfinished": unfinished, "failures": len(failures),
+                    "first_failures": failures[:3], "last": last}))  # fmt: skip
+
+
+def _probe_names() -> list[str]:
+    sys.path.insert(0, str(TESTS))
+    import hostile_peers
+
+    return list(hostile_peers.PROBES)
+
+
+def hostile_bound() -> dict[str, int]:
+    """What the hostile peers may make the broker hold, by the default limits,
+    in MiB: the sum is the soak's bound on the broker's resident memory."""
+    sys.path.insert(0, str(TESTS))
+    import hostile_peers
+
+    limits = hostile_peers.LIMITS
+    mib = 1 << 20
+    return {
+        # The stalled subscriber's queue, and its publisher's inbound queue.
+        "queued_to_a_stalled_peer": limits.max_queued_bytes // mib,
+        "inbound_from_its_publisher": limits.max_queued_bytes // mib,
+        "topic_cache": limits.topic_cache_bytes // mib,
+        # A message of 200 frames of 1 MiB, which libzmq holds whole.
+        "one_message_of_many_frames": 200,
+        # Peers, subscriptions, pending confirmations, held replies at their
+        # bounds, the interpreter, libzmq and the allocator's slack.
+        "state_and_runtime": 512,
+    }
+
+
+class RssWatch:
+    """Samples a process's resident memory (VmRSS) twice a second: the peak."""
+
+    def __init__(self, pid: int) -> None:
+        self.path = Path(f"/proc/{pid}/status")
+        self.peak_kib = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="soak-rss", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.wait(0.5):
+            with contextlib.suppress(OSError):
+                for line in self.path.read_text().splitlines():
+                    if line.startswith("VmRSS:"):
+                        self.peak_kib = max(self.peak_kib, int(line.split()[1]))
+
+    def stop(self) -> int:
+        self._stop.set()
+        self._thread.join(5)
+        return self.peak_kib
+
+
 # --- the broker --------------------------------------------------------------------
 
 
 class BrokerProcess:
     """``python -m zmqbus broker`` on a free port; its stderr drained on a thread."""
 
-    def __init__(self) -> None:
+    def __init__(self, *args: str) -> None:
         cmd = [sys.executable, "-m", "zmqbus", "broker", "--bind", "tcp://127.0.0.1:0"]
-        cmd += ["--log-level", "INFO"]
+        cmd += ["--log-level", "INFO", *args]
         self.proc = subprocess.Popen(
             cmd,
             stdin=subprocess.DEVNULL,
@@ -377,7 +465,10 @@ def broker_stats(address: str) -> Any:
 
 def run(args: argparse.Namespace) -> Report:
     ctx = mp.get_context("spawn")
-    broker = None if args.address else BrokerProcess()
+    extra = ("--idle-probe-seconds", "2") if args.hostile else ()
+    broker = None if args.address else BrokerProcess(*extra)
+    hostile_out: mp.Queue[Any] = ctx.Queue()
+    watch: RssWatch | None = None
     results: mp.Queue[Any] = ctx.Queue()
     go, stop, abort = ctx.Event(), ctx.Event(), ctx.Event()
     procs: list[Any] = []
@@ -423,6 +514,23 @@ def run(args: argparse.Namespace) -> Report:
         collector.wait_ready("publisher", setup.publishers, READY_TIMEOUT)
         go.set()
         _progress(f"go: {setup.publishers} publishers, {setup.subscribers} subscribers")
+        if args.hostile:
+            if broker is not None:
+                watch = RssWatch(broker.proc.pid)
+            sys.path.insert(0, str(TESTS))
+            import hostile_peers
+
+            until = time.time() + setup.duration
+            for name in hostile_peers.PROBES:
+                proc = ctx.Process(
+                    target=hostile,
+                    args=(name, address, until, args.hostile_round, hostile_out),
+                    name=f"soak-hostile-{len(procs)}",
+                    daemon=True,
+                )
+                procs.append(proc)
+                proc.start()
+            _progress(f"and {len(hostile_peers.PROBES)} hostile peers")
         pub_reports = collector.wait_reports(
             "publisher", setup.duration + setup.timeout + setup.drain_timeout + 60
         )
@@ -432,16 +540,39 @@ def run(args: argparse.Namespace) -> Report:
         except TimeoutError:
             stop.set()  # a marker was lost: the subscribers stop with what they have
             sub_reports = collector.wait_reports("subscriber", 30)
+        hostile_reports: dict[str, Any] = {}
+        if args.hostile:
+            deadline = time.monotonic() + 120
+            expected = len([p for p in procs if p.name.startswith("soak-hostile-")])
+            while len(hostile_reports) < expected and time.monotonic() < deadline:
+                with contextlib.suppress(queue.Empty):
+                    name, data = hostile_out.get(timeout=1.0)
+                    hostile_reports[name] = data
         for p in procs:
             p.join(30)
         stats = broker_stats(address)
-        return summarise(setup, pub_reports, sub_reports, stats, args.address is None)
+        report = summarise(setup, pub_reports, sub_reports, stats, args.address is None)
+        if args.hostile:
+            bound = hostile_bound()
+            peak = watch.stop() // 1024 if watch is not None else None
+            report["hostile"] = {
+                "probes": hostile_reports,
+                "missing_reports": sorted(set(_probe_names()) - set(hostile_reports)),
+                "broker_rss_peak_mib": peak,
+                "rss_bound_mib": sum(bound.values()),
+                "rss_bound_parts_mib": bound,
+            }
+            if peak is not None and peak >= sum(bound.values()):
+                report["ok"] = False
+        return report
     except BaseException:
         abort.set()
         go.set()
         stop.set()
         raise
     finally:
+        if watch is not None:
+            watch.stop()
         for p in procs:
             p.join(5)
             if p.is_alive():
@@ -633,6 +764,19 @@ def human(report: Report) -> str:
             f"published {counters.get('published')} (publishers sent {report['sent']} "
             f"and {report['config']['publishers']} end markers)"
         )
+    h = report.get("hostile")
+    if h:
+        lines.append(
+            f"  hostile: broker RSS peak {h['broker_rss_peak_mib']} MiB, bound "
+            f"{h['rss_bound_mib']} MiB ({h['rss_bound_parts_mib']}); "
+            f"reports missing {h['missing_reports'] or 'none'}"
+        )
+        for name, r in h["probes"].items():
+            lines.append(
+                f"    {name}: {r['rounds']} rounds, {r['unfinished']} cut short by the "
+                f"round's end, {r['failures']} failed"
+                + (f" ({r['first_failures'][0]})" if r["first_failures"] else "")
+            )
     lines.append(f"  {'OK' if report['ok'] else 'FAILED'}")
     return "\n".join(lines)
 
@@ -717,6 +861,19 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="S",
         help="seconds for each publisher's end marker to be confirmed, and then for the "
         "subscribers to get every end marker (default 60)",
+    )
+    parser.add_argument(
+        "--hostile",
+        action="store_true",
+        help="run every hostile peer of tests/hostile_peers.py at once beside the honest "
+        "ones, and bound the broker's memory (issue #13's soak)",
+    )
+    parser.add_argument(
+        "--hostile-round",
+        type=_positive,
+        default=30.0,
+        metavar="S",
+        help="seconds of each hostile peer's round before it starts over (default 30)",
     )
     parser.add_argument("--address", help="an already running broker (default: start one)")
     parser.add_argument("--json", metavar="FILE", help="also write the JSON report to FILE")
