@@ -146,6 +146,7 @@ def test_subscribe_flood_is_bounded_per_peer(
 
 def test_deep_patterns_are_refused(broker: BrokerProcess, baseline: dict[str, Any]) -> None:
     got = _run(broker, baseline, "deep patterns (100 tokens)", hp.deep_patterns)
+    assert got["answered"] == got["sent"]
     assert got["refused"] >= got["sent"] * 0.9
     assert got["rss_growth_mib"] < 64
 
@@ -158,6 +159,9 @@ def test_vanished_connections_are_forgotten(
     assert got["joined"] >= hp.VANISHING
     assert got["forgotten_in_s"] is not None
     assert got["forgotten_in_s"] <= 2 * IDLE_PROBE + 2
+    # Their memory goes back to the system (malloc_trim, a second after the
+    # traffic), not kept by the allocator (55 MiB was, before).
+    assert got["rss_growth_mib"] < 16
 
 
 def test_unacked_confirmations_are_bounded_per_subscriber(
@@ -183,9 +187,9 @@ def test_a_message_of_many_big_frames_is_read_one_frame_deep(
     # libzmq holds a whole message before the broker reads any of it: the peak
     # is one such message; the broker's own copies stay one frame deep.
     assert got["rss_peak_growth_mib"] < 2 * 200 + 64
-    # What stays (58-69 MiB in three runs): not the frames (mmapped, returned at
-    # free), but what libzmq and the allocator keep of the connection's buffers.
-    assert got["rss_growth_mib"] < 128
+    # What libzmq and the allocator kept of the connection's buffers (58-119 MiB
+    # before) goes back with the trim that follows the traffic.
+    assert got["rss_growth_mib"] < 16
 
 
 def test_topic_cache_stays_within_its_bytes(

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import errno
 import logging
 import os
 import threading
 import time
+from collections.abc import Callable
 from types import TracebackType
 from typing import Any, cast
 
@@ -36,6 +38,20 @@ _DRAIN_OUT = 128
 # ... and for at most this long (seconds): a pass of big batches must not hold
 # back heartbeats and liveness (ticks happen between passes).
 _DRAIN_SECONDS = 0.005
+# glibc keeps freed heap memory for reuse (departed peers' ~40 KB each, what
+# libzmq held of a big message); malloc_trim gives it back to the system:
+# TRIM_EVERY seconds after traffic, so at most that often, and never when idle.
+TRIM_EVERY = 1.0
+
+
+def _malloc_trim() -> Callable[[int], int] | None:
+    try:
+        trim: Callable[[int], int] = ctypes.CDLL("libc.so.6").malloc_trim
+    except (OSError, AttributeError):
+        return None  # not glibc: the allocator keeps its own policy
+    return trim
+
+
 # Commands whose last frame is a body the broker only measures and passes on:
 # a big one is forwarded without a copy.
 _FORWARDED = frozenset((p.H_PUBLISH, p.H_REQUEST, p.H_REPLY, p.H_ACK))
@@ -243,6 +259,8 @@ class Broker:
         monotonic = time.monotonic
         deadline: float | None = None  # the next heartbeat duty, as tick() said
         timeout = -1  # the ROUTER's RCVTIMEO as last set
+        trim = _malloc_trim()
+        trim_due: float | None = None  # set by traffic, cleared by the trim
         try:
             while True:
                 # Block until traffic, a stop, or the next heartbeat duty: never spin.
@@ -282,6 +300,15 @@ class Broker:
                     flush(router)
                     # After the sends: a refused reply schedules its retry.
                     deadline = due()
+                    if trim is not None:
+                        if trim_due is None:
+                            if handled:
+                                trim_due = now + TRIM_EVERY
+                        elif now >= trim_due:
+                            trim(0)
+                            trim_due = None
+                        if trim_due is not None and (deadline is None or trim_due < deadline):
+                            deadline = trim_due  # trimmed then, even if all is quiet
                     if stopping:
                         state.bye_all()
                         flush(router)
