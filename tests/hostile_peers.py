@@ -340,6 +340,29 @@ def disconnect_with_unconfirmed(address: str, stop: threading.Event) -> dict[str
     return {"rounds": rounds, "unconfirmed_each": LIMITS.max_pending_per_peer}
 
 
+def leave_with_many_subscriptions(address: str, stop: threading.Event) -> dict[str, Any]:
+    """A peer that takes 10,000 subscriptions to distinct patterns and leaves, again."""
+    n = LIMITS.max_subscriptions_per_peer
+    ctx = zmq.Context()
+    rounds = 0
+    with contextlib.suppress(Stopped):  # stopped while waiting for an answer
+        while not stop.is_set():
+            sock = _dealer(ctx, address)
+            ch = uuid.uuid4().bytes
+            _join(sock, ch)
+            seen: dict[bytes, int] = {}
+            for i in range(n):
+                sock.send_multipart([p.H_SUBSCRIBE, ch, b"", _sid(i + 1), b"leave.%d.>" % i, b""])
+                if i % 10 == 0:
+                    _pump(seen, sock)
+            sock.send_multipart([p.H_DISCONNECT, ch, b"bye"])
+            _until(sock, p.H_OK, stop)
+            sock.close(0)
+            rounds += 1
+    _close(ctx)
+    return {"rounds": rounds, "subscriptions_each": n}
+
+
 STATS_PEERS = 1_000
 
 
@@ -448,6 +471,7 @@ PROBES: dict[str, Probe] = {
     "new topics to 10,000 sids on '>'": new_topics_to_many_sids,
     "queue group of 10,000 members, unsubscribed whole": queue_group_unsubscribed_whole,
     "DISCONNECT holding 10,000 unconfirmed deliveries": disconnect_with_unconfirmed,
+    "leaving with 10,000 subscriptions": leave_with_many_subscriptions,
     f"STATS from {STATS_PEERS} peers": stats_from_many_peers,
     "HELLO bodies of 150,000 empty arrays": hello_bodies_of_many_objects,
     "PUBLISH_BATCHes of 1,025 and 1,024 entries": big_batches,

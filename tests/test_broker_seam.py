@@ -295,3 +295,74 @@ def test_a_departed_peers_confirmations_are_settled_in_slices() -> None:
     assert told == [b"r%d" % i for i in range(n)]
     due = state.due()
     assert due is None or due > 1.003
+
+
+def test_a_departed_peers_subscriptions_are_removed_in_slices() -> None:
+    from zmqbus._routing import UNSUBSCRIBE_SLICE
+
+    n = 3 * UNSUBSCRIBE_SLICE + 5
+    state = BrokerState()
+    joined(state, b"pub")
+    joined(state, b"other", ("t", S1))
+    subs: list[tuple[str, bytes]] = [(f"t.{i}.>", sid(i + 1)) for i in range(n - 1)]
+    joined(state, b"many", ("t", sid(n)), *subs)
+    channel = state.channels[A]
+    state.drop_peer(b"many")
+    assert len(channel.trie) == n + 1  # none removed yet: all in the passes to come
+    due = state.due()
+    assert due is not None and due <= 1.0  # the loop must not block meanwhile
+    # Meanwhile routing passes the departed peer over, its subscriptions still there.
+    state.handle(b"pub", publish("t"), 1.0)
+    assert [to for to, frames in state.take_outgoing() if frames[0] == p.H_DELIVER] == [b"other"]
+    for i in range(4):
+        state.tick(1.0 + i / 1000)
+    assert len(channel.trie) == 1 and channel.nsubs == 1 and not channel.gone
+    assert A in state.channels
+    state.drop_peer(b"other")
+    state.drop_peer(b"pub")
+    assert A not in state.channels  # with its last peer, once nothing else is left
+
+
+def test_a_connection_that_joins_again_meanwhile_starts_clean() -> None:
+    from zmqbus._routing import UNSUBSCRIBE_SLICE
+
+    state = BrokerState()
+    joined(state, b"pub")
+    subs = [(">", sid(i + 1)) for i in range(2 * UNSUBSCRIBE_SLICE)]
+    joined(state, b"back", *subs)
+    state.drop_peer(b"back")
+    # The same connection joins again and takes the same sid on the same pattern.
+    joined(state, b"back", (">", sid(1)))
+    state.tick(1.0)
+    state.tick(1.001)
+    state.handle(b"pub", publish("x"), 1.0)
+    sent = [f for to, f in state.take_outgoing() if to == b"back" and f[0] == p.H_DELIVER]
+    assert len(sent) == 1 and sent[0][p.DELIVER_SIDS] == sid(1)
+    assert state.channels[A].nsubs == 1
+
+
+def test_a_departed_queue_group_member_is_never_picked() -> None:
+    from zmqbus._routing import UNSUBSCRIBE_SLICE
+
+    state = BrokerState()
+    joined(state, b"pub")
+    joined(state, b"stays", ("w", S1, "q"))
+    joined(state, b"left", *[("w", sid(i + 1), "q") for i in range(UNSUBSCRIBE_SLICE + 1)])
+    state.drop_peer(b"left")
+    for _ in range(20):
+        state.handle(b"pub", publish("w"), 1.0)
+    delivered = [to for to, f in state.take_outgoing() if f[0] == p.H_DELIVER]
+    assert delivered == [b"stays"] * 20
+
+
+def test_a_channel_goes_once_its_last_departed_peer_is_removed() -> None:
+    from zmqbus._routing import UNSUBSCRIBE_SLICE
+
+    state = BrokerState()
+    joined(state, b"only", *[(f"k.{i}", sid(i + 1)) for i in range(UNSUBSCRIBE_SLICE + 1)])
+    state.drop_peer(b"only")
+    assert A in state.channels  # its subscriptions are still being removed
+    state.tick(5.0)
+    assert A in state.channels  # one slice done, one subscription left
+    state.tick(5.001)
+    assert A not in state.channels

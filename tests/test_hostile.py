@@ -219,6 +219,13 @@ def test_disconnecting_with_many_unconfirmed_deliveries(
     assert got["rounds"] >= 1
 
 
+def test_leaving_with_many_subscriptions(broker: BrokerProcess, baseline: dict[str, Any]) -> None:
+    # Its subscriptions go 512 a pass after it left, routing passing it over.
+    name = "leaving with 10,000 subscriptions"
+    got = _run(broker, baseline, name, hp.leave_with_many_subscriptions)
+    assert got["rounds"] >= 1
+
+
 def test_stats_from_many_peers(broker: BrokerProcess, baseline: dict[str, Any]) -> None:
     name = f"STATS from {hp.STATS_PEERS} peers"
     got = _run(broker, baseline, name, hp.stats_from_many_peers)

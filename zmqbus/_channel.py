@@ -114,6 +114,7 @@ class Channel:
         "budget",
         "cache",
         "cache_bytes",
+        "gone",
         "groups",
         "id",
         "nsubs",
@@ -132,6 +133,9 @@ class Channel:
         self.cache_bytes = 0
         self.budget = budget if budget is not None else CacheBudget(1 << 62)
         self.nsubs = 0  # open subscriptions, plain and queue group members
+        # Idents of departed peers whose subscriptions are still being removed
+        # (a slice a pass): routing passes them over meanwhile.
+        self.gone: set[bytes] = set()
         # id(set of values at one trie pattern) -> its targets, packed.
         self.packed: dict[int, _Packed] = {}
 
@@ -202,12 +206,17 @@ class Channel:
         """(ident, packed sids) for each peer a message on ``topic`` goes to: the
         plain targets, and one member picked from each matching queue group."""
         plain, groups = self.targets(topic)
+        gone = self.gone
+        if gone:
+            plain = tuple(target for target in plain if target[0] not in gone)
         if not groups:
             return plain
         dests = dict(plain)
         for group in groups:
-            peer, sid = group.pick()
-            dests[peer.ident] = dests.get(peer.ident, b"") + sid
+            picked = group.pick(gone)
+            if picked is not None:
+                peer, sid = picked
+                dests[peer.ident] = dests.get(peer.ident, b"") + sid
         return dests.items()
 
     def add(self, peer: Peer, sid: bytes, pattern: str, queue: str) -> None:

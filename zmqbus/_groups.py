@@ -35,22 +35,29 @@ class QueueGroup:
             members[i] = last
             self._index[last] = i
 
-    def pick(self) -> tuple[Peer, bytes]:
-        """The member (peer, sid) to take the next message."""
+    def pick(self, gone: set[bytes] | frozenset[bytes] = frozenset()) -> tuple[Peer, bytes] | None:
+        """The member (peer, sid) to take the next message, passing over those
+        of the peers in ``gone`` (departed, still being removed); None if no
+        other is left."""
         # Rotate, preferring a member whose bus has no unconfirmed delivery
         # (idle); if all are busy, the least busy one.
         members = self.members
         n = len(members)
         start = self.next % n
-        best = start
+        best = -1
         best_load = -1
         for k in range(n):
             i = (start + k) % n
-            load = len(members[i][0].outstanding)
+            peer = members[i][0]
+            if gone and peer.ident in gone:
+                continue
+            load = len(peer.outstanding)
             if load == 0:
                 best = i
                 break
             if best_load < 0 or load < best_load:
                 best, best_load = i, load
+        if best < 0:
+            return None
         self.next = best + 1
         return members[best]

@@ -104,6 +104,9 @@ HELD_RETRY = 0.05
 # Confirmations of a departed peer settled per pass (ACKEDs to their publishers):
 # a peer that leaves 10,000 unconfirmed deliveries holds no pass up for long.
 SETTLE_SLICE = 256
+# Subscriptions of a departed peer removed per pass: past this many, the rest
+# go over the next passes (routing passes the peer over meanwhile).
+UNSUBSCRIBE_SLICE = 512
 # The bytes of distinct multi-sid frames a slow peer may be owed DROPPED counts
 # for before they are counted per sid (which the peer's sids bound).
 DROPPED_SETS_BYTES = 256 * 1024
@@ -174,6 +177,10 @@ class BrokerState:
         self._now = 0.0  # the time handle() or tick() was last given
         self._beating: set[bytes] = set()  # idents of peers that asked for heartbeats
         self._lossy: set[bytes] = set()  # idents owed a DROPPED notice
+        # Departed peers whose subscriptions are still being removed, by ident,
+        # and the subscriptions left, in the order they go.
+        self._leaving: dict[bytes, Peer] = {}
+        self._unsubscribing: deque[tuple[Peer, deque[tuple[bytes, tuple[str, str]]]]] = deque()
         # Departed peers' unconfirmed deliveries still to settle: (ACKED body, tokens).
         self._settling: deque[tuple[bytes, deque[bytes]]] = deque()
         # The counts each DROPPED notice of the last take_outgoing carries, by ident.
@@ -714,6 +721,10 @@ class BrokerState:
         self.outbox.append((peer.ident, [p.H_OK, cmd.channel, cmd.ref]))
 
     def _hello(self, ident: bytes, cmd: p.Hello) -> None:
+        if ident in self._leaving:
+            # This connection's last session is still being removed: finish
+            # first, so the new one's sids cannot meet the old ones.
+            self._unsubscribe_now(self._leaving[ident])
         peer = self.peers.get(ident)
         if peer is not None:
             if peer.channel.id != cmd.channel:
@@ -788,12 +799,18 @@ class BrokerState:
         if peer.batch_commands:
             self._batching_peers -= 1
         channel = peer.channel
-        for sid, (pattern, queue) in peer.subs.items():
-            channel.remove(peer, sid, pattern, queue, many=True)
         channel.peers.discard(ident)
-        if not channel.peers:
-            del self.channels[channel.id]
-            channel.clear_cache()
+        if len(peer.subs) <= UNSUBSCRIBE_SLICE:
+            for sid, (pattern, queue) in peer.subs.items():
+                channel.remove(peer, sid, pattern, queue, many=True)
+            self._forget_channel(channel)
+        else:
+            # Removed over the next passes; routing passes it over meanwhile.
+            channel.gone.add(ident)
+            self._leaving[ident] = peer
+            self._unsubscribing.append((peer, deque(peer.subs.items())))
+            if self._next_tick is None or self._now < self._next_tick:
+                self._next_tick = self._now
         if peer.outstanding:
             # Each publisher still waiting on it learns it left; past a slice,
             # the rest over the next passes (tick), while others are served.
@@ -804,6 +821,40 @@ class BrokerState:
         self.counters["disconnects"] += 1
         self._stats_at = float("-inf")
         return True
+
+    def _forget_channel(self, channel: Channel) -> None:
+        # A channel goes with its last peer, once nothing of a departed one is left.
+        if not channel.peers and not channel.gone and self.channels.get(channel.id) is channel:
+            del self.channels[channel.id]
+            channel.clear_cache()
+
+    def _unsubscribe_departed(self, limit: int | None = UNSUBSCRIBE_SLICE) -> None:
+        # Up to ``limit`` subscriptions of departed peers (None: all), oldest first.
+        queue = self._unsubscribing
+        left = limit
+        while queue and (left is None or left > 0):
+            peer, subs = queue[0]
+            channel = peer.channel
+            while subs and (left is None or left > 0):
+                sid, (pattern, queue_name) = subs.popleft()
+                channel.remove(peer, sid, pattern, queue_name, many=True)
+                if left is not None:
+                    left -= 1
+            if not subs:
+                queue.popleft()
+                channel.gone.discard(peer.ident)
+                del self._leaving[peer.ident]
+                self._forget_channel(channel)
+
+    def _unsubscribe_now(self, peer: Peer) -> None:
+        # All of one departed peer's subscriptions, now; the others keep their turn.
+        queue = self._unsubscribing
+        for i, (leaving, subs) in enumerate(queue):
+            if leaving is peer:
+                queue.rotate(-i)  # it first, the others in order after it
+                self._unsubscribe_departed(len(subs))
+                queue.rotate(i)
+                return
 
     def _settle(self) -> None:
         # Up to SETTLE_SLICE confirmations of departed peers, oldest departure first.
@@ -840,9 +891,9 @@ class BrokerState:
         each peer due one, forgetting each peer silent for LIVENESS intervals,
         probing peers without heartbeats that were silent for
         ``idle_probe_seconds``, letting held replies be sent again (by the
-        next ``take_outgoing``), and settling the next slice of departed peers'
-        confirmations. Returns when to tick next, or None while
-        nothing is to do."""
+        next ``take_outgoing``), and the next slices of departed peers'
+        subscriptions to remove and confirmations to settle. Returns when to
+        tick next, or None while nothing is to do."""
         due = self._next_tick
         if due is None or now < due:
             return due  # the hot path: the loop calls this once per pass
@@ -861,6 +912,10 @@ class BrokerState:
         if self._settling:
             self._settle()
             if self._settling:
+                nxt = now
+        if self._unsubscribing:
+            self._unsubscribe_departed()
+            if self._unsubscribing:
                 nxt = now
         self._next_tick = nxt
         return nxt
