@@ -366,3 +366,20 @@ def test_a_channel_goes_once_its_last_departed_peer_is_removed() -> None:
     assert A in state.channels  # one slice done, one subscription left
     state.tick(5.001)
     assert A not in state.channels
+
+
+def test_a_notice_refused_after_a_later_take_still_gives_its_counts_back() -> None:
+    # The counts are read back from the notice's own frame when the broker no
+    # longer holds them (a refusal reported after the next take_outgoing).
+    state = _world()
+    state.handle(b"pub", publish("t"), 1.0)
+    _refuse_deliveries(state, state.take_outgoing(), b"sub")
+    state.handle(b"pub", publish("t"), 1.0)
+    first = state.take_outgoing()
+    notice = next(f for to, f in first if to == b"sub" and f[0] == p.H_DROPPED)
+    state.take_outgoing()  # nothing new, but the held counts are let go
+    state.send_failed(b"sub", notice, gone=False)
+    state.handle(b"pub", publish("t"), 1.0)
+    sent = state.take_outgoing()
+    again = p.parse_broker(next(f for to, f in sent if to == b"sub"))
+    assert isinstance(again, p.Dropped) and p.unpack_dropped(again.counts) == {S1: 1}
