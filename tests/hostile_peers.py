@@ -37,10 +37,11 @@ Probe = Callable[[str, threading.Event], dict[str, Any]]
 # --- raw peers ----------------------------------------------------------------
 
 
-def _dealer(ctx: zmq.Context[Any], address: str) -> zmq.Socket[bytes]:
+def _dealer(ctx: zmq.Context[Any], address: str, rcvhwm: int = 1000) -> zmq.Socket[bytes]:
     sock = ctx.socket(zmq.DEALER)
     sock.setsockopt(zmq.LINGER, 0)
     sock.setsockopt(zmq.RCVTIMEO, 10_000)
+    sock.setsockopt(zmq.RCVHWM, rcvhwm)
     sock.connect(address)
     return sock
 
@@ -101,6 +102,45 @@ def _close(ctx: zmq.Context[Any], *socks: zmq.Socket[bytes]) -> None:
     ctx.destroy(linger=0)  # and any socket a stopped probe left open
 
 
+def _joined(address: str) -> tuple[zmq.Context[Any], bytes, zmq.Socket[bytes]]:
+    """A context, a new channel, and one peer joined to it."""
+    ctx = zmq.Context()
+    ch = uuid.uuid4().bytes
+    sock = _dealer(ctx, address)
+    _join(sock, ch)
+    return ctx, ch, sock
+
+
+def _pair(
+    address: str, sub_rcvhwm: int = 1000
+) -> tuple[zmq.Context[Any], bytes, zmq.Socket[bytes], zmq.Socket[bytes]]:
+    """A context, a new channel, and a subscriber and a publisher joined to it."""
+    ctx = zmq.Context()
+    ch = uuid.uuid4().bytes
+    sub, pub = _dealer(ctx, address, sub_rcvhwm), _dealer(ctx, address)
+    _join(sub, ch)
+    _join(pub, ch)
+    return ctx, ch, sub, pub
+
+
+def _subscribe_many(
+    sock: zmq.Socket[bytes],
+    ch: bytes,
+    n: int,
+    pattern: Callable[[int], bytes],
+    seen: dict[bytes, int],
+    stop: threading.Event | None = None,
+) -> None:
+    """SUBSCRIBEs with sids 1..n to ``pattern(i)``, reading the replies as they
+    come (counted in ``seen``); fewer if ``stop`` is set meanwhile."""
+    for i in range(n):
+        sock.send_multipart([p.H_SUBSCRIBE, ch, b"", _sid(i + 1), pattern(i), b""])
+        if i % 10 == 0:
+            _pump(seen, sock)
+        if stop is not None and stop.is_set():
+            return
+
+
 def _stats(address: str) -> dict[str, Any]:
     return broker_stats(address, timeout=10.0)
 
@@ -116,17 +156,9 @@ FLOOD = 300_000
 
 def subscribe_flood(address: str, stop: threading.Event) -> dict[str, Any]:
     """SUBSCRIBEs to distinct patterns from one peer, past its bound."""
-    ctx = zmq.Context()
-    sock = _dealer(ctx, address)
-    ch = uuid.uuid4().bytes
-    _join(sock, ch)
+    ctx, ch, sock = _joined(address)
     seen: dict[bytes, int] = {}
-    for i in range(FLOOD):
-        sock.send_multipart([p.H_SUBSCRIBE, ch, b"", _sid(i + 1), b"flood.%d" % i, b""])
-        if i % 10 == 0:
-            _pump(seen, sock)
-        if stop.is_set():
-            break
+    _subscribe_many(sock, ch, FLOOD, lambda i: b"flood.%d" % i, seen, stop)
     stats = _stats(address)
     _idle(stop, seen, sock)
     _close(ctx, sock)
@@ -140,10 +172,7 @@ def subscribe_flood(address: str, stop: threading.Event) -> dict[str, Any]:
 def deep_patterns(address: str, stop: threading.Event) -> dict[str, Any]:
     """SUBSCRIBEs to valid patterns of 100 tokens, past the token bound."""
     deep = b".".join([b"a"] * 100)  # 199 octets
-    ctx = zmq.Context()
-    sock = _dealer(ctx, address)
-    ch = uuid.uuid4().bytes
-    _join(sock, ch)
+    ctx, ch, sock = _joined(address)
     seen: dict[bytes, int] = {}
     sent = 0
     while not stop.is_set() and sent < 100_000:
@@ -204,11 +233,7 @@ UNACKED = 60_000
 
 def unacked_confirmations(address: str, stop: threading.Event) -> dict[str, Any]:
     """Confirmed publishes to a subscriber that reads and never ACKs."""
-    ctx = zmq.Context()
-    ch = uuid.uuid4().bytes
-    sub, pub = _dealer(ctx, address), _dealer(ctx, address)
-    _join(sub, ch)
-    _join(pub, ch)
+    ctx, ch, sub, pub = _pair(address)
     sub.send_multipart([p.H_SUBSCRIBE, ch, b"s", _sid(1), b"h.>", b""])
     assert _next(sub)[0] == p.H_OK
     seen: dict[bytes, int] = {}
@@ -252,10 +277,7 @@ def stats_never_read(address: str, stop: threading.Event) -> dict[str, Any]:
 def many_big_frames(address: str, stop: threading.Event) -> dict[str, Any]:
     """PUBLISHes of 200 frames of 1 MiB each (a command has at most 8)."""
     frame = b"x" * (1 << 20)
-    ctx = zmq.Context()
-    sock = _dealer(ctx, address)
-    ch = uuid.uuid4().bytes
-    _join(sock, ch)
+    ctx, ch, sock = _joined(address)
     sent = 0
     for _ in range(3):
         sock.send_multipart([p.H_PUBLISH, ch, b"", b"t", *[frame] * 200])
@@ -269,16 +291,9 @@ def many_big_frames(address: str, stop: threading.Event) -> dict[str, Any]:
 
 def new_topics_to_many_sids(address: str, stop: threading.Event) -> dict[str, Any]:
     """A subscriber with 10,000 sids on '>', and a new topic in every publish."""
-    ctx = zmq.Context()
-    ch = uuid.uuid4().bytes
-    sub, pub = _dealer(ctx, address), _dealer(ctx, address)
-    _join(sub, ch)
-    _join(pub, ch)
+    ctx, ch, sub, pub = _pair(address)
     seen: dict[bytes, int] = {}
-    for i in range(LIMITS.max_subscriptions_per_peer):
-        sub.send_multipart([p.H_SUBSCRIBE, ch, b"", _sid(i + 1), b">", b""])
-        if i % 10 == 0:
-            _pump(seen, sub)
+    _subscribe_many(sub, ch, LIMITS.max_subscriptions_per_peer, lambda i: b">", seen)
     n = 0
     while not stop.is_set() and n < 200_000:
         pub.send_multipart([p.H_PUBLISH, ch, b"", b"new.%d" % n, b"\x90"])
@@ -295,10 +310,7 @@ def new_topics_to_many_sids(address: str, stop: threading.Event) -> dict[str, An
 def queue_group_unsubscribed_whole(address: str, stop: threading.Event) -> dict[str, Any]:
     """10,000 members of one queue group, then one UNSUBSCRIBE naming them all, again."""
     members = LIMITS.max_subscriptions_per_peer
-    ctx = zmq.Context()
-    ch = uuid.uuid4().bytes
-    sock = _dealer(ctx, address)
-    _join(sock, ch)
+    ctx, ch, sock = _joined(address)
     seen: dict[bytes, int] = {}
     rounds = 0
     sids = b"".join(_sid(i + 1) for i in range(members))
@@ -315,10 +327,7 @@ def queue_group_unsubscribed_whole(address: str, stop: threading.Event) -> dict[
 
 def disconnect_with_unconfirmed(address: str, stop: threading.Event) -> dict[str, Any]:
     """A subscriber that takes 10,000 confirmed deliveries, ACKs none, and leaves."""
-    ctx = zmq.Context()
-    ch = uuid.uuid4().bytes
-    pub = _dealer(ctx, address)
-    _join(pub, ch)
+    ctx, ch, pub = _joined(address)
     seen: dict[bytes, int] = {}
     rounds = 0
     # Stopped while waiting for its OK is the probe's own end, not a failure.
@@ -350,11 +359,7 @@ def leave_with_many_subscriptions(address: str, stop: threading.Event) -> dict[s
             sock = _dealer(ctx, address)
             ch = uuid.uuid4().bytes
             _join(sock, ch)
-            seen: dict[bytes, int] = {}
-            for i in range(n):
-                sock.send_multipart([p.H_SUBSCRIBE, ch, b"", _sid(i + 1), b"leave.%d.>" % i, b""])
-                if i % 10 == 0:
-                    _pump(seen, sock)
+            _subscribe_many(sock, ch, n, lambda i: b"leave.%d.>" % i, {})
             sock.send_multipart([p.H_DISCONNECT, ch, b"bye"])
             _until(sock, p.H_OK, stop)
             sock.close(0)
@@ -436,12 +441,8 @@ BIG_MESSAGES = 2_000  # of 1 MiB: twice max_queued_bytes
 def stalled_subscriber_of_big_messages(address: str, stop: threading.Event) -> dict[str, Any]:
     """1 MiB messages as fast as they go, to a subscriber that reads nothing."""
     body = b"x" * ((1 << 20) - 1024)
-    ctx = zmq.Context()
-    ch = uuid.uuid4().bytes
-    sub, pub = _dealer(ctx, address), _dealer(ctx, address)
-    sub.setsockopt(zmq.RCVHWM, 1)  # and it reads nothing: TCP fills, then the queue
-    _join(sub, ch)
-    _join(pub, ch)
+    # A subscriber that reads nothing: TCP fills, then the broker's queue.
+    ctx, ch, sub, pub = _pair(address, sub_rcvhwm=1)
     sub.send_multipart([p.H_SUBSCRIBE, ch, b"s", _sid(1), b"big.>", b""])
     assert _next(sub)[0] == p.H_OK
     seen: dict[bytes, int] = {}
