@@ -198,7 +198,10 @@ def test_slow_peers_come_from_those_that_lost_messages() -> None:
     for ident, frames in state.take_outgoing():
         if ident == b"slow":
             state.send_failed(ident, frames, gone=False)
-    assert state.stats()["slow_peers"] == {b"slow".hex(): 1}
+    assert state.stats()["slow_peers"] == {state.label(b"slow"): 1}
+    # Named, not by its routing id: a reader must not learn the ids libzmq gives.
+    assert state.label(b"slow") != b"slow".hex() and state.label(b"slow") != state.label(b"ok")
+    assert BrokerState().label(b"slow") != state.label(b"slow")  # keyed per broker
     state.drop_peer(b"slow")
     assert state.stats()["slow_peers"] == {}
 

@@ -19,8 +19,10 @@ are resolved per message (one member each) on top of the cached plain targets.
 
 from __future__ import annotations
 
+import hashlib
 import heapq
 import logging
+import os
 from collections import Counter, deque
 from collections.abc import Sequence
 
@@ -175,6 +177,7 @@ class BrokerState:
         self._name = name
         self._welcome = p.pack_welcome(name, max_message_size)
         self._now = 0.0  # the time handle() or tick() was last given
+        self._label_key = os.urandom(16)  # keys the names STATS gives peers
         self._beating: set[bytes] = set()  # idents of peers that asked for heartbeats
         self._lossy: set[bytes] = set()  # idents owed a DROPPED notice
         # Departed peers whose subscriptions are still being removed, by ident,
@@ -976,7 +979,7 @@ class BrokerState:
             # The slowest peers by messages dropped at the broker since they
             # joined; only peers that lost any are looked at.
             "slow_peers": {
-                peer.ident.hex(): peer.dropped_total
+                self.label(peer.ident): peer.dropped_total
                 for peer in heapq.nlargest(10, self._slow, key=_dropped_total)
             },
             "counters": dict(self.counters),
@@ -985,6 +988,12 @@ class BrokerState:
             "refused": dict(self.refused),
             "topic_cache_bytes": self._budget.used,
         }
+
+    def label(self, ident: bytes) -> str:
+        """The name STATS gives the peer ``ident``: stable while the broker
+        runs, and not its routing id (which would let a reader claim the ids
+        libzmq gives next, see docs/protocol.md, Peers and sessions)."""
+        return hashlib.blake2b(ident, key=self._label_key, digest_size=6).hexdigest()
 
     @property
     def pending_confirmations(self) -> int:

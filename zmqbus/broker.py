@@ -52,6 +52,15 @@ def _malloc_trim() -> Callable[[int], int] | None:
     return trim
 
 
+def _seed_routing_ids() -> None:
+    # libzmq numbers a ROUTER's anonymous peers from libc's rand(), which it
+    # never seeds: the first is always 00 6b8b4567. A peer that claims the
+    # next numbers as its own routing id makes libzmq abort when an anonymous
+    # peer is given one of them; seeded, they cannot be predicted.
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL("libc.so.6").srand(int.from_bytes(os.urandom(4), "big") >> 1)
+
+
 # Commands whose last frame is a body the broker only measures and passes on:
 # a big one is forwarded without a copy.
 _FORWARDED = frozenset((p.H_PUBLISH, p.H_REQUEST, p.H_REPLY, p.H_ACK))
@@ -144,6 +153,7 @@ class Broker:
             )
             limits = self._state.limits = limits.replace(max_peers=peers)
         ctx = self._ctx = self._given_ctx if self._given_ctx is not None else zmq.Context()
+        _seed_routing_ids()
         router = ctx.socket(zmq.ROUTER)
         router.setsockopt(zmq.LINGER, 0)
         router.setsockopt(zmq.ROUTER_MANDATORY, 1)
