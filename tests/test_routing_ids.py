@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterator
 
 import pytest
 import zmq
-from brokers import BrokerProcess, free_port
+from brokers import BrokerProcess
 
 from zmqbus import protocol as p
 
@@ -15,16 +14,11 @@ from zmqbus import protocol as p
 UNSEEDED_FIRST = 0x6B8B4567
 
 
-@pytest.fixture
-def broker() -> Iterator[BrokerProcess]:
-    bp = BrokerProcess(f"tcp://127.0.0.1:{free_port()}")
-    bp.start()
-    yield bp
-    bp.stop()
-
-
 @pytest.mark.timeout(60)
-def test_claiming_the_next_anonymous_ids_does_not_crash_the_broker(broker: BrokerProcess) -> None:
+def test_claiming_the_next_anonymous_ids_does_not_crash_the_broker(
+    broker_process: BrokerProcess,
+) -> None:
+    broker = broker_process
     # Peers that take the ids libzmq would give the next anonymous peers made
     # it abort (SIGABRT) when one of those connected; now they cannot be known.
     ctx = zmq.Context()
