@@ -355,6 +355,9 @@ def hostile_bound() -> dict[str, int]:
         "topic_cache": limits.topic_cache_bytes // mib,
         # A message of 200 frames of 1 MiB, which libzmq holds whole.
         "one_message_of_many_frames": 200,
+        # Connections that never join, up to max_connections (libzmq's session
+        # and buffers for each: 50 MiB for 12,000 measured in the hostile tier).
+        "unjoined_connections": limits.max_connections * 8 // 1024,
         # Peers, subscriptions, pending confirmations, held replies at their
         # bounds, the interpreter, libzmq and the allocator's slack.
         "state_and_runtime": 512,

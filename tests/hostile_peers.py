@@ -13,6 +13,7 @@ the broker is started with.
 from __future__ import annotations
 
 import contextlib
+import socket
 import threading
 import time
 import uuid
@@ -462,6 +463,53 @@ def stalled_subscriber_of_big_messages(address: str, stop: threading.Event) -> d
 
 
 # Name (as reports print it) -> probe, in the tier's order.
+IDLE_CONNECTIONS = LIMITS.max_connections + 2_000
+
+
+def idle_connections(address: str, stop: threading.Event) -> dict[str, Any]:
+    """14,000 TCP connections that never say HELLO (nor finish the ZMTP
+    handshake), opened 10,000 a second (what the broker's listen queue
+    takes) and held; each round runs until the broker has closed them (past
+    ``stop``), then again until ``stop``."""
+    raise_fd_limit()  # this process holds them all too
+    host, port = address.removeprefix("tcp://").rsplit(":", 1)
+    first = _stats(address)["counters"]
+    opened = peak = rounds = 0
+    slowest = 0.0
+    while not stop.is_set():
+        socks: list[socket.socket] = []
+        start = time.monotonic()
+        for i in range(IDLE_CONNECTIONS):
+            sock = socket.socket()
+            sock.setblocking(False)
+            sock.connect_ex((host, int(port)))
+            socks.append(sock)
+            if i % 100 == 99:
+                time.sleep(0.01)  # pacing, not synchronisation
+        opened += len(socks)
+        rounds += 1
+        # Until the broker holds none of them (hello_timeout_seconds), or a bound.
+        deadline = start + LIMITS.hello_timeout_seconds + 30
+        while time.monotonic() < deadline:
+            stats = _stats(address)
+            peak = max(peak, stats["connections"])
+            if stats["unjoined_connections"] <= 4:  # the STATS askers'
+                break
+            time.sleep(0.2)  # polling the broker's count, which has no event to wait on
+        slowest = max(slowest, time.monotonic() - start)
+        for sock in socks:
+            sock.close()
+    last = _stats(address)["counters"]
+    return {
+        "opened": opened,
+        "accepted": last["connections_accepted"] - first["connections_accepted"],
+        "closed_by_broker": last["unjoined_closed"] - first.get("unjoined_closed", 0),
+        "rounds": rounds,
+        "peak_connections": peak,
+        "round_s": round(slowest, 1),
+    }
+
+
 PROBES: dict[str, Probe] = {
     "subscribe flood": subscribe_flood,
     "deep patterns (100 tokens)": deep_patterns,
@@ -477,4 +525,5 @@ PROBES: dict[str, Probe] = {
     "HELLO bodies of 150,000 empty arrays": hello_bodies_of_many_objects,
     "PUBLISH_BATCHes of 1,025 and 1,024 entries": big_batches,
     "a stalled subscriber of 1 MiB messages": stalled_subscriber_of_big_messages,
+    f"{IDLE_CONNECTIONS} connections that never say HELLO": idle_connections,
 }

@@ -14,6 +14,7 @@ SANS_IO = {
     "_batching",
     "_channel",
     "_connection",
+    "_connections",
     "_deadlines",
     "_fastpath",
     "_groups",

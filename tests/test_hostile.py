@@ -164,6 +164,22 @@ def test_vanished_connections_are_forgotten(
     assert got["rss_growth_mib"] < 16
 
 
+def test_idle_connections_never_shut_honest_buses_out(
+    broker: BrokerProcess, baseline: dict[str, Any]
+) -> None:
+    # 24,000 such connections took every descriptor of the broker's 20,000:
+    # honest buses got ConnectTimeout. Now the oldest unjoined go past
+    # max_connections, and every one within its hello timeout.
+    name = f"{hp.IDLE_CONNECTIONS} connections that never say HELLO"
+    got = _run(broker, baseline, name, hp.idle_connections)
+    # Counted until libzmq reports each close: a flood overshoots a little,
+    # within the tenth of the descriptors the broker keeps for it.
+    assert got["peak_connections"] <= LIMITS.max_connections * 1.1
+    assert got["accepted"] > LIMITS.max_connections  # the bound was reached
+    assert got["closed_by_broker"] >= got["accepted"] - 100  # all but the STATS askers'
+    assert got["round_s"] < LIMITS.hello_timeout_seconds + 15
+
+
 def test_unacked_confirmations_are_bounded_per_subscriber(
     broker: BrokerProcess, baseline: dict[str, Any]
 ) -> None:

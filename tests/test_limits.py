@@ -352,15 +352,18 @@ def test_frames_past_max_frames_are_dropped_while_reading() -> None:
         dealer.close(0)
 
 
-def test_broker_raises_its_descriptor_limit_and_keeps_max_peers_under_it() -> None:
+def test_broker_raises_its_descriptor_limit_and_keeps_its_connections_under_it() -> None:
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     if hard == resource.RLIM_INFINITY:
         pytest.skip("no finite descriptor limit")
     try:
-        with Broker("tcp://127.0.0.1:0", limits=Limits(max_peers=hard + 1000)) as broker:
+        limits = Limits(max_peers=hard + 1000, max_connections=hard + 1000)
+        with Broker("tcp://127.0.0.1:0", limits=limits) as broker:
             assert resource.getrlimit(resource.RLIMIT_NOFILE)[0] == hard
-            assert broker.limits.max_peers <= hard - 64
+            assert broker.limits.max_connections == (hard - 64) * 9 // 10
+            assert broker.limits.max_peers <= broker.limits.max_connections
             assert broker.stats()["limits"]["max_peers"] == broker.limits.max_peers
+            assert broker._state.connections.capacity == broker.limits.max_connections
     finally:
         resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
 

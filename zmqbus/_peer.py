@@ -18,9 +18,11 @@ class Peer:
         "batch",
         "batch_commands",
         "channel",
+        "conn",
         "dropped",
         "dropped_bytes",
         "dropped_total",
+        "ending",
         "heartbeat",
         "held",
         "ident",
@@ -29,11 +31,19 @@ class Peer:
         "outstanding",
         "session",
         "subs",
+        "tag",
     )
 
     def __init__(self, ident: bytes, channel: Channel, session: bytes) -> None:
         self.ident = ident
         self.channel = channel
+        # The connection it joined on, (fd, address), when the transport has
+        # one; its ZAP tag, which every message of that connection carries.
+        self.conn: tuple[int, str] | None = None
+        self.tag: str | None = None
+        # When its connection was seen to close (0: it was not): it is then
+        # dropped once its last messages, still queued, have been read.
+        self.ending = 0.0
         self.heartbeat = 0.0  # seconds; 0: the peer did not ask for heartbeats
         self.batch = False  # the peer takes DELIVER_BATCH (asked in its HELLO)
         self.batch_commands = False  # the peer takes BROKER_BATCH (asked in its HELLO)

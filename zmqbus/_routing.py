@@ -29,6 +29,7 @@ from collections.abc import Sequence
 from . import protocol as p
 from ._batching import Outgoing, coalesce, fan_out
 from ._channel import CACHE_LIMIT, CacheBudget, Channel
+from ._connections import Connections, ConnKey
 from ._peer import Peer
 from .errors import ProtocolError
 from .limits import Limits
@@ -109,6 +110,13 @@ SETTLE_SLICE = 256
 # Subscriptions of a departed peer removed per pass: past this many, the rest
 # go over the next passes (routing passes the peer over meanwhile).
 UNSUBSCRIBE_SLICE = 512
+# Seconds a peer whose connection closed is kept after its last message: what
+# it sent before closing may still wait, unread, in the socket's queue.
+ENDING_GRACE = 1.0
+
+# Where a message came from: its connection's descriptor, the peer's address
+# (for a HELLO; None otherwise) and the connection's ZAP tag (None: none).
+Source = tuple[int, "str | None", "str | None"]
 # The bytes of distinct multi-sid frames a slow peer may be owed DROPPED counts
 # for before they are counted per sid (which the peer's sids bound).
 DROPPED_SETS_BYTES = 256 * 1024
@@ -192,6 +200,22 @@ class BrokerState:
         # Topics already checked against the topic rules, so the hot path checks each once.
         self._valid_topics: set[bytes] = set()
         self._batching_peers = 0  # peers that asked for batch_commands
+        self.connections = Connections(limits.hello_timeout_seconds, limits.max_connections)
+        # Where the message given to handle() came from, for a HELLO and for a
+        # peer in ``watched``, by ident: the loop fills it, handle() takes it.
+        self.sources: dict[bytes, Source] = {}
+        self._src: Source | None = None  # the source of the message in hand
+        # Peers the source of whose every message is checked (a message under
+        # their routing id from another connection ends their session): those
+        # whose connection closed, and those that chose their own routing id
+        # (libzmq's own are unguessable). The loop reads sources for these.
+        self.watched: set[bytes] = set()
+        # Peers whose connection closed: nothing is sent to them (another
+        # connection may hold their routing id next) until they are dropped.
+        self.ending: set[bytes] = set()
+        # Connections tick() found to close (unjoined too long, or too many);
+        # the loop closes them and empties the list.
+        self.closing: list[ConnKey] = []
 
     # --- entry point --------------------------------------------------------
 
@@ -203,6 +227,9 @@ class BrokerState:
         if now is not None:
             self._now = now
         self.counters["messages_in"] += 1
+        self._src = self.sources.pop(ident, None) if self.sources else None
+        if self.watched and ident in self.watched:
+            self._check_source(ident)
         peer = self.peers.get(ident)
         if peer is not None:
             # Any message shows the peer's connection lives, even one refused
@@ -303,6 +330,12 @@ class BrokerState:
             if not out:
                 return []
         counters = self.counters
+        if self.ending:
+            # A closed connection's peer: its routing id may be another's soon.
+            ending = self.ending
+            kept = [item for item in out if item[0] not in ending]
+            counters["unroutable"] += len(out) - len(kept)
+            out = kept
         if self._batching_peers and len(out) > 1:
             out, made = coalesce(out, self.peers)
             if made:
@@ -724,6 +757,12 @@ class BrokerState:
         self.outbox.append((peer.ident, [p.H_OK, cmd.channel, cmd.ref]))
 
     def _hello(self, ident: bytes, cmd: p.Hello) -> None:
+        src = self._src
+        peer = self.peers.get(ident)
+        if peer is not None and src is not None and peer.tag is not None and src[2] != peer.tag:
+            # Another connection has this routing id now: the session was the
+            # old connection's, and is not handed on.
+            self._taken_over(ident)
         if ident in self._leaving:
             # This connection's last session is still being removed: finish
             # first, so the new one's sids cannot meet the old ones.
@@ -752,6 +791,12 @@ class BrokerState:
             self.sessions[session] = peer
             self.counters["connects"] += 1
             self._stats_at = float("-inf")
+            if src is not None and src[1] is not None:
+                peer.conn = key = (src[0], src[1])
+                peer.tag = src[2]
+                self.connections.joined(key, ident)
+                if peer.tag is not None and not _anonymous(ident):
+                    self.watched.add(ident)
         peer.last_heard = self._now
         hello = p.unpack_hello(cmd.body)
         asked = hello.get("heartbeat", 0)
@@ -794,6 +839,13 @@ class BrokerState:
         if peer is None:
             return False
         self.sessions.pop(peer.session, None)
+        if peer.conn is not None:
+            # Its connection, if still open, is unjoined again from now on.
+            self.connections.left(peer.conn, ident, self._now)
+            self._connections_changed()
+        if ident in self.watched:
+            self.watched.discard(ident)
+            self.ending.discard(ident)
         self._beating.discard(ident)
         self._lossy.discard(ident)
         self._slow.discard(peer)
@@ -824,6 +876,75 @@ class BrokerState:
         self.counters["disconnects"] += 1
         self._stats_at = float("-inf")
         return True
+
+    # --- connections --------------------------------------------------------
+
+    def connection_opened(self, key: ConnKey, now: float) -> None:
+        """The transport accepted a connection, ``key`` = (fd, peer address)."""
+        self._now = now
+        self.counters["connections_accepted"] += 1
+        self.connections.accepted(key, now)
+        self._connections_changed()
+
+    def connection_closed(self, key: ConnKey, now: float) -> None:
+        """The connection ``key`` ended. A peer joined on it is dropped once
+        what it sent before has been read (ENDING_GRACE after its last
+        message); until then nothing is sent to its routing id, and a message
+        under that id from another connection ends it at once."""
+        self._now = now
+        self.counters["connections_closed"] += 1
+        ident = self.connections.closed(key)
+        self._connections_changed()
+        peer = self.peers.get(ident) if ident is not None else None
+        if peer is None or peer.conn != key or peer.ending:
+            return
+        peer.ending = now
+        self.ending.add(peer.ident)
+        self.watched.add(peer.ident)
+        end = now + ENDING_GRACE
+        if self._next_tick is None or end < self._next_tick:
+            self._next_tick = end
+
+    def _connections_changed(self) -> None:
+        due = self.connections.due()
+        if due is not None and (self._next_tick is None or due < self._next_tick):
+            self._next_tick = due
+
+    def _check_source(self, ident: bytes) -> None:
+        # A watched peer's connection closed: a message under its routing id
+        # that another connection sent ends its session before it is handled.
+        src = self._src
+        peer = self.peers.get(ident)
+        if peer is None:
+            self.watched.discard(ident)
+            self.ending.discard(ident)
+        elif src is not None and src[2] != peer.tag:
+            self._taken_over(ident)
+
+    def _taken_over(self, ident: bytes) -> None:
+        self.counters["takeovers"] += 1
+        log.warning(
+            "peer %s: another connection claimed its routing id; its session ended",
+            self.label(ident),
+        )
+        self.drop_peer(ident)
+
+    def _end_watched(self, now: float) -> float | None:
+        # Drops each ending peer ENDING_GRACE after its last message; returns
+        # when the next is due.
+        nxt: float | None = None
+        for ident in list(self.ending):
+            peer = self.peers.get(ident)
+            if peer is None:
+                self.ending.discard(ident)
+                continue
+            end = max(peer.ending, peer.last_heard) + ENDING_GRACE
+            if now >= end:
+                self.counters["vanished"] += 1
+                self.drop_peer(ident)
+            elif nxt is None or end < nxt:
+                nxt = end
+        return nxt
 
     def _forget_channel(self, channel: Channel) -> None:
         # A channel goes with its last peer, once nothing of a departed one is left.
@@ -920,6 +1041,19 @@ class BrokerState:
             self._unsubscribe_departed()
             if self._unsubscribing:
                 nxt = now
+        if self.ending:
+            end = self._end_watched(now)
+            if end is not None and (nxt is None or end < nxt):
+                nxt = end
+        connections = self.connections
+        closing = connections.due()
+        if closing is not None and now >= closing:
+            expired = connections.expired(now)
+            self.counters["unjoined_closed"] += len(expired)
+            self.closing.extend(expired)
+            closing = connections.due()
+        if closing is not None and (nxt is None or closing < nxt):
+            nxt = closing
         self._next_tick = nxt
         return nxt
 
@@ -976,6 +1110,8 @@ class BrokerState:
             "subscriptions": self.subscription_count(),
             "queue_groups": sum(len(c.groups) for c in self.channels.values()),
             "pending_confirmations": len(self._pending),
+            "connections": len(self.connections),
+            "unjoined_connections": self.connections.unjoined,
             # The slowest peers by messages dropped at the broker since they
             # joined; only peers that lost any are looked at.
             "slow_peers": {
@@ -1003,6 +1139,11 @@ class BrokerState:
     def subscription_count(self) -> int:
         """Number of open subscriptions (sids) over all channels."""
         return sum(channel.nsubs for channel in self.channels.values())
+
+
+def _anonymous(ident: bytes) -> bool:
+    # The form of the routing ids libzmq gives peers that set none.
+    return len(ident) == 5 and ident[0] == 0
 
 
 def _dropped_total(peer: Peer) -> int:

@@ -15,14 +15,15 @@ from __future__ import annotations
 import logging
 import time
 from collections import deque
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Container, Mapping, Sequence
 from itertools import pairwise
 from typing import Any, cast
 
 import zmq
 
+from ._edge import peer_address
 from ._fastpath import socket_calls
-from .protocol import MAX_FRAMES
+from .protocol import H_HELLO, MAX_FRAMES
 
 __all__ = [
     "DRAIN_MESSAGES",
@@ -49,6 +50,7 @@ _EVENTS = int(zmq.EVENTS)
 _POLLIN = int(zmq.POLLIN)
 # The identity frame and the most frames any command has.
 _MAX_ROUTED = 1 + MAX_FRAMES
+_SRCFD = int(zmq.SRCFD)
 # From this size a forwarded body is shared with libzmq, not copied (pyzmq's own
 # threshold for sending without a copy).
 FORWARD_BYTES = 65536
@@ -130,18 +132,27 @@ def recv_frames(sock: zmq.Socket[Any]) -> list[bytes]:
     return _rest(recv, frame, [frame.bytes])
 
 
-def recv_routed(sock: zmq.Socket[Any], forward: frozenset[bytes] = frozenset()) -> list[bytes]:
+def recv_routed(
+    sock: zmq.Socket[Any],
+    forward: frozenset[bytes] = frozenset(),
+    sources: dict[bytes, tuple[int, str | None, str | None]] | None = None,
+    watched: Container[bytes] = (),
+) -> list[bytes]:
     """Receive one whole message on a ROUTER, the identity frame first, waiting
     up to the socket's RCVTIMEO (``zmq.Again`` once it passed; -1 waits forever).
     A ROUTER always follows the identity with the peer's frames, so the identity
     alone needs no more-flag check. The last frame of a message whose header
     is in ``forward``, if FORWARD_BYTES or longer, stays the ``zmq.Frame``
     libzmq filled: a buffer that ``len()``, joins and sends like bytes, passed
-    on without a copy."""
+    on without a copy. For a HELLO, and a message from an identity in
+    ``watched``, ``sources[identity]`` is set to where it came from (see
+    ``source``)."""
     recv = sock.recv
     ident = recv(0)
     frame = recv(0, copy=False)
     head = frame.bytes
+    if sources is not None and (head == H_HELLO or ident in watched):
+        sources[ident] = source(frame, address=head == H_HELLO)
     frames = [ident, head]
     keep = head in forward
     while frame.more:
@@ -160,6 +171,21 @@ def recv_routed(sock: zmq.Socket[Any], forward: frozenset[bytes] = frozenset()) 
         else:
             frames.append(frame.bytes)
     return frames
+
+
+def source(frame: zmq.Frame, *, address: bool) -> tuple[int, str | None, str | None]:
+    """Where ``frame`` came from: (its connection's descriptor, -1 for none;
+    the peer's address if ``address``, else None; its connection's ZAP
+    User-Id, None without one)."""
+    try:
+        fd = frame.get(_SRCFD)
+    except zmq.ZMQError:  # inproc: no descriptor
+        return -1, None, None
+    try:
+        tag: str | None = cast(str, frame.get("User-Id"))
+    except zmq.ZMQError:  # no ZAP handler gave one
+        tag = None
+    return fd, peer_address(fd) if address else None, tag
 
 
 class Misframed(Exception):

@@ -16,6 +16,7 @@ from typing import Any, cast
 import zmq
 
 from . import protocol as p
+from ._edge import ACCEPTED, ZAP_DOMAIN, Edge, decode_event, shut_down
 from ._endpoints import bind_endpoint
 from ._routing import BrokerState
 from ._version import __version__
@@ -116,6 +117,8 @@ class Broker:
         self._router: zmq.Socket[bytes] | None = None
         # stop() speaks to the loop through the ROUTER itself (see start()).
         self._control: zmq.Socket[bytes] | None = None
+        self._edge: Edge | None = None
+        self._edge_id = b""
         self._control_id = b""
         self._address: str | None = None
         self._stopped = threading.Event()
@@ -143,20 +146,36 @@ class Broker:
             raise RuntimeError("broker already started")
         fds = raise_fd_limit()
         limits = self._state.limits
-        if fds and limits.max_peers > fds - FD_RESERVE:
-            # Each peer is a descriptor: past the limit libzmq stops accepting
-            # connections at all, honest ones included.
-            peers = max(1, fds - FD_RESERVE)
+        # Each connection is a descriptor: past the limit libzmq stops accepting
+        # connections at all, honest ones included. A tenth is kept for those
+        # that arrive faster than the broker closes the unjoined (a flood
+        # overshot max_connections by 4% before the closes took effect).
+        room = (fds - FD_RESERVE) * 9 // 10
+        if fds and limits.max_connections > room:
+            conns = max(1, room)
             log.warning(
-                "max_peers lowered from %d to %d: the file descriptor limit is %d",
-                limits.max_peers,
-                peers,
+                "max_connections lowered from %d to %d: the file descriptor limit is %d",
+                limits.max_connections,
+                conns,
                 fds,
             )
-            limits = self._state.limits = limits.replace(max_peers=peers)
+            limits = limits.replace(max_connections=conns)
+        if limits.max_peers > limits.max_connections:
+            log.warning(
+                "max_peers lowered from %d to max_connections, %d",
+                limits.max_peers,
+                limits.max_connections,
+            )
+            limits = limits.replace(max_peers=limits.max_connections)
+        self._state.limits = limits
+        self._state.connections.capacity = limits.max_connections
         ctx = self._ctx = self._given_ctx if self._given_ctx is not None else zmq.Context()
         _seed_routing_ids()
+        # Before the ROUTER: libzmq asks ZAP of every connection from the start.
+        edge = self._edge = Edge(ctx)
         router = ctx.socket(zmq.ROUTER)
+        if edge.tags:
+            router.setsockopt(zmq.ZAP_DOMAIN, ZAP_DOMAIN)
         router.setsockopt(zmq.LINGER, 0)
         router.setsockopt(zmq.ROUTER_MANDATORY, 1)
         # Each queue's bytes stay under max_queued_bytes however big its frames.
@@ -179,6 +198,8 @@ class Broker:
             router.bind(self._endpoint)
         except zmq.ZMQError:
             router.close(0)
+            edge.close()
+            self._edge = None
             if self._given_ctx is None:
                 ctx.term()
             self._ctx = None
@@ -195,6 +216,9 @@ class Broker:
         control.setsockopt(zmq.LINGER, 0)
         control.setsockopt(zmq.ROUTING_ID, self._control_id)
         control.connect(control_ep)
+        # Connection events and ZAP come from the edge's thread the same way.
+        self._edge_id = os.urandom(16)
+        edge.start(router, control_ep, self._edge_id)
         self._router = router
         self._stopped.clear()
         self._thread = threading.Thread(target=self._run, name="zmqbus-broker", daemon=True)
@@ -219,6 +243,9 @@ class Broker:
         if self._control is not None:
             self._control.close(0)
             self._control = None
+        if self._edge is not None:
+            self._edge.join(timeout)  # it ends with the ROUTER's monitor
+            self._edge = None
         if self._given_ctx is None and self._ctx is not None:
             self._ctx.term()  # waits for the BYE linger, then releases the port
         self._ctx = None
@@ -262,7 +289,10 @@ class Broker:
         router = self._router
         assert router is not None
         control_id = self._control_id
+        edge_id = self._edge_id
         state = self._state
+        sources = state.sources
+        watched = state.watched
         handle = state.handle
         tick = state.tick
         due = state.due
@@ -281,7 +311,7 @@ class Broker:
                     router.setsockopt(zmq.RCVTIMEO, wait)
                     timeout = wait
                 try:
-                    frames = recv_routed(router, _FORWARDED)
+                    frames = recv_routed(router, _FORWARDED, sources, watched)
                 except zmq.Again:
                     frames = None  # the heartbeat duty is due
                 with lock:
@@ -289,10 +319,15 @@ class Broker:
                     stopping = False
                     handled = 0
                     while frames is not None:
-                        if frames[0] == control_id:
+                        ident = frames[0]
+                        if ident == control_id:
                             stopping = True
                             break
-                        waiting = handle(frames[0], frames[1:], now)
+                        if ident == edge_id:
+                            self._edge_event(frames[1:], now)
+                            waiting = 0
+                        else:
+                            waiting = handle(ident, frames[1:], now)
                         handled += 1
                         # Small messages that already wait are handled before sending:
                         # their replies then share sends (and the wake-ups of libzmq's
@@ -306,9 +341,11 @@ class Broker:
                             or not cast(int, _get(router, _EVENTS)) & _POLLIN
                         ):
                             break
-                        frames = recv_routed(router, _FORWARDED)
+                        frames = recv_routed(router, _FORWARDED, sources, watched)
                     # Between passes, so a pass of big batches bounds how late it is.
                     tick(now)
+                    if state.closing:
+                        self._close_connections(now)
                     flush(router)
                     # After the sends: a refused reply schedules its retry.
                     deadline = due()
@@ -328,10 +365,33 @@ class Broker:
         except Exception:
             log.exception("broker loop failed")
         finally:
+            # Its MONITOR_STOPPED event ends the edge's thread.
+            router.disable_monitor()
             # A short linger lets the BYEs reach connected buses.
             router.close(_BYE_LINGER_MS)
             self._router = None
             self._stopped.set()
+
+    def _edge_event(self, frames: list[bytes], now: float) -> None:
+        try:
+            kind, fd, address = decode_event(frames)
+        except ValueError:
+            log.error("malformed event from the broker's edge: %r", frames)
+            return
+        if kind == ACCEPTED:
+            self._state.connection_opened((fd, address), now)
+        else:
+            self._state.connection_closed((fd, address), now)
+
+    def _close_connections(self, now: float) -> None:
+        state = self._state
+        closing = state.closing
+        state.closing = []
+        for fd, address in closing:
+            # libzmq has no call to close one connection of a ROUTER: shut the
+            # socket down under it, and it sees the connection end.
+            if not shut_down(fd, address):
+                state.connection_closed((fd, address), now)  # ended already
 
     def _flush(self, router: zmq.Socket[bytes]) -> None:
         take = self._state.take_outgoing

@@ -59,6 +59,8 @@ _M_MMAP_THRESHOLD = -3  # glibc mallopt parameter
 
 _LIMIT_HELP = {
     "max_peers": "joined peers at once; HELLO beyond gets 503",
+    "max_connections": "open connections; past it the oldest unjoined are closed",
+    "hello_timeout_seconds": "how long a connection may stay open without a joined peer",
     "max_channels": "channels at once; a HELLO opening one more gets 503",
     "max_subscriptions_per_peer": "open subscriptions of one peer; SUBSCRIBE beyond gets 429",
     "max_subscriptions_per_channel": "open subscriptions of one channel; 429 beyond",

@@ -31,6 +31,12 @@ class Limits:
     #: Joined peers at once; a HELLO beyond it gets 503. The broker also keeps
     #: this under its file descriptor limit (see ``raise_fd_limit``).
     max_peers: int = 10_000
+    #: Open connections, joined or not; past it the oldest unjoined ones are
+    #: closed. Kept under the file descriptor limit, as ``max_peers`` is.
+    max_connections: int = 12_000
+    #: Seconds a connection may stay open without a joined peer (before its
+    #: HELLO, or after its peer left); then the broker closes it.
+    hello_timeout_seconds: int = 10
     #: Channels at once; a HELLO that would open one more gets 503.
     max_channels: int = 10_000
     #: Open subscriptions (sids) of one peer; a SUBSCRIBE beyond it gets 429.

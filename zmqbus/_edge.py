@@ -1,0 +1,200 @@
+"""The broker's edge: what libzmq tells of connections before any message.
+
+A thread of its own answers ZAP (RFC 27) for the broker's ROUTER, giving each
+connection a tag no other connection has (its ZAP User-Id, which libzmq then
+stamps on every message from it), and relays the socket monitor's accepted
+and disconnected events, each with the peer's address, to the broker loop.
+Both arrive at the loop as messages on its ROUTER, from the routing id
+``edge_id``, so that the loop still blocks on its one socket.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+import struct
+import threading
+from typing import Any
+
+import zmq
+
+__all__ = ["ACCEPTED", "CLOSED", "ZAP_ENDPOINT", "Edge", "decode_event", "peer_address"]
+
+log = logging.getLogger("zmqbus.broker")
+
+ZAP_ENDPOINT = "inproc://zeromq.zap.01"
+ZAP_DOMAIN = b"zmqbus"
+ACCEPTED = b"accepted"
+CLOSED = b"closed"
+_EVENTS = zmq.EVENT_ACCEPTED | zmq.EVENT_DISCONNECTED | zmq.EVENT_MONITOR_STOPPED
+_HEAD = struct.Struct("=HI")  # a monitor event's first frame: event, value
+# Events the relay holds for a loop that is busy: past it the edge waits.
+_RELAY_HWM = 100_000
+
+
+def peer_address(fd: int) -> str | None:
+    """The address of the peer connected on descriptor ``fd`` (``"host:port"``;
+    ``""`` for an unnamed one), or None if ``fd`` is no connected socket."""
+    try:
+        sock = socket.socket(fileno=fd)
+    except OSError:
+        return None
+    try:
+        name = sock.getpeername()
+    except OSError:
+        return None
+    finally:
+        sock.detach()  # the descriptor stays libzmq's
+    if isinstance(name, tuple):
+        return f"{name[0]}:{name[1]}"
+    return name if isinstance(name, str) else ""
+
+
+def shut_down(fd: int, address: str) -> bool:
+    """Shut down the connection on ``fd`` if it still goes to ``address``;
+    libzmq then sees it end and closes it. False if ``fd`` is another's now."""
+    try:
+        sock = socket.socket(fileno=fd)
+    except OSError:
+        return False
+    try:
+        name = sock.getpeername()
+        if isinstance(name, tuple):
+            name = f"{name[0]}:{name[1]}"
+        if name != address:
+            return False
+        sock.shutdown(socket.SHUT_RDWR)
+        return True
+    except OSError:
+        return False
+    finally:
+        sock.detach()
+
+
+def decode_event(frames: list[bytes]) -> tuple[bytes, int, str]:
+    """An event relayed by the edge: (ACCEPTED or CLOSED, fd, address)."""
+    kind, fd, address = frames
+    return kind, int.from_bytes(fd, "little", signed=True), address.decode("utf-8", "replace")
+
+
+class Edge:
+    """ZAP handler and monitor relay for one broker ROUTER (see the module)."""
+
+    def __init__(self, context: zmq.Context[Any]) -> None:
+        self._ctx = context
+        self._next_tag = 0
+        self._addresses: dict[int, str] = {}  # open descriptor -> peer address
+        self._zap: zmq.Socket[bytes] | None = context.socket(zmq.ROUTER)
+        self._zap.setsockopt(zmq.LINGER, 0)
+        try:
+            self._zap.bind(ZAP_ENDPOINT)
+        except zmq.ZMQError as exc:
+            # Another handler serves this context (another broker in it).
+            log.warning(
+                "no ZAP handler of its own (%s): a routing id claimed after its peer's "
+                "connection ended is told apart from it by the disconnect event alone",
+                exc,
+            )
+            self._zap.close(0)
+            self._zap = None
+        self._monitor: zmq.Socket[bytes] | None = None
+        self._relay: zmq.Socket[bytes] | None = None
+        self._thread: threading.Thread | None = None
+
+    @property
+    def tags(self) -> bool:
+        """True if each connection's messages carry a tag of its own (ZAP)."""
+        return self._zap is not None
+
+    def start(self, router: zmq.Socket[bytes], loop_endpoint: str, edge_id: bytes) -> None:
+        """Watch ``router`` (call from the thread that owns it, before its
+        loop runs) and relay to ``loop_endpoint`` as ``edge_id``."""
+        self._monitor = router.get_monitor_socket(_EVENTS)
+        relay = self._relay = self._ctx.socket(zmq.DEALER)
+        relay.setsockopt(zmq.LINGER, 0)
+        relay.setsockopt(zmq.SNDHWM, _RELAY_HWM)
+        relay.setsockopt(zmq.ROUTING_ID, edge_id)
+        relay.connect(loop_endpoint)
+        self._thread = threading.Thread(target=self._run, name="zmqbus-edge", daemon=True)
+        self._thread.start()
+
+    def join(self, timeout: float) -> None:
+        """Wait for the thread to end (it does once the ROUTER is closed)."""
+        if self._thread is not None:
+            self._thread.join(timeout)
+
+    def close(self) -> None:
+        """Close the sockets if the thread never ran."""
+        if self._thread is None and self._zap is not None:
+            self._zap.close(0)
+            self._zap = None
+
+    def _run(self) -> None:
+        monitor, relay, zap = self._monitor, self._relay, self._zap
+        assert monitor is not None and relay is not None
+        poller = zmq.Poller()
+        poller.register(monitor, zmq.POLLIN)
+        if zap is not None:
+            poller.register(zap, zmq.POLLIN)
+        try:
+            while True:
+                # Blocks until a handshake or a connection event: idle costs nothing.
+                ready = dict(poller.poll())
+                try:
+                    if zap is not None and zap in ready:
+                        self._answer(zap)
+                    if monitor in ready and not self._relay_event(monitor, relay):
+                        break
+                except zmq.ContextTerminated:
+                    raise
+                except Exception:
+                    # Every handshake waits on this thread: it must go on.
+                    log.exception("broker edge: an event could not be handled")
+        except zmq.ContextTerminated:
+            pass
+        finally:
+            monitor.close(0)
+            relay.close(0)
+            if zap is not None:
+                zap.close(0)
+
+    def _relay_event(self, monitor: zmq.Socket[bytes], relay: zmq.Socket[bytes]) -> bool:
+        frames = monitor.recv_multipart()
+        event, fd = _HEAD.unpack_from(frames[0])
+        if event == zmq.EVENT_MONITOR_STOPPED:
+            return False
+        # Events come in the order the descriptors were opened and closed, so
+        # the address taken at ACCEPTED is the one a DISCONNECTED ends.
+        if event == zmq.EVENT_ACCEPTED:
+            kind = ACCEPTED
+            address = peer_address(fd)
+            if address is None:
+                return True  # gone already; its DISCONNECTED finds nothing
+            self._addresses[fd] = address
+        else:
+            kind = CLOSED
+            address = self._addresses.pop(fd, None)
+            if address is None:
+                return True
+        try:
+            # Never blocking: with the loop gone (stopping) a send would wait forever.
+            relay.send_multipart(
+                [kind, fd.to_bytes(4, "little", signed=True), address.encode()], zmq.NOBLOCK
+            )
+        except zmq.Again:
+            # The loop has stopped, or is 100,000 events behind.
+            log.debug("broker edge: connection event dropped, the loop is not reading")
+        return True
+
+    def _answer(self, zap: zmq.Socket[bytes]) -> None:
+        # A ZAP request: [sender, b"", version, request id, domain, address,
+        # identity, mechanism, credentials...]; see RFC 27.
+        frames = zap.recv_multipart()
+        if len(frames) < 8 or frames[2] != b"1.0":
+            log.warning("malformed ZAP request dropped")
+            return
+        sender, _, version, request_id = frames[:4]
+        self._next_tag += 1
+        zap.send_multipart(
+            [sender, b"", version, request_id, b"200", b"OK", str(self._next_tag).encode(), b""]
+        )
