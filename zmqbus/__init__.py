@@ -8,12 +8,14 @@ from ._version import __version__
 from .broker import Broker
 from .bus import Bus, Subscription
 from .errors import (
+    AuthenticationError,
     BusClosed,
     ConnectTimeout,
     HandlerError,
     LimitReached,
     MessageTooLarge,
     NoResponders,
+    PermissionDenied,
     ProtocolError,
     PublishTimeout,
     ReentrantPublish,
@@ -24,8 +26,10 @@ from .errors import (
 )
 from .limits import Limits
 from .message import Message, PublishResult
+from .users import User
 
 __all__ = [
+    "AuthenticationError",
     "Broker",
     "Bus",
     "BusClosed",
@@ -36,6 +40,7 @@ __all__ = [
     "Message",
     "MessageTooLarge",
     "NoResponders",
+    "PermissionDenied",
     "ProtocolError",
     "PublishResult",
     "PublishTimeout",
@@ -43,6 +48,7 @@ __all__ = [
     "RequestTimeout",
     "Subscription",
     "SubscriptionClosed",
+    "User",
     "WrongEventLoop",
     "ZmqbusError",
     "__version__",

@@ -84,6 +84,7 @@ class Edge:
         self._ctx = context
         self._next_tag = 0
         self._addresses: dict[int, str] = {}  # open descriptor -> peer address
+        self._skipped: set[int] = set()  # accepted, not relayed: their close is not either
         self._zap: zmq.Socket[bytes] | None = context.socket(zmq.ROUTER)
         self._zap.setsockopt(zmq.LINGER, 0)
         try:
@@ -159,23 +160,41 @@ class Edge:
                 zap.close(0)
 
     def _relay_event(self, monitor: zmq.Socket[bytes], relay: zmq.Socket[bytes]) -> bool:
-        frames = monitor.recv_multipart()
-        event, fd = _HEAD.unpack_from(frames[0])
-        if event == zmq.EVENT_MONITOR_STOPPED:
-            return False
-        # Events come in the order the descriptors were opened and closed, so
-        # the address taken at ACCEPTED is the one a DISCONNECTED ends.
-        if event == zmq.EVENT_ACCEPTED:
-            kind = ACCEPTED
-            address = peer_address(fd)
-            if address is None:
-                return True  # gone already; its DISCONNECTED finds nothing
-            self._addresses[fd] = address
-        else:
-            kind = CLOSED
-            address = self._addresses.pop(fd, None)
-            if address is None:
-                return True
+        # Every event waiting, in order: a connection accepted and closed
+        # within them is never relayed, as its descriptor may be another's by
+        # now, and the address read for it would be that other's.
+        events: list[tuple[int, int]] = []
+        while True:
+            try:
+                frames = monitor.recv_multipart(zmq.NOBLOCK)
+            except zmq.Again:
+                break
+            events.append(_HEAD.unpack_from(frames[0]))
+        gone = {fd for event, fd in events if event == zmq.EVENT_DISCONNECTED}
+        for i, (event, fd) in enumerate(events):
+            if event == zmq.EVENT_MONITOR_STOPPED:
+                return False
+            if event == zmq.EVENT_ACCEPTED:
+                if fd in gone and any(
+                    e == zmq.EVENT_DISCONNECTED and f == fd for e, f in events[i + 1 :]
+                ):
+                    self._skipped.add(fd)
+                    continue
+                address = peer_address(fd)
+                if address is None:
+                    self._skipped.add(fd)  # gone already: its DISCONNECTED follows
+                    continue
+                self._addresses[fd] = address
+                self._send(relay, ACCEPTED, fd, address)
+            elif fd in self._skipped:
+                self._skipped.discard(fd)
+            else:
+                address = self._addresses.pop(fd, None)
+                if address is not None:
+                    self._send(relay, CLOSED, fd, address)
+        return True
+
+    def _send(self, relay: zmq.Socket[bytes], kind: bytes, fd: int, address: str) -> None:
         try:
             # Never blocking: with the loop gone (stopping) a send would wait forever.
             relay.send_multipart(
@@ -184,7 +203,6 @@ class Edge:
         except zmq.Again:
             # The loop has stopped, or is 100,000 events behind.
             log.debug("broker edge: connection event dropped, the loop is not reading")
-        return True
 
     def _answer(self, zap: zmq.Socket[bytes]) -> None:
         # A ZAP request: [sender, b"", version, request id, domain, address,

@@ -16,7 +16,7 @@ from typing import Any, cast
 import zmq
 
 from . import protocol as p
-from ._edge import ACCEPTED, ZAP_DOMAIN, Edge, decode_event, shut_down
+from ._edge import ACCEPTED, ZAP_DOMAIN, Edge, decode_event, peer_address, shut_down
 from ._endpoints import bind_endpoint
 from ._routing import BrokerState
 from ._version import __version__
@@ -380,6 +380,9 @@ class Broker:
             return
         if kind == ACCEPTED:
             self._state.connection_opened((fd, address), now)
+        elif peer_address(fd) == address:
+            # Still open: the event was another connection's on a reused descriptor.
+            self._state.counters["stale_closes"] += 1
         else:
             self._state.connection_closed((fd, address), now)
 

@@ -8,12 +8,14 @@ if TYPE_CHECKING:
     from .message import PublishResult
 
 __all__ = [
+    "AuthenticationError",
     "BusClosed",
     "ConnectTimeout",
     "HandlerError",
     "LimitReached",
     "MessageTooLarge",
     "NoResponders",
+    "PermissionDenied",
     "ProtocolError",
     "PublishTimeout",
     "ReentrantPublish",
@@ -50,6 +52,16 @@ class ConnectTimeout(ZmqbusError, ConnectionError):
         super().__init__(f"no answer from broker at {address} within {timeout:g}s")
         self.address = address
         self.timeout = timeout
+
+
+class AuthenticationError(ZmqbusError, ConnectionError):
+    """The broker refused this client's credentials (its CURVE key, or a
+    handshake without the broker's key): ``address`` and ZAP's ``reason``."""
+
+    def __init__(self, address: str, reason: str) -> None:
+        super().__init__(f"broker at {address} refused the connection: {reason}")
+        self.address = address
+        self.reason = reason
 
 
 class RequestTimeout(ZmqbusError, TimeoutError):
@@ -96,10 +108,18 @@ class LimitReached(ProtocolError):
     same request helps only once the limit has room again."""
 
 
+class PermissionDenied(ProtocolError):
+    """The broker refused a request this bus's user may not make (ERROR 401):
+    joining the channel, publishing or requesting on the topic, subscribing
+    with the pattern, or a command for admins only."""
+
+
 def remote_error(code: int, text: str) -> ProtocolError:
     """The exception for an ERROR with ``code`` from the broker."""
     if code in (429, 503):
         return LimitReached(code, text, remote=True)
+    if code == 401:
+        return PermissionDenied(code, text, remote=True)
     return ProtocolError(code, text, remote=True)
 
 
