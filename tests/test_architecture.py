@@ -15,6 +15,7 @@ SANS_IO = {
     "_channel",
     "_connection",
     "_connections",
+    "users",
     "_deadlines",
     "_fastpath",
     "_groups",

@@ -53,6 +53,7 @@ from ._pending import (
 )
 from ._subscriptions import Subscriptions
 from .errors import (
+    AuthenticationError,
     BusClosed,
     ConnectTimeout,
     HandlerError,
@@ -512,6 +513,18 @@ class ClientCore:
             elif isinstance(item, PendingRequest):
                 self.counters["request_timeouts"] += 1
             settle(item.waiter, exc=timeout_error(item))
+
+    def handshake_failed(self, reason: str) -> None:
+        """The socket's handshake with the broker failed (its monitor said so,
+        with ``reason``): a connect in progress fails with AuthenticationError;
+        later, the bus goes on trying (libzmq retries by itself)."""
+        self.counters["handshake_failures"] += 1
+        if self._hello is not None and self._conn.state is Conn.JOINING:
+            waiter, _ = self._hello
+            self._hello = None
+            settle(waiter, exc=AuthenticationError("broker", reason))
+        else:
+            log.warning("handshake with the broker failed: %s", reason)
 
     def join_front(self, out: deque[list[bytes]]) -> None:
         """``batch_front`` if this session's broker offered ``batch_commands``:

@@ -14,11 +14,25 @@ import logging
 import socket
 import struct
 import threading
+from collections.abc import Iterable
 from typing import Any
 
 import zmq
+from zmq.utils import z85
 
-__all__ = ["ACCEPTED", "CLOSED", "ZAP_ENDPOINT", "Edge", "decode_event", "peer_address"]
+from .keys import load_public_key
+from .users import ANONYMOUS, User
+
+__all__ = [
+    "ACCEPTED",
+    "CLOSED",
+    "REFUSED",
+    "ZAP_ENDPOINT",
+    "Edge",
+    "Registry",
+    "decode_event",
+    "peer_address",
+]
 
 log = logging.getLogger("zmqbus.broker")
 
@@ -26,6 +40,7 @@ ZAP_ENDPOINT = "inproc://zeromq.zap.01"
 ZAP_DOMAIN = b"zmqbus"
 ACCEPTED = b"accepted"
 CLOSED = b"closed"
+REFUSED = b"refused"
 _EVENTS = zmq.EVENT_ACCEPTED | zmq.EVENT_DISCONNECTED | zmq.EVENT_MONITOR_STOPPED
 _HEAD = struct.Struct("=HI")  # a monitor event's first frame: event, value
 # Events the relay holds for a loop that is busy: past it the edge waits.
@@ -80,8 +95,9 @@ def decode_event(frames: list[bytes]) -> tuple[bytes, int, str]:
 class Edge:
     """ZAP handler and monitor relay for one broker ROUTER (see the module)."""
 
-    def __init__(self, context: zmq.Context[Any]) -> None:
+    def __init__(self, context: zmq.Context[Any], registry: Registry | None = None) -> None:
         self._ctx = context
+        self._registry = registry
         self._next_tag = 0
         self._addresses: dict[int, str] = {}  # open descriptor -> peer address
         self._skipped: set[int] = set()  # accepted, not relayed: their close is not either
@@ -211,8 +227,64 @@ class Edge:
         if len(frames) < 8 or frames[2] != b"1.0":
             log.warning("malformed ZAP request dropped")
             return
-        sender, _, version, request_id = frames[:4]
+        sender, _, version, request_id, _, address, _, mechanism = frames[:8]
+        registry = self._registry
+        user = registry.anonymous if registry is not None else None
+        if mechanism == b"CURVE":
+            key = z85.encode(frames[8]) if len(frames) > 8 and len(frames[8]) == 32 else b""
+            user = registry.by_key.get(key) if registry is not None else None
+            if user is None:
+                text = key.decode("ascii")
+                # The public key only: it names the client and is no secret.
+                log.warning(
+                    "refused a connection from %s: CURVE public key %s is no user's",
+                    address.decode("utf-8", "replace"),
+                    text,
+                )
+                if self._relay is not None:
+                    self._send(self._relay, REFUSED, 0, text)
+                zap.send_multipart(
+                    [sender, b"", version, request_id, b"400", b"unknown key", b"", b""]
+                )
+                return
         self._next_tag += 1
-        zap.send_multipart(
-            [sender, b"", version, request_id, b"200", b"OK", str(self._next_tag).encode(), b""]
-        )
+        # Unique per connection, and naming its user: "<n>:<user name>".
+        tag = f"{self._next_tag}:{user.name if user is not None else ANONYMOUS}"
+        zap.send_multipart([sender, b"", version, request_id, b"200", b"OK", tag.encode(), b""])
+
+
+class Registry:
+    """A broker's users by public key and by name, as ZAP and HELLO look them
+    up. ``secure``: the broker runs CURVE (every user but ``"anonymous"``
+    needs a key); otherwise only ``"anonymous"`` may be given. Without an
+    ``"anonymous"`` user, one with every permission and ``admin`` stands in
+    (peers on inproc, which has no handshake, are it too)."""
+
+    def __init__(self, users: Iterable[User] | None, *, secure: bool) -> None:
+        self.by_name: dict[str, User] = {}
+        self.by_key: dict[bytes, User] = {}
+        for user in users or ():
+            if not isinstance(user, User):
+                raise TypeError(f"users must be zmqbus.User, not {type(user).__name__}")
+            if user.name in self.by_name:
+                raise ValueError(f"two users named {user.name!r}")
+            self.by_name[user.name] = user
+            if user.name == ANONYMOUS:
+                continue
+            if not secure:
+                raise ValueError(
+                    f"user {user.name!r} has a key, but the broker has no secret_key: "
+                    "without CURVE only 'anonymous' can be told apart"
+                )
+            assert user.public_key is not None  # checked by User
+            key = load_public_key(user.public_key, f"user {user.name!r}: public_key")
+            if key in self.by_key:
+                raise ValueError(f"users {self.by_key[key].name!r} and {user.name!r} share a key")
+            self.by_key[key] = user
+        self.anonymous = self.by_name.get(ANONYMOUS) or User(ANONYMOUS, admin=True)
+
+    def user(self, name: str | None) -> User:
+        """The user called ``name`` (None, or one no longer known: anonymous)."""
+        if name is None:
+            return self.anonymous
+        return self.by_name.get(name, self.anonymous)

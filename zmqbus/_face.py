@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import threading
 import time
 import uuid
@@ -28,6 +29,7 @@ from ._client import ClientCore
 from ._endpoints import connect_endpoint
 from ._version import __version__
 from .errors import (
+    AuthenticationError,
     BusClosed,
     ConnectTimeout,
     MessageTooLarge,
@@ -36,6 +38,7 @@ from .errors import (
     RequestTimeout,
     ZmqbusError,
 )
+from .keys import load_keypair, load_public_key
 from .message import Message, PublishResult, answer_after_handler, error_text
 from .topics import matches, validate_pattern, validate_topic
 
@@ -213,8 +216,20 @@ class BusBase:
         heartbeat: float = 2.0,
         on_disconnected: Callable[[], Any] | None = None,
         on_reconnected: Callable[[], Any] | None = None,
+        server_key: bytes | str | os.PathLike[str] | None = None,
+        key: tuple[bytes | str, bytes | str] | bytes | str | os.PathLike[str] | None = None,
     ) -> None:
         self._endpoint = connect_endpoint(address)
+        # CURVE: (server public, own public, own secret), Z85.
+        self._curve: tuple[bytes, bytes, bytes] | None = None
+        if server_key is not None or key is not None:
+            if server_key is None or key is None:
+                raise ValueError(
+                    "CURVE needs both server_key (the broker's public key) and key "
+                    "(this client's key pair, secret key, or secret key file)"
+                )
+            public, secret = load_keypair(key, "key")
+            self._curve = (load_public_key(server_key, "server_key"), public, secret)
         self._channel = parse_channel(channel_id)
         self._connect_timeout = _validate.timeout(connect_timeout, "connect_timeout")
         self._close_timeout = _validate.timeout(close_timeout, "close_timeout")
@@ -386,6 +401,9 @@ class BusBase:
         except (ConnectTimeout, RequestTimeout):
             undo()
             raise ConnectTimeout(self._endpoint, self._connect_timeout) from None
+        except AuthenticationError as exc:
+            undo()
+            raise AuthenticationError(self._endpoint, exc.reason) from None
         except BaseException:
             undo()
             raise

@@ -37,6 +37,7 @@ import zmq
 
 from . import protocol as p
 from ._client import ClientCore
+from ._handshake import HandshakeWatch
 from ._wire import dealer, drain, send_queue
 from ._wire import get_option as _get
 from .errors import BusClosed
@@ -78,8 +79,11 @@ class IOThread:
         on_event: Callable[[str], None] | None = None,
         after_receive: Callable[[], None] | None = None,
         on_failure: Callable[[BaseException], None] | None = None,
+        curve: tuple[bytes, bytes, bytes] | None = None,
     ) -> None:
         self._core = core
+        self._curve = curve
+        self._watch: HandshakeWatch | None = None
         self._on_failure = on_failure
         # The error that ended the loop, if one did.
         self.failure: BaseException | None = None
@@ -88,8 +92,8 @@ class IOThread:
         self._endpoint = endpoint
         self._hwm = hwm
         self._on_event = on_event
-        self._sock = self._dealer()
         self._poller = zmq.Poller()
+        self._sock = self._dealer()
         wake = f"inproc://zmqbus-wake-{id(self):x}-{time.monotonic_ns():x}"
         self._wake_rx: zmq.Socket[bytes] = context.socket(zmq.PAIR)
         self._wake_rx.setsockopt(zmq.LINGER, 0)
@@ -113,7 +117,29 @@ class IOThread:
         self._thread.start()
 
     def _dealer(self) -> zmq.Socket[bytes]:
-        return dealer(self._ctx, self._endpoint, self._hwm, self._core.max_frame)
+        # Each socket's handshakes are watched from before its connect.
+        return dealer(
+            self._ctx,
+            self._endpoint,
+            self._hwm,
+            self._core.max_frame,
+            curve=self._curve,
+            before_connect=self._watch_handshakes,
+        )
+
+    def _watch_handshakes(self, sock: zmq.Socket[bytes]) -> None:
+        old = self._watch
+        if old is not None:
+            with contextlib.suppress(KeyError):
+                self._poller.unregister(old.socket)
+            old.close()
+        watch = self._watch = HandshakeWatch(self._ctx, sock, curve=self._curve is not None)
+        self._poller.register(watch.socket, zmq.POLLIN)
+
+    def _handshakes(self) -> None:
+        assert self._watch is not None
+        for reason in self._watch.failures():
+            self._core.handshake_failed(reason)
 
     def _swap(self) -> None:
         # A fresh socket per attempt: nothing of the lost session lingers in its queues.
@@ -287,6 +313,8 @@ class IOThread:
                         wake.recv(_NOBLOCK)
                 if events.get(sock, 0) & _POLLIN:
                     self._recv()
+                if self._watch is not None and self._watch.socket in events:
+                    self._handshakes()
         except Exception as exc:
             log.exception("bus I/O loop failed; the bus is closed")
             self._fail(exc)
@@ -305,6 +333,8 @@ class IOThread:
                 self._fail(exc)
             finally:
                 self._sock.close(0)
+                if self._watch is not None:
+                    self._watch.close()
                 wake.close(0)
 
     def _fail(self, exc: BaseException) -> None:

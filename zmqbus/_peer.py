@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from ._channel import Channel
+    from .users import User
 
 __all__ = ["Peer"]
 
@@ -32,6 +33,7 @@ class Peer:
         "session",
         "subs",
         "tag",
+        "user",
     )
 
     def __init__(self, ident: bytes, channel: Channel, session: bytes) -> None:
@@ -41,6 +43,7 @@ class Peer:
         # one; its ZAP tag, which every message of that connection carries.
         self.conn: tuple[int, str] | None = None
         self.tag: str | None = None
+        self.user: User | None = None  # set by its HELLO: whose permissions apply
         # When its connection was seen to close (0: it was not): it is then
         # dropped once its last messages, still queued, have been read.
         self.ending = 0.0

@@ -24,7 +24,7 @@ import heapq
 import logging
 import os
 from collections import Counter, deque
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 from . import protocol as p
 from ._batching import Outgoing, coalesce, fan_out
@@ -51,6 +51,7 @@ from .protocol import (
     Cmd,
     ErrorCode,
 )
+from .users import ANONYMOUS, User
 
 __all__ = ["BrokerState"]
 
@@ -148,6 +149,8 @@ class BrokerState:
         max_message_size: int = 1 << 20,
         name: str = "zmqbus",
         limits: Limits | None = None,
+        users: Mapping[str, User] | None = None,
+        anonymous: User | None = None,
     ) -> None:
         if max_message_size <= 0:
             raise ValueError("max_message_size must be positive")
@@ -201,6 +204,10 @@ class BrokerState:
         self._valid_topics: set[bytes] = set()
         self._batching_peers = 0  # peers that asked for batch_commands
         self.connections = Connections(limits.hello_timeout_seconds, limits.max_connections)
+        # Users by name, as a connection's ZAP tag names them ("<n>:<name>");
+        # a connection without one (inproc, no ZAP) is ``anonymous``.
+        self.users: Mapping[str, User] = users if users is not None else {}
+        self.anonymous = anonymous if anonymous is not None else User(ANONYMOUS, admin=True)
         # Where the message given to handle() came from, for a HELLO and for a
         # peer in ``watched``, by ident: the loop fills it, handle() takes it.
         self.sources: dict[bytes, Source] = {}
@@ -791,6 +798,9 @@ class BrokerState:
             self.sessions[session] = peer
             self.counters["connects"] += 1
             self._stats_at = float("-inf")
+            tag = src[2] if src is not None else None
+            name = tag.partition(":")[2] if tag is not None else ""
+            peer.user = self.users.get(name) or self.anonymous
             if src is not None and src[1] is not None:
                 peer.conn = key = (src[0], src[1])
                 peer.tag = src[2]

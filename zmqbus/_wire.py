@@ -273,18 +273,33 @@ def split_messages(frames: list[bytes], counts: Mapping[bytes, int]) -> list[lis
 
 
 def dealer(
-    context: zmq.Context[Any], endpoint: str, hwm: int, max_frame: int = -1
+    context: zmq.Context[Any],
+    endpoint: str,
+    hwm: int,
+    max_frame: int = -1,
+    *,
+    curve: tuple[bytes, bytes, bytes] | None = None,
+    before_connect: Callable[[zmq.Socket[bytes]], object] | None = None,
 ) -> zmq.Socket[bytes]:
     """A bus's DEALER, connected to ``endpoint``: no linger (close() flushes by
     protocol, with DISCONNECT), high-water marks of ``hwm`` messages, and
     frames longer than ``max_frame`` octets refused (-1: any): libzmq then
-    drops the connection. A bad endpoint raises ``ValueError``."""
+    drops the connection. ``curve``: (the broker's public key, this client's
+    public and secret keys), Z85. ``before_connect(sock)`` runs just before
+    the connect (to watch its first handshake). A bad endpoint raises
+    ``ValueError``."""
     sock: zmq.Socket[bytes] = context.socket(zmq.DEALER)
     sock.setsockopt(zmq.LINGER, 0)
     sock.setsockopt(zmq.SNDHWM, hwm)
     sock.setsockopt(zmq.RCVHWM, hwm)
     # Before connect: a connection takes the socket's options as it is made.
     sock.setsockopt(zmq.MAXMSGSIZE, max_frame)
+    if curve is not None:
+        sock.setsockopt(zmq.CURVE_SERVERKEY, curve[0])
+        sock.setsockopt(zmq.CURVE_PUBLICKEY, curve[1])
+        sock.setsockopt(zmq.CURVE_SECRETKEY, curve[2])
+    if before_connect is not None:
+        before_connect(sock)
     try:
         sock.connect(endpoint)
     except zmq.ZMQError as exc:

@@ -33,6 +33,7 @@ import zmq
 from . import protocol as p
 from ._client import DELIVERED, DROPPED, PENDING
 from ._face import GRACE, BusBase, Headers, Payload, SubscriptionBase, overdue
+from ._handshake import HandshakeWatch
 from ._wire import dealer, drain, get_option, send_queue
 from .errors import BusClosed, SubscriptionClosed, WrongEventLoop
 from .message import Message, PublishResult
@@ -224,6 +225,7 @@ class Bus(BusBase):
 
     def _open(self) -> None:
         self._sock: zmq.Socket[bytes] | None = None
+        self._watch: HandshakeWatch | None = None  # the socket's failed handshakes
         self._loop: asyncio.AbstractEventLoop | None = None
         self._loop_thread = 0
         self._loop_thread_name = ""
@@ -311,7 +313,38 @@ class Bus(BusBase):
         self._teardown()
 
     def _dealer(self) -> zmq.Socket[bytes]:
-        return dealer(self._ctx, self._endpoint, self._hwm, self._core.max_frame)
+        # Each socket's handshakes are watched from before its connect.
+        return dealer(
+            self._ctx,
+            self._endpoint,
+            self._hwm,
+            self._core.max_frame,
+            curve=self._curve,
+            before_connect=self._watch_handshakes,
+        )
+
+    def _watch_handshakes(self, sock: zmq.Socket[bytes]) -> None:
+        self._unwatch()
+        watch = self._watch = HandshakeWatch(self._ctx, sock, curve=self._curve is not None)
+        if self._loop is not None:
+            self._loop.add_reader(watch.fd, self._on_handshakes)
+
+    def _unwatch(self) -> None:
+        watch, self._watch = self._watch, None
+        if watch is not None:
+            if self._loop is not None:
+                with contextlib.suppress(Exception):
+                    self._loop.remove_reader(watch.fd)
+            watch.close()
+
+    def _on_handshakes(self) -> None:
+        # Edge-triggered, like the socket's own descriptor: read every event.
+        watch = self._watch
+        if watch is None:
+            return
+        for reason in watch.failures():
+            self._core.handshake_failed(reason)
+        self._pump()
 
     def _attach(self, sock: zmq.Socket[bytes]) -> None:
         assert self._loop is not None
@@ -353,6 +386,7 @@ class Bus(BusBase):
                 with contextlib.suppress(Exception):
                     self._loop.remove_reader(_fd(sock))
             sock.close(0)
+        self._unwatch()
         self._closed = True
 
     def _check(self) -> None:

@@ -5,24 +5,36 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import errno
+import ipaddress
 import logging
 import os
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from types import TracebackType
 from typing import Any, cast
 
 import zmq
 
 from . import protocol as p
-from ._edge import ACCEPTED, ZAP_DOMAIN, Edge, decode_event, peer_address, shut_down
+from ._edge import (
+    ACCEPTED,
+    REFUSED,
+    ZAP_DOMAIN,
+    Edge,
+    Registry,
+    decode_event,
+    peer_address,
+    shut_down,
+)
 from ._endpoints import bind_endpoint
 from ._routing import BrokerState
 from ._version import __version__
 from ._wire import get_option as _get
 from ._wire import recv_routed, send_routed
+from .keys import load_keypair
 from .limits import FD_RESERVE, Limits, queue_messages, raise_fd_limit
+from .users import User
 
 __all__ = ["DEFAULT_BIND", "Broker"]
 
@@ -71,6 +83,17 @@ _EVENTS = int(zmq.EVENTS)
 _POLLIN = int(zmq.POLLIN)
 
 
+def _reachable(address: str) -> bool:
+    # A tcp:// endpoint bound beyond the loopback interface.
+    if not address.startswith("tcp://"):
+        return False
+    host = address[len("tcp://") :].rsplit(":", 1)[0].strip("[]")
+    try:
+        return not ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return host != "localhost"
+
+
 class Broker:
     """A zmqbus broker on a background thread.
 
@@ -95,8 +118,18 @@ class Broker:
         max_message_size: int = 1 << 20,
         hwm: int = 100_000,
         limits: Limits | None = None,
+        secret_key: bytes | str | os.PathLike[str] | None = None,
+        users: Iterable[User] | None = None,
     ) -> None:
         self._endpoint = bind_endpoint(bind)
+        # CURVE: (public, secret); the secret never leaves this object or a log.
+        self._curve = None if secret_key is None else load_keypair(secret_key, "secret_key")
+        if self._curve is not None and users is None:
+            raise ValueError(
+                "a Broker with a secret_key needs users=[zmqbus.User(name, public_key), ...]: "
+                "without them it would admit no one"
+            )
+        self._registry = Registry(users, secure=self._curve is not None)
         if not isinstance(max_message_size, int) or max_message_size <= 0:
             raise ValueError("max_message_size must be a positive int")
         if limits is None:
@@ -110,7 +143,11 @@ class Broker:
         self._max = max_message_size
         self._hwm = hwm
         self._state = BrokerState(
-            max_message_size=max_message_size, name=f"zmqbus/{__version__}", limits=limits
+            max_message_size=max_message_size,
+            name=f"zmqbus/{__version__}",
+            limits=limits,
+            users=self._registry.by_name,
+            anonymous=self._registry.anonymous,
         )
         self._lock = threading.Lock()
         self._thread: threading.Thread | None = None
@@ -131,6 +168,11 @@ class Broker:
         if self._address is None:
             raise RuntimeError("broker is not started")
         return self._address
+
+    @property
+    def endpoint(self) -> str:
+        """The endpoint as given to bind (port 0 before ``start()``)."""
+        return self._endpoint
 
     @property
     def running(self) -> bool:
@@ -172,10 +214,23 @@ class Broker:
         ctx = self._ctx = self._given_ctx if self._given_ctx is not None else zmq.Context()
         _seed_routing_ids()
         # Before the ROUTER: libzmq asks ZAP of every connection from the start.
-        edge = self._edge = Edge(ctx)
+        edge = self._edge = Edge(ctx, self._registry)
+        if self._curve is not None and not edge.tags:
+            edge.close()
+            self._edge = None
+            if self._given_ctx is None:
+                ctx.term()
+            self._ctx = None
+            raise RuntimeError(
+                "another ZAP handler serves this zmq context: a broker with a secret_key "
+                "needs a context of its own (pass none)"
+            )
         router = ctx.socket(zmq.ROUTER)
         if edge.tags:
             router.setsockopt(zmq.ZAP_DOMAIN, ZAP_DOMAIN)
+        if self._curve is not None:
+            router.setsockopt(zmq.CURVE_SERVER, 1)
+            router.setsockopt(zmq.CURVE_SECRETKEY, self._curve[1])
         router.setsockopt(zmq.LINGER, 0)
         router.setsockopt(zmq.ROUTER_MANDATORY, 1)
         # Each queue's bytes stay under max_queued_bytes however big its frames.
@@ -224,6 +279,12 @@ class Broker:
         self._thread = threading.Thread(target=self._run, name="zmqbus-broker", daemon=True)
         self._thread.start()
         log.info("broker listening on %s", self._address)
+        if self._curve is None and _reachable(self._address):
+            log.warning(
+                "broker on %s takes any peer that can reach it: no authentication "
+                "(give it a secret_key and users)",
+                self._address,
+            )
         return self
 
     def stop(self, timeout: float = 5.0) -> None:
@@ -270,6 +331,12 @@ class Broker:
         self.stop()
 
     # --- introspection ------------------------------------------------------
+
+    @property
+    def public_key(self) -> bytes | None:
+        """The broker's CURVE public key (Z85), for buses' ``server_key``;
+        None without a ``secret_key``."""
+        return None if self._curve is None else self._curve[0]
 
     @property
     def limits(self) -> Limits:
@@ -380,6 +447,8 @@ class Broker:
             return
         if kind == ACCEPTED:
             self._state.connection_opened((fd, address), now)
+        elif kind == REFUSED:
+            self._state.counters["auth_refused"] += 1
         elif peer_address(fd) == address:
             # Still open: the event was another connection's on a reused descriptor.
             self._state.counters["stale_closes"] += 1

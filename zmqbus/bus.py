@@ -245,6 +245,7 @@ class Bus(BusBase):
             on_event=self._on_event,
             after_receive=self._wake_touched,
             on_failure=self._failed,
+            curve=self._curve,
         )
         timeout = self._connect_timeout
         with self._connecting(self._shutdown):

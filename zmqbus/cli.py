@@ -28,6 +28,7 @@ import zmq
 from ._version import __version__
 from .broker import DEFAULT_BIND, Broker
 from .bus import Bus
+from .config import BrokerConfig, load_config
 from .errors import (
     ConnectTimeout,
     HandlerError,
@@ -36,6 +37,7 @@ from .errors import (
     RequestTimeout,
     ZmqbusError,
 )
+from .keys import keygen
 from .limits import Limits
 from .message import Message, PublishResult
 from .topics import validate_pattern, validate_topic
@@ -221,17 +223,28 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=_EPILOG,
         formatter_class=fmt,
     )
+    # Options default to None: a flag given wins over the config file, which
+    # wins over the defaults (see cmd_broker).
+    p.add_argument(
+        "--config",
+        metavar="FILE",
+        help="a TOML file of these options, the secret key and the users (see README: Security)",
+    )
     p.add_argument(
         "--bind",
-        default=os.environ.get(ENV_ADDRESS, DEFAULT_BIND),
         metavar="ADDR",
         help=f"endpoint to bind; port 0 picks a free port (default ${ENV_ADDRESS} or "
         f"{DEFAULT_BIND})",
     )
     p.add_argument(
+        "--secret-key",
+        metavar="FILE",
+        help="the broker's CURVE secret key file (zmqbus keygen): encryption on, and only "
+        "the config file's users admitted",
+    )
+    p.add_argument(
         "--max-message-size",
         type=_arg_positive_int,
-        default=1 << 20,
         metavar="N",
         help="largest encoded message body in bytes (default 1048576)",
     )
@@ -241,11 +254,23 @@ def build_parser() -> argparse.ArgumentParser:
             "--" + name.replace("_", "-"),
             dest=name,
             type=_arg_positive_int,
-            default=default,
             metavar="N",
             help=f"{_LIMIT_HELP[name]} (default {default})",
         )
     p.set_defaults(func=cmd_broker)
+
+    p = sub.add_parser(
+        "keygen",
+        parents=[quiet],
+        help="write a CURVE key pair",
+        description="Write a new CURVE key pair: DIR/NAME.key (the public key, to share) and "
+        "DIR/NAME.key_secret (both keys, readable by its owner only).",
+        epilog=_EPILOG,
+        formatter_class=fmt,
+    )
+    p.add_argument("name", metavar="NAME", help="e.g. broker, or a user's name")
+    p.add_argument("--dir", default=".", metavar="DIR", help="folder to write to (default .)")
+    p.set_defaults(func=cmd_keygen)
 
     p = sub.add_parser(
         "pub",
@@ -485,15 +510,17 @@ def cmd_broker(args: argparse.Namespace) -> int:
     _return_big_frees()
     try:
         try:
-            limits = Limits(**{name: getattr(args, name) for name in Limits().as_dict()})
-            broker = Broker(args.bind, max_message_size=args.max_message_size, limits=limits)
+            broker = _broker_from(args)
         except (TypeError, ValueError) as exc:
             _err("zmqbus broker", str(exc))
             return EXIT_USAGE
         try:
             broker.start()
         except zmq.ZMQError as exc:
-            log.error("cannot bind %s: %s", args.bind, exc)
+            log.error("cannot bind %s: %s", broker.endpoint, exc)
+            return EXIT_FAILED
+        except RuntimeError as exc:
+            log.error("cannot start the broker on %s: %s", broker.endpoint, exc)
             return EXIT_FAILED
         log.info(
             "zmqbus %s broker ready (pid %d); stop with Ctrl-C or SIGTERM", __version__, os.getpid()
@@ -504,6 +531,38 @@ def cmd_broker(args: argparse.Namespace) -> int:
         return EXIT_OK
     finally:
         signal.pthread_sigmask(signal.SIG_SETMASK, old_mask)
+
+
+def _broker_from(args: argparse.Namespace) -> Broker:
+    # A flag given wins over the config file, which wins over the defaults.
+    config = load_config(args.config) if args.config else BrokerConfig()
+    limits = Limits().as_dict()
+    limits.update(config.limits)
+    limits.update({name: getattr(args, name) for name in limits if getattr(args, name) is not None})
+    bind = args.bind or config.bind or os.environ.get(ENV_ADDRESS, DEFAULT_BIND)
+    secret = args.secret_key or config.secret_key
+    if secret is not None and config.users is None:
+        raise ValueError("a secret key needs users: list them in the --config file ([[users]])")
+    return Broker(
+        bind,
+        max_message_size=args.max_message_size or config.max_message_size or 1 << 20,
+        hwm=config.hwm or 100_000,
+        limits=Limits(**limits),
+        secret_key=secret,
+        users=config.users,
+    )
+
+
+def cmd_keygen(args: argparse.Namespace) -> int:
+    _configure_logging(args.log_level)
+    try:
+        public, secret = keygen(args.name, args.dir)
+    except (ValueError, OSError) as exc:
+        _err("zmqbus keygen", str(exc))
+        return EXIT_USAGE
+    print(f"public key: {public}")
+    print(f"secret key: {secret} (keep it private)")
+    return EXIT_OK
 
 
 def _return_big_frees() -> None:
