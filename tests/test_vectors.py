@@ -168,8 +168,14 @@ def test_every_command_and_error_code_is_covered() -> None:
     assert {v["fields"]["code"] for v in VALID if v["command"] == "ERROR"} == set(p.ErrorCode)
     client_codes = {v["code"] for v in CLIENT_MALFORMED} | {v["code"] for v in SESSION}
     # Every code one client session can provoke; INTERNAL (500) is the broker's own
-    # failure, CAPACITY (503) needs it full of other peers (tests/test_limits.py).
-    assert client_codes == set(p.ErrorCode) - {p.ErrorCode.INTERNAL, p.ErrorCode.CAPACITY}
+    # failure, CAPACITY (503) needs it full of other peers (tests/test_limits.py),
+    # PERMISSION_DENIED (401) a user with less than every permission
+    # (tests/test_permissions.py).
+    assert client_codes == set(p.ErrorCode) - {
+        p.ErrorCode.INTERNAL,
+        p.ErrorCode.CAPACITY,
+        p.ErrorCode.PERMISSION_DENIED,
+    }
 
 
 # --- valid frames ---------------------------------------------------------------

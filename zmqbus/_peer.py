@@ -24,6 +24,7 @@ class Peer:
         "dropped_bytes",
         "dropped_total",
         "ending",
+        "free",
         "heartbeat",
         "held",
         "ident",
@@ -44,6 +45,7 @@ class Peer:
         self.conn: tuple[int, str] | None = None
         self.tag: str | None = None
         self.user: User | None = None  # set by its HELLO: whose permissions apply
+        self.free = True  # its user may do anything: no check per message
         # When its connection was seen to close (0: it was not): it is then
         # dropped once its last messages, still queued, have been read.
         self.ending = 0.0

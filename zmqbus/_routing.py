@@ -164,6 +164,8 @@ class BrokerState:
         self.limits = limits = limits if limits is not None else Limits()
         # Refusals by the name of the limit reached (STATS "limits").
         self.refused: Counter[str] = Counter()
+        # Requests refused for want of a permission, by user name (STATS "denied").
+        self.denied: Counter[str] = Counter()
         self._budget = CacheBudget(limits.topic_cache_bytes)
         self._slow: set[Peer] = set()  # peers with a message dropped at the broker
         self._holding: set[bytes] = set()  # idents of peers with held replies
@@ -264,10 +266,14 @@ class BrokerState:
         # go, as a PUBLISH_BATCH is, each entry still checked on its own.
         run: list[tuple[bytes, ...]] = []
         checks = self._message_checks
+        peer = self.peers.get(ident)
+        restricted = peer is not None and not peer.free
         for entry in entries:
             if isinstance(entry, tuple):  # an unconfirmed PUBLISH: (topic, body)
                 try:
                     checks(*entry)
+                    if restricted:
+                        self._may_publish(peer, entry[0])  # type: ignore[arg-type]
                 except ProtocolError as exc:
                     run = self._route_run(ident, run)
                     topic, body = entry
@@ -568,6 +574,8 @@ class BrokerState:
         if len(ref) > _PUBLISH_REF_MAX:
             _check_publish_ref(ref)
         self._message_checks(topic, body)
+        if not peer.free:
+            self._may_publish(peer, topic)
         channel = peer.channel
         chid = channel.id
         dests = channel.destinations(topic)
@@ -598,6 +606,17 @@ class BrokerState:
                 out.append((target, [p.H_DELIVER, chid, token, topic, body, sids]))
         out.append((ident, [p.H_ROUTED, chid, ref, n.to_bytes(_COUNT_BYTES, "big")]))
 
+    def _may_publish(self, peer: Peer, topic: bytes) -> None:
+        user = peer.user
+        if user is not None and not user.may_publish(topic):
+            raise self._denied(user, f"publish or request on {topic.decode('utf-8')!r}")
+
+    def _denied(self, user: User, what: str) -> ProtocolError:
+        # Counted per user; the text names the user and the act, never a key.
+        self.counters["denied"] += 1
+        self.denied[user.name] += 1
+        return ProtocolError(ErrorCode.PERMISSION_DENIED, f"user {user.name!r} may not {what}")
+
     def _expire_oldest(self, outstanding: dict[bytes, None]) -> None:
         # The peer holds max_pending_per_peer unACKed deliveries: its oldest one
         # is settled for its publisher as an error, and its ACK will be stale.
@@ -614,6 +633,8 @@ class BrokerState:
         self._batch_size(len(entries))
         for topic, body, _ in entries:
             self._message_checks(topic, body)
+            if not peer.free:
+                self._may_publish(peer, topic)
         self._fan_out(peer, [(topic, body) for topic, body, _ in entries])
 
     def _fan_out(self, peer: Peer, messages: Sequence[tuple[bytes, ...]]) -> None:
@@ -630,6 +651,8 @@ class BrokerState:
         ref, topic, body = frames[REQUEST_REF], frames[REQUEST_TOPIC], frames[REQUEST_BODY]
         _check_request_ref(ref)
         self._message_checks(topic, body)
+        if not peer.free:
+            self._may_publish(peer, topic)
         channel = peer.channel
         chid = channel.id
         token = peer.session + ref
@@ -729,6 +752,18 @@ class BrokerState:
                 self.refused["stats_per_second"] += 1
                 return
             raise self._limit("stats_per_second", ErrorCode.LIMIT_REACHED, "too many STATS")
+        peer = self.peers.get(ident)
+        user = peer.user if peer is not None else None
+        if user is None:
+            src = self._src
+            tag = src[2] if src is not None else None
+            user = self.users.get(tag.partition(":")[2]) if tag is not None else None
+            user = user or self.anonymous
+        if not user.admin:
+            # Only its own channel, and nothing of other channels' traffic.
+            body = p.pack_stats(self.channel_stats(peer.channel if peer is not None else None))
+            self.outbox.append((ident, [p.H_STATS_REPLY, cmd.channel, cmd.ref, body]))
+            return
         if now - self._stats_at >= STATS_FRESH or now < self._stats_at:
             self._stats_body = p.pack_stats(self.stats())
             self._stats_at = now
@@ -736,6 +771,8 @@ class BrokerState:
 
     def _subscribe(self, peer: Peer, cmd: p.Subscribe) -> None:
         wanted = (cmd.pattern.decode("utf-8"), cmd.queue.decode("utf-8"))
+        if not peer.free and peer.user is not None and not peer.user.may_subscribe(wanted[0]):
+            raise self._denied(peer.user, f"subscribe to {wanted[0]!r}")
         current = peer.subs.get(cmd.sid)
         if current is None:
             limits = self.limits
@@ -781,6 +818,12 @@ class BrokerState:
                     ErrorCode.CHANNEL_MISMATCH, "this connection already joined another channel"
                 )
         else:
+            tag = src[2] if src is not None else None
+            user = self.users.get(tag.partition(":")[2]) if tag is not None else None
+            if user is None:
+                user = self.anonymous
+            if not user.may_join(cmd.channel):
+                raise self._denied(user, "join this channel")
             limits = self.limits
             if len(self.peers) >= limits.max_peers:
                 raise self._limit("max_peers", ErrorCode.CAPACITY, "broker has no room for a peer")
@@ -798,9 +841,8 @@ class BrokerState:
             self.sessions[session] = peer
             self.counters["connects"] += 1
             self._stats_at = float("-inf")
-            tag = src[2] if src is not None else None
-            name = tag.partition(":")[2] if tag is not None else ""
-            peer.user = self.users.get(name) or self.anonymous
+            peer.user = user
+            peer.free = user.free
             if src is not None and src[1] is not None:
                 peer.conn = key = (src[0], src[1])
                 peer.tag = src[2]
@@ -1132,7 +1174,20 @@ class BrokerState:
             "errors": {int(code): n for code, n in self.errors.items()},
             "limits": self.limits.as_dict(),
             "refused": dict(self.refused),
+            "denied": dict(self.denied),
             "topic_cache_bytes": self._budget.used,
+        }
+
+    def channel_stats(self, channel: Channel | None) -> dict[str, object]:
+        """What STATS shows a user without admin: ``channel`` (its own; None:
+        it has joined none) and the broker's limits."""
+        return {
+            "broker": self._name,
+            "peers": len(channel.peers) if channel is not None else 0,
+            "channels": 1 if channel is not None else 0,
+            "subscriptions": channel.nsubs if channel is not None else 0,
+            "queue_groups": len(channel.groups) if channel is not None else 0,
+            "limits": self.limits.as_dict(),
         }
 
     def label(self, ident: bytes) -> str:

@@ -23,7 +23,7 @@ import zmq
 
 from ._edge import peer_address
 from ._fastpath import socket_calls
-from .protocol import H_HELLO, MAX_FRAMES
+from .protocol import H_HELLO, H_STATS, MAX_FRAMES
 
 __all__ = [
     "DRAIN_MESSAGES",
@@ -51,6 +51,9 @@ _POLLIN = int(zmq.POLLIN)
 # The identity frame and the most frames any command has.
 _MAX_ROUTED = 1 + MAX_FRAMES
 _SRCFD = int(zmq.SRCFD)
+# Commands whose source the broker reads: the connection a HELLO joins on, and
+# the user a STATS asks as.
+_SOURCED = frozenset((H_HELLO, H_STATS))
 # From this size a forwarded body is shared with libzmq, not copied (pyzmq's own
 # threshold for sending without a copy).
 FORWARD_BYTES = 65536
@@ -144,14 +147,14 @@ def recv_routed(
     alone needs no more-flag check. The last frame of a message whose header
     is in ``forward``, if FORWARD_BYTES or longer, stays the ``zmq.Frame``
     libzmq filled: a buffer that ``len()``, joins and sends like bytes, passed
-    on without a copy. For a HELLO, and a message from an identity in
-    ``watched``, ``sources[identity]`` is set to where it came from (see
+    on without a copy. For a HELLO or STATS, and a message from an identity
+    in ``watched``, ``sources[identity]`` is set to where it came from (see
     ``source``)."""
     recv = sock.recv
     ident = recv(0)
     frame = recv(0, copy=False)
     head = frame.bytes
-    if sources is not None and (head == H_HELLO or ident in watched):
+    if sources is not None and (head in _SOURCED or ident in watched):
         sources[ident] = source(frame, address=head == H_HELLO)
     frames = [ident, head]
     keep = head in forward

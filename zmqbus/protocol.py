@@ -158,6 +158,7 @@ class ErrorCode(IntEnum):
     """Error codes carried by ERROR. 4xx: the peer's fault; 5xx: the broker's."""
 
     BAD_FRAMES = 400  # wrong frame count, or a frame of the wrong size or encoding
+    PERMISSION_DENIED = 401  # the connection's user may not do this
     NOT_JOINED = 403  # a command other than HELLO before HELLO
     UNKNOWN_COMMAND = 405  # the command byte is not one this side accepts
     BAD_TOPIC = 406  # a topic or pattern that breaks the topic rules

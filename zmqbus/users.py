@@ -110,6 +110,7 @@ class User:
     _sub: tuple[str, ...] = field(init=False, repr=False, compare=False)
     _deny_pub: tuple[str, ...] = field(init=False, repr=False, compare=False)
     _deny_sub: tuple[str, ...] = field(init=False, repr=False, compare=False)
+    _free: bool = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not self.name or ":" in self.name:
@@ -134,6 +135,17 @@ class User:
                 raise ValueError(f"User.{what} must be a positive number or None, not {value!r}")
         if not isinstance(self.burst, int | float) or not self.burst > 0:
             raise ValueError(f"User.burst must be a positive number, not {self.burst!r}")
+        set_(
+            self,
+            "_free",
+            self._joins is None
+            and ">" in self._pub
+            and ">" in self._sub
+            and not self._deny_pub
+            and not self._deny_sub
+            and self.rate is None
+            and self.byte_rate is None,
+        )
 
     # --- what it may do ---------------------------------------------------------
 
@@ -166,12 +178,4 @@ class User:
     @property
     def free(self) -> bool:
         """True if it may do anything on any channel: no check is needed."""
-        return (
-            self._joins is None
-            and ">" in self._pub
-            and ">" in self._sub
-            and not self._deny_pub
-            and not self._deny_sub
-            and self.rate is None
-            and self.byte_rate is None
-        )
+        return self._free

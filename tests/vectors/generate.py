@@ -69,6 +69,7 @@ REF_COMMANDS = {
 }
 
 BAD_FRAMES = 400
+PERMISSION_DENIED = 401
 NOT_JOINED = 403
 UNKNOWN_COMMAND = 405
 BAD_TOPIC = 406
@@ -941,6 +942,7 @@ def valid_vectors() -> list[dict[str, Any]]:
     for code, text, with_ref in [
         (BAD_FRAMES, "SUBSCRIBE takes 6 frames, got 3", True),
         (NOT_JOINED, "send HELLO before any other command", True),
+        (PERMISSION_DENIED, "user 'billing' may not publish or request on 'orders.x'", True),
         (UNKNOWN_COMMAND, "unknown command 0x7f", False),
         (BAD_TOPIC, "cannot publish to a pattern: 'orders.*'", True),
         (CHANNEL_MISMATCH, "channel frame differs from the channel joined", True),

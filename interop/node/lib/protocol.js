@@ -46,6 +46,7 @@ export const CMD = {
 
 export const CODE = {
   BAD_FRAMES: 400,
+  PERMISSION_DENIED: 401,
   NOT_JOINED: 403,
   UNKNOWN_COMMAND: 405,
   BAD_TOPIC: 406,

@@ -1,0 +1,137 @@
+"""Per-user permissions at the broker (issue #14): channels, publish and request
+topics, subscription patterns, and what STATS shows. Denied: ERROR 401 with a
+reason, ``PermissionDenied`` from confirmed calls, counted per user."""
+
+from __future__ import annotations
+
+import threading
+import uuid
+from collections.abc import Iterator
+
+import pytest
+import zmq
+from frames import A, B, hello, publish, request, subscribe, take
+
+from zmqbus import Broker, Bus, PermissionDenied, User
+from zmqbus import protocol as p
+from zmqbus._routing import BrokerState
+
+pytestmark = pytest.mark.timeout(60)
+
+SERVER_PUBLIC, SERVER_SECRET = zmq.curve_keypair()
+BILLING = zmq.curve_keypair()
+ADMIN = zmq.curve_keypair()
+ORDERS = uuid.uuid4()
+
+
+def _state(user: User) -> BrokerState:
+    return BrokerState(users={user.name: user}, anonymous=user)
+
+
+def _errors(state: BrokerState) -> list[p.Error]:
+    return [cmd for _, cmd in take(state) if isinstance(cmd, p.Error)]
+
+
+def test_each_command_is_checked_against_the_users_permissions() -> None:
+    user = User(
+        "anonymous",
+        channels=[str(uuid.UUID(bytes=A))],
+        publish=["orders.>"],
+        subscribe=["orders.created", "billing.*"],
+        deny_publish=["orders.secret"],
+    )
+    state = _state(user)
+    state.handle(b"x", hello(B))
+    (err,) = _errors(state)
+    assert err.code == p.ErrorCode.PERMISSION_DENIED and "join this channel" in err.text
+    assert b"x" not in state.peers
+    state.handle(b"a", hello(A))
+    take(state)
+    for frames, allowed in [
+        (publish("orders.created", ref=b"r"), True),
+        (publish("orders.secret", ref=b"r"), False),
+        (publish("billing.x", ref=b"r"), False),
+        (request("orders.lookup"), True),
+        (request("audit.lookup"), False),
+        (subscribe("orders.created"), True),
+        (subscribe("billing.*", 2), True),
+        (subscribe("orders.*", 3), False),  # would match orders.secret and more
+        (subscribe(">", 4), False),
+    ]:
+        state.handle(b"a", frames)
+        errors = _errors(state)
+        assert (not errors) is allowed, (frames, errors)
+        if not allowed:
+            assert errors[0].code == 401 and "user 'anonymous' may not" in errors[0].text
+    assert state.denied["anonymous"] == 6 and state.counters["denied"] == 6
+
+
+def test_a_batch_is_checked_entry_by_entry() -> None:
+    from frames import batch, publish_batch
+
+    user = User("anonymous", publish=["ok.>"])
+    state = _state(user)
+    state.handle(b"a", hello(batch_commands=True))
+    take(state)
+    state.handle(b"a", publish_batch(("ok.1", b"x"), ("no.1", b"x")))
+    (err,) = _errors(state)
+    assert err.code == 401  # all or nothing
+    state.handle(b"a", batch(publish("ok.2"), publish("no.2"), publish("ok.3")))
+    errors = _errors(state)
+    assert [e.code for e in errors] == [401]
+    assert state.counters["published"] == 2
+
+
+def test_stats_shows_a_user_without_admin_its_own_channel_only() -> None:
+    state = BrokerState(anonymous=User("anonymous"))
+    state.handle(b"a", hello(A))
+    state.handle(b"a", subscribe("x"))
+    state.handle(b"b", hello(B))
+    take(state)
+    state.handle(b"a", [p.H_STATS, A, b"q"])
+    ((_, reply),) = take(state)
+    assert isinstance(reply, p.StatsReply)
+    body = p.unpack_stats(reply.body)
+    assert body["peers"] == 1 and body["channels"] == 1 and body["subscriptions"] == 1
+    assert "counters" not in body and "slow_peers" not in body
+    admin = BrokerState()  # auth off: anonymous is admin
+    admin.handle(b"a", [p.H_STATS, b"", b"q"])
+    ((_, reply),) = take(admin)
+    assert "counters" in p.unpack_stats(reply.body)
+
+
+@pytest.fixture
+def secure() -> Iterator[Broker]:
+    users = [
+        User(
+            "billing",
+            BILLING[0],
+            channels=[str(ORDERS)],
+            publish=["orders.>"],
+            subscribe=["orders.*"],
+        ),
+        User("admin", ADMIN[0], admin=True),
+    ]
+    with Broker("tcp://127.0.0.1:0", secret_key=SERVER_SECRET, users=users) as broker:
+        yield broker
+
+
+def test_a_bus_is_told_what_its_user_may_not_do(secure: Broker) -> None:
+    keys = {"server_key": SERVER_PUBLIC, "key": BILLING}
+    with pytest.raises(PermissionDenied, match="join this channel"):
+        Bus(secure.address, uuid.uuid4(), **keys)  # type: ignore[arg-type]
+    with Bus(secure.address, ORDERS, **keys) as bus:  # type: ignore[arg-type]
+        got = threading.Event()
+        bus.subscribe("orders.*", handler=lambda m: got.set())
+        assert bus.publish("orders.created", b"1", timeout=5).delivered == 1
+        assert got.wait(5)
+        with pytest.raises(PermissionDenied, match=r"publish or request on 'audit\.x'"):
+            bus.publish("audit.x", b"1", timeout=5)
+        with pytest.raises(PermissionDenied, match="subscribe to '>'"):
+            bus.subscribe(">")
+        with pytest.raises(PermissionDenied):
+            bus.request("audit.lookup", b"", timeout=5)
+        bus.publish("audit.x", b"1", confirm=False)  # refused and counted, not raised
+    with Bus(secure.address, uuid.uuid4(), server_key=SERVER_PUBLIC, key=ADMIN):
+        pass  # admin: every channel
+    assert secure.stats()["denied"]["billing"] == 5
