@@ -543,7 +543,12 @@ def codes(state: BrokerState, frames: list[bytes]) -> list[int]:
     replies = [p.parse_broker(out) for _, out in state.outbox]
     state.outbox.clear()
     assert state.counters["internal_errors"] == 0
-    return [cmd.code for cmd in replies if isinstance(cmd, p.Error)]
+    got = [cmd.code for cmd in replies if isinstance(cmd, p.Error)]
+    if any(p.H_REPLY in bytes(frame) for frame in frames) or frames[:1] == [p.H_BATCH]:
+        # A well-formed token the broker never made (its tag): refused with 401,
+        # which these layout tests, about sizes, leave aside.
+        got = [code for code in got if code != ErrorCode.PERMISSION_DENIED]
+    return got
 
 
 CLIENT_SIZED = [(lay, i, f) for lay, i, f in SIZED if lay.direction is p.Direction.CLIENT]

@@ -36,7 +36,10 @@ tokens = st.binary(min_size=1, max_size=p.MAX_REF_BYTES)
 request_refs = st.binary(min_size=1, max_size=p.MAX_REQUEST_REF_BYTES)
 # A reply token: an 8-byte session number and a request ref.
 reply_tokens = st.builds(
-    lambda n, ref: n.to_bytes(p.SESSION_BYTES, "big") + ref, st.integers(0, 2**64 - 1), request_refs
+    lambda n, tag, ref: n.to_bytes(p.SESSION_BYTES, "big") + tag + ref,
+    st.integers(0, 2**64 - 1),
+    st.binary(min_size=p.REPLY_TAG_BYTES, max_size=p.REPLY_TAG_BYTES),
+    request_refs,
 )
 bodies = st.binary(max_size=200)
 sid_frames = st.binary(min_size=p.SID_BYTES, max_size=p.SID_BYTES)
@@ -317,8 +320,8 @@ def _code(parse: Any, frames: list[bytes]) -> int:
         ([p.H_REQUEST, CH, b"q", b"a"], ErrorCode.BAD_FRAMES),
         ([p.H_REPLY, CH, b"", b""], ErrorCode.BAD_FRAMES),
         ([p.H_REPLY, CH, b"t" * 33, b""], ErrorCode.BAD_FRAMES),
-        ([p.H_REPLY, CH, b"t" * 9], ErrorCode.BAD_FRAMES),
-        ([p.H_ASK, CH, b"t" * 9, b"a", b"", S1], ErrorCode.UNKNOWN_COMMAND),
+        ([p.H_REPLY, CH, b"t" * 25], ErrorCode.BAD_FRAMES),
+        ([p.H_ASK, CH, b"t" * 25, b"a", b"", S1], ErrorCode.UNKNOWN_COMMAND),
         ([p.H_ANSWER, CH, b"q", b""], ErrorCode.UNKNOWN_COMMAND),
         ([p.H_ACK, CH, b"", b""], ErrorCode.BAD_FRAMES),
         ([p.H_ACK, CH, b"t" * 33, b""], ErrorCode.BAD_FRAMES),
@@ -374,16 +377,16 @@ def test_parse_client_refusals(frames: list[bytes], code: int) -> None:
         ([p.H_DELIVER, CH, b"", b"a.>", b"", b"\0"], ErrorCode.BAD_TOPIC),  # the topic first
         ([p.H_ASK, CH, b"", b"a", b"", S1], ErrorCode.BAD_FRAMES),
         ([p.H_ASK, CH, b"t" * 33, b"a", b"", S1], ErrorCode.BAD_FRAMES),
-        ([p.H_ASK, CH, b"t" * 9, b"a", b"", b""], ErrorCode.BAD_FRAMES),
-        ([p.H_ASK, CH, b"t" * 9, b"a", b"", b"\0" * 5], ErrorCode.BAD_FRAMES),
-        ([p.H_ASK, CH, b"t" * 9, b"*", b"", S1], ErrorCode.BAD_TOPIC),
-        ([p.H_ASK, b"short", b"t" * 9, b"a", b"", S1], ErrorCode.BAD_FRAMES),
-        ([p.H_ASK, CH, b"t" * 9, b"a", b""], ErrorCode.BAD_FRAMES),
+        ([p.H_ASK, CH, b"t" * 25, b"a", b"", b""], ErrorCode.BAD_FRAMES),
+        ([p.H_ASK, CH, b"t" * 25, b"a", b"", b"\0" * 5], ErrorCode.BAD_FRAMES),
+        ([p.H_ASK, CH, b"t" * 25, b"*", b"", S1], ErrorCode.BAD_TOPIC),
+        ([p.H_ASK, b"short", b"t" * 25, b"a", b"", S1], ErrorCode.BAD_FRAMES),
+        ([p.H_ASK, CH, b"t" * 25, b"a", b""], ErrorCode.BAD_FRAMES),
         ([p.H_ANSWER, CH, b"q" * 33, b""], ErrorCode.BAD_FRAMES),
         ([p.H_ANSWER, b"short", b"q", b""], ErrorCode.BAD_FRAMES),
         ([p.H_ANSWER, CH, b"q"], ErrorCode.BAD_FRAMES),
         ([p.H_REQUEST, CH, b"q", b"a", b""], ErrorCode.UNKNOWN_COMMAND),
-        ([p.H_REPLY, CH, b"t" * 9, b""], ErrorCode.UNKNOWN_COMMAND),
+        ([p.H_REPLY, CH, b"t" * 25, b""], ErrorCode.UNKNOWN_COMMAND),
         ([p.H_WELCOME, CH, p.pack_welcome("b", 0)], ErrorCode.BAD_BODY),
         ([p.H_WELCOME, CH, p.pack_welcome("b", -5)], ErrorCode.BAD_BODY),
         ([p.H_WELCOME, CH, msgpack.packb({"broker": "b"})], ErrorCode.BAD_BODY),
@@ -423,11 +426,11 @@ def test_ref_and_token_limits_are_inclusive() -> None:
     assert p.parse_client([p.H_ACK, CH, ref, b""]).token == ref  # type: ignore[union-attr]
     topic = b"a" * MAX_TOPIC_BYTES
     assert p.parse_client([p.H_PUBLISH, CH, b"", topic, b""]).topic == topic  # type: ignore[union-attr]
-    assert p.MAX_REQUEST_REF_BYTES == 24 == p.MAX_REF_BYTES - p.SESSION_BYTES
-    for req_ref in (b"q", b"q" * 24):
+    assert p.MAX_REQUEST_REF_BYTES == 8 == p.MAX_REF_BYTES - p.SESSION_BYTES - p.REPLY_TAG_BYTES
+    for req_ref in (b"q", b"q" * 8):
         cmd = p.parse_client([p.H_REQUEST, CH, req_ref, b"a", b""])
         assert cmd == p.Request(CH, req_ref, b"a", b"")
-    for token in (b"t" * 9, ref):
+    for token in (b"t" * 25, ref):
         assert p.parse_client([p.H_REPLY, CH, token, b""]) == p.Reply(CH, token, b"")
         frames = [p.H_ASK, CH, token, b"a", b"", S1]
         assert p.parse_broker(frames) == p.Ask(CH, token, b"a", b"", S1)
@@ -435,9 +438,9 @@ def test_ref_and_token_limits_are_inclusive() -> None:
     assert p.parse_client([p.H_SUBSCRIBE, CH, b"", S1, b"a", queue]).queue == queue  # type: ignore[union-attr]
 
 
-@pytest.mark.parametrize("size", [1, 8])
+@pytest.mark.parametrize("size", [1, 8, 24])
 def test_reply_token_without_a_ref_is_refused(size: int) -> None:
-    # A reply token is an 8-byte session number followed by a 1 to 24-byte ref:
+    # A reply token is an 8-byte session number, a 16-byte tag and a 1 to 8-byte ref:
     # the broker refuses a shorter one with 400, and parse_client raises "the
     # code the broker replies with".
     assert _code(p.parse_client, [p.H_REPLY, CH, b"t" * size, b""]) == ErrorCode.BAD_FRAMES

@@ -767,6 +767,12 @@ def _session(s: BrokerState, ident: bytes) -> bytes:
     return s.peers[ident].session
 
 
+def _token(s: BrokerState, requester: bytes, responder: bytes, ref: bytes) -> bytes:
+    # The reply token of ``requester``'s ``ref`` in the ASK to ``responder``.
+    session = _session(s, requester)
+    return session + s._reply_tag(session, ref, _session(s, responder)) + ref
+
+
 def test_request_asks_every_target_then_routes_the_count() -> None:
     s = BrokerState()
     joined(s, b"s1", "svc.*", "svc.>")
@@ -776,10 +782,10 @@ def test_request_asks_every_target_then_routes_the_count() -> None:
     frames = request("svc.echo", b"ping", ref=b"q1")
     s.handle(b"req", frames)
     out = take(s)
-    token = _session(s, b"req") + b"q1"
     assert out[-1] == (b"req", p.Routed(A, b"q1", 2))
-    for _, cmd in out[:-1]:
+    for to, cmd in out[:-1]:
         assert isinstance(cmd, p.Ask)
+        token = _token(s, b"req", to, b"q1")  # each target's own
         assert (cmd.channel, cmd.token, cmd.topic, cmd.body) == (A, token, b"svc.echo", b"ping")
     assert sids_to(out) == {b"s1": {sid_of("svc.*"), sid_of("svc.>")}, b"s2": {sid_of("svc.echo")}}
     assert s.counters["requests"] == 1
@@ -809,7 +815,7 @@ def test_request_to_self() -> None:
     s = BrokerState()
     joined(s, b"me", "svc")
     s.handle(b"me", request("svc", ref=b"q"))
-    token = _session(s, b"me") + b"q"
+    token = _token(s, b"me", b"me", b"q")
     assert take(s) == [
         (b"me", p.Ask(A, token, b"svc", b"body", sid_of("svc"))),
         (b"me", p.Routed(A, b"q", 1)),
@@ -824,7 +830,8 @@ def test_reply_is_forwarded_to_the_requester_only_every_time() -> None:
     joined(s, b"s2", "svc")
     joined(s, b"req")
     s.handle(b"req", request("svc", ref=b"q"))
-    token = next(c.token for _, c in take(s) if isinstance(c, p.Ask))
+    tokens = {to: c.token for to, c in take(s) if isinstance(c, p.Ask)}
+    token = tokens[b"s1"]
     frames = reply(token, b"first")
     s.handle(b"s1", frames)
     [(to, raw)] = s.outbox
@@ -832,7 +839,7 @@ def test_reply_is_forwarded_to_the_requester_only_every_time() -> None:
     assert raw[3] is frames[3]  # the body is forwarded, not decoded or copied
     s.outbox.clear()
     # Every REPLY is forwarded (the requester keeps the first); the broker keeps no state.
-    s.handle(b"s2", reply(token, b"second"))
+    s.handle(b"s2", reply(tokens[b"s2"], b"second"))
     s.handle(b"s1", reply(token, b"again"))
     assert take(s) == [
         (b"req", p.Answer(A, b"q", b"second")),
@@ -865,9 +872,9 @@ def test_reply_from_another_channel_is_dropped() -> None:
     s.handle(b"req", request("svc", ref=b"q"))
     token = next(c.token for _, c in take(s) if isinstance(c, p.Ask))
     s.handle(b"evil", reply(token, b"forged", ch=B))
-    assert take(s) == []
-    assert s.counters["stale_replies"] == 1
-    assert s.counters["errors"] == 0
+    # Not asked: the token's tag is not its own.
+    assert only_error(take(s), b"evil").code == ErrorCode.PERMISSION_DENIED
+    assert s.counters["forged_replies"] == 1 and s.counters["replies"] == 0
 
 
 @pytest.mark.parametrize("how", ["disconnect", "drop", "disconnect-and-rejoin"])
@@ -893,17 +900,37 @@ def test_reply_after_the_requester_left_is_dropped_and_counted(how: str) -> None
 def test_reply_with_a_token_of_no_session_is_dropped() -> None:
     s = BrokerState()
     joined(s, b"resp")
-    s.handle(b"resp", reply(b"\xff" * 8 + b"q"))
-    s.handle(b"resp", reply(_session(s, b"resp")[:-1] + b"\x09" + b"q"))
+    resp = _session(s, b"resp")
+    for session in (b"\xff" * 8, resp[:-1] + b"\x09"):
+        # Tags the broker made for this peer, of sessions that do not exist.
+        s.handle(b"resp", reply(session + s._reply_tag(session, b"q", resp) + b"q"))
     assert take(s) == []
     assert s.counters["stale_replies"] == 2
 
 
+def test_a_reply_token_not_made_for_the_replying_peer_is_refused() -> None:
+    s = BrokerState()
+    joined(s, b"s1", "svc")
+    joined(s, b"s2", "other")
+    joined(s, b"req")
+    s.handle(b"req", request("svc", ref=b"q"))
+    (token,) = [c.token for _, c in take(s) if isinstance(c, p.Ask)]
+    # A peer that was not asked uses the token it learnt; another guesses one.
+    guessed = _session(s, b"req") + bytes(p.REPLY_TAG_BYTES) + b"q"
+    for forged in (token, guessed):
+        s.handle(b"s2", reply(forged))
+        err = only_error(take(s), b"s2")
+        assert err.code == ErrorCode.PERMISSION_DENIED and "not issued to you" in err.text
+    assert s.counters["forged_replies"] == 2 and s.counters["replies"] == 0
+    s.handle(b"s1", reply(token))  # the peer asked
+    assert take(s) == [(b"req", p.Answer(A, b"q", b"reply"))]
+
+
 @pytest.mark.parametrize(
     ("ref", "ok"),
-    [(b"", False), (b"q", True), (b"q" * 24, True), (b"q" * 25, False), (b"q" * 32, False)],
+    [(b"", False), (b"q", True), (b"q" * 8, True), (b"q" * 9, False), (b"q" * 32, False)],
 )
-def test_request_ref_is_1_to_24_bytes(ref: bytes, ok: bool) -> None:
+def test_request_ref_is_1_to_8_bytes(ref: bytes, ok: bool) -> None:
     s = BrokerState()
     joined(s, b"req")
     s.handle(b"req", request("svc", ref=ref))
@@ -915,16 +942,17 @@ def test_request_ref_is_1_to_24_bytes(ref: bytes, ok: bool) -> None:
 
 
 @pytest.mark.parametrize(
-    ("size", "ok"), [(0, False), (8, False), (9, True), (32, True), (33, False)]
+    ("size", "ok"), [(0, False), (8, False), (24, False), (25, True), (32, True), (33, False)]
 )
-def test_reply_token_is_9_to_32_bytes(size: int, ok: bool) -> None:
+def test_reply_token_is_25_to_32_bytes(size: int, ok: bool) -> None:
     s = BrokerState()
     joined(s, b"resp")
     s.handle(b"resp", reply(b"t" * size))
     out = take(s)
     if ok:
-        assert out == []
-        assert s.counters["stale_replies"] == 1
+        # Well formed, but no tag the broker made: refused as forged.
+        assert only_error(out, b"resp").code == ErrorCode.PERMISSION_DENIED
+        assert s.counters["forged_replies"] == 1
     else:
         err = only_error(out, b"resp")
         assert (err.code, err.ref) == (ErrorCode.BAD_FRAMES, b"")
@@ -1181,7 +1209,7 @@ GROUP_PATTERNS = ["a.*", ">", "a.b"]
 QUEUES = ["g1", "g2"]
 TOPICS = ["a", "b", "a.b", "b.b", "a.a", "a.b.c", "b.a.b", "c"]
 SIDS = [sid(n) for n in range(1, 6)]
-FORGED_TOKEN = (999).to_bytes(8, "big") + b"forged"
+FORGED_TOKEN = (999).to_bytes(8, "big") + bytes(16) + b"forged"
 GHOST_COMMANDS = [
     subscribe("a"),
     publish("a"),
@@ -1349,16 +1377,17 @@ class RoutingModel:
         ch, ref = self.joined[ident], self._ref()
         self.s.handle(ident, request(topic, body, ch, ref))
         out = take(self.s)
-        token = self.session[ident] + ref
+        session = self.session[ident]
         asks = out[:-1]
-        for _, c in asks:
+        for to, c in asks:
             assert isinstance(c, p.Ask)
+            # Each target's token: the session, a tag made for that target, the ref.
+            token = session + self.s._reply_tag(session, ref, self.session[to]) + ref
             assert (c.channel, c.token, c.topic, c.body) == (ch, token, topic.encode(), body)
+            self.asked[to].add(token)
+            self.tokens.add(token)
         reached = self._fan_out(ch, topic, asks)
         assert out[-1] == (ident, p.Routed(ch, ref, len(reached)))
-        for q in reached:
-            self.asked[q].add(token)
-        self.tokens.add(token)
         self.requests += 1
         self.asks += len(reached)
 
@@ -1369,11 +1398,18 @@ class RoutingModel:
         ch = self.joined[ident]
         self.s.handle(ident, reply(token, body, ch))
         out = take(self.s)
+        if token not in self.asked[ident]:
+            # Guessed, or asked of another peer: the tag is not this peer's.
+            assert [(to, type(cmd), cmd.code) for to, cmd in out] == [  # type: ignore[attr-defined]
+                (ident, p.Error, p.ErrorCode.PERMISSION_DENIED)
+            ]
+            return
         requester = next(
             (q for q in self.joined if self.session[q] == token[: p.SESSION_BYTES]), None
         )
         if requester is not None and self.joined[requester] == ch:
-            assert out == [(requester, p.Answer(ch, token[p.SESSION_BYTES :], body))]
+            ref = token[p.SESSION_BYTES + p.REPLY_TAG_BYTES :]
+            assert out == [(requester, p.Answer(ch, ref, body))]
             self.replies += 1
         else:
             # The requester left, is on another channel, or never existed.

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import hashlib
 import heapq
+import hmac
 import logging
 import os
 from collections import Counter, deque
@@ -89,6 +90,7 @@ if p.LAYOUT[Cmd.PUBLISH].frames[PUBLISH_REF].size.min:
     raise AssertionError("_publish tests only the maximum size of a PUBLISH ref")
 _check_request_ref = p.field_check(Cmd.REQUEST, "ref")
 _check_reply_token = p.field_check(Cmd.REPLY, "token")
+_TAG_END = p.SESSION_BYTES + p.REPLY_TAG_BYTES
 _check_ack_token = p.field_check(Cmd.ACK, "token")
 # An ERROR echoes the ref of these commands, if it fits its own ref frame.
 _ECHO_HEADERS = frozenset(p.header(c) for c in p.ECHOES_REF)
@@ -151,6 +153,7 @@ class BrokerState:
         limits: Limits | None = None,
         users: Mapping[str, User] | None = None,
         anonymous: User | None = None,
+        reply_key: bytes | None = None,
     ) -> None:
         if max_message_size <= 0:
             raise ValueError("max_message_size must be positive")
@@ -191,6 +194,8 @@ class BrokerState:
         self._welcome = p.pack_welcome(name, max_message_size)
         self._now = 0.0  # the time handle() or tick() was last given
         self._label_key = os.urandom(16)  # keys the names STATS gives peers
+        # Keys the tags of reply tokens; fixed only by the test vectors.
+        self._reply_key = reply_key if reply_key is not None else os.urandom(32)
         self._beating: set[bytes] = set()  # idents of peers that asked for heartbeats
         self._lossy: set[bytes] = set()  # idents owed a DROPPED notice
         # Departed peers whose subscriptions are still being removed, by ident,
@@ -617,6 +622,12 @@ class BrokerState:
         self.denied[user.name] += 1
         return ProtocolError(ErrorCode.PERMISSION_DENIED, f"user {user.name!r} may not {what}")
 
+    def _reply_tag(self, session: bytes, ref: bytes, responder: bytes) -> bytes:
+        # A keyed hash of the request and of the session it was sent to.
+        return hashlib.blake2b(
+            session + responder + ref, key=self._reply_key, digest_size=p.REPLY_TAG_BYTES
+        ).digest()
+
     def _expire_oldest(self, outstanding: dict[bytes, None]) -> None:
         # The peer holds max_pending_per_peer unACKed deliveries: its oldest one
         # is settled for its publisher as an error, and its ACK will be stale.
@@ -655,10 +666,13 @@ class BrokerState:
             self._may_publish(peer, topic)
         channel = peer.channel
         chid = channel.id
-        token = peer.session + ref
+        session = peer.session
+        peers = self.peers
         out = self.outbox
         n = 0
         for target, sids in channel.destinations(topic):
+            # Each target's token differs: only the peer an ASK went to can reply.
+            token = session + self._reply_tag(session, ref, peers[target].session) + ref
             out.append((target, [p.H_ASK, chid, token, topic, body, sids]))
             n += 1
         self.counters["requests"] += 1
@@ -670,15 +684,20 @@ class BrokerState:
         _check_reply_token(token)
         if len(body) > self.max_message_size:
             raise ProtocolError(ErrorCode.TOO_LARGE, "REPLY body exceeds max_message_size")
-        requester = self.sessions.get(token[: p.SESSION_BYTES])
+        session = token[: p.SESSION_BYTES]
+        ref = token[_TAG_END:]
+        tag = self._reply_tag(session, ref, peer.session)
+        if not hmac.compare_digest(tag, token[p.SESSION_BYTES : _TAG_END]):
+            # Never issued to this peer: guessed, or another peer's.
+            self.counters["forged_replies"] += 1
+            raise ProtocolError(ErrorCode.PERMISSION_DENIED, "reply token was not issued to you")
+        requester = self.sessions.get(session)
         if requester is None or requester.channel is not peer.channel:
             # The requester left (or the token is forged): nobody to answer.
             self.counters["stale_replies"] += 1
             return
         self.counters["replies"] += 1
-        self.outbox.append(
-            (requester.ident, [p.H_ANSWER, peer.channel.id, token[p.SESSION_BYTES :], body])
-        )
+        self.outbox.append((requester.ident, [p.H_ANSWER, peer.channel.id, ref, body]))
 
     def _ack(self, ident: bytes, frames: Sequence[bytes]) -> None:
         peer = self._joined(ident, frames, _N_ACK)

@@ -118,9 +118,12 @@ CHANNEL_BYTES = 16
 MAX_REF_BYTES = 32
 SID_BYTES = 4
 MAX_QUEUE_BYTES = 64
-# A reply token is the broker's 8-byte session number followed by the requester's ref.
+# A reply token is the requester's 8-byte session number, a 16-byte tag that the
+# broker alone can make (it binds the token to the peer it was sent to), and
+# the requester's ref: 32 octets at most, as every ref.
 SESSION_BYTES = 8
-MAX_REQUEST_REF_BYTES = MAX_REF_BYTES - SESSION_BYTES
+REPLY_TAG_BYTES = 16
+MAX_REQUEST_REF_BYTES = MAX_REF_BYTES - SESSION_BYTES - REPLY_TAG_BYTES
 
 
 class Cmd(IntEnum):
@@ -366,7 +369,9 @@ class _F:
     REQUEST_REF = Frame("ref", Field.REF, Size(1, MAX_REQUEST_REF_BYTES))
     TOKEN = Frame("token", Field.TOKEN, Size(0, MAX_REF_BYTES))  # empty: do not ACK
     ACK_TOKEN = Frame("token", Field.TOKEN, Size(1, MAX_REF_BYTES))
-    REPLY_TOKEN = Frame("token", Field.REPLY_TOKEN, Size(SESSION_BYTES + 1, MAX_REF_BYTES))
+    REPLY_TOKEN = Frame(
+        "token", Field.REPLY_TOKEN, Size(SESSION_BYTES + REPLY_TAG_BYTES + 1, MAX_REF_BYTES)
+    )
     SID = Frame("sid", Field.SID, Size(SID_BYTES, SID_BYTES))
     SIDS = Frame("sids", Field.SIDS, Size(SID_BYTES, step=SID_BYTES))
     TOPIC = Frame("topic", Field.TOPIC, Size(1, MAX_TOPIC_BYTES))
@@ -1008,8 +1013,8 @@ def check_channel(frame: bytes) -> None:
 
 def check_request_ref(frame: bytes) -> None:
     """Raise BAD_FRAMES unless ``frame`` is a valid REQUEST ref: 1 to
-    MAX_REQUEST_REF_BYTES (the broker prefixes it with its session number to
-    make the reply token)."""
+    MAX_REQUEST_REF_BYTES (the broker prefixes it with its session number and
+    a tag to make the reply token)."""
     _check_request_ref(frame)
 
 

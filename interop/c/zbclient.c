@@ -323,7 +323,7 @@ int zb_encode_reply(zb_msg *msg, const uint8_t channel[16], zb_bytes token, zb_b
 {
     zb_bytes frames[2] = {token, body};
     msg->count = 0;
-    if (token.size < 9 || token.size > ZB_MAX_REF)
+    if (token.size < ZB_MIN_REPLY_TOKEN || token.size > ZB_MAX_REF)
         return ZB_BAD_FRAMES;
     return build(msg, ZB_REPLY, channel, frames, 2);
 }
@@ -956,7 +956,7 @@ int zb_parse_broker(zb_broker_msg *out, const zb_bytes *f, size_t n)
         out->topic = f[3];
         out->body = f[4];
         out->sids = f[5];
-        if (f[2].size > ZB_MAX_REF || (command == ZB_ASK && f[2].size < 9))
+        if (f[2].size > ZB_MAX_REF || (command == ZB_ASK && f[2].size < ZB_MIN_REPLY_TOKEN))
             return ZB_BAD_FRAMES;
         if (f[5].size == 0 || f[5].size % ZB_SID_SIZE)
             return ZB_BAD_FRAMES;

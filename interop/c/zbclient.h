@@ -63,7 +63,9 @@ enum {
 /* Sizes. */
 #define ZB_CHANNEL_SIZE 16
 #define ZB_MAX_REF 32
-#define ZB_MAX_REQUEST_REF 24
+#define ZB_MAX_REQUEST_REF 8
+/* A reply token: session (8), tag (16), then a request ref of 1 to 8 octets. */
+#define ZB_MIN_REPLY_TOKEN 25
 #define ZB_SID_SIZE 4
 #define ZB_MAX_TOPIC 256
 #define ZB_MAX_QUEUE 64

@@ -13,6 +13,7 @@ against. The file formats are described in ``README.md``.
 
 from __future__ import annotations
 
+import hashlib
 import json
 from datetime import UTC, datetime
 from pathlib import Path
@@ -124,7 +125,19 @@ def session(n: int) -> bytes:
 # A reply token: the requester's broker session (the second peer to join)
 # followed by the ref of its REQUEST.
 REQUEST_REF = ref(9)
-REPLY_TOKEN = session(2) + REQUEST_REF
+# The key of the reply tokens' tags: random in a broker, fixed for the vectors.
+REPLY_KEY = bytes(range(32))
+
+
+def tag(requester: int, responder: int, r: bytes) -> bytes:
+    """The tag of the reply token of requester session ``requester``'s ref
+    ``r`` in the ASK to session ``responder``, under REPLY_KEY."""
+    data = session(requester) + session(responder) + r
+    return hashlib.blake2b(data, key=REPLY_KEY, digest_size=16).digest()
+
+
+TAG = tag(2, 1, REQUEST_REF)
+REPLY_TOKEN = session(2) + TAG + REQUEST_REF
 
 
 def packb(obj: Any) -> bytes:
@@ -353,7 +366,7 @@ BROKER_BATCH_SELF = batch_of(
 # The story of "batch-commands-request": the requester (session 2) sends refs 9
 # and 10 in one BATCH; the responder (session 1, sid 4) answers both in one.
 REQUEST_REF_2 = ref(10)
-REPLY_TOKEN_2 = session(2) + REQUEST_REF_2
+REPLY_TOKEN_2 = session(2) + tag(2, 1, REQUEST_REF_2) + REQUEST_REF_2
 BATCH_REQUESTS = batch_of(
     "BATCH",
     [
@@ -662,7 +675,7 @@ def valid_vectors() -> list[dict[str, Any]]:
     )
     for name, r, what in [
         ("request-ref-1-byte", b"\x01", "the shortest ref: 1 byte"),
-        ("request-ref-24-bytes", bytes(range(1, 25)), "the longest ref: 24 bytes (32 - 8)"),
+        ("request-ref-8-bytes", bytes(range(1, 9)), "the longest ref: 8 bytes (32 - 8 - 16)"),
     ]:
         add(
             name,
@@ -680,7 +693,7 @@ def valid_vectors() -> list[dict[str, Any]]:
         [h("REPLY"), CHANNEL, REPLY_TOKEN, REPLY_BODY],
         {"channel": ch, "token": REPLY_TOKEN.hex()},
         REPLY_DECODED,
-        "Answer the ASK that carried this token (session 2 + ref 9); error nil: a reply.",
+        "Answer the ASK that carried this token (session 2, tag, ref 9); error nil: a reply.",
     )
     err_body = reply_body(payload=b"", error="ValueError: no such account")
     add(
@@ -693,11 +706,15 @@ def valid_vectors() -> list[dict[str, Any]]:
         "A responder that failed: the error text makes the requester raise.",
     )
     for name, token, what in [
-        ("reply-token-9-bytes", session(2) + b"\x01", "the shortest: session + a 1-byte ref"),
+        (
+            "reply-token-25-bytes",
+            session(2) + tag(2, 1, b"\x01") + b"\x01",
+            "the shortest: session + tag + a 1-byte ref",
+        ),
         (
             "reply-token-32-bytes",
-            session(2) + bytes(range(1, 25)),
-            "the longest: session + a 24-byte ref",
+            session(2) + tag(2, 1, bytes(range(1, 9))) + bytes(range(1, 9)),
+            "the longest: session + tag + an 8-byte ref",
         ),
     ]:
         add(
@@ -1477,14 +1494,14 @@ def malformed_vectors() -> list[dict[str, Any]]:
         "request-ref-empty",
         [h("REQUEST"), C, b"", RT, BODY],
         BAD_FRAMES,
-        "REQUEST with an empty ref: a request always needs one (1 to 24 bytes).",
+        "REQUEST with an empty ref: a request always needs one (1 to 8 bytes).",
         joined=True,
     )
     client(
-        "request-ref-25-bytes",
-        [h("REQUEST"), C, bytes(range(1, 26)), RT, BODY],
+        "request-ref-9-bytes",
+        [h("REQUEST"), C, bytes(range(1, 10)), RT, BODY],
         BAD_FRAMES,
-        "REQUEST whose ref is 25 bytes (at most 24: the broker prefixes 8 bytes to make the "
+        "REQUEST whose ref is 9 bytes (at most 8: the broker prefixes 24 bytes to make the "
         "reply token); the ERROR echoes the ref, which is not over 32 bytes.",
         joined=True,
     )
@@ -1498,14 +1515,15 @@ def malformed_vectors() -> list[dict[str, Any]]:
     for label, token, desc in [
         ("empty", b"", "an empty token"),
         ("1-byte", b"\x01", "a 1-byte token"),
-        ("8-bytes", session(2), "an 8-byte token: a session number without a ref"),
+        ("8-bytes", session(2), "an 8-byte token: a session number alone"),
+        ("24-bytes", session(2) + TAG, "a 24-byte token: session and tag without a ref"),
         ("33-bytes", session(2) + bytes(25), "a 33-byte token"),
     ]:
         client(
             f"reply-token-{label}",
             [h("REPLY"), C, token, RB],
             BAD_FRAMES,
-            f"REPLY with {desc} (a reply token is 9 to 32 bytes).",
+            f"REPLY with {desc} (a reply token is 25 to 32 bytes).",
             joined=True,
         )
     # -- client, VERSION_NOT_SUPPORTED

@@ -59,7 +59,9 @@ export const CODE = {
 };
 
 export const MAX_REF = 32;
-export const MAX_REQUEST_REF = 24;
+export const MAX_REQUEST_REF = 8;
+// A reply token: session (8), tag (16), then a request ref of 1 to 8 octets.
+export const MIN_REPLY_TOKEN = 25;
 
 // Frames per broker command.
 const BROKER_FRAMES = new Map([
@@ -245,7 +247,7 @@ export function encodeRequest(channel, ref, topic, body) {
 
 export function encodeReply(channel, token, body) {
   checkChannel(channel);
-  checkRef(token, 9, MAX_REF, "reply token");
+  checkRef(token, MIN_REPLY_TOKEN, MAX_REF, "reply token");
   return [header(CMD.REPLY), channel, token, body];
 }
 
@@ -594,7 +596,7 @@ export function parseBroker(frames) {
       break;
     case CMD.DELIVER:
     case CMD.ASK:
-      checkRef(frames[2], command === CMD.ASK ? 9 : 0, MAX_REF, "token");
+      checkRef(frames[2], command === CMD.ASK ? MIN_REPLY_TOKEN : 0, MAX_REF, "token");
       if (frames[5].length === 0 || frames[5].length % 4) {
         throw new ProtocolError(400, "sids must be a non-empty multiple of 4 octets");
       }
