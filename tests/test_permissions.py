@@ -135,3 +135,35 @@ def test_a_bus_is_told_what_its_user_may_not_do(secure: Broker) -> None:
     with Bus(secure.address, uuid.uuid4(), server_key=SERVER_PUBLIC, key=ADMIN):
         pass  # admin: every channel
     assert secure.stats()["denied"]["billing"] == 5
+
+
+def test_a_users_own_limits_bound_its_peers_channels_and_subscriptions() -> None:
+    user = User("anonymous", max_connections=2, max_channels=1, max_subscriptions=3)
+    state = _state(user)
+    state.handle(b"a", hello(A))
+    state.handle(b"b", hello(A))
+    take(state)
+    state.handle(b"c", hello(A))  # a third peer
+    (err,) = _errors(state)
+    assert err.code == p.ErrorCode.LIMIT_REACHED and "2 peers joined" in err.text
+    state.drop_peer(b"b")
+    state.handle(b"c", hello(B))  # room for a peer, not for a second channel
+    (err,) = _errors(state)
+    assert err.code == p.ErrorCode.LIMIT_REACHED and "1 channels" in err.text
+    state.handle(b"c", hello(A))
+    take(state)
+    for n in (1, 2, 3):
+        state.handle(b"a" if n < 3 else b"c", subscribe(f"t{n}", n))
+    assert not _errors(state)
+    state.handle(b"c", subscribe("t4", 4))  # its peers' subscriptions together
+    (err,) = _errors(state)
+    assert err.code == p.ErrorCode.LIMIT_REACHED and "3 subscriptions" in err.text
+    state.handle(b"a", [p.H_UNSUBSCRIBE, A, b"u", (1).to_bytes(4, "big")])
+    state.handle(b"c", subscribe("t4", 4))
+    assert not _errors(state)
+    state.drop_peer(b"a")  # its subscription and its place go back
+    state.handle(b"d", hello(A))
+    state.handle(b"d", subscribe("t5", 5))
+    assert not _errors(state)
+    assert state.refused["user.max_connections"] == 1 and state.refused["user.max_channels"] == 1
+    assert state.refused["user.max_subscriptions"] == 1

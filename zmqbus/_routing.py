@@ -169,6 +169,11 @@ class BrokerState:
         self.refused: Counter[str] = Counter()
         # Requests refused for want of a permission, by user name (STATS "denied").
         self.denied: Counter[str] = Counter()
+        # Each user's share in use, for its own limits: peers, subscriptions, and
+        # peers per channel.
+        self._user_peers: Counter[str] = Counter()
+        self._user_subs: Counter[str] = Counter()
+        self._user_channels: dict[str, Counter[bytes]] = {}
         self._budget = CacheBudget(limits.topic_cache_bytes)
         self._slow: set[Peer] = set()  # peers with a message dropped at the broker
         self._holding: set[bytes] = set()  # idents of peers with held replies
@@ -616,6 +621,36 @@ class BrokerState:
         if user is not None and not user.may_publish(topic):
             raise self._denied(user, f"publish or request on {topic.decode('utf-8')!r}")
 
+    def _user_share(self, user: User, channel: bytes) -> None:
+        # A user's own bounds on peers and channels, checked at a new peer's HELLO.
+        if user.max_connections is not None and self._user_peers[user.name] >= user.max_connections:
+            raise self._user_limit(
+                "user.max_connections",
+                f"user {user.name!r} has {user.max_connections} peers joined",
+            )
+        if user.max_channels is not None:
+            channels: Mapping[bytes, int] = self._user_channels.get(user.name, {})
+            if channel not in channels and len(channels) >= user.max_channels:
+                raise self._user_limit(
+                    "user.max_channels", f"user {user.name!r} is on {user.max_channels} channels"
+                )
+
+    def _user_limit(self, name: str, text: str) -> ProtocolError:
+        # A user's own bound reached: 429, counted under ``name`` in "refused".
+        self.refused[name] += 1
+        return ProtocolError(ErrorCode.LIMIT_REACHED, text)
+
+    def _give_back(self, name: str, channel: bytes, subs: int) -> None:
+        # A departed peer's share of its user's bounds.
+        self._user_peers[name] -= 1
+        if subs:
+            self._user_subs[name] -= subs
+        channels = self._user_channels.get(name)
+        if channels is not None:
+            channels[channel] -= 1
+            if channels[channel] <= 0:
+                del channels[channel]
+
     def _denied(self, user: User, what: str) -> ProtocolError:
         # Counted per user; the text names the user and the act, never a key.
         self.counters["denied"] += 1
@@ -747,6 +782,8 @@ class BrokerState:
                 sub = peer.subs.pop(sid, None)
                 if sub is not None:
                     peer.channel.remove(peer, sid, *sub, many=many)
+                    if peer.user is not None:
+                        self._user_subs[peer.user.name] -= 1
                     self.counters["unsubscribes"] += 1
                     self._stats_at = float("-inf")
             self.outbox.append((ident, [p.H_OK, cmd.channel, cmd.ref]))
@@ -809,6 +846,18 @@ class BrokerState:
                 raise self._limit(
                     "max_pattern_tokens", ErrorCode.LIMIT_REACHED, "pattern has too many tokens"
                 )
+            user = peer.user
+            if (
+                user is not None
+                and user.max_subscriptions is not None
+                and self._user_subs[user.name] >= user.max_subscriptions
+            ):
+                raise self._user_limit(
+                    "user.max_subscriptions",
+                    f"user {user.name!r} has {user.max_subscriptions} subscriptions open",
+                )
+            if user is not None:
+                self._user_subs[user.name] += 1
             peer.subs[cmd.sid] = wanted
             peer.channel.add(peer, cmd.sid, *wanted)
             self.counters["subscribes"] += 1
@@ -843,6 +892,7 @@ class BrokerState:
                 user = self.anonymous
             if not user.may_join(cmd.channel):
                 raise self._denied(user, "join this channel")
+            self._user_share(user, cmd.channel)
             limits = self.limits
             if len(self.peers) >= limits.max_peers:
                 raise self._limit("max_peers", ErrorCode.CAPACITY, "broker has no room for a peer")
@@ -862,6 +912,8 @@ class BrokerState:
             self._stats_at = float("-inf")
             peer.user = user
             peer.free = user.free
+            self._user_peers[user.name] += 1
+            self._user_channels.setdefault(user.name, Counter())[cmd.channel] += 1
             if src is not None and src[1] is not None:
                 peer.conn = key = (src[0], src[1])
                 peer.tag = src[2]
@@ -917,6 +969,8 @@ class BrokerState:
         if ident in self.watched:
             self.watched.discard(ident)
             self.ending.discard(ident)
+        if peer.user is not None:
+            self._give_back(peer.user.name, peer.channel.id, len(peer.subs))
         self._beating.discard(ident)
         self._lossy.discard(ident)
         self._slow.discard(peer)
