@@ -113,12 +113,12 @@ def _joined(address: str) -> tuple[zmq.Context[Any], bytes, zmq.Socket[bytes]]:
 
 
 def _pair(
-    address: str, sub_rcvhwm: int = 1000
+    address: str, sub_rcvhwm: int = 1000, pub_rcvhwm: int = 1000
 ) -> tuple[zmq.Context[Any], bytes, zmq.Socket[bytes], zmq.Socket[bytes]]:
     """A context, a new channel, and a subscriber and a publisher joined to it."""
     ctx = zmq.Context()
     ch = uuid.uuid4().bytes
-    sub, pub = _dealer(ctx, address, sub_rcvhwm), _dealer(ctx, address)
+    sub, pub = _dealer(ctx, address, sub_rcvhwm), _dealer(ctx, address, pub_rcvhwm)
     _join(sub, ch)
     _join(pub, ch)
     return ctx, ch, sub, pub
@@ -234,7 +234,9 @@ UNACKED = 60_000
 
 def unacked_confirmations(address: str, stop: threading.Event) -> dict[str, Any]:
     """Confirmed publishes to a subscriber that reads and never ACKs."""
-    ctx, ch, sub, pub = _pair(address)
+    # The publisher takes every ROUTED as it comes (it sends faster than it
+    # reads): what is probed is the subscriber that never ACKs.
+    ctx, ch, sub, pub = _pair(address, pub_rcvhwm=UNACKED + 1000)
     sub.send_multipart([p.H_SUBSCRIBE, ch, b"s", _sid(1), b"h.>", b""])
     assert _next(sub)[0] == p.H_OK
     seen: dict[bytes, int] = {}
@@ -245,9 +247,12 @@ def unacked_confirmations(address: str, stop: threading.Event) -> dict[str, Any]
     # The broker has routed them all once the publisher has every ROUTED: waited
     # for past ``stop`` (what is measured is the bound, not the speed).
     deadline = time.monotonic() + 60
+    poller = zmq.Poller()
+    for sock in (sub, pub):
+        poller.register(sock, zmq.POLLIN)
     while seen.get(p.H_ROUTED, 0) < UNACKED and time.monotonic() < deadline:
+        poller.poll(100)  # until either has something to read
         _pump(seen, sub, pub)
-        time.sleep(0.01)  # polling the sockets the pump reads without blocking
     stats = _stats(address)
     _idle(stop, seen, sub, pub)
     _close(ctx, sub, pub)
@@ -379,8 +384,13 @@ def stats_from_many_peers(address: str, stop: threading.Event) -> dict[str, Any]
     """1,000 joined peers asking STATS in turn, reading every reply."""
     ctx = zmq.Context()
     socks = [_dealer(ctx, address) for _ in range(STATS_PEERS)]
+    # Each says HELLO as it connects, as a bus does: a connection that waits
+    # its turn to say it is the oldest unjoined one, the first closed when a
+    # flood of connections (another probe, in the soak) fills the broker.
     for sock in socks:
-        _join(sock, uuid.uuid4().bytes)
+        sock.send_multipart([p.H_HELLO, uuid.uuid4().bytes, p.pack_hello("hostile")])
+    for sock in socks:
+        assert _next(sock)[0] == p.H_WELCOME
     asked = 0
     with contextlib.suppress(Stopped):  # stopped while replies were on their way
         while not stop.is_set():

@@ -10,11 +10,12 @@ Both arrive at the loop as messages on its ROUTER, from the routing id
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import socket
 import struct
 import threading
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 import zmq
@@ -47,43 +48,53 @@ _HEAD = struct.Struct("=HI")  # a monitor event's first frame: event, value
 _RELAY_HWM = 100_000
 
 
-def peer_address(fd: int) -> str | None:
-    """The address of the peer connected on descriptor ``fd`` (``"host:port"``;
-    ``""`` for an unnamed one), or None if ``fd`` is no connected socket."""
+@contextlib.contextmanager
+def _borrowed(fd: int) -> Iterator[socket.socket | None]:
+    # The socket object of a descriptor libzmq owns (None if it is no socket);
+    # detached after, so that closing it never closes libzmq's descriptor.
     try:
         sock = socket.socket(fileno=fd)
     except OSError:
-        return None
+        yield None
+        return
     try:
-        name = sock.getpeername()
-    except OSError:
-        return None
+        yield sock
     finally:
-        sock.detach()  # the descriptor stays libzmq's
+        sock.detach()
+
+
+def _name(sock: socket.socket) -> str:
+    name = sock.getpeername()
     if isinstance(name, tuple):
         return f"{name[0]}:{name[1]}"
     return name if isinstance(name, str) else ""
 
 
+def peer_address(fd: int) -> str | None:
+    """The address of the peer connected on descriptor ``fd`` (``"host:port"``;
+    ``""`` for an unnamed one), or None if ``fd`` is no connected socket."""
+    with _borrowed(fd) as sock:
+        if sock is None:
+            return None
+        try:
+            return _name(sock)
+        except OSError:
+            return None
+
+
 def shut_down(fd: int, address: str) -> bool:
     """Shut down the connection on ``fd`` if it still goes to ``address``;
     libzmq then sees it end and closes it. False if ``fd`` is another's now."""
-    try:
-        sock = socket.socket(fileno=fd)
-    except OSError:
-        return False
-    try:
-        name = sock.getpeername()
-        if isinstance(name, tuple):
-            name = f"{name[0]}:{name[1]}"
-        if name != address:
+    with _borrowed(fd) as sock:
+        if sock is None:
             return False
-        sock.shutdown(socket.SHUT_RDWR)
-        return True
-    except OSError:
-        return False
-    finally:
-        sock.detach()
+        try:
+            if _name(sock) != address:
+                return False
+            sock.shutdown(socket.SHUT_RDWR)
+            return True
+        except OSError:
+            return False
 
 
 def decode_event(frames: list[bytes]) -> tuple[bytes, int, str]:
