@@ -21,6 +21,7 @@ from zmqbus import protocol as p
 from zmqbus._client import DELIVERED, DROPPED, MAX_ERROR_TEXT, PENDING, ClientCore
 from zmqbus._routing import BrokerState
 from zmqbus.errors import (
+    AuthenticationError,
     BusClosed,
     ConnectTimeout,
     HandlerError,
@@ -111,6 +112,23 @@ def sent_commands(core: ClientCore) -> list[bytes]:
 
 
 # --- connect --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("before", [True, False], ids=["before-connect", "while-joining"])
+def test_a_failed_handshake_fails_the_connect_whenever_it_comes(before: bool) -> None:
+    # The socket connects as it is made: its handshake can fail before the face
+    # has asked the core to connect.
+    core = ClientCore(A, client_name="unit/1", heartbeat=0)
+    fut: Future[Any] = Future()
+    if before:
+        core.handshake_failed("the broker refused this client's key (ZAP 400)")
+    core.connect(fut, 10.0, 10.0)
+    if not before:
+        assert not fut.done()
+        core.handshake_failed("the broker refused this client's key (ZAP 400)")
+    with pytest.raises(AuthenticationError, match="ZAP 400"):
+        fut.result(0)
+    assert core.counters["handshake_failures"] == 1
 
 
 def test_connect_welcome_sets_ready_and_max_message_size() -> None:

@@ -214,6 +214,8 @@ class ClientCore:
         self.broker_info: dict[str, Any] = {}
         self.counters: Counter[str] = Counter()
         self._hello: tuple[Waiter, float] | None = None
+        # Why a handshake failed before connect() was called (None: it did not).
+        self._refused: str | None = None
         self._pending: dict[bytes, PendingPublish | PendingRequest | PendingCommand] = {}
         # By ref; b"" is the handshake, live while its waiter is.
         self._deadlines = Deadlines(self._pending, lambda: self._hello is not None)
@@ -237,6 +239,11 @@ class ClientCore:
         """Queue HELLO; ``waiter`` gets the WELCOME body as a dict.
         ``IllegalMove`` (a ``RuntimeError``) if called twice."""
         self._conn.move(Conn.JOINING)
+        if self._refused is not None:
+            # The handshake failed before the connect was asked for (the
+            # socket connects as soon as it is made).
+            settle(waiter, exc=AuthenticationError("broker", self._refused))
+            return
         self._hello = (waiter, timeout)
         self._deadlines.add(deadline, b"")
         self.outbox.append(self._hello_frames())
@@ -523,6 +530,8 @@ class ClientCore:
             waiter, _ = self._hello
             self._hello = None
             settle(waiter, exc=AuthenticationError("broker", reason))
+        elif self._conn.state is Conn.NEW:
+            self._refused = reason  # connect() fails with it when it comes
         else:
             log.warning("handshake with the broker failed: %s", reason)
 
