@@ -105,6 +105,34 @@ public_key = "certs/billing.key"
                 key=certs / "stranger.key_secret",
                 connect_timeout=5,
             )
+        keys = ["--server-key", str(server), "--key", str(certs / "billing.key_secret")]
+        r = _zmqbus("stats", "--address", broker.address, *keys)
+        assert r.returncode == 0 and '"broker"' in r.stdout, r.stderr
+        stranger = ["--server-key", str(server), "--key", str(certs / "stranger.key_secret")]
+        r = _zmqbus("stats", "--address", broker.address, *stranger)
+        assert r.returncode == 3 and "refused" in r.stderr
+        r = _zmqbus(
+            "pub",
+            "t.x",
+            "hello",
+            "--channel",
+            str(uuid.uuid4()),
+            "--address",
+            broker.address,
+            *keys,
+        )
+        assert r.returncode == 0, r.stderr
+        r = _zmqbus(
+            "pub",
+            "t.x",
+            "hello",
+            "--channel",
+            str(uuid.uuid4()),
+            "--address",
+            broker.address,
+            *stranger,
+        )
+        assert r.returncode == 3 and "refused" in r.stderr, r.stderr
     finally:
         broker.stop()
 

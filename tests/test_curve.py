@@ -185,3 +185,16 @@ def test_with_curve_no_payload_topic_or_channel_crosses_the_wire_in_clear(curve:
         assert not [s for s in secrets if s in wire]
     else:  # the same test sees them all when CURVE is off
         assert all(s in wire for s in secrets)
+
+
+def test_broker_stats_takes_keys(secure: Broker) -> None:
+    from zmqbus.admin import broker_stats
+
+    stats = broker_stats(
+        secure.address, server_key=SERVER_PUBLIC, key=(CLIENT_PUBLIC, CLIENT_SECRET)
+    )
+    assert stats["broker"].startswith("zmqbus/") and "counters" not in stats  # billing: no admin
+    with pytest.raises(AuthenticationError):
+        broker_stats(secure.address, server_key=SERVER_PUBLIC, key=zmq.curve_keypair())
+    with pytest.raises(AuthenticationError):
+        broker_stats(secure.address)

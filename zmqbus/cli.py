@@ -30,6 +30,7 @@ from .broker import DEFAULT_BIND, Broker
 from .bus import Bus
 from .config import BrokerConfig, load_config
 from .errors import (
+    AuthenticationError,
     ConnectTimeout,
     HandlerError,
     MessageTooLarge,
@@ -182,6 +183,7 @@ def _client_parent() -> argparse.ArgumentParser:
         help=f"channel ID (a UUID); default ${ENV_CHANNEL}",
     )
     _add_address(parent)
+    _add_keys(parent)
     parent.add_argument(
         "--connect-timeout",
         type=_arg_seconds,
@@ -190,6 +192,20 @@ def _client_parent() -> argparse.ArgumentParser:
         help="seconds to wait for the broker's handshake (default 5)",
     )
     return parent
+
+
+def _add_keys(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--server-key",
+        metavar="FILE",
+        help="the broker's CURVE public key (its NAME.key file, or Z85 text), for a broker "
+        "with authentication",
+    )
+    parser.add_argument(
+        "--key",
+        metavar="FILE",
+        help="this client's CURVE secret key file (NAME.key_secret, from zmqbus keygen)",
+    )
 
 
 def _add_address(parser: argparse.ArgumentParser) -> None:
@@ -372,6 +388,7 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=fmt,
     )
     _add_address(p)
+    _add_keys(p)
     p.add_argument(
         "--timeout",
         type=_arg_seconds,
@@ -453,6 +470,8 @@ def _connect(args: argparse.Namespace) -> Bus:
             args.channel,
             connect_timeout=args.connect_timeout,
             on_reconnected=reconnected,
+            server_key=args.server_key,
+            key=args.key,
         )
     except (TypeError, ValueError) as exc:
         raise _UsageError(str(exc)) from None
@@ -595,7 +614,7 @@ def cmd_pub(args: argparse.Namespace) -> int:
     except _UsageError as exc:
         _err(prog, str(exc))
         return EXIT_USAGE
-    except ConnectTimeout as exc:
+    except (ConnectTimeout, AuthenticationError) as exc:
         _err(prog, str(exc))
         return EXIT_UNREACHABLE
     try:
@@ -661,7 +680,7 @@ def _sub(args: argparse.Namespace, ready_fd: int | None) -> int:
         except _UsageError as exc:
             _err(prog, str(exc))
             return EXIT_USAGE
-        except ConnectTimeout as exc:
+        except (ConnectTimeout, AuthenticationError) as exc:
             _err(prog, str(exc))
             return EXIT_UNREACHABLE
         try:
@@ -851,11 +870,13 @@ def cmd_stats(args: argparse.Namespace) -> int:
     from .admin import broker_stats
 
     try:
-        stats = broker_stats(args.address, timeout=args.timeout)
+        stats = broker_stats(
+            args.address, timeout=args.timeout, server_key=args.server_key, key=args.key
+        )
     except (ValueError, TypeError) as exc:
         print(f"zmqbus stats: {exc}", file=sys.stderr)
         return EXIT_USAGE
-    except ConnectTimeout as exc:
+    except (ConnectTimeout, AuthenticationError) as exc:
         print(f"zmqbus stats: {exc}", file=sys.stderr)
         return EXIT_UNREACHABLE
     print(json.dumps(stats, indent=2, sort_keys=True))
