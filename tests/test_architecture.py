@@ -20,6 +20,7 @@ SANS_IO = {
     "_fastpath",
     "_groups",
     "_peer",
+    "_rates",
     "limits",
     "_pending",
     "_subscriptions",

@@ -775,8 +775,8 @@ BAD_FROM_BROKER = [
     [p.H_REPLY, A, b"k" * 9, b""],  # a client command
     [p.H_ROUTED, A, b"r", b"\x00\x01"],  # count frame not 4 bytes
     [p.H_ACKED, A],
-    [p.H_ERROR, A, b"", b"\x01", b"x"],
-    [p.H_ERROR, A, b"", b"\x01\x90", b"\xff"],
+    [p.H_ERROR, A, b"", b"\x01", b"x", b""],
+    [p.H_ERROR, A, b"", b"\x01\x90", b"\xff", b""],
     [p.H_WELCOME, A, b"\xc1"],
 ]
 
@@ -1343,6 +1343,8 @@ def test_dropped_notice_adds_to_the_subscriptions_dropped() -> None:
     for sink in (a, b):
         core.subscribe(sink, Future(), 10.0, 10.0)
     sids = [f[3] for f in core.outbox if f[0] == p.H_SUBSCRIBE]
-    core.receive([p.H_DROPPED, b"c" * 16, p.pack_dropped({sids[0]: 3, sids[1]: 1, b"zzzz": 9})])
+    core.receive(
+        [p.H_DROPPED, b"c" * 16, p.pack_dropped({sids[0]: 3, sids[1]: 1, b"zzzz": 9}), bytes(4)]
+    )
     assert (a.missed_total, b.missed_total) == (3, 1)
     assert core.counters["dropped_at_broker"] == 13

@@ -400,7 +400,7 @@ class Fuzzers:
                 self._reply(i, frames)
 
     def _reply(self, index: int, frames: list[bytes]) -> None:
-        if frames[0] == ERROR_HEAD and len(frames) == 5 and frames[2] in self.sentinels:
+        if frames[0] == ERROR_HEAD and len(frames) == 6 and frames[2] in self.sentinels:
             self.seen_sentinels.add(self.sentinels[frames[2]])
             return
         self.replies += 1

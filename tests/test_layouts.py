@@ -70,8 +70,8 @@ def spec_size(cell: str) -> p.Size:
         return p.Size()
     if cell == f"0{DASH}max_message_size":
         return p.Size(message=True)
-    if m := re.fullmatch(rf"(\d+) {TIMES} n, n ≥ 1", cell):
-        return p.Size(int(m[1]), step=int(m[1]))
+    if m := re.fullmatch(rf"(\d+) {TIMES} n, n ≥ ([01])", cell):
+        return p.Size(int(m[1]) * int(m[2]), step=int(m[1]))
     if m := re.fullmatch(r"0 or (\d+)", cell):
         return p.Size(int(m[1]), int(m[1]), or_empty=True)
     if m := re.fullmatch(r"(\d+) or more", cell):
@@ -206,8 +206,8 @@ def abnf_rules() -> dict[str, str]:
 
 def abnf_size(definition: str) -> p.Size | None:
     """The size of a one-frame rule made of octets, or None for another rule."""
-    if definition == "<16OCTET> / <>":
-        return p.Size(16, 16, or_empty=True)
+    if m := re.fullmatch(r"<(\d+)OCTET> / <>", definition):
+        return p.Size(int(m[1]), int(m[1]), or_empty=True)
     m = re.fullmatch(r"<(.*)>", definition)
     if m is None:
         return None
@@ -219,8 +219,8 @@ def abnf_size(definition: str) -> p.Size | None:
             if not span[2]:
                 return p.Size(lo + int(span[1] or 0))
             lo, hi = lo + int(span[1] or 0), hi + int(span[2])
-        elif rep := re.fullmatch(r"1\*\((\d+)OCTET\)", part):
-            return p.Size(int(rep[1]), step=int(rep[1]))
+        elif rep := re.fullmatch(r"([01]?)\*\((\d+)OCTET\)", part):
+            return p.Size(int(rep[1] or 0) * int(rep[2]), step=int(rep[2]))
         else:
             return None
     return p.Size(lo, hi)
@@ -325,7 +325,7 @@ def sample(frame: p.Frame, size: int | None = None, batch: Cmd = Cmd.BATCH) -> b
     those a ``batch`` carries."""
     kind = frame.type
     if size is None:
-        size = frame.size.min if frame.size.max is not None or frame.size.min else 1
+        size = frame.size.min if frame.size.max is not None or frame.size.min else frame.size.step
         if kind in (Field.MESSAGE_BODY, Field.REPLY_BODY):
             return p.pack_message(b"\1" * 16, 0, {}, b"x")
         if kind is Field.ACK_BODY:
@@ -372,7 +372,7 @@ def message(layout: p.Layout, index: int | None = None, value: bytes = b"") -> l
 
 def limits(size: p.Size) -> tuple[list[int], list[int]]:
     """Sizes at the limits of ``size`` (accepted), and one past each (refused)."""
-    if size.message or (size.max is None and not size.min):
+    if size.message or (size.max is None and not size.min and size.step == 1):
         return [], []
     at, past = [size.min], [size.min - 1] if size.min else []
     if size.or_empty:
@@ -448,6 +448,7 @@ def test_every_sized_field_type_is_tested() -> None:
         Field.QUEUE,
         Field.COUNT,
         Field.CODE,
+        Field.RETRY,
         Field.DROPPED_COUNTS,
         Field.PUBLISH_ENTRIES,
         Field.DELIVER_ENTRIES,

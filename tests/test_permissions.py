@@ -132,6 +132,8 @@ def test_a_bus_is_told_what_its_user_may_not_do(secure: Broker) -> None:
         with pytest.raises(PermissionDenied):
             bus.request("audit.lookup", b"", timeout=5)
         bus.publish("audit.x", b"1", confirm=False)  # refused and counted, not raised
+        bus.subscribe("orders.x")  # its OK comes after that ERROR: counted by then
+        assert bus.refused == 1
     with Bus(secure.address, uuid.uuid4(), server_key=SERVER_PUBLIC, key=ADMIN):
         pass  # admin: every channel
     assert secure.stats()["denied"]["billing"] == 5

@@ -259,7 +259,9 @@ def test_header_layout() -> None:
     assert p.header(Cmd.PUBLISH) == b"ZB\x01\x04"
     assert p.encode(p.Ok(b"c" * 16, b"r")) == [b"ZB\x01\x82", b"c" * 16, b"r"]
     assert p.encode(p.Routed(b"c" * 16, b"r", 258))[3] == b"\x00\x00\x01\x02"
-    assert p.encode(p.Error(b"", b"", 413, "é"))[3:] == [b"\x01\x9d", "é".encode()]
+    assert p.encode(p.Error(b"", b"", 413, "é"))[3:] == [b"\x01\x9d", "é".encode(), b""]
+    assert p.encode(p.Error(b"", b"", 429, "x", 250))[5] == b"\x00\x00\x00\xfa"
+    assert p.encode(p.Dropped(b"c" * 16, b"", 7))[2:] == [b"", b"\x00\x00\x00\x07"]
 
 
 # --- specific refusals -------------------------------------------------------------
@@ -366,9 +368,11 @@ def test_parse_client_refusals(frames: list[bytes], code: int) -> None:
         ([p.H_ANSWER, CH, b"", b""], ErrorCode.BAD_FRAMES),
         ([p.H_ANSWER, CH, b"q" * 25, b""], ErrorCode.BAD_FRAMES),
         ([p.H_ASK, CH, b"t" * 8, b"a", b"", S1], ErrorCode.BAD_FRAMES),
-        ([p.H_ERROR, CH, b"", b"\x01", b"x"], ErrorCode.BAD_FRAMES),
-        ([p.H_ERROR, CH, b"", b"\x01\x90", b"\xff"], ErrorCode.BAD_FRAMES),
-        ([p.H_ERROR, b"short", b"", b"\x01\x90", b""], ErrorCode.BAD_FRAMES),
+        ([p.H_ERROR, CH, b"", b"\x01", b"x", b""], ErrorCode.BAD_FRAMES),
+        ([p.H_ERROR, CH, b"", b"\x01\x90", b"\xff", b""], ErrorCode.BAD_FRAMES),
+        ([p.H_ERROR, b"short", b"", b"\x01\x90", b"", b""], ErrorCode.BAD_FRAMES),
+        ([p.H_ERROR, CH, b"", b"\x01\xad", b"", b"\x01"], ErrorCode.BAD_FRAMES),
+        ([p.H_DROPPED, CH, b"", b"\x01"], ErrorCode.BAD_FRAMES),
         ([p.H_DELIVER, CH, b"", b"a.>", b"", S1], ErrorCode.BAD_TOPIC),
         ([p.H_DELIVER, CH, b"t" * 33, b"a", b"", S1], ErrorCode.BAD_FRAMES),
         ([p.H_DELIVER, CH, b"", b"a", b""], ErrorCode.BAD_FRAMES),  # the draft without sids

@@ -171,8 +171,8 @@ def split_sids(frame: bytes) -> set[bytes]:
 
 
 def assert_error(frames: list[bytes], code: int, channel: bytes = b"", ref: bytes = b"") -> str:
-    assert len(frames) == 5 and frames[0] == ERROR, frames
-    assert len(frames[3]) == 2
+    assert len(frames) == 6 and frames[0] == ERROR, frames
+    assert len(frames[3]) == 2 and frames[5] == b""  # no retry-after
     text = frames[4].decode("utf-8")
     assert int.from_bytes(frames[3], "big") == code, text
     assert frames[1] == channel
@@ -1314,10 +1314,11 @@ EXCHANGE_QUIET_MS = 150  # after the last step: nothing more may arrive meanwhil
 
 
 def assert_vector_message(got: list[bytes], want: list[bytes], where: str) -> None:
-    """``got`` is ``want``; of an ERROR only the first four frames, the text being
-    informative (it must still be non-empty UTF-8)."""
+    """``got`` is ``want``; of an ERROR all but the text, which is informative
+    (it must still be non-empty UTF-8)."""
     if want[0] == ERROR:
-        assert len(got) == len(want) == 5 and got[:4] == want[:4], f"{where}: got {got}"
+        assert len(got) == len(want) == 6 and got[:4] == want[:4], f"{where}: got {got}"
+        assert got[5] == want[5], f"{where}: got {got}"
         assert got[4].decode("utf-8"), f"{where}: ERROR without text"
     else:
         assert got == want, f"{where}: got {[f.hex() for f in got]}"

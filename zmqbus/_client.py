@@ -216,6 +216,9 @@ class ClientCore:
         self._hello: tuple[Waiter, float] | None = None
         # Why a handshake failed before connect() was called (None: it did not).
         self._refused: str | None = None
+        # Set when the broker's ZAP refused this bus after it had joined (its
+        # key was revoked): the driver closes the bus with it.
+        self.revoked: AuthenticationError | None = None
         self._pending: dict[bytes, PendingPublish | PendingRequest | PendingCommand] = {}
         # By ref; b"" is the handshake, live while its waiter is.
         self._deadlines = Deadlines(self._pending, lambda: self._hello is not None)
@@ -521,10 +524,12 @@ class ClientCore:
                 self.counters["request_timeouts"] += 1
             settle(item.waiter, exc=timeout_error(item))
 
-    def handshake_failed(self, reason: str) -> None:
+    def handshake_failed(self, reason: str, refused: bool = False) -> None:
         """The socket's handshake with the broker failed (its monitor said so,
-        with ``reason``): a connect in progress fails with AuthenticationError;
-        later, the bus goes on trying (libzmq retries by itself)."""
+        with ``reason``): a connect in progress fails with AuthenticationError.
+        Later, a broker's ZAP refusal (``refused``: this bus's key was revoked)
+        sets ``revoked``, for the driver to close the bus with; other failures
+        are retried (libzmq retries by itself)."""
         self.counters["handshake_failures"] += 1
         if self._hello is not None and self._conn.state is Conn.JOINING:
             waiter, _ = self._hello
@@ -532,6 +537,9 @@ class ClientCore:
             settle(waiter, exc=AuthenticationError("broker", reason))
         elif self._conn.state is Conn.NEW:
             self._refused = reason  # connect() fails with it when it comes
+        elif refused and self._conn.state is not Conn.CLOSED:
+            log.error("the broker no longer accepts this bus's key: closing (%s)", reason)
+            self.revoked = AuthenticationError("broker", reason)
         else:
             log.warning("handshake with the broker failed: %s", reason)
 
@@ -632,6 +640,12 @@ class ClientCore:
                 sink = self._subs.sinks.get(sid)
                 if sink is not None:
                     sink.missed(count)
+            if cmd.throttled:
+                self.counters["throttled"] += cmd.throttled
+                log.warning(
+                    "broker dropped %d unconfirmed publishes: over the user's rate limit",
+                    cmd.throttled,
+                )
         elif isinstance(cmd, p.Bye):
             self._lost(self.clock(), "broker is shutting down")
         elif isinstance(cmd, p.Welcome):
@@ -697,7 +711,7 @@ class ClientCore:
         settle(waiter, info)
 
     def _error(self, cmd: p.Error) -> None:
-        exc = remote_error(cmd.code, cmd.text)
+        exc = remote_error(cmd.code, cmd.text, cmd.retry_after)
         if cmd.code == p.ErrorCode.NOT_JOINED and self._conn.state in (Conn.READY, Conn.REJOINING):
             # The broker does not know this connection (it restarted, or expired us):
             # join again. What it refused stays pending until its own timeout.

@@ -130,6 +130,15 @@ class Edge:
         self._thread: threading.Thread | None = None
 
     @property
+    def registry(self) -> Registry | None:
+        """The users ZAP admits; replaced whole (one assignment) on a reload."""
+        return self._registry
+
+    @registry.setter
+    def registry(self, registry: Registry) -> None:
+        self._registry = registry
+
+    @property
     def tags(self) -> bool:
         """True if each connection's messages carry a tag of its own (ZAP)."""
         return self._zap is not None
@@ -293,6 +302,22 @@ class Registry:
                 raise ValueError(f"users {self.by_key[key].name!r} and {user.name!r} share a key")
             self.by_key[key] = user
         self.anonymous = self.by_name.get(ANONYMOUS) or User(ANONYMOUS, admin=True)
+
+    def revoked(self, new: Registry) -> set[str]:
+        """Names of the users that ``new`` drops, or gives another key or other
+        rights: their connections must not outlive the change."""
+        keys = {user.name: key for key, user in self.by_key.items()}
+        new_keys = {user.name: key for key, user in new.by_key.items()}
+        out = {
+            name
+            for name, user in self.by_name.items()
+            if name not in new.by_name
+            or keys.get(name) != new_keys.get(name)
+            or not user.same_rights(new.by_name[name])
+        }
+        if not self.anonymous.same_rights(new.anonymous):
+            out.add(ANONYMOUS)
+        return out
 
     def user(self, name: str | None) -> User:
         """The user called ``name`` (None, or one no longer known: anonymous)."""

@@ -286,6 +286,20 @@ class BusBase:
         return self._failure
 
     @property
+    def throttled(self) -> int:
+        """Unconfirmed publishes the broker dropped because this bus's user
+        was over its rate limit (as the broker's DROPPED notices count them;
+        a confirmed publish over it raises ``RateLimited`` instead)."""
+        return self._core.counters["throttled"]
+
+    @property
+    def refused(self) -> int:
+        """Messages the broker refused that no call waited for: unconfirmed
+        publishes (a topic this bus's user may not publish on, say), ACKs and
+        replies. Each is also logged as a warning."""
+        return self._core.counters["broker_errors"]
+
+    @property
     def max_message_size(self) -> int:
         """The broker's limit on an encoded message body, from the handshake."""
         return self._max_size

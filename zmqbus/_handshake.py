@@ -10,11 +10,11 @@ from __future__ import annotations
 
 import os
 import struct
-from typing import Any, cast
+from typing import Any, NamedTuple, cast
 
 import zmq
 
-__all__ = ["HandshakeWatch", "reason"]
+__all__ = ["Failure", "HandshakeWatch", "reason"]
 
 _EVENTS = (
     zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL
@@ -42,6 +42,14 @@ def reason(event: int, value: int, *, curve: bool) -> str:
     return "the handshake failed: does the broker require CURVE (server_key and key)?"
 
 
+class Failure(NamedTuple):
+    """One failed handshake: why, and whether the broker's ZAP refused the
+    client (its key is no user's: retrying cannot help until that changes)."""
+
+    reason: str
+    refused: bool
+
+
 class HandshakeWatch:
     """The failed-handshake events of one socket, read without blocking."""
 
@@ -63,16 +71,17 @@ class HandshakeWatch:
         """A descriptor readable (edge-triggered) when events may wait."""
         return cast(int, self.socket.getsockopt(zmq.FD))
 
-    def failures(self) -> list[str]:
-        """The reasons of every failure reported since the last call."""
-        out: list[str] = []
+    def failures(self) -> list[Failure]:
+        """Every failure reported since the last call."""
+        out: list[Failure] = []
         while True:
             try:
                 frames = self.socket.recv_multipart(zmq.NOBLOCK)
             except zmq.Again:
                 return out
             event, value = _HEAD.unpack_from(frames[0])
-            out.append(reason(event, value, curve=self._curve))
+            refused = event == zmq.EVENT_HANDSHAKE_FAILED_AUTH
+            out.append(Failure(reason(event, value, curve=self._curve), refused))
 
     def close(self) -> None:
         """Close the monitor's end (the watched socket is closed by its owner)."""

@@ -40,7 +40,7 @@ from ._client import ClientCore
 from ._handshake import HandshakeWatch
 from ._wire import dealer, drain, send_queue
 from ._wire import get_option as _get
-from .errors import BusClosed
+from .errors import AuthenticationError, BusClosed
 
 __all__ = ["IOThread"]
 
@@ -138,8 +138,10 @@ class IOThread:
 
     def _handshakes(self) -> None:
         assert self._watch is not None
-        for reason in self._watch.failures():
-            self._core.handshake_failed(reason)
+        for failure in self._watch.failures():
+            self._core.handshake_failed(*failure)
+        if self._core.revoked is not None:
+            self._fail(AuthenticationError(self._endpoint, self._core.revoked.reason))
 
     def _swap(self) -> None:
         # A fresh socket per attempt: nothing of the lost session lingers in its queues.

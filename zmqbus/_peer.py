@@ -30,10 +30,12 @@ class Peer:
         "ident",
         "last_heard",
         "next_beat",
+        "notice_at",
         "outstanding",
         "session",
         "subs",
         "tag",
+        "throttled",
         "user",
     )
 
@@ -57,6 +59,10 @@ class Peer:
         self.dropped: dict[bytes, int] = {}
         self.dropped_bytes = 0  # of the multi-sid frames in ``dropped``
         self.dropped_total = 0
+        # Its unconfirmed publishes its user's rate limit dropped, not yet
+        # reported, and when the next DROPPED notice of them may go.
+        self.throttled = 0
+        self.notice_at = 0.0
         self.last_heard = 0.0
         self.next_beat = 0.0
         # Broker-unique, never reused: the prefix of this session's reply tokens.

@@ -23,15 +23,17 @@ import hashlib
 import heapq
 import hmac
 import logging
+import math
 import os
 from collections import Counter, deque
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 
 from . import protocol as p
 from ._batching import Outgoing, coalesce, fan_out
 from ._channel import CACHE_LIMIT, CacheBudget, Channel
 from ._connections import Connections, ConnKey
 from ._peer import Peer
+from ._rates import Bucket
 from .errors import ProtocolError
 from .limits import Limits
 from .protocol import (
@@ -73,7 +75,7 @@ _N_PUBLISH, _N_REQUEST, _N_REPLY, _N_ACK = (
     _N[Cmd.ACK],
 )
 _N_PUBLISH_BATCH, _N_BATCH = _N[Cmd.PUBLISH_BATCH], _N[Cmd.BATCH]
-(_DROPPED_COUNTS,) = p.LAYOUT[Cmd.DROPPED].at("counts")
+_DROPPED_COUNTS, _DROPPED_THROTTLED = p.LAYOUT[Cmd.DROPPED].at("counts", "throttled")
 _N_DELIVER_BATCH, _N_BROKER_BATCH = (
     p.BROKER_FRAMES[Cmd.DELIVER_BATCH],
     p.BROKER_FRAMES[Cmd.BROKER_BATCH],
@@ -129,6 +131,21 @@ _REPLIES = frozenset((p.H_OK, p.H_ERROR, p.H_WELCOME, p.H_STATS_REPLY))
 # channel or subscription comes or goes: STATS then costs one snapshot per
 # interval however many peers ask, and its counters are at most this old.
 STATS_FRESH = 0.1
+# Seconds between DROPPED notices that tell one publisher of its rate-limited
+# publishes: a flood over the limit draws a notice per interval, not per message.
+THROTTLE_NOTICE = 0.1
+
+
+# Queued where a DROPPED notice is due, whatever comes to the peer before it.
+_NOTICE_DUE = [p.H_DROPPED]
+
+
+class RateLimited(ProtocolError):
+    """429 for a request over its user's rate: ``retry_after`` in milliseconds."""
+
+    def __init__(self, text: str, retry_after: int) -> None:
+        super().__init__(ErrorCode.LIMIT_REACHED, text)
+        self.retry_after = retry_after
 
 
 class _Pending:
@@ -169,6 +186,14 @@ class BrokerState:
         self.refused: Counter[str] = Counter()
         # Requests refused for want of a permission, by user name (STATS "denied").
         self.denied: Counter[str] = Counter()
+        # Publishes and requests over their user's rate, by user name (STATS
+        # "rate_limited"), and each limited user's bucket with the User it is for.
+        self.rate_limited: Counter[str] = Counter()
+        self._buckets: dict[str, tuple[User, Bucket]] = {}
+        # Peers owed a DROPPED notice of throttled publishes, by ident: sent by
+        # tick() once THROTTLE_NOTICE has passed since the last one.
+        self._throttled: dict[bytes, None] = {}
+        self._notices_due = 0  # _NOTICE_DUE places in the outbox
         # Each user's share in use, for its own limits: peers, subscriptions, and
         # peers per channel.
         self._user_peers: Counter[str] = Counter()
@@ -277,13 +302,16 @@ class BrokerState:
         run: list[tuple[bytes, ...]] = []
         checks = self._message_checks
         peer = self.peers.get(ident)
-        restricted = peer is not None and not peer.free
+        restricted = peer if peer is not None and not peer.free else None
+        limited = restricted is not None and restricted.user is not None and restricted.user.limited
         for entry in entries:
             if isinstance(entry, tuple):  # an unconfirmed PUBLISH: (topic, body)
                 try:
                     checks(*entry)
-                    if restricted:
-                        self._may_publish(peer, entry[0])  # type: ignore[arg-type]
+                    if restricted is not None:
+                        self._may_publish(restricted, entry[0])
+                        if limited and self._over_rate(restricted, len(entry[1])):
+                            continue
                 except ProtocolError as exc:
                     run = self._route_run(ident, run)
                     topic, body = entry
@@ -324,6 +352,8 @@ class BrokerState:
                 self._reply(ident, frames)
             else:
                 self._control(ident, frames)
+        except RateLimited as exc:
+            self._refuse(ident, frames, exc.code, exc.detail, exc.retry_after)
         except ProtocolError as exc:
             self._refuse(ident, frames, exc.code, exc.detail)
         except Exception:
@@ -364,7 +394,8 @@ class BrokerState:
             if made:
                 counters["broker_batches"] += made
         counters["messages_out"] += len(out)
-        if self._lossy:
+        if self._lossy or self._notices_due:
+            self._notices_due = 0
             out = self._place_notices(out)
         return out
 
@@ -400,17 +431,16 @@ class BrokerState:
             if ident in lossy:
                 lossy.discard(ident)
                 peer = peers.get(ident)
-                if peer is not None and peer.dropped:
-                    owed = peer.dropped
-                    notice = [p.H_DROPPED, peer.channel.id, p.pack_dropped_sets(owed)]
-                    result.append((ident, notice))
+                if peer is not None and (peer.dropped or peer.throttled):
                     # Kept until the next take: a refused notice gives its counts
                     # back as they were, without reading its frame.
-                    self._notices[ident] = owed
-                    peer.dropped = {}
-                    peer.dropped_bytes = 0
-                    self.counters["dropped_notices"] += 1
-            result.append(item)
+                    self._notices[ident] = peer.dropped
+                    result.append((ident, self._notice(peer)))
+                    self._throttled.pop(ident, None)
+            if item[1] is _NOTICE_DUE:
+                self.counters["messages_out"] -= 1  # a place, not a message
+            else:
+                result.append(item)
         return result
 
     def send_failed(self, ident: bytes, frames: list[bytes], *, gone: bool) -> None:
@@ -432,6 +462,7 @@ class BrokerState:
                     owed = p.unpack_dropped(frames[_DROPPED_COUNTS])
                 for sids, n in owed.items():
                     self._owe(peer, sids, n)
+                peer.throttled += int.from_bytes(frames[_DROPPED_THROTTLED], "big")
                 self._lossy.add(ident)
             return
         counters["messages_out"] -= 1
@@ -586,6 +617,8 @@ class BrokerState:
         self._message_checks(topic, body)
         if not peer.free:
             self._may_publish(peer, topic)
+            if peer.user.limited and self._over_rate(peer, len(body), ref):  # type: ignore[union-attr]
+                return
         channel = peer.channel
         chid = channel.id
         dests = channel.destinations(topic)
@@ -620,6 +653,86 @@ class BrokerState:
         user = peer.user
         if user is not None and not user.may_publish(topic):
             raise self._denied(user, f"publish or request on {topic.decode('utf-8')!r}")
+
+    def _over_rate(self, peer: Peer, size: int, ref: bytes = b"") -> bool:
+        """Spend a message of ``size`` body bytes from the peer's user's rate:
+        False if it passes; True if an unconfirmed one (``ref`` empty) is over
+        it, dropped and owed to the peer as throttled; a confirmed one over it
+        raises 429 with the milliseconds to wait."""
+        user = peer.user
+        assert user is not None
+        held = self._buckets.get(user.name)
+        if held is None or held[0] is not user:
+            # A new user, or one the configuration changed: a fresh allowance.
+            held = self._buckets[user.name] = (
+                user,
+                Bucket(user.rate, user.byte_rate, user.burst, self._now),
+            )
+        wait = held[1].take(size, self._now)
+        if not wait:
+            return False
+        self.rate_limited[user.name] += 1
+        self.counters["rate_limited"] += 1
+        if ref:
+            raise RateLimited(
+                f"user {user.name!r} is over its rate ({self._rate_text(user)})",
+                max(1, math.ceil(wait * 1000 - 1e-6)),  # not 401 for 0.4000001 s
+            )
+        peer.throttled += 1
+        self.counters["throttled"] += 1
+        ident = peer.ident
+        if self._now >= peer.notice_at:
+            self._notify(peer)
+        elif ident not in self._throttled:
+            self._throttled[ident] = None
+            self._lossy.add(ident)  # or before the next message to it, if sooner
+            if self._next_tick is None or peer.notice_at < self._next_tick:
+                self._next_tick = peer.notice_at
+        return True
+
+    @staticmethod
+    def _rate_text(user: User) -> str:
+        parts = []
+        if user.rate is not None:
+            parts.append(f"{user.rate:g} messages/s")
+        if user.byte_rate is not None:
+            parts.append(f"{user.byte_rate:g} bytes/s")
+        return ", ".join(parts) + f", burst {user.burst:g}s"
+
+    def _notify(self, peer: Peer) -> None:
+        # A DROPPED notice due now: take_outgoing puts one there (or before an
+        # earlier message to the peer) with all the peer is owed by then.
+        ident = peer.ident
+        self._lossy.add(ident)
+        self._throttled.pop(ident, None)
+        peer.notice_at = self._now + THROTTLE_NOTICE
+        self.outbox.append((ident, _NOTICE_DUE))
+        self._notices_due += 1  # placed, or dropped if the peer left meanwhile
+
+    def _notice(self, peer: Peer) -> list[bytes]:
+        # A DROPPED with what the peer is owed, which it then no longer is.
+        counts = p.pack_dropped_sets(peer.dropped) if peer.dropped else b""
+        throttled = min(peer.throttled, 0xFFFFFFFF).to_bytes(4, "big")
+        peer.dropped = {}
+        peer.dropped_bytes = 0
+        peer.throttled = 0
+        peer.notice_at = self._now + THROTTLE_NOTICE
+        self.counters["dropped_notices"] += 1
+        return [p.H_DROPPED, peer.channel.id, counts, throttled]
+
+    def _flush_throttled(self, now: float) -> float | None:
+        # Notices due for throttled publishes; when the next one is due.
+        nxt: float | None = None
+        peers = self.peers
+        for ident in list(self._throttled):
+            peer = peers.get(ident)
+            if peer is None or not peer.throttled:
+                del self._throttled[ident]
+            elif now >= peer.notice_at:
+                self._notify(peer)
+            elif nxt is None or peer.notice_at < nxt:
+                nxt = peer.notice_at
+        return nxt
 
     def _user_share(self, user: User, channel: bytes) -> None:
         # A user's own bounds on peers and channels, checked at a new peer's HELLO.
@@ -681,7 +794,11 @@ class BrokerState:
             self._message_checks(topic, body)
             if not peer.free:
                 self._may_publish(peer, topic)
-        self._fan_out(peer, [(topic, body) for topic, body, _ in entries])
+        messages = [(topic, body) for topic, body, _ in entries]
+        user = peer.user
+        if user is not None and user.limited:
+            messages = [m for m in messages if not self._over_rate(peer, len(m[1]))]
+        self._fan_out(peer, messages)
 
     def _fan_out(self, peer: Peer, messages: Sequence[tuple[bytes, ...]]) -> None:
         # Unconfirmed, checked (topic, body) messages of ``peer``, in order.
@@ -699,6 +816,8 @@ class BrokerState:
         self._message_checks(topic, body)
         if not peer.free:
             self._may_publish(peer, topic)
+            if peer.user.limited:  # type: ignore[union-attr]
+                self._over_rate(peer, len(body), ref)
         channel = peer.channel
         chid = channel.id
         session = peer.session
@@ -788,6 +907,12 @@ class BrokerState:
                     self._stats_at = float("-inf")
             self.outbox.append((ident, [p.H_OK, cmd.channel, cmd.ref]))
         elif isinstance(cmd, p.Disconnect):
+            leaving = self.peers.get(ident)
+            if leaving is not None and (leaving.dropped or leaving.throttled):
+                # What it is owed goes before the OK that ends its session
+                # (counted as a notice, not a message, as _place_notices does).
+                self.outbox.append((ident, self._notice(leaving)))
+                self.counters["messages_out"] -= 1
             self.drop_peer(ident)
             self.outbox.append((ident, [p.H_OK, cmd.channel, cmd.ref]))
         else:
@@ -886,10 +1011,21 @@ class BrokerState:
                     ErrorCode.CHANNEL_MISMATCH, "this connection already joined another channel"
                 )
         else:
-            tag = src[2] if src is not None else None
-            user = self.users.get(tag.partition(":")[2]) if tag is not None else None
-            if user is None:
-                user = self.anonymous
+            user = self.anonymous
+            if src is not None and src[2] is not None:
+                name = src[2].partition(":")[2]
+                if name and name != ANONYMOUS:  # a tag naming no user: anonymous
+                    known = self.users.get(name)
+                    if known is None:
+                        # Its key was revoked (set_users) after it connected.
+                        if src[1] is not None:
+                            self.closing.append((src[0], src[1]))
+                        self.counters["denied"] += 1
+                        self.denied[name] += 1
+                        raise ProtocolError(
+                            ErrorCode.PERMISSION_DENIED, f"user {name!r} is no longer known"
+                        )
+                    user = known
             if not user.may_join(cmd.channel):
                 raise self._denied(user, "join this channel")
             self._user_share(user, cmd.channel)
@@ -954,6 +1090,35 @@ class BrokerState:
             self._next_tick = peer.next_beat
         body = p.pack_welcome(self._name, self.max_message_size, heartbeat=ms, **extra)
         self.outbox.append((ident, [p.H_WELCOME, cmd.channel, body]))
+
+    def set_users(self, users: Mapping[str, User], anonymous: User, revoked: Iterable[str]) -> int:
+        """Take new users (a configuration reload). Peers of a user named in
+        ``revoked`` (gone, or whose key or rights changed) are dropped and
+        their connections closed: they join again, if they still may, under
+        the new rules. Every other peer takes its user's new limits at once.
+        Returns how many peers were dropped."""
+        gone = set(revoked)
+        self.users = users
+        self.anonymous = anonymous
+        dropped = 0
+        for ident, peer in list(self.peers.items()):
+            user = peer.user
+            if user is None:
+                continue
+            if user.name in gone:
+                conn = peer.conn
+                self.drop_peer(ident)
+                if conn is not None:
+                    self.closing.append(conn)
+                dropped += 1
+                continue
+            new = anonymous if user.name == ANONYMOUS else users[user.name]
+            peer.user = new
+            peer.free = new.free
+        self.counters["revoked_peers"] += dropped
+        if dropped and (self._next_tick is None or self._now < self._next_tick):
+            self._next_tick = self._now  # the loop closes them on its next pass
+        return dropped
 
     def drop_peer(self, ident: bytes) -> bool:
         """Forget a peer: its subscriptions go, and every publisher still waiting
@@ -1119,7 +1284,14 @@ class BrokerState:
             if not tokens:
                 settling.popleft()
 
-    def _refuse(self, ident: bytes, frames: Sequence[bytes], code: int, text: str) -> None:
+    def _refuse(
+        self,
+        ident: bytes,
+        frames: Sequence[bytes],
+        code: int,
+        text: str,
+        retry_after: int | None = None,
+    ) -> None:
         self.errors[code] += 1
         self.counters["errors"] += 1
         channel = frames[1] if len(frames) > 1 and len(frames[1]) == p.CHANNEL_BYTES else b""
@@ -1131,7 +1303,7 @@ class BrokerState:
         ):
             ref = frames[REF_FRAME]
         log.debug("refused message from %s: [%d] %s", ident.hex(), code, text)
-        self.outbox.append((ident, p.encode(p.Error(channel, ref, code, text))))
+        self.outbox.append((ident, p.encode(p.Error(channel, ref, code, text, retry_after))))
 
     # --- time ---------------------------------------------------------------
 
@@ -1166,6 +1338,10 @@ class BrokerState:
             self._unsubscribe_departed()
             if self._unsubscribing:
                 nxt = now
+        if self._throttled:
+            notice = self._flush_throttled(now)
+            if notice is not None and (nxt is None or notice < nxt):
+                nxt = notice
         if self.ending:
             end = self._end_watched(now)
             if end is not None and (nxt is None or end < nxt):
@@ -1248,6 +1424,7 @@ class BrokerState:
             "limits": self.limits.as_dict(),
             "refused": dict(self.refused),
             "denied": dict(self.denied),
+            "rate_limited": dict(self.rate_limited),
             "topic_cache_bytes": self._budget.used,
         }
 

@@ -63,7 +63,7 @@ def broker_stats(
                 break
             failures = watch.failures() if watch.socket in ready else []
             if failures:
-                raise AuthenticationError(endpoint, failures[0])
+                raise AuthenticationError(endpoint, failures[0].reason)
             if not ready:
                 raise ConnectTimeout(endpoint, timeout)
         reply = p.parse_broker(recv_frames(sock))

@@ -35,7 +35,7 @@ from ._client import DELIVERED, DROPPED, PENDING
 from ._face import GRACE, BusBase, Headers, Payload, SubscriptionBase, overdue
 from ._handshake import HandshakeWatch
 from ._wire import dealer, drain, get_option, send_queue
-from .errors import BusClosed, SubscriptionClosed, WrongEventLoop
+from .errors import AuthenticationError, BusClosed, SubscriptionClosed, WrongEventLoop
 from .message import Message, PublishResult
 
 __all__ = ["AsyncHandler", "Bus", "Subscription"]
@@ -342,8 +342,11 @@ class Bus(BusBase):
         watch = self._watch
         if watch is None:
             return
-        for reason in watch.failures():
-            self._core.handshake_failed(reason)
+        for failure in watch.failures():
+            self._core.handshake_failed(*failure)
+        if self._core.revoked is not None:
+            self._fail(AuthenticationError(self._endpoint, self._core.revoked.reason))
+            return
         self._pump()
 
     def _attach(self, sock: zmq.Socket[bytes]) -> None:
@@ -617,7 +620,8 @@ class Bus(BusBase):
 
     def _fail(self, exc: BaseException) -> None:
         # Driving the core failed: close the bus with the error as the cause.
-        log.exception("bus I/O failed; the bus is closed", exc_info=exc)
+        if not isinstance(exc, AuthenticationError):  # the core logged the refusal
+            log.exception("bus I/O failed; the bus is closed", exc_info=exc)
         self._failed(exc)
         error = self._closed_error()
         try:

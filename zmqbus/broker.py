@@ -43,6 +43,9 @@ log = logging.getLogger("zmqbus.broker")
 DEFAULT_BIND = "tcp://127.0.0.1:9090"
 
 _BYE_LINGER_MS = 200
+# What set_users sends the loop on its control socket to wake it (any other
+# message there stops it).
+_WAKE = b"wake"
 # Messages libzmq queues from one peer before the broker reads them.
 INBOUND_HWM = 1000
 # Messages handled, and replies made, per pass before the replies go out.
@@ -343,6 +346,34 @@ class Broker:
         """The bounds in force (``max_peers`` as lowered to fit the descriptors)."""
         return self._state.limits
 
+    def set_users(self, users: Iterable[User]) -> int:
+        """Replace the broker's users (what a config reload does; SIGHUP in
+        ``zmqbus broker --config``). New connections are checked against them
+        at once. The peers of a user that is gone, or whose key or rights
+        (channels, topics, patterns, admin) changed, are disconnected: a
+        removed key cannot connect again, the others rejoin under the new
+        rules. Other peers keep their sessions and take their user's new
+        limits and rate at once. Returns how many peers were disconnected.
+        Raises ``ValueError`` or ``TypeError`` for bad users, changing nothing."""
+        new = Registry(users, secure=self._curve is not None)
+        with self._lock:
+            revoked = self._registry.revoked(new)
+            self._registry = new
+            if self._edge is not None:
+                self._edge.registry = new
+            dropped = self._state.set_users(new.by_name, new.anonymous, revoked)
+            if dropped and self._control is not None:
+                # The loop closes their connections on its next pass: wake it.
+                with contextlib.suppress(zmq.Again):
+                    self._control.send(_WAKE, zmq.NOBLOCK)
+        log.info(
+            "users replaced: %d, %d peer(s) of %d changed or removed user(s) disconnected",
+            len(new.by_name),
+            dropped,
+            len(revoked),
+        )
+        return dropped
+
     def stats(self) -> dict[str, Any]:
         """A snapshot: peers, channels, subscriptions, message counters, errors by code."""
         with self._lock:
@@ -388,9 +419,11 @@ class Broker:
                     while frames is not None:
                         ident = frames[0]
                         if ident == control_id:
-                            stopping = True
-                            break
-                        if ident == edge_id:
+                            if frames[1:] != [_WAKE]:
+                                stopping = True
+                                break
+                            waiting = 0  # set_users: the pass closes connections
+                        elif ident == edge_id:
                             self._edge_event(frames[1:], now)
                             waiting = 0
                         else:

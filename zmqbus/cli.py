@@ -522,10 +522,11 @@ def _raise_interrupt(signum: int, frame: object) -> NoReturn:
 def cmd_broker(args: argparse.Namespace) -> int:
     _configure_logging(args.log_level)
     stop_signals = {signal.SIGINT, signal.SIGTERM}
-    # Block the stop signals before any thread exists (the broker's, and zmq's own
+    waited = stop_signals | {signal.SIGHUP}
+    # Block the signals before any thread exists (the broker's, and zmq's own
     # I/O threads, which start with the context) so every thread inherits the mask
     # and the signals stay pending for sigwait() below: idling costs nothing.
-    old_mask = signal.pthread_sigmask(signal.SIG_BLOCK, stop_signals)
+    old_mask = signal.pthread_sigmask(signal.SIG_BLOCK, waited)
     _return_big_frees()
     try:
         try:
@@ -542,14 +543,35 @@ def cmd_broker(args: argparse.Namespace) -> int:
             log.error("cannot start the broker on %s: %s", broker.endpoint, exc)
             return EXIT_FAILED
         log.info(
-            "zmqbus %s broker ready (pid %d); stop with Ctrl-C or SIGTERM", __version__, os.getpid()
+            "zmqbus %s broker ready (pid %d); stop with Ctrl-C or SIGTERM, reload users with "
+            "SIGHUP",
+            __version__,
+            os.getpid(),
         )
-        signum = signal.sigwait(stop_signals)
+        while (signum := signal.sigwait(waited)) == signal.SIGHUP:
+            _reload_users(broker, args.config)
         log.info("received %s, stopping", signal.Signals(signum).name)
         broker.stop()
         return EXIT_OK
     finally:
         signal.pthread_sigmask(signal.SIG_SETMASK, old_mask)
+
+
+def _reload_users(broker: Broker, config_file: str | None) -> None:
+    # SIGHUP: the users of the config file replace those in force (revoking
+    # removed keys); anything wrong with the file leaves the old ones.
+    if not config_file:
+        log.warning("SIGHUP: the broker has no --config file to reload; ignored")
+        return
+    try:
+        config = load_config(config_file)
+        if config.users is None and broker.public_key is not None:
+            raise ValueError(f"{config_file} lists no users ([[users]]): it would admit no one")
+        broker.set_users(config.users or [])
+    except (TypeError, ValueError) as exc:
+        log.error("SIGHUP: reload failed, the users in force stay: %s", exc)
+        return
+    log.info("SIGHUP: users reloaded from %s (other settings take a restart)", config_file)
 
 
 def _broker_from(args: argparse.Namespace) -> Broker:

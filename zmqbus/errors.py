@@ -18,6 +18,7 @@ __all__ = [
     "PermissionDenied",
     "ProtocolError",
     "PublishTimeout",
+    "RateLimited",
     "ReentrantPublish",
     "RequestTimeout",
     "SubscriptionClosed",
@@ -108,14 +109,27 @@ class LimitReached(ProtocolError):
     same request helps only once the limit has room again."""
 
 
+class RateLimited(LimitReached):
+    """The broker refused a confirmed publish or a request because this bus's
+    user is over its rate limit (ERROR 429 with a retry-after): the same call
+    may pass after ``retry_after`` seconds."""
+
+    def __init__(self, code: int, message: str, *, retry_after: float, remote: bool = True):
+        super().__init__(code, message, remote=remote)
+        self.retry_after = retry_after
+
+
 class PermissionDenied(ProtocolError):
     """The broker refused a request this bus's user may not make (ERROR 401):
     joining the channel, publishing or requesting on the topic, subscribing
     with the pattern, or a command for admins only."""
 
 
-def remote_error(code: int, text: str) -> ProtocolError:
-    """The exception for an ERROR with ``code`` from the broker."""
+def remote_error(code: int, text: str, retry_after: int | None = None) -> ProtocolError:
+    """The exception for an ERROR with ``code`` from the broker, and its
+    retry-after in milliseconds (None: it gave none)."""
+    if code == 429 and retry_after is not None:
+        return RateLimited(code, text, retry_after=retry_after / 1000, remote=True)
     if code in (429, 503):
         return LimitReached(code, text, remote=True)
     if code == 401:

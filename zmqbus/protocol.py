@@ -239,6 +239,7 @@ class Field(StrEnum):
     QUEUE = "queue"
     COUNT = "count"  # unsigned, big endian
     CODE = "code"  # unsigned, big endian
+    RETRY = "retry-after"  # milliseconds, unsigned, big endian; empty: none
     TEXT = "text"  # UTF-8
     MESSAGE_BODY = "message body"
     REPLY_BODY = "reply body"
@@ -268,7 +269,8 @@ class Size:
         if self.message:
             return "0 to max_message_size bytes"
         if self.step > 1:
-            return f"a non-empty multiple of {self.step} bytes"
+            some = "a non-empty" if self.min else "a"
+            return f"{some} multiple of {self.step} bytes"
         if self.max is None:
             return f"at least {self.min} bytes"
         if self.min == self.max:
@@ -379,6 +381,9 @@ class _F:
     QUEUE = Frame("queue", Field.QUEUE, Size(0, MAX_QUEUE_BYTES))
     COUNT = Frame("count", Field.COUNT, Size(4, 4))
     CODE = Frame("code", Field.CODE, Size(2, 2))
+    RETRY = Frame("retry_after", Field.RETRY, Size(4, 4, or_empty=True))
+    # DROPPED: the peer's own unconfirmed publishes its user's rate limit dropped.
+    THROTTLED = Frame("throttled", Field.COUNT, Size(4, 4))
     TEXT = Frame("text", Field.TEXT, Size())
     # Bodies a client sends: the broker refuses one over its max_message_size.
     MESSAGE = Frame("body", Field.MESSAGE_BODY, Size(message=True))
@@ -391,7 +396,7 @@ class _F:
     HELLO = Frame("body", Field.HELLO_BODY, Size())
     WELCOME = Frame("body", Field.WELCOME_BODY, Size())
     STATS = Frame("body", Field.STATS_BODY, Size())
-    DROPPED = Frame("counts", Field.DROPPED_COUNTS, Size(2 * SID_BYTES, step=2 * SID_BYTES))
+    DROPPED = Frame("counts", Field.DROPPED_COUNTS, Size(0, step=2 * SID_BYTES))
     # The shortest entries frames: one entry with a 1-octet topic, an empty body,
     # one sid; a command entry of two empty frames.
     PUBLISH_ENTRIES = Frame(
@@ -438,10 +443,10 @@ LAYOUTS: tuple[Layout, ...] = (
     _layout(Cmd.BROKER_HEARTBEAT, _B, _F.CHANNEL),
     _layout(Cmd.BYE, _B, _F.CHANNEL),
     _layout(Cmd.STATS_REPLY, _B, _F.ANY_CHANNEL, _F.REF, _F.STATS),
-    _layout(Cmd.DROPPED, _B, _F.CHANNEL, _F.DROPPED),
+    _layout(Cmd.DROPPED, _B, _F.CHANNEL, _F.DROPPED, _F.THROTTLED),
     _layout(Cmd.DELIVER_BATCH, _B, _F.CHANNEL, _F.DELIVER_ENTRIES),
     _layout(Cmd.BROKER_BATCH, _B, _F.CHANNEL, _F.COMMAND_ENTRIES),
-    _layout(Cmd.ERROR, _B, _F.ANY_CHANNEL, _F.REF, _F.CODE, _F.TEXT),
+    _layout(Cmd.ERROR, _B, _F.ANY_CHANNEL, _F.REF, _F.CODE, _F.TEXT, _F.RETRY),
 )
 # fmt: on
 
@@ -662,12 +667,15 @@ class Acked:
 
 @dataclass(frozen=True, slots=True)
 class Error:
-    """Broker refuses a command. ``ref`` echoes the request's ref, if it had one."""
+    """Broker refuses a command. ``ref`` echoes the request's ref, if it had
+    one; ``retry_after``: milliseconds until the same request may pass (a rate
+    limit), or None."""
 
     channel: bytes
     ref: bytes
     code: int
     text: str
+    retry_after: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -741,11 +749,14 @@ class Bye:
 
 @dataclass(frozen=True, slots=True)
 class Dropped:
-    """Broker tells a slow client how many messages it could not queue for it,
-    per subscription: ``counts`` packs (sid, uint32 count) pairs, 8 bytes each."""
+    """Broker tells a client what it dropped since the last DROPPED: ``counts``
+    packs (sid, uint32 count) pairs, 8 bytes each, of messages it could not
+    queue for the client (too slow); ``throttled``, how many of the client's
+    own unconfirmed publishes its user's rate limit dropped."""
 
     channel: bytes
     counts: bytes
+    throttled: int = 0
 
 
 def pack_dropped(counts: Mapping[bytes, int]) -> bytes:
@@ -777,7 +788,7 @@ def pack_dropped_sets(counts: Mapping[bytes, int]) -> bytes:
 
 def unpack_dropped(frame: bytes) -> dict[bytes, int]:
     """{sid: count} from the counts frame of DROPPED; BAD_FRAMES if malformed."""
-    if not frame or len(frame) % 8:
+    if len(frame) % 8:
         raise ProtocolError(ErrorCode.BAD_FRAMES, "DROPPED counts frame must be 8-byte pairs")
     return {
         frame[i : i + 4]: int.from_bytes(frame[i + 4 : i + 8], "big")
@@ -1066,11 +1077,13 @@ _TO_WIRE: dict[Field, Callable[[Any, Frame], bytes]] = {
     Field.COUNT: lambda n, f: n.to_bytes(f.size.min, "big"),
     Field.CODE: lambda n, f: n.to_bytes(f.size.min, "big"),
     Field.TEXT: lambda s, f: s.encode("utf-8"),
+    Field.RETRY: lambda n, f: b"" if n is None else min(n, 0xFFFFFFFF).to_bytes(4, "big"),
 }
 _FROM_WIRE: dict[Field, Callable[[bytes], object]] = {
     Field.COUNT: lambda b: int.from_bytes(b, "big"),
     Field.CODE: lambda b: int.from_bytes(b, "big"),
     Field.TEXT: _utf8,
+    Field.RETRY: lambda b: int.from_bytes(b, "big") if b else None,
 }
 
 

@@ -175,6 +175,23 @@ class User:
             overlaps(d, pattern) for d in self._deny_sub
         )
 
+    def same_rights(self, other: User) -> bool:
+        """True if ``other`` may do exactly what this user may (channels,
+        topics, patterns, admin), whatever their keys and limits."""
+        return (
+            self._joins == other._joins
+            and self._pub == other._pub
+            and self._sub == other._sub
+            and self._deny_pub == other._deny_pub
+            and self._deny_sub == other._deny_sub
+            and self.admin == other.admin
+        )
+
+    @property
+    def limited(self) -> bool:
+        """True if it has a rate limit (``rate`` or ``byte_rate``)."""
+        return self.rate is not None or self.byte_rate is not None
+
     @property
     def free(self) -> bool:
         """True if it may do anything on any channel: no check is needed."""

@@ -976,8 +976,8 @@ def valid_vectors() -> list[dict[str, Any]]:
             f"error-{code}",
             "broker",
             "ERROR",
-            [h("ERROR"), CHANNEL, r, code.to_bytes(2, "big"), text.encode()],
-            {"channel": ch, "ref": r.hex(), "code": code, "text": text},
+            [h("ERROR"), CHANNEL, r, code.to_bytes(2, "big"), text.encode(), b""],
+            {"channel": ch, "ref": r.hex(), "code": code, "text": text, "retry_after": None},
             None,
             f"ERROR {code}" + (" echoing the request's ref." if with_ref else " with no ref."),
         )
@@ -985,8 +985,8 @@ def valid_vectors() -> list[dict[str, Any]]:
         "error-no-channel",
         "broker",
         "ERROR",
-        [h("ERROR"), b"", b"", (400).to_bytes(2, "big"), b"empty message"],
-        {"channel": "", "ref": "", "code": 400, "text": "empty message"},
+        [h("ERROR"), b"", b"", (400).to_bytes(2, "big"), b"empty message", b""],
+        {"channel": "", "ref": "", "code": 400, "text": "empty message", "retry_after": None},
         None,
         "ERROR's channel frame is empty when the request had no 16-byte channel frame.",
     )
@@ -994,8 +994,14 @@ def valid_vectors() -> list[dict[str, Any]]:
         "error-utf8-text",
         "broker",
         "ERROR",
-        [h("ERROR"), CHANNEL, ref(9), (406).to_bytes(2, "big"), "bad topic «ä b»".encode()],
-        {"channel": ch, "ref": ref(9).hex(), "code": 406, "text": "bad topic «ä b»"},
+        [h("ERROR"), CHANNEL, ref(9), (406).to_bytes(2, "big"), "bad topic «ä b»".encode(), b""],
+        {
+            "channel": ch,
+            "ref": ref(9).hex(),
+            "code": 406,
+            "text": "bad topic «ä b»",
+            "retry_after": None,
+        },
         None,
         "ERROR text is UTF-8.",
     )
@@ -1031,11 +1037,37 @@ def valid_vectors() -> list[dict[str, Any]]:
         "dropped",
         "broker",
         "DROPPED",
-        [h("DROPPED"), CHANNEL, counts],
-        {"channel": ch, "counts": counts.hex()},
+        [h("DROPPED"), CHANNEL, counts, bytes(4)],
+        {"channel": ch, "counts": counts.hex(), "throttled": 0},
         None,
         "The broker could not queue 3 messages for sid 1 and 1 for sid 2 (a slow consumer); "
         "sent before the next message it does queue for the peer.",
+    )
+    add(
+        "dropped-throttled",
+        "broker",
+        "DROPPED",
+        [h("DROPPED"), CHANNEL, b"", (7).to_bytes(4, "big")],
+        {"channel": ch, "counts": "", "throttled": 7},
+        None,
+        "The peer's user's rate limit dropped 7 of its unconfirmed publishes; no delivery "
+        "to it was dropped (the counts frame is empty).",
+    )
+    add(
+        "error-429-retry-after",
+        "broker",
+        "ERROR",
+        [
+            h("ERROR"),
+            CHANNEL,
+            ref(8),
+            (429).to_bytes(2, "big"),
+            RATE_TEXT.encode(),
+            (250).to_bytes(4, "big"),
+        ],
+        {"channel": ch, "ref": ref(8).hex(), "code": 429, "text": RATE_TEXT, "retry_after": 250},
+        None,
+        "ERROR 429 refusing a confirmed PUBLISH over its user's rate limit: it may pass in 250 ms.",
     )
     add(
         "stats-reply",
@@ -1566,7 +1598,7 @@ def malformed_vectors() -> list[dict[str, Any]]:
         ("ACKED", [h("ACKED"), C, ref(1), AB]),
         ("ASK", [h("ASK"), C, REPLY_TOKEN, RT, BODY, S1]),
         ("ANSWER", [h("ANSWER"), C, REQUEST_REF, RB]),
-        ("ERROR", [h("ERROR"), C, b"", (400).to_bytes(2, "big"), b"x"]),
+        ("ERROR", [h("ERROR"), C, b"", (400).to_bytes(2, "big"), b"x", b""]),
         ("BROKER_HEARTBEAT", [h("BROKER_HEARTBEAT"), C]),
         ("BYE", [h("BYE"), C]),
         ("STATS_REPLY", [h("STATS_REPLY"), C, ref(1), packb({"peers": 0})]),
@@ -1746,12 +1778,16 @@ def malformed_vectors() -> list[dict[str, Any]]:
         ("answer", [h("ANSWER"), C, REQUEST_REF], [h("ANSWER"), C, REQUEST_REF, RB, b""]),
         (
             "error",
-            [h("ERROR"), C, b"", (400).to_bytes(2, "big")],
-            [h("ERROR"), C, b"", (400).to_bytes(2, "big"), b"x", b""],
+            [h("ERROR"), C, b"", (400).to_bytes(2, "big"), b"x"],
+            [h("ERROR"), C, b"", (400).to_bytes(2, "big"), b"x", b"", b""],
         ),
         ("broker-heartbeat", [h("BROKER_HEARTBEAT")], [h("BROKER_HEARTBEAT"), C, b""]),
         ("bye", [h("BYE")], [h("BYE"), C, b""]),
-        ("dropped", [h("DROPPED"), C], [h("DROPPED"), C, sid(1) + bytes(4), b""]),
+        (
+            "dropped",
+            [h("DROPPED"), C, sid(1) + bytes(4)],
+            [h("DROPPED"), C, sid(1) + bytes(4), bytes(4), b""],
+        ),
         (
             "stats-reply",
             [h("STATS_REPLY"), C, ref(1)],
@@ -1770,12 +1806,12 @@ def malformed_vectors() -> list[dict[str, Any]]:
         ("acked-channel-15-bytes", [h("ACKED"), c15, ref(1), AB]),
         ("ask-channel-15-bytes", [h("ASK"), c15, REPLY_TOKEN, RT, BODY, S1]),
         ("answer-channel-17-bytes", [h("ANSWER"), c17, REQUEST_REF, RB]),
-        ("error-channel-15-bytes", [h("ERROR"), c15, b"", (400).to_bytes(2, "big"), b"x"]),
+        ("error-channel-15-bytes", [h("ERROR"), c15, b"", (400).to_bytes(2, "big"), b"x", b""]),
         ("ok-ref-33-bytes", [h("OK"), C, r33]),
         ("routed-ref-33-bytes", [h("ROUTED"), C, r33, bytes(4)]),
         ("acked-ref-33-bytes", [h("ACKED"), C, r33, AB]),
         ("answer-ref-33-bytes", [h("ANSWER"), C, r33, RB]),
-        ("error-ref-33-bytes", [h("ERROR"), C, r33, (400).to_bytes(2, "big"), b"x"]),
+        ("error-ref-33-bytes", [h("ERROR"), C, r33, (400).to_bytes(2, "big"), b"x", b""]),
         ("deliver-token-33-bytes", [h("DELIVER"), C, r33, T, BODY, S1]),
         ("ask-token-33-bytes", [h("ASK"), C, r33, RT, BODY, S1]),
         ("ask-token-empty", [h("ASK"), C, b"", RT, BODY, S1]),
@@ -1786,9 +1822,19 @@ def malformed_vectors() -> list[dict[str, Any]]:
         ("ask-sids-5-bytes", [h("ASK"), C, REPLY_TOKEN, RT, BODY, sid(4) + b"\x05"]),
         ("routed-count-3-bytes", [h("ROUTED"), C, ref(1), bytes(3)]),
         ("routed-count-8-bytes", [h("ROUTED"), C, ref(1), bytes(8)]),
-        ("error-code-1-byte", [h("ERROR"), C, b"", b"\x01", b"x"]),
-        ("error-code-3-bytes", [h("ERROR"), C, b"", b"\x00\x01\x90", b"x"]),
-        ("error-text-invalid-utf8", [h("ERROR"), C, b"", (400).to_bytes(2, "big"), b"\xff"]),
+        ("error-code-1-byte", [h("ERROR"), C, b"", b"\x01", b"x", b""]),
+        ("error-code-3-bytes", [h("ERROR"), C, b"", b"\x00\x01\x90", b"x", b""]),
+        ("error-text-invalid-utf8", [h("ERROR"), C, b"", (400).to_bytes(2, "big"), b"\xff", b""]),
+        (
+            "error-retry-after-2-bytes",
+            [h("ERROR"), C, b"", (429).to_bytes(2, "big"), b"x", b"\0\1"],
+        ),
+        (
+            "error-retry-after-5-bytes",
+            [h("ERROR"), C, b"", (429).to_bytes(2, "big"), b"x", bytes(5)],
+        ),
+        ("dropped-throttled-empty", [h("DROPPED"), C, sid(1) + bytes(4), b""]),
+        ("dropped-throttled-3-bytes", [h("DROPPED"), C, b"", bytes(3)]),
         ("broker-heartbeat-channel-15-bytes", [h("BROKER_HEARTBEAT"), c15]),
         ("broker-heartbeat-channel-empty", [h("BROKER_HEARTBEAT"), b""]),
         ("bye-channel-17-bytes", [h("BYE"), c17]),
@@ -1846,14 +1892,8 @@ def malformed_vectors() -> list[dict[str, Any]]:
             f"STATS_REPLY body is not a msgpack map with str keys: {label.replace('-', ' ')}.",
         )
     broker(
-        "dropped-counts-empty",
-        [h("DROPPED"), C, b""],
-        BAD_FRAMES,
-        "DROPPED needs at least one (sid, count) pair.",
-    )
-    broker(
         "dropped-counts-7-bytes",
-        [h("DROPPED"), C, sid(1) + bytes(3)],
+        [h("DROPPED"), C, sid(1) + bytes(3), bytes(4)],
         BAD_FRAMES,
         "DROPPED counts come in 8-byte pairs.",
     )
@@ -2039,9 +2079,9 @@ def malformed_vectors() -> list[dict[str, Any]]:
         ("ACK", [h("ACK"), C, TOKEN, AB]),
         ("WELCOME", [h("WELCOME"), C, WELCOME_BODY]),
         ("OK", [h("OK"), C, ref(1)]),
-        ("ERROR", [h("ERROR"), C, ref(1), (406).to_bytes(2, "big"), b"x"]),
+        ("ERROR", [h("ERROR"), C, ref(1), (406).to_bytes(2, "big"), b"x", b""]),
         ("BROKER_HEARTBEAT", [h("BROKER_HEARTBEAT"), C]),
-        ("DROPPED", [h("DROPPED"), C, sid(1) + bytes(4)]),
+        ("DROPPED", [h("DROPPED"), C, sid(1) + bytes(4), bytes(4)]),
         ("STATS_REPLY", [h("STATS_REPLY"), C, ref(1), STATS_BODY]),
         ("DELIVER_BATCH", [h("DELIVER_BATCH"), C, deliver_entry(S1, T, BODY)]),
         ("BROKER_BATCH", [h("BROKER_BATCH"), C, bgood]),
@@ -2330,9 +2370,12 @@ def session_vectors() -> list[dict[str, Any]]:
 # --- exchanges.json -------------------------------------------------------------
 
 
+RATE_TEXT = "user 'billing' is over its rate of 100 messages/s"
+
+
 def error_frames(r: bytes, code: int, text: str) -> list[bytes]:
     """An ERROR on the standard channel (its text is informative)."""
-    return [h("ERROR"), CHANNEL, r, code.to_bytes(2, "big"), text.encode()]
+    return [h("ERROR"), CHANNEL, r, code.to_bytes(2, "big"), text.encode(), b""]
 
 
 def exchange_vectors() -> list[dict[str, Any]]:
