@@ -15,9 +15,11 @@ from __future__ import annotations
 import json
 import os
 import queue
+import re
 import shutil
 import subprocess
 import threading
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -27,7 +29,8 @@ import msgpack
 import pytest
 import zmq
 
-from zmqbus import Broker, Bus, HandlerError, Message
+from zmqbus import Broker, Bus, HandlerError, Message, User
+from zmqbus.keys import keygen, load_keypair
 
 ROOT = Path(__file__).resolve().parent.parent
 C_DIR = ROOT / "interop" / "c"
@@ -606,3 +609,271 @@ def test_batching_publisher_reaches_python_subscriber(
     assert sent - sent_before >= stats["batches_in"]
     assert broker.stats()["errors"] == {}
     assert broker.stats()["pending_confirmations"] == 0
+
+
+# ---- CURVE: a broker that authenticates every connection ---------------------------
+
+# zb-pub and zb-sub exit with this when the broker refuses the handshake (3, the
+# Python CLI's status for it, already means handler errors to zb-pub).
+EXIT_REFUSED = 5
+# Each program's wait for the WELCOME: a refusal must show well before it ends.
+CONNECT_TIMEOUT = 5.0
+
+
+class Secure:
+    """A CURVE broker and its users' keys: Python's as Z85 text, C's and Node's
+    as the certificate files `zmqbus keygen` writes (the broker's public key
+    too), and two users limited to one message per 100 s."""
+
+    USERS = ("python", "c", "node", "c-limited", "node-limited")
+
+    def __init__(self, folder: Path) -> None:
+        self.files = {name: keygen(name, folder) for name in ("broker", *self.USERS)}
+        self.keys = {name: load_keypair(secret) for name, (_, secret) in self.files.items()}
+        self.users = users = [
+            User(name, self.keys[name][0])
+            if not name.endswith("-limited")
+            # a bucket of one message that refills in 100 s: the second is over
+            else User(name, self.keys[name][0], rate=0.01, burst=100.0)
+            for name in self.USERS
+        ]
+        self.broker = Broker("tcp://127.0.0.1:0", secret_key=self.keys["broker"][1], users=users)
+        self.broker.start()
+        self.server_key = self.keys["broker"][0]
+        self.buses: list[Bus] = []
+
+    def bus(self, channel: uuid.UUID) -> Bus:
+        bus = Bus(
+            self.broker.address,
+            channel,
+            server_key=self.server_key,
+            key=self.keys["python"],
+            connect_timeout=CONNECT_TIMEOUT,
+        )
+        self.buses.append(bus)
+        return bus
+
+    def key_args(self, name: str, form: str = "files") -> list[str]:
+        """--server-key and --key for a user: as certificate files ("files"),
+        as Z85 text and the secret key alone ("z85"), or as Z85 text and
+        PUBLIC:SECRET ("pair")."""
+        public, secret = self.keys[name]
+        if form == "files":
+            return ["--server-key", str(self.files["broker"][0]), "--key", str(self.files[name][1])]
+        key = secret.decode() if form == "z85" else f"{public.decode()}:{secret.decode()}"
+        return ["--server-key", self.server_key.decode(), "--key", key]
+
+    def argv(self, lang: str, name: str, channel: uuid.UUID, *args: str) -> list[str]:
+        return [
+            *program(lang, name),
+            "--endpoint",
+            self.broker.address,
+            "--channel",
+            str(channel),
+            *args,
+        ]
+
+    def close(self) -> None:
+        for bus in self.buses:
+            bus.close()
+        self.broker.stop()
+
+
+@pytest.fixture
+def secure(tmp_path: Path, clients: dict[str, Path]) -> Iterator[Secure]:
+    s = Secure(tmp_path)
+    yield s
+    s.close()
+
+
+def refused_line(stderr: str, address: str) -> str:
+    """The line that says the broker refused the handshake, naming its endpoint."""
+    lines = [line for line in stderr.splitlines() if "authentication refused" in line]
+    assert len(lines) == 1, stderr
+    assert f"authentication refused by the broker at {address}: " in lines[0]
+    return lines[0]
+
+
+def test_curve_python_c_and_node_meet_on_an_authenticating_broker(secure: Secure) -> None:
+    channel = uuid.uuid4()
+    # the subscribers give certificate files for both keys
+    sub = ["--pattern", "secure.>", "--count", "3"]
+    subs = {
+        lang: Peer(secure.argv(lang, "zb-sub", channel, *sub, *secure.key_args(lang)))
+        for lang in LANGS
+    }
+    try:
+        for peer in subs.values():
+            peer.wait_ready()
+        inbox = secure.bus(channel).subscribe("secure.>")
+        everyone = {"routed": 3, "acked": 3, "delivered": 3, "dropped": 0, "errors": []}
+
+        result = secure.bus(channel).publish("secure.python", b"\x00from python\xff")
+        assert (result.delivered, result.buses) == (3, 3)
+        # the C publisher gives its secret key alone, the Node one PUBLIC:SECRET
+        for lang, form in (("c", "z85"), ("node", "pair")):
+            pub = ["--topic", f"secure.{lang}", "--payload", f"from {lang}", "--confirm"]
+            done = run(
+                secure.argv(lang, "zb-pub", channel, *pub, *secure.key_args(lang, form)), ROOT, 30
+            )
+            assert done.returncode == 0, done.stderr
+            assert [json.loads(line) for line in done.stdout.splitlines()] == [everyone]
+
+        topics = ["secure.python", "secure.c", "secure.node"]
+        assert [inbox.get(timeout=10).topic for _ in topics] == topics
+        for peer in subs.values():
+            rc, lines = peer.finish()
+            assert rc == 0, peer.stderr
+            assert [m["topic"] for m in lines] == topics
+            payloads = [bytes.fromhex(m["payload"]) for m in lines]
+            assert payloads == [b"\x00from python\xff", b"from c", b"from node"]
+    finally:
+        for peer in subs.values():
+            peer.kill()
+    stats = secure.broker.stats()
+    assert stats["errors"] == {} and stats["counters"].get("auth_refused", 0) == 0
+
+
+@pytest.mark.parametrize("lang", LANGS)
+def test_curve_refuses_a_stranger_and_no_key_at_once_and_serves_the_others(
+    lang: str, secure: Secure, tmp_path: Path
+) -> None:
+    channel = uuid.uuid4()
+    inbox = secure.bus(channel).subscribe("after.>")
+    address = secure.broker.address
+    stranger = tmp_path / "stranger"
+    stranger_public, stranger_secret = keygen("stranger", stranger)
+    broker_key = ["--server-key", str(secure.files["broker"][0])]
+    known_key = ["--key", str(secure.files[lang][1])]
+    zap_400 = "refused this client's key (ZAP 400)"
+    cases = [
+        # a key pair the broker has no user for: as its certificate file, as Z85
+        ("zb-pub", ["--topic", "t", *broker_key, "--key", str(stranger_secret)], zap_400),
+        (
+            "zb-sub",
+            ["--pattern", ">", *broker_key, "--key", load_keypair(stranger_secret)[1].decode()],
+            zap_400,
+        ),
+        # no key at all: the broker's CURVE handshake is not one the client speaks
+        ("zb-pub", ["--topic", "t"], "CURVE"),
+        ("zb-sub", ["--pattern", ">"], "CURVE"),
+        # a known key, but another broker's public key: the broker cannot read the HELLO
+        (
+            "zb-pub",
+            ["--topic", "t", "--server-key", str(stranger_public), *known_key],
+            "server key",
+        ),
+    ]
+    for name, args, why in cases:
+        started = time.monotonic()
+        done = run(secure.argv(lang, name, channel, *args), ROOT, 30)
+        elapsed = time.monotonic() - started
+        assert done.returncode == EXIT_REFUSED, (name, args, done.stderr)
+        assert why in refused_line(done.stderr, address), (name, args)
+        # the monitor reports the refusal: nothing waits for the WELCOME's timeout
+        assert elapsed < CONNECT_TIMEOUT, (name, args, elapsed)
+        assert done.stdout == ""
+    assert secure.broker.stats()["counters"]["auth_refused"] >= 2
+
+    # and the broker serves its users as before, in the same language too
+    pub = ["--topic", "after.refusals", "--confirm", *secure.key_args(lang)]
+    done = run(secure.argv(lang, "zb-pub", channel, *pub), ROOT, 30)
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["delivered"] == 1
+    assert inbox.get(timeout=10).topic == "after.refusals"
+
+
+@pytest.mark.parametrize("lang", LANGS)
+def test_curve_subscriber_whose_user_is_removed_exits_refused(lang: str, secure: Secure) -> None:
+    sub = ["--pattern", ">", *secure.key_args(lang)]
+    peer = Peer(secure.argv(lang, "zb-sub", uuid.uuid4(), *sub))
+    try:
+        peer.wait_ready()
+        # the broker closes the user's connection; the DEALER reconnects and is refused
+        secure.broker.set_users([u for u in secure.users if u.name != lang])
+        rc, lines = peer.finish()
+    finally:
+        peer.kill()
+    assert (rc, lines) == (EXIT_REFUSED, [])
+    assert "refused this client's key" in refused_line("".join(peer.stderr), secure.broker.address)
+
+
+@pytest.mark.parametrize("lang", LANGS)
+def test_rate_limited_confirmed_publish_gets_429_with_retry_after(
+    lang: str, secure: Secure
+) -> None:
+    user = f"{lang}-limited"
+    # the first passes, the second is refused with 429 and a retry-after
+    pub = ["--topic", "limited.confirmed", "--confirm", "--count", "2", *secure.key_args(user)]
+    done = run(secure.argv(lang, "zb-pub", uuid.uuid4(), *pub), ROOT, 30)
+    assert done.returncode == 1, done.stderr
+    assert [json.loads(line)["routed"] for line in done.stdout.splitlines()] == [0]
+    refusal = re.search(r"PUBLISH refused: ERROR 429: (.*) \(retry after (\d+) ms\)", done.stderr)
+    assert refusal, done.stderr
+    assert f"user '{user}' is over its rate" in refusal[1]
+    assert 0 < int(refusal[2]) <= 100_000
+    assert secure.broker.stats()["rate_limited"] == {user: 1}
+
+
+@pytest.mark.parametrize("lang", LANGS)
+def test_retry_after_and_throttled_reach_the_user_from_a_scripted_broker(
+    lang: str, clients: dict[str, Path]
+) -> None:
+    """The new wire fields, each once, from a ROUTER that plays the broker: a
+    DROPPED that names no sid but 7 throttled publishes, an ERROR 429 with a
+    retry-after refusing a confirmed publish, and a stray one with its own."""
+    channel = uuid.uuid4()
+    router = zmq.Context.instance().socket(zmq.ROUTER)
+    router.setsockopt(zmq.LINGER, 0)
+    router.setsockopt(zmq.RCVTIMEO, 10_000)
+    port = router.bind_to_random_port("tcp://127.0.0.1")
+    endpoint = f"tcp://127.0.0.1:{port}"
+    pub = ["--channel", str(channel), "--topic", "slow.down", "--confirm", "--count", "2"]
+    argv = [*program(lang, "zb-pub"), "--endpoint", endpoint, *pub]
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        ch = channel.bytes
+        peer, header, *_ = router.recv_multipart()
+        assert header == b"ZB\x01\x01"
+        router.send_multipart([peer, b"ZB\x01\x81", ch, msgpack.packb({"max_message_size": 4096})])
+        ref = router.recv_multipart()[3]
+        router.send_multipart([peer, b"ZB\x01\x8b", ch, b"", (7).to_bytes(4, "big")])
+        router.send_multipart([peer, b"ZB\x01\x84", ch, ref, (0).to_bytes(4, "big")])
+        ref = router.recv_multipart()[3]
+        refused = [ref, b"\x01\xad", b"over its rate", (250).to_bytes(4, "big")]
+        stray = [b"", b"\x01\xad", b"stray", (9).to_bytes(4, "big")]
+        for frames in (refused, stray):
+            router.send_multipart([peer, b"ZB\x01\x8f", ch, *frames])
+        ref = router.recv_multipart()[3]  # DISCONNECT
+        router.send_multipart([peer, b"ZB\x01\x82", ch, ref])
+        out, err = proc.communicate(timeout=15)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+        router.close(0)
+    assert proc.returncode == 1, err
+    assert [json.loads(line) for line in out.splitlines()] == [
+        {"routed": 0, "acked": 0, "delivered": 0, "dropped": 0, "errors": []},
+        {"error": 429, "channel": channel.hex, "ref": "", "text": "stray", "retry_after": 9},
+    ]
+    assert "dropped 7 unconfirmed publish(es) of this client" in err
+    assert "PUBLISH refused: ERROR 429: over its rate (retry after 250 ms)" in err
+
+
+@pytest.mark.parametrize("lang", LANGS)
+def test_rate_limited_unconfirmed_publishes_are_reported_as_throttled(
+    lang: str, secure: Secure
+) -> None:
+    user = f"{lang}-limited"
+    # One passes (the bucket holds one message); the other three are dropped at the
+    # broker, and the DROPPEDs that say so come before the DISCONNECT's OK.
+    pub = ["--topic", "limited.unconfirmed", "--count", "4", *secure.key_args(user)]
+    done = run(secure.argv(lang, "zb-pub", uuid.uuid4(), *pub), ROOT, 30)
+    assert done.returncode == 0, done.stderr
+    assert "refused a broker message" not in done.stderr
+    throttled = re.findall(r"dropped (\d+) unconfirmed publish\(es\) of this client", done.stderr)
+    assert sum(map(int, throttled)) == 3, done.stderr
+    stats = secure.broker.stats()
+    assert stats["rate_limited"] == {user: 3}
+    assert stats["counters"]["throttled"] == 3

@@ -93,3 +93,26 @@ void print_batch_stats(const zb_client *c, int offered)
             (unsigned long long)s.entries_out);
     fflush(stderr);
 }
+
+zb_client *connect_client(const char *prog, const char *endpoint, const char *server_key,
+                          const char *key)
+{
+    char server_public[ZB_KEY_TEXT], public_key[ZB_KEY_TEXT], secret_key[ZB_KEY_TEXT], err[512];
+    zb_client *c;
+    if (!server_key != !key)
+        die(2, "%s: CURVE needs both --server-key (the broker's public key) and --key "
+               "(this client's secret key)", prog);
+    if (server_key && zb_load_public_key(server_key, server_public, err, sizeof err))
+        die(2, "%s: --server-key: %s", prog, err);
+    if (key && zb_load_keypair(key, public_key, secret_key, err, sizeof err))
+        die(2, "%s: --key: %s", prog, err);
+    if (!(c = zb_client_create()))
+        die(1, "%s: cannot create a ZeroMQ socket", prog);
+    if ((server_key && zb_client_set_curve(c, server_public, public_key, secret_key)) ||
+        zb_client_connect(c, endpoint)) {
+        fprintf(stderr, "%s: %s\n", prog, zb_client_last_error(c));
+        zb_client_destroy(c);
+        exit(1);
+    }
+    return c;
+}

@@ -24,4 +24,14 @@ void die(int status, const char *fmt, ...) __attribute__((format(printf, 2, 3), 
 /* Parse a non-negative integer option value, or die. */
 long parse_count(const char *option, const char *text);
 
+/* Exit status of zb-pub and zb-sub when the broker refuses the handshake
+ * (ZB_EAUTH): a key it does not know, or none where it needs one. (3, the
+ * Python CLI's, already means handler errors to zb-pub.) */
+#define EXIT_REFUSED 5
+/* A client connected to endpoint; with server_key and key (--server-key,
+ * --key: Z85 text or zmq.auth certificate files) over CURVE. Dies with
+ * status 2 on a bad key or only one of the two, 1 on any other failure. */
+zb_client *connect_client(const char *prog, const char *endpoint, const char *server_key,
+                          const char *key);
+
 #endif

@@ -3,14 +3,15 @@
  *   zb-pub --endpoint EP --channel UUID --topic T [--header K=V ...]
  *          [--payload TEXT | --payload-hex HEX | --payload-stdin]
  *          [--count N] [--confirm] [--timeout MS] [--name NAME] [--raw-garbage]
- *          [--batch-commands]
+ *          [--batch-commands] [--server-key KEY --key KEY]
  *
  * Publishes the message N times (default 1), then DISCONNECTs and waits for
  * the OK. With --confirm, prints one JSON line per message with its
  * confirmation, the sum of its ACKEDs:
  *   {"routed":N,"acked":N,"delivered":N,"dropped":N,"errors":[...]}
  * ERRORs that refer to no pending call (an unconfirmed publish refused) are
- * printed as {"error":CODE,"channel":HEX,"ref":HEX,"text":...}. (Compact JSON,
+ * printed as {"error":CODE,"channel":HEX,"ref":HEX,"text":...}, and
+ * ,"retry_after":MS before the } when the ERROR gives one. (Compact JSON,
  * byte for byte what interop/node/zb-pub.js prints.)
  *
  * --raw-garbage: after joining, first send a fixed list of malformed messages
@@ -27,8 +28,13 @@
  * (B: whether the WELCOME offered them; the BROKER_BATCHes received and the
  * BATCHes sent, and their entries).
  *
+ * --server-key KEY --key KEY: connect over CURVE, as `zmqbus pub` does: the
+ * broker's public key (Z85 text or its NAME.key file) and this client's key
+ * (its NAME.key_secret file, a Z85 secret key, or PUBLIC:SECRET in Z85).
+ *
  * Exit status: 0 done, 1 failure (timeout, refusal, stray ERROR outside
- * --raw-garbage), 2 usage, 3 a confirmation reported handler errors.
+ * --raw-garbage), 2 usage, 3 a confirmation reported handler errors,
+ * 5 the broker refused the handshake (its key, or none).
  */
 #include <getopt.h>
 #include <stdio.h>
@@ -46,7 +52,7 @@ static void usage(void)
     die(2, "usage: zb-pub --endpoint EP --channel UUID --topic T [--header K=V ...]\n"
            "              [--payload TEXT | --payload-hex HEX | --payload-stdin]\n"
            "              [--count N] [--confirm] [--timeout MS] [--name NAME] [--raw-garbage]\n"
-           "              [--batch-commands]");
+           "              [--batch-commands] [--server-key KEY --key KEY]");
 }
 
 static zb_buf read_stdin(void)
@@ -92,6 +98,8 @@ static size_t print_stray_errors(zb_client *c)
         json_hex(stdout, (zb_bytes){errors[i].ref.data, errors[i].ref.size});
         printf(",\"text\":");
         json_text(stdout, errors[i].text, strlen(errors[i].text));
+        if (errors[i].retry_after >= 0)
+            printf(",\"retry_after\":%lld", (long long)errors[i].retry_after);
         printf("}\n");
     }
     fflush(stdout);
@@ -192,9 +200,11 @@ int main(int argc, char **argv)
         {"payload-stdin", no_argument, 0, 'i'},   {"count", required_argument, 0, 'n'},
         {"confirm", no_argument, 0, 'C'},         {"timeout", required_argument, 0, 't'},
         {"name", required_argument, 0, 'N'},      {"raw-garbage", no_argument, 0, 'G'},
-        {"batch-commands", no_argument, 0, 'B'},  {"help", no_argument, 0, 'h'},
+        {"batch-commands", no_argument, 0, 'B'},  {"server-key", required_argument, 0, 'S'},
+        {"key", required_argument, 0, 'K'},       {"help", no_argument, 0, 'h'},
         {0, 0, 0, 0}};
     const char *endpoint = NULL, *channel_text = NULL, *topic = NULL, *name = NULL;
+    const char *server_key = NULL, *key = NULL;
     zb_header headers[MAX_HEADERS];
     size_t n_headers = 0, n_payload_options = 0;
     zb_buf payload = {NULL, 0};
@@ -246,6 +256,8 @@ int main(int argc, char **argv)
         case 'N': name = optarg; break;
         case 'G': garbage = 1; break;
         case 'B': batch_commands = 1; break;
+        case 'S': server_key = optarg; break;
+        case 'K': key = optarg; break;
         default: usage();
         }
     }
@@ -254,15 +266,13 @@ int main(int argc, char **argv)
     if (zb_parse_channel(channel_text, channel))
         die(2, "zb-pub: --channel: not a UUID: %s", channel_text);
 
-    c = zb_client_new(endpoint);
-    if (!c)
-        die(1, "zb-pub: cannot connect to %s", endpoint);
+    c = connect_client("zb-pub", endpoint, server_key, key);
     zb_client_ask_batch_commands(c, batch_commands);
     if ((rc = zb_client_hello(c, channel, name, (int)timeout_ms))) {
         fprintf(stderr, "zb-pub: join failed: %s\n", zb_client_last_error(c));
         zb_client_destroy(c);
         zb_buf_free(&payload);
-        return 1;
+        return rc == ZB_EAUTH ? EXIT_REFUSED : 1;
     }
     offered = zb_client_batching(c);
     if (garbage && send_garbage(c)) {

@@ -2,7 +2,7 @@
  *
  *   zb-sub --endpoint EP --channel UUID --pattern P [--pattern P2 ...] [--queue Q]
  *          [--count N] [--stop-topic T] [--error TEXT] [--timeout MS] [--name NAME]
- *          [--batch-commands]
+ *          [--batch-commands] [--server-key KEY --key KEY]
  *
  * Prints "ready" to stderr once every SUBSCRIBE is confirmed. Each message is
  * printed to stdout as
@@ -13,7 +13,8 @@
  * this client holds) or, with --error TEXT, with [0, 0, [TEXT]] like a
  * handler that failed. Stops after N messages (--count) or after a message on
  * topic T (--stop-topic), then DISCONNECTs. Exit status: 0 done, 1 failure,
- * 2 usage, 4 --timeout MS (default 30000) expired first.
+ * 2 usage, 4 --timeout MS (default 30000) expired first, 5 the broker
+ * refused the handshake (--server-key and --key as for zb-pub).
  *
  * --batch-commands: ask for batches of commands in the HELLO. If the WELCOME
  * offers them, the ACKs of messages handled one after the other without
@@ -35,7 +36,7 @@ static void usage(void)
 {
     die(2, "usage: zb-sub --endpoint EP --channel UUID --pattern P [--pattern P2 ...] [--queue Q]\n"
            "              [--count N] [--stop-topic T] [--error TEXT] [--timeout MS] [--name NAME]\n"
-           "              [--batch-commands]");
+           "              [--batch-commands] [--server-key KEY --key KEY]");
 }
 
 static void print_delivery(const zb_delivery *d)
@@ -78,9 +79,10 @@ int main(int argc, char **argv)
         {"count", required_argument, 0, 'n'},    {"stop-topic", required_argument, 0, 's'},
         {"error", required_argument, 0, 'E'},    {"timeout", required_argument, 0, 't'},
         {"name", required_argument, 0, 'N'},     {"batch-commands", no_argument, 0, 'B'},
+        {"server-key", required_argument, 0, 'S'}, {"key", required_argument, 0, 'K'},
         {"help", no_argument, 0, 'h'},           {0, 0, 0, 0}};
     const char *endpoint = NULL, *channel_text = NULL, *queue = NULL, *stop_topic = NULL;
-    const char *error_text = NULL, *name = NULL;
+    const char *error_text = NULL, *name = NULL, *server_key = NULL, *key = NULL;
     const char *patterns[MAX_PATTERNS];
     size_t n_patterns = 0, i;
     long count = 0, timeout_ms = 30000, received = 0;
@@ -105,6 +107,8 @@ int main(int argc, char **argv)
         case 't': timeout_ms = parse_count("--timeout", optarg); break;
         case 'N': name = optarg; break;
         case 'B': batch_commands = 1; break;
+        case 'S': server_key = optarg; break;
+        case 'K': key = optarg; break;
         default: usage();
         }
     }
@@ -113,14 +117,12 @@ int main(int argc, char **argv)
     if (zb_parse_channel(channel_text, channel))
         die(2, "zb-sub: --channel: not a UUID: %s", channel_text);
 
-    c = zb_client_new(endpoint);
-    if (!c)
-        die(1, "zb-sub: cannot connect to %s", endpoint);
+    c = connect_client("zb-sub", endpoint, server_key, key);
     zb_client_ask_batch_commands(c, batch_commands);
     if ((rc = zb_client_hello(c, channel, name, CALL_TIMEOUT_MS))) {
         fprintf(stderr, "zb-sub: join failed: %s\n", zb_client_last_error(c));
         zb_client_destroy(c);
-        return 1;
+        return rc == ZB_EAUTH ? EXIT_REFUSED : 1;
     }
     for (i = 0; i < n_patterns; i++) {
         if ((rc = zb_client_subscribe(c, patterns[i], queue, NULL, CALL_TIMEOUT_MS))) {
@@ -150,7 +152,7 @@ int main(int argc, char **argv)
         }
         if (rc) {
             fprintf(stderr, "zb-sub: receive failed: %s\n", zb_client_last_error(c));
-            status = 1;
+            status = rc == ZB_EAUTH ? EXIT_REFUSED : 1;
             break;
         }
         for (i = 0; i < d.sids.size / 4; i++)

@@ -594,6 +594,15 @@ static void check_valid_broker(const json *v, const frame_set *fs)
         check(m.count == number(json_get(fields, "count")), "count differs");
     if (json_get(fields, "code"))
         check(m.code == number(json_get(fields, "code")), "code differs");
+    if (json_get(fields, "retry_after")) {
+        /* null: the frame is empty */
+        const json *want = json_get(fields, "retry_after");
+        check(want->type == JSON_NULL ? m.retry_after == -1
+                                      : m.retry_after == (int64_t)number(want),
+              "retry_after differs");
+    }
+    if (json_get(fields, "throttled"))
+        check(m.throttled == number(json_get(fields, "throttled")), "throttled differs");
     if (body)
         check_decoded(str_of(json_get(body, "type")), m.body, body);
     if (m.command == ZB_BROKER_BATCH)

@@ -818,11 +818,9 @@ static int broker_frame_count(int command)
 {
     switch (command) {
     case ZB_BROKER_HEARTBEAT: case ZB_BYE: return 2;
-    case ZB_WELCOME: case ZB_OK: case ZB_DROPPED: case ZB_DELIVER_BATCH: case ZB_BROKER_BATCH:
-        return 3;
-    case ZB_ROUTED: case ZB_ACKED: case ZB_ANSWER: case ZB_STATS_REPLY: return 4;
-    case ZB_ERROR: return 5;
-    case ZB_DELIVER: case ZB_ASK: return 6;
+    case ZB_WELCOME: case ZB_OK: case ZB_DELIVER_BATCH: case ZB_BROKER_BATCH: return 3;
+    case ZB_ROUTED: case ZB_ACKED: case ZB_ANSWER: case ZB_STATS_REPLY: case ZB_DROPPED: return 4;
+    case ZB_DELIVER: case ZB_ASK: case ZB_ERROR: return 6;
     default: return 0;
     }
 }
@@ -918,6 +916,7 @@ int zb_parse_broker(zb_broker_msg *out, const zb_bytes *f, size_t n)
 {
     int command;
     memset(out, 0, sizeof *out);
+    out->retry_after = -1;
     if (n == 0)
         return ZB_BAD_FRAMES;
     if (f[0].size != 4 || f[0].data[0] != SIGNATURE[0] || f[0].data[1] != SIGNATURE[1] ||
@@ -942,8 +941,12 @@ int zb_parse_broker(zb_broker_msg *out, const zb_bytes *f, size_t n)
         out->body = f[3];
         return f[2].size > ZB_MAX_REF ? ZB_BAD_FRAMES : zb_check_stats_body(f[3]);
     case ZB_DROPPED:
+        /* no pairs is fine: a DROPPED may tell only of throttled publishes */
         out->counts = f[2];
-        return f[2].size == 0 || f[2].size % 8 ? ZB_BAD_FRAMES : 0;
+        if (f[2].size % 8 || f[3].size != 4)
+            return ZB_BAD_FRAMES;
+        out->throttled = get_u32(f[3].data);
+        return 0;
     case ZB_WELCOME:
         out->body = f[2];
         return zb_decode_welcome_body_ex(f[2], &out->max_message_size, &out->batch_commands);
@@ -985,9 +988,12 @@ int zb_parse_broker(zb_broker_msg *out, const zb_bytes *f, size_t n)
     default: /* ZB_ERROR */
         out->ref = f[2];
         out->text = f[4];
-        if (f[2].size > ZB_MAX_REF || f[3].size != 2 || !zb_utf8_valid(f[4].data, f[4].size))
+        if (f[2].size > ZB_MAX_REF || f[3].size != 2 || !zb_utf8_valid(f[4].data, f[4].size) ||
+            (f[5].size != 0 && f[5].size != 4))
             return ZB_BAD_FRAMES;
-        out->code = (uint16_t)((f[3].data[0] << 8) | f[3].data[1]);
+        out->code = get_u16(f[3].data);
+        if (f[5].size == 4)
+            out->retry_after = get_u32(f[5].data);
         return 0;
     }
 }
@@ -1049,6 +1055,152 @@ int zb_parse_channel(const char *text, uint8_t out[16])
     return n == 16 ? 0 : -1;
 }
 
+/* 1 if text is exactly 40 characters of Z85 that decode to a 32-octet key. */
+static int z85_key_valid(const char *text)
+{
+    uint8_t key[32];
+    return strlen(text) == ZB_KEY_TEXT - 1 && zmq_z85_decode(key, text) != NULL;
+}
+
+/* Where a ZPL line "NAME = VALUE" (VALUE quoted or bare, the line indented or
+ * not) gives name a value, copy that value to out: 1 if it is a Z85 key, -1
+ * if it is something else, 0 if no line names it. */
+static int zpl_key(const char *text, const char *name, char out[ZB_KEY_TEXT])
+{
+    size_t len = strlen(name);
+    const char *line = text;
+    while (line && *line) {
+        const char *p = line + strspn(line, " \t");
+        const char *next = strchr(line, '\n');
+        if (strncmp(p, name, len) == 0 && p[len + strspn(p + len, " \t")] == '=') {
+            const char *end;
+            char quote = 0;
+            p += len + strspn(p + len, " \t") + 1;
+            p += strspn(p, " \t");
+            if (*p == '"' || *p == '\'')
+                quote = *p++;
+            end = p;
+            while (*end && *end != '\n' && *end != '\r' &&
+                   (quote ? *end != quote : !strchr(" \t#", *end)))
+                end++;
+            if (end - p != ZB_KEY_TEXT - 1)
+                return -1;
+            memcpy(out, p, ZB_KEY_TEXT - 1);
+            out[ZB_KEY_TEXT - 1] = 0;
+            return z85_key_valid(out) ? 1 : -1;
+        }
+        line = next ? next + 1 : NULL;
+    }
+    return 0;
+}
+
+/* The text of a (small) key file, NUL-terminated and malloc'd; NULL with err. */
+static char *read_key_file(const char *path, char *err, size_t err_size)
+{
+    enum { LIMIT = 64 * 1024 };
+    FILE *fp = fopen(path, "rb");
+    char *text;
+    size_t n;
+    if (!fp) {
+        snprintf(err, err_size, "no key file at %s (%s), and not 40 characters of Z85", path,
+                 strerror(errno));
+        return NULL;
+    }
+    text = malloc(LIMIT + 1);
+    if (!text) {
+        fclose(fp);
+        snprintf(err, err_size, "out of memory");
+        return NULL;
+    }
+    n = fread(text, 1, LIMIT, fp);
+    text[n] = 0;
+    fclose(fp);
+    return text;
+}
+
+int zb_load_public_key(const char *spec, char public_key[ZB_KEY_TEXT], char *err, size_t err_size)
+{
+    char *text;
+    int found;
+    if (strlen(spec) == ZB_KEY_TEXT - 1) {
+        if (!z85_key_valid(spec)) {
+            snprintf(err, err_size, "%s is not valid Z85 text", spec);
+            return -1;
+        }
+        memcpy(public_key, spec, ZB_KEY_TEXT);
+        return 0;
+    }
+    if (!(text = read_key_file(spec, err, err_size)))
+        return -1;
+    found = zpl_key(text, "public-key", public_key);
+    free(text);
+    if (found != 1) {
+        snprintf(err, err_size, "%s %s", spec,
+                 found ? "has a public-key that is not 40 characters of Z85"
+                       : "holds no public-key (not a zmq.auth certificate)");
+        return -1;
+    }
+    return 0;
+}
+
+/* public_key from secret_key; -1 with err if libzmq cannot (no CURVE). */
+static int derive_public(const char *secret_key, char public_key[ZB_KEY_TEXT], char *err,
+                         size_t err_size)
+{
+    if (zmq_curve_public(public_key, secret_key) != 0) {
+        snprintf(err, err_size, "cannot derive the public key: %s", zmq_strerror(errno));
+        return -1;
+    }
+    return 0;
+}
+
+int zb_load_keypair(const char *spec, char public_key[ZB_KEY_TEXT], char secret_key[ZB_KEY_TEXT],
+                    char *err, size_t err_size)
+{
+    char derived[ZB_KEY_TEXT], *text;
+    int has_public, has_secret;
+    size_t len = strlen(spec);
+    if (len == ZB_KEY_TEXT - 1) {
+        if (!z85_key_valid(spec)) {
+            snprintf(err, err_size, "the secret key is not valid Z85 text");
+            return -1;
+        }
+        memcpy(secret_key, spec, ZB_KEY_TEXT);
+        return derive_public(secret_key, public_key, err, err_size);
+    }
+    if (len == 2 * (ZB_KEY_TEXT - 1) + 1 && spec[ZB_KEY_TEXT - 1] == ':') {
+        memcpy(public_key, spec, ZB_KEY_TEXT - 1);
+        public_key[ZB_KEY_TEXT - 1] = 0;
+        memcpy(secret_key, spec + ZB_KEY_TEXT, ZB_KEY_TEXT);
+        if (!z85_key_valid(public_key) || !z85_key_valid(secret_key)) {
+            snprintf(err, err_size, "PUBLIC:SECRET must be two keys of 40 characters of Z85");
+            return -1;
+        }
+        has_public = has_secret = 1;
+    } else {
+        if (!(text = read_key_file(spec, err, err_size)))
+            return -1;
+        has_public = zpl_key(text, "public-key", public_key);
+        has_secret = zpl_key(text, "secret-key", secret_key);
+        free(text);
+        if (has_secret != 1 || has_public < 0) {
+            snprintf(err, err_size, "%s %s", spec,
+                     has_secret == 0 ? "holds no secret-key (use NAME.key_secret)"
+                                     : "has a key that is not 40 characters of Z85");
+            return -1;
+        }
+    }
+    if (derive_public(secret_key, derived, err, err_size))
+        return -1;
+    /* a pair that does not match would fail the handshake with no clue why */
+    if (has_public == 1 && strcmp(derived, public_key) != 0) {
+        snprintf(err, err_size, "the public key is not the secret key's");
+        return -1;
+    }
+    memcpy(public_key, derived, ZB_KEY_TEXT);
+    return 0;
+}
+
 /* ------------------------------------------------------------------ */
 /* the client                                                           */
 /* ------------------------------------------------------------------ */
@@ -1094,6 +1246,11 @@ struct zb_client {
     size_t n_strays;
     char last_error[512];
     int last_code;
+    int64_t last_retry_after;
+    uint64_t throttled;
+    char *endpoint;  /* set once connected */
+    int curve;       /* zb_client_set_curve was called */
+    void *handshake; /* PAIR reading the DEALER's failed-handshake events */
 };
 
 static int fail(zb_client *c, int rc, const char *fmt, ...)
@@ -1105,7 +1262,7 @@ static int fail(zb_client *c, int rc, const char *fmt, ...)
     return rc;
 }
 
-zb_client *zb_client_new(const char *endpoint)
+zb_client *zb_client_create(void)
 {
     int linger = 2000;
     zb_client *c = calloc(1, sizeof *c);
@@ -1113,6 +1270,7 @@ zb_client *zb_client_new(const char *endpoint)
         return NULL;
     c->next_ref = 1;
     c->next_sid = 1;
+    c->last_retry_after = -1;
     c->ctx = zmq_ctx_new();
     if (!c->ctx)
         goto fail;
@@ -1120,12 +1278,61 @@ zb_client *zb_client_new(const char *endpoint)
     if (!c->sock)
         goto fail;
     zmq_setsockopt(c->sock, ZMQ_LINGER, &linger, sizeof linger);
-    if (zmq_connect(c->sock, endpoint) != 0)
-        goto fail;
     return c;
 fail:
     zb_client_destroy(c);
     return NULL;
+}
+
+int zb_client_set_curve(zb_client *c, const char *server_key, const char *public_key,
+                        const char *secret_key)
+{
+    const size_t len = ZB_KEY_TEXT - 1;
+    if (c->endpoint)
+        return fail(c, ZB_ESTATE, "CURVE keys must be set before connecting");
+    if (!zmq_has("curve"))
+        return fail(c, ZB_EZMQ, "this libzmq was built without CURVE");
+    /* the server key makes the socket a CURVE client; libzmq takes Z85 as 40 octets */
+    if (zmq_setsockopt(c->sock, ZMQ_CURVE_SERVERKEY, server_key, strnlen(server_key, len + 1)) ||
+        zmq_setsockopt(c->sock, ZMQ_CURVE_PUBLICKEY, public_key, strnlen(public_key, len + 1)) ||
+        zmq_setsockopt(c->sock, ZMQ_CURVE_SECRETKEY, secret_key, strnlen(secret_key, len + 1)))
+        return fail(c, ZB_EZMQ, "CURVE key refused by libzmq (want 40 characters of Z85): %s",
+                    zmq_strerror(errno));
+    c->curve = 1;
+    return 0;
+}
+
+int zb_client_connect(zb_client *c, const char *endpoint)
+{
+    static const char watch[] = "inproc://zbclient-handshake"; /* the context is ours alone */
+    const int events = ZMQ_EVENT_HANDSHAKE_FAILED_NO_DETAIL | ZMQ_EVENT_HANDSHAKE_FAILED_PROTOCOL |
+                       ZMQ_EVENT_HANDSHAKE_FAILED_AUTH;
+    int linger = 0;
+    if (c->endpoint)
+        return fail(c, ZB_ESTATE, "already connected");
+    /* libzmq retries a refused handshake for ever without a word: its socket
+     * monitor is the only place a refusal shows. The reader connects before
+     * the DEALER does, or the first events would have nobody to go to. */
+    if (zmq_socket_monitor(c->sock, watch, events) != 0 ||
+        !(c->handshake = zmq_socket(c->ctx, ZMQ_PAIR)) ||
+        zmq_setsockopt(c->handshake, ZMQ_LINGER, &linger, sizeof linger) != 0 ||
+        zmq_connect(c->handshake, watch) != 0)
+        return fail(c, ZB_EZMQ, "cannot watch the handshake: %s", zmq_strerror(errno));
+    if (zmq_connect(c->sock, endpoint) != 0)
+        return fail(c, ZB_EZMQ, "cannot connect to %s: %s", endpoint, zmq_strerror(errno));
+    if (!(c->endpoint = strdup(endpoint)))
+        return fail(c, ZB_ENOMEM, "out of memory");
+    return 0;
+}
+
+zb_client *zb_client_new(const char *endpoint)
+{
+    zb_client *c = zb_client_create();
+    if (c && zb_client_connect(c, endpoint) != 0) {
+        zb_client_destroy(c);
+        return NULL;
+    }
+    return c;
 }
 
 void zb_client_destroy(zb_client *c)
@@ -1146,6 +1353,9 @@ void zb_client_destroy(zb_client *c)
     free(c->held);
     zb_stray_errors_free(c->strays, c->n_strays);
     free(c->sids);
+    free(c->endpoint);
+    if (c->handshake)
+        zmq_close(c->handshake);
     if (c->sock)
         zmq_close(c->sock);
     if (c->ctx)
@@ -1161,6 +1371,16 @@ const char *zb_client_last_error(const zb_client *c)
 int zb_client_last_code(const zb_client *c)
 {
     return c->last_code;
+}
+
+int64_t zb_client_last_retry_after(const zb_client *c)
+{
+    return c->last_retry_after;
+}
+
+uint64_t zb_client_throttled(const zb_client *c)
+{
+    return c->throttled;
 }
 
 uint64_t zb_client_max_message_size(const zb_client *c)
@@ -1307,18 +1527,83 @@ void zb_client_batch_stats(const zb_client *c, zb_batch_stats *out)
     *out = c->stats;
 }
 
+/* Words for a failed handshake: the monitor's event and its value. */
+static const char *handshake_reason(int curve, unsigned event, uint32_t value, char *buf, size_t n)
+{
+    if (event == ZMQ_EVENT_HANDSHAKE_FAILED_AUTH && value == 400)
+        return "the broker refused this client's key (ZAP 400)";
+    if (event == ZMQ_EVENT_HANDSHAKE_FAILED_AUTH) {
+        snprintf(buf, n, "the broker's authentication failed (ZAP %u)", (unsigned)value);
+        return buf;
+    }
+    if (event == ZMQ_EVENT_HANDSHAKE_FAILED_PROTOCOL &&
+        value == ZMQ_PROTOCOL_ERROR_ZMTP_MECHANISM_MISMATCH)
+        return curve ? "the broker does not use CURVE: give no server key or key"
+                     : "the broker requires CURVE: give its server key and a client key pair";
+    if (event == ZMQ_EVENT_HANDSHAKE_FAILED_PROTOCOL) {
+        snprintf(buf, n, "the handshake failed (ZMTP protocol error 0x%x)", (unsigned)value);
+        return buf;
+    }
+    /* the broker drops a handshake it cannot read: all the client sees is a
+     * lost connection (errno), so the likely cause is named */
+    snprintf(buf, n,
+             curve ? "the CURVE handshake failed (%s): is the server key the broker's public key?"
+                   : "the handshake failed (%s): does the broker require CURVE (a server key and a "
+                     "client key pair)?",
+             zmq_strerror((int)value));
+    return buf;
+}
+
+/* Read one failed-handshake event off the watch and fail with ZB_EAUTH. */
+static int handshake_failed(zb_client *c)
+{
+    zmq_msg_t part;
+    uint8_t head[6] = {0};
+    uint16_t event;
+    uint32_t value;
+    char buf[160];
+    int more = 1, first = 1, linger = 0;
+    size_t more_size = sizeof more;
+    while (more) {
+        zmq_msg_init(&part);
+        if (zmq_msg_recv(&part, c->handshake, ZMQ_DONTWAIT) < 0) {
+            zmq_msg_close(&part);
+            break;
+        }
+        if (first && zmq_msg_size(&part) >= sizeof head)
+            memcpy(head, zmq_msg_data(&part), sizeof head);
+        first = 0;
+        zmq_msg_close(&part);
+        zmq_getsockopt(c->handshake, ZMQ_RCVMORE, &more, &more_size);
+    }
+    /* the monitor writes the event and its value in host order */
+    memcpy(&event, head, sizeof event);
+    memcpy(&value, head + 2, sizeof value);
+    /* what waits to be sent never will be: closing must not wait on it */
+    zmq_setsockopt(c->sock, ZMQ_LINGER, &linger, sizeof linger);
+    /* a session (if any) ended with the connection the broker closed */
+    c->joined = 0;
+    c->batching = 0;
+    drop_held(c);
+    c->n_sids = 0;
+    return fail(c, ZB_EAUTH, "authentication refused by the broker at %s: %s", c->endpoint,
+                handshake_reason(c->curve, event, value, buf, sizeof buf));
+}
+
 /* Receive one multipart message, waiting up to timeout_ms (-1: forever). */
 static int recv_frames(zb_client *c, frames **out, int timeout_ms)
 {
-    zmq_pollitem_t item = {c->sock, 0, ZMQ_POLLIN, 0};
+    zmq_pollitem_t items[2] = {{c->sock, 0, ZMQ_POLLIN, 0}, {c->handshake, 0, ZMQ_POLLIN, 0}};
     frames *f;
     size_t cap = 8;
     int more;
     size_t more_size = sizeof more;
     *out = NULL;
-    if (zmq_poll(&item, 1, timeout_ms) < 0)
+    if (zmq_poll(items, c->handshake ? 2 : 1, timeout_ms) < 0)
         return fail(c, ZB_EZMQ, "zmq_poll: %s", zmq_strerror(errno));
-    if (!(item.revents & ZMQ_POLLIN))
+    if (items[1].revents & ZMQ_POLLIN)
+        return handshake_failed(c);
+    if (!(items[0].revents & ZMQ_POLLIN))
         return ZB_ETIMEOUT;
     f = calloc(1, sizeof *f);
     if (!f || !(f->parts = malloc(cap * sizeof *f->parts))) {
@@ -1371,6 +1656,7 @@ static int record_stray(zb_client *c, const zb_broker_msg *m)
     s = &c->strays[c->n_strays];
     memset(s, 0, sizeof *s);
     s->code = m->code;
+    s->retry_after = m->retry_after;
     s->text = malloc(m->text.size + 1);
     if (!s->text || buf_set(&s->channel, m->channel.data, m->channel.size) ||
         buf_set(&s->ref, m->ref.data, m->ref.size)) {
@@ -1611,6 +1897,13 @@ static int wait_for(zb_client *c, const waiter *w, frames **out, zb_broker_msg *
             for (i = 0; i < m->counts.size; i += 8)
                 fprintf(stderr, "zbclient: the broker dropped %u message(s) for sid %08x\n",
                         get_u32(m->counts.data + i + 4), get_u32(m->counts.data + i));
+            if (m->throttled) {
+                c->throttled += m->throttled;
+                fprintf(stderr,
+                        "zbclient: the broker dropped %u unconfirmed publish(es) of this client: "
+                        "its user is over its rate limit\n",
+                        m->throttled);
+            }
             frames_free(f);
             continue;
         }
@@ -1646,6 +1939,11 @@ static int wait_for(zb_client *c, const waiter *w, frames **out, zb_broker_msg *
 static int refused(zb_client *c, const zb_broker_msg *m, const char *what)
 {
     c->last_code = m->code;
+    c->last_retry_after = m->retry_after;
+    if (m->retry_after >= 0)
+        return fail(c, ZB_EREFUSED, "%s refused: ERROR %u: %.*s (retry after %lld ms)", what,
+                    m->code, (int)m->text.size, (const char *)m->text.data,
+                    (long long)m->retry_after);
     return fail(c, ZB_EREFUSED, "%s refused: ERROR %u: %.*s", what, m->code, (int)m->text.size,
                 (const char *)m->text.data);
 }
@@ -1664,6 +1962,7 @@ int zb_client_hello(zb_client *c, const uint8_t channel[16], const char *client_
     zb_broker_msg m;
     int rc;
     c->last_code = 0;
+    c->last_retry_after = -1;
     if (zb_encode_hello_body_ex(&body, client_name ? client_name : ZB_CLIENT_NAME,
                                 c->ask_batch_commands))
         return fail(c, ZB_ENOMEM, "out of memory");
@@ -1721,6 +2020,7 @@ int zb_client_subscribe(zb_client *c, const char *pattern, const char *queue, ui
     uint8_t *grown;
     int rc;
     c->last_code = 0;
+    c->last_retry_after = -1;
     if (!c->joined)
         return fail(c, ZB_ESTATE, "not joined");
     new_ref(c, ref);
@@ -1834,6 +2134,7 @@ int zb_client_publish(zb_client *c, const char *topic, const zb_header *headers,
     zb_msg msg;
     int routed = 0, rc;
     c->last_code = 0;
+    c->last_retry_after = -1;
     if (confirm)
         memset(confirm, 0, sizeof *confirm);
     if (!c->joined)
@@ -1873,6 +2174,7 @@ int zb_client_publish_n(zb_client *c, const char *topic, const zb_header *header
     size_t i, done = 0;
     int rc = 0;
     c->last_code = 0;
+    c->last_retry_after = -1;
     if (confirms)
         memset(confirms, 0, n * sizeof *confirms);
     if (!c->joined)
@@ -1969,6 +2271,7 @@ int zb_client_disconnect(zb_client *c, int timeout_ms)
     zb_broker_msg m;
     int rc;
     c->last_code = 0;
+    c->last_retry_after = -1;
     if (!c->joined)
         return 0;
     new_ref(c, ref);

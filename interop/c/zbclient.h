@@ -6,7 +6,8 @@
  *     functions that build client messages and check broker messages and
  *     bodies; they touch no socket and are what tests/vectors/ checks;
  *   - the client (zb_client_*): one DEALER connection joined to one channel,
- *     with blocking calls that each take a timeout.
+ *     over CURVE if asked (zb_client_set_curve), with blocking calls that
+ *     each take a timeout.
  *
  * Functions that can fail return 0 on success and otherwise a zmqbus error
  * code (400, 406, 422, ...) or one of the negative ZB_E* codes below.
@@ -46,7 +47,7 @@ enum {
 enum {
     ZB_BAD_FRAMES = 400, ZB_PERMISSION_DENIED = 401, ZB_NOT_JOINED = 403, ZB_UNKNOWN_COMMAND = 405,
     ZB_BAD_TOPIC = 406, ZB_CHANNEL_MISMATCH = 409, ZB_SID_IN_USE = 412,
-    ZB_TOO_LARGE = 413, ZB_BAD_BODY = 422, ZB_INTERNAL = 500,
+    ZB_TOO_LARGE = 413, ZB_BAD_BODY = 422, ZB_LIMIT_REACHED = 429, ZB_INTERNAL = 500,
     ZB_VERSION_NOT_SUPPORTED = 505
 };
 
@@ -57,7 +58,10 @@ enum {
     ZB_ENOMEM = -3,   /* out of memory */
     ZB_ESTATE = -4,   /* call not valid in this state (not joined, ...) */
     ZB_EREFUSED = -5, /* the broker answered ERROR; see zb_client_last_error */
-    ZB_EBYE = -6      /* the broker ended the session (BYE: it is shutting down) */
+    ZB_EBYE = -6,     /* the broker ended the session (BYE: it is shutting down) */
+    ZB_EAUTH = -7     /* the broker refused the handshake: a CURVE key it does not know,
+                         no key where it needs one, or a wrong server key; see
+                         zb_client_last_error */
 };
 
 /* Sizes. */
@@ -198,12 +202,16 @@ typedef struct {
     zb_bytes topic; /* DELIVER, ASK */
     zb_bytes body;  /* WELCOME, DELIVER, ACKED, ASK, ANSWER, STATS_REPLY */
     zb_bytes sids;  /* DELIVER, ASK */
-    zb_bytes counts; /* DROPPED: (sid, count) pairs of 8 octets */
+    zb_bytes counts; /* DROPPED: (sid, count) pairs of 8 octets, maybe none */
+    uint32_t throttled; /* DROPPED: this client's unconfirmed publishes its user's
+                           rate limit dropped */
     zb_bytes entries; /* DELIVER_BATCH: deliver-entries, read with zb_next_deliver_entry;
                          BROKER_BATCH: command entries, read with zb_next_command_entry */
     uint32_t count; /* ROUTED */
     uint16_t code;  /* ERROR */
     zb_bytes text;  /* ERROR */
+    int64_t retry_after; /* ERROR: milliseconds until the same request may pass
+                            (429 for a rate limit), or -1 when the frame is empty */
     uint64_t max_message_size; /* WELCOME */
     int batch_commands;        /* WELCOME: 1 if it offered batches of commands */
 } zb_broker_msg;
@@ -292,9 +300,25 @@ typedef struct {
     zb_buf channel;
     zb_buf ref;
     char *text;
+    int64_t retry_after; /* milliseconds, or -1: none given */
 } zb_stray_error;
 
-/* Connect a DEALER to endpoint. NULL on failure. */
+/* A client whose DEALER is not connected yet, so that options can be set
+ * (zb_client_set_curve) before zb_client_connect. NULL on failure. */
+zb_client *zb_client_create(void);
+/* CurveZMQ: the broker's public key and this client's key pair, each 40
+ * characters of Z85 (see zb_load_public_key, zb_load_keypair). Before
+ * zb_client_connect. 0, ZB_ESTATE once connected, or ZB_EZMQ when libzmq
+ * has no CURVE or refuses a key (see zb_client_last_error). */
+int zb_client_set_curve(zb_client *c, const char *server_key, const char *public_key,
+                        const char *secret_key);
+/* Connect to endpoint (once): 0, ZB_ESTATE or ZB_EZMQ. The handshake runs in
+ * the background; a handshake the broker refuses fails the next call that
+ * waits for the broker (zb_client_hello, ...) with ZB_EAUTH at once, and
+ * zb_client_last_error says "authentication refused by the broker at
+ * ENDPOINT: " and why. */
+int zb_client_connect(zb_client *c, const char *endpoint);
+/* zb_client_create, then zb_client_connect: NULL on failure. */
 zb_client *zb_client_new(const char *endpoint);
 /* Close the socket (after zb_client_disconnect, for a clean close) and free. */
 void zb_client_destroy(zb_client *c);
@@ -302,6 +326,13 @@ void zb_client_destroy(zb_client *c);
 const char *zb_client_last_error(const zb_client *c);
 /* The code of the last ERROR that refused a call (ZB_EREFUSED), else 0. */
 int zb_client_last_code(const zb_client *c);
+/* The retry-after of that ERROR: milliseconds after which the same call may
+ * pass (429: the user's rate limit), or -1 when it gave none (or no ERROR). */
+int64_t zb_client_last_retry_after(const zb_client *c);
+/* This client's unconfirmed publishes that the broker dropped because its
+ * user was over its rate limit, as its DROPPEDs counted them so far (each
+ * DROPPED with some is also logged to stderr). */
+uint64_t zb_client_throttled(const zb_client *c);
 
 /* Join a channel: HELLO, then wait for WELCOME. */
 int zb_client_hello(zb_client *c, const uint8_t channel[16], const char *client_name, int timeout_ms);
@@ -377,6 +408,18 @@ void zb_stray_errors_free(zb_stray_error *errors, size_t count);
 int zb_parse_channel(const char *text, uint8_t out[16]);
 /* Parse hex into a malloc'd buffer: 0 or -1. */
 int zb_hex_decode(const char *hex, zb_buf *out);
+
+/* CURVE keys, as 40 characters of Z85 and a NUL. Each takes Z85 text or the
+ * path of a zmq.auth certificate file (what `zmqbus keygen NAME` writes: ZPL
+ * text with public-key = "..." and, in NAME.key_secret, secret-key = "...").
+ * 0, or -1 with a reason in err. */
+#define ZB_KEY_TEXT 41
+/* A public key (the broker's): Z85 text, or a certificate's public-key. */
+int zb_load_public_key(const char *spec, char public_key[ZB_KEY_TEXT], char *err, size_t err_size);
+/* A key pair: a secret key in Z85 (its public key derived), "PUBLIC:SECRET"
+ * in Z85, or a secret certificate file (NAME.key_secret). */
+int zb_load_keypair(const char *spec, char public_key[ZB_KEY_TEXT], char secret_key[ZB_KEY_TEXT],
+                    char *err, size_t err_size);
 
 #ifdef __cplusplus
 }

@@ -5,32 +5,37 @@
 //   zb-pub.js --endpoint EP --channel UUID --topic T [--header K=V ...]
 //             [--payload TEXT | --payload-hex HEX | --payload-stdin]
 //             [--count N] [--confirm] [--timeout MS] [--name NAME] [--raw-garbage]
-//             [--batch-commands]
+//             [--batch-commands] [--server-key KEY --key KEY]
 //
 // With --confirm, prints one JSON line per message, the sum of its ACKEDs:
 //   {"routed": N, "acked": N, "delivered": N, "dropped": N, "errors": [...]}
 // ERRORs that refer to no pending call are printed as
 //   {"error": CODE, "channel": HEX, "ref": HEX, "text": ...}
+// with "retry_after": MS last when the ERROR gives one.
 // --raw-garbage first sends the malformed messages of lib/garbage.js.
 // --batch-commands asks for batches of commands; if the WELCOME offers them, up
 // to WINDOW messages are published at a time without waiting in between (one
 // BATCH), and each window's confirmations printed in order once all are in. At
 // the end it prints to stderr
 //   {"batch_commands": B, "batches_in": N, "entries_in": N, "batches_out": N, "entries_out": N}
+// --server-key KEY --key KEY connect over CURVE, as `zmqbus pub` does: the
+// broker's public key (Z85 text or its NAME.key file) and this client's key (its
+// NAME.key_secret file, a Z85 secret key, or PUBLIC:SECRET in Z85).
 // Exit status: 0 done, 1 failure (timeout, refusal, stray ERROR outside
-// --raw-garbage), 2 usage, 3 a confirmation reported handler errors.
+// --raw-garbage), 2 usage, 3 a confirmation reported handler errors, 5 the
+// broker refused the handshake (its key, or none).
 
 import { readFileSync } from "node:fs";
 
-import { CLIENT_NAME, Client } from "./lib/client.js";
-import { count, fail, parseCommandLine, printBatchStats } from "./lib/cli.js";
+import { CLIENT_NAME } from "./lib/client.js";
+import { KEY_OPTIONS, connectClient, count, fail, failureStatus, parseCommandLine, printBatchStats } from "./lib/cli.js";
 import { garbage } from "./lib/garbage.js";
 import { fromHex, parseChannel } from "./lib/protocol.js";
 
 const USAGE = `usage: zb-pub.js --endpoint EP --channel UUID --topic T [--header K=V ...]
                  [--payload TEXT | --payload-hex HEX | --payload-stdin]
                  [--count N] [--confirm] [--timeout MS] [--name NAME] [--raw-garbage]
-                 [--batch-commands]`;
+                 [--batch-commands] [--server-key KEY --key KEY]`;
 const WINDOW = 256; // messages published at a time with --batch-commands
 
 const args = parseCommandLine(
@@ -48,6 +53,7 @@ const args = parseCommandLine(
     name: { type: "string", default: CLIENT_NAME },
     "raw-garbage": { type: "boolean", default: false },
     "batch-commands": { type: "boolean", default: false },
+    ...KEY_OPTIONS,
   },
   USAGE,
 );
@@ -97,14 +103,14 @@ async function publishWindows(client) {
 }
 
 async function main() {
-  const client = new Client(args.endpoint, { batchCommands: args["batch-commands"] });
+  const client = connectClient("zb-pub.js", args, { batchCommands: args["batch-commands"] });
   let status = 0;
   try {
     await client.hello(channel, args.name, timeoutMs);
   } catch (err) {
     process.stderr.write(`zb-pub.js: join failed: ${err.message}\n`);
     client.close();
-    return 1;
+    return failureStatus(err);
   }
   const offered = client.batching;
   try {
@@ -131,7 +137,9 @@ async function main() {
     status = 1;
   }
   for (const e of client.strayErrors) {
-    process.stdout.write(`${JSON.stringify({ error: e.code, channel: e.channel, ref: e.ref, text: e.text })}\n`);
+    const line = { error: e.code, channel: e.channel, ref: e.ref, text: e.text };
+    if (e.retryAfter !== null) line.retry_after = e.retryAfter;
+    process.stdout.write(`${JSON.stringify(line)}\n`);
   }
   if (client.strayErrors.length && !args["raw-garbage"] && status === 0) status = 1;
   if (args["batch-commands"]) printBatchStats(client, offered);

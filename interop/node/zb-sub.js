@@ -4,25 +4,26 @@
 //
 //   zb-sub.js --endpoint EP --channel UUID --pattern P [--pattern P2 ...] [--queue Q]
 //             [--count N] [--stop-topic T] [--error TEXT] [--timeout MS] [--name NAME]
-//             [--batch-commands]
+//             [--batch-commands] [--server-key KEY --key KEY]
 //
 // Prints "ready" to stderr once every SUBSCRIBE is confirmed, then one line per message:
 //   {"topic", "headers", "payload" (hex), "id" (hex), "timestamp_ns" (string),
 //    "sids" (hex), "confirmed"}
 // and ACKs it ([n, 0, []], or [0, 0, [TEXT]] with --error TEXT). Exit status:
-// 0 done, 1 failure, 2 usage, 4 --timeout (default 30000 ms) expired first.
+// 0 done, 1 failure, 2 usage, 4 --timeout (default 30000 ms) expired first, 5 the
+// broker refused the handshake (--server-key and --key as for zb-pub.js).
 // --batch-commands asks for batches of commands; if the WELCOME offers them, the
 // ACKs of the messages handled on one turn of the event loop (the DELIVER entries
 // of one BROKER_BATCH) leave as one BATCH. At the end it prints to stderr the line
 // zb-pub.js prints with it.
 
-import { CLIENT_NAME, Client, TimeoutError } from "./lib/client.js";
-import { count, fail, parseCommandLine, printBatchStats } from "./lib/cli.js";
+import { CLIENT_NAME, TimeoutError } from "./lib/client.js";
+import { KEY_OPTIONS, connectClient, count, fail, failureStatus, parseCommandLine, printBatchStats } from "./lib/cli.js";
 import { hex, parseChannel } from "./lib/protocol.js";
 
 const USAGE = `usage: zb-sub.js --endpoint EP --channel UUID --pattern P [--pattern P2 ...] [--queue Q]
                  [--count N] [--stop-topic T] [--error TEXT] [--timeout MS] [--name NAME]
-                 [--batch-commands]`;
+                 [--batch-commands] [--server-key KEY --key KEY]`;
 
 const args = parseCommandLine(
   {
@@ -36,6 +37,7 @@ const args = parseCommandLine(
     timeout: { type: "string", default: "30000" },
     name: { type: "string", default: CLIENT_NAME },
     "batch-commands": { type: "boolean", default: false },
+    ...KEY_OPTIONS,
   },
   USAGE,
 );
@@ -66,10 +68,16 @@ function line(delivery) {
 }
 
 async function main() {
-  const client = new Client(args.endpoint, { batchCommands: args["batch-commands"] });
+  const client = connectClient("zb-sub.js", args, { batchCommands: args["batch-commands"] });
   let status = 0;
   try {
     await client.hello(channel, args.name);
+  } catch (err) {
+    process.stderr.write(`zb-sub.js: join failed: ${err.message}\n`);
+    client.close();
+    return failureStatus(err);
+  }
+  try {
     for (const pattern of args.pattern) await client.subscribe(pattern, args.queue);
   } catch (err) {
     process.stderr.write(`zb-sub.js: ${err.message}\n`);
@@ -85,9 +93,13 @@ async function main() {
     try {
       delivery = await client.nextDelivery(Math.max(0, deadline - Date.now()));
     } catch (err) {
-      if (!(err instanceof TimeoutError)) throw err;
-      process.stderr.write(`zb-sub.js: timed out after ${received} message(s)\n`);
-      status = 4;
+      if (err instanceof TimeoutError) {
+        process.stderr.write(`zb-sub.js: timed out after ${received} message(s)\n`);
+        status = 4;
+      } else {
+        process.stderr.write(`zb-sub.js: receive failed: ${err.message}\n`);
+        status = failureStatus(err);
+      }
       break;
     }
     process.stdout.write(`${line(delivery)}\n`);

@@ -20,6 +20,13 @@
 // BROKER_BATCH, and publishes made without awaiting each other, leave as one
 // BATCH. Otherwise nothing is held: every message is sent at once, exactly as
 // without asking.
+//
+// CURVE: new Client(endpoint, {serverKey, publicKey, secretKey}) (each 40
+// characters of Z85; see ./keys.js to read them from certificate files). A
+// handshake the broker refuses (a key it does not know, no key where it needs
+// one, a wrong server key) fails hello() and every waiting call at once with
+// AuthenticationError, whose message begins "authentication refused by the
+// broker at ENDPOINT".
 
 import { randomBytes } from "node:crypto";
 import zmq from "zeromq";
@@ -50,13 +57,46 @@ export const CLIENT_NAME = "zmqbus-node/0.1.0";
 /** The most octets of entries in one BATCH the client sends (as the C client). */
 export const BATCH_BYTES = 64 * 1024;
 
-/** The broker refused a call with ERROR. */
+/** The broker refused a call with ERROR; retryAfter: the milliseconds after
+ * which the same call may pass (429: the user's rate limit), or null. */
 export class RefusedError extends Error {
-  constructor(what, code, text) {
-    super(`${what} refused: ERROR ${code}: ${text}`);
+  constructor(what, code, text, retryAfter = null) {
+    super(`${what} refused: ERROR ${code}: ${text}${retryAfter === null ? "" : ` (retry after ${retryAfter} ms)`}`);
     this.code = code;
     this.text = text;
+    this.retryAfter = retryAfter;
   }
+}
+
+/** The broker refused the connection's handshake (CURVE, ZAP). */
+export class AuthenticationError extends Error {
+  constructor(endpoint, reason) {
+    super(`authentication refused by the broker at ${endpoint}: ${reason}`);
+    this.endpoint = endpoint;
+    this.reason = reason;
+  }
+}
+
+/** Words for a failed handshake event of zeromq's socket observer. */
+function handshakeReason(event, curve) {
+  if (event.type === "handshake:error:auth") {
+    const status = event.error?.status;
+    return status === 400
+      ? "the broker refused this client's key (ZAP 400)"
+      : `the broker's authentication failed (ZAP ${status})`;
+  }
+  if (event.type === "handshake:error:protocol" && event.error?.code === "ERR_ZMTP_MECHANISM_MISMATCH") {
+    return curve
+      ? "the broker does not use CURVE: give no server key or key"
+      : "the broker requires CURVE: give its server key and a client key pair";
+  }
+  if (event.type === "handshake:error:protocol") return `the handshake failed (${event.error?.code})`;
+  // the broker drops a handshake it cannot read: all the client sees is a lost
+  // connection, so the likely cause is named
+  const detail = event.error?.code ?? "no detail";
+  return curve
+    ? `the CURVE handshake failed (${detail}): is the server key the broker's public key?`
+    : `the handshake failed (${detail}): does the broker require CURVE (a server key and a client key pair)?`;
 }
 
 export class TimeoutError extends Error {}
@@ -82,8 +122,21 @@ function entrySize(frames) {
 }
 
 export class Client {
-  constructor(endpoint, { batchCommands = false } = {}) {
-    this.socket = new zmq.Dealer({ linger: 2000 });
+  constructor(endpoint, { batchCommands = false, serverKey = null, publicKey = null, secretKey = null } = {}) {
+    const options = { linger: 2000 };
+    this.curve = serverKey !== null || publicKey !== null || secretKey !== null;
+    if (this.curve) {
+      if (!serverKey || !publicKey || !secretKey) throw new Error("CURVE needs serverKey, publicKey and secretKey");
+      if (!zmq.capability.curve) throw new Error("this zeromq build has no CURVE");
+      // the server key makes the socket a CURVE client
+      Object.assign(options, { curveServerKey: serverKey, curvePublicKey: publicKey, curveSecretKey: secretKey });
+    }
+    this.socket = new zmq.Dealer(options);
+    this.endpoint = endpoint;
+    this.authFailure = null; // AuthenticationError once the broker refused the handshake
+    // Before connect, so that no event is missed: libzmq retries a refused
+    // handshake for ever without a word, and the observer is where it shows.
+    this.watching = this.#watchHandshake();
     this.socket.connect(endpoint);
     this.channel = null;
     this.joined = false;
@@ -104,6 +157,9 @@ export class Client {
     this.flushSoon = null; // the setImmediate that sends them
     // BROKER_BATCHes received and BATCHes sent, with their entries
     this.batchStats = { batchesIn: 0, entriesIn: 0, batchesOut: 0, entriesOut: 0 };
+    // unconfirmed publishes the broker dropped because this client's user was
+    // over its rate limit, as DROPPED counted them
+    this.throttled = 0;
     this.reading = this.#readLoop();
   }
 
@@ -172,6 +228,27 @@ export class Client {
     }
   }
 
+  async #watchHandshake() {
+    try {
+      for await (const event of this.socket.events) {
+        if (!event.type.startsWith("handshake:error")) continue;
+        this.#refused(new AuthenticationError(this.endpoint, handshakeReason(event, this.curve)));
+        return;
+      }
+    } catch (err) {
+      if (!this.socket.closed) console.error(`zbclient: handshake watch failed: ${err.message}`);
+    }
+  }
+
+  /** The broker refused the handshake: fail what waits, and what comes. */
+  #refused(err) {
+    this.authFailure = err;
+    // what waits to be sent never will be: closing must not wait on it
+    this.socket.linger = 0;
+    if (this.joining) this.joining({ command: "lost", err });
+    this.#lose(err);
+  }
+
   async #readLoop() {
     try {
       for await (const frames of this.socket) this.#dispatch(frames);
@@ -216,6 +293,12 @@ export class Client {
       for (const { sid, count } of msg.dropped) {
         console.error(`zbclient: the broker dropped ${count} message(s) for sid ${hex(sid)}`);
       }
+      if (msg.throttled) {
+        this.throttled += msg.throttled;
+        console.error(
+          `zbclient: the broker dropped ${msg.throttled} unconfirmed publish(es) of this client: its user is over its rate limit`,
+        );
+      }
       return;
     }
     if (msg.command === CMD.WELCOME || (msg.command === CMD.ERROR && msg.ref.length === 0 && this.joining)) {
@@ -229,7 +312,13 @@ export class Client {
     }
     if (msg.command === CMD.ERROR) {
       console.error(`zbclient: ERROR ${msg.code} (ref ${hex(msg.ref)}): ${msg.text}`);
-      this.strayErrors.push({ code: msg.code, channel: hex(msg.channel), ref: hex(msg.ref), text: msg.text });
+      this.strayErrors.push({
+        code: msg.code,
+        channel: hex(msg.channel),
+        ref: hex(msg.ref),
+        text: msg.text,
+        retryAfter: msg.retryAfter,
+      });
     }
     // anything else is dropped: a late reply, an ASK, ANSWER or STATS_REPLY (this
     // client sends no REQUEST or STATS), a BROKER_HEARTBEAT (it asks for none)
@@ -280,7 +369,7 @@ export class Client {
       const timer = setTimeout(() => finish(new TimeoutError(`${what}: no reply within ${timeoutMs} ms`)), timeoutMs);
       this.pending.set(key, (msg) => {
         if (msg.command === "lost") finish(msg.err);
-        else if (msg.command === CMD.ERROR) finish(new RefusedError(what, msg.code, msg.text));
+        else if (msg.command === CMD.ERROR) finish(new RefusedError(what, msg.code, msg.text, msg.retryAfter));
         else onMessage(msg, finish);
       });
       (hold ? this.#hold(frames) : this.send(frames)).catch((err) => finish(err));
@@ -291,6 +380,7 @@ export class Client {
 
   /** Join a channel (16 octets): HELLO, then wait for WELCOME. */
   async hello(channel, clientName = CLIENT_NAME, timeoutMs = 5000) {
+    if (this.authFailure) throw this.authFailure;
     const frames = encodeHello(channel, encodeHelloBody(clientName, { batchCommands: this.askBatchCommands }));
     const welcome = await new Promise((resolve, reject) => {
       const finish = (err, msg) => {
@@ -301,7 +391,8 @@ export class Client {
       };
       const timer = setTimeout(() => finish(new TimeoutError(`HELLO: no WELCOME within ${timeoutMs} ms`)), timeoutMs);
       this.joining = (msg) => {
-        if (msg.command === CMD.ERROR) finish(new RefusedError("HELLO", msg.code, msg.text));
+        if (msg.command === "lost") finish(msg.err);
+        else if (msg.command === CMD.ERROR) finish(new RefusedError("HELLO", msg.code, msg.text, msg.retryAfter));
         else finish(null, msg);
       };
       this.send(frames).catch((err) => finish(err));

@@ -54,6 +54,7 @@ export const CODE = {
   SID_IN_USE: 412,
   TOO_LARGE: 413,
   BAD_BODY: 422,
+  LIMIT_REACHED: 429,
   INTERNAL: 500,
   VERSION_NOT_SUPPORTED: 505,
 };
@@ -75,10 +76,10 @@ const BROKER_FRAMES = new Map([
   [CMD.BROKER_HEARTBEAT, 2],
   [CMD.BYE, 2],
   [CMD.STATS_REPLY, 4],
-  [CMD.DROPPED, 3],
+  [CMD.DROPPED, 4],
   [CMD.DELIVER_BATCH, 3],
   [CMD.BROKER_BATCH, 3],
-  [CMD.ERROR, 5],
+  [CMD.ERROR, 6],
 ]);
 
 // Commands a BATCH (client) / BROKER_BATCH (broker) entry may hold, with the
@@ -574,10 +575,11 @@ export function parseBroker(frames) {
       Object.assign(msg, { ref: frames[2], body: frames[3] });
       break;
     case CMD.DROPPED:
-      if (frames[2].length === 0 || frames[2].length % 8) {
-        throw new ProtocolError(400, "DROPPED needs (sid, count) pairs of 8 octets");
-      }
+      // no pairs is fine: a DROPPED may tell only of throttled publishes
+      if (frames[2].length % 8) throw new ProtocolError(400, "DROPPED needs (sid, count) pairs of 8 octets");
+      if (frames[3].length !== 4) throw new ProtocolError(400, "DROPPED throttled must be 4 octets");
       msg.counts = frames[2];
+      msg.throttled = Buffer.from(frames[3]).readUInt32BE(0);
       msg.dropped = [];
       for (let i = 0; i < frames[2].length; i += 8) {
         msg.dropped.push({ sid: frames[2].subarray(i, i + 4), count: Buffer.from(frames[2]).readUInt32BE(i + 4) });
@@ -632,9 +634,14 @@ export function parseBroker(frames) {
       checkRef(frames[2]);
       if (frames[3].length !== 2) throw new ProtocolError(400, "code must be 2 octets");
       if (!isUtf8(frames[4])) throw new ProtocolError(400, "ERROR text must be UTF-8");
+      if (frames[5].length !== 0 && frames[5].length !== 4) {
+        throw new ProtocolError(400, "ERROR retry-after must be empty or 4 octets");
+      }
       msg.ref = frames[2];
       msg.code = Buffer.from(frames[3]).readUInt16BE(0);
       msg.text = strictUtf8.decode(frames[4]);
+      // milliseconds until the same request may pass (429, a rate limit), or null
+      msg.retryAfter = frames[5].length ? Buffer.from(frames[5]).readUInt32BE(0) : null;
   }
   return msg;
 }

@@ -276,6 +276,8 @@ function checkValidBroker(v, frames) {
   if ("text" in fields) check(m.text === fields.text, "text differs");
   if ("count" in fields) check(m.count === fields.count, "count differs");
   if ("code" in fields) check(m.code === fields.code, "code differs");
+  if ("retry_after" in fields) check(m.retryAfter === fields.retry_after, "retry_after differs");
+  if ("throttled" in fields) check(m.throttled === fields.throttled, "throttled differs");
   if (body) checkDecoded(body.type, m.body, body);
   if (m.command === p.CMD.BROKER_BATCH) checkCommandEntries(m.messages, v.entries, "broker");
   else if (v.entries) checkDeliverEntries(m.deliveries, v.entries);
