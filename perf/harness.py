@@ -134,6 +134,9 @@ class Spec:
     timeout: float = 120.0  # a worker gives up after this long
     fill: int = 0  # filler: how many subscriptions (or channels) to install
     fill_kind: str = "exact"  # filler: exact | wildcard | channels
+    # A CURVE broker's client: (the broker's public key, Z85; this client's
+    # ``.key_secret`` file), from ``perf.servers.Server.curve``. None: no CURVE.
+    curve: tuple[str, str] | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property

@@ -10,9 +10,11 @@ from pathlib import Path
 from typing import Any
 
 from perf.scenarios import PERCENTILES
-from perf.systems import PEERS, SYSTEMS, ZMQBUS, ZMQBUS_AIO
+from perf.systems import PEERS, SYSTEMS, ZMQBUS, ZMQBUS_AIO, ZMQBUS_CURVE
 
 __all__ = [
+    "curve_cost",
+    "curve_markdown",
     "histogram",
     "make_charts",
     "markdown",
@@ -196,6 +198,12 @@ def _median(results: dict[str, Any], scenario: str, system: str, fig: str) -> fl
     return None
 
 
+def _met(ratio: float | None, kind: str, goal: float) -> bool | None:
+    if ratio is None:
+        return None
+    return ratio >= goal if kind == ">=" else ratio <= goal
+
+
 def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
     """The issue's targets with the measured ratio and whether it is met."""
     out: list[dict[str, Any]] = []
@@ -204,7 +212,7 @@ def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
         name: str, num: float | None, den: float | None, goal: float, kind: str, note: str = ""
     ) -> None:
         ratio = None if num is None or den in (None, 0) else num / float(den or 1)
-        met = None if ratio is None else (ratio >= goal if kind == ">=" else ratio <= goal)
+        met = _met(ratio, kind, goal)
         out.append(
             {"target": name, "ratio": ratio, "goal": f"{kind} {goal:g}", "met": met, "note": note}
         )
@@ -339,11 +347,81 @@ def targets_markdown(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines) + "\n"
 
 
+# --- what CURVE costs --------------------------------------------------------------------
+
+# The CURVE issue's goal: encryption may cost at most 30% of fire-and-forget throughput.
+CURVE_GOALS: dict[tuple[str, str], tuple[str, float]] = {("ff", "rate"): (">=", 0.70)}
+
+
+def curve_cost(results: dict[str, Any]) -> list[dict[str, Any]]:
+    """Every figure of every scenario zmqbus (CURVE) ran in: the medians (min-max) of
+    zmqbus with and without CURVE, CURVE ÷ plain of the medians with the range of the
+    per-run ratios (``ratios_curve``, runs made back to back), and the goal, if any."""
+    rows: list[dict[str, Any]] = []
+    for sc in results["scenarios"]:
+        curve = sc["systems"].get(ZMQBUS_CURVE)
+        if curve is None:
+            continue
+        plain = sc["systems"].get(ZMQBUS) or {}
+        ratios = sc.get("ratios_curve", {}).get(ZMQBUS, {})
+        for fig in sc["figures"]:
+            ratio = ratios.get(fig["key"])
+            goal = CURVE_GOALS.get((sc["key"], fig["key"]))
+            rows.append(
+                {
+                    "scenario": sc["key"],
+                    "title": sc["title"],
+                    "figure": fig["label"],
+                    "unit": fig["unit"],
+                    "plain": (plain.get("stats") or {}).get(fig["key"]),
+                    "curve": curve["stats"].get(fig["key"]),
+                    "ratio": ratio,
+                    "goal": f"{goal[0]} {goal[1]:g}" if goal else "",
+                    "met": None if goal is None or ratio is None else _met(ratio["ratio"], *goal),
+                }
+            )
+    return rows
+
+
+def _change(row: dict[str, Any]) -> str:
+    if row["ratio"] is None:
+        return "—"
+    return f"{(float(row['ratio']['ratio']) - 1) * 100:+.0f}%"
+
+
+def curve_markdown(rows: list[dict[str, Any]]) -> str:
+    """The "CURVE cost" section ("" when zmqbus (CURVE) did not run)."""
+    if not rows:
+        return ""
+    lines = [
+        "\n### CURVE cost\n",
+        f"{SYSTEMS[ZMQBUS_CURVE].label} is the threaded `Bus` to a broker with CURVE on "
+        "(its key pair and one user, generated for the run), measured in the same run as "
+        "zmqbus, its runs alternating with zmqbus's. CURVE ÷ plain: of the medians "
+        "<sub>range of the per-run ratios</sub>; change: what CURVE does to the figure "
+        "(for msgs/s higher is better, for µs lower).\n",
+        "| scenario | figure | zmqbus | zmqbus (CURVE) | CURVE ÷ plain | change | goal | met |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    title = ""
+    for row in rows:
+        met = {True: "yes", False: "**no**", None: "—" if row["goal"] else ""}[row["met"]]
+        lines.append(
+            f"| {'**' + row['title'] + '**' if row['title'] != title else ''} "
+            f"| {row['figure']} | {_cell(row['plain'], row['unit'])} "
+            f"| {_cell(row['curve'], row['unit'])} | {_ratio_cell(row['ratio'])} "
+            f"| {_change(row)} | {row['goal']} | {met} |"
+        )
+        title = row["title"]
+    return "\n".join(lines) + "\n"
+
+
 # --- charts ------------------------------------------------------------------------------
 
 _COLORS = {
     "zmqbus": "#d62728",
     "zmqbus-aio": "#ff7f0e",
+    "zmqbus-curve": "#8c564b",
     "zmq-pushpull": "#7f7f7f",
     "zmq-router": "#2ca02c",
     "nats": "#1f77b4",

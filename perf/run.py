@@ -30,7 +30,15 @@ from perf.harness import worker_context
 from perf.profiles import FULL, QUICK, Profile
 from perf.scenarios import Env, Measure, Scenario, build_scenarios
 from perf.servers import start_server
-from perf.systems import PEERS, SYSTEMS, ZMQBUS, ZMQBUS_AIO, missing, suite_missing
+from perf.systems import (
+    PEERS,
+    SYSTEMS,
+    ZMQBUS,
+    ZMQBUS_AIO,
+    ZMQBUS_CURVE,
+    missing,
+    suite_missing,
+)
 
 __all__ = ["main"]
 
@@ -297,6 +305,8 @@ def run_scenario(
     out["ratios"] = _ratios(sc, out, runs)
     # The asyncio face ÷ every other system (the peers and the threaded face).
     out["ratios_aio"] = _ratios(sc, out, runs, ZMQBUS_AIO, (ZMQBUS, *PEERS))
+    # What CURVE costs: zmqbus with CURVE ÷ the same bus without, in the same run.
+    out["ratios_curve"] = _ratios(sc, out, runs, ZMQBUS_CURVE, (ZMQBUS,))
     return out
 
 
@@ -484,6 +494,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         results["interrupted"] = True
     results["seconds"] = round(time.monotonic() - t0, 1)
     results["targets"] = report.targets(results)
+    results["curve_cost"] = report.curve_cost(results)
     failures = [
         f"{sc['key']}/{s}"
         for sc in results["scenarios"]
@@ -582,6 +593,7 @@ def _markdown_doc(results: dict[str, Any]) -> str:
         + report.markdown(results)
         + "\n### Targets of issue 4\n\n"
         + report.targets_markdown(results["targets"])
+        + report.curve_markdown(results.get("curve_cost", []))
     )
 
 

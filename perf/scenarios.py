@@ -26,7 +26,7 @@ from typing import Any
 from perf.harness import RunError, Spec, Worker, close_all, samples_from_bytes, wait_all
 from perf.profiles import Profile
 from perf.servers import Server, start_server
-from perf.systems import SYSTEMS
+from perf.systems import SYSTEMS, ZMQBUS, ZMQBUS_CURVE
 
 __all__ = [
     "PERCENTILES",
@@ -199,6 +199,7 @@ def throughput(
             pattern=pattern,
             max_seconds=max_seconds or prof.max_seconds,
             timeout=prof.run_timeout,
+            curve=srv.curve,
         )
         sink_specs = [base.but(role="sink", address=srv.sub, count=count * sources)] * sinks
         src_specs = [base.but(role="source", address=srv.pub, count=count)] * sources
@@ -236,6 +237,7 @@ def confirmed(env: Env, system: str, *, count: int, window: int, warmup: int) ->
             size=100,
             timeout=prof.run_timeout,
             reply_topic="bench.ack",
+            curve=srv.curve,
         )
         sink = base.but(role="sink", address=srv.sub, mode="ack", count=warmup + count)
         src = base.but(role="confirmer", address=srv.pub, count=count, window=window, warmup=warmup)
@@ -266,6 +268,7 @@ def pingpong(env: Env, system: str, *, count: int, warmup: int) -> Measure:
             warmup=warmup,
             timeout=prof.run_timeout,
             reply_topic="bench.pong",
+            curve=srv.curve,
         )
         sink = base.but(role="sink", address=srv.sub, mode="echo", count=warmup + count)
         src = base.but(role="pinger", address=srv.pub, count=count)
@@ -297,14 +300,17 @@ def reqrep(env: Env, system: str, *, count: int, warmup: int) -> Measure:
             warmup=warmup,
             timeout=prof.run_timeout,
             topic="bench.request",
+            curve=srv.curve if srv else None,
         )
         responder = base.but(count=warmup + count, extra={"part": "server"})
         requester = base.but(count=count, extra={"part": "client"})
         sink_res, src_res = run_group([responder], [requester], prof.run_timeout)
+    r = src_res[0]
     return Measure(
+        values={"rate": count / _secs(int(r["t_end"]) - int(r["t_start"]))},
         loss=warmup + count - int(sink_res[0]["received"]),
-        errors=int(src_res[0].get("errors", 0)),
-        samples={"rtt": samples_from_bytes(src_res[0]["lat"])},
+        errors=int(r.get("errors", 0)),
+        samples={"rtt": samples_from_bytes(r["lat"])},
     )
 
 
@@ -355,6 +361,15 @@ ZMQBUS_FACES = ("zmqbus", "zmqbus-aio")
 HWM = 100_000
 
 
+def _with_curve(systems: tuple[str, ...]) -> tuple[str, ...]:
+    """``systems`` with zmqbus (CURVE) right after zmqbus: runs rotate through the
+    systems in this order, so each CURVE run follows its plain run back to back.
+
+    Only the scenarios whose CURVE cost is asked about (fire-and-forget, with a target,
+    and request/reply) use it: each CURVE scenario lengthens the full run."""
+    return tuple(x for s in systems for x in ((s, ZMQBUS_CURVE) if s == ZMQBUS else (s,)))
+
+
 def _pct_figures(group: str, what: str) -> list[FigureDef]:
     return [FigureDef(f"{group}.p{p:g}", f"{what} p{p:g}", "µs", "lower") for p in PERCENTILES]
 
@@ -366,7 +381,7 @@ def _lossless_under_hwm(total_per_queue: int) -> Callable[[str], bool]:
     def f(system: str) -> bool:
         if system == "zmq-pushpull":
             return True  # PUSH blocks instead of dropping
-        return system in (*ZMQBUS_FACES, "zmq-router") and total_per_queue <= HWM
+        return system in (*ZMQBUS_FACES, ZMQBUS_CURVE, "zmq-router") and total_per_queue <= HWM
 
     return f
 
@@ -385,7 +400,7 @@ def build_scenarios(p: Profile) -> list[Scenario]:
             "1 -> 1 fire-and-forget, 100 B",
             f"{p.ff_count:,} messages per run, one publisher, one subscriber",
             ("sink", "source"),
-            ALL,
+            _with_curve(ALL),
             [rate],
             lambda env, s: throughput(env, s, count=p.ff_count),
             _lossless_under_hwm(p.ff_count),
@@ -470,8 +485,8 @@ def build_scenarios(p: Profile) -> list[Scenario]:
             "at a time; each system's own request/reply (pyzmq: DEALER straight to a ROUTER "
             "that answers, no broker)",
             ("reqrep",),
-            BROKERED,
-            _pct_figures("rtt", "round trip"),
+            _with_curve(BROKERED),
+            [FigureDef("rate", "round trips/s", "msgs/s"), *_pct_figures("rtt", "round trip")],
             lambda env, s: reqrep(env, s, count=p.latency_count, warmup=p.latency_warmup),
             _always,
             params={"count": p.latency_count, "warmup": p.latency_warmup, "size": 100},

@@ -1,5 +1,5 @@
-"""Start and stop the servers on 127.0.0.1: the zmqbus broker, nats-server,
-redis-server, and the raw-pyzmq helper processes; read a server's RSS.
+"""Start and stop the servers on 127.0.0.1: the zmqbus broker (plain or with CURVE),
+nats-server, redis-server, and the raw-pyzmq helper processes; read a server's RSS.
 
 Every server runs in its own process. The script waits for each one's own "ready"
 line (the broker's ``listening on``, nats-server's ``Server is ready``,
@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import os
 import re
+import shutil
 import signal
 import socket
 import subprocess
@@ -23,6 +24,7 @@ from collections import deque
 from pathlib import Path
 
 from perf.harness import Spec, Worker, die_with_parent
+from zmqbus.keys import keygen, load_public_key
 
 __all__ = ["Server", "rss_kib", "start_server"]
 
@@ -55,13 +57,18 @@ def _free_port() -> int:
 
 
 class Server:
-    """A running server: where publishers and subscribers connect, and its pid."""
+    """A running server: where publishers and subscribers connect, and its pid.
+
+    ``curve`` is what a client of a CURVE broker needs (see ``Spec.curve``), None
+    for every other server.
+    """
 
     def __init__(self, kind: str, pub: str, sub: str, pid: int) -> None:
         self.kind = kind
         self.pub = pub
         self.sub = sub
         self.pid = pid
+        self.curve: tuple[str, str] | None = None
 
     def rss_kib(self) -> int:
         return rss_kib(self.pid)
@@ -126,7 +133,10 @@ class _Subprocess(Server):
                 self._proc.kill()
                 self._proc.wait(5)
         for path in self._cleanup:
-            path.unlink(missing_ok=True)
+            if path.is_dir():
+                shutil.rmtree(path, ignore_errors=True)
+            else:
+                path.unlink(missing_ok=True)
 
     def stop(self) -> None:
         self._kill()
@@ -145,32 +155,67 @@ class _Helper(Server):
         self._worker.close(1.0)
 
 
+def _broker_argv(*extra: str) -> list[str]:
+    return [
+        sys.executable,
+        "-m",
+        "zmqbus",
+        "broker",
+        "--bind",
+        "tcp://127.0.0.1:0",
+        "--max-message-size",
+        str(ZMQBUS_MAX_MESSAGE_SIZE),
+        # The routing scenarios hold up to 100,000 subscriptions on one
+        # connection: past the default limits, raised as an operator would.
+        "--max-subscriptions-per-peer",
+        str(ZMQBUS_MAX_SUBSCRIPTIONS),
+        "--max-subscriptions-per-channel",
+        str(ZMQBUS_MAX_SUBSCRIPTIONS),
+        "--log-level",
+        "INFO",
+        *extra,
+    ]
+
+
+_BROKER_READY = re.compile(r"listening on (tcp://\S+)")
+CURVE_USER = "perf"
+
+
+def _curve_broker() -> Server:
+    """The same broker as for plain zmqbus, started as an operator turns CURVE on: key
+    pairs from ``keygen`` (what ``zmqbus keygen`` writes) and a ``--config`` file naming
+    the broker's secret key and one user. The user may do anything, so the broker skips
+    its permission checks and what the comparison shows is CURVE's own cost."""
+    folder = Path(tempfile.mkdtemp(prefix="perf-curve-"))
+    try:
+        broker_public, broker_secret = keygen("broker", folder)
+        user_public, user_secret = keygen(CURVE_USER, folder)
+        config = folder / "broker.toml"
+        config.write_text(
+            f"secret_key = {broker_secret.name!r}\n\n"
+            f"[[users]]\nname = {CURVE_USER!r}\npublic_key = {user_public.name!r}\n"
+        )
+        server_key = load_public_key(broker_public).decode("ascii")
+        server = _Subprocess(
+            "zmqbus broker (CURVE)",
+            _broker_argv("--config", str(config)),
+            _BROKER_READY,
+            None,
+            cleanup=[folder],
+        )
+    except BaseException:
+        shutil.rmtree(folder, ignore_errors=True)
+        raise
+    server.curve = (server_key, str(user_secret))
+    return server
+
+
 def start_server(kind: str, system: str) -> Server:
     """Start the server of ``kind`` (see ``perf.systems.System.server``)."""
     if kind == "zmqbus":
-        return _Subprocess(
-            "zmqbus broker",
-            [
-                sys.executable,
-                "-m",
-                "zmqbus",
-                "broker",
-                "--bind",
-                "tcp://127.0.0.1:0",
-                "--max-message-size",
-                str(ZMQBUS_MAX_MESSAGE_SIZE),
-                # The routing scenarios hold up to 100,000 subscriptions on one
-                # connection: past the default limits, raised as an operator would.
-                "--max-subscriptions-per-peer",
-                str(ZMQBUS_MAX_SUBSCRIPTIONS),
-                "--max-subscriptions-per-channel",
-                str(ZMQBUS_MAX_SUBSCRIPTIONS),
-                "--log-level",
-                "INFO",
-            ],
-            re.compile(r"listening on (tcp://\S+)"),
-            None,
-        )
+        return _Subprocess("zmqbus broker", _broker_argv(), _BROKER_READY, None)
+    if kind == "zmqbus-curve":
+        return _curve_broker()
     if kind == "nats":
         fd, name = tempfile.mkstemp(prefix="perf-nats-", suffix=".conf")
         with os.fdopen(fd, "w") as f:

@@ -11,6 +11,9 @@ is full.
 Request/reply (``reqrep``, registered when the installed zmqbus has ``Bus.request``):
 the responder is a handler subscription whose return value is the reply, the
 requester calls ``Bus.request`` one request at a time.
+
+The same roles serve "zmqbus (CURVE)": a spec with ``curve`` set connects its bus
+with CURVE (``curve_options``); nothing else differs.
 """
 
 from __future__ import annotations
@@ -22,6 +25,8 @@ from array import array
 from collections import deque
 from concurrent.futures import Future
 from functools import partial
+from pathlib import Path
+from typing import Any
 
 import zmq
 
@@ -39,15 +44,25 @@ from perf.harness import (
 from zmqbus import Bus, Message, PublishResult
 from zmqbus import protocol as p
 
-__all__ = ["confirmer", "filler", "pinger", "reqrep", "sink", "source"]
+__all__ = ["confirmer", "curve_options", "filler", "pinger", "reqrep", "sink", "source"]
 
 # Far above any run's count: the subscription buffer must never be what drops.
 _SUB_BUFFER = 50_000_000
 _IDLE = 0.25
 
 
+def curve_options(spec: Spec) -> dict[str, Any]:
+    """``Bus`` keyword arguments for a CURVE broker's client (none for a plain broker)."""
+    if spec.curve is None:
+        return {}
+    server_key, key_file = spec.curve
+    # A Path, not str: zmqbus reads any 40-character str as Z85 key text, and a
+    # temporary directory's key file path can be exactly that long.
+    return {"server_key": server_key, "key": Path(key_file)}
+
+
 def _bus(spec: Spec, close_timeout: float = 10.0) -> Bus:
-    return Bus(spec.address, spec.channel, close_timeout=close_timeout)
+    return Bus(spec.address, spec.channel, close_timeout=close_timeout, **curve_options(spec))
 
 
 def sink(spec: Spec, ctl: Ctl) -> None:

@@ -48,7 +48,7 @@ from perf.harness import (
     samples_to_bytes,
     stamp_payload,
 )
-from perf.sys_zmqbus import Failures, _record, filler
+from perf.sys_zmqbus import Failures, _record, curve_options, filler
 from zmqbus import Message, PublishResult
 from zmqbus.aio import Bus
 
@@ -69,7 +69,7 @@ def _run(coro: Coroutine[Any, Any, None]) -> None:
 
 
 def _bus(spec: Spec, close_timeout: float = 10.0) -> Bus:
-    return Bus(spec.address, spec.channel, close_timeout=close_timeout)
+    return Bus(spec.address, spec.channel, close_timeout=close_timeout, **curve_options(spec))
 
 
 async def _blocking(fn: Callable[[], T]) -> T:

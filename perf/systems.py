@@ -20,6 +20,7 @@ __all__ = [
     "SYSTEMS",
     "ZMQBUS",
     "ZMQBUS_AIO",
+    "ZMQBUS_CURVE",
     "System",
     "missing",
     "role_function",
@@ -31,7 +32,8 @@ __all__ = [
 class System:
     key: str
     label: str  # column heading
-    server: str  # what perf.servers starts: zmqbus | nats | redis | streamer | forwarder
+    # What perf.servers starts: zmqbus | zmqbus-curve | nats | redis | streamer | forwarder.
+    server: str
     roles: dict[str, str]  # role -> "module:function"
     binaries: tuple[tuple[str, str], ...] = ()  # (program, how to install it)
     modules: tuple[tuple[str, str], ...] = ()  # (import name, how to install it)
@@ -46,6 +48,8 @@ _PIP = "pip install -e '.[perf]'"
 # The two faces of the bus under test: both are "zmqbus", neither is a peer.
 ZMQBUS = "zmqbus"  # the threaded ``zmqbus.Bus``: the face every "zmqbus ÷ peer" ratio uses
 ZMQBUS_AIO = "zmqbus-aio"  # the asyncio ``zmqbus.aio.Bus`` on uvloop
+# The threaded face again, to a broker with CURVE on: only ever compared with ZMQBUS.
+ZMQBUS_CURVE = "zmqbus-curve"
 
 
 def _aio_has_request() -> bool:
@@ -70,6 +74,20 @@ SYSTEMS: dict[str, System] = {
                 "pinger": "perf.sys_zmqbus:pinger",
                 "filler": "perf.sys_zmqbus:filler",
                 **({"reqrep": "perf.sys_zmqbus:reqrep"} if hasattr(Bus, "request") else {}),
+            },
+        ),
+        System(
+            ZMQBUS_CURVE,
+            "zmqbus (CURVE)",
+            "zmqbus-curve",  # keys and a user made for it (perf.servers)
+            {
+                # The threaded roles themselves: the server's keys reach them in Spec.curve.
+                "sink": "perf.sys_zmqbus:sink",
+                "source": "perf.sys_zmqbus:source",
+                "confirmer": "perf.sys_zmqbus:confirmer",
+                "pinger": "perf.sys_zmqbus:pinger",
+                **({"reqrep": "perf.sys_zmqbus:reqrep"} if hasattr(Bus, "request") else {}),
+                # No filler: it speaks the wire protocol on raw sockets without CURVE.
             },
         ),
         System(
@@ -146,7 +164,8 @@ SYSTEMS: dict[str, System] = {
     )
 }
 
-PEERS = [k for k in SYSTEMS if k not in (ZMQBUS, ZMQBUS_AIO)]
+# Every system but zmqbus itself, through either face and with or without CURVE.
+PEERS = [k for k in SYSTEMS if k not in (ZMQBUS, ZMQBUS_AIO, ZMQBUS_CURVE)]
 
 
 def missing(key: str) -> list[str]:
