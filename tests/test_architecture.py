@@ -21,6 +21,8 @@ SANS_IO = {
     "_groups",
     "_peer",
     "_rates",
+    "_streams",
+    "store",
     "limits",
     "_pending",
     "_subscriptions",
@@ -36,19 +38,25 @@ SANS_IO = {
 
 
 def _imports(module: str) -> set[str]:
-    tree = ast.parse((ROOT / f"{module}.py").read_text())
+    # A package (store/) is the union of its modules, whose relative imports
+    # start one level deeper.
+    package = ROOT / module
+    files = sorted(package.glob("*.py")) if package.is_dir() else [ROOT / f"{module}.py"]
     names: set[str] = set()
-    for node in ast.walk(tree):
-        if isinstance(node, ast.Import):
-            names.update(a.name for a in node.names)
-        elif isinstance(node, ast.ImportFrom):
-            if node.level:  # relative: `from .x import y` or `from . import x`
-                if node.module:
-                    names.add("zmqbus." + node.module)
-                else:
-                    names.update("zmqbus." + a.name for a in node.names)
-            elif node.module:
-                names.add(node.module)
+    for file in files:
+        bases = {1: f"zmqbus.{module}.", 2: "zmqbus."} if package.is_dir() else {1: "zmqbus."}
+        for node in ast.walk(ast.parse(file.read_text())):
+            if isinstance(node, ast.Import):
+                names.update(a.name for a in node.names)
+            elif isinstance(node, ast.ImportFrom):
+                if node.level:  # relative: `from .x import y` or `from . import x`
+                    base = bases[node.level]
+                    if node.module:
+                        names.add(base + node.module)
+                    else:
+                        names.update(base + a.name for a in node.names)
+                elif node.module:
+                    names.add(node.module)
     return names
 
 

@@ -163,7 +163,11 @@ def ready_core() -> ClientCore:
     fut: Future[Any] = Future()
     core.connect(fut, T, T)
     # This client offers batches of commands only, never batches of messages.
-    assert p.unpack_hello(core.outbox[0][2]) == {"client": "zmqbus-py", "batch_commands": True}
+    assert p.unpack_hello(core.outbox[0][2]) == {
+        "client": "zmqbus-py",
+        "batch_commands": True,
+        "streams": True,
+    }
     core.outbox.clear()
     core.receive([p.H_WELCOME, A, p.pack_welcome("b", 1 << 20, batch=True, batch_commands=True)])
     assert fut.result(0)

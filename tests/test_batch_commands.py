@@ -456,7 +456,11 @@ def test_core_joins_only_when_the_broker_offered_batch_commands() -> None:
         core = ClientCore(A, heartbeat=0)
         core.connect(Future(), T, T)
         [hello_frames] = core.take_outgoing()
-        assert p.unpack_hello(hello_frames[2]) == {"client": "zmqbus-py", "batch_commands": True}
+        assert p.unpack_hello(hello_frames[2]) == {
+            "client": "zmqbus-py",
+            "batch_commands": True,
+            "streams": True,
+        }
         extra = {"batch_commands": True} if offered else {}
         core.receive([p.H_WELCOME, A, p.pack_welcome("b", 1 << 20, **extra)])
         out = deque(cmd_frames())

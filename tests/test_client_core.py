@@ -141,7 +141,11 @@ def test_connect_welcome_sets_ready_and_max_message_size() -> None:
     assert core.state == "joining"
     assert sent_commands(core) == [p.H_HELLO]
     # One batching scheme: batches of commands, never batches of messages.
-    assert p.unpack_hello(core.outbox[0][2]) == {"client": "unit/1", "batch_commands": True}
+    assert p.unpack_hello(core.outbox[0][2]) == {
+        "client": "unit/1",
+        "batch_commands": True,
+        "streams": True,
+    }
     assert core.next_deadline() == 10.0
     pair.pump()
     assert core.state == "ready"
@@ -150,6 +154,7 @@ def test_connect_welcome_sets_ready_and_max_message_size() -> None:
         "broker": "test-broker",
         "max_message_size": 4321,
         "batch_commands": True,
+        "streams": True,
     }
     assert core.batching_commands
     assert core.broker_info == fut.result(0)

@@ -131,6 +131,37 @@ stats_maps = st.fixed_dictionaries(
     )
 )
 stats_bodies = stats_maps.map(p.pack_stats)
+# Durable streams: names, STREAM and CONSUME bodies, STREAM_REPLY bodies, STREAM_ACK fields.
+stream_names = st.text(
+    st.sampled_from("ABCXYZabcxyz0189_-"), min_size=1, max_size=p.MAX_STREAM_NAME_BYTES
+)
+_stream_values = st.one_of(
+    _simple,
+    st.lists(st.text(max_size=8), max_size=3),
+    st.dictionaries(st.text(max_size=8), _simple),
+)
+stream_bodies = st.one_of(
+    st.builds(
+        lambda op, args: p.pack_stream_request(op, **args),
+        st.sampled_from(["add", "info", "list", "delete", "purge", "get", "consumer_add"]),
+        st.dictionaries(
+            st.text(max_size=8).filter(lambda k: k != "op"), _stream_values, max_size=3
+        ),
+    ),
+    st.builds(
+        lambda name, config: p.pack_consume(name, **config),
+        stream_names,
+        st.dictionaries(
+            st.text(max_size=8).filter(lambda k: k != "stream"), _stream_values, max_size=3
+        ),
+    ),
+)
+stream_reply_bodies = st.dictionaries(st.text(max_size=8), _stream_values, max_size=4).map(
+    p.pack_stream_reply
+)
+ack_kinds = st.sampled_from(list(p.AckKind))
+delays = st.one_of(st.none(), st.integers(0, 2**32 - 1))
+metas = st.builds(p.pack_meta, st.integers(0, 2**64 - 1), st.integers(0, 2**32 - 1))
 
 client_commands = st.one_of(
     st.builds(p.Hello, channels, hello_bodies),
@@ -143,6 +174,9 @@ client_commands = st.one_of(
     st.builds(p.Reply, channels, reply_tokens, bodies),
     st.builds(p.Heartbeat, channels),
     st.builds(p.Stats, st.one_of(st.just(b""), channels), refs),
+    st.builds(p.Stream, channels, given_refs, stream_bodies),
+    st.builds(p.Consume, channels, given_refs, sid_frames, stream_bodies),
+    st.builds(p.StreamAck, channels, tokens, ack_kinds, delays, st.text(max_size=40)),
 )
 broker_commands = st.one_of(
     st.builds(p.Welcome, channels, welcome_bodies),
@@ -162,6 +196,11 @@ broker_commands = st.one_of(
     st.builds(p.BrokerHeartbeat, channels),
     st.builds(p.Bye, channels),
     st.builds(p.StatsReply, st.one_of(st.just(b""), channels), refs, stats_bodies),
+    st.builds(p.StreamReply, channels, given_refs, stream_reply_bodies),
+    st.builds(
+        p.Stored, channels, given_refs, stream_names, st.integers(0, 2**64 - 1), st.booleans()
+    ),
+    st.builds(p.StreamMsg, channels, tokens, topic_frames, bodies, sid_frames, metas),
 )
 
 # Frames biased towards almost-valid messages so parsing goes deep.
@@ -184,6 +223,12 @@ _any_frame = st.one_of(
     sids_frames,
     reply_tokens,
     queue_frames,
+    stream_bodies,
+    stream_reply_bodies,
+    stream_names.map(str.encode),
+    metas,
+    st.sampled_from([bytes((k,)) for k in range(6)]),
+    st.integers(0, 2**64 - 1).map(lambda n: n.to_bytes(8, "big")),
 )
 frame_lists = st.one_of(
     st.lists(st.binary(max_size=20), max_size=7),
@@ -250,6 +295,171 @@ def test_liveness_and_stats_commands_on_the_wire() -> None:
     assert p.header(p.Cmd.HEARTBEAT) == p.H_HEARTBEAT
 
 
+def test_stream_commands_on_the_wire() -> None:
+    """The frames of the six stream commands, both ways, and the values their
+    fields take in Python (a kind, a delay, a name, a sequence, a flag)."""
+    ch = b"\x07" * 16
+    token = b"\x00\x00\x00\x01" + (17).to_bytes(8, "big") + b"\xaa" * 16
+    body = p.pack_stream_request("add", config={"name": "ORDERS", "subjects": ["orders.>"]})
+    consume = p.pack_consume("ORDERS", durable="billing", ack_wait=30_000)
+    reply = p.pack_stream_reply({"deleted": True})
+    msg = p.pack_message(b"\1" * 16, 0, {}, b"x")
+    meta = (17).to_bytes(8, "big") + (2).to_bytes(4, "big")
+    cases: list[tuple[p.Command, list[bytes]]] = [
+        (p.Stream(ch, b"r", body), [b"ZB\x01\x0d", ch, b"r", body]),
+        (p.Consume(ch, b"r", S1, consume), [b"ZB\x01\x0e", ch, b"r", S1, consume]),
+        (
+            p.StreamAck(ch, token, p.AckKind.ACK, None, ""),
+            [b"ZB\x01\x0f", ch, token, b"\x01", b"", b""],
+        ),
+        (
+            p.StreamAck(ch, token, p.AckKind.NAK, 5000, "é"),
+            [b"ZB\x01\x0f", ch, token, b"\x02", b"\x00\x00\x13\x88", "é".encode()],
+        ),
+        (
+            p.StreamAck(ch, token, p.AckKind.PROGRESS, None, ""),
+            [b"ZB\x01\x0f", ch, token, b"\x03", b"", b""],
+        ),
+        (
+            p.StreamAck(ch, token, p.AckKind.TERM, None, "x"),
+            [b"ZB\x01\x0f", ch, token, b"\x04", b"", b"x"],
+        ),
+        (p.StreamReply(ch, b"r", reply), [b"ZB\x01\x90", ch, b"r", reply]),
+        (
+            p.Stored(ch, b"r", "ORDERS", 17, False),
+            [b"ZB\x01\x91", ch, b"r", b"ORDERS", (17).to_bytes(8, "big"), b"\x00"],
+        ),
+        (
+            p.Stored(ch, b"r", "a_B-9", 2**64 - 1, True),
+            [b"ZB\x01\x91", ch, b"r", b"a_B-9", b"\xff" * 8, b"\x01"],
+        ),
+        (
+            p.StreamMsg(ch, token, b"orders.eu", msg, S1, meta),
+            [b"ZB\x01\x92", ch, token, b"orders.eu", msg, S1, meta],
+        ),
+    ]
+    for cmd, frames in cases:
+        assert p.encode(cmd) == frames
+        parse = p.parse_client if frames[0][3] < 0x80 else p.parse_broker
+        assert parse(frames) == cmd
+    assert [int(k) for k in p.AckKind] == [1, 2, 3, 4]
+    assert (p.Cmd.STREAM, p.Cmd.CONSUME, p.Cmd.STREAM_ACK) == (0x0D, 0x0E, 0x0F)
+    assert (p.Cmd.STREAM_REPLY, p.Cmd.STORED, p.Cmd.STREAM_MSG) == (0x90, 0x91, 0x92)
+    assert (p.ErrorCode.NOT_FOUND, p.ErrorCode.CONFLICT, p.ErrorCode.STORE_FAILED) == (
+        404,
+        410,
+        507,
+    )
+    for byte in (p.Cmd.STREAM, p.Cmd.CONSUME, p.Cmd.STREAM_ACK):
+        assert p.header(byte) == getattr(p, f"H_{byte.name}")
+    for byte in (p.Cmd.STREAM_REPLY, p.Cmd.STORED, p.Cmd.STREAM_MSG):
+        assert p.header(byte) == getattr(p, f"H_{byte.name}")
+
+
+def test_stream_delay_is_absent_or_four_octets() -> None:
+    # None travels as the empty frame: "the consumer's backoff", not a delay of 0 ms.
+    frames = p.encode(p.StreamAck(CH, b"t", p.AckKind.NAK, 0, ""))
+    assert frames[4] == b"\x00" * 4
+    assert p.parse_client(frames).delay == 0  # type: ignore[union-attr]
+    frames = p.encode(p.StreamAck(CH, b"t", p.AckKind.NAK, None, ""))
+    assert frames[4] == b""
+    assert p.parse_client(frames).delay is None  # type: ignore[union-attr]
+
+
+@pytest.mark.parametrize(
+    ("seq", "deliveries", "wire"),
+    [
+        (0, 0, bytes(12)),
+        (17, 2, (17).to_bytes(8, "big") + (2).to_bytes(4, "big")),
+        (2**64 - 1, 2**32 - 1, b"\xff" * 12),
+    ],
+)
+def test_meta_packs_sequence_then_deliveries(seq: int, deliveries: int, wire: bytes) -> None:
+    assert p.pack_meta(seq, deliveries) == wire
+    assert p.unpack_meta(wire) == (seq, deliveries)
+
+
+def test_meta_deliveries_saturate_at_32_bits() -> None:
+    # A message delivered more often than 4 octets count still says "that many, at least".
+    assert p.unpack_meta(p.pack_meta(5, 2**40)) == (5, 2**32 - 1)
+
+
+def test_stream_bodies() -> None:
+    body = p.pack_stream_request("add", config={"name": "ORDERS", "subjects": ["orders.>"]})
+    assert p.unpack_stream_request(body) == {
+        "op": "add",
+        "config": {"name": "ORDERS", "subjects": ["orders.>"]},
+    }
+    assert msgpack.unpackb(p.pack_stream_request("list")) == {"op": "list"}
+    consume = p.pack_consume("ORDERS", durable="billing", ack_wait=30_000)
+    assert p.unpack_stream_request(consume) == {
+        "stream": "ORDERS",
+        "durable": "billing",
+        "ack_wait": 30_000,
+    }
+    assert p.unpack_stream_reply(p.pack_stream_reply({"purged": 3})) == {"purged": 3}
+    assert p.unpack_stream_reply(p.pack_stream_reply({})) == {}
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b"",
+        b"\xc1",
+        msgpack.packb([]),
+        msgpack.packb("list"),
+        msgpack.packb(None),
+        msgpack.packb({1: 2}),
+        msgpack.packb({b"op": "list"}, use_bin_type=True),
+        msgpack.packb({"op": 1}),
+        msgpack.packb({"op": b"list"}, use_bin_type=True),
+        msgpack.packb({"op": ["list"]}),
+        p.pack_stream_request("list") + b"\x00",
+    ],
+)
+def test_unpack_stream_request_refuses_bad_shapes(body: bytes) -> None:
+    with pytest.raises(ProtocolError) as info:
+        p.unpack_stream_request(body)
+    assert info.value.code == ErrorCode.BAD_BODY
+
+
+@pytest.mark.parametrize(
+    "body",
+    [b"", b"\xc1", msgpack.packb([]), msgpack.packb({404: "x"}), p.pack_stream_reply({}) + b"\0"],
+)
+def test_unpack_stream_reply_refuses_bad_shapes(body: bytes) -> None:
+    with pytest.raises(ProtocolError) as info:
+        p.unpack_stream_reply(body)
+    assert info.value.code == ErrorCode.BAD_BODY
+
+
+@pytest.mark.parametrize(
+    ("name", "ok"),
+    [
+        (b"O", True),
+        (b"ORDERS", True),
+        (b"orders_eu-2", True),
+        (b"S" * p.MAX_STREAM_NAME_BYTES, True),
+        (b"S" * (p.MAX_STREAM_NAME_BYTES + 1), False),
+        (b"", False),
+        (b"ORDERS.EU", False),
+        (b"orders.>", False),
+        (b"ORD ERS", False),
+        (b"ORDERS\n", False),
+        ("ÖRDERS".encode(), False),
+        (b"\xff", False),
+        (b"*", False),
+    ],
+)
+def test_check_stream_name(name: bytes, ok: bool) -> None:
+    if ok:
+        p.check_stream_name(name)
+    else:
+        with pytest.raises(ProtocolError) as info:
+            p.check_stream_name(name)
+        assert info.value.code == ErrorCode.BAD_FRAMES
+
+
 def test_encode_refuses_non_commands() -> None:
     with pytest.raises(TypeError):
         p.encode("HELLO")  # type: ignore[arg-type]
@@ -268,6 +478,9 @@ def test_header_layout() -> None:
 
 CH = b"\x07" * 16
 S1 = b"\x00\x00\x00\x01"
+_LIST = p.pack_stream_request("list")
+_CONSUME = p.pack_consume("ORDERS")
+_REPLY = p.pack_stream_reply({"streams": []})
 
 
 def _code(parse: Any, frames: list[bytes]) -> int:
@@ -350,6 +563,39 @@ def _code(parse: Any, frames: list[bytes]) -> int:
         ([p.H_BROKER_HEARTBEAT, CH], ErrorCode.UNKNOWN_COMMAND),
         ([p.H_BYE, CH], ErrorCode.UNKNOWN_COMMAND),
         ([p.H_STATS_REPLY, CH, b"", p.pack_stats({})], ErrorCode.UNKNOWN_COMMAND),
+        ([p.H_STREAM_REPLY, CH, b"r", _LIST], ErrorCode.UNKNOWN_COMMAND),
+        ([p.H_STORED, CH, b"r", b"S", bytes(8), b"\x00"], ErrorCode.UNKNOWN_COMMAND),
+        ([p.H_STREAM_MSG, CH, b"t", b"a", b"", S1, bytes(12)], ErrorCode.UNKNOWN_COMMAND),
+        ([p.H_STREAM, CH, b"r"], ErrorCode.BAD_FRAMES),
+        ([p.H_STREAM, CH, b"r", _LIST, b""], ErrorCode.BAD_FRAMES),
+        ([p.H_STREAM, CH, b"", _LIST], ErrorCode.BAD_FRAMES),
+        ([p.H_STREAM, CH, b"r" * 33, _LIST], ErrorCode.BAD_FRAMES),
+        ([p.H_STREAM, CH[:15], b"r", _LIST], ErrorCode.BAD_FRAMES),
+        ([p.H_STREAM, b"", b"r", _LIST], ErrorCode.BAD_FRAMES),  # only STATS may omit it
+        ([p.H_STREAM, CH, b"r", b""], ErrorCode.BAD_BODY),
+        ([p.H_STREAM, CH, b"r", msgpack.packb(["list"])], ErrorCode.BAD_BODY),
+        ([p.H_STREAM, CH, b"r", msgpack.packb({"op": 1})], ErrorCode.BAD_BODY),
+        ([p.H_STREAM, CH, b"", b"\xc1"], ErrorCode.BAD_FRAMES),  # the ref first
+        ([p.H_CONSUME, CH, b"r", S1], ErrorCode.BAD_FRAMES),
+        ([p.H_CONSUME, CH, b"r", S1, _CONSUME, b""], ErrorCode.BAD_FRAMES),
+        ([p.H_CONSUME, CH, b"", S1, _CONSUME], ErrorCode.BAD_FRAMES),
+        ([p.H_CONSUME, CH, b"r", S1[:3], _CONSUME], ErrorCode.BAD_FRAMES),
+        ([p.H_CONSUME, CH, b"r", S1 * 2, _CONSUME], ErrorCode.BAD_FRAMES),
+        ([p.H_CONSUME, CH, b"r", S1, msgpack.packb({1: "ORDERS"})], ErrorCode.BAD_BODY),
+        ([p.H_CONSUME, CH, b"r", S1[:3], b"\xc1"], ErrorCode.BAD_FRAMES),  # the sid first
+        ([p.H_STREAM_ACK, CH, b"t", b"\x01", b""], ErrorCode.BAD_FRAMES),
+        ([p.H_STREAM_ACK, CH, b"t", b"\x01", b"", b"", b""], ErrorCode.BAD_FRAMES),
+        ([p.H_STREAM_ACK, CH, b"", b"\x01", b"", b""], ErrorCode.BAD_FRAMES),
+        ([p.H_STREAM_ACK, CH, b"t" * 33, b"\x01", b"", b""], ErrorCode.BAD_FRAMES),
+        ([p.H_STREAM_ACK, CH, b"t", b"", b"", b""], ErrorCode.BAD_FRAMES),
+        ([p.H_STREAM_ACK, CH, b"t", b"\x01\x01", b"", b""], ErrorCode.BAD_FRAMES),
+        ([p.H_STREAM_ACK, CH, b"t", b"\x00", b"", b""], ErrorCode.BAD_FRAMES),
+        ([p.H_STREAM_ACK, CH, b"t", b"\x05", b"", b""], ErrorCode.BAD_FRAMES),
+        ([p.H_STREAM_ACK, CH, b"t", b"\xff", b"", b""], ErrorCode.BAD_FRAMES),
+        ([p.H_STREAM_ACK, CH, b"t", b"\x02", b"\x13\x88", b""], ErrorCode.BAD_FRAMES),
+        ([p.H_STREAM_ACK, CH, b"t", b"\x02", bytes(5), b""], ErrorCode.BAD_FRAMES),
+        ([p.H_STREAM_ACK, CH, b"t", b"\x04", b"", b"\xff"], ErrorCode.BAD_FRAMES),
+        ([p.H_STREAM_ACK, CH[:15], b"t", b"\x01", b"", b""], ErrorCode.BAD_FRAMES),
     ],
 )
 def test_parse_client_refusals(frames: list[bytes], code: int) -> None:
@@ -418,6 +664,40 @@ def test_parse_client_refusals(frames: list[bytes], code: int) -> None:
         ([p.H_STATS_REPLY, CH, b"", p.pack_stats({}) + b"\0"], ErrorCode.BAD_BODY),
         ([p.H_HEARTBEAT, CH], ErrorCode.UNKNOWN_COMMAND),
         ([p.H_STATS, b"", b""], ErrorCode.UNKNOWN_COMMAND),
+        ([p.H_STREAM, CH, b"r", _LIST], ErrorCode.UNKNOWN_COMMAND),
+        ([p.H_CONSUME, CH, b"r", S1, _CONSUME], ErrorCode.UNKNOWN_COMMAND),
+        ([p.H_STREAM_ACK, CH, b"t", b"\x01", b"", b""], ErrorCode.UNKNOWN_COMMAND),
+        ([b"ZB\x01\x93", CH, b"r"], ErrorCode.UNKNOWN_COMMAND),
+        ([p.H_STREAM_REPLY, CH, b"r"], ErrorCode.BAD_FRAMES),
+        ([p.H_STREAM_REPLY, CH, b"r", _REPLY, b""], ErrorCode.BAD_FRAMES),
+        ([p.H_STREAM_REPLY, CH, b"", _REPLY], ErrorCode.BAD_FRAMES),
+        ([p.H_STREAM_REPLY, b"", b"r", _REPLY], ErrorCode.BAD_FRAMES),
+        ([p.H_STREAM_REPLY, CH, b"r" * 33, _REPLY], ErrorCode.BAD_FRAMES),
+        ([p.H_STREAM_REPLY, CH, b"r", b"\xc1"], ErrorCode.BAD_BODY),
+        ([p.H_STREAM_REPLY, CH, b"r", msgpack.packb([])], ErrorCode.BAD_BODY),
+        ([p.H_STORED, CH, b"r", b"S", bytes(8)], ErrorCode.BAD_FRAMES),
+        ([p.H_STORED, CH, b"r", b"S", bytes(8), b"\x00", b""], ErrorCode.BAD_FRAMES),
+        ([p.H_STORED, CH, b"", b"S", bytes(8), b"\x00"], ErrorCode.BAD_FRAMES),
+        ([p.H_STORED, CH, b"r", b"", bytes(8), b"\x00"], ErrorCode.BAD_FRAMES),
+        ([p.H_STORED, CH, b"r", b"S" * 65, bytes(8), b"\x00"], ErrorCode.BAD_FRAMES),
+        ([p.H_STORED, CH, b"r", b"OR.DERS", bytes(8), b"\x00"], ErrorCode.BAD_FRAMES),
+        ([p.H_STORED, CH, b"r", b"S", bytes(7), b"\x00"], ErrorCode.BAD_FRAMES),
+        ([p.H_STORED, CH, b"r", b"S", bytes(9), b"\x00"], ErrorCode.BAD_FRAMES),
+        ([p.H_STORED, CH, b"r", b"S", bytes(8), b"\x02"], ErrorCode.BAD_FRAMES),
+        ([p.H_STORED, CH, b"r", b"S", bytes(8), b"\xff"], ErrorCode.BAD_FRAMES),
+        ([p.H_STORED, CH, b"r", b"S", bytes(8), b""], ErrorCode.BAD_FRAMES),
+        ([p.H_STORED, CH, b"r", b"S", bytes(8), b"\x00\x01"], ErrorCode.BAD_FRAMES),
+        ([p.H_STREAM_MSG, CH, b"t", b"a", b"", S1], ErrorCode.BAD_FRAMES),
+        ([p.H_STREAM_MSG, CH, b"t", b"a", b"", S1, bytes(12), b""], ErrorCode.BAD_FRAMES),
+        ([p.H_STREAM_MSG, CH, b"", b"a", b"", S1, bytes(12)], ErrorCode.BAD_FRAMES),
+        ([p.H_STREAM_MSG, CH, b"t" * 33, b"a", b"", S1, bytes(12)], ErrorCode.BAD_FRAMES),
+        ([p.H_STREAM_MSG, CH, b"t", b"a.*", b"", S1, bytes(12)], ErrorCode.BAD_TOPIC),
+        ([p.H_STREAM_MSG, CH, b"t", b"", b"", S1, bytes(12)], ErrorCode.BAD_TOPIC),
+        ([p.H_STREAM_MSG, CH, b"t", b"a", b"", S1 * 2, bytes(12)], ErrorCode.BAD_FRAMES),
+        ([p.H_STREAM_MSG, CH, b"t", b"a", b"", S1[:3], bytes(12)], ErrorCode.BAD_FRAMES),
+        ([p.H_STREAM_MSG, CH, b"t", b"a", b"", S1, bytes(11)], ErrorCode.BAD_FRAMES),
+        ([p.H_STREAM_MSG, CH, b"t", b"a", b"", S1, bytes(13)], ErrorCode.BAD_FRAMES),
+        ([p.H_STREAM_MSG, CH[:15], b"t", b"a", b"", S1, bytes(12)], ErrorCode.BAD_FRAMES),
     ],
 )
 def test_parse_broker_refusals(frames: list[bytes], code: int) -> None:
@@ -844,6 +1124,8 @@ UNPACKERS = [
     p.unpack_hello,
     p.unpack_welcome,
     p.unpack_stats,
+    p.unpack_stream_request,
+    p.unpack_stream_reply,
 ]
 
 _msgpack_values = st.recursive(

@@ -23,7 +23,9 @@ import pytest
 
 from zmqbus import protocol as p
 from zmqbus._routing import BrokerState
+from zmqbus._streams import Streams
 from zmqbus.errors import ProtocolError
+from zmqbus.store import open_store
 
 VECTORS = Path(__file__).resolve().parent / "vectors"
 SPEC = Path(__file__).resolve().parent.parent / "docs" / "protocol.md"
@@ -46,6 +48,10 @@ HELLO = [b"ZB\x01\x01", CHANNEL, msgpack.packb({"client": "test-vectors"})]
 PEER = b"\x00peer-a"
 # The key of reply tokens' tags in the vectors (tests/vectors/generate.py).
 REPLY_KEY = bytes(range(32))
+# ... and of STREAM_MSG tokens' tags.
+STREAM_KEY = bytes(range(32, 64))
+# Unix seconds the brokers of the stream vectors store messages at.
+WALL = 1_700_000_000.0
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 PARSE: dict[str, Callable[[list[bytes]], Any]] = {
@@ -59,9 +65,23 @@ UNPACK: dict[str, Callable[[bytes], Any]] = {
     "hello": p.unpack_hello,
     "welcome": p.unpack_welcome,
     "stats": p.unpack_stats,
+    "stream": p.unpack_stream_request,
+    "stream_reply": p.unpack_stream_reply,
 }
-BYTES_FIELDS = {"channel", "ref", "token", "sid", "sids", "counts", "entries"}
+BYTES_FIELDS = {"channel", "ref", "token", "sid", "sids", "counts", "entries", "meta"}
 TEXT_FIELDS = {"topic", "pattern", "queue"}
+# The optional durable streams: every vector about them is marked with this
+# feature, so that an implementation without them can skip exactly those.
+STREAMS = "streams"
+STREAM_COMMANDS = {
+    p.Cmd.STREAM,
+    p.Cmd.CONSUME,
+    p.Cmd.STREAM_ACK,
+    p.Cmd.STREAM_REPLY,
+    p.Cmd.STORED,
+    p.Cmd.STREAM_MSG,
+}
+STREAM_CODES = {p.ErrorCode.NOT_FOUND, p.ErrorCode.CONFLICT, p.ErrorCode.STORE_FAILED}
 
 
 def command_name(cmd: object) -> str:
@@ -79,6 +99,37 @@ def names(vectors: list[dict[str, Any]]) -> list[str]:
 
 def params(vectors: list[dict[str, Any]]) -> Any:
     return pytest.mark.parametrize("vec", vectors, ids=names(vectors))
+
+
+def stream_broker(store_dir: Path | None = None, **kwargs: Any) -> BrokerState:
+    """A broker whose STREAM_MSG tokens are tagged under the vectors' key (a
+    broker's own is random), with file streams in ``store_dir`` if given."""
+    store = open_store(store_dir)
+    state = BrokerState(reply_key=REPLY_KEY, store=store, clock=lambda: WALL, **kwargs)
+    state.streams = Streams(store, state.limits, key=STREAM_KEY, clock=lambda: WALL)
+    return state
+
+
+def about_streams(vec: dict[str, Any]) -> bool:
+    """Whether a vector is about the durable streams: its message (a whole,
+    well-headed one) is a stream command, its HELLO or WELCOME has the key
+    "streams", its ERROR a code only streams give, or its body is a stream body."""
+    if vec.get("type") in ("stream", "stream_reply"):
+        return True
+    frames = frames_of(vec) if "frames" in vec else []
+    if not frames or len(frames[0]) != 4 or frames[0][:3] != b"ZB\x01":
+        return False
+    cmd = frames[0][3]
+    if cmd in STREAM_COMMANDS:
+        return True
+    if cmd in (p.Cmd.HELLO, p.Cmd.WELCOME) and len(frames) == 3:
+        try:
+            return "streams" in msgpack.unpackb(frames[2])
+        except (ValueError, TypeError, msgpack.ExtraData):
+            return False
+    if cmd == p.Cmd.ERROR and len(frames) == 6 and len(frames[3]) == 2:
+        return int.from_bytes(frames[3], "big") in STREAM_CODES
+    return False
 
 
 def check_body(kind: str, body: bytes, want: dict[str, Any]) -> None:
@@ -139,6 +190,21 @@ def test_vector_files_have_unique_names_and_known_values() -> None:
         assert (head["format"], head["protocol"]) == (1, "zmqbus/1")
 
 
+def test_the_stream_vectors_and_only_they_are_marked() -> None:
+    everything = VALID + MALFORMED + SESSION + BODIES["valid"] + BODIES["malformed"]
+    marked = [v["name"] for v in everything if "feature" in v]
+    assert {v["feature"] for v in everything if "feature" in v} == {STREAMS}
+    assert marked == [v["name"] for v in everything if about_streams(v)]
+    # The exchanges show no streams: none is marked, so none may hold a stream command.
+    for vec in EXCHANGES:
+        assert "feature" not in vec
+        for step in vec["steps"]:
+            frames = step.get("send") or step.get("receive")
+            assert not about_streams({"frames": frames}), vec["name"]
+    # Every stream command has its valid vector, all of them marked.
+    assert {v["command"] for v in VALID if v.get("feature")} >= {c.name for c in STREAM_COMMANDS}
+
+
 def test_vectors_are_what_generate_py_writes() -> None:
     spec = importlib.util.spec_from_file_location("zmqbus_vector_gen", VECTORS / "generate.py")
     assert spec is not None and spec.loader is not None
@@ -171,12 +237,14 @@ def test_every_command_and_error_code_is_covered() -> None:
     client_codes = {v["code"] for v in CLIENT_MALFORMED} | {v["code"] for v in SESSION}
     # Every code one client session can provoke; INTERNAL (500) is the broker's own
     # failure, CAPACITY (503) needs it full of other peers (tests/test_limits.py),
-    # PERMISSION_DENIED (401) a user with less than every permission
-    # (tests/test_permissions.py).
+    # CONFLICT (410) a stream or consumer made first, which a session vector's
+    # setup (each answered by WELCOME or OK) cannot make. PERMISSION_DENIED (401)
+    # is a STREAM_ACK of a token the session was never sent (other 401s need a
+    # user with less than every permission: tests/test_permissions.py).
     assert client_codes == set(p.ErrorCode) - {
         p.ErrorCode.INTERNAL,
         p.ErrorCode.CAPACITY,
-        p.ErrorCode.PERMISSION_DENIED,
+        p.ErrorCode.CONFLICT,
     }
 
 
@@ -200,15 +268,25 @@ def test_valid_vector_parses_to_stated_fields(vec: dict[str, Any]) -> None:
         else:
             assert got == want, name
     if "body" in attrs:
-        # The body is the last frame, except in DELIVER and ASK, where the sids follow it.
-        assert cmd.body == frames[4 if vec["command"] in ("DELIVER", "ASK") else -1]
+        # The body is the last frame, except in DELIVER, ASK and STREAM_MSG, where
+        # the sids (and STREAM_MSG's meta) follow it.
+        assert cmd.body == frames[4 if vec["command"] in BODY_AT_4 else -1]
         check_body(vec["body"]["type"], cmd.body, vec["body"])
     else:
         assert "body" not in vec
+    if vec["command"] == "STREAM_MSG":
+        delivery = vec["delivery"]
+        assert p.unpack_meta(cmd.meta) == (delivery["seq"], delivery["deliveries"])
+        assert delivery["deliveries"] >= 1  # this delivery included
+    else:
+        assert "delivery" not in vec
     if "entries" in attrs:
         check_entries(vec["command"], cmd.channel, cmd.entries, vec["entries"])
     else:
         assert "entries" not in vec
+
+
+BODY_AT_4 = ("DELIVER", "ASK", "STREAM_MSG")
 
 
 # Commands a BATCH / BROKER_BATCH entry may hold, and the parser of those messages.
@@ -295,13 +373,23 @@ def test_valid_vector_is_refused_from_the_wrong_side(vec: dict[str, Any]) -> Non
 
 
 @params([v for v in VALID if v["direction"] == "client"])
-def test_valid_client_vector_draws_no_error_from_the_broker(vec: dict[str, Any]) -> None:
-    state = BrokerState(reply_key=REPLY_KEY)
+def test_valid_client_vector_draws_no_error_from_the_broker(
+    vec: dict[str, Any], request: pytest.FixtureRequest
+) -> None:
+    if vec.get("feature") == STREAMS:
+        # File streams ("stream-add" is one, by default) need a store directory.
+        state = stream_broker(request.getfixturevalue("tmp_path"))
+    else:
+        state = BrokerState(reply_key=REPLY_KEY)
     if vec["command"] != "HELLO":
         state.handle(PEER, HELLO)
         state.outbox.clear()
+    if vec["command"] in ("STREAM", "CONSUME"):
+        # They name ORDERS: add it first (adding it again is no error).
+        state.handle(PEER, frames_of(VALID_BY_NAME["stream-add"]))
+        assert [type(p.parse_broker(f)) for _, f in state.take_outgoing()] == [p.StreamReply]
     state.handle(PEER, frames_of(vec))
-    replies = [p.parse_broker(frames) for _, frames in state.outbox]
+    replies = [p.parse_broker(frames) for _, frames in state.take_outgoing()]
     if vec["command"] == "REPLY" or "5a420108" in json.dumps(vec):
         # The vectors' reply tokens carry a stand-in tag: a broker that made
         # none refuses them (401), and nothing else.
@@ -329,8 +417,18 @@ def test_valid_client_vector_draws_no_error_from_the_broker(vec: dict[str, Any])
             for e in (vec["entries"] if vec["command"] == "BATCH" else [])
             if e["command"] == "REQUEST" or (e["command"] == "PUBLISH" and e["frames"][2])
         ],
+        "STREAM": [p.StreamReply],
+        "CONSUME": [p.StreamReply],  # ORDERS is empty: no STREAM_MSG follows
+        # The token verifies (session 1, the vectors' key), but consumer 1 does
+        # not exist here: a late ack, ignored.
+        "STREAM_ACK": [],
     }[vec["command"]]
     assert [type(r) for r in replies] == expected
+    if vec["command"] in ("STREAM", "CONSUME"):
+        assert replies[0].ref == frames_of(vec)[2]  # type: ignore[union-attr]
+        p.unpack_stream_reply(replies[0].body)  # type: ignore[union-attr]
+    if vec["command"] == "STREAM_ACK":
+        assert state.streams.counters["late_stream_acks"] == 1
     if vec["command"] == "HELLO":
         asked = msgpack.unpackb(frames_of(vec)[2]).get("heartbeat", 0)
         info = p.unpack_welcome(replies[0].body)  # type: ignore[union-attr]
@@ -339,7 +437,7 @@ def test_valid_client_vector_draws_no_error_from_the_broker(vec: dict[str, Any])
         else:
             assert "heartbeat" not in info
         # Offered only when asked: a client that does not know batches sees no new key.
-        for key in ("batch", "batch_commands"):
+        for key in ("batch", "batch_commands", "streams"):
             assert info.get(key, False) == msgpack.unpackb(frames_of(vec)[2]).get(key, False)
     if vec["command"] == "HEARTBEAT":
         assert state.counters["heartbeats_in"] == 1
@@ -614,6 +712,67 @@ def test_heartbeat_vectors_are_what_the_broker_sends() -> None:
     err = p.parse_broker(frames)
     assert isinstance(err, p.Error)
     assert (err.channel, err.ref, err.code) == (CHANNEL, b"", p.ErrorCode.NOT_JOINED)
+
+
+def _filler(n: int) -> list[bytes]:
+    """The n-th of the unconfirmed PUBLISHes before the stream story's message:
+    a body of its own id, so not a duplicate."""
+    body = p.pack_message(bytes((n,)) * 16, 0, {}, b"filler")
+    return [p.H_PUBLISH, CHANNEL, b"", b"orders.us.created", body]
+
+
+def test_stream_vectors_are_what_the_broker_sends(tmp_path: Path) -> None:
+    """The stream vectors tell one story (tests/vectors/generate.py): consumer C
+    joins first (session 1), publisher P asks for streams, finds none, adds
+    ORDERS, and publishes 16 messages and then 'publish-confirmed', seq 17 (twice:
+    the second is a duplicate). C binds consumer billing and gets all 17; it
+    NAKs seq 17 for 5 s, gets it again and ACKs it."""
+    state = stream_broker(tmp_path, name="zmqbus/0.1.0")
+    c, pub = b"\x00consumer", b"\x00publisher"
+    vec = VALID_BY_NAME
+
+    def send(ident: bytes, frames: list[bytes], now: float = 100.0) -> list[tuple[bytes, Any]]:
+        state.handle(ident, frames, now)
+        return state.take_outgoing()
+
+    def same_reply(got: list[bytes], name: str) -> None:
+        # The map's key order and number encodings are the broker's: its values are not.
+        want = frames_of(vec[name])
+        assert got[:3] == want[:3]
+        assert p.unpack_stream_reply(got[3]) == vec[name]["body"]["map"]
+
+    send(c, HELLO)
+    assert send(pub, frames_of(vec["hello-streams"])) == [(pub, frames_of(vec["welcome-streams"]))]
+    assert send(pub, frames_of(vec["stream-list"])) == [
+        (pub, frames_of(vec["stream-reply-list-empty"]))
+    ]
+    [(to, reply)] = send(pub, frames_of(vec["stream-add"]))
+    assert to == pub
+    same_reply(reply, "stream-reply-add")
+    for n in range(1, p.unpack_meta(frames_of(vec["stream-msg"])[6])[0]):
+        assert send(pub, _filler(n)) == []
+    confirmed = frames_of(vec["publish-confirmed"])
+    routed = (pub, [p.H_ROUTED, CHANNEL, confirmed[2], bytes(4)])  # no subscriber
+    assert send(pub, confirmed) == [(pub, frames_of(vec["stored"])), routed]
+    assert send(pub, confirmed) == [(pub, frames_of(vec["stored-duplicate"])), routed]
+    out = send(c, frames_of(vec["consume"]))
+    assert [to for to, _ in out] == [c] * 18
+    same_reply(out[0][1], "stream-reply-consume")
+    msgs = [p.parse_broker(frames) for _, frames in out[1:]]
+    assert [p.unpack_meta(m.meta) for m in msgs] == [(seq, 1) for seq in range(1, 18)]  # type: ignore[union-attr]
+    assert out[-1][1] == frames_of(vec["stream-msg-first"])
+    # Still working on it; then a NAK for 5000 ms: nothing until then.
+    assert send(c, frames_of(vec["stream-ack-progress"]), 101.0) == []
+    assert send(c, frames_of(vec["stream-ack-nak"]), 102.0) == []
+    state.tick(106.9)
+    assert state.take_outgoing() == []
+    state.tick(107.0)
+    assert state.take_outgoing() == [(c, frames_of(vec["stream-msg"]))]
+    assert send(c, frames_of(vec["stream-ack"]), 108.0) == []
+    assert state.streams.counters["stream_acks"] == 1
+    # Settled: a TERM now is a late ack, ignored.
+    assert send(c, frames_of(vec["stream-ack-term"]), 109.0) == []
+    assert state.streams.counters["late_stream_acks"] == 1
 
 
 # --- exchanges: several peers and the broker, in order ---------------------------

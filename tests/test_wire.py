@@ -122,6 +122,9 @@ def test_every_broker_command_has_its_count() -> None:
             p.pack_command_entry(p.encode(p.Routed(CH, b"r", 1)))
             + p.pack_command_entry(p.encode(p.Acked(CH, b"r", p.pack_ack(1, 0)))),
         ),
+        p.StreamReply(CH, b"r", p.pack_stream_reply({"streams": []})),
+        p.Stored(CH, b"r", "ORDERS", 17, False),
+        p.StreamMsg(CH, b"t" * 28, b"t", b"b", b"\0\0\0\1", p.pack_meta(17, 1)),
     ]
     assert len(vectors) == len(counts)
     for cmd in vectors:

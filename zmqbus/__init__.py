@@ -6,11 +6,12 @@ sockets publish, subscribe (NATS-style wildcards) and confirm delivery.
 
 from ._version import __version__
 from .broker import Broker
-from .bus import Bus, Subscription
+from .bus import Bus, Consumer, Subscription
 from .errors import (
     AuthenticationError,
     BusClosed,
     ConnectTimeout,
+    ConsumerNotFound,
     HandlerError,
     LimitReached,
     MessageTooLarge,
@@ -21,12 +22,16 @@ from .errors import (
     RateLimited,
     ReentrantPublish,
     RequestTimeout,
+    StreamError,
+    StreamExists,
+    StreamNotFound,
     SubscriptionClosed,
     WrongEventLoop,
     ZmqbusError,
 )
 from .limits import Limits
 from .message import Message, PublishResult
+from .streams import ConsumerInfo, StreamInfo
 from .users import User
 
 __all__ = [
@@ -35,6 +40,9 @@ __all__ = [
     "Bus",
     "BusClosed",
     "ConnectTimeout",
+    "Consumer",
+    "ConsumerInfo",
+    "ConsumerNotFound",
     "HandlerError",
     "LimitReached",
     "Limits",
@@ -48,6 +56,10 @@ __all__ = [
     "RateLimited",
     "ReentrantPublish",
     "RequestTimeout",
+    "StreamError",
+    "StreamExists",
+    "StreamInfo",
+    "StreamNotFound",
     "Subscription",
     "SubscriptionClosed",
     "User",

@@ -60,8 +60,17 @@ from .errors import (
     NoResponders,
     ProtocolError,
     remote_error,
+    stream_error,
 )
-from .message import Message, PublishResult, ReplyContext, attach_reply, make_message
+from .message import (
+    Message,
+    PublishResult,
+    ReplyContext,
+    StreamContext,
+    attach_reply,
+    attach_stream,
+    make_message,
+)
 
 # Headers and frame indices as module globals: the fast paths read them for every message.
 from .protocol import (
@@ -106,6 +115,8 @@ LIVENESS = 3
 # each with +-50% jitter so that many buses do not reconnect in lockstep.
 RECONNECT_MIN = 0.1
 RECONNECT_MAX = 5.0
+# The stream ops whose 404 means a consumer (or its stream) is unknown.
+_CONSUMER_OP = "consumer"
 # Frames held while reconnecting before the oldest are dropped (at-most-once anyway).
 MAX_HELD_FRAMES = 100_000
 
@@ -228,8 +239,10 @@ class ClientCore:
         self._seq = 0
         self._ack_seq = 0
         self._closed_exc: BaseException | None = None
-        # Set by the face: how a REPLY body for a reply token gets sent.
+        # Set by the face: how a REPLY body for a reply token gets sent, and
+        # how a stream message's STREAM_ACK does (both from any thread).
         self.send_reply: Callable[[bytes, bytes], None] | None = None
+        self.send_frames: Callable[[list[bytes]], None] | None = None
 
     @property
     def state(self) -> Conn:
@@ -257,6 +270,7 @@ class ClientCore:
             extra["heartbeat"] = int(self.heartbeat * 1000)
         if self.batch_commands:
             extra["batch_commands"] = True
+        extra["streams"] = True  # confirmed publishes into a stream learn where
         return [p.H_HELLO, self.channel, p.pack_hello(self.client_name, **extra)]
 
     def subscribe(
@@ -269,6 +283,29 @@ class ClientCore:
         sub = self._subs.add(sink, queue)
         sub.ref = self._command(waiter, deadline, timeout, "subscribe")
         self.outbox.append(sub.subscribe_frames(self.channel))
+
+    def consume(
+        self, sink: Sink, stream: str, body: bytes, waiter: Waiter, deadline: float, timeout: float
+    ) -> None:
+        """Bind a stream consumer (CONSUME ``body``) to a new sid for ``sink``;
+        ``waiter`` gets the consumer's info map. Rebound after a reconnect, as
+        subscriptions are resubscribed."""
+        if self._refuse_closed(waiter):
+            return
+        sub = self._subs.add(sink, "", body)
+        sub.stream = stream
+        sub.ref = self._command(waiter, deadline, timeout, "consume")
+        self.outbox.append(sub.subscribe_frames(self.channel))
+
+    def stream_request(
+        self, op: str, args: dict[str, Any], waiter: Waiter, deadline: float, timeout: float
+    ) -> None:
+        """Queue STREAM ``op``; ``waiter`` gets the STREAM_REPLY map, or a
+        ``StreamError``."""
+        if self._refuse_closed(waiter):
+            return
+        ref = self._command(waiter, deadline, timeout, "stream " + op)
+        self.outbox.append([p.H_STREAM, self.channel, ref, p.pack_stream_request(op, **args)])
 
     def unsubscribe(self, pattern: str, waiter: Waiter, deadline: float, timeout: float) -> int:
         """End every local subscription to ``pattern`` now and queue UNSUBSCRIBE;
@@ -633,6 +670,20 @@ class ClientCore:
                 settle(item.waiter, item.result)
         elif isinstance(cmd, p.BrokerHeartbeat):
             pass  # being heard is all it is for
+        elif isinstance(cmd, p.StreamMsg):
+            self._stream_msg(cmd)
+        elif isinstance(cmd, p.StreamReply):
+            if cmd.ref in self._internal:  # a consumer rebound after a reconnect
+                self._internal.discard(cmd.ref)
+                return
+            item = self._pending.get(cmd.ref)
+            if isinstance(item, PendingCommand):
+                del self._pending[cmd.ref]
+                settle(item.waiter, p.unpack_stream_reply(cmd.body))
+        elif isinstance(cmd, p.Stored):
+            item = self._pending.get(cmd.ref)
+            if isinstance(item, PendingPublish):
+                item.stored = (cmd.stream, cmd.seq, cmd.duplicate)
         elif isinstance(cmd, p.Dropped):
             # Messages the broker could not queue for us (we were too slow).
             for sid, count in p.unpack_dropped(cmd.counts).items():
@@ -720,7 +771,20 @@ class ClientCore:
         if cmd.ref:
             item = self._pending.pop(cmd.ref, None)
             if item is not None:
+                if isinstance(item, PendingCommand) and item.action.startswith(
+                    ("stream", "consume")
+                ):
+                    exc = stream_error(cmd.code, cmd.text, consumer=_CONSUMER_OP in item.action)
+                    if item.action == "consume":
+                        self._unbind(cmd.ref)
                 settle(item.waiter, exc=exc)
+                return
+            if cmd.ref in self._internal:
+                # A consumer's rebinding after a reconnect was refused (its
+                # stream was deleted meanwhile, say): it ends.
+                self._internal.discard(cmd.ref)
+                log.warning("stream consumer not rebound: %s", exc)
+                self._unbind(cmd.ref)
                 return
         if self._hello is not None:
             waiter, _ = self._hello
@@ -882,6 +946,39 @@ class ClientCore:
             if send is not None:
                 attach_reply(msg, ReplyContext(token, send))
             sink.offer(msg, None)
+
+    def _unbind(self, ref: bytes) -> None:
+        # The consumer whose CONSUME (by ref) was refused: ended locally.
+        for sub in self._subs:
+            if sub.consume is not None and sub.ref == ref:
+                self._subs.remove(sub.sink)
+                return
+
+    def _stream_msg(self, cmd: p.StreamMsg) -> None:
+        sub = self._subs.by_sid(cmd.sid)
+        self.counters["stream_received"] += 1
+        if sub is None or sub.consume is None:
+            return  # unbound meanwhile: the broker delivers it again elsewhere
+        text = self._topic(cmd.topic)
+        try:
+            msg_id, ts, headers, payload = p.message_fields(cmd.body)
+        except ProtocolError as exc:
+            self.counters["bad_bodies"] += 1
+            log.warning("undecodable stream message on %r terminated: %s", text, exc)
+            send = self.send_frames
+            if send is not None:
+                send([p.H_STREAM_ACK, self.channel, cmd.token, bytes((p.AckKind.TERM,)), b"",
+                      f"undecodable: {exc.detail}".encode()])  # fmt: skip
+            return
+        seq, deliveries = p.unpack_meta(cmd.meta)
+        msg = make_message(msg_id, text, payload, headers, ts)
+        if self.send_frames is not None:
+            ctx = StreamContext(
+                sub.stream, seq, deliveries, cmd.token, self.channel, self.send_frames
+            )
+            attach_stream(msg, ctx)
+        # Not taken (a full buffer): not settled, so delivered again after ack_wait.
+        sub.sink.offer(msg, None)
 
     def _answer(self, ref: bytes, body: bytes) -> None:
         item = self._pending.get(ref)

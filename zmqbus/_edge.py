@@ -301,7 +301,7 @@ class Registry:
             if key in self.by_key:
                 raise ValueError(f"users {self.by_key[key].name!r} and {user.name!r} share a key")
             self.by_key[key] = user
-        self.anonymous = self.by_name.get(ANONYMOUS) or User(ANONYMOUS, admin=True)
+        self.anonymous = self.by_name.get(ANONYMOUS) or User(ANONYMOUS, admin=True, streams=True)
 
     def revoked(self, new: Registry) -> set[str]:
         """Names of the users that ``new`` drops, or gives another key or other

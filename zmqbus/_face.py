@@ -39,7 +39,16 @@ from .errors import (
     ZmqbusError,
 )
 from .keys import load_keypair, load_public_key
-from .message import Message, PublishResult, answer_after_handler, error_text
+from .message import (
+    Message,
+    PublishResult,
+    StreamContext,
+    answer_after_handler,
+    attach_stream,
+    error_text,
+    make_message,
+)
+from .streams import check_name, consume_body, message_id
 from .topics import matches, validate_pattern, validate_topic
 
 __all__ = ["BusBase", "Headers", "Payload", "SubscriptionBase", "overdue", "parse_channel"]
@@ -50,6 +59,11 @@ Headers = Mapping[str, str] | None
 # Grace beyond a call's own timeout before the caller stops waiting regardless;
 # the core's deadline normally fires first.
 GRACE = 1.0
+
+
+def _nowhere(frames: list[bytes]) -> None:
+    raise AssertionError("a stored message read by get_message is never settled")
+
 
 _pack = p.pack_message
 _new_id = p.new_message_id
@@ -242,6 +256,7 @@ class BusBase:
             self._channel.bytes, client_name=f"{self._CLIENT}/{__version__}", heartbeat=heartbeat
         )
         self._core.send_reply = self._send_reply
+        self._core.send_frames = self._send_frames
         self._closed = False
         # The error that closed the bus by itself (its driver failed), or None.
         self._failure: BaseException | None = None
@@ -326,6 +341,51 @@ class BusBase:
         """Send a handler's REPLY (the core's ``send_reply``), from any thread."""
         raise NotImplementedError
 
+    def _send_frames(self, frames: list[bytes]) -> None:
+        """Send one unconfirmed message (a STREAM_ACK), from any thread."""
+        raise NotImplementedError
+
+    # --- streams: checked arguments, and what replies become ------------------------
+
+    def _stream_op(self, timeout: object) -> float:
+        """The timeout of a stream request, once the bus is usable."""
+        self._check()
+        return _validate.timeout(timeout)
+
+    @staticmethod
+    def _stream_args(op: str, name: object, **more: Any) -> dict[str, Any]:
+        """A STREAM request's arguments, the stream name checked."""
+        args: dict[str, Any] = {"name": check_name(name)}
+        if "consumer" in more:
+            args["consumer"] = check_name(more.pop("consumer"), "consumer name")
+        if op == "get":
+            seq = more.pop("seq")
+            if type(seq) is not int or seq < 1:
+                raise ValueError("seq must be a positive int")
+            args["seq"] = seq
+        return args
+
+    def _stored_message(self, name: str, reply: Mapping[str, Any]) -> Message:
+        """A ``get_message`` reply as a Message (its ``stream`` and ``seq`` set;
+        nothing to settle)."""
+        got = reply["message"]
+        msg_id, ts, headers, payload = p.message_fields(got["body"])
+        msg = make_message(msg_id, got["topic"].decode("utf-8"), payload, headers, ts)
+        ctx = StreamContext(name, int(got["seq"]), 0, b"", self._core.channel, _nowhere)
+        ctx.settled = True
+        attach_stream(msg, ctx)
+        return msg
+
+    def _prepare_consume(
+        self, stream: object, handler: object, maxsize: object, timeout: object, config: Any
+    ) -> tuple[bytes, int, float]:
+        """(CONSUME body, maxsize, timeout) of a consume, each checked."""
+        self._check()
+        if handler is not None and not callable(handler):
+            raise TypeError("handler must be callable")
+        body = consume_body(stream, **config)
+        return p.pack_consume(**body), _validate.maxsize(maxsize), _validate.timeout(timeout)
+
     def _check(self) -> None:
         """Raise unless the caller may use this bus now."""
         if self._closed:
@@ -352,7 +412,13 @@ class BusBase:
         return fut
 
     def _prepare_message(
-        self, topic: object, payload: object, headers: object, timeout: object, confirm: object
+        self,
+        topic: object,
+        payload: object,
+        headers: object,
+        timeout: object,
+        confirm: object,
+        msg_id: object = None,
     ) -> tuple[bytes, bytes, float]:
         """``(topic, body, timeout)`` of a publish or request, once the bus is
         usable and every argument checked; then ``MessageTooLarge`` for a body
@@ -368,7 +434,7 @@ class BusBase:
         seconds = _validate.timeout(timeout)
         if confirm is not True and confirm is not False:
             raise TypeError(f"confirm must be True or False, not {confirm!r}")
-        body = _pack(_new_id(), _now_ns(), hdrs, data)
+        body = _pack(_new_id() if msg_id is None else message_id(msg_id), _now_ns(), hdrs, data)
         if len(body) > self._max_size:
             raise MessageTooLarge(len(body), self._max_size)
         if confirm:

@@ -33,6 +33,7 @@ class Peer:
         "notice_at",
         "outstanding",
         "session",
+        "streams",
         "subs",
         "tag",
         "throttled",
@@ -54,6 +55,7 @@ class Peer:
         self.heartbeat = 0.0  # seconds; 0: the peer did not ask for heartbeats
         self.batch = False  # the peer takes DELIVER_BATCH (asked in its HELLO)
         self.batch_commands = False  # the peer takes BROKER_BATCH (asked in its HELLO)
+        self.streams = False  # the peer takes STORED (asked in its HELLO)
         # Messages the socket could not take for this peer, not yet reported:
         # per packed sids frame (one or more sids), as the messages named them.
         self.dropped: dict[bytes, int] = {}

@@ -43,7 +43,16 @@ class PendingPublish:
     """A confirmed PUBLISH: ROUTED says how many buses to expect, each ACKED
     adds one bus's counts."""
 
-    __slots__ = ("buses", "delivered", "dropped", "errors", "expected", "timeout", "waiter")
+    __slots__ = (
+        "buses",
+        "delivered",
+        "dropped",
+        "errors",
+        "expected",
+        "stored",
+        "timeout",
+        "waiter",
+    )
 
     def __init__(self, waiter: Waiter, timeout: float) -> None:
         self.waiter = waiter
@@ -53,6 +62,8 @@ class PendingPublish:
         self.delivered = 0
         self.dropped = 0
         self.errors: list[str] = []
+        # STORED: (stream, seq, duplicate), when a stream captured it.
+        self.stored: tuple[str, int, bool] | None = None
 
     @property
     def complete(self) -> bool:
@@ -61,6 +72,17 @@ class PendingPublish:
 
     def result(self) -> PublishResult:
         """The counts so far (one shared object per distinct result)."""
+        if self.stored is not None:
+            stream, seq, duplicate = self.stored
+            return PublishResult(
+                self.delivered,
+                self.dropped,
+                len(self.errors),
+                self.buses,
+                stream=stream,
+                seq=seq,
+                duplicate=duplicate,
+            )
         key = (self.delivered, self.dropped, len(self.errors), self.buses)
         result = _RESULTS.get(key)
         if result is None:

@@ -25,8 +25,9 @@ import hmac
 import logging
 import math
 import os
+import time
 from collections import Counter, deque
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 
 from . import protocol as p
 from ._batching import Outgoing, coalesce, fan_out
@@ -34,6 +35,7 @@ from ._channel import CACHE_LIMIT, CacheBudget, Channel
 from ._connections import Connections, ConnKey
 from ._peer import Peer
 from ._rates import Bucket
+from ._streams import Streams
 from .errors import ProtocolError
 from .limits import Limits
 from .protocol import (
@@ -54,6 +56,7 @@ from .protocol import (
     Cmd,
     ErrorCode,
 )
+from .store import Store, open_store
 from .users import ANONYMOUS, User
 
 __all__ = ["BrokerState"]
@@ -83,6 +86,7 @@ _N_DELIVER_BATCH, _N_BROKER_BATCH = (
 # DELIVER and ASK are lost alike (undeliverable): same count, same place of their sids.
 _N_DELIVERY = p.BROKER_FRAMES[Cmd.DELIVER]
 _COUNT_BYTES = p.LAYOUT[Cmd.ROUTED].frames[p.ROUTED_COUNT].size.min
+_ROUTED_NONE = bytes(_COUNT_BYTES)
 # The checks parse_client makes of these frames, made here where the hot path needs them.
 _check_publish_ref = p.field_check(Cmd.PUBLISH, "ref")
 # The hottest path calls it only for a ref over this; a ref may be empty, so
@@ -171,6 +175,8 @@ class BrokerState:
         users: Mapping[str, User] | None = None,
         anonymous: User | None = None,
         reply_key: bytes | None = None,
+        store: Store | None = None,
+        clock: Callable[[], float] = time.time,
     ) -> None:
         if max_message_size <= 0:
             raise ValueError("max_message_size must be positive")
@@ -241,10 +247,16 @@ class BrokerState:
         self._valid_topics: set[bytes] = set()
         self._batching_peers = 0  # peers that asked for batch_commands
         self.connections = Connections(limits.hello_timeout_seconds, limits.max_connections)
+        # Durable streams: the given store (the broker's data_dir), else memory only.
+        self.streams = Streams(
+            store if store is not None else open_store(None), limits, clock=clock
+        )
         # Users by name, as a connection's ZAP tag names them ("<n>:<name>");
         # a connection without one (inproc, no ZAP) is ``anonymous``.
         self.users: Mapping[str, User] = users if users is not None else {}
-        self.anonymous = anonymous if anonymous is not None else User(ANONYMOUS, admin=True)
+        self.anonymous = (
+            anonymous if anonymous is not None else User(ANONYMOUS, admin=True, streams=True)
+        )
         # Where the message given to handle() came from, for a HELLO and for a
         # peer in ``watched``, by ident: the loop fills it, handle() takes it.
         self.sources: dict[bytes, Source] = {}
@@ -374,6 +386,12 @@ class BrokerState:
         ``send_failed`` is called for it."""
         if self._notices:
             self._notices = {}
+        streams = self.streams
+        if streams.consumers or streams.dead_letters:
+            self._stream_work()
+        if streams.dirty or streams.changed:
+            # Before any reply of this pass leaves: a STORED means committed.
+            streams.commit()
         out = self.outbox
         if not out and not self._holding:
             return []
@@ -398,6 +416,25 @@ class BrokerState:
             self._notices_due = 0
             out = self._place_notices(out)
         return out
+
+    def _stream_work(self) -> None:
+        # Dead letters are published (and captured) as messages from the
+        # broker; consumers take what they have room for.
+        streams = self.streams
+        while streams.dead_letters:
+            chid, topic, body = streams.dead_letters.pop(0)
+            channel = self.channels.get(chid)
+            messages: Sequence[tuple[bytes, ...]] = [(topic, body)]
+            if chid in streams.by_channel:
+                messages = self._captured(b"", chid, messages)
+            if channel is not None and messages:
+                n, _ = fan_out(channel, messages, self.peers, self.outbox)
+                self.counters["delivered"] += n
+        if streams.consumers:
+            streams.pump(self._now, self.outbox, self.peers)
+            due = self._now if streams.more else streams.next_due
+            if due is not None and (self._next_tick is None or due < self._next_tick):
+                self._next_tick = due
 
     def _with_held(self, out: list[Outgoing]) -> list[Outgoing]:
         # Held replies go first once their retry is due; until then a later
@@ -621,8 +658,21 @@ class BrokerState:
                 return
         channel = peer.channel
         chid = channel.id
-        dests = channel.destinations(topic)
         out = self.outbox
+        if self.streams.by_channel and chid in self.streams.by_channel:
+            stream = self.streams.capture(chid, topic)
+            if stream is not None:
+                seq, duplicate = self.streams.put(stream, topic, body)
+                if ref and peer.streams:
+                    out.append(
+                        (ident, [p.H_STORED, chid, ref, stream.config.name.encode(),
+                                 seq.to_bytes(8, "big"), b"\x01" if duplicate else b"\x00"])
+                    )  # fmt: skip
+                if duplicate:  # stored once, delivered once
+                    if ref:
+                        out.append((ident, [p.H_ROUTED, chid, ref, _ROUTED_NONE]))
+                    return
+        dests = channel.destinations(topic)
         counters = self.counters
         counters["published"] += 1
         if not ref:
@@ -802,12 +852,39 @@ class BrokerState:
 
     def _fan_out(self, peer: Peer, messages: Sequence[tuple[bytes, ...]]) -> None:
         # Unconfirmed, checked (topic, body) messages of ``peer``, in order.
+        chid = peer.channel.id
+        if self.streams.by_channel and chid in self.streams.by_channel:
+            messages = self._captured(peer.ident, chid, messages)
         n, made = fan_out(peer.channel, messages, self.peers, self.outbox)
         counters = self.counters
         counters["published"] += len(messages)
         counters["delivered"] += n
         if made:
             counters["broker_batches"] += made
+
+    def _captured(
+        self, ident: bytes, chid: bytes, messages: Sequence[tuple[bytes, ...]]
+    ) -> list[tuple[bytes, ...]]:
+        # Unconfirmed messages a stream captures are stored first; a duplicate
+        # goes no further, and one the stream refuses is refused alone.
+        streams = self.streams
+        kept: list[tuple[bytes, ...]] = []
+        for message in messages:
+            topic, body = message[0], message[1]
+            stream = streams.capture(chid, topic)
+            if stream is not None:
+                try:
+                    if streams.put(stream, topic, body)[1]:
+                        continue
+                except ProtocolError as exc:
+                    if ident:
+                        frames = [p.H_PUBLISH, chid, b"", topic, body]
+                        self._refuse(ident, frames, exc.code, exc.detail)
+                    else:  # the broker's own dead letter
+                        log.warning("dead letter on %r not stored: %s", topic, exc.detail)
+                    continue
+            kept.append(message)
+        return kept
 
     def _request(self, ident: bytes, frames: Sequence[bytes]) -> None:
         peer = self._joined(ident, frames, _N_REQUEST)
@@ -895,11 +972,19 @@ class BrokerState:
             self.counters["heartbeats_in"] += 1
         elif isinstance(cmd, p.Subscribe):
             self._subscribe(peer, cmd)
+        elif isinstance(cmd, p.StreamAck):
+            self.streams.ack(peer.session, cmd, self._now)
+        elif isinstance(cmd, p.Stream):
+            self._stream_request(peer, cmd)
+        elif isinstance(cmd, p.Consume):
+            self._consume(peer, cmd)
         elif isinstance(cmd, p.Unsubscribe):
             many = len(cmd.sids) > p.SID_BYTES
             for sid in p.split_sids(cmd.sids):
                 sub = peer.subs.pop(sid, None)
-                if sub is not None:
+                if sub is None and self.streams.consumers:
+                    self.streams.unbind(ident, sid)
+                elif sub is not None:
                     peer.channel.remove(peer, sid, *sub, many=many)
                     if peer.user is not None:
                         self._user_subs[peer.user.name] -= 1
@@ -918,6 +1003,41 @@ class BrokerState:
         else:
             # PUBLISH, REQUEST, ACK and REPLY never reach here; the rest are broker commands.
             raise ProtocolError(ErrorCode.UNKNOWN_COMMAND, "not a client command")
+
+    def _stream_request(self, peer: Peer, cmd: p.Stream) -> None:
+        user = peer.user
+        if user is not None and not user.streams:
+            raise self._denied(user, "manage streams")
+        body = p.unpack_stream_request(cmd.body)
+        result = self.streams.request(cmd.channel, body, self._now)
+        self._stats_at = float("-inf")
+        self.outbox.append(
+            (peer.ident, [p.H_STREAM_REPLY, cmd.channel, cmd.ref, p.pack_stream_reply(result)])
+        )
+
+    def _consume(self, peer: Peer, cmd: p.Consume) -> None:
+        if cmd.sid in peer.subs:
+            raise ProtocolError(
+                ErrorCode.SID_IN_USE, f"sid {cmd.sid.hex()} is open with a subscription"
+            )
+        body = p.unpack_stream_request(cmd.body)
+        user = peer.user
+        if user is not None and not peer.free:
+            # What it may read of a stream is what it may subscribe to.
+            stream = self.streams.store.stream(str(body.get("stream")))
+            if stream is not None and stream.config.channel != cmd.channel:
+                stream = None  # another channel's: CONSUME refuses it as unknown
+            wanted = body.get("filter") or None
+            patterns = [wanted] if isinstance(wanted, str) else (
+                list(stream.config.subjects) if stream is not None else []
+            )  # fmt: skip
+            for pattern in patterns:
+                if not user.may_subscribe(pattern):
+                    raise self._denied(user, f"consume {pattern!r}")
+        result = self.streams.consume(cmd.channel, peer.ident, cmd.sid, body, self._now)
+        self.outbox.append(
+            (peer.ident, [p.H_STREAM_REPLY, cmd.channel, cmd.ref, p.pack_stream_reply(result)])
+        )
 
     def _stats_reply(self, ident: bytes, cmd: p.Stats) -> None:
         now = self._now
@@ -956,6 +1076,10 @@ class BrokerState:
             raise self._denied(peer.user, f"subscribe to {wanted[0]!r}")
         current = peer.subs.get(cmd.sid)
         if current is None:
+            if self.streams.consumers and (peer.ident, cmd.sid) in self.streams.members():
+                raise ProtocolError(
+                    ErrorCode.SID_IN_USE, f"sid {cmd.sid.hex()} is bound to a stream consumer"
+                )
             limits = self.limits
             if len(peer.subs) >= limits.max_subscriptions_per_peer:
                 raise self._limit(
@@ -1061,6 +1185,8 @@ class BrokerState:
         asked = hello.get("heartbeat", 0)
         # Only a peer that asked hears of batches: others get the WELCOME they know.
         peer.batch = hello.get("batch", False)
+        # Only a peer that asked hears STORED (an older client would not know it).
+        peer.streams = hello.get("streams") is True
         extra: dict[str, object] = {"batch": True} if peer.batch else {}
         commands = hello.get("batch_commands", False)
         if commands != peer.batch_commands:
@@ -1068,6 +1194,8 @@ class BrokerState:
             peer.batch_commands = commands
         if commands:
             extra["batch_commands"] = True
+        if peer.streams:
+            extra["streams"] = True
         if not asked:
             # A HELLO again without heartbeats ends them for this peer.
             peer.heartbeat = 0.0
@@ -1138,6 +1266,8 @@ class BrokerState:
             self._give_back(peer.user.name, peer.channel.id, len(peer.subs))
         self._beating.discard(ident)
         self._lossy.discard(ident)
+        if self.streams.consumers:
+            self.streams.peer_gone(ident)
         self._slow.discard(peer)
         self._holding.discard(ident)
         peer.held = []
@@ -1338,6 +1468,10 @@ class BrokerState:
             self._unsubscribe_departed()
             if self._unsubscribing:
                 nxt = now
+        if self.streams.consumers or self.streams.expiring:
+            later = self.streams.tick(now)
+            if later is not None and (nxt is None or later < nxt):
+                nxt = later
         if self._throttled:
             notice = self._flush_throttled(now)
             if notice is not None and (nxt is None or notice < nxt):
@@ -1425,6 +1559,7 @@ class BrokerState:
             "refused": dict(self.refused),
             "denied": dict(self.denied),
             "rate_limited": dict(self.rate_limited),
+            "streams": self.streams.stats(),
             "topic_cache_bytes": self._budget.used,
         }
 

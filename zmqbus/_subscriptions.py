@@ -18,17 +18,25 @@ class Sub:
     """One local subscription: its sid, the sink its messages go to, what it
     asked the broker for, and the ref of its SUBSCRIBE (b"" for none yet)."""
 
-    __slots__ = ("pattern", "queue", "ref", "sid", "sink")
+    __slots__ = ("consume", "pattern", "queue", "ref", "sid", "sink", "stream")
 
-    def __init__(self, sid: bytes, sink: Sink, pattern: str, queue: str) -> None:
+    def __init__(
+        self, sid: bytes, sink: Sink, pattern: str, queue: str, consume: bytes | None = None
+    ) -> None:
         self.sid = sid
         self.sink = sink
         self.pattern = pattern
         self.queue = queue
         self.ref = b""
+        # A stream consumer's CONSUME body, and its stream's name (else None).
+        self.consume = consume
+        self.stream = ""
 
     def subscribe_frames(self, channel: bytes) -> list[bytes]:
-        """The SUBSCRIBE that asks the broker for this subscription."""
+        """The SUBSCRIBE (or, for a consumer, the CONSUME) that asks the
+        broker for this subscription."""
+        if self.consume is not None:
+            return [p.H_CONSUME, channel, self.ref, self.sid, self.consume]
         return [
             p.H_SUBSCRIBE,
             channel,
@@ -58,11 +66,12 @@ class Subscriptions:
         """Every subscription, oldest first."""
         return iter(list(self._by_sink.values()))
 
-    def add(self, sink: Sink, queue: str) -> Sub:
-        """Open a subscription for ``sink`` under a new sid (they wrap at 2**32)."""
+    def add(self, sink: Sink, queue: str, consume: bytes | None = None) -> Sub:
+        """Open a subscription for ``sink`` under a new sid (they wrap at 2**32);
+        with ``consume``, a stream consumer's binding."""
         self._seq += 1
         sid = (self._seq & 0xFFFFFFFF).to_bytes(p.SID_BYTES, "big")
-        sub = Sub(sid, sink, sink.pattern, queue)
+        sub = Sub(sid, sink, sink.pattern, queue, consume)
         self.sinks[sid] = sink
         self._by_sink[sink] = sub
         self._by_pattern.setdefault(sub.pattern, []).append(sub)
@@ -91,6 +100,11 @@ class Subscriptions:
         del self._by_sink[sub.sink]
         del self.sinks[sub.sid]
         sub.sink.end()
+
+    def by_sid(self, sid: bytes) -> Sub | None:
+        """The subscription of ``sid``, if open."""
+        sink = self.sinks.get(sid)
+        return self._by_sink.get(sink) if sink is not None else None
 
     def targets(self, sids: bytes) -> list[Sink]:
         """The sinks named in a sids frame that are still open; ``ProtocolError``

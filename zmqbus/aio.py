@@ -37,8 +37,9 @@ from ._handshake import HandshakeWatch
 from ._wire import dealer, drain, get_option, send_queue
 from .errors import AuthenticationError, BusClosed, SubscriptionClosed, WrongEventLoop
 from .message import Message, PublishResult
+from .streams import ConsumerInfo, StreamInfo, consume_body, stream_config
 
-__all__ = ["AsyncHandler", "Bus", "Subscription"]
+__all__ = ["AsyncHandler", "Bus", "Consumer", "Subscription"]
 
 log = logging.getLogger("zmqbus.aio")
 
@@ -208,6 +209,15 @@ class Subscription(SubscriptionBase):
         if self._handler is not None:
             self._buf.clear()
         self._event.set()
+
+
+class Consumer(Subscription):
+    """A stream consumer bound to a ``zmqbus.aio.Bus``; see ``zmqbus.Consumer``."""
+
+    def __init__(self, bus: Bus, stream: str, maxsize: int, handler: AsyncHandler | None) -> None:
+        super().__init__(bus, f"stream {stream}", maxsize, handler)
+        self.stream = stream
+        self.info: ConsumerInfo | None = None  # as the broker bound it
 
 
 class Bus(BusBase):
@@ -435,10 +445,12 @@ class Bus(BusBase):
 
     async def publish(
         self, topic: str, payload: Payload, headers: Headers = None,
-        *, timeout: float = 5.0, confirm: bool = True,
+        *, timeout: float = 5.0, confirm: bool = True, msg_id: Any = None,
     ) -> PublishResult:  # fmt: skip
         """Publish ``payload`` on ``topic``; same semantics as ``zmqbus.Bus.publish``."""
-        topic_b, body, timeout = self._prepare_message(topic, payload, headers, timeout, confirm)
+        topic_b, body, timeout = self._prepare_message(
+            topic, payload, headers, timeout, confirm, msg_id
+        )
         if confirm:
             # The core's deadline settles the future (PublishTimeout). A cancelled
             # caller cancels only its own future, which the core then skips.
@@ -486,8 +498,7 @@ class Bus(BusBase):
         )
         return await _wait(fut, timeout, "request")
 
-    def _send_reply(self, token: bytes, body: bytes) -> None:
-        frames = self._reply_frames(token, body)
+    def _send_frames(self, frames: list[bytes]) -> None:
         if self._closed:
             raise BusClosed("bus is closed")
         if threading.get_ident() == self._loop_thread:
@@ -495,6 +506,89 @@ class Bus(BusBase):
         else:
             assert self._loop is not None
             self._loop.call_soon_threadsafe(self._reply, frames)
+
+    # --- streams (see zmqbus.Bus for what each does) -----------------------------
+
+    async def add_stream(
+        self, name: str, subjects: list[str], *, timeout: float = 5.0, **config: Any
+    ) -> StreamInfo:
+        """Make a durable stream on this bus's channel; see ``zmqbus.Bus.add_stream``."""
+        args = {"config": stream_config(name, subjects, **config)}
+        return StreamInfo.from_reply((await self._stream("add", args, timeout))["stream"])
+
+    async def stream_info(self, name: str, *, timeout: float = 5.0) -> StreamInfo:
+        """The stream ``name``; ``StreamNotFound`` if the channel has none."""
+        reply = await self._stream("info", self._stream_args("info", name), timeout)
+        return StreamInfo.from_reply(reply["stream"])
+
+    async def streams(self, *, timeout: float = 5.0) -> list[StreamInfo]:
+        """Every stream of this bus's channel."""
+        reply = await self._stream("list", {}, timeout)
+        return [StreamInfo.from_reply(s) for s in reply["streams"]]
+
+    async def delete_stream(self, name: str, *, timeout: float = 5.0) -> None:
+        """Delete the stream, its messages and its consumers."""
+        await self._stream("delete", self._stream_args("delete", name), timeout)
+
+    async def purge_stream(self, name: str, *, timeout: float = 5.0) -> int:
+        """Remove every message of the stream; how many went."""
+        reply = await self._stream("purge", self._stream_args("purge", name), timeout)
+        return int(reply["purged"])
+
+    async def get_message(self, name: str, seq: int, *, timeout: float = 5.0) -> Message:
+        """The message stored at ``seq``; ``StreamNotFound`` if there is none."""
+        reply = await self._stream("get", self._stream_args("get", name, seq=seq), timeout)
+        return self._stored_message(name, reply)
+
+    async def add_consumer(
+        self, stream: str, durable: str, *, timeout: float = 5.0, **config: Any
+    ) -> ConsumerInfo:
+        """Make a durable consumer without binding it (``consume`` binds it)."""
+        body = consume_body(stream, durable=durable, **config)
+        args = {"name": body["stream"], "config": body}
+        reply = await self._stream("consumer_add", args, timeout)
+        return ConsumerInfo.from_reply(reply["consumer"])
+
+    async def consumer_info(
+        self, stream: str, durable: str, *, timeout: float = 5.0
+    ) -> ConsumerInfo:
+        """The durable consumer; ``ConsumerNotFound`` if there is none."""
+        args = self._stream_args("consumer_info", stream, consumer=durable)
+        return ConsumerInfo.from_reply(
+            (await self._stream("consumer_info", args, timeout))["consumer"]
+        )
+
+    async def consumers(self, stream: str, *, timeout: float = 5.0) -> list[ConsumerInfo]:
+        """Every consumer of the stream."""
+        args = self._stream_args("consumer_list", stream)
+        reply = await self._stream("consumer_list", args, timeout)
+        return [ConsumerInfo.from_reply(c) for c in reply["consumers"]]
+
+    async def delete_consumer(self, stream: str, durable: str, *, timeout: float = 5.0) -> None:
+        """Delete the durable consumer and its position."""
+        args = self._stream_args("consumer_delete", stream, consumer=durable)
+        await self._stream("consumer_delete", args, timeout)
+
+    async def consume(
+        self, stream: str, handler: AsyncHandler | None = None, maxsize: int = 1000,
+        *, timeout: float = 5.0, **config: Any,
+    ) -> Consumer:  # fmt: skip
+        """Bind a consumer of ``stream``; see ``zmqbus.Bus.consume``. A handler
+        may be a coroutine function or a plain callable."""
+        body, size, seconds = self._prepare_consume(stream, handler, maxsize, timeout, config)
+        sub = Consumer(self, stream, size, handler)
+        with self._subscribing(sub, seconds):
+            waiter = self._issue(self._core.consume, sub, stream, body, timeout=seconds)
+            sub.info = ConsumerInfo.from_reply(await _wait(waiter, seconds, "consume"))
+        return sub
+
+    async def _stream(self, op: str, args: dict[str, Any], timeout: float) -> dict[str, Any]:
+        seconds = self._stream_op(timeout)
+        waiter = self._issue(self._core.stream_request, op, args, timeout=seconds)
+        return cast("dict[str, Any]", await _wait(waiter, seconds, op.replace("_", " ")))
+
+    def _send_reply(self, token: bytes, body: bytes) -> None:
+        self._send_frames(self._reply_frames(token, body))
 
     def _reply(self, frames: list[bytes]) -> None:
         if not self._closed:

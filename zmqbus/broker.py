@@ -12,7 +12,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable
 from types import TracebackType
-from typing import Any, cast
+from typing import Any, Literal, cast
 
 import zmq
 
@@ -29,11 +29,13 @@ from ._edge import (
 )
 from ._endpoints import bind_endpoint
 from ._routing import BrokerState
+from ._streams import Streams
 from ._version import __version__
 from ._wire import get_option as _get
 from ._wire import recv_routed, send_routed
 from .keys import load_keypair
 from .limits import FD_RESERVE, Limits, queue_messages, raise_fd_limit
+from .store import open_store
 from .users import User
 
 __all__ = ["DEFAULT_BIND", "Broker"]
@@ -123,8 +125,18 @@ class Broker:
         limits: Limits | None = None,
         secret_key: bytes | str | os.PathLike[str] | None = None,
         users: Iterable[User] | None = None,
+        data_dir: str | os.PathLike[str] | None = None,
+        sync: Literal["normal", "full"] = "normal",
     ) -> None:
         self._endpoint = bind_endpoint(bind)
+        if sync not in ("normal", "full"):
+            raise ValueError(f"sync must be 'normal' or 'full', not {sync!r}")
+        # Durable streams: "file" ones in SQLite under data_dir, "memory" ones
+        # always. A bad data_dir fails here (StoreError), before any socket.
+        self._data_dir = data_dir
+        self._sync: Literal["normal", "full"] = sync
+        store = open_store(data_dir, sync=sync)
+        self._store_closed = False
         # CURVE: (public, secret); the secret never leaves this object or a log.
         self._curve = None if secret_key is None else load_keypair(secret_key, "secret_key")
         if self._curve is not None and users is None:
@@ -151,6 +163,7 @@ class Broker:
             limits=limits,
             users=self._registry.by_name,
             anonymous=self._registry.anonymous,
+            store=store,
         )
         self._lock = threading.Lock()
         self._thread: threading.Thread | None = None
@@ -214,6 +227,12 @@ class Broker:
             limits = limits.replace(max_peers=limits.max_connections)
         self._state.limits = limits
         self._state.connections.capacity = limits.max_connections
+        if self._store_closed:
+            # Started again after stop(): the store is opened afresh.
+            self._state.streams = Streams(
+                open_store(self._data_dir, sync=self._sync), self._state.limits
+            )
+            self._store_closed = False
         ctx = self._ctx = self._given_ctx if self._given_ctx is not None else zmq.Context()
         _seed_routing_ids()
         # Before the ROUTER: libzmq asks ZAP of every connection from the start.
@@ -314,6 +333,10 @@ class Broker:
             self._ctx.term()  # waits for the BYE linger, then releases the port
         self._ctx = None
         self._thread = None
+        streams = self._state.streams
+        streams.commit()
+        streams.store.close()
+        self._store_closed = True
         log.info("broker on %s stopped", self._address)
 
     def wait(self, timeout: float | None = None) -> bool:

@@ -19,8 +19,9 @@ from ._face import GRACE, BusBase, Headers, Payload, SubscriptionBase, overdue, 
 from ._iothread import IOThread
 from .errors import BusClosed, SubscriptionClosed
 from .message import Message, PublishResult
+from .streams import ConsumerInfo, StreamInfo, consume_body, stream_config
 
-__all__ = ["Bus", "Handler", "Subscription", "parse_channel"]
+__all__ = ["Bus", "Consumer", "Handler", "Subscription", "parse_channel"]
 
 log = logging.getLogger("zmqbus.bus")
 
@@ -210,6 +211,18 @@ class Subscription(SubscriptionBase):
             t.join(timeout)
 
 
+class Consumer(Subscription):
+    """A stream consumer bound to a ``Bus``: read it as a subscription (its
+    messages have ``stream``, ``seq``, ``deliveries`` and ``ack()``, ``nak()``,
+    ``in_progress()``, ``term()``); a handler's return acks, a raise naks.
+    ``unsubscribe()`` unbinds it (a durable keeps its place on the broker)."""
+
+    def __init__(self, bus: Bus, stream: str, maxsize: int, handler: Handler | None) -> None:
+        super().__init__(bus, f"stream {stream}", maxsize, handler)
+        self.stream = stream
+        self.info: ConsumerInfo | None = None  # as the broker bound it
+
+
 class Bus(BusBase):
     """A connection to a broker on one channel; every method is thread-safe.
 
@@ -279,7 +292,7 @@ class Bus(BusBase):
 
     def publish(
         self, topic: str, payload: Payload, headers: Headers = None,
-        *, timeout: float = 5.0, confirm: bool = True,
+        *, timeout: float = 5.0, confirm: bool = True, msg_id: Any = None,
     ) -> PublishResult:  # fmt: skip
         """Publish ``payload`` on ``topic``.
 
@@ -288,9 +301,14 @@ class Bus(BusBase):
         Raises ``HandlerError`` if a handler raised, ``PublishTimeout`` if not
         all confirmed within ``timeout``, ``ReentrantPublish`` at once from a
         handler whose own subscription would receive it. Without ``confirm``,
-        return as soon as the message is queued for sending.
+        return as soon as the message is queued for sending. Into a stream,
+        a confirmed publish returns once the message is stored, its
+        ``stream`` and ``seq`` in the result; ``msg_id`` (a UUID, 16 bytes or
+        a str) makes a retry a ``duplicate`` the stream stores only once.
         """
-        topic_b, body, timeout = self._prepare_message(topic, payload, headers, timeout, confirm)
+        topic_b, body, timeout = self._prepare_message(
+            topic, payload, headers, timeout, confirm, msg_id
+        )
         if not confirm:
             self._io.submit([p.H_PUBLISH, self._core.channel, b"", topic_b, body])
             return _UNCONFIRMED
@@ -327,7 +345,10 @@ class Bus(BusBase):
         return _wait(fut, timeout, "request")
 
     def _send_reply(self, token: bytes, body: bytes) -> None:
-        self._io.submit(self._reply_frames(token, body))
+        self._send_frames(self._reply_frames(token, body))
+
+    def _send_frames(self, frames: list[bytes]) -> None:
+        self._io.submit(frames)
 
     # --- subscribe ----------------------------------------------------------
 
@@ -350,6 +371,85 @@ class Bus(BusBase):
             fut = self._issue(self._core.subscribe, sub, timeout=timeout, queue=group)
             _wait(fut, timeout, "subscribe")
         return sub
+
+    # --- streams ------------------------------------------------------------
+
+    def add_stream(
+        self, name: str, subjects: list[str], *, timeout: float = 5.0, **config: Any
+    ) -> StreamInfo:
+        """Make a durable stream on this bus's channel that stores every message
+        published on ``subjects`` (see ``zmqbus.streams.stream_config`` for the
+        options: ``max_msgs``, ``max_bytes``, ``max_age``, ``max_msg_size``,
+        ``discard``, ``retention``, ``storage``, ``duplicate_window``). The same
+        call again is no error; ``StreamExists`` for another config."""
+        args = {"config": stream_config(name, subjects, **config)}
+        return StreamInfo.from_reply(self._stream("add", args, timeout)["stream"])
+
+    def stream_info(self, name: str, *, timeout: float = 5.0) -> StreamInfo:
+        """The stream ``name``; ``StreamNotFound`` if the channel has none."""
+        reply = self._stream("info", self._stream_args("info", name), timeout)
+        return StreamInfo.from_reply(reply["stream"])
+
+    def streams(self, *, timeout: float = 5.0) -> list[StreamInfo]:
+        """Every stream of this bus's channel."""
+        return [StreamInfo.from_reply(s) for s in self._stream("list", {}, timeout)["streams"]]
+
+    def delete_stream(self, name: str, *, timeout: float = 5.0) -> None:
+        """Delete the stream, its messages and its consumers."""
+        self._stream("delete", self._stream_args("delete", name), timeout)
+
+    def purge_stream(self, name: str, *, timeout: float = 5.0) -> int:
+        """Remove every message of the stream (sequences go on); how many went."""
+        return int(self._stream("purge", self._stream_args("purge", name), timeout)["purged"])
+
+    def get_message(self, name: str, seq: int, *, timeout: float = 5.0) -> Message:
+        """The message stored at ``seq``; ``StreamNotFound`` if there is none."""
+        reply = self._stream("get", self._stream_args("get", name, seq=seq), timeout)
+        return self._stored_message(name, reply)
+
+    def add_consumer(
+        self, stream: str, durable: str, *, timeout: float = 5.0, **config: Any
+    ) -> ConsumerInfo:
+        """Make a durable consumer without binding it (``consume`` binds it)."""
+        body = consume_body(stream, durable=durable, **config)
+        args = {"name": body["stream"], "config": body}
+        return ConsumerInfo.from_reply(self._stream("consumer_add", args, timeout)["consumer"])
+
+    def consumer_info(self, stream: str, durable: str, *, timeout: float = 5.0) -> ConsumerInfo:
+        """The durable consumer; ``ConsumerNotFound`` if there is none."""
+        args = self._stream_args("consumer_info", stream, consumer=durable)
+        return ConsumerInfo.from_reply(self._stream("consumer_info", args, timeout)["consumer"])
+
+    def consumers(self, stream: str, *, timeout: float = 5.0) -> list[ConsumerInfo]:
+        """Every consumer of the stream."""
+        reply = self._stream("consumer_list", self._stream_args("consumer_list", stream), timeout)
+        return [ConsumerInfo.from_reply(c) for c in reply["consumers"]]
+
+    def delete_consumer(self, stream: str, durable: str, *, timeout: float = 5.0) -> None:
+        """Delete the durable consumer and its position."""
+        args = self._stream_args("consumer_delete", stream, consumer=durable)
+        self._stream("consumer_delete", args, timeout)
+
+    def consume(
+        self, stream: str, handler: Handler | None = None, maxsize: int = 1000,
+        *, timeout: float = 5.0, **config: Any,
+    ) -> Consumer:  # fmt: skip
+        """Bind a consumer of ``stream``: the named ``durable`` (made if new), or
+        a new ephemeral one. Options (see ``zmqbus.streams.consume_body``):
+        ``durable``, ``filter``, ``deliver`` ("all", "new", "last"),
+        ``start_seq``, ``start_time``, ``ack_wait``, ``max_deliver``,
+        ``backoff``, ``dead_letter``, ``max_ack_pending``. Returns once bound."""
+        body, size, seconds = self._prepare_consume(stream, handler, maxsize, timeout, config)
+        sub = Consumer(self, stream, size, handler)
+        with self._subscribing(sub, seconds):
+            fut = self._issue(self._core.consume, sub, stream, body, timeout=seconds)
+            sub.info = ConsumerInfo.from_reply(_wait(fut, seconds, "consume"))
+        return sub
+
+    def _stream(self, op: str, args: dict[str, Any], timeout: float) -> dict[str, Any]:
+        seconds = self._stream_op(timeout)
+        fut = self._issue(self._core.stream_request, op, args, timeout=seconds)
+        return cast("dict[str, Any]", _wait(fut, seconds, op.replace("_", " ")))
 
     def unsubscribe(self, pattern: str, *, timeout: float = 5.0) -> int:
         """End every subscription of this bus to exactly ``pattern``; returns how

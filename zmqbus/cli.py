@@ -41,6 +41,7 @@ from .errors import (
 from .keys import keygen
 from .limits import Limits
 from .message import Message, PublishResult
+from .store import StoreError
 from .topics import validate_pattern, validate_topic
 
 __all__ = ["main"]
@@ -73,6 +74,9 @@ _LIMIT_HELP = {
     "stats_per_second": "STATS one connection may ask per second; 429 beyond",
     "max_queued_bytes": "bytes queued to (or from) one peer; sets the high-water marks",
     "idle_probe_seconds": "silence after which a peer without heartbeats is probed",
+    "max_streams": "durable streams at once; a stream add beyond gets 429",
+    "max_consumers": "consumers of one stream; 429 beyond",
+    "max_ack_pending": "the most unacknowledged deliveries a consumer may ask for",
 }
 
 _LIMIT_UNITS = frozenset(f"[--{name.replace('_', '-')} N]" for name in _LIMIT_HELP)
@@ -263,6 +267,17 @@ def build_parser() -> argparse.ArgumentParser:
         type=_arg_positive_int,
         metavar="N",
         help="largest encoded message body in bytes (default 1048576)",
+    )
+    p.add_argument(
+        "--data-dir",
+        metavar="DIR",
+        help="where durable file streams live (SQLite); without it, memory streams only",
+    )
+    p.add_argument(
+        "--sync",
+        choices=("normal", "full"),
+        help="full: stream commits survive power loss too, at their cost (default normal: "
+        "they survive the broker process dying)",
     )
     limits = p.add_argument_group("limits (see README: Limits)")
     for name, default in Limits().as_dict().items():
@@ -534,6 +549,9 @@ def cmd_broker(args: argparse.Namespace) -> int:
         except (TypeError, ValueError) as exc:
             _err("zmqbus broker", str(exc))
             return EXIT_USAGE
+        except StoreError as exc:
+            log.error("cannot open the stream store: %s", exc)
+            return EXIT_FAILED
         try:
             broker.start()
         except zmq.ZMQError as exc:
@@ -591,6 +609,8 @@ def _broker_from(args: argparse.Namespace) -> Broker:
         limits=Limits(**limits),
         secret_key=secret,
         users=config.users,
+        data_dir=args.data_dir or config.data_dir,
+        sync=args.sync or config.sync or "normal",  # type: ignore[arg-type]
     )
 
 

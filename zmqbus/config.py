@@ -33,7 +33,7 @@ from .users import User
 
 __all__ = ["BrokerConfig", "load_config"]
 
-_TOP = {"bind", "secret_key", "max_message_size", "hwm", "limits", "users"}
+_TOP = {"bind", "secret_key", "max_message_size", "hwm", "limits", "users", "data_dir", "sync"}
 _USER_FIELDS = {f.name for f in dataclasses.fields(User) if f.init and not f.name.startswith("_")}
 _LIMIT_FIELDS = {f.name for f in dataclasses.fields(Limits)}
 
@@ -48,6 +48,8 @@ class BrokerConfig:
     hwm: int | None = None
     limits: dict[str, int] = field(default_factory=dict)
     users: list[User] | None = None
+    data_dir: Path | None = None
+    sync: str | None = None
 
 
 def _path(value: object, base: Path, what: str) -> Path:
@@ -100,6 +102,12 @@ def load_config(path: str | os.PathLike[str]) -> BrokerConfig:
         config.bind = data["bind"]
     if "secret_key" in data:
         config.secret_key = _path(data["secret_key"], base, "secret_key")
+    if "data_dir" in data:
+        config.data_dir = _path(data["data_dir"], base, "data_dir")
+    if "sync" in data:
+        if data["sync"] not in ("normal", "full"):
+            raise ValueError(f"{file}: sync must be 'normal' or 'full'")
+        config.sync = data["sync"]
     if "max_message_size" in data:
         config.max_message_size = _int(data["max_message_size"], "max_message_size")
     if "hwm" in data:

@@ -11,6 +11,7 @@ __all__ = [
     "AuthenticationError",
     "BusClosed",
     "ConnectTimeout",
+    "ConsumerNotFound",
     "HandlerError",
     "LimitReached",
     "MessageTooLarge",
@@ -21,6 +22,9 @@ __all__ = [
     "RateLimited",
     "ReentrantPublish",
     "RequestTimeout",
+    "StreamError",
+    "StreamExists",
+    "StreamNotFound",
     "SubscriptionClosed",
     "WrongEventLoop",
     "ZmqbusError",
@@ -123,6 +127,37 @@ class PermissionDenied(ProtocolError):
     """The broker refused a request this bus's user may not make (ERROR 401):
     joining the channel, publishing or requesting on the topic, subscribing
     with the pattern, or a command for admins only."""
+
+
+class StreamError(ProtocolError):
+    """The broker refused a stream request: a bad config or argument (422),
+    a full stream (429), a failed store (507), or one of the subclasses."""
+
+
+class StreamNotFound(StreamError):
+    """No stream of that name on this bus's channel (or no message of that
+    sequence in it): ERROR 404."""
+
+
+class ConsumerNotFound(StreamError):
+    """No durable consumer of that name on the stream (or no such stream): 404."""
+
+
+class StreamExists(StreamError):
+    """A stream (or durable consumer) of that name exists with another config,
+    or the new stream's subjects overlap another's: ERROR 410."""
+
+
+def stream_error(code: int, text: str, *, consumer: bool = False) -> ProtocolError:
+    """The exception for an ERROR refusing a stream request (``consumer``: a
+    consumer op, where 404 means the consumer, or its stream, is unknown)."""
+    if code == 404:
+        return (ConsumerNotFound if consumer else StreamNotFound)(code, text, remote=True)
+    if code == 410:
+        return StreamExists(code, text, remote=True)
+    if code in (401, 429, 503):
+        return remote_error(code, text)
+    return StreamError(code, text, remote=True)
 
 
 def remote_error(code: int, text: str, retry_after: int | None = None) -> ProtocolError:

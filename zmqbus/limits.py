@@ -62,6 +62,13 @@ class Limits:
     #: broker probes its connection with a BROKER_HEARTBEAT (a vanished one
     #: then fails the send and is forgotten).
     idle_probe_seconds: int = 60
+    #: Durable streams at once, over all channels; a stream add beyond it gets 429.
+    max_streams: int = 1_000
+    #: Consumers (durable and ephemeral) of one stream; 429 beyond it.
+    max_consumers: int = 1_000
+    #: The largest ``max_ack_pending`` a consumer may ask for: what one
+    #: consumer may hold delivered and unacknowledged at once.
+    max_ack_pending: int = 100_000
 
     def __post_init__(self) -> None:
         for f in fields(self):

@@ -13,9 +13,9 @@ from datetime import UTC, datetime
 from . import _validate
 from ._fastpath import dict_writes_work, uuid_from_bytes
 from .errors import ZmqbusError
-from .protocol import new_message_id, pack_reply
+from .protocol import H_STREAM_ACK, AckKind, new_message_id, pack_reply
 
-__all__ = ["Message", "PublishResult", "ReplyContext", "make_message"]
+__all__ = ["Message", "PublishResult", "ReplyContext", "StreamContext", "make_message"]
 
 log = logging.getLogger("zmqbus.message")
 
@@ -82,6 +82,45 @@ class Message:
         raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
 
     @property
+    def stream(self) -> str | None:
+        """The stream a consumer read this message from (None: not from one)."""
+        ctx: StreamContext | None = getattr(self, "_stream", None)
+        return ctx.stream if ctx is not None else None
+
+    @property
+    def seq(self) -> int | None:
+        """Its sequence in that stream (None: not from a stream)."""
+        ctx: StreamContext | None = getattr(self, "_stream", None)
+        return ctx.seq if ctx is not None else None
+
+    @property
+    def deliveries(self) -> int:
+        """How many times the stream has delivered it, this time included (0:
+        not from a stream)."""
+        ctx: StreamContext | None = getattr(self, "_stream", None)
+        return ctx.deliveries if ctx is not None else 0
+
+    def ack(self) -> None:
+        """Done with this stream message: it is never delivered again."""
+        _stream_of(self).settle(AckKind.ACK)
+
+    def nak(self, delay: float | None = None, error: str = "") -> None:
+        """Failed: deliver it again after ``delay`` seconds (None: the
+        consumer's backoff, or at once); ``error`` says why (it ends up in a
+        dead letter's headers)."""
+        if delay is not None:
+            delay = _validate.timeout(delay)
+        _stream_of(self).settle(AckKind.NAK, delay, error)
+
+    def in_progress(self) -> None:
+        """Still working on it: its ``ack_wait`` starts again."""
+        _stream_of(self).settle(AckKind.PROGRESS, final=False)
+
+    def term(self, error: str = "") -> None:
+        """Never deliver it again, and do not count it done."""
+        _stream_of(self).settle(AckKind.TERM, None, error)
+
+    @property
     def is_request(self) -> bool:
         """True if the sender waits for a reply (see ``respond``)."""
         return getattr(self, "_reply", None) is not None
@@ -130,6 +169,65 @@ def make_message(
     return msg
 
 
+class StreamContext:
+    """Where a stream message came from, and how it is settled: its token
+    and the face's thread-safe way of sending frames. Settled once (ACK, NAK
+    or TERM); PROGRESS any number of times before."""
+
+    __slots__ = ("_channel", "_lock", "_send", "_token", "deliveries", "seq", "settled", "stream")
+
+    def __init__(
+        self,
+        stream: str,
+        seq: int,
+        deliveries: int,
+        token: bytes,
+        channel: bytes,
+        send: Callable[[list[bytes]], None],
+    ) -> None:
+        self.stream = stream
+        self.seq = seq
+        self.deliveries = deliveries
+        self._token = token
+        self._channel = channel
+        self._send = send
+        self._lock = threading.Lock()
+        self.settled = False
+
+    def settle(
+        self, kind: int, delay: float | None = None, error: str = "", *, final: bool = True
+    ) -> None:
+        """Send STREAM_ACK of ``kind``. ``ZmqbusError`` if already settled."""
+        if not isinstance(error, str):
+            raise TypeError("error must be a str")
+        if len(error) > _MAX_ERROR:
+            error = error[: _MAX_ERROR - 3] + "..."
+        ms = b"" if delay is None else min(round(delay * 1000), 0xFFFFFFFF).to_bytes(4, "big")
+        with self._lock:
+            if self.settled:
+                raise ZmqbusError(f"stream message {self.stream}:{self.seq} is already settled")
+            self._send(
+                [H_STREAM_ACK, self._channel, self._token, bytes((kind,)), ms, error.encode()]
+            )
+            if final:
+                self.settled = True
+
+
+_MAX_ERROR = 1024
+
+
+def _stream_of(message: Message) -> StreamContext:
+    ctx: StreamContext | None = getattr(message, "_stream", None)
+    if ctx is None:
+        raise ZmqbusError("this message is not from a stream consumer: nothing to settle")
+    return ctx
+
+
+def attach_stream(message: Message, ctx: StreamContext) -> None:
+    """Make ``message`` a stream message, settled through ``ctx``."""
+    object.__setattr__(message, "_stream", ctx)
+
+
 def attach_reply(message: Message, reply: ReplyContext) -> None:
     """Make ``message`` answerable; kept outside the dataclass fields, so it
     takes no part in equality or repr."""
@@ -149,7 +247,20 @@ def error_text(exc: BaseException) -> str:
 def answer_after_handler(msg: Message, result: object, error: str | None) -> None:
     """After a handler ran on a request: a raise answers with the error, bytes
     with a reply, None with nothing (unless the handler responded itself).
-    Shared by both faces so that handlers mean the same thing on each."""
+    On a stream message: a return acks it, a raise naks it with the error
+    (unless the handler settled it itself). Shared by both faces so that
+    handlers mean the same thing on each."""
+    ctx: StreamContext | None = getattr(msg, "_stream", None)
+    if ctx is not None:
+        if not ctx.settled:
+            try:
+                if error is None:
+                    ctx.settle(AckKind.ACK)
+                else:
+                    ctx.settle(AckKind.NAK, None, error)
+            except ZmqbusError as exc:  # the bus closed meanwhile: redelivered later
+                log.debug("could not settle %s:%d: %s", ctx.stream, ctx.seq, exc)
+        return
     reply = reply_of(msg)
     if reply is None or reply.used:
         return
@@ -166,7 +277,7 @@ def answer_after_handler(msg: Message, result: object, error: str | None) -> Non
         log.debug("could not answer request on %r: %s", msg.topic, exc)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, repr=False)
 class PublishResult:
     """What a confirmed publish reached.
 
@@ -182,3 +293,19 @@ class PublishResult:
     failed: int = 0
     buses: int = 0
     confirmed: bool = True
+    #: The stream that stored it, its sequence there, and whether it was a
+    #: duplicate of a message stored before (then not stored or delivered
+    #: again); None, None, False when no stream captured it.
+    stream: str | None = None
+    seq: int | None = None
+    duplicate: bool = False
+
+    def __repr__(self) -> str:
+        # The stream fields only when a stream stored it: most results have none.
+        text = (
+            f"PublishResult(delivered={self.delivered}, dropped={self.dropped}, "
+            f"failed={self.failed}, buses={self.buses}, confirmed={self.confirmed}"
+        )
+        if self.stream is not None:
+            text += f", stream={self.stream!r}, seq={self.seq}, duplicate={self.duplicate}"
+        return text + ")"

@@ -16,6 +16,7 @@ from __future__ import annotations
 import functools
 import os
 import random
+import re
 import struct
 import uuid
 from collections.abc import Callable, Mapping, Sequence
@@ -122,6 +123,8 @@ MAX_QUEUE_BYTES = 64
 # broker alone can make (it binds the token to the peer it was sent to), and
 # the requester's ref: 32 octets at most, as every ref.
 SESSION_BYTES = 8
+# A stream's name: 1 to this many octets of ASCII letters, digits, "_" and "-".
+MAX_STREAM_NAME_BYTES = 64
 REPLY_TAG_BYTES = 16
 MAX_REQUEST_REF_BYTES = MAX_REF_BYTES - SESSION_BYTES - REPLY_TAG_BYTES
 
@@ -141,6 +144,9 @@ class Cmd(IntEnum):
     STATS = 0x0A
     PUBLISH_BATCH = 0x0B
     BATCH = 0x0C
+    STREAM = 0x0D
+    CONSUME = 0x0E
+    STREAM_ACK = 0x0F
     WELCOME = 0x81
     OK = 0x82
     DELIVER = 0x83
@@ -155,6 +161,9 @@ class Cmd(IntEnum):
     DELIVER_BATCH = 0x8C
     BROKER_BATCH = 0x8D
     ERROR = 0x8F
+    STREAM_REPLY = 0x90
+    STORED = 0x91
+    STREAM_MSG = 0x92
 
 
 class ErrorCode(IntEnum):
@@ -162,10 +171,12 @@ class ErrorCode(IntEnum):
 
     BAD_FRAMES = 400  # wrong frame count, or a frame of the wrong size or encoding
     PERMISSION_DENIED = 401  # the connection's user may not do this
+    NOT_FOUND = 404  # no such stream, consumer or stored message
     NOT_JOINED = 403  # a command other than HELLO before HELLO
     UNKNOWN_COMMAND = 405  # the command byte is not one this side accepts
     BAD_TOPIC = 406  # a topic or pattern that breaks the topic rules
     CHANNEL_MISMATCH = 409  # channel frame differs from the channel joined by HELLO
+    CONFLICT = 410  # a stream or consumer of that name exists otherwise, or subjects overlap
     SID_IN_USE = 412  # SUBSCRIBE reuses an open sid with another pattern or queue
     TOO_LARGE = 413  # the message exceeds the broker's max_message_size
     BAD_BODY = 422  # a msgpack body the receiver must decode is invalid
@@ -173,6 +184,16 @@ class ErrorCode(IntEnum):
     INTERNAL = 500  # the broker failed; the request may be retried
     CAPACITY = 503  # the broker is full (peers or channels); retry later
     VERSION_NOT_SUPPORTED = 505  # unknown signature or protocol version
+    STORE_FAILED = 507  # the broker's store failed (disk full, corrupt); retry later
+
+
+class AckKind(IntEnum):
+    """What STREAM_ACK says of a stream message."""
+
+    ACK = 1  # done: never deliver it again
+    NAK = 2  # failed: deliver it again (after the delay, if given)
+    PROGRESS = 3  # still working on it: its ack_wait starts again
+    TERM = 4  # never deliver it again, and do not count it done
 
 
 def header(cmd: int) -> bytes:
@@ -206,6 +227,12 @@ H_DELIVER = header(Cmd.DELIVER)
 H_ROUTED = header(Cmd.ROUTED)
 H_ACKED = header(Cmd.ACKED)
 H_ERROR = header(Cmd.ERROR)
+H_STREAM = header(Cmd.STREAM)
+H_CONSUME = header(Cmd.CONSUME)
+H_STREAM_ACK = header(Cmd.STREAM_ACK)
+H_STREAM_REPLY = header(Cmd.STREAM_REPLY)
+H_STORED = header(Cmd.STORED)
+H_STREAM_MSG = header(Cmd.STREAM_MSG)
 
 
 # --- layouts ----------------------------------------------------------------
@@ -247,6 +274,13 @@ class Field(StrEnum):
     HELLO_BODY = "HELLO body"
     WELCOME_BODY = "WELCOME body"
     STATS_BODY = "STATS_REPLY body"
+    STREAM_BODY = "stream request body"  # msgpack map, str keys
+    STREAM_REPLY_BODY = "stream reply body"  # msgpack map, str keys
+    STREAM_NAME = "stream name"  # UTF-8, [A-Za-z0-9_-]
+    SEQ = "sequence"  # unsigned, big endian
+    FLAG = "flag"  # 0 or 1
+    ACK_KIND = "ack kind"  # one octet, see AckKind
+    META = "delivery meta"  # sequence then deliveries, unsigned, big endian
     DROPPED_COUNTS = "dropped counts"
     PUBLISH_ENTRIES = "publish entries"
     DELIVER_ENTRIES = "deliver entries"
@@ -396,6 +430,14 @@ class _F:
     HELLO = Frame("body", Field.HELLO_BODY, Size())
     WELCOME = Frame("body", Field.WELCOME_BODY, Size())
     STATS = Frame("body", Field.STATS_BODY, Size())
+    STREAM_BODY = Frame("body", Field.STREAM_BODY, Size())
+    STREAM_REPLY_BODY = Frame("body", Field.STREAM_REPLY_BODY, Size())
+    STREAM_NAME = Frame("stream", Field.STREAM_NAME, Size(1, MAX_STREAM_NAME_BYTES))
+    SEQ = Frame("seq", Field.SEQ, Size(8, 8))
+    DUPLICATE = Frame("duplicate", Field.FLAG, Size(1, 1))
+    ACK_KIND = Frame("kind", Field.ACK_KIND, Size(1, 1))
+    DELAY = Frame("delay", Field.RETRY, Size(4, 4, or_empty=True))
+    META = Frame("meta", Field.META, Size(12, 12))
     DROPPED = Frame("counts", Field.DROPPED_COUNTS, Size(0, step=2 * SID_BYTES))
     # The shortest entries frames: one entry with a 1-octet topic, an empty body,
     # one sid; a command entry of two empty frames.
@@ -431,6 +473,9 @@ LAYOUTS: tuple[Layout, ...] = (
     _layout(Cmd.STATS, _C, _F.ANY_CHANNEL, _F.REF),
     _layout(Cmd.PUBLISH_BATCH, _C, _F.CHANNEL, _F.PUBLISH_ENTRIES),
     _layout(Cmd.BATCH, _C, _F.CHANNEL, _F.COMMAND_ENTRIES),
+    _layout(Cmd.STREAM, _C, _F.CHANNEL, _F.GIVEN_REF, _F.STREAM_BODY),
+    _layout(Cmd.CONSUME, _C, _F.CHANNEL, _F.GIVEN_REF, _F.SID, _F.STREAM_BODY),
+    _layout(Cmd.STREAM_ACK, _C, _F.CHANNEL, _F.ACK_TOKEN, _F.ACK_KIND, _F.DELAY, _F.TEXT),
     _layout(Cmd.WELCOME, _B, _F.CHANNEL, _F.WELCOME),
     _layout(Cmd.OK, _B, _F.CHANNEL, _F.REF),
     _layout(Cmd.DELIVER, _B, _F.CHANNEL, _F.TOKEN, _F.TOPIC, _F.MESSAGE_OUT, _F.SIDS,
@@ -447,6 +492,10 @@ LAYOUTS: tuple[Layout, ...] = (
     _layout(Cmd.DELIVER_BATCH, _B, _F.CHANNEL, _F.DELIVER_ENTRIES),
     _layout(Cmd.BROKER_BATCH, _B, _F.CHANNEL, _F.COMMAND_ENTRIES),
     _layout(Cmd.ERROR, _B, _F.ANY_CHANNEL, _F.REF, _F.CODE, _F.TEXT, _F.RETRY),
+    _layout(Cmd.STREAM_REPLY, _B, _F.CHANNEL, _F.GIVEN_REF, _F.STREAM_REPLY_BODY),
+    _layout(Cmd.STORED, _B, _F.CHANNEL, _F.GIVEN_REF, _F.STREAM_NAME, _F.SEQ, _F.DUPLICATE),
+    _layout(Cmd.STREAM_MSG, _B, _F.CHANNEL, _F.ACK_TOKEN, _F.TOPIC, _F.MESSAGE_OUT, _F.SID,
+            _F.META),
 )
 # fmt: on
 
@@ -805,6 +854,91 @@ class StatsReply:
     body: bytes
 
 
+@dataclass(frozen=True, slots=True)
+class Stream:
+    """Client asks for stream management (add, info, list, delete, purge, get,
+    consumer_*); ``body`` is a msgpack map with ``op`` (see ``pack_stream_request``)."""
+
+    channel: bytes
+    ref: bytes
+    body: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Consume:
+    """Client binds a stream consumer to subscription ``sid`` (4 bytes, in the
+    sid space of SUBSCRIBE); ``body`` is a msgpack map (see ``pack_consume``).
+    UNSUBSCRIBE of the sid unbinds it."""
+
+    channel: bytes
+    ref: bytes
+    sid: bytes
+    body: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class StreamAck:
+    """Client settles one STREAM_MSG by its ``token``: ``kind`` (AckKind);
+    ``delay``, for NAK, milliseconds before it is delivered again (None: the
+    consumer's backoff); ``text``, for NAK and TERM, why (may be empty)."""
+
+    channel: bytes
+    token: bytes
+    kind: int
+    delay: int | None
+    text: str
+
+
+@dataclass(frozen=True, slots=True)
+class StreamReply:
+    """Broker answers STREAM or CONSUME; ``body`` is a msgpack map."""
+
+    channel: bytes
+    ref: bytes
+    body: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Stored:
+    """Broker says the confirmed publish ``ref`` is stored in ``stream`` at
+    ``seq`` (committed), or was a ``duplicate`` of the message stored there;
+    ROUTED follows."""
+
+    channel: bytes
+    ref: bytes
+    stream: str
+    seq: int
+    duplicate: bool
+
+
+@dataclass(frozen=True, slots=True)
+class StreamMsg:
+    """Broker delivers a stored message to the consumer bound to ``sid``;
+    ``meta`` packs its stream sequence and how many times it has been
+    delivered (see ``unpack_meta``); settle it with STREAM_ACK and ``token``."""
+
+    channel: bytes
+    token: bytes
+    topic: bytes
+    body: bytes
+    sid: bytes
+    meta: bytes
+
+
+_META = struct.Struct(">QI")
+
+
+def pack_meta(seq: int, deliveries: int) -> bytes:
+    """The meta frame of STREAM_MSG."""
+    return _META.pack(seq, min(deliveries, 0xFFFFFFFF))
+
+
+def unpack_meta(frame: bytes) -> tuple[int, int]:
+    """(stream sequence, deliveries) from STREAM_MSG's meta frame."""
+    seq, deliveries = _META.unpack(frame)
+    return int(seq), int(deliveries)
+
+
 ClientCommand: TypeAlias = (
     Hello
     | Subscribe
@@ -818,6 +952,9 @@ ClientCommand: TypeAlias = (
     | Stats
     | PublishBatch
     | Batch
+    | Stream
+    | Consume
+    | StreamAck
 )
 BrokerCommand: TypeAlias = (
     Welcome
@@ -834,6 +971,9 @@ BrokerCommand: TypeAlias = (
     | Dropped
     | DeliverBatch
     | BrokerBatch
+    | StreamReply
+    | Stored
+    | StreamMsg
 )
 Command: TypeAlias = ClientCommand | BrokerCommand
 
@@ -944,6 +1084,16 @@ def _content_check(layout: Layout, frame: Frame) -> Check | None:
         return unpack_welcome
     if kind is Field.STATS_BODY:
         return unpack_stats
+    if kind is Field.STREAM_BODY:
+        return unpack_stream_request
+    if kind is Field.STREAM_REPLY_BODY:
+        return unpack_stream_reply
+    if kind is Field.STREAM_NAME:
+        return check_stream_name
+    if kind is Field.FLAG:
+        return _flag_rules
+    if kind is Field.ACK_KIND:
+        return _ack_kind_rules
     if kind is Field.DROPPED_COUNTS:
         return unpack_dropped
     if kind is Field.PUBLISH_ENTRIES:
@@ -1078,12 +1228,20 @@ _TO_WIRE: dict[Field, Callable[[Any, Frame], bytes]] = {
     Field.CODE: lambda n, f: n.to_bytes(f.size.min, "big"),
     Field.TEXT: lambda s, f: s.encode("utf-8"),
     Field.RETRY: lambda n, f: b"" if n is None else min(n, 0xFFFFFFFF).to_bytes(4, "big"),
+    Field.STREAM_NAME: lambda s, f: s.encode("ascii"),
+    Field.SEQ: lambda n, f: n.to_bytes(8, "big"),
+    Field.FLAG: lambda b, f: b"\x01" if b else b"\x00",
+    Field.ACK_KIND: lambda n, f: bytes((n,)),
 }
 _FROM_WIRE: dict[Field, Callable[[bytes], object]] = {
     Field.COUNT: lambda b: int.from_bytes(b, "big"),
     Field.CODE: lambda b: int.from_bytes(b, "big"),
     Field.TEXT: _utf8,
     Field.RETRY: lambda b: int.from_bytes(b, "big") if b else None,
+    Field.STREAM_NAME: lambda b: b.decode("ascii"),
+    Field.SEQ: lambda b: int.from_bytes(b, "big"),
+    Field.FLAG: lambda b: b == b"\x01",
+    Field.ACK_KIND: lambda b: b[0],
 }
 
 
@@ -1830,6 +1988,61 @@ def unpack_welcome(body: bytes) -> dict[str, Any]:
             f"WELCOME max_message_size must be an int in 1..{MAX_MESSAGE_SIZE}",
         )
     return obj
+
+
+_STREAM_NAME = re.compile(rb"[A-Za-z0-9_-]{1,%d}" % MAX_STREAM_NAME_BYTES)
+
+
+def check_stream_name(frame: bytes) -> None:
+    """BAD_FRAMES unless ``frame`` is a stream name: 1 to 64 of A-Z a-z 0-9 _ -."""
+    if _STREAM_NAME.fullmatch(frame) is None:
+        raise ProtocolError(
+            ErrorCode.BAD_FRAMES,
+            f"stream name must be 1 to {MAX_STREAM_NAME_BYTES} of A-Z a-z 0-9 _ -",
+        )
+
+
+def _flag_rules(frame: bytes) -> None:
+    if frame not in (b"\x00", b"\x01"):
+        raise ProtocolError(ErrorCode.BAD_FRAMES, "a flag frame is 0x00 or 0x01")
+
+
+def _ack_kind_rules(frame: bytes) -> None:
+    if frame[0] not in _ACK_KINDS:
+        raise ProtocolError(ErrorCode.BAD_FRAMES, f"unknown STREAM_ACK kind 0x{frame[0]:02x}")
+
+
+_ACK_KINDS = frozenset(AckKind)
+
+
+def pack_stream_request(op: str, **args: Any) -> bytes:
+    """Body of STREAM: a msgpack map with ``op`` and its arguments."""
+    return _packb({"op": op, **args})
+
+
+def unpack_stream_request(body: bytes) -> dict[str, Any]:
+    """Decode a STREAM or CONSUME body: a map with str keys (STREAM's with a
+    str ``op``; the broker checks the rest per op)."""
+    obj = _unpack_map(body, "stream request")
+    op = obj.get("op")
+    if op is not None and not isinstance(op, str):
+        raise ProtocolError(ErrorCode.BAD_BODY, "stream request op must be a str")
+    return obj
+
+
+def pack_consume(stream: str, **config: Any) -> bytes:
+    """Body of CONSUME: a msgpack map with ``stream`` and the consumer's config."""
+    return _packb({"stream": stream, **config})
+
+
+def pack_stream_reply(result: Mapping[str, Any]) -> bytes:
+    """Body of STREAM_REPLY."""
+    return _packb(dict(result))
+
+
+def unpack_stream_reply(body: bytes) -> dict[str, Any]:
+    """Decode a STREAM_REPLY body."""
+    return _unpack_map(body, "STREAM_REPLY")
 
 
 def _unpack_map(body: bytes, what: str) -> dict[str, Any]:

@@ -84,6 +84,8 @@ class User:
     covers every topic it can match. ``deny_publish`` and ``deny_subscribe``
     win over those (a pattern that can match a denied topic is denied).
     ``admin``: STATS shows it every channel (others see only theirs).
+    ``streams``: it may manage durable streams and their consumers (add,
+    delete, purge, read by sequence); consuming needs only ``subscribe``.
     ``max_connections``, ``max_subscriptions``, ``max_channels``: its share
     of the broker (None: only the broker's own limits). ``rate`` and
     ``byte_rate``: messages and body bytes it may publish per second
@@ -98,6 +100,7 @@ class User:
     deny_publish: Iterable[str] = ()
     deny_subscribe: Iterable[str] = ()
     admin: bool = False
+    streams: bool = False
     max_connections: int | None = None
     max_subscriptions: int | None = None
     max_channels: int | None = None
@@ -125,6 +128,8 @@ class User:
         set_(self, "_deny_sub", _patterns(self.deny_subscribe, "deny_subscribe"))
         if not isinstance(self.admin, bool):
             raise TypeError("User.admin must be a bool")
+        if not isinstance(self.streams, bool):
+            raise TypeError("User.streams must be a bool")
         for what in ("max_connections", "max_subscriptions", "max_channels"):
             value = getattr(self, what)
             if value is not None and (type(value) is not int or value < 1):
@@ -185,6 +190,7 @@ class User:
             and self._deny_pub == other._deny_pub
             and self._deny_sub == other._deny_sub
             and self.admin == other.admin
+            and self.streams == other.streams
         )
 
     @property

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -43,6 +44,9 @@ CMD = {
     "STATS": 0x0A,
     "PUBLISH_BATCH": 0x0B,
     "BATCH": 0x0C,
+    "STREAM": 0x0D,
+    "CONSUME": 0x0E,
+    "STREAM_ACK": 0x0F,
     "WELCOME": 0x81,
     "OK": 0x82,
     "DELIVER": 0x83,
@@ -57,9 +61,14 @@ CMD = {
     "DELIVER_BATCH": 0x8C,
     "BROKER_BATCH": 0x8D,
     "ERROR": 0x8F,
+    "STREAM_REPLY": 0x90,
+    "STORED": 0x91,
+    "STREAM_MSG": 0x92,
 }
 CMD_NAME = {byte: name for name, byte in CMD.items()}
-# Commands whose frame 2 is a ref that an ERROR reply echoes.
+# Commands whose frame 2 is a ref that an ERROR reply echoes. STREAM and
+# CONSUME are answered by STREAM_REPLY "or ERROR" with their ref: a client can
+# only match that ERROR to its request by the ref, so it is echoed too.
 REF_COMMANDS = {
     CMD["SUBSCRIBE"],
     CMD["UNSUBSCRIBE"],
@@ -67,14 +76,22 @@ REF_COMMANDS = {
     CMD["DISCONNECT"],
     CMD["REQUEST"],
     CMD["STATS"],
+    CMD["STREAM"],
+    CMD["CONSUME"],
 }
+# The optional durable streams ("Durable streams"): their commands, the codes
+# only they give, and the mark of every vector about them.
+STREAM_COMMANDS = {"STREAM", "CONSUME", "STREAM_ACK", "STREAM_REPLY", "STORED", "STREAM_MSG"}
+STREAMS = "streams"
 
 BAD_FRAMES = 400
 PERMISSION_DENIED = 401
 NOT_JOINED = 403
+NOT_FOUND = 404
 UNKNOWN_COMMAND = 405
 BAD_TOPIC = 406
 CHANNEL_MISMATCH = 409
+CONFLICT = 410
 SID_IN_USE = 412
 TOO_LARGE = 413
 BAD_BODY = 422
@@ -82,6 +99,10 @@ LIMIT_REACHED = 429
 INTERNAL = 500
 CAPACITY = 503
 VERSION_NOT_SUPPORTED = 505
+STORE_FAILED = 507
+STREAM_CODES = {NOT_FOUND, CONFLICT, STORE_FAILED}
+# STREAM_ACK kinds.
+ACK, NAK, PROGRESS, TERM = 1, 2, 3, 4
 
 
 def h(name: str) -> bytes:
@@ -397,6 +418,98 @@ BROKER_BATCH_ANSWERS = batch_of(
 )
 
 
+# --- durable streams (optional: "Durable streams") ---------------------------------
+# One story: consumer C is the first peer to join (session 1), publisher P the
+# second, asking for "streams". P adds stream ORDERS (orders.>) with ref 11,
+# publishes 16 messages on orders.us.created, then the confirmed PUBLISH of
+# "publish-confirmed" (ref 6): the 17th message, answered by STORED seq 17 and
+# ROUTED 0; the same PUBLISH again is a duplicate of seq 17. C binds sid 1 to
+# the durable consumer "billing" (the broker's first consumer) with ref 13 and
+# gets the 17 messages; it NAKs seq 17 for 5 s, gets it again (delivery 2)
+# and ACKs it.
+
+STREAM_NAME = "ORDERS"
+ORDERS_CONFIG = {"name": STREAM_NAME, "subjects": ["orders.>"]}
+CONSUME_MAP = {"stream": STREAM_NAME, "durable": "billing", "ack_wait": 30000}
+STREAM_SEQ = 17
+REF_ADD, REF_LIST, REF_CONSUME = ref(11), ref(12), ref(13)
+# The key of STREAM_MSG tokens' tags: random in a broker, fixed for the vectors.
+STREAM_KEY = bytes(range(32, 64))
+
+
+def stream_token(consumer: int, seq: int, receiver: int) -> bytes:
+    """A STREAM_MSG token as the reference broker makes it, under STREAM_KEY:
+    the consumer's number (4 octets) and the sequence (8), then a 16-octet tag,
+    BLAKE2b of the receiving session and those 12 octets. The spec makes it
+    opaque to clients; the reference's form lets a test hand the vectors' tokens
+    to a broker keyed like them."""
+    head = consumer.to_bytes(4, "big") + seq.to_bytes(8, "big")
+    tag = hashlib.blake2b(session(receiver) + head, key=STREAM_KEY, digest_size=16).digest()
+    return head + tag
+
+
+STREAM_TOKEN = stream_token(1, STREAM_SEQ, 1)
+
+
+def meta(seq: int, deliveries: int) -> bytes:
+    """STREAM_MSG's meta frame: the sequence (8 octets), then the deliveries (4)."""
+    return seq.to_bytes(8, "big") + deliveries.to_bytes(4, "big")
+
+
+def stream_ack(
+    kind: int, delay: int | None = None, text: str = "", channel: bytes = CHANNEL
+) -> list[bytes]:
+    """STREAM_ACK of STREAM_TOKEN; ``delay`` None is the empty frame."""
+    wait = b"" if delay is None else delay.to_bytes(4, "big")
+    return [h("STREAM_ACK"), channel, STREAM_TOKEN, bytes((kind,)), wait, text.encode()]
+
+
+# What the reference broker answers: ORDERS's info just after "add" (the config
+# filled with its defaults, an empty stream numbering from 1), and the info of
+# "billing" as CONSUME binds it.
+ORDERS_INFO: dict[str, Any] = {
+    "name": STREAM_NAME,
+    "config": {
+        **ORDERS_CONFIG,
+        "retention": "limits",
+        "max_msgs": -1,
+        "max_bytes": -1,
+        "max_age": 0.0,
+        "max_msg_size": -1,
+        "discard": "old",
+        "storage": "file",
+        "duplicate_window": 120.0,
+    },
+    "messages": 0,
+    "bytes": 0,
+    "first_seq": 1,
+    "last_seq": 0,
+    "consumers": 0,
+}
+BILLING_INFO: dict[str, Any] = {
+    "stream": STREAM_NAME,
+    "name": "billing",
+    "config": {
+        "stream": STREAM_NAME,
+        "durable": "billing",
+        "filter": None,
+        "deliver": "all",
+        "start_seq": 0,
+        "start_time": 0.0,
+        "ack_wait": CONSUME_MAP["ack_wait"],
+        "max_deliver": -1,
+        "backoff": [],
+        "dead_letter": None,
+        "max_ack_pending": 1000,
+    },
+    "delivered": 0,
+    "ack_floor": 0,
+    "pending": 0,
+    "waiting": 1,
+    "redelivered": 0,
+}
+
+
 # --- valid.json -----------------------------------------------------------------
 
 
@@ -412,6 +525,8 @@ def valid_vectors() -> list[dict[str, Any]]:
         body: dict[str, Any] | None,
         description: str,
         entries: list[dict[str, Any]] | None = None,
+        feature: str | None = None,
+        extra: dict[str, Any] | None = None,
     ) -> None:
         vec: dict[str, Any] = {
             "name": name,
@@ -425,6 +540,9 @@ def valid_vectors() -> list[dict[str, Any]]:
             vec["body"] = body
         if entries is not None:
             vec["entries"] = entries
+        if feature is not None:
+            vec["feature"] = feature
+        vec.update(extra or {})
         out.append(vec)
 
     ch = CHANNEL.hex()
@@ -970,6 +1088,9 @@ def valid_vectors() -> list[dict[str, Any]]:
         (INTERNAL, "internal error", False),
         (CAPACITY, "broker has no room for a peer: max_peers is 10000", False),
         (VERSION_NOT_SUPPORTED, "protocol version 2 not supported (this side speaks 1)", False),
+        (NOT_FOUND, "no stream 'ORDERS' on this channel", True),
+        (CONFLICT, "stream 'ORDERS' exists with another config", True),
+        (STORE_FAILED, "the broker's store failed: disk full", True),
     ]:
         r = ref(8) if with_ref else b""
         add(
@@ -980,6 +1101,7 @@ def valid_vectors() -> list[dict[str, Any]]:
             {"channel": ch, "ref": r.hex(), "code": code, "text": text, "retry_after": None},
             None,
             f"ERROR {code}" + (" echoing the request's ref." if with_ref else " with no ref."),
+            feature=STREAMS if code in STREAM_CODES else None,
         )
     add(
         "error-no-channel",
@@ -1288,7 +1410,250 @@ def valid_vectors() -> list[dict[str, Any]]:
         "refused alone (406), as that DELIVER alone would be: the client ACKs token 2 with "
         "an error and handles the other two entries.",
     )
+    valid_stream_vectors(add)
     return out
+
+
+def _map(kind: str, value: dict[str, Any]) -> dict[str, Any]:
+    """A decoded map body as valid.json states it."""
+    return {"type": kind, "map": value}
+
+
+def valid_stream_vectors(add: Any) -> None:
+    """The durable-stream vectors of valid.json (``add`` as in valid_vectors)."""
+    ch = CHANNEL.hex()
+
+    def stream(
+        name: str,
+        direction: str,
+        frames: list[bytes],
+        fields: dict[str, Any],
+        body: dict[str, Any] | None,
+        description: str,
+    ) -> None:
+        command = CMD_NAME[frames[0][3]]
+        add(name, direction, command, frames, fields, body, description, feature=STREAMS)
+
+    def request(name: str, r: bytes, body: dict[str, Any], description: str) -> None:
+        frames = [h("STREAM"), CHANNEL, r, packb(body)]
+        stream(
+            name,
+            "client",
+            frames,
+            {"channel": ch, "ref": r.hex()},
+            _map("stream", body),
+            description,
+        )
+
+    hello_streams = {"client": CLIENT_NAME, "streams": True}
+    stream(
+        "hello-streams",
+        "client",
+        [h("HELLO"), CHANNEL, packb(hello_streams)],
+        {"channel": ch},
+        _map("hello", hello_streams),
+        "Join and ask for STORED: confirmed publishes a stream captures are answered with "
+        "STORED before ROUTED.",
+    )
+    welcome_streams = {**WELCOME_MAP, "streams": True}
+    stream(
+        "welcome-streams",
+        "broker",
+        [h("WELCOME"), CHANNEL, packb(welcome_streams)],
+        {"channel": ch},
+        _map("welcome", welcome_streams),
+        "Accept a HELLO that asked for streams: the broker will send STORED.",
+    )
+    request(
+        "stream-add",
+        REF_ADD,
+        {"op": "add", "config": ORDERS_CONFIG},
+        "Add stream ORDERS storing every message on orders.> of the channel; the other "
+        "settings are the broker's defaults (the reference broker's: a file stream).",
+    )
+    request(
+        "stream-add-memory",
+        ref(14),
+        {
+            "op": "add",
+            "config": {
+                "name": "AUDIT_log-2",
+                "subjects": ["audit.>", "login.*"],
+                "retention": "interest",
+                "max_msgs": 1_000_000,
+                "max_bytes": -1,
+                "max_age": 86_400,
+                "max_msg_size": 65_536,
+                "discard": "new",
+                "storage": "memory",
+                "duplicate_window": 60,
+            },
+        },
+        "Add a memory stream with every setting given: two subjects, kept until every "
+        "interested consumer settled them, for a day at most; a full stream refuses more.",
+    )
+    request("stream-list", REF_LIST, {"op": "list"}, "List the channel's streams.")
+    request("stream-info", ref(15), {"op": "info", "name": STREAM_NAME}, "ORDERS's info.")
+    request(
+        "stream-consumer-add",
+        ref(16),
+        {
+            "op": "consumer_add",
+            "name": STREAM_NAME,
+            "config": {
+                "stream": STREAM_NAME,
+                "durable": "eu-audit",
+                "filter": "orders.eu.>",
+                "max_deliver": 5,
+                "backoff": [1000, 5000],
+                "dead_letter": "dead.orders",
+            },
+        },
+        "Make the durable consumer eu-audit of ORDERS before anyone binds it: EU orders "
+        "only, 5 deliveries at most (1 s, then 5 s, apart), then published on dead.orders.",
+    )
+    stream(
+        "consume",
+        "client",
+        [h("CONSUME"), CHANNEL, REF_CONSUME, sid(1), packb(CONSUME_MAP)],
+        {"channel": ch, "ref": REF_CONSUME.hex(), "sid": sid(1).hex()},
+        _map("stream", CONSUME_MAP),
+        "Bind sid 1 to the durable consumer billing of ORDERS (made now, from the oldest "
+        "message): a message not settled within 30 s is delivered again.",
+    )
+    ephemeral = {"stream": STREAM_NAME, "filter": "orders.eu.>", "deliver": "new"}
+    stream(
+        "consume-ephemeral",
+        "client",
+        [h("CONSUME"), CHANNEL, ref(17), sid(2), packb(ephemeral)],
+        {"channel": ch, "ref": ref(17).hex(), "sid": sid(2).hex()},
+        _map("stream", ephemeral),
+        "Bind sid 2 to a new ephemeral consumer of ORDERS: EU orders stored from now on; it "
+        "ends when the sid is unbound.",
+    )
+    token = STREAM_TOKEN.hex()
+    for name, kind, delay, text, what in [
+        ("stream-ack", ACK, None, "", "ACK: done"),
+        (
+            "stream-ack-nak",
+            NAK,
+            5000,
+            "ValueError: no such account",
+            "NAK: deliver it again in 5000 ms (a 4-octet delay); the text says why",
+        ),
+        (
+            "stream-ack-nak-backoff",
+            NAK,
+            None,
+            "",
+            "NAK with an empty delay: again after the consumer's backoff (at once without one)",
+        ),
+        ("stream-ack-progress", PROGRESS, None, "", "PROGRESS: still working, the wait restarts"),
+        ("stream-ack-term", TERM, None, "poison: order 42 cannot be parsed", "TERM: never again"),
+    ]:
+        stream(
+            name,
+            "client",
+            stream_ack(kind, delay, text),
+            {"channel": ch, "token": token, "kind": kind, "delay": delay, "text": text},
+            None,
+            f"Settle the STREAM_MSG of seq 17 of consumer billing, sent to session 1. {what}.",
+        )
+    replies: list[tuple[str, bytes, dict[str, Any], str]] = [
+        (
+            "stream-reply-add",
+            REF_ADD,
+            {"stream": ORDERS_INFO},
+            "the answer to 'stream-add': ORDERS's info, its config filled with the reference "
+            "broker's defaults; an empty stream's first_seq is 1 and its last_seq 0",
+        ),
+        (
+            "stream-reply-list-empty",
+            REF_LIST,
+            {"streams": []},
+            "the answer to 'stream-list' on a channel without streams",
+        ),
+        (
+            "stream-reply-consume",
+            REF_CONSUME,
+            BILLING_INFO,
+            "the answer to 'consume': billing's info as it is bound, its config filled with "
+            "the defaults; STREAM_MSGs follow",
+        ),
+        ("stream-reply-deleted", ref(18), {"deleted": True}, "the answer to a delete"),
+    ]
+    for name, r, result, what in replies:
+        stream(
+            name,
+            "broker",
+            [h("STREAM_REPLY"), CHANNEL, r, packb(result)],
+            {"channel": ch, "ref": r.hex()},
+            _map("stream_reply", result),
+            f"STREAM_REPLY: {what}.",
+        )
+    for name, flag, what in [
+        ("stored", False, "stored now as seq 17 of ORDERS; ROUTED follows"),
+        (
+            "stored-duplicate",
+            True,
+            "a duplicate of seq 17 (the same message id within the duplicate window): not "
+            "stored or routed again; ROUTED 0 follows",
+        ),
+    ]:
+        stream(
+            name,
+            "broker",
+            [
+                h("STORED"),
+                CHANNEL,
+                ref(6),
+                STREAM_NAME.encode(),
+                STREAM_SEQ.to_bytes(8, "big"),
+                b"\x01" if flag else b"\x00",
+            ],
+            {
+                "channel": ch,
+                "ref": ref(6).hex(),
+                "stream": STREAM_NAME,
+                "seq": STREAM_SEQ,
+                "duplicate": flag,
+            },
+            None,
+            f"The confirmed PUBLISH of ref 6 is {what}.",
+        )
+    for name, deliveries, what in [
+        ("stream-msg-first", 1, "first delivered"),
+        ("stream-msg", 2, "delivered a second time, after a NAK"),
+    ]:
+        frames = [
+            h("STREAM_MSG"),
+            CHANNEL,
+            STREAM_TOKEN,
+            b"orders.eu.created",
+            BODY,
+            sid(1),
+            meta(STREAM_SEQ, deliveries),
+        ]
+        fields = {
+            "channel": ch,
+            "token": token,
+            "topic": "orders.eu.created",
+            "sid": sid(1).hex(),
+            "meta": frames[6].hex(),
+        }
+        add(
+            name,
+            "broker",
+            "STREAM_MSG",
+            frames,
+            fields,
+            BODY_DECODED,
+            f"Seq 17 of ORDERS for sid 1 (consumer billing), {what}: the meta frame is the "
+            f"sequence 17 and the deliveries, {deliveries}, this one included. STREAM_ACK "
+            "settles it by the token.",
+            feature=STREAMS,
+            extra={"delivery": {"seq": STREAM_SEQ, "deliveries": deliveries}},
+        )
 
 
 # --- malformed.json -----------------------------------------------------------
@@ -1309,30 +1674,35 @@ def malformed_vectors() -> list[dict[str, Any]]:
     out: list[dict[str, Any]] = []
 
     def client(
-        name: str, frames: list[bytes], code: int, description: str, joined: bool = False
+        name: str,
+        frames: list[bytes],
+        code: int,
+        description: str,
+        joined: bool = False,
+        feature: str | None = None,
     ) -> None:
-        out.append(
-            {
-                "name": name,
-                "description": description,
-                "direction": "client",
-                "frames": hexes(frames),
-                "code": code,
-                "joined": joined,
-                "reply": echo(frames),
-            }
-        )
+        vec = {
+            "name": name,
+            "description": description,
+            "direction": "client",
+            "frames": hexes(frames),
+            "code": code,
+            "joined": joined,
+            "reply": echo(frames),
+        }
+        out.append(vec if feature is None else {**vec, "feature": feature})
 
-    def broker(name: str, frames: list[bytes], code: int, description: str) -> None:
-        out.append(
-            {
-                "name": name,
-                "description": description,
-                "direction": "broker",
-                "frames": hexes(frames),
-                "code": code,
-            }
-        )
+    def broker(
+        name: str, frames: list[bytes], code: int, description: str, feature: str | None = None
+    ) -> None:
+        vec = {
+            "name": name,
+            "description": description,
+            "direction": "broker",
+            "frames": hexes(frames),
+            "code": code,
+        }
+        out.append(vec if feature is None else {**vec, "feature": feature})
 
     C = CHANNEL
     T = b"orders.eu.created"
@@ -1757,7 +2127,7 @@ def malformed_vectors() -> list[dict[str, Any]]:
             UNKNOWN_COMMAND,
             f"The client-only command {name.upper()} received from the broker.",
         )
-    for byte in (0x90, 0xC0):
+    for byte in (0x93, 0xC0):
         broker(
             f"broker-unknown-0x{byte:02x}",
             [raw_header(SIGNATURE, 1, byte), C, b""],
@@ -2025,6 +2395,9 @@ def malformed_vectors() -> list[dict[str, Any]]:
         ("ROUTED", [h("ROUTED"), C, ref(1), (1).to_bytes(4, "big")]),
         ("ACKED", [h("ACKED"), C, ref(1), AB]),
         ("ANSWER", [h("ANSWER"), C, REQUEST_REF, RB]),
+        ("STREAM", [h("STREAM"), C, ref(1), packb({"op": "list"})]),
+        ("CONSUME", [h("CONSUME"), C, ref(1), S1, packb(CONSUME_MAP)]),
+        ("STREAM_ACK", stream_ack(ACK)),
     ]:
         client(
             f"batch-entry-{name.lower().replace('_', '-')}",
@@ -2085,6 +2458,9 @@ def malformed_vectors() -> list[dict[str, Any]]:
         ("STATS_REPLY", [h("STATS_REPLY"), C, ref(1), STATS_BODY]),
         ("DELIVER_BATCH", [h("DELIVER_BATCH"), C, deliver_entry(S1, T, BODY)]),
         ("BROKER_BATCH", [h("BROKER_BATCH"), C, bgood]),
+        ("STREAM_REPLY", [h("STREAM_REPLY"), C, ref(1), packb({"streams": []})]),
+        ("STORED", [h("STORED"), C, ref(1), b"ORDERS", bytes(8), b"\x00"]),
+        ("STREAM_MSG", [h("STREAM_MSG"), C, STREAM_TOKEN, T, BODY, S1, meta(1, 1)]),
     ]:
         broker(
             f"broker-batch-entry-{name.lower().replace('_', '-')}",
@@ -2094,10 +2470,10 @@ def malformed_vectors() -> list[dict[str, Any]]:
             "BROKER_BATCH holds only DELIVER, ROUTED, ACKED, ASK and ANSWER.",
         )
     broker(
-        "broker-batch-entry-0x90",
-        [h("BROKER_BATCH"), C, b"\x90" + (1).to_bytes(4, "big") + b"x"],
+        "broker-batch-entry-0x93",
+        [h("BROKER_BATCH"), C, b"\x93" + (1).to_bytes(4, "big") + b"x"],
         BAD_FRAMES,
-        "BROKER_BATCH with an entry of command byte 0x90, not a command.",
+        "BROKER_BATCH with an entry of command byte 0x93, not a command.",
     )
     broker(
         "broker-sends-batch",
@@ -2111,7 +2487,344 @@ def malformed_vectors() -> list[dict[str, Any]]:
         BAD_BODY,
         "WELCOME batch_commands must be a boolean, not a string.",
     )
+    malformed_stream_vectors(client, broker)
     return out
+
+
+def malformed_stream_vectors(client: Any, broker: Any) -> None:
+    """The durable-stream vectors of malformed.json (``client`` and ``broker``
+    as in malformed_vectors)."""
+    C = CHANNEL
+    T = b"orders.eu.created"
+    S1 = sid(1)
+    r33 = bytes(range(1, 34))
+    LIST = packb({"op": "list"})
+    CM = packb(CONSUME_MAP)
+    REPLY = packb({"streams": []})
+    SEQ = STREAM_SEQ.to_bytes(8, "big")
+    MSG = [h("STREAM_MSG"), C, STREAM_TOKEN, T, BODY, S1, meta(STREAM_SEQ, 1)]
+
+    def stream_client(name: str, frames: list[bytes], code: int, what: str, joined: bool) -> None:
+        client(name, frames, code, what, joined=joined, feature=STREAMS)
+
+    def stream_broker(name: str, frames: list[bytes], code: int, what: str) -> None:
+        broker(name, frames, code, what, feature=STREAMS)
+
+    # STREAM_ACK vectors come from a joined peer, as ACK's do; the others not:
+    # the broker checks their frames before the session.
+    for name, short, long, joined in [
+        ("stream", [h("STREAM"), C, ref(1)], [h("STREAM"), C, ref(1), LIST, b""], False),
+        ("consume", [h("CONSUME"), C, ref(1), S1], [h("CONSUME"), C, ref(1), S1, CM, b""], False),
+        ("stream-ack", stream_ack(ACK)[:-1], [*stream_ack(ACK), b""], True),
+    ]:
+        cmd = name.upper().replace("-", "_")
+        stream_client(
+            f"{name}-too-few-frames", short, BAD_FRAMES, f"{cmd} missing its last frame.", joined
+        )
+        stream_client(
+            f"{name}-too-many-frames", long, BAD_FRAMES, f"{cmd} with an extra frame.", joined
+        )
+    for name, frames, code, what, joined in [
+        (
+            "stream-ref-empty",
+            [h("STREAM"), C, b"", LIST],
+            BAD_FRAMES,
+            "STREAM with an empty ref (1 to 32 octets)",
+            False,
+        ),
+        (
+            "stream-ref-33-bytes",
+            [h("STREAM"), C, r33, LIST],
+            BAD_FRAMES,
+            "STREAM whose ref is 33 bytes; the ERROR echoes no ref",
+            False,
+        ),
+        (
+            "stream-channel-15-bytes",
+            [h("STREAM"), C[:15], ref(1), LIST],
+            BAD_FRAMES,
+            "STREAM with a 15-byte channel frame",
+            False,
+        ),
+        (
+            "stream-body-not-msgpack",
+            [h("STREAM"), C, ref(1), b"\xc1"],
+            BAD_BODY,
+            "STREAM whose body is 0xc1, never msgpack",
+            False,
+        ),
+        (
+            "stream-body-array",
+            [h("STREAM"), C, ref(1), packb(["list"])],
+            BAD_BODY,
+            "STREAM whose body is an array, not a map",
+            False,
+        ),
+        (
+            "stream-body-op-int",
+            [h("STREAM"), C, ref(1), packb({"op": 1})],
+            BAD_BODY,
+            "STREAM whose op is an int, not a str",
+            False,
+        ),
+        (
+            "consume-sid-3-bytes",
+            [h("CONSUME"), C, ref(1), S1[:3], CM],
+            BAD_FRAMES,
+            "CONSUME with a 3-byte sid (a sid is exactly 4 bytes)",
+            False,
+        ),
+        (
+            "consume-sid-8-bytes",
+            [h("CONSUME"), C, ref(1), sid(1, 2), CM],
+            BAD_FRAMES,
+            "CONSUME with two sids where one is expected",
+            False,
+        ),
+        (
+            "consume-ref-empty",
+            [h("CONSUME"), C, b"", S1, CM],
+            BAD_FRAMES,
+            "CONSUME with an empty ref (1 to 32 octets)",
+            False,
+        ),
+        (
+            "consume-body-bin-key",
+            [h("CONSUME"), C, ref(1), S1, packb({b"stream": STREAM_NAME})],
+            BAD_BODY,
+            "CONSUME whose body's key is a bin, not a str",
+            False,
+        ),
+        (
+            "stream-ack-kind-0x00",
+            stream_ack(0),
+            BAD_FRAMES,
+            "STREAM_ACK of kind 0x00 (kinds are 01 to 04)",
+            True,
+        ),
+        (
+            "stream-ack-kind-0x05",
+            stream_ack(5),
+            BAD_FRAMES,
+            "STREAM_ACK of kind 0x05 (kinds are 01 to 04)",
+            True,
+        ),
+        (
+            "stream-ack-kind-empty",
+            [*stream_ack(ACK)[:3], b"", b"", b""],
+            BAD_FRAMES,
+            "STREAM_ACK with an empty kind frame",
+            True,
+        ),
+        (
+            "stream-ack-kind-2-bytes",
+            [*stream_ack(ACK)[:3], b"\x01\x01", b"", b""],
+            BAD_FRAMES,
+            "STREAM_ACK with a 2-byte kind frame",
+            True,
+        ),
+        (
+            "stream-ack-delay-2-bytes",
+            [*stream_ack(NAK)[:4], b"\x13\x88", b""],
+            BAD_FRAMES,
+            "STREAM_ACK NAK with a 2-byte delay (0 or 4 bytes)",
+            True,
+        ),
+        (
+            "stream-ack-delay-5-bytes",
+            [*stream_ack(NAK)[:4], bytes(5), b""],
+            BAD_FRAMES,
+            "STREAM_ACK NAK with a 5-byte delay (0 or 4 bytes)",
+            True,
+        ),
+        (
+            "stream-ack-token-empty",
+            [h("STREAM_ACK"), C, b"", bytes((ACK,)), b"", b""],
+            BAD_FRAMES,
+            "STREAM_ACK with an empty token (tokens are 1 to 32 bytes)",
+            True,
+        ),
+        (
+            "stream-ack-token-33-bytes",
+            [h("STREAM_ACK"), C, r33, bytes((ACK,)), b"", b""],
+            BAD_FRAMES,
+            "STREAM_ACK whose token is 33 bytes",
+            True,
+        ),
+        (
+            "stream-ack-text-invalid-utf8",
+            [*stream_ack(TERM)[:5], b"\xff"],
+            BAD_FRAMES,
+            "STREAM_ACK TERM whose text is not UTF-8",
+            True,
+        ),
+    ]:
+        stream_client(name, frames, code, what + ".", joined)
+    for name, frames in [
+        ("STREAM_REPLY", [h("STREAM_REPLY"), C, ref(1), REPLY]),
+        ("STORED", [h("STORED"), C, ref(1), STREAM_NAME.encode(), SEQ, b"\x00"]),
+        ("STREAM_MSG", MSG),
+    ]:
+        stream_client(
+            f"client-sends-{name.lower().replace('_', '-')}",
+            frames,
+            UNKNOWN_COMMAND,
+            f"A client sends the broker-only command {name}.",
+            True,
+        )
+    # -- broker -> client
+    for name, frames in [
+        ("stream", [h("STREAM"), C, ref(1), LIST]),
+        ("consume", [h("CONSUME"), C, ref(1), S1, CM]),
+        ("stream-ack", stream_ack(ACK)),
+    ]:
+        stream_broker(
+            f"broker-sends-{name}",
+            frames,
+            UNKNOWN_COMMAND,
+            f"The client-only command {name.upper().replace('-', '_')} received from the broker.",
+        )
+    for name, short, long in [
+        (
+            "stream-reply",
+            [h("STREAM_REPLY"), C, ref(1)],
+            [h("STREAM_REPLY"), C, ref(1), REPLY, b""],
+        ),
+        (
+            "stored",
+            [h("STORED"), C, ref(1), b"ORDERS", SEQ],
+            [h("STORED"), C, ref(1), b"ORDERS", SEQ, b"\x00", b""],
+        ),
+        ("stream-msg", MSG[:-1], [*MSG, b""]),
+    ]:
+        cmd = name.upper().replace("-", "_")
+        stream_broker(f"{name}-too-few-frames", short, BAD_FRAMES, f"{cmd} missing a frame.")
+        stream_broker(f"{name}-too-many-frames", long, BAD_FRAMES, f"{cmd} with an extra frame.")
+    stored = [h("STORED"), C, ref(6), STREAM_NAME.encode(), SEQ, b"\x00"]
+    for name, frames, code, what in [
+        (
+            "stream-reply-ref-empty",
+            [h("STREAM_REPLY"), C, b"", REPLY],
+            BAD_FRAMES,
+            "STREAM_REPLY echoing an empty ref (a STREAM's ref is never empty)",
+        ),
+        (
+            "stream-reply-channel-empty",
+            [h("STREAM_REPLY"), b"", ref(1), REPLY],
+            BAD_FRAMES,
+            "STREAM_REPLY with an empty channel frame",
+        ),
+        (
+            "stream-reply-body-not-msgpack",
+            [h("STREAM_REPLY"), C, ref(1), b"\xc1"],
+            BAD_BODY,
+            "STREAM_REPLY whose body is 0xc1",
+        ),
+        (
+            "stream-reply-body-array",
+            [h("STREAM_REPLY"), C, ref(1), packb([])],
+            BAD_BODY,
+            "STREAM_REPLY whose body is an array, not a map",
+        ),
+        (
+            "stream-reply-body-int-key",
+            [h("STREAM_REPLY"), C, ref(1), packb({1: True})],
+            BAD_BODY,
+            "STREAM_REPLY whose body has an int key",
+        ),
+        (
+            "stored-stream-65-bytes",
+            [*stored[:3], b"S" * 65, *stored[4:]],
+            BAD_FRAMES,
+            "STORED naming a stream of 65 bytes (1 to 64)",
+        ),
+        (
+            "stored-stream-empty",
+            [*stored[:3], b"", *stored[4:]],
+            BAD_FRAMES,
+            "STORED naming a stream of 0 bytes",
+        ),
+        (
+            "stored-stream-dot",
+            [*stored[:3], b"ORDERS.EU", *stored[4:]],
+            BAD_FRAMES,
+            "STORED naming a stream with a '.' (only A-Z a-z 0-9 _ -)",
+        ),
+        (
+            "stored-stream-non-ascii",
+            [*stored[:3], "ÖRDERS".encode(), *stored[4:]],
+            BAD_FRAMES,
+            "STORED naming a stream with a non-ASCII letter",
+        ),
+        (
+            "stored-seq-7-bytes",
+            [*stored[:4], SEQ[1:], stored[5]],
+            BAD_FRAMES,
+            "STORED with a 7-byte sequence (exactly 8)",
+        ),
+        (
+            "stored-seq-9-bytes",
+            [*stored[:4], b"\x00" + SEQ, stored[5]],
+            BAD_FRAMES,
+            "STORED with a 9-byte sequence (exactly 8)",
+        ),
+        (
+            "stored-flag-0x02",
+            [*stored[:5], b"\x02"],
+            BAD_FRAMES,
+            "STORED whose flag is 0x02 (00 or 01)",
+        ),
+        ("stored-flag-empty", [*stored[:5], b""], BAD_FRAMES, "STORED with an empty flag frame"),
+        (
+            "stored-ref-empty",
+            [h("STORED"), C, b"", *stored[3:]],
+            BAD_FRAMES,
+            "STORED echoing an empty ref (a confirmed PUBLISH's ref is never empty)",
+        ),
+        (
+            "stream-msg-meta-11-bytes",
+            [*MSG[:6], MSG[6][:11]],
+            BAD_FRAMES,
+            "STREAM_MSG with an 11-byte meta frame (exactly 12)",
+        ),
+        (
+            "stream-msg-meta-13-bytes",
+            [*MSG[:6], MSG[6] + b"\x00"],
+            BAD_FRAMES,
+            "STREAM_MSG with a 13-byte meta frame (exactly 12)",
+        ),
+        (
+            "stream-msg-token-empty",
+            [*MSG[:2], b"", *MSG[3:]],
+            BAD_FRAMES,
+            "STREAM_MSG with an empty token (it is always settled by it)",
+        ),
+        (
+            "stream-msg-token-33-bytes",
+            [*MSG[:2], r33, *MSG[3:]],
+            BAD_FRAMES,
+            "STREAM_MSG whose token is 33 bytes",
+        ),
+        (
+            "stream-msg-sid-5-bytes",
+            [*MSG[:5], S1 + b"\x00", MSG[6]],
+            BAD_FRAMES,
+            "STREAM_MSG with a 5-byte sid (exactly one sid)",
+        ),
+        (
+            "stream-msg-sids-8-bytes",
+            [*MSG[:5], sid(1, 2), MSG[6]],
+            BAD_FRAMES,
+            "STREAM_MSG naming two sids (a consumer's sid is one)",
+        ),
+        (
+            "stream-msg-topic-star",
+            [*MSG[:3], b"orders.*", *MSG[4:]],
+            BAD_TOPIC,
+            "STREAM_MSG whose topic is a pattern",
+        ),
+    ]:
+        stream_broker(name, frames, code, what + ".")
 
 
 # --- session.json -------------------------------------------------------------
@@ -2119,7 +2832,9 @@ def malformed_vectors() -> list[dict[str, Any]]:
 
 def command_of(label: str) -> str:
     """The command a session label names: "publish-confirmed" is a PUBLISH."""
-    return "PUBLISH_BATCH" if label == "publish-batch" else label.split("-")[0].upper()
+    if label in ("publish-batch", "stream-ack"):
+        return label.upper().replace("-", "_")
+    return label.split("-")[0].upper()
 
 
 def session_vectors() -> list[dict[str, Any]]:
@@ -2134,28 +2849,28 @@ def session_vectors() -> list[dict[str, Any]]:
         description: str,
         max_message_size: int = DEFAULT_MAX,
         entry_ref: bytes | None = None,
+        feature: str | None = None,
     ) -> None:
         reply = echo(frames)
         if entry_ref is not None:
             # A BATCH entry's own ERROR echoes that entry's ref, as if it came alone.
             reply["ref"] = entry_ref.hex()
-        out.append(
-            {
-                "name": name,
-                "description": description,
-                "max_message_size": max_message_size,
-                "setup": [hexes(f) for f in setup],
-                "frames": hexes(frames),
-                "code": code,
-                "reply": reply,
-            }
-        )
+        vec = {
+            "name": name,
+            "description": description,
+            "max_message_size": max_message_size,
+            "setup": [hexes(f) for f in setup],
+            "frames": hexes(frames),
+            "code": code,
+            "reply": reply,
+        }
+        out.append(vec if feature is None else {**vec, "feature": feature})
 
     C, OTHER = CHANNEL, OTHER_CHANNEL
     T = b"orders.eu.created"
     AB = ack_body(1, 0, [])
     RT = b"billing.total"
-    cmds = {
+    cmds: dict[str, Callable[[bytes], list[bytes]]] = {
         "subscribe": lambda ch: [h("SUBSCRIBE"), ch, ref(1), sid(1), b"orders.>", b""],
         "unsubscribe": lambda ch: [h("UNSUBSCRIBE"), ch, ref(2), sid(1)],
         "publish-unconfirmed": lambda ch: [h("PUBLISH"), ch, b"", T, BODY],
@@ -2167,8 +2882,15 @@ def session_vectors() -> list[dict[str, Any]]:
         "heartbeat": lambda ch: [h("HEARTBEAT"), ch],
         "publish-batch": lambda ch: [h("PUBLISH_BATCH"), ch, publish_entry(T, BODY)],
         "batch": lambda ch: [h("BATCH"), ch, command_entry(publish(ref(3)))],
+        "stream": lambda ch: [h("STREAM"), ch, REF_LIST, packb({"op": "list"})],
+        "consume": lambda ch: [h("CONSUME"), ch, REF_CONSUME, sid(1), packb(CONSUME_MAP)],
+        "stream-ack": lambda ch: stream_ack(ACK, channel=ch),
     }
     hello_bc = [h("HELLO"), CHANNEL, HELLO_BC_BODY]
+
+    def feature_of(label: str) -> str | None:
+        return STREAMS if command_of(label) in STREAM_COMMANDS else None
+
     for label, make in cmds.items():
         add(
             f"not-joined-{label}",
@@ -2176,6 +2898,7 @@ def session_vectors() -> list[dict[str, Any]]:
             make(C),
             NOT_JOINED,
             f"{command_of(label)} before HELLO.",
+            feature=feature_of(label),
         )
     add(
         "not-joined-after-disconnect",
@@ -2199,6 +2922,7 @@ def session_vectors() -> list[dict[str, Any]]:
             CHANNEL_MISMATCH,
             f"{command_of(label)} naming a channel other than the one joined; "
             "the ERROR echoes the channel sent.",
+            feature=feature_of(label),
         )
     big = sized_body(SMALL_MAX + 1)
     exact = sized_body(SMALL_MAX)
@@ -2364,6 +3088,56 @@ def session_vectors() -> list[dict[str, Any]]:
             "is refused, the first and third are routed.",
             entry_ref=r,
         )
+    # -- durable streams, on a broker with no streams and no store directory
+    # (the reference broker as the tests start it): what they refuse does not
+    # depend on anything stored.
+    add(
+        "not-found-consume",
+        [hello],
+        [h("CONSUME"), C, REF_CONSUME, sid(1), packb(CONSUME_MAP)],
+        NOT_FOUND,
+        "CONSUME of stream ORDERS, which the channel does not have: nothing is bound.",
+        feature=STREAMS,
+    )
+    add(
+        "not-found-stream-info",
+        [hello],
+        [h("STREAM"), C, ref(15), packb({"op": "info", "name": STREAM_NAME})],
+        NOT_FOUND,
+        "STREAM info of stream ORDERS, which the channel does not have.",
+        feature=STREAMS,
+    )
+    add(
+        "store-failed-file-stream",
+        [hello],
+        [
+            h("STREAM"),
+            C,
+            REF_ADD,
+            packb({"op": "add", "config": {**ORDERS_CONFIG, "storage": "file"}}),
+        ],
+        STORE_FAILED,
+        "STREAM add of a file stream on a broker without a store directory: nothing is added.",
+        feature=STREAMS,
+    )
+    add(
+        "sid-in-use-consume",
+        [hello, [h("SUBSCRIBE"), C, ref(1), sid(1), b"orders.>", b""]],
+        [h("CONSUME"), C, REF_CONSUME, sid(1), packb(CONSUME_MAP)],
+        SID_IN_USE,
+        "CONSUME binding sid 1, open as a subscription: refused before the stream is looked "
+        "for; the subscription stays.",
+        feature=STREAMS,
+    )
+    add(
+        "permission-denied-stream-ack",
+        [hello],
+        [*stream_ack(ACK)[:2], stream_token(1, STREAM_SEQ, 2), *stream_ack(ACK)[3:]],
+        PERMISSION_DENIED,
+        "STREAM_ACK of a token the broker did not send to this peer (the reference broker's "
+        "form, made for another session): a fresh session was sent no STREAM_MSG at all.",
+        feature=STREAMS,
+    )
     return out
 
 
@@ -2527,28 +3301,35 @@ def body_vectors() -> dict[str, list[dict[str, Any]]]:
     valid: list[dict[str, Any]] = []
     bad: list[dict[str, Any]] = []
 
-    def ok(name: str, kind: str, body: bytes, decoded: dict[str, Any], description: str) -> None:
+    def ok(
+        name: str,
+        kind: str,
+        body: bytes,
+        decoded: dict[str, Any],
+        description: str,
+        feature: str | None = None,
+    ) -> None:
         decoded = {k: v for k, v in decoded.items() if k != "type"}
-        valid.append(
-            {
-                "name": name,
-                "description": description,
-                "type": kind,
-                "body": body.hex(),
-                "decoded": decoded,
-            }
-        )
+        vec = {
+            "name": name,
+            "description": description,
+            "type": kind,
+            "body": body.hex(),
+            "decoded": decoded,
+        }
+        valid.append(vec if feature is None else {**vec, "feature": feature})
 
-    def nok(name: str, kind: str, body: bytes, description: str) -> None:
-        bad.append(
-            {
-                "name": name,
-                "description": description,
-                "type": kind,
-                "body": body.hex(),
-                "code": BAD_BODY,
-            }
-        )
+    def nok(
+        name: str, kind: str, body: bytes, description: str, feature: str | None = None
+    ) -> None:
+        vec = {
+            "name": name,
+            "description": description,
+            "type": kind,
+            "body": body.hex(),
+            "code": BAD_BODY,
+        }
+        bad.append(vec if feature is None else {**vec, "feature": feature})
 
     ok("message", "message", BODY, BODY_DECODED, "Timestamp 64-bit form (nanoseconds != 0).")
     t32 = 1_700_000_000_000_000_000
@@ -2858,6 +3639,41 @@ def body_vectors() -> dict[str, list[dict[str, Any]]]:
             "welcome",
             packb({**WELCOME_MAP, "batch_commands": not_bool}),
             f"WELCOME body with batch_commands {desc} (it must be a boolean).",
+        )
+    # -- durable streams: STREAM and CONSUME bodies ("stream"), STREAM_REPLY's
+    # ("stream_reply"): maps with str keys; what their keys mean is the broker's
+    # to check (422 for a bad op or config, in an ERROR).
+    for name, kind, value, desc in [
+        ("stream-add", "stream", {"op": "add", "config": ORDERS_CONFIG}, "STREAM add of ORDERS."),
+        ("stream-list", "stream", {"op": "list"}, "STREAM list: an op without arguments."),
+        (
+            "stream-unknown-op",
+            "stream",
+            {"op": "compact", "name": STREAM_NAME},
+            "An op the broker does not know is still a valid body (the broker answers 422).",
+        ),
+        ("stream-consume", "stream", CONSUME_MAP, "A CONSUME body: a consumer, no op."),
+        ("stream-reply-list", "stream_reply", {"streams": [ORDERS_INFO]}, "STREAM_REPLY of list."),
+        ("stream-reply-empty", "stream_reply", {}, "Any map with str keys, even an empty one."),
+    ]:
+        ok(name, kind, packb(value), {"map": value}, desc, STREAMS)
+    for name, body, desc in [
+        ("not-msgpack", b"\xc1", "0xc1"),
+        ("empty", b"", "zero bytes"),
+        ("array", packb(["add"]), "an array"),
+        ("bin-key", packb({b"op": "list"}), "a bin key"),
+        ("op-int", packb({"op": 1}), "an int op"),
+        ("op-bin", packb({"op": b"list"}), "a bin (not str) op"),
+        ("trailing-bytes", packb({"op": "list"}) + b"\x00", "a byte after the map"),
+    ]:
+        nok(f"stream-{name}", "stream", body, f"STREAM body with {desc}.", STREAMS)
+    for name, body, desc in [
+        ("not-msgpack", b"\xc1", "0xc1"),
+        ("array", packb([]), "an empty array"),
+        ("int-key", packb({404: "no"}), "an int key"),
+    ]:
+        nok(
+            f"stream-reply-{name}", "stream_reply", body, f"STREAM_REPLY body with {desc}.", STREAMS
         )
     return {"valid": valid, "malformed": bad}
 
