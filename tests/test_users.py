@@ -87,7 +87,8 @@ def test_covers_and_overlaps_agree_with_matching(x: str, y: str, topics: list[st
         assert all(matches(x, t) for t in topics if matches(y, t))
 
 
-def test_keys_in_every_form(tmp_path: Path) -> None:
+def test_keys_in_every_form(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
     raw = zmq.utils.z85.decode(PUBLIC)
     assert load_public_key(PUBLIC) == load_public_key(PUBLIC.decode()) == PUBLIC
     assert load_public_key(raw) == PUBLIC
@@ -110,3 +111,8 @@ def test_keys_in_every_form(tmp_path: Path) -> None:
         load_public_key(42)  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="not a file name"):
         keygen("../evil", tmp_path)
+
+    # A key file whose path happens to be 40 characters long is a file, not Z85.
+    _, secret40 = keygen("x" * (40 - len("k/.key_secret")), "k")
+    assert len(str(secret40)) == 40
+    assert load_keypair(str(secret40)) == load_keypair(tmp_path / secret40)

@@ -23,6 +23,8 @@ _Z85_LEN = 40
 
 def _z85(value: bytes | str, what: str) -> bytes | None:
     # Z85 text, or 32 raw octets (encoded); None if ``value`` is neither.
+    if isinstance(value, str) and os.path.isfile(value):
+        return None  # a key file whose path is 40 characters long, not key text
     raw = value.encode("ascii", "replace") if isinstance(value, str) else bytes(value)
     if len(raw) == _Z85_LEN:
         try:
