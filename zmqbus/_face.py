@@ -174,7 +174,13 @@ class SubscriptionBase:
         error = None
         if exc is not None:
             error = error_text(exc)
-            if ack_id is None and not msg.is_request:
+            if msg.stream is not None:
+                # The nak carries it, and a dead letter's headers keep the last one.
+                logging.getLogger(type(self).__module__).info(
+                    "handler for stream %s raised on %r (seq %s, delivery %d): %s",
+                    msg.stream, msg.topic, msg.seq, msg.deliveries, error,
+                )  # fmt: skip
+            elif ack_id is None and not msg.is_request:
                 # Nobody waits for this outcome: only the log can tell.
                 logging.getLogger(type(self).__module__).warning(
                     "handler for %r raised on %r", self._pattern, msg.topic, exc_info=exc
