@@ -169,3 +169,24 @@ def test_a_users_own_limits_bound_its_peers_channels_and_subscriptions() -> None
     assert not _errors(state)
     assert state.refused["user.max_connections"] == 1 and state.refused["user.max_channels"] == 1
     assert state.refused["user.max_subscriptions"] == 1
+
+
+def test_an_ack_of_another_peers_live_delivery_is_refused_and_counted() -> None:
+    from frames import ack
+
+    state = BrokerState()
+    for ident in (b"pub", b"sub", b"thief"):
+        state.handle(ident, hello(A))
+    state.handle(b"sub", subscribe("t"))
+    take(state)
+    state.handle(b"pub", publish("t", ref=b"r"))
+    (deliver,) = [c for who, c in take(state) if who == b"sub"]
+    assert isinstance(deliver, p.Deliver) and deliver.token
+    state.handle(b"thief", ack(deliver.token, p.pack_ack(1, 0)))  # a guessed or sniffed token
+    (err,) = _errors(state)
+    assert err.code == p.ErrorCode.PERMISSION_DENIED and state.counters["forged_acks"] == 1
+    state.handle(b"sub", ack(deliver.token, p.pack_ack(1, 0)))  # the real one still counts
+    (acked,) = [c for _, c in take(state)]
+    assert isinstance(acked, p.Acked) and p.unpack_ack(acked.body).delivered == 1
+    state.handle(b"sub", ack(deliver.token))  # now late: ignored, no error
+    assert take(state) == [] and state.counters["stale_acks"] == 1

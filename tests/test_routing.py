@@ -384,7 +384,7 @@ def test_duplicate_and_stale_acks_are_ignored_and_counted() -> None:
     assert s.counters["errors"] == 0
 
 
-def test_ack_from_a_peer_that_was_not_a_target_is_ignored() -> None:
+def test_ack_from_a_peer_that_was_not_a_target_is_refused() -> None:
     s = BrokerState()
     joined(s, b"sub", "t")
     joined(s, b"bystander", "other")
@@ -393,8 +393,12 @@ def test_ack_from_a_peer_that_was_not_a_target_is_ignored() -> None:
     token = next(c.token for _, c in take(s) if isinstance(c, p.Deliver))
     s.handle(b"bystander", ack(token))
     s.handle(b"pub", ack(token))  # not even the publisher may confirm
-    assert take(s) == []
-    assert s.counters["stale_acks"] == 2
+    out = take(s)
+    assert [(i, c.code) for i, c in out if isinstance(c, p.Error)] == [
+        (b"bystander", ErrorCode.PERMISSION_DENIED),
+        (b"pub", ErrorCode.PERMISSION_DENIED),
+    ]
+    assert s.counters["forged_acks"] == 2 and s.counters["stale_acks"] == 0
     assert s.pending_confirmations == 1
     s.handle(b"sub", ack(token))
     assert [i for i, _ in take(s)] == [b"pub"]
@@ -1244,6 +1248,7 @@ class RoutingModel:
         self.tokens: set[bytes] = {FORGED_TOKEN}  # every reply token issued, and a forged one
         self.left: list[bytes] = []  # identities never reused, as a new session would be
         self.stale = 0
+        self.forged = 0
         self.refs = 0
         self.deliveries = 0
         self.synthetic_acks = 0
@@ -1437,6 +1442,11 @@ class RoutingModel:
             self.outstanding[ident].discard(token)
             expected = self._resolve(token)
             assert out == [(pub, p.Acked(self.joined[pub], ref, body)) for pub, ref in expected]
+        elif token in self.pending:
+            # Another peer's live delivery: refused, nothing settled.
+            err = only_error(out, ident)
+            assert err.code == ErrorCode.PERMISSION_DENIED
+            self.forged += 1
         else:
             self.stale += 1
             assert out == []
@@ -1492,6 +1502,7 @@ class RoutingModel:
         assert s.subscription_count() == sum(len(v) for v in self.subs.values())
         assert s.pending_confirmations == len(self.pending)
         assert s.counters["stale_acks"] == self.stale
+        assert s.counters["forged_acks"] == self.forged
         assert s.counters["delivered"] == self.deliveries
         assert s.counters["requests"] == self.requests
         assert s.counters["replies"] == self.replies

@@ -938,6 +938,13 @@ class BrokerState:
         if token not in peer.outstanding:
             # Outstanding tokens are well formed by construction: only the others are checked.
             _check_ack_token(token)
+            if token in self._pending:
+                # A live delivery's token, sent to another peer: no peer confirms
+                # (or fakes the confirmation of) what it was not sent.
+                self.counters["forged_acks"] += 1
+                raise ProtocolError(
+                    ErrorCode.PERMISSION_DENIED, "ACK token was not sent to this peer"
+                )
             # A late or repeated ACK (its publisher may have left): nothing to forward.
             self.counters["stale_acks"] += 1
             return
