@@ -167,6 +167,45 @@ def test_the_asyncio_face(broker: Broker) -> None:
     assert asyncio.run(main()) == [(1, b"one"), (2, b"two")]
 
 
+def test_an_asyncio_handler_acks_on_return_and_naks_on_raise(broker: Broker) -> None:
+    async def main() -> list[tuple[int | None, int]]:
+        async with aio.Bus(broker.address, uuid.uuid4()) as bus:
+            await bus.add_stream("H", ["h.>"], storage="memory")
+            seen: list[tuple[int | None, int]] = []
+            done = asyncio.Event()
+
+            async def handle(msg: Message) -> None:
+                seen.append((msg.seq, msg.deliveries))
+                if msg.deliveries == 1:
+                    raise RuntimeError("try again")
+                done.set()
+
+            await bus.consume("H", handle, durable="d", backoff=[0.01])
+            await bus.publish("h.1", b"x")
+            await asyncio.wait_for(done.wait(), 5)
+            info = await bus.consumer_info("H", "d")
+            assert info.ack_floor == 1 and info.redelivered == 1
+            return seen
+
+    assert asyncio.run(main()) == [(1, 1), (1, 2)]
+
+
+def test_a_corrupt_data_dir_is_a_typed_error_and_the_cli_says_so(tmp_path: Path) -> None:
+    from zmqbus.store import StoreError
+
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "streams.sqlite3").write_bytes(b"this is not a database" * 100)
+    with pytest.raises(StoreError, match=r"streams\.sqlite3"):
+        Broker("tcp://127.0.0.1:0", data_dir=data)
+    done = subprocess.run(
+        [sys.executable, "-m", "zmqbus", "broker", "--bind", "tcp://127.0.0.1:0",
+         "--data-dir", str(data)],
+        capture_output=True, text=True, timeout=30,
+    )  # fmt: skip
+    assert done.returncode == 1 and "cannot open the stream store" in done.stderr
+
+
 # --- kill -9 of the broker ------------------------------------------------------------
 
 
