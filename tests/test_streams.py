@@ -467,3 +467,17 @@ def test_a_consumer_with_a_narrow_filter_scans_a_long_stream_a_slice_per_pass() 
         state.tick(0.0)
         found += msgs(take(state), b"w")
     assert [p.unpack_meta(m.meta)[0] for m in found] == [651]
+
+
+def test_a_filtered_durables_ack_floor_passes_what_its_filter_skips() -> None:
+    state = state_with()
+    _orders(state, 6)  # orders.0 .. orders.5 at 1 .. 6
+    state.handle(b"w", hello())
+    take(state)
+    (m,) = msgs(consume(state, b"w", S1, "ORDERS", durable="f", filter="orders.4"), b"w")
+    assert p.unpack_meta(m.meta)[0] == 5
+    ack(state, b"w", m)
+    take(state)
+    info = result(request(state, b"w", "consumer_info", name="ORDERS", consumer="f"))
+    assert (info["consumer"]["ack_floor"], info["consumer"]["pending"]) == (5, 0)
+    assert info["consumer"]["config"]["deliver"] == "all"  # a CONSUME body again

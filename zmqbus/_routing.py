@@ -387,7 +387,7 @@ class BrokerState:
         if self._notices:
             self._notices = {}
         streams = self.streams
-        if streams.consumers or streams.dead_letters:
+        if streams.awake or streams.dead_letters:
             self._stream_work()
         if streams.dirty or streams.changed:
             # Before any reply of this pass leaves: a STORED means committed.
@@ -430,7 +430,7 @@ class BrokerState:
             if channel is not None and messages:
                 n, _ = fan_out(channel, messages, self.peers, self.outbox)
                 self.counters["delivered"] += n
-        if streams.consumers:
+        if streams.awake:
             streams.pump(self._now, self.outbox, self.peers)
             due = self._now if streams.more else streams.next_due
             if due is not None and (self._next_tick is None or due < self._next_tick):

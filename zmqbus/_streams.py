@@ -21,7 +21,7 @@ import os
 import time
 from collections import Counter, deque
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import TYPE_CHECKING, Any
 
 import msgpack  # type: ignore[import-untyped]
@@ -57,6 +57,9 @@ _OP_NEEDS_NAME = frozenset(
 )
 
 
+_CONFIG_KEYS = frozenset(f.name for f in fields(StreamConfig)) - {"channel"}
+
+
 def message_id(body: bytes) -> bytes:
     """The 16-byte id at the head of a message body; 422 if it has none."""
     if len(body) >= _ID_END and 0x94 <= body[0] <= 0x9F and body[1:3] == b"\xc4\x10":
@@ -88,6 +91,13 @@ def _int(d: Mapping[str, Any], key: str, default: int, *, lo: int) -> int:
     return value
 
 
+def _name(value: str, what: str) -> None:
+    try:
+        p.check_stream_name(value.encode("utf-8", "replace"))
+    except ProtocolError as exc:
+        raise _bad(f"{what}: {exc.detail}") from None
+
+
 def _text(d: Mapping[str, Any], key: str) -> str | None:
     value = d.get(key)
     if value is not None and (not isinstance(value, str) or not value):
@@ -115,20 +125,15 @@ class ConsumerConfig:
     @classmethod
     def from_body(cls, d: Mapping[str, Any], limits: Limits) -> ConsumerConfig:
         """Checked from a CONSUME body (or ``config`` of ``consumer_add``)."""
-        known = {
-            "stream", "durable", "filter", "deliver", "start_seq", "start_time", "ack_wait",
-            "max_deliver", "backoff", "dead_letter", "max_ack_pending", "op", "name",
-        }  # fmt: skip
-        unknown = set(d) - known
-        if unknown:
-            raise _bad(f"unknown consumer option(s) {sorted(unknown)}")
+        # Keys it does not know are ignored (the spec's rule for bodies), so a
+        # later client's options reach an older broker harmlessly.
         stream = d.get("stream") or d.get("name")
         if not isinstance(stream, str):
             raise _bad("stream must be a stream name")
-        p.check_stream_name(stream.encode("utf-8", "replace"))
+        _name(stream, "stream")
         durable = _text(d, "durable")
         if durable is not None:
-            p.check_stream_name(durable.encode("utf-8", "replace"))
+            _name(durable, "durable")
         flt = _text(d, "filter")
         if flt is not None:
             try:
@@ -178,7 +183,9 @@ class ConsumerConfig:
             "stream": self.stream,
             "durable": self.durable,
             "filter": self.filter,
-            "deliver": self.deliver,
+            # "seq" and "time" are how it is kept; on the wire start_seq or
+            # start_time says so, so that the map is a CONSUME body again.
+            "deliver": self.deliver if self.deliver in ("all", "new", "last") else "all",
             "start_seq": self.start_seq,
             "start_time": self.start_time,
             "ack_wait": round(self.ack_wait * 1000),
@@ -228,7 +235,10 @@ class _Consumer:
         self.next_member = 0
         # Delivered and not settled: seq -> (member ident, deadline).
         self.outstanding: dict[int, tuple[bytes, float]] = {}
-        self.ready: deque[int] = deque(sorted(state.pending))  # to deliver again now
+        # In sequence order (a loaded state may not be): the oldest unsettled
+        # comes first, which the ack floor reads.
+        state.pending = dict(sorted(state.pending.items()))
+        self.ready: deque[int] = deque(state.pending)  # to deliver again now
         self.due: list[tuple[float, int]] = []  # (when, seq): naked with a delay
         self.errors: dict[int, str] = {}  # seq -> the last nak or handler error text
         self.redelivered = 0
@@ -280,6 +290,10 @@ class Streams:
         self.next_due: float | None = None
         # A consumer has more to look at than one pass read: pass again soon.
         self.more = False
+        # Consumers that may have something to deliver: woken by a stored
+        # message, an ack, a bind, a redelivery; only these are pumped.
+        self.awake: dict[_Consumer, None] = {}  # ordered: consumers take turns fairly
+        self._readers: dict[str, list[_Consumer]] = {}  # by stream name
         self.expiring = False
         self._expire_at = 0.0
         self.counters: Counter[str] = Counter()
@@ -327,6 +341,9 @@ class Streams:
             self.counters["duplicates"] += 1
         else:
             self.counters["stored"] += 1
+            readers = self._readers.get(stream.config.name)
+            if readers:
+                self.awake.update(dict.fromkeys(readers))
         return seq, duplicate
 
     def _failed(self, exc: Exception) -> ProtocolError:
@@ -403,7 +420,9 @@ class Streams:
         if not isinstance(raw, dict):
             raise _bad("add needs config, a map")
         try:
-            config = StreamConfig.from_dict({**raw, "channel": channel})
+            # Keys it does not know are ignored, as the spec asks of bodies.
+            known = {k: v for k, v in raw.items() if k in _CONFIG_KEYS}
+            config = StreamConfig.from_dict({**known, "channel": channel})
         except (TypeError, ValueError) as exc:
             raise _bad(f"stream config: {exc}") from None
         existing = self.store.stream(config.name)
@@ -495,6 +514,7 @@ class Streams:
         config = ConsumerConfig.from_body(body, self.limits)
         consumer = self._consumer(channel, config, now)
         consumer.members.append((ident, sid))
+        self.awake[consumer] = None
         self._bindings[(ident, sid)] = consumer
         return consumer.info()
 
@@ -547,6 +567,7 @@ class Streams:
         self._next_cid += 1
         consumer = _Consumer(self._next_cid, stream, config, state)
         self.consumers[consumer.cid] = consumer
+        self._readers.setdefault(stream.config.name, []).append(consumer)
         if config.durable is not None:
             self._durables[(config.stream, config.durable)] = consumer
         return consumer
@@ -559,8 +580,16 @@ class Streams:
             return
         self._new(stream, config, state)
 
-    def _drop_consumer(self, consumer: _Consumer) -> None:
+    def _forget(self, consumer: _Consumer) -> None:
         del self.consumers[consumer.cid]
+        readers = self._readers[consumer.stream.config.name]
+        readers.remove(consumer)
+        if not readers:
+            del self._readers[consumer.stream.config.name]
+        self.awake.pop(consumer, None)
+
+    def _drop_consumer(self, consumer: _Consumer) -> None:
+        self._forget(consumer)
         for binding in consumer.members:
             self._bindings.pop(binding, None)
         if consumer.name is not None:
@@ -588,8 +617,9 @@ class Streams:
         for seq in held:
             del consumer.outstanding[seq]
         consumer.ready.extendleft(reversed(held))  # first in line, without waiting
+        self.awake[consumer] = None
         if not consumer.members and consumer.name is None:
-            del self.consumers[consumer.cid]  # an ephemeral consumer ends with its bus
+            self._forget(consumer)  # an ephemeral consumer ends with its bus
 
     # --- deliveries ----------------------------------------------------------
 
@@ -598,10 +628,12 @@ class Streams:
     ) -> None:
         """Deliver what each bound consumer may take now into ``out``; each
         token is bound to its member's session (``peers``)."""
-        self.more = False
-        for consumer in self.consumers.values():
-            if consumer.members:
-                self._deliver(consumer, now, out, peers)
+        awake, self.awake = self.awake, {}
+        for consumer in awake:
+            live = consumer.members and consumer.cid in self.consumers
+            if live and self._deliver(consumer, now, out, peers):
+                self.awake[consumer] = None
+        self.more = bool(self.awake)
 
     def _deliver(
         self,
@@ -609,10 +641,11 @@ class Streams:
         now: float,
         out: list[tuple[bytes, list[bytes]]],
         peers: Mapping[bytes, Peer],
-    ) -> None:
+    ) -> bool:
+        # What it may take now; True if it has room and more to read next pass.
         room = consumer.config.max_ack_pending - len(consumer.outstanding)
         if room <= 0:
-            return
+            return False
         due = consumer.due
         while due and due[0][0] <= now:
             consumer.ready.append(heapq.heappop(due)[1])
@@ -631,7 +664,7 @@ class Streams:
             sent += 1
         last = stream.last_seq
         if sent >= room or consumer.cursor > last:
-            return
+            return False
         flt = consumer.config.filter
         if flt is None:
             want = min(room - sent, READ_SLICE)
@@ -641,23 +674,22 @@ class Streams:
                 self._send(consumer, msg.seq, msg.topic, msg.body, now, out, peers)
             if len(got) < want:
                 consumer.cursor = last + 1  # nothing more stored
-            elif want < room - sent:
-                self.more = True  # room for more than one pass reads
-            return
+                return False
+            return want < room - sent  # room for more than one pass reads
         # Filtered: at most READ_SLICE stored messages looked at per pass, so a
         # filter that matches little of a long stream never stalls the loop.
         scanned = stream.read(consumer.cursor, READ_SLICE, None)
         for msg in scanned:
             if sent >= room:
-                return
+                return False
             consumer.cursor = msg.seq + 1
             if matches(flt, msg.topic.decode("utf-8", "replace")):
                 self._send(consumer, msg.seq, msg.topic, msg.body, now, out, peers)
                 sent += 1
         if len(scanned) < READ_SLICE:
             consumer.cursor = last + 1
-        elif consumer.cursor <= last:
-            self.more = True  # the next pass goes on scanning
+            return False
+        return consumer.cursor <= last  # the next pass goes on scanning
 
     def _send(
         self,
@@ -717,6 +749,7 @@ class Streams:
             self.counters["late_stream_acks"] += 1
             return
         kind = cmd.kind
+        self.awake[consumer] = None  # room for one more, or one to deliver again
         if kind == p.AckKind.PROGRESS:
             held = consumer.outstanding.get(seq)
             if held is not None:
@@ -789,13 +822,11 @@ class Streams:
         state = consumer.state
         state.pending.pop(seq, None)
         consumer.errors.pop(seq, None)
-        if seq > state.ack_floor:
-            state.acked.add(seq)
-            floor = state.ack_floor
-            while floor + 1 in state.acked:
-                floor += 1
-                state.acked.discard(floor)
-            state.ack_floor = floor
+        # Delivered in order, so everything under the oldest unsettled is
+        # settled, or was never this consumer's (a filter skipped it); pending
+        # keeps its keys in sequence order (first deliveries go in ascending).
+        pending = state.pending
+        state.ack_floor = next(iter(pending)) - 1 if pending else state.delivered_seq
         retention = consumer.stream.config.retention
         if retention == "work_queue" or (
             retention == "interest" and self._all_acked(consumer, seq)
@@ -814,8 +845,8 @@ class Streams:
             if other.config.filter is not None and not matches(other.config.filter, topic):
                 continue
             state = other.state
-            if seq > state.ack_floor and seq not in state.acked:
-                return False
+            if seq > state.delivered_seq or seq in state.pending:
+                return False  # not delivered to it yet, or not settled
         return True
 
     def _forget_pending(self, consumer: _Consumer) -> None:
@@ -823,7 +854,6 @@ class Streams:
         consumer.ready.clear()
         consumer.due.clear()
         consumer.state.pending.clear()
-        consumer.state.acked.clear()
         consumer.state.ack_floor = consumer.state.delivered_seq = consumer.stream.last_seq
         consumer.cursor = consumer.stream.last_seq + 1
 
@@ -847,6 +877,8 @@ class Streams:
             for _, deadline in consumer.outstanding.values():
                 if nxt is None or deadline < nxt:
                     nxt = deadline
+            if late or (consumer.due and consumer.due[0][0] <= now):
+                self.awake[consumer] = None
             if consumer.due and (nxt is None or consumer.due[0][0] < nxt):
                 nxt = consumer.due[0][0]
         self.next_due = nxt
