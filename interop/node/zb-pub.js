@@ -1,14 +1,21 @@
 #!/usr/bin/env node
 // zb-pub: publish messages on a zmqbus channel.
-// The same options, output and exit statuses as interop/c/zb-pub:
+// The same options, output and exit statuses as interop/c/zb-pub, and, as the C
+// client has no durable streams, --msg-id and the stream keys of a result line:
 //
 //   zb-pub.js --endpoint EP --channel UUID --topic T [--header K=V ...]
 //             [--payload TEXT | --payload-hex HEX | --payload-stdin]
 //             [--count N] [--confirm] [--timeout MS] [--name NAME] [--raw-garbage]
-//             [--batch-commands] [--server-key KEY --key KEY]
+//             [--batch-commands] [--msg-id ID] [--server-key KEY --key KEY]
 //
 // With --confirm, prints one JSON line per message, the sum of its ACKEDs:
 //   {"routed": N, "acked": N, "delivered": N, "dropped": N, "errors": [...]}
+// and, for a message a durable stream stored (its STORED), after those
+//   "stream": NAME, "seq": N, "duplicate": B
+// (a duplicate was stored before, at seq, and is not routed again: routed 0).
+// --msg-id ID gives every message that id (a stream stores it once): the 16
+// octets of a UUID, or the first 16 octets of the SHA-256 of any other text
+// (Python makes a uuid5 of such a text: only UUIDs deduplicate across languages).
 // ERRORs that refer to no pending call are printed as
 //   {"error": CODE, "channel": HEX, "ref": HEX, "text": ...}
 // with "retry_after": MS last when the ERROR gives one.
@@ -28,14 +35,24 @@
 import { readFileSync } from "node:fs";
 
 import { CLIENT_NAME } from "./lib/client.js";
-import { KEY_OPTIONS, connectClient, count, fail, failureStatus, parseCommandLine, printBatchStats } from "./lib/cli.js";
+import {
+  KEY_OPTIONS,
+  connectClient,
+  count,
+  fail,
+  failureStatus,
+  jsonLine,
+  messageId,
+  parseCommandLine,
+  printBatchStats,
+} from "./lib/cli.js";
 import { garbage } from "./lib/garbage.js";
 import { fromHex, parseChannel } from "./lib/protocol.js";
 
 const USAGE = `usage: zb-pub.js --endpoint EP --channel UUID --topic T [--header K=V ...]
                  [--payload TEXT | --payload-hex HEX | --payload-stdin]
                  [--count N] [--confirm] [--timeout MS] [--name NAME] [--raw-garbage]
-                 [--batch-commands] [--server-key KEY --key KEY]`;
+                 [--batch-commands] [--msg-id ID] [--server-key KEY --key KEY]`;
 const WINDOW = 256; // messages published at a time with --batch-commands
 
 const args = parseCommandLine(
@@ -53,6 +70,7 @@ const args = parseCommandLine(
     name: { type: "string", default: CLIENT_NAME },
     "raw-garbage": { type: "boolean", default: false },
     "batch-commands": { type: "boolean", default: false },
+    "msg-id": { type: "string" },
     ...KEY_OPTIONS,
   },
   USAGE,
@@ -79,6 +97,8 @@ for (const h of args.header) {
 }
 const times = count("--count", args.count);
 const timeoutMs = count("--timeout", args.timeout);
+const msgId = args["msg-id"] === undefined ? null : messageId(args["msg-id"]);
+const options = { confirm: args.confirm, timeoutMs, msgId };
 
 /** With batches of commands: publish WINDOW messages at a time without waiting in
  * between, and print each window's confirmations once all are in. */
@@ -87,14 +107,14 @@ async function publishWindows(client) {
   for (let left = times; args.topic && status === 0 && left > 0; left -= WINDOW) {
     const calls = [];
     for (let i = 0; i < Math.min(WINDOW, left); i++) {
-      calls.push(client.publish(args.topic, headers, payload, { confirm: args.confirm, timeoutMs }));
+      calls.push(client.publish(args.topic, headers, payload, options));
     }
     const settled = await Promise.allSettled(calls);
     const failed = settled.find((s) => s.status === "rejected");
     if (failed) throw failed.reason;
     for (const { value: result } of settled) {
       if (result) {
-        process.stdout.write(`${JSON.stringify(result)}\n`);
+        process.stdout.write(jsonLine(result));
         if (result.errors.length) status = 3;
       }
     }
@@ -119,9 +139,9 @@ async function main() {
     }
     if (offered) status = await publishWindows(client);
     for (let i = 0; !offered && args.topic && i < times; i++) {
-      const result = await client.publish(args.topic, headers, payload, { confirm: args.confirm, timeoutMs });
+      const result = await client.publish(args.topic, headers, payload, options);
       if (result) {
-        process.stdout.write(`${JSON.stringify(result)}\n`);
+        process.stdout.write(jsonLine(result));
         if (result.errors.length) status = 3;
       }
     }

@@ -1,5 +1,6 @@
-// Shared bits of zb-pub.js and zb-sub.js.
+// Shared bits of zb-pub.js, zb-sub.js and zb-consume.js.
 
+import { createHash } from "node:crypto";
 import { parseArgs } from "node:util";
 
 import { AuthenticationError, Client } from "./client.js";
@@ -45,6 +46,22 @@ export function parseCommandLine(options, usage) {
 export function fail(status, text) {
   process.stderr.write(`${text}\n`);
   process.exit(status);
+}
+
+/** One line of compact JSON; a BigInt (a stream sequence beyond 2^53) as its digits in a string. */
+export function jsonLine(value) {
+  return `${JSON.stringify(value, (_, v) => (typeof v === "bigint" ? v.toString() : v))}\n`;
+}
+
+/** The 16 octets of a --msg-id: those of a UUID (hex digits, hyphens optional,
+ * in {} or after urn:uuid: as Python's uuid.UUID reads it), else the first 16
+ * octets of the SHA-256 of the text's UTF-8 (not what Python makes of such a
+ * text, a uuid5: only UUID ids deduplicate across languages). */
+export function messageId(text) {
+  if (text === "") fail(2, "--msg-id must not be empty");
+  const digits = text.replace(/urn:/g, "").replace(/uuid:/g, "").replace(/^[{}]+|[{}]+$/g, "").replace(/-/g, "");
+  if (/^[0-9a-fA-F]{32}$/.test(digits)) return Buffer.from(digits, "hex");
+  return createHash("sha256").update(text, "utf8").digest().subarray(0, 16);
 }
 
 export function count(option, text) {

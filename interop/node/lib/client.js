@@ -9,6 +9,25 @@
 //   await client.disconnect();
 //   client.close();
 //
+// Durable streams (see docs/protocol.md, "Durable streams"): every HELLO asks
+// for "streams" (new Client(endpoint, {streams: false}) does not), so a confirmed
+// publish a stream captures resolves with {stream, seq, duplicate} besides the
+// counts (from the STORED that comes before its ROUTED); publish(..., {msgId})
+// gives the message its id (16 octets), which the stream deduplicates on.
+//
+//   const info = await client.addStream("ORDERS", ["orders.>"]);
+//   const r = await client.publish("orders.eu", {}, payload, {confirm: true}); // r.stream, r.seq
+//   const bound = await client.consume("ORDERS", {durable: "billing"}, (msg) => {
+//     use(msg.seq, msg.topic, msg.payload);
+//     msg.ack(); // or msg.nak(delayMs, text), msg.inProgress(), msg.term(text)
+//   });
+//   await client.unsubscribe(bound.sid); // unbinds it (a durable keeps its place)
+//
+// client.stream(op, args) sends any STREAM request and resolves with the
+// STREAM_REPLY map (addStream, streamInfo and consumerInfo wrap it); an ERROR
+// rejects it with RefusedError (404 no such stream or consumer, 410 conflict,
+// 422 bad arguments, 507 the broker's store failed).
+//
 // Batches of commands (off unless asked for): new Client(endpoint, {batchCommands:
 // true}) puts "batch_commands": true in the HELLO. If the WELCOME offers them
 // (client.batching, until DISCONNECT or BYE), ACKs and PUBLISHes are held instead
@@ -32,6 +51,7 @@ import { randomBytes } from "node:crypto";
 import zmq from "zeromq";
 
 import {
+  ACK_KIND,
   CMD,
   ProtocolError,
   bytes,
@@ -40,11 +60,15 @@ import {
   encodeAck,
   encodeAckBody,
   encodeBatch,
+  encodeConsume,
   encodeDisconnect,
   encodeHello,
   encodeHelloBody,
   encodeMessageBody,
   encodePublish,
+  encodeStream,
+  encodeStreamAck,
+  encodeStreamBody,
   encodeSubscribe,
   encodeUnsubscribe,
   hex,
@@ -116,13 +140,69 @@ function u32(n) {
   return b;
 }
 
+/** One STREAM_MSG of a consumer, as consume()'s onMessage gets it: stream, seq,
+ * deliveries (this one included), topic, payload (octets), headers (an object of
+ * strings), id (16 octets), timestamp ({sec: BigInt, nsec}), sid, token. Settle
+ * it once with ack(), nak(delayMs, text) or term(text); inProgress() (any number
+ * of times before) restarts its ack wait. Each sends a STREAM_ACK and resolves
+ * once it is sent; settling a settled message throws. */
+export class StreamMessage {
+  #client;
+
+  constructor(client, stream, msg, message) {
+    this.#client = client;
+    this.stream = stream;
+    this.seq = msg.seq;
+    this.deliveries = msg.deliveries;
+    this.topic = Buffer.from(msg.topic).toString("utf8");
+    this.payload = message.payload;
+    this.headers = Object.fromEntries(message.headers);
+    this.id = message.id;
+    this.timestamp = message.timestamp;
+    this.sid = msg.sid;
+    this.token = msg.token;
+    this.settled = false;
+  }
+
+  /** Done with it: never delivered again. */
+  ack() {
+    return this.#settle(ACK_KIND.ACK, null, "");
+  }
+
+  /** Deliver it again after delayMs, or, with null, after the consumer's
+   * backoff (at once without one); text says why (a handler's error). */
+  nak(delayMs = null, text = "") {
+    return this.#settle(ACK_KIND.NAK, delayMs, text);
+  }
+
+  /** Never deliver it again, and it is not done (text: why). */
+  term(text = "") {
+    return this.#settle(ACK_KIND.TERM, null, text);
+  }
+
+  /** Still working on it: its ack wait starts again. */
+  inProgress() {
+    if (this.settled) throw new Error(`stream message ${this.stream} #${this.seq} is already settled`);
+    return this.#client.sendStreamAck(this.token, ACK_KIND.PROGRESS, null, "");
+  }
+
+  #settle(kind, delayMs, text) {
+    if (this.settled) throw new Error(`stream message ${this.stream} #${this.seq} is already settled`);
+    this.settled = true;
+    return this.#client.sendStreamAck(this.token, kind, delayMs, text);
+  }
+}
+
 /** The size of a PUBLISH, ACK, REQUEST or REPLY as a command entry. */
 function entrySize(frames) {
   return frames.slice(2).reduce((size, frame) => size + 4 + frame.length, 1);
 }
 
 export class Client {
-  constructor(endpoint, { batchCommands = false, serverKey = null, publicKey = null, secretKey = null } = {}) {
+  constructor(
+    endpoint,
+    { batchCommands = false, streams = true, serverKey = null, publicKey = null, secretKey = null } = {},
+  ) {
     const options = { linger: 2000 };
     this.curve = serverKey !== null || publicKey !== null || secretKey !== null;
     if (this.curve) {
@@ -151,6 +231,10 @@ export class Client {
     this.strayErrors = []; // ERRORs that match no call
     this.sending = Promise.resolve();
     this.askBatchCommands = batchCommands; // put "batch_commands": true in the HELLO
+    this.askStreams = streams; // put "streams": true in the HELLO
+    this.streams = false; // the WELCOME said STORED will come
+    this.consumers = new Map(); // hex sid -> {stream, onMessage} of the sids bound by CONSUME
+    this.onLost = null; // called with the error when the session is lost (BYE, a refused handshake)
     this.batching = false; // the WELCOME offered batch_commands: hold ACKs and PUBLISHes
     this.held = []; // {frames, resolve, reject}, held for a BATCH, in order
     this.heldBytes = 0; // their size as entries
@@ -265,6 +349,11 @@ export class Client {
       if (!(err instanceof ProtocolError)) throw err;
       console.error(`zbclient: refused a broker message with code ${err.code}: ${err.detail}`);
       this.#refuseDelivery(frames, err);
+      this.#refuseReply(frames, err);
+      return;
+    }
+    if (msg.command === CMD.STREAM_MSG) {
+      this.#streamMessage(msg);
       return;
     }
     if (msg.command === CMD.DELIVER) {
@@ -306,7 +395,7 @@ export class Client {
       return;
     }
     const waiting = msg.ref && this.pending.get(hex(msg.ref));
-    if (waiting && [CMD.OK, CMD.ROUTED, CMD.ACKED, CMD.ERROR].includes(msg.command)) {
+    if (waiting && [CMD.OK, CMD.ROUTED, CMD.ACKED, CMD.ERROR, CMD.STORED, CMD.STREAM_REPLY].includes(msg.command)) {
       waiting(msg);
       return;
     }
@@ -324,6 +413,45 @@ export class Client {
     // client sends no REQUEST or STATS), a BROKER_HEARTBEAT (it asks for none)
   }
 
+  /** Hand a STREAM_MSG to the consumer its sid is bound to. */
+  #streamMessage(msg) {
+    const consumer = this.consumers.get(hex(msg.sid));
+    // unbound meanwhile: the broker delivers it again to the consumer's other
+    // sids (or whoever binds it next) once it has the UNSUBSCRIBE
+    if (!consumer) return;
+    let message;
+    try {
+      message = decodeMessageBody(msg.body);
+    } catch (err) {
+      // it will never decode: TERM, not redelivered for ever
+      const what = `stream message ${consumer.stream} #${msg.seq}`;
+      console.error(`zbclient: ${what} cannot be decoded, terminated: ${err.message}`);
+      this.sendStreamAck(msg.token, ACK_KIND.TERM, null, `undecodable: ${err.message}`).catch(() => {});
+      return;
+    }
+    const delivered = new StreamMessage(this, consumer.stream, msg, message);
+    // a handler that throws (or whose promise rejects) before settling NAKs it
+    const failed = (err) => {
+      const text = err instanceof Error ? `${err.name}: ${err.message}` : String(err);
+      console.error(`zbclient: consumer of ${consumer.stream} failed on #${delivered.seq}: ${text}`);
+      if (!delivered.settled) delivered.nak(null, text).catch(() => {});
+    };
+    try {
+      const returned = consumer.onMessage(delivered);
+      if (returned && typeof returned.then === "function") returned.then(undefined, failed);
+    } catch (err) {
+      failed(err);
+    }
+  }
+
+  /** A STREAM_REPLY we refuse (a body that is not a map with str keys) fails the
+   * STREAM or CONSUME waiting for it at once. */
+  #refuseReply(frames, err) {
+    const isReply = frames.length === 4 && frames[0].length === 4 && frames[0][3] === CMD.STREAM_REPLY;
+    const waiting = isReply && frames[2].length > 0 && this.pending.get(hex(frames[2]));
+    if (waiting) waiting({ command: "lost", err });
+  }
+
   /** Hand a DELIVER to the call waiting for one, or queue it. */
   #deliver(msg) {
     if (this.deliveryWaiter) this.deliveryWaiter(msg);
@@ -337,8 +465,10 @@ export class Client {
     for (const h of this.held.splice(0)) h.reject(err);
     this.heldBytes = 0;
     this.sids.clear();
+    this.consumers.clear();
     for (const waiting of this.pending.values()) waiting({ command: "lost", err });
     if (this.deliveryWaiter) this.deliveryWaiter({ command: "lost", err });
+    if (this.onLost) this.onLost(err);
   }
 
   /** ACK a DELIVER we refuse (bad topic or sids), when its token frame is usable. */
@@ -381,7 +511,8 @@ export class Client {
   /** Join a channel (16 octets): HELLO, then wait for WELCOME. */
   async hello(channel, clientName = CLIENT_NAME, timeoutMs = 5000) {
     if (this.authFailure) throw this.authFailure;
-    const frames = encodeHello(channel, encodeHelloBody(clientName, { batchCommands: this.askBatchCommands }));
+    const body = encodeHelloBody(clientName, { batchCommands: this.askBatchCommands, streams: this.askStreams });
+    const frames = encodeHello(channel, body);
     const welcome = await new Promise((resolve, reject) => {
       const finish = (err, msg) => {
         clearTimeout(timer);
@@ -402,6 +533,7 @@ export class Client {
     this.joined = true;
     // a WELCOME offers batches only when asked; check both all the same
     this.batching = this.askBatchCommands && welcome.batchCommands;
+    this.streams = this.askStreams && welcome.streams;
   }
 
   /** Open a subscription (queue "" for a plain one); resolves with its sid once the broker holds it. */
@@ -426,12 +558,17 @@ export class Client {
   }
 
   /** Publish. Unconfirmed: resolves once sent, with null. Confirmed: resolves with
-   * {routed, acked, delivered, dropped, errors}, the sum of the ACKEDs. When
-   * batching, the PUBLISH is held: publishes made without awaiting each other
-   * leave as one BATCH. */
-  async publish(topic, headers, payload, { confirm = false, timeoutMs = 5000 } = {}) {
+   * {routed, acked, delivered, dropped, errors}, the sum of the ACKEDs, and, when
+   * a stream stored it (the STORED before ROUTED), {stream, seq, duplicate} after
+   * those (a duplicate was stored before, at seq, and is not routed: routed 0).
+   * msgId: the message id (16 octets; a new random one by default), which a
+   * stream deduplicates on. When batching, the PUBLISH is held: publishes made
+   * without awaiting each other leave as one BATCH. */
+  async publish(topic, headers, payload, { confirm = false, timeoutMs = 5000, msgId = null } = {}) {
     if (!this.joined) throw new Error("not joined");
-    const body = encodeMessageBody({ id: randomBytes(16), timestamp: now(), headers, payload: bytes(payload) });
+    const id = msgId === null ? randomBytes(16) : bytes(msgId);
+    if (id.length !== 16) throw new Error("msgId must be 16 octets");
+    const body = encodeMessageBody({ id, timestamp: now(), headers, payload: bytes(payload) });
     if (BigInt(body.length) > this.maxMessageSize) {
       throw new RefusedError("PUBLISH", 413, `message body of ${body.length} octets exceeds max_message_size`);
     }
@@ -443,7 +580,9 @@ export class Client {
     }
     const result = { routed: null, acked: 0, delivered: 0, dropped: 0, errors: [] };
     return this.#call(ref, frames, timeoutMs, "PUBLISH", (msg, done) => {
-      if (msg.command === CMD.ROUTED) {
+      if (msg.command === CMD.STORED) {
+        Object.assign(result, { stream: msg.stream, seq: msg.seq, duplicate: msg.duplicate });
+      } else if (msg.command === CMD.ROUTED) {
         result.routed = msg.count;
       } else if (msg.command === CMD.ACKED) {
         result.acked += 1;
@@ -493,6 +632,97 @@ export class Client {
     return this.sids.has(hex(sid));
   }
 
+  // ---- durable streams ----
+
+  /** STREAM {op, ...args}: resolves with the STREAM_REPLY map (see the spec's
+   * "Stream requests"), or rejects with RefusedError. */
+  async stream(op, args = {}, timeoutMs = 5000) {
+    if (!this.joined) throw new Error("not joined");
+    const ref = this.#newRef();
+    const body = { op, ...args };
+    body.op = op;
+    const frames = encodeStream(this.channel, ref, encodeStreamBody(body));
+    return this.#call(ref, frames, timeoutMs, `STREAM ${op}`, (msg, done) => {
+      if (msg.command === CMD.STREAM_REPLY) done(null, msg.result);
+    });
+  }
+
+  /** Add a stream on the channel storing the messages on subjects (patterns);
+   * config: its other options (retention, max_msgs, max_bytes, max_age,
+   * max_msg_size, discard, storage, duplicate_window). Resolves with its info. */
+  async addStream(name, subjects, config = {}, timeoutMs = 5000) {
+    const reply = await this.stream("add", { config: { name, subjects, ...config } }, timeoutMs);
+    return reply.stream;
+  }
+
+  /** The info map of the channel's stream name. */
+  async streamInfo(name, timeoutMs = 5000) {
+    return (await this.stream("info", { name }, timeoutMs)).stream;
+  }
+
+  /** The info map of the durable consumer of a stream. */
+  async consumerInfo(stream, durable, timeoutMs = 5000) {
+    return (await this.stream("consumer_info", { name: stream, consumer: durable }, timeoutMs)).consumer;
+  }
+
+  /** CONSUME: bind a new sid to a consumer of stream, config the rest of the
+   * CONSUME body (durable, filter, deliver, start_seq, start_time, ack_wait,
+   * max_deliver, backoff, dead_letter, max_ack_pending; without durable an
+   * ephemeral one). Resolves, once bound, with the consumer's info map (the
+   * STREAM_REPLY body) with sid added: the sid it is bound to, which
+   * unsubscribe() unbinds. onMessage(msg) gets each STREAM_MSG as a
+   * StreamMessage, which it settles; one that throws (or rejects) before
+   * settling NAKs it with the error. */
+  async consume(stream, config, onMessage, timeoutMs = 5000) {
+    if (!this.joined) throw new Error("not joined");
+    if (typeof onMessage !== "function") throw new TypeError("consume needs an onMessage function");
+    const ref = this.#newRef();
+    const sid = u32(this.nextSid++);
+    const body = { stream, ...config };
+    body.stream = stream;
+    const frames = encodeConsume(this.channel, ref, sid, encodeStreamBody(body));
+    // bound at once, as a subscription: a STREAM_MSG may follow the reply at once
+    this.sids.add(hex(sid));
+    this.consumers.set(hex(sid), { stream, onMessage });
+    let info;
+    try {
+      info = await this.#call(ref, frames, timeoutMs, "CONSUME", (msg, done) => {
+        if (msg.command === CMD.STREAM_REPLY) done(null, msg.result);
+      });
+    } catch (err) {
+      this.sids.delete(hex(sid));
+      this.consumers.delete(hex(sid));
+      if (err instanceof TimeoutError) {
+        // unbind the sid, so that a late reply leaves nothing bound
+        await this.send(encodeUnsubscribe(this.channel, new Uint8Array(0), sid)).catch(() => {});
+      }
+      throw err;
+    }
+    return Object.assign(info, { sid });
+  }
+
+  /** UNSUBSCRIBE: close subscriptions and unbind consumers by sid (4 octets
+   * each, one or several in one array), forgotten here at once; resolves on
+   * the OK. */
+  async unsubscribe(sids, timeoutMs = 5000) {
+    if (!this.joined) throw new Error("not joined");
+    for (let i = 0; i < sids.length; i += 4) {
+      const key = hex(sids.subarray(i, i + 4));
+      this.sids.delete(key);
+      this.consumers.delete(key);
+    }
+    const ref = this.#newRef();
+    await this.#call(ref, encodeUnsubscribe(this.channel, ref, sids), timeoutMs, "UNSUBSCRIBE", (msg, done) =>
+      done(null, msg),
+    );
+  }
+
+  /** Send a STREAM_ACK (StreamMessage's ack, nak, inProgress and term). */
+  sendStreamAck(token, kind, delayMs = null, text = "") {
+    if (!this.joined) return Promise.reject(new Error("not joined"));
+    return this.send(encodeStreamAck(this.channel, token, kind, delayMs, text));
+  }
+
   /** ACK a delivery; nothing is sent when its token is empty. When batching, the
    * ACK is held and this resolves at once (a failed send is logged): the ACKs of
    * deliveries handled on one turn of the event loop leave as one BATCH. */
@@ -513,7 +743,9 @@ export class Client {
     await this.#call(ref, encodeDisconnect(this.channel, ref), timeoutMs, "DISCONNECT", (msg, done) => done(null, msg));
     this.joined = false;
     this.batching = false; // a new session has none until its HELLO asks
+    this.streams = false;
     this.sids.clear();
+    this.consumers.clear();
   }
 
   /** Send any frames (for tests). */

@@ -19,6 +19,9 @@ export const CMD = {
   REQUEST: 0x07,
   REPLY: 0x08,
   BATCH: 0x0c,
+  STREAM: 0x0d,
+  CONSUME: 0x0e,
+  STREAM_ACK: 0x0f,
   WELCOME: 0x81,
   OK: 0x82,
   DELIVER: 0x83,
@@ -33,6 +36,9 @@ export const CMD = {
   DELIVER_BATCH: 0x8c,
   BROKER_BATCH: 0x8d,
   ERROR: 0x8f,
+  STREAM_REPLY: 0x90,
+  STORED: 0x91,
+  STREAM_MSG: 0x92,
 };
 // HEARTBEAT (0x09), STATS (0x0a) and PUBLISH_BATCH (0x0b) are client commands
 // this client does not send: it asks for no heartbeats and no batches of
@@ -43,26 +49,39 @@ export const CMD = {
 // as the message it stands for; it asks for "batch_commands" only when told to
 // (new Client(endpoint, {batchCommands: true})), and then sends its ACKs and
 // the PUBLISHes it has several of at once as BATCHes.
+// The durable streams (OPTIONAL in the spec) are all here: STREAM, CONSUME and
+// STREAM_ACK are built (encodeStream, encodeConsume, encodeStreamAck), and
+// STREAM_REPLY, STORED and STREAM_MSG parsed; the client asks for "streams" (STORED)
+// in every HELLO.
 
 export const CODE = {
   BAD_FRAMES: 400,
   PERMISSION_DENIED: 401,
   NOT_JOINED: 403,
+  NOT_FOUND: 404,
   UNKNOWN_COMMAND: 405,
   BAD_TOPIC: 406,
   CHANNEL_MISMATCH: 409,
+  CONFLICT: 410,
   SID_IN_USE: 412,
   TOO_LARGE: 413,
   BAD_BODY: 422,
   LIMIT_REACHED: 429,
   INTERNAL: 500,
   VERSION_NOT_SUPPORTED: 505,
+  STORE_FAILED: 507,
 };
+
+/** The kind frame of STREAM_ACK. */
+export const ACK_KIND = { ACK: 1, NAK: 2, PROGRESS: 3, TERM: 4 };
 
 export const MAX_REF = 32;
 export const MAX_REQUEST_REF = 8;
 // A reply token: session (8), tag (16), then a request ref of 1 to 8 octets.
 export const MIN_REPLY_TOKEN = 25;
+// A stream (or durable consumer) name: 1 to 64 of A-Z a-z 0-9 _ -.
+export const MAX_STREAM_NAME = 64;
+const STREAM_NAME = /^[A-Za-z0-9_-]{1,64}$/;
 
 // Frames per broker command.
 const BROKER_FRAMES = new Map([
@@ -80,6 +99,9 @@ const BROKER_FRAMES = new Map([
   [CMD.DELIVER_BATCH, 3],
   [CMD.BROKER_BATCH, 3],
   [CMD.ERROR, 6],
+  [CMD.STREAM_REPLY, 4],
+  [CMD.STORED, 6],
+  [CMD.STREAM_MSG, 7],
 ]);
 
 // Commands a BATCH (client) / BROKER_BATCH (broker) entry may hold, with the
@@ -274,6 +296,66 @@ export function encodeBatch(channel, messages) {
   return [header(CMD.BATCH), channel, new Uint8Array(Buffer.concat(parts))];
 }
 
+// ---- durable streams: client messages ----
+
+/** True if data (octets or a string) is a stream or consumer name: 1 to 64 of
+ * A-Z a-z 0-9 _ - (ASCII only). */
+export function isStreamName(data) {
+  return STREAM_NAME.test(Buffer.from(bytes(data)).toString("latin1"));
+}
+
+/** STREAM: ref (1 to 32 octets) and body, a STREAM body as encodeStreamBody
+ * writes it (checked: a map with str keys, its op a str). */
+export function encodeStream(channel, ref, body) {
+  checkChannel(channel);
+  checkRef(ref, 1);
+  checkStreamBody(body);
+  return [header(CMD.STREAM), channel, ref, body];
+}
+
+/** CONSUME: ref (1 to 32 octets), the sid to bind (4 octets) and body, a CONSUME
+ * body as encodeStreamBody writes it ({stream, durable, filter, ...}). */
+export function encodeConsume(channel, ref, sid, body) {
+  checkChannel(channel);
+  checkRef(ref, 1);
+  if (sid.length !== 4) throw new ProtocolError(400, "sid must be 4 octets");
+  checkStreamBody(body);
+  return [header(CMD.CONSUME), channel, ref, sid, body];
+}
+
+/** STREAM_ACK of a STREAM_MSG's token. kind: ACK_KIND (1 to 4) or its 1-octet
+ * frame; delay: null (the empty frame: for a NAK, the consumer's backoff), the
+ * milliseconds before a NAKed message is delivered again, or its frame of 0 or 4
+ * octets; text: why (NAK, TERM), a string or UTF-8 octets. */
+export function encodeStreamAck(channel, token, kind, delay = null, text = "") {
+  checkChannel(channel);
+  checkRef(token, 1, MAX_REF, "token");
+  // a number is clamped to an octet (0 when not an integer), then checked as the frame
+  const octet = (n) => (Number.isInteger(n) ? Math.max(0, Math.min(n, 255)) : 0);
+  const kindFrame = typeof kind === "number" ? Uint8Array.of(octet(kind)) : kind;
+  if (kindFrame.length !== 1 || kindFrame[0] < ACK_KIND.ACK || kindFrame[0] > ACK_KIND.TERM) {
+    throw new ProtocolError(400, "STREAM_ACK kind must be one octet, 01 to 04");
+  }
+  let delayFrame;
+  if (delay === null || delay === undefined) {
+    delayFrame = new Uint8Array(0);
+  } else if (typeof delay === "number") {
+    if (!Number.isInteger(delay) || delay < 0 || delay > 0xffffffff) {
+      throw new ProtocolError(400, "STREAM_ACK delay must be 0 to 4294967295 ms");
+    }
+    delayFrame = new Uint8Array(4);
+    new DataView(delayFrame.buffer).setUint32(0, delay);
+  } else {
+    delayFrame = delay;
+  }
+  if (delayFrame.length !== 0 && delayFrame.length !== 4) {
+    throw new ProtocolError(400, "STREAM_ACK delay must be empty or 4 octets");
+  }
+  const textFrame = bytes(text);
+  if (!isUtf8(textFrame)) throw new ProtocolError(400, "STREAM_ACK text must be UTF-8");
+  return [header(CMD.STREAM_ACK), channel, token, kindFrame, delayFrame, textFrame];
+}
+
 // ---- bodies: writing ----
 
 const encoder = new Encoder();
@@ -320,11 +402,42 @@ function headerMap(headers) {
 }
 
 /** {"client": clientName} (no key for null), and with batchCommands
- * "batch_commands": true after it (asking for batches of commands). */
-export function encodeHelloBody(clientName, { batchCommands = false } = {}) {
+ * "batch_commands": true after it (asking for batches of commands), and with
+ * streams "streams": true after those (asking for STORED). */
+export function encodeHelloBody(clientName, { batchCommands = false, streams = false } = {}) {
   const map = clientName == null ? {} : { client: clientName };
   if (batchCommands) map.batch_commands = true;
+  if (streams) map.streams = true;
   return encoder.encode(map);
+}
+
+// A value as @msgpack/msgpack writes it: a Map as a plain object, object keys
+// whose value is undefined left out (an option not given), a BigInt as a number
+// (the encoder writes a number that is an integer in the shortest int form).
+function plain(value, depth = 0) {
+  if (depth > 100) throw new ProtocolError(422, "value nested too deeply");
+  if (typeof value === "bigint") {
+    if (value < BigInt(Number.MIN_SAFE_INTEGER) || value > BigInt(Number.MAX_SAFE_INTEGER)) {
+      throw new ProtocolError(422, "integer beyond 2^53 in a stream body");
+    }
+    return Number(value);
+  }
+  if (value === null || typeof value !== "object" || value instanceof Uint8Array) return value;
+  if (Array.isArray(value)) return value.map((v) => plain(v, depth + 1));
+  const entries = value instanceof Map ? [...value] : Object.entries(value);
+  for (const [k] of entries) {
+    if (typeof k !== "string") throw new ProtocolError(422, "map keys must be strings");
+  }
+  return Object.fromEntries(entries.filter(([, v]) => v !== undefined).map(([k, v]) => [k, plain(v, depth + 1)]));
+}
+
+/** The body of STREAM ({op, ...arguments}) or CONSUME ({stream, durable, ...}):
+ * map, a plain object or Map with string keys, of strings, numbers, booleans,
+ * null, arrays, maps and octets (bin). */
+export function encodeStreamBody(map) {
+  const body = encoder.encode(plain(map));
+  checkStreamBody(body);
+  return body;
 }
 
 /** [id, timestamp, headers, payload]; headers a Map or an object of strings. */
@@ -467,23 +580,77 @@ export function checkStatsBody(body) {
   strKeyedMap(readWhole(body), "STATS_REPLY body");
 }
 
+/** A node of the reader as a JavaScript value: nil null, bool, int a number (a
+ * BigInt beyond 2^53), float a number, str a string, bin a Uint8Array, array an
+ * Array, a map with str keys a plain object (other maps a Map), ext {type, data}. */
+export function valueOf(node) {
+  switch (node.t) {
+    case "int":
+      return node.v >= BigInt(Number.MIN_SAFE_INTEGER) && node.v <= BigInt(Number.MAX_SAFE_INTEGER)
+        ? Number(node.v)
+        : node.v;
+    case "str": {
+      const value = textOf(node);
+      if (value === null) throw bad("text must be valid UTF-8");
+      return value;
+    }
+    case "array":
+      return node.v.map(valueOf);
+    case "map":
+      if (node.v.every(([k]) => k.t === "str")) {
+        return Object.fromEntries(node.v.map(([k, v]) => [valueOf(k), valueOf(v)]));
+      }
+      return new Map(node.v.map(([k, v]) => [valueOf(k), valueOf(v)]));
+    case "ext":
+      return { type: node.type, data: node.data };
+    default: // nil, bool, float, bin
+      return node.v;
+  }
+}
+
+/** Decode a STREAM or CONSUME body: a map with str keys whose op, if any, is a
+ * str (422 otherwise); as a plain object (see valueOf). */
+export function decodeStreamBody(body) {
+  const root = readWhole(bytes(body));
+  const entries = strKeyedMap(root, "stream body");
+  for (const [k, v] of entries) {
+    if (textOf(k) === "op" && v.t !== "str") throw bad("stream body op must be a str");
+  }
+  return valueOf(root);
+}
+
+export function checkStreamBody(body) {
+  decodeStreamBody(body);
+}
+
+/** Decode a STREAM_REPLY body: a map with str keys (422 otherwise), as a plain
+ * object (see valueOf). */
+export function decodeStreamReplyBody(body) {
+  const root = readWhole(bytes(body));
+  strKeyedMap(root, "STREAM_REPLY body");
+  return valueOf(root);
+}
+
 /** Decode a WELCOME body: {maxMessageSize (BigInt), batchCommands (true if it
- * offers batches of commands), map: [[key, node]]}. */
+ * offers batches of commands), streams (true if it says STORED will come),
+ * entries: [[key, node]]}. */
 export function decodeWelcomeBody(body) {
   const entries = strKeyedMap(readWhole(body), "WELCOME body");
   checkHeartbeat(entries, "WELCOME");
   checkBatch(entries, "WELCOME");
   let maxMessageSize = null;
   let batchCommands = false; // a missing key means false
+  let streams = false; // true only if present and true
   for (const [k, v] of entries) {
     if (textOf(k) === "max_message_size") {
       if (v.t !== "int" || v.v <= 0n) throw bad("max_message_size must be a positive integer");
       maxMessageSize = v.v;
     }
     if (textOf(k) === "batch_commands") batchCommands = v.v === true;
+    if (textOf(k) === "streams") streams = v.t === "bool" && v.v === true;
   }
   if (maxMessageSize === null) throw bad("WELCOME without max_message_size");
-  return { maxMessageSize, batchCommands, entries };
+  return { maxMessageSize, batchCommands, streams, entries };
 }
 
 // ---- broker messages ----
@@ -548,6 +715,12 @@ export function readCommandEntries(frame, channel, allowed) {
   return messages;
 }
 
+/** An unsigned 64-bit big-endian integer at offset: a number, or a BigInt beyond 2^53. */
+function uint64(frame, offset) {
+  const v = Buffer.from(frame).readBigUInt64BE(offset);
+  return v <= BigInt(Number.MAX_SAFE_INTEGER) ? Number(v) : v;
+}
+
 /** Check the frames of a broker message; throw ProtocolError with the code it is refused with. */
 export function parseBroker(frames) {
   if (frames.length === 0) throw new ProtocolError(400, "empty message");
@@ -590,6 +763,7 @@ export function parseBroker(frames) {
       const welcome = decodeWelcomeBody(frames[2]);
       msg.maxMessageSize = welcome.maxMessageSize;
       msg.batchCommands = welcome.batchCommands;
+      msg.streams = welcome.streams;
       break;
     }
     case CMD.OK:
@@ -629,6 +803,31 @@ export function parseBroker(frames) {
     case CMD.ANSWER:
       checkRef(frames[2], 1, MAX_REQUEST_REF);
       Object.assign(msg, { ref: frames[2], body: frames[3] });
+      break;
+    case CMD.STREAM_REPLY:
+      checkRef(frames[2], 1);
+      msg.ref = frames[2];
+      msg.body = frames[3];
+      msg.result = decodeStreamReplyBody(frames[3]);
+      break;
+    case CMD.STORED:
+      checkRef(frames[2], 1);
+      if (!isStreamName(frames[3])) throw new ProtocolError(400, "STORED stream must be 1 to 64 of A-Z a-z 0-9 _ -");
+      if (frames[4].length !== 8) throw new ProtocolError(400, "STORED sequence must be 8 octets");
+      if (frames[5].length !== 1 || frames[5][0] > 1) throw new ProtocolError(400, "STORED flag must be 00 or 01");
+      msg.ref = frames[2];
+      msg.stream = Buffer.from(frames[3]).toString("latin1");
+      msg.seq = uint64(frames[4], 0);
+      msg.duplicate = frames[5][0] === 1;
+      break;
+    case CMD.STREAM_MSG:
+      checkRef(frames[2], 1, MAX_REF, "token");
+      if (frames[5].length !== 4) throw new ProtocolError(400, "STREAM_MSG names one sid of 4 octets");
+      if (frames[6].length !== 12) throw new ProtocolError(400, "STREAM_MSG meta must be 12 octets");
+      checkName(frames[3], "topic");
+      Object.assign(msg, { token: frames[2], topic: frames[3], body: frames[4], sid: frames[5], meta: frames[6] });
+      msg.seq = uint64(frames[6], 0);
+      msg.deliveries = Buffer.from(frames[6]).readUInt32BE(8);
       break;
     default: // ERROR
       checkRef(frames[2]);

@@ -13,10 +13,17 @@
 //                 each BATCH entry is produced byte for byte by its encoder
 //                 and the BATCH by encodeBatch from them; each BROKER_BATCH
 //                 entry parses alone (or is refused alone with the stated code).
+//                 The stream commands likewise: STREAM, CONSUME and STREAM_ACK are
+//                 produced byte for byte (STREAM_ACK also from its typed fields:
+//                 kind, delay, text), STREAM_REPLY, STORED and STREAM_MSG parse to
+//                 the stated fields (STORED: stream, seq, duplicate; STREAM_MSG:
+//                 sid, meta and the delivery's seq and deliveries), and the stream
+//                 bodies decode to the stated maps (compared by value).
 // malformed.json: broker messages are refused with the stated code; client
 //                 messages are refused by the matching encoder with the stated
 //                 code where the encoder checks that rule (field sizes 400,
-//                 text 406, HELLO body 422, BATCH entries 400).
+//                 text 406, HELLO body 422, BATCH entries 400, STREAM and CONSUME
+//                 bodies 422, STREAM_ACK kind, delay and text 400).
 // bodies.json:    valid bodies decode to the stated values and, when in the
 //                 form this encoder writes, are re-encoded byte for byte;
 //                 malformed bodies are refused with 422.
@@ -24,8 +31,9 @@
 // PUBLISH_BATCH) are skipped and counted. (session.json holds refusals that
 // depend on broker state, and exchanges.json what a broker sends: nothing for
 // a client codec to check beyond the messages valid.json has.)
-// Vectors of an optional feature this client does not implement ("feature":
-// "streams": the durable-stream commands) are skipped and counted by feature.
+// Vectors of an optional feature this client does not implement are skipped
+// and counted by feature; it implements the one there is ("streams": the
+// durable-stream commands).
 //
 // Prints one line per failure and a summary; exit status 0 when all pass.
 
@@ -39,9 +47,9 @@ let failures = 0;
 let skipped = 0;
 let where = "";
 
-// The optional features of the spec this client implements: none yet (not the
-// durable streams). A vector marked with another feature is skipped.
-const FEATURES = new Set();
+// The optional features of the spec this client implements: the durable streams.
+// A vector marked with another feature is skipped.
+const FEATURES = new Set(["streams"]);
 const unimplemented = new Map(); // feature -> vectors skipped
 
 /** True (and counted) when the vector belongs to a feature this client lacks. */
@@ -72,6 +80,29 @@ function codeOf(fn) {
 
 const same = (a, b) => Buffer.from(a).equals(Buffer.from(b));
 const utf8 = (text) => Buffer.from(text, "utf8");
+const u32 = (n) => {
+  const b = Buffer.alloc(4);
+  b.writeUInt32BE(n);
+  return b;
+};
+
+/** A decoded msgpack value (p.valueOf) equals a JSON value: numbers by value (a
+ * float 0.0 is the JSON 0), maps as plain objects with the same keys. */
+function sameValue(got, want) {
+  if (want === null || typeof want !== "object") {
+    if (typeof want === "number") return (typeof got === "number" || typeof got === "bigint") && Number(got) === want;
+    return got === want;
+  }
+  if (Array.isArray(want)) {
+    return Array.isArray(got) && got.length === want.length && want.every((w, i) => sameValue(got[i], w));
+  }
+  const isPlain = got !== null && typeof got === "object" && Object.getPrototypeOf(got) === Object.prototype;
+  if (!isPlain) return false;
+  const keys = Object.keys(want);
+  return (
+    Object.keys(got).length === keys.length && keys.every((k) => Object.hasOwn(got, k) && sameValue(got[k], want[k]))
+  );
+}
 
 // timestamp_ns can exceed 2^53: read the files with those numbers kept as strings.
 function load(dir, file) {
@@ -126,8 +157,16 @@ function checkDecoded(type, body, want) {
       const w = p.decodeWelcomeBody(body);
       check(w.maxMessageSize === BigInt(want.map.max_message_size), "max_message_size differs");
       check(w.batchCommands === (want.map.batch_commands === true), "batch_commands differs");
+      check(w.streams === (want.map.streams === true), "streams differs");
     } catch (err) {
       check(false, `welcome body refused: ${err.message}`);
+    }
+  } else if (type === "stream" || type === "stream_reply") {
+    try {
+      const value = type === "stream" ? p.decodeStreamBody(body) : p.decodeStreamReplyBody(body);
+      check(sameValue(value, want.map), `${type} map differs`);
+    } catch (err) {
+      check(false, `${type} body refused: ${err.message}`);
     }
   } else {
     check(false, `unknown body type ${type}`);
@@ -149,12 +188,16 @@ function encodeBody(type, want) {
     const keys = Object.keys(want.map);
     if (keys.length === 0) return p.encodeHelloBody(null);
     if (keys.length === 1 && typeof want.map.client === "string") return p.encodeHelloBody(want.map.client);
-    const { client, batch_commands: commands } = want.map;
+    const { client, batch_commands: commands, streams } = want.map;
     if (keys.join() === "client,batch_commands" && typeof client === "string" && commands === true) {
       return p.encodeHelloBody(client, { batchCommands: true });
     }
+    if (keys.join() === "client,streams" && typeof client === "string" && streams === true) {
+      return p.encodeHelloBody(client, { streams: true });
+    }
   }
-  return null; // HELLO maps with other keys; WELCOME bodies are written by brokers
+  if (type === "stream") return p.encodeStreamBody(want.map);
+  return null; // HELLO maps with other keys; WELCOME and STREAM_REPLY bodies are written by brokers
 }
 
 // ---- messages ----
@@ -169,13 +212,16 @@ const COMMANDS = {
   REQUEST: 0x07,
   REPLY: 0x08,
   BATCH: 0x0c,
+  STREAM: 0x0d,
+  CONSUME: 0x0e,
+  STREAM_ACK: 0x0f,
   ...Object.fromEntries(Object.entries(p.CMD).filter(([, v]) => v >= 0x80)),
 };
 
 /** Encode a client message from frame-shaped fields; undefined when the frames
  * do not fit the encoder (an unknown command or a wrong frame count). */
 function encodeFrames(command, f) {
-  const counts = { 1: 3, 2: 6, 3: 4, 4: 5, 5: 4, 6: 3, 7: 5, 8: 4, 12: 3 };
+  const counts = { 1: 3, 2: 6, 3: 4, 4: 5, 5: 4, 6: 3, 7: 5, 8: 4, 12: 3, 13: 4, 14: 5, 15: 6 };
   if (counts[command] !== f.length) return undefined;
   switch (command) {
     case p.CMD.HELLO:
@@ -192,6 +238,12 @@ function encodeFrames(command, f) {
       return p.encodeDisconnect(f[1], f[2]);
     case p.CMD.REQUEST:
       return p.encodeRequest(f[1], f[2], f[3], f[4]);
+    case p.CMD.STREAM:
+      return p.encodeStream(f[1], f[2], f[3]);
+    case p.CMD.CONSUME:
+      return p.encodeConsume(f[1], f[2], f[3], f[4]);
+    case p.CMD.STREAM_ACK:
+      return p.encodeStreamAck(f[1], f[2], f[3], f[4], f[5]);
     case p.CMD.BATCH:
       // each entry encoded alone by its encoder, then the BATCH from them
       return p.encodeBatch(
@@ -223,6 +275,20 @@ function checkValidClient(v, frames) {
     f[5] = utf8(fields.queue);
   }
   if (v.command === "UNSUBSCRIBE") f[3] = p.fromHex(fields.sids);
+  if (v.command === "CONSUME") f[3] = p.fromHex(fields.sid);
+  if (v.command === "STREAM_ACK") {
+    f[3] = Uint8Array.of(fields.kind);
+    f[4] = fields.delay === null ? new Uint8Array(0) : u32(fields.delay);
+    f[5] = utf8(fields.text);
+    // and from the typed fields, as the client calls it
+    try {
+      const typed = p.encodeStreamAck(f[1], f[2], fields.kind, fields.delay, fields.text);
+      const same6 = typed.length === frames.length && typed.every((e, i) => same(e, frames[i]));
+      check(same6, "STREAM_ACK from typed fields differs");
+    } catch (err) {
+      check(false, `STREAM_ACK encoder refused the typed fields: ${err.message}`);
+    }
+  }
   if (v.command === "PUBLISH" || v.command === "REQUEST") f[3] = utf8(fields.topic);
   if (!(v.command in COMMANDS)) {
     skipped += 1; // a command this client does not send (HEARTBEAT, STATS, PUBLISH_BATCH)
@@ -283,7 +349,7 @@ function checkValidBroker(v, frames) {
   const { fields, body } = v;
   check(m.command === COMMANDS[v.command], "wrong command");
   check(p.hex(m.channel) === fields.channel, "channel differs");
-  for (const key of ["ref", "token", "sids", "counts", "entries"]) {
+  for (const key of ["ref", "token", "sids", "sid", "meta", "counts", "entries"]) {
     if (key in fields) check(p.hex(m[key]) === fields[key], `${key} differs`);
   }
   if ("topic" in fields) check(same(m.topic, utf8(fields.topic)), "topic differs");
@@ -292,6 +358,12 @@ function checkValidBroker(v, frames) {
   if ("code" in fields) check(m.code === fields.code, "code differs");
   if ("retry_after" in fields) check(m.retryAfter === fields.retry_after, "retry_after differs");
   if ("throttled" in fields) check(m.throttled === fields.throttled, "throttled differs");
+  if ("stream" in fields) check(m.stream === fields.stream, "stream differs");
+  if ("seq" in fields) check(m.seq === fields.seq, "seq differs");
+  if ("duplicate" in fields) check(m.duplicate === fields.duplicate, "duplicate differs");
+  if (v.delivery) {
+    check(m.seq === v.delivery.seq && m.deliveries === v.delivery.deliveries, "delivery (seq, deliveries) differs");
+  }
   if (body) checkDecoded(body.type, m.body, body);
   if (m.command === p.CMD.BROKER_BATCH) checkCommandEntries(m.messages, v.entries, "broker");
   else if (v.entries) checkDeliverEntries(m.deliveries, v.entries);
@@ -351,7 +423,7 @@ function runBodies(root) {
     checkDecoded(v.type, body, v.decoded);
     // re-encode when the body has the shape this encoder writes
     const shape = { message: 0x94, reply: 0x95, ack: 0x93 }[v.type];
-    if (body[0] === shape || v.type === "hello") {
+    if (body[0] === shape || v.type === "hello" || v.type === "stream") {
       const encoded = encodeBody(v.type, v.decoded);
       if (encoded) check(same(encoded, body), "re-encoded body differs");
     }
@@ -367,6 +439,8 @@ function runBodies(root) {
       hello: () => p.checkHelloBody(body),
       welcome: () => p.decodeWelcomeBody(body),
       stats: () => p.checkStatsBody(body),
+      stream: () => p.decodeStreamBody(body),
+      stream_reply: () => p.decodeStreamReplyBody(body),
     }[v.type];
     const code = codeOf(decode);
     check(code === 422, `decoded with ${code}, want 422`);
