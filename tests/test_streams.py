@@ -481,3 +481,21 @@ def test_a_filtered_durables_ack_floor_passes_what_its_filter_skips() -> None:
     info = result(request(state, b"w", "consumer_info", name="ORDERS", consumer="f"))
     assert (info["consumer"]["ack_floor"], info["consumer"]["pending"]) == (5, 0)
     assert info["consumer"]["config"]["deliver"] == "all"  # a CONSUME body again
+
+
+def test_max_deliver_holds_for_messages_a_leaving_member_held() -> None:
+    state = state_with()
+    _orders(state, 1)
+    state.handle(b"dlq", hello())
+    state.handle(b"dlq", subscribe("dlq.x"))
+    take(state)
+    config = {"durable": "d", "max_deliver": 2, "dead_letter": "dlq.x"}
+    for n, who in enumerate((b"w1", b"w2", b"w3")):
+        state.handle(who, hello())
+        take(state)
+        got = msgs(consume(state, who, S1, "ORDERS", **config), who)
+        assert [p.unpack_meta(m.meta) for m in got] == ([(1, n + 1)] if n < 2 else [])
+        state.drop_peer(who)  # dies holding it
+    out = take(state)
+    assert [type(c) for who, c in out if who == b"dlq"] == [p.Deliver]  # dead-lettered once
+    assert state.streams.counters["dead_letters"] == 1

@@ -659,6 +659,10 @@ class Streams:
             if msg is None:  # removed by a limit: nothing to deliver
                 self._settle(consumer, seq)
                 continue
+            max_deliver = consumer.config.max_deliver
+            if max_deliver != -1 and consumer.state.pending[seq] >= max_deliver:
+                self._dead(consumer, seq)  # held by a member that left: no more tries
+                continue
             consumer.redelivered += 1
             self._send(consumer, msg.seq, msg.topic, msg.body, now, out, peers)
             sent += 1

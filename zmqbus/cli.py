@@ -1,4 +1,5 @@
-"""The ``zmqbus`` command: run a broker, publish, subscribe, or see a demo.
+"""The ``zmqbus`` command: run a broker, publish, subscribe, manage durable
+streams and their consumers, or see a demo.
 
 This is the one module of the package that prints and configures logging.
 """
@@ -9,6 +10,7 @@ import argparse
 import base64
 import contextlib
 import ctypes
+import dataclasses
 import json
 import logging
 import os
@@ -19,29 +21,36 @@ import sys
 import time
 import uuid
 from collections.abc import Callable, Sequence
+from datetime import UTC, datetime
 from importlib.metadata import PackageNotFoundError
 from importlib.metadata import version as dist_version
-from typing import NoReturn
+from typing import Any, NoReturn
 
 import zmq
 
 from ._version import __version__
 from .broker import DEFAULT_BIND, Broker
-from .bus import Bus
+from .bus import Bus, Consumer
 from .config import BrokerConfig, load_config
 from .errors import (
     AuthenticationError,
     ConnectTimeout,
+    ConsumerNotFound,
     HandlerError,
     MessageTooLarge,
     PublishTimeout,
     RequestTimeout,
+    StreamError,
+    StreamExists,
+    StreamNotFound,
+    SubscriptionClosed,
     ZmqbusError,
 )
 from .keys import keygen
 from .limits import Limits
 from .message import Message, PublishResult
 from .store import StoreError
+from .streams import ConsumerInfo, StreamInfo, check_name
 from .topics import validate_pattern, validate_topic
 
 __all__ = ["main"]
@@ -53,7 +62,9 @@ EXIT_OK = 0
 EXIT_FAILED = 1  # a handler raised (pub), the broker could not bind, another runtime error
 EXIT_USAGE = 2  # bad input: arguments, UUID, header, topic or pattern, message too large
 EXIT_UNREACHABLE = 3  # the broker did not answer the handshake within --connect-timeout
-EXIT_TIMEOUT = 4  # sub: --count not reached within --timeout; pub: not confirmed in time
+EXIT_TIMEOUT = 4  # sub, consumer next: --count not reached in time; pub: not confirmed in time
+EXIT_NOT_FOUND = 5  # stream, consumer: no such stream, consumer or stored message
+EXIT_CONFLICT = 6  # stream add, consumer add: the name exists with another config, or overlaps
 
 DEFAULT_ADDRESS = DEFAULT_BIND
 ENV_ADDRESS = "ZMQBUS_ADDRESS"
@@ -79,6 +90,8 @@ _LIMIT_HELP = {
     "max_ack_pending": "the most unacknowledged deliveries a consumer may ask for",
 }
 
+_STREAM_WAIT = 5.0  # seconds the broker has to answer a stream or consumer command
+
 _LIMIT_UNITS = frozenset(f"[--{name.replace('_', '-')} N]" for name in _LIMIT_HELP)
 
 _EPILOG = f"""\
@@ -89,8 +102,13 @@ exit codes:
      broker: could not bind; any other runtime failure
   {EXIT_USAGE}  bad input: arguments, channel UUID, header, topic or pattern, message too large
   {EXIT_UNREACHABLE}  the broker did not answer within --connect-timeout
-  {EXIT_TIMEOUT}  timed out: sub got fewer than --count messages within --timeout;
-     pub was not confirmed by every subscriber within --timeout
+  {EXIT_TIMEOUT}  timed out: sub or consumer next got fewer than --count messages within
+     --timeout; pub was not confirmed by every subscriber within --timeout;
+     the broker did not answer a stream or consumer command within {_STREAM_WAIT:g}s
+  {EXIT_NOT_FOUND}  stream, consumer: no such stream, consumer, or message (stream get)
+  {EXIT_CONFLICT}  stream add, consumer add: the name exists with another config, or it
+     overlaps: the subjects another stream's, the filter (on a work_queue
+     stream) another consumer's
 
 environment:
   {ENV_ADDRESS}  default for --address, and for broker --bind (else {DEFAULT_ADDRESS})
@@ -141,6 +159,23 @@ def _arg_seconds(text: str) -> float:
     if not value > 0 or value == float("inf"):
         raise argparse.ArgumentTypeError(f"must be a positive number of seconds: {text!r}")
     return value
+
+
+def _arg_seconds_or_zero(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
+    if not value >= 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"must be 0 or a positive number of seconds: {text!r}")
+    return value
+
+
+def _arg_name(text: str) -> str:
+    try:
+        return check_name(text, "name")
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def _arg_positive_int(text: str) -> int:
@@ -378,6 +413,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.set_defaults(func=cmd_sub)
 
+    _add_stream_commands(sub, [client, quiet])
+    _add_consumer_commands(sub, [client, quiet])
+
     p = sub.add_parser(
         "demo",
         parents=[quiet],
@@ -424,27 +462,344 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-# A bracketed option, a required option with its value, or one word.
-_USAGE_UNIT = re.compile(r"\[[^\]]*\]|-\S+ (?![-\[])\S+|\S+")
+def _group_parser(
+    sub: argparse._SubParsersAction[argparse.ArgumentParser], name: str, what: str
+) -> tuple[argparse.ArgumentParser, argparse._SubParsersAction[argparse.ArgumentParser]]:
+    """The ``zmqbus NAME`` command whose own commands manage ``what``."""
+    p = sub.add_parser(
+        name,
+        help=f"manage durable {what}",
+        description=f"Inspect and repair the durable {what} of a channel. Each command\n"
+        f"takes the client options pub and sub take; see zmqbus {name} COMMAND --help.",
+        epilog=_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    return p, p.add_subparsers(dest="action", metavar="COMMAND", required=True)
 
 
-def synopsis(commands: dict[str, argparse.ArgumentParser], width: int = 72) -> list[str]:
-    """The ``zmqbus`` synopsis, one command after another, from each command's own
+def _command(
+    commands: argparse._SubParsersAction[argparse.ArgumentParser],
+    name: str,
+    parents: list[argparse.ArgumentParser],
+    text: str,
+    description: str,
+) -> argparse.ArgumentParser:
+    return commands.add_parser(
+        name,
+        parents=parents,
+        help=text,
+        description=description,
+        epilog=_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+
+
+def _add_json(p: argparse.ArgumentParser, text: str) -> None:
+    p.add_argument("--json", action="store_true", help=text)
+
+
+def _add_stream_commands(
+    sub: argparse._SubParsersAction[argparse.ArgumentParser],
+    parents: list[argparse.ArgumentParser],
+) -> None:
+    top, commands = _group_parser(sub, "stream", "streams")
+    p = _command(
+        commands,
+        "add",
+        parents,
+        "make a stream",
+        "Make a stream that stores every message published on the channel whose topic\n"
+        "matches one of --subjects, and print it as stream info does. The same add\n"
+        f"again is no error; another config under the name exits {EXIT_CONFLICT}, as do subjects\n"
+        "overlapping another stream's.",
+    )
+    p.add_argument("name", type=_arg_name, metavar="NAME", help="1 to 64 of A-Z a-z 0-9 _ -")
+    p.add_argument(
+        "--subjects",
+        type=_arg_pattern,
+        nargs="+",
+        required=True,
+        metavar="PAT",
+        help="the topic patterns it stores, e.g. orders.>",
+    )
+    # Options not given default to None and are left out: the API's defaults hold.
+    limits = (
+        ("--max-msgs", "messages kept"),
+        ("--max-bytes", "bytes kept (topics and bodies)"),
+    )
+    for flag, text in limits:
+        p.add_argument(
+            flag, type=_arg_positive_int, metavar="N", help=f"most {text} (default no limit)"
+        )
+    p.add_argument(
+        "--max-age",
+        type=_arg_seconds,
+        metavar="S",
+        help="seconds a message is kept (default no limit)",
+    )
+    p.add_argument(
+        "--max-msg-size",
+        type=_arg_positive_int,
+        metavar="N",
+        help="largest body stored, in bytes (default no limit but the broker's own)",
+    )
+    p.add_argument(
+        "--discard",
+        choices=("old", "new"),
+        help="at a limit, drop the oldest message, or refuse the new one (default old)",
+    )
+    p.add_argument(
+        "--retention",
+        choices=("limits", "work_queue", "interest"),
+        help="keep messages until a limit (limits, the default), until a consumer acks "
+        "them (work_queue), or until every consumer has (interest)",
+    )
+    p.add_argument(
+        "--storage",
+        choices=("file", "memory"),
+        help="file (the default; needs a broker with --data-dir) or memory",
+    )
+    p.add_argument(
+        "--duplicate-window",
+        type=_arg_seconds_or_zero,
+        metavar="S",
+        help="seconds a message id is remembered to drop retries (default 120; 0: off)",
+    )
+    _add_json(p, "print it as a JSON object")
+    p.set_defaults(func=cmd_stream_add)
+
+    p = _command(
+        commands,
+        "info",
+        parents,
+        "describe a stream",
+        "Print a stream's state and config, one 'key: value' line each (--json: an\n"
+        "object; times in seconds).",
+    )
+    p.add_argument("name", type=_arg_name, metavar="NAME", help="the stream")
+    _add_json(p, "print it as a JSON object")
+    p.set_defaults(func=cmd_stream_info)
+
+    p = _command(
+        commands,
+        "ls",
+        parents,
+        "list the channel's streams",
+        "Print one line per stream of the channel: its name, subjects, messages, bytes,\n"
+        "first and last sequence, consumers and storage (--json: an array of what\n"
+        "stream info --json prints).",
+    )
+    _add_json(p, "print a JSON array")
+    p.set_defaults(func=cmd_stream_ls)
+
+    p = _command(
+        commands,
+        "rm",
+        parents,
+        "delete a stream",
+        "Delete a stream with its messages and its consumers.",
+    )
+    p.add_argument("name", type=_arg_name, metavar="NAME", help="the stream")
+    p.set_defaults(func=cmd_stream_rm)
+
+    p = _command(
+        commands,
+        "purge",
+        parents,
+        "remove every message of a stream",
+        "Remove every message of a stream and print how many went; the stream, its\n"
+        "consumers and its sequence numbers go on.",
+    )
+    p.add_argument("name", type=_arg_name, metavar="NAME", help="the stream")
+    p.set_defaults(func=cmd_stream_purge)
+
+    p = _command(
+        commands,
+        "get",
+        parents,
+        "print one stored message",
+        "Print the message stored at SEQ as sub prints one: TOPIC HEADERS-JSON PAYLOAD,\n"
+        "or with --json an object that also has stream and seq. Nothing is acked.",
+    )
+    p.add_argument("name", type=_arg_name, metavar="NAME", help="the stream")
+    p.add_argument("seq", type=_arg_positive_int, metavar="SEQ", help="its sequence number")
+    _add_json(p, "a JSON object: id, topic, headers, timestamp, payload (base64), stream, seq")
+    p.set_defaults(func=cmd_stream_get)
+    # Set after its commands exist: argparse derives their prog from this usage.
+    top.usage = "\n       ".join(synopsis(commands.choices, prog="zmqbus stream"))
+
+
+def _add_consumer_commands(
+    sub: argparse._SubParsersAction[argparse.ArgumentParser],
+    parents: list[argparse.ArgumentParser],
+) -> None:
+    top, commands = _group_parser(sub, "consumer", "consumers of streams")
+    p = _command(
+        commands,
+        "add",
+        parents,
+        "make a durable consumer",
+        "Make a durable consumer of STREAM without binding it, and print it as consumer\n"
+        "info does. The same add again is no error; another config under the name\n"
+        f"exits {EXIT_CONFLICT}.",
+    )
+    p.add_argument("stream", type=_arg_name, metavar="STREAM", help="the stream it reads")
+    p.add_argument("durable", type=_arg_name, metavar="DURABLE", help="the consumer's name")
+    p.add_argument("--filter", type=_arg_pattern, metavar="PAT", help="only topics matching PAT")
+    p.add_argument(
+        "--deliver",
+        choices=("all", "new", "last"),
+        help="start at the oldest message (all, the default), after the newest (new), "
+        "or at the newest (last)",
+    )
+    p.add_argument(
+        "--start-seq", type=_arg_positive_int, metavar="N", help="start at sequence N instead"
+    )
+    p.add_argument(
+        "--ack-wait",
+        type=_arg_seconds,
+        metavar="S",
+        help="seconds before an unacked message is delivered again (default 30)",
+    )
+    p.add_argument(
+        "--max-deliver",
+        type=_arg_positive_int,
+        metavar="N",
+        help="deliveries of a message before it is dead (default no limit)",
+    )
+    p.add_argument(
+        "--backoff",
+        type=_arg_seconds_or_zero,
+        nargs="+",
+        metavar="S",
+        help="seconds to wait, once --ack-wait ran out or on a nak, before the 2nd, 3rd... "
+        "delivery, the last repeating (default none)",
+    )
+    p.add_argument(
+        "--dead-letter",
+        type=_arg_topic,
+        metavar="TOPIC",
+        help="publish a dead message (past --max-deliver) on TOPIC",
+    )
+    p.add_argument(
+        "--max-ack-pending",
+        type=_arg_positive_int,
+        metavar="N",
+        help="most messages delivered and not acked at once (default 1000)",
+    )
+    _add_json(p, "print it as a JSON object")
+    p.set_defaults(func=cmd_consumer_add)
+
+    p = _command(
+        commands,
+        "info",
+        parents,
+        "describe a consumer",
+        "Print a durable consumer's state and config, one 'key: value' line each\n"
+        "(--json: an object; times in seconds).",
+    )
+    p.add_argument("stream", type=_arg_name, metavar="STREAM", help="the stream")
+    p.add_argument("durable", type=_arg_name, metavar="DURABLE", help="the consumer")
+    _add_json(p, "print it as a JSON object")
+    p.set_defaults(func=cmd_consumer_info)
+
+    p = _command(
+        commands,
+        "ls",
+        parents,
+        "list a stream's consumers",
+        "Print one line per consumer of STREAM: its name ((ephemeral) for one without),\n"
+        "delivered, ack floor, pending, waiting (binds), redelivered and filter (--json:\n"
+        "an array of what consumer info --json prints).",
+    )
+    p.add_argument("stream", type=_arg_name, metavar="STREAM", help="the stream")
+    _add_json(p, "print a JSON array")
+    p.set_defaults(func=cmd_consumer_ls)
+
+    p = _command(
+        commands,
+        "rm",
+        parents,
+        "delete a durable consumer",
+        "Delete a durable consumer and its position.",
+    )
+    p.add_argument("stream", type=_arg_name, metavar="STREAM", help="the stream")
+    p.add_argument("durable", type=_arg_name, metavar="DURABLE", help="the consumer")
+    p.set_defaults(func=cmd_consumer_rm)
+
+    p = _command(
+        commands,
+        "next",
+        parents,
+        "take messages from a durable consumer",
+        "Look the durable consumer up (as consumer info does), bind it as it is, take\n"
+        "up to --count messages, print each as sub does (--json adds stream, seq and\n"
+        "deliveries), ack each once printed (unless --no-ack), unbind and exit 0; exit 4\n"
+        "if fewer than --count came within --timeout. What the bind holds unacked when\n"
+        "it unbinds (with --no-ack, what it printed) is delivered again at once to the\n"
+        "consumer's next bind. The broker sends a bind up to the consumer's\n"
+        "max_ack_pending messages: those beyond --count go back too, each counted as a\n"
+        "delivery (mind its max_deliver).",
+    )
+    p.add_argument("stream", type=_arg_name, metavar="STREAM", help="the stream")
+    p.add_argument("durable", type=_arg_name, metavar="DURABLE", help="the consumer")
+    p.add_argument(
+        "--count",
+        type=_arg_positive_int,
+        default=1,
+        metavar="N",
+        help="messages to take (default 1)",
+    )
+    p.add_argument(
+        "--timeout",
+        type=_arg_seconds,
+        default=5.0,
+        metavar="S",
+        help="seconds to wait for them (default 5; then exit 4)",
+    )
+    p.add_argument(
+        "--no-ack",
+        action="store_true",
+        help="leave them unacked: the broker delivers them again",
+    )
+    _add_json(
+        p,
+        "one JSON object per line: id, topic, headers, timestamp, payload (base64), "
+        "stream, seq, deliveries",
+    )
+    p.set_defaults(func=cmd_consumer_next)
+    top.usage = "\n       ".join(synopsis(commands.choices, prog="zmqbus consumer"))
+
+
+# A bracketed option (one nesting deep, as in [--backoff S [S ...]]), a required
+# option with its value (and its repeats: --subjects PAT [PAT ...]), or one word.
+_USAGE_UNIT = re.compile(r"\[(?:[^\[\]]|\[[^\]]*\])*\]|-\S+ (?![-\[])\S+(?: \[\S+ \.\.\.\])?|\S+")
+
+
+def _subcommands(parser: argparse.ArgumentParser) -> list[str] | None:
+    """The names of ``parser``'s own commands, None if it has none."""
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            return list(action.choices)
+    return None
+
+
+def synopsis(
+    commands: dict[str, argparse.ArgumentParser], width: int = 72, prog: str = "zmqbus"
+) -> list[str]:
+    """The synopsis of ``prog``, one command after another, from each command's own
     usage: positionals first, options as that usage lists them, wrapped to ``width``
-    columns (never inside an option)."""
+    columns (never inside an option). A command with commands of its own stands
+    as ``prog NAME {THEIR,NAMES} ...``; its --help gives their synopsis."""
     lines: list[str] = []
     for name, command in commands.items():
-        # One space between words, however argparse wrapped it for this terminal.
-        usage = " ".join(command.format_usage().split()[1:])  # without "usage:"
-        units = _USAGE_UNIT.findall(usage)[2:]  # without "zmqbus NAME"
-        units.remove("[-h]")
-        options = [u for u in units if u.startswith(("-", "["))]
-        # The broker's limit options are many: one unit here, each in its --help.
-        kept = [u for u in options if u not in _LIMIT_UNITS]
-        if len(kept) < len(options):
-            units = [u for u in units if u not in _LIMIT_UNITS] + ["[LIMITS]"]
-            options = [*kept, "[LIMITS]"]
-        head = f"zmqbus {name}"
+        nested = _subcommands(command)
+        if nested is not None:
+            units = ["{" + ",".join(nested) + "}", "..."]
+            options: list[str] = []
+        else:
+            units, options = _usage_units(command)
+        head = f"{prog} {name}"
         line = head
         for unit in [u for u in units if u not in options] + options:
             if len(line) + 1 + len(unit) > width and line.strip() != head:
@@ -452,8 +807,28 @@ def synopsis(commands: dict[str, argparse.ArgumentParser], width: int = 72) -> l
                 line = " " * len(head)
             line += f" {unit}"
         lines.append(line)
-    lines += ["zmqbus --version", "zmqbus [COMMAND] --help"]
+    if prog == "zmqbus":
+        lines.append("zmqbus --version")
+    lines.append(f"{prog} [COMMAND] --help")
     return lines
+
+
+def _usage_units(command: argparse.ArgumentParser) -> tuple[list[str], list[str]]:
+    """The units of ``command``'s usage (without its prog and -h), and which of
+    them are options."""
+    # One space between words, however argparse wrapped it for this terminal.
+    usage = " ".join(command.format_usage().split()[1:])  # without "usage:"
+    words = len(command.prog.split())
+    units: list[str] = _USAGE_UNIT.findall(usage)[words:]  # without "zmqbus NAME"
+    units.remove("[-h]")
+    # Required options first (stable: otherwise as the usage lists them).
+    options = [u for u in units if u.startswith("-")] + [u for u in units if u.startswith("[")]
+    if command.prog == "zmqbus broker":
+        # The broker's limit options are many: one unit here, each in its --help.
+        kept = [u for u in options if u not in _LIMIT_UNITS]
+        units = [u for u in units if u not in _LIMIT_UNITS] + ["[LIMITS]"]
+        options = [*kept, "[LIMITS]"]
+    return units, options
 
 
 # --- helpers ----------------------------------------------------------------------
@@ -511,7 +886,9 @@ def _payload_text(payload: bytes) -> str:
 
 
 def format_message(msg: Message, *, as_json: bool = False) -> str:
-    """One line for ``msg``: ``TOPIC HEADERS-JSON PAYLOAD`` or a JSON object."""
+    """One line for ``msg``: ``TOPIC HEADERS-JSON PAYLOAD`` or a JSON object (with
+    ``stream``, ``seq`` and, if delivered by a consumer, ``deliveries`` for a
+    message read from a stream)."""
     if as_json:
         return json.dumps(
             {
@@ -520,11 +897,22 @@ def format_message(msg: Message, *, as_json: bool = False) -> str:
                 "headers": msg.headers,
                 "timestamp": msg.timestamp.isoformat(),
                 "payload": base64.b64encode(msg.payload).decode("ascii"),
+                # From a stream (stream get, consumer next): where, and how often.
+                **_stream_fields(msg),
             },
             ensure_ascii=False,
         )
     headers = json.dumps(msg.headers, ensure_ascii=False, separators=(",", ":"))
     return f"{msg.topic} {headers} {_payload_text(msg.payload)}"
+
+
+def _stream_fields(msg: Message) -> dict[str, object]:
+    if msg.stream is None:
+        return {}
+    fields: dict[str, object] = {"stream": msg.stream, "seq": msg.seq}
+    if msg.deliveries:  # 0: read with stream get, not delivered
+        fields["deliveries"] = msg.deliveries
+    return fields
 
 
 def _raise_interrupt(signum: int, frame: object) -> NoReturn:
@@ -774,6 +1162,404 @@ def _sub_loop(
         _err(prog, f"timed out after {args.timeout:g}s with {got} of {args.count} messages")
         return EXIT_TIMEOUT
     return EXIT_OK
+
+
+# --- stream and consumer ----------------------------------------------------------
+
+
+def _with_bus(args: argparse.Namespace, work: Callable[[Bus, str], int]) -> int:
+    """Run ``work(bus, prog)`` on a bus per the client options, a stream or
+    consumer command's errors made its exit code and a line on stderr."""
+    _configure_logging(args.log_level)
+    prog = f"zmqbus {args.command} {args.action}"
+    try:
+        bus = _connect(args)
+    except _UsageError as exc:
+        _err(prog, str(exc))
+        return EXIT_USAGE
+    except (ConnectTimeout, AuthenticationError) as exc:
+        _err(prog, str(exc))
+        return EXIT_UNREACHABLE
+    try:
+        return work(bus, prog)
+    except (StreamNotFound, ConsumerNotFound) as exc:
+        # The broker's text says "this channel": say which, for a wrong $ZMQBUS_CHANNEL.
+        where = f"channel {bus.channel_id}"
+        text = exc.detail.replace("this channel", where)
+        _err(prog, text if where in text else f"{text} on {where}")
+        return EXIT_NOT_FOUND
+    except StreamExists as exc:
+        _err(prog, exc.detail)
+        return EXIT_CONFLICT
+    except StreamError as exc:
+        # 422: the broker found the arguments bad; 507: its store failed, or a
+        # file stream on a broker without --data-dir.
+        _err(prog, exc.detail)
+        return EXIT_USAGE if exc.code == 422 else EXIT_FAILED
+    except RequestTimeout as exc:
+        _err(prog, str(exc))
+        return EXIT_TIMEOUT
+    except (TypeError, ValueError) as exc:
+        _err(prog, str(exc))
+        return EXIT_USAGE
+    except ZmqbusError as exc:
+        _err(prog, f"{type(exc).__name__}: {exc}")
+        return EXIT_FAILED
+    except BrokenPipeError:
+        # The reader went away (e.g. `| head -1`): stop quietly.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return EXIT_OK
+    finally:
+        bus.close()
+
+
+def _print(text: str) -> None:
+    print(text, flush=True)
+
+
+def _print_json(value: object) -> None:
+    _print(json.dumps(value, indent=2, ensure_ascii=False))
+
+
+def _pairs(pairs: Sequence[tuple[str, object]]) -> str:
+    """Aligned ``key: value`` lines."""
+    width = max(len(key) for key, _ in pairs) + 1
+    return "\n".join(f"{key + ':':<{width}} {value}".rstrip() for key, value in pairs)
+
+
+def _limit(value: object) -> str:
+    return "unlimited" if value in (-1, None) else str(value)
+
+
+def _secs(value: object) -> str:
+    return f"{value:g}s" if isinstance(value, int | float) else str(value)
+
+
+_STREAM_SHOWN = (
+    "retention",
+    "storage",
+    "max_msgs",
+    "max_bytes",
+    "max_age",
+    "max_msg_size",
+    "discard",
+    "duplicate_window",
+)
+
+
+def _stream_text(info: StreamInfo) -> str:
+    config = info.config
+    pairs: list[tuple[str, object]] = [
+        ("name", info.name),
+        ("subjects", " ".join(info.subjects)),
+        ("messages", info.messages),
+        ("bytes", info.bytes),
+        ("first_seq", info.first_seq),
+        ("last_seq", info.last_seq),
+        ("consumers", info.consumers),
+    ]
+    for key in _STREAM_SHOWN:
+        if key not in config:
+            continue
+        value = config[key]
+        if key in ("max_msgs", "max_bytes", "max_msg_size"):
+            value = _limit(value)
+        elif key == "max_age":
+            value = "unlimited" if not value else _secs(value)
+        elif key == "duplicate_window":
+            value = "off" if not value else _secs(value)
+        pairs.append((key, value))
+    # What a newer broker reports and this command does not know, as it is.
+    pairs += [(k, v) for k, v in config.items() if k not in (*_STREAM_SHOWN, "name", "subjects")]
+    return _pairs(pairs)
+
+
+def _stream_line(info: StreamInfo, width: int) -> str:
+    return (
+        f"{info.name:<{width}} subjects={','.join(info.subjects)} messages={info.messages} "
+        f"bytes={info.bytes} first_seq={info.first_seq} last_seq={info.last_seq} "
+        f"consumers={info.consumers} storage={info.config.get('storage', '?')}"
+    )
+
+
+def _stream_json(info: StreamInfo) -> dict[str, Any]:
+    return dataclasses.asdict(info)
+
+
+def _consumer_config(config: dict[str, Any]) -> dict[str, Any]:
+    """A consumer's config as the broker reports it, its times in seconds (the
+    wire has milliseconds)."""
+    out = dict(config)
+    if isinstance(out.get("ack_wait"), int | float):
+        out["ack_wait"] = out["ack_wait"] / 1000
+    if isinstance(out.get("backoff"), list):
+        out["backoff"] = [ms / 1000 for ms in out["backoff"]]
+    return out
+
+
+_CONSUMER_SHOWN = (
+    "filter",
+    "deliver",
+    "start_seq",
+    "start_time",
+    "ack_wait",
+    "max_deliver",
+    "backoff",
+    "dead_letter",
+    "max_ack_pending",
+)
+
+
+def _consumer_text(info: ConsumerInfo) -> str:
+    config = _consumer_config(info.config)
+    pairs: list[tuple[str, object]] = [
+        ("stream", info.stream),
+        ("name", info.name or "(ephemeral)"),
+        ("delivered", info.delivered),
+        ("ack_floor", info.ack_floor),
+        ("pending", info.pending),
+        ("waiting", info.waiting),
+        ("redelivered", info.redelivered),
+    ]
+    for key in _CONSUMER_SHOWN:
+        if key not in config:
+            continue
+        value = config[key]
+        if key in ("start_seq", "start_time") and not value:
+            continue  # 0: it started where deliver says
+        if key == "filter":
+            value = value or "none (every message)"
+        elif key == "start_time":
+            value = datetime.fromtimestamp(value, UTC).isoformat()
+        elif key == "ack_wait":
+            value = _secs(value)
+        elif key == "max_deliver":
+            value = _limit(value)
+        elif key == "backoff":
+            value = " ".join(map(_secs, value)) if value else "none"
+        elif key == "dead_letter":
+            value = value or "none"
+        pairs.append((key, value))
+    known = (*_CONSUMER_SHOWN, "stream", "durable")
+    pairs += [(k, v) for k, v in config.items() if k not in known]
+    return _pairs(pairs)
+
+
+def _consumer_line(info: ConsumerInfo, width: int) -> str:
+    line = (
+        f"{info.name or '(ephemeral)':<{width}} delivered={info.delivered} "
+        f"ack_floor={info.ack_floor} pending={info.pending} waiting={info.waiting} "
+        f"redelivered={info.redelivered}"
+    )
+    flt = info.config.get("filter")
+    return f"{line} filter={flt}" if flt else line
+
+
+def _consumer_json(info: ConsumerInfo) -> dict[str, Any]:
+    out = dataclasses.asdict(info)
+    out["config"] = _consumer_config(info.config)
+    return out
+
+
+def _show_stream(info: StreamInfo, *, as_json: bool) -> None:
+    if as_json:
+        _print_json(_stream_json(info))
+    else:
+        _print(_stream_text(info))
+
+
+def _show_consumer(info: ConsumerInfo, *, as_json: bool) -> None:
+    if as_json:
+        _print_json(_consumer_json(info))
+    else:
+        _print(_consumer_text(info))
+
+
+def _given(args: argparse.Namespace, names: Sequence[str]) -> dict[str, Any]:
+    """The options among ``names`` given on the command line (the others keep
+    the API's defaults)."""
+    return {name: getattr(args, name) for name in names if getattr(args, name) is not None}
+
+
+def cmd_stream_add(args: argparse.Namespace) -> int:
+    options = (
+        "max_msgs", "max_bytes", "max_age", "max_msg_size", "discard", "retention",
+        "storage", "duplicate_window",
+    )  # fmt: skip
+
+    def work(bus: Bus, prog: str) -> int:
+        info = bus.add_stream(
+            args.name, args.subjects, timeout=_STREAM_WAIT, **_given(args, options)
+        )
+        _show_stream(info, as_json=args.json)
+        return EXIT_OK
+
+    return _with_bus(args, work)
+
+
+def cmd_stream_info(args: argparse.Namespace) -> int:
+    def work(bus: Bus, prog: str) -> int:
+        info = bus.stream_info(args.name, timeout=_STREAM_WAIT)
+        _show_stream(info, as_json=args.json)
+        return EXIT_OK
+
+    return _with_bus(args, work)
+
+
+def cmd_stream_ls(args: argparse.Namespace) -> int:
+    def work(bus: Bus, prog: str) -> int:
+        streams = bus.streams(timeout=_STREAM_WAIT)
+        if args.json:
+            _print_json([_stream_json(info) for info in streams])
+        else:
+            width = max((len(info.name) for info in streams), default=0)
+            for info in streams:
+                _print(_stream_line(info, width))
+        return EXIT_OK
+
+    return _with_bus(args, work)
+
+
+def cmd_stream_rm(args: argparse.Namespace) -> int:
+    def work(bus: Bus, prog: str) -> int:
+        bus.delete_stream(args.name, timeout=_STREAM_WAIT)
+        _print(f"deleted stream {args.name}")
+        return EXIT_OK
+
+    return _with_bus(args, work)
+
+
+def cmd_stream_purge(args: argparse.Namespace) -> int:
+    def work(bus: Bus, prog: str) -> int:
+        purged = bus.purge_stream(args.name, timeout=_STREAM_WAIT)
+        noun = "message" if purged == 1 else "messages"
+        _print(f"purged {purged} {noun} from stream {args.name}")
+        return EXIT_OK
+
+    return _with_bus(args, work)
+
+
+def cmd_stream_get(args: argparse.Namespace) -> int:
+    def work(bus: Bus, prog: str) -> int:
+        msg = bus.get_message(args.name, args.seq, timeout=_STREAM_WAIT)
+        _print(format_message(msg, as_json=args.json))
+        return EXIT_OK
+
+    return _with_bus(args, work)
+
+
+def cmd_consumer_add(args: argparse.Namespace) -> int:
+    options = (
+        "filter", "deliver", "start_seq", "ack_wait", "max_deliver", "backoff", "dead_letter",
+        "max_ack_pending",
+    )  # fmt: skip
+
+    def work(bus: Bus, prog: str) -> int:
+        info = bus.add_consumer(
+            args.stream, args.durable, timeout=_STREAM_WAIT, **_given(args, options)
+        )
+        _show_consumer(info, as_json=args.json)
+        return EXIT_OK
+
+    return _with_bus(args, work)
+
+
+def cmd_consumer_info(args: argparse.Namespace) -> int:
+    def work(bus: Bus, prog: str) -> int:
+        info = bus.consumer_info(args.stream, args.durable, timeout=_STREAM_WAIT)
+        _show_consumer(info, as_json=args.json)
+        return EXIT_OK
+
+    return _with_bus(args, work)
+
+
+def cmd_consumer_ls(args: argparse.Namespace) -> int:
+    def work(bus: Bus, prog: str) -> int:
+        consumers = bus.consumers(args.stream, timeout=_STREAM_WAIT)
+        if args.json:
+            _print_json([_consumer_json(info) for info in consumers])
+        else:
+            width = max((len(info.name or "(ephemeral)") for info in consumers), default=0)
+            for info in consumers:
+                _print(_consumer_line(info, width))
+        return EXIT_OK
+
+    return _with_bus(args, work)
+
+
+def cmd_consumer_rm(args: argparse.Namespace) -> int:
+    def work(bus: Bus, prog: str) -> int:
+        bus.delete_consumer(args.stream, args.durable, timeout=_STREAM_WAIT)
+        _print(f"deleted consumer {args.durable} of stream {args.stream}")
+        return EXIT_OK
+
+    return _with_bus(args, work)
+
+
+def _binding(config: dict[str, Any]) -> dict[str, Any]:
+    """``consume`` options that bind the durable whose config (as the broker
+    reports it) is ``config``: the broker refuses a bind asking for another
+    config. Where it starts only counts when it is made, so it is left out."""
+    seconds = _consumer_config(config)
+    options = {
+        "filter": seconds.get("filter"),
+        "ack_wait": seconds.get("ack_wait"),
+        "max_deliver": seconds.get("max_deliver"),
+        "backoff": seconds.get("backoff") or None,
+        "dead_letter": seconds.get("dead_letter"),
+        "max_ack_pending": seconds.get("max_ack_pending"),
+    }
+    return {key: value for key, value in options.items() if value is not None}
+
+
+def cmd_consumer_next(args: argparse.Namespace) -> int:
+    # SIGTERM ends the command like Ctrl-C, the bus closed: what it held unacked
+    # goes back to the consumer at once.
+    signal.signal(signal.SIGTERM, _raise_interrupt)
+
+    def work(bus: Bus, prog: str) -> int:
+        # Looked up first: consume() would make a durable it does not find.
+        info = bus.consumer_info(args.stream, args.durable, timeout=_STREAM_WAIT)
+        consumer = bus.consume(
+            args.stream,
+            maxsize=args.count,  # more are not taken: they go back at the unbind
+            timeout=_STREAM_WAIT,
+            durable=args.durable,
+            **_binding(info.config),
+        )
+        try:
+            got = _take(consumer, args)
+        finally:
+            with contextlib.suppress(ZmqbusError):  # the bus's close unbinds it too
+                consumer.unsubscribe(timeout=_STREAM_WAIT)
+        if got < args.count:
+            _err(prog, f"timed out after {args.timeout:g}s with {got} of {args.count} messages")
+            return EXIT_TIMEOUT
+        return EXIT_OK
+
+    return _with_bus(args, work)
+
+
+def _take(consumer: Consumer, args: argparse.Namespace) -> int:
+    """Print (and ack) up to ``args.count`` messages of ``consumer`` within
+    ``args.timeout``; how many."""
+    deadline = time.monotonic() + args.timeout
+    got = 0
+    while got < args.count:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            break
+        try:
+            msg = consumer.get(remaining)
+        except (TimeoutError, SubscriptionClosed):
+            break
+        # Acked once written: a message the output did not take is delivered again.
+        _print(format_message(msg, as_json=args.json))
+        if not args.no_ack:
+            msg.ack()
+        got += 1
+    return got
 
 
 # --- demo -------------------------------------------------------------------------
