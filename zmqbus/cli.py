@@ -1287,17 +1287,6 @@ def _stream_json(info: StreamInfo) -> dict[str, Any]:
     return dataclasses.asdict(info)
 
 
-def _consumer_config(config: dict[str, Any]) -> dict[str, Any]:
-    """A consumer's config as the broker reports it, its times in seconds (the
-    wire has milliseconds)."""
-    out = dict(config)
-    if isinstance(out.get("ack_wait"), int | float):
-        out["ack_wait"] = out["ack_wait"] / 1000
-    if isinstance(out.get("backoff"), list):
-        out["backoff"] = [ms / 1000 for ms in out["backoff"]]
-    return out
-
-
 _CONSUMER_SHOWN = (
     "filter",
     "deliver",
@@ -1312,7 +1301,7 @@ _CONSUMER_SHOWN = (
 
 
 def _consumer_text(info: ConsumerInfo) -> str:
-    config = _consumer_config(info.config)
+    config = dict(info.config)
     pairs: list[tuple[str, object]] = [
         ("stream", info.stream),
         ("name", info.name or "(ephemeral)"),
@@ -1358,7 +1347,7 @@ def _consumer_line(info: ConsumerInfo, width: int) -> str:
 
 def _consumer_json(info: ConsumerInfo) -> dict[str, Any]:
     out = dataclasses.asdict(info)
-    out["config"] = _consumer_config(info.config)
+    out["config"] = dict(info.config)
     return out
 
 
@@ -1501,7 +1490,7 @@ def _binding(config: dict[str, Any]) -> dict[str, Any]:
     """``consume`` options that bind the durable whose config (as the broker
     reports it) is ``config``: the broker refuses a bind asking for another
     config. Where it starts only counts when it is made, so it is left out."""
-    seconds = _consumer_config(config)
+    seconds = config  # ConsumerInfo.config has seconds, as consume takes
     options = {
         "filter": seconds.get("filter"),
         "ack_wait": seconds.get("ack_wait"),

@@ -78,8 +78,18 @@ class ConsumerInfo:
             pending=int(d.get("pending", 0)),
             waiting=int(d.get("waiting", 0)),
             redelivered=int(d.get("redelivered", 0)),
-            config=dict(d.get("config") or {}),
+            config=_seconds_config(d.get("config") or {}),
         )
+
+
+def _seconds_config(config: Mapping[str, Any]) -> dict[str, Any]:
+    # The wire has milliseconds; the API (consume, add_consumer) takes seconds.
+    out = dict(config)
+    if isinstance(out.get("ack_wait"), int | float):
+        out["ack_wait"] = out["ack_wait"] / 1000
+    if isinstance(out.get("backoff"), list):
+        out["backoff"] = [b / 1000 for b in out["backoff"] if isinstance(b, int | float)]
+    return out
 
 
 def check_name(name: object, what: str = "stream name") -> str:
