@@ -499,3 +499,24 @@ def test_max_deliver_holds_for_messages_a_leaving_member_held() -> None:
     out = take(state)
     assert [type(c) for who, c in out if who == b"dlq"] == [p.Deliver]  # dead-lettered once
     assert state.streams.counters["dead_letters"] == 1
+
+
+def test_bound_sids_count_toward_the_peers_subscription_bound() -> None:
+    from zmqbus.limits import Limits
+
+    state = state_with(limits=Limits(max_subscriptions_per_peer=3))
+    _orders(state, 0)
+    state.handle(b"w", hello())
+    state.handle(b"w", subscribe("x", S1))
+    take(state)
+    consume(state, b"w", S2, "ORDERS")
+    consume(state, b"w", S3, "ORDERS")
+    out = consume(state, b"w", b"\0\0\0\4", "ORDERS")
+    assert isinstance(out[0][1], p.Error) and out[0][1].code == ErrorCode.LIMIT_REACHED
+    state.handle(b"w", [p.H_UNSUBSCRIBE, A, b"u", S3])
+    take(state)
+    out = consume(state, b"w", b"\0\0\0\4", "ORDERS")
+    assert isinstance(out[0][1], p.StreamReply)
+    assert state.streams.bound[b"w"] == 2
+    state.drop_peer(b"w")
+    assert state.streams.bound[b"w"] == 0

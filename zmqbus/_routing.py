@@ -1027,6 +1027,14 @@ class BrokerState:
             raise ProtocolError(
                 ErrorCode.SID_IN_USE, f"sid {cmd.sid.hex()} is open with a subscription"
             )
+        # A bound sid is a subscription of the peer's for its bound.
+        if (
+            len(peer.subs) + self.streams.bound[peer.ident]
+            >= self.limits.max_subscriptions_per_peer
+        ):
+            raise self._limit(
+                "max_subscriptions_per_peer", ErrorCode.LIMIT_REACHED, "too many subscriptions"
+            )
         body = p.unpack_stream_request(cmd.body)
         user = peer.user
         if user is not None and not peer.free:

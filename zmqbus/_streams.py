@@ -282,6 +282,7 @@ class Streams:
         self.consumers: dict[int, _Consumer] = {}
         self._durables: dict[tuple[str, str], _Consumer] = {}
         self._bindings: dict[tuple[bytes, bytes], _Consumer] = {}  # (ident, sid)
+        self.bound: Counter[bytes] = Counter()  # sids bound, by ident
         self._next_cid = 0
         self.dirty = False  # staged writes await commit()
         self.changed: set[_Consumer] = set()  # durable consumers to save at commit
@@ -514,6 +515,7 @@ class Streams:
         config = ConsumerConfig.from_body(body, self.limits)
         consumer = self._consumer(channel, config, now)
         consumer.members.append((ident, sid))
+        self.bound[ident] += 1
         self.awake[consumer] = None
         self._bindings[(ident, sid)] = consumer
         return consumer.info()
@@ -592,6 +594,9 @@ class Streams:
         self._forget(consumer)
         for binding in consumer.members:
             self._bindings.pop(binding, None)
+            self.bound[binding[0]] -= 1
+            if self.bound[binding[0]] <= 0:
+                del self.bound[binding[0]]
         if consumer.name is not None:
             self._durables.pop((consumer.config.stream, consumer.name), None)
             name = consumer.name
@@ -613,6 +618,9 @@ class Streams:
 
     def _leave(self, consumer: _Consumer, ident: bytes, sid: bytes) -> None:
         consumer.members.remove((ident, sid))
+        self.bound[ident] -= 1
+        if self.bound[ident] <= 0:
+            del self.bound[ident]
         held = sorted(seq for seq, (who, _) in consumer.outstanding.items() if who == ident)
         for seq in held:
             del consumer.outstanding[seq]
