@@ -1051,12 +1051,11 @@ def test_node_durable_consumer_reads_python_publishes_in_order_and_acks(
         assert info.redelivered == 2
 
         # a filtered durable of its own takes only what its filter matches
-        peer = Peer(
-            node_argv(
-                "zb-consume", stream_broker, channel, "--stream", "JOBS", "--durable", "urgent",
-                "--filter", "jobs.urgent.*", "--count", "1", "--timeout", "20000",
-            )  # fmt: skip
-        )
+        argv = node_argv(
+            "zb-consume", stream_broker, channel, "--stream", "JOBS", "--durable", "urgent",
+            "--filter", "jobs.urgent.*", "--count", "1", "--timeout", "20000",
+        )  # fmt: skip
+        peer = Peer(argv)
         try:
             peer.wait_ready()
             assert bus.publish("jobs.urgent.fire", b"now").seq == 6
