@@ -12,7 +12,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable
 from types import TracebackType
-from typing import Any, Literal, cast
+from typing import TYPE_CHECKING, Any, Literal, cast
 
 import zmq
 
@@ -37,6 +37,9 @@ from .keys import load_keypair
 from .limits import FD_RESERVE, Limits, queue_messages, raise_fd_limit
 from .store import open_store
 from .users import User
+
+if TYPE_CHECKING:
+    from .metrics import MetricsServer
 
 __all__ = ["DEFAULT_BIND", "Broker"]
 
@@ -112,7 +115,10 @@ class Broker:
     the transport drops a connection that sends a frame over 64 KiB beyond it.
     ``limits`` bounds what peers may make the broker hold and do (see
     ``Limits``); ``start()`` raises the process's file descriptor limit where
-    allowed and keeps ``max_peers`` under it.
+    allowed and keeps ``max_peers`` under it. ``metrics="host:port"`` serves
+    Prometheus metrics at ``http://host:port/metrics`` while the broker runs
+    (needs ``zmqbus[metrics]``; see docs/metrics.md); ``metrics_per_channel``
+    adds gauges per channel.
     """
 
     def __init__(
@@ -127,8 +133,18 @@ class Broker:
         users: Iterable[User] | None = None,
         data_dir: str | os.PathLike[str] | None = None,
         sync: Literal["normal", "full"] = "normal",
+        metrics: str | None = None,
+        metrics_per_channel: bool = False,
     ) -> None:
         self._endpoint = bind_endpoint(bind)
+        # Made first: without prometheus_client it fails before anything opens.
+        self._metrics: MetricsServer | None = None
+        if metrics is not None:
+            from .metrics import MetricsServer
+
+            self._metrics = MetricsServer(metrics, per_channel=metrics_per_channel)
+        elif metrics_per_channel:
+            raise ValueError("metrics_per_channel needs metrics='host:port'")
         if sync not in ("normal", "full"):
             raise ValueError(f"sync must be 'normal' or 'full', not {sync!r}")
         # Durable streams: "file" ones in SQLite under data_dir, "memory" ones
@@ -191,6 +207,13 @@ class Broker:
         return self._endpoint
 
     @property
+    def metrics_address(self) -> str | None:
+        """Where ``/metrics`` is served, ``host:port`` with the real port (the
+        last one after ``stop()``); None without ``metrics``. RuntimeError
+        before ``start()``."""
+        return None if self._metrics is None else self._metrics.address
+
+    @property
     def running(self) -> bool:
         """True between ``start()`` and ``stop()``."""
         return self._thread is not None and self._thread.is_alive()
@@ -198,7 +221,8 @@ class Broker:
     def start(self) -> Broker:
         """Bind and start the routing thread; returns once the socket is bound.
 
-        Raises ``zmq.ZMQError`` if the address cannot be bound (e.g. in use).
+        Raises ``zmq.ZMQError`` if the address cannot be bound (e.g. in use),
+        ``OSError`` if the ``metrics`` address cannot (the broker is then stopped).
         """
         if self._thread is not None:
             raise RuntimeError("broker already started")
@@ -301,6 +325,12 @@ class Broker:
         self._thread = threading.Thread(target=self._run, name="zmqbus-broker", daemon=True)
         self._thread.start()
         log.info("broker listening on %s", self._address)
+        if self._metrics is not None:
+            try:
+                self._metrics.start(self._state, self._lock)
+            except OSError:
+                self.stop()
+                raise
         if self._curve is None and _reachable(self._address):
             log.warning(
                 "broker on %s takes any peer that can reach it: no authentication "
@@ -314,6 +344,8 @@ class Broker:
         thread = self._thread
         if thread is None:
             return
+        if self._metrics is not None:
+            self._metrics.stop()
         with self._lock:
             if self._control is not None:
                 # NOBLOCK: if the loop already died its ROUTER is closed, and a

@@ -309,6 +309,18 @@ def build_parser() -> argparse.ArgumentParser:
         help="where durable file streams live (SQLite); without it, memory streams only",
     )
     p.add_argument(
+        "--metrics",
+        metavar="HOST:PORT",
+        help="serve Prometheus metrics on http://HOST:PORT/metrics (pip install "
+        "'zmqbus[metrics]'; a bare PORT means 127.0.0.1)",
+    )
+    p.add_argument(
+        "--metrics-per-channel",
+        action="store_true",
+        default=None,
+        help="label peers and subscriptions by channel too (unbounded: channels are many)",
+    )
+    p.add_argument(
         "--sync",
         choices=("normal", "full"),
         help="full: stream commits survive power loss too, at their cost (default normal: "
@@ -940,14 +952,19 @@ def cmd_broker(args: argparse.Namespace) -> int:
         except StoreError as exc:
             log.error("cannot open the stream store: %s", exc)
             return EXIT_FAILED
+        except ImportError as exc:  # --metrics without prometheus_client
+            _err("zmqbus broker", str(exc))
+            return EXIT_FAILED
         try:
             broker.start()
         except zmq.ZMQError as exc:
             log.error("cannot bind %s: %s", broker.endpoint, exc)
             return EXIT_FAILED
-        except RuntimeError as exc:
+        except (RuntimeError, OSError) as exc:  # OSError: the metrics port is taken
             log.error("cannot start the broker on %s: %s", broker.endpoint, exc)
             return EXIT_FAILED
+        if broker.metrics_address is not None:
+            log.info("metrics on http://%s/metrics", broker.metrics_address)
         log.info(
             "zmqbus %s broker ready (pid %d); stop with Ctrl-C or SIGTERM, reload users with "
             "SIGHUP",
@@ -961,6 +978,13 @@ def cmd_broker(args: argparse.Namespace) -> int:
         return EXIT_OK
     finally:
         signal.pthread_sigmask(signal.SIG_SETMASK, old_mask)
+
+
+def _metrics_address(value: str | None) -> str | None:
+    # A bare port is the loopback's: metrics name users and streams.
+    if value is not None and value.isdigit():
+        return f"127.0.0.1:{value}"
+    return value
 
 
 def _reload_users(broker: Broker, config_file: str | None) -> None:
@@ -998,6 +1022,8 @@ def _broker_from(args: argparse.Namespace) -> Broker:
         secret_key=secret,
         users=config.users,
         data_dir=args.data_dir or config.data_dir,
+        metrics=_metrics_address(args.metrics or config.metrics),
+        metrics_per_channel=bool(args.metrics_per_channel or config.metrics_per_channel),
         sync=args.sync or config.sync or "normal",  # type: ignore[arg-type]
     )
 

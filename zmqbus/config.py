@@ -33,7 +33,18 @@ from .users import User
 
 __all__ = ["BrokerConfig", "load_config"]
 
-_TOP = {"bind", "secret_key", "max_message_size", "hwm", "limits", "users", "data_dir", "sync"}
+_TOP = {
+    "bind",
+    "secret_key",
+    "max_message_size",
+    "hwm",
+    "limits",
+    "users",
+    "data_dir",
+    "sync",
+    "metrics",
+    "metrics_per_channel",
+}
 _USER_FIELDS = {f.name for f in dataclasses.fields(User) if f.init and not f.name.startswith("_")}
 _LIMIT_FIELDS = {f.name for f in dataclasses.fields(Limits)}
 
@@ -50,6 +61,8 @@ class BrokerConfig:
     users: list[User] | None = None
     data_dir: Path | None = None
     sync: str | None = None
+    metrics: str | None = None
+    metrics_per_channel: bool = False
 
 
 def _path(value: object, base: Path, what: str) -> Path:
@@ -104,6 +117,14 @@ def load_config(path: str | os.PathLike[str]) -> BrokerConfig:
         config.secret_key = _path(data["secret_key"], base, "secret_key")
     if "data_dir" in data:
         config.data_dir = _path(data["data_dir"], base, "data_dir")
+    if "metrics" in data:
+        if not isinstance(data["metrics"], str):
+            raise ValueError(f"{file}: metrics must be a string, HOST:PORT")
+        config.metrics = data["metrics"]
+    if "metrics_per_channel" in data:
+        if not isinstance(data["metrics_per_channel"], bool):
+            raise ValueError(f"{file}: metrics_per_channel must be true or false")
+        config.metrics_per_channel = data["metrics_per_channel"]
     if "sync" in data:
         if data["sync"] not in ("normal", "full"):
             raise ValueError(f"{file}: sync must be 'normal' or 'full'")
