@@ -935,6 +935,7 @@ class Streams:
             "stored_messages": sum(s.messages for s in streams),
             "stored_bytes": sum(s.bytes for s in streams),
             "consumers": len(self.consumers),
+            "counters": dict(self.counters),
         }
 
     def members(self) -> Iterable[tuple[bytes, bytes]]:
