@@ -15,7 +15,7 @@ import logging
 import socket
 import struct
 import threading
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 import zmq
@@ -27,7 +27,6 @@ from .users import ANONYMOUS, User
 __all__ = [
     "ACCEPTED",
     "CLOSED",
-    "REFUSED",
     "ZAP_ENDPOINT",
     "Edge",
     "Registry",
@@ -41,7 +40,6 @@ ZAP_ENDPOINT = "inproc://zeromq.zap.01"
 ZAP_DOMAIN = b"zmqbus"
 ACCEPTED = b"accepted"
 CLOSED = b"closed"
-REFUSED = b"refused"
 _EVENTS = zmq.EVENT_ACCEPTED | zmq.EVENT_DISCONNECTED | zmq.EVENT_MONITOR_STOPPED
 _HEAD = struct.Struct("=HI")  # a monitor event's first frame: event, value
 # Events the relay holds for a loop that is busy: past it the edge waits.
@@ -106,9 +104,17 @@ def decode_event(frames: list[bytes]) -> tuple[bytes, int, str]:
 class Edge:
     """ZAP handler and monitor relay for one broker ROUTER (see the module)."""
 
-    def __init__(self, context: zmq.Context[Any], registry: Registry | None = None) -> None:
+    def __init__(
+        self,
+        context: zmq.Context[Any],
+        registry: Registry | None = None,
+        on_refused: Callable[[], None] | None = None,
+    ) -> None:
         self._ctx = context
         self._registry = registry
+        # Called (on this thread) for each refused key before ZAP answers, so
+        # the refusal is counted by the time the client learns of it.
+        self._on_refused = on_refused
         self._next_tag = 0
         self._addresses: dict[int, str] = {}  # open descriptor -> peer address
         self._skipped: set[int] = set()  # accepted, not relayed: their close is not either
@@ -261,8 +267,8 @@ class Edge:
                     address.decode("utf-8", "replace"),
                     text,
                 )
-                if self._relay is not None:
-                    self._send(self._relay, REFUSED, 0, text)
+                if self._on_refused is not None:
+                    self._on_refused()
                 zap.send_multipart(
                     [sender, b"", version, request_id, b"400", b"unknown key", b"", b""]
                 )

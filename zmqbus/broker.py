@@ -19,7 +19,6 @@ import zmq
 from . import protocol as p
 from ._edge import (
     ACCEPTED,
-    REFUSED,
     ZAP_DOMAIN,
     Edge,
     Registry,
@@ -260,7 +259,7 @@ class Broker:
         ctx = self._ctx = self._given_ctx if self._given_ctx is not None else zmq.Context()
         _seed_routing_ids()
         # Before the ROUTER: libzmq asks ZAP of every connection from the start.
-        edge = self._edge = Edge(ctx, self._registry)
+        edge = self._edge = Edge(ctx, self._registry, self._auth_refused)
         if self._curve is not None and not edge.tags:
             edge.close()
             self._edge = None
@@ -527,6 +526,12 @@ class Broker:
             self._router = None
             self._stopped.set()
 
+    def _auth_refused(self) -> None:
+        # From the edge's thread, before its ZAP reply: counted by the time the
+        # refused client raises.
+        with self._lock:
+            self._state.counters["auth_refused"] += 1
+
     def _edge_event(self, frames: list[bytes], now: float) -> None:
         try:
             kind, fd, address = decode_event(frames)
@@ -535,8 +540,6 @@ class Broker:
             return
         if kind == ACCEPTED:
             self._state.connection_opened((fd, address), now)
-        elif kind == REFUSED:
-            self._state.counters["auth_refused"] += 1
         elif peer_address(fd) == address:
             # Still open: the event was another connection's on a reused descriptor.
             self._state.counters["stale_closes"] += 1
