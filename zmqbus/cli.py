@@ -16,7 +16,9 @@ import logging
 import os
 import platform
 import re
+import shutil
 import signal
+import socket
 import sys
 import time
 import uuid
@@ -24,14 +26,26 @@ from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from importlib.metadata import PackageNotFoundError
 from importlib.metadata import version as dist_version
+from pathlib import Path
 from typing import Any, NoReturn
 
 import zmq
 
+from ._endpoints import bind_endpoint
+from ._logfmt import handler as _log_handler
 from ._version import __version__
 from .broker import DEFAULT_BIND, Broker
 from .bus import Bus, Consumer
-from .config import BrokerConfig, load_config
+from .config import (
+    LOG_FORMATS,
+    MAX_HWM,
+    MAX_MESSAGE_SIZE,
+    SYNC_MODES,
+    BrokerConfig,
+    dump_config,
+    load_config,
+    metrics_address,
+)
 from .errors import (
     AuthenticationError,
     ConnectTimeout,
@@ -46,12 +60,13 @@ from .errors import (
     SubscriptionClosed,
     ZmqbusError,
 )
-from .keys import keygen
+from .keys import keygen, load_keypair, load_public_key
 from .limits import Limits
 from .message import Message, PublishResult
 from .store import StoreError
 from .streams import ConsumerInfo, StreamInfo, check_name
 from .topics import validate_pattern, validate_topic
+from .users import ANONYMOUS
 
 __all__ = ["main"]
 
@@ -207,6 +222,14 @@ def _log_level_parent(default: str) -> argparse.ArgumentParser:
         metavar="LEVEL",
         help=f"DEBUG, INFO, WARNING, ERROR or CRITICAL (default {default})",
     )
+    parent.add_argument(
+        "--log-format",
+        choices=LOG_FORMATS,
+        default="text",
+        metavar="FORMAT",
+        help="text, or json: one JSON object per line with ts, level, logger, message "
+        "and exc_info (default text)",
+    )
     return parent
 
 
@@ -279,11 +302,18 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=fmt,
     )
     # Options default to None: a flag given wins over the config file, which
-    # wins over the defaults (see cmd_broker).
+    # wins over the defaults (see _effective_config).
+    p.set_defaults(log_level=None, log_format=None)
     p.add_argument(
         "--config",
         metavar="FILE",
         help="a TOML file of these options, the secret key and the users (see README: Security)",
+    )
+    p.add_argument(
+        "--print-config",
+        action="store_true",
+        help="print the configuration the broker would run with (flags over --config over "
+        "defaults) as TOML and exit, binding nothing; the secret key as its file's path",
     )
     p.add_argument(
         "--bind",
@@ -304,6 +334,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="largest encoded message body in bytes (default 1048576)",
     )
     p.add_argument(
+        "--hwm",
+        type=_arg_positive_int,
+        metavar="N",
+        help="messages queued to one peer before the broker drops for it (default 100000; "
+        "see README: Limits)",
+    )
+    p.add_argument(
         "--data-dir",
         metavar="DIR",
         help="where durable file streams live (SQLite); without it, memory streams only",
@@ -316,13 +353,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--metrics-per-channel",
-        action="store_true",
-        default=None,
+        action=argparse.BooleanOptionalAction,
         help="label peers and subscriptions by channel too (unbounded: channels are many)",
     )
     p.add_argument(
         "--sync",
-        choices=("normal", "full"),
+        choices=SYNC_MODES,
         help="full: stream commits survive power loss too, at their cost (default normal: "
         "they survive the broker process dying)",
     )
@@ -462,6 +498,50 @@ def build_parser() -> argparse.ArgumentParser:
         help="seconds to wait for the answer (default 5); then exit 3",
     )
     p.set_defaults(func=cmd_stats)
+
+    p = sub.add_parser(
+        "top",
+        help="a live view of a broker: rates, peers, slow consumers, refusals",
+        description=(
+            "Show a broker's STATS full screen, refreshed every --interval: message\n"
+            "rates (from counter deltas), peers, channels, subscriptions, connections,\n"
+            "streams, slow consumers and refusals. Keys: s sorts the slow consumers by\n"
+            "another column, q quits (Ctrl-C too). --once prints one frame as text and\n"
+            "exits 0; output that is not a terminal gets a frame per interval. A broker\n"
+            f"that does not answer, or refuses the key, exits {EXIT_UNREACHABLE}. Needs rich\n"
+            "(pip install 'zmqbus[top]')."
+        ),
+        formatter_class=fmt,
+    )
+    _add_address(p)
+    _add_keys(p)
+    p.add_argument(
+        "--timeout",
+        type=_arg_seconds,
+        default=5.0,
+        metavar="S",
+        help="seconds to wait for each answer (default 5); no first answer: exit 3",
+    )
+    p.add_argument(
+        "--interval",
+        type=_arg_seconds,
+        default=1.0,
+        metavar="S",
+        help="seconds between refreshes (default 1)",
+    )
+    p.add_argument(
+        "--once",
+        action="store_true",
+        help="print one frame (two snapshots --interval apart, for the rates) and exit",
+    )
+    p.add_argument(
+        "--sort",
+        choices=("dropped", "rate", "peer"),
+        default="dropped",
+        help="first sort of the slow consumers: messages dropped, dropped per second, or "
+        "name (default dropped)",
+    )
+    p.set_defaults(func=cmd_top)
 
     p = sub.add_parser(
         "version",
@@ -846,12 +926,9 @@ def _usage_units(command: argparse.ArgumentParser) -> tuple[list[str], list[str]
 # --- helpers ----------------------------------------------------------------------
 
 
-def _configure_logging(level: str) -> None:
-    logging.basicConfig(
-        level=level,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+def _configure_logging(level: str, log_format: str = "text") -> None:
+    # Library code logs to "zmqbus..." loggers; this decides where and how.
+    logging.basicConfig(level=level, handlers=[_log_handler(sys.stderr, log_format)])
 
 
 def _err(prog: str, text: str) -> None:
@@ -935,7 +1012,19 @@ def _raise_interrupt(signum: int, frame: object) -> NoReturn:
 
 
 def cmd_broker(args: argparse.Namespace) -> int:
-    _configure_logging(args.log_level)
+    try:
+        config = _effective_config(args)
+    except (TypeError, ValueError) as exc:
+        _err("zmqbus broker", str(exc))
+        return EXIT_USAGE
+    if args.print_config:
+        # Nothing bound or opened; the secret key shows as its file's path only.
+        source = f"{args.config} over " if args.config else ""
+        print(f"# zmqbus broker --print-config: flags over {source}the defaults")
+        print(dump_config(config), end="")
+        return EXIT_OK
+    assert config.log_level is not None and config.log_format is not None
+    _configure_logging(config.log_level, config.log_format)
     stop_signals = {signal.SIGINT, signal.SIGTERM}
     waited = stop_signals | {signal.SIGHUP}
     # Block the signals before any thread exists (the broker's, and zmq's own
@@ -945,7 +1034,7 @@ def cmd_broker(args: argparse.Namespace) -> int:
     _return_big_frees()
     try:
         try:
-            broker = _broker_from(args)
+            broker = _broker_from(config)
         except (TypeError, ValueError) as exc:
             _err("zmqbus broker", str(exc))
             return EXIT_USAGE
@@ -971,20 +1060,31 @@ def cmd_broker(args: argparse.Namespace) -> int:
             __version__,
             os.getpid(),
         )
+        _sd_notify(f"READY=1\nSTATUS=listening on {broker.address}")
         while (signum := signal.sigwait(waited)) == signal.SIGHUP:
             _reload_users(broker, args.config)
         log.info("received %s, stopping", signal.Signals(signum).name)
+        _sd_notify("STOPPING=1")
         broker.stop()
         return EXIT_OK
     finally:
         signal.pthread_sigmask(signal.SIG_SETMASK, old_mask)
 
 
-def _metrics_address(value: str | None) -> str | None:
-    # A bare port is the loopback's: metrics name users and streams.
-    if value is not None and value.isdigit():
-        return f"127.0.0.1:{value}"
-    return value
+def _sd_notify(state: str) -> None:
+    # systemd's Type=notify: a datagram to $NOTIFY_SOCKET (a path, or "@name" in
+    # the abstract namespace). Without it, nothing to do.
+    address = os.environ.get("NOTIFY_SOCKET", "")
+    if not address.startswith(("/", "@")):
+        return
+    if address.startswith("@"):
+        address = "\0" + address[1:]
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as notify:
+            notify.connect(address)
+            notify.sendall(state.encode())
+    except OSError as exc:
+        log.warning("cannot notify systemd at %s: %s", os.environ["NOTIFY_SOCKET"], exc)
 
 
 def _reload_users(broker: Broker, config_file: str | None) -> None:
@@ -1004,32 +1104,80 @@ def _reload_users(broker: Broker, config_file: str | None) -> None:
     log.info("SIGHUP: users reloaded from %s (other settings take a restart)", config_file)
 
 
-def _broker_from(args: argparse.Namespace) -> Broker:
-    # A flag given wins over the config file, which wins over the defaults.
-    config = load_config(args.config) if args.config else BrokerConfig()
-    limits = Limits().as_dict()
-    limits.update(config.limits)
+def _effective_config(args: argparse.Namespace) -> BrokerConfig:
+    """Every setting the broker runs with: a flag given wins over the --config
+    file, which wins over the defaults. ValueError for a bad value, or a bad
+    combination; one of the file's names the file."""
+    file = load_config(args.config) if args.config else BrokerConfig()
+    where = f"{args.config}: " if args.config else ""
+
+    def given(flag: Any, setting: Any, default: Any) -> Any:
+        return flag if flag is not None else setting if setting is not None else default
+
+    limits = Limits().as_dict() | file.limits
     limits.update({name: getattr(args, name) for name in limits if getattr(args, name) is not None})
-    bind = args.bind or config.bind or os.environ.get(ENV_ADDRESS, DEFAULT_BIND)
-    secret = args.secret_key or config.secret_key
-    if secret is not None and config.users is None:
-        raise ValueError("a secret key needs users: list them in the --config file ([[users]])")
-    return Broker(
-        bind,
-        max_message_size=args.max_message_size or config.max_message_size or 1 << 20,
-        hwm=config.hwm or 100_000,
-        limits=Limits(**limits),
+    flagged_key = args.secret_key is not None
+    secret = Path(os.path.abspath(args.secret_key)) if flagged_key else file.secret_key
+    data_dir = Path(os.path.abspath(args.data_dir)) if args.data_dir else file.data_dir
+    config = BrokerConfig(
+        bind=bind_endpoint(
+            given(args.bind, file.bind, os.environ.get(ENV_ADDRESS) or DEFAULT_BIND)
+        ),
         secret_key=secret,
+        max_message_size=given(args.max_message_size, file.max_message_size, 1 << 20),
+        hwm=given(args.hwm, file.hwm, 100_000),
+        limits=limits,
+        users=file.users,
+        data_dir=data_dir,
+        sync=given(args.sync, file.sync, "normal"),
+        metrics=None,
+        metrics_per_channel=given(args.metrics_per_channel, file.metrics_per_channel, False),
+        log_level=given(args.log_level, file.log_level, "INFO"),
+        log_format=given(args.log_format, file.log_format, "text"),
+    )
+    metrics = given(args.metrics, file.metrics, None)
+    if metrics is not None:
+        config.metrics = metrics_address(metrics, "--metrics" if args.metrics else "metrics")
+    for name, top in (("max_message_size", MAX_MESSAGE_SIZE), ("hwm", MAX_HWM)):
+        if getattr(config, name) > top:
+            raise ValueError(f"--{name.replace('_', '-')} must be at most {top}")
+    if config.metrics_per_channel and config.metrics is None:
+        src = "" if args.metrics_per_channel else where
+        raise ValueError(f"{src}metrics_per_channel needs metrics (or --metrics HOST:PORT)")
+    users = config.users
+    if secret is not None:
+        if users is None:
+            raise ValueError("a secret key needs users: list them in the --config file ([[users]])")
+        load_keypair(secret, f"{'' if flagged_key else where}secret_key")
+    for i, user in enumerate(users or ()):
+        if secret is None and user.name != ANONYMOUS:
+            raise ValueError(
+                f"{where}users[{i}] ({user.name!r}): users other than 'anonymous' need CURVE: "
+                "set secret_key (or --secret-key)"
+            )
+        if user.public_key is not None:
+            load_public_key(user.public_key, f"{where}users[{i}].public_key")
+    return config
+
+
+def _broker_from(config: BrokerConfig) -> Broker:
+    assert config.bind and config.max_message_size and config.hwm and config.sync
+    return Broker(
+        config.bind,
+        max_message_size=config.max_message_size,
+        hwm=config.hwm,
+        limits=Limits(**config.limits),
+        secret_key=config.secret_key,
         users=config.users,
-        data_dir=args.data_dir or config.data_dir,
-        metrics=_metrics_address(args.metrics or config.metrics),
-        metrics_per_channel=bool(args.metrics_per_channel or config.metrics_per_channel),
-        sync=args.sync or config.sync or "normal",  # type: ignore[arg-type]
+        data_dir=config.data_dir,
+        metrics=config.metrics,
+        metrics_per_channel=bool(config.metrics_per_channel),
+        sync=config.sync,  # type: ignore[arg-type]
     )
 
 
 def cmd_keygen(args: argparse.Namespace) -> int:
-    _configure_logging(args.log_level)
+    _configure_logging(args.log_level, args.log_format)
     try:
         public, secret = keygen(args.name, args.dir)
     except (ValueError, OSError) as exc:
@@ -1056,7 +1204,7 @@ def _return_big_frees() -> None:
 
 
 def cmd_pub(args: argparse.Namespace) -> int:
-    _configure_logging(args.log_level)
+    _configure_logging(args.log_level, args.log_format)
     prog = "zmqbus pub"
     headers: dict[str, str] = {}
     for key, value in args.header:
@@ -1104,7 +1252,7 @@ def cmd_pub(args: argparse.Namespace) -> int:
 
 
 def cmd_sub(args: argparse.Namespace) -> int:
-    _configure_logging(args.log_level)
+    _configure_logging(args.log_level, args.log_format)
     if not args.background:
         return _sub(args, None)
     # Fork before any bus, context or thread exists. The child subscribes and goes
@@ -1196,7 +1344,7 @@ def _sub_loop(
 def _with_bus(args: argparse.Namespace, work: Callable[[Bus, str], int]) -> int:
     """Run ``work(bus, prog)`` on a bus per the client options, a stream or
     consumer command's errors made its exit code and a line on stderr."""
-    _configure_logging(args.log_level)
+    _configure_logging(args.log_level, args.log_format)
     prog = f"zmqbus {args.command} {args.action}"
     try:
         bus = _connect(args)
@@ -1588,7 +1736,7 @@ def _percentile(sorted_values: Sequence[float], q: float) -> float:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    _configure_logging(args.log_level)
+    _configure_logging(args.log_level, args.log_format)
     out: Callable[..., None] = print
     channel = uuid.uuid4()
     with Broker("tcp://127.0.0.1:0") as broker:
@@ -1723,6 +1871,53 @@ def cmd_stats(args: argparse.Namespace) -> int:
         print(f"zmqbus stats: {exc}", file=sys.stderr)
         return EXIT_UNREACHABLE
     print(json.dumps(stats, indent=2, sort_keys=True))
+    return EXIT_OK
+
+
+def cmd_top(args: argparse.Namespace) -> int:
+    try:
+        from . import top
+    except ModuleNotFoundError as exc:
+        if exc.name != "rich":
+            raise
+        _err("zmqbus top", "needs rich: pip install 'zmqbus[top]'")
+        return EXIT_FAILED
+
+    def fetch() -> top.Snapshot:
+        return top.fetch(
+            args.address, timeout=args.timeout, server_key=args.server_key, key=args.key
+        )
+
+    tty = sys.stdout.isatty()
+    view = top.View(args.address, interval=args.interval, sort=args.sort, ascii=not tty)
+    session = top.Top(fetch, view)
+    try:
+        session.refresh(first=True)
+    except (ValueError, TypeError) as exc:
+        _err("zmqbus top", str(exc))
+        return EXIT_USAGE
+    except (ConnectTimeout, AuthenticationError) as exc:
+        _err("zmqbus top", str(exc))
+        return EXIT_UNREACHABLE
+    except ZmqbusError as exc:
+        _err("zmqbus top", str(exc))
+        return EXIT_FAILED
+    try:
+        if tty and not args.once:
+            from rich.console import Console
+
+            top.run_live(session, Console(), sys.stdin)
+            return EXIT_OK
+        width = shutil.get_terminal_size((100, 24)).columns
+        for frame in top.frames(session, once=args.once, width=width, color=tty):
+            print(frame + ("" if args.once else "\n"), flush=True)
+    except KeyboardInterrupt:
+        pass  # Ctrl-C ends it, as q does
+    except BrokenPipeError:
+        # The reader went away (zmqbus top | head): stop quietly; nothing more can be written.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
     return EXIT_OK
 
 
