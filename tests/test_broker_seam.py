@@ -383,3 +383,22 @@ def test_a_notice_refused_after_a_later_take_still_gives_its_counts_back() -> No
     sent = state.take_outgoing()
     again = p.parse_broker(next(f for to, f in sent if to == b"sub"))
     assert isinstance(again, p.Dropped) and p.unpack_dropped(again.counts) == {S1: 1}
+
+
+def test_a_full_publisher_queue_holds_its_routed_and_acked_until_there_is_room() -> None:
+    # A pipelining publisher whose queue is full must still learn what it waits on.
+    from zmqbus._routing import HELD_RETRY
+
+    state = _world()
+    state.handle(b"pub", publish("t", ref=b"r"), now=0.0)
+    sent = state.take_outgoing()
+    _refuse_deliveries(state, sent, b"pub")  # the ROUTED
+    (deliver,) = [p.parse_broker(f) for to, f in sent if to == b"sub"]
+    assert isinstance(deliver, p.Deliver)
+    state.handle(b"sub", [p.H_ACK, A, deliver.token, p.pack_ack(1, 0)], now=0.01)
+    acked = state.take_outgoing()  # the ACKED waits behind the held ROUTED, in order
+    assert _heads(acked, b"pub") == []
+    state.tick(HELD_RETRY)
+    again = state.take_outgoing()
+    assert _heads(again, b"pub") == [p.H_ROUTED, p.H_ACKED]
+    assert _counter(state, "replies_held") == 2 and _counter(state, "dropped_out") == 0

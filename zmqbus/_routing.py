@@ -130,7 +130,22 @@ Source = tuple[int, "str | None", "str | None"]
 # for before they are counted per sid (which the peer's sids bound).
 DROPPED_SETS_BYTES = 256 * 1024
 # Replies: what send_failed holds instead of dropping.
-_REPLIES = frozenset((p.H_OK, p.H_ERROR, p.H_WELCOME, p.H_STATS_REPLY))
+# Answers to a peer's own requests are held too (ROUTED, ACKED, ANSWER, STORED,
+# STREAM_REPLY): a pipelining publisher whose queue is full would otherwise
+# never learn that a publish it waits on was routed or stored.
+_REPLIES = frozenset(
+    (
+        p.H_OK,
+        p.H_ERROR,
+        p.H_WELCOME,
+        p.H_STATS_REPLY,
+        p.H_ROUTED,
+        p.H_ACKED,
+        p.H_ANSWER,
+        p.H_STORED,
+        p.H_STREAM_REPLY,
+    )
+)
 # How long one STATS_REPLY body serves every STATS (seconds) while no peer,
 # channel or subscription comes or goes: STATS then costs one snapshot per
 # interval however many peers ask, and its counters are at most this old.
