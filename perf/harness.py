@@ -38,6 +38,7 @@ from typing import Any
 __all__ = [
     "PAYLOAD_HEADER",
     "Ctl",
+    "Failures",
     "IdleRule",
     "RoleFn",
     "RunError",
@@ -48,6 +49,7 @@ __all__ = [
     "make_payload",
     "now_ns",
     "read_stamp",
+    "record_latency",
     "samples_from_bytes",
     "samples_to_bytes",
     "stamp_payload",
@@ -102,6 +104,25 @@ def stand_in_channels(topic: str, n: int) -> list[str]:
     """``n`` subjects ``chI.<topic>`` for a system without channels: each stands in for
     one channel, the benchmark's topic in a namespace of its own that it never matches."""
     return [f"ch{i}.{topic}" for i in range(n)]
+
+
+class Failures:
+    """A confirmer's failed publishes: how many, and what the first five were."""
+
+    def __init__(self) -> None:
+        self.count = 0
+        self.samples: list[str] = []
+
+    def add(self, what: object) -> None:
+        self.count += 1
+        if len(self.samples) < 5:
+            self.samples.append(repr(what)[:300])
+
+
+def record_latency(lat: array[int], t0: int, _done: object) -> None:
+    """A future's done-callback (``functools.partial(record_latency, lat, t0)``): the
+    time from ``t0`` to now, as the confirmation arrives."""
+    lat.append(now_ns() - t0)
 
 
 def samples_to_bytes(samples: array[int]) -> bytes:

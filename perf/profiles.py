@@ -4,6 +4,11 @@ The full profile keeps the issue's minimums: every latency percentile comes from
 least 20,000 samples after warm-up, in each of at least 3 runs. Fire-and-forget
 counts stay at or below the 100,000-message high-water marks of the zmqbus and
 pyzmq sockets, so a run that loses messages has really overrun something.
+
+The durable-stream scenarios (issue 15) keep that issue's counts in the full profile:
+a backlog of 100,000 messages to consume, 1,000,000 stored messages to replay and to
+measure the broker's memory with. Filling 1,000,000 messages takes the zmqbus broker
+most of a minute per run, so ``python -m perf --stream-count N`` stores N instead.
 """
 
 from __future__ import annotations
@@ -37,6 +42,15 @@ class Profile:
     max_seconds: float = 20.0  # a source stops after this long, whatever its count
     routing_max_seconds: float = 5.0
     run_timeout: float = 120.0  # a run that takes longer fails
+    # Durable streams (issue 15), 100-byte messages, zmqbus vs NATS JetStream.
+    stream_pub_count: int = 0  # stored publishes one at a time (their round trips)
+    stream_pub_warmup: int = 0
+    stream_pipe_count: int = 0  # stored publishes with ``stream_window`` outstanding
+    stream_window: int = 1_000
+    stream_backlog: int = 0  # stored messages a durable consumer then reads and acks
+    stream_replay_count: int = 0  # stored messages read back from the first
+    stream_rss_count: int = 0  # stored messages the broker's memory is measured with
+    stream_ack_pending: int = 1_000  # a consumer's unacknowledged deliveries at most
 
 
 FULL = Profile(
@@ -62,6 +76,12 @@ FULL = Profile(
     max_seconds=30.0,
     routing_max_seconds=4.0,
     run_timeout=180.0,
+    stream_pub_count=10_000,
+    stream_pub_warmup=500,
+    stream_pipe_count=50_000,
+    stream_backlog=100_000,
+    stream_replay_count=1_000_000,
+    stream_rss_count=1_000_000,
 )
 
 QUICK = Profile(
@@ -87,4 +107,10 @@ QUICK = Profile(
     max_seconds=10.0,
     routing_max_seconds=2.0,
     run_timeout=60.0,
+    stream_pub_count=100,
+    stream_pub_warmup=10,
+    stream_pipe_count=2_000,
+    stream_backlog=2_000,
+    stream_replay_count=2_000,
+    stream_rss_count=2_000,
 )

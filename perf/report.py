@@ -1,16 +1,29 @@
-"""Statistics over runs, ratios, the Markdown table, the targets of issue 4, charts."""
+"""Statistics over runs, ratios, the Markdown tables, the targets of issue 4 (and of
+issue 15, durable streams), charts."""
 
 from __future__ import annotations
 
 import logging
 import math
 import statistics
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
-from perf.scenarios import PERCENTILES
-from perf.systems import PEERS, SYSTEMS, ZMQBUS, ZMQBUS_AIO, ZMQBUS_CURVE
+from perf.scenarios import PERCENTILES, STREAM_PREFIX
+from perf.servers import ZMQBUS_STREAM_HWM, ZMQBUS_STREAM_QUEUED_BYTES
+from perf.systems import (
+    NATS_JS,
+    PEERS,
+    STREAM_FACES,
+    STREAM_SYSTEMS,
+    SYSTEMS,
+    ZMQBUS,
+    ZMQBUS_AIO,
+    ZMQBUS_CURVE,
+    ZMQBUS_SYNC_FULL,
+    ZMQBUS_SYNC_NORMAL,
+)
 
 __all__ = [
     "curve_cost",
@@ -20,6 +33,8 @@ __all__ = [
     "markdown",
     "percentiles_us",
     "stats",
+    "stream_targets",
+    "streams_markdown",
     "targets",
 ]
 
@@ -93,7 +108,7 @@ def fmt_value(v: float, unit: str) -> str:
         return f"{v:.0f}"
     if unit == "µs":
         return f"{v:,.0f}" if v >= 100 else f"{v:.1f}"
-    if unit in ("MB/s", "MiB"):
+    if unit in ("MB/s", "MiB", "MB"):
         return f"{v:,.0f}" if v >= 100 else f"{v:.1f}"
     if unit == "B":
         return f"{v:,.0f}"
@@ -122,17 +137,51 @@ def _ratio_cell(r: dict[str, float] | None) -> str:
 AIO_RATIO_PEERS = ("nats", "zmq-router")
 
 
+# A ratio column of a table: its heading, and where a scenario keeps its ratios
+# (figure key -> ratio) for that column.
+RatioColumn = tuple[str, Callable[[dict[str, Any]], dict[str, Any]]]
+
+
+def _ratios_of(field: str, *path: str) -> Callable[[dict[str, Any]], dict[str, Any]]:
+    """The ratios a scenario keeps under ``field`` and then ``path`` ({} if none)."""
+
+    def get(sc: dict[str, Any]) -> dict[str, Any]:
+        node: dict[str, Any] = sc.get(field, {})
+        for key in path:
+            node = node.get(key, {})
+        return node
+
+    return get
+
+
+def _is_stream(sc: dict[str, Any]) -> bool:
+    return str(sc["key"]).startswith(STREAM_PREFIX)
+
+
 def markdown(results: dict[str, Any]) -> str:
     """The results table: median <sub>min-max</sub> per system, zmqbus (the threaded
-    face) ÷ each peer, and zmqbus (asyncio) ÷ NATS and ÷ pyzmq DEALER/ROUTER."""
+    face) ÷ each peer, and zmqbus (asyncio) ÷ NATS and ÷ pyzmq DEALER/ROUTER. The
+    stream scenarios have a table of their own (``streams_markdown``)."""
     order = list(PEERS)
-    measured = [ZMQBUS, ZMQBUS_AIO, *order]
+    columns: list[RatioColumn] = [
+        (f"zmqbus ÷ {SYSTEMS[k].label}", _ratios_of("ratios", k)) for k in order
+    ]
+    columns += [
+        (f"{SYSTEMS[ZMQBUS_AIO].label} ÷ {SYSTEMS[k].label}", _ratios_of("ratios_aio", k))
+        for k in AIO_RATIO_PEERS
+    ]
+    scenarios = [sc for sc in results["scenarios"] if not _is_stream(sc)]
+    return _table(scenarios, [ZMQBUS, ZMQBUS_AIO, *order], columns)
+
+
+def _table(scenarios: list[dict[str, Any]], measured: list[str], columns: list[RatioColumn]) -> str:
+    """A table of ``scenarios``: a column per ``measured`` system, then the ratio
+    ``columns``; notes on skipped systems and failed runs below it."""
     head = ["scenario", "figure"] + [SYSTEMS[k].label for k in measured]
-    head += [f"zmqbus ÷ {SYSTEMS[k].label}" for k in order]
-    head += [f"{SYSTEMS[ZMQBUS_AIO].label} ÷ {SYSTEMS[k].label}" for k in AIO_RATIO_PEERS]
+    head += [heading for heading, _ in columns]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     notes: list[str] = []
-    for sc in results["scenarios"]:
+    for sc in scenarios:
         first = True
         rows = list(sc["figures"])
         any_loss = any(
@@ -157,18 +206,11 @@ def markdown(results: dict[str, Any]) -> str:
                     cells.append("failed")
                 else:
                     cells.append(_cell(st, fig["unit"]))
-            for key in order:
+            for _, ratios in columns:
                 if fig["key"] == "__loss":
                     cells.append("")
                     continue
-                r = sc.get("ratios", {}).get(key, {}).get(fig["key"])
-                cells.append(_ratio_cell(r))
-            for key in AIO_RATIO_PEERS:
-                if fig["key"] == "__loss":
-                    cells.append("")
-                    continue
-                r = sc.get("ratios_aio", {}).get(key, {}).get(fig["key"])
-                cells.append(_ratio_cell(r))
+                cells.append(_ratio_cell(ratios(sc).get(fig["key"])))
             lines.append("| " + " | ".join(cells) + " |")
         for key, reason in sc.get("skipped", {}).items():
             notes.append(f"{sc['title']}: {SYSTEMS[key].label} skipped: {reason}")
@@ -337,6 +379,8 @@ def targets_markdown(rows: list[dict[str, Any]]) -> str:
         r = t["ratio"]
         if r is None:
             measured = "n/a"
+        elif t.get("unit") == "MB":
+            measured = f"{r:,.1f} MB"
         elif "bytes" in t["target"]:
             measured = f"{r:,.0f} B"
         else:
@@ -416,10 +460,123 @@ def curve_markdown(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines) + "\n"
 
 
+# --- durable streams (issue 15) ----------------------------------------------------------
+
+# The most server memory that 1,000,000 stored 100-byte messages may add (MB).
+STREAM_RSS_GOAL_MB = 50.0
+STREAM_RSS_GOAL_COUNT = 1_000_000
+
+
+def stream_targets(results: dict[str, Any]) -> list[dict[str, Any]]:
+    """Issue 15's targets, for each zmqbus sync setting that ran: pipelined stored
+    publish and consume+ack >= 1.5x JetStream, one-at-a-time stored publish p50 at
+    most JetStream's, and the broker's RSS growth < 50 MB with 1,000,000 stored
+    100-byte messages (a run that stored fewer can only show it missed: memory does
+    not grow in proportion to the count, so a smaller run says nothing of a pass)."""
+    out: list[dict[str, Any]] = []
+    by_key = {sc["key"]: sc for sc in results["scenarios"] if _is_stream(sc)}
+    faces = [f for f in STREAM_FACES if any(f in sc["systems"] for sc in by_key.values())]
+    ratio_goals = (
+        ("stream_pipe", "rate", "stored publish, pipelined", ">=", 1.5),
+        ("stream_consume", "rate", "consume+ack", ">=", 1.5),
+        ("stream_pub", "rtt.p50", "stored publish one at a time, p50", "<=", 1.0),
+    )
+    for key, fig, what, kind, goal in ratio_goals:
+        sc = by_key.get(key)
+        if sc is None:
+            continue
+        for face in faces:
+            r = _ratios_of("ratios_stream", face, NATS_JS)(sc).get(fig)
+            ratio = None if r is None else float(r["ratio"])
+            out.append(
+                {
+                    "target": f"{what}: {SYSTEMS[face].label} ÷ JetStream",
+                    "ratio": ratio,
+                    "goal": f"{kind} {goal:g}",
+                    "met": _met(ratio, kind, goal),
+                    "note": ""
+                    if r is None or r["n"] < 2
+                    else f"per-run ratios {r['min']:.2f}-{r['max']:.2f}",
+                }
+            )
+    sc = by_key.get("stream_rss")
+    if sc is not None:
+        count = int(sc["params"]["count"])
+        for face in faces:
+            growth = _median(results, "stream_rss", face, "rss_growth_mb")
+            met: bool | None = None
+            note = ""
+            if growth is not None:
+                if count >= STREAM_RSS_GOAL_COUNT:
+                    growth = growth * STREAM_RSS_GOAL_COUNT / count
+                    met = growth < STREAM_RSS_GOAL_MB
+                elif growth >= STREAM_RSS_GOAL_MB:
+                    met = False
+                    note = f"already at {count:,} stored"
+                else:
+                    note = f"measured at {count:,} stored: says nothing of 1,000,000"
+            out.append(
+                {
+                    "target": f"broker RSS growth, 1,000,000 stored 100-B messages: "
+                    f"{SYSTEMS[face].label}",
+                    "ratio": growth,
+                    "unit": "MB",
+                    "goal": f"< {STREAM_RSS_GOAL_MB:g} MB",
+                    "met": met,
+                    "note": note,
+                }
+            )
+    return out
+
+
+def streams_markdown(results: dict[str, Any]) -> str:
+    """The "Durable streams" section ("" when no stream scenario ran): its table, with
+    each zmqbus sync setting ÷ JetStream and full ÷ normal, and issue 15's targets."""
+    scenarios = [sc for sc in results["scenarios"] if _is_stream(sc)]
+    if not scenarios:
+        return ""
+    jetstream = SYSTEMS[NATS_JS].label
+    columns: list[RatioColumn] = [
+        (f"{SYSTEMS[face].label} ÷ {jetstream}", _ratios_of("ratios_stream", face, NATS_JS))
+        for face in STREAM_FACES
+    ]
+    columns.append(
+        (
+            "sync full ÷ sync normal",
+            _ratios_of("ratios_stream", ZMQBUS_SYNC_FULL, ZMQBUS_SYNC_NORMAL),
+        )
+    )
+    intro = (
+        "\n### Durable streams (issue 15)\n\n"
+        "zmqbus is the threaded `Bus` against a broker with a store directory (SQLite, "
+        "`--data-dir`), once with `--sync normal` (commits survive the broker process "
+        "dying) and once with `--sync full` (power loss too: an fsync per commit); NATS "
+        "JetStream is nats-py against `nats-server -js`, file storage, its default sync "
+        "(no fsync per write). Every store is in a temporary directory of its own. The "
+        f"zmqbus brokers run with `--max-queued-bytes {ZMQBUS_STREAM_QUEUED_BYTES}` (a "
+        f"high-water mark of {ZMQBUS_STREAM_HWM:,} messages): at the default (496 with the "
+        "suite's 2 MiB frames) a window of "
+        "1,000 stored publishes, which owes its publisher 2,000 replies, can fill the "
+        "queue, and this zmqbus then drops a STORED or ROUTED and that publish is never "
+        "confirmed (see perf/README.md). Each cell: median <sub>min-max</sub> over the "
+        "runs; ratios of the medians <sub>range of the per-run ratios</sub> (for µs and MB "
+        "lower is better, so there a ratio below 1 favours zmqbus).\n\n"
+    )
+    return (
+        intro
+        + _table(scenarios, list(STREAM_SYSTEMS), columns)
+        + "\n#### Targets of issue 15\n\n"
+        + targets_markdown(results.get("stream_targets") or stream_targets(results))
+    )
+
+
 # --- charts ------------------------------------------------------------------------------
 
 _COLORS = {
     "zmqbus": "#d62728",
+    "zmqbus-sync-normal": "#d62728",
+    "zmqbus-sync-full": "#e377c2",
+    "nats-js": "#1f77b4",
     "zmqbus-aio": "#ff7f0e",
     "zmqbus-curve": "#8c564b",
     "zmq-pushpull": "#7f7f7f",
@@ -445,6 +602,7 @@ def make_charts(results: dict[str, Any], out_dir: Path) -> list[Path]:
         _throughput_chart(plt, results, out_dir / "throughput.png"),
         _payload_chart(plt, results, out_dir / "payloads.png"),
         _routing_chart(plt, results, out_dir / "routing.png"),
+        _stream_chart(plt, results, out_dir / "streams.png"),
     ]
     return [p for p in paths if p is not None]
 
@@ -631,6 +789,35 @@ def _routing_chart(plt: Any, results: dict[str, Any], path: Path) -> Path | None
     axes[1].set_ylabel("MiB")
     axes[1].set_title("server RSS with N subscriptions")
     axes[0].legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def _stream_chart(plt: Any, results: dict[str, Any], path: Path) -> Path | None:
+    sc = _by_key(results)
+    keys = [
+        ("stream_pub", "stored publish\none at a time"),
+        ("stream_pipe", "stored publish\npipelined"),
+        ("stream_consume", "consume+ack"),
+        ("stream_replay", "replay"),
+    ]
+    groups = [(label, sc[k]) for k, label in keys if k in sc]
+    memory = [("server RSS growth", sc["stream_rss"])] if "stream_rss" in sc else []
+    if not groups and not memory:
+        return None
+    fig, axes = plt.subplots(
+        1, 2, figsize=(12, 4.2), gridspec_kw={"width_ratios": [max(1, len(groups)), 1]}
+    )
+    if groups:
+        _bars(plt, axes[0], groups, "rate", "messages/s (log)")
+        axes[0].set_title("durable streams, 100 B: messages/s (higher is better)")
+        axes[0].legend(fontsize=8)
+    if memory:
+        _bars(plt, axes[1], memory, "rss_growth_mb", "MB (log)")
+        count = int(sc["stream_rss"]["params"]["count"])
+        axes[1].set_title(f"{count:,} stored\n(lower is better)", fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)

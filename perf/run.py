@@ -28,14 +28,18 @@ if __package__ in (None, ""):  # run as a script: python perf/run.py
 from perf import report
 from perf.harness import worker_context
 from perf.profiles import FULL, QUICK, Profile
-from perf.scenarios import Env, Measure, Scenario, build_scenarios
+from perf.scenarios import STREAM_PREFIX, Env, Measure, Scenario, build_scenarios
 from perf.servers import start_server
 from perf.systems import (
+    NATS_JS,
     PEERS,
+    STREAM_FACES,
+    STREAM_SYSTEMS,
     SYSTEMS,
     ZMQBUS,
     ZMQBUS_AIO,
     ZMQBUS_CURVE,
+    ZMQBUS_SYNC_NORMAL,
     missing,
     suite_missing,
 )
@@ -307,18 +311,25 @@ def run_scenario(
     out["ratios_aio"] = _ratios(sc, out, runs, ZMQBUS_AIO, (ZMQBUS, *PEERS))
     # What CURVE costs: zmqbus with CURVE ÷ the same bus without, in the same run.
     out["ratios_curve"] = _ratios(sc, out, runs, ZMQBUS_CURVE, (ZMQBUS,))
+    # Durable streams: each zmqbus sync setting ÷ JetStream, and full ÷ normal.
+    out["ratios_stream"] = {
+        face: _ratios(sc, out, runs, face, (NATS_JS, ZMQBUS_SYNC_NORMAL)) for face in STREAM_FACES
+    }
     return out
 
 
-def _warm_up(systems: list[str], unavailable: dict[str, str], progress: Progress) -> None:
+def _warm_up(
+    systems: list[str], unavailable: dict[str, str], progress: Progress, *, streams: bool
+) -> None:
     """One small unrecorded fire-and-forget run per system before the first scenario,
-    so the first recorded run does not pay for cold caches and first imports."""
-    sc = next((s for s in build_scenarios(QUICK) if s.key == "ff"), None)
-    if sc is None:
-        return
+    so the first recorded run does not pay for cold caches and first imports; with
+    ``streams``, a small pipelined stored publish per stream system too."""
+    keys = ("ff", "stream_pipe") if streams else ("ff",)
+    scenarios = [s for s in build_scenarios(QUICK) if s.key in keys]
     quiet = Progress(0, stream=_NullStream())
     progress.note("perf: warming up (one small unrecorded run per system)")
-    run_scenario(sc, QUICK, systems, unavailable, quiet)
+    for sc in scenarios:
+        run_scenario(sc, QUICK, systems, unavailable, quiet)
 
 
 class _NullStream:
@@ -388,6 +399,13 @@ def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
         default=list(SYSTEMS),
         help="systems to measure (default: all)",
     )
+    ap.add_argument(
+        "--stream-count",
+        type=int,
+        metavar="N",
+        help="stored messages that stream_replay reads back and stream_rss measures the "
+        "server's memory with (default: full 1,000,000, quick 2,000)",
+    )
     ap.add_argument("--out", type=Path, default=RESULTS_DIR, help="results directory")
     ap.add_argument("--no-charts", action="store_true", help="skip the PNG charts")
     ap.add_argument(
@@ -422,6 +440,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             print("--runs must be at least 1", file=sys.stderr)
             return 2
         profile = Profile(**{**profile.__dict__, "runs": args.runs})
+    if args.stream_count is not None:
+        if args.stream_count < 1:
+            print("--stream-count must be at least 1", file=sys.stderr)
+            return 2
+        counts = {"stream_replay_count": args.stream_count, "stream_rss_count": args.stream_count}
+        profile = Profile(**{**profile.__dict__, **counts})
     scenarios = build_scenarios(profile)
     if args.list:
         for sc in scenarios:
@@ -484,7 +508,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     }
     try:
         if not args.no_warmup:
-            _warm_up(list(args.systems), unavailable, progress)
+            # The stream systems too, but not in a smoke run: their servers take a second.
+            streams = not args.quick and any(
+                s in STREAM_SYSTEMS for sc in scenarios for s in sc.systems
+            )
+            _warm_up(list(args.systems), unavailable, progress, streams=streams)
         for sc in scenarios:
             results["scenarios"].append(
                 run_scenario(sc, profile, list(args.systems), unavailable, progress)
@@ -495,6 +523,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     results["seconds"] = round(time.monotonic() - t0, 1)
     results["targets"] = report.targets(results)
     results["curve_cost"] = report.curve_cost(results)
+    results["stream_targets"] = report.stream_targets(results)
     failures = [
         f"{sc['key']}/{s}"
         for sc in results["scenarios"]
@@ -551,7 +580,7 @@ def _update_readme(results: dict[str, Any], out: Path) -> Path:
         rel = charts.resolve()
     figs = "\n".join(
         f"![{name}]({rel.as_posix()}/{name}.png)"
-        for name in ("throughput", "latency", "payloads", "routing")
+        for name in ("throughput", "latency", "payloads", "routing", "streams")
         if (charts / f"{name}.png").exists()
     )
     block = f"{_START}\n{_markdown_doc(results)}\n{figs}\n{_END}"
@@ -581,6 +610,8 @@ def _markdown_doc(results: dict[str, Any]) -> str:
         f"(event loop: {loop}), {v.get('redis-server')} with redis-py {v.get('redis')} and "
         f"hiredis {v.get('hiredis')} (hiredis parser: {parser})."
         "\n\n"
+    )
+    legend = (
         "Each cell: median <sub>min-max</sub> over the runs. Ratio columns: zmqbus ÷ the peer, "
         "of the medians <sub>range of the per-run ratios</sub>; for µs, MiB and bytes lower "
         'is better, so there a ratio below 1 favours zmqbus. "zmqbus" is the threaded `Bus`, '
@@ -588,12 +619,20 @@ def _markdown_doc(results: dict[str, Any]) -> str:
         "its own ratio columns to NATS and to pyzmq DEALER/ROUTER at the end. "
         'No "lost" row under a scenario: nothing was lost in it.\n\n'
     )
+    pubsub = ""
+    # A run of the stream scenarios alone has no pub/sub table and no issue-4 targets.
+    if any(not sc["key"].startswith(STREAM_PREFIX) for sc in results["scenarios"]):
+        pubsub = (
+            legend
+            + report.markdown(results)
+            + "\n### Targets of issue 4\n\n"
+            + report.targets_markdown(results["targets"])
+        )
     return (
         head
-        + report.markdown(results)
-        + "\n### Targets of issue 4\n\n"
-        + report.targets_markdown(results["targets"])
+        + pubsub
         + report.curve_markdown(results.get("curve_cost", []))
+        + report.streams_markdown(results)
     )
 
 

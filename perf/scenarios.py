@@ -12,6 +12,13 @@ report "ready" and wait; then all sources get "go" at once. Figures:
 - latency: ping-pong with one message in flight; the subscriber time-stamps arrival
   against the publisher's send time in the payload (one clock: CLOCK_MONOTONIC),
   the publisher times the echo's return.
+- durable streams (issue 15): a stream of its own per run (added by the worker that
+  publishes into it, deleted after the clock), 100-byte messages. Stored publishes
+  are confirmed publishes (``confirmed``) that count once stored; consume+ack and
+  replay read a backlog that ``stream_filler`` stored first (not timed):
+  messages read / (the reader's time from before it binds its consumer to its last
+  message, or for a durable to the broker holding its last ack); memory: the
+  server's RSS before and after storing a backlog, on a fresh server every run.
 """
 
 from __future__ import annotations
@@ -26,10 +33,11 @@ from typing import Any
 from perf.harness import RunError, Spec, Worker, close_all, samples_from_bytes, wait_all
 from perf.profiles import Profile
 from perf.servers import Server, start_server
-from perf.systems import SYSTEMS, ZMQBUS, ZMQBUS_CURVE
+from perf.systems import STREAM_SYSTEMS, SYSTEMS, ZMQBUS, ZMQBUS_CURVE
 
 __all__ = [
     "PERCENTILES",
+    "STREAM_PREFIX",
     "Env",
     "FigureDef",
     "Measure",
@@ -39,6 +47,8 @@ __all__ = [
 ]
 
 PERCENTILES = (50.0, 90.0, 99.0, 99.9)
+# The keys of the durable-stream scenarios start so (they have a table of their own).
+STREAM_PREFIX = "stream_"
 
 
 @dataclass(frozen=True)
@@ -154,7 +164,7 @@ def run_group(
         for w in src_w:
             w.send("go")
         src_res = wait_all(src_w, "result", timeout)
-        total = sum(int(r["sent"]) for r in src_res)
+        total = sum(int(r.get("sent", 0)) for r in src_res)
         for w in sink_w:
             w.send("expect", total)
         sink_res = wait_all(sink_w, "result", timeout)
@@ -227,7 +237,11 @@ def throughput(
     return m
 
 
-def confirmed(env: Env, system: str, *, count: int, window: int, warmup: int) -> Measure:
+def confirmed(
+    env: Env, system: str, *, count: int, window: int, warmup: int, stored: bool = False
+) -> Measure:
+    """Confirmed publishes to one subscriber; ``stored``: into a stream of the run's
+    own instead (no subscriber), each confirmed once the stream stored it."""
     prof = env.profile
     with env.server(system) as srv:
         base = Spec(
@@ -239,16 +253,23 @@ def confirmed(env: Env, system: str, *, count: int, window: int, warmup: int) ->
             reply_topic="bench.ack",
             curve=srv.curve,
         )
-        sink = base.but(role="sink", address=srv.sub, mode="ack", count=warmup + count)
         src = base.but(role="confirmer", address=srv.pub, count=count, window=window, warmup=warmup)
-        sink_res, src_res = run_group([sink], [src], prof.run_timeout)
+        if stored:
+            sinks = []
+            src = _into_stream(src.but(role="stream_publisher"), delivered=0, delete=True)
+        else:
+            sinks = [base.but(role="sink", address=srv.sub, mode="ack", count=warmup + count)]
+        sink_res, src_res = run_group(sinks, [src], _run_timeout(prof, count + warmup))
     r = src_res[0]
     lat = samples_from_bytes(r["lat"])
+    errors = int(r.get("errors", 0))
+    # Stored: a publish the stream did not confirm is lost to it (and an error).
+    received = warmup + count - errors if stored else int(sink_res[0]["received"])
     m = Measure(
         values={"rate": count / _secs(int(r["t_end"]) - int(r["t_start"]))},
-        loss=warmup + count - int(sink_res[0]["received"]),
-        errors=int(r.get("errors", 0)),
-        info={"received": int(sink_res[0]["received"]), "window": window},
+        loss=warmup + count - received,
+        errors=errors,
+        info={"received": received, "window": window},
     )
     if r.get("error_samples"):
         m.info["error_samples"] = list(r["error_samples"])
@@ -311,6 +332,99 @@ def reqrep(env: Env, system: str, *, count: int, warmup: int) -> Measure:
         loss=warmup + count - int(sink_res[0]["received"]),
         errors=int(r.get("errors", 0)),
         samples={"rtt": samples_from_bytes(r["lat"])},
+    )
+
+
+def _into_stream(spec: Spec, **extra: Any) -> Spec:
+    """``spec`` publishing into (or reading) a file stream of its own: a fresh name,
+    and a topic under subjects no other stream of the server shares (JetStream
+    refuses overlapping subjects across the whole server)."""
+    name = f"bench-{uuid.uuid4().hex[:12]}"
+    return spec.but(
+        topic=f"bench.{name}.data",
+        extra={**spec.extra, "stream": name, "subjects": [f"bench.{name}.>"], **extra},
+    )
+
+
+def _run_timeout(prof: Profile, count: int) -> float:
+    """A run's limit: the profile's, or long enough for ``count`` messages at 2,000/s."""
+    return max(prof.run_timeout, count / 2_000)
+
+
+def _stream_backlog(srv: Server, system: str, channel: str, count: int, prof: Profile) -> Spec:
+    """Store ``count`` messages in a new stream (``stream_filler``); the spec that did
+    it, which names the stream. Returns once they are all stored."""
+    timeout = _run_timeout(prof, count)
+    spec = _into_stream(
+        Spec(
+            system=system,
+            role="stream_filler",
+            address=srv.pub,
+            channel=channel,
+            count=count,
+            size=100,
+            timeout=timeout,
+        )
+    )
+    run_group([], [spec], timeout)
+    return spec
+
+
+def stream_read(env: Env, system: str, *, count: int, durable: str) -> Measure:
+    """A backlog of ``count`` stored messages (not timed), then one consumer reads it
+    all from the first: the ``durable`` one acking each message, or (``durable``
+    empty) the system's way of reading a stream back (a replay)."""
+    prof = env.profile
+    timeout = _run_timeout(prof, count)
+    with env.server(system) as srv:
+        channel = env.channel(system)
+        filled = _stream_backlog(srv, system, channel, count, prof)
+        reader = filled.but(
+            role="stream_consumer",
+            timeout=timeout,
+            extra={
+                **filled.extra,
+                "durable": durable,
+                "ack_pending": prof.stream_ack_pending,
+                "delete": True,
+            },
+        )
+        r = run_group([], [reader], timeout)[1][0]
+    received = int(r["received"])
+    return Measure(
+        values={"rate": received / _secs(int(r["t_end"]) - int(r["t_start"]))},
+        loss=count - received,
+        errors=int(r.get("errors", 0)),
+        info={
+            "received": received,
+            "last_seq": int(r["last_seq"]),
+            "seconds_to_last_message": _secs(int(r["t_last"]) - int(r["t_start"])),
+            "ack_pending": prof.stream_ack_pending,
+        },
+    )
+
+
+def stream_rss(env: Env, system: str, *, count: int) -> Measure:
+    """The server's RSS growth from storing ``count`` messages, on a fresh server
+    (a server keeps memory it has freed): VmRSS before the publisher connects and
+    once the stream confirmed the last message. The growth therefore includes one
+    connection and an empty stream, next to nothing beside the messages."""
+    prof = env.profile
+    srv = env.fresh_server(system)
+    before = srv.rss_kib()
+    t0 = time.monotonic()
+    _stream_backlog(srv, system, env.channel(system), count, prof)
+    seconds = time.monotonic() - t0
+    after = srv.rss_kib()
+    return Measure(
+        values={"rss_growth_mb": (after - before) * 1024 / 1e6},
+        loss=0,
+        info={
+            "stored": count,
+            "rss_before_mib": round(before / 1024, 1),
+            "rss_after_mib": round(after / 1024, 1),
+            "fill_rate": round(count / max(seconds, 1e-9)),
+        },
     )
 
 
@@ -511,7 +625,95 @@ def build_scenarios(p: Profile) -> list[Scenario]:
         for kind in ("exact", "wildcard"):
             out.append(_routing(p, level, kind))
     out.append(_routing(p, p.routing_channels, "channels"))
+    out += _stream_scenarios(p)
     return out
+
+
+def _stream_scenarios(p: Profile) -> list[Scenario]:
+    """Durable streams (issue 15): zmqbus with each ``--sync`` setting against NATS
+    JetStream (file storage), 100-byte messages, a stream of its own per run."""
+    stored = FigureDef("rate", "stored msgs/s", "msgs/s")
+    read = FigureDef("rate", "msgs/s read", "msgs/s")
+    window = p.stream_window
+    return [
+        Scenario(
+            "stream_pub",
+            "stream: stored publish, one at a time, 100 B",
+            f"{p.stream_pub_count:,} publishes into a file stream after {p.stream_pub_warmup:,} "
+            "warm-up, each waiting until the stream stored it (zmqbus `publish`, JetStream "
+            "`js.publish`): msgs/s and each publish's round trip",
+            ("stream_publisher",),
+            STREAM_SYSTEMS,
+            [stored, *_pct_figures("rtt", "stored round trip")],
+            lambda env, s: confirmed(
+                env, s, count=p.stream_pub_count, window=1, warmup=p.stream_pub_warmup, stored=True
+            ),
+            _always,
+            params={"count": p.stream_pub_count, "warmup": p.stream_pub_warmup, "size": 100},
+        ),
+        Scenario(
+            "stream_pipe",
+            f"stream: stored publish, pipelined (window {window:,}), 100 B",
+            f"{p.stream_pipe_count:,} publishes into a file stream, up to {window:,} not yet "
+            "stored at once (zmqbus `publish_nowait` futures, JetStream `js.publish_async`)",
+            ("stream_publisher",),
+            STREAM_SYSTEMS,
+            [stored],
+            lambda env, s: confirmed(
+                env, s, count=p.stream_pipe_count, window=window, warmup=0, stored=True
+            ),
+            _always,
+            params={"count": p.stream_pipe_count, "window": window, "size": 100},
+        ),
+        Scenario(
+            "stream_consume",
+            f"stream: consume+ack a backlog of {p.stream_backlog:,}, 100 B",
+            f"{p.stream_backlog:,} stored messages (stored first, not timed) read by a new "
+            "durable consumer from the first, acking each (zmqbus `consume` + `ack()`, "
+            "JetStream push consumer + `ack()`), at most "
+            f"{p.stream_ack_pending:,} unacknowledged; until the server holds the last ack",
+            ("stream_filler", "stream_consumer"),
+            STREAM_SYSTEMS,
+            [read],
+            lambda env, s: stream_read(env, s, count=p.stream_backlog, durable="bench"),
+            _always,
+            params={
+                "count": p.stream_backlog,
+                "ack_pending": p.stream_ack_pending,
+                "size": 100,
+            },
+        ),
+        Scenario(
+            "stream_replay",
+            f"stream: replay {p.stream_replay_count:,} stored messages, 100 B",
+            f"{p.stream_replay_count:,} stored messages (stored first, not timed) read back "
+            'from the first by an ephemeral consumer: zmqbus `consume(deliver="all")`, '
+            "acking each (its consumers have no ack-free mode), JetStream nats-py's ordered "
+            "consumer (no acks)",
+            ("stream_filler", "stream_consumer"),
+            STREAM_SYSTEMS,
+            [read],
+            lambda env, s: stream_read(env, s, count=p.stream_replay_count, durable=""),
+            _always,
+            params={
+                "count": p.stream_replay_count,
+                "ack_pending": p.stream_ack_pending,
+                "size": 100,
+            },
+        ),
+        Scenario(
+            "stream_rss",
+            f"stream: server RSS growth, {p.stream_rss_count:,} stored messages of 100 B",
+            f"VmRSS of the broker (zmqbus) or nats-server before and after {p.stream_rss_count:,} "
+            "messages are stored in one file stream, on a fresh server every run",
+            ("stream_filler",),
+            STREAM_SYSTEMS,
+            [FigureDef("rss_growth_mb", "server RSS growth", "MB", "lower")],
+            lambda env, s: stream_rss(env, s, count=p.stream_rss_count),
+            _always,
+            params={"count": p.stream_rss_count, "size": 100},
+        ),
+    ]
 
 
 def _payload_run(size: int, count: int) -> RunFn:

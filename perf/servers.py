@@ -1,5 +1,6 @@
-"""Start and stop the servers on 127.0.0.1: the zmqbus broker (plain or with CURVE),
-nats-server, redis-server, and the raw-pyzmq helper processes; read a server's RSS.
+"""Start and stop the servers on 127.0.0.1: the zmqbus broker (plain, with CURVE, or
+with a store directory for durable streams), nats-server (plain, or with JetStream),
+redis-server, and the raw-pyzmq helper processes; read a server's RSS.
 
 Every server runs in its own process. The script waits for each one's own "ready"
 line (the broker's ``listening on``, nats-server's ``Server is ready``,
@@ -26,7 +27,7 @@ from pathlib import Path
 from perf.harness import Spec, Worker, die_with_parent
 from zmqbus.keys import keygen, load_public_key
 
-__all__ = ["Server", "rss_kib", "start_server"]
+__all__ = ["ZMQBUS_STREAM_HWM", "ZMQBUS_STREAM_QUEUED_BYTES", "Server", "rss_kib", "start_server"]
 
 log = logging.getLogger("perf.servers")
 
@@ -48,6 +49,14 @@ def rss_kib(pid: int) -> int:
         return 0
     m = re.search(r"^VmRSS:\s+(\d+)\s+kB", text, re.MULTILINE)
     return int(m.group(1)) if m else 0
+
+
+def _store_dir(prefix: str) -> Path:
+    """A fresh directory for a server's durable store, removed when the server stops.
+
+    ``tempfile`` puts it under $TMPDIR (else /tmp): a disk, not a tmpfs, or fsync
+    costs nothing and ``--sync full`` measures nothing."""
+    return Path(tempfile.mkdtemp(prefix=prefix))
 
 
 def _free_port() -> int:
@@ -210,28 +219,90 @@ def _curve_broker() -> Server:
     return server
 
 
+# A stream broker's high-water mark: max_queued_bytes / (max_message_size + 64 KiB)
+# messages, 496 with the defaults and the suite's 2 MiB frames. A window of 1,000
+# stored publishes owes its publisher 2,000 replies (STORED and ROUTED, each a zmq
+# message of its own: STORED is not batched and breaks ROUTED's runs), and the zmqbus
+# of 9526451-ed36375 drops a STORED or ROUTED that finds the queue full (counted as
+# dropped_hwm), so that publish is never confirmed: 8 GiB makes the mark 3,971
+# messages, past any window the suite keeps. A bound, not an allocation.
+ZMQBUS_STREAM_QUEUED_BYTES = 8 << 30
+# The high-water mark (messages) the broker derives from it, as it logs it.
+ZMQBUS_STREAM_HWM = ZMQBUS_STREAM_QUEUED_BYTES // (ZMQBUS_MAX_MESSAGE_SIZE + 65536)
+
+
+def _stream_broker(sync: str) -> Server:
+    """The suite's broker with a store directory of its own (SQLite file streams) and
+    its commits synced as ``sync`` says: "normal" survives the broker process dying,
+    "full" power loss too (an fsync per commit)."""
+    folder = _store_dir(f"perf-zmqbus-{sync}-")
+    try:
+        argv = _broker_argv(
+            "--data-dir",
+            str(folder),
+            "--sync",
+            sync,
+            "--max-queued-bytes",
+            str(ZMQBUS_STREAM_QUEUED_BYTES),
+        )
+        return _Subprocess(
+            f"zmqbus broker (sync {sync})", argv, _BROKER_READY, None, cleanup=[folder]
+        )
+    except BaseException:
+        shutil.rmtree(folder, ignore_errors=True)
+        raise
+
+
+def _nats_server(*, jetstream: bool) -> Server:
+    """nats-server with the suite's config; with ``jetstream``, JetStream on and its
+    file store in a directory of its own, synced as by default: no fsync per write
+    (a PubAck means written to the OS, as zmqbus's sync "normal"), a forced sync
+    only now and then (``sync_interval``, 2 minutes in the versions that name it)."""
+    fd, name = tempfile.mkstemp(prefix="perf-nats-", suffix=".conf")
+    with os.fdopen(fd, "w") as f:
+        f.write(_NATS_CONF)
+    conf = Path(name)
+    cleanup = [conf]
+    argv = ["nats-server", "-a", "127.0.0.1", "-p", "-1", "-c", str(conf)]
+    if jetstream:
+        store = _store_dir("perf-nats-js-")
+        cleanup.append(store)
+        argv += ["-js", "-sd", str(store)]
+    try:
+        server = _Subprocess(
+            "nats-server" + (" -js" if jetstream else ""),
+            argv,
+            re.compile(r"Listening for client connections on (\S+:\d+)"),
+            None,
+            cleanup=cleanup,
+        )
+    except BaseException:
+        for path in cleanup:
+            if path.is_dir():
+                shutil.rmtree(path, ignore_errors=True)
+            else:
+                path.unlink(missing_ok=True)
+        raise
+    # The address line comes before "Server is ready": wait for that one too.
+    _wait_port(server.pub)
+    server.pub = server.sub = f"nats://{server.pub}"
+    return server
+
+
 def start_server(kind: str, system: str) -> Server:
     """Start the server of ``kind`` (see ``perf.systems.System.server``)."""
     if kind == "zmqbus":
         return _Subprocess("zmqbus broker", _broker_argv(), _BROKER_READY, None)
     if kind == "zmqbus-curve":
         return _curve_broker()
+    if kind == "zmqbus-sync-normal":
+        return _stream_broker("normal")
+    if kind == "zmqbus-sync-full":
+        return _stream_broker("full")
     if kind == "nats":
-        fd, name = tempfile.mkstemp(prefix="perf-nats-", suffix=".conf")
-        with os.fdopen(fd, "w") as f:
-            f.write(_NATS_CONF)
-        conf = Path(name)
-        server = _Subprocess(
-            "nats-server",
-            ["nats-server", "-a", "127.0.0.1", "-p", "-1", "-c", str(conf)],
-            re.compile(r"Listening for client connections on (\S+:\d+)"),
-            None,
-            cleanup=[conf],
-        )
-        # The address line comes before "Server is ready": wait for that one too.
-        _wait_port(server.pub)
-        server.pub = server.sub = f"nats://{server.pub}"
-        return server
+        return _nats_server(jetstream=False)
+    if kind == "nats-js":
+        return _nats_server(jetstream=True)
     if kind == "redis":
         port = _free_port()
         argv = [

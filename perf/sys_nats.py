@@ -10,6 +10,15 @@ for the server to have everything.
 Confirmation in NATS is request/reply: the subscriber responds to each message and
 the publisher awaits the reply (``nc.request``). A pipelined confirmer runs
 ``window`` tasks, each requesting one message after another.
+
+JetStream (the "NATS JetStream" system: ``nats-server -js``, file storage) through
+nats-py's own API: a stored publish is ``js.publish`` (it awaits the PubAck), a
+pipelined one ``js.publish_async`` (a future per PubAck; faster here than as many
+tasks each awaiting ``js.publish``), a backlog goes in as core publishes with a
+``js.publish`` every ``_FILL_CHUNK``, and a stream is read back by a push consumer
+with a callback: a durable one acking each message (``manual_ack``; faster here than
+a pull consumer fetching batches), or for a replay nats-py's ordered consumer
+(ephemeral, no acks: how nats-py reads a stream back).
 """
 
 from __future__ import annotations
@@ -18,24 +27,39 @@ import asyncio
 import contextlib
 import socket
 from array import array
+from collections import deque
 from collections.abc import Awaitable, Callable, Coroutine
+from functools import partial
 from typing import Any
 from urllib.parse import urlsplit
 
 from perf.harness import (
     Ctl,
+    Failures,
     IdleRule,
     Spec,
     filler_patterns,
     make_payload,
     now_ns,
     read_stamp,
+    record_latency,
     samples_to_bytes,
     stamp_payload,
     stand_in_channels,
 )
 
-__all__ = ["confirmer", "event_loop_name", "filler", "pinger", "reqrep", "sink", "source"]
+__all__ = [
+    "confirmer",
+    "event_loop_name",
+    "filler",
+    "pinger",
+    "reqrep",
+    "sink",
+    "source",
+    "stream_consumer",
+    "stream_filler",
+    "stream_publisher",
+]
 
 _PENDING_MSGS = 50_000_000
 _PENDING_BYTES = 16 << 30
@@ -332,3 +356,217 @@ def _read_until(s: socket.socket, marker: bytes) -> bytes:
             raise ConnectionError(f"nats-server refused: {chunk[:200]!r}")
         buf += chunk
     return buf
+
+
+# --- JetStream ---------------------------------------------------------------------------
+
+# Core publishes between two ``js.publish`` while filling a stream (as for zmqbus).
+_FILL_CHUNK = 10_000
+
+
+async def _add_stream(js: Any, spec: Spec) -> str:
+    """Add the file stream ``spec.extra`` names (``stream``, ``subjects``); its name."""
+    from nats.js.api import StorageType
+
+    name = str(spec.extra["stream"])
+    await js.add_stream(name=name, subjects=list(spec.extra["subjects"]), storage=StorageType.FILE)
+    return name
+
+
+def stream_publisher(spec: Spec, ctl: Ctl) -> None:
+    _run(_stream_publisher(spec, ctl))
+
+
+async def _stream_publisher(spec: Spec, ctl: Ctl) -> None:
+    """Stored publishes: ``js.publish`` one at a time, or ``js.publish_async`` with
+    ``window`` PubAcks outstanding, awaiting the oldest when the window is full (the
+    shape of zmqbus's ``publish_nowait`` window). A publish counts once the stream
+    stored it (its PubAck names the stream); with ``delete`` the stream is deleted
+    when done (after the clock)."""
+    nc = await _connect(spec)
+    try:
+        window = max(1, spec.window)
+        js = nc.jetstream(publish_async_max_pending=max(4000, window))
+        stream = await _add_stream(js, spec)
+        payload = make_payload(spec.size)
+        topic = spec.topic
+        publish = js.publish
+        ctl.ready()
+        ctl.wait_go()
+        for _ in range(spec.warmup):
+            await publish(topic, payload, timeout=10)
+        total = spec.count
+        lat = array("q")
+        failures = Failures()
+        failed = failures.add
+        mono = now_ns
+
+        async def settled(fut: asyncio.Future[Any]) -> None:
+            try:
+                # A PubAck already in costs no loop turn: awaiting through wait_for
+                # would yield once per message, and nats-py would then write each
+                # publish on its own instead of a window's worth at once.
+                ack = fut.result() if fut.done() else await asyncio.wait_for(fut, 12.0)
+            except Exception as exc:
+                failed(exc)
+                return
+            if ack.stream != stream:
+                failed(ack)
+
+        t0 = now_ns()
+        if window == 1:
+            for _ in range(total):
+                t = mono()
+                try:
+                    ack = await publish(topic, payload, timeout=10)
+                except Exception as exc:
+                    failed(exc)
+                    continue
+                lat.append(mono() - t)
+                if ack.stream != stream:
+                    failed(ack)
+        else:
+            publish_async = js.publish_async
+            outstanding: deque[asyncio.Future[Any]] = deque()
+            for _ in range(total):
+                if len(outstanding) >= window:
+                    await settled(outstanding.popleft())
+                t = mono()
+                fut = await publish_async(topic, payload)
+                fut.add_done_callback(partial(record_latency, lat, t))
+                outstanding.append(fut)
+            while outstanding:
+                await settled(outstanding.popleft())
+        t1 = now_ns()
+        if spec.extra.get("delete"):
+            await js.delete_stream(stream)
+    finally:
+        await nc.close()
+    ctl.result(
+        sent=total,
+        t_start=t0,
+        t_end=t1,
+        lat=samples_to_bytes(lat),
+        errors=failures.count,
+        error_samples=failures.samples,
+    )
+
+
+def stream_filler(spec: Spec, ctl: Ctl) -> None:
+    _run(_stream_filler(spec, ctl))
+
+
+async def _stream_filler(spec: Spec, ctl: Ctl) -> None:
+    """Add the file stream and store ``spec.count`` messages in it as fast as they go
+    in: core publishes, every ``_FILL_CHUNK``-th one a ``js.publish`` whose PubAck's
+    sequence says the stream holds every message sent so far (one connection's
+    messages are stored in order): a run that lost one fails here."""
+    nc = await _connect(spec)
+    try:
+        js = nc.jetstream()
+        stream = await _add_stream(js, spec)
+        payload = make_payload(spec.size)
+        topic = spec.topic
+        publish = nc.publish
+        ctl.ready()
+        ctl.wait_go()
+        t0 = now_ns()
+        sent = 0
+        while sent < spec.count:
+            k = min(_FILL_CHUNK, spec.count - sent)
+            for _ in range(k - 1):
+                await publish(topic, payload)
+            ack = await js.publish(topic, payload, timeout=spec.timeout)
+            sent += k
+            if ack.stream != stream or ack.seq != sent:
+                raise RuntimeError(f"{sent:,} sent, but the last stored as {ack!r}")
+        t1 = now_ns()
+    finally:
+        await nc.close()
+    ctl.result(sent=sent, t_start=t0, t_end=t1)
+
+
+def stream_consumer(spec: Spec, ctl: Ctl) -> None:
+    _run(_stream_consumer(spec, ctl))
+
+
+async def _stream_consumer(spec: Spec, ctl: Ctl) -> None:
+    """Read ``spec.count`` messages of the stream from its first: the named
+    ``durable`` push consumer acking each message (explicit acks, at most
+    ``ack_pending`` unacknowledged), or without ``durable`` nats-py's ordered consumer
+    (no acks). The clock starts before the subscribe; it stops at the last message
+    for the ordered consumer, and for the durable once the server's ack floor
+    reaches it (``consumer_info``, polled: JetStream takes acks asynchronously). The
+    last message must be the stream's ``count``-th."""
+    from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
+
+    nc = await _connect(spec)
+    try:
+        js = nc.jetstream()
+        stream = str(spec.extra["stream"])
+        durable = str(spec.extra.get("durable") or "")
+        subject = str(spec.extra["subjects"][0])
+        done = asyncio.Event()
+        count = spec.count
+        state: list[Any] = [0, None]  # received, the last message
+
+        async def on_ack(msg: Any) -> None:
+            await msg.ack()
+            state[0] += 1
+            if state[0] >= count:
+                state[1] = msg
+                done.set()
+
+        async def on_read(msg: Any) -> None:
+            state[0] += 1
+            if state[0] >= count:
+                state[1] = msg
+                done.set()
+
+        limits = {"pending_msgs_limit": _PENDING_MSGS, "pending_bytes_limit": _PENDING_BYTES}
+        ctl.ready()
+        ctl.wait_go()
+        t0 = now_ns()
+        if durable:
+            config = ConsumerConfig(
+                deliver_policy=DeliverPolicy.ALL,
+                ack_policy=AckPolicy.EXPLICIT,
+                max_ack_pending=int(spec.extra["ack_pending"]),
+            )
+            sub = await js.subscribe(
+                subject,
+                stream=stream,
+                durable=durable,
+                cb=on_ack,
+                manual_ack=True,
+                config=config,
+                **limits,
+            )
+        else:
+            sub = await js.subscribe(
+                subject, stream=stream, ordered_consumer=True, cb=on_read, **limits
+            )
+        with contextlib.suppress(TimeoutError):  # stalled: the shortfall shows as loss
+            await asyncio.wait_for(done.wait(), spec.timeout)
+        t_last = now_ns()
+        n = int(state[0])
+        last = state[1]
+        errors = 0
+        last_seq = 0 if last is None else int(last.metadata.sequence.stream)
+        if last_seq != n:
+            errors += 1
+        if durable:
+            deadline = t_last + int(spec.timeout * 1e9)
+            while True:
+                info = await js.consumer_info(stream, durable)
+                if info.ack_floor.stream_seq >= n or now_ns() > deadline:
+                    break
+                await asyncio.sleep(0.001)
+            errors += info.ack_floor.stream_seq != n
+        t1 = now_ns()
+        await sub.unsubscribe()
+        if spec.extra.get("delete"):
+            await js.delete_stream(stream)
+    finally:
+        await nc.close()
+    ctl.result(received=n, t_start=t0, t_last=t_last, t_end=t1, errors=errors, last_seq=last_seq)

@@ -14,6 +14,12 @@ requester calls ``Bus.request`` one request at a time.
 
 The same roles serve "zmqbus (CURVE)": a spec with ``curve`` set connects its bus
 with CURVE (``curve_options``); nothing else differs.
+
+Durable streams (the "zmqbus (sync ...)" systems, a broker with a store directory):
+the confirmer is the stored publisher too (``Spec.extra`` names the stream it adds,
+and a publish counts once the stream stored it); ``stream_filler`` stores a backlog
+as fast as it goes in; ``stream_consumer`` reads a stream back from its first message
+through ``Bus.consume``, acking each message.
 """
 
 from __future__ import annotations
@@ -32,19 +38,31 @@ import zmq
 
 from perf.harness import (
     Ctl,
+    Failures,
     IdleRule,
     Spec,
     filler_patterns,
     make_payload,
     now_ns,
     read_stamp,
+    record_latency,
     samples_to_bytes,
     stamp_payload,
 )
 from zmqbus import Bus, Message, PublishResult
 from zmqbus import protocol as p
 
-__all__ = ["confirmer", "curve_options", "filler", "pinger", "reqrep", "sink", "source"]
+__all__ = [
+    "confirmer",
+    "curve_options",
+    "filler",
+    "pinger",
+    "reqrep",
+    "sink",
+    "source",
+    "stream_consumer",
+    "stream_filler",
+]
 
 # Far above any run's count: the subscription buffer must never be what drops.
 _SUB_BUFFER = 50_000_000
@@ -144,33 +162,27 @@ def source(spec: Spec, ctl: Ctl) -> None:
     ctl.result(sent=sent, t_start=t0, t_end=t1, t_flushed=now_ns())
 
 
-class Failures:
-    """A confirmer's failed publishes: how many, and what the first five were."""
-
-    def __init__(self) -> None:
-        self.count = 0
-        self.samples: list[str] = []
-
-    def add(self, what: object) -> None:
-        self.count += 1
-        if len(self.samples) < 5:
-            self.samples.append(repr(what)[:300])
-
-
-def _record(lat: array[int], t0: int, _fut: object) -> None:
-    lat.append(now_ns() - t0)
+def _add_stream(bus: Bus, spec: Spec) -> str:
+    """Add the file stream ``spec.extra`` names (``stream``, ``subjects``); its name."""
+    name = str(spec.extra["stream"])
+    bus.add_stream(name, list(spec.extra["subjects"]), storage="file", timeout=30.0)
+    return name
 
 
 def confirmer(spec: Spec, ctl: Ctl) -> None:
     """Confirmed publishes: one at a time, or ``window`` outstanding futures.
 
     Records every publish's duration (the confirmed round trip) after ``warmup``.
+    With ``stream`` in ``spec.extra`` (role ``stream_publisher``) it first adds that
+    file stream, a publish counts only once that stream stored it (``PublishResult``
+    names it), and with ``delete`` it deletes the stream when done (after the clock).
     """
     bus = _bus(spec)
     try:
         payload = make_payload(spec.size)
         topic = spec.topic
         want = int(spec.extra.get("delivered", 1))
+        stream = _add_stream(bus, spec) if "stream" in spec.extra else None
         window = max(1, spec.window)
         ctl.ready()
         ctl.wait_go()
@@ -189,7 +201,7 @@ def confirmer(spec: Spec, ctl: Ctl) -> None:
             except Exception as exc:
                 failed(exc)
                 return
-            if result.delivered != want:
+            if result.delivered != want or result.stream != stream:
                 failed(result)
 
         t0 = now_ns()
@@ -202,7 +214,7 @@ def confirmer(spec: Spec, ctl: Ctl) -> None:
                     failed(exc)
                     continue
                 lat.append(mono() - t)
-                if result.delivered != want:
+                if result.delivered != want or result.stream != stream:
                     failed(result)
         else:
             nowait = bus.publish_nowait
@@ -213,11 +225,13 @@ def confirmer(spec: Spec, ctl: Ctl) -> None:
                 t = mono()
                 fut = nowait(topic, payload, timeout=10.0)
                 # On the bus's I/O thread, as the confirmation arrives.
-                fut.add_done_callback(partial(_record, lat, t))
+                fut.add_done_callback(partial(record_latency, lat, t))
                 outstanding.append(fut)
             while outstanding:
                 settled(outstanding.popleft())
         t1 = now_ns()
+        if stream is not None and spec.extra.get("delete"):
+            bus.delete_stream(stream, timeout=spec.timeout)
     finally:
         bus.close()
     ctl.result(
@@ -227,6 +241,97 @@ def confirmer(spec: Spec, ctl: Ctl) -> None:
         lat=samples_to_bytes(lat),
         errors=failures.count,
         error_samples=failures.samples,
+    )
+
+
+# Unconfirmed publishes between two confirmed ones while filling a stream: far below
+# the bus's 100,000-message high-water mark, so none is ever dropped on the way.
+_FILL_CHUNK = 10_000
+
+
+def stream_filler(spec: Spec, ctl: Ctl) -> None:
+    """Add the file stream ``spec.extra`` names and store ``spec.count`` messages in it
+    as fast as they go in: unconfirmed publishes, every ``_FILL_CHUNK``-th one
+    confirmed. The broker handles one peer's messages in order, so each confirmed
+    publish's sequence says the stream holds every message sent so far: a run that
+    lost one fails here. (Not timed by any figure: this makes a backlog.)"""
+    bus = _bus(spec, close_timeout=spec.timeout)
+    try:
+        stream = _add_stream(bus, spec)
+        payload = make_payload(spec.size)
+        topic = spec.topic
+        publish = bus.publish
+        ctl.ready()
+        ctl.wait_go()
+        t0 = now_ns()
+        sent = 0
+        while sent < spec.count:
+            k = min(_FILL_CHUNK, spec.count - sent)
+            for _ in range(k - 1):
+                publish(topic, payload, confirm=False)
+            result = publish(topic, payload, timeout=spec.timeout)
+            sent += k
+            if result.stream != stream or result.seq != sent:
+                raise RuntimeError(f"{sent:,} sent, but the last stored as {result!r}")
+        t1 = now_ns()
+    finally:
+        bus.close()
+    ctl.result(sent=sent, t_start=t0, t_end=t1)
+
+
+def stream_consumer(spec: Spec, ctl: Ctl) -> None:
+    """Read ``spec.count`` messages of the stream ``spec.extra`` names from its first,
+    acking each: the named ``durable`` (made on the broker as it binds), or an
+    ephemeral consumer when ``durable`` is empty. The clock starts before the bind;
+    it stops at the last message for an ephemeral consumer, and for a durable once
+    the broker holds every ack (a ``consumer_info`` after the acks: the broker
+    handles one peer's messages in order). The last message must be the stream's
+    ``count``-th: a redelivery or a gap would show there, and the durable's ack
+    floor must reach it."""
+    bus = _bus(spec)
+    try:
+        stream = str(spec.extra["stream"])
+        durable = str(spec.extra.get("durable") or "")
+        options: dict[str, Any] = {
+            "deliver": "all",
+            "max_ack_pending": int(spec.extra["ack_pending"]),
+        }
+        if durable:
+            options["durable"] = durable
+        ctl.ready()
+        ctl.wait_go()
+        t0 = now_ns()
+        consumer = bus.consume(stream, maxsize=_SUB_BUFFER, timeout=30.0, **options)
+        get = consumer.get
+        n = 0
+        last: Message | None = None
+        try:
+            while n < spec.count:
+                last = get(10.0)
+                last.ack()
+                n += 1
+        except TimeoutError:
+            pass  # stalled: the shortfall shows as loss
+        t_last = now_ns()
+        errors = 0
+        if last is None or last.seq != n:
+            errors += 1
+        if durable:
+            floor = bus.consumer_info(stream, durable, timeout=spec.timeout).ack_floor
+            errors += floor != n
+        t1 = now_ns()
+        consumer.unsubscribe()
+        if spec.extra.get("delete"):
+            bus.delete_stream(stream, timeout=spec.timeout)
+    finally:
+        bus.close()
+    ctl.result(
+        received=n,
+        t_start=t0,
+        t_last=t_last,
+        t_end=t1,
+        errors=errors,
+        last_seq=0 if last is None else int(last.seq or 0),
     )
 
 

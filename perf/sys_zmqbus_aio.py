@@ -40,15 +40,17 @@ from typing import Any, TypeVar
 
 from perf.harness import (
     Ctl,
+    Failures,
     IdleRule,
     Spec,
     make_payload,
     now_ns,
     read_stamp,
+    record_latency,
     samples_to_bytes,
     stamp_payload,
 )
-from perf.sys_zmqbus import Failures, _record, curve_options, filler
+from perf.sys_zmqbus import curve_options, filler
 from zmqbus import Message, PublishResult
 from zmqbus.aio import Bus
 
@@ -214,7 +216,7 @@ async def _confirmer(spec: Spec, ctl: Ctl) -> None:
                     await settled(outstanding.popleft())
                 t = mono()
                 fut = nowait(topic, payload, timeout=10.0)
-                fut.add_done_callback(partial(_record, lat, t))
+                fut.add_done_callback(partial(record_latency, lat, t))
                 outstanding.append(fut)
             while outstanding:
                 await settled(outstanding.popleft())

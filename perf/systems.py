@@ -16,11 +16,16 @@ from perf.harness import RoleFn
 from zmqbus import Bus  # request/reply is measured when the installed zmqbus has it
 
 __all__ = [
+    "NATS_JS",
     "PEERS",
+    "STREAM_FACES",
+    "STREAM_SYSTEMS",
     "SYSTEMS",
     "ZMQBUS",
     "ZMQBUS_AIO",
     "ZMQBUS_CURVE",
+    "ZMQBUS_SYNC_FULL",
+    "ZMQBUS_SYNC_NORMAL",
     "System",
     "missing",
     "role_function",
@@ -32,7 +37,8 @@ __all__ = [
 class System:
     key: str
     label: str  # column heading
-    # What perf.servers starts: zmqbus | zmqbus-curve | nats | redis | streamer | forwarder.
+    # What perf.servers starts: zmqbus | zmqbus-curve | zmqbus-sync-normal |
+    # zmqbus-sync-full | nats | nats-js | redis | streamer | forwarder.
     server: str
     roles: dict[str, str]  # role -> "module:function"
     binaries: tuple[tuple[str, str], ...] = ()  # (program, how to install it)
@@ -50,6 +56,14 @@ ZMQBUS = "zmqbus"  # the threaded ``zmqbus.Bus``: the face every "zmqbus ÷ peer
 ZMQBUS_AIO = "zmqbus-aio"  # the asyncio ``zmqbus.aio.Bus`` on uvloop
 # The threaded face again, to a broker with CURVE on: only ever compared with ZMQBUS.
 ZMQBUS_CURVE = "zmqbus-curve"
+# Durable streams (issue 15): the threaded face to a broker with a store directory,
+# its commits synced as each ``--sync`` setting says, against NATS JetStream (file
+# storage). They take part in the stream scenarios only, and only those.
+ZMQBUS_SYNC_NORMAL = "zmqbus-sync-normal"
+ZMQBUS_SYNC_FULL = "zmqbus-sync-full"
+NATS_JS = "nats-js"
+STREAM_FACES = (ZMQBUS_SYNC_NORMAL, ZMQBUS_SYNC_FULL)
+STREAM_SYSTEMS = (*STREAM_FACES, NATS_JS)
 
 
 def _aio_has_request() -> bool:
@@ -161,11 +175,41 @@ SYSTEMS: dict[str, System] = {
             binaries=(("redis-server", "apt-get install -y redis-server"),),
             modules=(("redis", _PIP), ("hiredis", _PIP + "  (or: pip install hiredis)")),
         ),
+        *(
+            System(
+                key,
+                label,
+                key,  # a broker with a store directory of its own (perf.servers)
+                {
+                    # The confirmer itself: Spec.extra names the stream it adds and fills.
+                    "stream_publisher": "perf.sys_zmqbus:confirmer",
+                    "stream_filler": "perf.sys_zmqbus:stream_filler",
+                    "stream_consumer": "perf.sys_zmqbus:stream_consumer",
+                },
+            )
+            for key, label in (
+                (ZMQBUS_SYNC_NORMAL, "zmqbus (sync normal)"),
+                (ZMQBUS_SYNC_FULL, "zmqbus (sync full)"),
+            )
+        ),
+        System(
+            NATS_JS,
+            "NATS JetStream (nats-py)",
+            NATS_JS,  # nats-server -js, file storage in a temporary directory
+            {
+                "stream_publisher": "perf.sys_nats:stream_publisher",
+                "stream_filler": "perf.sys_nats:stream_filler",
+                "stream_consumer": "perf.sys_nats:stream_consumer",
+            },
+            binaries=(("nats-server", "apt-get install -y nats-server"),),
+            modules=(("nats", _PIP + "  (or: pip install nats-py)"), ("uvloop", _PIP)),
+        ),
     )
 }
 
-# Every system but zmqbus itself, through either face and with or without CURVE.
-PEERS = [k for k in SYSTEMS if k not in (ZMQBUS, ZMQBUS_AIO, ZMQBUS_CURVE)]
+# Every pub/sub system but zmqbus itself, through either face and with or without
+# CURVE: the peers of the main table (the stream systems have a table of their own).
+PEERS = [k for k in SYSTEMS if k not in (ZMQBUS, ZMQBUS_AIO, ZMQBUS_CURVE, *STREAM_SYSTEMS)]
 
 
 def missing(key: str) -> list[str]:
