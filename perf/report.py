@@ -20,14 +20,12 @@ from perf.systems import (
     SYSTEMS,
     ZMQBUS,
     ZMQBUS_AIO,
-    ZMQBUS_CURVE,
     ZMQBUS_SYNC_FULL,
     ZMQBUS_SYNC_NORMAL,
+    Variant,
 )
 
 __all__ = [
-    "curve_cost",
-    "curve_markdown",
     "histogram",
     "make_charts",
     "markdown",
@@ -36,6 +34,8 @@ __all__ = [
     "stream_targets",
     "streams_markdown",
     "targets",
+    "variant_cost",
+    "variant_markdown",
 ]
 
 log = logging.getLogger("perf.report")
@@ -391,26 +391,26 @@ def targets_markdown(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines) + "\n"
 
 
-# --- what CURVE costs --------------------------------------------------------------------
-
-# The CURVE issue's goal: encryption may cost at most 30% of fire-and-forget throughput.
-CURVE_GOALS: dict[tuple[str, str], tuple[str, float]] = {("ff", "rate"): (">=", 0.70)}
+# --- what a variant of zmqbus costs (CURVE, metrics) -----------------------------------
 
 
-def curve_cost(results: dict[str, Any]) -> list[dict[str, Any]]:
-    """Every figure of every scenario zmqbus (CURVE) ran in: the medians (min-max) of
-    zmqbus with and without CURVE, CURVE ÷ plain of the medians with the range of the
-    per-run ratios (``ratios_curve``, runs made back to back), and the goal, if any."""
+def variant_cost(results: dict[str, Any], variant: Variant) -> list[dict[str, Any]]:
+    """Every figure of every scenario ``variant`` (zmqbus (CURVE), zmqbus (metrics)) ran
+    in: the medians (min-max) of zmqbus with and without it, variant ÷ plain of the
+    medians with the range of the per-run ratios (``ratios_<field>``, runs made back to
+    back), and the goal, if any. Each row holds the variant's stats under its ``field``
+    ("curve", "metrics"), the plain broker's under "plain"."""
+    goals = dict(variant.goals)
     rows: list[dict[str, Any]] = []
     for sc in results["scenarios"]:
-        curve = sc["systems"].get(ZMQBUS_CURVE)
-        if curve is None:
+        other = sc["systems"].get(variant.system)
+        if other is None:
             continue
         plain = sc["systems"].get(ZMQBUS) or {}
-        ratios = sc.get("ratios_curve", {}).get(ZMQBUS, {})
+        ratios = sc.get(f"ratios_{variant.field}", {}).get(ZMQBUS, {})
         for fig in sc["figures"]:
             ratio = ratios.get(fig["key"])
-            goal = CURVE_GOALS.get((sc["key"], fig["key"]))
+            goal = goals.get((sc["key"], fig["key"]))
             rows.append(
                 {
                     "scenario": sc["key"],
@@ -418,7 +418,7 @@ def curve_cost(results: dict[str, Any]) -> list[dict[str, Any]]:
                     "figure": fig["label"],
                     "unit": fig["unit"],
                     "plain": (plain.get("stats") or {}).get(fig["key"]),
-                    "curve": curve["stats"].get(fig["key"]),
+                    variant.field: other["stats"].get(fig["key"]),
                     "ratio": ratio,
                     "goal": f"{goal[0]} {goal[1]:g}" if goal else "",
                     "met": None if goal is None or ratio is None else _met(ratio["ratio"], *goal),
@@ -433,18 +433,18 @@ def _change(row: dict[str, Any]) -> str:
     return f"{(float(row['ratio']['ratio']) - 1) * 100:+.0f}%"
 
 
-def curve_markdown(rows: list[dict[str, Any]]) -> str:
-    """The "CURVE cost" section ("" when zmqbus (CURVE) did not run)."""
+def variant_markdown(rows: list[dict[str, Any]], variant: Variant) -> str:
+    """The "<name> cost" section ("" when ``variant`` did not run)."""
     if not rows:
         return ""
+    label, name = SYSTEMS[variant.system].label, variant.name
     lines = [
-        "\n### CURVE cost\n",
-        f"{SYSTEMS[ZMQBUS_CURVE].label} is the threaded `Bus` to a broker with CURVE on "
-        "(its key pair and one user, generated for the run), measured in the same run as "
-        "zmqbus, its runs alternating with zmqbus's. CURVE ÷ plain: of the medians "
-        "<sub>range of the per-run ratios</sub>; change: what CURVE does to the figure "
+        f"\n### {name} cost\n",
+        f"{label} is {variant.what}, measured in the same run as zmqbus, its runs "
+        f"alternating with zmqbus's. {name} ÷ plain: of the medians "
+        f"<sub>range of the per-run ratios</sub>; change: what {name} does to the figure "
         "(for msgs/s higher is better, for µs lower).\n",
-        "| scenario | figure | zmqbus | zmqbus (CURVE) | CURVE ÷ plain | change | goal | met |",
+        f"| scenario | figure | zmqbus | {label} | {name} ÷ plain | change | goal | met |",
         "|---|---|---|---|---|---|---|---|",
     ]
     title = ""
@@ -453,7 +453,7 @@ def curve_markdown(rows: list[dict[str, Any]]) -> str:
         lines.append(
             f"| {'**' + row['title'] + '**' if row['title'] != title else ''} "
             f"| {row['figure']} | {_cell(row['plain'], row['unit'])} "
-            f"| {_cell(row['curve'], row['unit'])} | {_ratio_cell(row['ratio'])} "
+            f"| {_cell(row[variant.field], row['unit'])} | {_ratio_cell(row['ratio'])} "
             f"| {_change(row)} | {row['goal']} | {met} |"
         )
         title = row["title"]
@@ -579,6 +579,7 @@ _COLORS = {
     "nats-js": "#1f77b4",
     "zmqbus-aio": "#ff7f0e",
     "zmqbus-curve": "#8c564b",
+    "zmqbus-metrics": "#bcbd22",
     "zmq-pushpull": "#7f7f7f",
     "zmq-router": "#2ca02c",
     "nats": "#1f77b4",

@@ -38,8 +38,8 @@ from perf.systems import (
     SYSTEMS,
     ZMQBUS,
     ZMQBUS_AIO,
-    ZMQBUS_CURVE,
     ZMQBUS_SYNC_NORMAL,
+    ZMQBUS_VARIANTS,
     missing,
     suite_missing,
 )
@@ -52,34 +52,92 @@ RESULTS_DIR = Path(__file__).resolve().parent / "results"
 
 
 class Progress:
-    """One line per step on stderr (rewritten in place on a terminal)."""
+    """Runs done of runs planned, with the run under way, on stderr.
 
-    def __init__(self, total: int, stream: Any = sys.stderr) -> None:
+    On a terminal with ``rich`` installed: a progress bar (the current scenario, system
+    and run; done/planned; elapsed), each finished run's line printed above it. Not a
+    terminal (a pipe, a file, CI): one plain line per finished run, as always; on a
+    terminal without ``rich``, the same lines with the run under way rewritten in place.
+    """
+
+    def __init__(self, total: int, stream: Any = sys.stderr, *, bar: bool = True) -> None:
         self.total = total
         self.done = 0
         self.start = time.monotonic()
         self.stream = stream
         self.tty = bool(getattr(stream, "isatty", lambda: False)())
+        self._label = ""
+        self._bar: Any = None
+        self._handlers: list[tuple[logging.StreamHandler[Any], Any]] = []
+        if bar and self.tty:
+            self._start_bar()
+
+    def _start_bar(self) -> None:
+        try:
+            from rich.console import Console
+            from rich.progress import (
+                BarColumn,
+                MofNCompleteColumn,
+                TextColumn,
+                TimeElapsedColumn,
+            )
+            from rich.progress import Progress as RichProgress
+        except ImportError:
+            return  # the plain lines, rewritten in place
+        self._bar = RichProgress(
+            TextColumn("perf", style="bold"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            TextColumn("{task.description}", markup=False),
+            console=Console(file=self.stream, highlight=False),
+        )
+        self._task = self._bar.add_task("starting", total=self.total)
+        self._bar.start()
+        # Log records (the servers' and the harness's) go above the bar too: the live
+        # display has replaced sys.stderr with a proxy that prints through its console.
+        for h in logging.getLogger().handlers:
+            if isinstance(h, logging.StreamHandler) and h.stream is self.stream:
+                self._handlers.append((h, h.stream))
+                h.setStream(sys.stderr)
 
     def _prefix(self) -> str:
         el = int(time.monotonic() - self.start)
         return f"[{self.done:>3}/{self.total} {el // 60:d}:{el % 60:02d}]"
 
-    def step(self, label: str) -> None:
-        if self.tty:
-            self.stream.write(f"\r\x1b[K{self._prefix()} {label} ...")
-            self.stream.flush()
-        self._label = label
-
-    def finish(self, outcome: str) -> None:
-        self.done += 1
-        line = f"{self._prefix()} {self._label}: {outcome}"
+    def _print(self, line: str) -> None:
+        if self._bar is not None:
+            self._bar.console.print(line, markup=False, highlight=False, soft_wrap=True)
+            return
         self.stream.write(("\r\x1b[K" if self.tty else "") + line + "\n")
         self.stream.flush()
 
+    def step(self, label: str) -> None:
+        self._label = label
+        if self._bar is not None:
+            self._bar.update(self._task, description=label)
+        elif self.tty:
+            self.stream.write(f"\r\x1b[K{self._prefix()} {label} ...")
+            self.stream.flush()
+
+    def finish(self, outcome: str) -> None:
+        self.done += 1
+        self._print(f"{self._prefix()} {self._label}: {outcome}")
+        if self._bar is not None:
+            self._bar.update(self._task, completed=self.done)
+
     def note(self, text: str) -> None:
-        self.stream.write(("\r\x1b[K" if self.tty else "") + text + "\n")
-        self.stream.flush()
+        self._print(text)
+
+    def close(self) -> None:
+        """Stop the bar (if any), leaving it drawn at its last state."""
+        if self._bar is None:
+            return
+        for h, stream in self._handlers:
+            h.setStream(stream)
+        self._handlers.clear()
+        self._bar.stop()
+        self._bar = None
 
 
 def _machine() -> dict[str, Any]:
@@ -260,6 +318,9 @@ def run_scenario(
                     continue
                 progress.step(f"{sc.title} · {SYSTEMS[s].label} · run {i + 1}/{profile.runs}")
                 load = os.getloadavg()[0]
+                srv = env.servers.get(s)
+                scraper = srv.scraper if srv is not None else None
+                scraped = scraper.counts() if scraper is not None else (0, 0)
                 try:
                     m = sc.run(env, s)
                 except Exception as exc:
@@ -268,6 +329,12 @@ def run_scenario(
                     log.debug("run failed", exc_info=True)
                     continue
                 m.info["loadavg_1min_before"] = round(load, 2)
+                srv = env.servers.get(s)
+                if scraper is not None and srv is not None and srv.scraper is scraper:
+                    # zmqbus (metrics): the scrapes of its /metrics during this run.
+                    scrapes, errors = scraper.counts()
+                    m.info["metrics_scrapes"] = scrapes - scraped[0]
+                    m.info["metrics_scrape_errors"] = errors - scraped[1]
                 for group, h in _apply_percentiles(m).items():
                     if group in hists[s]:
                         hists[s][group].add(h)
@@ -309,8 +376,10 @@ def run_scenario(
     out["ratios"] = _ratios(sc, out, runs)
     # The asyncio face ÷ every other system (the peers and the threaded face).
     out["ratios_aio"] = _ratios(sc, out, runs, ZMQBUS_AIO, (ZMQBUS, *PEERS))
-    # What CURVE costs: zmqbus with CURVE ÷ the same bus without, in the same run.
-    out["ratios_curve"] = _ratios(sc, out, runs, ZMQBUS_CURVE, (ZMQBUS,))
+    # What each variant costs (CURVE, metrics): zmqbus with it ÷ the same bus without,
+    # in the same run: ratios_curve, ratios_metrics.
+    for v in ZMQBUS_VARIANTS:
+        out[f"ratios_{v.field}"] = _ratios(sc, out, runs, v.system, (ZMQBUS,))
     # Durable streams: each zmqbus sync setting ÷ JetStream, and full ÷ normal.
     out["ratios_stream"] = {
         face: _ratios(sc, out, runs, face, (NATS_JS, ZMQBUS_SYNC_NORMAL)) for face in STREAM_FACES
@@ -326,7 +395,7 @@ def _warm_up(
     ``streams``, a small pipelined stored publish per stream system too."""
     keys = ("ff", "stream_pipe") if streams else ("ff",)
     scenarios = [s for s in build_scenarios(QUICK) if s.key in keys]
-    quiet = Progress(0, stream=_NullStream())
+    quiet = Progress(0, stream=_NullStream(), bar=False)
     progress.note("perf: warming up (one small unrecorded run per system)")
     for sc in scenarios:
         run_scenario(sc, QUICK, systems, unavailable, quiet)
@@ -520,9 +589,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         progress.note("perf: interrupted; writing what was measured")
         results["interrupted"] = True
+    finally:
+        progress.close()  # the bar stays drawn; what follows goes below it
     results["seconds"] = round(time.monotonic() - t0, 1)
     results["targets"] = report.targets(results)
-    results["curve_cost"] = report.curve_cost(results)
+    for v in ZMQBUS_VARIANTS:  # curve_cost, metrics_cost
+        results[f"{v.field}_cost"] = report.variant_cost(results, v)
     results["stream_targets"] = report.stream_targets(results)
     failures = [
         f"{sc['key']}/{s}"
@@ -631,7 +703,9 @@ def _markdown_doc(results: dict[str, Any]) -> str:
     return (
         head
         + pubsub
-        + report.curve_markdown(results.get("curve_cost", []))
+        + "".join(
+            report.variant_markdown(results.get(f"{v.field}_cost", []), v) for v in ZMQBUS_VARIANTS
+        )
         + report.streams_markdown(results)
     )
 

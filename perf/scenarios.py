@@ -33,7 +33,14 @@ from typing import Any
 from perf.harness import RunError, Spec, Worker, close_all, samples_from_bytes, wait_all
 from perf.profiles import Profile
 from perf.servers import Server, start_server
-from perf.systems import STREAM_SYSTEMS, SYSTEMS, ZMQBUS, ZMQBUS_CURVE
+from perf.systems import (
+    STREAM_SYSTEMS,
+    SYSTEMS,
+    ZMQBUS,
+    ZMQBUS_CURVE,
+    ZMQBUS_METRICS,
+    ZMQBUS_VARIANTS,
+)
 
 __all__ = [
     "PERCENTILES",
@@ -475,13 +482,14 @@ ZMQBUS_FACES = ("zmqbus", "zmqbus-aio")
 HWM = 100_000
 
 
-def _with_curve(systems: tuple[str, ...]) -> tuple[str, ...]:
-    """``systems`` with zmqbus (CURVE) right after zmqbus: runs rotate through the
-    systems in this order, so each CURVE run follows its plain run back to back.
+def _with_variants(systems: tuple[str, ...], *variants: str) -> tuple[str, ...]:
+    """``systems`` with the zmqbus ``variants`` (``perf.systems.ZMQBUS_VARIANTS``: CURVE,
+    metrics) right after zmqbus: runs rotate through the systems in this order, so each
+    variant's run follows zmqbus's plain run back to back.
 
-    Only the scenarios whose CURVE cost is asked about (fire-and-forget, with a target,
-    and request/reply) use it: each CURVE scenario lengthens the full run."""
-    return tuple(x for s in systems for x in ((s, ZMQBUS_CURVE) if s == ZMQBUS else (s,)))
+    Only the scenarios whose cost is asked about use them (CURVE: fire-and-forget, with a
+    target, and request/reply; metrics: fire-and-forget): each lengthens the full run."""
+    return tuple(x for s in systems for x in ((s, *variants) if s == ZMQBUS else (s,)))
 
 
 def _pct_figures(group: str, what: str) -> list[FigureDef]:
@@ -495,7 +503,8 @@ def _lossless_under_hwm(total_per_queue: int) -> Callable[[str], bool]:
     def f(system: str) -> bool:
         if system == "zmq-pushpull":
             return True  # PUSH blocks instead of dropping
-        return system in (*ZMQBUS_FACES, ZMQBUS_CURVE, "zmq-router") and total_per_queue <= HWM
+        variants = tuple(v.system for v in ZMQBUS_VARIANTS)
+        return system in (*ZMQBUS_FACES, *variants, "zmq-router") and total_per_queue <= HWM
 
     return f
 
@@ -514,7 +523,7 @@ def build_scenarios(p: Profile) -> list[Scenario]:
             "1 -> 1 fire-and-forget, 100 B",
             f"{p.ff_count:,} messages per run, one publisher, one subscriber",
             ("sink", "source"),
-            _with_curve(ALL),
+            _with_variants(ALL, ZMQBUS_CURVE, ZMQBUS_METRICS),
             [rate],
             lambda env, s: throughput(env, s, count=p.ff_count),
             _lossless_under_hwm(p.ff_count),
@@ -599,7 +608,7 @@ def build_scenarios(p: Profile) -> list[Scenario]:
             "at a time; each system's own request/reply (pyzmq: DEALER straight to a ROUTER "
             "that answers, no broker)",
             ("reqrep",),
-            _with_curve(BROKERED),
+            _with_variants(BROKERED, ZMQBUS_CURVE),
             [FigureDef("rate", "round trips/s", "msgs/s"), *_pct_figures("rtt", "round trip")],
             lambda env, s: reqrep(env, s, count=p.latency_count, warmup=p.latency_warmup),
             _always,

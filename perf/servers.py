@@ -1,6 +1,7 @@
-"""Start and stop the servers on 127.0.0.1: the zmqbus broker (plain, with CURVE, or
-with a store directory for durable streams), nats-server (plain, or with JetStream),
-redis-server, and the raw-pyzmq helper processes; read a server's RSS.
+"""Start and stop the servers on 127.0.0.1: the zmqbus broker (plain, with CURVE, with
+Prometheus metrics scraped once a second, or with a store directory for durable
+streams), nats-server (plain, or with JetStream), redis-server, and the raw-pyzmq
+helper processes; read a server's RSS.
 
 Every server runs in its own process. The script waits for each one's own "ready"
 line (the broker's ``listening on``, nats-server's ``Server is ready``,
@@ -21,13 +22,21 @@ import sys
 import tempfile
 import threading
 import time
+import urllib.request
 from collections import deque
 from pathlib import Path
 
 from perf.harness import Spec, Worker, die_with_parent
 from zmqbus.keys import keygen, load_public_key
 
-__all__ = ["ZMQBUS_STREAM_HWM", "ZMQBUS_STREAM_QUEUED_BYTES", "Server", "rss_kib", "start_server"]
+__all__ = [
+    "ZMQBUS_STREAM_HWM",
+    "ZMQBUS_STREAM_QUEUED_BYTES",
+    "Scraper",
+    "Server",
+    "rss_kib",
+    "start_server",
+]
 
 log = logging.getLogger("perf.servers")
 
@@ -69,7 +78,8 @@ class Server:
     """A running server: where publishers and subscribers connect, and its pid.
 
     ``curve`` is what a client of a CURVE broker needs (see ``Spec.curve``), None
-    for every other server.
+    for every other server. ``scraper`` is what fetches a metrics broker's
+    ``/metrics`` while it runs, None for every other server.
     """
 
     def __init__(self, kind: str, pub: str, sub: str, pid: int) -> None:
@@ -78,6 +88,7 @@ class Server:
         self.sub = sub
         self.pid = pid
         self.curve: tuple[str, str] | None = None
+        self.scraper: Scraper | None = None
 
     def rss_kib(self) -> int:
         return rss_kib(self.pid)
@@ -97,7 +108,11 @@ class _Subprocess(Server):
         stream: str = "stderr",
         timeout: float = 20.0,
         cleanup: list[Path] | None = None,
+        also: tuple[re.Pattern[str], ...] = (),
     ) -> None:
+        """``ready``'s first group (if any) is the address; the server is up once
+        ``ready`` and every pattern of ``also`` have matched a line. ``self.also``
+        holds what each of ``also`` matched (its first group, else "")."""
         self._cleanup = cleanup or []
         self._tail: deque[str] = deque(maxlen=40)
         self._proc = subprocess.Popen(
@@ -113,6 +128,7 @@ class _Subprocess(Server):
         out = self._proc.stdout if stream == "stdout" else self._proc.stderr
         assert out is not None
         found: list[str] = []
+        self.also: list[str | None] = [None] * len(also)
         event = threading.Event()
 
         def drain() -> None:
@@ -120,13 +136,18 @@ class _Subprocess(Server):
                 self._tail.append(line.rstrip())
                 if not event.is_set():
                     m = ready.search(line)
-                    if m:
+                    if m and not found:
                         found.append(m.group(1) if m.groups() else "")
+                    for i, pattern in enumerate(also):
+                        m = pattern.search(line) if self.also[i] is None else None
+                        if m:
+                            self.also[i] = m.group(1) if m.groups() else ""
+                    if found and None not in self.also:
                         event.set()
             event.set()
 
         threading.Thread(target=drain, name=f"perf-{kind}-log", daemon=True).start()
-        if not event.wait(timeout) or not found:
+        if not event.wait(timeout) or not found or None in self.also:
             self._kill()
             tail = "\n".join(self._tail)
             raise RuntimeError(f"{kind} did not start ({' '.join(argv)}):\n{tail}")
@@ -148,6 +169,8 @@ class _Subprocess(Server):
                 path.unlink(missing_ok=True)
 
     def stop(self) -> None:
+        if self.scraper is not None:
+            self.scraper.stop()
         self._kill()
 
 
@@ -216,6 +239,68 @@ def _curve_broker() -> Server:
         shutil.rmtree(folder, ignore_errors=True)
         raise
     server.curve = (server_key, str(user_secret))
+    return server
+
+
+_METRICS_READY = re.compile(r"metrics on (http://\S+/metrics)")
+SCRAPE_INTERVAL = 1.0  # seconds, as a Prometheus server with scrape_interval: 1s
+
+
+class Scraper:
+    """A thread of the suite's own process fetching ``url`` every ``interval`` seconds
+    until stopped, as a Prometheus server would; counts scrapes, failures and bytes."""
+
+    def __init__(self, url: str, interval: float = SCRAPE_INTERVAL) -> None:
+        self.url = url
+        self.interval = interval
+        self.scrapes = 0
+        self.errors = 0
+        self.last_bytes = 0
+        self.last_error = ""
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="perf-metrics-scraper", daemon=True)
+        self._thread.start()
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            t0 = time.monotonic()
+            try:
+                with urllib.request.urlopen(self.url, timeout=5) as resp:
+                    self.last_bytes = len(resp.read())
+                self.scrapes += 1
+            except OSError as exc:
+                self.errors += 1
+                self.last_error = f"{type(exc).__name__}: {exc}"
+            self._stop.wait(max(0.0, self.interval - (time.monotonic() - t0)))
+
+    def counts(self) -> tuple[int, int]:
+        return self.scrapes, self.errors
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(10)
+
+
+def _metrics_broker() -> Server:
+    """The same broker as for plain zmqbus plus ``--metrics 127.0.0.1:0`` (a free port,
+    read back from the broker's "metrics on http://HOST:PORT/metrics" line), and a
+    scraper thread fetching that URL once a second until the broker stops."""
+    server = _Subprocess(
+        "zmqbus broker (metrics)",
+        _broker_argv("--metrics", "127.0.0.1:0"),
+        _BROKER_READY,
+        None,
+        also=(_METRICS_READY,),
+    )
+    url = server.also[0]
+    assert url is not None
+    try:
+        with urllib.request.urlopen(url, timeout=5) as resp:  # up before the first run
+            resp.read()
+    except BaseException:
+        server.stop()
+        raise
+    server.scraper = Scraper(url)
     return server
 
 
@@ -295,6 +380,8 @@ def start_server(kind: str, system: str) -> Server:
         return _Subprocess("zmqbus broker", _broker_argv(), _BROKER_READY, None)
     if kind == "zmqbus-curve":
         return _curve_broker()
+    if kind == "zmqbus-metrics":
+        return _metrics_broker()
     if kind == "zmqbus-sync-normal":
         return _stream_broker("normal")
     if kind == "zmqbus-sync-full":

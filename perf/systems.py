@@ -24,9 +24,12 @@ __all__ = [
     "ZMQBUS",
     "ZMQBUS_AIO",
     "ZMQBUS_CURVE",
+    "ZMQBUS_METRICS",
     "ZMQBUS_SYNC_FULL",
     "ZMQBUS_SYNC_NORMAL",
+    "ZMQBUS_VARIANTS",
     "System",
+    "Variant",
     "missing",
     "role_function",
     "suite_missing",
@@ -37,8 +40,8 @@ __all__ = [
 class System:
     key: str
     label: str  # column heading
-    # What perf.servers starts: zmqbus | zmqbus-curve | zmqbus-sync-normal |
-    # zmqbus-sync-full | nats | nats-js | redis | streamer | forwarder.
+    # What perf.servers starts: zmqbus | zmqbus-curve | zmqbus-metrics |
+    # zmqbus-sync-normal | zmqbus-sync-full | nats | nats-js | redis | streamer | forwarder.
     server: str
     roles: dict[str, str]  # role -> "module:function"
     binaries: tuple[tuple[str, str], ...] = ()  # (program, how to install it)
@@ -56,6 +59,9 @@ ZMQBUS = "zmqbus"  # the threaded ``zmqbus.Bus``: the face every "zmqbus ÷ peer
 ZMQBUS_AIO = "zmqbus-aio"  # the asyncio ``zmqbus.aio.Bus`` on uvloop
 # The threaded face again, to a broker with CURVE on: only ever compared with ZMQBUS.
 ZMQBUS_CURVE = "zmqbus-curve"
+# The threaded face again, to a broker serving Prometheus metrics (``--metrics``) that
+# the suite scrapes once a second: only ever compared with ZMQBUS.
+ZMQBUS_METRICS = "zmqbus-metrics"
 # Durable streams (issue 15): the threaded face to a broker with a store directory,
 # its commits synced as each ``--sync`` setting says, against NATS JetStream (file
 # storage). They take part in the stream scenarios only, and only those.
@@ -73,6 +79,42 @@ def _aio_has_request() -> bool:
         return False
     return hasattr(aio.Bus, "request")
 
+
+@dataclass(frozen=True)
+class Variant:
+    """zmqbus with one broker setting changed, measured in the same run as plain zmqbus
+    and compared only with it: a "<name> cost" table (perf.report.variant_cost)."""
+
+    system: str  # the system key
+    name: str  # what changes, as the tables say it: "CURVE", "metrics"
+    field: str  # the JSON's names: ``ratios_<field>`` per scenario, ``<field>_cost`` rows
+    # (scenario key, figure key) -> (">=" or "<=", variant ÷ plain): the issue's goal.
+    goals: tuple[tuple[tuple[str, str], tuple[str, float]], ...] = ()
+    what: str = ""  # one sentence for the table's introduction
+
+
+# Every variant of zmqbus, in the order runs rotate through them after zmqbus.
+ZMQBUS_VARIANTS: tuple[Variant, ...] = (
+    Variant(
+        ZMQBUS_CURVE,
+        "CURVE",
+        "curve",
+        # The CURVE issue: encryption may cost at most 30% of fire-and-forget throughput.
+        ((("ff", "rate"), (">=", 0.70)),),
+        "the threaded `Bus` to a broker with CURVE on (its key pair and one user, "
+        "generated for the run)",
+    ),
+    Variant(
+        ZMQBUS_METRICS,
+        "metrics",
+        "metrics",
+        # The metrics issue asks that collecting cost the hot path nothing measurable:
+        # no threshold to check, the ratio is read against the per-run range (noise).
+        (),
+        "the threaded `Bus` to a broker started with `--metrics 127.0.0.1:0`, its "
+        "`/metrics` fetched once a second by a thread of the suite while the broker runs",
+    ),
+)
 
 SYSTEMS: dict[str, System] = {
     s.key: s
@@ -103,6 +145,21 @@ SYSTEMS: dict[str, System] = {
                 **({"reqrep": "perf.sys_zmqbus:reqrep"} if hasattr(Bus, "request") else {}),
                 # No filler: it speaks the wire protocol on raw sockets without CURVE.
             },
+        ),
+        System(
+            ZMQBUS_METRICS,
+            "zmqbus (metrics)",
+            "zmqbus-metrics",  # --metrics 127.0.0.1:0, scraped once a second (perf.servers)
+            {
+                # The threaded roles themselves, to a broker that also serves /metrics.
+                "sink": "perf.sys_zmqbus:sink",
+                "source": "perf.sys_zmqbus:source",
+                "confirmer": "perf.sys_zmqbus:confirmer",
+                "pinger": "perf.sys_zmqbus:pinger",
+                "filler": "perf.sys_zmqbus:filler",
+                **({"reqrep": "perf.sys_zmqbus:reqrep"} if hasattr(Bus, "request") else {}),
+            },
+            modules=(("prometheus_client", "pip install -e '.[metrics]'"),),
         ),
         System(
             ZMQBUS_AIO,
@@ -207,9 +264,14 @@ SYSTEMS: dict[str, System] = {
     )
 }
 
-# Every pub/sub system but zmqbus itself, through either face and with or without
-# CURVE: the peers of the main table (the stream systems have a table of their own).
-PEERS = [k for k in SYSTEMS if k not in (ZMQBUS, ZMQBUS_AIO, ZMQBUS_CURVE, *STREAM_SYSTEMS)]
+# Every pub/sub system but zmqbus itself, through either face and in any variant
+# (CURVE, metrics): the peers of the main table (the stream systems have a table of
+# their own).
+PEERS = [
+    k
+    for k in SYSTEMS
+    if k not in (ZMQBUS, ZMQBUS_AIO, *(v.system for v in ZMQBUS_VARIANTS), *STREAM_SYSTEMS)
+]
 
 
 def missing(key: str) -> list[str]:
