@@ -481,6 +481,31 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_demo)
 
     p = sub.add_parser(
+        "bench",
+        parents=[quiet],
+        help="measure publish latency and throughput in one process",
+        description="Run an embedded broker and two buses in this process and measure "
+        "confirmed round trips (latency) and fire-and-forget publishes (throughput), with a "
+        "progress bar on a terminal.",
+        formatter_class=fmt,
+    )
+    p.add_argument(
+        "--count",
+        type=_arg_positive_int,
+        default=5000,
+        metavar="N",
+        help="messages per measurement (default 5000)",
+    )
+    p.add_argument(
+        "--size",
+        type=_arg_positive_int,
+        default=64,
+        metavar="BYTES",
+        help="payload size (default 64)",
+    )
+    p.set_defaults(func=cmd_bench)
+
+    p = sub.add_parser(
         "stats",
         help="print a broker's counters as JSON",
         description="Ask a running broker for its statistics (the STATS command) and print "
@@ -1813,38 +1838,127 @@ def _demo_features(out: Callable[..., None], pub: Bus, alice: Bus, bob: Bus) -> 
 
 def _demo_latency(out: Callable[..., None], pub: Bus, alice: Bus, count: int) -> None:
     out(f"\n== 7. latency: {count} confirmed publishes to a handler subscription ==")
-    handled = 0
-
-    def handle(msg: Message) -> None:
-        nonlocal handled
-        handled += 1
-
-    sub = alice.subscribe("bench.ping", handle)
-    payload = b"x" * 64
-    for _ in range(min(200, count)):  # warm up
-        pub.publish("bench.ping", payload)
-    samples: list[float] = []
-    perf = time.perf_counter
-    start = perf()
-    for _ in range(count):
-        t0 = perf()
-        pub.publish("bench.ping", payload)
-        samples.append(perf() - t0)
-    elapsed = perf() - start
-    sub.unsubscribe()
-    samples.sort()
-    us = [s * 1e6 for s in samples]
+    us, rate = _round_trips(pub, alice, count, b"x" * 64, lambda done: None)
     out(
         "round trip (publish -> broker -> handler -> confirm):  "
         f"p50 {_percentile(us, 0.50):.0f} µs  p90 {_percentile(us, 0.90):.0f} µs  "
         f"p99 {_percentile(us, 0.99):.0f} µs  max {us[-1]:.0f} µs"
     )
-    out(f"throughput, one publish at a time: {count / elapsed:,.0f} msgs/s")
-    out(
+    out(f"throughput, one publish at a time: {rate:,.0f} msgs/s")
+    out(_machine_line())
+
+
+def _machine_line() -> str:
+    return (
         f"machine: broker, publisher and subscriber run in ONE process sharing the GIL, "
         f"on {os.cpu_count()} cores ({platform.python_implementation()} "
         f"{platform.python_version()}, {platform.machine()})"
     )
+
+
+def _round_trips(
+    pub: Bus, sub_bus: Bus, count: int, payload: bytes, step: Callable[[int], None]
+) -> tuple[list[float], float]:
+    """``count`` confirmed publishes to a handler subscription of ``sub_bus``:
+    (sorted round trips in µs, msgs/s). ``step(n)`` after each."""
+    sub = sub_bus.subscribe("bench.ping", lambda msg: None)
+    for _ in range(min(200, count)):  # warm up
+        pub.publish("bench.ping", payload)
+    samples: list[float] = []
+    perf = time.perf_counter
+    start = perf()
+    for n in range(1, count + 1):
+        t0 = perf()
+        pub.publish("bench.ping", payload)
+        samples.append(perf() - t0)
+        step(n)
+    elapsed = perf() - start
+    sub.unsubscribe()
+    return sorted(s * 1e6 for s in samples), count / elapsed
+
+
+def _fire_and_forget(
+    pub: Bus, sub_bus: Bus, count: int, payload: bytes, step: Callable[[int], None]
+) -> float:
+    """``count`` unconfirmed publishes, timed until the subscriber has them all: msgs/s."""
+    sub = sub_bus.subscribe("bench.flood", maxsize=count)
+    start = time.perf_counter()
+    for n in range(1, count + 1):
+        pub.publish("bench.flood", payload, confirm=False)
+        if n % 100 == 0:
+            step(n // 2)
+    for n in range(count):
+        sub.get(timeout=30)
+        if n % 100 == 0:
+            step(count // 2 + n // 2)
+    step(count)
+    rate = count / (time.perf_counter() - start)
+    sub.unsubscribe()
+    return rate
+
+
+class _Progress:
+    """A rich progress bar on a terminal; a plain line per quarter otherwise."""
+
+    def __init__(self, out: Callable[..., None]) -> None:
+        self._out = out
+        self._bar: Any = None
+        if sys.stderr.isatty():
+            try:
+                from rich.progress import Progress
+            except ImportError:
+                pass
+            else:
+                self._bar = Progress(transient=True)
+                self._bar.start()
+        self._task: Any = None
+        self._total = 0
+        self._told = 0
+
+    def begin(self, what: str, total: int) -> Callable[[int], None]:
+        self._total = total
+        self._told = 0
+        if self._bar is not None:
+            self._task = self._bar.add_task(what, total=total)
+            return lambda n: self._bar.update(self._task, completed=n)
+        self._out(f"bench: {what}", file=sys.stderr)
+        return self._plain
+
+    def _plain(self, n: int) -> None:
+        quarter = n * 4 // self._total
+        if quarter > self._told:
+            self._told = quarter
+            self._out(f"bench:   {n}/{self._total}", file=sys.stderr)
+
+    def end(self) -> None:
+        if self._bar is not None:
+            self._bar.stop()
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    _configure_logging(args.log_level, args.log_format)
+    out: Callable[..., None] = print
+    payload = b"x" * args.size
+    progress = _Progress(out)
+    try:
+        with Broker("tcp://127.0.0.1:0") as broker:
+            channel = uuid.uuid4()
+            with Bus(broker.address, channel) as pub, Bus(broker.address, channel) as sub:
+                step = progress.begin(f"{args.count} confirmed round trips", args.count)
+                us, rate = _round_trips(pub, sub, args.count, payload, step)
+                step = progress.begin(f"{args.count} fire-and-forget publishes", args.count)
+                flood = _fire_and_forget(pub, sub, args.count, payload, step)
+    finally:
+        progress.end()
+    out(f"zmqbus {__version__} bench: {args.count} messages of {args.size} bytes")
+    out(
+        f"confirmed, one at a time: {rate:,.0f} msgs/s; round trip p50 "
+        f"{_percentile(us, 0.50):.0f} µs  p90 {_percentile(us, 0.90):.0f} µs  "
+        f"p99 {_percentile(us, 0.99):.0f} µs  max {us[-1]:.0f} µs"
+    )
+    out(f"fire-and-forget, to a queue subscription: {flood:,.0f} msgs/s")
+    out(_machine_line())
+    return EXIT_OK
 
 
 # --- version ----------------------------------------------------------------------
