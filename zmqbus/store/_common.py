@@ -13,7 +13,7 @@ import functools
 import math
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator, Sequence
-from typing import Concatenate, ParamSpec, TypeVar
+from typing import Concatenate, Generic, ParamSpec, TypeVar
 
 from .base import (
     MAX_MSG_ID_BYTES,
@@ -28,7 +28,7 @@ from .base import (
     encode_consumer,
 )
 
-__all__ = ["StreamBase", "guarded"]
+__all__ = ["StoreBase", "StreamBase", "guarded"]
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -435,3 +435,42 @@ class StreamBase(ABC):
     def bytes(self) -> int:
         """Sum of ``len(topic) + len(body)`` over stored messages."""
         return self._bytes
+
+
+_S = TypeVar("_S", bound=StreamBase)
+
+
+class StoreBase(Generic[_S]):
+    """What both stores do alike: their streams by name, and the checks of
+    ``create_stream`` before a backend makes one. ``_live`` raises once the
+    store is closed (a backend may refuse for more reasons)."""
+
+    _streams: dict[str, _S]
+    _closed: bool
+
+    def _live(self) -> None:
+        if self._closed:
+            raise StoreError("store is closed")
+
+    def _existing(self, config: StreamConfig, storage: str, kind: str) -> _S | None:
+        """The stream ``config`` names if it exists with this very config;
+        None if it is new. ValueError for another config or another storage."""
+        self._live()
+        if not isinstance(config, StreamConfig):
+            raise TypeError(f"expected a StreamConfig, not {type(config).__name__}")
+        if config.storage != storage:
+            raise ValueError(f"stream {config.name!r}: {kind} holds storage={storage!r} only")
+        existing = self._streams.get(config.name)
+        if existing is not None and existing.config != config:
+            raise ValueError(f"stream {config.name!r} exists with another config")
+        return existing
+
+    def stream(self, name: str) -> _S | None:
+        """See ``Store.stream``."""
+        self._live()
+        return self._streams.get(name)
+
+    def streams(self) -> list[_S]:
+        """See ``Store.streams``."""
+        self._live()
+        return [self._streams[k] for k in sorted(self._streams)]

@@ -8,8 +8,8 @@ from bisect import bisect_left
 from collections import deque
 from collections.abc import Iterator
 
-from ._common import StreamBase
-from .base import StoredMessage, StoreError, StreamConfig, SubjectFilter
+from ._common import StoreBase, StreamBase
+from .base import StoredMessage, StreamConfig, SubjectFilter
 
 __all__ = ["MemoryStore", "MemoryStream"]
 
@@ -145,42 +145,21 @@ class MemoryStream(StreamBase):
         return self._consumers.pop(name, None) is not None
 
 
-class MemoryStore:
+class MemoryStore(StoreBase[MemoryStream]):
     """A store of memory streams only (``storage="memory"``)."""
 
     def __init__(self) -> None:
         self._streams: dict[str, MemoryStream] = {}
         self._closed = False
 
-    def _live(self) -> None:
-        if self._closed:
-            raise StoreError("store is closed")
-
     def create_stream(self, config: StreamConfig) -> MemoryStream:
         """See ``Store.create_stream``; only ``storage="memory"`` configs."""
-        self._live()
-        if not isinstance(config, StreamConfig):
-            raise TypeError(f"expected a StreamConfig, not {type(config).__name__}")
-        if config.storage != "memory":
-            raise ValueError(f"stream {config.name!r}: a memory store holds storage='memory' only")
-        existing = self._streams.get(config.name)
+        existing = self._existing(config, "memory", "a memory store")
         if existing is not None:
-            if existing.config == config:
-                return existing
-            raise ValueError(f"stream {config.name!r} exists with another config")
+            return existing
         stream = self._streams[config.name] = MemoryStream(config)
         log.debug("created memory stream %r", config.name)
         return stream
-
-    def stream(self, name: str) -> MemoryStream | None:
-        """See ``Store.stream``."""
-        self._live()
-        return self._streams.get(name)
-
-    def streams(self) -> list[MemoryStream]:
-        """See ``Store.streams``."""
-        self._live()
-        return [self._streams[k] for k in sorted(self._streams)]
 
     def delete_stream(self, name: str) -> bool:
         """See ``Store.delete_stream``."""

@@ -26,7 +26,7 @@ from typing import Any, Literal
 
 import msgpack  # type: ignore[import-untyped]
 
-from ._common import StreamBase
+from ._common import StoreBase, StreamBase
 from .base import StoreCorrupt, StoredMessage, StoreError, StreamConfig, SubjectFilter
 
 __all__ = ["APPLICATION_ID", "DB_FILENAME", "SCHEMA_VERSION", "SqliteStore", "SqliteStream"]
@@ -267,7 +267,7 @@ class SqliteStream(StreamBase):
         return cur.rowcount > 0
 
 
-class SqliteStore:
+class SqliteStore(StoreBase[SqliteStream]):
     """A store of file streams (``storage="file"``) in ``data_dir/streams.sqlite3``.
 
     ``sync`` is SQLite's ``synchronous`` setting: "normal" makes a commit safe
@@ -467,8 +467,7 @@ class SqliteStore:
             stream._dead = reason
 
     def _live(self) -> None:
-        if self._closed:
-            raise StoreError("store is closed")
+        super()._live()
         if self._dead is not None:
             raise StoreCorrupt(self._dead)
 
@@ -476,16 +475,9 @@ class SqliteStore:
 
     def create_stream(self, config: StreamConfig) -> SqliteStream:
         """See ``Store.create_stream``; only ``storage="file"`` configs. Commits."""
-        self._live()
-        if not isinstance(config, StreamConfig):
-            raise TypeError(f"expected a StreamConfig, not {type(config).__name__}")
-        if config.storage != "file":
-            raise ValueError(f"stream {config.name!r}: an SQLite store holds storage='file' only")
-        existing = self._streams.get(config.name)
+        existing = self._existing(config, "file", "an SQLite store")
         if existing is not None:
-            if existing.config == config:
-                return existing
-            raise ValueError(f"stream {config.name!r} exists with another config")
+            return existing
         blob = msgpack.packb(config.to_dict(), use_bin_type=True)
         try:
             if not self._conn.in_transaction:
@@ -505,16 +497,6 @@ class SqliteStore:
         )
         log.info("created file stream %r in %s", config.name, self.path)
         return stream
-
-    def stream(self, name: str) -> SqliteStream | None:
-        """See ``Store.stream``."""
-        self._live()
-        return self._streams.get(name)
-
-    def streams(self) -> list[SqliteStream]:
-        """See ``Store.streams``."""
-        self._live()
-        return [self._streams[k] for k in sorted(self._streams)]
 
     def delete_stream(self, name: str) -> bool:
         """See ``Store.delete_stream``. Commits."""
