@@ -78,10 +78,35 @@ def number(figure: str) -> float:
     return float(figure.replace(",", ""))
 
 
+def table_rows(text: str, title: str) -> list[list[str]]:
+    """The rows of the table whose title starts with ``title`` (the Channels
+    and Peers tables stand alone, full width), each split into its cells:
+    the lines after its title, header and rule, up to a blank line."""
+    lines = text.splitlines()
+    start = next((i for i, line in enumerate(lines) if line.startswith(title)), None)
+    assert start is not None, f"no table {title!r} in:\n{text}"
+    rows = []
+    for line in lines[start + 3 :]:
+        if not line.strip() or line.startswith("[s]ort"):
+            break
+        rows.append(line.split())
+    return rows
+
+
 # --- the frame builder ----------------------------------------------------------------
+
+CHANNEL_COLUMNS = ["channel", "msgs_in", "msgs_out", "bytes_in", "peers", "subscriptions"]
+PEER_COLUMNS = ["peer", "channel", "msgs_in", "msgs_out", "subscriptions", "dropped"]
+
+
+def stats_table(columns: list[str], *rows: tuple[Any, ...]) -> list[Any]:
+    """A STATS traffic table: the column count, the columns, the rows' cells."""
+    return [len(columns), *columns, *(cell for r in rows for cell in r)]
+
 
 BEFORE: dict[str, Any] = {
     "broker": "zmqbus/9.9",
+    "uptime_s": 50.0,
     "peers": 40,
     "channels": 3,
     "subscriptions": 120,
@@ -113,6 +138,16 @@ BEFORE: dict[str, Any] = {
     "rate_limited": {},
     "streams": {"streams": 2, "stored_messages": 900, "stored_bytes": 3 << 20, "consumers": 5},
     "topic_cache_bytes": 2048,
+    "top_channels": stats_table(
+        CHANNEL_COLUMNS,
+        ("c1c1c1c1c1c1", 1000, 3000, 64000, 30, 100),
+        ("c2c2c2c2c2c2", 100, 0, 1000, 10, 20),
+    ),
+    "top_peers": stats_table(
+        PEER_COLUMNS,
+        ("p1p1p1p1p1p1", "c1c1c1c1c1c1", 0, 2000, 50, 500),
+        ("p2p2p2p2p2p2", "c1c1c1c1c1c1", 1000, 0, 0, 0),
+    ),
 }
 
 
@@ -130,6 +165,19 @@ def _after() -> dict[str, Any]:
     after["peers"] = 45  # 90% of max_peers
     after["slow_peers"] = {"aaaaaaaaaaaa": 510, "bbbbbbbbbbbb": 340, "cccccccccccc": 6}
     after["errors"] = {429: 7, 406: 1}
+    after["uptime_s"] = 52.0  # as the snapshots' own times: 2 s
+    after["top_channels"] = stats_table(
+        CHANNEL_COLUMNS,
+        ("c1c1c1c1c1c1", 1200, 3600, 76800, 30, 100),  # 100/s in, 300/s out, 6,400 B/s
+        ("c2c2c2c2c2c2", 110, 0, 1100, 10, 20),  # 5/s in
+        ("c3c3c3c3c3c3", 4, 4, 40, 1, 1),  # not listed before: no rates
+    )
+    after["top_peers"] = stats_table(
+        PEER_COLUMNS,
+        ("p1p1p1p1p1p1", "c1c1c1c1c1c1", 0, 2400, 50, 510),  # 200/s out, 5 dropped/s
+        ("p2p2p2p2p2p2", "c1c1c1c1c1c1", 1200, 0, 0, 0),  # 100/s in
+        ("p3p3p3p3p3p3", "c2c2c2c2c2c2", 6, 0, 0, 0),
+    )
     return after
 
 
@@ -200,14 +248,18 @@ def test_the_slow_consumer_table_sorts_by_each_key_in_turn() -> None:
         orders.append((session.view.sort, _slow_order(text)))
         session.cycle_sort()
     assert orders == [
+        ("in", ["a", "b", "c"]),  # no such column: by dropped
+        ("out", ["a", "b", "c"]),
         ("dropped", ["a", "b", "c"]),
         ("rate", ["b", "a", "c"]),
-        ("peer", ["a", "b", "c"]),
+        ("name", ["a", "b", "c"]),
     ]
-    assert session.view.sort == "dropped"  # round again
+    assert session.view.sort == "in"  # round again
     assert "slow consumers (by dropped/s)" in top.render_text(
         top.build_frame(after, before, top.View("x", sort="rate")), 120
     )
+    # "peer", the name key's first spelling, is still taken.
+    assert top.Top(iter([after]).__next__, top.View("x", sort="peer")).view.sort == "name"
 
 
 def test_a_failed_refresh_is_shown_and_the_last_figures_kept() -> None:
@@ -237,6 +289,12 @@ def test_a_non_admin_snapshot_shows_its_channel_and_says_so() -> None:
     assert "not an admin key" in text
     assert row(text, "peers") == ["2", "10", "20%"]
     assert "rates" not in text and "slow consumers" not in text
+    assert "Channels" not in text  # an older broker: no table
+    # Its own channel's traffic, from the one row STATS gives it; no peers.
+    mine = {**own, "top_channels": stats_table(CHANNEL_COLUMNS, ("c9c9c9c9c9c9", 7, 8, 9, 2, 3))}
+    text = top.render_text(top.build_frame(top.Snapshot(mine, 1.0, 1.7e9), None, top.View("a")))
+    assert "Channels (by in/s)" in text and "Peers" not in text
+    assert row(text, "c9c9c9c9c9c9") == ["-", "-", "7", "8", "2", "3", "-"]
 
 
 def test_the_first_frame_has_no_rates_yet() -> None:
@@ -244,6 +302,88 @@ def test_the_first_frame_has_no_rates_yet() -> None:
     text = top.render_text(top.build_frame(after, None, top.View("a")), 120)
     assert row(text, "published") == ["-", "1,200"]
     assert row(text, "aaaaaaaaaaaa") == ["510", "-"]
+    assert row(text, "c1c1c1c1c1c1") == ["-", "-", "1,200", "3,600", "30", "100", "-"]
+
+
+# --- channels and peers -------------------------------------------------------------
+
+
+def test_channel_and_peer_rates_are_row_deltas_matched_by_label() -> None:
+    before, after = _pair()
+    channels = {r["channel"]: r for r in top.traffic_rows(after, before, "top_channels", "channel")}
+    assert channels["c1c1c1c1c1c1"]["msgs_in/s"] == 100.0
+    assert channels["c1c1c1c1c1c1"]["msgs_out/s"] == 300.0
+    assert channels["c1c1c1c1c1c1"]["bytes_in/s"] == 6400.0
+    assert channels["c2c2c2c2c2c2"]["msgs_in/s"] == 5.0
+    # Not among the busiest before: what it had then is unknown.
+    assert channels["c3c3c3c3c3c3"]["msgs_in/s"] is None
+    peers = {r["peer"]: r for r in top.traffic_rows(after, before, "top_peers", "peer")}
+    assert peers["p1p1p1p1p1p1"]["msgs_out/s"] == 200.0
+    assert peers["p1p1p1p1p1p1"]["dropped/s"] == 5.0
+    assert peers["p2p2p2p2p2p2"]["msgs_in/s"] == 100.0
+    assert peers["p3p3p3p3p3p3"]["msgs_in/s"] is None
+    # The broker's time between the snapshots counts, not the time between answers
+    # (an answer may be up to 0.1 s old).
+    later = top.Snapshot({**after.stats, "uptime_s": 54.0}, after.at, after.wall)
+    (c1, *_) = top.traffic_rows(later, before, "top_channels", "channel")
+    assert c1["msgs_in/s"] == 50.0 and top.counter_rates(later, before)["published"] == 50.0
+    # A table that is missing or malformed has no rows.
+    for bad in (None, [], [0], [3, "a"], [1, ["a"], 2], "abc", {"a": 1}):
+        assert top.stats_table({"top_channels": bad}, "top_channels") == []
+
+
+def test_the_frame_shows_channel_and_peer_tables_with_rates() -> None:
+    before, after = _pair()
+    text = top.render_text(top.build_frame(after, before, top.View("tcp://h:1", ascii=True)), 100)
+    assert "Channels (by in/s)" in text and "Peers (by in/s)" in text
+    # channel: in/s, out/s, in, out, peers, subs, bytes in/s
+    assert row(text, "c1c1c1c1c1c1") == ["100.0", "300.0", "1,200", "3,600", "30", "100", "6.2"]
+    assert "6.2 KiB/s" in text
+    assert row(text, "c3c3c3c3c3c3") == ["-", "-", "4", "4", "1", "1", "-"]
+    # peer: its channel, in/s, out/s, in, out, subs, dropped, dropped/s
+    peers = {cells[0]: " ".join(cells[1:]) for cells in table_rows(text, "Peers")}
+    assert peers["p1p1p1p1p1p1"] == "c1c1c1c1c1c1 0.0 200.0 0 2,400 50 510 5.0"
+    assert peers["p3p3p3p3p3p3"] == "c2c2c2c2c2c2 - - 6 0 0 0 -"
+    assert max(len(line) for line in text.splitlines()) <= 100
+
+
+def _labels(text: str, kind: str) -> list[str]:
+    return re.findall(rf"\b({kind}\d)\1{{5}}\b", text)
+
+
+def test_the_channel_and_peer_tables_sort_by_each_key_in_turn() -> None:
+    before, after = _pair()
+    session = top.Top(iter([before, after]).__next__, top.View("tcp://h:1"))
+    session.refresh(first=True)
+    session.refresh()
+    seen = []
+    for _ in top.SORTS:
+        text = top.render_text(session.frame(), 120)
+        titles = re.findall(r"(Channels|Peers) \(by ([^)]+)\)", text)
+        seen.append((session.view.sort, titles, _labels(text, "c")[:3], _labels(text, "p")))
+        session.cycle_sort()
+    c123, p123 = ["c1", "c2", "c3"], ["p1", "p2", "p3"]
+    assert seen == [
+        ("in", [("Channels", "in/s"), ("Peers", "in/s")], c123, ["p2", "p1", "p3"]),
+        ("out", [("Channels", "out/s"), ("Peers", "out/s")], c123, p123),
+        # Channels have no drops: they keep their own order, and say so.
+        ("dropped", [("Channels", "in/s"), ("Peers", "dropped")], c123, p123),
+        ("rate", [("Channels", "in/s"), ("Peers", "dropped/s")], c123, p123),
+        ("name", [("Channels", "name"), ("Peers", "name")], c123, p123),
+    ]
+
+
+def test_on_a_screen_the_tables_show_the_rows_that_fit() -> None:
+    before, after = _pair()
+    full = top.render_text(top.build_frame(after, before, top.View("a", keys=True)), 120)
+    assert "more" not in full and "[s]ort by in/s > out/s > dropped > dropped/s > name" in full
+    height = len(full.splitlines()) - 2  # two lines short
+    view = top.View("a", keys=True, width=120, height=height)
+    text = top.render_text(top.build_frame(after, before, view), 120)
+    assert len(text.splitlines()) <= height
+    # Two lines each: a row, and "... 2 more" for the rows that do not fit.
+    assert len(re.findall(r"\.\.\.\s+2 more", text)) == 2
+    assert text.splitlines()[-1].startswith("[s]ort")  # the footer stays
 
 
 # --- zmqbus top --once against a broker ---------------------------------------------
@@ -295,16 +435,44 @@ def test_once_prints_the_brokers_figures(broker: Broker, traffic: tuple[Bus, Bus
     assert row(out, "stored messages") == ["25"]
     assert row(out, "pending confirmations") == ["0"]
     assert re.search(r"slow consumers \(by dropped\)", out)
+    # channel, in/s, out/s, in, out, peers, subs, bytes in/s (its number and unit)
+    ((label, *figures),) = table_rows(out, "Channels (by in/s)")
+    assert figures[:6] == ["0.0", "0.0", "25", "25", "2", "1"] and figures[6] == "0", out
+    # peer, channel, in/s, out/s, in, out, subs, dropped, dropped/s: the publisher, then
+    # the subscriber (as busy: the broker's order, then the label)
+    peers = sorted(table_rows(out, "Peers (by in/s)"), key=lambda cells: cells[6])
+    assert [cells[1:] for cells in peers] == [
+        [label, "0.0", "0.0", "25", "0", "0", "0", "0.0"],
+        [label, "0.0", "0.0", "0", "25", "1", "0", "0.0"],
+    ], out
     assert max(len(line) for line in out.splitlines()) <= 100  # COLUMNS
 
 
 @pytest.mark.usefixtures("publishing")
 def test_once_during_traffic_shows_a_rate(broker: Broker) -> None:
+    # "peer" is the name key's first spelling, still taken.
     r = run_top("--once", "--address", broker.address, "--interval", "0.3", "--sort", "peer")
     assert r.returncode == 0, r.stderr
     rate, total = row(r.stdout, "published")
     assert number(rate) > 0 and number(total) > 0, r.stdout
-    assert "slow consumers (by peer)" in r.stdout
+    assert "slow consumers (by name)" in r.stdout
+
+
+@pytest.mark.usefixtures("publishing")
+def test_once_during_traffic_shows_each_channels_and_peers_rates(broker: Broker) -> None:
+    r = run_top("--once", "--address", broker.address, "--interval", "0.5", "--sort", "out")
+    assert r.returncode == 0, r.stderr
+    out = r.stdout
+    ((label, in_rate, out_rate, msgs_in, msgs_out, npeers, subs, *_),) = table_rows(
+        out, "Channels (by out/s)"
+    )
+    assert number(in_rate) > 0 and number(out_rate) > 0, out
+    assert number(msgs_in) > 0 and number(msgs_out) > 0 and (npeers, subs) == ("2", "1"), out
+    # By out/s: the subscriber, then the publisher.
+    sub, pub = table_rows(out, "Peers (by out/s)")
+    assert sub[1] == pub[1] == label, out
+    assert sub[6] == "1" and number(sub[3]) > 0 and number(sub[2]) == 0, out  # out, not in
+    assert pub[6] == "0" and number(pub[2]) > 0 and number(pub[3]) == 0, out  # in, not out
 
 
 def test_an_unreachable_broker_exits_3() -> None:
@@ -378,6 +546,43 @@ def _published(screen: str) -> tuple[float, int] | None:
     return number(match.group(1)), int(number(match.group(2)))
 
 
+def _figures(cells: list[str]) -> list[float] | None:
+    try:
+        return [number(cell) for cell in cells]
+    except ValueError:
+        return None  # "-": no rate yet
+
+
+def _channel(screen: str) -> tuple[float, float, int] | None:
+    """in/s, out/s and messages in of the one channel on the screen, once it has rates."""
+    if not re.search(r"(?m)^Channels \(by ", screen):
+        return None
+    rows = table_rows(screen, "Channels")
+    figures = _figures(rows[0][1:5]) if len(rows) == 1 else None
+    if figures is None:
+        return None
+    return figures[0], figures[1], int(figures[2])
+
+
+def _peers(screen: str) -> list[tuple[float, float]] | None:
+    """(in/s, out/s) of each peer on the screen, once they all have rates."""
+    if not re.search(r"(?m)^Peers \(by ", screen):
+        return None
+    rates = [_figures(cells[2:4]) for cells in table_rows(screen, "Peers")]
+    if not rates or any(rate is None for rate in rates):
+        return None
+    return sorted((rate[0], rate[1]) for rate in rates if rate is not None)
+
+
+def _flowing(screen: str) -> bool:
+    """The channel moves messages in and out, a peer publishes, another receives."""
+    channel, peers = _channel(screen), _peers(screen)
+    if channel is None or peers is None or len(peers) != 2:
+        return False
+    (sub_in, sub_out), (pub_in, pub_out) = peers  # sorted: the publisher's in/s is larger
+    return channel[0] > 0 and channel[1] > 0 and pub_in > 0 == pub_out and sub_out > 0 == sub_in
+
+
 @pytest.mark.usefixtures("publishing")
 def test_live_view_in_tmux_refreshes_sorts_and_quits_on_q(broker: Broker, tmp_path: Path) -> None:
     if shutil.which("tmux") is None:
@@ -395,6 +600,7 @@ def test_live_view_in_tmux_refreshes_sorts_and_quits_on_q(broker: Broker, tmp_pa
             tmux, lambda s: (_published(s) or (0.0, 0))[0] > 0, "a non-zero published rate"
         )
         assert "zmqbus top" in first and "[s]ort [q]uit" in first
+        assert "[s]ort by in/s > out/s > dropped > dropped/s > name (now in/s)" in first
         assert row(first, "peers")[0] == "2"
         assert "slow consumers (by dropped)" in first
         total = _published(first)
@@ -404,8 +610,27 @@ def test_live_view_in_tmux_refreshes_sorts_and_quits_on_q(broker: Broker, tmp_pa
             lambda s: (_published(s) or (0.0, total[1]))[1] > total[1],
             "the published counter move between two captures",
         )
+        # Per channel and per peer: rates while traffic flows, and totals that move.
+        flowing = _screen_until(tmux, _flowing, "channel and peer rates of the traffic")
+        channel = _channel(flowing)
+        assert channel is not None
+        _screen_until(
+            tmux,
+            lambda s: _flowing(s) and (_channel(s) or (0.0, 0.0, channel[2]))[2] > channel[2],
+            "the channel's messages in move between two captures",
+        )
         tmux("send-keys", "-t", "top", "s")
-        _screen_until(tmux, lambda s: "slow consumers (by dropped/s)" in s, "the sort change")
+        _screen_until(
+            tmux,
+            lambda s: "Channels (by out/s)" in s and "Peers (by out/s)" in s,
+            "the tables sorted by out/s",
+        )
+        tmux("send-keys", "-t", "top", "s", "s")  # by dropped, then by dropped/s
+        _screen_until(
+            tmux,
+            lambda s: "slow consumers (by dropped/s)" in s and "Peers (by dropped/s)" in s,
+            "the sort change",
+        )
         tmux("send-keys", "-t", "top", "q")
         deadline = time.monotonic() + WAIT
         while tmux.alive() and time.monotonic() < deadline:

@@ -85,7 +85,8 @@ def fan_out(
     """Route unconfirmed, checked (topic, body) ``messages`` on ``channel`` into
     ``out``, in order. Each target gets its share as BROKER_BATCHes if it asked
     for batch_commands, else as DELIVER_BATCHes if it asked for batch, else as
-    DELIVERs. Returns how many deliveries, and how many BROKER_BATCHes, that is."""
+    DELIVERs. Returns how many deliveries, and how many BROKER_BATCHes, that is;
+    each target's own count (``Peer.msgs_out``) grows by its share."""
     chid = channel.id
     destinations = channel.destinations
     deliver_entry = p.pack_unconfirmed_deliver_entry
@@ -111,6 +112,7 @@ def fan_out(
                 if run is not None:
                     made += _run_batch(to, chid, run, out)
                 out.append((target, [p.H_DELIVER, chid, b"", topic, body, sids]))
+                to.msgs_out += 1
                 continue
             run = runs.get(target)
             if run is None:
@@ -128,6 +130,8 @@ def fan_out(
 
 def _run_batch(to: Peer, chid: bytes, run: list[Any], out: list[Outgoing]) -> int:
     # A pending run as one batch of the kind ``to`` asked for; 1 if a BROKER_BATCH.
+    # Its deliveries are counted to the peer here, once a batch, not once an entry.
+    to.msgs_out += len(run) - 1
     if to.batch_commands:
         out.append((to.ident, [p.H_BROKER_BATCH, chid, b"".join(run[1:])]))
         return 1

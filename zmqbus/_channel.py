@@ -112,11 +112,14 @@ class Channel:
 
     __slots__ = (
         "budget",
+        "bytes_in",
         "cache",
         "cache_bytes",
         "gone",
         "groups",
         "id",
+        "msgs_in",
+        "msgs_out",
         "nsubs",
         "packed",
         "peers",
@@ -138,6 +141,14 @@ class Channel:
         self.gone: set[bytes] = set()
         # id(set of values at one trie pattern) -> its targets, packed.
         self.packed: dict[int, _Packed] = {}
+        # Traffic since the channel was made, for STATS: messages routed in
+        # and deliveries made of them that no peer still joined counts (its
+        # departed peers', and the broker's dead letters: STATS adds the
+        # peers' own, so routing bumps one object, not two), and the octets
+        # that carried messages in.
+        self.msgs_in = 0
+        self.msgs_out = 0
+        self.bytes_in = 0
 
     def clear_cache(self) -> None:
         """Forget every cached topic (the subscriptions changed, or room is needed)."""

@@ -29,6 +29,8 @@ class Peer:
         "held",
         "ident",
         "last_heard",
+        "msgs_in",
+        "msgs_out",
         "next_beat",
         "notice_at",
         "outstanding",
@@ -67,6 +69,11 @@ class Peer:
         self.notice_at = 0.0
         self.last_heard = 0.0
         self.next_beat = 0.0
+        # Messages it sent that were routed (PUBLISH alone or batched, REQUEST,
+        # REPLY), and deliveries made to it (DELIVER, ASK, ANSWER): STATS's
+        # per-peer traffic, bumped where routing already holds this object.
+        self.msgs_in = 0
+        self.msgs_out = 0
         # Broker-unique, never reused: the prefix of this session's reply tokens.
         self.session = session
         self.subs: dict[bytes, tuple[str, str]] = {}  # sid -> (pattern, queue)

@@ -59,7 +59,7 @@ from .protocol import (
 from .store import Store, open_store
 from .users import ANONYMOUS, User
 
-__all__ = ["BrokerState"]
+__all__ = ["CHANNEL_COLUMNS", "PEER_COLUMNS", "STATS_TOP", "STATS_TOP_MAX", "BrokerState"]
 
 log = logging.getLogger("zmqbus.broker")
 
@@ -153,6 +153,14 @@ STATS_FRESH = 0.1
 # Seconds between DROPPED notices that tell one publisher of its rate-limited
 # publishes: a flood over the limit draws a notice per interval, not per message.
 THROTTLE_NOTICE = 0.1
+# Rows of STATS's top_channels and top_peers tables: by default, and at most
+# (a table is one array, which a client decodes only up to MAX_BODY_ITEMS
+# elements: 1 + 6 columns + 500 rows of 6 is 3,007).
+STATS_TOP = 20
+STATS_TOP_MAX = 500
+# The columns of those tables, in order (docs/protocol.md, STATS_REPLY body).
+CHANNEL_COLUMNS = ("channel", "msgs_in", "msgs_out", "bytes_in", "peers", "subscriptions")
+PEER_COLUMNS = ("peer", "channel", "msgs_in", "msgs_out", "subscriptions", "dropped")
 
 
 # Queued where a DROPPED notice is due, whatever comes to the peer before it.
@@ -244,7 +252,9 @@ class BrokerState:
         self._name = name
         self._welcome = p.pack_welcome(name, max_message_size)
         self._now = 0.0  # the time handle() or tick() was last given
-        self._label_key = os.urandom(16)  # keys the names STATS gives peers
+        self._label_key = os.urandom(16)  # keys the names STATS gives peers and channels
+        self._clock = clock
+        self._started = clock()  # for STATS "uptime_s"
         # Keys the tags of reply tokens; fixed only by the test vectors.
         self._reply_key = reply_key if reply_key is not None else os.urandom(32)
         self._beating: set[bytes] = set()  # idents of peers that asked for heartbeats
@@ -317,18 +327,23 @@ class BrokerState:
                 self.counters["internal_errors"] += 1
                 self._refuse(ident, frames, ErrorCode.INTERNAL, "internal broker error")
                 return len(self.outbox)
-            self._entries(ident, entries)
+            self._entries(ident, entries, len(frames[ENTRIES_FRAME]))
         else:
             self._handle(ident, frames)
         return len(self.outbox)
 
-    def _entries(self, ident: bytes, entries: list[list[bytes] | tuple[bytes, ...]]) -> None:
+    def _entries(
+        self, ident: bytes, entries: list[list[bytes] | tuple[bytes, ...]], size: int
+    ) -> None:
         # Each entry as if it had come alone, in order; a run of unconfirmed
         # PUBLISHes (the bulk of a busy publisher's batches) is routed in one
         # go, as a PUBLISH_BATCH is, each entry still checked on its own.
+        # ``size``: the octets of the entries frame.
         run: list[tuple[bytes, ...]] = []
         checks = self._message_checks
         peer = self.peers.get(ident)
+        channel = peer.channel if peer is not None else None
+        bytes_in = channel.bytes_in if channel is not None else 0
         restricted = peer if peer is not None and not peer.free else None
         limited = restricted is not None and restricted.user is not None and restricted.user.limited
         for entry in entries:
@@ -352,6 +367,10 @@ class BrokerState:
             self._handle(ident, entry)
         if run:
             self._route_run(ident, run)
+        if channel is not None:
+            # The entries frame counts whole, once a batch, in place of the
+            # bodies its entries routed alone counted (bytes_in, docs/protocol.md).
+            channel.bytes_in = bytes_in + size
 
     def _route_run(self, ident: bytes, run: list[tuple[bytes, ...]]) -> list[tuple[bytes, ...]]:
         """Route ``run`` (unconfirmed, checked) from ``ident``; a fresh empty run."""
@@ -445,6 +464,7 @@ class BrokerState:
             if channel is not None and messages:
                 n, _ = fan_out(channel, messages, self.peers, self.outbox)
                 self.counters["delivered"] += n
+                channel.msgs_in += len(messages)  # the broker's own: no peer counts them
         if streams.awake:
             streams.pump(self._now, self.outbox, self.peers)
             due = self._now if streams.more else streams.next_due
@@ -690,10 +710,15 @@ class BrokerState:
         dests = channel.destinations(topic)
         counters = self.counters
         counters["published"] += 1
+        peer.msgs_in += 1
+        channel.bytes_in += len(body)
+        peers = self.peers
         if not ref:
             n = 0
             for target, sids in dests:
                 out.append((target, [p.H_DELIVER, chid, b"", topic, body, sids]))
+                # The one path with no Peer object at hand (targets are idents).
+                peers[target].msgs_out += 1
                 n += 1
             counters["delivered"] += n
             return
@@ -704,10 +729,11 @@ class BrokerState:
             self._next_token += 1
             token = self._next_token.to_bytes(8, "big")
             self._pending[token] = _Pending(peer, ref, n)
-            peers = self.peers
             bound = self.limits.max_pending_per_peer
             for target, sids in dests:
-                outstanding = peers[target].outstanding
+                to = peers[target]
+                to.msgs_out += 1
+                outstanding = to.outstanding
                 if len(outstanding) >= bound:
                     self._expire_oldest(outstanding)
                 outstanding[token] = None
@@ -863,6 +889,7 @@ class BrokerState:
         user = peer.user
         if user is not None and user.limited:
             messages = [m for m in messages if not self._over_rate(peer, len(m[1]))]
+        peer.channel.bytes_in += len(frames[ENTRIES_FRAME])
         self._fan_out(peer, messages)
 
     def _fan_out(self, peer: Peer, messages: Sequence[tuple[bytes, ...]]) -> None:
@@ -876,6 +903,7 @@ class BrokerState:
         counters["delivered"] += n
         if made:
             counters["broker_batches"] += made
+        peer.msgs_in += len(messages)
 
     def _captured(
         self, ident: bytes, chid: bytes, messages: Sequence[tuple[bytes, ...]]
@@ -918,10 +946,14 @@ class BrokerState:
         n = 0
         for target, sids in channel.destinations(topic):
             # Each target's token differs: only the peer an ASK went to can reply.
-            token = session + self._reply_tag(session, ref, peers[target].session) + ref
+            to = peers[target]
+            token = session + self._reply_tag(session, ref, to.session) + ref
             out.append((target, [p.H_ASK, chid, token, topic, body, sids]))
+            to.msgs_out += 1
             n += 1
         self.counters["requests"] += 1
+        peer.msgs_in += 1
+        channel.bytes_in += len(body)
         out.append((ident, [p.H_ROUTED, chid, ref, n.to_bytes(_COUNT_BYTES, "big")]))
 
     def _reply(self, ident: bytes, frames: Sequence[bytes]) -> None:
@@ -943,7 +975,11 @@ class BrokerState:
             self.counters["stale_replies"] += 1
             return
         self.counters["replies"] += 1
-        self.outbox.append((requester.ident, [p.H_ANSWER, peer.channel.id, ref, body]))
+        peer.msgs_in += 1
+        requester.msgs_out += 1
+        channel = peer.channel
+        channel.bytes_in += len(body)
+        self.outbox.append((requester.ident, [p.H_ANSWER, channel.id, ref, body]))
 
     def _ack(self, ident: bytes, frames: Sequence[bytes]) -> None:
         peer = self._joined(ident, frames, _N_ACK)
@@ -1305,6 +1341,10 @@ class BrokerState:
             self._batching_peers -= 1
         channel = peer.channel
         channel.peers.discard(ident)
+        # A channel's traffic is its peers' (STATS adds them up): a departed
+        # peer's stays with the channel.
+        channel.msgs_in += peer.msgs_in
+        channel.msgs_out += peer.msgs_out
         if len(peer.subs) <= UNSUBSCRIBE_SLICE:
             for sid, (pattern, queue) in peer.subs.items():
                 channel.remove(peer, sid, pattern, queue, many=True)
@@ -1566,10 +1606,14 @@ class BrokerState:
 
     # --- introspection ------------------------------------------------------
 
-    def stats(self) -> dict[str, object]:
-        """Peers, channels, subscriptions, message counters and errors by code."""
+    def stats(self, top: int = STATS_TOP) -> dict[str, object]:
+        """Peers, channels, subscriptions, message counters and errors by code,
+        and the ``top`` channels and peers that moved the most messages."""
+        if not 0 <= top <= STATS_TOP_MAX:
+            raise ValueError(f"top must be from 0 to {STATS_TOP_MAX}: {top}")
         return {
             "broker": self._name,
+            "uptime_s": self._clock() - self._started,
             "peers": len(self.peers),
             "channels": len(self.channels),
             "subscriptions": self.subscription_count(),
@@ -1591,6 +1635,10 @@ class BrokerState:
             "rate_limited": dict(self.rate_limited),
             "streams": self.streams.stats(),
             "topic_cache_bytes": self._budget.used,
+            "top_channels": self._channel_table(
+                heapq.nlargest(top, self._channel_traffic().items(), key=_channel_total)
+            ),
+            "top_peers": self._peer_table(heapq.nlargest(top, self.peers.values(), key=_traffic)),
         }
 
     def channel_stats(self, channel: Channel | None) -> dict[str, object]:
@@ -1598,18 +1646,75 @@ class BrokerState:
         it has joined none) and the broker's limits."""
         return {
             "broker": self._name,
+            "uptime_s": self._clock() - self._started,
             "peers": len(channel.peers) if channel is not None else 0,
             "channels": 1 if channel is not None else 0,
             "subscriptions": channel.nsubs if channel is not None else 0,
             "queue_groups": len(channel.groups) if channel is not None else 0,
             "limits": self.limits.as_dict(),
+            "top_channels": self._channel_table(
+                [] if channel is None else self._channel_traffic([channel]).items()
+            ),
         }
+
+    def _channel_traffic(self, only: Iterable[Channel] | None = None) -> dict[Channel, list[int]]:
+        """[messages in, messages out] of each channel (or of those ``only``):
+        what its departed peers and the broker put there, and its peers' own."""
+        channels = self.channels.values() if only is None else only
+        totals = {c: [c.msgs_in, c.msgs_out] for c in channels}
+        if only is None:
+            peers: Iterable[Peer] = self.peers.values()
+        else:
+            peers = [self.peers[i] for c in totals for i in c.peers if i in self.peers]
+        for peer in peers:
+            held = totals.get(peer.channel)
+            if held is not None:
+                held[0] += peer.msgs_in
+                held[1] += peer.msgs_out
+        return totals
+
+    def _channel_table(self, channels: Iterable[tuple[Channel, list[int]]]) -> list[object]:
+        # One array: the column count, the columns, then each row's cells (a
+        # map per row would pass the 16 arrays and maps a client decodes).
+        table: list[object] = [len(CHANNEL_COLUMNS), *CHANNEL_COLUMNS]
+        for c, (msgs_in, msgs_out) in channels:
+            table += (
+                self.channel_label(c.id),
+                msgs_in,
+                msgs_out,
+                c.bytes_in,
+                len(c.peers),
+                c.nsubs,
+            )
+        return table
+
+    def _peer_table(self, peers: Iterable[Peer]) -> list[object]:
+        # As _channel_table; a peer by its label and its channel's, never an ID.
+        table: list[object] = [len(PEER_COLUMNS), *PEER_COLUMNS]
+        for peer in peers:
+            table += (
+                self.label(peer.ident),
+                self.channel_label(peer.channel.id),
+                peer.msgs_in,
+                peer.msgs_out,
+                len(peer.subs),
+                peer.dropped_total,
+            )
+        return table
 
     def label(self, ident: bytes) -> str:
         """The name STATS gives the peer ``ident``: stable while the broker
         runs, and not its routing id (which would let a reader claim the ids
         libzmq gives next, see docs/protocol.md, Peers and sessions)."""
         return hashlib.blake2b(ident, key=self._label_key, digest_size=6).hexdigest()
+
+    def channel_label(self, channel_id: bytes) -> str:
+        """The name STATS gives the channel ``channel_id``: stable while the
+        broker runs, and not the ID (which, on a broker without
+        authentication, is all a peer needs to join the channel and read it)."""
+        return hashlib.blake2b(
+            channel_id, key=self._label_key, digest_size=6, person=b"channel"
+        ).hexdigest()
 
     @property
     def pending_confirmations(self) -> int:
@@ -1628,3 +1733,13 @@ def _anonymous(ident: bytes) -> bool:
 
 def _dropped_total(peer: Peer) -> int:
     return peer.dropped_total
+
+
+def _traffic(peer: Peer) -> int:
+    # What orders STATS's top_peers: messages in and out since it joined.
+    return peer.msgs_in + peer.msgs_out
+
+
+def _channel_total(item: tuple[Channel, list[int]]) -> int:
+    # What orders STATS's top_channels: messages in and out since it was made.
+    return item[1][0] + item[1][1]

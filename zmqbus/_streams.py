@@ -725,7 +725,9 @@ class Streams:
         consumer.outstanding[seq] = (ident, deadline)
         if self.next_due is None or deadline < self.next_due:
             self.next_due = deadline
-        token = self._token(consumer.cid, seq, peers[ident].session)
+        peer = peers[ident]
+        peer.msgs_out += 1  # STATS' per-peer traffic counts stream deliveries too
+        token = self._token(consumer.cid, seq, peer.session)
         meta = p.pack_meta(seq, deliveries)
         out.append(
             (ident, [p.H_STREAM_MSG, consumer.stream.config.channel, token, topic, body, sid, meta])

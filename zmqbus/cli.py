@@ -526,14 +526,17 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser(
         "top",
-        help="a live view of a broker: rates, peers, slow consumers, refusals",
+        help="a live view of a broker: rates, channels, peers, slow consumers, refusals",
         description=(
             "Show a broker's STATS full screen, refreshed every --interval: message\n"
             "rates (from counter deltas), peers, channels, subscriptions, connections,\n"
-            "streams, slow consumers and refusals. Keys: s sorts the slow consumers by\n"
-            "another column, q quits (Ctrl-C too). --once prints one frame as text and\n"
-            "exits 0; output that is not a terminal gets a frame per interval. A broker\n"
-            f"that does not answer, or refuses the key, exits {EXIT_UNREACHABLE}. Needs rich\n"
+            "streams, slow consumers and refusals, and the busiest channels and peers\n"
+            "(up to 20 each) with their messages in and out per second. Keys: s sorts\n"
+            "the tables by the next column (in/s, out/s, dropped, dropped/s, name),\n"
+            "q quits (Ctrl-C too). --once prints one frame as text, made of two\n"
+            "snapshots --interval apart so that it has rates, and exits 0; output that\n"
+            "is not a terminal gets a frame per interval. A broker that does not\n"
+            f"answer, or refuses the key, exits {EXIT_UNREACHABLE}. Needs rich\n"
             "(pip install 'zmqbus[top]')."
         ),
         formatter_class=fmt,
@@ -561,10 +564,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--sort",
-        choices=("dropped", "rate", "peer"),
-        default="dropped",
-        help="first sort of the slow consumers: messages dropped, dropped per second, or "
-        "name (default dropped)",
+        # As zmqbus.top.SORTS (not imported here: top needs rich); "peer" is
+        # the first spelling of "name".
+        type=lambda key: "name" if key == "peer" else key,
+        choices=("in", "out", "dropped", "rate", "name"),
+        default="in",
+        help="first sort of the channel, peer and slow-consumer tables: messages in or out "
+        "per second, messages dropped, dropped per second, or name (default in); a table "
+        "without that column keeps its own order (channels: in/s; slow consumers: dropped)",
     )
     p.set_defaults(func=cmd_top)
 

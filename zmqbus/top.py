@@ -3,7 +3,9 @@
 Fetching (``fetch``, ``Top.refresh``) is kept apart from rendering
 (``build_frame``, a pure function of two STATS snapshots), so a frame can be
 built, and tested, from plain dicts. Rates are counter deltas between two
-snapshots over the time between them; STATS carries no rates of its own.
+snapshots over the time between them (the broker's, from ``uptime_s``, when
+both have it); STATS carries no rates of its own. The same holds per channel
+and per peer, for the rows of STATS's ``top_channels`` and ``top_peers``.
 
 Needs ``rich`` (``pip install 'zmqbus[top]'``). The ``zmqbus`` command
 (``cli.py``) runs it; this module writes to the terminal only through
@@ -40,6 +42,7 @@ from .protocol import ErrorCode
 __all__ = [
     "RATES",
     "SORTS",
+    "SORT_ALIASES",
     "Snapshot",
     "Top",
     "View",
@@ -49,6 +52,8 @@ __all__ = [
     "frames",
     "render_text",
     "run_live",
+    "stats_table",
+    "traffic_rows",
 ]
 
 # The rows of the rates table: a label and the STATS counters it sums.
@@ -66,9 +71,18 @@ RATES: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("disconnects", ("disconnects",)),
 )
 
-# Sort keys of the slow-consumer table, in the order `s` cycles through them.
-SORTS = ("dropped", "rate", "peer")
-_SORT_TITLES = {"dropped": "dropped", "rate": "dropped/s", "peer": "peer"}
+# Sort keys of the channel, peer and slow-consumer tables, in the order `s`
+# cycles through them: messages in or out per second, dropped, dropped per
+# second, name. A table without the key's column keeps its own first order.
+SORTS = ("in", "out", "dropped", "rate", "name")
+SORT_ALIASES = {"peer": "name"}  # the name key's first spelling (--sort peer)
+_SORT_TITLES = {
+    "in": "in/s",
+    "out": "out/s",
+    "dropped": "dropped",
+    "rate": "dropped/s",
+    "name": "name",
+}
 
 SLOW_PEERS_SHOWN = 10  # STATS names at most the 10 slowest peers
 REFUSALS_SHOWN = 10
@@ -90,17 +104,20 @@ class Snapshot:
 @dataclass(frozen=True)
 class View:
     """How to draw a frame: the broker's ``address`` and the refresh
-    ``interval`` (for the header), the slow-consumer table's ``sort`` key (one
-    of ``SORTS``), ``keys``: show the key help (the live view), ``ascii``:
-    plain hyphen rules (text for scripts), ``error``: why the last refresh
-    failed, if it did."""
+    ``interval`` (for the header), the tables' ``sort`` key (one of
+    ``SORTS``), ``keys``: show the key help (the live view), ``ascii``: plain
+    hyphen rules (text for scripts), ``error``: why the last refresh failed,
+    if it did; ``width`` and ``height``: the screen's, to fit the channel and
+    peer tables to (``height`` None: every row, for text)."""
 
     address: str
     interval: float = 1.0
-    sort: str = "dropped"
+    sort: str = "in"
     keys: bool = False
     ascii: bool = False
     error: str | None = None
+    width: int = 100
+    height: int | None = None
 
 
 def fetch(
@@ -134,20 +151,83 @@ def _counter(stats: Mapping[str, Any], names: Sequence[str]) -> int | None:
     return sum(int(counters.get(name, 0)) for name in names)
 
 
+def _seconds(current: Snapshot, previous: Snapshot | None) -> float:
+    """The time between two snapshots: the broker's (``uptime_s``, when it
+    was counted, however old the broker let its answer be) if both have it
+    and it moved on, else the time between the answers; 0 without
+    ``previous``."""
+    if previous is None:
+        return 0.0
+    now, before = current.stats.get("uptime_s"), previous.stats.get("uptime_s")
+    if isinstance(now, int | float) and isinstance(before, int | float) and now > before:
+        return float(now - before)
+    return current.at - previous.at
+
+
 def counter_rates(current: Snapshot, previous: Snapshot | None) -> dict[str, float | None]:
     """Per second, for each row of ``RATES``: its counters' growth from
     ``previous`` to ``current`` (None: unknown, as on the first frame)."""
     out: dict[str, float | None] = {}
+    seconds = _seconds(current, previous)
     for label, names in RATES:
         if previous is None:
             out[label] = None
             continue
         out[label] = _per_second(
-            _counter(current.stats, names),
-            _counter(previous.stats, names),
-            current.at - previous.at,
+            _counter(current.stats, names), _counter(previous.stats, names), seconds
         )
     return out
+
+
+def stats_table(stats: Mapping[str, Any], key: str) -> list[dict[str, Any]]:
+    """The rows of the STATS table ``key`` (``top_channels``, ``top_peers``:
+    one array of the column count, the column names, then the rows' cells),
+    each as a map by column name, in the broker's order; [] if absent or
+    malformed."""
+    table = stats.get(key)
+    if not isinstance(table, Sequence) or isinstance(table, str | bytes) or not table:
+        return []
+    width = table[0]
+    if type(width) is not int or width <= 0 or len(table) < 1 + width:
+        return []
+    names = table[1 : 1 + width]
+    if not all(isinstance(name, str) for name in names):
+        return []
+    cells = table[1 + width :]
+    return [
+        dict(zip(names, cells[at : at + width], strict=True))
+        for at in range(0, len(cells) - width + 1, width)
+    ]
+
+
+# The counters of a channel or peer row that get a rate, as "<name>/s".
+_RATED = ("msgs_in", "msgs_out", "bytes_in", "dropped")
+
+
+def traffic_rows(
+    current: Snapshot, previous: Snapshot | None, key: str, name: str
+) -> list[dict[str, Any]]:
+    """The rows of the STATS table ``key`` of ``current`` (see
+    ``stats_table``), each with its counters' rates since ``previous``
+    (``msgs_in/s``...), matched by the column ``name``: None for a row
+    ``previous`` does not have (the table holds the busiest only, so what
+    it had before is unknown)."""
+    rows = stats_table(current.stats, key)
+    before: dict[Any, dict[str, Any]] = {}
+    if previous is not None:
+        before = {row.get(name): row for row in stats_table(previous.stats, key)}
+    seconds = _seconds(current, previous)
+    for row in rows:
+        was = before.get(row.get(name))
+        for column in _RATED:
+            if column in row:
+                then = was.get(column) if was is not None else None
+                row[f"{column}/s"] = _per_second(
+                    row[column] if isinstance(row[column], int) else None,
+                    then if isinstance(then, int) else None,
+                    seconds,
+                )
+    return rows
 
 
 def _mapping(stats: Mapping[str, Any], key: str) -> Mapping[str, int]:
@@ -189,7 +269,9 @@ def _use(share: float | None) -> str:
 # --- the frame --------------------------------------------------------------------
 
 
-def _table(title: str, view: View, *columns: str) -> Table:
+def _table(title: str, view: View, *columns: str, names: int = 1) -> Table:
+    """A table of ``columns``, the first ``names`` of them names (to the left)
+    and the rest figures (to the right)."""
     table = Table(
         title=title,
         title_justify="left",
@@ -200,7 +282,7 @@ def _table(title: str, view: View, *columns: str) -> Table:
         min_width=len(title),  # the title on one line
     )
     for i, name in enumerate(columns):
-        table.add_column(name, justify="left" if i == 0 else "right", no_wrap=True)
+        table.add_column(name, justify="left" if i < names else "right", no_wrap=True)
     return table
 
 
@@ -209,9 +291,32 @@ def _header(current: Snapshot, view: View) -> Text:
     clock = datetime.fromtimestamp(current.wall).strftime("%H:%M:%S")
     text = Text(no_wrap=True, overflow="ellipsis")
     text.append("zmqbus top", style="bold")
-    text.append(f"  {view.address}  {stats.get('broker', '?')}  {clock}, every {view.interval:g}s")
+    text.append(f"  {view.address}  {stats.get('broker', '?')}")
+    uptime = stats.get("uptime_s")
+    if isinstance(uptime, int | float):
+        text.append(f"  up {_duration(uptime)}")
+    text.append(f"  {clock}, every {view.interval:g}s")
     if view.keys:
         text.append("   [s]ort [q]uit", style="dim")
+    return text
+
+
+def _duration(seconds: float) -> str:
+    whole = max(0, int(seconds))
+    days, rest = divmod(whole, 86400)
+    hours, rest = divmod(rest, 3600)
+    minutes, secs = divmod(rest, 60)
+    if days:
+        return f"{days}d{hours:02d}h"
+    if hours:
+        return f"{hours}h{minutes:02d}m"
+    return f"{minutes}m{secs:02d}s" if minutes else f"{secs}s"
+
+
+def _footer(view: View) -> Text:
+    order = " > ".join(_SORT_TITLES[key] for key in SORTS)
+    text = Text(no_wrap=True, overflow="ellipsis", style="dim")
+    text.append(f"[s]ort by {order} (now {_SORT_TITLES[view.sort]})   [q]uit, or Ctrl-C")
     return text
 
 
@@ -264,17 +369,17 @@ def _state_table(current: Snapshot, view: View) -> Table:
 def _sorted_peers(
     current: Mapping[str, int], rates: Mapping[str, float | None], sort: str
 ) -> list[str]:
-    if sort == "peer":
+    if sort == "name":
         return sorted(current)
     if sort == "rate":
         return sorted(current, key=lambda name: (-(rates[name] or 0.0), -current[name], name))
-    return sorted(current, key=lambda name: (-current[name], name))
+    return sorted(current, key=lambda name: (-current[name], name))  # by dropped
 
 
 def _slow_table(current: Snapshot, previous: Snapshot | None, view: View) -> Table:
     slow = _mapping(current.stats, "slow_peers")
     before = _mapping(previous.stats, "slow_peers") if previous is not None else None
-    seconds = current.at - previous.at if previous is not None else 0.0
+    seconds = _seconds(current, previous)
     rates: dict[str, float | None] = {}
     for name, dropped in slow.items():
         was: int | None = None
@@ -283,9 +388,10 @@ def _slow_table(current: Snapshot, previous: Snapshot | None, view: View) -> Tab
             # from a list that was not full had lost none.
             was = before.get(name, 0 if len(before) < SLOW_PEERS_SHOWN else None)
         rates[name] = _per_second(dropped, was, seconds)
-    title = f"slow consumers (by {_SORT_TITLES.get(view.sort, view.sort)})"
+    sort = view.sort if view.sort in ("rate", "name") else "dropped"
+    title = f"slow consumers (by {_SORT_TITLES[sort]})"
     table = _table(title, view, "peer", "dropped", "dropped/s")
-    for name in _sorted_peers(slow, rates, view.sort):
+    for name in _sorted_peers(slow, rates, sort):
         table.add_row(name, _count(slow[name]), _rate(rates[name]))
     if not slow:
         table.add_row("none", "", "")
@@ -293,7 +399,7 @@ def _slow_table(current: Snapshot, previous: Snapshot | None, view: View) -> Tab
 
 
 def _refusals_table(current: Snapshot, previous: Snapshot | None, view: View) -> Table:
-    seconds = current.at - previous.at if previous is not None else 0.0
+    seconds = _seconds(current, previous)
     rows: list[tuple[str, str, int, float | None]] = []
     for kind, key in (
         ("error", "errors"),
@@ -321,11 +427,133 @@ def _refusals_table(current: Snapshot, previous: Snapshot | None, view: View) ->
     return table
 
 
+# Per traffic table: each sort key it has, as the row column it sorts by; a
+# key it lacks sorts it by its first one.
+_CHANNEL_SORTS = {"in": "msgs_in/s", "out": "msgs_out/s", "name": "channel"}
+_PEER_SORTS = {
+    "in": "msgs_in/s",
+    "out": "msgs_out/s",
+    "dropped": "dropped",
+    "rate": "dropped/s",
+    "name": "peer",
+}
+_COLUMN_TITLES = {
+    "msgs_in/s": "in/s",
+    "msgs_out/s": "out/s",
+    "dropped": "dropped",
+    "dropped/s": "dropped/s",
+}
+# Lines a traffic table takes besides its rows: a blank line, title, header, rule.
+_TABLE_LINES = 4
+
+
+def _sorted_rows(rows: list[dict[str, Any]], column: str, name: str) -> list[dict[str, Any]]:
+    if column == name:
+        return sorted(rows, key=lambda row: str(row.get(name)))
+
+    def key(row: dict[str, Any]) -> tuple[float, int, str]:
+        # Largest first; an unknown rate after every known one, then by its total.
+        value = row.get(column)
+        total = row.get(column.removesuffix("/s"))
+        return (
+            -(value if isinstance(value, int | float) else -1.0),
+            -(total if isinstance(total, int) else 0),
+            str(row.get(name)),
+        )
+
+    return sorted(rows, key=key)
+
+
+def _traffic_table(
+    title: str,
+    rows: list[dict[str, Any]],
+    view: View,
+    sorts: Mapping[str, str],
+    columns: Sequence[tuple[str, str, Callable[[Any], str]]],
+    limit: int | None,
+) -> Table:
+    """``rows`` under ``columns`` (header, row key, format), sorted by what
+    ``view.sort`` means for this table; at most ``limit`` lines of rows."""
+    name = columns[0][1]
+    column = sorts.get(view.sort, next(iter(sorts.values())))
+    by = _SORT_TITLES["name"] if column == name else _COLUMN_TITLES[column]
+    names = sum(fmt is _name for _, _, fmt in columns)
+    table = _table(f"{title} (by {by})", view, *(h for h, _, _ in columns), names=names)
+    shown = _sorted_rows(rows, column, name)
+    if limit is not None and len(shown) > limit:
+        more = len(shown) - max(limit - 1, 0)
+        shown = shown[: max(limit - 1, 0)]
+    else:
+        more = 0
+    for row in shown:
+        dropping = row.get("dropped/s")
+        table.add_row(
+            *(fmt(row.get(key)) for _, key, fmt in columns),
+            style="red" if dropping else "",
+        )
+    if more:
+        table.add_row("...", f"{more} more", *([""] * (len(columns) - 2)))
+    if not rows:
+        table.add_row("none", *([""] * (len(columns) - 1)))
+    return table
+
+
+def _name(value: Any) -> str:
+    return str(value) if value is not None else "-"
+
+
+def _byte_rate(value: Any) -> str:
+    if not isinstance(value, int | float):
+        return "-"
+    return f"{_bytes(round(value))}/s"
+
+
+_CHANNEL_COLUMNS: tuple[tuple[str, str, Callable[[Any], str]], ...] = (
+    ("channel", "channel", _name),
+    ("in/s", "msgs_in/s", _rate),
+    ("out/s", "msgs_out/s", _rate),
+    ("in", "msgs_in", _count),
+    ("out", "msgs_out", _count),
+    ("peers", "peers", _count),
+    ("subs", "subscriptions", _count),
+    ("bytes in/s", "bytes_in/s", _byte_rate),  # last: its unit is a word of its own
+)
+_PEER_COLUMNS: tuple[tuple[str, str, Callable[[Any], str]], ...] = (
+    ("peer", "peer", _name),
+    ("channel", "channel", _name),
+    ("in/s", "msgs_in/s", _rate),
+    ("out/s", "msgs_out/s", _rate),
+    ("in", "msgs_in", _count),
+    ("out", "msgs_out", _count),
+    ("subs", "subscriptions", _count),
+    ("dropped", "dropped", _count),
+    ("dropped/s", "dropped/s", _rate),
+)
+
+
+def _lines(renderable: RenderableType, width: int) -> int:
+    console = Console(file=io.StringIO(), width=width, legacy_windows=False)
+    return len(console.render_lines(renderable, console.options, pad=False))
+
+
+def _fit(spare: int, counts: Sequence[int]) -> list[int]:
+    """Lines of rows for tables of ``counts`` rows within ``spare`` lines:
+    an equal share each, what one leaves over going to the next; 1 at least."""
+    limits: list[int] = []
+    for i, count in enumerate(counts):
+        share = max(1, spare // (len(counts) - i))
+        limits.append(max(1, min(count, share)))
+        spare -= limits[-1]
+    return limits
+
+
 def build_frame(current: Snapshot, previous: Snapshot | None, view: View) -> RenderableType:
     """One screen of ``zmqbus top``: rates from ``previous`` to ``current``
     (dashes without ``previous``), the broker's state and limits, its slowest
-    consumers sorted by ``view.sort``, and refusals. A non-admin snapshot (its
-    own channel only) gets the state it has and a note."""
+    consumers, refusals, and the busiest channels and peers with their rates,
+    sorted by ``view.sort``. A non-admin snapshot (its own channel only) gets
+    the state and channel it has and a note. With ``view.height``, the
+    channel and peer tables show what rows fit the screen."""
     parts: list[RenderableType] = [_header(current, view)]
     if view.error:
         parts.append(Text(view.error, style="bold red"))
@@ -333,7 +561,7 @@ def build_frame(current: Snapshot, previous: Snapshot | None, view: View) -> Ren
     if not admin:
         parts.append(
             Text(
-                "not an admin key: STATS shows this user's own channel only, and no traffic",
+                "not an admin key: STATS shows this user's own channel only",
                 style="yellow",
             )
         )
@@ -345,6 +573,24 @@ def build_frame(current: Snapshot, previous: Snapshot | None, view: View) -> Ren
         tables.append(_slow_table(current, previous, view))
         tables.append(_refusals_table(current, previous, view))
     parts.append(Columns(tables, padding=(1, 4)))
+    # STATS's own tables, if the broker sends them (an older one does not).
+    traffic: list[tuple[str, list[dict[str, Any]], Mapping[str, str], Any]] = []
+    if "top_channels" in current.stats:
+        rows = traffic_rows(current, previous, "top_channels", "channel")
+        traffic.append(("Channels", rows, _CHANNEL_SORTS, _CHANNEL_COLUMNS))
+    if admin and "top_peers" in current.stats:
+        rows = traffic_rows(current, previous, "top_peers", "peer")
+        traffic.append(("Peers", rows, _PEER_SORTS, _PEER_COLUMNS))
+    footer = [_footer(view)] if view.keys else []
+    limits: list[int | None] = [None] * len(traffic)
+    if view.height is not None and traffic:
+        spare = view.height - _lines(Group(*parts, *footer), view.width)
+        spare -= _TABLE_LINES * len(traffic)
+        limits = [n for n in _fit(spare, [max(1, len(rows)) for _, rows, _, _ in traffic])]
+    for (title, rows, sorts, columns), limit in zip(traffic, limits, strict=True):
+        parts.append(Text())
+        parts.append(_traffic_table(title, rows, view, sorts, columns, limit))
+    parts.extend(footer)
     return Group(*parts)
 
 
@@ -386,6 +632,7 @@ class Top:
     sort key, and the last refresh's failure."""
 
     def __init__(self, fetcher: Callable[[], Snapshot], view: View) -> None:
+        view = replace(view, sort=SORT_ALIASES.get(view.sort, view.sort))
         if view.sort not in SORTS:
             raise ValueError(f"sort must be one of {', '.join(SORTS)}: {view.sort!r}")
         self._fetch = fetcher
@@ -409,7 +656,7 @@ class Top:
         self.view = replace(self.view, error=None)
 
     def cycle_sort(self) -> None:
-        """Sort the slow-consumer table by the next key of ``SORTS``."""
+        """Sort the tables by the next key of ``SORTS``."""
         nxt = SORTS[(SORTS.index(self.view.sort) + 1) % len(SORTS)]
         self.view = replace(self.view, sort=nxt)
 
@@ -481,9 +728,16 @@ def _keyboard(stream: TextIO) -> Iterator[int | None]:
 def run_live(top: Top, console: Console, keys: TextIO) -> None:
     """Show ``top`` full screen on ``console``, refreshed every interval,
     until ``q`` (read from ``keys``), Ctrl-C or SIGTERM; ``s`` cycles the sort
-    of the slow-consumer table. Waits in ``select`` on the keyboard with the
-    time to the next refresh as timeout. The terminal is restored on the way
-    out, whatever ends it. ``top`` has its first snapshot."""
+    of the tables. Waits in ``select`` on the keyboard with the time to the
+    next refresh as timeout. The terminal is restored on the way out,
+    whatever ends it. ``top`` has its first snapshot."""
+
+    def fitted() -> RenderableType:
+        # The screen's size now (it may have been resized), for the tables to fit.
+        size = console.size
+        top.view = replace(top.view, width=size.width, height=size.height)
+        return top.frame()
+
     top.view = replace(top.view, keys=True)
     interval = top.view.interval
     with contextlib.ExitStack() as stack:
@@ -491,7 +745,7 @@ def run_live(top: Top, console: Console, keys: TextIO) -> None:
         fd = stack.enter_context(_keyboard(keys))
         live = stack.enter_context(
             Live(
-                top.frame(),
+                fitted(),
                 console=console,
                 screen=True,
                 auto_refresh=False,
@@ -517,10 +771,10 @@ def run_live(top: Top, console: Console, keys: TextIO) -> None:
                                 return
                             if char in "sS":
                                 top.cycle_sort()
-                                live.update(top.frame(), refresh=True)
+                                live.update(fitted(), refresh=True)
                         continue
                 top.refresh()
-                live.update(top.frame(), refresh=True)
+                live.update(fitted(), refresh=True)
                 due += interval
                 now = time.monotonic()
                 if due <= now:  # a slow answer: count the next interval from now
