@@ -44,6 +44,7 @@ from zmqbus.store import (
     SubjectFilter,
     open_store,
 )
+from zmqbus.store.base import decode_consumer, encode_consumer
 from zmqbus.store.sqlite import APPLICATION_ID, DB_FILENAME
 
 pytestmark = pytest.mark.timeout(60)
@@ -271,6 +272,25 @@ def test_consumer_state_compaction() -> None:
     c = s.compacted()
     assert (c.ack_floor, c.acked, c.pending) == (4, {6, 8}, {5: 1, 9: 2})
     assert (s.ack_floor, s.acked) == (2, {1, 3, 4, 6, 8})  # the original is left alone
+
+
+def test_consumer_state_round_trips_in_order_and_reads_the_older_list_format() -> None:
+    state = ConsumerState(
+        "c", {"durable": "c"}, delivered_seq=2**40, ack_floor=3, pending={2**40: 2, 7: 1, 5: 3}
+    )
+    back = decode_consumer(encode_consumer(state))
+    assert list(back.pending.items()) == [(5, 3), (7, 1), (2**40, 2)]  # in sequence order
+    assert (back.delivered_seq, back.ack_floor, back.acked) == (2**40, 3, set())
+    older = msgpack.packb(
+        {"name": "c", "config": {}, "delivered_seq": 9, "ack_floor": 4,
+         "pending": [[5, 1], [9, 2]], "acked": [7]},
+        use_bin_type=True,
+    )  # fmt: skip
+    assert decode_consumer(older) == ConsumerState("c", {}, 9, 4, {5: 1, 9: 2}, {7})
+    with pytest.raises(ValueError, match="pending deliveries"):
+        encode_consumer(ConsumerState("c", {}, pending={5: -1}))
+    with pytest.raises(ValueError, match="pending seq"):
+        encode_consumer(ConsumerState("c", {}, pending={2**63: 1}))
 
 
 # --- streams: basics (both backends) -------------------------------------------------

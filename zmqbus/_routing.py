@@ -425,7 +425,10 @@ class BrokerState:
             self._stream_work()
         if streams.dirty or streams.changed:
             # Before any reply of this pass leaves: a STORED means committed.
-            streams.commit()
+            streams.commit(self._now)
+            save_at = streams.save_at
+            if save_at is not None and (self._next_tick is None or save_at < self._next_tick):
+                self._next_tick = save_at
         out = self.outbox
         if not out and not self._holding:
             return []
