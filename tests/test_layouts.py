@@ -271,13 +271,21 @@ def test_frame_counts_and_entry_tables_come_from_the_layouts() -> None:
     assert {c: lay.count for c, lay in p.LAYOUT.items() if c < 0x80} == p.CLIENT_FRAMES
     assert {c: lay.count for c, lay in p.LAYOUT.items() if c >= 0x80} == p.BROKER_FRAMES
     assert {p.header(c): n for c, n in p.BROKER_FRAMES.items()} == p.BROKER_FRAME_COUNTS
-    assert p.CLIENT_ENTRY_FRAMES == {Cmd.PUBLISH: 3, Cmd.ACK: 2, Cmd.REQUEST: 3, Cmd.REPLY: 2}
+    assert p.CLIENT_ENTRY_FRAMES == {
+        Cmd.PUBLISH: 3,
+        Cmd.ACK: 2,
+        Cmd.REQUEST: 3,
+        Cmd.REPLY: 2,
+        Cmd.STREAM_ACK: 4,
+    }
     assert p.BROKER_ENTRY_FRAMES == {
         Cmd.DELIVER: 4,
         Cmd.ROUTED: 2,
         Cmd.ACKED: 2,
         Cmd.ASK: 4,
         Cmd.ANSWER: 2,
+        Cmd.STORED: 4,
+        Cmd.STREAM_MSG: 5,
     }
 
 

@@ -122,6 +122,12 @@ def about_streams(vec: dict[str, Any]) -> bool:
     cmd = frames[0][3]
     if cmd in STREAM_COMMANDS:
         return True
+    if cmd in (p.Cmd.BATCH, p.Cmd.BROKER_BATCH) and len(frames) == 3:
+        try:  # a batch carrying a stream command is about streams too
+            entries = p.unpack_command_entries(frames[2], frames[1], p.ENTRY_FRAMES[cmd])
+        except p.ProtocolError:
+            return False
+        return any(entry[0][3] in STREAM_COMMANDS for entry in entries)
     if cmd in (p.Cmd.HELLO, p.Cmd.WELCOME) and len(frames) == 3:
         try:
             return "streams" in msgpack.unpackb(frames[2])
@@ -316,10 +322,11 @@ def check_command_entries(command: str, channel: bytes, frame: bytes, want: list
         else:
             assert command_name(parse(frames)) == entry["command"]
         if "body" in entry:
-            where = 4 if entry["command"] in ("PUBLISH", "REQUEST", "DELIVER", "ASK") else -1
+            at_4 = ("PUBLISH", "REQUEST", "DELIVER", "ASK", "STREAM_MSG")
+            where = 4 if entry["command"] in at_4 else -1
             check_body(entry["body"]["type"], frames[where], entry["body"])
         else:
-            assert entry["command"] == "ROUTED"
+            assert entry["command"] in ("ROUTED", "STORED", "STREAM_ACK")  # no body frame
 
 
 def check_entries(command: str, channel: bytes, frame: bytes, want: list[dict[str, Any]]) -> None:

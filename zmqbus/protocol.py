@@ -475,7 +475,8 @@ LAYOUTS: tuple[Layout, ...] = (
     _layout(Cmd.BATCH, _C, _F.CHANNEL, _F.COMMAND_ENTRIES),
     _layout(Cmd.STREAM, _C, _F.CHANNEL, _F.GIVEN_REF, _F.STREAM_BODY),
     _layout(Cmd.CONSUME, _C, _F.CHANNEL, _F.GIVEN_REF, _F.SID, _F.STREAM_BODY),
-    _layout(Cmd.STREAM_ACK, _C, _F.CHANNEL, _F.ACK_TOKEN, _F.ACK_KIND, _F.DELAY, _F.TEXT),
+    _layout(Cmd.STREAM_ACK, _C, _F.CHANNEL, _F.ACK_TOKEN, _F.ACK_KIND, _F.DELAY, _F.TEXT,
+            batch=Cmd.BATCH),
     _layout(Cmd.WELCOME, _B, _F.CHANNEL, _F.WELCOME),
     _layout(Cmd.OK, _B, _F.CHANNEL, _F.REF),
     _layout(Cmd.DELIVER, _B, _F.CHANNEL, _F.TOKEN, _F.TOPIC, _F.MESSAGE_OUT, _F.SIDS,
@@ -493,9 +494,10 @@ LAYOUTS: tuple[Layout, ...] = (
     _layout(Cmd.BROKER_BATCH, _B, _F.CHANNEL, _F.COMMAND_ENTRIES),
     _layout(Cmd.ERROR, _B, _F.ANY_CHANNEL, _F.REF, _F.CODE, _F.TEXT, _F.RETRY),
     _layout(Cmd.STREAM_REPLY, _B, _F.CHANNEL, _F.GIVEN_REF, _F.STREAM_REPLY_BODY),
-    _layout(Cmd.STORED, _B, _F.CHANNEL, _F.GIVEN_REF, _F.STREAM_NAME, _F.SEQ, _F.DUPLICATE),
+    _layout(Cmd.STORED, _B, _F.CHANNEL, _F.GIVEN_REF, _F.STREAM_NAME, _F.SEQ, _F.DUPLICATE,
+            batch=Cmd.BROKER_BATCH),
     _layout(Cmd.STREAM_MSG, _B, _F.CHANNEL, _F.ACK_TOKEN, _F.TOPIC, _F.MESSAGE_OUT, _F.SID,
-            _F.META),
+            _F.META, batch=Cmd.BROKER_BATCH),
 )
 # fmt: on
 

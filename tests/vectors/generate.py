@@ -1655,6 +1655,58 @@ def valid_stream_vectors(add: Any) -> None:
             extra={"delivery": {"seq": STREAM_SEQ, "deliveries": deliveries}},
         )
 
+    # Stream commands travel in batches like the rest: acks in a BATCH, a run of
+    # STREAM_MSGs or STORED/ROUTED answers in a BROKER_BATCH.
+    acks = [stream_ack(ACK), stream_ack(NAK, 1500, "retry")]
+    frames = batch_of("BATCH", acks)
+    add(
+        "batch-stream-acks",
+        "client",
+        "BATCH",
+        frames,
+        {"channel": ch, "entries": frames[2].hex()},
+        None,
+        "An ACK and a NAK (1.5 s, text 'retry') of stream tokens in one BATCH: entries 0f "
+        "of 4 frames each, handled as the two STREAM_ACKs in order.",
+        [entry_of(a) for a in acks],
+        feature=STREAMS,
+    )
+    msgs = [
+        [h("STREAM_MSG"), CHANNEL, STREAM_TOKEN, US, BODY, sid(1), meta(STREAM_SEQ, 1)],
+        [h("STREAM_MSG"), CHANNEL, STREAM_TOKEN, US, BODY, sid(1), meta(STREAM_SEQ, 2)],
+    ]
+    frames = batch_of("BROKER_BATCH", msgs)
+    add(
+        "broker-batch-stream-msgs",
+        "broker",
+        "BROKER_BATCH",
+        frames,
+        {"channel": ch, "entries": frames[2].hex()},
+        None,
+        "Two STREAM_MSGs in one BROKER_BATCH (entries 92 of 5 frames): each handled as if "
+        "it came alone.",
+        [entry_of(m, BODY_DECODED) for m in msgs],
+        feature=STREAMS,
+    )
+    answers = [
+        [h("STORED"), CHANNEL, ref(5), STREAM_NAME.encode(), STREAM_SEQ.to_bytes(8, "big"),
+         b"\x00"],
+        routed(ref(5), 1),
+    ]  # fmt: skip
+    frames = batch_of("BROKER_BATCH", answers)
+    add(
+        "broker-batch-stored-routed",
+        "broker",
+        "BROKER_BATCH",
+        frames,
+        {"channel": ch, "entries": frames[2].hex()},
+        None,
+        "A confirmed publish a stream captured, answered in one BROKER_BATCH: STORED (entry "
+        "91 of 4 frames: seq 17 of ORDERS, not a duplicate) and then ROUTED.",
+        [entry_of(a) for a in answers],
+        feature=STREAMS,
+    )
+
 
 # --- malformed.json -----------------------------------------------------------
 
@@ -2397,14 +2449,13 @@ def malformed_vectors() -> list[dict[str, Any]]:
         ("ANSWER", [h("ANSWER"), C, REQUEST_REF, RB]),
         ("STREAM", [h("STREAM"), C, ref(1), packb({"op": "list"})]),
         ("CONSUME", [h("CONSUME"), C, ref(1), S1, packb(CONSUME_MAP)]),
-        ("STREAM_ACK", stream_ack(ACK)),
     ]:
         client(
             f"batch-entry-{name.lower().replace('_', '-')}",
             [h("BATCH"), C, command_entry(frames)],
             BAD_FRAMES,
             f"BATCH with a {name} entry (0x{CMD[name]:02x}), otherwise well-formed: a BATCH "
-            "holds only PUBLISH, ACK, REQUEST and REPLY.",
+            "holds only PUBLISH, ACK, REQUEST, REPLY and STREAM_ACK.",
             joined=True,
         )
     for byte in (0x00, 0x7F, 0xFF):
@@ -2459,15 +2510,14 @@ def malformed_vectors() -> list[dict[str, Any]]:
         ("DELIVER_BATCH", [h("DELIVER_BATCH"), C, deliver_entry(S1, T, BODY)]),
         ("BROKER_BATCH", [h("BROKER_BATCH"), C, bgood]),
         ("STREAM_REPLY", [h("STREAM_REPLY"), C, ref(1), packb({"streams": []})]),
-        ("STORED", [h("STORED"), C, ref(1), b"ORDERS", bytes(8), b"\x00"]),
-        ("STREAM_MSG", [h("STREAM_MSG"), C, STREAM_TOKEN, T, BODY, S1, meta(1, 1)]),
     ]:
         broker(
             f"broker-batch-entry-{name.lower().replace('_', '-')}",
             [h("BROKER_BATCH"), C, bgood + command_entry(frames)],
             BAD_FRAMES,
             f"BROKER_BATCH whose second entry is a {name} (0x{CMD[name]:02x}): a "
-            "BROKER_BATCH holds only DELIVER, ROUTED, ACKED, ASK and ANSWER.",
+            "BROKER_BATCH holds only DELIVER, ROUTED, ACKED, ASK, ANSWER, STORED and "
+            "STREAM_MSG.",
         )
     broker(
         "broker-batch-entry-0x93",

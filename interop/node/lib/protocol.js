@@ -111,6 +111,7 @@ export const CLIENT_ENTRY_FRAMES = new Map([
   [CMD.ACK, 2],
   [CMD.REQUEST, 3],
   [CMD.REPLY, 2],
+  [CMD.STREAM_ACK, 4],
 ]);
 export const BROKER_ENTRY_FRAMES = new Map([
   [CMD.DELIVER, 4],
@@ -118,6 +119,8 @@ export const BROKER_ENTRY_FRAMES = new Map([
   [CMD.ACKED, 2],
   [CMD.ASK, 4],
   [CMD.ANSWER, 2],
+  [CMD.STORED, 4],
+  [CMD.STREAM_MSG, 5],
 ]);
 
 // Instants a receiver accepts: 0001-01-01T00:00:00Z .. 9999-12-31T23:59:59.999999999Z.

@@ -332,8 +332,8 @@ function checkCommandEntries(messages, want, side) {
       }
     }
     check(code === (w.code ?? 0), `entry ${i}: code ${code}, want ${w.code ?? 0}`);
-    // the body: in DELIVER and ASK frame 4, before the sids; otherwise the last frame
-    const body = [p.CMD.DELIVER, p.CMD.ASK].includes(m[0][3]) ? m[4] : m[m.length - 1];
+    // the body: in DELIVER, ASK and STREAM_MSG frame 4, before the sids; otherwise the last frame
+    const body = [p.CMD.DELIVER, p.CMD.ASK, p.CMD.STREAM_MSG].includes(m[0][3]) ? m[4] : m[m.length - 1];
     if (w.body) checkDecoded(w.body.type, body, w.body);
   });
 }
