@@ -345,10 +345,14 @@ def test_a_forged_or_borrowed_token_is_refused() -> None:
         state.handle(who, hello())
     take(state)
     (m,) = msgs(consume(state, b"w", S1, "ORDERS"), b"w")
-    ack(state, b"thief", m)
-    ((_, err),) = take(state)
-    assert isinstance(err, p.Error) and err.code == ErrorCode.PERMISSION_DENIED
-    assert state.streams.counters["forged_stream_acks"] == 1
+    # A plain ACK (the broker's short path) and a NAK with text (the long one).
+    for kind, text in ((AckKind.ACK, ""), (AckKind.NAK, "mine now")):
+        ack(state, b"thief", m, kind, text=text)
+        ((_, err),) = take(state)
+        assert isinstance(err, p.Error) and err.code == ErrorCode.PERMISSION_DENIED
+    assert state.streams.counters["forged_stream_acks"] == 2
+    ack(state, b"w", m)  # still the receiver's to settle
+    assert take(state) == [] and state.streams.counters["stream_acks"] == 1
 
 
 def test_work_queue_removes_on_ack_and_takes_one_consumer_per_filter() -> None:

@@ -35,7 +35,7 @@ from ._channel import CACHE_LIMIT, CacheBudget, Channel
 from ._connections import Connections, ConnKey
 from ._peer import Peer
 from ._rates import Bucket
-from ._streams import Streams
+from ._streams import TOKEN_BYTES, Streams
 from .errors import ProtocolError
 from .limits import Limits
 from .protocol import (
@@ -78,6 +78,11 @@ _N_PUBLISH, _N_REQUEST, _N_REPLY, _N_ACK = (
     _N[Cmd.ACK],
 )
 _N_PUBLISH_BATCH, _N_BATCH = _N[Cmd.PUBLISH_BATCH], _N[Cmd.BATCH]
+_N_STREAM_ACK = _N[Cmd.STREAM_ACK]
+# A plain stream ACK (kind ACK, no delay, no text) with a token of the size the
+# broker makes: the bulk of a consumer's traffic, taken without parse_client
+# (a token of another size goes the long way, to its 400).
+_PLAIN_STREAM_ACK = bytes((p.AckKind.ACK,))
 _DROPPED_COUNTS, _DROPPED_THROTTLED = p.LAYOUT[Cmd.DROPPED].at("counts", "throttled")
 _N_DELIVER_BATCH, _N_BROKER_BATCH = (
     p.BROKER_FRAMES[Cmd.DELIVER_BATCH],
@@ -396,6 +401,17 @@ class BrokerState:
                 self._request(ident, frames)
             elif head == p.H_REPLY:
                 self._reply(ident, frames)
+            elif (
+                head == p.H_STREAM_ACK
+                and len(frames) == _N_STREAM_ACK
+                and frames[p.STREAM_ACK_KIND] == _PLAIN_STREAM_ACK
+                and not frames[p.STREAM_ACK_DELAY]
+                and not frames[p.STREAM_ACK_TEXT]
+                and len(frames[p.STREAM_ACK_TOKEN]) == TOKEN_BYTES
+            ):
+                peer = self._joined(ident, frames, _N_STREAM_ACK)
+                token = frames[p.STREAM_ACK_TOKEN]
+                self.streams.ack(peer.session, token, p.AckKind.ACK, None, "", self._now)
             else:
                 self._control(ident, frames)
         except RateLimited as exc:
@@ -1034,7 +1050,7 @@ class BrokerState:
         elif isinstance(cmd, p.Subscribe):
             self._subscribe(peer, cmd)
         elif isinstance(cmd, p.StreamAck):
-            self.streams.ack(peer.session, cmd, self._now)
+            self.streams.ack(peer.session, cmd.token, cmd.kind, cmd.delay, cmd.text, self._now)
         elif isinstance(cmd, p.Stream):
             self._stream_request(peer, cmd)
         elif isinstance(cmd, p.Consume):

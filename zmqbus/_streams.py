@@ -55,8 +55,9 @@ SAVE_EVERY = 0.1
 # A message body starts [bin16 id, ...]: fixarray of 4 or more, then bin8 of 16.
 _ID_AT = 3
 _ID_END = _ID_AT + 16
-_TOKEN = 4 + 8 + 16  # consumer id, sequence, tag
+TOKEN_BYTES = 4 + 8 + 16  # consumer id, sequence, tag
 _TAG_AT = 12
+_SESSIONS_CACHED = 4096
 _OP_NEEDS_NAME = frozenset(
     ("info", "delete", "purge", "get", "consumer_info", "consumer_delete", "consumer_list")
 )
@@ -281,6 +282,7 @@ class Streams:
         self.limits = limits
         self.clock = clock  # wall time: stored times, max_age, start_time
         self._key = key if key is not None else os.urandom(32)
+        self._sessions: dict[bytes, Any] = {}  # session -> its keyed blake2b, to copy
         # Streams by channel, and per channel a topic -> stream cache.
         self.by_channel: dict[bytes, list[StoredStream]] = {}
         self._cache: dict[bytes, dict[bytes, StoredStream | None]] = {}
@@ -753,15 +755,25 @@ class Streams:
 
     def _tag(self, session: bytes, head: bytes) -> bytes:
         # Keyed over the session it was sent to: no other peer can settle it.
-        return hashlib.blake2b(session + head, key=self._key, digest_size=16).digest()
+        # The keyed hash of the session is made once and copied per token
+        # (half the cost of keying a new one twice a message).
+        base = self._sessions.get(session)
+        if base is None:
+            if len(self._sessions) >= _SESSIONS_CACHED:
+                self._sessions.clear()
+            base = self._sessions[session] = hashlib.blake2b(session, key=self._key, digest_size=16)
+        h = base.copy()
+        h.update(head)
+        return h.digest()
 
     # --- acks ----------------------------------------------------------------
 
-    def ack(self, session: bytes, cmd: p.StreamAck, now: float) -> None:
+    def ack(
+        self, session: bytes, token: bytes, kind: int, delay: int | None, text: str, now: float
+    ) -> None:
         """Settle one delivery by its token. 401 for a token the broker did
         not make for this peer; a late or repeated ack is counted and ignored."""
-        token = cmd.token
-        if len(token) != _TOKEN or not hmac.compare_digest(
+        if len(token) != TOKEN_BYTES or not hmac.compare_digest(
             self._tag(session, token[:_TAG_AT]), token[_TAG_AT:]
         ):
             self.counters["forged_stream_acks"] += 1
@@ -773,7 +785,6 @@ class Streams:
         if consumer is None or seq not in consumer.state.pending:
             self.counters["late_stream_acks"] += 1
             return
-        kind = cmd.kind
         self.awake[consumer] = None  # room for one more, or one to deliver again
         if kind == p.AckKind.PROGRESS:
             held = consumer.outstanding.get(seq)
@@ -781,12 +792,12 @@ class Streams:
                 consumer.outstanding[seq] = (held[0], now + consumer.config.ack_wait)
             return
         consumer.outstanding.pop(seq, None)
-        if cmd.text:
-            consumer.errors[seq] = cmd.text
+        if text:
+            consumer.errors[seq] = text
         if kind == p.AckKind.NAK:
             self.counters["naks"] += 1
-            delay = cmd.delay / 1000 if cmd.delay is not None else self._backoff(consumer, seq)
-            self._again(consumer, seq, now, delay)
+            wait = delay / 1000 if delay is not None else self._backoff(consumer, seq)
+            self._again(consumer, seq, now, wait)
             return
         if kind == p.AckKind.TERM:
             self.counters["terminated"] += 1

@@ -534,6 +534,9 @@ ASK_TOKEN, ASK_TOPIC, ASK_BODY, ASK_SIDS = LAYOUT[Cmd.ASK].at("token", "topic", 
 ROUTED_REF, ROUTED_COUNT = LAYOUT[Cmd.ROUTED].at("ref", "count")
 ACKED_REF, ACKED_BODY = LAYOUT[Cmd.ACKED].at("ref", "body")
 ANSWER_REF, ANSWER_BODY = LAYOUT[Cmd.ANSWER].at("ref", "body")
+STREAM_ACK_TOKEN, STREAM_ACK_KIND, STREAM_ACK_DELAY, STREAM_ACK_TEXT = LAYOUT[Cmd.STREAM_ACK].at(
+    "token", "kind", "delay", "text"
+)
 
 # Frame counts including the header frame, by command byte.
 CLIENT_FRAMES: dict[int, int] = {c: layout.count for c, layout in CLIENT_LAYOUTS.items()}
