@@ -147,6 +147,11 @@ MAX_ERROR_TEXT = 1024
 _N_DELIVER, _N_ASK = p.BROKER_FRAMES[p.Cmd.DELIVER], p.BROKER_FRAMES[p.Cmd.ASK]
 _N_ANSWER, _N_ACKED = p.BROKER_FRAMES[p.Cmd.ANSWER], p.BROKER_FRAMES[p.Cmd.ACKED]
 _N_ROUTED = p.BROKER_FRAMES[p.Cmd.ROUTED]
+_N_STREAM_MSG = p.BROKER_FRAMES[p.Cmd.STREAM_MSG]
+# The fixed sizes of STREAM_MSG's sid and meta frames: a message with both so
+# (the broker's every one) skips parse_broker; the rest get its precise error.
+_SID_BYTES = p.LAYOUT[p.Cmd.STREAM_MSG].frames[p.STREAM_MSG_SID].size.min
+_META_BYTES = p.LAYOUT[p.Cmd.STREAM_MSG].frames[p.STREAM_MSG_META].size.min
 _N_WELCOME = p.BROKER_FRAMES[p.Cmd.WELCOME]
 _N_BROKER_BATCH = p.BROKER_FRAMES[p.Cmd.BROKER_BATCH]
 _COUNT_BYTES = p.LAYOUT[p.Cmd.ROUTED].frames[ROUTED_COUNT].size.min
@@ -641,6 +646,20 @@ class ClientCore:
                 self._acked(frames[ACKED_REF], frames[ACKED_BODY])
             elif head == H_ROUTED and n == _N_ROUTED and len(frames[ROUTED_COUNT]) == _COUNT_BYTES:
                 self._routed(frames[ROUTED_REF], int.from_bytes(frames[ROUTED_COUNT], "big"))
+            elif (
+                head == p.H_STREAM_MSG
+                and n == _N_STREAM_MSG
+                and frames[p.STREAM_MSG_TOKEN]
+                and len(frames[p.STREAM_MSG_SID]) == _SID_BYTES
+                and len(frames[p.STREAM_MSG_META]) == _META_BYTES
+            ):
+                self._stream_msg(
+                    frames[p.STREAM_MSG_TOKEN],
+                    frames[p.STREAM_MSG_TOPIC],
+                    frames[p.STREAM_MSG_BODY],
+                    frames[p.STREAM_MSG_SID],
+                    frames[p.STREAM_MSG_META],
+                )
             else:
                 self._control(p.parse_broker(frames))
         except ProtocolError as exc:
@@ -671,7 +690,7 @@ class ClientCore:
         elif isinstance(cmd, p.BrokerHeartbeat):
             pass  # being heard is all it is for
         elif isinstance(cmd, p.StreamMsg):
-            self._stream_msg(cmd)
+            self._stream_msg(cmd.token, cmd.topic, cmd.body, cmd.sid, cmd.meta)
         elif isinstance(cmd, p.StreamReply):
             if cmd.ref in self._internal:  # a consumer rebound after a reconnect
                 self._internal.discard(cmd.ref)
@@ -954,28 +973,26 @@ class ClientCore:
                 self._subs.remove(sub.sink)
                 return
 
-    def _stream_msg(self, cmd: p.StreamMsg) -> None:
-        sub = self._subs.by_sid(cmd.sid)
+    def _stream_msg(self, token: bytes, topic: bytes, body: bytes, sid: bytes, meta: bytes) -> None:
+        sub = self._subs.by_sid(sid)
         self.counters["stream_received"] += 1
         if sub is None or sub.consume is None:
             return  # unbound meanwhile: the broker delivers it again elsewhere
-        text = self._topic(cmd.topic)
+        text = self._topic(topic)
         try:
-            msg_id, ts, headers, payload = p.message_fields(cmd.body)
+            msg_id, ts, headers, payload = p.message_fields(body)
         except ProtocolError as exc:
             self.counters["bad_bodies"] += 1
             log.warning("undecodable stream message on %r terminated: %s", text, exc)
             send = self.send_frames
             if send is not None:
-                send([p.H_STREAM_ACK, self.channel, cmd.token, bytes((p.AckKind.TERM,)), b"",
+                send([p.H_STREAM_ACK, self.channel, token, bytes((p.AckKind.TERM,)), b"",
                       f"undecodable: {exc.detail}".encode()])  # fmt: skip
             return
-        seq, deliveries = p.unpack_meta(cmd.meta)
+        seq, deliveries = p.unpack_meta(meta)
         msg = make_message(msg_id, text, payload, headers, ts)
         if self.send_frames is not None:
-            ctx = StreamContext(
-                sub.stream, seq, deliveries, cmd.token, self.channel, self.send_frames
-            )
+            ctx = StreamContext(sub.stream, seq, deliveries, token, self.channel, self.send_frames)
             attach_stream(msg, ctx)
         # Not taken (a full buffer): not settled, so delivered again after ack_wait.
         sub.sink.offer(msg, None)

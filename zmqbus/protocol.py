@@ -537,6 +537,9 @@ ANSWER_REF, ANSWER_BODY = LAYOUT[Cmd.ANSWER].at("ref", "body")
 STREAM_ACK_TOKEN, STREAM_ACK_KIND, STREAM_ACK_DELAY, STREAM_ACK_TEXT = LAYOUT[Cmd.STREAM_ACK].at(
     "token", "kind", "delay", "text"
 )
+STREAM_MSG_TOKEN, STREAM_MSG_TOPIC, STREAM_MSG_BODY, STREAM_MSG_SID, STREAM_MSG_META = LAYOUT[
+    Cmd.STREAM_MSG
+].at("token", "topic", "body", "sid", "meta")
 
 # Frame counts including the header frame, by command byte.
 CLIENT_FRAMES: dict[int, int] = {c: layout.count for c, layout in CLIENT_LAYOUTS.items()}
