@@ -237,16 +237,24 @@ def _slow_order(text: str) -> list[str]:
     return re.findall(r"\b([abc])\1{11}\b", text)
 
 
-def test_the_slow_consumer_table_sorts_by_each_key_in_turn() -> None:
+def _frames_by_sort() -> tuple[top.Top, list[tuple[str, str]]]:
+    """A session with both snapshots, and each sort key in turn with the frame
+    it renders at 120 columns (``s`` pressed between them)."""
     before, after = _pair()
     session = top.Top(iter([before, after]).__next__, top.View("tcp://h:1"))
     session.refresh(first=True)
     session.refresh()
-    orders = []
+    frames = []
     for _ in top.SORTS:
-        text = top.render_text(session.frame(), 120)
-        orders.append((session.view.sort, _slow_order(text)))
+        frames.append((session.view.sort, top.render_text(session.frame(), 120)))
         session.cycle_sort()
+    return session, frames
+
+
+def test_the_slow_consumer_table_sorts_by_each_key_in_turn() -> None:
+    before, after = _pair()
+    session, frames = _frames_by_sort()
+    orders = [(sort, _slow_order(text)) for sort, text in frames]
     assert orders == [
         ("in", ["a", "b", "c"]),  # no such column: by dropped
         ("out", ["a", "b", "c"]),
@@ -352,16 +360,15 @@ def _labels(text: str, kind: str) -> list[str]:
 
 
 def test_the_channel_and_peer_tables_sort_by_each_key_in_turn() -> None:
-    before, after = _pair()
-    session = top.Top(iter([before, after]).__next__, top.View("tcp://h:1"))
-    session.refresh(first=True)
-    session.refresh()
-    seen = []
-    for _ in top.SORTS:
-        text = top.render_text(session.frame(), 120)
-        titles = re.findall(r"(Channels|Peers) \(by ([^)]+)\)", text)
-        seen.append((session.view.sort, titles, _labels(text, "c")[:3], _labels(text, "p")))
-        session.cycle_sort()
+    seen = [
+        (
+            sort,
+            re.findall(r"(Channels|Peers) \(by ([^)]+)\)", text),
+            _labels(text, "c")[:3],
+            _labels(text, "p"),
+        )
+        for sort, text in _frames_by_sort()[1]
+    ]
     c123, p123 = ["c1", "c2", "c3"], ["p1", "p2", "p3"]
     assert seen == [
         ("in", [("Channels", "in/s"), ("Peers", "in/s")], c123, ["p2", "p1", "p3"]),

@@ -1657,54 +1657,45 @@ def valid_stream_vectors(add: Any) -> None:
 
     # Stream commands travel in batches like the rest: acks in a BATCH, a run of
     # STREAM_MSGs or STORED/ROUTED answers in a BROKER_BATCH.
+    def stream_batch(
+        name: str, messages: list[list[bytes]], entries: list[dict[str, Any]], description: str
+    ) -> None:
+        command = "BATCH" if messages[0][0][3] < 0x80 else "BROKER_BATCH"
+        frames = batch_of(command, messages)
+        fields = {"channel": ch, "entries": frames[2].hex()}
+        direction = "client" if command == "BATCH" else "broker"
+        add(name, direction, command, frames, fields, None, description, entries, STREAMS)
+
     acks = [stream_ack(ACK), stream_ack(NAK, 1500, "retry")]
-    frames = batch_of("BATCH", acks)
-    add(
+    stream_batch(
         "batch-stream-acks",
-        "client",
-        "BATCH",
-        frames,
-        {"channel": ch, "entries": frames[2].hex()},
-        None,
+        acks,
+        [entry_of(a) for a in acks],
         "An ACK and a NAK (1.5 s, text 'retry') of stream tokens in one BATCH: entries 0f "
         "of 4 frames each, handled as the two STREAM_ACKs in order.",
-        [entry_of(a) for a in acks],
-        feature=STREAMS,
     )
     msgs = [
         [h("STREAM_MSG"), CHANNEL, STREAM_TOKEN, US, BODY, sid(1), meta(STREAM_SEQ, 1)],
         [h("STREAM_MSG"), CHANNEL, STREAM_TOKEN, US, BODY, sid(1), meta(STREAM_SEQ, 2)],
     ]
-    frames = batch_of("BROKER_BATCH", msgs)
-    add(
+    stream_batch(
         "broker-batch-stream-msgs",
-        "broker",
-        "BROKER_BATCH",
-        frames,
-        {"channel": ch, "entries": frames[2].hex()},
-        None,
+        msgs,
+        [entry_of(m, BODY_DECODED) for m in msgs],
         "Two STREAM_MSGs in one BROKER_BATCH (entries 92 of 5 frames): each handled as if "
         "it came alone.",
-        [entry_of(m, BODY_DECODED) for m in msgs],
-        feature=STREAMS,
     )
     answers = [
         [h("STORED"), CHANNEL, ref(5), STREAM_NAME.encode(), STREAM_SEQ.to_bytes(8, "big"),
          b"\x00"],
         routed(ref(5), 1),
     ]  # fmt: skip
-    frames = batch_of("BROKER_BATCH", answers)
-    add(
+    stream_batch(
         "broker-batch-stored-routed",
-        "broker",
-        "BROKER_BATCH",
-        frames,
-        {"channel": ch, "entries": frames[2].hex()},
-        None,
+        answers,
+        [entry_of(a) for a in answers],
         "A confirmed publish a stream captured, answered in one BROKER_BATCH: STORED (entry "
         "91 of 4 frames: seq 17 of ORDERS, not a duplicate) and then ROUTED.",
-        [entry_of(a) for a in answers],
-        feature=STREAMS,
     )
 
 
