@@ -148,6 +148,11 @@ _N_DELIVER, _N_ASK = p.BROKER_FRAMES[p.Cmd.DELIVER], p.BROKER_FRAMES[p.Cmd.ASK]
 _N_ANSWER, _N_ACKED = p.BROKER_FRAMES[p.Cmd.ANSWER], p.BROKER_FRAMES[p.Cmd.ACKED]
 _N_ROUTED = p.BROKER_FRAMES[p.Cmd.ROUTED]
 _N_STREAM_MSG = p.BROKER_FRAMES[p.Cmd.STREAM_MSG]
+_N_STORED = p.BROKER_FRAMES[p.Cmd.STORED]
+STORED_REF, STORED_STREAM, STORED_SEQ, STORED_DUPLICATE = p.LAYOUT[p.Cmd.STORED].at(
+    "ref", "stream", "seq", "duplicate"
+)
+_FLAGS = {b"\x00": False, b"\x01": True}
 # The fixed sizes of STREAM_MSG's sid and meta frames: a message with both so
 # (the broker's every one) skips parse_broker; the rest get its precise error.
 _SID_BYTES = p.LAYOUT[p.Cmd.STREAM_MSG].frames[p.STREAM_MSG_SID].size.min
@@ -241,6 +246,8 @@ class ClientCore:
         self._acks: dict[int, _AckState] = {}
         self._subs = Subscriptions()
         self._topic_text: dict[bytes, str] = {}
+        # Stream names parse_broker has checked in a STORED: later ones skip it.
+        self._stream_names: dict[bytes, str] = {}
         self._seq = 0
         self._ack_seq = 0
         self._closed_exc: BaseException | None = None
@@ -647,6 +654,20 @@ class ClientCore:
             elif head == H_ROUTED and n == _N_ROUTED and len(frames[ROUTED_COUNT]) == _COUNT_BYTES:
                 self._routed(frames[ROUTED_REF], int.from_bytes(frames[ROUTED_COUNT], "big"))
             elif (
+                head == p.H_STORED
+                and n == _N_STORED
+                and frames[STORED_STREAM] in self._stream_names
+                and len(frames[STORED_SEQ]) == 8
+                and frames[STORED_DUPLICATE] in _FLAGS
+            ):
+                # A stream name parse_broker checked before; the seq and flag by size.
+                self._stored(
+                    frames[STORED_REF],
+                    self._stream_names[frames[STORED_STREAM]],
+                    int.from_bytes(frames[STORED_SEQ], "big"),
+                    _FLAGS[frames[STORED_DUPLICATE]],
+                )
+            elif (
                 head == p.H_STREAM_MSG
                 and n == _N_STREAM_MSG
                 and frames[p.STREAM_MSG_TOKEN]
@@ -700,9 +721,10 @@ class ClientCore:
                 del self._pending[cmd.ref]
                 settle(item.waiter, p.unpack_stream_reply(cmd.body))
         elif isinstance(cmd, p.Stored):
-            item = self._pending.get(cmd.ref)
-            if isinstance(item, PendingPublish):
-                item.stored = (cmd.stream, cmd.seq, cmd.duplicate)
+            if len(self._stream_names) >= 256:
+                self._stream_names.clear()
+            self._stream_names[cmd.stream.encode()] = cmd.stream
+            self._stored(cmd.ref, cmd.stream, cmd.seq, cmd.duplicate)
         elif isinstance(cmd, p.Dropped):
             # Messages the broker could not queue for us (we were too slow).
             for sid, count in p.unpack_dropped(cmd.counts).items():
@@ -972,6 +994,11 @@ class ClientCore:
             if sub.consume is not None and sub.ref == ref:
                 self._subs.remove(sub.sink)
                 return
+
+    def _stored(self, ref: bytes, stream: str, seq: int, duplicate: bool) -> None:
+        item = self._pending.get(ref)
+        if isinstance(item, PendingPublish):
+            item.stored = (stream, seq, duplicate)
 
     def _stream_msg(self, token: bytes, topic: bytes, body: bytes, sid: bytes, meta: bytes) -> None:
         sub = self._subs.by_sid(sid)
