@@ -1353,3 +1353,35 @@ def test_dropped_notice_adds_to_the_subscriptions_dropped() -> None:
     )
     assert (a.missed_total, b.missed_total) == (3, 1)
     assert core.counters["dropped_at_broker"] == 13
+
+
+def test_stored_answers_name_their_stream_and_a_malformed_one_is_refused() -> None:
+    pair = Pair()
+    pub = pair.add(b"pub")
+    added: Future[Any] = Future()
+    config = {"name": "S", "subjects": ["jobs.>"], "storage": "memory"}
+    pub.stream_request("add", {"config": config}, added, T, T)
+    pair.pump()
+    assert added.result(0)["stream"]["name"] == "S"
+    # The first STORED of a stream is parsed in full, later ones by position:
+    # both give the stream and the sequence.
+    results = []
+    for _ in range(3):
+        fut = publish(pub, "jobs.a")
+        pair.pump()
+        results.append(fut.result(0))
+    assert [(r.stream, r.seq, r.duplicate) for r in results] == [
+        ("S", 1, False),
+        ("S", 2, False),
+        ("S", 3, False),
+    ]
+    # A STORED whose duplicate flag is neither 0 nor 1 is a broker's bug: refused
+    # and counted, and the publish it names learns nothing from it.
+    fut = publish(pub, "jobs.a")
+    ref = pub.outbox[-1][2]
+    bad = [p.H_STORED, A, ref, b"S", (4).to_bytes(8, "big"), b"\x02"]
+    errors = pub.counters["protocol_errors"]
+    pub.receive(bad)
+    assert pub.counters["protocol_errors"] == errors + 1
+    pair.pump()
+    assert (fut.result(0).stream, fut.result(0).seq) == ("S", 4)  # the broker's own STORED
