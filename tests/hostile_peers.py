@@ -491,14 +491,15 @@ IDLE_CONNECTIONS = LIMITS.max_connections + 2_000
 
 def idle_connections(address: str, stop: threading.Event) -> dict[str, Any]:
     """14,000 TCP connections that never say HELLO (nor finish the ZMTP
-    handshake), opened 10,000 a second (what the broker's listen queue
-    takes) and held; each round runs until the broker has closed them (past
-    ``stop``), then again until ``stop``."""
+    handshake), opened 10,000 a second and held; each round runs until the
+    broker has closed every one of them (past ``stop``), then again until
+    ``stop``. Each connection's end is seen on its own socket."""
     raise_fd_limit()  # this process holds them all too
     host, port = address.removeprefix("tcp://").rsplit(":", 1)
     first = _stats(address)["counters"]
     opened = peak = rounds = 0
     slowest = 0.0
+    fates = {"closed": 0, "open": 0, "unconnected": 0}
     while not stop.is_set():
         socks: list[socket.socket] = []
         start = time.monotonic()
@@ -511,16 +512,17 @@ def idle_connections(address: str, stop: threading.Event) -> dict[str, Any]:
                 time.sleep(0.01)  # pacing, not synchronisation
         opened += len(socks)
         rounds += 1
-        # Until the broker holds none of them (hello_timeout_seconds), or a bound.
+        # Until the broker has closed them all (hello_timeout_seconds), or a
+        # bound past libzmq's own handshake timeout (30 s).
         deadline = start + LIMITS.hello_timeout_seconds + 30
-        while time.monotonic() < deadline:
-            stats = _stats(address)
-            peak = max(peak, stats["connections"])
-            if stats["unjoined_connections"] <= 4:  # the STATS askers'
-                break
-            time.sleep(0.2)  # polling the broker's count, which has no event to wait on
+        held = socks
+        while held and time.monotonic() < deadline:
+            peak = max(peak, _stats(address)["connections"])
+            held = [sock for sock in held if _fate(sock) != "closed"]
+            time.sleep(0.2)  # polling: a closed peer has no event to wait on here
         slowest = max(slowest, time.monotonic() - start)
         for sock in socks:
+            fates[_fate(sock)] += 1
             sock.close()
     last = _stats(address)["counters"]
     return {
@@ -530,7 +532,25 @@ def idle_connections(address: str, stop: threading.Event) -> dict[str, Any]:
         "rounds": rounds,
         "peak_connections": peak,
         "round_s": round(slowest, 1),
+        **fates,
     }
+
+
+def _fate(sock: socket.socket) -> str:
+    # What became of one connection: closed by the broker (end of stream or
+    # reset), still open, or never connected at all.
+    try:
+        sock.getpeername()
+    except OSError:
+        return "unconnected"
+    while True:
+        try:
+            if not sock.recv(65536):
+                return "closed"
+        except BlockingIOError:
+            return "open"
+        except OSError:
+            return "closed"
 
 
 PROBES: dict[str, Probe] = {

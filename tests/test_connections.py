@@ -4,9 +4,12 @@ it joined on: another connection that claims its routing id inherits nothing."""
 
 from __future__ import annotations
 
+import shutil
+import subprocess
 import threading
 import time
 import uuid
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -19,6 +22,7 @@ from zmqbus import protocol as p
 from zmqbus._connections import Connections
 from zmqbus._routing import ENDING_GRACE, BrokerState
 from zmqbus.admin import broker_stats
+from zmqbus.broker import LISTEN_BACKLOG
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -190,6 +194,21 @@ def _next_event(monitor: zmq.Socket[bytes], timeout: float) -> int | None:
         return None
     event: int = recv_monitor_message(monitor)["event"]
     return event
+
+
+def test_the_broker_listens_with_a_deep_accept_queue() -> None:
+    # libzmq's default listen queue is 100: a reconnect storm past it has its
+    # SYNs dropped, and those clients wait out TCP's retransmits (1 s, 3, 7...).
+    ss = shutil.which("ss")
+    assert ss is not None, "ss (iproute2) is needed: .ci/run installs it"
+    somaxconn = int(Path("/proc/sys/net/core/somaxconn").read_text())
+    with Broker("tcp://127.0.0.1:0") as broker:
+        port = broker.address.rsplit(":", 1)[1]
+        out = subprocess.run(
+            [ss, "-Hltn", f"sport = :{port}"], capture_output=True, text=True, check=True
+        ).stdout.split()
+        # For a listening socket, Send-Q is its backlog.
+        assert int(out[2]) == min(LISTEN_BACKLOG, somaxconn) > 100, out
 
 
 def test_the_broker_closes_a_connection_that_never_says_hello() -> None:

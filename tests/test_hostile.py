@@ -176,7 +176,11 @@ def test_idle_connections_never_shut_honest_buses_out(
     # within the tenth of the descriptors the broker keeps for it.
     assert got["peak_connections"] <= LIMITS.max_connections * 1.1
     assert got["accepted"] > LIMITS.max_connections  # the bound was reached
-    assert got["closed_by_broker"] >= got["accepted"] - 100  # all but the STATS askers'
+    # Every one seen closed on its own socket, each by the broker's count
+    # (not libzmq's 30 s handshake timer), all within the hello timeout (with
+    # a listen queue of 100, SYNs past it came back seconds later).
+    assert got["closed"] == got["opened"], got
+    assert got["closed_by_broker"] >= got["opened"]
     assert got["round_s"] < LIMITS.hello_timeout_seconds + 15
 
 

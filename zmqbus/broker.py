@@ -52,6 +52,10 @@ _BYE_LINGER_MS = 200
 _WAKE = b"wake"
 # Messages libzmq queues from one peer before the broker reads them.
 INBOUND_HWM = 1000
+# The listen queue (libzmq's default is 100; the kernel caps it at
+# net.core.somaxconn): a burst of connects past it has SYNs dropped, and each
+# such client waits out TCP's retransmit (1 s, then 3, 7, 15).
+LISTEN_BACKLOG = 4096
 # Messages handled, and replies made, per pass before the replies go out.
 _DRAIN = 256
 _DRAIN_OUT = 128
@@ -294,6 +298,7 @@ class Broker:
         # peer never needs a deep queue here).
         router.setsockopt(zmq.RCVHWM, min(queue, INBOUND_HWM))
         router.setsockopt(zmq.MAXMSGSIZE, self._max + 65536)
+        router.setsockopt(zmq.BACKLOG, LISTEN_BACKLOG)
         try:
             router.bind(self._endpoint)
         except zmq.ZMQError:
