@@ -579,10 +579,10 @@ def test_channel_from_environment(cli_broker: tuple[Proc, str]) -> None:
 
 
 def _wheel_packages() -> list[str]:
-    """The import packages the wheel holds, as pyproject.toml lists them."""
+    """The top-level import packages the wheel holds, as pyproject.toml lists them."""
     config = tomllib.loads((ROOT / "pyproject.toml").read_text())
-    packages: list[str] = config["tool"]["hatch"]["build"]["targets"]["wheel"]["packages"]
-    return packages
+    packages: list[str] = config["tool"]["setuptools"]["packages"]
+    return [name for name in packages if "." not in name]
 
 
 @pytest.mark.timeout(60)

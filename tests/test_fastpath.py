@@ -1,6 +1,7 @@
 """The private-API fast paths of ``zmqbus._fastpath``: each is in use on the
 versions we test, each has a public fallback that means the same, and
-``ZMQBUS_PURE=1`` forces every fallback (CI runs the whole suite that way)."""
+``ZMQBUS_PURE_PYTHON=1`` (or ``ZMQBUS_PURE=1``) forces every fallback and the
+pure twins of the compiled functions (CI runs the whole suite that way)."""
 
 from __future__ import annotations
 
@@ -18,17 +19,25 @@ import zmq
 from zmqbus import _fastpath, _wire
 from zmqbus.message import make_message
 
-PURE = os.environ.get("ZMQBUS_PURE", "") not in ("", "0")
+PURE = any(
+    os.environ.get(name, "") not in ("", "0") for name in ("ZMQBUS_PURE_PYTHON", "ZMQBUS_PURE")
+)
 
 
 def test_every_fast_path_is_in_use_unless_pure() -> None:
     # A pyzmq or Python upgrade that breaks a private detail must show up here,
     # not as a silent slowdown.
-    assert set(_fastpath.ACTIVE) == {"uuid", "zmq_backend", "dict_writes:Message"}
-    assert all(v is not PURE for v in _fastpath.ACTIVE.values()), _fastpath.ACTIVE
+    private = {k: v for k, v in _fastpath.ACTIVE.items() if k != "compiled"}
+    assert set(private) == {"uuid", "zmq_backend", "dict_writes:Message"}
+    assert all(v is not PURE for v in private.values()), _fastpath.ACTIVE
+    # The compiled twins: in use where built, never when pure.
+    assert _fastpath.ACTIVE["compiled"] is (_fastpath.compiled() is not None)
+    if PURE:
+        assert _fastpath.implementation() == "pure"
 
 
-def test_pure_environment_forces_every_fallback_and_the_bus_still_works() -> None:
+@pytest.mark.parametrize("name", ["ZMQBUS_PURE_PYTHON", "ZMQBUS_PURE"])
+def test_pure_environment_forces_every_fallback_and_the_bus_still_works(name: str) -> None:
     script = textwrap.dedent(
         """
         import uuid
@@ -40,15 +49,16 @@ def test_pure_environment_forces_every_fallback_and_the_bus_still_works() -> Non
                 assert a.publish("t", b"x").delivered == 1
                 msg = sub.get(5)
                 assert msg.payload == b"x" and isinstance(msg.id, uuid.UUID)
-        print(sorted(k for k, v in _fastpath.ACTIVE.items() if v))
+        print(sorted(k for k, v in _fastpath.ACTIVE.items() if v), _fastpath.implementation())
         """
     )
-    env = dict(os.environ, ZMQBUS_PURE="1")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ZMQBUS_PURE")}
+    env[name] = "1"
     out = subprocess.run(
         [sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=30
     )
     assert out.returncode == 0, out.stderr
-    assert out.stdout.strip() == "[]"
+    assert out.stdout.strip() == "[] pure"
 
 
 def test_uuid_fallback_and_fast_path_agree() -> None:

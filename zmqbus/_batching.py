@@ -3,14 +3,15 @@ BROKER_BATCHes, and the batches a run of unconfirmed publishes fans out to."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Container, Mapping, Sequence
 from typing import Any
 
 from . import protocol as p
 from ._channel import Channel
+from ._fastpath import compiled, twin
 from ._peer import Peer
 
-__all__ = ["BROKER_BATCH_BYTES", "Outgoing", "coalesce", "fan_out"]
+__all__ = ["BROKER_BATCH_BYTES", "Outgoing", "coalesce", "fan_out", "publish_batch_messages"]
 
 # One message for the socket: the peer's identity and the frames.
 Outgoing = tuple[bytes, list[bytes]]
@@ -76,6 +77,25 @@ def _emit_run(ident: bytes, run: list[list[bytes]], result: list[Outgoing]) -> i
     return made + 1
 
 
+def publish_batch_messages(
+    frame: bytes,
+    batch_size: Callable[[int], None],
+    max_size: int,
+    valid_topics: Container[bytes],
+    check: Callable[[bytes, bytes], None],
+) -> list[tuple[bytes, bytes]]:
+    """The (topic, body) messages of a PUBLISH_BATCH entries frame, checked:
+    ``batch_size`` is given their count, then ``check`` each message whose
+    body is over ``max_size`` or whose topic is not in ``valid_topics``; each
+    raises what it refuses, as ``unpack_publish_entries`` does."""
+    entries = p.unpack_publish_entries(frame)
+    batch_size(len(entries))
+    for topic, body, _ in entries:
+        if len(body) > max_size or topic not in valid_topics:
+            check(topic, body)
+    return [(topic, body) for topic, body, _ in entries]
+
+
 def fan_out(
     channel: Channel,
     messages: Sequence[tuple[bytes, ...]],
@@ -137,3 +157,10 @@ def _run_batch(to: Peer, chid: bytes, run: list[Any], out: list[Outgoing]) -> in
         return 1
     out.append((to.ident, [p.H_DELIVER_BATCH, chid, b"".join(run[1:])]))
     return 0
+
+
+_compiled = compiled()
+if _compiled is not None:
+    _compiled.configure_fan_out(BROKER_BATCH_BYTES, MAX_ENTRIES)
+fan_out = twin(fan_out)
+publish_batch_messages = twin(publish_batch_messages)

@@ -14,18 +14,43 @@ by the modules that own sockets, so protocol code can use it too.
 - dataclasses: a frozen dataclass filled through its instance ``__dict__``
   instead of ``object.__setattr__`` per field (more than the rest of the
   receive path's Python code together).
+
+Apart from these, ``compiled()`` gives the compiled twin of the hot paths
+(``zmqbus._speedups``, built from ``_speedups.pyx`` by ``pip install`` where a
+C compiler is found), or None: not built, older than its source, or
+``ZMQBUS_PURE_PYTHON=1`` (which also turns the fast paths above off).
 """
 
 from __future__ import annotations
 
+import importlib
+import logging
 import os
 import uuid
 from collections.abc import Callable
-from typing import Any
+from typing import Any, TypeVar
 
-__all__ = ["ACTIVE", "PURE", "dict_writes_work", "socket_calls", "uuid_from_bytes"]
+__all__ = [
+    "ACTIVE",
+    "PURE",
+    "PURE_TWINS",
+    "compiled",
+    "dict_writes_work",
+    "implementation",
+    "socket_calls",
+    "twin",
+    "uuid_from_bytes",
+]
 
-PURE = os.environ.get("ZMQBUS_PURE", "") not in ("", "0")
+log = logging.getLogger("zmqbus.fastpath")
+
+
+def _set_in_env(name: str) -> bool:
+    return os.environ.get(name, "") not in ("", "0")
+
+
+# ZMQBUS_PURE is the older name, still honoured.
+PURE = _set_in_env("ZMQBUS_PURE_PYTHON") or _set_in_env("ZMQBUS_PURE")
 
 # Which fast paths are in use (False: the public fallback), for tests and reports.
 ACTIVE: dict[str, bool] = {}
@@ -99,3 +124,54 @@ def socket_calls(zmq: Any) -> tuple[SocketSend, SocketGet]:
     if fast:
         return backend.send, backend.get  # type: ignore[union-attr]
     return zmq.Socket.send, zmq.Socket.getsockopt
+
+
+_UNSET: Any = object()
+_compiled: Any = _UNSET
+
+
+def _load_compiled() -> Any:
+    if PURE:
+        return None
+    try:
+        module = importlib.import_module("zmqbus._speedups")
+    except ImportError:
+        return None
+    built = getattr(module, "__file__", None)
+    source = os.path.join(os.path.dirname(__file__), "_speedups.pyx")
+    if built and os.path.exists(source) and os.path.getmtime(source) > os.path.getmtime(built):
+        # An editable install whose .pyx changed since the build: the build is
+        # stale, and may not match the pure code it must equal.
+        log.warning("zmqbus._speedups is older than _speedups.pyx: rebuild it; pure Python used")
+        return None
+    return module
+
+
+def compiled() -> Any:
+    """The compiled module ``zmqbus._speedups``, or None (see the module)."""
+    global _compiled
+    if _compiled is _UNSET:
+        _compiled = _load_compiled()
+        ACTIVE["compiled"] = _compiled is not None
+    return _compiled
+
+
+def implementation() -> str:
+    """Which twin of the hot paths is in use: ``"compiled"`` or ``"pure"``."""
+    return "compiled" if compiled() is not None else "pure"
+
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+# Every pure function that has a compiled twin, by name: the reference the
+# twin must equal (tests/test_speedups.py), and what it hands odd input to.
+PURE_TWINS: dict[str, Callable[..., Any]] = {}
+
+
+def twin(pure: F) -> F:
+    """``pure``'s compiled twin of the same name if the compiled module is in
+    use, else ``pure`` itself; ``pure`` is kept in ``PURE_TWINS``."""
+    PURE_TWINS[pure.__name__] = pure
+    module = compiled()
+    fast: F | None = getattr(module, pure.__name__, None) if module is not None else None
+    return fast if fast is not None else pure

@@ -30,7 +30,7 @@ from collections import Counter, deque
 from collections.abc import Callable, Iterable, Mapping, Sequence
 
 from . import protocol as p
-from ._batching import Outgoing, coalesce, fan_out
+from ._batching import Outgoing, coalesce, fan_out, publish_batch_messages
 from ._channel import CACHE_LIMIT, CacheBudget, Channel
 from ._connections import Connections, ConnKey
 from ._peer import Peer
@@ -898,13 +898,23 @@ class BrokerState:
     def _publish_batch(self, ident: bytes, frames: Sequence[bytes]) -> None:
         # The whole batch is checked before any of it is routed: all or nothing.
         peer = self._joined(ident, frames, _N_PUBLISH_BATCH)
-        entries = p.unpack_publish_entries(frames[ENTRIES_FRAME])
-        self._batch_size(len(entries))
-        for topic, body, _ in entries:
-            self._message_checks(topic, body)
-            if not peer.free:
+        if peer.free:
+            messages = publish_batch_messages(
+                frames[ENTRIES_FRAME],
+                self._batch_size,
+                self.max_message_size,
+                self._valid_topics,
+                self._message_checks,
+            )
+        else:
+            # Each entry's permission checked in turn with the rest: the first
+            # fault of any kind is the one reported.
+            entries = p.unpack_publish_entries(frames[ENTRIES_FRAME])
+            self._batch_size(len(entries))
+            for topic, body, _ in entries:
+                self._message_checks(topic, body)
                 self._may_publish(peer, topic)
-        messages = [(topic, body) for topic, body, _ in entries]
+            messages = [(topic, body) for topic, body, _ in entries]
         user = peer.user
         if user is not None and user.limited:
             messages = [m for m in messages if not self._over_rate(peer, len(m[1]))]

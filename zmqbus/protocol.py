@@ -28,7 +28,7 @@ from typing import Any, NamedTuple, TypeAlias, cast
 
 import msgpack  # type: ignore[import-untyped]
 
-from ._fastpath import uuid_from_bytes
+from ._fastpath import twin, uuid_from_bytes
 from .errors import ProtocolError
 from .topics import MAX_TOPIC_BYTES, validate_pattern, validate_topic
 
@@ -2065,3 +2065,11 @@ _BROKER_PARSERS = {header(c): _parser(layout) for c, layout in BROKER_LAYOUTS.it
 _ENCODERS: dict[type, Callable[[Any], list[bytes]]] = {
     _class_of(layout): _encoder(layout) for layout in LAYOUTS
 }
+
+
+# The compiled twins of the hot functions above, where built (zmqbus._fastpath);
+# the pure ones stay the reference (tests/test_speedups.py holds each pair equal).
+unpack_publish_entries = twin(unpack_publish_entries)
+pack_unconfirmed_deliver_entry = twin(pack_unconfirmed_deliver_entry)
+_unpack_entries = twin(_unpack_entries)
+message_fields = twin(message_fields)

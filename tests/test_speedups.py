@@ -1,0 +1,291 @@
+"""The compiled twins (zmqbus._speedups) against their pure-Python references:
+the same random frames into both, the same results and the same errors out.
+
+Skipped where the extension is not built (a machine without a C compiler, or
+ZMQBUS_PURE_PYTHON=1), unless ZMQBUS_EXPECT_COMPILED=1 (.ci/run sets it for
+the main run): then a missing build fails here.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import struct
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+from frames import joined, subscribe
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from zmqbus import _batching, _fastpath
+from zmqbus import protocol as p
+from zmqbus._routing import BrokerState
+
+pytestmark = pytest.mark.timeout(120)
+
+C = _fastpath.compiled()
+
+if C is None:
+    if os.environ.get("ZMQBUS_EXPECT_COMPILED", "") not in ("", "0"):
+        raise AssertionError("ZMQBUS_EXPECT_COMPILED=1 but zmqbus._speedups is not in use")
+    pytest.skip("zmqbus._speedups is not built or not in use", allow_module_level=True)
+
+
+def _outcome(fn: Callable[..., Any], *args: Any) -> tuple[str, Any]:
+    try:
+        return ("ok", fn(*args))
+    except Exception as exc:
+        return ("raised", (type(exc), str(exc), getattr(exc, "code", None)))
+
+
+PURE = _fastpath.PURE_TWINS
+
+
+def _same(name: str, *args: Any) -> Any:
+    pure = _outcome(PURE[name], *args)
+    fast = _outcome(getattr(C, name), *args)
+    assert fast == pure, (name, args)
+    return pure
+
+
+def test_the_protocol_module_uses_the_compiled_twins() -> None:
+    assert _fastpath.implementation() == "compiled"
+    for name in (
+        "unpack_publish_entries",
+        "pack_unconfirmed_deliver_entry",
+        "_unpack_entries",
+        "message_fields",
+    ):
+        assert getattr(p, name) is getattr(C, name) is not PURE[name]
+    for name in ("fan_out", "publish_batch_messages"):
+        assert getattr(_batching, name) is getattr(C, name) is not PURE[name]
+
+
+# --- publish entries -------------------------------------------------------------
+
+
+def _entry(topic: bytes, body: bytes) -> bytes:
+    return struct.pack(">H", len(topic)) + topic + struct.pack(">I", len(body)) + body
+
+
+entries = st.lists(st.tuples(st.binary(max_size=40), st.binary(max_size=300)), max_size=6)
+
+
+@settings(max_examples=400, deadline=None)
+@given(entries, st.integers(0, 2000), st.binary(max_size=8))
+def test_unpack_publish_entries_gives_and_refuses_the_same(
+    parts: list[tuple[bytes, bytes]], cut: int, tail: bytes
+) -> None:
+    frame = b"".join(_entry(t, b) for t, b in parts)
+    _same("unpack_publish_entries", frame)
+    # Cut anywhere, or with junk after: truncations and empty topics.
+    _same("unpack_publish_entries", frame[: min(cut, len(frame))])
+    _same("unpack_publish_entries", frame + tail)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.binary(max_size=200))
+def test_unpack_publish_entries_on_random_bytes(frame: bytes) -> None:
+    _same("unpack_publish_entries", frame)
+
+
+def test_what_is_not_bytes_is_taken_or_refused_alike() -> None:
+    for odd in (None, "text", 7, bytearray(b"\x00\x01a\x00\x00\x00\x00"), memoryview(b"")):
+        _same("unpack_publish_entries", odd)
+        _same("pack_unconfirmed_deliver_entry", odd, b"b", b"s")
+        _same("pack_unconfirmed_deliver_entry", b"t", odd, b"s")
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.binary(max_size=300), st.binary(max_size=2000), st.binary(max_size=64))
+def test_pack_unconfirmed_deliver_entry_is_the_same(topic: bytes, body: bytes, sids: bytes) -> None:
+    got = _same("pack_unconfirmed_deliver_entry", topic, body, sids)
+    assert got[1] == p.pack_command_entry([p.H_DELIVER, b"c" * 16, b"", topic, body, sids])
+
+
+class _Checks:
+    """What ``publish_batch_messages`` calls back, recorded; ``check`` refuses
+    topics that start with ``b"!"`` and bodies over 100 bytes, and
+    ``batch_size`` more than 5 messages."""
+
+    def __init__(self) -> None:
+        self.calls: list[Any] = []
+
+    def batch_size(self, n: int) -> None:
+        self.calls.append(("size", n))
+        if n > 5:
+            raise p.ProtocolError(p.ErrorCode.TOO_LARGE, f"{n} entries")
+
+    def check(self, topic: bytes, body: bytes) -> None:
+        self.calls.append(("check", topic, len(body)))
+        if topic.startswith(b"!") or len(body) > 100:
+            raise p.ProtocolError(p.ErrorCode.BAD_TOPIC, f"refused {topic!r}")
+
+
+def _batch_outcome(fn: Callable[..., Any], frame: Any, valid: set[bytes]) -> Any:
+    checks = _Checks()
+    got = _outcome(fn, frame, checks.batch_size, 60, valid, checks.check)
+    return got, checks.calls
+
+
+@settings(max_examples=400, deadline=None)
+@given(
+    st.lists(
+        st.tuples(st.sampled_from([b"a", b"b.c", b"!x", b""]), st.binary(max_size=120)),
+        max_size=7,
+    ),
+    st.integers(0, 2000),
+    st.sets(st.sampled_from([b"a", b"b.c", b"!x"])),
+)
+def test_publish_batch_messages_checks_and_refuses_the_same(
+    parts: list[tuple[bytes, bytes]], cut: int, valid: set[bytes]
+) -> None:
+    frame = b"".join(_entry(t, b) for t, b in parts)
+    for f in (frame, frame[: min(cut, len(frame))], bytearray(frame)):
+        fast = _batch_outcome(C.publish_batch_messages, f, valid)
+        assert fast == _batch_outcome(PURE["publish_batch_messages"], f, valid)
+
+
+# --- fan-out ---------------------------------------------------------------------
+
+PATTERNS = ["a.b", "a.*", "a.>", "*.b", ">", "x.y", "a.b.c", "*.*.c"]
+TOPICS = [b"a.b", b"a.c", b"x.y", b"a.b.c", b"q.b", b"z.z.c"]
+
+
+def _world(seed: int) -> BrokerState:
+    """Peers of each kind (batch_commands, batch, neither) with random
+    subscriptions, some in queue groups; the same seed, the same world."""
+    rng = random.Random(seed)
+    state = BrokerState()
+    joined(state, b"pub")
+    for n in range(rng.randint(1, 7)):
+        kind = rng.choice(("batch_commands", "batch", "plain"))
+        fields = {"batch_commands": True} if kind == "batch_commands" else {}
+        if kind == "batch":
+            fields["batch"] = True
+        ident = b"peer%d" % n
+        joined(state, ident, **fields)
+        for k in range(rng.randint(1, 4)):
+            queue = rng.choice(("", "", "workers"))
+            pattern = rng.choice(PATTERNS)
+            state.handle(ident, subscribe(pattern, sid=k + 1 + 10 * n, queue=queue))
+        state.take_outgoing()
+    return state
+
+
+def _run(
+    fan_out: Callable[..., tuple[int, int]], seed: int, messages: list[tuple[bytes, bytes]]
+) -> tuple[tuple[int, int], dict[bytes, list[list[bytes]]], dict[bytes, int]]:
+    state = _world(seed)
+    peer = state.peers[b"pub"]
+    out: list[Any] = []
+    got = fan_out(peer.channel, messages, state.peers, out)
+    # Each peer's messages in order; across peers the order follows the
+    # trie's sets (object hashes), which differ between two worlds.
+    to: dict[bytes, list[list[bytes]]] = {}
+    for ident, frames in out:
+        to.setdefault(ident, []).append(frames)
+    return got, to, {ident: peer.msgs_out for ident, peer in state.peers.items()}
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    st.integers(0, 10_000),
+    st.lists(st.tuples(st.sampled_from(TOPICS), st.binary(max_size=50)), min_size=1, max_size=40),
+)
+def test_fan_out_routes_the_same(seed: int, messages: list[tuple[bytes, bytes]]) -> None:
+    assert _run(C.fan_out, seed, messages) == _run(PURE["fan_out"], seed, messages)
+
+
+def test_fan_out_splits_batches_at_the_same_places() -> None:
+    # Past BROKER_BATCH_BYTES and past MAX_ENTRIES entries: the split points.
+    big = [(b"a.b", b"x" * 3000)] * 50
+    many = [(b"a.b", b"")] * (_batching.MAX_ENTRIES + 5)
+    for messages in (big, many):
+        most = 0
+        for seed in range(20):
+            fast = _run(C.fan_out, seed, messages)
+            assert fast == _run(PURE["fan_out"], seed, messages)
+            most = max(most, max((len(b) for b in fast[1].values()), default=0))
+        assert most >= 2  # some peer's share was split
+
+
+# --- the client's receive path -----------------------------------------------------
+
+CH = b"c" * 16
+
+
+def _command_entry(cmd: int, parts: list[bytes]) -> bytes:
+    return bytes((cmd,)) + b"".join(struct.pack(">I", len(x)) + x for x in parts)
+
+
+frames_of = st.lists(st.binary(max_size=30), min_size=0, max_size=6)
+commands = st.sampled_from([int(c) for c in p.Cmd] + [0, 0x7F, 0xFF])
+
+
+@settings(max_examples=500, deadline=None)
+@given(
+    st.lists(st.tuples(commands, st.booleans(), frames_of), max_size=6),
+    st.integers(0, 3000),
+    st.binary(max_size=6),
+)
+def test_unpack_entries_gives_and_refuses_the_same(
+    parts: list[tuple[int, bool, list[bytes]]], cut: int, tail: bytes
+) -> None:
+    # Entries of any command (an empty first frame or not), any frame count.
+    frame = b"".join(_command_entry(c, ([b""] if empty else []) + fs) for c, empty, fs in parts)
+    for f in (frame, frame[: min(cut, len(frame))], frame + tail):
+        for allowed, hot in (
+            (p.BROKER_ENTRY_FRAMES, p.Cmd.DELIVER),
+            (p.CLIENT_ENTRY_FRAMES, p.Cmd.PUBLISH),
+        ):
+            _same("_unpack_entries", f, CH, allowed, int(hot))
+
+
+def test_unpack_entries_of_real_batches_are_the_same() -> None:
+    deliver = p.pack_unconfirmed_deliver_entry(b"a.b", b"body", b"\x00\x00\x00\x01")
+    routed = p.pack_command_entry([p.H_ROUTED, CH, b"ref", b"\x00\x00\x00\x02"])
+    frame = deliver + routed + deliver
+    got = _same("_unpack_entries", frame, CH, p.BROKER_ENTRY_FRAMES, int(p.Cmd.DELIVER))
+    assert got[1][0] == (b"a.b", b"body", b"\x00\x00\x00\x01")
+    assert got[1][1] == [p.H_ROUTED, CH, b"ref", b"\x00\x00\x00\x02"]
+    _same("_unpack_entries", bytearray(frame), CH, p.BROKER_ENTRY_FRAMES, int(p.Cmd.DELIVER))
+    _same("_unpack_entries", b"", CH, p.BROKER_ENTRY_FRAMES, int(p.Cmd.DELIVER))
+
+
+@settings(max_examples=400, deadline=None)
+@given(
+    st.binary(min_size=16, max_size=16),
+    st.integers(0, (1 << 34) - 1),
+    st.integers(0, 999_999_999),
+    st.sampled_from([0, 1, 200, 255, 256, 70_000]),
+)
+def test_message_fields_of_pack_message_bodies_are_the_same(
+    msg_id: bytes, sec: int, ns: int, size: int
+) -> None:
+    body = p.pack_message(msg_id, sec * 1_000_000_000 + ns, {}, b"p" * size)
+    pure = PURE["message_fields"](body)
+    fast = C.message_fields(body)
+    assert fast == pure
+    assert fast[1].tzinfo is pure[1].tzinfo and fast[1].fold == pure[1].fold
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.binary(min_size=32, max_size=80), st.integers(0, 80), st.binary(max_size=3))
+def test_message_fields_of_damaged_bodies_are_the_same(noise: bytes, at: int, tail: bytes) -> None:
+    body = p.pack_message(bytes(16), 1_700_000_000_123_456_789, {}, b"payload")
+    # Overwrite a run of bytes, cut it, or add to it: each refused or read alike.
+    damaged = body[:at] + noise[: max(0, len(body) - at)] + body[at + len(noise) :]
+    for b in (damaged, body[:at], body + tail, b"\x94" + body[1:at]):
+        _same("message_fields", b)
+
+
+def test_message_fields_with_headers_or_nanoseconds_out_of_range_are_the_same() -> None:
+    with_headers = p.pack_message(bytes(16), 5, {"k": "v"}, b"x")
+    _same("message_fields", with_headers)
+    body = bytearray(p.pack_message(bytes(16), 5, {}, b"x"))
+    body[21:25] = b"\xff\xff\xff\xfc"  # nanoseconds of 1,073,741,823: refused by msgpack
+    assert _same("message_fields", bytes(body))[0] == "raised"
+    _same("message_fields", None)
