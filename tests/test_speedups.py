@@ -1,8 +1,8 @@
 """The compiled twins (zmqbus._speedups) against their pure-Python references:
 the same random frames into both, the same results and the same errors out.
 
-Skipped where the extension is not built (a machine without a C compiler, or
-ZMQBUS_PURE_PYTHON=1), unless ZMQBUS_EXPECT_COMPILED=1 (.ci/run sets it for
+Skipped where the extension is not built (a machine without a C compiler) or
+turned off (ZMQBUS_PURE_PYTHON=1 or ZMQBUS_PURE=1), unless ZMQBUS_EXPECT_COMPILED=1 (.ci/run sets it for
 the main run): then a missing build fails here.
 """
 

@@ -18,7 +18,8 @@ by the modules that own sockets, so protocol code can use it too.
 Apart from these, ``compiled()`` gives the compiled twin of the hot paths
 (``zmqbus._speedups``, built from ``_speedups.pyx`` by ``pip install`` where a
 C compiler is found), or None: not built, older than its source, or
-``ZMQBUS_PURE_PYTHON=1`` (which also turns the fast paths above off).
+``ZMQBUS_PURE_PYTHON=1``. ``ZMQBUS_PURE=1`` turns both off: the public
+fallbacks above and the pure twins.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ from typing import Any, TypeVar
 __all__ = [
     "ACTIVE",
     "PURE",
+    "PURE_PYTHON",
     "PURE_TWINS",
     "compiled",
     "dict_writes_work",
@@ -49,8 +51,11 @@ def _set_in_env(name: str) -> bool:
     return os.environ.get(name, "") not in ("", "0")
 
 
-# ZMQBUS_PURE is the older name, still honoured.
-PURE = _set_in_env("ZMQBUS_PURE_PYTHON") or _set_in_env("ZMQBUS_PURE")
+# Every private-API fast path off (and the compiled twins): the strictest run.
+PURE = _set_in_env("ZMQBUS_PURE")
+# The compiled twins off, the pure-Python fast paths on: a machine without a
+# C compiler, as fast as Python alone goes.
+PURE_PYTHON = PURE or _set_in_env("ZMQBUS_PURE_PYTHON")
 
 # Which fast paths are in use (False: the public fallback), for tests and reports.
 ACTIVE: dict[str, bool] = {}
@@ -131,7 +136,7 @@ _compiled: Any = _UNSET
 
 
 def _load_compiled() -> Any:
-    if PURE:
+    if PURE_PYTHON:
         return None
     try:
         module = importlib.import_module("zmqbus._speedups")
