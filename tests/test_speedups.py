@@ -2,8 +2,9 @@
 the same random frames into both, the same results and the same errors out.
 
 Skipped where the extension is not built (a machine without a C compiler) or
-turned off (ZMQBUS_PURE_PYTHON=1 or ZMQBUS_PURE=1), unless ZMQBUS_EXPECT_COMPILED=1 (.ci/run sets it for
-the main run): then a missing build fails here.
+turned off (ZMQBUS_PURE_PYTHON=1 or ZMQBUS_PURE=1), unless
+ZMQBUS_EXPECT_COMPILED=1 (.ci/run sets it for the main run): then a missing
+build fails here.
 """
 
 from __future__ import annotations
