@@ -9,6 +9,7 @@ build fails here.
 
 from __future__ import annotations
 
+import collections
 import os
 import random
 import struct
@@ -17,10 +18,10 @@ from typing import Any
 
 import pytest
 from frames import joined, subscribe
-from hypothesis import given, settings
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from zmqbus import _batching, _fastpath
+from zmqbus import _batching, _client, _fastpath
 from zmqbus import protocol as p
 from zmqbus._routing import BrokerState
 
@@ -58,10 +59,13 @@ def test_the_protocol_module_uses_the_compiled_twins() -> None:
         "pack_unconfirmed_deliver_entry",
         "_unpack_entries",
         "message_fields",
+        "pack_message",
     ):
         assert getattr(p, name) is getattr(C, name) is not PURE[name]
     for name in ("fan_out", "publish_batch_messages"):
         assert getattr(_batching, name) is getattr(C, name) is not PURE[name]
+    for name in ("batch_front", "deliver_run"):
+        assert getattr(_client, name) is getattr(C, name) is not PURE[name]
 
 
 # --- publish entries -------------------------------------------------------------
@@ -290,3 +294,120 @@ def test_message_fields_with_headers_or_nanoseconds_out_of_range_are_the_same() 
     body[21:25] = b"\xff\xff\xff\xfc"  # nanoseconds of 1,073,741,823: refused by msgpack
     assert _same("message_fields", bytes(body))[0] == "raised"
     _same("message_fields", None)
+
+
+# --- the client's send path --------------------------------------------------------
+
+
+@settings(max_examples=400, deadline=None)
+@given(
+    st.binary(min_size=16, max_size=17),
+    st.integers(-(10**9), (1 << 35) * 10**9),
+    st.sampled_from([0, 1, 255, 256, 65535, 65536, 70_000]),
+    st.sampled_from([{}, {"k": "v"}, None]),
+)
+def test_pack_message_is_the_same(
+    msg_id: bytes, ts_ns: int, size: int, headers: dict[str, str] | None
+) -> None:
+    args = (msg_id, ts_ns, headers or {}, b"p" * size)
+    got = _same("pack_message", *args)
+    if got[0] == "ok" and len(msg_id) == 16:
+        assert PURE["message_fields"](got[1])[3] == b"p" * size
+    _same("pack_message", msg_id, ts_ns, headers or {}, bytearray(size))
+    _same("pack_message", msg_id, float(ts_ns), {}, b"x")
+
+
+def _queue(kinds: list[tuple[int, list[bytes]]]) -> collections.deque[list[bytes]]:
+    heads = [p.H_PUBLISH, p.H_ACK, p.H_REQUEST, p.H_REPLY, p.H_SUBSCRIBE, p.H_HELLO]
+    return collections.deque([heads[k], CH, *frames] for k, frames in kinds)
+
+
+@settings(max_examples=400, deadline=None)
+@given(
+    st.lists(
+        st.tuples(
+            st.sampled_from([0, 0, 0, 1, 2, 3, 4, 5]),
+            st.lists(st.binary(max_size=300), min_size=0, max_size=5),
+        ),
+        max_size=12,
+    ),
+    st.sampled_from([None, 0, 100, 600, 10_000]),
+)
+def test_batch_front_joins_the_same(
+    kinds: list[tuple[int, list[bytes]]], limit: int | None
+) -> None:
+    pure_q, fast_q = _queue(kinds), _queue(kinds)
+    args = () if limit is None else (limit,)
+    pure = _outcome(PURE["batch_front"], pure_q, *args)
+    fast = _outcome(C.batch_front, fast_q, *args)
+    assert fast == pure
+    assert list(fast_q) == list(pure_q)
+
+
+def test_batch_front_stops_at_the_entry_limit_alike() -> None:
+    many = [(0, [b"", b"t", b"b"])] * (p.MAX_BATCH_ENTRIES + 10)
+    pure_q, fast_q = _queue(many), _queue(many)
+    PURE["batch_front"](pure_q)
+    C.batch_front(fast_q)
+    assert list(fast_q) == list(pure_q) and len(fast_q) == 11
+    odd = collections.deque([[p.H_PUBLISH, CH, b"", b"t", bytearray(b"b")]] * 3)
+    pure_odd = collections.deque(list(odd))
+    C.batch_front(odd)
+    PURE["batch_front"](pure_odd)
+    assert list(odd) == list(pure_odd)
+
+
+# --- the client's hand-over of deliveries ------------------------------------------
+
+
+class _Sink:
+    def __init__(self, name: str, got: list[Any]) -> None:
+        self.name, self.got = name, got
+
+    def offer(self, msg: Any, ack: Any) -> None:
+        self.got.append(
+            (self.name, msg.id, msg.topic, msg.payload, msg.headers, msg.timestamp, ack)
+        )
+
+
+def _deliveries(fn: Callable[..., Any], run: list[Any], caplog: Any) -> Any:
+    got: list[Any] = []
+    sinks = {b"\x00\x00\x00\x01": _Sink("one", got), b"\x00\x00\x00\x02": _Sink("two", got)}
+
+    def targets(sids: bytes) -> list[Any]:
+        if len(sids) % 4:
+            raise p.ProtocolError(p.ErrorCode.BAD_FRAMES, "sids not a multiple of 4")
+        return [sinks[s] for s in (sids[i : i + 4] for i in range(0, len(sids), 4)) if s in sinks]
+
+    counters: collections.Counter[str] = collections.Counter()
+    caplog.clear()
+    outcome = _outcome(fn, run, lambda t: p.decode_name(t, "topic"), sinks.get, targets, counters)
+    logged = [(r.levelname, r.getMessage()) for r in caplog.records]
+    return outcome, got, counters, logged
+
+
+GOOD = p.pack_message(b"i" * 16, 1_700_000_000_000_000_001, {}, b"payload")
+deliveries = st.tuples(
+    st.sampled_from([b"a.b", b"x", b"\xff\xfe", b""]),
+    st.sampled_from([GOOD, GOOD[:-1], b"\x90", p.pack_message(b"j" * 16, 5, {"h": "v"}, b"")]),
+    st.sampled_from([b"\x00\x00\x00\x01", b"\x00\x00\x00\x03", b"\x00\x00\x00\x01\x00\x00\x00\x02",
+                     b"\x00\x00\x00", b""]),
+)  # fmt: skip
+
+
+@settings(
+    max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(run=st.lists(deliveries, max_size=8))
+def test_deliver_run_hands_over_and_reports_the_same(
+    run: list[tuple[bytes, bytes, bytes]], caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level("WARNING", logger="zmqbus")
+    fast = _deliveries(C.deliver_run, list(run), caplog)
+    assert fast == _deliveries(PURE["deliver_run"], list(run), caplog)
+
+
+def test_deliver_run_takes_odd_runs_as_the_pure_one_does(caplog: pytest.LogCaptureFixture) -> None:
+    for odd in ([(b"a", GOOD)], [[b"a", GOOD, b"\x00\x00\x00\x01"]], ((b"a", GOOD, b"\x00" * 4),)):
+        fast = _deliveries(C.deliver_run, odd, caplog)
+        assert fast == _deliveries(PURE["deliver_run"], odd, caplog)

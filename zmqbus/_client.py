@@ -40,9 +40,11 @@ from collections import Counter, deque
 from collections.abc import Callable
 from typing import Any, Protocol
 
+from . import message as _message
 from . import protocol as p
 from ._connection import Conn, Connection
 from ._deadlines import Deadlines
+from ._fastpath import compiled, twin
 from ._pending import (
     PendingCommand,
     PendingPublish,
@@ -929,44 +931,9 @@ class ClientCore:
             self._send_ack(token, delivered, dropped, ())
 
     def _deliver_run(self, run: list[tuple[bytes, ...]]) -> None:
-        # _deliver for (topic, body, sids) entries with an empty token, each as
-        # if it had come alone, with the per-message lookups hoisted.
-        topic_of = self._topic
-        targets = self._subs.targets
-        sinks_of = self._subs.sinks.get
-        fields = p.message_fields
-        counters = self.counters
-        counters["received"] += len(run)
-        for topic, body, sids in run:
-            sink: Sink | None = None
-            sinks: list[Sink] | None = None
-            try:
-                text = topic_of(topic)
-                # One sid is the common case: no list of sinks to build for it.
-                if len(sids) == p.SID_BYTES:
-                    sink = sinks_of(sids)
-                    if sink is None:
-                        continue  # unsubscribed locally while the broker was still routing
-                else:
-                    sinks = targets(sids)
-                    if not sinks:
-                        continue
-            except ProtocolError as exc:
-                counters["protocol_errors"] += 1
-                log.warning("bad message from broker ignored: %s", exc)
-                continue
-            try:
-                msg_id, ts, headers, payload = fields(body)
-            except ProtocolError as exc:
-                counters["bad_bodies"] += 1
-                log.warning("undecodable message on %r dropped: %s", text, exc)
-                continue
-            msg = make_message(msg_id, text, payload, headers, ts)
-            if sink is not None:
-                sink.offer(msg, None)
-            elif sinks is not None:
-                for one in sinks:
-                    one.offer(msg, None)
+        # _deliver for (topic, body, sids) entries with an empty token.
+        subs = self._subs
+        deliver_run(run, self._topic, subs.sinks.get, subs.targets, self.counters)
 
     def _ask(self, token: bytes, topic: bytes, body: bytes, sids: bytes) -> None:
         text = self._topic(topic)
@@ -1073,6 +1040,59 @@ class ClientCore:
         return [sub.sink for sub in self._subs]
 
 
+def _bad_delivery(counters: Counter[str], exc: ProtocolError) -> None:
+    counters["protocol_errors"] += 1
+    log.warning("bad message from broker ignored: %s", exc)
+
+
+def _bad_body(counters: Counter[str], text: str, exc: ProtocolError) -> None:
+    counters["bad_bodies"] += 1
+    log.warning("undecodable message on %r dropped: %s", text, exc)
+
+
+def deliver_run(
+    run: list[tuple[bytes, ...]],
+    topic_of: Callable[[bytes], str],
+    sinks_of: Callable[[bytes], Sink | None],
+    targets: Callable[[bytes], list[Sink]],
+    counters: Counter[str],
+) -> None:
+    """Hand each unconfirmed (topic, body, sids) delivery of ``run`` to its
+    sinks as if it had come alone, with the per-message lookups hoisted:
+    ``topic_of`` decodes a topic, ``sinks_of`` finds one sid's sink,
+    ``targets`` the sinks of several sids; a bad one is counted and logged."""
+    fields = p.message_fields
+    counters["received"] += len(run)
+    for topic, body, sids in run:
+        sink: Sink | None = None
+        sinks: list[Sink] | None = None
+        try:
+            text = topic_of(topic)
+            # One sid is the common case: no list of sinks to build for it.
+            if len(sids) == p.SID_BYTES:
+                sink = sinks_of(sids)
+                if sink is None:
+                    continue  # unsubscribed locally while the broker was still routing
+            else:
+                sinks = targets(sids)
+                if not sinks:
+                    continue
+        except ProtocolError as exc:
+            _bad_delivery(counters, exc)
+            continue
+        try:
+            msg_id, ts, headers, payload = fields(body)
+        except ProtocolError as exc:
+            _bad_body(counters, text, exc)
+            continue
+        msg = make_message(msg_id, text, payload, headers, ts)
+        if sink is not None:
+            sink.offer(msg, None)
+        elif sinks is not None:
+            for one in sinks:
+                one.offer(msg, None)
+
+
 _BATCHABLE = frozenset(p.header(c) for c in p.CLIENT_ENTRY_FRAMES)
 
 
@@ -1099,3 +1119,13 @@ def batch_front(out: deque[list[bytes]], limit: int = BATCH_BYTES) -> None:
     for _ in entries:
         out.popleft()
     out.appendleft([p.H_BATCH, channel, b"".join(entries)])
+
+
+_compiled = compiled()
+if _compiled is not None:
+    _compiled.configure_batch_front(_BATCHABLE, BATCH_BYTES)
+    _compiled.configure_deliver_run(
+        make_message, Message, _message._DICT_WRITES, _bad_delivery, _bad_body
+    )
+batch_front = twin(batch_front)
+deliver_run = twin(deliver_run)

@@ -419,3 +419,211 @@ def message_fields(body):
         {},
         PyBytes_FromStringAndSize(cb + start, ln),
     )
+
+
+# --- the client's send path ------------------------------------------------------
+
+from collections import deque as _deque
+
+cdef object _H_BATCH = _p.H_BATCH
+cdef dict _COMMAND_OF = _p._COMMAND_OF
+cdef Py_ssize_t _MAX_BATCH_ENTRIES = _p.MAX_BATCH_ENTRIES
+cdef object _BATCHABLE = None
+cdef Py_ssize_t _BATCH_BYTES = 0
+
+
+def configure_batch_front(batchable, Py_ssize_t batch_bytes):
+    """Set the headers ``batch_front`` joins and its default limit: ``_client``
+    passes its own in."""
+    global _BATCHABLE, _BATCH_BYTES
+    _BATCHABLE = batchable
+    _BATCH_BYTES = batch_bytes
+
+
+cdef Py_ssize_t _entry_size(list frames):
+    # pack_command_entry's length for ``frames``, or -1 if they are not all
+    # bytes (or one is too long): the pure function then says what it makes of them.
+    cdef Py_ssize_t k, n = PyList_GET_SIZE(frames), size = 1, ln
+    cdef object f
+    if n < 4:
+        return -1
+    for k in range(2, n):
+        f = frames[k]
+        if type(f) is not bytes:
+            return -1
+        ln = PyBytes_GET_SIZE(f)
+        if ln > 0xFFFFFFFF:
+            return -1
+        size += 4 + ln
+    return size
+
+
+def batch_front(out, limit=None):
+    """``_client.batch_front``, compiled (for a deque of lists of bytes)."""
+    if limit is None:
+        limit = _BATCH_BYTES
+    if type(out) is not _deque or _BATCHABLE is None or type(limit) is not int:
+        return PURE_TWINS["batch_front"](out, limit)
+    if len(out) < 2:
+        return
+    cdef Py_ssize_t cap = limit
+    cdef Py_ssize_t count = 0, size = 0, one, k, n, ln
+    cdef object frames
+    cdef list fl
+    for frames in out:
+        if type(frames) is not list or not PyList_GET_SIZE(frames):
+            return PURE_TWINS["batch_front"](out, limit)
+        if (<list>frames)[0] not in _BATCHABLE:
+            break
+        one = _entry_size(<list>frames)
+        if one < 0 or (<list>frames)[0] not in _COMMAND_OF:
+            return PURE_TWINS["batch_front"](out, limit)
+        size += one
+        if size > cap or count == _MAX_BATCH_ENTRIES:
+            size -= one
+            break
+        count += 1
+    if count < 2:
+        return
+    cdef bytes joined = PyBytes_FromStringAndSize(NULL, size)
+    cdef unsigned char* w = <unsigned char*>PyBytes_AS_STRING(joined)
+    cdef bytes part
+    channel = (<list>out[0])[1]
+    for k in range(count):
+        fl = <list>out.popleft()
+        w[0] = (<const unsigned char*>PyBytes_AS_STRING(<bytes>_COMMAND_OF[fl[0]]))[0]
+        w += 1
+        n = PyList_GET_SIZE(fl)
+        for one in range(2, n):
+            part = <bytes>fl[one]
+            ln = PyBytes_GET_SIZE(part)
+            _put32(w, ln)
+            memcpy(w + 4, PyBytes_AS_STRING(part), ln)
+            w += 4 + ln
+    out.appendleft([_H_BATCH, channel, joined])
+
+
+cdef long long _NS = 1000000000
+cdef long long _SEC64 = 1LL << 34
+
+
+def pack_message(msg_id, ts_ns, headers, payload):
+    """``protocol.pack_message``, compiled for its common case (16 bytes of
+    id, no headers, a bytes payload, a timestamp of the 64-bit form); the
+    rest goes to the pure function."""
+    if (
+        type(msg_id) is not bytes or PyBytes_GET_SIZE(msg_id) != 16 or type(payload) is not bytes
+        or type(ts_ns) is not int or headers or not (0 < ts_ns < _SEC64 * _NS)
+    ):
+        return PURE_TWINS["pack_message"](msg_id, ts_ns, headers, payload)
+    cdef long long t = ts_ns
+    cdef long long sec = t // _NS
+    cdef long long ns = t - sec * _NS
+    if not ns:
+        return PURE_TWINS["pack_message"](msg_id, ts_ns, headers, payload)
+    cdef Py_ssize_t ln = PyBytes_GET_SIZE(payload)
+    cdef Py_ssize_t head
+    if ln < 256:
+        head = 2
+    elif ln < 65536:
+        head = 3
+    elif ln <= 0xFFFFFFFF:
+        head = 5
+    else:
+        return PURE_TWINS["pack_message"](msg_id, ts_ns, headers, payload)
+    cdef bytes body = PyBytes_FromStringAndSize(NULL, 30 + head + ln)
+    cdef unsigned char* w = <unsigned char*>PyBytes_AS_STRING(body)
+    cdef unsigned long long data = (<unsigned long long>ns << 34) | <unsigned long long>sec
+    w[0] = 0x94; w[1] = 0xC4; w[2] = 0x10
+    memcpy(w + 3, PyBytes_AS_STRING(msg_id), 16)
+    w[19] = 0xD7; w[20] = 0xFF
+    _put32(w + 21, <Py_ssize_t>(data >> 32))
+    _put32(w + 25, <Py_ssize_t>(data & 0xFFFFFFFF))
+    w[29] = 0x80
+    if head == 2:
+        w[30] = 0xC4; w[31] = <unsigned char>ln
+    elif head == 3:
+        w[30] = 0xC5; w[31] = <unsigned char>(ln >> 8); w[32] = <unsigned char>(ln & 0xFF)
+    else:
+        w[30] = 0xC6
+        _put32(w + 31, ln)
+    memcpy(w + 30 + head, PyBytes_AS_STRING(payload), ln)
+    return body
+
+
+# --- the client's hand-over of deliveries ----------------------------------------
+
+cdef object _ProtocolError = _p.ProtocolError
+cdef object _object_new = object.__new__
+cdef object _make_message = None
+cdef object _Message = None
+cdef bint _dict_writes = False
+cdef object _bad_delivery = None
+cdef object _bad_body = None
+
+
+def configure_deliver_run(make_message, message_cls, bint dict_writes, bad_delivery, bad_body):
+    """Set what ``deliver_run`` builds messages with and reports faults
+    through: ``_client`` passes its own in."""
+    global _make_message, _Message, _dict_writes, _bad_delivery, _bad_body
+    _make_message = make_message
+    _Message = message_cls
+    _dict_writes = dict_writes
+    _bad_delivery = bad_delivery
+    _bad_body = bad_body
+
+
+def deliver_run(run, topic_of, sinks_of, targets, counters):
+    """``_client.deliver_run``, compiled (for a list of 3-tuples)."""
+    cdef object entry
+    if _Message is None or type(run) is not list:
+        return PURE_TWINS["deliver_run"](run, topic_of, sinks_of, targets, counters)
+    for entry in <list>run:
+        if type(entry) is not tuple or len(<tuple>entry) != 3:
+            return PURE_TWINS["deliver_run"](run, topic_of, sinks_of, targets, counters)
+    counters["received"] += len(<list>run)
+    cdef object topic, body, sids, sink, sinks, text, fields, msg, one
+    cdef dict d
+    for entry in <list>run:
+        topic = (<tuple>entry)[0]
+        body = (<tuple>entry)[1]
+        sids = (<tuple>entry)[2]
+        sink = None
+        sinks = None
+        try:
+            text = topic_of(topic)
+            if len(sids) == SID_BYTES:
+                sink = sinks_of(sids)
+                if sink is None:
+                    continue
+            else:
+                sinks = targets(sids)
+                if not sinks:
+                    continue
+        except _ProtocolError as exc:
+            _bad_delivery(counters, exc)
+            continue
+        try:
+            fields = message_fields(body)
+        except _ProtocolError as exc:
+            _bad_body(counters, text, exc)
+            continue
+        msg_id, ts, headers, payload = fields
+        if _dict_writes:
+            msg = _object_new(_Message)
+            d = msg.__dict__
+            if type(msg_id) is bytes:
+                d["_raw_id"] = msg_id
+            else:
+                d["id"] = msg_id
+            d["topic"] = text
+            d["payload"] = payload
+            d["headers"] = headers
+            d["timestamp"] = ts
+        else:
+            msg = _make_message(msg_id, text, payload, headers, ts)
+        if sink is not None:
+            sink.offer(msg, None)
+        elif sinks is not None:
+            for one in sinks:
+                one.offer(msg, None)
