@@ -411,3 +411,26 @@ def test_deliver_run_takes_odd_runs_as_the_pure_one_does(caplog: pytest.LogCaptu
     for odd in ([(b"a", GOOD)], [[b"a", GOOD, b"\x00\x00\x00\x01"]], ((b"a", GOOD, b"\x00" * 4),)):
         fast = _deliveries(C.deliver_run, odd, caplog)
         assert fast == _deliveries(PURE["deliver_run"], odd, caplog)
+
+
+def test_the_common_inputs_never_reach_the_pure_functions(monkeypatch: pytest.MonkeyPatch) -> None:
+    # A twin that hands everything over to its pure function is right and
+    # no faster: each fast path must hold for what the bus really sends.
+    called: list[str] = []
+    for name, fn in list(PURE.items()):
+        monkeypatch.setitem(PURE, name, lambda *a, _n=name, _f=fn: called.append(_n) or _f(*a))
+    body = C.pack_message(b"i" * 16, 1_765_000_000_123_456_789, {}, b"x" * 100)
+    C.message_fields(body)
+    C.pack_unconfirmed_deliver_entry(b"t", body, b"\x00\x00\x00\x01")
+    C.unpack_publish_entries(_entry(b"t", body) * 3)
+    q = collections.deque([[p.H_PUBLISH, CH, b"", b"t", body]] * 3)
+    C.batch_front(q)
+    entries = C._unpack_entries(q[0][2], CH, p.CLIENT_ENTRY_FRAMES, int(p.Cmd.PUBLISH))
+    assert entries == [(b"t", body)] * 3
+    got: list[Any] = []
+    sink = _Sink("one", got)
+    counters: collections.Counter[str] = collections.Counter()
+    run = [(b"t", body, b"\x00\x00\x00\x01")] * 2
+    C.deliver_run(run, bytes.decode, {b"\x00\x00\x00\x01": sink}.get, list, counters)
+    assert len(got) == 2 and counters["received"] == 2
+    assert called == []

@@ -503,8 +503,9 @@ def batch_front(out, limit=None):
     out.appendleft([_H_BATCH, channel, joined])
 
 
-cdef long long _NS = 1000000000
-cdef long long _SEC64 = 1LL << 34
+# The first instant past the 64-bit Timestamp form, as a Python int: it
+# overflows a C long long.
+cdef object _TS_END = (1 << 34) * 1_000_000_000
 
 
 def pack_message(msg_id, ts_ns, headers, payload):
@@ -513,12 +514,12 @@ def pack_message(msg_id, ts_ns, headers, payload):
     rest goes to the pure function."""
     if (
         type(msg_id) is not bytes or PyBytes_GET_SIZE(msg_id) != 16 or type(payload) is not bytes
-        or type(ts_ns) is not int or headers or not (0 < ts_ns < _SEC64 * _NS)
+        or type(ts_ns) is not int or headers or not (0 < ts_ns < _TS_END)
     ):
         return PURE_TWINS["pack_message"](msg_id, ts_ns, headers, payload)
-    cdef long long t = ts_ns
-    cdef long long sec = t // _NS
-    cdef long long ns = t - sec * _NS
+    cdef unsigned long long t = ts_ns
+    cdef unsigned long long sec = t // 1000000000ULL
+    cdef unsigned long long ns = t - sec * 1000000000ULL
     if not ns:
         return PURE_TWINS["pack_message"](msg_id, ts_ns, headers, payload)
     cdef Py_ssize_t ln = PyBytes_GET_SIZE(payload)
