@@ -580,6 +580,7 @@ _COLORS = {
     "zmqbus-aio": "#ff7f0e",
     "zmqbus-curve": "#8c564b",
     "zmqbus-metrics": "#bcbd22",
+    "zmqbus-ipc": "#17becf",
     "zmq-pushpull": "#7f7f7f",
     "zmq-router": "#2ca02c",
     "nats": "#1f77b4",

@@ -38,6 +38,7 @@ from perf.systems import (
     SYSTEMS,
     ZMQBUS,
     ZMQBUS_CURVE,
+    ZMQBUS_IPC,
     ZMQBUS_METRICS,
     ZMQBUS_VARIANTS,
 )
@@ -523,7 +524,7 @@ def build_scenarios(p: Profile) -> list[Scenario]:
             "1 -> 1 fire-and-forget, 100 B",
             f"{p.ff_count:,} messages per run, one publisher, one subscriber",
             ("sink", "source"),
-            _with_variants(ALL, ZMQBUS_CURVE, ZMQBUS_METRICS),
+            _with_variants(ALL, ZMQBUS_CURVE, ZMQBUS_METRICS, ZMQBUS_IPC),
             [rate],
             lambda env, s: throughput(env, s, count=p.ff_count),
             _lossless_under_hwm(p.ff_count),
@@ -595,7 +596,7 @@ def build_scenarios(p: Profile) -> list[Scenario]:
             f"{p.latency_warmup:,} warm-up; one-way measured at the subscriber, round trip "
             "(the subscriber echoes) at the publisher",
             ("sink", "pinger"),
-            BROKERED,
+            _with_variants(BROKERED, ZMQBUS_IPC),
             [*_pct_figures("oneway", "one-way"), *_pct_figures("rtt", "echo round trip")],
             lambda env, s: pingpong(env, s, count=p.latency_count, warmup=p.latency_warmup),
             _always,
@@ -608,7 +609,7 @@ def build_scenarios(p: Profile) -> list[Scenario]:
             "at a time; each system's own request/reply (pyzmq: DEALER straight to a ROUTER "
             "that answers, no broker)",
             ("reqrep",),
-            _with_variants(BROKERED, ZMQBUS_CURVE),
+            _with_variants(BROKERED, ZMQBUS_CURVE, ZMQBUS_IPC),
             [FigureDef("rate", "round trips/s", "msgs/s"), *_pct_figures("rtt", "round trip")],
             lambda env, s: reqrep(env, s, count=p.latency_count, warmup=p.latency_warmup),
             _always,

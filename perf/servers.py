@@ -187,14 +187,14 @@ class _Helper(Server):
         self._worker.close(1.0)
 
 
-def _broker_argv(*extra: str) -> list[str]:
+def _broker_argv(*extra: str, bind: str = "tcp://127.0.0.1:0") -> list[str]:
     return [
         sys.executable,
         "-m",
         "zmqbus",
         "broker",
         "--bind",
-        "tcp://127.0.0.1:0",
+        bind,
         "--max-message-size",
         str(ZMQBUS_MAX_MESSAGE_SIZE),
         # The routing scenarios hold up to 100,000 subscriptions on one
@@ -210,6 +210,22 @@ def _broker_argv(*extra: str) -> list[str]:
 
 
 _BROKER_READY = re.compile(r"listening on (tcp://\S+)")
+_BROKER_READY_IPC = re.compile(r"listening on (ipc://\S+)")
+
+
+def _ipc_broker() -> Server:
+    """The same broker as for plain zmqbus, bound on ``ipc://`` (a Unix domain socket
+    in a fresh directory) instead of tcp on loopback: for buses on the broker's host."""
+    folder = Path(tempfile.mkdtemp(prefix="perf-ipc-"))
+    return _Subprocess(
+        "zmqbus broker (ipc)",
+        _broker_argv(bind=f"ipc://{folder}/broker"),
+        _BROKER_READY_IPC,
+        None,
+        cleanup=[folder],
+    )
+
+
 CURVE_USER = "perf"
 
 
@@ -382,6 +398,8 @@ def start_server(kind: str, system: str) -> Server:
         return _curve_broker()
     if kind == "zmqbus-metrics":
         return _metrics_broker()
+    if kind == "zmqbus-ipc":
+        return _ipc_broker()
     if kind == "zmqbus-sync-normal":
         return _stream_broker("normal")
     if kind == "zmqbus-sync-full":

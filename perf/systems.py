@@ -24,6 +24,7 @@ __all__ = [
     "ZMQBUS",
     "ZMQBUS_AIO",
     "ZMQBUS_CURVE",
+    "ZMQBUS_IPC",
     "ZMQBUS_METRICS",
     "ZMQBUS_SYNC_FULL",
     "ZMQBUS_SYNC_NORMAL",
@@ -62,6 +63,9 @@ ZMQBUS_CURVE = "zmqbus-curve"
 # The threaded face again, to a broker serving Prometheus metrics (``--metrics``) that
 # the suite scrapes once a second: only ever compared with ZMQBUS.
 ZMQBUS_METRICS = "zmqbus-metrics"
+# The threaded face again, to the same broker bound on ipc:// (a Unix domain socket):
+# only ever compared with ZMQBUS.
+ZMQBUS_IPC = "zmqbus-ipc"
 # Durable streams (issue 15): the threaded face to a broker with a store directory,
 # its commits synced as each ``--sync`` setting says, against NATS JetStream (file
 # storage). They take part in the stream scenarios only, and only those.
@@ -114,6 +118,15 @@ ZMQBUS_VARIANTS: tuple[Variant, ...] = (
         "the threaded `Bus` to a broker started with `--metrics 127.0.0.1:0`, its "
         "`/metrics` fetched once a second by a thread of the suite while the broker runs",
     ),
+    Variant(
+        ZMQBUS_IPC,
+        "ipc",
+        "ipc",
+        # Issue 17 asks that ipc:// for same-host buses be measured: no threshold.
+        (),
+        "the threaded `Bus` to the same broker bound on `ipc://` (a Unix domain socket) "
+        "instead of tcp on loopback, as buses on the broker's own host may connect",
+    ),
 )
 
 SYSTEMS: dict[str, System] = {
@@ -144,6 +157,18 @@ SYSTEMS: dict[str, System] = {
                 "pinger": "perf.sys_zmqbus:pinger",
                 **({"reqrep": "perf.sys_zmqbus:reqrep"} if hasattr(Bus, "request") else {}),
                 # No filler: it speaks the wire protocol on raw sockets without CURVE.
+            },
+        ),
+        System(
+            ZMQBUS_IPC,
+            "zmqbus (ipc)",
+            "zmqbus-ipc",  # --bind ipc://<a fresh directory>/broker (perf.servers)
+            {
+                "sink": "perf.sys_zmqbus:sink",
+                "source": "perf.sys_zmqbus:source",
+                "confirmer": "perf.sys_zmqbus:confirmer",
+                "pinger": "perf.sys_zmqbus:pinger",
+                **({"reqrep": "perf.sys_zmqbus:reqrep"} if hasattr(Bus, "request") else {}),
             },
         ),
         System(
