@@ -43,9 +43,15 @@ def _zmq_relay(address: str, io_threads: int, ready: Any) -> None:
     router = ctx.socket(zmq.ROUTER)
     router.bind(address)
     ready.set()
+    recv, send, more = router.recv, router.send, zmq.SNDMORE
     while True:
-        ident, dest, payload = router.recv_multipart()
-        router.send_multipart([dest, ident, payload])
+        # Frame by frame, as the suite's pyzmq relay does (cheaper than *_multipart).
+        ident = recv()
+        dest = recv()
+        payload = recv()
+        send(dest, more)
+        send(ident, more)
+        send(payload)
 
 
 def _zmq_dealer(address: str, name: bytes, immediate: bool) -> zmq.Socket[bytes]:
@@ -60,9 +66,12 @@ def _zmq_dealer(address: str, name: bytes, immediate: bool) -> zmq.Socket[bytes]
 def _zmq_echo(address: str, immediate: bool) -> None:
     sock = _zmq_dealer(address, b"echo", immediate)
     sock.send_multipart([b"ping", b"hello"])
+    recv, send, more = sock.recv, sock.send, zmq.SNDMORE
     while True:
-        src, payload = sock.recv_multipart()
-        sock.send_multipart([src, payload])
+        src = recv()
+        payload = recv()
+        send(src, more)
+        send(payload)
 
 
 def _zmq_ping(address: str, immediate: bool, count: int, out: Any, routed: Any) -> None:
@@ -75,11 +84,14 @@ def _zmq_ping(address: str, immediate: bool, count: int, out: Any, routed: Any) 
     sock.recv_multipart()  # the echo is there
     payload = b"x" * 100
     clock = time.perf_counter_ns
+    recv, send, more = sock.recv, sock.send, zmq.SNDMORE
     rtts = []
     for _ in range(count):
         t = clock()
-        sock.send_multipart([b"echo", payload])
-        sock.recv_multipart()
+        send(b"echo", more)
+        send(payload)
+        recv()
+        recv()
         rtts.append((clock() - t) / 1000)
     out.put(rtts)
 

@@ -167,6 +167,10 @@ def _machine() -> dict[str, Any]:
     import zmq
 
     versions["libzmq"] = zmq.zmq_version()
+    from zmqbus import _fastpath
+
+    # The roles import zmqbus with this environment: the same twin runs there.
+    versions["zmqbus_hot_paths"] = _fastpath.implementation()
     for prog, flag in (("nats-server", "--version"), ("redis-server", "--version")):
         versions[prog] = _program_version(prog, flag)
     return {
@@ -677,7 +681,8 @@ def _markdown_doc(results: dict[str, Any]) -> str:
         f"{results['profile']} profile, {results['runs']} run(s) per figure, "
         f"{results['seconds']:.0f} s. Measured: {measured}.\n\n"
         f"Machine: {m['cores']} cores ({m['cpu_model']}), {m['memory']}, Linux {m['kernel']}, "
-        f"{m['python']}; {m['note']}. pyzmq {v.get('pyzmq')} (libzmq {v.get('libzmq')}), "
+        f"{m['python']}; {m['note']}. zmqbus hot paths: {v.get('zmqbus_hot_paths', '?')}. "
+        f"pyzmq {v.get('pyzmq')} (libzmq {v.get('libzmq')}), "
         f"{v.get('nats-server')} with nats-py {v.get('nats-py')} on uvloop {v.get('uvloop')} "
         f"(event loop: {loop}), {v.get('redis-server')} with redis-py {v.get('redis')} and "
         f"hiredis {v.get('hiredis')} (hiredis parser: {parser})."

@@ -45,6 +45,21 @@ def test_publish_get_roundtrip_fields(make_bus: MakeBus) -> None:
     assert abs((msg.timestamp - before).total_seconds()) < 60
 
 
+def test_get_checks_its_timeout_with_a_message_waiting_too(make_bus: MakeBus) -> None:
+    # get() takes a waiting message without the clock: the checks still hold.
+    pub, sub = make_bus(), make_bus()
+    s = sub.subscribe("t")
+    for n in range(3):
+        pub.publish("t", b"%d" % n)  # confirmed: in s's buffer once this returns
+    with pytest.raises(ValueError, match="must not be negative"):
+        s.get(timeout=-1.0)
+    with pytest.raises(TypeError, match="number of seconds"):
+        s.get(timeout=True)  # type: ignore[arg-type]
+    assert [s.get(timeout=0.0).payload, s.get().payload, s.get(2).payload] == [b"0", b"1", b"2"]
+    with pytest.raises(TimeoutError):
+        s.get(timeout=0.0)
+
+
 def test_message_is_frozen() -> None:
     m = Message(uuid.uuid4(), "a", b"x", {}, datetime.now(UTC))
     with pytest.raises(AttributeError):

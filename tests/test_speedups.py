@@ -21,8 +21,11 @@ from frames import joined, subscribe
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from zmqbus import _batching, _client, _fastpath
+from zmqbus import _batching, _client, _fastpath, _groups
 from zmqbus import protocol as p
+from zmqbus._channel import Channel
+from zmqbus._groups import QueueGroup
+from zmqbus._peer import Peer
 from zmqbus._routing import BrokerState
 
 pytestmark = pytest.mark.timeout(120)
@@ -64,6 +67,7 @@ def test_the_protocol_module_uses_the_compiled_twins() -> None:
         assert getattr(p, name) is getattr(C, name) is not PURE[name]
     for name in ("fan_out", "publish_batch_messages"):
         assert getattr(_batching, name) is getattr(C, name) is not PURE[name]
+    assert _groups.pick_member is C.pick_member is not PURE["pick_member"]
     for name in ("batch_front", "deliver_run"):
         assert getattr(_client, name) is getattr(C, name) is not PURE[name]
 
@@ -434,3 +438,71 @@ def test_the_common_inputs_never_reach_the_pure_functions(monkeypatch: pytest.Mo
     C.deliver_run(run, bytes.decode, {b"\x00\x00\x00\x01": sink}.get, list, counters)
     assert len(got) == 2 and counters["received"] == 2
     assert called == []
+
+
+# --- queue groups ------------------------------------------------------------------
+
+
+def _members(loads: list[int]) -> tuple[QueueGroup, list[Peer]]:
+    channel = Channel(b"c" * 16)
+    group = QueueGroup(("a.>", "workers"))
+    peers = []
+    for n, load in enumerate(loads):
+        peer = Peer(b"peer%d" % n, channel, b"s")
+        peer.outstanding = dict.fromkeys(range(load))
+        peers.append(peer)
+        group.add(peer, b"\x00\x00\x00\x01")
+    return group, peers
+
+
+@settings(max_examples=400, deadline=None)
+@given(
+    st.lists(st.integers(0, 3), max_size=8),
+    st.integers(0, 20),
+    st.sets(st.integers(0, 7)),
+    st.integers(1, 6),
+)
+def test_pick_member_picks_the_same(
+    loads: list[int], start: int, gone: set[int], picks: int
+) -> None:
+    results = []
+    for fn in (C.pick_member, PURE["pick_member"]):
+        group, peers = _members(loads)
+        group.next = start
+        left = {b"peer%d" % n for n in gone}
+        got = [_outcome(fn, group, left) for _ in range(picks)]
+        # Members by index: two worlds hold different Peer objects.
+        index = {id(peer): n for n, peer in enumerate(peers)}
+        results.append(
+            [(kind, (index[id(v[0])], v[1]) if kind == "ok" and v else v) for kind, v in got]
+            + [group.next]
+        )
+    assert results[0] == results[1]
+
+
+def test_fan_out_with_loaded_and_departing_group_members_routes_the_same() -> None:
+    # Busy members (unconfirmed deliveries held) and departing peers change the
+    # pick: both twins must choose alike, message after message.
+    messages = [(b"a.b", b"x"), (b"a.c", b"y"), (b"x.y", b"z")] * 30
+    for seed in range(40):
+        rng = random.Random(seed)
+        loads = {b"peer%d" % n: rng.randint(0, 2) for n in range(7)}
+        gone = {b"peer%d" % n for n in range(7) if rng.random() < 0.2}
+        runs = []
+        for fn in (C.fan_out, PURE["fan_out"]):
+            state = _world(seed)
+            for ident, peer in state.peers.items():
+                peer.outstanding = dict.fromkeys(range(loads.get(ident, 0)))
+            channel = state.peers[b"pub"].channel
+            channel.gone = set(gone)
+            out: list[Any] = []
+            fn(channel, messages[:1], state.peers, out)  # fill the topic cache
+            for frames in (messages, messages[::-1]):
+                got = fn(channel, frames, state.peers, out)
+                runs.append(got)
+            to: dict[bytes, list[list[bytes]]] = {}
+            for ident, frames in out:
+                to.setdefault(ident, []).append(frames)
+            runs.append(to)
+        half = len(runs) // 2
+        assert runs[:half] == runs[half:], seed

@@ -435,9 +435,10 @@ class BusBase:
             topic_b = validate_topic(topic).encode()
             if len(self._topics) < 4096:
                 self._topics[topic] = topic_b  # type: ignore[index]
-        data = _validate.payload(payload)
-        hdrs = _validate.headers(headers)
-        seconds = _validate.timeout(timeout)
+        # The common arguments pass inline; anything else goes to the checks.
+        data = payload if type(payload) is bytes else _validate.payload(payload)
+        hdrs = {} if headers is None else _validate.headers(headers)
+        seconds = timeout if type(timeout) is float and timeout > 0 else _validate.timeout(timeout)
         if confirm is not True and confirm is not False:
             raise TypeError(f"confirm must be True or False, not {confirm!r}")
         body = _pack(_new_id() if msg_id is None else message_id(msg_id), _now_ns(), hdrs, data)

@@ -52,13 +52,12 @@ cdef inline void _put32(unsigned char* at, Py_ssize_t n) noexcept nogil:
 from zmqbus._fastpath import PURE_TWINS
 
 
-def unpack_publish_entries(frame):
-    """``protocol.unpack_publish_entries``, compiled (for bytes: anything else
-    goes to the pure function, which says what it makes of it)."""
-    if type(frame) is not bytes:
-        return PURE_TWINS["unpack_publish_entries"](frame)
+cdef list _publish_entries(bytes frame, bint whole):
+    # The entries of a PUBLISH_BATCH frame as (topic, body), or (topic, body,
+    # the whole entry) if ``whole``; the errors of unpack_publish_entries.
     cdef Py_ssize_t end = PyBytes_GET_SIZE(frame)
     cdef const unsigned char* buf = <const unsigned char*>PyBytes_AS_STRING(frame)
+    cdef const char* cbuf = <const char*>buf
     cdef Py_ssize_t i = 0, start, tlen, blen, t0, b0
     cdef list out = []
     if not end:
@@ -79,12 +78,26 @@ def unpack_publish_entries(frame):
         i += blen
         if i > end or not tlen:
             raise _bad_batch("an entry is truncated or has an empty topic")
-        out.append((
-            PyBytes_FromStringAndSize(<const char*>buf + t0, tlen),
-            PyBytes_FromStringAndSize(<const char*>buf + b0, blen),
-            PyBytes_FromStringAndSize(<const char*>buf + start, i - start),
-        ))
+        if whole:
+            out.append((
+                PyBytes_FromStringAndSize(cbuf + t0, tlen),
+                PyBytes_FromStringAndSize(cbuf + b0, blen),
+                PyBytes_FromStringAndSize(cbuf + start, i - start),
+            ))
+        else:
+            out.append((
+                PyBytes_FromStringAndSize(cbuf + t0, tlen),
+                PyBytes_FromStringAndSize(cbuf + b0, blen),
+            ))
     return out
+
+
+def unpack_publish_entries(frame):
+    """``protocol.unpack_publish_entries``, compiled (for bytes: anything else
+    goes to the pure function, which says what it makes of it)."""
+    if type(frame) is not bytes:
+        return PURE_TWINS["unpack_publish_entries"](frame)
+    return _publish_entries(frame, True)
 
 
 cdef inline void _write_deliver(
@@ -153,6 +166,53 @@ cdef Py_ssize_t batch_bytes = 0
 cdef Py_ssize_t max_entries = 0
 
 
+cpdef object pick_member(object group, object gone):
+    """``_groups.pick_member``, compiled."""
+    cdef list members = group.members
+    cdef Py_ssize_t n = PyList_GET_SIZE(members)
+    cdef Py_ssize_t start, best = -1, best_load = -1, k, i, load
+    cdef bint any_gone = bool(gone)
+    cdef object peer
+    if n == 0:
+        raise ZeroDivisionError("integer modulo by zero")  # as ``group.next % 0``
+    start = group.next % n
+    for k in range(n):
+        i = (start + k) % n
+        peer = (<tuple>members[i])[0]
+        if any_gone and peer.ident in gone:
+            continue
+        load = len(peer.outstanding)
+        if load == 0:
+            best = i
+            break
+        if best_load < 0 or load < best_load:
+            best = i
+            best_load = load
+    if best < 0:
+        return None
+    group.next = best + 1
+    return members[best]
+
+
+cdef object _with_groups(tuple plain, tuple groups, object gone):
+    # Channel.destinations past its cache lookup: the plain targets less the
+    # departing, and one member picked from each matching queue group.
+    cdef dict dests
+    cdef object picked, peer, ident
+    if gone:
+        plain = tuple([target for target in plain if target[0] not in gone])
+    if not groups:
+        return plain
+    dests = dict(plain)
+    for group in groups:
+        picked = pick_member(group, gone)
+        if picked is not None:
+            peer = (<tuple>picked)[0]
+            ident = peer.ident
+            dests[ident] = dests.get(ident, b"") + (<tuple>picked)[1]
+    return dests.items()
+
+
 def configure_fan_out(Py_ssize_t broker_batch_bytes, Py_ssize_t most_entries):
     """Set ``fan_out``'s two limits: ``_batching`` passes its own in."""
     global batch_bytes, max_entries
@@ -166,8 +226,8 @@ def fan_out(object channel, messages, dict peers, list out):
         raise RuntimeError("configure_fan_out was not called")
     cdef bytes chid = channel.id
     destinations = channel.destinations
-    # Channel.destinations for a cached topic without queue groups, when no
-    # peer is departing, is the cached plain targets: read here directly.
+    # Channel.destinations for a cached topic is read here directly: its plain
+    # targets as cached, or those and a member of each queue group.
     cdef dict cache = channel.cache
     cdef object gone = channel.gone
     cdef object hit, dests
@@ -181,10 +241,12 @@ def fan_out(object channel, messages, dict peers, list out):
         body = <bytes?>message[1]
         publish_entry = None
         hit = cache.get(topic)
-        if hit is not None and not hit[1] and not gone:
+        if hit is None:
+            dests = destinations(topic)
+        elif not hit[1] and not gone:
             dests = hit[0]
         else:
-            dests = destinations(topic)
+            dests = _with_groups(hit[0], hit[1], gone)
         for target, sids in dests:
             n += 1
             to = peers[target]
@@ -222,33 +284,9 @@ def publish_batch_messages(frame, batch_size, Py_ssize_t max_size, valid_topics,
     """``_batching.publish_batch_messages``, compiled (for a bytes frame)."""
     if type(frame) is not bytes:
         return PURE_TWINS["publish_batch_messages"](frame, batch_size, max_size, valid_topics, check)
-    cdef Py_ssize_t end = PyBytes_GET_SIZE(frame)
-    cdef const unsigned char* buf = <const unsigned char*>PyBytes_AS_STRING(frame)
-    cdef Py_ssize_t i = 0, tlen, blen, t0, b0
-    cdef list out = []
+    cdef list out = _publish_entries(frame, False)
     cdef bytes topic, body
     cdef tuple message
-    if not end:
-        raise _bad_batch("no entries")
-    while i < end:
-        if i + 2 > end:
-            raise _bad_batch("an entry is truncated")
-        tlen = _u16(buf + i)
-        i += 2
-        t0 = i
-        i += tlen
-        if i + 4 > end:
-            raise _bad_batch("an entry is truncated")
-        blen = _u32(buf + i)
-        i += 4
-        b0 = i
-        i += blen
-        if i > end or not tlen:
-            raise _bad_batch("an entry is truncated or has an empty topic")
-        out.append((
-            PyBytes_FromStringAndSize(<const char*>buf + t0, tlen),
-            PyBytes_FromStringAndSize(<const char*>buf + b0, blen),
-        ))
     batch_size(PyList_GET_SIZE(out))
     for message in out:
         topic = <bytes>message[0]

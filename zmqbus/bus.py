@@ -132,12 +132,25 @@ class Subscription(SubscriptionBase):
     def get(self, timeout: float | None = None) -> Message:
         """Next message. Raises ``TimeoutError`` if none arrives in ``timeout``
         seconds, ``SubscriptionClosed`` once ended with the buffer empty."""
-        timeout = self._get_timeout(timeout)
         buf = self._buf
+        if (
+            buf
+            and self._handler is None
+            and (timeout is None or (type(timeout) is float and timeout >= 0.0))
+        ):
+            # A message waiting, the common case of a busy reader: no clock and
+            # no call for the checks _get_timeout makes of anything else.
+            try:
+                message: Message = buf.popleft()
+                return message
+            except IndexError:
+                pass  # another reader took the last one
+        timeout = self._get_timeout(timeout)
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:
             try:
-                return cast(Message, buf.popleft())
+                message = buf.popleft()
+                return message
             except IndexError:
                 pass  # empty (or another reader took the last one): wait
             with self._cond:
