@@ -13,6 +13,7 @@ the broker is started with.
 from __future__ import annotations
 
 import contextlib
+import selectors
 import socket
 import threading
 import time
@@ -515,11 +516,22 @@ def idle_connections(address: str, stop: threading.Event) -> dict[str, Any]:
         # Until the broker has closed them all (hello_timeout_seconds), or a
         # bound past libzmq's own handshake timeout (30 s).
         deadline = start + LIMITS.hello_timeout_seconds + 30
-        held = socks
-        while held and time.monotonic() < deadline:
-            peak = max(peak, _stats(address)["connections"])
-            held = [sock for sock in held if _fate(sock) != "closed"]
-            time.sleep(0.2)  # polling: a closed peer has no event to wait on here
+        with selectors.DefaultSelector() as sel:
+            for sock in socks:
+                sel.register(sock, selectors.EVENT_READ)
+            held = len(socks)
+            look_at = 0.0
+            while held and (now := time.monotonic()) < deadline:
+                if now >= look_at:
+                    # The broker's own count has no event: read it every 0.2 s.
+                    peak = max(peak, _stats(address)["connections"])
+                    look_at = now + 0.2
+                # A socket turns readable with the broker's greeting, then with its
+                # close (end of stream or reset), or its failure to connect.
+                for key, _ in sel.select(timeout=max(0.0, min(look_at, deadline) - now)):
+                    if _fate(key.fileobj) != "open":
+                        sel.unregister(key.fileobj)
+                        held -= 1
         slowest = max(slowest, time.monotonic() - start)
         for sock in socks:
             fates[_fate(sock)] += 1
