@@ -142,8 +142,9 @@ def _tcp_echo(port: int, start: Any) -> None:
 
 def _tcp_ping(port: int, count: int, out: Any, start: Any) -> None:
     s = _tcp_client(port)
+    # Connected before the echo starts: the relay accepts this one first. What
+    # is sent before the echo connects waits in the socket for the relay.
     start.set()
-    time.sleep(0.3)  # the echo connects second (not synchronisation: the relay accepts in order)
     payload = _LEN.pack(100) + b"x" * 100
     clock = time.perf_counter_ns
     rtts = []
