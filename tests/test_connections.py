@@ -4,7 +4,10 @@ it joined on: another connection that claims its routing id inherits nothing."""
 
 from __future__ import annotations
 
+import os
+import select
 import shutil
+import socket
 import subprocess
 import threading
 import time
@@ -20,9 +23,11 @@ from zmq.utils.monitor import recv_monitor_message
 from zmqbus import Broker, Bus, Limits
 from zmqbus import protocol as p
 from zmqbus._connections import Connections
+from zmqbus._edge import still_open
 from zmqbus._routing import ENDING_GRACE, BrokerState
 from zmqbus.admin import broker_stats
 from zmqbus.broker import LISTEN_BACKLOG
+from zmqbus.limits import raise_fd_limit
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -209,6 +214,67 @@ def test_the_broker_listens_with_a_deep_accept_queue() -> None:
         ).stdout.split()
         # For a listening socket, Send-Q is its backlog.
         assert int(out[2]) == min(LISTEN_BACKLOG, somaxconn) > 100, out
+
+
+def test_still_open_tells_a_live_connection_from_one_whose_peer_hung_up() -> None:
+    with socket.create_server(("127.0.0.1", 0)) as server:
+        client = socket.create_connection(server.getsockname())
+        accepted, _ = server.accept()
+        with accepted:
+            address = "%s:%d" % client.getsockname()
+            assert still_open(accepted.fileno(), address)
+            assert not still_open(accepted.fileno(), "127.0.0.1:1")  # another's now
+            client.close()
+            # Its FIN arrives: the descriptor is open, to that address, but ending.
+            assert select.select([accepted], [], [], 10)[0]
+            assert not still_open(accepted.fileno(), address)
+    left, right = socket.socketpair()  # unnamed, as ipc:// peers are
+    with left:
+        assert still_open(left.fileno(), "")
+        right.close()
+        assert not still_open(left.fileno(), "")
+    read_end, write_end = os.pipe()
+    try:
+        assert not still_open(read_end, "")  # no socket
+    finally:
+        os.close(read_end)
+        os.close(write_end)
+
+
+def test_vanished_connections_are_forgotten_when_their_close_is_seen() -> None:
+    # libzmq reports a connection's end just before it closes the descriptor:
+    # the broker once took some such reports for another connection's (the
+    # descriptor still went to that address) and kept those peers until an idle
+    # probe found them, here a minute away. Rounds of 2,000 vanishing peers hit
+    # that window a few times each.
+    raise_fd_limit()
+    limits = Limits(idle_probe_seconds=60)
+    with Broker("tcp://127.0.0.1:0", limits=limits) as broker:
+        for _ in range(3):
+            ctx = zmq.Context()
+            ctx.set(zmq.MAX_SOCKETS, 2100)
+            try:
+                socks = []
+                for _ in range(2000):
+                    sock = ctx.socket(zmq.DEALER)
+                    sock.setsockopt(zmq.LINGER, 0)
+                    sock.connect(broker.address)
+                    sock.send_multipart([p.H_HELLO, uuid.uuid4().bytes, p.pack_hello("gone")])
+                    socks.append(sock)
+                for sock in socks:
+                    assert sock.poll(30_000) and sock.recv_multipart()[0] == p.H_WELCOME
+                assert broker.stats()["peers"] == 2000
+                for sock in socks:
+                    sock.close(0)  # no DISCONNECT, no heartbeats
+                deadline = time.monotonic() + ENDING_GRACE + 10
+                # The broker's count has no event to wait on: looked at often.
+                while broker.stats()["peers"] and time.monotonic() < deadline:
+                    time.sleep(0.05)
+                assert broker.stats()["peers"] == 0
+            finally:
+                ctx.destroy(linger=0)
+        counters = broker.stats()["counters"]
+        assert counters.get("idle_probes", 0) == 0 and counters.get("stale_closes", 0) == 0
 
 
 def test_the_broker_closes_a_connection_that_never_says_hello() -> None:

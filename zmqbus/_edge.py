@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import select
 import socket
 import struct
 import threading
@@ -32,6 +33,7 @@ __all__ = [
     "Registry",
     "decode_event",
     "peer_address",
+    "still_open",
 ]
 
 log = logging.getLogger("zmqbus.broker")
@@ -78,6 +80,27 @@ def peer_address(fd: int) -> str | None:
             return _name(sock)
         except OSError:
             return None
+
+
+# The peer shut its side (FIN), the connection broke, or it was shut down here.
+_ENDING = select.POLLHUP | select.POLLERR | getattr(select, "POLLRDHUP", 0)
+
+
+def still_open(fd: int, address: str) -> bool:
+    """True if ``fd`` is a connection to ``address`` that neither end has
+    begun to close. libzmq reports a connection's end before it closes the
+    descriptor: such a connection, whose peer hung up, is not open."""
+    with _borrowed(fd) as sock:
+        if sock is None:
+            return False
+        try:
+            if _name(sock) != address:
+                return False
+        except OSError:
+            return False
+    poller = select.poll()
+    poller.register(fd, select.POLLIN | _ENDING)
+    return not any(events & _ENDING for _, events in poller.poll(0))
 
 
 def shut_down(fd: int, address: str) -> bool:

@@ -23,8 +23,8 @@ from ._edge import (
     Edge,
     Registry,
     decode_event,
-    peer_address,
     shut_down,
+    still_open,
 )
 from ._endpoints import bind_endpoint
 from ._routing import BrokerState
@@ -68,6 +68,11 @@ _DRAIN_SECONDS = 0.002
 # libzmq held of a big message); malloc_trim gives it back to the system:
 # TRIM_EVERY seconds after traffic, so at most that often, and never when idle.
 TRIM_EVERY = 1.0
+# libzmq reports a connection's end just before it closes the descriptor: a
+# reported end whose descriptor still goes, open, to the same address is looked
+# at again this much later (seconds). Still open then, the report was another
+# connection's, on a descriptor the kernel handed on.
+RECHECK_CLOSE = 0.2
 
 
 def _malloc_trim() -> Callable[[int], int] | None:
@@ -192,6 +197,8 @@ class Broker:
         self._edge: Edge | None = None
         self._edge_id = b""
         self._control_id = b""
+        # Reported ends to look at again: key -> when (in report order).
+        self._doubtful: dict[tuple[int, str], float] = {}
         self._address: str | None = None
         self._stopped = threading.Event()
 
@@ -456,6 +463,7 @@ class Broker:
         flush = self._flush
         lock = self._lock
         monotonic = time.monotonic
+        doubtful = self._doubtful
         deadline: float | None = None  # the next heartbeat duty, as tick() said
         timeout = -1  # the ROUTER's RCVTIMEO as last set
         trim = _malloc_trim()
@@ -507,7 +515,10 @@ class Broker:
                         self._close_connections(now)
                     flush(router)
                     # After the sends: a refused reply schedules its retry.
+                    recheck = self._recheck_closes(now) if doubtful else None
                     deadline = due()
+                    if recheck is not None and (deadline is None or recheck < deadline):
+                        deadline = recheck
                     if trim is not None:
                         if trim_due is None:
                             if handled:
@@ -545,11 +556,28 @@ class Broker:
             return
         if kind == ACCEPTED:
             self._state.connection_opened((fd, address), now)
-        elif peer_address(fd) == address:
-            # Still open: the event was another connection's on a reused descriptor.
-            self._state.counters["stale_closes"] += 1
         else:
-            self._state.connection_closed((fd, address), now)
+            key = (fd, address)
+            self._doubtful.pop(key, None)
+            if still_open(fd, address):
+                self._doubtful[key] = now + RECHECK_CLOSE
+            else:
+                self._state.connection_closed(key, now)
+
+    def _recheck_closes(self, now: float) -> float | None:
+        # The reported ends due a second look; returns when the next is due.
+        doubtful = self._doubtful
+        state = self._state
+        while doubtful:
+            key, when = next(iter(doubtful.items()))
+            if when > now:
+                return when
+            del doubtful[key]
+            if still_open(*key):
+                state.counters["stale_closes"] += 1
+            else:
+                state.connection_closed(key, now)
+        return None
 
     def _close_connections(self, now: float) -> None:
         state = self._state
