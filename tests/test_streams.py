@@ -5,6 +5,7 @@ same store. The store itself is tested in tests/test_store.py."""
 
 from __future__ import annotations
 
+import dataclasses
 import uuid
 from pathlib import Path
 from typing import Any
@@ -351,6 +352,13 @@ def test_a_forged_or_borrowed_token_is_refused() -> None:
         ((_, err),) = take(state)
         assert isinstance(err, p.Error) and err.code == ErrorCode.PERMISSION_DENIED
     assert state.streams.counters["forged_stream_acks"] == 2
+    # The receiver's own delivery named with a tag it was not given: refused too
+    # (its sequence is held by this session, but the token is not the one sent).
+    bent = dataclasses.replace(m, token=m.token[:-1] + bytes((m.token[-1] ^ 1,)))
+    ack(state, b"w", bent)
+    ((_, err),) = take(state)
+    assert isinstance(err, p.Error) and err.code == ErrorCode.PERMISSION_DENIED
+    assert state.streams.counters["forged_stream_acks"] == 3
     ack(state, b"w", m)  # still the receiver's to settle
     assert take(state) == [] and state.streams.counters["stream_acks"] == 1
 

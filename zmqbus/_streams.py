@@ -239,8 +239,9 @@ class _Consumer:
         self.cursor = state.delivered_seq + 1  # the next stored sequence to read
         self.members: list[tuple[bytes, bytes]] = []  # (ident, sid), in bind order
         self.next_member = 0
-        # Delivered and not settled: seq -> (member ident, deadline).
-        self.outstanding: dict[int, tuple[bytes, float]] = {}
+        # Delivered and not settled: seq -> (member ident, deadline, the token
+        # sent, the member's session).
+        self.outstanding: dict[int, tuple[bytes, float, bytes, bytes]] = {}
         # In sequence order (a loaded state may not be): the oldest unsettled
         # comes first, which the ack floor reads.
         state.pending = dict(sorted(state.pending.items()))
@@ -634,7 +635,7 @@ class Streams:
         self.bound[ident] -= 1
         if self.bound[ident] <= 0:
             del self.bound[ident]
-        held = sorted(seq for seq, (who, _) in consumer.outstanding.items() if who == ident)
+        held = sorted(seq for seq, entry in consumer.outstanding.items() if entry[0] == ident)
         for seq in held:
             del consumer.outstanding[seq]
         consumer.ready.extendleft(reversed(held))  # first in line, without waiting
@@ -735,12 +736,13 @@ class Streams:
         if seq > state.delivered_seq:
             state.delivered_seq = seq
         deadline = now + consumer.config.ack_wait
-        consumer.outstanding[seq] = (ident, deadline)
         if self.next_due is None or deadline < self.next_due:
             self.next_due = deadline
         peer = peers[ident]
         peer.msgs_out += 1  # STATS' per-peer traffic counts stream deliveries too
-        token = self._token(consumer.cid, seq, peer.session)
+        session = peer.session
+        token = self._token(consumer.cid, seq, session)
+        consumer.outstanding[seq] = (ident, deadline, token, session)
         meta = p.pack_meta(seq, deliveries)
         out.append(
             (ident, [p.H_STREAM_MSG, consumer.stream.config.channel, token, topic, body, sid, meta])
@@ -773,23 +775,26 @@ class Streams:
     ) -> None:
         """Settle one delivery by its token. 401 for a token the broker did
         not make for this peer; a late or repeated ack is counted and ignored."""
-        if len(token) != TOKEN_BYTES or not hmac.compare_digest(
-            self._tag(session, token[:_TAG_AT]), token[_TAG_AT:]
-        ):
-            self.counters["forged_stream_acks"] += 1
-            raise ProtocolError(
-                ErrorCode.PERMISSION_DENIED, "STREAM_ACK token was not sent to this peer"
-            )
         consumer = self.consumers.get(int.from_bytes(token[:4], "big"))
         seq = int.from_bytes(token[4:12], "big")
-        if consumer is None or seq not in consumer.state.pending:
-            self.counters["late_stream_acks"] += 1
-            return
+        held = consumer.outstanding.get(seq) if consumer is not None else None
+        # The very token this session was sent for a delivery it holds: the tag
+        # was checked when it was made. Any other is checked as it comes.
+        if consumer is None or held is None or held[3] != session or held[2] != token:
+            if len(token) != TOKEN_BYTES or not hmac.compare_digest(
+                self._tag(session, token[:_TAG_AT]), token[_TAG_AT:]
+            ):
+                self.counters["forged_stream_acks"] += 1
+                raise ProtocolError(
+                    ErrorCode.PERMISSION_DENIED, "STREAM_ACK token was not sent to this peer"
+                )
+            if consumer is None or seq not in consumer.state.pending:
+                self.counters["late_stream_acks"] += 1
+                return
         self.awake[consumer] = None  # room for one more, or one to deliver again
         if kind == p.AckKind.PROGRESS:
-            held = consumer.outstanding.get(seq)
             if held is not None:
-                consumer.outstanding[seq] = (held[0], now + consumer.config.ack_wait)
+                consumer.outstanding[seq] = (held[0], now + consumer.config.ack_wait, *held[2:])
             return
         consumer.outstanding.pop(seq, None)
         if text:
@@ -905,14 +910,14 @@ class Streams:
                 self.expire()
             nxt = self._expire_at
         for consumer in list(self.consumers.values()):
-            late = [seq for seq, (_, deadline) in consumer.outstanding.items() if deadline <= now]
+            late = [seq for seq, entry in consumer.outstanding.items() if entry[1] <= now]
             for seq in late:
                 del consumer.outstanding[seq]
                 self.counters["ack_timeouts"] += 1
                 self._again(consumer, seq, now, self._backoff(consumer, seq))
-            for _, deadline in consumer.outstanding.values():
-                if nxt is None or deadline < nxt:
-                    nxt = deadline
+            for entry in consumer.outstanding.values():
+                if nxt is None or entry[1] < nxt:
+                    nxt = entry[1]
             if late or (consumer.due and consumer.due[0][0] <= now):
                 self.awake[consumer] = None
             if consumer.due and (nxt is None or consumer.due[0][0] < nxt):

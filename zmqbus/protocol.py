@@ -1477,6 +1477,7 @@ _EMPTY_FIRST = {header(c): bytes((c,)) + _FRAME_LEN.pack(0) for c in Cmd}
 # A whole message whose entry carries two frames, three frames (the sizes that exist).
 _WITH_TWO = ENTRY_START + 2
 _WITH_THREE = ENTRY_START + 3
+_WITH_FIVE = ENTRY_START + 5
 
 
 def pack_command_entry(frames: Sequence[bytes]) -> bytes:
@@ -1505,6 +1506,24 @@ def pack_command_entry(frames: Sequence[bytes]) -> bytes:
                     b,
                     pack(len(c)),
                     c,
+                )
+            )
+        if n == _WITH_FIVE:
+            # A STREAM_MSG: a consumer's deliveries come hundreds at a time.
+            head, _, a, b, c, d, e = frames
+            return b"".join(
+                (
+                    _COMMAND_OF[head],
+                    pack(len(a)),
+                    a,
+                    pack(len(b)),
+                    b,
+                    pack(len(c)),
+                    c,
+                    pack(len(d)),
+                    d,
+                    pack(len(e)),
+                    e,
                 )
             )
         parts = [_COMMAND_OF[frames[HEADER_FRAME]]]

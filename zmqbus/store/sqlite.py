@@ -212,7 +212,7 @@ class SqliteStream(StreamBase):
         else:
             self._store._match = match
             rows = self._db.execute(self._q_scan_match, (start, limit)).fetchall()
-        return [StoredMessage(*row) for row in rows]
+        return list(map(StoredMessage._make, rows))
 
     def _newest(self, match: SubjectFilter) -> StoredMessage | None:
         if match.everything:
