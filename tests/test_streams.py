@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from frames import A, B, hello, publish, subscribe, take
+from frames import A, B, batch, hello, publish, subscribe, take
 
 from zmqbus import protocol as p
 from zmqbus._routing import BrokerState
@@ -563,3 +563,41 @@ def test_bound_sids_count_toward_the_peers_subscription_bound() -> None:
     assert state.streams.bound[b"w"] == 2
     state.drop_peer(b"w")
     assert state.streams.bound[b"w"] == 0
+
+
+def _ack_frames(m: p.StreamMsg, kind: int = AckKind.ACK, token: bytes | None = None) -> list[bytes]:
+    return p.encode(p.StreamAck(A, m.token if token is None else token, kind, None, ""))
+
+
+def test_stream_acks_in_a_batch_settle_as_alone_and_a_bad_one_is_refused_alone() -> None:
+    state = state_with()
+    _orders(state, 3)
+    for who in (b"w", b"thief"):
+        state.handle(who, hello())
+    take(state)
+    got = msgs(consume(state, b"w", S1, "ORDERS", durable="jobs"), b"w")
+    assert len(got) == 3
+    short = _ack_frames(got[0], token=got[0].token[:-1])
+    state.handle(b"thief", short)
+    ((_, alone),) = take(state)
+    assert isinstance(alone, p.Error)
+    # A borrowed token and a malformed one in a batch: each refused as alone.
+    state.handle(b"thief", batch(_ack_frames(got[0]), short))
+    refused = [c for _, c in take(state)]
+    assert [(e.code, e.ref) for e in refused if isinstance(e, p.Error)] == [
+        (ErrorCode.PERMISSION_DENIED, b""),
+        (alone.code, alone.ref),
+    ]
+    # Another channel's batch from the receiver settles nothing.
+    state.handle(b"w", batch(p.encode(p.StreamAck(B, got[0].token, AckKind.ACK, None, "")), ch=B))
+    (mismatch,) = [c for _, c in take(state)]
+    assert isinstance(mismatch, p.Error) and mismatch.code == ErrorCode.CHANNEL_MISMATCH
+    # The receiver's own: plain acks (the short path) around a NAK (the long one).
+    state.handle(
+        b"w", batch(_ack_frames(got[0]), _ack_frames(got[1], AckKind.NAK), _ack_frames(got[2]))
+    )
+    counters = state.streams.counters
+    assert counters["stream_acks"] == 2 and counters["naks"] == 1
+    assert counters["forged_stream_acks"] == 3  # the short token twice, the borrowed one
+    again = msgs(take(state), b"w")
+    assert [p.unpack_meta(m.meta) for m in again] == [(2, 2)]  # the NAK'd one, at once

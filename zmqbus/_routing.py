@@ -83,6 +83,8 @@ _N_STREAM_ACK = _N[Cmd.STREAM_ACK]
 # broker makes: the bulk of a consumer's traffic, taken without parse_client
 # (a token of another size goes the long way, to its 400).
 _PLAIN_STREAM_ACK = bytes((p.AckKind.ACK,))
+_H_STREAM_ACK = p.H_STREAM_ACK
+_ACK = p.AckKind.ACK
 _DROPPED_COUNTS, _DROPPED_THROTTLED = p.LAYOUT[Cmd.DROPPED].at("counts", "throttled")
 _N_DELIVER_BATCH, _N_BROKER_BATCH = (
     p.BROKER_FRAMES[Cmd.DELIVER_BATCH],
@@ -353,6 +355,8 @@ class BrokerState:
         limited = restricted is not None and restricted.user is not None and restricted.user.limited
         max_size = self.max_message_size
         valid = self._valid_topics
+        ack = self.streams.ack
+        chid = channel.id if channel is not None else None
         for entry in entries:
             if isinstance(entry, tuple):  # an unconfirmed PUBLISH: (topic, body)
                 if restricted is None and len(entry[1]) <= max_size and entry[0] in valid:
@@ -375,6 +379,23 @@ class BrokerState:
                 continue
             if run:
                 run = self._route_run(ident, run)
+            if (
+                entry[0] == _H_STREAM_ACK
+                and peer is not None
+                and len(entry) == _N_STREAM_ACK
+                and entry[1] == chid
+                and entry[p.STREAM_ACK_KIND] == _PLAIN_STREAM_ACK
+                and not entry[p.STREAM_ACK_DELAY]
+                and not entry[p.STREAM_ACK_TEXT]
+                and len(entry[p.STREAM_ACK_TOKEN]) == TOKEN_BYTES
+            ):
+                # A consumer acks each message: its BATCH is mostly these. What
+                # _handle's checks pass without a look; the rest goes there.
+                try:
+                    ack(peer.session, entry[p.STREAM_ACK_TOKEN], _ACK, None, "", self._now)
+                except ProtocolError as exc:
+                    self._refuse(ident, entry, exc.code, exc.detail)
+                continue
             self._handle(ident, entry)
         if run:
             self._route_run(ident, run)
