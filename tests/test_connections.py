@@ -221,7 +221,8 @@ def test_still_open_tells_a_live_connection_from_one_whose_peer_hung_up() -> Non
         client = socket.create_connection(server.getsockname())
         accepted, _ = server.accept()
         with accepted:
-            address = "%s:%d" % client.getsockname()
+            host, port = client.getsockname()
+            address = f"{host}:{port}"
             assert still_open(accepted.fileno(), address)
             assert not still_open(accepted.fileno(), "127.0.0.1:1")  # another's now
             client.close()
