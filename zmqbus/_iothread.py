@@ -38,7 +38,7 @@ import zmq
 from . import protocol as p
 from ._client import ClientCore
 from ._handshake import HandshakeWatch
-from ._wire import dealer, drain, send_queue
+from ._wire import DealerOwner, drain, send_queue
 from ._wire import get_option as _get
 from .errors import AuthenticationError, BusClosed
 
@@ -65,7 +65,7 @@ _COUNTS = p.BROKER_FRAME_COUNTS
 Item = Callable[[], object] | list[bytes]
 
 
-class IOThread:
+class IOThread(DealerOwner):
     """Runs ``core`` against a DEALER connected to ``endpoint``."""
 
     def __init__(
@@ -115,17 +115,6 @@ class IOThread:
         self._out: deque[list[bytes]] = deque()
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
         self._thread.start()
-
-    def _dealer(self) -> zmq.Socket[bytes]:
-        # Each socket's handshakes are watched from before its connect.
-        return dealer(
-            self._ctx,
-            self._endpoint,
-            self._hwm,
-            self._core.max_frame,
-            curve=self._curve,
-            before_connect=self._watch_handshakes,
-        )
 
     def _watch_handshakes(self, sock: zmq.Socket[bytes]) -> None:
         old = self._watch

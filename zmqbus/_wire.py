@@ -17,13 +17,16 @@ import time
 from collections import deque
 from collections.abc import Callable, Container, Mapping, Sequence
 from itertools import pairwise
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
 import zmq
 
 from ._edge import peer_address
 from ._fastpath import socket_calls
 from .protocol import H_HELLO, H_STATS, MAX_FRAMES
+
+if TYPE_CHECKING:
+    from ._client import ClientCore
 
 __all__ = [
     "DRAIN_MESSAGES",
@@ -309,6 +312,32 @@ def dealer(
         sock.close(0)
         raise ValueError(f"cannot connect to {endpoint!r}: {exc}") from None
     return sock
+
+
+class DealerOwner:
+    """What owns a bus's DEALER (the threaded face's I/O thread, the asyncio
+    face): how it opens one, in one place. The owner sets the fields and
+    watches each socket's handshakes (``_watch_handshakes``)."""
+
+    _ctx: zmq.Context[Any]
+    _endpoint: str
+    _hwm: int
+    _curve: tuple[bytes, bytes, bytes] | None
+    _core: ClientCore
+
+    def _watch_handshakes(self, sock: zmq.Socket[bytes]) -> None:
+        raise NotImplementedError
+
+    def _dealer(self) -> zmq.Socket[bytes]:
+        # Each socket's handshakes are watched from before its connect.
+        return dealer(
+            self._ctx,
+            self._endpoint,
+            self._hwm,
+            self._core.max_frame,
+            curve=self._curve,
+            before_connect=self._watch_handshakes,
+        )
 
 
 def drain(

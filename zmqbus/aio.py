@@ -34,7 +34,7 @@ from . import protocol as p
 from ._client import DELIVERED, DROPPED, PENDING
 from ._face import GRACE, BusBase, Headers, Payload, SubscriptionBase, overdue
 from ._handshake import HandshakeWatch
-from ._wire import dealer, drain, get_option, send_queue
+from ._wire import DealerOwner, drain, get_option, send_queue
 from .errors import AuthenticationError, BusClosed, SubscriptionClosed, WrongEventLoop
 from .message import Message, PublishResult
 from .streams import ConsumerInfo, StreamInfo, consume_body, stream_config
@@ -220,7 +220,7 @@ class Consumer(Subscription):
         self.info: ConsumerInfo | None = None  # as the broker bound it
 
 
-class Bus(BusBase):
+class Bus(BusBase, DealerOwner):
     """An asyncio connection to a broker on one channel.
 
     Same arguments, semantics, errors and defaults as ``zmqbus.Bus``; create it
@@ -321,17 +321,6 @@ class Bus(BusBase):
             for task in pending:
                 task.cancel()
         self._teardown()
-
-    def _dealer(self) -> zmq.Socket[bytes]:
-        # Each socket's handshakes are watched from before its connect.
-        return dealer(
-            self._ctx,
-            self._endpoint,
-            self._hwm,
-            self._core.max_frame,
-            curve=self._curve,
-            before_connect=self._watch_handshakes,
-        )
 
     def _watch_handshakes(self, sock: zmq.Socket[bytes]) -> None:
         self._unwatch()
